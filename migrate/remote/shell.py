@@ -1,0 +1,67 @@
+"""Pure builders of remote command lines. Quoting lives here and only here.
+
+Every argument that reaches a remote shell goes through `quote` (shlex.quote), so a path with
+spaces, quotes or `$(...)` arrives as one literal argument. Functions return strings; nothing
+here runs anything, so all of it is unit-tested.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+
+SUDO_PROMPT = "[sudo] password for migrate: "
+
+
+def quote(arg: object) -> str:
+    """Quote one argument for a POSIX shell."""
+    return shlex.quote(str(arg))
+
+
+def join(argv: Iterable[object]) -> str:
+    """Quote each argument and join them into one command line."""
+    return " ".join(quote(a) for a in argv)
+
+
+def sh_c(script: str) -> str:
+    """Run `script` under /bin/sh whatever the login shell is: `sh -c '<script>'`."""
+    return "sh -c " + quote(script)
+
+
+def env_prefix(env: Mapping[str, str]) -> str:
+    """`env A=1 B='x y' ` prefix for a command (empty when env is empty)."""
+    if not env:
+        return ""
+    for key in env:
+        if not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise ValueError(f"invalid environment variable name: {key!r}")
+    return "env " + " ".join(f"{k}={quote(v)}" for k, v in env.items()) + " "
+
+
+def and_then(*commands: str) -> str:
+    """`a && b && c` for already-built command strings (empty ones are skipped)."""
+    return " && ".join(c for c in commands if c)
+
+
+def sudo_nopasswd(command: str) -> str:
+    """Run an already-built command as root with passwordless sudo (fails instead of prompting)."""
+    return "sudo -n -H " + sh_c(command)
+
+
+def sudo_with_password(command: str) -> str:
+    """Run a command as root with sudo reading the password from stdin after our known prompt.
+
+    Only used together with a responder that answers `SUDO_PROMPT` (never echo the password into a
+    pipe: once sudo has cached credentials, the piped password would reach the command's stdin).
+    """
+    return f"sudo -S -H -p {quote(SUDO_PROMPT)} " + sh_c(command)
+
+
+def mkdir_private(path: str) -> str:
+    """`mkdir -p PATH && chmod 700 PATH`: a directory only the user can read."""
+    return f"mkdir -p {quote(path)} && chmod 700 {quote(path)}"
+
+
+def home_path(relative: str) -> str:
+    """A path under the remote $HOME, as a shell word: "$HOME"/'.migrate/x y'."""
+    return '"$HOME"/' + quote(relative.lstrip("/"))

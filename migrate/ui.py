@@ -1,0 +1,130 @@
+"""The one place that talks to the terminal: messages, tables, progress bars and --json output.
+
+Data (tables, JSON) goes to stdout; status lines, warnings and errors go to stderr, so that
+`migrate doctor h --json | jq` and scripts that parse stdout keep working while people still see
+what is happening.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+_verbosity = 0
+
+VERDICT_STYLES = {
+    "ok": "green",
+    "changed": "yellow",
+    "skipped": "cyan",
+    "warn": "yellow",
+    "missing": "red",
+    "failed": "bold red",
+    "info": "blue",
+}
+
+
+def set_verbosity(level: int) -> None:
+    """Set how chatty `debug` is (0 = quiet, 1 = commands, 2 = everything)."""
+    global _verbosity
+    _verbosity = level
+
+
+def verbosity() -> int:
+    """The current verbosity level."""
+    return _verbosity
+
+
+def info(message: str) -> None:
+    """A status line for people (stderr)."""
+    err.print(Text(message))
+
+
+def step(message: str) -> None:
+    """A status line that starts a unit of work."""
+    err.print(Text("• ", style="bold") + Text(message))
+
+
+def warn(message: str) -> None:
+    """A warning (stderr)."""
+    err.print(Text("warning: ", style="bold yellow") + Text(message))
+
+
+def error(message: str) -> None:
+    """An error line (stderr); exactly one line for user mistakes."""
+    err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+
+
+def debug(message: str, level: int = 1) -> None:
+    """Shown only with -v (level 1) or -vv (level 2)."""
+    if _verbosity >= level:
+        err.print(Text(message, style="dim"))
+
+
+def verdict_text(verdict: str) -> Text:
+    """A coloured ok / changed / warn / missing / failed word."""
+    return Text(verdict, style=VERDICT_STYLES.get(verdict, ""))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table to stdout. Cells named 'verdict'/'result'/'state' are coloured."""
+    t = Table(title=title, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    coloured = {i for i, c in enumerate(columns) if c.lower() in ("verdict", "result", "state")}
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i in coloured and isinstance(cell, str):
+                cells.append(verdict_text(cell))
+            else:
+                cells.append(cell if isinstance(cell, Text) else Text("" if cell is None else str(cell)))
+        t.add_row(*cells)
+    out.print(t)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def transfer_progress(transient: bool = False) -> Progress:
+    """A progress bar for byte transfers: bytes, rate, ETA (stderr)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+    )
+
+
+def human_bytes(n: float | int | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

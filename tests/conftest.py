@@ -1,0 +1,49 @@
+"""Shared test helpers: run the real CLI as a subprocess, like a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300,
+            cwd: str | None = None) -> CliResult:
+    """Run `python -m migrate ARGS` and capture exit code and output."""
+    full_env = dict(os.environ)
+    full_env.pop("MIGRATE_SUDO_PASSWORD", None)
+    full_env.update(env or {})
+    full_env.setdefault("COLUMNS", "200")
+    proc = subprocess.run([sys.executable, "-m", "migrate", *args], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=timeout, cwd=cwd)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def assert_one_line_error(res: CliResult, *needles: str) -> None:
+    """A user mistake: exit 1, exactly one non-empty stderr line starting 'error:', no traceback."""
+    assert res.code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
