@@ -1,0 +1,372 @@
+"""Connections to a host: Fabric under the hood, host keys verified, sudo handled, errors translated.
+
+`connect("alice@gpu-box", options)` returns an open `Remote`. Everything that can go wrong while
+reaching a host (unknown name, refused port, unknown or changed host key, rejected key, wrong sudo
+password, dropped connection) comes out as a `MigrateError` with a one-line message and a hint.
+
+Host keys: every known_hosts file from ssh_config (default ~/.ssh/known_hosts) is read; an
+unknown key is refused with its fingerprint unless `--accept-new-host-key` (or
+`StrictHostKeyChecking accept-new` in ssh_config) is set, in which case it is appended to the
+first known_hosts file exactly like OpenSSH does; a changed key is always refused. (Fabric's own
+default is to accept any key silently; we replace that policy.)
+
+sudo: root, passwordless sudo and password sudo are detected. A password is asked once per host
+(or read from $MIGRATE_SUDO_PASSWORD), kept in memory only, and given to sudo through Fabric's
+prompt responder, never on a command line, in a file or in a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import io
+import os
+import posixpath
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fabric
+import invoke
+import paramiko
+from paramiko.ssh_exception import NoValidConnectionsError
+
+from migrate import ui
+from migrate.errors import ConnectError, HostKeyError, RemoteCommandError, SudoError
+from migrate.paths import sandbox_ssh_configs
+from migrate.remote import shell
+from migrate.remote.hosts import (
+    ConnectOptions,
+    HostSpec,
+    SshConfigSet,
+    SshTarget,
+    openssh_argv,
+    parse_jump_hop,
+    resolve,
+    user_ssh_config_path,
+)
+
+SUDO_PASSWORD_ENV = "MIGRATE_SUDO_PASSWORD"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint: `SHA256:base64` without padding."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_line(name: str, key: paramiko.PKey) -> str:
+    """The line OpenSSH appends to known_hosts for an accepted key."""
+    return f"{name} {key.get_name()} {key.get_base64()}\n"
+
+
+class VerifyingHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse unknown host keys, or accept-and-record them when the user said so.
+
+    Changed keys never reach this policy: paramiko raises BadHostKeyException for them.
+    """
+
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        fp = fingerprint(key)
+        if not self.target.accept_new_host_key:
+            raise HostKeyError(
+                f"unknown host key for {self.target.alias} ({hostname}): {key.get_name()} {fp}",
+                hint="check the fingerprint with the server's owner, then rerun with --accept-new-host-key",
+            )
+        path = Path(self.target.writable_known_hosts)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "a") as fh:
+            fh.write(known_hosts_line(hostname, key))
+        path.chmod(0o600)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        ui.warn(f"accepted new host key for {hostname}: {key.get_name()} {fp} (saved in {path})")
+
+
+@dataclass
+class RunResult:
+    """The outcome of one remote command."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _fabric_connection(target: SshTarget, configs: SshConfigSet,
+                       options: ConnectOptions) -> fabric.Connection:
+    gateway: fabric.Connection | str | None = None
+    if target.proxy_jump:
+        # OpenSSH semantics: hop1,hop2 means connect to hop1, through it to hop2, then the target.
+        for hop in target.proxy_jump:
+            spec, port = parse_jump_hop(hop)
+            hop_target = resolve(spec, ConnectOptions(port=port, accept_new_host_key=options.accept_new_host_key),
+                                 configs)
+            hop_target.proxy_jump = []
+            conn = _fabric_connection(hop_target, configs, options)
+            if gateway is not None:
+                conn.gateway = gateway
+            gateway = conn
+    elif target.proxy_command:
+        gateway = target.proxy_command
+    config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
+    connect_kwargs = {
+        "look_for_keys": not target.identities_only,
+        "allow_agent": True,
+        "banner_timeout": target.connect_timeout,
+        "auth_timeout": max(target.connect_timeout, 15),
+    }
+    if target.identity_files:
+        connect_kwargs["key_filename"] = [p for p in target.identity_files if os.path.exists(p)]
+    conn = fabric.Connection(
+        host=target.hostname,
+        user=target.user,
+        port=target.port,
+        config=config,
+        gateway=gateway,
+        connect_timeout=target.connect_timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    client = conn.client
+    for path in target.known_hosts_files:
+        if os.path.isfile(path):
+            try:
+                client.load_system_host_keys(path)
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from exc
+    client.set_missing_host_key_policy(VerifyingHostKeyPolicy(target))
+    return conn
+
+
+class Remote:
+    """An open connection to one host: run commands (optionally as root), move files."""
+
+    def __init__(self, target: SshTarget, configs: SshConfigSet, options: ConnectOptions) -> None:
+        self.target = target
+        self.configs = configs
+        self.options = options
+        self._conn: fabric.Connection | None = None
+        self._sudo_mode: str | None = None
+        self._sudo_password: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> Remote:
+        """Connect and authenticate; translate every failure into a one-line error."""
+        t = self.target
+        where = f"{t.alias}" + (f" ({t.hostname})" if t.hostname != t.alias else "") + f" port {t.port}"
+        conn = _fabric_connection(t, self.configs, self.options)
+        try:
+            conn.open()
+        except HostKeyError:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                f"host key for {t.alias} has CHANGED: known {exc.expected_key.get_name()} "
+                f"{fingerprint(exc.expected_key)}, offered {exc.key.get_name()} {fingerprint(exc.key)}; "
+                "refusing to connect",
+                hint=f"if the server was reinstalled, remove the old key: ssh-keygen -R '{t.known_hosts_name}'"
+                f" -f {t.writable_known_hosts}",
+            ) from exc
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve host '{t.hostname}': {exc.strerror or exc}",
+                               hint="check the name, or add a Host entry to ~/.ssh/config") from exc
+        except NoValidConnectionsError as exc:
+            raise ConnectError(f"cannot connect to {where}: connection refused",
+                               hint="is sshd running there, and is the port right (--port)?") from exc
+        except (socket.timeout, TimeoutError) as exc:
+            raise ConnectError(f"timed out connecting to {where} after {t.connect_timeout}s",
+                               hint="check the address, VPN or firewall; raise --connect-timeout") from exc
+        except paramiko.AuthenticationException as exc:
+            keys = ", ".join(t.identity_files) or "ssh-agent and default keys"
+            raise ConnectError(f"authentication failed for {t.user}@{t.alias} (tried {keys})",
+                               hint="check the user name, pass the key with -i, or load it into ssh-agent") from exc
+        except paramiko.SSHException as exc:
+            raise ConnectError(f"ssh error talking to {where}: {exc}") from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}",
+                               hint="check the address and your network") from exc
+        self._conn = conn
+        ui.debug(f"connected to {t.user}@{t.hostname}:{t.port}")
+        return self
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def reconnect(self) -> None:
+        """Open a fresh session, e.g. so new group memberships take effect."""
+        self.close()
+        self.open()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> fabric.Connection:
+        """The underlying Fabric connection (open)."""
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        return self._conn
+
+    @property
+    def name(self) -> str:
+        """What to call this host in messages."""
+        return self.target.display
+
+    # -- commands ----------------------------------------------------------------------------
+    def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
+            timeout: float | None = None, what: str | None = None) -> RunResult:
+        """Run an already-quoted command line (see `migrate.remote.shell`); optionally as root.
+
+        `check=True` raises RemoteCommandError on a non-zero exit; `what` names the action in it.
+        """
+        conn = self.connection
+        kwargs = {"hide": True, "warn": True, "timeout": timeout,
+                  "in_stream": io.StringIO(stdin) if stdin is not None else False}
+        ui.debug(f"[{self.target.alias}]{' (sudo)' if sudo else ''} $ {command}", level=2)
+        try:
+            if sudo and self.sudo_mode() == "password":
+                result = conn.sudo(shell.sh_c(command), password=self._password(), **kwargs)
+            else:
+                full = self._as_root(command) if sudo else command
+                result = conn.run(full, **kwargs)
+        except invoke.exceptions.AuthFailure as exc:
+            self._sudo_password = None
+            raise SudoError(f"wrong sudo password for {self.target.user}@{self.target.alias}",
+                            hint=f"check it, or set {SUDO_PASSWORD_ENV}") from exc
+        except invoke.exceptions.CommandTimedOut as exc:
+            raise RemoteCommandError(f"{what or 'remote command'} timed out after {timeout}s on {self.name}",
+                                     command=command, exit_code=124) from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectError(f"connection to {self.name} lost: {exc}",
+                               hint="rerun the command; completed steps are kept") from exc
+        res = RunResult(command=command, exit_code=result.exited, stdout=result.stdout, stderr=result.stderr)
+        if check and not res.ok:
+            detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
+            last = detail[-1] if detail else f"exit code {res.exit_code}"
+            raise RemoteCommandError(f"{what or 'remote command'} failed on {self.name}: {last}",
+                                     command=command, exit_code=res.exit_code, stderr=res.stderr)
+        return res
+
+    def _as_root(self, command: str) -> str:
+        mode = self.sudo_mode()
+        if mode == "root":
+            return command
+        if mode == "nopasswd":
+            return shell.sudo_nopasswd(command)
+        raise SudoError(f"{self.target.user}@{self.target.alias} cannot run commands as root (no sudo)",
+                        hint="ask the owner for sudo rights, or log in as a user who has them")
+
+    # -- sudo --------------------------------------------------------------------------------
+    SUDO_MODE_SCRIPT = (
+        'if [ "$(id -u)" = 0 ]; then echo root; '
+        "elif ! command -v sudo >/dev/null 2>&1; then echo none; "
+        "elif sudo -n true >/dev/null 2>&1; then echo nopasswd; "
+        "else echo password; fi"
+    )
+
+    def sudo_mode(self) -> str:
+        """'root', 'nopasswd', 'password' or 'none' (cached; also set by the probe)."""
+        if self._sudo_mode is None:
+            out = self.run(shell.sh_c(self.SUDO_MODE_SCRIPT), what="sudo check").stdout.strip()
+            self._sudo_mode = out if out in ("root", "nopasswd", "password", "none") else "none"
+        return self._sudo_mode
+
+    def set_sudo_mode(self, mode: str) -> None:
+        """Record a sudo mode found by another probe (saves a round trip)."""
+        self._sudo_mode = mode
+
+    def _password(self) -> str:
+        if self._sudo_password is None:
+            password = os.environ.get(SUDO_PASSWORD_ENV)
+            if password is None:
+                if not sys.stdin.isatty():
+                    raise SudoError(
+                        f"sudo on {self.target.alias} needs {self.target.user}'s password and there is no terminal",
+                        hint=f"set {SUDO_PASSWORD_ENV} in the environment, or run from a terminal",
+                    )
+                password = getpass.getpass(f"[migrate] sudo password for {self.target.user}@{self.target.alias}: ")
+            self._sudo_password = password
+        return self._sudo_password
+
+    def check_sudo(self) -> str:
+        """Prove that root commands work (asking for the password once if needed); return the mode."""
+        mode = self.sudo_mode()
+        if mode == "none":
+            raise SudoError(f"{self.target.user}@{self.target.alias} has no sudo",
+                            hint="ask the owner for sudo rights")
+        if mode == "password":
+            self.run("true", sudo=True, what="sudo password check")
+        return mode
+
+    # -- files -------------------------------------------------------------------------------
+    def home(self) -> str:
+        """The remote user's home directory."""
+        return self.run('printf %s "$HOME"', what="read $HOME").stdout
+
+    def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
+        """Write a file atomically over SFTP (into a temp name, then rename or sudo install)."""
+        sftp = self.connection.sftp()
+        tmp_dir = posixpath.join(self.home(), ".migrate", "tmp")
+        self.run(shell.mkdir_private(tmp_dir), what="create ~/.migrate/tmp")
+        tmp = posixpath.join(tmp_dir, f"upload-{uuid.uuid4().hex}")
+        try:
+            with sftp.open(tmp, "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(data)
+            sftp.chmod(tmp, mode)
+            if sudo:
+                self.run(shell.join(["install", "-m", f"{mode:o}", "-o", "root", "-g", "root", tmp, remote_path]),
+                         sudo=True, what=f"install {remote_path}")
+            else:
+                self.run(shell.join(["mv", "-f", tmp, remote_path]), what=f"write {remote_path}")
+        finally:
+            self.run(shell.join(["rm", "-f", tmp]), check=False)
+
+    def read_text(self, remote_path: str, *, sudo: bool = False) -> str | None:
+        """A remote text file's content, or None when it does not exist."""
+        res = self.run(f"if [ -e {shell.quote(remote_path)} ]; then cat {shell.quote(remote_path)}; "
+                       "else echo __MIGRATE_NO_FILE__ >&2; exit 3; fi", sudo=sudo, check=False)
+        if res.exit_code == 3 and "__MIGRATE_NO_FILE__" in res.stderr:
+            return None
+        if not res.ok:
+            raise RemoteCommandError(f"cannot read {remote_path} on {self.name}: {res.stderr.strip()}",
+                                     command=res.command, exit_code=res.exit_code, stderr=res.stderr)
+        return res.stdout
+
+    def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
+        """`ssh ... host` for subprocess streams (rsync -e, image pipes) with the same settings."""
+        return openssh_argv(self.target, config_file=self.configs.openssh_file(), extra=extra)
+
+
+def load_configs(options: ConnectOptions) -> SshConfigSet:
+    """The ssh_config set migrate uses: the sandbox's blocks, then the user's file."""
+    return SshConfigSet(user_ssh_config_path(options), sandbox_ssh_configs())
+
+
+def target_for(host: str, options: ConnectOptions) -> tuple[SshTarget, SshConfigSet]:
+    """Parse and resolve a host argument without connecting."""
+    configs = load_configs(options)
+    return resolve(HostSpec.parse(host), options, configs), configs
+
+
+def connect(host: str, options: ConnectOptions | None = None) -> Remote:
+    """Parse, resolve and open a connection to `host` (`[user@]host` or an ssh_config alias)."""
+    options = options or ConnectOptions()
+    target, configs = target_for(host, options)
+    return Remote(target, configs, options).open()
