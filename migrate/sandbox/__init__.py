@@ -1,0 +1,1 @@
+"""The local sandbox: rehearsal hosts that behave like a borrowed GPU server."""

@@ -1,0 +1,416 @@
+"""`migrate sandbox`: local rehearsal hosts, each a systemd-booted Docker container with sshd.
+
+After `up N`, hosts `sandbox1..N` are reachable by every migrate command with no flags: the
+sandbox writes an ssh_config block (HostName, Port, User alice, its own key and known_hosts) that
+the connection layer reads before ~/.ssh/config. `down` removes the containers, volumes, network
+and state files it made (objects carry the label `migrate.sandbox=<name>`) and nothing else.
+
+Several independent sandboxes can coexist: `MIGRATE_SANDBOX=name` changes the host names
+(`name1`, `name2`...), container/network/volume names and state directory;
+`MIGRATE_SANDBOX_SUBNET` and `MIGRATE_SANDBOX_PORT` move the network and published ports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migrate import local, ui
+from migrate.errors import LocalCommandError, MigrateError, UsageError
+from migrate.paths import cache_root, private_dir, sandbox_root
+from migrate.sandbox import recipe
+
+IMAGE = "migrate-sandbox:bookworm"
+LABEL = "migrate.sandbox"
+DEFAULT_NAME = "sandbox"
+DEFAULT_SUBNET = "172.31.250.0/24"
+DEFAULT_BASE_PORT = 2222
+BOB_PASSWORD = "bobpass"  # a fixed test fixture for the password-sudo user; not a secret
+SMALL_DISK = "64m"
+
+
+@dataclass
+class SandboxSettings:
+    """Names, network and ports of one sandbox (see module docstring for the env knobs)."""
+
+    name: str = DEFAULT_NAME
+    subnet: str = DEFAULT_SUBNET
+    base_port: int = DEFAULT_BASE_PORT
+    bind_addr: str = "127.0.0.1"
+    suite: str = recipe.SUITE
+    mirror: str = recipe.MIRROR
+    security_mirror: str = recipe.SECURITY_MIRROR
+    bob_password: str = BOB_PASSWORD
+    extra_docker_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> SandboxSettings:
+        """Settings from MIGRATE_SANDBOX* environment variables."""
+        name = os.environ.get("MIGRATE_SANDBOX", DEFAULT_NAME)
+        if not name.isidentifier() or not name.isascii() or name[-1].isdigit():
+            raise UsageError(f"bad sandbox name {name!r}", hint="letters and '_' only, not ending in a digit")
+        try:
+            port = int(os.environ.get("MIGRATE_SANDBOX_PORT", DEFAULT_BASE_PORT))
+        except ValueError as exc:
+            raise UsageError("MIGRATE_SANDBOX_PORT must be a number") from exc
+        return cls(
+            name=name,
+            subnet=os.environ.get("MIGRATE_SANDBOX_SUBNET", DEFAULT_SUBNET),
+            base_port=port,
+            mirror=os.environ.get("MIGRATE_SANDBOX_MIRROR", recipe.MIRROR),
+            security_mirror=os.environ.get("MIGRATE_SANDBOX_SECURITY_MIRROR", recipe.SECURITY_MIRROR),
+        )
+
+    def alias(self, i: int) -> str:
+        return f"{self.name}{i}"
+
+    def container(self, i: int) -> str:
+        return f"migrate-{self.name}{i}"
+
+    @property
+    def network(self) -> str:
+        return f"migrate-{self.name}"
+
+    def ip(self, i: int) -> str:
+        net = ipaddress.ip_network(self.subnet)
+        return str(net.network_address + 10 + i)
+
+    def port(self, i: int) -> int:
+        return self.base_port + i - 1
+
+
+def _docker(*args: str, check: bool = True, input: str | None = None, what: str | None = None,
+            timeout: float | None = 120) -> subprocess.CompletedProcess:
+    return local.run(["docker", *args], check=check, input=input, what=what or f"docker {args[0]}",
+                     timeout=timeout)
+
+
+def docker_available() -> None:
+    """Raise a clear error when no Docker daemon answers."""
+    local.require("docker")
+    proc = _docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20)
+    if proc.returncode != 0:
+        raise MigrateError("the local Docker daemon does not answer",
+                           hint="start it (scripts/bootstrap does: apt-get install docker.io; dockerd &)")
+
+
+def host_nameservers() -> str:
+    """Upstream resolvers for the sandbox (never loopback ones, which do not work inside)."""
+    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        keep = [ln for ln in lines if ln.startswith(("nameserver ", "search ", "options "))]
+        keep = [ln for ln in keep if not (ln.startswith("nameserver ") and ln.split()[1].startswith(("127.", "::1")))]
+        if any(ln.startswith("nameserver ") for ln in keep):
+            return "\n".join(keep)
+    return ""
+
+
+def host_apt_conf() -> str:
+    """apt settings copied from this machine (a frozen snapshot mirror needs Check-Valid-Until false)."""
+    try:
+        dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    wanted = ('Acquire::Check-Valid-Until "false";', 'Acquire::Check-Date "false";')
+    return "\n".join(ln for ln in dump.splitlines() if ln in wanted)
+
+
+@contextmanager
+def _build_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Sandbox:
+    """One named sandbox: build its image, bring hosts up and down, describe them."""
+
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self.s = settings or SandboxSettings.from_env()
+        self.state = sandbox_root() / self.s.name
+        self.cache = cache_root() / "sandbox"
+        self.key = self.state / "ssh" / "id_ed25519"
+        self.known_hosts = self.state / "ssh" / "known_hosts"
+        self.ssh_config = self.state / "ssh_config"
+        self.hosts_json = self.state / "hosts.json"
+
+    # -- image ------------------------------------------------------------------------------
+    @property
+    def recipe_id(self) -> str:
+        return recipe.recipe_hash(self.s.suite, self.s.mirror, self.s.security_mirror)
+
+    @property
+    def tarball(self) -> Path:
+        return self.cache / f"rootfs-{self.s.suite}-{self.recipe_id}.tar.zst"
+
+    def image_is_current(self) -> bool:
+        proc = _docker("image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", IMAGE, check=False)
+        return proc.returncode == 0 and f"MIGRATE_SANDBOX_RECIPE={self.recipe_id}" in proc.stdout.split()
+
+    def build(self, force: bool = False) -> None:
+        """Make sure the sandbox image exists for the current recipe (cached rootfs tarball)."""
+        with _build_lock(self.cache / "build.lock"):
+            if not force and self.image_is_current():
+                ui.debug(f"sandbox image {IMAGE} is current (recipe {self.recipe_id})")
+                return
+            if force or not self.tarball.is_file():
+                self._debootstrap()
+            else:
+                ui.step(f"using cached rootfs {self.tarball}")
+            self._import()
+
+    def _debootstrap(self) -> None:
+        if os.geteuid() != 0:
+            raise MigrateError("building the sandbox image needs root (debootstrap)",
+                               hint="run `migrate sandbox up` as root once; later runs reuse the cached image")
+        local.require("debootstrap")
+        local.require("zstd")
+        root = private_dir(self.cache / "build") / "rootfs"
+        self._umount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+        log = self.cache / "debootstrap.log"
+        t0 = time.monotonic()
+        with ui.err.status(f"building the sandbox rootfs with debootstrap ({self.s.suite}); "
+                           "about 90 s, once (log: {log})"):
+            with open(log, "w") as fh:
+                proc = subprocess.run(
+                    ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.PACKAGES)}",
+                     f"--cache-dir={private_dir(self.cache / 'debs')}", self.s.suite, str(root), self.s.mirror],
+                    stdout=fh, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                self._umount_under(root)
+                tail = log.read_text().splitlines()[-3:]
+                raise MigrateError(f"debootstrap failed: {' / '.join(tail)}", hint=f"full log: {log}")
+            env = dict(os.environ, R=str(root), MIRROR=self.s.mirror, SECURITY_MIRROR=self.s.security_mirror,
+                       SUITE=self.s.suite, INIT_SHIM=recipe.INIT_SHIM, NETFIX=recipe.NETFIX,
+                       NETFIX_UNIT=recipe.NETFIX_UNIT)
+            local.run(["sh", "-c", recipe.CUSTOMIZE], env=env, what="customize sandbox rootfs")
+            tmp = self.tarball.with_suffix(".tmp")
+            pipeline = (f"tar --numeric-owner --xattrs --xattrs-include='*' -C {shlex.quote(str(root))} -cf - . "
+                        f"| zstd -q -T0 -6 > {shlex.quote(str(tmp))}")
+            local.run(["bash", "-o", "pipefail", "-c", pipeline], what="pack sandbox rootfs")
+            tmp.replace(self.tarball)
+            for old in self.cache.glob(f"rootfs-{self.s.suite}-*.tar.zst"):
+                if old != self.tarball:
+                    old.unlink()
+            shutil.rmtree(root, ignore_errors=True)
+        ui.step(f"built sandbox rootfs in {time.monotonic() - t0:.0f}s ({ui.human_bytes(self.tarball.stat().st_size)})")
+
+    @staticmethod
+    def _umount_under(path: Path) -> None:
+        if not path.exists():
+            return
+        prefix = str(path.resolve()) + "/"
+        try:
+            mounts = [ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines()]
+        except OSError:
+            return
+        for m in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+
+    def _import(self) -> None:
+        old = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE, check=False).stdout.strip()
+        changes = ['CMD ["/usr/local/sbin/migrate-sandbox-init"]', "ENV container=docker",
+                   f"ENV MIGRATE_SANDBOX_RECIPE={self.recipe_id}"]
+        argv = ["docker", "import", *[x for c in changes for x in ("--change", c)],
+                "--message", f"migrate sandbox, recipe {self.recipe_id}", "-", IMAGE]
+        with ui.err.status("importing the sandbox image"):
+            pipeline = f"zstd -dc {shlex.quote(str(self.tarball))} | {shlex.join(argv)} >/dev/null"
+            local.run(["bash", "-o", "pipefail", "-c", pipeline], what="docker import", timeout=600)
+        new = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
+        if old and old != new:
+            _docker("image", "rm", old, check=False)
+
+    # -- hosts ------------------------------------------------------------------------------
+    def _ensure_key(self) -> None:
+        private_dir(self.key.parent)
+        if not self.key.is_file():
+            local.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"migrate-{self.s.name}",
+                       "-f", str(self.key)], what="ssh-keygen")
+        self.known_hosts.touch(mode=0o600)
+
+    def _ensure_network(self) -> None:
+        if _docker("network", "inspect", self.s.network, check=False).returncode == 0:
+            return
+        _docker("network", "create", "--label", f"{LABEL}={self.s.name}", "--subnet", self.s.subnet,
+                self.s.network, what="create sandbox network",
+                )
+
+    def _start(self, i: int) -> None:
+        name = self.s.container(i)
+        state = _docker("inspect", "-f", "{{.State.Status}}", name, check=False).stdout.strip()
+        if state == "running":
+            return
+        if state:
+            _docker("start", name, what=f"start {name}")
+            return
+        volume = f"{name}-docker"
+        _docker("volume", "create", "--label", f"{LABEL}={self.s.name}", volume)
+        _docker(
+            "run", "-d", "--name", name, "--hostname", self.s.alias(i), "--label", f"{LABEL}={self.s.name}",
+            "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "--security-opt", "systempaths=unconfined",
+            "--device-cgroup-rule", "a *:* rwm", "--cgroupns=private",
+            "--stop-signal", "SIGRTMIN+3", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+            "--tmpfs", f"/mnt/small:size={SMALL_DISK},mode=1777",
+            "--network", self.s.network, "--ip", self.s.ip(i),
+            "-p", f"{self.s.bind_addr}:{self.s.port(i)}:22",
+            "-v", f"{volume}:/var/lib/docker",
+            *self.s.extra_docker_args,
+            IMAGE, what=f"create {name}",
+        )
+
+    def _configure(self, i: int, n: int, gpus: int, kill_user_processes: bool) -> list[str]:
+        hosts = "".join(f"{self.s.ip(j)} {self.s.alias(j)} # migrate-sandbox\n" for j in range(1, n + 1))
+        env = {"BOBPW": self.s.bob_password, "HOSTS": hosts, "NS": host_nameservers(),
+               "KUP": "yes" if kill_user_processes else "no", "APTCONF": host_apt_conf(), "GPUS": str(gpus),
+               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI}
+        argv = ["exec", "-i"]
+        for k, v in env.items():
+            argv += ["-e", f"{k}={v}"]
+        argv += [self.s.container(i), "sh", "-c", recipe.CONFIGURE]
+        pub = (self.key.with_suffix(".pub")).read_text()
+        proc = _docker(*argv, input=pub, what=f"configure {self.s.alias(i)}", timeout=120)
+        return [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("ssh-", "ecdsa-"))]
+
+    def _write_known_hosts(self, entries: dict[int, list[str]]) -> None:
+        lines: list[str] = []
+        for i, keys in sorted(entries.items()):
+            for key in keys:
+                keytype, b64 = key.split()[:2]
+                names = [f"[{self.s.bind_addr}]:{self.s.port(i)}", self.s.ip(i)]
+                lines += [f"{name} {keytype} {b64}" for name in names]
+        tmp = self.known_hosts.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.known_hosts)
+
+    def running_indices(self) -> list[int]:
+        """Indices of this sandbox's containers that exist (any state)."""
+        proc = _docker("ps", "-a", "--filter", f"label={LABEL}={self.s.name}", "--format", "{{.Names}}")
+        prefix = f"migrate-{self.s.name}"
+        out = []
+        for name in proc.stdout.split():
+            suffix = name[len(prefix):]
+            if name.startswith(prefix) and suffix.isdigit():
+                out.append(int(suffix))
+        return sorted(out)
+
+    def up(self, n: int, *, gpus: int = 0, kill_user_processes: bool = False, rebuild: bool = False) -> list[dict]:
+        """Start hosts 1..n (reusing running ones), configure them, write ssh_config; return host info."""
+        if not 1 <= n <= 50:
+            raise UsageError(f"cannot start {n} sandbox hosts", hint="choose 1 to 50")
+        if gpus < 0 or gpus > 16:
+            raise UsageError("--gpus must be between 0 and 16")
+        docker_available()
+        t0 = time.monotonic()
+        self.build(force=rebuild)
+        private_dir(self.state)
+        self._ensure_key()
+        self._ensure_network()
+        existing = self.running_indices()
+        total = max([n, *existing])
+        for i in range(1, n + 1):
+            self._start(i)
+        keys: dict[int, list[str]] = {}
+        with ui.err.status(f"configuring {total} sandbox host(s)"):
+            for i in range(1, total + 1):
+                if i in existing or i <= n:
+                    keys[i] = self._configure(i, total, gpus, kill_user_processes)
+        self._write_known_hosts(keys)
+        self._write_coords(sorted(keys), gpus)
+        ui.step(f"{len(keys)} sandbox host(s) ready in {time.monotonic() - t0:.0f}s")
+        return self.describe()
+
+    def _write_coords(self, indices: list[int], gpus: int) -> None:
+        blocks = []
+        hosts = []
+        for i in indices:
+            alias = self.s.alias(i)
+            blocks.append(
+                f"Host {alias}\n  HostName {self.s.bind_addr}\n  Port {self.s.port(i)}\n  User alice\n"
+                f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {self.known_hosts}\n"
+                f"  StrictHostKeyChecking yes\n"
+            )
+            hosts.append({"alias": alias, "container": self.s.container(i), "hostname": self.s.bind_addr,
+                          "port": self.s.port(i), "ip": self.s.ip(i), "user": "alice", "sudo": "nopasswd",
+                          "password_sudo_user": "bob", "password_sudo_user_password": self.s.bob_password,
+                          "identity_file": str(self.key), "known_hosts": str(self.known_hosts),
+                          "fake_gpus": gpus})
+        header = f"# migrate sandbox '{self.s.name}': written by `migrate sandbox up`; removed by `down`\n"
+        self.ssh_config.write_text(header + "\n".join(blocks))
+        self.ssh_config.chmod(0o600)
+        self.hosts_json.write_text(json.dumps(hosts, indent=2) + "\n")
+        self.hosts_json.chmod(0o600)
+
+    def describe(self) -> list[dict]:
+        """Host info from hosts.json plus each container's live state."""
+        try:
+            hosts = json.loads(self.hosts_json.read_text())
+        except (OSError, ValueError):
+            return []
+        states = {}
+        proc = _docker("ps", "-a", "--filter", f"label={LABEL}={self.s.name}",
+                       "--format", "{{.Names}} {{.State}}", check=False)
+        for line in proc.stdout.splitlines():
+            name, _, state = line.partition(" ")
+            states[name] = state
+        for h in hosts:
+            h["state"] = states.get(h["container"], "missing")
+        return hosts
+
+    def openssh_config(self) -> str:
+        """The ssh_config text for `ssh -F`, `rsync -e` and scripts."""
+        if not self.ssh_config.is_file():
+            raise MigrateError(f"sandbox '{self.s.name}' is not up", hint="run `migrate sandbox up`")
+        return self.ssh_config.read_text()
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Remove this sandbox's containers, volumes, network and state files; return what went."""
+        removed: list[str] = []
+        try:
+            docker_available()
+        except (MigrateError, LocalCommandError):
+            if purge or not self.state.exists():
+                raise
+            ui.warn("Docker daemon not answering; removing only the local state files")
+        else:
+            label = f"label={LABEL}={self.s.name}"
+            names = _docker("ps", "-aq", "--filter", label).stdout.split()
+            if names:
+                _docker("rm", "-f", "-v", *names, what="remove sandbox containers")
+                removed.append(f"{len(names)} container(s)")
+            vols = _docker("volume", "ls", "-q", "--filter", label).stdout.split()
+            if vols:
+                _docker("volume", "rm", *vols, what="remove sandbox volumes")
+                removed.append(f"{len(vols)} volume(s)")
+            nets = _docker("network", "ls", "-q", "--filter", label).stdout.split()
+            if nets:
+                _docker("network", "rm", *nets, what="remove sandbox network")
+                removed.append("network")
+            if purge and _docker("image", "rm", IMAGE, check=False).returncode == 0:
+                removed.append(f"image {IMAGE}")
+        if self.state.exists():
+            shutil.rmtree(self.state)
+            removed.append(f"state {self.state}")
+        if purge and self.cache.exists():
+            shutil.rmtree(self.cache)
+            removed.append(f"cache {self.cache}")
+        return removed

@@ -1,0 +1,180 @@
+"""How a sandbox host is built: a Debian rootfs from debootstrap, customised, imported as an image.
+
+The sandbox rehearses a borrowed GPU server: systemd as PID 1, sshd with key auth, a user `alice`
+with passwordless sudo and a user `bob` with password sudo, working apt, no Docker. Everything
+here is data (package list, shell scripts); `recipe_hash()` changes whenever any of it changes,
+so a cached rootfs is rebuilt exactly when the recipe is different.
+
+Why the odd bits (measured on this kind of machine):
+- `docker run --privileged` fails where the capability bounding set lacks CAP_SYS_RESOURCE, so
+  containers run with every other capability and a PID-1 shim remounts /sys and the cgroup
+  mounts read-write (a plain `remount,rw` says "busy": `remount,bind,rw` works) before systemd.
+- Docker rewrites /etc/resolv.conf and /etc/hosts at each container start; a oneshot unit
+  re-applies our copies early in boot, so Docker installed later inside gets working DNS.
+- overlayfs on overlayfs is refused, so the inner /var/lib/docker is a named volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+PACKAGES = [
+    "systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "sudo", "rsync", "python3",
+    "ca-certificates", "curl", "gnupg", "iproute2", "iputils-ping", "procps", "less", "kmod", "lsb-release",
+]
+
+INIT_SHIM = r"""#!/bin/sh
+# PID 1 shim for migrate sandbox hosts: without --privileged, /sys and the cgroup mounts are
+# read-only; make them writable (remount,bind,rw works where remount,rw says "busy"), then boot.
+mount -o remount,rw /sys 2>/dev/null || mount -o remount,bind,rw /sys 2>/dev/null || true
+for m in /sys/fs/cgroup $(awk '$3=="cgroup"||$3=="cgroup2"{print $2}' /proc/self/mounts); do
+  mount -o remount,bind,rw "$m" 2>/dev/null || true
+done
+exec /sbin/init "$@"
+"""
+
+NETFIX = r"""#!/bin/sh
+# Docker regenerates resolv.conf/hosts at each start; re-apply the sandbox's own copies.
+[ -s /etc/migrate-sandbox/resolv.conf ] && cat /etc/migrate-sandbox/resolv.conf > /etc/resolv.conf
+if [ -s /etc/migrate-sandbox/hosts ]; then
+  { grep -Ev '# migrate-sandbox$' /etc/hosts; cat /etc/migrate-sandbox/hosts; } > /run/migrate-hosts
+  cat /run/migrate-hosts > /etc/hosts; rm -f /run/migrate-hosts
+fi
+exit 0
+"""
+
+NETFIX_UNIT = """[Unit]
+Description=migrate sandbox: re-apply resolv.conf/hosts after Docker regenerated them
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target network.target ssh.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/migrate-sandbox-netfix
+[Install]
+WantedBy=sysinit.target
+"""
+
+# Runs on this machine with $R = the rootfs directory (as root).
+CUSTOMIZE = r"""
+set -eu
+rm -f "$R/etc/apt/sources.list"
+cat >"$R/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $MIRROR
+Suites: $SUITE $SUITE-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $SECURITY_MIRROR
+Suites: $SUITE-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+chroot "$R" useradd -m -s /bin/bash -G sudo alice
+chroot "$R" useradd -m -s /bin/bash -G sudo bob
+echo 'alice ALL=(ALL) NOPASSWD:ALL' >"$R/etc/sudoers.d/90-alice"
+chmod 440 "$R/etc/sudoers.d/90-alice"
+chroot "$R" visudo -c >/dev/null
+rm -f "$R"/etc/ssh/ssh_host_*
+mkdir -p "$R/etc/systemd/system/ssh.service.d"
+printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
+  >"$R/etc/systemd/system/ssh.service.d/migrate-hostkeys.conf"
+printf 'UseDNS no\nPasswordAuthentication yes\nPermitRootLogin prohibit-password\nMaxStartups 100:30:200\nMaxSessions 100\n' \
+  >"$R/etc/ssh/sshd_config.d/migrate-sandbox.conf"
+: >"$R/etc/machine-id"; rm -f "$R/var/lib/dbus/machine-id"
+for u in getty@tty1.service console-getty.service getty.target e2scrub_reap.service e2scrub_all.timer \
+         systemd-pstore.service apt-daily.timer apt-daily-upgrade.timer fstrim.timer \
+         systemd-remount-fs.service sys-kernel-config.mount sys-kernel-debug.mount; do
+  chroot "$R" systemctl mask "$u" >/dev/null 2>&1
+done
+mkdir -p "$R/etc/migrate-sandbox"
+printf '%s' "$INIT_SHIM" >"$R/usr/local/sbin/migrate-sandbox-init"
+printf '%s' "$NETFIX" >"$R/usr/local/sbin/migrate-sandbox-netfix"
+printf '%s' "$NETFIX_UNIT" >"$R/etc/systemd/system/migrate-sandbox-netfix.service"
+chmod 755 "$R/usr/local/sbin/migrate-sandbox-init" "$R/usr/local/sbin/migrate-sandbox-netfix"
+chroot "$R" systemctl enable migrate-sandbox-netfix.service >/dev/null 2>&1
+chroot "$R" apt-get clean
+rm -rf "$R"/var/lib/apt/lists/* "$R"/var/log/*.log "$R"/var/cache/debconf/*-old
+"""
+
+# Runs inside a started sandbox host (docker exec -i, as root); stdin is the public key.
+CONFIGURE = r"""
+set -eu
+for k in $(seq 200); do s=$(systemctl is-system-running 2>/dev/null || true)
+  case "$s" in running|degraded) break;; esac; sleep 0.1; done
+key=$(cat)
+for u in alice bob; do
+  install -d -m700 -o $u -g $u /home/$u/.ssh
+  grep -qxF "$key" /home/$u/.ssh/authorized_keys 2>/dev/null || echo "$key" >> /home/$u/.ssh/authorized_keys
+  chown $u:$u /home/$u/.ssh/authorized_keys; chmod 600 /home/$u/.ssh/authorized_keys
+done
+echo "bob:$BOBPW" | chpasswd
+if [ -n "$NS" ]; then printf "%s\n" "$NS" > /etc/migrate-sandbox/resolv.conf; fi
+printf "%s" "$HOSTS" > /etc/migrate-sandbox/hosts
+/usr/local/sbin/migrate-sandbox-netfix
+if [ -n "$APTCONF" ]; then printf "%s\n" "$APTCONF" > /etc/apt/apt.conf.d/99migrate-sandbox
+else rm -f /etc/apt/apt.conf.d/99migrate-sandbox; fi
+mkdir -p /etc/systemd/logind.conf.d
+cur=$(cat /etc/systemd/logind.conf.d/migrate-sandbox.conf 2>/dev/null || true)
+want=$(printf "[Login]\nKillUserProcesses=%s" "$KUP")
+if [ "$cur" != "$want" ]; then printf "%s\n" "$want" > /etc/systemd/logind.conf.d/migrate-sandbox.conf
+  systemctl restart systemd-logind; fi
+printf '%s\n' "$GPUS" > /etc/migrate-sandbox/gpus
+if [ "$GPUS" -gt 0 ]; then
+  printf '%s' "$FAKE_NVIDIA_SMI" > /usr/local/bin/nvidia-smi
+  printf '#!/bin/sh\n# migrate sandbox FAKE: an "nvidia" OCI runtime that is plain runc (no GPU)\nexec runc "$@"\n' \
+    > /usr/local/bin/nvidia-container-runtime
+  printf '#!/bin/sh\n# migrate sandbox FAKE prestart hook (no GPU)\ncat >/dev/null\nexit 0\n' \
+    > /usr/local/bin/nvidia-container-runtime-hook
+  chmod 755 /usr/local/bin/nvidia-smi /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
+else
+  rm -f /usr/local/bin/nvidia-smi /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
+fi
+for k in $(seq 100); do systemctl is-active --quiet ssh && break; sleep 0.1; done
+systemctl is-active --quiet ssh || systemctl restart ssh
+for k in $(seq 50); do ls /etc/ssh/ssh_host_*_key.pub >/dev/null 2>&1 && break; sleep 0.1; done
+cat /etc/ssh/ssh_host_*_key.pub
+"""
+
+# A test double for nvidia-smi (no GPU behind it), installed only with `sandbox up --gpus N`.
+FAKE_NVIDIA_SMI = r"""#!/bin/sh
+# migrate sandbox FAKE nvidia-smi: a documented test double, there is no GPU here.
+N=$(cat /etc/migrate-sandbox/gpus 2>/dev/null || echo 0)
+q=""
+for a in "$@"; do case "$a" in --query-gpu=*) q=${a#--query-gpu=};; esac; done
+uuid() { printf 'GPU-5a4db0c5-0000-4000-8000-%012d' "$1"; }
+name="NVIDIA H100 80GB HBM3 (sandbox fake)"
+i=0
+if [ -n "$q" ]; then
+  while [ "$i" -lt "$N" ]; do
+    line=""; old_ifs=$IFS; IFS=,
+    for f in $q; do
+      case "$f" in
+        index) v=$i;; name) v=$name;; uuid) v=$(uuid "$i");; memory.total) v=81559;; memory.used) v=0;;
+        memory.free) v=81559;; driver_version) v=550.00;; utilization.gpu) v=0;; *) v="[N/A]";;
+      esac
+      line="${line:+$line, }$v"
+    done
+    IFS=$old_ifs; echo "$line"; i=$((i + 1))
+  done
+  exit 0
+fi
+case " $* " in
+  *" -L "*) while [ "$i" -lt "$N" ]; do echo "GPU $i: $name (UUID: $(uuid "$i"))"; i=$((i + 1)); done ;;
+  *) echo "NVIDIA-SMI 550.00 (migrate sandbox FAKE, no GPU)"; echo "$N fake GPU(s)" ;;
+esac
+"""
+
+
+def recipe_hash(suite: str = SUITE, mirror: str = MIRROR, security_mirror: str = SECURITY_MIRROR) -> str:
+    """12 hex digits that change whenever the image recipe changes."""
+    h = hashlib.sha256()
+    for part in (INIT_SHIM, NETFIX, NETFIX_UNIT, CUSTOMIZE, " ".join(PACKAGES), suite, mirror, security_mirror):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]

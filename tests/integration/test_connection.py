@@ -1,0 +1,126 @@
+"""The connection layer against a real sshd: quoting, host keys, sudo, OpenSSH parity."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from migrate.errors import SudoError
+from migrate.remote import shell
+from migrate.remote.connection import connect
+from migrate.sandbox.manager import Sandbox
+from tests.conftest import assert_one_line_error, run_cli
+
+WEIRD = "we ird 'q' \"dq\" $(touch PWNED) `touch PWNED2` ;&|*? ünï -x"
+
+
+def test_weird_path_reaches_the_remote_as_one_literal_argument(remote1):
+    base = "/tmp/migrate-quoting-test"
+    remote1.run(shell.join(["rm", "-rf", base]) + " && " + shell.join(["mkdir", "-p", base]))
+    path = f"{base}/{WEIRD}"
+    remote1.run(shell.join(["touch", path]))
+    names = remote1.connection.sftp().listdir(base)
+    assert names == [WEIRD]
+    res = remote1.run(shell.join(["ls", "-A", base]) + " ; ls /tmp/PWNED* ~/PWNED* 2>/dev/null; true")
+    assert "PWNED" not in res.stdout.replace(WEIRD, "")
+    remote1.run(shell.join(["rm", "-rf", base]))
+
+
+def test_remote_command_failure_names_the_action(remote1):
+    from migrate.errors import RemoteCommandError
+    with pytest.raises(RemoteCommandError) as exc:
+        remote1.run("ls /definitely/not/here", what="list things")
+    assert "list things failed" in exc.value.message and exc.value.remote_exit_code != 0
+
+
+def test_sudo_modes(sandbox_hosts, monkeypatch):
+    alias = sandbox_hosts[1]["alias"]
+    with connect(alias) as alice:
+        assert alice.sudo_mode() == "nopasswd"
+        assert alice.run("id -u", sudo=True).stdout.strip() == "0"
+    monkeypatch.setenv("MIGRATE_SUDO_PASSWORD", sandbox_hosts[1]["password_sudo_user_password"])
+    with connect(f"bob@{alias}") as bob:
+        assert bob.sudo_mode() == "password"
+        assert bob.run("id -u", sudo=True).stdout.strip() == "0"
+        assert bob.run("echo 'a b' | wc -w", sudo=True).stdout.strip() == "2"
+    monkeypatch.setenv("MIGRATE_SUDO_PASSWORD", "wrong-password")
+    with connect(f"bob@{alias}") as bob, pytest.raises(SudoError, match="wrong sudo password"):
+        bob.run("true", sudo=True)
+
+
+def test_password_sudo_without_terminal_or_env_is_a_clear_error(sandbox_hosts, monkeypatch):
+    monkeypatch.delenv("MIGRATE_SUDO_PASSWORD", raising=False)
+    with connect(f"bob@{sandbox_hosts[1]['alias']}") as bob, pytest.raises(SudoError, match="no terminal"):
+        bob.run("true", sudo=True)
+
+
+def test_put_bytes_and_read_text(remote1):
+    remote1.put_bytes(b"hello\n", "/tmp/migrate-put test", mode=0o640)
+    assert remote1.read_text("/tmp/migrate-put test") == "hello\n"
+    assert remote1.run("stat -c %a '/tmp/migrate-put test'").stdout.strip() == "640"
+    remote1.put_bytes(b"root file\n", "/etc/migrate-put-test", mode=0o644, sudo=True)
+    assert remote1.run("stat -c '%U %a' /etc/migrate-put-test").stdout.strip() == "root 644"
+    remote1.run("rm -f /etc/migrate-put-test", sudo=True)
+    assert remote1.read_text("/nonexistent/file") is None
+    assert remote1.run("ls -A ~/.migrate/tmp").stdout.strip() == ""
+
+
+def test_openssh_argv_reaches_the_same_host_with_the_same_checks(remote1):
+    argv = remote1.openssh_argv() + ["hostname"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == remote1.run("hostname").stdout.strip()
+
+
+def test_sandbox_ssh_config_works_with_plain_openssh(sandbox_hosts, tmp_path):
+    res = run_cli("sandbox", "ssh-config")
+    assert res.code == 0
+    cfg = tmp_path / "sb.conf"
+    cfg.write_text(res.stdout)
+    for h in sandbox_hosts[:2]:
+        out = subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", h["alias"], "hostname"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == h["alias"]
+
+
+def _private_config(tmp_path, host: dict, known_hosts_text: str) -> str:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_hosts_text)
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host lab\n  HostName {host['hostname']}\n  Port {host['port']}\n  User alice\n"
+                   f"  IdentityFile {host['identity_file']}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n")
+    return str(cfg)
+
+
+def test_unknown_host_key_is_refused_then_accepted_on_request(sandbox_hosts, tmp_path):
+    h = sandbox_hosts[0]
+    cfg = _private_config(tmp_path, h, "")
+    env = {"MIGRATE_SSH_CONFIG": cfg, "MIGRATE_STATE_DIR": str(tmp_path / "nostate")}
+    res = run_cli("doctor", "lab", env=env)
+    assert_one_line_error(res, "unknown host key", "SHA256:", "--accept-new-host-key")
+    assert (tmp_path / "known_hosts").read_text() == ""
+    res = run_cli("doctor", "lab", "--accept-new-host-key", "--json", env=env)
+    assert res.code == 0, res.output
+    assert f"[{h['hostname']}]:{h['port']}" in (tmp_path / "known_hosts").read_text()
+    # and now plain OpenSSH trusts the same file
+    res = run_cli("doctor", "lab", env=env)
+    assert res.code == 0
+
+
+def test_changed_host_key_is_always_refused(sandbox_hosts, tmp_path):
+    h = sandbox_hosts[0]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    cfg = _private_config(tmp_path, h, f"[{h['hostname']}]:{h['port']} {other[0]} {other[1]}\n")
+    env = {"MIGRATE_SSH_CONFIG": cfg, "MIGRATE_STATE_DIR": str(tmp_path / "nostate")}
+    for extra in ([], ["--accept-new-host-key"]):
+        res = run_cli("doctor", "lab", *extra, env=env)
+        assert_one_line_error(res, "CHANGED", "ssh-keygen -R")
+
+
+def test_sandbox_state_files_are_private(sandbox_hosts):
+    sb = Sandbox()
+    for p in (sb.key, sb.known_hosts, sb.ssh_config, sb.hosts_json):
+        assert p.stat().st_mode & 0o077 == 0, p

@@ -1,0 +1,46 @@
+"""A second, independent sandbox: up is quick once the image exists, down leaves nothing behind."""
+
+import json
+import subprocess
+
+from tests.conftest import run_cli
+
+ENV = {"MIGRATE_SANDBOX": "sbtest", "MIGRATE_SANDBOX_SUBNET": "172.31.251.0/24", "MIGRATE_SANDBOX_PORT": "2322"}
+
+
+def _docker_lines(*args):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_second_sandbox_up_gpus_then_down_leaves_nothing(sandbox_hosts, tmp_path):
+    before = {
+        "containers": set(_docker_lines("ps", "-aq")),
+        "volumes": set(_docker_lines("volume", "ls", "-q")),
+        "networks": set(_docker_lines("network", "ls", "-q")),
+    }
+    try:
+        res = run_cli("sandbox", "up", "1", "--gpus", "2", "--json", env=ENV)
+        assert res.code == 0, res.output
+        hosts = json.loads(res.stdout)
+        assert [h["alias"] for h in hosts] == ["sbtest1"] and hosts[0]["state"] == "running"
+        # reachable by name with no flags, independent of the main sandbox
+        res = run_cli("doctor", "sbtest1", "--json", env=ENV)
+        assert res.code == 0, res.output
+        facts = json.loads(res.stdout)["facts"]
+        assert len(facts["gpus"]) == 2 and "sandbox fake" in facts["gpus"][0]["name"]
+        assert facts["gpus"][0]["uuid"] != facts["gpus"][1]["uuid"]
+        # idempotent: a second up reuses the running host
+        res = run_cli("sandbox", "up", "1", "--gpus", "2", env=ENV)
+        assert res.code == 0, res.output
+    finally:
+        res = run_cli("sandbox", "down", env=ENV)
+    assert res.code == 0, res.output
+    assert not _docker_lines("ps", "-aq", "--filter", "label=migrate.sandbox=sbtest")
+    assert not _docker_lines("volume", "ls", "-q", "--filter", "label=migrate.sandbox=sbtest")
+    assert not _docker_lines("network", "ls", "-q", "--filter", "label=migrate.sandbox=sbtest")
+    assert set(_docker_lines("ps", "-aq")) == before["containers"]
+    assert set(_docker_lines("volume", "ls", "-q")) == before["volumes"]
+    assert set(_docker_lines("network", "ls", "-q")) == before["networks"]
+    # the main sandbox is untouched
+    assert run_cli("doctor", sandbox_hosts[0]["alias"], "--json").code == 0
+    assert run_cli("doctor", "sbtest1", env=ENV).code == 1
