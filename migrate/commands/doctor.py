@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
+import click
+
 from migrate import ui
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.probe import HostFacts, probe
@@ -139,3 +143,18 @@ def run_doctor(host: str, options: ConnectOptions, *, as_json: bool, check_sudo:
     rows += [(c.name, c.verdict, c.detail, c.hint) for c in checks]
     ui.table(f"migrate doctor {t.display}", ["check", "verdict", "detail", "hint"], rows)
     return 0
+
+
+@click.command("doctor", context_settings=CONTEXT_SETTINGS)
+@click.argument("host")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the facts and verdicts as JSON.")
+@click.option("--sudo", "check_sudo", is_flag=True,
+              help="Also prove that sudo works (asks for the password once, or reads $MIGRATE_SUDO_PASSWORD).")
+def command(host: str, conn: ConnectOptions, as_json: bool, check_sudo: bool) -> None:
+    """Check a host: OS, sudo, Docker, NVIDIA driver and GPUs, disk, python3, rsync.
+
+    One SSH round trip, read-only. Each line gets a verdict (ok / warn / missing / info) and a
+    hint. Exits 0 when the host could be probed, whatever it lacks.
+    """
+    sys.exit(run_doctor(host, conn, as_json=as_json, check_sudo=check_sudo))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
+import click
+
 from migrate import ui
+from migrate.cli_common import CONTEXT_SETTINGS
 from migrate.sandbox.manager import Sandbox
 
 
@@ -22,26 +25,74 @@ def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
             f"'{sb.s.bob_password}'); try `migrate doctor {hosts[0]['alias']}`")
 
 
-def up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool) -> None:
+def _up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool) -> None:
     """Bring hosts up and show them."""
     sb = Sandbox()
     hosts = sb.up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild)
     _show(hosts, as_json, sb)
 
 
-def status(*, as_json: bool) -> None:
+def _status(*, as_json: bool) -> None:
     """Show the hosts."""
     sb = Sandbox()
     _show(sb.describe(), as_json, sb)
 
 
-def down(*, purge: bool) -> None:
+def _down(*, purge: bool) -> None:
     """Remove what the sandbox created."""
     sb = Sandbox()
     removed = sb.down(purge=purge)
     ui.info(f"sandbox '{sb.s.name}' down: " + (", ".join(removed) if removed else "nothing to remove"))
 
 
-def ssh_config() -> None:
+def _ssh_config() -> None:
     """Print the OpenSSH config block."""
     sys.stdout.write(Sandbox().openssh_config())
+
+
+@click.group("sandbox", context_settings=CONTEXT_SETTINGS)
+def group() -> None:
+    """Local rehearsal hosts: Debian containers with systemd and sshd, no Docker, no GPU.
+
+    Each host has a user `alice` (passwordless sudo) and `bob` (sudo password "bobpass"), working
+    apt, its own IP and a 64 MiB disk at /mnt/small. Hosts are named sandbox1, sandbox2, ... and
+    work with every migrate command without flags. Needs a local Docker daemon; the first `up`
+    builds the image with debootstrap as root (about 90 s), later ones take seconds.
+    """
+
+
+@group.command("up", context_settings=CONTEXT_SETTINGS)
+@click.argument("count", type=click.IntRange(1, 50), default=2, required=False)
+@click.option("--gpus", type=click.IntRange(0, 16), default=0,
+              help="Install a FAKE nvidia-smi and nvidia runtime reporting N GPUs (a test double; no GPU).")
+@click.option("--kill-user-processes", is_flag=True,
+              help="Hard mode: logind kills a user's processes at logout, as some hardened servers do.")
+@click.option("--rebuild", is_flag=True, help="Rebuild the image from scratch (debootstrap).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool) -> None:
+    """Start COUNT sandbox hosts (default 2); reuses the ones already running."""
+    _up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild, as_json=as_json)
+
+
+@group.command("status", context_settings=CONTEXT_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+def status(as_json: bool) -> None:
+    """List the sandbox hosts, their addresses and state."""
+    _status(as_json=as_json)
+
+
+@group.command("down", context_settings=CONTEXT_SETTINGS)
+@click.option("--purge", is_flag=True, help="Also remove the sandbox image and the cached rootfs.")
+def down(purge: bool) -> None:
+    """Remove every container, volume, network and file the sandbox created (nothing else)."""
+    _down(purge=purge)
+
+
+@group.command("ssh-config", context_settings=CONTEXT_SETTINGS)
+def ssh_config() -> None:
+    """Print an OpenSSH config block for the sandbox hosts.
+
+    Use it with plain tools: `migrate sandbox ssh-config > sb.conf; ssh -F sb.conf sandbox1`
+    or `rsync -e 'ssh -F sb.conf' ...`.
+    """
+    _ssh_config()

@@ -1,7 +1,14 @@
-"""Integration tests run against the local sandbox (`migrate sandbox up 2`).
+"""Integration tests run against local sandbox hosts (real sshd, real Docker, real rsync).
 
-scripts/test brings it up and sets MIGRATE_REQUIRE_SANDBOX=1, so a missing sandbox fails the run
-instead of silently skipping every integration test.
+Two kinds of sandbox:
+- the shared one (`sandbox_hosts`): whatever `MIGRATE_SANDBOX` names, brought up by scripts/test
+  (`citest1`, `citest2`); tests must leave it as they found it (no Docker installed, ...).
+- dedicated ones (`dedicated_sandbox(name, count)`): for tests that change a host for good
+  (install Docker, break daemon.json, kill sshd). Each name has its own subnet and ports (SLOTS),
+  is brought up on first use and brought down at the end of the session.
+
+scripts/test sets MIGRATE_REQUIRE_SANDBOX=1, so a missing sandbox fails the run instead of silently
+skipping every integration test.
 """
 
 from __future__ import annotations
@@ -11,7 +18,18 @@ import os
 import pytest
 
 from migrate.remote.connection import connect
-from migrate.sandbox.manager import Sandbox
+from migrate.sandbox.manager import Sandbox, SandboxSettings
+from tests.conftest import run_cli
+
+# name -> slot; slot N uses subnet 172.31.(200+N).0/24 and ports 2400+20*N ... (max 20 hosts)
+SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetup2": 7, "pimage2": 8}
+
+
+def sandbox_env(name: str) -> dict[str, str]:
+    """Environment that selects the dedicated sandbox `name` for a `migrate` subprocess."""
+    slot = SLOTS[name]
+    return {"MIGRATE_SANDBOX": name, "MIGRATE_SANDBOX_SUBNET": f"172.31.{200 + slot}.0/24",
+            "MIGRATE_SANDBOX_PORT": str(2400 + 20 * slot)}
 
 
 def pytest_collection_modifyitems(items):
@@ -20,19 +38,21 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+def _unavailable(reason: str):
+    if os.environ.get("MIGRATE_REQUIRE_SANDBOX") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def sandbox_hosts() -> list[dict]:
+    """The shared sandbox's running hosts (at least two)."""
     try:
         hosts = [h for h in Sandbox().describe() if h["state"] == "running"]
     except Exception as exc:  # docker missing etc.
-        hosts = []
-        reason = f"sandbox unavailable: {exc}"
-    else:
-        reason = "sandbox not up: run `migrate sandbox up 2` (scripts/test does)"
+        _unavailable(f"sandbox unavailable: {exc}")
     if len(hosts) < 2:
-        if os.environ.get("MIGRATE_REQUIRE_SANDBOX") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        _unavailable("sandbox not up: run `migrate sandbox up 2` (scripts/test does)")
     return hosts
 
 
@@ -40,3 +60,27 @@ def sandbox_hosts() -> list[dict]:
 def remote1(sandbox_hosts):
     with connect(sandbox_hosts[0]["alias"]) as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def dedicated_sandbox(sandbox_hosts):
+    """Factory: `dedicated_sandbox("hsetup", 2, gpus=1)` -> list of host dicts (each with 'env')."""
+    started: list[str] = []
+
+    def make(name: str, count: int = 1, *, gpus: int = 0, extra: tuple[str, ...] = ()) -> list[dict]:
+        env = sandbox_env(name)
+        res = run_cli("sandbox", "up", str(count), "--gpus", str(gpus), *extra, env=env, timeout=600)
+        if res.code != 0:
+            pytest.fail(f"sandbox {name} up failed: {res.output}")
+        if name not in started:
+            started.append(name)
+        settings = SandboxSettings(name=name, subnet=env["MIGRATE_SANDBOX_SUBNET"],
+                                   base_port=int(env["MIGRATE_SANDBOX_PORT"]))
+        hosts = [h for h in Sandbox(settings).describe() if h["state"] == "running"]
+        for h in hosts:
+            h["env"] = env
+        return hosts[:count]
+
+    yield make
+    for name in started:
+        run_cli("sandbox", "down", env=sandbox_env(name))

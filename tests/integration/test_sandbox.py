@@ -4,8 +4,9 @@ import json
 import subprocess
 
 from tests.conftest import run_cli
+from tests.integration.conftest import sandbox_env
 
-ENV = {"MIGRATE_SANDBOX": "sbtest", "MIGRATE_SANDBOX_SUBNET": "172.31.251.0/24", "MIGRATE_SANDBOX_PORT": "2322"}
+ENV = sandbox_env("sbtest")
 
 
 def _docker_lines(*args):

@@ -1,0 +1,38 @@
+"""Click pieces shared by every verb: context settings and the connection options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from migrate.remote.hosts import ConnectOptions
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --port/--identity/--accept-new-host-key/--connect-timeout/--ssh-config; pass `conn`."""
+
+    @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None,
+                  help="SSH port (default: from ~/.ssh/config, else 22).")
+    @click.option("-i", "--identity", "identity", multiple=True, type=click.Path(dir_okay=False),
+                  help="Private key file (repeatable); ssh-agent and ~/.ssh/config keys are tried too.")
+    @click.option("--accept-new-host-key", is_flag=True,
+                  help="Trust and record a host key seen for the first time (like OpenSSH "
+                       "StrictHostKeyChecking=accept-new). A changed key is always refused.")
+    @click.option("--connect-timeout", type=click.IntRange(1, 600), default=None, metavar="SECONDS",
+                  help="Give up connecting after this long (default 10).")
+    @click.option("--ssh-config", type=click.Path(dir_okay=False), default=None,
+                  help="ssh_config file to read instead of ~/.ssh/config (also $MIGRATE_SSH_CONFIG).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, port: int | None, identity: tuple[str, ...], accept_new_host_key: bool,
+                connect_timeout: int | None, ssh_config: str | None, **kwargs: Any) -> Any:
+        kwargs["conn"] = ConnectOptions(port=port, identity_files=list(identity),
+                                        accept_new_host_key=accept_new_host_key,
+                                        connect_timeout=connect_timeout, ssh_config_path=ssh_config)
+        return func(*args, **kwargs)
+
+    return wrapper
