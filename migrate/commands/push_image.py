@@ -59,6 +59,9 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--force-arch", is_flag=True, help="Push even when the image's CPU architecture differs from the host's.")
 @click.option("--bwlimit", metavar="RATE", default=None,
               help="Cap the wire rate, e.g. 20M (bytes/s), 500K, 100mbit: be polite on shared links.")
+@click.option("--checkpoint", "checkpoint", default="64M", show_default=True, metavar="SIZE",
+              help="Commit a resume point on the host at least every SIZE of layers (a rerun after a broken "
+                   "connection sends only what is not committed).")
 @click.option("--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
 @click.option("--to-file", type=click.Path(dir_okay=False), default=None,
               help="Write one docker-load-able archive instead of pushing (.tar, .tar.gz or .tar.zst).")
@@ -68,11 +71,14 @@ def print_results(results: list[ImagePushResult]) -> None:
               help="sif: build a Singularity/Apptainer image on the host (needs apptainer or singularity there).")
 @click.option("--sif-dir", default=".migrate/images", show_default=True, metavar="DIR",
               help="Where --format sif puts the .sif files on the host (relative to the home directory).")
+@click.option("--no-direct-layers", is_flag=True,
+              help="Always use `docker save` instead of reading the needed layers straight from the local "
+                   "overlay2 store (the fast path needs read access to Docker's data-root).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, force_arch: bool,
-            bwlimit: str | None, dry_run: bool, to_file: str | None, from_file: str | None, fmt: str,
-            sif_dir: str, as_json: bool, conn: ConnectOptions) -> None:
+            bwlimit: str | None, checkpoint: str, dry_run: bool, to_file: str | None, from_file: str | None, fmt: str,
+            sif_dir: str, no_direct_layers: bool, as_json: bool, conn: ConnectOptions) -> None:
     """Copy local Docker images to hosts over SSH, sending only the layers each host lacks.
 
     \b
@@ -87,6 +93,7 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     """
     parse_compress(compress)
     rate = parse_rate(bwlimit) if bwlimit else None
+    step_bytes = int(parse_rate(checkpoint))
     if to_file and from_file:
         raise UsageError("--to-file and --from-file cannot be combined", hint="use one of them")
     images, hosts = split_args(args, extra_hosts, conn, from_file=bool(from_file), to_file=bool(to_file))
@@ -98,7 +105,8 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
         raise UsageError("no host given" + (f" ({images[-1]!r} was taken as an image)" if images else ""),
                          hint="migrate push-image IMAGE... HOST... (or name hosts with --host)")
     options = PushImageOptions(compress=compress, force_arch=force_arch, dry_run=dry_run, bwlimit=rate,
-                               to_file=to_file, from_file=from_file, format=fmt, sif_dir=sif_dir)
+                               to_file=to_file, from_file=from_file, format=fmt, sif_dir=sif_dir,
+                               step_bytes=step_bytes, direct_layers=not no_direct_layers)
     results = push_images(images, hosts, conn, options)
     failed = [r for r in results if r.status == "failed"]
     if failed and len(failed) == len(results) and len({r.error for r in failed}) == 1:

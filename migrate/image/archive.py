@@ -18,6 +18,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -69,6 +70,15 @@ class Member:
     size: int
     data: bytes | None = None
     opener: Callable[[], BinaryIO] | None = None
+    chunks: Callable[[], Iterator[bytes]] | None = None
+
+    def reader(self) -> BinaryIO:
+        """The content as a readable file object."""
+        if self.opener is not None:
+            return self.opener()
+        if self.chunks is not None:
+            return ChunkReader(self.chunks())  # type: ignore[return-value]
+        return io.BytesIO(self.data or b"")
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> Member:
@@ -77,6 +87,28 @@ class Member:
     @classmethod
     def from_file(cls, name: str, path: Path) -> Member:
         return cls(name=name, size=path.stat().st_size, opener=lambda: open(path, "rb"))
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 def _padding(size: int) -> int:
@@ -104,6 +136,13 @@ def tar_stream(members: Iterable[Member], chunk: int = CHUNK) -> Iterator[bytes]
         yield tar_header(m.name, m.size)
         if m.data is not None:
             yield m.data
+        elif m.chunks is not None:
+            sent = 0
+            for block in m.chunks():
+                sent += len(block)
+                yield block
+            if sent != m.size:
+                raise ArchiveError(f"{m.name} is {sent} bytes, {m.size} were announced")
         else:
             assert m.opener is not None
             remaining = m.size

@@ -13,6 +13,7 @@ Phases:
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import shutil
@@ -72,6 +73,7 @@ from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
 MIB = 1 << 20
+CHUNK_SIZE = MIB
 STEP_BYTES = 64 * MIB  # resume granularity: committed checkpoint every >= 64 MiB of layers
 PROBE_MIN_PAYLOAD = 64 * MIB  # measure the link only when there is enough to send
 
@@ -133,8 +135,7 @@ class LayerCache:
         dest = private_dir(self.workdir / f"gzip{gzip_level}") / diff_id.split(":", 1)[-1]
         with lock:
             if not dest.exists():
-                assert plain.opener is not None
-                gzip_file(plain.opener(), dest, gzip_level)
+                gzip_file(io.BufferedReader(plain.reader(), CHUNK_SIZE), dest, gzip_level)
         return Member.from_file(name, dest)
 
 
@@ -351,8 +352,10 @@ class Pusher:
         wire = 0
         layers_sent = 0
         outputs = []
+        done = 0
         try:
             for step, members in zip(steps, members_per_step):
+                done = steps.index(step)
                 res = stream(master.argv(rdocker.stream_command(session.facts.access, script)), tar_stream(members),
                              StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
                              on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
@@ -362,6 +365,12 @@ class Pusher:
                     break
                 layers_sent += len(step.send)
                 self._after_load(session, step, res)
+        except StreamBroken as exc:
+            if self.options.format != "sif" and done:
+                kept = sum(len(st.send) for st in steps[:done]) + steps[0].send[0]
+                exc.message += (f"; {kept} of {len(img.diff_ids)} layers of {img.display} are committed there "
+                                f"(kept as {PARTIAL_REPO}:{short_id(img.image_id)}-*)")
+            raise
         finally:
             if task is not None:
                 self.progress.remove_task(task)
@@ -558,6 +567,8 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                 [x.image_id for x in local_images if not s.sif_present.get(x.image_id)] if options.format == "sif"
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
             needed = [i for i in local_images if i.image_id in needed_ids]
+            if not live:
+                return results
             progress = _progress(options)
             with progress if progress is not None else _null():
                 layers = _prepare_source(local_images, needed, options, spool, archive, progress)
