@@ -100,13 +100,14 @@ class LocalLayerStore:
         self._layers: dict[str, tuple[Path, list[TarSplitEntry]]] = {}
         self._configs: dict[str, bytes] = {}
 
-    def add_image(self, image_id: str, diff_ids: Sequence[str]) -> None:
+    def add_image(self, image_id: str, diff_ids: Sequence[str], start: int = 0) -> None:
+        """Read the config and the layer metadata of `diff_ids[start:]`."""
         config = (self.meta / "imagedb" / "content" / "sha256" / image_id.split(":", 1)[-1]).read_bytes()
         if sha256_digest(config) != image_id:
             raise ArchiveError(f"config of {image_id[7:19]} does not match its ID")
         self._configs[image_id] = config
-        for diff_id, chain in zip(diff_ids, chain_ids(diff_ids)):
-            if diff_id in self._layers:
+        for i, (diff_id, chain) in enumerate(zip(diff_ids, chain_ids(diff_ids))):
+            if i < start or diff_id in self._layers:
                 continue
             layer_dir = self.meta / "layerdb" / "sha256" / chain.split(":", 1)[-1]
             if (layer_dir / "diff").read_text().strip() != diff_id:
@@ -130,8 +131,9 @@ class LocalLayerStore:
         return Member(name=name, size=tar_length(entries), chunks=lambda: assemble(entries, diff_dir, diff_id))
 
 
-def open_layer_store(images) -> LocalLayerStore | None:
-    """A store for `images` (LocalImage list) when the local daemon allows the fast path, else None."""
+def open_layer_store(images, needed_from: dict[str, int]) -> LocalLayerStore | None:
+    """A store for `images` (LocalImage list; layers from `needed_from[image_id]` on) when the local
+    daemon allows the fast path, else None."""
     if os.environ.get("MIGRATE_NO_DIRECT_LAYERS"):
         return None
     from migrate.image.local import local_driver
@@ -145,7 +147,7 @@ def open_layer_store(images) -> LocalLayerStore | None:
     store = LocalLayerStore(Path(root))
     try:
         for img in images:
-            store.add_image(img.image_id, img.diff_ids)
+            store.add_image(img.image_id, img.diff_ids, needed_from.get(img.image_id, 0))
     except (OSError, ValueError, ArchiveError) as exc:
         ui.debug(f"direct layer read not possible ({exc}); using docker save")
         return None

@@ -295,12 +295,7 @@ class Pusher:
                                seconds=round(time.monotonic() - t0, 3), **kw)
 
     def _image_bytes(self, img: LocalImage) -> int:
-        if self.layers is None:
-            return img.size
-        try:
-            return sum(self.layers.size(d) for d in dict.fromkeys(img.diff_ids))
-        except MigrateError:
-            return img.size
+        return img.size
 
     def _master(self, session: HostSession) -> SshMaster:
         remote = session.remote
@@ -409,7 +404,7 @@ class Pusher:
             detail = "tagged " + ", ".join(plan.tags_to_add) if plan.tags_to_add else "already there"
             return self._result(img, session, UP_TO_DATE, t0, detail=detail)
         assert master is not None and codec is not None and self.layers is not None
-        sizes = [self.layers.size(d) for d in img.diff_ids]
+        sizes = [self.layers.size(d) if i >= plan.first_missing else 0 for i, d in enumerate(img.diff_ids)]
         steps = plan_load_steps(self.layers.config(img.image_id), img.diff_ids, img.tags, plan.first_missing, sizes,
                                 step_bytes=self.options.step_bytes)
         step_sizes = [tar_size(s.members(lambda n, d: self.layers.member(n, d))) for s in steps]  # type: ignore[union-attr]
@@ -487,8 +482,11 @@ def _progress(options: PushImageOptions):
 
 
 def _prepare_source(images: Sequence[LocalImage], needed: Sequence[LocalImage], options: PushImageOptions,
-                    spool: Path, archive: SavedArchive | None, progress) -> LayerCache | None:
-    """The local layer source for the images some host needs (None when nothing is sent)."""
+                    spool: Path, archive: SavedArchive | None, progress,
+                    needed_from: dict[str, int] | None = None) -> LayerCache | None:
+    """The local layer source for the images some host needs (None when nothing is sent).
+
+    `needed_from[image_id]` is the first layer any host lacks: the direct store reads only those."""
     if archive is not None:
         return LayerCache(archive, spool)
     if not needed:
@@ -496,7 +494,7 @@ def _prepare_source(images: Sequence[LocalImage], needed: Sequence[LocalImage], 
     if options.direct_layers:
         from migrate.image.layerstore import open_layer_store
 
-        store = open_layer_store(needed)
+        store = open_layer_store(needed, needed_from or {})
         if store is not None:
             ui.debug("reading layers straight from the local overlay2 store (digest-checked)")
             return LayerCache(store, spool)
@@ -567,11 +565,14 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                 [x.image_id for x in local_images if not s.sif_present.get(x.image_id)] if options.format == "sif"
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
             needed = [i for i in local_images if i.image_id in needed_ids]
+            needed_from = {i.image_id: 0 if options.format == "sif" else min(
+                s.plans[i.image_id].first_missing for s in live if s.plans[i.image_id].action == SEND)
+                for i in needed}
             if not live:
                 return results
             progress = _progress(options)
             with progress if progress is not None else _null():
-                layers = _prepare_source(local_images, needed, options, spool, archive, progress)
+                layers = _prepare_source(local_images, needed, options, spool, archive, progress, needed_from)
                 pusher = Pusher(local_images, layers, options, progress)
                 by_host = for_each_host([s.host for s in live],
                                         lambda h: pusher.push_host(sessions[h]))

@@ -21,17 +21,18 @@ _DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
          "kv \"disk.$2\" \"$(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4 \" \" $6}')\"; }\n")
 
 INVENTORY_SCRIPT = _KV + _DISK + r"""
-v=$(docker version --format '{{.Server.Version}}' 2>&1) || { kv inventory.error "$(printf '%s' "$v" | tail -n 1)"; exit 0; }
-kv engine "$v"
-root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
-kv info "$(docker info --format '{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}' 2>/dev/null)"
+info=$(docker info --format '{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}' 2>&1) \
+  || { kv inventory.error "$(printf '%s' "$info" | tail -n 1)"; exit 0; }
+kv info "$info"
+root=$(printf '%s' "$info" | cut -d'|' -f3)
 tmpdir=$(systemctl show -p Environment docker 2>/dev/null | tr ' ' '\n' | sed -n 's/^\(Environment=\)\{0,1\}DOCKER_TMPDIR=//p' | tail -n 1)
 kv tmpdir "$tmpdir"
 disk "$root" docker_root
 t=${tmpdir:-$root/tmp}
 case "$t" in "$root"/*) kv disk.docker_tmp same ;; *) disk "$t" docker_tmp ;; esac
-docker image ls -aq --no-trunc 2>/dev/null | sort -u | xargs -r docker image inspect \
-  --format 'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}' 2>/dev/null
+ids=$(docker image ls -aq --no-trunc 2>/dev/null | sort -u)
+[ -z "$ids" ] || docker image inspect \
+  --format 'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}' $ids 2>/dev/null
 kv inventory done
 """
 
@@ -164,7 +165,7 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
         if not sep:
             continue
         value = value.strip()
-        if key in ("arch", "zstd", "home", "tmpdir", "engine"):
+        if key in ("arch", "zstd", "home", "tmpdir"):
             setattr(f, {"tmpdir": "tmp_dir"}.get(key, key), value)
         elif key == "aes":
             f.aes = value == "aes"
@@ -181,10 +182,10 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
         elif key == "inventory":
             f.inventoried = True
         elif key == "info":
-            parts = value.split("|", 3) + ["", "", "", ""]
-            f.storage_driver, f.root_dir, f.os_type = parts[0], parts[1], parts[2]
+            parts = value.split("|", 4) + ["", "", "", "", ""]
+            f.engine, f.storage_driver, f.root_dir, f.os_type = parts[:4]
             try:
-                f.driver_status = json.loads(parts[3]) if parts[3] else []
+                f.driver_status = json.loads(parts[4]) if parts[4] else []
             except ValueError:
                 f.driver_status = []
         elif key.startswith("disk."):
