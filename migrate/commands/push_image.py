@@ -31,7 +31,7 @@ def _known_hosts(conn: ConnectOptions) -> set[str]:
 def split_args(args: tuple[str, ...], extra_hosts: tuple[str, ...], conn: ConnectOptions, *,
                from_file: bool, to_file: bool) -> tuple[list[str], list[str]]:
     """Images and hosts from the positional arguments (and --host)."""
-    if to_file or extra_hosts:
+    if extra_hosts:
         return list(args), list(extra_hosts)
     known = _known_hosts(conn)
     images, hosts = refs.split_images_and_hosts(
