@@ -554,6 +554,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                     results += [ImagePushResult(image=i.display, host=o.host, status="failed", error=o.error,
                                                 image_bytes=i.size) for i in local_images]
             for session in sessions.values():
+                _announce(session, local_images, options)
                 for plan in session.plans.values():
                     for tag, old in plan.tag_moves:
                         ui.warn(f"{session.name}: tag {tag} moves from {short_id(old)} to {short_id(plan.image_id)} "
@@ -591,6 +592,27 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         return results
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _announce(session: HostSession, images: Sequence[LocalImage], options: PushImageOptions) -> None:
+    """One status line per host: what its Docker is and what each image needs (shown on a terminal, -v else)."""
+    f = session.facts
+    if options.format == "sif":
+        line = f"{session.name}: {posixpath.basename(f.sif_tool)}, {f.docker_arch}"
+    else:
+        parts = []
+        for img in images:
+            plan = session.plans[img.image_id]
+            if plan.action == SEND:
+                parts.append(f"{img.display} needs {plan.missing_layers} of {plan.total_layers} layers")
+            else:
+                parts.append(f"{img.display} {'needs tags' if plan.action == TAG else 'is up to date'}")
+        line = (f"{session.name}: Docker {f.engine} ({f.access}), {f.storage_driver}, {f.docker_arch}; "
+                + "; ".join(parts))
+    if ui.err.is_terminal:
+        ui.step(line)
+    else:
+        ui.debug(line)
 
 
 class _null:
