@@ -6,13 +6,11 @@ the code under test."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
+from tests.tar_helpers import tar_bytes
 
 PREFIX = "migrate-pimage-test"
 BASE = f"{PREFIX}/base:1"
@@ -97,27 +96,16 @@ def docker_hosts(dedicated_sandbox) -> list[dict]:
     return hosts
 
 
-def _layer_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _load_arm64_image(tag: str) -> None:
     """A tiny linux/arm64 image, loaded locally from a hand-made archive (docker import ignores --platform)."""
-    layer = _layer_tar({"hello.txt": b"built for arm64\n"})
+    layer = tar_bytes({"hello.txt": b"built for arm64\n"})
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = json.dumps({"architecture": "arm64", "os": "linux", "config": {"Cmd": ["/hello"]},
                          "rootfs": {"type": "layers", "diff_ids": [diff_id]},
                          "history": [{"created_by": "test"}]}).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["l/layer.tar"]}]).encode()
-    archive = _layer_tar({"manifest.json": manifest, config_name: config, "l/layer.tar": layer})
+    archive = tar_bytes({"manifest.json": manifest, config_name: config, "l/layer.tar": layer})
     sh("docker", "load", input=archive)
 
 

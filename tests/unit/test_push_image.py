@@ -23,6 +23,7 @@ from migrate.image.local import LocalImage, merge_same_images
 from migrate.image.plan import SEND, TAG, UP_TO_DATE, DiskNeed, check_access, check_arch, check_disk, plan_image
 from migrate.image.stream import RateLimiter, StreamBroken, parse_rate, stream
 from tests.conftest import run_cli
+from tests.tar_helpers import tar_bytes
 
 MIB = 1 << 20
 
@@ -32,13 +33,7 @@ def digest(data: bytes) -> str:
 
 
 def layer(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(files)
 
 
 def config_for(diff_ids: list[str], arch: str = "amd64") -> bytes:
