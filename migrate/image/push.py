@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,13 +209,16 @@ def sif_path(options: PushImageOptions, image: LocalImage) -> str:
     return posixpath.join(options.sif_dir, sif_name(image))
 
 
-def preflight_host(host: str, conn: ConnectOptions, images: Sequence[LocalImage],
+def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Sequence[LocalImage]],
                    options: PushImageOptions) -> HostSession:
-    """Connect and learn everything needed to plan; raise a one-line error for anything that blocks."""
+    """Connect and learn everything needed to plan; raise a one-line error for anything that blocks.
+
+    `get_images()` may still be running (the local inspect overlaps the remote round trip)."""
     remote = connect(host, conn)
     try:
         facts = parse_facts(remote.run(shell.sh_c(rdocker.FACTS_SCRIPT), what="inspect Docker").stdout)
         session = HostSession(host=host, remote=remote, facts=facts)
+        images = get_images()
         if options.format == "sif":
             if not facts.sif_tool:
                 raise MigrateError(f"neither apptainer nor singularity is installed on {remote.name}",
@@ -536,19 +540,24 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         else:
             if not images:
                 raise UsageError("no image given", hint="migrate push-image IMAGE... HOST...")
-            local_images = inspect_images(images)
+            if options.to_file:
+                local_images = inspect_images(images)
         if options.to_file:
             return [write_archive_file(local_images, options, spool, archive)]
         sessions: dict[str, HostSession] = {}
         results: list[ImagePushResult] = []
+        pool = ThreadPoolExecutor(max_workers=1)
+        local_future = pool.submit(lambda: local_images) if options.from_file else pool.submit(inspect_images, images)
+        pool.shutdown(wait=False)
 
         def pre(host: str) -> HostSession:
-            session = preflight_host(host, conn, local_images, options)
+            session = preflight_host(host, conn, local_future.result, options)
             sessions[host] = session
             return session
 
-        outcomes = for_each_host(hosts, pre)
         try:
+            outcomes = for_each_host(hosts, pre)
+            local_images = local_future.result()  # a missing local image stops everything, first
             for o in outcomes:
                 if not o.ok:
                     results += [ImagePushResult(image=i.display, host=o.host, status="failed", error=o.error,

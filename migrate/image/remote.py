@@ -20,9 +20,14 @@ _KV = "kv() { printf '%s=%s\\n' \"$1\" \"$2\"; }\n"
 _DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
          "kv \"disk.$2\" \"$(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4 \" \" $6}')\"; }\n")
 
+_INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
+
+# `docker image ls` runs while `docker info` does (each docker CLI call costs ~0.1 s on a small host)
 INVENTORY_SCRIPT = _KV + _DISK + r"""
-info=$(docker info --format '{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}' 2>&1) \
-  || { kv inventory.error "$(printf '%s' "$info" | tail -n 1)"; exit 0; }
+ids_file=$(mktemp 2>/dev/null || echo "/tmp/migrate-ids.$$")
+docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
+[ -n "${info:-}" ] || info=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) \
+  || { wait; rm -f "$ids_file"; kv inventory.error "$(printf '%s' "$info" | tail -n 1)"; exit 0; }
 kv info "$info"
 root=$(printf '%s' "$info" | cut -d'|' -f3)
 tmpdir=$(systemctl show -p Environment docker 2>/dev/null | tr ' ' '\n' | sed -n 's/^\(Environment=\)\{0,1\}DOCKER_TMPDIR=//p' | tail -n 1)
@@ -30,7 +35,8 @@ kv tmpdir "$tmpdir"
 disk "$root" docker_root
 t=${tmpdir:-$root/tmp}
 case "$t" in "$root"/*) kv disk.docker_tmp same ;; *) disk "$t" docker_tmp ;; esac
-ids=$(docker image ls -aq --no-trunc 2>/dev/null | sort -u)
+wait
+ids=$(sort -u "$ids_file"); rm -f "$ids_file"
 [ -z "$ids" ] || docker image inspect \
   --format 'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}' $ids 2>/dev/null
 kv inventory done
@@ -47,8 +53,9 @@ for t in apptainer singularity; do
 done
 disk "$HOME" home
 if ! command -v docker >/dev/null 2>&1; then kv docker none; exit 0; fi
-if out=$(docker version --format '{{.Server.Version}}' 2>&1); then mode=direct
+if out=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) && [ -n "${out%%|*}" ]; then mode=direct; info=$out
 else
+  out=$(docker version --format '{{.Server.Version}}' 2>&1)  # `docker info --format` hides the reason
   kv docker.error "$(printf '%s' "$out" | tail -n 1)"
   if printf '%s' "$out" | grep -qi 'permission denied'; then
     if id -nG "$(id -un)" 2>/dev/null | tr ' ' '\n' | grep -qx docker && command -v sg >/dev/null 2>&1 \
