@@ -216,9 +216,11 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
     `get_images()` may still be running (the local inspect overlaps the remote round trip)."""
     remote = connect(host, conn)
     try:
-        facts = parse_facts(remote.run(shell.sh_c(rdocker.FACTS_SCRIPT), what="inspect Docker").stdout)
-        session = HostSession(host=host, remote=remote, facts=facts)
         images = get_images()
+        want = [i.image_id for i in images]
+        facts = parse_facts(remote.run(shell.sh_c(rdocker.with_wanted(rdocker.FACTS_SCRIPT, want)),
+                                       what="inspect Docker").stdout)
+        session = HostSession(host=host, remote=remote, facts=facts)
         if options.format == "sif":
             if not facts.sif_tool:
                 raise MigrateError(f"neither apptainer nor singularity is installed on {remote.name}",
@@ -233,9 +235,15 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
         if facts.access == "sudo-password":
             remote.check_sudo()  # asks for the password once, proves it
         if not facts.inventoried:
-            cmd, sudo = rdocker.script_command(facts.access, rdocker.INVENTORY_SCRIPT)
+            cmd, sudo = rdocker.script_command(facts.access, rdocker.with_wanted(rdocker.INVENTORY_SCRIPT, want))
             parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
             check_access(facts, remote.name)
+        if facts.inventory_scope == "wanted" and any(
+                t not in (facts.image(i.image_id) or i).tags for i in images for t in i.tags):
+            # a tag must be added: list everything to see whether it moves from another image
+            facts.images, facts.inventoried = [], False
+            cmd, sudo = rdocker.script_command(facts.access, rdocker.INVENTORY_SCRIPT)
+            parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
         if not facts.inventoried:
             raise MigrateError(f"cannot list the images on {remote.name}", hint="run `migrate doctor HOST`")
         if facts.os_type and facts.os_type != "linux":
@@ -335,8 +343,7 @@ class Pusher:
                              link_mb_s=link, payload=payload)
         if self.options.format == "sif" and codec.layer_gzip is not None:
             codec = Codec(reason="sif: plain archive")
-        ui.debug(f"{session.name}: compression {codec.label} ({codec.reason}"
-                 + (f", link {link:.0f} MB/s" if link else "") + ")")
+        ui.debug(f"{session.name}: compression {codec.label} ({codec.reason})")
         return codec
 
     def _stream_steps(self, session: HostSession, img: LocalImage, master: SshMaster, codec: Codec,

@@ -22,10 +22,17 @@ _DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
 
 _INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
 
-# `docker image ls` runs while `docker info` does (each docker CLI call costs ~0.1 s on a small host)
+_IMG_FORMAT = "'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}'"
+
+# With `want` (the local image IDs) set, the images we push are inspected first: when all are there
+# the full listing is skipped (the common "up to date" case, and big servers with many images).
+# The docker CLI calls run in parallel: each costs ~0.1 s on a small host.
 INVENTORY_SCRIPT = _KV + _DISK + r"""
 ids_file=$(mktemp 2>/dev/null || echo "/tmp/migrate-ids.$$")
-docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
+if [ -n "${want:-}" ]; then docker image inspect --format """ + _IMG_FORMAT + r""" $want > "$ids_file" 2>/dev/null &
+else docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
+fi
+job=$!
 [ -n "${info:-}" ] || info=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) \
   || { wait; rm -f "$ids_file"; kv inventory.error "$(printf '%s' "$info" | tail -n 1)"; exit 0; }
 kv info "$info"
@@ -35,10 +42,10 @@ kv tmpdir "$tmpdir"
 disk "$root" docker_root
 t=${tmpdir:-$root/tmp}
 case "$t" in "$root"/*) kv disk.docker_tmp same ;; *) disk "$t" docker_tmp ;; esac
-wait
-ids=$(sort -u "$ids_file"); rm -f "$ids_file"
-[ -z "$ids" ] || docker image inspect \
-  --format 'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}' $ids 2>/dev/null
+if wait "$job" && [ -n "${want:-}" ]; then cat "$ids_file"; rm -f "$ids_file"; kv inventory wanted; exit 0; fi
+if [ -n "${want:-}" ]; then ids=$(docker image ls -aq --no-trunc 2>/dev/null | sort -u); else ids=$(sort -u "$ids_file"); fi
+rm -f "$ids_file"
+[ -z "$ids" ] || docker image inspect --format """ + _IMG_FORMAT + r""" $ids 2>/dev/null
 kv inventory done
 """
 
@@ -103,6 +110,7 @@ class RemoteDocker:
     tmp_same_fs: bool = True
     images: list[RemoteImage] = field(default_factory=list)
     inventoried: bool = False
+    inventory_scope: str = ""  # "wanted": only the images we push were listed (all present); "done": all
 
     @property
     def docker_arch(self) -> str:
@@ -188,6 +196,7 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.inventory_error = value
         elif key == "inventory":
             f.inventoried = True
+            f.inventory_scope = value
         elif key == "info":
             parts = value.split("|", 4) + ["", "", "", "", ""]
             f.engine, f.storage_driver, f.root_dir, f.os_type = parts[:4]
@@ -211,6 +220,11 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.images.append(RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t],
                                         diff_ids=[d for d in layers.split(",") if d], arch=arch))
     return f
+
+
+def with_wanted(script: str, image_ids: list[str]) -> str:
+    """`script` with `want` set to the image IDs we are about to push."""
+    return f"want={shell.quote(' '.join(image_ids))}\n" + script
 
 
 # -- command lines -------------------------------------------------------------------------------

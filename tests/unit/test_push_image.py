@@ -236,6 +236,13 @@ def test_parse_facts():
     assert f2.containerd_store and f2.engine_at_least(23)
 
 
+def test_inventory_of_only_the_wanted_images():
+    script = R.with_wanted(R.INVENTORY_SCRIPT, ["sha256:1", "sha256:2"])
+    assert script.startswith("want='sha256:1 sha256:2'\n")
+    f = R.parse_facts("img=sha256:1|a:1,|sha256:aaa,|amd64\ninventory=wanted\n")
+    assert f.inventoried and f.inventory_scope == "wanted" and f.image("sha256:1").tags == ["a:1"]
+
+
 def test_add_image_moves_tags():
     f = R.parse_facts(FACTS)
     f.add_image("sha256:333", ["app:1"], ["sha256:ccc"])
