@@ -258,7 +258,6 @@ def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, i
 def test_two_hosts_at_once_each_gets_its_own_missing_layers(docker_hosts, images):
     h1, h2 = docker_hosts
     remote_rmi(h1, CHILD)
-    in_host(h1, f"docker image inspect {BASE} >/dev/null 2>&1 || true")
     remote_rmi(h2, CHILD, BASE)
     results = push_json(CHILD, BASE, h1["alias"], h2["alias"], env=h1["env"])
     by_host = {(r["host"].split("@")[-1], r["image"]): r for r in results}
