@@ -109,8 +109,8 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
                                step_bytes=step_bytes, direct_layers=not no_direct_layers)
     results = push_images(images, hosts, conn, options)
     failed = [r for r in results if r.status == "failed"]
-    if failed and len(failed) == len(results) and len({r.error for r in failed}) == 1:
-        raise MigrateError(failed[0].error or "push failed")
+    if failed and not as_json and len(failed) == len(results) and len({r.error for r in failed}) == 1:
+        raise MigrateError(failed[0].error or "push failed")  # one cause: one line, like every verb
     if as_json:
         ui.print_json([asdict(r) for r in results])
     else:
