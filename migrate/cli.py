@@ -20,6 +20,7 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 # verb -> "module:attribute" of its click command; loaded only when used (or for --help).
 VERBS = {
     "doctor": "migrate.commands.doctor:command",
+    "init": "migrate.commands.init:command",
     "sandbox": "migrate.commands.sandbox:group",
 }
 
