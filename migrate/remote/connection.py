@@ -235,6 +235,9 @@ class Remote:
 
         `check=True` raises RemoteCommandError on a non-zero exit; `what` names the action in it.
         """
+        if sudo and stdin is not None and self.sudo_mode() == "password":
+            # sudo -S reads the password from the same stdin: the data could be taken as the password
+            raise ValueError("stdin with password sudo is unsafe; upload with put_bytes() instead")
         conn = self.connection
         kwargs = {"hide": True, "warn": True, "timeout": timeout,
                   "in_stream": io.StringIO(stdin) if stdin is not None else False}
