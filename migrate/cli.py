@@ -21,6 +21,8 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 VERBS = {
     "doctor": "migrate.commands.doctor:command",
     "init": "migrate.commands.init:command",
+    "pull-data": "migrate.commands.push_data:pull_command",
+    "push-data": "migrate.commands.push_data:push_command",
     "sandbox": "migrate.commands.sandbox:group",
 }
 
