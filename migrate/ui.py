@@ -8,6 +8,7 @@ what is happening.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +27,8 @@ from rich.text import Text
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 140  # logs and pipes: do not squeeze tables into 80 columns
 
 _verbosity = 0
 
