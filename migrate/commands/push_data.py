@@ -7,11 +7,13 @@ transfer (rsync, parallel rsync shards, or a tar stream) with one progress bar -
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import click
@@ -35,7 +37,7 @@ from migrate.data.transfer import (
     rsync_dry_run,
     run_parallel_rsync,
     run_rsync,
-    run_tar_stream,
+    run_tar_streams,
     stream_file,
 )
 from migrate.errors import MigrateError, UsageError
@@ -125,6 +127,7 @@ def _rsync_supports_zstd(version: tuple[int, int, int]) -> bool:
     return version >= (3, 2, 0)
 
 
+@functools.lru_cache(maxsize=1)
 def _local_rsync_version() -> tuple[int, int, int]:
     from migrate import local
     from migrate.data.rsync import parse_version
@@ -170,8 +173,15 @@ class _HostPush:
         self.progress = progress
 
     def run(self) -> list[DataPushResult]:
-        with connect(self.host, self.conn) as remote:
-            return self._run(remote)
+        # size the sources while the connection is being set up
+        sizer = ThreadPoolExecutor(max_workers=1)
+        future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
+        try:
+            with connect(self.host, self.conn) as remote:
+                self.sizes = future.result()
+                return self._run(remote)
+        finally:
+            sizer.shutdown(wait=True)
 
     def _probe(self, remote: Remote) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
@@ -219,17 +229,17 @@ class _HostPush:
         plans = []
         need = 0
         for src, m in zip(self.sources, mappings):
-            if src.is_dir:
-                summary = filelist.list_source(src.path, o.exclude, o.exclude_from)
-                files, size = summary.files, summary.bytes
-            else:
-                summary, (files, size) = None, filelist.quick_size(src.path)
+            summary = None
+            files, size = self.sizes[src.path]  # upper bound: before excludes
             method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
                                            dest_empty=facts.kind == "none" or facts.empty, files=files,
                                            avg_size=size / files if files else 0, delete=o.delete,
                                            checksum=o.checksum, is_dir=src.is_dir)
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
+            if method in ("tar", "parallel") and src.is_dir:
+                summary = filelist.list_source(src.path, o.exclude, o.exclude_from)  # same filters as rsync
+                files, size = summary.files, summary.bytes
             plans.append((src, m, summary, files, size, method, reason))
             need += size
         self._check_space(remote, facts, need, rsh, base_opts, plans)
@@ -334,9 +344,10 @@ class _HostPush:
         if summary is None:
             summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
         bw = _bwlimit_kib(self.o.bwlimit)
-        return run_tar_stream(src.path, summary.entries, ssh,
-                              tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix),
-                              on_progress=cb, bwlimit_kib=bw)
+        streams = max(1, min(self.o.streams, facts.cpus or 1))
+        return run_tar_streams(src.path, summary.entries, ssh,
+                               tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix),
+                               streams, on_progress=cb, bwlimit_kib=bw)
 
     def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
         listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]

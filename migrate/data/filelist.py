@@ -38,14 +38,22 @@ def quick_size(path: str) -> tuple[int, int]:
     if os.path.isfile(path):
         return 1, os.path.getsize(path)
     files = total = 0
-    for root, _dirs, names in os.walk(path):
-        for n in names:
-            try:
-                st = os.lstat(os.path.join(root, n))
-            except OSError:
-                continue
-            files += 1
-            total += st.st_size
+    stack = [path]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        files += 1
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
     return files, total
 
 

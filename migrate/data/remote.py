@@ -21,6 +21,7 @@ kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv home "$HOME"
+kv cpus "$(nproc 2>/dev/null)"
 if [ "$(id -u)" = 0 ]; then kv sudo root
 elif sudo -n true >/dev/null 2>&1; then kv sudo nopasswd
 elif command -v sudo >/dev/null 2>&1; then kv sudo password
@@ -42,6 +43,7 @@ class DestFacts:
     tar: bool = False
     home: str = ""
     sudo: str = "none"
+    cpus: int = 0
 
     @property
     def has_rsync(self) -> bool:
@@ -78,6 +80,8 @@ def parse_dest_probe(text: str) -> DestFacts:
             f.tar = bool(value)
         elif key == "home":
             f.home = value
+        elif key == "cpus" and value.isdigit():
+            f.cpus = int(value)
         elif key == "sudo":
             f.sudo = value
     return f

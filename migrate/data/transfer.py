@@ -274,3 +274,51 @@ def require_local_tools() -> None:
         local.require("rsync")
     except LocalCommandError as exc:
         raise MigrateError("rsync is not installed on this machine", hint="apt-get install rsync") from exc
+
+
+def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str], remote_command: str,
+                    streams: int, *, on_progress: ProgressCallback | None = None,
+                    bwlimit_kib: int | None = None) -> RunOutcome:
+    """Several tar streams in parallel over balanced shards (unpacking many small files is CPU-bound
+    on the receiving side; one stream per core keeps it busy). Directories travel in the first one."""
+    dirs = [e for e in entries if e.kind == "d"]
+    shards = shard_entries(entries, streams) if streams > 1 else [[e for e in entries if e.kind != "d"]]
+    if not shards:
+        shards = [[]]
+    shards[0] = dirs + shards[0]
+    if len(shards) == 1:
+        return run_tar_stream(src_dir, shards[0], ssh_argv, remote_command, on_progress=on_progress,
+                              bwlimit_kib=bwlimit_kib)
+    total = sum(e.size for e in entries if e.kind == "f") + 512 * len(entries)
+    done = [0] * len(shards)
+    lock = threading.Lock()
+    outcomes: list[RunOutcome] = []
+    errors: list[BaseException] = []
+    t0 = time.monotonic()
+    per_stream_bw = bwlimit_kib // len(shards) if bwlimit_kib else None
+
+    def one(i: int, shard: list[ListedEntry]) -> None:
+        def prog(b: int, _t: int) -> None:
+            with lock:
+                done[i] = b
+                if on_progress:
+                    on_progress(min(sum(done), total), total)
+
+        try:
+            outcomes.append(run_tar_stream(src_dir, shard, ssh_argv, remote_command, on_progress=prog,
+                                           bwlimit_kib=per_stream_bw))
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i, s), daemon=True) for i, s in enumerate(shards)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    stats = Stats(files=len(entries),
+                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
+                  total_size=total, transferred_size=sum(o.stats.transferred_size for o in outcomes),
+                  sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+    return RunOutcome(stats=stats, seconds=time.monotonic() - t0)

@@ -276,3 +276,26 @@ def test_remote_without_rsync_uses_tar_then_install_rsync(dedicated_sandbox, tmp
         assert res.code == 0, res.output
         assert remote.run("command -v rsync", check=False).exit_code == 0
         assert _remote_listing(remote, "/tmp/synced") == _local_listing(src)
+
+
+def test_first_copy_of_many_small_files_streams_tar_then_rsync_keeps_it_in_sync(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    src = tmp_path / "many"
+    for i in range(1500):
+        d = src / f"d{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(f"file {i}\n")
+    os.symlink("d00/f0000.txt", src / "first")
+    (src / "d00" / "f0001.txt").chmod(0o600)
+    res = run_cli("push-data", str(src), f"{host}:{base}/many", "--json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)[0]["method"] == "tar" and "first copy" in res.stderr
+    assert _remote_listing(remote, base + "/many") == _local_listing(src)
+    (src / "d03" / "f0300.txt").write_text("changed\n")
+    res = run_cli("push-data", str(src), f"{host}:{base}/many", "--json")
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "rsync" and r["files_transferred"] == 1
+    assert _remote_listing(remote, base + "/many") == _local_listing(src)
+    res = run_cli("push-data", str(src), f"{host}:{base}/parallel", "--method", "parallel", "--streams", "3")
+    assert res.code == 0, res.output
+    assert _remote_listing(remote, base + "/parallel") == _local_listing(src)
