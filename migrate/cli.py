@@ -19,6 +19,7 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 
 # verb -> "module:attribute" of its click command; loaded only when used (or for --help).
 VERBS = {
+    "apply": "migrate.commands.apply:command",
     "doctor": "migrate.commands.doctor:command",
     "init": "migrate.commands.init:command",
     "pull-data": "migrate.commands.push_data:pull_command",
