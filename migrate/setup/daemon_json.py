@@ -153,15 +153,20 @@ def flag_conflicts(exec_start: str, keys: set[str]) -> list[str]:
 
 
 def journal_explanation(lines: list[str]) -> list[str]:
-    """The journal lines that say why dockerd did not start (most telling first, at most 3)."""
-    keys = ("failed to start daemon", "unable to configure the docker daemon", "level=fatal", "directives",
-            "invalid", "error")
-    picked = [ln.strip() for ln in lines if any(k in ln.lower() for k in keys)]
-    picked = [ln for ln in picked if "start request repeated too quickly" not in ln.lower()]
+    """The journal lines that say why dockerd did not start (most telling first, at most 2)."""
+    strong = ("failed to start daemon", "unable to configure the docker daemon", "level=fatal", "directives",
+              "level=error")
+    weak = ("invalid", "error", "failed")
+    noise = ("level=info", "level=warning", "level=debug", "start request repeated too quickly",
+             "control process exited", "failed with result", "main process exited", "failed to start docker.service")
+    clean = [ln.strip() for ln in lines if ln.strip()]
+    picked = [ln for ln in clean if any(k in ln.lower() for k in strong)]
     if not picked:
-        picked = [ln.strip() for ln in lines if ln.strip()][-2:]
+        picked = [ln for ln in clean if any(k in ln.lower() for k in weak) and not any(n in ln.lower() for n in noise)]
+    if not picked:
+        picked = clean[-2:]
     seen: list[str] = []
     for ln in picked:
         if ln not in seen:
             seen.append(ln)
-    return seen[:3]
+    return seen[:2]

@@ -181,8 +181,8 @@ def plan_undo(entries: list[dict], installed_now: dict[str, str], groups_now: se
             if eid in finished_apt:
                 continue
             # apt was interrupted (connection lost?): undo what appeared since the snapshot
-            before = e.get("before", {})
-            new = sorted(p for p in installed_now if p not in before and p not in purged)
+            before = {apt.bare_name(p) for p in e.get("before", {})}
+            new = sorted(p for p in installed_now if apt.bare_name(p) not in before and p not in purged)
             if new:
                 purged.update(new)
                 plan.actions.append(UndoAction(f"purge {len(new)} package(s) from an interrupted apt run: "

@@ -514,14 +514,16 @@ def plan_daemon_json(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     return StepPlan(name, "change", "; ".join(m.changes) + f" ({kept})", actions, m.warnings)
 
 
-def restart_reasons(state: SetupFacts) -> list[str]:
-    """Why docker must be (re)started now (empty: it is running with the current config and hook)."""
+def restart_reasons(state: SetupFacts, nvidia: bool = True) -> list[str]:
+    """Why docker must be (re)started now (empty: it is running with the current config and hook).
+
+    The NVIDIA hook only counts when GPU support is wanted (`nvidia`)."""
     reasons = []
     started = state.dockerd_started
     if state.docker_active != "active":
         reasons.append(f"docker is {state.docker_active or 'not running'}")
     elif started is not None:
-        if state.hook_ctime is not None and state.hook_ctime > started:
+        if nvidia and state.hook_ctime is not None and state.hook_ctime > started:
             reasons.append("the NVIDIA hook was installed after dockerd started (--gpus needs a restart)")
         if state.daemon_json_mtime is not None and state.daemon_json_mtime > started:
             reasons.append("daemon.json changed after dockerd started")
@@ -537,7 +539,7 @@ def plan_docker_service(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     if not state.docker_unit:
         return StepPlan(name, "skipped", "no docker service to manage",
                         warnings=["docker has no systemd unit or init script: start dockerd yourself"])
-    reasons = restart_reasons(state)
+    reasons = restart_reasons(state, ctx.options.nvidia)
     if not reasons:
         return StepPlan(name, "ok", "running")
     verb = "start" if state.docker_active != "active" else "restart"
