@@ -19,9 +19,10 @@ INSTALLED_QUERY = "dpkg-query -W -f='${db:Status-Abbrev} ${binary:Package} ${Ver
 GROUPS_QUERY = "getent group | cut -d: -f1"
 ETC_QUERY = "ls -A /etc"
 
-# Files a daemon creates at run time in a directory its package created (not owned by any package,
-# so a purge leaves them): removed by --undo only from directories host-setup's apt run created.
-RUNTIME_LEFTOVERS = {"/etc/docker": ("key.json",)}
+# What a daemon creates at run time in a directory its package created (owned by no package, so a
+# purge leaves it): removed by --undo, only from directories host-setup's apt run created. Names
+# ending in "/" are directories, removed only when empty.
+RUNTIME_LEFTOVERS = {"/etc/docker": ("key.json",), "/etc/cni": ("net.d/",)}
 
 
 def _apt_options(lock_timeout: int) -> list[str]:

@@ -167,8 +167,11 @@ def plan_undo(entries: list[dict], installed_now: dict[str, str], groups_now: se
             for name, old, new in e.get("upgraded", []):
                 plan.not_undoable.append(f"apt upgraded {apt.bare_name(name)} from {old} to {new}; not downgraded")
             for path in e.get("paths_created", []):
-                leftovers = [f"{path}/{name}" for name in apt.RUNTIME_LEFTOVERS.get(path, ())]
-                cmd = (f"rm -f {shell.join(leftovers)}; " if leftovers else "") + \
+                names = apt.RUNTIME_LEFTOVERS.get(path, ())
+                files = [f"{path}/{n}" for n in names if not n.endswith("/")]
+                dirs = [f"{path}/{n.rstrip('/')}" for n in names if n.endswith("/")]
+                cmd = (f"rm -f {shell.join(files)}; " if files else "") + \
+                    "".join(f"rmdir {shell.quote(d)} 2>/dev/null; " for d in dirs) + \
                     f"rmdir {shell.quote(path)} 2>/dev/null || true"
                 plan.actions.append(UndoAction(f"remove {path} if nothing else is in it (created by the install)",
                                                [cmd], [], kind="cleanup"))

@@ -184,11 +184,20 @@ def parse_simulated(text: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^Inst (\S+)", text, re.MULTILINE)]
 
 
-def stanzas_for(lists_dir: Path, names: set[str]) -> str:
+def read_indexes(lists_dir: Path) -> list[str]:
+    """The Packages indexes apt downloaded, as text (apt may keep them lz4/gz-compressed)."""
+    texts = []
+    for index in sorted(lists_dir.glob("*_Packages*")):
+        texts.append(local.run(["/usr/lib/apt/apt-helper", "cat-file", str(index)], what="read an apt index",
+                               timeout=120).stdout)
+    return texts
+
+
+def stanzas_for(indexes: list[str], names: set[str]) -> str:
     """Packages-index stanzas of `names` turned into dpkg status stanzas (Status: install ok installed)."""
     out, seen = [], set()
-    for index in sorted(lists_dir.glob("*_Packages")):
-        for block in index.read_text(errors="replace").split("\n\n"):
+    for text in indexes:
+        for block in text.split("\n\n"):
             m = re.search(r"^Package: (\S+)$", block, re.MULTILINE)
             if not m or m.group(1) not in names or m.group(1) in seen:
                 continue
@@ -200,10 +209,11 @@ def stanzas_for(lists_dir: Path, names: set[str]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def required_packages(lists_dir: Path) -> list[str]:
+def required_packages(indexes: list[str]) -> list[str]:
+    """Every `Priority: required` package of the indexes (the base every Debian/Ubuntu system has)."""
     names = []
-    for index in sorted(lists_dir.glob("*_Packages")):
-        for block in index.read_text(errors="replace").split("\n\n"):
+    for text in indexes:
+        for block in text.split("\n\n"):
             if re.search(r"^Priority: required$", block, re.MULTILINE):
                 m = re.search(r"^Package: (\S+)$", block, re.MULTILINE)
                 if m:
@@ -269,12 +279,14 @@ def download_offline(directory: str, target_text: str, options: HostSetupOptions
     packages = top_packages(options, source.kind)
     with ui.err.status(f"apt-get update for {target.label} ({arch})"):
         root.apt_get("update", what="apt-get update (private root)")
-    lists = root.root / "state" / "lists"
-    base_set = required_packages(lists)
+    indexes = read_indexes(root.root / "state" / "lists")
+    base_set = required_packages(indexes)
+    if not base_set:
+        raise MigrateError(f"no package index for {target.label} was downloaded", hint="check --archive-url")
     with ui.err.status("working out the base system"):
         sim = root.apt_get("-s", "install", *base_set, what="simulate the base system")
         installed = set(parse_simulated(sim)) | set(base_set)
-        (root.root / "status").write_text(stanzas_for(lists, installed))
+        (root.root / "status").write_text(stanzas_for(indexes, installed))
     with ui.err.status(f"downloading {' '.join(packages)} and their dependencies"):
         try:
             root.apt_get("install", "--download-only", "-y", *packages, what="apt-get install --download-only")

@@ -114,6 +114,7 @@ def _run_parallel(sessions: list[Session], work, title: str) -> None:
                 s.report.error = exc.one_line()
             finally:
                 r = s.report
+                r.wall_seconds = time.monotonic() - s.started
                 if r.ok:
                     say(f"done: {r.changed} changed" if not r.dry_run else "planned")
                 else:
@@ -130,7 +131,8 @@ def _run_parallel(sessions: list[Session], work, title: str) -> None:
 def _finish(sessions: list[Session]) -> list[HostSetupReport]:
     reports = []
     for s in sessions:
-        s.report.wall_seconds = time.monotonic() - s.started
+        if not s.report.wall_seconds:
+            s.report.wall_seconds = time.monotonic() - s.started
         if s.remote is not None:
             s.report.remote_seconds = s.remote.seconds
         s.close()

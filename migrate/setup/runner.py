@@ -63,7 +63,12 @@ class TimedRemote:
             self.seconds += time.monotonic() - t0
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        return self._timed(self.remote.run, *args, **kwargs)
+        result = self._timed(self.remote.run, *args, **kwargs)
+        if result.exit_code == -1:  # the channel closed without an exit status: the host went away
+            what = kwargs.get("what") or "a command"
+            raise ConnectError(f"connection to {self.remote.name} lost during {what}",
+                               hint="rerun when the host is back: finished steps are kept, the journal has the rest")
+        return result
 
     def put_bytes(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed(self.remote.put_bytes, *args, **kwargs)
@@ -294,7 +299,9 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
                                       removed=diff.removed, upgraded=diff.upgraded, groups_created=created,
                                       paths_created=paths))
             if remote_dir:
-                ctx.remote.run(shell.join(["rm", "-rf", remote_dir]), check=False)
+                parent = posixpath.dirname(remote_dir)
+                ctx.remote.run(f"rm -rf {shell.quote(remote_dir)}; rmdir {shell.quote(parent)} 2>/dev/null || true",
+                               check=False)
         except (ConnectError, MigrateError):
             pass  # connection gone: the apt-begin entry lets --undo work it out later
 

@@ -55,12 +55,10 @@ def test_parse_target():
 def test_parse_simulated_and_status_stanzas(tmp_path):
     sim = "NOTE: simulation\nInst libc6 (2.36-9 Debian:12 [amd64])\nInst base-files (12.4)\nConf libc6 (2.36-9)\n"
     assert offline.parse_simulated(sim) == ["libc6", "base-files"]
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    (lists / "deb.debian.org_dists_bookworm_main_binary-amd64_Packages").write_text(
+    lists = [
         "Package: libc6\nVersion: 2.36-9\nPriority: required\nFilename: pool/l/libc6.deb\nSize: 1\nSHA256: ab\n\n"
         "Package: docker.io\nVersion: 20.10\nPriority: optional\nDepends: runc\n\n"
-        "Package: base-files\nVersion: 12.4\nPriority: required\nEssential: yes\n")
+        "Package: base-files\nVersion: 12.4\nPriority: required\nEssential: yes\n"]
     assert offline.required_packages(lists) == ["base-files", "libc6"]
     status = offline.stanzas_for(lists, {"libc6", "base-files"})
     assert "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9" in status
