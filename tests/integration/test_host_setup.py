@@ -17,6 +17,7 @@ cost 15-60 s each on 2 cores).
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -24,6 +25,7 @@ import pty
 import select
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import pytest
 
 from migrate.paths import cache_root, state_root
 from migrate.sandbox.manager import Sandbox, SandboxSettings
+from migrate.sandbox.recipe import FAKE_NVIDIA_SMI
 from tests.conftest import run_cli
 from tests.integration.aptrepo import VERSION, SignedRepo
 
@@ -348,6 +351,52 @@ def test_official_source_and_nvidia_repo_as_password_sudo_user(hs, repo):
     local = subprocess.run(["grep", "-rlsa", "--exclude=hosts.json", BOB_PASSWORD, *map(str, local_dirs)],
                            capture_output=True, text=True).stdout
     assert local.strip() == "", local  # hosts.json is the sandbox's own fixture description
+
+
+def fake_cuda_image_tar() -> bytes:
+    """A tiny image rootfs (busybox + a FAKE nvidia-smi): the stand-in hook injects nothing, so the
+    image carries what the real toolkit would inject. A test double for the GPU smoke test."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add("/bin/busybox", arcname="bin/busybox")
+        link = tarfile.TarInfo("bin/sh")
+        link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(link)
+        script = b"#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (sandbox fake) (UUID: GPU-5a4db0c5-fake)'\n"
+        info = tarfile.TarInfo("usr/bin/nvidia-smi")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    return buf.getvalue()
+
+
+def test_gpu_container_check_and_failure_explanation(hs, repo):
+    """On hsetup2 (toolkit stand-in installed, docker restarted after it): with a fake GPU on the host,
+    verify picks a local image and runs `docker run --gpus all ... nvidia-smi -L`; an image without
+    nvidia-smi fails with the known-failure explanation."""
+    h = hs[1]
+    _, url = repo
+    root_sh(h, f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{FAKE_NVIDIA_SMI}EOF\n"
+               "chmod 755 /usr/local/bin/nvidia-smi; mkdir -p /etc/migrate-sandbox; echo 1 > /etc/migrate-sandbox/gpus")
+    settings = SandboxSettings(name=h["env"]["MIGRATE_SANDBOX"])
+    imp = subprocess.run(["ssh", "-F", str(Sandbox(settings).ssh_config), "-l", "bob", h["alias"],
+                          "docker import - migrate-test/cuda-fake:hsetup"], input=fake_cuda_image_tar(),
+                         capture_output=True, timeout=120)
+    assert imp.returncode == 0, imp.stderr
+    try:
+        args = [f"bob@{h['alias']}", "--docker-url", f"{url}/docker", "--nvidia-url", f"{url}/nvidia"]
+        code, reports, err = setup(*args, env={"MIGRATE_SUDO_PASSWORD": BOB_PASSWORD})
+        assert code == 0, (reports, err)
+        v = steps(reports[0])["verify"]
+        assert reports[0]["changed"] == 0
+        assert "GPU container sees 1 GPU(s) (migrate-test/cuda-fake:hsetup)" in v["detail"], v
+        code, reports, err = setup(*args, "--verify-image", "migrate-test/busybox:hsetup",
+                                   env={"MIGRATE_SUDO_PASSWORD": BOB_PASSWORD})
+        assert code == 1
+        v = steps(reports[0])["verify"]
+        assert v["status"] == "failed" and 'exec: "nvidia-smi": executable file not found' in v["detail"], v
+        assert "-> the toolkit did not inject nvidia-smi" in v["detail"] and "--gpus all" in v["detail"]
+    finally:
+        root_sh(h, "rm -f /usr/local/bin/nvidia-smi")
 
 
 # --------------------------------------------------------------------------------------------
