@@ -92,6 +92,7 @@ def read_sums(directory: Path) -> dict[str, str]:
 
 
 def sha256(path: Path) -> str:
+    """Hex SHA-256 of a local file."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

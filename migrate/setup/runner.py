@@ -9,13 +9,13 @@ not come back.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,6 +23,7 @@ from migrate.errors import ConnectError, MigrateError
 from migrate.remote import shell
 from migrate.setup import apt, daemon_json, journal, sources, verify
 from migrate.setup.facts import JOURNAL_DIR, SetupFacts, gather
+from migrate.setup.offline import sha256
 from migrate.setup.options import StepResult
 from migrate.setup.plan import (
     STEP_ORDER,
@@ -306,14 +307,6 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
             pass  # connection gone: the apt-begin entry lets --undo work it out later
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _push_offline(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts,
                   installed: dict[str, str]) -> tuple[str, list[str]]:
     """Push the .deb files this host still needs; check them; return (remote dir, ./file list)."""
@@ -344,7 +337,7 @@ def _push_offline(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts,
 
         ctx.remote.put_file(path, posixpath.join(remote_dir, base), callback=cb)
         done += size
-        sums.append(f"{sha256_file(path)}  {base}")
+        sums.append(f"{sha256(Path(path))}  {base}")
     check = (f"cd {shell.quote(remote_dir)} && printf '%s\\n' {' '.join(shell.quote(s) for s in sums)} "
              "| sha256sum -c --quiet -")
     res = ctx.remote.run(check, what="check the pushed .deb files", check=False)
