@@ -48,6 +48,21 @@ def purge_command(packages: list[str], lock_timeout: int) -> str:
     return shell.env_prefix(APT_ENV) + shell.join(argv)
 
 
+def survive_disconnect(command: str, tag: str) -> str:
+    """Wrap a root command so a dropped SSH connection cannot kill it halfway (dpkg "interrupted").
+
+    Without a pty a dead connection only hurts a command when it writes to the closed pipe (SIGPIPE),
+    so the output goes to a root-owned log (SIGHUP ignored too); the wrapper then prints the log and
+    exits with the command's status, so callers see the same output and exit code as before.
+    """
+    if not tag.replace("-", "").isalnum():
+        raise ValueError(f"bad tag {tag!r}")
+    log, rc = f"/var/tmp/migrate-{tag}.log", f"/var/tmp/migrate-{tag}.rc"
+    inner = f"( {command}\n) >{log} 2>&1; echo $? >{rc}"
+    return (f"nohup sh -c {shell.quote(inner)} </dev/null >/dev/null 2>&1; cat {log} 2>/dev/null; "
+            f"s=$(cat {rc} 2>/dev/null || echo 1); rm -f {log} {rc}; exit $s")
+
+
 def policy_command(packages: list[str]) -> str:
     """`apt-cache policy` for choosing optional packages (read-only)."""
     return shell.join(["apt-cache", "policy", *packages])

@@ -77,6 +77,7 @@ elif command -v wget >/dev/null 2>&1; then hs downloader wget; fi
 [ -n "${DOCKER_HOST:-}" ] && hs docker_host "$DOCKER_HOST"
 j="$HOME/JOURNAL"
 [ -s "$j" ] && hs journal_entries "$(wc -l < "$j" | tr -d ' ')"
+for m in "$HOME"/JDIR/apt-open-*; do [ -e "$m" ] && hs apt_open "${m##*apt-open-}"; done
 exit 0
 """
 
@@ -87,7 +88,8 @@ def setup_probe_script() -> str:
     return (SETUP_PROBE.replace("MANAGED_FILES", " ".join(shell.quote(f) for f in sources.MANAGED_FILES))
             .replace("KEYRINGS", keyrings)
             .replace("WATCHED", " ".join(shell.quote(p) for p in WATCHED_PACKAGES))
-            .replace("JOURNAL", JOURNAL_FILE))
+            .replace("JOURNAL", JOURNAL_FILE)
+            .replace("JDIR", JOURNAL_DIR))
 
 
 def combined_script() -> str:
@@ -126,6 +128,7 @@ class SetupFacts:
     downloader: str = ""
     docker_host_env: str = ""
     journal_entries: int = 0
+    apt_open: list[str] = field(default_factory=list)  # apt runs whose result never came back
 
     @property
     def dockerd_started(self) -> int | None:
@@ -246,6 +249,8 @@ def parse_setup_facts(text: str) -> SetupFacts:
             f.docker_host_env = value.strip()
         elif key == "journal_entries":
             f.journal_entries = _int(value) or 0
+        elif key == "apt_open":
+            f.apt_open.append(value.strip())
     if f.daemon_json_exists and f.daemon_json_text is None and f.daemon_json_readable:
         f.daemon_json_text = ""
     return f

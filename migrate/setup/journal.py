@@ -49,6 +49,11 @@ def append_command(entry_obj: dict) -> str:
             f"printf '%s\\n' {shell.quote(line)} >> {shell.home_path(JOURNAL_FILE)}")
 
 
+def open_marker(entry_id: str) -> str:
+    """The file that says an apt run's outcome is not recorded yet (its result never came back)."""
+    return shell.home_path(f"{JOURNAL_DIR}/apt-open-{entry_id}")
+
+
 def read_command() -> str:
     """Shell command printing the journal (nothing when there is none)."""
     path = shell.home_path(JOURNAL_FILE)
@@ -156,7 +161,8 @@ def plan_undo(entries: list[dict], installed_now: dict[str, str], groups_now: se
                 purged.update(still)
                 plan.actions.append(UndoAction(f"purge {len(still)} package(s) installed by host-setup: "
                                                + " ".join(apt.bare_name(p) for p in still),
-                                               [apt.purge_command(still, lock_timeout)], settles, kind="purge",
+                                               [apt.survive_disconnect(apt.purge_command(still, lock_timeout),
+                                                                       f"purge-{eid}")], settles, kind="purge",
                                                packages=still))
             elif installed:
                 plan.actions.append(UndoAction("packages installed by host-setup are already gone", [], settles,
@@ -186,10 +192,15 @@ def plan_undo(entries: list[dict], installed_now: dict[str, str], groups_now: se
             # apt was interrupted (connection lost?): undo what appeared since the snapshot
             before = {apt.bare_name(p) for p in e.get("before", {})}
             new = sorted(p for p in installed_now if apt.bare_name(p) not in before and p not in purged)
+            for group in sorted(groups_now - set(e.get("groups", groups_now))):
+                plan.actions.append(UndoAction(f"remove group {group} (appeared during an interrupted apt run)",
+                                               [f"groupdel {shell.quote(group)}"], []))
             if new:
                 purged.update(new)
                 plan.actions.append(UndoAction(f"purge {len(new)} package(s) from an interrupted apt run: "
-                                               + " ".join(new), [apt.purge_command(new, lock_timeout)], [eid],
+                                               + " ".join(new),
+                                               [apt.survive_disconnect(apt.purge_command(new, lock_timeout),
+                                                                       f"purge-{eid}")], [eid],
                                                kind="purge", packages=new))
             else:
                 plan.actions.append(UndoAction("interrupted apt run left nothing installed", [], [eid], kind="note"))

@@ -141,7 +141,12 @@ def _finish(sessions: list[Session]) -> list[HostSetupReport]:
 
 
 def print_reports(reports: list[HostSetupReport], *, verb: str = "host-setup") -> None:
-    """Step tables per host, warnings, the root-equivalence note once, and a summary table."""
+    """Step tables per host, warnings, the root-equivalence note once, and a summary table.
+
+    One host that could not even be reached (or asked for sudo) is one error line, like every verb."""
+    if len(reports) == 1 and reports[0].error and not reports[0].steps:
+        ui.error(reports[0].error)
+        return
     root_hosts = []
     for r in reports:
         if r.dry_run:
@@ -341,7 +346,7 @@ def _settle_journal(s: Session, entries: list[dict], settled: set[str], *, compl
     path = shell.home_path(JOURNAL_FILE)
     if complete:
         archived = shell.home_path(JOURNAL_FILE.replace(".jsonl", f".undone-{journal.timestamp()}.jsonl"))
-        s.remote.run(f"mv -f {path} {archived}", what="archive the journal")
+        s.remote.run(f"mv -f {path} {archived} && rm -f {journal.open_marker('')}*", what="archive the journal")
         return
     keep = [e for e in entries if e.get("id") not in settled]
     text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in keep)

@@ -124,6 +124,8 @@ class AptInstall:
         if self.optional:
             pkgs.append("<" + " or ".join(n for n, _ in self.optional) + ", if packaged>")
         lines.append("[root] $ " + apt.install_command(pkgs, self.lock_timeout))
+        lines.append("  (detached from the SSH session: nohup, output to /var/tmp/migrate-apt-<id>.log, so a dropped "
+                     "connection cannot leave dpkg half-done)")
         return lines
 
 

@@ -255,6 +255,8 @@ def _apt_failure_hint(text: str) -> str:
         return "another apt/dpkg is running (unattended upgrades?); wait, or raise --apt-lock-timeout"
     if "unmet dependencies" in text.lower() or "Depends:" in text:
         return "dependencies are missing: for --offline, build the directory with --download-offline --for <this OS>"
+    if "dpkg was interrupted" in text:
+        return "an earlier apt/dpkg run was interrupted: run `sudo dpkg --configure -a` on the host, then rerun"
     if "Conflicting values set for option Signed-By" in text:
         return "two apt source files name the same repository with different keys: remove the older one"
     return "see the apt output with -vv"
@@ -264,8 +266,11 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
     before = _installed(ctx)
     groups_before = _groups(ctx)
     etc_before = _etc(ctx)
-    begin = ctx.journal(journal.entry("apt-begin", step, before=before))
+    begin = ctx.journal(journal.entry("apt-begin", step, before=before, groups=sorted(groups_before),
+                                      etc=sorted(etc_before)))
+    ctx.remote.run(f"umask 077 && : > {journal.open_marker(begin['id'])}", what="mark the apt run open")
     remote_dir = None
+    launched = returned = False
     try:
         if a.offline_files:
             remote_dir, packages = _push_offline(a, ctx, step, facts, before)
@@ -284,7 +289,10 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
                     packages.append(extra)
             command = apt.install_command(packages, a.lock_timeout)
         ctx.progress(f"{step}: apt-get install {' '.join(os.path.basename(p) for p in packages)}")
-        res = ctx.sudo(command, what="apt-get install", timeout=APT_INSTALL_TIMEOUT, check=False)
+        launched = True
+        res = ctx.sudo(apt.survive_disconnect(command, f"apt-{begin['id']}"), what="apt-get install",
+                       timeout=APT_INSTALL_TIMEOUT, check=False)
+        returned = True
         if not res.ok:
             text = res.stderr + "\n" + res.stdout
             errors = [ln for ln in text.splitlines() if ln.startswith("E:")]
@@ -292,19 +300,50 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
                              hint=_apt_failure_hint(text))
     finally:
         try:
-            after = _installed(ctx)
-            diff = apt.diff_installed(before, after)
-            created = sorted(_groups(ctx) - groups_before)
-            paths = sorted(f"/etc/{name}" for name in _etc(ctx) - etc_before)
-            ctx.journal(journal.entry("packages", step, begin=begin["id"], installed=diff.installed,
-                                      removed=diff.removed, upgraded=diff.upgraded, groups_created=created,
-                                      paths_created=paths))
+            if returned or not launched:  # else apt may still run on the host: reconciled by the next run
+                _record_apt(ctx, step, begin["id"], before, groups_before, etc_before)
             if remote_dir:
                 parent = posixpath.dirname(remote_dir)
                 ctx.remote.run(f"rm -rf {shell.quote(remote_dir)}; rmdir {shell.quote(parent)} 2>/dev/null || true",
                                check=False)
         except (ConnectError, MigrateError):
             pass  # connection gone: the apt-begin entry lets --undo work it out later
+
+
+def _record_apt(ctx: RunContext, step: str, begin_id: str, before: dict[str, str], groups_before: set[str] | None,
+                etc_before: set[str] | None, **extra: object) -> None:
+    """Journal what an apt run changed (against its before-snapshot) and close its open marker."""
+    diff = apt.diff_installed(before, _installed(ctx))
+    created = sorted(_groups(ctx) - groups_before) if groups_before is not None else []
+    paths = sorted(f"/etc/{name}" for name in _etc(ctx) - etc_before) if etc_before is not None else []
+    ctx.journal(journal.entry("packages", step, begin=begin_id, installed=diff.installed, removed=diff.removed,
+                              upgraded=diff.upgraded, groups_created=created, paths_created=paths, **extra))
+    ctx.remote.run(f"rm -f {journal.open_marker(begin_id)}", what="close the apt run")
+
+
+def reconcile_open_apt(ctx: RunContext, facts: SetupFacts) -> list[str]:
+    """Record what earlier apt runs installed when their result never came back (connection lost).
+
+    apt ran detached on the host and may have finished after we lost it; once no apt/dpkg runs,
+    its changes are the difference between its before-snapshot and now. Returns warnings."""
+    if not facts.apt_open:
+        return []
+    if facts.dpkg_busy:
+        return [f"an interrupted apt run may still be going ({facts.dpkg_busy}); its changes are recorded next time"]
+    entries, _ = journal.parse(ctx.remote.run(journal.read_command(), what="read the journal").stdout)
+    begins = {e["id"]: e for e in entries if e.get("type") == "apt-begin"}
+    closed = {e.get("begin") for e in entries if e.get("type") == "packages"}
+    warnings = []
+    for entry_id in facts.apt_open:
+        begin = begins.get(entry_id)
+        if begin is not None and entry_id not in closed:
+            groups = set(begin["groups"]) if "groups" in begin else None
+            etc = set(begin["etc"]) if "etc" in begin else None
+            _record_apt(ctx, begin.get("step", "?"), entry_id, begin.get("before", {}), groups, etc, reconciled=True)
+            warnings.append(f"recorded what an interrupted apt run ({begin.get('time', '?')}) installed, for --undo")
+        else:
+            ctx.remote.run(f"rm -f {journal.open_marker(entry_id)}", what="close the apt run")
+    return warnings
 
 
 def _push_offline(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts,
@@ -506,7 +545,10 @@ def complete_facts(remote: Any, facts: SetupFacts) -> SetupFacts:
 def run_steps(ctx: RunContext, facts: SetupFacts) -> list[StepResult]:
     """Execute every step in order, re-gathering facts and re-planning after each change."""
     results: list[StepResult] = []
+    reconciled = reconcile_open_apt(ctx, facts)
     plans = {p.name: p for p in plan_steps(facts, ctx.plan_ctx)}
+    if reconciled:
+        plans["host"].warnings.extend(reconciled)
     for i, name in enumerate(STEP_ORDER):
         result = execute_step(plans[name], ctx, facts)
         results.append(result)

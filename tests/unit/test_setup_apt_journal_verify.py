@@ -172,3 +172,21 @@ def test_interrupted_apt_run_compares_bare_package_names():
     entries = [_e("apt-begin", "b", before={"libc6:amd64": "2.36", "bash": "5"})]
     plan = journal.plan_undo(entries, {"libc6": "2.36", "bash": "5"}, set(), {})
     assert not any(a.kind == "purge" for a in plan.actions)
+
+
+def test_survive_disconnect_keeps_output_and_exit_code(tmp_path):
+    import subprocess
+
+    cmd = apt.survive_disconnect("echo out; echo err >&2; exit 7", "t-1").replace("/var/tmp/", f"{tmp_path}/")
+    res = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 7 and res.stdout.split() == ["out", "err"]
+    assert list(tmp_path.iterdir()) == []  # log and status file removed
+    ok = apt.survive_disconnect("true", "t-2").replace("/var/tmp/", f"{tmp_path}/")
+    assert subprocess.run(["sh", "-c", ok]).returncode == 0
+
+
+def test_interrupted_apt_run_also_removes_groups_it_created():
+    entries = [_e("apt-begin", "b", before={"bash": "5"}, groups=["root", "alice"])]
+    plan = journal.plan_undo(entries, {"bash": "5", "docker.io": "20"}, {"root", "alice", "docker"}, {})
+    assert [a.kind for a in plan.actions] == ["purge", "run"]
+    assert plan.actions[-1].commands == ["groupdel docker"]

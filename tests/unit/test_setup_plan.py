@@ -327,3 +327,26 @@ def test_parse_setup_facts_from_probe_lines():
 def test_plans_are_deterministic(opts):
     f = with_gpu(fresh())
     assert plan_steps(f, ctx(**opts)) == plan_steps(f, ctx(**opts))
+
+
+@pytest.mark.gpu
+def test_probe_sees_the_real_gpus_that_nvml_sees(tmp_path):
+    """On a machine with an NVIDIA GPU: the setup probe finds the driver and every GPU NVML lists,
+    so the toolkit is planned without --force and verify plans the GPU container check."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pytest.skip("NVML not available (no NVIDIA driver/GPU here)")
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+    finally:
+        pynvml.nvmlShutdown()
+    out = subprocess.run(["sh", "-c", facts_mod.combined_script()], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path)})
+    f = parse_setup_facts(out.stdout)
+    assert f.has_driver and len(f.host.gpus) == count
+    assert [g.name for g in f.host.gpus] == [n.decode() if isinstance(n, bytes) else n for n in names]
+    p = {x.name: x for x in plan_steps(f, ctx())}
+    assert p["nvidia-toolkit"].status in ("change", "ok") and "no NVIDIA driver" not in p["nvidia-toolkit"].detail
