@@ -23,7 +23,8 @@ JOURNAL_FILE = ".migrate/host-setup/journal.jsonl"
 # Packages whose presence and version the planners look at.
 WATCHED_PACKAGES = (
     "docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin", "docker.io",
-    "docker-compose", "docker-compose-v2", "containerd", "runc", "podman-docker", *sources.NVIDIA_PACKAGE_NAMES,
+    "docker-compose", "docker-compose-v2", "containerd", "runc", "podman-docker", "ca-certificates",
+    *sources.NVIDIA_PACKAGE_NAMES,
 )
 
 SETUP_PROBE = r"""

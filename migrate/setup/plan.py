@@ -272,6 +272,14 @@ def plan_host(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     return StepPlan("host", "ok", detail, warnings=warnings)
 
 
+def _tls_prerequisite(state: SetupFacts, url: str, lock_timeout: int) -> list:
+    """apt and apt-helper need the CA bundle for an https repository (minimal images lack it)."""
+    if url.startswith("https://") and "ca-certificates" not in state.packages:
+        state.packages["ca-certificates"] = "(new)"
+        return [AptInstall(("ca-certificates",), lock_timeout=lock_timeout)]
+    return []
+
+
 def plan_docker_repo(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     name = "docker-repo"
     src = ctx.source
@@ -295,7 +303,7 @@ def plan_docker_repo(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     others = sources.other_files_defining(url, state.apt_sources, sources.DOCKER_SOURCES_FILE)
     if others and own is None:
         return StepPlan(name, "ok", f"{url} already configured in {', '.join(others)}", warnings=warnings)
-    actions: list = []
+    actions: list = _tls_prerequisite(state, src.base_url, ctx.options.apt_lock_timeout)
     if not state.keyrings_dir:
         actions.append(MakeDir(sources.KEYRINGS_DIR))
     want = sources.docker_sources(src.base_url, h.os_family, suite.name, h.docker_arch)
@@ -409,7 +417,7 @@ def plan_nvidia_repo(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     others = sources.other_files_defining(url, state.apt_sources, sources.NVIDIA_SOURCES_FILE)
     if others and own is None:
         return StepPlan(name, "ok", f"{url} already configured in {', '.join(others)}", warnings=warnings)
-    actions: list = []
+    actions: list = _tls_prerequisite(state, ctx.nvidia_base, o.apt_lock_timeout)
     want = sources.nvidia_sources(ctx.nvidia_base)
     have_key = sources.NVIDIA_KEYRING in state.keyrings
     if not have_key or own != want:

@@ -39,7 +39,8 @@ def fresh(**host) -> SetupFacts:
                   groups=["alice", "sudo"], home="/home/alice", sudo="nopasswd")
     for k, v in host.items():
         setattr(h, k, v)
-    return SetupFacts(host=h, now=NOW, keyrings_dir=True, downloader="apt-helper")
+    return SetupFacts(host=h, now=NOW, keyrings_dir=True, downloader="apt-helper",
+                      packages={"ca-certificates": "20230311"})
 
 
 def installed(f: SetupFacts, package: str = "docker.io", *, daemon: str | None = None, member: bool = True,
@@ -350,3 +351,17 @@ def test_probe_sees_the_real_gpus_that_nvml_sees(tmp_path):
     assert [g.name for g in f.host.gpus] == [n.decode() if isinstance(n, bytes) else n for n in names]
     p = {x.name: x for x in plan_steps(f, ctx())}
     assert p["nvidia-toolkit"].status in ("change", "ok") and "no NVIDIA driver" not in p["nvidia-toolkit"].detail
+
+
+def test_https_repositories_get_the_ca_bundle_first_on_minimal_hosts():
+    minimal = with_gpu(fresh())
+    minimal.packages.clear()
+    p = plans(minimal)
+    first = p["docker-repo"].actions[0]
+    assert isinstance(first, AptInstall) and first.packages == ("ca-certificates",)
+    assert not any(isinstance(a, AptInstall) for a in p["nvidia-repo"].actions)  # predicted: installed by then
+    assert not isinstance(plans(with_gpu(fresh()))["docker-repo"].actions[0], AptInstall)
+    bare = fresh()
+    bare.packages.clear()
+    plain_http = plans(bare, docker_url="http://10.0.0.1/docker")
+    assert not isinstance(plain_http["docker-repo"].actions[0], AptInstall)
