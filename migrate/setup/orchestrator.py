@@ -99,11 +99,10 @@ def _run_parallel(sessions: list[Session], work, title: str) -> None:
     if not live:
         return
     with ui.host_progress() as progress:
-        tasks = {s.display: progress.add_task(title, host=s.display, total=1) for s in live}
+        tasks = [progress.add_task(title, host=s.display, total=1) for s in live]
 
-        def one(display: str) -> None:
-            s = next(x for x in live if x.display == display)
-            task = tasks[display]
+        def one(key: str) -> None:  # key: the session's position (two arguments may name one host)
+            s, task = live[int(key)], tasks[int(key)]
 
             def say(text: str) -> None:
                 progress.update(task, description=text)
@@ -121,10 +120,10 @@ def _run_parallel(sessions: list[Session], work, title: str) -> None:
                     say(f"FAILED: {r.error or next((x.name for x in r.steps if x.status == 'failed'), '?')}")
                 progress.update(task, completed=1)
 
-        outcomes = for_each_host([s.display for s in live], one)
+        outcomes = for_each_host([str(i) for i in range(len(live))], one)
         for o in outcomes:  # a bug in one host's work: recorded, never hides the others
             if not o.ok:
-                s = next(x for x in live if x.display == o.host)
+                s = live[int(o.host)]
                 s.report.error = s.report.error or o.error
 
 
@@ -236,7 +235,7 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
         ctx = RunContext(remote=s.remote, plan_ctx=plan_ctx(s), home=s.facts.host.home or s.remote.home(),
                          progress=say)
         try:
-            s.report.steps = run_steps(ctx, s.facts)
+            run_steps(ctx, s.facts, s.report.steps)
         finally:
             s.report.docker_restarts = ctx.docker_restarts
 

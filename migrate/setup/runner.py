@@ -542,9 +542,12 @@ def complete_facts(remote: Any, facts: SetupFacts) -> SetupFacts:
     return facts
 
 
-def run_steps(ctx: RunContext, facts: SetupFacts) -> list[StepResult]:
-    """Execute every step in order, re-gathering facts and re-planning after each change."""
-    results: list[StepResult] = []
+def run_steps(ctx: RunContext, facts: SetupFacts, results: list[StepResult] | None = None) -> list[StepResult]:
+    """Execute every step in order, re-gathering facts and re-planning after each change.
+
+    Results are appended to `results` as they come, so a caller keeps the finished steps even when
+    the host drops off in between (the exception then says why)."""
+    results = [] if results is None else results
     reconciled = reconcile_open_apt(ctx, facts)
     plans = {p.name: p for p in plan_steps(facts, ctx.plan_ctx)}
     if reconciled:
