@@ -31,7 +31,7 @@ from migrate.setup.orchestrator import setup_hosts, undo_hosts
 __all__ = ["HostSetupOptions", "HostSetupReport", "StepResult", "command", "setup_hosts", "undo_hosts"]
 
 SETUP_ONLY = ("docker_source", "no_nvidia", "nvidia_mirror", "default_runtime", "registry_mirrors", "data_root",
-              "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline_dir",
+              "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline",
               "verify_image", "apt_lock_timeout")
 DOWNLOAD_ONLY = ("for_target", "arch", "archive_url", "archive_keyring")
 
@@ -69,7 +69,7 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
               help="Base URL of NVIDIA's libnvidia-container repository.")
 @click.option("--apt-lock-timeout", type=click.IntRange(0, 86400), default=DEFAULT_APT_LOCK_TIMEOUT,
               show_default=True, metavar="SECONDS", help="How long apt waits for another apt/dpkg to finish.")
-@click.option("--offline", "offline_dir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--offline", "offline", type=click.Path(file_okay=False), metavar="DIR",
               help="Install from the .deb files in DIR (made with --download-offline); the host needs no internet.")
 @click.option("--verify-image", metavar="IMAGE",
               help="Image for the GPU container test (pulled if missing). Default: an image already on the host.")
@@ -87,7 +87,7 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 def command(ctx: click.Context, hosts: tuple[str, ...], conn: ConnectOptions, docker_source: str, no_nvidia: bool,
             nvidia_mirror: str | None, default_runtime: str | None, registry_mirrors: tuple[str, ...],
             data_root: str | None, force: bool, force_source: bool, force_restart: bool, codename: str | None,
-            docker_url: str, nvidia_url: str, apt_lock_timeout: int, offline_dir: str | None,
+            docker_url: str, nvidia_url: str, apt_lock_timeout: int, offline: str | None,
             verify_image: str | None, dry_run: bool, undo: bool, as_json: bool, download_dir: str | None,
             for_target: str | None, arch: str, archive_url: str | None, archive_keyring: str | None) -> None:
     """Make servers GPU-container ready: Docker, the NVIDIA container toolkit, daemon.json, the docker group.
@@ -122,7 +122,7 @@ def command(ctx: click.Context, hosts: tuple[str, ...], conn: ConnectOptions, do
                              hint="then use `migrate host-setup HOST --offline DIR`")
         if not for_target:
             raise UsageError("--download-offline needs --for OS:VERSION", hint="e.g. --for ubuntu:22.04")
-        bad = _given(ctx, ("offline_dir", "default_runtime", "registry_mirrors", "data_root", "force", "force_source",
+        bad = _given(ctx, ("offline", "default_runtime", "registry_mirrors", "data_root", "force", "force_source",
                            "force_restart", "verify_image", "apt_lock_timeout"))
         bad += (["--undo"] if undo else []) + (["--dry-run"] if dry_run else [])
         if bad:
@@ -154,7 +154,7 @@ def command(ctx: click.Context, hosts: tuple[str, ...], conn: ConnectOptions, do
             docker_source=docker_source, nvidia=not no_nvidia, default_runtime=default_runtime,
             registry_mirrors=list(registry_mirrors), data_root=data_root, force=force, force_source=force_source,
             force_restart=force_restart, nvidia_mirror=nvidia_mirror, docker_url=docker_url, nvidia_url=nvidia_url,
-            codename=codename, offline_dir=offline_dir, verify_image=verify_image, apt_lock_timeout=apt_lock_timeout)
+            codename=codename, offline=offline, verify_image=verify_image, apt_lock_timeout=apt_lock_timeout)
         reports = setup_hosts(list(hosts), conn, options, dry_run=dry_run, quiet=as_json)
     if as_json:
         ui.print_json([r.to_dict() for r in reports])

@@ -48,7 +48,7 @@ class HostSetupOptions:
     docker_url: str = DEFAULT_DOCKER_URL  # base URL of the "official" Docker repository
     nvidia_url: str = DEFAULT_NVIDIA_URL  # base URL of NVIDIA's libnvidia-container repository
     codename: str | None = None  # Docker repository suite to use instead of the detected one
-    offline_dir: str | None = None  # install from .deb files (see --download-offline)
+    offline: str | None = None  # directory of .deb files to install from (see --download-offline)
     verify_image: str | None = None  # image for the GPU test; may be pulled
     apt_lock_timeout: int = DEFAULT_APT_LOCK_TIMEOUT
 
@@ -65,7 +65,7 @@ class StepResult:
 
 @dataclass
 class HostSetupReport:
-    """What happened on one host."""
+    """What happened on one host (`host` is the argument exactly as given, e.g. `gpu1`)."""
 
     host: str
     steps: list[StepResult] = field(default_factory=list)
@@ -170,8 +170,8 @@ def validate_options(options: HostSetupOptions) -> DockerSource:
         raise UsageError(f"bad --codename {options.codename!r}", hint="a release codename such as noble or bookworm")
     if options.apt_lock_timeout < 0:
         raise UsageError("--apt-lock-timeout must be >= 0")
-    if options.offline_dir is not None:
-        d = options.offline_dir
+    if options.offline is not None:
+        d = options.offline
         if not os.path.isdir(d):
             raise UsageError(f"--offline {d}: no such directory",
                              hint="create it with `migrate host-setup --download-offline DIR --for ubuntu:22.04`")

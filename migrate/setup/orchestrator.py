@@ -64,7 +64,6 @@ def _open_all(hosts: list[str], conn: ConnectOptions, prepare) -> list[Session]:
         s = Session(host=host)
         s.report.host = host
         s.remote = TimedRemote(connect(host, conn))
-        s.report.host = s.display
         prepare(s)
         return s
 
@@ -181,7 +180,7 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
     but progress (for --json and for `migrate apply`)."""
     source = validate_options(options)
     _check_hosts(hosts, conn)
-    offline = load_offline_set(options.offline_dir) if options.offline_dir else None
+    offline = load_offline_set(options.offline) if options.offline else None
     nvidia_base = nvidia_base_url(options) if options.nvidia else options.nvidia_url
 
     def plan_ctx(s: Session) -> PlanContext:

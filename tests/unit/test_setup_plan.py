@@ -268,7 +268,7 @@ def test_offline_plans_use_the_directory_and_no_repositories():
                                       ("runc", "/debs/runc_1_amd64.deb")],
                      nvidia=[("nvidia-container-toolkit", "/debs/nvidia-container-toolkit_1_amd64.deb")],
                      target="ubuntu:22.04")
-    c = ctx(force=True, offline_dir=None)
+    c = ctx(force=True, offline=None)
     c.offline = off
     p = {x.name: x for x in plan_steps(fresh(), c)}
     assert p["docker-repo"].status == "skipped" and p["nvidia-repo"].status == "skipped"

@@ -92,7 +92,7 @@ def test_parse_docker_source():
     ({"default_runtime": "crun"}, "--default-runtime"),
     ({"codename": "no/pe"}, "--codename"),
     ({"nvidia_mirror": "nowhere"}, "NVIDIA mirror"),
-    ({"offline_dir": "/nonexistent/dir"}, "--offline"),
+    ({"offline": "/nonexistent/dir"}, "--offline"),
     ({"verify_image": "--rm"}, "--verify-image"),
 ])
 def test_bad_options_are_usage_errors(kwargs, needle):
@@ -103,7 +103,7 @@ def test_bad_options_are_usage_errors(kwargs, needle):
 
 def test_offline_dir_without_debs_is_refused(tmp_path):
     with pytest.raises(UsageError) as exc:
-        validate_options(HostSetupOptions(offline_dir=str(tmp_path)))
+        validate_options(HostSetupOptions(offline=str(tmp_path)))
     assert "no .deb" in exc.value.message
 
 
