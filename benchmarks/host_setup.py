@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,7 @@ class Bench:
         finally:
             if not self.args.keep:
                 run(self.migrate + ["sandbox", "down"], env=self.env, check=False)
+            shutil.rmtree(self.work, ignore_errors=True)
         self.report()
 
     def check_same_state(self) -> None:

@@ -249,63 +249,65 @@ def download_offline(directory: str, target_text: str, options: HostSetupOptions
         raise MigrateError(f"no {target.family} archive keyring on this machine ({keyring})",
                            hint=f"apt-get install {keyring_pkg}, or pass --archive-keyring FILE")
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     root = AptRoot(cache_root() / "offline-apt" / f"{target.family}-{target.codename}-{arch}", arch)
     if root.root.exists():
         shutil.rmtree(root.root)
     root.root.mkdir(parents=True)
-    lines = [f"deb [signed-by={keyring}] {archive} {target.codename} {components}",
-             f"deb [signed-by={keyring}] {archive} {target.codename}-updates {components}"]
-    if not archive_url:
-        suite = f"{target.codename}-security" if not (target.family == "debian" and target.version == "10") \
-            else f"{target.codename}/updates"
-        lines.append(f"deb [signed-by={keyring}] {security} {suite} {components}")
-    if source.uses_repo:
-        key = root.root / "keyrings" / "docker.asc"
-        (root.root / "keyrings").mkdir(parents=True, exist_ok=True)
-        fetch(sources.docker_key_url(source.base_url, target.family), key)
-        suite = sources.docker_codename(target.family, target.family, target.codename, target.codename,
-                                        target.version, options.codename)
-        lines.append(f"deb [signed-by={key}] {sources.docker_repo_url(source.base_url, target.family)} "
-                     f"{suite.name} stable")
-    if options.nvidia:
-        base = nvidia_base_url(options)
-        key = root.root / "keyrings" / "nvidia.gpg"
-        (root.root / "keyrings").mkdir(parents=True, exist_ok=True)
-        raw = fetch(sources.nvidia_key_url(base), root.root / "keyrings" / "nvidia.asc")
-        key.write_bytes(sources.dearmor(raw))
-        lines.append(f"deb [signed-by={key}] {sources.nvidia_repo_url(base).replace('$(ARCH)', arch)} /")
-    root.lines = lines
-    root.prepare()
-    packages = top_packages(options, source.kind)
-    with ui.err.status(f"apt-get update for {target.label} ({arch})"):
-        root.apt_get("update", what="apt-get update (private root)")
-    indexes = read_indexes(root.root / "state" / "lists")
-    base_set = required_packages(indexes)
-    if not base_set:
-        raise MigrateError(f"no package index for {target.label} was downloaded", hint="check --archive-url")
-    with ui.err.status("working out the base system"):
-        sim = root.apt_get("-s", "install", *base_set, what="simulate the base system")
-        installed = set(parse_simulated(sim)) | set(base_set)
-        (root.root / "status").write_text(stanzas_for(indexes, installed))
-    with ui.err.status(f"downloading {' '.join(packages)} and their dependencies"):
-        try:
-            root.apt_get("install", "--download-only", "-y", *packages, what="apt-get install --download-only")
-        except LocalCommandError as exc:
-            raise MigrateError(f"cannot download the packages for {target.label}: {exc.message}",
-                               hint="check the source (--docker-source) and URLs") from exc
-    files = sorted((root.root / "archives").glob("*.deb"))
-    if not files:
-        raise MigrateError("apt downloaded nothing", hint="check the package names and the source")
-    for old in out.glob("*.deb"):
-        old.unlink()
-    names = []
-    for f in files:
-        shutil.copy2(f, out / f.name)
-        names.append(f.name)
-    (out / SUMS).write_text("".join(f"{sha256(out / n)}  {n}\n" for n in names))
-    manifest = {"for": target.label, "codename": target.codename, "arch": arch, "source": source.kind,
-                "nvidia": options.nvidia, "packages": packages, "files": names}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(root.root, ignore_errors=True)
+    try:
+        lines = [f"deb [signed-by={keyring}] {archive} {target.codename} {components}",
+                 f"deb [signed-by={keyring}] {archive} {target.codename}-updates {components}"]
+        if not archive_url:
+            suite = f"{target.codename}-security" if not (target.family == "debian" and target.version == "10") \
+                else f"{target.codename}/updates"
+            lines.append(f"deb [signed-by={keyring}] {security} {suite} {components}")
+        if source.uses_repo:
+            key = root.root / "keyrings" / "docker.asc"
+            (root.root / "keyrings").mkdir(parents=True, exist_ok=True)
+            fetch(sources.docker_key_url(source.base_url, target.family), key)
+            suite = sources.docker_codename(target.family, target.family, target.codename, target.codename,
+                                            target.version, options.codename)
+            lines.append(f"deb [signed-by={key}] {sources.docker_repo_url(source.base_url, target.family)} "
+                         f"{suite.name} stable")
+        if options.nvidia:
+            base = nvidia_base_url(options)
+            key = root.root / "keyrings" / "nvidia.gpg"
+            (root.root / "keyrings").mkdir(parents=True, exist_ok=True)
+            raw = fetch(sources.nvidia_key_url(base), root.root / "keyrings" / "nvidia.asc")
+            key.write_bytes(sources.dearmor(raw))
+            lines.append(f"deb [signed-by={key}] {sources.nvidia_repo_url(base).replace('$(ARCH)', arch)} /")
+        root.lines = lines
+        root.prepare()
+        packages = top_packages(options, source.kind)
+        with ui.err.status(f"apt-get update for {target.label} ({arch})"):
+            root.apt_get("update", what="apt-get update (private root)")
+        indexes = read_indexes(root.root / "state" / "lists")
+        base_set = required_packages(indexes)
+        if not base_set:
+            raise MigrateError(f"no package index for {target.label} was downloaded", hint="check --archive-url")
+        with ui.err.status("working out the base system"):
+            sim = root.apt_get("-s", "install", *base_set, what="simulate the base system")
+            installed = set(parse_simulated(sim)) | set(base_set)
+            (root.root / "status").write_text(stanzas_for(indexes, installed))
+        with ui.err.status(f"downloading {' '.join(packages)} and their dependencies"):
+            try:
+                root.apt_get("install", "--download-only", "-y", *packages, what="apt-get install --download-only")
+            except LocalCommandError as exc:
+                raise MigrateError(f"cannot download the packages for {target.label}: {exc.message}",
+                                   hint="check the source (--docker-source) and URLs") from exc
+        files = sorted((root.root / "archives").glob("*.deb"))
+        if not files:
+            raise MigrateError("apt downloaded nothing", hint="check the package names and the source")
+        out.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves nothing behind
+        for old in out.glob("*.deb"):
+            old.unlink()
+        names = []
+        for f in files:
+            shutil.copy2(f, out / f.name)
+            names.append(f.name)
+        (out / SUMS).write_text("".join(f"{sha256(out / n)}  {n}\n" for n in names))
+        manifest = {"for": target.label, "codename": target.codename, "arch": arch, "source": source.kind,
+                    "nvidia": options.nvidia, "packages": packages, "files": names}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(root.root, ignore_errors=True)  # the private apt root is scratch space
     return manifest
