@@ -21,6 +21,7 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 VERBS = {
     "apply": "migrate.commands.apply:command",
     "doctor": "migrate.commands.doctor:command",
+    "host-setup": "migrate.commands.host_setup:command",
     "init": "migrate.commands.init:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",

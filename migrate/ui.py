@@ -18,7 +18,9 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -119,6 +121,27 @@ def transfer_progress(transient: bool = False) -> Progress:
         console=err,
         transient=transient,
     )
+
+
+def host_progress(transient: bool = False) -> Progress:
+    """One live line per host: spinner, host, what it is doing now, elapsed time (stderr).
+
+    Add a host with `add_task(description, host=NAME, total=1)`; update its description as the
+    work moves on; `update(task, completed=1)` stops its spinner.
+    """
+    return Progress(
+        SpinnerColumn(finished_text="-"),
+        TextColumn("[bold]{task.fields[host]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        transient=transient,
+    )
+
+
+def line(text: str, style: str | None = None) -> None:
+    """One line of data output (stdout), e.g. a --dry-run plan."""
+    out.print(Text(text, style=style or ""))
 
 
 def human_bytes(n: float | int | None) -> str:

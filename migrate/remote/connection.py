@@ -21,6 +21,7 @@ import base64
 import getpass
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import socket
@@ -50,6 +51,10 @@ from migrate.remote.hosts import (
 )
 
 SUDO_PASSWORD_ENV = "MIGRATE_SUDO_PASSWORD"
+
+# paramiko logs a traceback from its transport thread when a host drops mid-session; our errors
+# already say so on one line, so keep its records away from Python's last-resort stderr handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:
