@@ -5,7 +5,7 @@
     python benchmarks/push_image.py --all      # + the bzip2 seed (~150 s alone) and gzip at 100 Mbit/s
     python benchmarks/push_image.py --repeat 3 # best of 3 for every row (this machine is shared and noisy)
 
-It brings up a one-host sandbox (default name `pibench`: host `pibench1`, its own subnet and port), installs Docker
+It brings up a one-host sandbox (default name `pimageb`: host `pimageb1`, the subnet and port reserved for it), installs Docker
 (Debian's docker.io) and zstd there, builds a local test image of three layers: half compressible
 (real files from /usr), half random, plus a 5 MB app layer, and a v2 that changes only the app
 layer. Every pipeline starts from a host without the image (except the re-push rows) and is checked
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--no-capped", action="store_true", help="skip the 100 Mbit/s rows")
     ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
-    ap.add_argument("--sandbox", default="pibench", help="sandbox name (own subnet and port below)")
+    ap.add_argument("--sandbox", default="pimageb", help="sandbox name (own subnet and port below)")
     ap.add_argument("--subnet", default="172.31.208.0/24")
     ap.add_argument("--port", type=int, default=2560)
     args = ap.parse_args()

@@ -19,7 +19,12 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 
 # verb -> "module:attribute" of its click command; loaded only when used (or for --help).
 VERBS = {
+    "apply": "migrate.commands.apply:command",
     "doctor": "migrate.commands.doctor:command",
+    "host-setup": "migrate.commands.host_setup:command",
+    "init": "migrate.commands.init:command",
+    "pull-data": "migrate.commands.push_data:pull_command",
+    "push-data": "migrate.commands.push_data:push_command",
     "push-image": "migrate.commands.push_image:command",
     "sandbox": "migrate.commands.sandbox:group",
 }

@@ -8,6 +8,7 @@ what is happening.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,7 +18,9 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -26,6 +29,8 @@ from rich.text import Text
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 140  # logs and pipes: do not squeeze tables into 80 columns
 
 _verbosity = 0
 
@@ -119,6 +124,27 @@ def transfer_progress(transient: bool = False) -> Progress:
         console=err,
         transient=transient,
     )
+
+
+def host_progress(transient: bool = False) -> Progress:
+    """One live line per host: spinner, host, what it is doing now, elapsed time (stderr).
+
+    Add a host with `add_task(description, host=NAME, total=1)`; update its description as the
+    work moves on; `update(task, completed=1)` stops its spinner.
+    """
+    return Progress(
+        SpinnerColumn(finished_text="-"),
+        TextColumn("[bold]{task.fields[host]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        transient=transient,
+    )
+
+
+def line(text: str, style: str | None = None) -> None:
+    """One line of data output (stdout), e.g. a --dry-run plan."""
+    out.print(Text(text, style=style or ""))
 
 
 def human_bytes(n: float | int | None) -> str:

@@ -39,11 +39,11 @@ def cli():
 
 
 def assert_one_line_error(res: CliResult, *needles: str) -> None:
-    """A user mistake: exit 1, exactly one non-empty stderr line starting 'error:', no traceback."""
+    """A user mistake: exit 1, exactly one stderr line starting 'error:' (status lines such as the printed
+    mapping may precede it), no traceback, and every needle in that line."""
     assert res.code == 1, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.output
     for n in needles:
         assert n in lines[0], (n, lines[0])

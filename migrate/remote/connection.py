@@ -21,6 +21,7 @@ import base64
 import getpass
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import socket
@@ -50,6 +51,10 @@ from migrate.remote.hosts import (
 )
 
 SUDO_PASSWORD_ENV = "MIGRATE_SUDO_PASSWORD"
+
+# paramiko logs a traceback from its transport thread when a host drops mid-session; our errors
+# already say so on one line, so keep its records away from Python's last-resort stderr handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -235,6 +240,9 @@ class Remote:
 
         `check=True` raises RemoteCommandError on a non-zero exit; `what` names the action in it.
         """
+        if sudo and stdin is not None and self.sudo_mode() == "password":
+            # sudo -S reads the password from the same stdin: the data could be taken as the password
+            raise ValueError("stdin with password sudo is unsafe; upload with put_bytes() instead")
         conn = self.connection
         kwargs = {"hide": True, "warn": True, "timeout": timeout,
                   "in_stream": io.StringIO(stdin) if stdin is not None else False}

@@ -22,7 +22,7 @@ from migrate.sandbox.manager import Sandbox, SandboxSettings
 from tests.conftest import run_cli
 
 # name -> slot; slot N uses subnet 172.31.(200+N).0/24 and ports 2400+20*N ... (max 20 hosts)
-SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetup2": 7, "pimage2": 8}
+SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8}
 
 
 def sandbox_env(name: str) -> dict[str, str]:

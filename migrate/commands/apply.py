@@ -1,0 +1,235 @@
+"""`migrate apply PLAYBOOK`: a whole migration from one file, stage by stage, idempotently.
+
+Validation happens first (exit 2 with line numbers, no remote work). Then, in order: setup
+(host-setup), images (optional local build, then push-image), data (push-data), run (queue the
+sweep on the dispatcher, each job identified by playbook + parameters so a re-apply queues nothing
+new). A host that fails a stage skips its later stages; the other hosts go on. The summary has one
+row per host and one column per stage.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import click
+
+from migrate import local, ui
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.errors import MigrateError, UsageError
+from migrate.playbook.jobs import plan_jobs
+from migrate.playbook.loader import Playbook, load_playbook
+from migrate.playbook.schema import STAGES
+from migrate.remote.hosts import ConnectOptions
+
+
+@dataclass
+class StageOutcome:
+    """One stage on one host: a short verdict for the summary and whether it changed something."""
+
+    text: str
+    changed: int = 0
+    failed: bool = False
+
+
+@dataclass
+class ApplyReport:
+    """Everything apply did, per host and stage."""
+
+    hosts: list[str]
+    stages: list[str]
+    cells: dict[tuple[str, str], StageOutcome] = field(default_factory=dict)
+
+    def failed_hosts(self) -> set[str]:
+        return {h for (h, _), o in self.cells.items() if o.failed}
+
+    @property
+    def changed(self) -> int:
+        return sum(o.changed for o in self.cells.values())
+
+
+StageRunner = Callable[[Playbook, list[str], ConnectOptions, bool, ApplyReport], None]
+
+
+def _setup_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+    from migrate.commands.host_setup import HostSetupOptions, setup_hosts
+
+    s = pb.setup or {}
+    options = HostSetupOptions(docker_source=s["docker_source"], nvidia=s["nvidia"],
+                               default_runtime=s.get("default_runtime"), registry_mirrors=s["registry_mirrors"],
+                               data_root=s.get("data_root"), force=s["force"])
+    if s.get("offline"):
+        options.offline = s["offline"]
+    for r in setup_hosts(hosts, conn, options, dry_run=dry_run):
+        if r.error or not r.ok:
+            report.cells[(r.host, "setup")] = StageOutcome(f"failed: {r.error or 'a step failed'}", failed=True)
+        else:
+            verb = "would change" if dry_run else "changed"
+            report.cells[(r.host, "setup")] = StageOutcome(f"{r.changed} {verb}" if r.changed else "ok",
+                                                           changed=r.changed)
+
+
+def _build_images(pb: Playbook, dry_run: bool) -> None:
+    for img in pb.images:
+        if not img.build:
+            continue
+        argv = ["docker", "build", "-t", img.name, "-f", f"{img.build}/{img.dockerfile}"]
+        for k, v in img.build_args.items():
+            argv += ["--build-arg", f"{k}={v}"]
+        argv.append(img.build)
+        if dry_run:
+            ui.info("would build: " + " ".join(argv))
+            continue
+        ui.step(f"building {img.name} from {img.build}")
+        local.run(argv, what=f"docker build {img.name}", timeout=3600,
+                  hint="fix the Dockerfile or build the image yourself, then rerun apply")
+
+
+def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+    from migrate.commands.push_image import PushImageOptions, push_images
+
+    _build_images(pb, dry_run)
+    options = PushImageOptions()
+    if hasattr(options, "dry_run"):
+        options.dry_run = dry_run
+    elif dry_run:
+        for h in hosts:
+            report.cells[(h, "images")] = StageOutcome(f"would push {len(pb.images)} image(s)")
+        return
+    results = push_images([i.name for i in pb.images], hosts, conn, options)
+    for h in hosts:
+        mine = [r for r in results if r.host == h or r.host.endswith(f"@{h}") or h.endswith(r.host)]
+        failed = [r for r in mine if r.status == "failed"]
+        sent = [r for r in mine if r.status not in ("failed", "up to date")]
+        if failed:
+            report.cells[(h, "images")] = StageOutcome(f"failed: {failed[0].error}", failed=True)
+        elif sent:
+            report.cells[(h, "images")] = StageOutcome(
+                f"{len(sent)} sent ({ui.human_bytes(sum(r.bytes_sent for r in sent))})", changed=len(sent))
+        else:
+            report.cells[(h, "images")] = StageOutcome("up to date")
+
+
+def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+    from migrate.commands.push_data import PushDataOptions, push_data
+
+    per_host: dict[str, list] = {h: [] for h in hosts}
+    for entry in pb.data:
+        options = PushDataOptions(into=entry.into, exclude=list(entry.exclude), delete=entry.delete,
+                                  yes=False, dry_run=dry_run)
+        live = [h for h in hosts if not any(r.status == "failed" for r in per_host[h])]
+        if not live:
+            break
+        for r in push_data([entry.src], live, entry.dest, conn, options):
+            host = next((h for h in live if h == r.host or h.endswith(f"@{r.host}") or r.host.endswith(h)), r.host)
+            per_host.setdefault(host, []).append(r)
+    for h, results in per_host.items():
+        failed = [r for r in results if r.status == "failed"]
+        changed = [r for r in results if r.status == "changed"]
+        if failed:
+            report.cells[(h, "data")] = StageOutcome(f"failed: {failed[0].error}", failed=True)
+        elif dry_run:
+            report.cells[(h, "data")] = StageOutcome(
+                f"would send {sum(r.files_transferred for r in results)} file(s)")
+        elif changed:
+            report.cells[(h, "data")] = StageOutcome(
+                f"{sum(r.files_transferred for r in changed)} file(s) sent", changed=len(changed))
+        else:
+            report.cells[(h, "data")] = StageOutcome("up to date")
+
+
+def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+    from migrate.commands.run import DispatcherOptions, JobSpec, submit_jobs
+
+    assert pb.run is not None
+    planned = plan_jobs(pb.name, pb.run, hosts)
+    for h in hosts:
+        mine = [j for j in planned if j.host == h]
+        if dry_run:
+            for j in mine:
+                ui.info(f"{h}: would queue {j.name}: {j.command}")
+            report.cells[(h, "run")] = StageOutcome(f"would queue {len(mine)} job(s)")
+            continue
+        specs = [JobSpec(command=j.command, name=j.name, key=j.key, **{k: v for k, v in j.spec.items()
+                                                                        if v is not None})
+                 for j in mine]
+        try:
+            submitted = submit_jobs(h, conn, specs, DispatcherOptions())
+        except MigrateError as exc:
+            report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
+            continue
+        new = [s for s in submitted if s.status == "queued"]
+        existing = len(submitted) - len(new)
+        text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")
+        report.cells[(h, "run")] = StageOutcome(text, changed=len(new))
+
+
+RUNNERS: dict[str, StageRunner] = {"setup": _setup_stage, "images": _images_stage, "data": _data_stage,
+                                   "run": _run_stage}
+
+
+def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only: list[str],
+                   dry_run: bool) -> ApplyReport:
+    """Run the playbook's stages in order on every host; a host that fails a stage skips the rest."""
+    stages = [s for s in pb.stages() if not only or s in only]
+    report = ApplyReport(hosts=hosts, stages=stages)
+    for i, stage in enumerate(stages, 1):
+        live = [h for h in hosts if h not in report.failed_hosts()]
+        for h in hosts:
+            if h not in live:
+                report.cells[(h, stage)] = StageOutcome("skipped (earlier stage failed)")
+        if not live:
+            continue
+        ui.step(f"[{i}/{len(stages)}] {stage} on {', '.join(live)}" + (" (dry run)" if dry_run else ""))
+        t0 = time.monotonic()
+        try:
+            RUNNERS[stage](pb, live, conn, dry_run, report)
+        except MigrateError as exc:  # a stage-wide failure (bad image name, local build failed...)
+            for h in live:
+                report.cells.setdefault((h, stage), StageOutcome(f"failed: {exc.one_line()}", failed=True))
+        ui.debug(f"{stage} took {time.monotonic() - t0:.1f}s")
+    return report
+
+
+@click.command("apply", context_settings=CONTEXT_SETTINGS)
+@click.argument("playbook", type=click.Path(dir_okay=False))
+@click.option("-n", "--dry-run", is_flag=True, help="Validate and show what each stage would do; change nothing.")
+@click.option("--only", metavar="STAGES", help=f"Comma-separated subset of: {','.join(STAGES)}.")
+@click.option("--hosts", metavar="H1,H2", help="Use these hosts instead of the playbook's (e.g. --hosts sandbox1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@connection_options
+def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool,
+            conn: ConnectOptions) -> None:
+    """Run a playbook: setup -> images -> data -> run, each stage idempotent.
+
+    The file is validated first: unknown keys and wrong types stop apply with their line number
+    before any remote work. Applying the same playbook again changes nothing and queues no
+    duplicate jobs. Rehearse on the sandbox with `--hosts sandbox1`.
+    """
+    pb = load_playbook(playbook)
+    only_list = [s.strip() for s in only.split(",") if s.strip()] if only else []
+    for s in only_list:
+        if s not in STAGES:
+            raise UsageError(f"unknown stage {s!r} in --only", hint=f"choose from {', '.join(STAGES)}")
+    host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else pb.hosts
+    if not host_list:
+        raise UsageError("no hosts", hint="name them in the playbook or with --hosts")
+    report = apply_playbook(pb, host_list, conn, only=only_list, dry_run=dry_run)
+    if as_json:
+        ui.print_json({"playbook": str(pb.path), "hosts": host_list, "stages": report.stages,
+                       "changed": report.changed,
+                       "results": {h: {s: report.cells.get((h, s), StageOutcome("-")).__dict__
+                                       for s in report.stages} for h in host_list}})
+    else:
+        rows = [[h, *[report.cells.get((h, s), StageOutcome("-")).text for s in report.stages]]
+                for h in host_list]
+        ui.table(f"migrate apply {pb.path.name}" + (" (dry run)" if dry_run else ""), ["host", *report.stages],
+                 rows)
+        ui.info(f"{report.changed} change(s)" + (" would be made" if dry_run else ""))
+    for (h, s), o in report.cells.items():
+        if o.failed:
+            ui.error(f"{h}: {s}: {o.text.removeprefix('failed: ')}")
+    if report.failed_hosts():
+        sys.exit(1)

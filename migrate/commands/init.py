@@ -1,0 +1,64 @@
+"""`migrate init`: write a commented starter playbook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from migrate import ui
+from migrate.cli_common import CONTEXT_SETTINGS
+from migrate.errors import MigrateError
+
+STARTER = """\
+# A migrate playbook: one file that describes a whole migration.
+# Apply it with `migrate apply {path}` (rehearse first: `migrate apply {path} --hosts sandbox1`).
+# Every key is documented in docs/playbook.md; applying twice changes nothing.
+
+# Hosts you were lent: [user@]host or aliases from ~/.ssh/config.
+hosts: [{host}]
+
+# 1. Make the host GPU-container ready (Docker, NVIDIA toolkit, daemon.json merged, docker group).
+setup:
+  docker_source: official        # or: distro, mirror:tuna, mirror:https://mirror.example/docker-ce
+  nvidia: true                   # false on CPU-only hosts
+  # default_runtime: nvidia
+  # registry_mirrors: []
+
+# 2. Images to push (only missing layers travel). Build one first with `build: DIR`.
+images: []
+#  - mylab/pytorch:2.3
+#  - {{name: mylab/env:1, build: ./env}}   # a directory with a Dockerfile
+
+# 3. Data to copy: the contents of src become dest (no trailing-slash trap).
+data: []
+#  - {{src: ./datasets/cifar10, dest: /data/cifar10, exclude: ["*.tmp"]}}
+
+# 4. Experiments for the dispatcher: waits for free GPUs, survives SSH disconnects.
+run:
+  command: python train.py --lr {{lr}} --seed {{seed}}
+  sweep: {{lr: [1e-3, 1e-4], seed: [0, 1]}}
+  gpus_per_job: 1
+  # image: mylab/pytorch:2.3     # container mode; omit to run as plain processes
+  # workdir: /workspace
+  # mounts: ["/data:/data"]
+  # shm_size: 16g
+"""
+
+
+def starter_playbook(path: str, host: str) -> str:
+    """The commented starter text for `path`, aimed at `host`."""
+    return STARTER.format(path=path, host=host)
+
+
+@click.command("init", context_settings=CONTEXT_SETTINGS)
+@click.argument("path", default="migrate.yml", required=False)
+@click.option("--host", default="alice@gpu-box", show_default=True, help="Host to put in the playbook.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def command(path: str, host: str, force: bool) -> None:
+    """Write a commented starter playbook to PATH (default migrate.yml)."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")
+    target.write_text(starter_playbook(path, host))
+    ui.info(f"wrote {target}; edit it, then rehearse with `migrate apply {path} --hosts sandbox1 --dry-run`")

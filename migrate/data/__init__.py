@@ -1,0 +1,1 @@
+"""push-data / pull-data: mapping rules, rsync building and parsing, transfers."""

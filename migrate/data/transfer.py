@@ -1,0 +1,324 @@
+"""Executing transfers: rsync with parsed progress, parallel rsync shards, and tar streams over ssh.
+
+Everything here runs local processes (rsync, tar, ssh) whose command lines come from the pure
+builders in `migrate.data.rsync` / `migrate.data.remote`. Progress is reported through a callback
+`on_progress(done_bytes, total_bytes)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from migrate import local, ui
+from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
+from migrate.data.rsync import RsyncOptions, Stats, explain_exit, parse_progress, parse_stats, rsync_argv
+from migrate.errors import LocalCommandError, MigrateError
+
+ProgressCallback = Callable[[int, int], None]
+_ENV = {**os.environ, "LC_ALL": "C"}
+
+
+class TransferError(MigrateError):
+    """A transfer failed; the message is rsync's exit code said in words, the details list files."""
+
+    def __init__(self, message: str, hint: str | None = None, details: list[str] | None = None,
+                 exit_code: int = 1) -> None:
+        super().__init__(message, hint)
+        self.details = details or []
+        self.tool_exit_code = exit_code
+
+
+@dataclass
+class RunOutcome:
+    """What one transfer did."""
+
+    stats: Stats
+    seconds: float
+
+
+def _pump_lines(stream, on_line: Callable[[str], None]) -> None:
+    """Read a stream, splitting on \\r and \\n (rsync redraws progress with \\r)."""
+    buf = b""
+    while True:
+        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+        if not chunk:
+            break
+        buf += chunk
+        parts = re.split(rb"[\r\n]", buf)
+        buf = parts.pop()
+        for p in parts:
+            if p:
+                on_line(p.decode("utf-8", "replace"))
+    if buf:
+        on_line(buf.decode("utf-8", "replace"))
+
+
+def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallback | None = None,
+              what: str = "rsync") -> RunOutcome:
+    """Run rsync (with --info=progress2 --stats), stream progress, explain failures."""
+    local.require("rsync")
+    ui.debug("$ " + " ".join(argv))
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV)
+    err_chunks: list[bytes] = []
+    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    t.start()
+    out_lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        p = parse_progress(line)
+        if p is None:
+            out_lines.append(line)
+        elif on_progress:
+            on_progress(p.bytes, max(total_bytes, p.bytes))
+
+    try:
+        _pump_lines(proc.stdout, on_line)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    t.join()
+    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    if code != 0:
+        sentence, details = explain_exit(code, stderr)
+        hint = "rerun the same command: finished files are kept and partial ones resume" \
+            if code in (10, 12, 20, 30, 35, 255) else None
+        if code == 24:  # vanished files: everything else arrived; not fatal
+            ui.warn(f"{what}: {sentence}: " + "; ".join(details))
+        else:
+            raise TransferError(f"{what}: {sentence}" + (f": {details[0]}" if details else ""),
+                                hint=hint, details=details, exit_code=code)
+    return RunOutcome(stats=parse_stats("\n".join(out_lines)), seconds=time.monotonic() - t0)
+
+
+def rsync_dry_run(argv_builder: Callable[[RsyncOptions], list[str]], opts: RsyncOptions) -> Stats:
+    """Ask rsync what it would do (files, bytes, deletions) without changing anything."""
+    dry = RsyncOptions(**{**opts.__dict__, "dry_run": True, "itemize": True})
+    argv = argv_builder(dry)
+    argv = [a for a in argv if a not in ("--info=progress2",)]
+    proc = local.run(argv, check=False, what="rsync --dry-run", env=_ENV)
+    if proc.returncode not in (0, 24):
+        sentence, details = explain_exit(proc.returncode, proc.stderr)
+        raise TransferError(f"rsync --dry-run: {sentence}" + (f": {details[0]}" if details else ""),
+                            details=details, exit_code=proc.returncode)
+    return parse_stats(proc.stdout)
+
+
+def run_parallel_rsync(src_dir: str, dest: str, rsh: str, opts: RsyncOptions, entries: list[ListedEntry],
+                       streams: int, *, on_progress: ProgressCallback | None = None) -> RunOutcome:
+    """Several rsync streams over balanced shards of the file list, then one pass for directories."""
+    shards = shard_entries(entries, streams)
+    total = sum(e.size for e in entries if e.kind == "f")
+    done = [0] * len(shards)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    outcomes: list[RunOutcome] = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="migrate-shards-") as tmp:
+
+        def one(i: int, shard: list[ListedEntry]) -> None:
+            listfile = os.path.join(tmp, f"shard{i}")
+            with open(listfile, "wb") as fh:
+                fh.write(files_from_bytes(shard))
+            shard_opts = RsyncOptions(**{**opts.__dict__, "files_from": listfile, "delete": False})
+            argv = rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, shard_opts, stats=True)
+
+            def prog(b: int, _t: int) -> None:
+                with lock:
+                    done[i] = b
+                    if on_progress:
+                        on_progress(sum(done), total)
+
+            try:
+                outcomes.append(run_rsync(argv, total_bytes=total, on_progress=prog, what=f"rsync stream {i + 1}"))
+            except BaseException as exc:  # collected and re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i, s), daemon=True) for i, s in enumerate(shards)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    if errors:
+        raise errors[0]
+    # one ordinary pass: directory attributes, empty dirs, anything a shard could not express
+    final = run_rsync(rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, opts, stats=True), total_bytes=total,
+                      what="rsync final pass")
+    stats = Stats(files=final.stats.files, total_size=final.stats.total_size,
+                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes)
+                  + final.stats.regular_files_transferred,
+                  transferred_size=sum(o.stats.transferred_size for o in outcomes) + final.stats.transferred_size,
+                  sent_bytes=sum(o.stats.sent_bytes for o in outcomes) + final.stats.sent_bytes)
+    if on_progress:
+        on_progress(total, total)
+    return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str], remote_command: str, *,
+                   on_progress: ProgressCallback | None = None, bwlimit_kib: int | None = None) -> RunOutcome:
+    """`tar -cf - FILES | ssh host 'mkdir -p DEST && tar -xpf -'`, pumped through Python for progress."""
+    local.require("tar")
+    names = list(entries)
+    total = sum(e.size for e in names if e.kind == "f") + 512 * len(names)
+    tar_argv = ["tar", "-C", src_dir, "--null", "--no-recursion", "-T", "-", "-cf", "-"]
+    ui.debug("$ " + " ".join(tar_argv) + " | " + " ".join(ssh_argv) + " " + remote_command)
+    t0 = time.monotonic()
+    tar = subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ssh = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    tar_err: list[bytes] = []
+    ssh_out: list[bytes] = []
+
+    def feed_names() -> None:
+        try:
+            tar.stdin.write(b"".join(("./" + e.path).encode("utf-8", "surrogateescape") + b"\0" for e in names))
+            tar.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    threads = [threading.Thread(target=feed_names, daemon=True),
+               threading.Thread(target=lambda: tar_err.append(tar.stderr.read()), daemon=True),
+               threading.Thread(target=lambda: ssh_out.append(ssh.stderr.read()), daemon=True)]
+    for th in threads:
+        th.start()
+    sent = 0
+    broken = False
+    try:
+        while True:
+            chunk = tar.stdout.read1(1 << 20)
+            if not chunk:
+                break
+            try:
+                ssh.stdin.write(chunk)
+            except (BrokenPipeError, OSError):
+                broken = True
+                break
+            sent += len(chunk)
+            if on_progress:
+                on_progress(min(sent, total), total)
+            if bwlimit_kib:
+                expected = sent / (bwlimit_kib * 1024)
+                lag = expected - (time.monotonic() - t0)
+                if lag > 0:
+                    time.sleep(lag)
+        try:
+            ssh.stdin.close()
+        except (BrokenPipeError, OSError):
+            broken = True
+    except KeyboardInterrupt:
+        tar.kill()
+        ssh.kill()
+        raise
+    if broken:
+        tar.kill()
+    ssh_code = ssh.wait()
+    threads[2].join()
+    tar_code = tar.wait()
+    threads[1].join()
+    if ssh_code != 0 or broken:
+        err = (ssh_out[0] if ssh_out else b"").decode("utf-8", "replace").strip().splitlines()
+        last = err[-1] if err else f"exit code {ssh_code}"
+        if "No space left" in " ".join(err):
+            raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}")
+        raise TransferError(f"tar stream over ssh failed: {last}",
+                            hint="rerun the same command: existing files are compared and only the rest is sent")
+    if tar_code not in (0,):
+        msg = (tar_err[0] if tar_err else b"").decode("utf-8", "replace").strip().splitlines()
+        raise TransferError(f"local tar failed: {msg[-1] if msg else tar_code}")
+    files = sum(1 for e in names if e.kind == "f")
+    stats = Stats(files=len(names), regular_files_transferred=files, total_size=total, transferred_size=total,
+                  sent_bytes=sent)
+    return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
+                on_progress: ProgressCallback | None = None) -> RunOutcome:
+    """Send one file's bytes to `remote_command` over ssh (used when the remote has no rsync)."""
+    size = os.path.getsize(path)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
+                proc.stdin.write(chunk)
+                sent += len(chunk)
+                if on_progress:
+                    on_progress(sent, size)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+    if proc.wait() != 0:
+        last = err[-1] if err else f"exit code {proc.returncode}"
+        raise TransferError(f"file stream over ssh failed: {last}")
+    return RunOutcome(stats=Stats(files=1, regular_files_transferred=1, total_size=size, transferred_size=size,
+                                  sent_bytes=sent), seconds=time.monotonic() - t0)
+
+
+def require_local_tools() -> None:
+    """rsync must exist locally (it also lists files for every method)."""
+    try:
+        local.require("rsync")
+    except LocalCommandError as exc:
+        raise MigrateError("rsync is not installed on this machine", hint="apt-get install rsync") from exc
+
+
+def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str], remote_command: str,
+                    streams: int, *, on_progress: ProgressCallback | None = None,
+                    bwlimit_kib: int | None = None) -> RunOutcome:
+    """Several tar streams in parallel over balanced shards (unpacking many small files is CPU-bound
+    on the receiving side; one stream per core keeps it busy). Directories travel in the first one."""
+    dirs = [e for e in entries if e.kind == "d"]
+    shards = shard_entries(entries, streams) if streams > 1 else [[e for e in entries if e.kind != "d"]]
+    if not shards:
+        shards = [[]]
+    shards[0] = dirs + shards[0]
+    if len(shards) == 1:
+        return run_tar_stream(src_dir, shards[0], ssh_argv, remote_command, on_progress=on_progress,
+                              bwlimit_kib=bwlimit_kib)
+    total = sum(e.size for e in entries if e.kind == "f") + 512 * len(entries)
+    done = [0] * len(shards)
+    lock = threading.Lock()
+    outcomes: list[RunOutcome] = []
+    errors: list[BaseException] = []
+    t0 = time.monotonic()
+    per_stream_bw = bwlimit_kib // len(shards) if bwlimit_kib else None
+
+    def one(i: int, shard: list[ListedEntry]) -> None:
+        def prog(b: int, _t: int) -> None:
+            with lock:
+                done[i] = b
+                if on_progress:
+                    on_progress(min(sum(done), total), total)
+
+        try:
+            outcomes.append(run_tar_stream(src_dir, shard, ssh_argv, remote_command, on_progress=prog,
+                                           bwlimit_kib=per_stream_bw))
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i, s), daemon=True) for i, s in enumerate(shards)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    stats = Stats(files=len(entries),
+                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
+                  total_size=total, transferred_size=sum(o.stats.transferred_size for o in outcomes),
+                  sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+    return RunOutcome(stats=stats, seconds=time.monotonic() - t0)

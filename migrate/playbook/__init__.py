@@ -1,0 +1,1 @@
+"""Playbooks: one YAML file that describes a whole migration (setup, images, data, run)."""

@@ -1,0 +1,301 @@
+"""push-data / pull-data with real rsync and sshd on the sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from migrate.remote import shell
+from migrate.remote.connection import connect
+from tests.conftest import assert_one_line_error, run_cli
+
+WEIRD = ["with space", "ünïcödé", "-leading-dash", "quote'name"]
+
+
+def _tree(local_root: Path) -> None:
+    (local_root / "sub dir").mkdir(parents=True)
+    (local_root / "a.txt").write_text("alpha\n")
+    (local_root / "sub dir" / "b.bin").write_bytes(os.urandom(3000))
+    for name in WEIRD:
+        (local_root / name).write_text(name)
+    (local_root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (local_root / "script.sh").chmod(0o750)
+    os.symlink("sub dir/b.bin", local_root / "link")
+
+
+def _remote_listing(remote, path: str) -> dict[str, str]:
+    """relative path -> 'f <sha256> <mode>' | 'd' | 'l <target>' for everything under path."""
+    script = ('cd "$1" && find . -mindepth 1 | LC_ALL=C sort | while IFS= read -r p; do '
+              'if [ -L "$p" ]; then printf "%s\\tl %s\\n" "$p" "$(readlink "$p")"; '
+              'elif [ -d "$p" ]; then printf "%s\\td\\n" "$p"; '
+              'else printf "%s\\tf %s %s\\n" "$p" "$(sha256sum < "$p" | cut -c1-16)" "$(stat -c %a "$p")"; fi; done')
+    out = remote.run(f"{shell.sh_c(script)} sh {shell.quote(path)}").stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if line)
+
+
+def _local_listing(path: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        rel = "./" + str(p.relative_to(path))
+        if p.is_symlink():
+            out[rel] = f"l {os.readlink(p)}"
+        elif p.is_dir():
+            out[rel] = "d"
+        else:
+            out[rel] = f"f {hashlib.sha256(p.read_bytes()).hexdigest()[:16]} {oct(p.stat().st_mode & 0o777)[2:]}"
+    return out
+
+
+@pytest.fixture
+def scratch(sandbox_hosts, tmp_path):
+    """A local tree and a unique remote base directory on the first shared sandbox host (cleaned up)."""
+    host = sandbox_hosts[0]["alias"]
+    base = f"/tmp/migrate-pd-{uuid.uuid4().hex[:8]}"
+    src = tmp_path / "cifar"
+    _tree(src)
+    with connect(host) as remote:
+        yield host, base, src, remote
+        remote.run(shell.join(["rm", "-rf", base]))
+
+
+MAPPING_CASES = [
+    # (source suffix, dest suffix, extra args, where the tree lands relative to base)
+    ("", "/dst", [], "/dst"),
+    ("/", "/dst", [], "/dst"),
+    ("", "/dst/", [], "/dst"),
+    ("/", "/dst/", [], "/dst"),
+    ("", "/into", ["--into"], "/into/cifar"),
+    ("/", "/into/", ["--into"], "/into/cifar"),
+]
+
+
+@pytest.mark.parametrize("src_suffix,dest_suffix,extra,lands", MAPPING_CASES)
+def test_directory_lands_where_the_mapping_says(scratch, src_suffix, dest_suffix, extra, lands):
+    host, base, src, remote = scratch
+    res = run_cli("push-data", str(src) + src_suffix, f"{host}:{base}{dest_suffix}", *extra)
+    assert res.code == 0, res.output
+    assert f"{base}{lands}" in res.stderr  # the printed mapping names the landing place
+    assert _remote_listing(remote, base + lands) == _local_listing(src)
+    # and nothing else was created next to it
+    parent = os.path.dirname(base + lands)
+    assert remote.run(f"ls -A {shell.quote(parent)}").stdout.split("\n")[:-1] == [os.path.basename(base + lands)]
+
+
+def test_files_with_weird_names_land_exactly(scratch):
+    host, base, src, remote = scratch
+    for name in WEIRD:
+        f = src / name
+        # file to a new name; file into an existing dir (with and without trailing slash)
+        assert run_cli("push-data", str(f), f"{host}:{base}/renamed/{name}.copy").code == 0
+        assert run_cli("push-data", str(f), f"{host}:{base}/dir/").code == 0
+    assert run_cli("push-data", str(src / "a.txt"), f"{host}:{base}/dir").code == 0
+    listing = _remote_listing(remote, base)
+    for name in WEIRD:
+        assert listing[f"./renamed/{name}.copy"].startswith("f ")
+        assert listing[f"./dir/{name}"].startswith("f ")
+    assert listing["./dir/a.txt"].startswith("f ")
+    assert remote.run(f"cat {shell.quote(base + '/dir/-leading-dash')}").stdout == "-leading-dash"
+
+
+def test_several_sources_go_inside_and_dry_run_changes_nothing(scratch):
+    host, base, src, remote = scratch
+    res = run_cli("push-data", str(src / "a.txt"), str(src / "sub dir"), f"{host}:{base}/multi", "--dry-run")
+    assert res.code == 0, res.output
+    assert "would transfer" in res.stderr
+    assert remote.run(f"test -e {shell.quote(base)}", check=False).exit_code != 0
+    res = run_cli("push-data", str(src / "a.txt"), str(src / "sub dir"), f"{host}:{base}/multi")
+    assert res.code == 0, res.output
+    listing = _remote_listing(remote, base + "/multi")
+    assert set(listing) == {"./a.txt", "./sub dir", "./sub dir/b.bin"}
+    again = run_cli("push-data", str(src / "a.txt"), str(src / "sub dir"), f"{host}:{base}/multi")
+    assert again.code == 0 and "up to date" in again.stdout
+
+
+def test_excludes_and_migrateignore(scratch):
+    host, base, src, remote = scratch
+    (src / "junk.tmp").write_text("x")
+    (src / "sub dir" / "cache").mkdir()
+    (src / "sub dir" / "cache" / "c").write_text("x")
+    (src / ".migrateignore").write_text("# comments are fine\n*.tmp\ncache/\n")
+    (src / "notes.log").write_text("x")
+    res = run_cli("push-data", str(src), f"{host}:{base}/d", "--exclude", "*.log")
+    assert res.code == 0, res.output
+    listing = _remote_listing(remote, base + "/d")
+    assert "./junk.tmp" not in listing and "./sub dir/cache" not in listing and "./notes.log" not in listing
+    assert "./a.txt" in listing and "./.migrateignore" in listing
+
+
+def test_delete_refuses_without_yes_and_lists_files(scratch):
+    host, base, src, remote = scratch
+    assert run_cli("push-data", str(src), f"{host}:{base}/d").code == 0
+    remote.run(f"touch {shell.quote(base + '/d/stale-1')} {shell.quote(base + '/d/stale 2')}")
+    res = run_cli("push-data", str(src), f"{host}:{base}/d", "--delete", input="")
+    assert res.code == 1, res.output
+    assert "stale-1" in res.stderr and "stale 2" in res.stderr and "--yes" in res.stderr
+    assert remote.run(f"ls {shell.quote(base + '/d')}").stdout.count("stale") == 2
+    res = run_cli("push-data", str(src), f"{host}:{base}/d", "--delete", "--yes")
+    assert res.code == 0, res.output
+    assert "stale" not in remote.run(f"ls {shell.quote(base + '/d')}").stdout
+
+
+def test_missing_source_does_no_remote_work(sandbox_hosts, tmp_path):
+    res = run_cli("push-data", str(tmp_path / "nope"), "nosuchhost.invalid:/x")
+    assert_one_line_error(res, "not found", "nothing was sent")
+
+
+def test_bad_destination_syntax_is_a_usage_error(tmp_path):
+    res = run_cli("push-data", str(tmp_path), "/no/host/here")
+    assert res.code == 2 and "HOST:DEST" in res.stderr
+
+
+def test_full_remote_disk_is_refused_before_sending(scratch, tmp_path):
+    host, _base, _src, remote = scratch
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(100 * 1024 * 1024)  # 100 MiB sparse file; /mnt/small is 64 MiB
+    res = run_cli("push-data", str(big), f"{host}:/mnt/small/big.bin")
+    assert_one_line_error(res, "not enough space", "/mnt/small", "need 100.0 MiB")
+    assert remote.run("ls -A /mnt/small").stdout.strip() == ""
+
+
+def test_unwritable_destination_suggests_sudo_and_sudo_works(scratch):
+    host, _base, src, remote = scratch
+    target = f"/opt/migrate-pd-{uuid.uuid4().hex[:6]}"
+    res = run_cli("push-data", str(src), f"{host}:{target}")
+    assert_one_line_error(res, "not writable", "--sudo")
+    try:
+        res = run_cli("push-data", str(src), f"{host}:{target}", "--sudo")
+        assert res.code == 0, res.output
+        assert remote.run(f"stat -c %U {shell.quote(target + '/a.txt')}").stdout.strip() == "root"
+    finally:
+        remote.run(shell.join(["rm", "-rf", target]), sudo=True)
+
+
+def test_two_hosts_in_parallel_and_pull_back(sandbox_hosts, tmp_path):
+    h1, h2 = sandbox_hosts[0]["alias"], sandbox_hosts[1]["alias"]
+    src = tmp_path / "ds"
+    _tree(src)
+    base = f"/tmp/migrate-pd-{uuid.uuid4().hex[:8]}"
+    try:
+        res = run_cli("push-data", str(src), f"{h1}:{base}", "--hosts", h2)
+        assert res.code == 0, res.output
+        assert res.stdout.count("changed") == 2
+        back = tmp_path / "back"
+        res = run_cli("pull-data", f"{h2}:{base}", str(back))
+        assert res.code == 0, res.output
+        assert _local_listing(back) == _local_listing(src)
+        res = run_cli("pull-data", f"{h2}:{base}/nope", str(back))
+        assert_one_line_error(res, "not found")
+    finally:
+        for h in (h1, h2):
+            with connect(h) as r:
+                r.run(shell.join(["rm", "-rf", base]))
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append((int(entry.name), comm))
+            out += _descendants(int(entry.name))
+    return out
+
+
+def test_killed_connection_resumes_and_result_is_byte_identical(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    data = tmp_path / "ds"
+    data.mkdir()
+    payload = os.urandom(48 * 1024 * 1024)
+    (data / "big.bin").write_bytes(payload)
+    (data / "small.txt").write_text("small")
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(data), f"{host}:{base}/ds",
+                             "--bwlimit", "8m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # rsync writes into a hidden temp file (.big.bin.XXXXXX) while the transfer runs
+    probe = f"find {shell.quote(base)} -name '.big.bin.*' -printf '%s\\n' 2>/dev/null | sort -n | tail -n 1"
+    deadline = time.time() + 60
+    size = 0
+    while time.time() < deadline:
+        r = remote.run(probe, check=False)
+        size = int(r.stdout.strip() or "0")
+        if size > 8 * 1024 * 1024:
+            break
+        time.sleep(0.3)
+    assert size > 0, "transfer never started"
+    ssh = [p for p, comm in _descendants(proc.pid) if comm == "ssh"]
+    assert ssh, _descendants(proc.pid)
+    for p in ssh:
+        os.kill(p, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "rerun" in err.decode()
+    res = run_cli("push-data", str(data), f"{host}:{base}/ds", "--json")
+    assert res.code == 0, res.output
+    [result] = json.loads(res.stdout)
+    assert result["wire_bytes"] < 0.9 * len(payload), result  # resumed from the partial file
+    digest = remote.run(f"sha256sum {shell.quote(base + '/ds/big.bin')}").stdout.split()[0]
+    assert digest == hashlib.sha256(payload).hexdigest()
+    assert remote.run(f"ls -A {shell.quote(base + '/ds')}").stdout.split() == ["big.bin", "small.txt"]
+
+
+def test_remote_without_rsync_uses_tar_then_install_rsync(dedicated_sandbox, tmp_path):
+    [h] = dedicated_sandbox("pdata", 1)
+    host = h["alias"]
+    src = tmp_path / "ds"
+    _tree(src)
+    with connect(host) as remote:
+        remote.run("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q rsync >/dev/null", sudo=True, timeout=300)
+        assert remote.run("command -v rsync", check=False).exit_code != 0
+        res = run_cli("push-data", str(src), f"{host}:/tmp/tarred", env=h["env"])
+        assert res.code == 0, res.output
+        assert "tar" in res.stdout and "no rsync" in res.stderr
+        assert _remote_listing(remote, "/tmp/tarred") == _local_listing(src)  # modes and symlinks too
+        res = run_cli("push-data", str(src / "script.sh"), f"{host}:/tmp/one/run.sh", env=h["env"])
+        assert res.code == 0, res.output
+        assert remote.run("stat -c %a /tmp/one/run.sh").stdout.strip() == "750"
+        res = run_cli("push-data", str(src), f"{host}:/tmp/tarred", "--delete", env=h["env"])
+        assert_one_line_error(res, "--delete needs rsync")
+        res = run_cli("push-data", str(src), f"{host}:/tmp/synced", "--install-rsync", env=h["env"])
+        assert res.code == 0, res.output
+        assert remote.run("command -v rsync", check=False).exit_code == 0
+        assert _remote_listing(remote, "/tmp/synced") == _local_listing(src)
+
+
+def test_first_copy_of_many_small_files_streams_tar_then_rsync_keeps_it_in_sync(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    src = tmp_path / "many"
+    for i in range(1500):
+        d = src / f"d{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(f"file {i}\n")
+    os.symlink("d00/f0000.txt", src / "first")
+    (src / "d00" / "f0001.txt").chmod(0o600)
+    res = run_cli("push-data", str(src), f"{host}:{base}/many", "--json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)[0]["method"] == "tar" and "first copy" in res.stderr
+    assert _remote_listing(remote, base + "/many") == _local_listing(src)
+    (src / "d03" / "f0300.txt").write_text("changed\n")
+    res = run_cli("push-data", str(src), f"{host}:{base}/many", "--json")
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "rsync" and r["files_transferred"] == 1
+    assert _remote_listing(remote, base + "/many") == _local_listing(src)
+    res = run_cli("push-data", str(src), f"{host}:{base}/parallel", "--method", "parallel", "--streams", "3")
+    assert res.code == 0, res.output
+    assert _remote_listing(remote, base + "/parallel") == _local_listing(src)

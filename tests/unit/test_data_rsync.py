@@ -1,0 +1,134 @@
+import shlex
+
+import pytest
+
+from migrate.commands.push_data import _bwlimit_kib, choose_method, should_compress, split_host_path
+from migrate.data.filelist import shard_entries
+from migrate.data.rsync import (
+    ListedEntry,
+    RsyncOptions,
+    explain_exit,
+    parse_list_only,
+    parse_progress,
+    parse_stats,
+    parse_version,
+    rsh_join,
+    rsync_argv,
+    unescape_name,
+)
+from migrate.errors import MigrateError, UsageError
+
+
+def test_rsync_argv_is_resumable_archive_with_filters_and_ends_with_paths():
+    opts = RsyncOptions(excludes=["*.tmp"], exclude_from=["/x/ex"], delete=True, bwlimit="1000", checksum=True,
+                        compress=True, rsync_path="sudo -n rsync", timeout=30)
+    argv = rsync_argv(["./src/"], "gpu:/dst/", "ssh -p 22", opts, stats=True)
+    assert argv[:2] == ["rsync", "-a"]
+    assert "--partial-dir=.migrate-partial" in argv and "--filter=:- .migrateignore" in argv
+    assert "--exclude=*.tmp" in argv and "--exclude-from=/x/ex" in argv and "--delete" in argv
+    assert "--info=progress2" in argv and "--no-inc-recursive" in argv and "--mkpath" in argv
+    assert "--compress-choice=zstd" in argv and "--rsync-path=sudo -n rsync" in argv and "--checksum" in argv
+    assert argv[-3:] == ["--", "./src/", "gpu:/dst/"]
+    assert argv[argv.index("-e") + 1] == "ssh -p 22"
+
+
+def test_rsh_join_uses_rsync_quoting_rules():
+    joined = rsh_join(["ssh", "-o", "UserKnownHostsFile=/a b/kh", "-i", "it's"])
+    assert joined == "ssh -o 'UserKnownHostsFile=/a b/kh' -i 'it''s'"
+
+
+def test_parse_progress2_lines():
+    p = parse_progress("    1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, to-chk=5/9)")
+    assert (p.bytes, p.percent, p.rate, p.eta, p.transferred_files, p.files_left, p.files_total) == \
+        (1234567, 45, "12.34MB/s", "0:00:10", 3, 5, 9)
+    p = parse_progress("         32,768   0%    0.00kB/s    0:00:00  ")
+    assert p.bytes == 32768 and p.transferred_files is None
+    assert parse_progress("sending incremental file list") is None
+
+
+def test_parse_stats_and_itemized_deletions():
+    text = """*deleting   old/file.txt
+>f+++++++++ new.bin
+cd+++++++++ newdir/
+Number of files: 1,203 (reg: 1,100, dir: 103)
+Number of regular files transferred: 12
+Total file size: 9,876,543 bytes
+Total transferred file size: 1,234 bytes
+Total bytes sent: 2,000
+"""
+    s = parse_stats(text)
+    assert (s.files, s.regular_files_transferred, s.total_size, s.transferred_size, s.sent_bytes) == \
+        (1203, 12, 9876543, 1234, 2000)
+    assert s.deleted == ["old/file.txt"] and s.changed == ["new.bin", "newdir/"]
+
+
+def test_exit_codes_become_sentences_with_files():
+    stderr = ('rsync: [sender] send_files failed to open "/d/secret": Permission denied (13)\n'
+              "rsync error: some files/attrs were not transferred (code 23)\n")
+    sentence, details = explain_exit(23, stderr)
+    assert "not transferred" in sentence and "Permission denied" in details[0]
+    sentence, details = explain_exit(24, 'file has vanished: "/d/tmp.lock"\n')
+    assert "vanished" in sentence and details == ["vanished: /d/tmp.lock"]
+    assert "connection" in explain_exit(255, "")[0] and "timed out" in explain_exit(30, "")[0]
+    assert "disk space" in explain_exit(11, "rsync: write failed on x: No space left on device (28)")[0]
+    assert "broke" in explain_exit(12, "")[0]
+
+
+def test_parse_list_only_handles_spaces_symlinks_and_escapes():
+    text = ("drwxr-xr-x          4,096 2026/11/23 16:10:28 .\n"
+            "-rw-r--r--              6 2026/11/23 16:10:31 a b.txt\n"
+            "lrwxrwxrwx             13 2026/11/23 16:10:28 link -> sub dir/fi le\n"
+            "drwxr-xr-x          4,096 2026/11/23 16:10:28 sub dir\n"
+            "-rw-r--r--          1,000 2026/11/23 16:10:28 \\#303\\#274n\\#303\\#257.txt\n")
+    entries = parse_list_only(text)
+    assert [(e.path, e.size, e.kind) for e in entries] == [
+        ("a b.txt", 6, "f"), ("link", 13, "l"), ("sub dir", 4096, "d"), ("ünï.txt", 1000, "f")]
+    assert unescape_name("plain") == "plain"
+
+
+def test_shards_are_balanced_and_cover_every_file_once():
+    entries = [ListedEntry(f"f{i}", size, "f") for i, size in enumerate([100, 90, 80, 10, 10, 10, 5, 5])]
+    entries.append(ListedEntry("d", 4096, "d"))
+    shards = shard_entries(entries, 3)
+    paths = sorted(e.path for s in shards for e in s)
+    assert paths == sorted(f"f{i}" for i in range(8))
+    loads = [sum(e.size for e in s) for s in shards]
+    assert max(loads) - min(loads) <= 100
+
+
+def test_choose_method():
+    kw = dict(remote_rsync=True, dest_empty=True, files=100_000, avg_size=4096, delete=False, checksum=False,
+              is_dir=True)
+    assert choose_method("auto", **kw)[0] == "tar"
+    assert choose_method("auto", **{**kw, "dest_empty": False})[0] == "rsync"
+    assert choose_method("auto", **{**kw, "files": 5, "avg_size": 1 << 30})[0] == "rsync"
+    assert choose_method("auto", **{**kw, "delete": True})[0] == "rsync"
+    assert choose_method("parallel", **kw)[0] == "parallel"
+    assert choose_method("auto", **{**kw, "remote_rsync": False})[0] == "tar"
+    with pytest.raises(MigrateError, match="--delete needs rsync"):
+        choose_method("auto", **{**kw, "remote_rsync": False, "delete": True})
+    with pytest.raises(UsageError):
+        choose_method("tar", **{**kw, "delete": True})
+
+
+def test_should_compress():
+    assert not should_compress("auto", "127.0.0.1", True)
+    assert not should_compress("auto", "192.168.1.5", True)
+    assert should_compress("auto", "1.2.3.4", True)
+    assert should_compress("auto", "gpu.example.org", True)
+    assert not should_compress("auto", "1.2.3.4", False)
+    assert should_compress("zstd", "127.0.0.1", True) and not should_compress("none", "1.2.3.4", True)
+
+
+def test_small_helpers():
+    assert parse_version("rsync  version 3.2.7  protocol version 31") == (3, 2, 7)
+    assert parse_version("nothing") == (0, 0, 0)
+    assert _bwlimit_kib("500k") == 500 and _bwlimit_kib("10m") == 10240 and _bwlimit_kib("2000") == 2000
+    with pytest.raises(UsageError):
+        _bwlimit_kib("fast")
+    assert split_host_path("gpu:/data") == ("gpu", "/data")
+    assert split_host_path("alice@gpu:rel") == ("alice@gpu", "rel")
+    assert split_host_path("[::1]:/x") == ("::1", "/x")
+    with pytest.raises(UsageError):
+        split_host_path("/just/a/path")
+    assert shlex.split("a b") == ["a", "b"]

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from migrate.playbook.loader import PlaybookError, expand_sweep, load_playbook, parse_playbook
+
+FULL = """\
+hosts: [alice@gpu-box]            # or ssh_config aliases
+setup:   {docker_source: mirror:tuna, nvidia: true, default_runtime: nvidia, registry_mirrors: []}
+images:  [mylab/pytorch:1.10]
+data:
+  - {src: ./datasets/cifar10, dest: /data/cifar10, exclude: ["*.tmp"]}
+run:
+  image: mylab/pytorch:1.10
+  workdir: /workspace
+  mounts: ["/data:/data"]
+  shm_size: 16g
+  gpus_per_job: 1
+  command: python train.py --lr {lr} --seed {seed}
+  sweep: {lr: [1e-3, 1e-4], seed: [0, 1]}
+"""
+
+
+def parse(text: str, name: str = "exp.yml"):
+    return parse_playbook(text, Path("/plays") / name)
+
+
+def test_the_issue_example_parses_with_defaults():
+    pb = parse(FULL)
+    assert pb.name == "exp" and pb.hosts == ["alice@gpu-box"]
+    assert pb.setup["docker_source"] == "mirror:tuna" and pb.setup["nvidia"] is True
+    assert pb.setup["data_root"] is None and pb.setup["force"] is False
+    assert [i.name for i in pb.images] == ["mylab/pytorch:1.10"] and pb.images[0].build is None
+    assert pb.data[0].src == "/plays/datasets/cifar10" and pb.data[0].exclude == ["*.tmp"]
+    assert pb.run["sweep"] == {"lr": ["1e-3", "1e-4"], "seed": ["0", "1"]}
+    assert pb.run["gpus_per_job"] == 1 and pb.run["retries"] == 0 and pb.run["env"] == {}
+    assert pb.stages() == ["setup", "images", "data", "run"]
+
+
+def test_sweep_keeps_literal_values_and_expands_the_grid():
+    jobs = expand_sweep("python t.py --lr {lr} --seed {seed}", {"lr": ["1e-3", "1e-4"], "seed": ["0", "1"]})
+    assert [c for _, c in jobs] == [
+        "python t.py --lr 1e-3 --seed 0", "python t.py --lr 1e-3 --seed 1",
+        "python t.py --lr 1e-4 --seed 0", "python t.py --lr 1e-4 --seed 1"]
+    assert jobs[0][0] == {"lr": "1e-3", "seed": "0"}
+    assert expand_sweep("echo hi", {}) == [({}, "echo hi")]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("hosts: [a]\nimagse: [x]\n", "exp.yml:2: unknown key 'imagse' (did you mean 'images'?)"),
+    ("hosts: [a]\nrun:\n  command: x\n  gpus_per_job: one\n", "exp.yml:4: 'run.gpus_per_job' must be an integer"),
+    ("hosts: [a]\nrun:\n  comand: x\n", "exp.yml:3: unknown key 'run.comand' (did you mean 'command'?)"),
+    ("hosts: [a]\nrun:\n  image: x\n", "missing required key 'run.command'"),
+    ("images: [x]\n", "missing required key 'hosts'"),
+    ("hosts: a\nsetup: {nvidia: maybe}\n", "exp.yml:2: 'setup.nvidia' must be true or false"),
+    ("hosts: [a]\ndata:\n  - {src: x}\n", "missing required key 'data[0].dest'"),
+    ("hosts: [a]\ndata: {src: x}\n", "exp.yml:2: 'data' must be a list of mappings"),
+    ("hosts: [a]\nrun: {command: 'x {lr}'}\n", "run.command uses {lr} but run.sweep has no 'lr'"),
+    ("hosts: [a]\nrun: {command: x, sweep: {lr: [1]}}\n", "run.sweep.lr is never used"),
+    ("hosts: [a]\nhosts: [b]\n", "exp.yml:2: duplicate key 'hosts'"),
+    ("hosts: []\n", "'hosts' must name at least one host"),
+    ("hosts: [a\n", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+    ("hosts: [a]\nrun: {command: x, retries: -1}\n", "must not be negative"),
+])
+def test_mistakes_are_reported_with_line_numbers(text, needle):
+    with pytest.raises(PlaybookError) as exc:
+        parse(text)
+    assert needle in exc.value.message
+    assert exc.value.exit_code == 2
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(PlaybookError) as exc:
+        parse("hosts: [a]\nfoo: 1\nbar: 2\nrun: {command: x, priority: high}\n")
+    msg = exc.value.message
+    assert msg.startswith("3 problems") and ":2:" in msg and ":3:" in msg and ":4:" in msg
+
+
+def test_hosts_may_be_a_single_string_and_images_mappings(tmp_path):
+    pb = parse("hosts: gpu\nimages:\n  - name: lab/env:1\n    build: envdir\n    build_args: {PY: '3.11'}\n")
+    assert pb.hosts == ["gpu"]
+    assert pb.images[0].build == "/plays/envdir" and pb.images[0].build_args == {"PY": "3.11"}
+    assert pb.stages() == ["images"]
+
+
+def test_empty_setup_means_setup_with_defaults():
+    pb = parse("hosts: [a]\nsetup:\n")
+    assert pb.setup is not None and pb.setup["docker_source"] == "official"
+    assert pb.stages() == ["setup"]
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(PlaybookError, match="not found"):
+        load_playbook(tmp_path / "nope.yml")
+    (tmp_path / "empty.yml").write_text("")
+    with pytest.raises(PlaybookError, match="empty"):
+        load_playbook(tmp_path / "empty.yml")
