@@ -5,13 +5,13 @@
     python benchmarks/push_image.py --all      # + the bzip2 seed (~150 s alone) and gzip at 100 Mbit/s
     python benchmarks/push_image.py --repeat 3 # best of 3 for every row (this machine is shared and noisy)
 
-It brings up a one-host sandbox (default name `pimageb`: host `pimageb1`, the subnet and port reserved for it), installs Docker
-(Debian's docker.io) and zstd there, builds a local test image of three layers: half compressible
-(real files from /usr), half random, plus a 5 MB app layer, and a v2 that changes only the app
-layer. Every pipeline starts from a host without the image (except the re-push rows) and is checked
-by comparing the remote image ID with the local one. The 100 Mbit/s rows cap the wire with `pv -L`
-(plain pipe) and `--bwlimit 100mbit` (migrate). Local images and the sandbox are removed at the end
-unless --keep.
+It brings up a one-host sandbox (default `pimageb`: host `pimageb1`, on the subnet and port the
+test suite reserves for that name), installs Docker (Debian's docker.io) and zstd there, builds a
+local test image of three layers: half compressible (real files from /usr), half random, plus a
+5 MB app layer, and a v2 that changes only the app layer. Every pipeline starts from a host without
+the image (except the re-push rows) and is checked by comparing the remote image ID with the local
+one. The 100 Mbit/s rows cap the wire with `pv -L` (plain pipe) and `--bwlimit 100mbit` (migrate).
+Local images and the sandbox are removed at the end unless --keep.
 """
 
 from __future__ import annotations
