@@ -623,8 +623,8 @@ def _announce(session: HostSession, images: Sequence[LocalImage], options: PushI
                 parts.append(f"{img.display} needs {plan.missing_layers} of {plan.total_layers} layers")
             else:
                 parts.append(f"{img.display} {'needs tags' if plan.action == TAG else 'is up to date'}")
-        line = (f"{session.name}: Docker {f.engine} ({f.access}), {f.storage_driver}, {f.docker_arch}; "
-                + "; ".join(parts))
+        engine = f"Docker {f.engine} ({f.access}), {f.storage_driver}" if f.engine else f"Docker ({f.access})"
+        line = f"{session.name}: {engine}, {f.docker_arch}; " + "; ".join(parts)
     if ui.err.is_terminal:
         ui.step(line)
     else:
