@@ -101,7 +101,7 @@ def choose_codec(spec: CompressSpec, *, engine_loads_zstd: bool, remote_zstd: bo
     # auto
     if payload < 4 * MIB:
         return zstd(3, "small payload") if can_zstd else Codec(reason="small payload")
-    # the probe is short (8 MiB), so it reads fast links low: 60 MB/s measured is a LAN-class link
+    # the probe is short (16 MiB), so it reads fast links low: 60 MB/s measured is a LAN-class link
     if link_mb_s is None or link_mb_s >= 60:
         return Codec(reason="fast link: save/load are the bottleneck")
     if link_mb_s >= 25:

@@ -150,7 +150,7 @@ class SshMaster:
         except OSError:
             pass
 
-    def measure_link(self, nbytes: int = 8 << 20) -> float:
+    def measure_link(self, nbytes: int = 16 << 20) -> float:
         """MB/s of a short probe: `nbytes` of random data to `cat >/dev/null`, minus a tiny send's
         session overhead (so a fast link is not mistaken for a slow one)."""
         def timed(data: bytes) -> float:
