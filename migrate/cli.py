@@ -19,8 +19,16 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 
 # verb -> "module:attribute" of its click command; loaded only when used (or for --help).
 VERBS = {
+    "cancel": "migrate.commands.cancel:command",
     "doctor": "migrate.commands.doctor:command",
+    "gpus": "migrate.commands.gpus:command",
+    "logs": "migrate.commands.logs:command",
+    "resume": "migrate.commands.resume:command",
+    "retry": "migrate.commands.retry:command",
+    "run": "migrate.commands.run:command",
     "sandbox": "migrate.commands.sandbox:group",
+    "status": "migrate.commands.status:command",
+    "tunnel": "migrate.commands.tunnel:command",
 }
 
 
