@@ -215,7 +215,10 @@ def ensure(layout: Layout, backend: str, *, mode_preference: str = "auto") -> di
             reason = "version {} -> {}".format(info.get("version"), VERSION)
         elif info.get("backend") != backend:
             reason = "GPU backend {} -> {}".format(info.get("backend"), backend)
-        elif mine is not None and theirs is not None and mine != theirs:
+        elif (mine is not None and theirs is not None and mine != theirs
+              and not str(info.get("mode") or "").startswith("systemd")):
+            # a setsid dispatcher restarted from this session gets the new groups; one under the
+            # systemd user manager would inherit the manager's old groups again, so it is left alone
             reason = "your group membership changed (e.g. added to the docker group)"
         else:
             return {"action": "running", "reason": "", "daemon": info, "warnings": warnings(user, info)}

@@ -112,6 +112,8 @@ def validate_spec(spec: Any, n: int) -> dict:
         raise AgentError(f"{where}: the working directory in a container must be absolute, not {cwd!r}")
     out["cwd"] = cwd
     mounts = []
+    if spec.get("mounts") and not image:
+        raise AgentError(f"{where}: mounts need a container image (--image)")
     for m in spec.get("mounts") or []:
         if not isinstance(m, str) or ":" not in m:
             raise AgentError(f"{where}: bad mount {m!r}", "use HOST_PATH:CONTAINER_PATH[:ro]")
@@ -123,8 +125,6 @@ def validate_spec(spec: Any, n: int) -> dict:
             raise AgentError(f"{where}: mount source {src} does not exist on this host",
                              "Docker would create it as an empty root-owned directory")
         mounts.append(src + ":" + rest)
-    if mounts and not image:
-        raise AgentError(f"{where}: mounts need a container image (--image)")
     out["mounts"] = mounts
     shm = spec.get("shm_size")
     if shm is not None and (not isinstance(shm, str) or not _SHM.match(shm)):
