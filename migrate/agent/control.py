@@ -25,7 +25,7 @@ import sys
 import time
 
 from . import VERSION, procs
-from .daemon import lock_is_held
+from .daemon import AgentLog, lock_is_held
 from .layout import Layout, read_json
 
 READY_TIMEOUT_S = 15.0
@@ -83,8 +83,10 @@ def kill_user_processes() -> bool | None:
 
 
 def systemd_user_available() -> bool:
+    """Can we reach our systemd user manager (through the session bus or its private socket)?"""
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return bool(shutil.which("systemd-run")) and os.path.exists(os.path.join(runtime, "bus"))
+    sockets = (os.path.join(runtime, "bus"), os.path.join(runtime, "systemd", "private"))
+    return bool(shutil.which("systemd-run")) and any(os.path.exists(p) for p in sockets)
 
 
 def choose_mode(preference: str, user: str) -> str:
@@ -215,6 +217,9 @@ def ensure(layout: Layout, backend: str, *, mode_preference: str = "auto") -> di
             reason = "version {} -> {}".format(info.get("version"), VERSION)
         elif info.get("backend") != backend:
             reason = "GPU backend {} -> {}".format(info.get("backend"), backend)
+        elif (str(info.get("mode") or "") == "setsid" and mode_preference == "auto"
+              and choose_mode(mode_preference, user) == "systemd"):
+            reason = "lingering is on: moving the dispatcher under systemd --user so it survives logout"
         elif (mine is not None and theirs is not None and mine != theirs
               and not str(info.get("mode") or "").startswith("systemd")):
             # a setsid dispatcher restarted from this session gets the new groups; one under the
@@ -222,6 +227,7 @@ def ensure(layout: Layout, backend: str, *, mode_preference: str = "auto") -> di
             reason = "your group membership changed (e.g. added to the docker group)"
         else:
             return {"action": "running", "reason": "", "daemon": info, "warnings": warnings(user, info)}
+        AgentLog(layout.log)(f"restarting the dispatcher (pid {info['pid']}): {reason}")
         stop(layout)
     argv, extra_env = entry_argv()
     argv = argv + ["daemon", "--backend", backend]
@@ -255,9 +261,14 @@ def warnings(user: str, info: dict) -> list:
     out = []
     mode = str(info.get("mode") or "")
     if not mode.startswith("systemd") and kill_user_processes():
-        out.append("this host kills your processes when your last SSH session ends (logind KillUserProcesses=yes) "
-                   f"and lingering is off for {user}: the dispatcher and its jobs will die at logout; rerun with "
-                   f"--enable-linger (runs `sudo loginctl enable-linger {user}`)")
+        if linger_enabled(user):
+            out.append("this host kills your processes when your last SSH session ends (logind "
+                       "KillUserProcesses=yes) and the dispatcher could not start under systemd --user: it and its "
+                       "jobs will die at logout; ask the owner why `systemd-run --user` fails")
+        else:
+            out.append("this host kills your processes when your last SSH session ends (logind "
+                       f"KillUserProcesses=yes) and lingering is off for {user}: the dispatcher and its jobs will "
+                       f"die at logout; rerun with --enable-linger (runs `sudo loginctl enable-linger {user}`)")
     return out
 
 

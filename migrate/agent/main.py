@@ -238,10 +238,10 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
     jobs = [validate_spec(s, i) for i, s in enumerate(specs)]
     queue = open_queue(layout)
     backend_spec(queue, args.backend)
-    submitted = queue.submit(jobs)
-    result = {"jobs": submitted}
-    if not args.no_start:
+    result = {}
+    if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
         result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
+    result["jobs"] = queue.submit(jobs)
     control.wake(layout)
     result["paused"] = queue.get_meta("paused")
     return result
