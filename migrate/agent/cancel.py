@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from . import procs
-from .daemon import job_is_alive, read_exit_code, settle
 from .db import STARTING, Queue
 from .layout import Layout
+from .recovery import job_is_alive, read_exit_code, settle
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -16,29 +16,29 @@ untouched either way (the new dispatcher adopts them).
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 
 from . import VERSION, procs
-from .daemon import AgentLog, lock_is_held
 from .layout import Layout, read_json
+from .lock import AgentLog, lock_is_held
 
 READY_TIMEOUT_S = 15.0
 
 
 def entry_argv() -> tuple:
-    """How to run this agent again: ([python, zipapp] or [python, -m, pkg]) and extra env."""
+    """How to run this agent again: ([python, -I, -S, zipapp] or [python, -m, pkg]) and extra env.
+
+    `-I -S`: the agent needs only the standard library and its own files, so it ignores the host's
+    PYTHON* variables and site-packages (faster start, nothing of the host's Python leaks in).
+    """
+    zipapp = os.environ.get("MIGRATE_AGENT_ZIPAPP", "")
+    if zipapp.endswith(".pyz") and os.path.isfile(zipapp):
+        return [sys.executable, "-I", "-S", zipapp], {}
     package = __package__ or "migrate.agent"
-    here = os.path.dirname(os.path.abspath(__file__))
-    zip_root = os.path.dirname(here)
-    if os.path.isfile(zip_root) and zip_root.endswith(".pyz"):
-        return [sys.executable, zip_root], {}
-    source_root = os.path.dirname(os.path.dirname(here))
+    source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     pythonpath = os.environ.get("PYTHONPATH", "")
     return [sys.executable, "-m", package], {"PYTHONPATH": source_root + (os.pathsep + pythonpath if pythonpath
                                                                            else "")}
@@ -61,6 +61,9 @@ def linger_enabled(user: str) -> bool:
 
 def kill_user_processes() -> bool | None:
     """Does logind kill a user's processes at logout on this host? (None: unknown)."""
+    import glob
+    import subprocess
+
     try:
         proc = subprocess.run(["busctl", "get-property", "org.freedesktop.login1", "/org/freedesktop/login1",
                                "org.freedesktop.login1.Manager", "KillUserProcesses"], stdout=subprocess.PIPE,
@@ -86,6 +89,8 @@ def systemd_user_available() -> bool:
     """Can we reach our systemd user manager (through the session bus or its private socket)?"""
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     sockets = (os.path.join(runtime, "bus"), os.path.join(runtime, "systemd", "private"))
+    import shutil
+
     return bool(shutil.which("systemd-run")) and any(os.path.exists(p) for p in sockets)
 
 
@@ -109,6 +114,8 @@ def _daemon_env(layout: Layout, mode: str, extra: dict) -> dict:
 
 def start_systemd(layout: Layout, argv: list, extra_env: dict) -> str:
     """Start the dispatcher as a transient user service; return the unit name."""
+    import subprocess
+
     unit = f"migrate-agent-{int(time.time())}-{os.getpid()}"
     env = _daemon_env(layout, "systemd:" + unit, extra_env)
     cmd = ["systemd-run", "--user", "--quiet", "--collect", "--unit", unit,
@@ -193,15 +200,25 @@ def _tail(path: str, lines: int = 3) -> str:
 
 
 def cleanup_old_agents(layout: Layout, keep: str) -> list:
-    """Remove zipapps of other versions (the dispatcher that used them has been replaced)."""
+    """Remove zipapps of other versions and their unpacked copies (their dispatcher is gone)."""
+    import glob
+
     removed = []
-    for path in glob.glob(os.path.join(layout.agent_dir, "migrate-agent-*.pyz")):
-        if os.path.abspath(path) != os.path.abspath(keep):
-            try:
+    keep_stem = os.path.abspath(keep)[:-4]
+    for path in glob.glob(os.path.join(layout.agent_dir, "migrate-agent-*")):
+        stem = path[:-4] if path.endswith(".pyz") else path[:-2] if path.endswith(".d") else None
+        if stem is None or os.path.abspath(stem) == keep_stem:
+            continue
+        try:
+            if os.path.isdir(path):
+                import shutil
+
+                shutil.rmtree(path)
+            else:
                 os.unlink(path)
-                removed.append(os.path.basename(path))
-            except OSError:
-                pass
+            removed.append(os.path.basename(path))
+        except OSError:
+            pass
     return removed
 
 
@@ -229,14 +246,15 @@ def ensure(layout: Layout, backend: str, *, mode_preference: str = "auto") -> di
             return {"action": "running", "reason": "", "daemon": info, "warnings": warnings(user, info)}
         AgentLog(layout.log)(f"restarting the dispatcher (pid {info['pid']}): {reason}")
         stop(layout)
-    argv, extra_env = entry_argv()
-    argv = argv + ["daemon", "--backend", backend]
+    base, extra_env = entry_argv()
+    zipapp = base[-1] if base[-1].endswith(".pyz") else None
+    argv = base + ["daemon", "--backend", backend]
     mode = choose_mode(mode_preference, user)
     old_pid = info.get("pid")
     if mode == "systemd":
         try:
             start_systemd(layout, argv, extra_env)
-        except (OSError, subprocess.TimeoutExpired):
+        except Exception:  # OSError, TimeoutExpired: fall back to the double fork
             mode = "setsid"
     if mode == "setsid":
         start_setsid(layout, argv, extra_env)
@@ -250,8 +268,8 @@ def ensure(layout: Layout, backend: str, *, mode_preference: str = "auto") -> di
     else:
         last = _tail(layout.log) or _tail(os.path.join(layout.state_dir, "agent.out")) or "no log"
         raise RuntimeError(f"the dispatcher did not start within {READY_TIMEOUT_S:.0f}s: {last}")
-    if argv[1].endswith(".pyz"):
-        cleanup_old_agents(layout, argv[1])
+    if zipapp:
+        cleanup_old_agents(layout, zipapp)
     return {"action": "restarted" if reason else "started", "reason": reason, "daemon": new,
             "warnings": warnings(user, new)}
 

@@ -13,7 +13,6 @@ while it was away from there. The builders here are pure and unit-tested; `spawn
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from typing import Any
 
@@ -137,6 +136,8 @@ def plan_launch(job: dict, *, job_dir: str, log_path: str, gpu_uuids: list, toke
 
 
 def find_bash() -> str | None:
+    import shutil
+
     return shutil.which("bash")
 
 

@@ -13,22 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from typing import Any
 
-from . import VERSION, admission, control, procs
-from .cancel import cancel as cancel_jobs
-from .daemon import AgentLog, Daemon, acquire_lock, recover
+from . import VERSION, control
 from .db import ACTIVE, FINAL, QUEUED, STATES, Queue, QueueError
-from .gpus import GpuBackendError, fake_state, open_backend
-from .launch import RESERVED_ENV
 from .layout import Layout, write_private
+from .lock import AgentLog, acquire_lock
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SHM = re.compile(r"^[0-9]+[bkmgBKMG]?$")
-_PORT = re.compile(r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$")
+# Heavier modules (the daemon, the GPU view, admission, cancel) are imported by the subcommands that
+# need them: `status` runs on every `migrate status` and should start fast.
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
+PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
 SPEC_KEYS = {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "allow_shared", "gpu_pool", "priority",
              "retries", "image", "mounts", "shm_size", "ports", "key"}
 
@@ -57,6 +56,10 @@ def _int(spec: dict, key: str, lo: int, hi: int, where: str, default: Any = None
 
 def validate_spec(spec: Any, n: int) -> dict:
     """Check and normalise one job spec; raise AgentError saying what is wrong."""
+    import re
+
+    from .launch import RESERVED_ENV
+
     where = f"job {n + 1}"
     if not isinstance(spec, dict):
         raise AgentError(f"{where}: expected an object")
@@ -89,7 +92,7 @@ def validate_spec(spec: Any, n: int) -> dict:
     if not isinstance(env, dict):
         raise AgentError(f"{where}: env must be a mapping")
     for k, v in env.items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k):
+        if not isinstance(k, str) or not re.match(ENV_NAME, k):
             raise AgentError(f"{where}: invalid environment variable name {k!r}")
         if k in RESERVED_ENV:
             raise AgentError(f"{where}: {k} is set by the dispatcher",
@@ -127,12 +130,12 @@ def validate_spec(spec: Any, n: int) -> dict:
         mounts.append(src + ":" + rest)
     out["mounts"] = mounts
     shm = spec.get("shm_size")
-    if shm is not None and (not isinstance(shm, str) or not _SHM.match(shm)):
+    if shm is not None and (not isinstance(shm, str) or not re.match(SHM_SIZE, shm)):
         raise AgentError(f"{where}: bad shm size {shm!r}", "e.g. 16g")
     out["shm_size"] = shm
     ports = spec.get("ports") or []
     for p in ports:
-        if not isinstance(p, str) or not _PORT.match(p):
+        if not isinstance(p, str) or not re.match(PORT_MAPPING, p):
             raise AgentError(f"{where}: bad port mapping {p!r}", "e.g. 6006 or 16006:6006")
     if ports and not image:
         raise AgentError(f"{where}: port mappings need a container image (--image)")
@@ -159,6 +162,8 @@ def backend_spec(queue: Queue, requested: str | None) -> str:
 
     A FAKE backend whose state file does not exist yet gets one with 4 idle FAKE GPUs.
     """
+    from .gpus import fake_state, open_backend
+
     spec = requested or queue.get_meta("backend") or "nvml"
     try:
         backend = open_backend(spec)
@@ -171,6 +176,8 @@ def backend_spec(queue: Queue, requested: str | None) -> str:
 
 def reconcile_if_idle(queue: Queue, layout: Layout) -> dict | None:
     """With no dispatcher running, bring job states up to date (exit codes, reboot) ourselves."""
+    from .recovery import recover
+
     fd = acquire_lock(layout.lock)
     if fd is None:
         return None
@@ -269,6 +276,9 @@ def cmd_status(args: Any, layout: Layout) -> dict:
 
 
 def cmd_gpus(args: Any, layout: Layout) -> dict:
+    from . import admission, procs
+    from .gpus import GpuBackendError, open_backend
+
     queue = open_queue(layout)
     spec = backend_spec(queue, args.backend)
     backend = open_backend(spec)
@@ -305,6 +315,8 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
 
 
 def cmd_cancel(args: Any, layout: Layout) -> dict:
+    from .cancel import cancel as cancel_jobs
+
     queue = open_queue(layout)
     if args.all:
         jobs = queue.jobs((QUEUED,) + ACTIVE)
@@ -353,6 +365,8 @@ def cmd_stop(args: Any, layout: Layout) -> dict:
 
 
 def cmd_fake_gpus(args: Any, layout: Layout) -> dict:
+    from .gpus import fake_state
+
     path = os.path.abspath(os.path.expanduser(args.path))
     write_private(path, json.dumps(fake_state(args.count), indent=2) + "\n")
     return {"path": path, "count": args.count, "backend": "fake:" + path}
@@ -430,6 +444,9 @@ def _tail_offset(path: str, lines: int) -> int:
 
 
 def cmd_daemon(args: Any, layout: Layout) -> int:
+    from . import admission
+    from .daemon import Daemon
+
     mode = os.environ.get("MIGRATE_AGENT_MODE", "foreground")
     policy = admission.Policy()
     return Daemon(layout, args.backend or "nvml", policy, mode=mode).run()

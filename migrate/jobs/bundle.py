@@ -23,11 +23,31 @@ from migrate.errors import MigrateError
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 ZIP_PACKAGE = "migrate_agent"
-ZIP_MAIN = """import sys
+ZIP_MAIN = """import os
+import sys
 if sys.version_info < (3, 8):
     sys.stdout.write('{"ok": false, "error": "python3 %d.%d is too old for the migrate agent", '
                      '"hint": "the dispatcher needs python3 >= 3.8 on the host"}\\n' % sys.version_info[:2])
     sys.exit(1)
+os.umask(0o077)
+ZIPAPP = os.path.abspath(sys.argv[0])
+# Python cannot cache bytecode inside a zip, so every call would compile the agent again (~0.2 s).
+# Unpack once next to the zipapp (private, versioned like it) and import from there instead.
+cache = ZIPAPP[:-4] + ".d" if ZIPAPP.endswith(".pyz") else None
+if cache and not os.path.exists(os.path.join(cache, ".complete")):
+    import shutil
+    import zipfile
+    tmp = "%s.tmp%d" % (cache, os.getpid())
+    try:
+        with zipfile.ZipFile(ZIPAPP) as zf:
+            zf.extractall(tmp)
+        open(os.path.join(tmp, ".complete"), "w").close()
+        os.rename(tmp, cache)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+if cache and os.path.exists(os.path.join(cache, ".complete")):
+    sys.path.insert(0, cache)
+os.environ["MIGRATE_AGENT_ZIPAPP"] = ZIPAPP
 from migrate_agent.main import main
 sys.exit(main())
 """

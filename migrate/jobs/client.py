@@ -34,7 +34,7 @@ def agent_command(bundle: AgentBundle, args: list[str]) -> str:
     # stdin is drained before an early exit: invoke fails if the remote end closes while it writes
     return (f"command -v python3 >/dev/null 2>&1 || {{ cat >/dev/null; exit {EXIT_NO_PYTHON}; }}; "
             f"[ -f {path} ] || {{ cat >/dev/null; exit {EXIT_NO_AGENT}; }}; "
-            f"exec python3 {path} {shell.join(args)}")
+            f"exec python3 -I -S {path} {shell.join(args)}")
 
 
 def install_commands(bundle: AgentBundle) -> list[str]:
