@@ -6,7 +6,9 @@ A GPU (or MIG instance) is free for us when ALL of these hold:
 - no foreign process is on it (compute, graphics or MPS: any process on an unreserved GPU is
   someone else's, or a leftover that still holds memory);
 - its used memory is under `Policy.idle_mem_mib` (memory in use without a listed process means
-  someone NVML does not show us, e.g. another container);
+  someone NVML does not show us, e.g. another container). With NVML's v2 memory API `used`
+  excludes the driver's reservation; drivers that only have v1 count it (~480 MiB on an idle
+  H100, ~900 MiB on an A100), so v1 readings get the higher `Policy.idle_mem_mib_v1`;
 - its utilisation is under `Policy.max_util_pct`;
 - it is in the job's `gpu_pool` (UUIDs, UUID prefixes or indices; a MIG instance belongs to the
   pool of its parent), and has at least the job's `min_free_mem_mib` free.
@@ -33,6 +35,7 @@ FREE, SHARED, RESERVED, BUSY, ERROR, MIG_PARENT = "free", "shared", "reserved", 
 class Policy:
     max_util_pct: int = 10
     idle_mem_mib: int = 512
+    idle_mem_mib_v1: int = 1024
     backfill_wait_s: float = 600.0
     cpu_slots: int = 4
 
@@ -73,7 +76,8 @@ def gpu_verdict(dev: Any, reserved: dict, policy: Policy, owners: dict | None = 
             parts.append(f"pid {p.pid}{(f' ({who})' if who else '')} {_mib(p.used_mib)}")
         more = f" +{len(dev.processes) - 3} more" if len(dev.processes) > 3 else ""
         return GpuVerdict(dev, BUSY, "in use by " + ", ".join(parts) + more, shareable=True)
-    if dev.memory_used_mib is not None and dev.memory_used_mib > policy.idle_mem_mib:
+    idle = policy.idle_mem_mib_v1 if dev.memory_api == "v1" else policy.idle_mem_mib
+    if dev.memory_used_mib is not None and dev.memory_used_mib > idle:
         return GpuVerdict(dev, BUSY, f"{_mib(dev.memory_used_mib)} used by processes NVML does not list",
                           shareable=True)
     if dev.utilization is not None and dev.utilization > policy.max_util_pct:

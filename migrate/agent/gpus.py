@@ -53,6 +53,7 @@ class GpuDevice:
     memory_total_mib: int | None = None
     memory_used_mib: int | None = None
     memory_reserved_mib: int | None = None
+    memory_api: str = ""  # "v2" (used excludes the driver's reservation), "v1" (includes it), "" (fake)
     utilization: int | None = None
     processes: list = field(default_factory=list)  # of GpuProcess
     mig_mode: bool = False  # MIG enabled: the instances are the leaves, not this GPU
@@ -226,10 +227,12 @@ class NvmlBackend:
             try:
                 mem = nv.nvmlDeviceGetMemoryInfo(handle, version=v2)
                 dev.memory_reserved_mib = int(getattr(mem, "reserved", 0)) // MIB
+                dev.memory_api = "v2"
             except (nv.NVMLError, TypeError):
                 mem = None
         if mem is None:
             mem = nv.nvmlDeviceGetMemoryInfo(handle)
+            dev.memory_api = "v1"
         dev.memory_total_mib = int(mem.total) // MIB
         dev.memory_used_mib = int(mem.used) // MIB
         try:

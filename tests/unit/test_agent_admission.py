@@ -33,7 +33,9 @@ POLICY = Policy(max_util_pct=10, idle_mem_mib=512, backfill_wait_s=600, cpu_slot
 
 # -- recorded states --------------------------------------------------------------------------------
 H100_IDLE_V2 = gpu(0, used=4)  # v2 'used' excludes the driver's reservation
-H100_IDLE_V1 = gpu(0, used=480)  # v1 'used' includes ~480 MiB reserved: still idle
+H100_IDLE_V1 = gpu(0, used=480, memory_api="v1")  # v1 'used' includes ~480 MiB reserved: still idle
+A100_IDLE_V1 = gpu(0, used=912, memory_api="v1", total=81920)  # 912 MB reserved on an A100 (rust-nvml#57)
+A100_CONTEXT_V1 = gpu(0, used=912 + 600, memory_api="v1", total=81920)  # plus a foreign, unlisted context
 H100_FIRST_SIGHTING = gpu(0, used=502, procs=[(4242, 14)])  # a torch child 3.4 s after spawn
 H100_CONTEXT_UNLISTED = gpu(0, used=1008)  # a foreign CUDA context NVML does not list (other namespace)
 H100_BUSY_UTIL = gpu(0, used=300, util=87)
@@ -42,6 +44,8 @@ H100_BUSY_UTIL = gpu(0, used=300, util=87)
 @pytest.mark.parametrize("device,verdict", [
     (H100_IDLE_V2, FREE),
     (H100_IDLE_V1, FREE),
+    (A100_IDLE_V1, FREE),
+    (A100_CONTEXT_V1, BUSY),
     (H100_FIRST_SIGHTING, BUSY),
     (H100_CONTEXT_UNLISTED, BUSY),
     (H100_BUSY_UTIL, BUSY),

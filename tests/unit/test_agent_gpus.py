@@ -99,12 +99,14 @@ def test_lists_gpus_with_uuid_v2_memory_and_processes():
     assert snap.driver == "580.159.04" and not snap.fake
     d0, d1 = snap.devices
     assert (d0.uuid, d0.memory_total_mib, d0.memory_used_mib, d0.memory_reserved_mib) == ("GPU-0", 81559, 3, 477)
+    assert d0.memory_api == "v2"
     assert [(p.pid, p.used_mib, p.kind) for p in d1.processes] == [(4242, 20480, "compute"), (77, None, "graphics")]
 
 
 def test_falls_back_to_v1_memory():
     snap = NvmlBackend(StandInNvml([h100(0)], v2=False)).snapshot()
     assert snap.devices[0].memory_used_mib == 480  # v1 includes the reservation; the policy threshold allows it
+    assert snap.devices[0].memory_api == "v1"
 
 
 def test_one_broken_gpu_does_not_hide_the_others():
