@@ -7,7 +7,7 @@ import click
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import UsageError
-from migrate.jobs.client import agent_session
+from migrate.jobs.client import call_agent, print_answer
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -43,12 +43,10 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bo
     returns when they are gone. Finished jobs are left as they are.
     """
     args = cancel_args(jobs, all_jobs, grace, dry_run)
-    with agent_session(host, conn) as client:
-        with ui.err.status(f"cancelling on {host}"):
-            data = client.call(args, what="cancel jobs", timeout=grace + 120)
-        name = client.remote.name
+    with ui.err.status(f"cancelling on {host}"):
+        data, name = call_agent(host, conn, args, what="cancel jobs", timeout=grace + 120)
     if as_json:
-        ui.print_json({"host": name, **{k: v for k, v in data.items() if k != "ok"}})
+        print_answer(name, data)
         return
     if dry_run:
         rows = [(str(j["id"]), j["name"], j["state"]) for j in data["would_cancel"]]

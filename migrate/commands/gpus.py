@@ -6,7 +6,8 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.jobs.client import agent_session, check_backend
+from migrate.jobs.client import call_agent, print_answer
+from migrate.jobs.options import backend_args, gpu_backend_option
 from migrate.jobs.render import GPU_COLUMNS, gpu_rows
 from migrate.remote.hosts import ConnectOptions
 
@@ -14,8 +15,7 @@ from migrate.remote.hosts import ConnectOptions
 @click.command("gpus", context_settings=CONTEXT_SETTINGS)
 @click.argument("host")
 @connection_options
-@click.option("--gpu-backend", envvar="MIGRATE_GPU_BACKEND",
-              help="nvml, or fake:PATH (the FAKE test double); default: what the host's dispatcher uses.")
+@gpu_backend_option("what the host's dispatcher uses")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
 def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: bool) -> None:
     """Show HOST's GPUs now: memory, utilisation, whose processes, and whether a job could start.
@@ -23,12 +23,10 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     Each GPU (or MIG instance) gets a verdict: free, reserved (by one of your jobs), busy (someone
     else's process, memory in use, or high utilisation: the reason says which) or error.
     """
-    args = ["gpus"] + (["--backend", check_backend(gpu_backend) or "nvml"] if gpu_backend else [])
-    with agent_session(host, conn) as client:
-        data = client.call(args, what="read the GPUs")
-        name = client.remote.name
+    args = ["gpus", *backend_args(gpu_backend)]
+    data, name = call_agent(host, conn, args, what="read the GPUs")
     if as_json:
-        ui.print_json({"host": name, **{k: v for k, v in data.items() if k != "ok"}})
+        print_answer(name, data)
         return
     label = " (FAKE test double, not real GPUs)" if data.get("fake") else ""
     if data.get("error"):

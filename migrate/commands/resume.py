@@ -6,15 +6,15 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.jobs.client import agent_session, check_backend, report_dispatcher
+from migrate.jobs.client import call_agent, print_answer, report_dispatcher
+from migrate.jobs.options import backend_args, gpu_backend_option
 from migrate.remote.hosts import ConnectOptions
 
 
 @click.command("resume", context_settings=CONTEXT_SETTINGS)
 @click.argument("host")
 @connection_options
-@click.option("--gpu-backend", envvar="MIGRATE_GPU_BACKEND",
-              help="nvml, or fake:PATH (the FAKE test double); default: what the host used last.")
+@gpu_backend_option("what the host used last")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: bool) -> None:
     """Resume HOST's queue and start its dispatcher if it is not running.
@@ -23,12 +23,10 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     queue, so nothing starts by surprise on a machine that just came back; look at
     `migrate status HOST`, `migrate retry` what should run again, then resume.
     """
-    args = ["resume"] + (["--backend", check_backend(gpu_backend) or "nvml"] if gpu_backend else [])
-    with agent_session(host, conn) as client:
-        data = client.call(args, what="resume the queue")
-        name = client.remote.name
+    args = ["resume", *backend_args(gpu_backend)]
+    data, name = call_agent(host, conn, args, what="resume the queue")
     if as_json:
-        ui.print_json({"host": name, **{k: v for k, v in data.items() if k != "ok"}})
+        print_answer(name, data)
         return
     if data.get("was_paused"):
         ui.step(f"queue on {name} resumed (it was paused: {data['was_paused']})")

@@ -6,7 +6,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.jobs.client import agent_session, report_dispatcher
+from migrate.jobs.client import call_agent, print_answer, report_dispatcher
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -20,11 +20,9 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, as_json: boo
 
     The next attempt appends to the same log and gets its --retries budget back.
     """
-    with agent_session(host, conn) as client:
-        data = client.call(["retry", *jobs], what="retry jobs")
-        name = client.remote.name
+    data, name = call_agent(host, conn, ["retry", *jobs], what="retry jobs")
     if as_json:
-        ui.print_json({"host": name, **{k: v for k, v in data.items() if k != "ok"}})
+        print_answer(name, data)
         return
     for r in data["retried"]:
         ui.step(f"job {r['id']} ({r['name']}) was {r['was']}: queued again")

@@ -20,12 +20,12 @@ from migrate.errors import UsageError
 from migrate.jobs import template as tpl
 from migrate.jobs.client import (
     AgentClient,
-    check_backend,
     job_statuses,
     report_dispatcher,
     submit_jobs,
     submit_with,
 )
+from migrate.jobs.options import gpu_backend_option
 from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
 from migrate.jobs.spec import (
     DispatcherOptions,
@@ -215,8 +215,7 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
 @click.option("--ignore", "ignores", multiple=True, metavar="PATTERN",
               help="Leave matching files out of the template copy (repeatable; also .migrateignore).")
 @click.option("--key", help="Idempotency key: a job with this key is queued only once.")
-@click.option("--gpu-backend", envvar="MIGRATE_GPU_BACKEND",
-              help="nvml (default), or fake:PATH: the FAKE test double reading a JSON file on the host.")
+@gpu_backend_option("what the host uses now, nvml on a new host")
 @click.option("--cpu-slots", type=click.IntRange(1, 1024), help="CPU-only jobs running at once on this host.")
 @click.option("--enable-linger", is_flag=True,
               help="Let your dispatcher outlive logout on hosts that kill user processes (sudo loginctl "
@@ -258,6 +257,6 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))
-    options = DispatcherOptions(gpu_backend=check_backend(gpu_backend), allow_shared=allow_shared,
+    options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
                                 gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
     sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))

@@ -200,6 +200,18 @@ def agent_session(host: str, conn: ConnectOptions) -> Iterator[AgentClient]:
         yield AgentClient(remote)
 
 
+def call_agent(host: str, conn: ConnectOptions, args: list[str], *, what: str,
+               timeout: float | None = 120) -> tuple[dict, str]:
+    """One agent subcommand on a fresh connection: (its answer, the host's name for messages)."""
+    with agent_session(host, conn) as client:
+        return client.call(args, what=what, timeout=timeout), client.remote.name
+
+
+def print_answer(host_name: str, data: dict) -> None:
+    """An agent answer as the verb's --json output."""
+    ui.print_json({"host": host_name, **{k: v for k, v in data.items() if k != "ok"}})
+
+
 def check_backend(spec: str | None) -> str | None:
     """Validate --gpu-backend: 'nvml' or 'fake:PATH' (the test double)."""
     if spec is None or spec == "":
