@@ -152,6 +152,9 @@ def test_jobs_keep_running_after_the_ssh_session_closes_and_are_logged(h2):
     h2.reset_connection()  # the CLI's session is gone; use a fresh one
     running = h2.wait(lambda js: all(js[i]["state"] == "running" for i in ids), timeout=20)
     assert len({running[i]["gpu_uuids"][0] for i in ids}) == 2
+    follow = h2.cli("logs", h2.alias, str(ids[0]), "-f", timeout=60)  # returns when the job ends
+    assert follow.code == 0 and "start 0" in follow.stdout and "end 0" in follow.stdout, follow.output
+    assert "done: exit code 0" in follow.stdout
     done = h2.wait_final(ids, timeout=30)
     assert [(done[i]["state"], done[i]["exit_code"]) for i in ids] == [("done", 0), ("failed", 3)]
     res = h2.cli("logs", h2.alias, "sweep[n=3]")
@@ -388,6 +391,20 @@ def test_container_jobs_run_with_the_right_flags(h1):
     assert h1.sh(f"docker ps -aq --filter name={cname}").strip() == ""
 
 
+def test_submit_jobs_api_is_idempotent_per_key(h2):
+    from migrate.commands.run import DispatcherOptions, JobSpec, job_statuses, submit_jobs
+    from migrate.remote.hosts import ConnectOptions
+
+    jobs = [JobSpec(command=f"echo api {n}", name=f"api-{n}", gpus=0, key=f"test:api:{n}")
+            for n in range(2)]
+    first = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions(gpu_backend=BACKEND))
+    again = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions(gpu_backend=BACKEND))
+    assert [j.status for j in first] == ["queued", "queued"] and [j.status for j in again] == ["existing"] * 2
+    assert [j.id for j in first] == [j.id for j in again] and first[0].key == "test:api:0"
+    rows = {r["id"]: r for r in job_statuses(h2.alias, ConnectOptions())}
+    assert rows[first[0].id]["name"] == "api-0" and rows[first[0].id]["key"] == "test:api:0"
+
+
 def test_user_errors_are_one_line(h2):
     assert_one_line_error(h2.cli("logs", h2.alias, "99999"), "no job '99999'")
     assert_one_line_error(h2.cli("cancel", h2.alias, "nosuchjob"), "no job 'nosuchjob'")
@@ -395,7 +412,11 @@ def test_user_errors_are_one_line(h2):
     assert_one_line_error(h2.cli("retry", h2.alias, str(job["id"])), "not finished")
     bad = h2.cli("run", h2.alias, "--cwd", "/nonexistent", "--", "true")
     assert_one_line_error(bad, "does not exist on this host")
-    h2.cli("cancel", h2.alias, str(job["id"]), "--grace", "1")
+    dry = json.loads(h2.cli("cancel", h2.alias, "--all", "--dry-run", "--json").stdout)
+    assert job["id"] in [j["id"] for j in dry["would_cancel"]]
+    assert h2.jobs()[job["id"]]["state"] == "running"  # a dry run changes nothing
+    res = h2.cli("cancel", h2.alias, "--all", "--grace", "1")
+    assert res.code == 0 and "terminated (SIGTERM)" in res.stdout, res.output
 
 
 def test_hard_mode_host_needs_linger_and_then_jobs_survive_logout(h2):

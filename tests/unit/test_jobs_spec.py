@@ -112,3 +112,19 @@ def test_jobs_file_suggests_the_right_key(tmp_path):
     with pytest.raises(UsageError) as exc:
         load_jobs_file(f)
     assert "did you mean 'retries'" in exc.value.one_line()
+
+
+def test_api_contract_for_migrate_apply():
+    """The names and fields `migrate apply` relies on (issue 6's API contract)."""
+    import dataclasses
+    import inspect
+
+    from migrate.commands import run
+
+    fields = {f.name for f in dataclasses.fields(run.JobSpec)}
+    assert {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "priority", "retries", "image", "mounts",
+            "shm_size", "ports", "key"} <= fields
+    assert [f.name for f in dataclasses.fields(run.SubmittedJob)] == ["id", "key", "name", "status"]
+    assert list(inspect.signature(run.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
+    assert list(inspect.signature(run.job_statuses).parameters) == ["host", "conn"]
+    assert run.JobSpec(command="x").gpus == 1 and run.DispatcherOptions().gpu_backend is None
