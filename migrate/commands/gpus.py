@@ -24,7 +24,7 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     else's process, memory in use, or high utilisation: the reason says which) or error.
     """
     args = ["gpus", *backend_args(gpu_backend)]
-    data, name = call_agent(host, conn, args, what="read the GPUs")
+    data, name = call_agent(host, conn, args, what="read the GPUs", need_queue=False)
     if as_json:
         print_answer(name, data)
         return

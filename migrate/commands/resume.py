@@ -24,7 +24,7 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     `migrate status HOST`, `migrate retry` what should run again, then resume.
     """
     args = ["resume", *backend_args(gpu_backend)]
-    data, name = call_agent(host, conn, args, what="resume the queue")
+    data, name = call_agent(host, conn, args, what="resume the queue", need_queue=False)
     if as_json:
         print_answer(name, data)
         return

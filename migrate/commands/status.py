@@ -63,9 +63,16 @@ def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None,
     """
     args = status_args(show_all, states, last)
     with agent_session(host, conn) as client:
-        data = client.call(args, what="read job status")
+        data = client.call(args, what="read job status", need_queue=True)
         name = client.remote.name
         display = client.remote.target.display
+    if data.get("no_queue"):
+        if as_json:
+            ui.print_json({"host": display, "dispatcher": None, "paused": "", "backend": None, "gpu_error": "",
+                           "counts": {}, "jobs": []})
+        else:
+            ui.info(f"no jobs on {name} yet (queue one with `migrate run {name} -- CMD`)")
+        sys.exit(0)
     if as_json:
         ui.print_json({"host": display, "dispatcher": data.get("daemon"), "paused": data.get("paused"),
                        "backend": data.get("backend"), "gpu_error": data.get("gpu_error"),

@@ -23,17 +23,26 @@ from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
 
+EXIT_NO_QUEUE = 96
 EXIT_NO_PYTHON = 97
 EXIT_NO_AGENT = 98
+QUEUE_RELPATH = ".migrate/dispatcher/queue.db"
 AGENT_ERROR_MARK = "MIGRATE-ERROR "
 
 
-def agent_command(bundle: AgentBundle, args: list[str]) -> str:
-    """The remote command line that runs the agent (pure): checks python3 and the file first."""
+def agent_command(bundle: AgentBundle, args: list[str], *, need_queue: bool = False, has_stdin: bool = False) -> str:
+    """The remote command line that runs the agent (pure): checks python3 and the file first.
+
+    `need_queue`: for read-only verbs on a host where nothing was ever queued, exit early (and
+    install nothing) instead of running the agent. `has_stdin`: the call sends data on stdin, which
+    an early exit drains first (invoke fails if the remote end closes while it is writing).
+    """
     path = shell.home_path(bundle.remote_relpath)
-    # stdin is drained before an early exit: invoke fails if the remote end closes while it writes
-    return (f"command -v python3 >/dev/null 2>&1 || {{ cat >/dev/null; exit {EXIT_NO_PYTHON}; }}; "
-            f"[ -f {path} ] || {{ cat >/dev/null; exit {EXIT_NO_AGENT}; }}; "
+    drain = "cat >/dev/null; " if has_stdin else ""
+    queue_check = (f"[ -e {shell.home_path(QUEUE_RELPATH)} ] || {{ {drain}exit {EXIT_NO_QUEUE}; }}; "
+                   if need_queue else "")
+    return (queue_check + f"command -v python3 >/dev/null 2>&1 || {{ {drain}exit {EXIT_NO_PYTHON}; }}; "
+            f"[ -f {path} ] || {{ {drain}exit {EXIT_NO_AGENT}; }}; "
             f"exec python3 -I -S {path} {shell.join(args)}")
 
 
@@ -59,12 +68,18 @@ class AgentClient:
         self.remote.put_bytes(self.bundle.data, f"{home}/{self.bundle.remote_relpath}", mode=0o600)
         self.installed_now = True
 
-    def call(self, args: list[str], payload: dict | None = None, *, what: str, timeout: float | None = 120) -> dict:
-        """Run a subcommand and return its JSON answer; agent errors become MigrateError."""
+    def call(self, args: list[str], payload: dict | None = None, *, what: str, timeout: float | None = 120,
+             need_queue: bool = False) -> dict:
+        """Run a subcommand and return its JSON answer; agent errors become MigrateError.
+
+        With `need_queue`, a host without a queue answers {"ok": true, "no_queue": true}.
+        """
         stdin = json.dumps(payload) if payload is not None else None
         for attempt in (1, 2):
-            res = self.remote.run(agent_command(self.bundle, args), stdin=stdin, check=False, what=what,
-                                  timeout=timeout)
+            command = agent_command(self.bundle, args, need_queue=need_queue, has_stdin=stdin is not None)
+            res = self.remote.run(command, stdin=stdin, check=False, what=what, timeout=timeout)
+            if res.exit_code == EXIT_NO_QUEUE:
+                return {"ok": True, "no_queue": True}
             if res.exit_code == EXIT_NO_PYTHON:
                 raise MigrateError(f"python3 is not installed on {self.remote.name}",
                                    hint="the dispatcher needs python3 >= 3.8 (apt-get install python3)")
@@ -91,7 +106,7 @@ class AgentClient:
     def stream(self, args: list[str]) -> int:
         """Run a subcommand through OpenSSH with its stdout passed straight to ours (logs, -f)."""
         for attempt in (1, 2):
-            argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args)]
+            argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args, need_queue=True)]
             ui.debug("$ " + " ".join(argv), level=2)
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.buffer,
@@ -106,6 +121,8 @@ class AgentClient:
                 proc.wait()
                 raise
             text = err.decode("utf-8", "replace")
+            if proc.returncode == EXIT_NO_QUEUE:
+                raise no_queue_error(self.remote.name)
             if proc.returncode == EXIT_NO_AGENT and attempt == 1:
                 self.install()
                 continue
@@ -119,6 +136,10 @@ class AgentClient:
                 sys.stderr.write(text)
             return proc.returncode
         return 1
+
+
+def no_queue_error(host: str) -> MigrateError:
+    return MigrateError(f"no jobs on {host} yet", hint=f"queue one with `migrate run {host} -- CMD`")
 
 
 def start_args(options: DispatcherOptions) -> list[str]:
@@ -188,9 +209,10 @@ def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: D
 
 
 def job_statuses(host: str, conn: ConnectOptions) -> list[dict[str, Any]]:
-    """Every job on HOST's dispatcher, as `migrate status --json` prints them."""
+    """Every job on HOST's dispatcher, as `migrate status --json` prints them ([] on a fresh host)."""
     with connect(host, conn) as remote:
-        return AgentClient(remote).call(["status", "--all"], what="read job status")["jobs"]
+        data = AgentClient(remote).call(["status", "--all"], what="read job status", need_queue=True)
+    return data.get("jobs", [])
 
 
 @contextmanager
@@ -201,10 +223,17 @@ def agent_session(host: str, conn: ConnectOptions) -> Iterator[AgentClient]:
 
 
 def call_agent(host: str, conn: ConnectOptions, args: list[str], *, what: str,
-               timeout: float | None = 120) -> tuple[dict, str]:
-    """One agent subcommand on a fresh connection: (its answer, the host's name for messages)."""
+               timeout: float | None = 120, need_queue: bool = True) -> tuple[dict, str]:
+    """One agent subcommand on a fresh connection: (its answer, the host's name for messages).
+
+    With `need_queue` (the default: cancel, retry), a host where nothing was ever queued is an
+    error, and nothing is installed there.
+    """
     with agent_session(host, conn) as client:
-        return client.call(args, what=what, timeout=timeout), client.remote.name
+        data = client.call(args, what=what, timeout=timeout, need_queue=need_queue)
+        if data.get("no_queue"):
+            raise no_queue_error(client.remote.name)
+        return data, client.remote.name
 
 
 def print_answer(host_name: str, data: dict) -> None:

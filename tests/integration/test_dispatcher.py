@@ -405,6 +405,16 @@ def test_submit_jobs_api_is_idempotent_per_key(h2):
     assert rows[first[0].id]["name"] == "api-0" and rows[first[0].id]["key"] == "test:api:0"
 
 
+def test_read_only_verbs_change_nothing_on_a_fresh_account(h1):
+    bob = f"bob@{h1.alias}"  # same host, another user who never queued anything
+    res = h1.cli("status", bob)
+    assert res.code == 0 and "no jobs on bob@" in res.stderr, res.output
+    assert json.loads(h1.cli("status", bob, "--json").stdout)["jobs"] == []
+    assert_one_line_error(h1.cli("logs", bob, "1"), "no jobs on bob@")
+    assert_one_line_error(h1.cli("cancel", bob, "--all"), "no jobs on bob@")
+    assert h1.sh("sudo test -e /home/bob/.migrate && echo exists || echo absent").strip() == "absent"
+
+
 def test_user_errors_are_one_line(h2):
     assert_one_line_error(h2.cli("logs", h2.alias, "99999"), "no job '99999'")
     assert_one_line_error(h2.cli("cancel", h2.alias, "nosuchjob"), "no job 'nosuchjob'")

@@ -36,7 +36,20 @@ def test_zipapp_reports_its_version(tmp_path):
 def test_agent_command_checks_python_and_file_and_quotes_args():
     cmd = agent_command(build_agent(), ["logs", "my job; rm -rf ~"])
     assert cmd.startswith("command -v python3")
-    assert "'my job; rm -rf ~'" in cmd and "exit 98" in cmd and "cat >/dev/null" in cmd
+    assert "'my job; rm -rf ~'" in cmd and "exit 98" in cmd and "python3 -I -S" in cmd
+    assert "cat" not in cmd  # nothing to drain: a `cat` would wait forever for an EOF that never comes
+    with_input = agent_command(build_agent(), ["submit"], need_queue=True, has_stdin=True)
+    assert with_input.startswith("[ -e \"$HOME\"/.migrate/dispatcher/queue.db ] || { cat >/dev/null; exit 96; }")
+
+
+def test_agent_command_runs_as_sh(tmp_path):
+    """The command line is valid sh and takes the early exits it should."""
+    import subprocess as sp
+
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    for kwargs, code in (({"need_queue": True}, 96), ({}, 98)):
+        res = sp.run(["sh", "-c", agent_command(build_agent(), ["status"], **kwargs)], env=env, timeout=10)
+        assert res.returncode == code
 
 
 def test_start_args():
