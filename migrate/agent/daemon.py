@@ -90,10 +90,19 @@ class Daemon:
             if any(summary[k] for k in ("adopted", "finished", "lost", "requeued")):
                 self.log("recovered: adopted {}, finished {}, lost {}, requeued {}".format(
                     summary["adopted"], summary["finished"], summary["lost"], summary["requeued"]))
+            failures = 0
             while not self.stopping:
-                self.tick()
+                try:
+                    self.tick()
+                    timeout = self.next_timeout()
+                    failures = 0
+                except Exception:  # a full disk or a locked queue must not end the dispatcher: retry
+                    failures += 1
+                    timeout = min(60.0, 2.0 ** failures)
+                    self.log(f"error in the dispatcher loop (retrying in {timeout:.0f} s):\n"
+                             + traceback.format_exc())
                 if not self.stopping:
-                    self._sleep(self.next_timeout())
+                    self._sleep(timeout)
         except Exception:
             self.log("dispatcher crashed:\n" + traceback.format_exc())
             raise
@@ -289,10 +298,8 @@ class Daemon:
 
     def launch(self, job: dict, devices: list) -> None:
         job_id = job["id"]
-        job_dir = private_dir(self.layout.job_dir(job_id))
-        exit_path = self.layout.job_exit(job_id)
         try:
-            os.unlink(exit_path)  # a previous attempt's; must go before the reservation
+            os.unlink(self.layout.job_exit(job_id))  # a previous attempt's; must go before the reservation
         except OSError:
             pass
         token = uuid.uuid4().hex
@@ -301,6 +308,12 @@ class Daemon:
         if not self.queue.reserve(job_id, uuids, indices, token, self.boot):
             return
         job = self.queue.get(job_id) or job
+        try:
+            job_dir = private_dir(self.layout.job_dir(job_id))
+        except OSError as exc:  # this job fails, not the dispatcher
+            settle(self.queue, self.layout, job, self.log, exit_code=None,
+                   reason=f"could not create its directory {self.layout.job_dir(job_id)}: {exc.strerror or exc}")
+            return
         log_path = self.layout.job_log(job_id)
         where = f"GPU {','.join(indices)} ({','.join(uuids)})" if uuids else "no GPU (CPU job)"
         image = f", image {job['image']}" if job.get("image") else ""

@@ -174,3 +174,16 @@ def test_twenty_jobs_on_four_gpus_never_overlap(agent, tmp_path):
         else:
             spans.setdefault(uuid, []).append((open_at.pop(uuid), float(t)))
     assert sum(len(s) for s in spans.values()) == 20 and len(spans) == 4
+
+
+def test_a_job_that_cannot_be_prepared_fails_alone_and_the_dispatcher_goes_on(agent):
+    stdin = '{"jobs": [{"command": "true", "gpus": 0}, {"command": "echo next", "gpus": 0}]}'
+    first, second = agent.call("submit", "--no-start", "--backend", agent.backend, stdin=stdin)["jobs"]
+    jobs_dir = agent.home / "dispatcher" / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    (jobs_dir / str(first["id"])).write_text("not a directory")
+    agent.call("ensure", "--backend", agent.backend, "--mode", "setsid")
+    done = agent.wait_final([first["id"], second["id"]])
+    assert done[first["id"]]["state"] == "failed" and "could not create its directory" in done[first["id"]]["reason"]
+    assert done[second["id"]]["state"] == "done" and agent.daemon_pid() is not None
+
