@@ -8,7 +8,9 @@ version) the call says so with a distinct exit code, and the client uploads the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ EXIT_NO_QUEUE = 96
 EXIT_NO_PYTHON = 97
 EXIT_NO_AGENT = 98
 QUEUE_RELPATH = ".migrate/dispatcher/queue.db"
+BACKEND_ENV = "MIGRATE_GPU_BACKEND"
 AGENT_ERROR_MARK = "MIGRATE-ERROR "
 
 
@@ -186,7 +189,13 @@ def report_dispatcher(result: dict, host: str) -> None:
 
 
 def submit_with(client: AgentClient, jobs: list[JobSpec], options: DispatcherOptions) -> dict:
-    """Queue jobs on an open connection and make sure the dispatcher runs; the agent's answer."""
+    """Queue jobs on an open connection and make sure the dispatcher runs; the agent's answer.
+
+    A backend not chosen in `options` may come from $MIGRATE_GPU_BACKEND (as with --gpu-backend),
+    so `migrate apply` can rehearse on GPU-less sandbox hosts with the FAKE backend.
+    """
+    if options.gpu_backend is None and os.environ.get(BACKEND_ENV):
+        options = dataclasses.replace(options, gpu_backend=check_backend(os.environ[BACKEND_ENV]))
     if options.enable_linger:
         verdict = enable_linger(client.remote)
         if verdict == "changed":

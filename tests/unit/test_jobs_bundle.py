@@ -56,3 +56,22 @@ def test_start_args():
     assert start_args(DispatcherOptions()) == ["--mode", "auto"]
     assert start_args(DispatcherOptions(gpu_backend="fake:/x", cpu_slots=3)) == [
         "--mode", "auto", "--backend", "fake:/x", "--cpu-slots", "3"]
+
+
+def test_submit_takes_the_backend_from_the_environment(monkeypatch):
+    from migrate.jobs import client as client_mod
+
+    sent = {}
+
+    class FakeAgentClient:  # records the call instead of talking SSH (unit test of the argument plumbing)
+        remote = None
+
+        def call(self, args, payload, *, what):
+            sent["args"] = args
+            return {"ok": True, "jobs": []}
+
+    monkeypatch.setenv("MIGRATE_GPU_BACKEND", "fake:/tmp/x.json")
+    client_mod.submit_with(FakeAgentClient(), [], DispatcherOptions())
+    assert sent["args"][-2:] == ["--backend", "fake:/tmp/x.json"]
+    client_mod.submit_with(FakeAgentClient(), [], DispatcherOptions(gpu_backend="nvml"))
+    assert sent["args"][-2:] == ["--backend", "nvml"]  # an explicit choice wins
