@@ -16,7 +16,7 @@ from typing import Any
 from migrate.errors import UsageError
 
 MAX_JOBS = 10_000
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNIT_MIB = {"": 1, "B": 1 / (1024 * 1024), "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -118,7 +118,7 @@ def parse_sweeps(items: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
 
 def fill_placeholders(command: str, params: dict[str, str]) -> str:
     """Replace `{name}` by params[name]; unknown placeholders (and shell braces) stay as they are."""
-    return _PLACEHOLDER.sub(lambda m: str(params.get(m.group(1), m.group(0))), command)
+    return PLACEHOLDER.sub(lambda m: str(params.get(m.group(1), m.group(0))), command)
 
 
 def _params_text(params: dict[str, str]) -> str:

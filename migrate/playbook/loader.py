@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from migrate.errors import UsageError
+from migrate.jobs.spec import PLACEHOLDER, fill_placeholders
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
 
 _constructor = yaml.constructor.SafeConstructor()
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class PlaybookError(UsageError):
@@ -245,7 +245,7 @@ def parse_playbook(text: str, path: Path) -> Playbook:
             v.err(root, "'hosts' must name at least one host")
         run = data.get("run")
         if run is not None and run.get("command"):
-            used = set(_PLACEHOLDER.findall(run["command"]))
+            used = set(PLACEHOLDER.findall(run["command"]))
             declared = set(run.get("sweep") or {})
             for missing in sorted(used - declared):
                 v.err(root, f"run.command uses {{{missing}}} but run.sweep has no '{missing}'")
@@ -283,11 +283,6 @@ def load_playbook(path: str | Path) -> Playbook:
     except (OSError, UnicodeDecodeError) as exc:
         raise PlaybookError(f"cannot read playbook {p}: {exc}") from exc
     return parse_playbook(text, p)
-
-
-def fill_placeholders(command: str, params: dict[str, str]) -> str:
-    """Replace `{name}` by params[name]; unknown placeholders stay as they are."""
-    return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), m.group(0)), command)
 
 
 def expand_sweep(command: str, sweep: dict[str, list[str]]) -> list[tuple[dict[str, str], str]]:
