@@ -25,6 +25,7 @@ from migrate.jobs.client import (
     submit_jobs,
     submit_with,
 )
+from migrate.jobs.compose import ComposePlan, compose_job_command, plan_compose
 from migrate.jobs.options import gpu_backend_option
 from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
 from migrate.jobs.spec import (
@@ -132,12 +133,36 @@ def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec
             spec.cwd = absolute
 
 
+def compose_spec(plan: ComposePlan, *, name: str | None, gpus: int, key: str | None, priority: int,
+                 retries: int, min_free_mem: str | None, env: dict[str, str]) -> JobSpec:
+    """The one process-mode job that runs a compose project."""
+    return JobSpec(command=compose_job_command(plan), name=name or f"compose-{plan.project}", gpus=gpus,
+                   key=key, priority=priority, retries=retries, min_free_mem_mib=parse_size_mib(min_free_mem),
+                   env=env)
+
+
+def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> None:
+    """Copy the compose file's directory to ~/.migrate/compose/<project>/ (rsync: only changes)."""
+    from migrate.commands.push_data import PushDataOptions, push_data
+
+    ui.step(f"syncing compose project {plan.source_dir} to {host}:~/{plan.remote_dir}")
+    [result] = push_data([str(plan.source_dir)], [host], plan.remote_dir, conn, PushDataOptions(method="rsync"))
+    if result.status == "failed":
+        raise UsageError(f"could not copy the compose project to {host}: {result.error}")
+
+
 def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: DispatcherOptions, *,
-                plan: tpl.TemplatePlan | None, dry_run: bool, as_json: bool, follow: bool) -> int:
-    """Queue the jobs (after copying the template), print what was queued."""
+                plan: tpl.TemplatePlan | None, dry_run: bool, as_json: bool, follow: bool,
+                compose: ComposePlan | None = None) -> int:
+    """Queue the jobs (after copying the template or compose project), print what was queued."""
     if dry_run:
+        if compose is not None:
+            ui.step(f"would sync {compose.source_dir} to {host}:~/{compose.remote_dir} "
+                    f"(services: {', '.join(compose.services)})")
         _show_plan(host, specs, options, plan, as_json)
         return 0
+    if compose is not None:
+        sync_compose_project(host, conn, compose)
     with connect(host, conn) as remote:
         client = AgentClient(remote)
         if plan is not None:
@@ -214,6 +239,9 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
 @click.option("--template-dest", help="Where the copies go on the host (default ~/.migrate/runs/<dir name>).")
 @click.option("--ignore", "ignores", multiple=True, metavar="PATTERN",
               help="Leave matching files out of the template copy (repeatable; also .migrateignore).")
+@click.option("--compose", "compose_file", type=click.Path(dir_okay=False),
+              help="Run a docker-compose project as one job: its directory is synced to the host, GPUs are "
+                   "handed over as $MIGRATE_GPU_UUIDS (see docs/run.md).")
 @click.option("--key", help="Idempotency key: a job with this key is queued only once.")
 @gpu_backend_option("what the host uses now, nvml on a new host")
 @click.option("--cpu-slots", type=click.IntRange(1, 1024), help="CPU-only jobs running at once on this host.")
@@ -228,8 +256,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
-            key: str | None, gpu_backend: str | None, cpu_slots: int | None, enable_linger: bool, follow: bool,
-            dry_run: bool, as_json: bool) -> None:
+            compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
+            enable_linger: bool, follow: bool, dry_run: bool, as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
@@ -238,6 +266,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --jobs jobs.yaml
       migrate run HOST --from-template ./exp --experiments base,wide -- python train.py --cfg {experiment}
       migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
+      migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle, not reserved by another of your jobs. It gets
@@ -250,6 +279,17 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         raise UsageError("--from-template and --experiments go together",
                          hint="e.g. --from-template ./exp --experiments a,b")
     exps = tpl.parse_experiments(experiments) if experiments else None
+    options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
+                                gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
+    if compose_file:
+        if words or jobs_file or sweeps or template or image:
+            raise UsageError("--compose runs the compose file's services; give no command, --jobs, --sweep, "
+                             "--from-template or --image with it")
+        cplan = plan_compose(compose_file, name)
+        spec = compose_spec(cplan, name=name, gpus=gpus, key=key, priority=priority, retries=retries,
+                            min_free_mem=min_free_mem, env=parse_env(env_items))
+        sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
+                             follow=follow, compose=cplan))
     specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
@@ -257,6 +297,4 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))
-    options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
-                                gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
     sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))

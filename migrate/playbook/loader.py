@@ -244,6 +244,11 @@ def parse_playbook(text: str, path: Path) -> Playbook:
         if not data["hosts"]:
             v.err(root, "'hosts' must name at least one host")
         run = data.get("run")
+        run_present = any(k.value == "run" for k, _ in root.value)
+        if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
+            v.err(root, "run needs exactly one of 'run.command' and 'run.compose'")
+        if run is not None and run.get("compose") and (run.get("sweep") or run.get("image")):
+            v.err(root, "run.compose runs the compose file's services: no run.sweep or run.image with it")
         if run is not None and run.get("command"):
             used = set(PLACEHOLDER.findall(run["command"]))
             declared = set(run.get("sweep") or {})
@@ -258,6 +263,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
     base = path.parent
     setup_node_present = any(k.value == "setup" for k, _ in root.value)
     run_present = any(k.value == "run" for k, _ in root.value)
+    if run_present and data["run"].get("compose"):
+        data["run"]["compose"] = str(base / data["run"]["compose"])
     return Playbook(
         path=path,
         name=data["name"] or path.stem,
