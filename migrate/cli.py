@@ -20,13 +20,21 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 # verb -> "module:attribute" of its click command; loaded only when used (or for --help).
 VERBS = {
     "apply": "migrate.commands.apply:command",
+    "cancel": "migrate.commands.cancel:command",
     "doctor": "migrate.commands.doctor:command",
+    "gpus": "migrate.commands.gpus:command",
     "host-setup": "migrate.commands.host_setup:command",
     "init": "migrate.commands.init:command",
+    "logs": "migrate.commands.logs:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
     "push-image": "migrate.commands.push_image:command",
+    "resume": "migrate.commands.resume:command",
+    "retry": "migrate.commands.retry:command",
+    "run": "migrate.commands.run:command",
     "sandbox": "migrate.commands.sandbox:group",
+    "status": "migrate.commands.status:command",
+    "tunnel": "migrate.commands.tunnel:command",
 }
 
 

@@ -144,6 +144,9 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
     from migrate.commands.run import DispatcherOptions, JobSpec, submit_jobs
 
     assert pb.run is not None
+    if pb.run.get("compose"):
+        _compose_stage(pb, hosts, conn, dry_run, report)
+        return
     planned = plan_jobs(pb.name, pb.run, hosts)
     for h in hosts:
         mine = [j for j in planned if j.host == h]
@@ -164,6 +167,39 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
         existing = len(submitted) - len(new)
         text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")
         report.cells[(h, "run")] = StageOutcome(text, changed=len(new))
+
+
+def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool,
+                   report: ApplyReport) -> None:
+    """A compose project: synced to and run on every host, once (keyed by the file's content)."""
+    import hashlib
+    from pathlib import Path
+
+    from migrate.commands.run import DispatcherOptions, compose_spec, submit_jobs, sync_compose_project
+    from migrate.jobs.compose import plan_compose
+
+    assert pb.run is not None
+    run = pb.run
+    plan = plan_compose(run["compose"], run.get("name") or pb.name)
+    digest = hashlib.sha256(Path(run["compose"]).read_bytes() + str(run.get("gpus_per_job")).encode()).hexdigest()
+    spec = compose_spec(plan, name=run.get("name") or f"{pb.name}-compose", gpus=run.get("gpus_per_job", 1),
+                        key=f"{pb.name}:compose:{digest[:10]}", priority=run.get("priority", 0),
+                        retries=run.get("retries", 0), min_free_mem=None, env=dict(run.get("env") or {}))
+    spec.min_free_mem_mib = run.get("min_free_mem")
+    for h in hosts:
+        if dry_run:
+            ui.info(f"{h}: would sync {plan.source_dir} and queue {spec.name} (compose: {', '.join(plan.services)})")
+            report.cells[(h, "run")] = StageOutcome("would queue 1 compose job")
+            continue
+        try:
+            sync_compose_project(h, conn, plan)
+            [submitted] = submit_jobs(h, conn, [spec], DispatcherOptions())
+        except MigrateError as exc:
+            report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
+            continue
+        new = submitted.status == "queued"
+        report.cells[(h, "run")] = StageOutcome("1 compose job queued" if new else "compose job already there",
+                                                changed=int(new))
 
 
 RUNNERS: dict[str, StageRunner] = {"setup": _setup_stage, "images": _images_stage, "data": _data_stage,

@@ -113,51 +113,64 @@ def rsync_dry_run(argv_builder: Callable[[RsyncOptions], list[str]], opts: Rsync
     return parse_stats(proc.stdout)
 
 
+def _run_streams(shards: list[list[ListedEntry]], total: int, on_progress: ProgressCallback | None,
+                 one: Callable[[int, list[ListedEntry], ProgressCallback], RunOutcome]) -> list[RunOutcome]:
+    """Run `one(i, shard, progress)` for every shard in its own thread; sum progress; re-raise the first error."""
+    done = [0] * len(shards)
+    lock = threading.Lock()
+    outcomes: list[RunOutcome] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int, shard: list[ListedEntry]) -> None:
+        def prog(b: int, _t: int) -> None:
+            with lock:
+                done[i] = b
+                if on_progress:
+                    on_progress(min(sum(done), total), total)
+
+        try:
+            outcomes.append(one(i, shard, prog))
+        except BaseException as exc:  # collected and re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i, s), daemon=True) for i, s in enumerate(shards)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return outcomes
+
+
+def _sum_stats(outcomes: list[RunOutcome], files: int, total_size: int) -> Stats:
+    return Stats(files=files, total_size=total_size,
+                 regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
+                 transferred_size=sum(o.stats.transferred_size for o in outcomes),
+                 sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+
+
 def run_parallel_rsync(src_dir: str, dest: str, rsh: str, opts: RsyncOptions, entries: list[ListedEntry],
                        streams: int, *, on_progress: ProgressCallback | None = None) -> RunOutcome:
     """Several rsync streams over balanced shards of the file list, then one pass for directories."""
     shards = shard_entries(entries, streams)
     total = sum(e.size for e in entries if e.kind == "f")
-    done = [0] * len(shards)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-    outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="migrate-shards-") as tmp:
 
-        def one(i: int, shard: list[ListedEntry]) -> None:
+        def one(i: int, shard: list[ListedEntry], prog: ProgressCallback) -> RunOutcome:
             listfile = os.path.join(tmp, f"shard{i}")
             with open(listfile, "wb") as fh:
                 fh.write(files_from_bytes(shard))
             shard_opts = RsyncOptions(**{**opts.__dict__, "files_from": listfile, "delete": False})
             argv = rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, shard_opts, stats=True)
+            return run_rsync(argv, total_bytes=total, on_progress=prog, what=f"rsync stream {i + 1}")
 
-            def prog(b: int, _t: int) -> None:
-                with lock:
-                    done[i] = b
-                    if on_progress:
-                        on_progress(sum(done), total)
-
-            try:
-                outcomes.append(run_rsync(argv, total_bytes=total, on_progress=prog, what=f"rsync stream {i + 1}"))
-            except BaseException as exc:  # collected and re-raised below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one, args=(i, s), daemon=True) for i, s in enumerate(shards)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    if errors:
-        raise errors[0]
+        outcomes = _run_streams(shards, total, on_progress, one)
     # one ordinary pass: directory attributes, empty dirs, anything a shard could not express
     final = run_rsync(rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, opts, stats=True), total_bytes=total,
                       what="rsync final pass")
-    stats = Stats(files=final.stats.files, total_size=final.stats.total_size,
-                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes)
-                  + final.stats.regular_files_transferred,
-                  transferred_size=sum(o.stats.transferred_size for o in outcomes) + final.stats.transferred_size,
-                  sent_bytes=sum(o.stats.sent_bytes for o in outcomes) + final.stats.sent_bytes)
+    stats = _sum_stats([*outcomes, final], final.stats.files, final.stats.total_size)
     if on_progress:
         on_progress(total, total)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
@@ -290,35 +303,9 @@ def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str
         return run_tar_stream(src_dir, shards[0], ssh_argv, remote_command, on_progress=on_progress,
                               bwlimit_kib=bwlimit_kib)
     total = sum(e.size for e in entries if e.kind == "f") + 512 * len(entries)
-    done = [0] * len(shards)
-    lock = threading.Lock()
-    outcomes: list[RunOutcome] = []
-    errors: list[BaseException] = []
     t0 = time.monotonic()
     per_stream_bw = bwlimit_kib // len(shards) if bwlimit_kib else None
-
-    def one(i: int, shard: list[ListedEntry]) -> None:
-        def prog(b: int, _t: int) -> None:
-            with lock:
-                done[i] = b
-                if on_progress:
-                    on_progress(min(sum(done), total), total)
-
-        try:
-            outcomes.append(run_tar_stream(src_dir, shard, ssh_argv, remote_command, on_progress=prog,
-                                           bwlimit_kib=per_stream_bw))
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i, s), daemon=True) for i, s in enumerate(shards)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    stats = Stats(files=len(entries),
-                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
-                  total_size=total, transferred_size=sum(o.stats.transferred_size for o in outcomes),
-                  sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+    outcomes = _run_streams(shards, total, on_progress, lambda i, shard, prog: run_tar_stream(
+        src_dir, shard, ssh_argv, remote_command, on_progress=prog, bwlimit_kib=per_stream_bw))
+    stats = _sum_stats(outcomes, len(entries), total)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)

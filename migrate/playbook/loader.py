@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from migrate.errors import UsageError
+from migrate.jobs.spec import PLACEHOLDER, fill_placeholders
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
 
 _constructor = yaml.constructor.SafeConstructor()
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class PlaybookError(UsageError):
@@ -244,8 +244,13 @@ def parse_playbook(text: str, path: Path) -> Playbook:
         if not data["hosts"]:
             v.err(root, "'hosts' must name at least one host")
         run = data.get("run")
+        run_present = any(k.value == "run" for k, _ in root.value)
+        if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
+            v.err(root, "run needs exactly one of 'run.command' and 'run.compose'")
+        if run is not None and run.get("compose") and (run.get("sweep") or run.get("image")):
+            v.err(root, "run.compose runs the compose file's services: no run.sweep or run.image with it")
         if run is not None and run.get("command"):
-            used = set(_PLACEHOLDER.findall(run["command"]))
+            used = set(PLACEHOLDER.findall(run["command"]))
             declared = set(run.get("sweep") or {})
             for missing in sorted(used - declared):
                 v.err(root, f"run.command uses {{{missing}}} but run.sweep has no '{missing}'")
@@ -258,6 +263,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
     base = path.parent
     setup_node_present = any(k.value == "setup" for k, _ in root.value)
     run_present = any(k.value == "run" for k, _ in root.value)
+    if run_present and data["run"].get("compose"):
+        data["run"]["compose"] = str(base / data["run"]["compose"])
     return Playbook(
         path=path,
         name=data["name"] or path.stem,
@@ -283,11 +290,6 @@ def load_playbook(path: str | Path) -> Playbook:
     except (OSError, UnicodeDecodeError) as exc:
         raise PlaybookError(f"cannot read playbook {p}: {exc}") from exc
     return parse_playbook(text, p)
-
-
-def fill_placeholders(command: str, params: dict[str, str]) -> str:
-    """Replace `{name}` by params[name]; unknown placeholders stay as they are."""
-    return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), m.group(0)), command)
 
 
 def expand_sweep(command: str, sweep: dict[str, list[str]]) -> list[tuple[dict[str, str], str]]:

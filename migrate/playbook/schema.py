@@ -62,8 +62,10 @@ DATA_KEYS = (
 )
 
 RUN_KEYS = (
-    Key("command", "str", "Command to run; `{name}` is replaced by each sweep value.", required=True,
-        example="python train.py --lr {lr} --seed {seed}"),
+    Key("command", "str", "Command to run; `{name}` is replaced by each sweep value. Give `command` or "
+        "`compose`.", example="python train.py --lr {lr} --seed {seed}"),
+    Key("compose", "str", "A docker-compose file (relative to the playbook) to run as one job instead of "
+        "`command`; its GPUs arrive as `${MIGRATE_GPU_UUIDS}`."),
     Key("name", "str", "Job name prefix (default: the playbook name)."),
     Key("image", "str", "Run each job in this image (container mode); omit for process mode."),
     Key("workdir", "str", "Working directory of each job (in the container, or on the host)."),

@@ -1,54 +1,45 @@
 #!/usr/bin/env python3
-"""A tiny CPU "training" run for the sandbox demo: fits y = a*x + b by SGD on a CSV dataset.
-
-Stands in for a real experiment: reads data from a mounted directory, logs progress, honours
---lr/--seed/--epochs, writes a JSON result, exits 0 on success.
-"""
+"""CIFAR-10 ResNet-18 training for the Miniconda example (runs inside the conda env `exp`)."""
 
 import argparse
-import csv
 import json
 import os
-import random
-import sys
-import time
+
+import torch
+import torchvision
+from torchvision import transforms
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default="/data", help="directory with train.csv")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--out", default=os.environ.get("RESULTS_DIR", "."), help="where result-*.json goes")
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default="/data/cifar10")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", default="/runs")
     args = p.parse_args()
-    random.seed(args.seed)
-    with open(os.path.join(args.data, "train.csv")) as fh:
-        rows = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(fh)]
-    a, b = random.uniform(-1, 1), random.uniform(-1, 1)
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    print(f"training on {len(rows)} rows, lr={args.lr} seed={args.seed} gpus={gpus or 'none'}", flush=True)
-    loss = float("inf")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device {device} ({os.environ.get('CUDA_VISIBLE_DEVICES', 'all')})", flush=True)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    train = torchvision.datasets.CIFAR10(args.data, train=True, download=False, transform=tf)
+    loader = torch.utils.data.DataLoader(train, batch_size=256, shuffle=True, num_workers=4)
+    model = torchvision.models.resnet18(num_classes=10).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(args.epochs):
-        random.shuffle(rows)
-        for x, y in rows:
-            err = a * x + b - y
-            a -= args.lr * err * x
-            b -= args.lr * err
-        loss = sum((a * x + b - y) ** 2 for x, y in rows) / len(rows)
-        if epoch % 10 == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch:3d} loss {loss:.6f}", flush=True)
-        time.sleep(0.02)
-    result = {"lr": args.lr, "seed": args.seed, "a": a, "b": b, "loss": loss}
-    print("result " + json.dumps(result), flush=True)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"result-lr{args.lr}-seed{args.seed}.json"), "w") as fh:
-            json.dump(result, fh)
-    except OSError as exc:
-        print(f"could not write result file: {exc}", file=sys.stderr)
-    return 0 if loss < 1.0 else 1
+        total = 0.0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        print(f"epoch {epoch} loss {total / len(loader):.4f}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.out, f"resnet18-lr{args.lr}.pt"))
+    with open(os.path.join(args.out, f"result-lr{args.lr}.json"), "w") as fh:
+        json.dump({"lr": args.lr, "final_loss": total / len(loader)}, fh)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,0 +1,519 @@
+"""The agent's command line: what the client runs over SSH.
+
+    python3 migrate-agent-<v>.pyz SUBCOMMAND [options]
+
+Every subcommand except `logs` and `daemon` prints one JSON object on stdout:
+`{"ok": true, ...}` or `{"ok": false, "error": ..., "hint": ...}` (exit code 1). `submit` reads
+its jobs as JSON on stdin. Nothing here trusts the client more than the user: inputs are checked
+(and refused as a whole) before anything is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import VERSION, control
+from .db import ACTIVE, FINAL, QUEUED, STATES, Queue, QueueError
+from .layout import Layout, write_private
+from .lock import AgentLog, acquire_lock
+
+# Heavier modules (the daemon, the GPU view, admission, cancel) are imported by the subcommands that
+# need them: `status` runs on every `migrate status` and should start fast.
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
+PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
+SPEC_KEYS = {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "allow_shared", "gpu_pool", "priority",
+             "retries", "image", "mounts", "shm_size", "ports", "key"}
+
+
+class AgentError(Exception):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def emit(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# -- validation --------------------------------------------------------------------------------
+def _int(spec: dict, key: str, lo: int, hi: int, where: str, default: Any = None) -> Any:
+    value = spec.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise AgentError(f"{where}: {key} must be an integer from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def validate_spec(spec: Any, n: int) -> dict:
+    """Check and normalise one job spec; raise AgentError saying what is wrong."""
+    import re
+
+    from .launch import RESERVED_ENV
+
+    where = f"job {n + 1}"
+    if not isinstance(spec, dict):
+        raise AgentError(f"{where}: expected an object")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise AgentError("{}: unknown field(s) {}".format(where, ", ".join(sorted(unknown))))
+    command = spec.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise AgentError(f"{where}: empty command", "give the command after --")
+    out = {"command": command}
+    name = spec.get("name")
+    if name is not None:
+        if not isinstance(name, str) or "\n" in name or len(name) > 200:
+            raise AgentError(f"{where}: bad name {name!r}")
+        where = f"job {name!r}"
+        out["name"] = name
+    out["gpus"] = _int(spec, "gpus", 0, 64, where, 1)
+    out["min_free_mem_mib"] = _int(spec, "min_free_mem_mib", 0, 1 << 30, where)
+    out["priority"] = _int(spec, "priority", -1000000, 1000000, where, 0)
+    out["retries"] = _int(spec, "retries", 0, 100, where, 0)
+    out["allow_shared"] = bool(spec.get("allow_shared"))
+    if out["allow_shared"] and out["min_free_mem_mib"] is None:
+        raise AgentError(f"{where}: --allow-shared needs --min-free-mem",
+                         "say how much free GPU memory the job needs on a GPU others are using")
+    image = spec.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip() or image.startswith("-")):
+        raise AgentError(f"{where}: bad image {image!r}")
+    out["image"] = image or None
+    env = spec.get("env") or {}
+    if not isinstance(env, dict):
+        raise AgentError(f"{where}: env must be a mapping")
+    for k, v in env.items():
+        if not isinstance(k, str) or not re.match(ENV_NAME, k):
+            raise AgentError(f"{where}: invalid environment variable name {k!r}")
+        if k in RESERVED_ENV:
+            raise AgentError(f"{where}: {k} is set by the dispatcher",
+                             "choose GPUs with --gpus-per-job and --gpu-pool instead")
+        if not isinstance(v, str):
+            raise AgentError(f"{where}: value of {k} must be a string")
+        if image and "\n" in v:
+            raise AgentError(f"{where}: {k} contains a newline (not possible for container jobs)")
+    out["env"] = dict(env)
+    cwd = spec.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.strip()):
+        raise AgentError(f"{where}: bad working directory {cwd!r}")
+    if cwd and not image:
+        path = os.path.expanduser(cwd)
+        if not os.path.isdir(path):
+            raise AgentError(f"{where}: working directory {cwd} does not exist on this host",
+                             "create it first (push-data), or pass an existing --cwd")
+        cwd = os.path.abspath(path)
+    if cwd and image and not cwd.startswith("/"):
+        raise AgentError(f"{where}: the working directory in a container must be absolute, not {cwd!r}")
+    out["cwd"] = cwd
+    mounts = []
+    if spec.get("mounts") and not image:
+        raise AgentError(f"{where}: mounts need a container image (--image)")
+    for m in spec.get("mounts") or []:
+        if not isinstance(m, str) or ":" not in m:
+            raise AgentError(f"{where}: bad mount {m!r}", "use HOST_PATH:CONTAINER_PATH[:ro]")
+        src, _, rest = m.partition(":")
+        src = os.path.expanduser(src)
+        if not src.startswith("/"):
+            raise AgentError(f"{where}: mount source {src!r} must be an absolute path")
+        if not os.path.exists(src):
+            raise AgentError(f"{where}: mount source {src} does not exist on this host",
+                             "Docker would create it as an empty root-owned directory")
+        mounts.append(src + ":" + rest)
+    out["mounts"] = mounts
+    shm = spec.get("shm_size")
+    if shm is not None and (not isinstance(shm, str) or not re.match(SHM_SIZE, shm)):
+        raise AgentError(f"{where}: bad shm size {shm!r}", "e.g. 16g")
+    out["shm_size"] = shm
+    ports = spec.get("ports") or []
+    for p in ports:
+        if not isinstance(p, str) or not re.match(PORT_MAPPING, p):
+            raise AgentError(f"{where}: bad port mapping {p!r}", "e.g. 6006 or 16006:6006")
+    if ports and not image:
+        raise AgentError(f"{where}: port mappings need a container image (--image)")
+    out["ports"] = list(ports)
+    pool = spec.get("gpu_pool")
+    if pool is not None and (not isinstance(pool, list) or not all(isinstance(x, str) and x for x in pool)):
+        raise AgentError(f"{where}: gpu_pool must be a list of GPU indices or UUIDs")
+    out["gpu_pool"] = pool or None
+    key = spec.get("key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 1000):
+        raise AgentError(f"{where}: bad key {key!r}")
+    out["key"] = key
+    return out
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def open_queue(layout: Layout) -> Queue:
+    layout.ensure()
+    return Queue(layout.db)
+
+
+def backend_spec(queue: Queue, requested: str | None) -> str:
+    """The GPU backend to use: the requested one, else the host's last one, else nvml.
+
+    A FAKE backend whose state file does not exist yet gets one with 4 idle FAKE GPUs.
+    """
+    from .gpus import fake_state, open_backend
+
+    spec = requested or queue.get_meta("backend") or "nvml"
+    try:
+        backend = open_backend(spec)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    if backend.fake and not os.path.exists(backend.path):
+        write_private(backend.path, json.dumps(fake_state(4), indent=2) + "\n")
+    return backend.spec
+
+
+def reconcile_if_idle(queue: Queue, layout: Layout) -> dict | None:
+    """With no dispatcher running, bring job states up to date (exit codes, reboot) ourselves."""
+    from .recovery import recover
+
+    fd = acquire_lock(layout.lock)
+    if fd is None:
+        return None
+    try:
+        return recover(queue, layout, AgentLog(layout.log))
+    finally:
+        os.close(fd)
+
+
+def _job_view(job: dict, now: float) -> dict:
+    out = dict(job)
+    start, end = job.get("started_at"), job.get("ended_at")
+    if start and job["state"] in ACTIVE:
+        out["runtime_s"] = round(now - start, 1)
+    elif start and end and job["state"] in FINAL:
+        out["runtime_s"] = round(end - start, 1)
+    else:
+        out["runtime_s"] = None
+    out.pop("token", None)
+    return out
+
+
+def _resolve(queue: Queue, refs: list) -> list:
+    jobs = []
+    for ref in refs:
+        try:
+            jobs.append(queue.find(ref))
+        except QueueError as exc:
+            raise AgentError(exc.message, exc.hint) from None
+    return jobs
+
+
+# -- subcommands -------------------------------------------------------------------------------
+def cmd_version(args: Any, layout: Layout) -> dict:
+    return {"version": VERSION, "python": sys.version.split()[0], "home": layout.home}
+
+
+def _ensure(queue: Queue, layout: Layout, backend: str | None, mode: str, cpu_slots: int | None) -> dict:
+    spec = backend_spec(queue, backend)
+    if backend:
+        queue.set_meta("backend", spec)
+    if cpu_slots:
+        queue.set_meta("cpu_slots", str(cpu_slots))
+    try:
+        result = control.ensure(layout, spec, mode_preference=mode)
+    except RuntimeError as exc:
+        raise AgentError(str(exc), "see ~/.migrate/dispatcher/agent.log on the host") from None
+    result["daemon"] = control.describe(result["daemon"])
+    return result
+
+
+def cmd_ensure(args: Any, layout: Layout) -> dict:
+    queue = open_queue(layout)
+    return {"dispatcher": _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)}
+
+
+def cmd_submit(args: Any, layout: Layout) -> dict:
+    try:
+        payload = json.loads(sys.stdin.read() or "{}")
+    except ValueError as exc:
+        raise AgentError(f"submit: stdin is not JSON: {exc}") from None
+    specs = payload.get("jobs") if isinstance(payload, dict) else None
+    if not isinstance(specs, list) or not specs:
+        raise AgentError("submit: no jobs given")
+    jobs = [validate_spec(s, i) for i, s in enumerate(specs)]
+    queue = open_queue(layout)
+    backend_spec(queue, args.backend)
+    result = {}
+    if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
+        result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
+    result["jobs"] = queue.submit(jobs)
+    control.wake(layout)
+    result["paused"] = queue.get_meta("paused")
+    return result
+
+
+def cmd_status(args: Any, layout: Layout) -> dict:
+    t0 = time.time()
+    queue = open_queue(layout)
+    info = control.daemon_info(layout)
+    recovered = None
+    if not info["running"]:
+        recovered = reconcile_if_idle(queue, layout)
+    now = time.time()
+    if args.all:
+        jobs, hidden = queue.jobs(), 0
+    elif args.state:
+        jobs, hidden = queue.jobs([s for s in args.state.split(",") if s in STATES]), 0
+    else:
+        jobs, hidden = queue.recent(args.limit)
+    return {"daemon": control.describe(info), "paused": queue.get_meta("paused"),
+            "backend": queue.get_meta("backend") or "nvml", "gpu_error": queue.get_meta("gpu_error"),
+            "counts": queue.counts(), "hidden_finished": hidden, "recovered": recovered,
+            "jobs": [_job_view(j, now) for j in jobs], "elapsed_ms": round((time.time() - t0) * 1000, 1),
+            "home": layout.home}
+
+
+def cmd_gpus(args: Any, layout: Layout) -> dict:
+    from . import admission, procs
+    from .gpus import GpuBackendError, open_backend
+
+    queue = open_queue(layout)
+    spec = backend_spec(queue, args.backend)
+    backend = open_backend(spec)
+    try:
+        snap = backend.snapshot()
+    except GpuBackendError as exc:
+        return {"backend": spec, "fake": spec.startswith("fake:"), "error": exc.message, "hint": exc.hint,
+                "devices": []}
+    finally:
+        backend.close()
+    reserved = queue.reservations()
+    by_group = {}
+    for job in queue.active():
+        if job.get("pgid"):
+            by_group[job["pgid"]] = job["id"]
+    devices = []
+    policy = admission.Policy()
+    owners = {}
+    for d in snap.devices:
+        for p in d.processes:
+            owners[p.pid] = procs.owner(p.pid) or "?"
+    for d in snap.devices:
+        verdict = admission.gpu_verdict(d, reserved, policy, owners)
+        row = d.to_dict()
+        row["verdict"], row["reason"] = verdict.verdict, verdict.reason
+        row["reserved_by"] = reserved.get(d.uuid)
+        for p in row["processes"]:
+            p["user"] = owners.get(p["pid"]) or "?"
+            st = procs.read_stat(p["pid"])
+            p["job"] = by_group.get(st.pgid) if st else None
+            p["command"] = procs.cmdline(p["pid"])[:120]
+        devices.append(row)
+    return {"backend": spec, "fake": snap.fake, "driver": snap.driver, "devices": devices}
+
+
+def cmd_cancel(args: Any, layout: Layout) -> dict:
+    from .cancel import cancel as cancel_jobs
+
+    queue = open_queue(layout)
+    if args.all:
+        jobs = queue.jobs((QUEUED,) + ACTIVE)
+    else:
+        jobs = _resolve(queue, args.jobs)
+    if args.dry_run:
+        return {"would_cancel": [{"id": j["id"], "name": j["name"], "state": j["state"]} for j in jobs]}
+    results = cancel_jobs(queue, layout, [j["id"] for j in jobs], args.grace, AgentLog(layout.log))
+    skipped = [{"id": j["id"], "name": j["name"], "state": j["state"]} for j in jobs
+               if j["state"] in FINAL]
+    control.wake(layout)
+    return {"cancelled": results, "skipped": skipped}
+
+
+def cmd_retry(args: Any, layout: Layout) -> dict:
+    queue = open_queue(layout)
+    jobs = _resolve(queue, args.jobs)
+    out = []
+    for job in jobs:
+        try:
+            queue.retry(job["id"])
+        except QueueError as exc:
+            raise AgentError(exc.message, exc.hint) from None
+        out.append({"id": job["id"], "name": job["name"], "was": job["state"]})
+    result = {"retried": out, "dispatcher": _ensure(queue, layout, None, args.mode, None)}
+    control.wake(layout)
+    result["paused"] = queue.get_meta("paused")
+    return result
+
+
+def cmd_resume(args: Any, layout: Layout) -> dict:
+    queue = open_queue(layout)
+    was = queue.get_meta("paused")
+    info = control.daemon_info(layout)
+    if not info["running"]:
+        reconcile_if_idle(queue, layout)
+        was = queue.get_meta("paused")
+    queue.set_meta("paused", "")
+    result = {"was_paused": was, "dispatcher": _ensure(queue, layout, args.backend, args.mode, None)}
+    control.wake(layout)
+    return result
+
+
+def cmd_stop(args: Any, layout: Layout) -> dict:
+    return {"stopped": control.stop(layout)}
+
+
+def cmd_fake_gpus(args: Any, layout: Layout) -> dict:
+    from .gpus import fake_state
+
+    path = os.path.abspath(os.path.expanduser(args.path))
+    write_private(path, json.dumps(fake_state(args.count), indent=2) + "\n")
+    return {"path": path, "count": args.count, "backend": "fake:" + path}
+
+
+def cmd_logs(args: Any, layout: Layout) -> int:
+    """Print a job's log (and with --follow, keep printing until the job ends)."""
+    queue = open_queue(layout)
+    try:
+        job = queue.find(args.job)
+    except QueueError as exc:
+        sys.stderr.write("MIGRATE-ERROR " + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
+        return 3
+    path = layout.job_log(job["id"])
+    out = getattr(sys.stdout, "buffer", sys.stdout)
+    pos = 0
+    if args.tail and os.path.exists(path):
+        pos = _tail_offset(path, args.tail)
+    if not args.follow:
+        if not os.path.exists(path):
+            why = f": {job['reason']}" if job.get("reason") else ""
+            sys.stderr.write(f"job {job['id']} ({job['name']}) has no output yet ({job['state']}{why})\n")
+            return 0
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            while True:
+                chunk = fh.read(65536)
+                if not chunk:
+                    break
+                out.write(chunk)
+        out.flush()
+        return 0
+    quiet_since = None
+    while True:
+        wrote = False
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read(1 << 20)
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    pos += len(chunk)
+                    wrote = True
+        state = (queue.get(job["id"]) or job)["state"]
+        if state in FINAL and not wrote:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 0.5:
+                return 0
+        else:
+            quiet_since = None
+        if not wrote:
+            time.sleep(0.25)
+
+
+def _tail_offset(path: str, lines: int) -> int:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        pos, found = end, 0
+        while pos > 0 and found <= lines:
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step)
+            found += data.count(b"\n")
+        if found <= lines:
+            return 0
+        fh.seek(pos)
+        data = fh.read(end - pos)
+        cut = len(data)
+        for _ in range(lines + 1):
+            cut = data.rfind(b"\n", 0, cut)
+        return pos + cut + 1
+
+
+def cmd_daemon(args: Any, layout: Layout) -> int:
+    from . import admission
+    from .daemon import Daemon
+
+    mode = os.environ.get("MIGRATE_AGENT_MODE", "foreground")
+    policy = admission.Policy()
+    return Daemon(layout, args.backend or "nvml", policy, mode=mode).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="migrate-agent", description="migrate's dispatcher agent (runs on the host)")
+    sub = p.add_subparsers(dest="cmd")
+    sub.required = True
+
+    def add(name: str, fn: Any, **kw: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, **kw)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def start_opts(sp: argparse.ArgumentParser, slots: bool = True) -> None:
+        sp.add_argument("--backend", default=None, help="nvml, or fake:PATH (test double)")
+        sp.add_argument("--mode", default="auto", choices=("auto", "systemd", "setsid"))
+        if slots:
+            sp.add_argument("--cpu-slots", type=int, default=None)
+
+    add("version", cmd_version)
+    start_opts(add("ensure", cmd_ensure))
+    sp = add("submit", cmd_submit)
+    start_opts(sp)
+    sp.add_argument("--no-start", action="store_true")
+    sp = add("status", cmd_status)
+    sp.add_argument("--all", action="store_true")
+    sp.add_argument("--state", default=None)
+    sp.add_argument("--limit", type=int, default=20)
+    sp = add("gpus", cmd_gpus)
+    sp.add_argument("--backend", default=None)
+    sp = add("cancel", cmd_cancel)
+    sp.add_argument("jobs", nargs="*")
+    sp.add_argument("--all", action="store_true")
+    sp.add_argument("--grace", type=float, default=10.0)
+    sp.add_argument("--dry-run", action="store_true")
+    sp = add("retry", cmd_retry)
+    sp.add_argument("jobs", nargs="+")
+    sp.add_argument("--mode", default="auto", choices=("auto", "systemd", "setsid"))
+    start_opts(add("resume", cmd_resume), slots=False)
+    add("stop", cmd_stop)
+    sp = add("fake-gpus", cmd_fake_gpus, help="write a FAKE GPU state file (test double)")
+    sp.add_argument("path")
+    sp.add_argument("--count", type=int, default=4)
+    sp = add("logs", cmd_logs)
+    sp.add_argument("job")
+    sp.add_argument("--follow", "-f", action="store_true")
+    sp.add_argument("--tail", type=int, default=0)
+    sp = add("daemon", cmd_daemon)
+    sp.add_argument("--backend", default=None)
+    return p
+
+
+def main(argv: list | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    layout = Layout()
+    if args.cmd in ("logs", "daemon"):
+        return args.fn(args, layout)
+    try:
+        result = args.fn(args, layout)
+    except AgentError as exc:
+        emit({"ok": False, "error": exc.message, "hint": exc.hint})
+        return 1
+    except QueueError as exc:
+        emit({"ok": False, "error": exc.message, "hint": exc.hint})
+        return 1
+    result["ok"] = True
+    emit(result)
+    return 0

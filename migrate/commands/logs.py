@@ -1,0 +1,37 @@
+"""`migrate logs HOST JOB [-f]`: a job's output (stdout and stderr)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.jobs.client import agent_session
+from migrate.remote.hosts import ConnectOptions
+
+
+def logs_args(job: str, follow: bool, tail: int | None) -> list[str]:
+    args = ["logs", job]
+    if follow:
+        args.append("--follow")
+    if tail:
+        args += ["--tail", str(tail)]
+    return args
+
+
+@click.command("logs", context_settings=CONTEXT_SETTINGS)
+@click.argument("host")
+@click.argument("job")
+@connection_options
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends (Ctrl-C stops).")
+@click.option("-n", "--tail", type=click.IntRange(1, 10_000_000), default=None, help="Only the last N lines.")
+def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int | None) -> None:
+    """Print the output of JOB (its id, name or key) on HOST.
+
+    The log holds every attempt, each starting with a `[migrate] ... started` line and ending
+    with the exit code. With -f it waits for a queued job to start and stops when it ends.
+    """
+    with agent_session(host, conn) as client:
+        code = client.stream(logs_args(job, follow, tail))
+    sys.exit(code)

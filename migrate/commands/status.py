@@ -1,0 +1,82 @@
+"""`migrate status HOST`: the jobs on a host's dispatcher, their state, GPUs, runtime and exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from migrate import ui
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.errors import UsageError
+from migrate.jobs.client import agent_session
+from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
+from migrate.remote.hosts import ConnectOptions
+
+STATES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
+
+
+def status_args(show_all: bool, states: str | None, last: int) -> list[str]:
+    """Agent arguments for a status query (pure)."""
+    if states:
+        bad = [s for s in states.split(",") if s not in STATES]
+        if bad:
+            raise UsageError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
+        return ["status", "--state", states]
+    return ["status", "--all"] if show_all else ["status", "--limit", str(last)]
+
+
+def show_status(data: dict, host: str) -> None:
+    """The table and the warnings a person needs (pure apart from printing)."""
+    ui.info(dispatcher_line(data, host))
+    ui.table(None, STATUS_COLUMNS, status_rows(data["jobs"]))
+    if data.get("hidden_finished"):
+        ui.info(f"{data['hidden_finished']} older finished job(s) not shown (--all shows every job)")
+    counts = data.get("counts") or {}
+    waiting = counts.get("queued", 0)
+    if data.get("paused"):
+        ui.warn(f"queue paused: {data['paused']}")
+    elif not (data.get("daemon") or {}).get("running") and (waiting or counts.get("running")):
+        ui.warn(f"the dispatcher is not running on {host}: queued jobs will not start "
+                f"(start it with `migrate resume {host}`)")
+    if data.get("gpu_error"):
+        ui.warn(f"GPU view: {data['gpu_error']}")
+    rec = data.get("recovered") or {}
+    if rec.get("finished") or rec.get("lost"):
+        ui.info(f"recorded meanwhile: finished {rec.get('finished')}, lost {rec.get('lost')}")
+
+
+@click.command("status", context_settings=CONTEXT_SETTINGS)
+@click.argument("host")
+@connection_options
+@click.option("--all", "show_all", is_flag=True, help="Show every job, not just unfinished and recent ones.")
+@click.option("--state", "states", metavar="LIST", help="Only jobs in these states, e.g. failed,lost.")
+@click.option("-n", "--last", type=click.IntRange(0, 100000), default=20, show_default=True,
+              help="How many finished jobs to show.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {host, dispatcher, paused, counts, jobs: [...]} as JSON.")
+def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None, last: int, as_json: bool) -> None:
+    """Show the jobs on HOST: state, GPU, runtime, exit code and why a job waits.
+
+    Works from any machine and any SSH session: the queue lives on the host. Finished jobs
+    whose dispatcher was not running are recorded now (their exit codes were kept).
+    """
+    args = status_args(show_all, states, last)
+    with agent_session(host, conn) as client:
+        data = client.call(args, what="read job status", need_queue=True)
+        name = client.remote.name
+        display = client.remote.target.display
+    if data.get("no_queue"):
+        if as_json:
+            ui.print_json({"host": display, "dispatcher": None, "paused": "", "backend": None, "gpu_error": "",
+                           "counts": {}, "jobs": []})
+        else:
+            ui.info(f"no jobs on {name} yet (queue one with `migrate run {name} -- CMD`)")
+        sys.exit(0)
+    if as_json:
+        ui.print_json({"host": display, "dispatcher": data.get("daemon"), "paused": data.get("paused"),
+                       "backend": data.get("backend"), "gpu_error": data.get("gpu_error"),
+                       "counts": data.get("counts"), "jobs": data["jobs"]})
+    else:
+        show_status(data, name)
+    sys.exit(0)

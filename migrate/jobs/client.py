@@ -1,0 +1,259 @@
+"""Talking to the agent on a host: install it, start the dispatcher, call its subcommands.
+
+Every call is one SSH command: `python3 ~/.migrate/agent/migrate-agent-<v>.pyz SUBCOMMAND ...`
+(JSON in on stdin, JSON out on stdout). If that file is missing (first use, or a new migrate
+version) the call says so with a distinct exit code, and the client uploads the zipapp over SFTP
+(atomically, 0600) and calls again: no pip, no root, nothing outside ~/.migrate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from migrate import ui
+from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
+from migrate.jobs.bundle import AgentBundle, build_agent
+from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob
+from migrate.remote import shell
+from migrate.remote.connection import Remote, connect
+from migrate.remote.hosts import ConnectOptions
+
+EXIT_NO_QUEUE = 96
+EXIT_NO_PYTHON = 97
+EXIT_NO_AGENT = 98
+QUEUE_RELPATH = ".migrate/dispatcher/queue.db"
+BACKEND_ENV = "MIGRATE_GPU_BACKEND"
+AGENT_ERROR_MARK = "MIGRATE-ERROR "
+
+
+def agent_command(bundle: AgentBundle, args: list[str], *, need_queue: bool = False, has_stdin: bool = False) -> str:
+    """The remote command line that runs the agent (pure): checks python3 and the file first.
+
+    `need_queue`: for read-only verbs on a host where nothing was ever queued, exit early (and
+    install nothing) instead of running the agent. `has_stdin`: the call sends data on stdin, which
+    an early exit drains first (invoke fails if the remote end closes while it is writing).
+    """
+    path = shell.home_path(bundle.remote_relpath)
+    drain = "cat >/dev/null; " if has_stdin else ""
+    queue_check = (f"[ -e {shell.home_path(QUEUE_RELPATH)} ] || {{ {drain}exit {EXIT_NO_QUEUE}; }}; "
+                   if need_queue else "")
+    return (queue_check + f"command -v python3 >/dev/null 2>&1 || {{ {drain}exit {EXIT_NO_PYTHON}; }}; "
+            f"[ -f {path} ] || {{ {drain}exit {EXIT_NO_AGENT}; }}; "
+            f"exec python3 -I -S {path} {shell.join(args)}")
+
+
+def install_commands(bundle: AgentBundle) -> list[str]:
+    """Directories the agent needs before the upload (pure)."""
+    return [shell.mkdir_private(".migrate"), shell.mkdir_private(".migrate/agent")]
+
+
+class AgentClient:
+    """The agent on one open connection."""
+
+    def __init__(self, remote: Remote, bundle: AgentBundle | None = None) -> None:
+        self.remote = remote
+        self.bundle = bundle or build_agent()
+        self.installed_now = False
+
+    def install(self) -> None:
+        """Upload the zipapp to ~/.migrate/agent/ (atomic rename, 0600)."""
+        ui.step(f"installing the dispatcher agent {self.bundle.version} on {self.remote.name} "
+                f"({ui.human_bytes(len(self.bundle.data))}, ~/{self.bundle.remote_relpath})")
+        self.remote.run("cd && " + " && ".join(install_commands(self.bundle)), what="create ~/.migrate/agent")
+        home = self.remote.home()
+        self.remote.put_bytes(self.bundle.data, f"{home}/{self.bundle.remote_relpath}", mode=0o600)
+        self.installed_now = True
+
+    def call(self, args: list[str], payload: dict | None = None, *, what: str, timeout: float | None = 120,
+             need_queue: bool = False) -> dict:
+        """Run a subcommand and return its JSON answer; agent errors become MigrateError.
+
+        With `need_queue`, a host without a queue answers {"ok": true, "no_queue": true}.
+        """
+        stdin = json.dumps(payload) if payload is not None else None
+        for attempt in (1, 2):
+            command = agent_command(self.bundle, args, need_queue=need_queue, has_stdin=stdin is not None)
+            res = self.remote.run(command, stdin=stdin, check=False, what=what, timeout=timeout)
+            if res.exit_code == EXIT_NO_QUEUE:
+                return {"ok": True, "no_queue": True}
+            if res.exit_code == EXIT_NO_PYTHON:
+                raise MigrateError(f"python3 is not installed on {self.remote.name}",
+                                   hint="the dispatcher needs python3 >= 3.8 (apt-get install python3)")
+            if res.exit_code == EXIT_NO_AGENT and attempt == 1:
+                self.install()
+                continue
+            return self._parse(res.stdout, res.stderr, res.exit_code, what)
+        raise MigrateError(f"the agent is still missing on {self.remote.name} after installing it")
+
+    def _parse(self, stdout: str, stderr: str, code: int, what: str) -> dict:
+        line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        try:
+            data = json.loads(line)
+        except ValueError:
+            detail = (stderr.strip() or stdout.strip() or f"exit code {code}").splitlines()[-1]
+            raise RemoteCommandError(f"{what} failed on {self.remote.name}: {detail}", command="migrate-agent",
+                                     exit_code=code, stderr=stderr,
+                                     hint="see ~/.migrate/dispatcher/agent.log on the host") from None
+        if not data.get("ok"):
+            raise MigrateError(f"{self.remote.name}: {data.get('error', 'agent error')}", hint=data.get("hint") or None)
+        return data
+
+    # -- streams (logs -f) ---------------------------------------------------------------------
+    def stream(self, args: list[str]) -> int:
+        """Run a subcommand through OpenSSH with its stdout passed straight to ours (logs, -f)."""
+        for attempt in (1, 2):
+            argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args, need_queue=True)]
+            ui.debug("$ " + " ".join(argv), level=2)
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.buffer,
+                                        stderr=subprocess.PIPE)
+            except FileNotFoundError as exc:
+                raise MigrateError("the OpenSSH client (ssh) is not installed here",
+                                   hint="apt-get install openssh-client") from exc
+            try:
+                _, err = proc.communicate()
+            except KeyboardInterrupt:
+                proc.terminate()
+                proc.wait()
+                raise
+            text = err.decode("utf-8", "replace")
+            if proc.returncode == EXIT_NO_QUEUE:
+                raise no_queue_error(self.remote.name)
+            if proc.returncode == EXIT_NO_AGENT and attempt == 1:
+                self.install()
+                continue
+            for ln in text.splitlines():
+                if ln.startswith(AGENT_ERROR_MARK):
+                    info = json.loads(ln[len(AGENT_ERROR_MARK):])
+                    raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=info.get("hint") or None)
+            if proc.returncode == 255:
+                raise ConnectError(f"ssh to {self.remote.name} failed: {text.strip().splitlines()[-1:] or '?'}")
+            if text.strip():
+                sys.stderr.write(text)
+            return proc.returncode
+        return 1
+
+
+def no_queue_error(host: str) -> MigrateError:
+    return MigrateError(f"no jobs on {host} yet", hint=f"queue one with `migrate run {host} -- CMD`")
+
+
+def start_args(options: DispatcherOptions) -> list[str]:
+    """Agent arguments that choose how the dispatcher runs (pure)."""
+    args = ["--mode", options.mode]
+    if options.gpu_backend:
+        args += ["--backend", options.gpu_backend]
+    if options.cpu_slots:
+        args += ["--cpu-slots", str(options.cpu_slots)]
+    return args
+
+
+LINGER_SCRIPT = ('u=$(id -un); if [ -e "/var/lib/systemd/linger/$u" ]; then echo already; '
+                 'elif loginctl enable-linger "$u" >/dev/null 2>&1; then echo enabled; else echo need-sudo; fi')
+
+
+def enable_linger(remote: Remote) -> str:
+    """Let the user's services outlive logout (`loginctl enable-linger`); 'ok' or 'changed'."""
+    out = remote.run(shell.sh_c(LINGER_SCRIPT), what="check linger").stdout.strip()
+    if out == "already":
+        return "ok"
+    if out == "enabled":
+        return "changed"
+    user = remote.run("id -un", what="read user name").stdout.strip()
+    remote.run(shell.join(["loginctl", "enable-linger", user]), sudo=True, what="loginctl enable-linger")
+    return "changed"
+
+
+def report_dispatcher(result: dict, host: str) -> None:
+    """One status line about what happened to the dispatcher, plus its warnings."""
+    d = result.get("daemon") or {}
+    action = result.get("action")
+    mode = str(d.get("mode") or "?")
+    if action == "started":
+        ui.step(f"dispatcher started on {host} (pid {d.get('pid')}, {mode}, GPU backend {d.get('backend')})")
+    elif action == "restarted":
+        ui.step(f"dispatcher restarted on {host} ({result.get('reason')}); running jobs were adopted")
+    else:
+        ui.debug(f"dispatcher already running on {host} (pid {d.get('pid')}, {mode})")
+    if str(d.get("backend") or "").startswith("fake:"):
+        ui.warn(f"{host} uses the FAKE GPU backend ({d.get('backend')}): a test double, not real GPUs")
+    for w in result.get("warnings") or []:
+        ui.warn(w)
+
+
+def submit_with(client: AgentClient, jobs: list[JobSpec], options: DispatcherOptions) -> dict:
+    """Queue jobs on an open connection and make sure the dispatcher runs; the agent's answer.
+
+    A backend not chosen in `options` may come from $MIGRATE_GPU_BACKEND (as with --gpu-backend),
+    so `migrate apply` can rehearse on GPU-less sandbox hosts with the FAKE backend.
+    """
+    if options.gpu_backend is None and os.environ.get(BACKEND_ENV):
+        options = dataclasses.replace(options, gpu_backend=check_backend(os.environ[BACKEND_ENV]))
+    if options.enable_linger:
+        verdict = enable_linger(client.remote)
+        if verdict == "changed":
+            ui.step(f"changed: enabled lingering for your user on {client.remote.name} "
+                    "(loginctl enable-linger): your dispatcher survives logout")
+    payload = {"jobs": [j.payload(options) for j in jobs]}
+    return client.call(["submit", *start_args(options)], payload, what="submit jobs")
+
+
+def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: DispatcherOptions) -> list[SubmittedJob]:
+    """Queue `jobs` on HOST's dispatcher (installing/starting it as needed). Idempotent per key."""
+    if not jobs:
+        return []
+    with connect(host, conn) as remote:
+        client = AgentClient(remote)
+        data = submit_with(client, jobs, options)
+        if data.get("dispatcher"):
+            report_dispatcher(data["dispatcher"], remote.name)
+    return [SubmittedJob(id=j["id"], key=j.get("key"), name=j["name"], status=j["status"]) for j in data["jobs"]]
+
+
+def job_statuses(host: str, conn: ConnectOptions) -> list[dict[str, Any]]:
+    """Every job on HOST's dispatcher, as `migrate status --json` prints them ([] on a fresh host)."""
+    with connect(host, conn) as remote:
+        data = AgentClient(remote).call(["status", "--all"], what="read job status", need_queue=True)
+    return data.get("jobs", [])
+
+
+@contextmanager
+def agent_session(host: str, conn: ConnectOptions) -> Iterator[AgentClient]:
+    """`with agent_session(host, conn) as client:` an AgentClient on a fresh connection."""
+    with connect(host, conn) as remote:
+        yield AgentClient(remote)
+
+
+def call_agent(host: str, conn: ConnectOptions, args: list[str], *, what: str,
+               timeout: float | None = 120, need_queue: bool = True) -> tuple[dict, str]:
+    """One agent subcommand on a fresh connection: (its answer, the host's name for messages).
+
+    With `need_queue` (the default: cancel, retry), a host where nothing was ever queued is an
+    error, and nothing is installed there.
+    """
+    with agent_session(host, conn) as client:
+        data = client.call(args, what=what, timeout=timeout, need_queue=need_queue)
+        if data.get("no_queue"):
+            raise no_queue_error(client.remote.name)
+        return data, client.remote.name
+
+
+def print_answer(host_name: str, data: dict) -> None:
+    """An agent answer as the verb's --json output."""
+    ui.print_json({"host": host_name, **{k: v for k, v in data.items() if k != "ok"}})
+
+
+def check_backend(spec: str | None) -> str | None:
+    """Validate --gpu-backend: 'nvml' or 'fake:PATH' (the test double)."""
+    if spec is None or spec == "":
+        return None
+    if spec == "nvml" or (spec.startswith("fake:") and len(spec) > 5):
+        return spec
+    raise UsageError(f"unknown GPU backend {spec!r}", hint="use nvml, or fake:PATH for the FAKE test double")

@@ -1,0 +1,114 @@
+"""Rows for the dispatcher's tables (status, gpus, run): pure functions of the agent's JSON."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+
+from migrate import ui
+
+STATE_COLOURS = {"queued": "cyan", "starting": "yellow", "running": "green", "done": "green", "failed": "bold red",
+                 "cancelled": "yellow", "lost": "red"}
+
+
+def duration(seconds: float | None) -> str:
+    """12 -> '12s', 75 -> '1m15s', 3720 -> '1h02m', 90000 -> '1d01h'."""
+    if seconds is None:
+        return ""
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def gpu_cell(job: dict) -> str:
+    if int(job.get("gpus", 1)) == 0:
+        return "cpu"
+    if job.get("gpu_indices"):
+        return ",".join(job["gpu_indices"])
+    return f"{job.get('gpus', 1)}×"
+
+
+def exit_cell(job: dict) -> str:
+    code = job.get("exit_code")
+    return "" if code is None else str(code)
+
+
+def info_cell(job: dict, width: int = 70) -> str:
+    parts = []
+    if job.get("image"):
+        parts.append(f"[{job['image']}]")
+    if job.get("reason"):
+        parts.append(job["reason"])
+    elif job["state"] in ("running", "starting", "queued"):
+        parts.append(job["command"])
+    if job.get("attempt", 0) > 1:
+        parts.append(f"(attempt {job['attempt']})")
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def status_rows(jobs: list[dict]) -> list[tuple]:
+    return [(str(j["id"]), j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")), gpu_cell(j),
+             str(j.get("priority", 0) or ""), duration(j.get("runtime_s")), exit_cell(j), info_cell(j)) for j in jobs]
+
+
+STATUS_COLUMNS = ["id", "name", "state", "gpu", "prio", "runtime", "exit", "info"]
+
+
+def dispatcher_line(data: dict, host: str) -> str:
+    d = data.get("daemon") or {}
+    counts = data.get("counts") or {}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    backend = data.get("backend") or d.get("backend") or "nvml"
+    fake = " (FAKE test double)" if str(backend).startswith("fake:") else ""
+    if d.get("running"):
+        since = duration(time.time() - float(d.get("started_at") or time.time()))
+        who = f"dispatcher pid {d.get('pid')} ({d.get('mode')}, up {since}, agent {d.get('version')})"
+    else:
+        who = "dispatcher NOT running"
+    return f"{host}: {who}; GPU backend {backend}{fake}; jobs: {summary or 'none'}"
+
+
+def gpu_rows(devices: list[dict]) -> list[tuple]:
+    rows = []
+    for d in devices:
+        mem = ""
+        if d.get("memory_total_mib") is not None:
+            mem = f"{ui.human_bytes((d.get('memory_used_mib') or 0) * 1048576)} / " \
+                  f"{ui.human_bytes(d['memory_total_mib'] * 1048576)}"
+        util = "" if d.get("utilization") is None else f"{d['utilization']}%"
+        procs = "; ".join(
+            f"{p['pid']} {p.get('user') or '?'}" + (f" job {p['job']}" if p.get("job") else "")
+            + (f" {ui.human_bytes(p['used_mib'] * 1048576)}" if p.get("used_mib") is not None else "")
+            for p in d.get("processes") or [])
+        verdict = d.get("verdict", "")
+        style = ui.VERDICT_STYLES.get(VERDICT_LOOK.get(verdict, ""), "")
+        rows.append((d["index"], _short_uuid(d["uuid"]), d.get("name", ""), mem, util, procs,
+                     Text(verdict, style=style), d.get("reason") or ""))
+    return rows
+
+
+VERDICT_LOOK = {"free": "ok", "reserved": "info", "busy": "warn", "error": "failed", "mig-parent": "info"}
+GPU_COLUMNS = ["gpu", "uuid", "name", "memory", "util", "processes (pid user job mem)", "verdict", "why"]
+
+
+def _short_uuid(uuid: str) -> str:
+    return uuid if len(uuid) <= 20 else uuid[:12] + "…" + uuid[-6:]
+
+
+def submitted_rows(jobs: list[dict], specs: list[Any]) -> list[tuple]:
+    rows = []
+    for j, s in zip(jobs, specs):
+        gpus = "cpu" if s.gpus == 0 else str(s.gpus)
+        rows.append((str(j["id"]), j["name"], j["status"], gpus, s.image or "", s.command))
+    return rows
+
+
+SUBMITTED_COLUMNS = ["id", "name", "result", "gpus", "image", "command"]

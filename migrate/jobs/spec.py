@@ -1,0 +1,288 @@
+"""Job specs as data: what `migrate run`, `--jobs jobs.yaml`, `--sweep` and playbooks submit.
+
+Everything here is pure: parsing sizes and sweeps, expanding a grid, reading a jobs file. The
+result is a list of `JobSpec`, sent to the agent as JSON (`JobSpec.payload()`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from migrate.errors import UsageError
+
+MAX_JOBS = 10_000
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNIT_MIB = {"": 1, "B": 1 / (1024 * 1024), "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+@dataclass
+class JobSpec:
+    """One job to queue on a host's dispatcher (the API `migrate apply` uses)."""
+
+    command: str
+    name: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: int = 1
+    min_free_mem_mib: int | None = None
+    priority: int = 0
+    retries: int = 0
+    image: str | None = None
+    mounts: list[str] = field(default_factory=list)
+    shm_size: str | None = None
+    ports: list[str] = field(default_factory=list)
+    key: str | None = None  # idempotency key: submitting an existing key returns that job ("existing")
+    allow_shared: bool | None = None  # None: take DispatcherOptions.allow_shared
+    gpu_pool: list[str] | None = None  # None: take DispatcherOptions.gpu_pool
+
+    def payload(self, options: DispatcherOptions | None = None) -> dict[str, Any]:
+        """The JSON object the agent's `submit` expects."""
+        options = options or DispatcherOptions()
+        allow_shared = options.allow_shared if self.allow_shared is None else self.allow_shared
+        pool = options.gpu_pool if self.gpu_pool is None else self.gpu_pool
+        out: dict[str, Any] = {"command": self.command, "gpus": self.gpus, "priority": self.priority,
+                               "retries": self.retries, "env": dict(self.env), "allow_shared": bool(allow_shared)}
+        for key in ("name", "cwd", "min_free_mem_mib", "image", "shm_size", "key"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.mounts:
+            out["mounts"] = list(self.mounts)
+        if self.ports:
+            out["ports"] = list(self.ports)
+        if pool:
+            out["gpu_pool"] = list(pool)
+        return out
+
+
+@dataclass
+class SubmittedJob:
+    """What the dispatcher answered for one submitted job."""
+
+    id: int
+    key: str | None
+    name: str
+    status: str  # "queued" | "existing"
+
+
+@dataclass
+class DispatcherOptions:
+    """Settings for a submission that are not per job."""
+
+    gpu_backend: str | None = None  # "nvml" or "fake:PATH" (test double); None: what the host uses now
+    gpu_pool: list[str] | None = None  # default pool for jobs that set none
+    allow_shared: bool = False  # default for jobs that do not say
+    enable_linger: bool = False  # sudo loginctl enable-linger USER, so the dispatcher survives logout
+    cpu_slots: int | None = None  # how many CPU-only jobs may run at once (host setting)
+    mode: str = "auto"  # how the dispatcher starts: auto | systemd | setsid
+
+
+def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:
+    """'16g', '16GiB', '500M', '2048' (MiB) -> MiB."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        if text < 0:
+            raise UsageError(f"{what} cannot be negative")
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"{what}: cannot read size {text!r}", hint="use e.g. 16g, 16GiB, 500M or a number of MiB")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(float(m.group(1)) * _UNIT_MIB[unit])
+
+
+def parse_sweeps(items: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
+    """`lr=1e-3,1e-4` (repeatable) -> {'lr': ['1e-3', '1e-4']}."""
+    sweep: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.match(name):
+            raise UsageError(f"bad --sweep {item!r}", hint="use --sweep NAME=v1,v2 (NAME: letters, digits, _)")
+        if name in sweep:
+            raise UsageError(f"--sweep {name} given twice", hint="list all its values in one --sweep")
+        vals = [v.strip() for v in values.split(",")]
+        if not vals or any(v == "" for v in vals):
+            raise UsageError(f"--sweep {name} has an empty value", hint="use --sweep NAME=v1,v2")
+        sweep[name] = vals
+    return sweep
+
+
+def fill_placeholders(command: str, params: dict[str, str]) -> str:
+    """Replace `{name}` by params[name]; unknown placeholders (and shell braces) stay as they are."""
+    return PLACEHOLDER.sub(lambda m: str(params.get(m.group(1), m.group(0))), command)
+
+
+def _params_text(params: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
+           experiments: list[str] | None = None) -> list[JobSpec]:
+    """The grid: one job per sweep combination (and per experiment), placeholders filled.
+
+    `{name}` is replaced by the sweep value; `{experiment}` by the experiment name (also given to the
+    job as $MIGRATE_EXPERIMENT). Job names are
+    `<name>[lr=1e-3,seed=0]` (name: --name, else the experiment, else 'job'). A key, when given,
+    gets the same suffix so each job of the grid stays unique.
+    """
+    sweep = sweep or {}
+    for name in sweep:
+        if "{" + name + "}" not in base.command:
+            raise UsageError(f"--sweep {name}: the command does not use {{{name}}}",
+                             hint=f"put {{{name}}} where the value goes, e.g. --{name} {{{name}}}")
+    names = list(sweep)
+    combos = list(itertools.product(*(sweep[n] for n in names))) if names else [()]
+    exps: list[str | None] = list(experiments) if experiments else [None]
+    if len(combos) * len(exps) > MAX_JOBS:
+        raise UsageError(f"that is {len(combos) * len(exps)} jobs; the limit is {MAX_JOBS}",
+                         hint="split the sweep into several runs")
+    jobs = []
+    for exp in exps:
+        for combo in combos:
+            params = dict(zip(names, combo))
+            values = dict(params)
+            if exp is not None:
+                values["experiment"] = exp
+            prefix = base.name or exp or ("job" if params else None)
+            name = f"{prefix}[{_params_text(params)}]" if params else prefix
+            if exp is not None and base.name:
+                name = f"{base.name}-{exp}" + (f"[{_params_text(params)}]" if params else "")
+            key = base.key
+            if key and (params or exp is not None):
+                key = f"{key}:{exp or ''}:{_params_text(params)}"
+            env = dict(base.env)
+            if exp is not None:
+                env["MIGRATE_EXPERIMENT"] = exp
+            jobs.append(JobSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
+                                   "command": fill_placeholders(base.command, values),
+                                   "name": name, "key": key, "env": env,
+                                   "mounts": list(base.mounts), "ports": list(base.ports)}))
+    return jobs
+
+
+# -- jobs.yaml ----------------------------------------------------------------------------------
+JOB_FILE_KEYS = {
+    "command": str, "name": str, "cwd": str, "env": dict, "gpus": int, "min_free_mem": (int, str),
+    "priority": int, "retries": int, "image": str, "mounts": list, "shm_size": str, "ports": list,
+    "key": str, "sweep": dict, "allow_shared": bool, "gpu_pool": list,
+}
+TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", bool: "true/false"}
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """(path...) -> 1-based line of that key or item, for error messages."""
+    import yaml
+
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def load_jobs_file(path: str | Path) -> list[JobSpec]:
+    """Read a jobs file (YAML): a list of jobs, or {defaults: {...}, jobs: [...]}; sweeps expanded."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read jobs file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    lines = _line_index(text)
+
+    def err(path: tuple, message: str, hint: str | None = None) -> UsageError:
+        line = lines.get(path)
+        return UsageError(f"{p}{':' + str(line) if line else ''}: {message}", hint=hint)
+
+    defaults: dict[str, Any] = {}
+    base_path: tuple = ()
+    if isinstance(data, dict):
+        unknown = set(data) - {"defaults", "jobs"}
+        if unknown:
+            raise err((sorted(unknown)[0],), f"unknown top-level key {sorted(unknown)[0]!r}",
+                      hint="a jobs file has `jobs:` (a list) and optional `defaults:`")
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise err(("defaults",), "defaults must be a mapping")
+        _check_fields(defaults, ("defaults",), err, need_command=False)
+        data = data.get("jobs")
+        base_path = ("jobs",)
+    if not isinstance(data, list) or not data:
+        raise err(base_path, "expected a non-empty list of jobs", hint="see docs/run.md for the jobs file format")
+    specs: list[JobSpec] = []
+    for i, item in enumerate(data):
+        path = (*base_path, i)
+        if isinstance(item, str):
+            item = {"command": item}
+        if not isinstance(item, dict):
+            raise err(path, f"job {i + 1} must be a mapping or a command string")
+        merged = {**defaults, **item}
+        if "env" in defaults and "env" in item:
+            merged["env"] = {**defaults["env"], **item["env"]}
+        _check_fields(merged, path, err, need_command=True)
+        sweep = {str(k): [str(v) for v in (vals if isinstance(vals, list) else [vals])]
+                 for k, vals in (merged.pop("sweep", None) or {}).items()}
+        try:
+            base = JobSpec(
+                command=merged["command"], name=merged.get("name"), cwd=merged.get("cwd"),
+                env={str(k): str(v) for k, v in (merged.get("env") or {}).items()}, gpus=merged.get("gpus", 1),
+                min_free_mem_mib=parse_size_mib(merged.get("min_free_mem"), "min_free_mem"),
+                priority=merged.get("priority", 0), retries=merged.get("retries", 0), image=merged.get("image"),
+                mounts=[str(m) for m in merged.get("mounts") or []], shm_size=merged.get("shm_size"),
+                ports=[str(x) for x in merged.get("ports") or []], key=merged.get("key"),
+                allow_shared=merged.get("allow_shared"),
+                gpu_pool=[str(x) for x in merged["gpu_pool"]] if merged.get("gpu_pool") else None)
+            specs.extend(expand(base, sweep))
+        except UsageError as exc:
+            raise err(path, exc.message, exc.hint) from exc
+    if len(specs) > MAX_JOBS:
+        raise UsageError(f"{p}: {len(specs)} jobs; the limit is {MAX_JOBS}")
+    return specs
+
+
+def _check_fields(job: dict, path: tuple, err: Any, *, need_command: bool) -> None:
+    for key, value in job.items():
+        if key not in JOB_FILE_KEYS:
+            close = difflib.get_close_matches(str(key), JOB_FILE_KEYS, n=1)
+            raise err((*path, str(key)), f"unknown key {key!r}",
+                      hint=f"did you mean {close[0]!r}?" if close else "see docs/run.md for the keys")
+        want = JOB_FILE_KEYS[key]
+        types = want if isinstance(want, tuple) else (want,)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join(TYPE_NAMES[t] for t in types)
+            raise err((*path, str(key)), f"{key} must be {names}, not {type(value).__name__}")
+    if need_command and not str(job.get("command") or "").strip():
+        raise err(path, "a job needs a command")

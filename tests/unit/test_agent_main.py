@@ -1,0 +1,44 @@
+"""The agent's input checks (bad input: refused with a clear message, nothing queued) and log tails."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrate.agent.main import AgentError, _tail_offset, validate_spec
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"command": ""}, "empty command"),
+    ({"command": "x", "gpus": -1}, "gpus must be an integer from 0 to 64"),
+    ({"command": "x", "gpus": True}, "gpus must be an integer"),
+    ({"command": "x", "allow_shared": True}, "--allow-shared needs --min-free-mem"),
+    ({"command": "x", "env": {"CUDA_VISIBLE_DEVICES": "0"}}, "set by the dispatcher"),
+    ({"command": "x", "env": {"1BAD": "v"}}, "invalid environment variable name"),
+    ({"command": "x", "cwd": "/nonexistent/dir"}, "does not exist on this host"),
+    ({"command": "x", "mounts": ["/data:/data"]}, "mounts need a container image"),
+    ({"command": "x", "image": "i", "mounts": ["/nonexistent/src:/d"]}, "does not exist on this host"),
+    ({"command": "x", "image": "i", "mounts": ["rel:/d"]}, "must be an absolute path"),
+    ({"command": "x", "image": "i", "shm_size": "lots"}, "bad shm size"),
+    ({"command": "x", "image": "i", "ports": ["http"]}, "bad port mapping"),
+    ({"command": "x", "image": "i", "cwd": "work"}, "must be absolute"),
+    ({"command": "x", "image": "-it"}, "bad image"),
+    ({"command": "x", "gpu": 1}, "unknown field(s) gpu"),
+])
+def test_bad_specs_are_refused(spec, needle):
+    with pytest.raises(AgentError) as exc:
+        validate_spec(spec, 0)
+    assert needle in exc.value.message
+
+
+def test_good_spec_is_normalised(tmp_path):
+    out = validate_spec({"command": "x", "cwd": str(tmp_path), "env": {"A": "1"}, "image": None}, 0)
+    assert out["cwd"] == str(tmp_path) and out["gpus"] == 1 and out["retries"] == 0 and out["mounts"] == []
+
+
+def test_tail_offset(tmp_path):
+    f = tmp_path / "log"
+    f.write_bytes(b"".join(b"line %d\n" % i for i in range(100000)))
+    with open(f, "rb") as fh:
+        fh.seek(_tail_offset(str(f), 3))
+        assert fh.read() == b"line 99997\nline 99998\nline 99999\n"
+    assert _tail_offset(str(f), 10 ** 6) == 0

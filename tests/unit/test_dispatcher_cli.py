@@ -1,0 +1,71 @@
+"""The dispatcher verbs as a user types them: usage errors (exit 2, one line) and --dry-run (no connection)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def usage_error(res, needle: str) -> None:
+    assert res.code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert needle in lines[0] and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "h"], "no command to run"),
+    (["run", "h", "--sweep", "lr", "--", "x"], "bad --sweep"),
+    (["run", "h", "--sweep", "lr=1,2", "--", "python t.py"], "does not use {lr}"),
+    (["run", "h", "--from-template", ".", "--", "x"], "go together"),
+    (["run", "h", "--experiments", "a", "--", "x"], "go together"),
+    (["run", "h", "--gpu-backend", "cuda", "--", "x"], "unknown GPU backend"),
+    (["run", "h", "--min-free-mem", "lots", "--", "x"], "cannot read size"),
+    (["run", "h", "--env", "NOEQUALS", "--", "x"], "bad --env"),
+    (["run", "h", "--jobs", "/nonexistent/jobs.yaml"], "cannot read jobs file"),
+    (["run", "h", "--jobs", "/nonexistent/jobs.yaml", "--", "x"], "not both"),
+    (["cancel", "h"], "which jobs?"),
+    (["cancel", "h", "3", "--all"], "not both"),
+    (["status", "h", "--state", "bogus"], "unknown state"),
+    (["tunnel", "h", "99999"], "out of range"),
+    (["tunnel", "h", "60x6"], "bad port"),
+    (["tunnel", "h", "6006", "16006:6006", "6006:7000"], "given twice"),
+    (["run", "alice@", "--", "x"], "malformed"),
+])
+def test_usage_errors(args, needle):
+    usage_error(run_cli(*args), needle)
+
+
+def test_dry_run_expands_the_grid_without_connecting():
+    res = run_cli("run", "nosuch.invalid", "--dry-run", "--sweep", "lr=1e-3,1e-4", "--sweep", "seed=0,1",
+                  "--", "python train.py --lr {lr} --seed {seed}")
+    assert res.code == 0, res.output
+    assert "4 job(s) would be queued" in res.stdout and "python train.py --lr 1e-4 --seed 1" in res.stdout
+
+
+def test_dry_run_json_and_argv_quoting():
+    res = run_cli("run", "nosuch.invalid", "--dry-run", "--json", "--gpus-per-job", "0", "--key", "k",
+                  "--", "python", "-c", "print('a b')")
+    data = json.loads(res.stdout)
+    (job,) = data["jobs"]
+    assert job["command"] == "python -c 'print('\"'\"'a b'\"'\"')'" and job["gpus"] == 0 and job["key"] == "k"
+
+
+def test_dry_run_template_lists_the_copies(tmp_path):
+    (tmp_path / "train.py").write_text("x")
+    res = run_cli("run", "nosuch.invalid", "--dry-run", "--from-template", str(tmp_path), "--experiments", "a,b",
+                  "--", "python train.py --name {experiment}")
+    assert res.code == 0, res.output
+    assert f"~/.migrate/runs/{tmp_path.name}/a" in res.stderr and "python train.py --name b" in res.stdout
+
+
+def test_tunnel_dry_run_uses_migrate_ssh_settings():
+    res = run_cli("tunnel", "somehost", "6006", "16006:8888", "--dry-run")
+    assert res.code == 0, res.output
+    out = res.stdout
+    assert out.startswith("ssh ") and "-N" in out and "ExitOnForwardFailure=yes" in out
+    assert "-L 127.0.0.1:6006:localhost:6006" in out and "-L 127.0.0.1:16006:localhost:8888" in out
+    assert "StrictHostKeyChecking=yes" in out

@@ -1,0 +1,77 @@
+"""The agent zipapp: deterministic, versioned by content, self-contained."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+from migrate.jobs.bundle import build_agent
+from migrate.jobs.client import agent_command, start_args
+from migrate.jobs.spec import DispatcherOptions
+
+
+def test_bundle_contents_and_version():
+    b = build_agent()
+    names = zipfile.ZipFile(io.BytesIO(b.data)).namelist()
+    assert "__main__.py" in names and "pynvml.py" in names and "migrate_agent/_build.py" in names
+    assert "migrate_agent/daemon.py" in names and "migrate_agent/__main__.py" not in names
+    assert b.filename == f"migrate-agent-{b.version}.pyz" and b.remote_relpath.startswith(".migrate/agent/")
+    build_agent.cache_clear()
+    assert build_agent().data == b.data  # deterministic: same sources, same bytes, same version
+
+
+def test_zipapp_reports_its_version(tmp_path):
+    b = build_agent()
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(b.data)
+    env = dict(os.environ, MIGRATE_AGENT_HOME=str(tmp_path / "h"))
+    out = subprocess.run([sys.executable, str(pyz), "version"], capture_output=True, text=True, env=env, timeout=30)
+    assert json.loads(out.stdout)["version"] == b.version
+
+
+def test_agent_command_checks_python_and_file_and_quotes_args():
+    cmd = agent_command(build_agent(), ["logs", "my job; rm -rf ~"])
+    assert cmd.startswith("command -v python3")
+    assert "'my job; rm -rf ~'" in cmd and "exit 98" in cmd and "python3 -I -S" in cmd
+    assert "cat" not in cmd  # nothing to drain: a `cat` would wait forever for an EOF that never comes
+    with_input = agent_command(build_agent(), ["submit"], need_queue=True, has_stdin=True)
+    assert with_input.startswith("[ -e \"$HOME\"/.migrate/dispatcher/queue.db ] || { cat >/dev/null; exit 96; }")
+
+
+def test_agent_command_runs_as_sh(tmp_path):
+    """The command line is valid sh and takes the early exits it should."""
+    import subprocess as sp
+
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    for kwargs, code in (({"need_queue": True}, 96), ({}, 98)):
+        res = sp.run(["sh", "-c", agent_command(build_agent(), ["status"], **kwargs)], env=env, timeout=10)
+        assert res.returncode == code
+
+
+def test_start_args():
+    assert start_args(DispatcherOptions()) == ["--mode", "auto"]
+    assert start_args(DispatcherOptions(gpu_backend="fake:/x", cpu_slots=3)) == [
+        "--mode", "auto", "--backend", "fake:/x", "--cpu-slots", "3"]
+
+
+def test_submit_takes_the_backend_from_the_environment(monkeypatch):
+    from migrate.jobs import client as client_mod
+
+    sent = {}
+
+    class FakeAgentClient:  # records the call instead of talking SSH (unit test of the argument plumbing)
+        remote = None
+
+        def call(self, args, payload, *, what):
+            sent["args"] = args
+            return {"ok": True, "jobs": []}
+
+    monkeypatch.setenv("MIGRATE_GPU_BACKEND", "fake:/tmp/x.json")
+    client_mod.submit_with(FakeAgentClient(), [], DispatcherOptions())
+    assert sent["args"][-2:] == ["--backend", "fake:/tmp/x.json"]
+    client_mod.submit_with(FakeAgentClient(), [], DispatcherOptions(gpu_backend="nvml"))
+    assert sent["args"][-2:] == ["--backend", "nvml"]  # an explicit choice wins

@@ -1,0 +1,130 @@
+"""Job specs: sizes, --sweep grids, placeholders, names and keys, jobs.yaml with line numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrate.errors import UsageError
+from migrate.jobs.spec import (
+    DispatcherOptions,
+    JobSpec,
+    expand,
+    fill_placeholders,
+    load_jobs_file,
+    parse_size_mib,
+    parse_sweeps,
+)
+
+
+@pytest.mark.parametrize("text,mib", [("16g", 16384), ("16GiB", 16384), ("500M", 500), ("2048", 2048),
+                                      ("1.5G", 1536), ("1T", 1048576), (300, 300)])
+def test_sizes(text, mib):
+    assert parse_size_mib(text) == mib
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1g", "1x"])
+def test_bad_sizes(bad):
+    with pytest.raises(UsageError):
+        parse_size_mib(bad)
+
+
+def test_sweep_grid_expansion_names_and_values():
+    base = JobSpec(command="python train.py --lr {lr} --seed {seed} --out ${HOME}/{lr}", name="tr")
+    jobs = expand(base, parse_sweeps(["lr=1e-3,1e-4", "seed=0,1"]))
+    assert [j.name for j in jobs] == ["tr[lr=1e-3,seed=0]", "tr[lr=1e-3,seed=1]", "tr[lr=1e-4,seed=0]",
+                                      "tr[lr=1e-4,seed=1]"]
+    assert jobs[3].command == "python train.py --lr 1e-4 --seed 1 --out ${HOME}/1e-4"
+    jobs[0].env["X"] = "1"
+    assert "X" not in jobs[1].env  # copies, not shared
+
+
+def test_sweep_errors():
+    for items in (["lr"], ["1x=2"], ["lr=1,", "x=2"], ["lr=1", "lr=2"]):
+        with pytest.raises(UsageError):
+            parse_sweeps(items)
+    with pytest.raises(UsageError, match="does not use {seed}"):
+        expand(JobSpec(command="python t.py --lr {lr}"), {"lr": ["1"], "seed": ["0"]})
+
+
+def test_unknown_placeholders_and_shell_braces_stay():
+    assert fill_placeholders("echo {a} {b} ${c} {1,2}", {"a": "x"}) == "echo x {b} ${c} {1,2}"
+
+
+def test_keys_stay_unique_across_the_grid_and_experiments():
+    jobs = expand(JobSpec(command="run {experiment} {k}", key="pb"), {"k": ["1", "2"]}, experiments=["a", "b"])
+    assert len({j.key for j in jobs}) == 4
+    assert [j.name for j in jobs][:2] == ["a[k=1]", "a[k=2]"]
+    assert jobs[2].command == "run b 1" and jobs[2].env["MIGRATE_EXPERIMENT"] == "b"
+
+
+def test_payload_takes_options_defaults_unless_the_job_says():
+    opts = DispatcherOptions(gpu_pool=["2", "3"], allow_shared=True)
+    assert JobSpec(command="x").payload(opts)["gpu_pool"] == ["2", "3"]
+    assert JobSpec(command="x").payload(opts)["allow_shared"] is True
+    p = JobSpec(command="x", gpu_pool=["0"], allow_shared=False, min_free_mem_mib=10).payload(opts)
+    assert p["gpu_pool"] == ["0"] and p["allow_shared"] is False and p["min_free_mem_mib"] == 10
+    assert "image" not in p and "mounts" not in p
+
+
+def test_jobs_file_with_defaults_and_sweeps(tmp_path):
+    f = tmp_path / "jobs.yaml"
+    f.write_text("""
+defaults:
+  gpus: 2
+  env: {A: "1"}
+jobs:
+  - command: python train.py --lr {lr}
+    name: sweep
+    sweep: {lr: [0.1, 0.01]}
+    env: {B: "2"}
+  - command: python eval.py
+    gpus: 0
+    min_free_mem: 10g
+  - echo plain string job
+""")
+    jobs = load_jobs_file(f)
+    assert [j.name for j in jobs] == ["sweep[lr=0.1]", "sweep[lr=0.01]", None, None]
+    assert jobs[0].gpus == 2 and jobs[0].env == {"A": "1", "B": "2"}
+    assert jobs[2].gpus == 0 and jobs[2].min_free_mem_mib == 10240
+    assert jobs[3].command == "echo plain string job"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("jobs:\n  - command: x\n    gpu: 2\n", ":3: unknown key 'gpu'"),
+    ("jobs:\n  - command: x\n    gpus: two\n", ":3: gpus must be an integer"),
+    ("jobs:\n  - name: no-command\n", ":2: a job needs a command"),
+    ("jobs: []\n", "expected a non-empty list"),
+    ("jobz: []\n", "unknown top-level key 'jobz'"),
+    ("jobs:\n  - command: [unclosed\n", "not valid YAML"),
+    ("- command: x {y}\n  sweep: {z: [1]}\n", "does not use {z}"),
+])
+def test_jobs_file_errors_point_at_the_line(tmp_path, text, needle):
+    f = tmp_path / "jobs.yaml"
+    f.write_text(text)
+    with pytest.raises(UsageError) as exc:
+        load_jobs_file(f)
+    assert needle in exc.value.one_line()
+
+
+def test_jobs_file_suggests_the_right_key(tmp_path):
+    f = tmp_path / "j.yaml"
+    f.write_text("- command: x\n  retires: 2\n")
+    with pytest.raises(UsageError) as exc:
+        load_jobs_file(f)
+    assert "did you mean 'retries'" in exc.value.one_line()
+
+
+def test_api_contract_for_migrate_apply():
+    """The names and fields `migrate apply` relies on (issue 6's API contract)."""
+    import dataclasses
+    import inspect
+
+    from migrate.commands import run
+
+    fields = {f.name for f in dataclasses.fields(run.JobSpec)}
+    assert {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "priority", "retries", "image", "mounts",
+            "shm_size", "ports", "key"} <= fields
+    assert [f.name for f in dataclasses.fields(run.SubmittedJob)] == ["id", "key", "name", "status"]
+    assert list(inspect.signature(run.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
+    assert list(inspect.signature(run.job_statuses).parameters) == ["host", "conn"]
+    assert run.JobSpec(command="x").gpus == 1 and run.DispatcherOptions().gpu_backend is None
