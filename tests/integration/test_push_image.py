@@ -346,3 +346,36 @@ def test_sif_without_apptainer_is_a_clear_error(docker_hosts, images):
     h = docker_hosts[0]
     res = push(BASE, h["alias"], "--format", "sif", env=h["env"])
     assert_one_line_error(res, "neither apptainer nor singularity")
+
+
+FAKE_APPTAINER = r"""#!/bin/sh
+# FAKE apptainer (test double, not a real SIF builder): checks that the docker-archive it is given
+# has a manifest and the image's files, and writes a text file listing the archive instead of a SIF.
+[ "$1" = build ] || exit 2
+shift
+[ "$1" = --force ] && shift
+out=$1
+src=${2#docker-archive://}
+tar -xOf "$src" manifest.json >/dev/null || exit 3
+{ echo FAKE-SIF; tar -tf "$src"; } > "$out"
+"""
+
+
+def test_sif_format_streams_a_docker_archive_to_apptainer(docker_hosts, images):
+    """Our side of --format sif (stream, temp file, marker, cleanup, skip) with a FAKE apptainer."""
+    h = docker_hosts[1]
+    sh("docker", "exec", "-i", h["container"], "sh", "-c",
+       "cat > /usr/local/bin/apptainer && chmod 755 /usr/local/bin/apptainer", input=FAKE_APPTAINER.encode())
+    try:
+        in_host(h, "rm -rf /home/alice/.migrate/images")
+        [r] = push_json(BASE, h["alias"], "--format", "sif", env=h["env"])
+        assert r["status"] == "sent", r
+        sif = "/home/alice/.migrate/images/migrate-pimage-test_base_1.sif"
+        listing = in_host(h, f"cat {sif}")
+        assert listing.startswith("FAKE-SIF") and "manifest.json" in listing and "layer.tar" in listing
+        assert in_host(h, f"cat {sif}.image-id").strip() == local_id(BASE)
+        assert in_host(h, "ls -A /home/alice/.migrate/tmp 2>/dev/null").strip() == ""
+        [r] = push_json(BASE, h["alias"], "--format", "sif", env=h["env"])
+        assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
+    finally:
+        in_host(h, "rm -f /usr/local/bin/apptainer; rm -rf /home/alice/.migrate/images")
