@@ -58,7 +58,8 @@ def print_results(results: list[ImagePushResult]) -> None:
                    "gets zstd decompressed by the host's zstd, or gzip per layer.")
 @click.option("--force-arch", is_flag=True, help="Push even when the image's CPU architecture differs from the host's.")
 @click.option("--bwlimit", metavar="RATE", default=None,
-              help="Cap the wire rate, e.g. 20M (bytes/s), 500K, 100mbit: be polite on shared links.")
+              help="Cap the wire rate of each host's stream, e.g. 20M (bytes/s), 500K, 100mbit: "
+                   "be polite on shared links.")
 @click.option("--checkpoint", "checkpoint", default="64M", show_default=True, metavar="SIZE",
               help="Commit a resume point on the host at least every SIZE of layers (a rerun after a broken "
                    "connection sends only what is not committed).")
