@@ -42,6 +42,9 @@ VERDICT_STYLES = {
     "missing": "red",
     "failed": "bold red",
     "info": "blue",
+    "sent": "yellow",
+    "up to date": "green",
+    "would send": "cyan",
 }
 
 

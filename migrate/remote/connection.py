@@ -325,6 +325,11 @@ class Remote:
             self._sudo_password = password
         return self._sudo_password
 
+    def sudo_password(self) -> str:
+        """The sudo password (asked once, or $MIGRATE_SUDO_PASSWORD), for `sudo -S` fed through an OpenSSH
+        stream's stdin. Callers must never log it or put it on a command line."""
+        return self._password()
+
     def check_sudo(self) -> str:
         """Prove that root commands work (asking for the password once if needed); return the mode."""
         mode = self.sudo_mode()

@@ -1,0 +1,12 @@
+"""Moving Docker images to hosts: archive reading and trimming, remote inventory, compression, streaming.
+
+Layout:
+  refs.py      image references vs host names on the command line; close matches
+  archive.py   the `docker save` format: chain IDs, spooling a save, emitting trimmed/checkpoint archives
+  layerstore.py  reading layers straight from a local overlay2 store (fast path, digest-checked)
+  remote.py    what the remote Docker has (one shell script, parsed) and the docker command lines
+  plan.py      what to send where: missing layers, checkpoints, disk and arch checks (pure)
+  compress.py  codec choice by measurement and the stream compressors
+  stream.py    the OpenSSH byte stream (ControlMaster, cipher, rate limit, progress)
+  push.py      orchestration behind `migrate push-image`
+"""

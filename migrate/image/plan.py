@@ -1,0 +1,130 @@
+"""What to do for one image on one host, and the checks that refuse before a byte moves. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from migrate import ui
+from migrate.errors import MigrateError
+from migrate.image.archive import PARTIAL_REPO, chain_ids, short_id
+from migrate.image.local import LocalImage
+from migrate.image.remote import RemoteDocker
+from migrate.remote.probe import normalize_arch
+
+UP_TO_DATE = "up to date"
+TAG = "tag"
+SEND = "send"
+
+
+@dataclass
+class ImagePlan:
+    """One image on one host: nothing, only tags, or layers from `first_missing` on."""
+
+    image_id: str
+    display: str
+    action: str
+    total_layers: int
+    first_missing: int = 0
+    tags_to_add: list[str] = field(default_factory=list)
+    tag_moves: list[tuple[str, str]] = field(default_factory=list)  # (tag, old image id)
+    note: str = ""
+    partials: list[str] = field(default_factory=list)  # leftover checkpoint tags of this image
+
+    @property
+    def missing_layers(self) -> int:
+        return self.total_layers - self.first_missing if self.action == SEND else 0
+
+
+def plan_image(image: LocalImage, facts: RemoteDocker) -> ImagePlan:
+    """Compare the local image with the remote inventory."""
+    tag_moves = [(t, owner) for t in image.tags
+                 if (owner := facts.tag_owner(t)) is not None and owner != image.image_id]
+    partials = sorted(t for img in facts.images for t in img.tags
+                      if t.startswith(f"{PARTIAL_REPO}:{short_id(image.image_id)}-"))
+    present = facts.image(image.image_id)
+    if present is not None:
+        missing_tags = [t for t in image.tags if t not in present.tags]
+        return ImagePlan(image.image_id, image.display, TAG if missing_tags else UP_TO_DATE, len(image.diff_ids),
+                         len(image.diff_ids), tags_to_add=missing_tags, tag_moves=tag_moves, partials=partials)
+    if facts.containerd_store:
+        return ImagePlan(image.image_id, image.display, SEND, len(image.diff_ids), 0, tag_moves=tag_moves,
+                         note="containerd image store: sending every layer (trimmed archives are unverified there)",
+                         partials=partials)
+    have = facts.chain_set()
+    first_missing = 0
+    for i, chain in enumerate(chain_ids(image.diff_ids)):
+        if chain not in have:
+            break
+        first_missing = i + 1
+    return ImagePlan(image.image_id, image.display, SEND, len(image.diff_ids), first_missing, tag_moves=tag_moves,
+                     partials=partials)
+
+
+def check_arch(image: LocalImage, facts: RemoteDocker, host: str, *, force: bool) -> None:
+    """Refuse an image built for another CPU (docker load accepts it silently; it fails at run time)."""
+    if image.os and facts.os_type and image.os != facts.os_type:
+        raise MigrateError(f"{image.display} is a {image.os} image but the Docker on {host} runs "
+                           f"{facts.os_type} containers")
+    want = normalize_arch(image.arch or "")
+    have = facts.docker_arch
+    if want and have and want != have and not force:
+        raise MigrateError(f"{image.display} is built for {want} but {host} is {have}",
+                           hint=f"rebuild it for {have} (docker buildx build --platform linux/{have}), "
+                                "or pass --force-arch if the host emulates it")
+
+
+def check_access(facts: RemoteDocker, host: str) -> None:
+    """A one-line error when we cannot use Docker on the host."""
+    if facts.access == "none":
+        raise MigrateError(f"Docker is not installed on {host}",
+                           hint="install it with `migrate host-setup HOST`, or push with --format sif to a host "
+                                "with apptainer")
+    if facts.access == "down":
+        raise MigrateError(f"the Docker daemon on {host} does not answer: {facts.error}",
+                           hint="start it (sudo systemctl start docker) or run `migrate doctor HOST`")
+    if facts.access == "denied":
+        raise MigrateError(f"no access to Docker on {host}: {facts.error}",
+                           hint="ask the owner to add you to the docker group (or for sudo)")
+    if facts.inventory_error:
+        raise MigrateError(f"cannot list the images on {host}: {facts.inventory_error}")
+
+
+@dataclass
+class DiskNeed:
+    """Bytes a load needs on the remote: the layers themselves, and the daemon's temporary copy."""
+
+    layers: int
+    tmp: int
+
+
+def disk_need(step_archive_sizes: Sequence[int], layer_bytes: int) -> DiskNeed:
+    """Classic-store `docker load` untars each archive into <data-root>/tmp, then registers its layers."""
+    return DiskNeed(layers=layer_bytes, tmp=max(step_archive_sizes, default=0))
+
+
+def check_disk(need: DiskNeed, facts: RemoteDocker, host: str) -> None:
+    """Refuse when the data-root (and tmp) cannot hold the load, with the numbers."""
+    root_free = facts.free_kib("docker_root")
+    root_mount = facts.disks.get("docker_root", (0, facts.root_dir))[1]
+    if facts.tmp_same_fs or "docker_tmp" not in facts.disks:
+        if root_free is not None and need.layers + need.tmp > root_free * 1024:
+            raise MigrateError(
+                f"not enough disk on {host}: loading needs ~{ui.human_bytes(need.layers + need.tmp)} "
+                f"({ui.human_bytes(need.layers)} of layers + {ui.human_bytes(need.tmp)} temporary copy) on "
+                f"{facts.root_dir or 'the Docker data-root'} ({root_mount}), "
+                f"only {ui.human_bytes(root_free * 1024)} free",
+                hint="free space there (docker image prune), or ask the owner to move Docker's data-root")
+        return
+    tmp_free = facts.free_kib("docker_tmp")
+    tmp_mount = facts.disks["docker_tmp"][1]
+    if root_free is not None and need.layers > root_free * 1024:
+        raise MigrateError(
+            f"not enough disk on {host}: the layers need ~{ui.human_bytes(need.layers)} on "
+            f"{facts.root_dir} ({root_mount}), only {ui.human_bytes(root_free * 1024)} free",
+            hint="free space there (docker image prune), or ask the owner to move Docker's data-root")
+    if tmp_free is not None and need.tmp > tmp_free * 1024:
+        raise MigrateError(
+            f"not enough disk on {host}: docker load needs ~{ui.human_bytes(need.tmp)} of temporary space in "
+            f"{facts.tmp_dir} ({tmp_mount}), only {ui.human_bytes(tmp_free * 1024)} free",
+            hint="free space there, or ask the owner to point DOCKER_TMPDIR at a larger disk")

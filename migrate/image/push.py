@@ -1,0 +1,719 @@
+"""`push_images`: preflight every host, save once, send each host only what it lacks, verify, clean up.
+
+Phases:
+1. local: every image exists (else close matches); one inspect each.
+2. preflight, all hosts in parallel, before a byte moves: Docker access (direct / docker group /
+   sudo, password asked once), engine, storage driver, arch, the remote's images and layers; a plan
+   per image (up to date, tag only, or send layers from N on); tag moves announced.
+3. local source, once for all hosts: the layers some host misses (a digest-checked read of the local
+   layer store when possible, else one `docker save` spooled to a private cache dir).
+4. per host in parallel: disk check with exact numbers, codec by measurement, checkpointed loads over
+   one OpenSSH master, verification (image ID and layers), cleanup of checkpoint tags.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migrate import ui
+from migrate.errors import MigrateError, UsageError
+from migrate.image import remote as rdocker
+from migrate.image.archive import (
+    PARTIAL_REPO,
+    LoadStep,
+    Member,
+    SavedArchive,
+    archive_members,
+    open_maybe_compressed,
+    parse_config,
+    plan_load_steps,
+    short_id,
+    spool_archive,
+    tar_size,
+    tar_stream,
+)
+from migrate.image.compress import (
+    Codec,
+    CompressSpec,
+    StreamCompressor,
+    choose_codec,
+    gzip_file,
+    parse_compress,
+)
+from migrate.image.local import LocalImage, inspect_images, save_images
+from migrate.image.plan import (
+    SEND,
+    TAG,
+    UP_TO_DATE,
+    ImagePlan,
+    check_access,
+    check_arch,
+    check_disk,
+    disk_need,
+    plan_image,
+)
+from migrate.image.remote import RemoteDocker, parse_facts
+from migrate.image.stream import AES_GCM_FIRST, RateLimiter, SshMaster, StreamBroken, local_has_aes, stream
+from migrate.paths import cache_root, private_dir
+from migrate.remote import shell
+from migrate.remote.connection import Remote, connect
+from migrate.remote.hosts import ConnectOptions
+from migrate.remote.parallel import for_each_host
+
+MIB = 1 << 20
+CHUNK_SIZE = MIB
+STEP_BYTES = 64 * MIB  # resume granularity: committed checkpoint every >= 64 MiB of layers
+PROBE_MIN_PAYLOAD = 64 * MIB  # measure the link only when there is enough to send
+
+
+@dataclass
+class PushImageOptions:
+    """Options of `migrate push-image` (one field per CLI option)."""
+
+    compress: str = "auto"
+    force_arch: bool = False
+    dry_run: bool = False
+    bwlimit: float | None = None  # bytes per second on the wire
+    to_file: str | None = None
+    from_file: str | None = None
+    format: str = "docker"  # docker | sif
+    sif_dir: str = ".migrate/images"
+    progress: bool = True
+    step_bytes: int = STEP_BYTES
+    direct_layers: bool = True
+
+
+@dataclass
+class ImagePushResult:
+    """What happened to one image on one host."""
+
+    image: str
+    host: str
+    status: str  # "up to date" | "sent" | "failed" | "would send" (dry run)
+    bytes_sent: int = 0
+    image_bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    detail: str = ""
+    layers_sent: int = 0
+
+
+# -- local sources -------------------------------------------------------------------------------
+class LayerCache:
+    """Layer files for archives, from one source, with per-layer gzip made once and shared by hosts."""
+
+    def __init__(self, source, workdir: Path) -> None:
+        self.source = source
+        self.workdir = workdir
+        self._locks: dict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    def size(self, diff_id: str) -> int:
+        return self.source.layer_size(diff_id)
+
+    def config(self, image_id: str) -> bytes:
+        return self.source.config(image_id)
+
+    def member(self, name: str, diff_id: str, gzip_level: int | None = None) -> Member:
+        plain = self.source.layer_member(name, diff_id)
+        if gzip_level is None:
+            return plain
+        with self._guard:
+            lock = self._locks[(diff_id, gzip_level)]
+        dest = private_dir(self.workdir / f"gzip{gzip_level}") / diff_id.split(":", 1)[-1]
+        with lock:
+            if not dest.exists():
+                gzip_file(io.BufferedReader(plain.reader(), CHUNK_SIZE), dest, gzip_level)
+        return Member.from_file(name, dest)
+
+
+def _spool_dir() -> Path:
+    base = private_dir(cache_root() / "push-image")
+    return Path(tempfile.mkdtemp(prefix="spool-", dir=base))
+
+
+def _check_local_space(path: Path, need: int) -> None:
+    free = shutil.disk_usage(path).free
+    if need > free:
+        raise MigrateError(f"not enough disk on this machine: the image spool needs ~{ui.human_bytes(need)} in "
+                           f"{path}, only {ui.human_bytes(free)} free",
+                           hint="free space, or set MIGRATE_CACHE_DIR to a larger disk")
+
+
+def local_images_from_archive(archive: SavedArchive, names: Sequence[str]) -> list[LocalImage]:
+    """The images of a docker-save archive (all, or those named by tag or ID)."""
+    out: list[LocalImage] = []
+    for image in archive.images.values():
+        _, arch, os_name = parse_config(image.config)
+        size = sum(archive.layer_size(d) for d in image.diff_ids if archive.has_layer(d))
+        out.append(LocalImage(ref=image.tags[0] if image.tags else short_id(image.image_id), image_id=image.image_id,
+                              diff_ids=image.diff_ids, arch=arch, os=os_name or "linux", size=size,
+                              repo_tags=image.tags, tags=list(image.tags)))
+    if not names:
+        return out
+    chosen: list[LocalImage] = []
+    for name in names:
+        want = name if ":" in name.rsplit("/", 1)[-1] or name.startswith("sha256:") else name + ":latest"
+        match = [i for i in out if want in i.repo_tags or i.image_id == want or short_id(i.image_id).startswith(name)]
+        if not match:
+            have = ", ".join(t for i in out for t in i.repo_tags) or "untagged images only"
+            raise MigrateError(f"image {name} is not in the archive", hint=f"it holds: {have}")
+        img = match[0]
+        if want in img.repo_tags:
+            img.tags = [want]
+        if img not in chosen:
+            chosen.append(img)
+    return chosen
+
+
+# -- per-host state ------------------------------------------------------------------------------
+@dataclass
+class HostSession:
+    """One host during a push: its connection, what its Docker has, and the plans."""
+
+    host: str
+    remote: Remote
+    facts: RemoteDocker
+    plans: dict[str, ImagePlan] = field(default_factory=dict)
+    sif_present: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.remote.name
+
+    def docker(self, argv: list[str], *, what: str, check: bool = True):
+        cmd, sudo = rdocker.docker_command(self.facts.access, argv)
+        return self.remote.run(cmd, sudo=sudo, check=check, what=what)
+
+
+def sif_name(image: LocalImage) -> str:
+    """`repo/app:1` -> `repo_app_1.sif`; an untagged image is named by its short ID."""
+    base = image.tags[0] if image.tags else short_id(image.image_id)
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in base) + ".sif"
+
+
+def sif_path(options: PushImageOptions, image: LocalImage) -> str:
+    return posixpath.join(options.sif_dir, sif_name(image))
+
+
+def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Sequence[LocalImage]],
+                   options: PushImageOptions) -> HostSession:
+    """Connect and learn everything needed to plan; raise a one-line error for anything that blocks.
+
+    `get_images()` may still be running (the local inspect overlaps the remote round trip)."""
+    remote = connect(host, conn)
+    try:
+        images = get_images()
+        want = [i.image_id for i in images]
+        facts = parse_facts(remote.run(shell.sh_c(rdocker.with_wanted(rdocker.FACTS_SCRIPT, want)),
+                                       what="inspect Docker").stdout)
+        session = HostSession(host=host, remote=remote, facts=facts)
+        if options.format == "sif":
+            if not facts.sif_tool:
+                raise MigrateError(f"neither apptainer nor singularity is installed on {remote.name}",
+                                   hint="ask the owner to install apptainer, or drop --format sif to push to Docker")
+            for img in images:
+                check_arch(img, facts, remote.name, force=options.force_arch)
+                marker = sif_path(options, img) + ".image-id"
+                res = remote.run(f"cat {shell.quote(marker)} 2>/dev/null", check=False)
+                session.sif_present[img.image_id] = res.ok and res.stdout.strip() == img.image_id
+            return session
+        check_access(facts, remote.name)
+        if facts.access == "sudo-password":
+            remote.check_sudo()  # asks for the password once, proves it
+        if not facts.inventoried:
+            cmd, sudo = rdocker.script_command(facts.access, rdocker.with_wanted(rdocker.INVENTORY_SCRIPT, want))
+            parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
+            check_access(facts, remote.name)
+        if facts.inventory_scope == "wanted" and any(
+                t not in (facts.image(i.image_id) or i).tags for i in images for t in i.tags):
+            # a tag must be added: list everything to see whether it moves from another image
+            facts.images, facts.inventoried = [], False
+            cmd, sudo = rdocker.script_command(facts.access, rdocker.INVENTORY_SCRIPT)
+            parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
+        if not facts.inventoried:
+            raise MigrateError(f"cannot list the images on {remote.name}", hint="run `migrate doctor HOST`")
+        if facts.os_type and facts.os_type != "linux":
+            raise MigrateError(f"the Docker on {remote.name} runs {facts.os_type} containers; only linux is supported")
+        for img in images:
+            check_arch(img, facts, remote.name, force=options.force_arch)
+            session.plans[img.image_id] = plan_image(img, facts)
+        return session
+    except BaseException:
+        remote.close()
+        raise
+
+
+# -- sending -------------------------------------------------------------------------------------
+class Pusher:
+    """Runs phase 4 for every host, sharing the local layer source and one progress display."""
+
+    def __init__(self, images: Sequence[LocalImage], layers: LayerCache | None, options: PushImageOptions,
+                 progress) -> None:
+        self.images = images
+        self.layers = layers
+        self.options = options
+        self.progress = progress
+        self.spec: CompressSpec = parse_compress(options.compress)
+
+    # one host ---------------------------------------------------------------------------------
+    def push_host(self, session: HostSession) -> list[ImagePushResult]:
+        results: list[ImagePushResult] = []
+        need_stream = any(self._needs_stream(session, img) for img in self.images)
+        with ExitStack() as stack:
+            master: SshMaster | None = None
+            codec: Codec | None = None
+            broken: str | None = None
+            for img in self.images:
+                t0 = time.monotonic()
+                if broken:
+                    results.append(self._result(img, session, "failed", t0, error=broken))
+                    continue
+                try:
+                    if need_stream and master is None:
+                        master = stack.enter_context(self._master(session))
+                        codec = self._codec(session, master)
+                    if self.options.format == "sif":
+                        results.append(self._push_sif(session, img, master, codec, t0))
+                    else:
+                        results.append(self._push_docker(session, img, master, codec, t0))
+                except StreamBroken as exc:
+                    broken = exc.one_line()
+                    results.append(self._result(img, session, "failed", t0, error=broken))
+                except MigrateError as exc:
+                    results.append(self._result(img, session, "failed", t0, error=exc.one_line()))
+        return results
+
+    def _needs_stream(self, session: HostSession, img: LocalImage) -> bool:
+        if self.options.format == "sif":
+            return not session.sif_present.get(img.image_id)
+        return session.plans[img.image_id].action == SEND
+
+    def _result(self, img: LocalImage, session: HostSession, status: str, t0: float, **kw) -> ImagePushResult:
+        return ImagePushResult(image=img.display, host=session.name, status=status, image_bytes=self._image_bytes(img),
+                               seconds=round(time.monotonic() - t0, 3), **kw)
+
+    def _image_bytes(self, img: LocalImage) -> int:
+        return img.size
+
+    def _master(self, session: HostSession) -> SshMaster:
+        remote = session.remote
+        cipher = None
+        if local_has_aes() and session.facts.aes and not remote.configs.lookup(remote.target.alias).get("ciphers"):
+            cipher = AES_GCM_FIRST
+        return SshMaster(remote.openssh_argv(), alias=remote.target.alias, display=remote.name, cipher=cipher,
+                         connect_timeout=remote.target.connect_timeout)
+
+    def _payload(self, session: HostSession) -> int:
+        total = 0
+        for img in self.images:
+            if self.options.format == "sif":
+                total += self._image_bytes(img) if not session.sif_present.get(img.image_id) else 0
+                continue
+            plan = session.plans[img.image_id]
+            if plan.action == SEND and self.layers is not None:
+                total += sum(self.layers.size(d) for d in img.diff_ids[plan.first_missing:])
+        return total
+
+    def _codec(self, session: HostSession, master: SshMaster) -> Codec:
+        facts = session.facts
+        payload = self._payload(session)
+        engine_zstd = facts.engine_at_least(23) and self.options.format != "sif"
+        link = None
+        if self.spec.name == "auto" and payload >= PROBE_MIN_PAYLOAD:
+            link = master.measure_link()
+            if self.options.bwlimit:
+                link = min(link, self.options.bwlimit / 1e6)
+        elif self.options.bwlimit:
+            link = self.options.bwlimit / 1e6
+        codec = choose_codec(self.spec, engine_loads_zstd=engine_zstd, remote_zstd=bool(facts.zstd),
+                             link_mb_s=link, payload=payload)
+        if self.options.format == "sif" and codec.layer_gzip is not None:
+            codec = Codec(reason="sif: plain archive")
+        ui.debug(f"{session.name}: compression {codec.label} ({codec.reason})")
+        return codec
+
+    def _stream_steps(self, session: HostSession, img: LocalImage, master: SshMaster, codec: Codec,
+                      steps: list[LoadStep], script: str) -> tuple[int, int, list]:
+        """Stream each step through `script` on the host; return (wire bytes, layers sent, results)."""
+        members_per_step = [step.members(lambda n, d: self.layers.member(n, d, codec.layer_gzip))  # type: ignore[union-attr]
+                            for step in steps]
+        total = sum(tar_size(m) for m in members_per_step)
+        task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
+        limiter = RateLimiter(self.options.bwlimit)
+        first = (session.remote.sudo_password() + "\n").encode() if session.facts.access == "sudo-password" else None
+        wire = 0
+        layers_sent = 0
+        outputs = []
+        done = 0
+        try:
+            for step, members in zip(steps, members_per_step):
+                done = steps.index(step)
+                res = stream(master.argv(rdocker.stream_command(session.facts.access, script)), tar_stream(members),
+                             StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
+                             on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
+                wire += res.wire_bytes
+                outputs.append((step, res))
+                if res.exit_code != 0:
+                    break
+                layers_sent += len(step.send)
+                self._after_load(session, step, res)
+        except StreamBroken as exc:
+            if self.options.format != "sif" and done:
+                kept = sum(len(st.send) for st in steps[:done]) + steps[0].send[0]
+                exc.message += (f"; {kept} of {len(img.diff_ids)} layers of {img.display} are committed there "
+                                f"(kept as {PARTIAL_REPO}:{short_id(img.image_id)}-*)")
+            raise
+        finally:
+            if task is not None:
+                self.progress.remove_task(task)
+        return wire, layers_sent, outputs
+
+    def _after_load(self, session: HostSession, step: LoadStep, res) -> None:
+        """Check one `docker load`: exit code, hidden errors, the loaded ID; record it in the inventory."""
+        if self.options.format == "sif":
+            return
+        tags, ids, errors = rdocker.parse_load_output(res.stdout, res.stderr)
+        if errors:
+            raise MigrateError(f"docker load on {session.name} reported: {errors[-1]}")
+        if step.tags and not set(step.tags) <= set(tags) and step.image_id not in ids:
+            raise MigrateError(f"docker load on {session.name} did not load {step.tags[0]}: "
+                               f"{(res.stdout.strip().splitlines() or ['no output'])[-1]}")
+        session.facts.add_image(step.image_id, step.tags, step.diff_ids)
+
+    def _load_failed(self, session: HostSession, res) -> MigrateError:
+        text = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        last = text[-1] if text else f"exit code {res.exit_code}"
+        hint = None
+        if "no space left" in last.lower():
+            hint = "free disk on the host's Docker data-root (docker image prune) and rerun"
+        elif "invalid tar header" in last.lower():
+            hint = "this engine cannot read the stream; try --compress none"
+        return MigrateError(f"docker load failed on {session.name}: {last}", hint=hint)
+
+    def _push_docker(self, session: HostSession, img: LocalImage, master: SshMaster | None, codec: Codec | None,
+                     t0: float) -> ImagePushResult:
+        plan = plan_image(img, session.facts)  # again: an earlier image may have brought shared layers
+        if plan.action in (UP_TO_DATE, TAG):
+            for tag in plan.tags_to_add:
+                session.docker(["tag", img.image_id, tag], what=f"tag {tag}")
+            session.facts.add_image(img.image_id, plan.tags_to_add, img.diff_ids)
+            self._drop_partials(session, plan.partials)
+            detail = "tagged " + ", ".join(plan.tags_to_add) if plan.tags_to_add else "already there"
+            return self._result(img, session, UP_TO_DATE, t0, detail=detail)
+        assert master is not None and codec is not None and self.layers is not None
+        sizes = [self.layers.size(d) if i >= plan.first_missing else 0 for i, d in enumerate(img.diff_ids)]
+        steps = plan_load_steps(self.layers.config(img.image_id), img.diff_ids, img.tags, plan.first_missing, sizes,
+                                step_bytes=self.options.step_bytes)
+        step_sizes = [tar_size(s.members(lambda n, d: self.layers.member(n, d))) for s in steps]  # type: ignore[union-attr]
+        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:])), session.facts, session.name)
+        wire, layers_sent, outputs = self._stream_steps(session, img, master, codec, steps,
+                                                        rdocker.load_script(codec.remote_decompress))
+        step, res = outputs[-1]
+        if res.exit_code != 0:
+            committed = plan.first_missing + sum(len(s.send) for s, r in outputs if r.exit_code == 0)
+            err = self._load_failed(session, res)
+            if committed > plan.first_missing:
+                err.message += (f" ({committed} of {len(img.diff_ids)} layers are kept there as "
+                                f"{PARTIAL_REPO}:{short_id(img.image_id)}-*; a rerun resumes)")
+            raise err
+        self._verify(session, img)
+        self._drop_partials(session, [s.tags[0] for s in steps if s.checkpoint] + plan.partials)
+        detail = f"{plan.missing_layers}/{plan.total_layers} layers, {codec.label}"
+        if plan.note:
+            detail += f"; {plan.note}"
+        return self._result(img, session, "sent", t0, bytes_sent=wire, layers_sent=layers_sent, detail=detail)
+
+    def _verify(self, session: HostSession, img: LocalImage) -> None:
+        """The remote image ID and layers equal the local ones, and it carries every tag."""
+        fmt = "{{.Id}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{range .RepoTags}}{{.}},{{end}}"
+        res = session.docker(["image", "inspect", "--format", fmt, img.image_id], what="verify the image", check=False)
+        if not res.ok:
+            raise MigrateError(f"verification failed on {session.name}: {img.display} is not there after the load")
+        image_id, layers, tags = (res.stdout.strip().split("|") + ["", ""])[:3]
+        if image_id != img.image_id or [x for x in layers.split(",") if x] != img.diff_ids:
+            raise MigrateError(f"verification failed on {session.name}: got {short_id(image_id)}, "
+                               f"expected {short_id(img.image_id)}")
+        missing = [t for t in img.tags if t not in tags.split(",")]
+        for tag in missing:
+            session.docker(["tag", img.image_id, tag], what=f"tag {tag}")
+
+    def _drop_partials(self, session: HostSession, tags: Sequence[str]) -> None:
+        tags = [t for t in dict.fromkeys(tags) if t.startswith(PARTIAL_REPO + ":")]
+        if tags:
+            session.docker(["image", "rm", *tags], what="remove checkpoint tags", check=False)
+            for img in session.facts.images:
+                img.tags = [t for t in img.tags if t not in tags]
+
+    def _push_sif(self, session: HostSession, img: LocalImage, master: SshMaster | None, codec: Codec | None,
+                  t0: float) -> ImagePushResult:
+        path = sif_path(self.options, img)
+        if session.sif_present.get(img.image_id):
+            return self._result(img, session, UP_TO_DATE, t0, detail=path)
+        assert master is not None and codec is not None and self.layers is not None
+        config = self.layers.config(img.image_id)
+        step = LoadStep(config=config, diff_ids=img.diff_ids, send=list(range(len(img.diff_ids))), tags=img.tags)
+        tmp = f".migrate/tmp/push-{short_id(img.image_id)}-{uuid.uuid4().hex[:8]}.tar"
+        size = self._image_bytes(img)
+        home = session.facts.free_kib("home")
+        if home is not None and 2 * size > home * 1024:
+            raise MigrateError(f"not enough disk on {session.name}: building {sif_name(img)} needs "
+                               f"~{ui.human_bytes(2 * size)} in the home directory, "
+                               f"only {ui.human_bytes(home * 1024)} free")
+        script = rdocker.sif_script(session.facts.sif_tool, tmp, path, codec.remote_decompress)
+        script += f" && printf %s {shell.quote(img.image_id)} > {shell.quote(path + '.image-id')}"
+        wire, _, outputs = self._stream_steps(session, img, master, codec, [step], script)
+        res = outputs[-1][1]
+        if res.exit_code != 0:
+            text = (res.stderr.strip() or res.stdout.strip()).splitlines()
+            raise MigrateError(f"{posixpath.basename(session.facts.sif_tool)} build failed on {session.name}: "
+                               f"{text[-1] if text else res.exit_code}")
+        return self._result(img, session, "sent", t0, bytes_sent=wire, layers_sent=len(img.diff_ids),
+                            detail=f"{path}, {codec.label}")
+
+
+# -- entry points --------------------------------------------------------------------------------
+def _progress(options: PushImageOptions):
+    if not options.progress or not ui.err.is_terminal:
+        return None
+    return ui.transfer_progress(transient=True)
+
+
+def _prepare_source(images: Sequence[LocalImage], needed: Sequence[LocalImage], options: PushImageOptions,
+                    spool: Path, archive: SavedArchive | None, progress,
+                    needed_from: dict[str, int] | None = None) -> LayerCache | None:
+    """The local layer source for the images some host needs (None when nothing is sent).
+
+    `needed_from[image_id]` is the first layer any host lacks: the direct store reads only those."""
+    if archive is not None:
+        return LayerCache(archive, spool)
+    if not needed:
+        return None
+    if options.direct_layers:
+        from migrate.image.layerstore import open_layer_store
+
+        store = open_layer_store(needed, needed_from or {})
+        if store is not None:
+            ui.debug("reading layers straight from the local overlay2 store (digest-checked)")
+            return LayerCache(store, spool)
+    total = sum(i.size for i in needed)
+    _check_local_space(spool, total)
+    task = progress.add_task("docker save (local)", total=total) if progress else None
+    try:
+        saved = save_images([i.image_id for i in needed], spool / "save", total=total,
+                            progress=(lambda n: progress.advance(task, n)) if task is not None else None)
+    finally:
+        if task is not None:
+            progress.remove_task(task)
+    return LayerCache(saved, spool)
+
+
+def _load_archive_file(path: str, spool: Path) -> SavedArchive:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"archive {path} not found", hint="give the file written by --to-file or docker save")
+    with open_maybe_compressed(p) as fh:
+        return spool_archive(fh, spool / "file")
+
+
+def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
+                options: PushImageOptions) -> list[ImagePushResult]:
+    """Push `images` to every host; one result per (image, host). Raises MigrateError only for problems
+    that stop everything (a missing local image, bad options); a failing host fails only its results."""
+    parse_compress(options.compress)
+    if options.format not in ("docker", "sif"):
+        raise UsageError(f"unknown format {options.format!r}", hint="use docker or sif")
+    if not hosts and not options.to_file:
+        raise UsageError("no host given", hint="migrate push-image IMAGE... HOST...")
+    spool = _spool_dir()
+    try:
+        archive = None
+        if options.from_file:
+            archive = _load_archive_file(options.from_file, spool)
+            local_images = local_images_from_archive(archive, images)
+        else:
+            if not images:
+                raise UsageError("no image given", hint="migrate push-image IMAGE... HOST...")
+            if options.to_file:
+                local_images = inspect_images(images)
+        if options.to_file:
+            return [write_archive_file(local_images, options, spool, archive)]
+        sessions: dict[str, HostSession] = {}
+        results: list[ImagePushResult] = []
+        pool = ThreadPoolExecutor(max_workers=1)
+        local_future = pool.submit(lambda: local_images) if options.from_file else pool.submit(inspect_images, images)
+        pool.shutdown(wait=False)
+
+        def pre(host: str) -> HostSession:
+            session = preflight_host(host, conn, local_future.result, options)
+            sessions[host] = session
+            return session
+
+        try:
+            outcomes = for_each_host(hosts, pre)
+            local_images = local_future.result()  # a missing local image stops everything, first
+            for o in outcomes:
+                if not o.ok:
+                    results += [ImagePushResult(image=i.display, host=o.host, status="failed", error=o.error,
+                                                image_bytes=i.size) for i in local_images]
+            for session in sessions.values():
+                _announce(session, local_images, options)
+                for plan in session.plans.values():
+                    for tag, old in plan.tag_moves:
+                        ui.warn(f"{session.name}: tag {tag} moves from {short_id(old)} to {short_id(plan.image_id)} "
+                                "(the old image stays; untagged if that was its only tag)")
+            live = [sessions[h] for h in hosts if h in sessions]
+            if options.dry_run:
+                return results + dry_run_results(local_images, live, options)
+            needed_ids = {i for s in live for i in (
+                [x.image_id for x in local_images if not s.sif_present.get(x.image_id)] if options.format == "sif"
+                else [p.image_id for p in s.plans.values() if p.action == SEND])}
+            needed = [i for i in local_images if i.image_id in needed_ids]
+            needed_from = {i.image_id: 0 if options.format == "sif" else min(
+                s.plans[i.image_id].first_missing for s in live if s.plans[i.image_id].action == SEND)
+                for i in needed}
+            if not live:
+                return results
+            progress = _progress(options)
+            with progress if progress is not None else _null():
+                layers = _prepare_source(local_images, needed, options, spool, archive, progress, needed_from)
+                pusher = Pusher(local_images, layers, options, progress)
+                by_host = for_each_host([s.host for s in live],
+                                        lambda h: pusher.push_host(sessions[h]))
+            for o in by_host:
+                if o.ok and o.value is not None:
+                    results += o.value
+                else:
+                    results += [ImagePushResult(image=i.display, host=o.host, status="failed", error=o.error)
+                                for i in local_images]
+        finally:
+            for s in sessions.values():
+                s.remote.close()
+        order = {h: n for n, h in enumerate(hosts)}
+        host_index = {s.name: order[h] for h, s in sessions.items()}
+        results.sort(key=lambda r: host_index.get(r.host, order.get(r.host, 0)))
+        return results
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _announce(session: HostSession, images: Sequence[LocalImage], options: PushImageOptions) -> None:
+    """One status line per host: what its Docker is and what each image needs (shown on a terminal, -v else)."""
+    f = session.facts
+    if options.format == "sif":
+        line = f"{session.name}: {posixpath.basename(f.sif_tool)}, {f.docker_arch}"
+    else:
+        parts = []
+        for img in images:
+            plan = session.plans[img.image_id]
+            if plan.action == SEND:
+                parts.append(f"{img.display} needs {plan.missing_layers} of {plan.total_layers} layers")
+            else:
+                parts.append(f"{img.display} {'needs tags' if plan.action == TAG else 'is up to date'}")
+        engine = f"Docker {f.engine} ({f.access}), {f.storage_driver}" if f.engine else f"Docker ({f.access})"
+        line = f"{session.name}: {engine}, {f.docker_arch}; " + "; ".join(parts)
+    if ui.err.is_terminal:
+        ui.step(line)
+    else:
+        ui.debug(line)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession],
+                    options: PushImageOptions) -> list[ImagePushResult]:
+    """What a real run would do, from the plans alone (nothing saved or sent)."""
+    out: list[ImagePushResult] = []
+    for s in sessions:
+        for img in images:
+            if options.format == "sif":
+                present = s.sif_present.get(img.image_id)
+                out.append(ImagePushResult(img.display, s.name, UP_TO_DATE if present else "would send",
+                                           image_bytes=img.size, detail=sif_path(options, img)))
+                continue
+            plan = s.plans[img.image_id]
+            if plan.action == SEND:
+                detail = f"{plan.missing_layers}/{plan.total_layers} layers"
+                if plan.first_missing:
+                    detail += f" (first {plan.first_missing} already there)"
+                out.append(ImagePushResult(img.display, s.name, "would send", image_bytes=img.size,
+                                           detail=detail + (f"; {plan.note}" if plan.note else "")))
+            else:
+                detail = ("would tag " + ", ".join(plan.tags_to_add)) if plan.tags_to_add else "already there"
+                out.append(ImagePushResult(img.display, s.name, UP_TO_DATE, image_bytes=img.size, detail=detail))
+    return out
+
+
+def write_archive_file(images: Sequence[LocalImage], options: PushImageOptions, spool: Path,
+                       archive: SavedArchive | None) -> ImagePushResult:
+    """`--to-file`: one docker-load-able archive of every image (compressed by extension or --compress)."""
+    dest = Path(options.to_file or "").expanduser()
+    if not dest.parent.is_dir():
+        raise UsageError(f"directory {dest.parent} does not exist", hint="create it first")
+    spec = parse_compress(options.compress)
+    name = dest.name.lower()
+    if spec.name == "auto":
+        if name.endswith((".zst", ".zstd")):
+            codec = Codec("zstd", 3)
+        elif name.endswith((".gz", ".tgz")):
+            codec = Codec("gzip", 6)
+        else:
+            codec = Codec()
+    elif spec.name == "zstd":
+        codec = Codec("zstd", spec.level or 3)
+    elif spec.name == "gzip":
+        codec = Codec("gzip", spec.level or 6)
+    else:
+        codec = Codec()
+    t0 = time.monotonic()
+    if options.dry_run:
+        return ImagePushResult(", ".join(i.display for i in images), str(dest), "would send",
+                               image_bytes=sum(i.size for i in images), detail=codec.label)
+    progress = _progress(options)
+    with progress if progress is not None else _null():
+        layers = _prepare_source(images, images, options, spool, archive, progress)
+        assert layers is not None
+        members = archive_members([(layers.config(i.image_id), i.diff_ids, i.tags) for i in images], layers.member)
+        total = tar_size(members)
+        _check_local_space(dest.parent, total)
+        tmp = dest.with_name(dest.name + f".part{os.getpid()}")
+        task = progress.add_task(f"writing {dest.name}", total=total) if progress else None
+        compressor = StreamCompressor(codec)
+        written = 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in tar_stream(members):
+                    data = compressor.compress(chunk)
+                    out.write(data)
+                    written += len(data)
+                    if task is not None:
+                        progress.advance(task, len(chunk))
+                tail = compressor.flush()
+                out.write(tail)
+                written += len(tail)
+            tmp.replace(dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return ImagePushResult(", ".join(i.display for i in images), str(dest), "sent", bytes_sent=written,
+                           image_bytes=total, seconds=round(time.monotonic() - t0, 3), detail=codec.label,
+                           layers_sent=len({d for i in images for d in i.diff_ids}))

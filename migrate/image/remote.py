@@ -1,0 +1,301 @@
+"""What the remote Docker has, in one round trip, and the docker command lines we run there.
+
+`FACTS_SCRIPT` (POSIX sh) finds how we may talk to Docker (directly, through the docker group with
+`sg`, or through sudo), and, when access is direct, also lists the engine, storage driver, data-root,
+free disk and every image with its layers (`docker image inspect`: docker-group rights are enough,
+no reading of /var/lib/docker). With any other access the same `INVENTORY_SCRIPT` runs in a second
+round trip through the right prefix. `parse_facts` turns the output into `RemoteDocker`. All pure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from migrate.image.archive import chain_ids
+from migrate.remote import shell
+from migrate.remote.probe import normalize_arch
+
+_KV = "kv() { printf '%s=%s\\n' \"$1\" \"$2\"; }\n"
+_DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
+         "kv \"disk.$2\" \"$(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4 \" \" $6}')\"; }\n")
+
+_INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
+
+_IMG_FORMAT = "'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}'"
+
+# With `want` (the local image IDs) set, the images we push are inspected first: when all are there
+# the full listing is skipped (the common "up to date" case, and big servers with many images).
+# The docker CLI calls run in parallel: each costs ~0.1 s on a small host.
+INVENTORY_SCRIPT = _KV + _DISK + r"""
+ids_file=$(mktemp 2>/dev/null || echo "/tmp/migrate-ids.$$")
+if [ -n "${want:-}" ]; then docker image inspect --format """ + _IMG_FORMAT + r""" $want > "$ids_file" 2>/dev/null &
+else docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
+fi
+job=$!
+[ -n "${info:-}" ] || info=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) \
+  || { wait; rm -f "$ids_file"; kv inventory.error "$(printf '%s' "$info" | tail -n 1)"; exit 0; }
+kv info "$info"
+root=$(printf '%s' "$info" | cut -d'|' -f3)
+tmpdir=$(systemctl show -p Environment docker 2>/dev/null | tr ' ' '\n' | sed -n 's/^\(Environment=\)\{0,1\}DOCKER_TMPDIR=//p' | tail -n 1)
+kv tmpdir "$tmpdir"
+disk "$root" docker_root
+t=${tmpdir:-$root/tmp}
+case "$t" in "$root"/*) kv disk.docker_tmp same ;; *) disk "$t" docker_tmp ;; esac
+if wait "$job" && [ -n "${want:-}" ]; then cat "$ids_file"; rm -f "$ids_file"; kv inventory wanted; exit 0; fi
+if [ -n "${want:-}" ]; then ids=$(docker image ls -aq --no-trunc 2>/dev/null | sort -u); else ids=$(sort -u "$ids_file"); fi
+rm -f "$ids_file"
+[ -z "$ids" ] || docker image inspect --format """ + _IMG_FORMAT + r""" $ids 2>/dev/null
+kv inventory done
+"""
+
+FACTS_SCRIPT = _KV + _DISK + r"""
+kv arch "$(uname -m)"
+kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
+kv zstd "$(command -v zstd 2>/dev/null)"
+kv home "$HOME"
+kv uid "$(id -u)"
+for t in apptainer singularity; do
+  if command -v "$t" >/dev/null 2>&1; then kv sif "$(command -v "$t")"; break; fi
+done
+disk "$HOME" home
+if ! command -v docker >/dev/null 2>&1; then kv docker none; exit 0; fi
+# fast path: every image we push is already there -> one docker call, nothing else to learn
+if [ -n "${want:-}" ] && out=$(docker image inspect --format """ + _IMG_FORMAT + r""" $want 2>/dev/null); then
+  kv docker direct; printf '%s\n' "$out"; kv inventory wanted; exit 0
+fi
+if out=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) && [ -n "${out%%|*}" ]; then mode=direct; info=$out
+else
+  out=$(docker version --format '{{.Server.Version}}' 2>&1)  # `docker info --format` hides the reason
+  kv docker.error "$(printf '%s' "$out" | tail -n 1)"
+  if printf '%s' "$out" | grep -qi 'permission denied'; then
+    if id -nG "$(id -un)" 2>/dev/null | tr ' ' '\n' | grep -qx docker && command -v sg >/dev/null 2>&1 \
+       && sg docker -c 'docker version' >/dev/null 2>&1; then mode=group
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then mode=sudo
+    elif command -v sudo >/dev/null 2>&1; then mode=sudo-password
+    else mode=denied; fi
+  else mode=down; fi
+fi
+kv docker "$mode"
+[ "$mode" = direct ] || exit 0
+""" + INVENTORY_SCRIPT
+
+
+@dataclass
+class RemoteImage:
+    """One image on the remote daemon."""
+
+    image_id: str
+    tags: list[str]
+    diff_ids: list[str]
+    arch: str = ""
+
+
+@dataclass
+class RemoteDocker:
+    """The remote host as push-image sees it."""
+
+    arch: str = ""
+    aes: bool = False
+    zstd: str = ""
+    home: str = ""
+    uid: int = -1
+    sif_tool: str = ""
+    access: str = "none"  # direct | group | sudo | sudo-password | denied | down | none
+    error: str = ""
+    inventory_error: str = ""
+    engine: str = ""
+    storage_driver: str = ""
+    root_dir: str = ""
+    os_type: str = ""
+    driver_status: list = field(default_factory=list)
+    tmp_dir: str = ""
+    disks: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (free KiB, mount)
+    tmp_same_fs: bool = True
+    images: list[RemoteImage] = field(default_factory=list)
+    inventoried: bool = False
+    inventory_scope: str = ""  # "wanted": only the images we push were listed (all present); "done": all
+
+    @property
+    def docker_arch(self) -> str:
+        return normalize_arch(self.arch)
+
+    @property
+    def containerd_store(self) -> bool:
+        """True when the daemon keeps images in containerd (Engine >= 24 with the snapshotter)."""
+        text = json.dumps(self.driver_status)
+        return "io.containerd.snapshotter" in text or self.storage_driver in ("overlayfs", "stargz")
+
+    def engine_at_least(self, major: int) -> bool:
+        try:
+            return int(self.engine.split(".", 1)[0]) >= major
+        except ValueError:
+            return False
+
+    def chain_set(self) -> set[str]:
+        """Every layer ChainID the daemon has (computed from each image's layer list)."""
+        out: set[str] = set()
+        for img in self.images:
+            out.update(chain_ids(img.diff_ids))
+        return out
+
+    def image(self, image_id: str) -> RemoteImage | None:
+        for img in self.images:
+            if img.image_id == image_id:
+                return img
+        return None
+
+    def tag_owner(self, tag: str) -> str | None:
+        """The image ID that `tag` points at on the remote, if any."""
+        for img in self.images:
+            if tag in img.tags:
+                return img.image_id
+        return None
+
+    def add_image(self, image_id: str, tags: list[str], diff_ids: list[str]) -> None:
+        """Record an image we just loaded (so later plans in this run see its layers)."""
+        for img in self.images:
+            for t in tags:
+                if t in img.tags and img.image_id != image_id:
+                    img.tags.remove(t)
+        existing = self.image(image_id)
+        if existing:
+            existing.tags = sorted(set(existing.tags) | set(tags))
+        else:
+            self.images.append(RemoteImage(image_id=image_id, tags=list(tags), diff_ids=list(diff_ids)))
+
+    def free_kib(self, key: str) -> int | None:
+        value = self.disks.get(key)
+        return value[0] if value else None
+
+
+def _int(text: str, default: int = -1) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return default
+
+
+def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
+    """Parse FACTS_SCRIPT / INVENTORY_SCRIPT output (key=value lines, `img=` lines)."""
+    f = into or RemoteDocker()
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if key in ("arch", "zstd", "home", "tmpdir"):
+            setattr(f, {"tmpdir": "tmp_dir"}.get(key, key), value)
+        elif key == "aes":
+            f.aes = value == "aes"
+        elif key == "uid":
+            f.uid = _int(value)
+        elif key == "sif":
+            f.sif_tool = value
+        elif key == "docker":
+            f.access = value
+        elif key == "docker.error":
+            f.error = value
+        elif key == "inventory.error":
+            f.inventory_error = value
+        elif key == "inventory":
+            f.inventoried = True
+            f.inventory_scope = value
+        elif key == "info":
+            parts = value.split("|", 4) + ["", "", "", "", ""]
+            f.engine, f.storage_driver, f.root_dir, f.os_type = parts[:4]
+            try:
+                f.driver_status = json.loads(parts[4]) if parts[4] else []
+            except ValueError:
+                f.driver_status = []
+        elif key.startswith("disk."):
+            name = key[5:]
+            if value == "same":
+                f.tmp_same_fs = True
+                continue
+            cols = value.split()
+            if len(cols) >= 2:
+                f.disks[name] = (_int(cols[0]), cols[1])
+                if name == "docker_tmp":
+                    f.tmp_same_fs = cols[1] == f.disks.get("docker_root", (0, ""))[1]
+        elif key == "img":
+            parts = value.split("|") + ["", "", "", ""]
+            image_id, tags, layers, arch = parts[:4]
+            f.images.append(RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t],
+                                        diff_ids=[d for d in layers.split(",") if d], arch=arch))
+    return f
+
+
+def with_wanted(script: str, image_ids: list[str]) -> str:
+    """`script` with `want` set to the image IDs we are about to push."""
+    return f"want={shell.quote(' '.join(image_ids))}\n" + script
+
+
+# -- command lines -------------------------------------------------------------------------------
+def docker_command(access: str, argv: list[str]) -> tuple[str, bool]:
+    """A docker command line for `Remote.run` and whether it needs `sudo=True`."""
+    line = shell.join(["docker", *argv])
+    if access == "group":
+        return "sg docker -c " + shell.quote(line), False
+    if access in ("sudo", "sudo-password"):
+        return line, True
+    return line, False
+
+
+def script_command(access: str, script: str) -> tuple[str, bool]:
+    """A shell script run with docker rights, for `Remote.run`: (command, sudo)."""
+    if access == "group":
+        return "sg docker -c " + shell.quote(script), False
+    return shell.sh_c(script), access in ("sudo", "sudo-password")
+
+
+def stream_command(access: str, script: str) -> str:
+    """The remote command of an OpenSSH byte stream that runs `script` with docker rights.
+
+    For password sudo the first stdin line must be the password: `sudo -S -k` always reads it (even
+    when credentials are cached) and passes the rest of stdin to the command.
+    """
+    if access == "group":
+        return "sg docker -c " + shell.quote(script)
+    if access == "sudo":
+        return shell.sudo_nopasswd(script)
+    if access == "sudo-password":
+        return "sudo -S -k -p '' -H " + shell.sh_c(script)
+    return shell.sh_c(script)
+
+
+def load_script(decompress: str | None) -> str:
+    """`docker load`, behind `zstd -dc |` when the remote must decompress for an old engine."""
+    if decompress == "zstd":
+        return "zstd -dcq | docker load"
+    return "docker load"
+
+
+def sif_script(tool: str, archive_path: str, sif_path: str, decompress: str | None) -> str:
+    """Receive an archive into a private temp file, build a SIF from it with apptainer/singularity, clean up."""
+    q_tmp, q_sif = shell.quote(archive_path), shell.quote(sif_path)
+    receive = f"zstd -dcq > {q_tmp}" if decompress == "zstd" else f"cat > {q_tmp}"
+    return (f"umask 077 && mkdir -p \"$(dirname {q_tmp})\" \"$(dirname {q_sif})\" && trap 'rm -f {q_tmp}' EXIT && "
+            f"{receive} && {shell.quote(tool)} build --force {q_sif}.part docker-archive://{q_tmp} "
+            f"&& mv -f {q_sif}.part {q_sif}")
+
+
+def parse_load_output(stdout: str, stderr: str) -> tuple[list[str], list[str], list[str]]:
+    """(loaded tags, loaded image IDs, error lines) from `docker load` output.
+
+    The containerd store prints `Error unpacking image ...` and still exits 0; JSON progress
+    streams carry `errorDetail`. Both count as errors.
+    """
+    tags: list[str] = []
+    ids: list[str] = []
+    errors: list[str] = []
+    for line in (stdout + "\n" + stderr).splitlines():
+        s = line.strip()
+        if s.startswith("Loaded image ID: "):
+            ids.append(s[len("Loaded image ID: "):].strip())
+        elif s.startswith("Loaded image: "):
+            tags.append(s[len("Loaded image: "):].strip())
+        elif s.lower().startswith(("error", "open ", "unexpected eof")) or "errorDetail" in s \
+                or "no space left" in s.lower():
+            errors.append(s)
+    return tags, ids, errors
