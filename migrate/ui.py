@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -46,6 +47,19 @@ VERDICT_STYLES = {
     "up to date": "green",
     "would send": "cyan",
 }
+
+
+@contextmanager
+def data_to_stderr() -> Iterator[None]:
+    """Send tables meant for stdout to stderr for a while (a verb run inside another, e.g. by apply),
+    so that the outer command's stdout stays one clean table or JSON document."""
+    global out
+    saved = out
+    out = err
+    try:
+        yield
+    finally:
+        out = saved
 
 
 def set_verbosity(level: int) -> None:

@@ -64,7 +64,9 @@ def _setup_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: 
         options.offline = s["offline"]
     for r in setup_hosts(hosts, conn, options, dry_run=dry_run):
         if r.error or not r.ok:
-            report.cells[(r.host, "setup")] = StageOutcome(f"failed: {r.error or 'a step failed'}", failed=True)
+            failed_step = next((s for s in r.steps if s.status == "failed"), None)
+            why = r.error or (f"{failed_step.name}: {failed_step.detail}" if failed_step else "a step failed")
+            report.cells[(r.host, "setup")] = StageOutcome(f"failed: {why}", failed=True)
         else:
             verb = "would change" if dry_run else "changed"
             report.cells[(r.host, "setup")] = StageOutcome(f"{r.changed} {verb}" if r.changed else "ok",
@@ -91,20 +93,25 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
     from migrate.commands.push_image import PushImageOptions, push_images
 
     _build_images(pb, dry_run)
-    options = PushImageOptions()
-    if hasattr(options, "dry_run"):
-        options.dry_run = dry_run
-    elif dry_run:
-        for h in hosts:
-            report.cells[(h, "images")] = StageOutcome(f"would push {len(pb.images)} image(s)")
-        return
-    results = push_images([i.name for i in pb.images], hosts, conn, options)
+    built_later = {i.name for i in pb.images if i.build} if dry_run else set()
+    names = [i.name for i in pb.images if i.name not in built_later]
+    # in a dry run, a host whose setup would still change (e.g. install Docker) cannot be asked yet
+    after_setup = [h for h in hosts if dry_run and report.cells.get((h, "setup"), StageOutcome("")).changed]
+    for h in after_setup:
+        report.cells[(h, "images")] = StageOutcome(f"would push {len(pb.images)} image(s) after setup",
+                                                   changed=len(pb.images))
+    hosts = [h for h in hosts if h not in after_setup]
+    results = push_images(names, hosts, conn, PushImageOptions(dry_run=dry_run)) if names and hosts else []
     for h in hosts:
-        mine = [r for r in results if r.host == h or r.host.endswith(f"@{h}") or h.endswith(r.host)]
+        mine = [r for r in results if r.host == h]
         failed = [r for r in mine if r.status == "failed"]
         sent = [r for r in mine if r.status not in ("failed", "up to date")]
         if failed:
             report.cells[(h, "images")] = StageOutcome(f"failed: {failed[0].error}", failed=True)
+        elif dry_run:
+            pending = len(sent) + len(built_later)
+            report.cells[(h, "images")] = StageOutcome(f"would push {pending} image(s)" if pending else "up to date",
+                                                       changed=pending)
         elif sent:
             report.cells[(h, "images")] = StageOutcome(
                 f"{len(sent)} sent ({ui.human_bytes(sum(r.bytes_sent for r in sent))})", changed=len(sent))
@@ -118,13 +125,12 @@ def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: b
     per_host: dict[str, list] = {h: [] for h in hosts}
     for entry in pb.data:
         options = PushDataOptions(into=entry.into, exclude=list(entry.exclude), delete=entry.delete,
-                                  yes=False, dry_run=dry_run)
+                                  yes=False, dry_run=dry_run, sudo=entry.sudo)
         live = [h for h in hosts if not any(r.status == "failed" for r in per_host[h])]
         if not live:
             break
         for r in push_data([entry.src], live, entry.dest, conn, options):
-            host = next((h for h in live if h == r.host or h.endswith(f"@{r.host}") or r.host.endswith(h)), r.host)
-            per_host.setdefault(host, []).append(r)
+            per_host.setdefault(r.host, []).append(r)
     for h, results in per_host.items():
         failed = [r for r in results if r.status == "failed"]
         changed = [r for r in results if r.status == "changed"]
@@ -221,7 +227,8 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
         ui.step(f"[{i}/{len(stages)}] {stage} on {', '.join(live)}" + (" (dry run)" if dry_run else ""))
         t0 = time.monotonic()
         try:
-            RUNNERS[stage](pb, live, conn, dry_run, report)
+            with ui.data_to_stderr():
+                RUNNERS[stage](pb, live, conn, dry_run, report)
         except MigrateError as exc:  # a stage-wide failure (bad image name, local build failed...)
             for h in live:
                 report.cells.setdefault((h, stage), StageOutcome(f"failed: {exc.one_line()}", failed=True))

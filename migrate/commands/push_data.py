@@ -286,7 +286,7 @@ class _HostPush:
         def build(x: RsyncOptions) -> list[str]:
             return rsync_argv([src_arg], dest_spec, rsh, x, stats=True)
 
-        result = DataPushResult(host=alias, source=src.typed, dest=m.landing, status="changed", method=method)
+        result = DataPushResult(host=self.host, source=src.typed, dest=m.landing, status="changed", method=method)
         if o.dry_run or o.delete:
             if not facts.has_rsync:
                 ui.info(f"{alias}: would stream {files} file(s), {ui.human_bytes(size)} with tar ({reason})")

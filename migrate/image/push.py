@@ -303,7 +303,7 @@ class Pusher:
         return session.plans[img.image_id].action == SEND
 
     def _result(self, img: LocalImage, session: HostSession, status: str, t0: float, **kw) -> ImagePushResult:
-        return ImagePushResult(image=img.display, host=session.name, status=status, image_bytes=self._image_bytes(img),
+        return ImagePushResult(image=img.display, host=session.host, status=status, image_bytes=self._image_bytes(img),
                                seconds=round(time.monotonic() - t0, 3), **kw)
 
     def _image_bytes(self, img: LocalImage) -> int:

@@ -42,6 +42,7 @@ class DataEntry:
     exclude: list[str] = field(default_factory=list)
     into: bool = False
     delete: bool = False
+    sudo: bool = False
 
 
 @dataclass
@@ -263,6 +264,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
     base = path.parent
     setup_node_present = any(k.value == "setup" for k, _ in root.value)
     run_present = any(k.value == "run" for k, _ in root.value)
+    if setup_node_present and data["setup"].get("offline") and not Path(data["setup"]["offline"]).is_absolute():
+        data["setup"]["offline"] = str(base / data["setup"]["offline"])
     if run_present and data["run"].get("compose"):
         data["run"]["compose"] = str(base / data["run"]["compose"])
     return Playbook(
@@ -274,7 +277,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                            dockerfile=i.get("dockerfile") or "Dockerfile", build_args=i.get("build_args") or {})
                 for i in data["images"]],
         data=[DataEntry(src=str((base / d["src"]).resolve()) if not Path(d["src"]).is_absolute() else d["src"],
-                        dest=d["dest"], exclude=d["exclude"], into=d["into"], delete=d["delete"])
+                        dest=d["dest"], exclude=d["exclude"], into=d["into"], delete=d["delete"],
+                        sudo=d["sudo"])
               for d in data["data"]],
         run=data["run"] if run_present else None,
     )

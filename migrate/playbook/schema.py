@@ -55,10 +55,12 @@ IMAGE_KEYS = (
 
 DATA_KEYS = (
     Key("src", "str", "Local file or directory (relative to the playbook file).", required=True),
-    Key("dest", "str", "Remote path: the contents of `src` become `dest`.", required=True),
+    Key("dest", "str", "Remote path: the contents of `src` become `dest` (relative: under your home).",
+        required=True),
     Key("exclude", "str_list", "Patterns to leave out (rsync --exclude).", default=[]),
     Key("into", "bool", "Put `src` inside `dest` instead of making it `dest`.", default=False),
     Key("delete", "bool", "Delete remote files missing from `src` (asks unless --yes).", default=False),
+    Key("sudo", "bool", "Write as root (passwordless sudo), for destinations you cannot write.", default=False),
 )
 
 RUN_KEYS = (
