@@ -42,8 +42,8 @@ from migrate.data.transfer import (
 )
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
-from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions, HostSpec
+from migrate.remote.openssh import OpenSshSession
 from migrate.remote.parallel import for_each_host
 
 METHODS = ("auto", "rsync", "parallel", "tar")
@@ -155,11 +155,11 @@ def _local_sources(sources: list[str]) -> list[_Source]:
     return out
 
 
-def _where(remote: Remote) -> str:
+def _where(remote: OpenSshSession) -> str:
     return f"{remote.target.alias}:"
 
 
-def _remote_spec(remote: Remote, path: str) -> str:
+def _remote_spec(remote: OpenSshSession, path: str) -> str:
     host = remote.target.alias
     return f"[{host}]:{path}" if ":" in host else f"{host}:{path}"
 
@@ -177,16 +177,16 @@ class _HostPush:
         sizer = ThreadPoolExecutor(max_workers=1)
         future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
         try:
-            with connect(self.host, self.conn) as remote:
+            with OpenSshSession(self.host, self.conn) as remote:
                 self.sizes = future.result()
                 return self._run(remote)
         finally:
             sizer.shutdown(wait=True)
 
-    def _probe(self, remote: Remote) -> DestFacts:
+    def _probe(self, remote: OpenSshSession) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
 
-    def _run(self, remote: Remote) -> list[DataPushResult]:
+    def _run(self, remote: OpenSshSession) -> list[DataPushResult]:
         o = self.o
         facts = self._probe(remote)
         mappings = resolve_mapping([(s.typed, s.is_dir, s.real_name) for s in self.sources], self.dest,
@@ -212,8 +212,8 @@ class _HostPush:
         if not facts.has_rsync and o.install_rsync:
             ui.step(f"{remote.target.alias}: installing rsync (apt-get install rsync)")
             install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 rsync"
-            remote.run(f"{install} || (apt-get update -q && {install})", sudo=True, what="install rsync",
-                       timeout=900)
+            self._as_root(remote, facts, f"{install} || (apt-get update -q && {install})", "install rsync",
+                          timeout=900)
             facts = self._probe(remote)
         local_version = _local_rsync_version()
         both_zstd = _rsync_supports_zstd(local_version) and _rsync_supports_zstd(facts.rsync_version)
@@ -246,14 +246,28 @@ class _HostPush:
         if not mkpath and not o.dry_run:
             parents = {m.dest_arg if m.source_is_dir else os.path.dirname(m.landing.rstrip("/")) or "."
                        for _, m, *_ in plans}
-            remote.run(" && ".join(f"mkdir -p {shell.quote(p)}" for p in sorted(parents)), sudo=o.sudo,
-                       what="create destination directories")
+            mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in sorted(parents))
+            if o.sudo:
+                self._as_root(remote, facts, mkdirs, "create destination directories")
+            else:
+                remote.run(mkdirs, what="create destination directories")
         results = []
         for src, m, summary, files, size, method, reason in plans:
             results.append(self._one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
 
-    def _check_space(self, remote: Remote, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
+    def _as_root(self, remote: OpenSshSession, facts: DestFacts, command: str, what: str,
+                 timeout: float | None = None) -> None:
+        """Root commands go over the OpenSSH session; a sudo password needs the paramiko layer's prompt."""
+        if facts.sudo == "password":
+            from migrate.remote.connection import connect
+
+            with connect(self.host, self.conn) as r:
+                r.run(command, sudo=True, what=what, timeout=timeout)
+        else:
+            remote.run(command, sudo=True, sudo_mode=facts.sudo, what=what, timeout=timeout)
+
+    def _check_space(self, remote: OpenSshSession, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
                      plans: list) -> None:
         if facts.free_bytes is None or self.o.dry_run:
             return
@@ -275,7 +289,7 @@ class _HostPush:
             f"(+{ui.human_bytes(margin)} margin), {ui.human_bytes(facts.free_bytes)} free; nothing was sent",
             hint="free space there, choose another DEST, or --exclude what is not needed")
 
-    def _one(self, remote: Remote, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+    def _one(self, remote: OpenSshSession, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, files: int, size: int, method: str,
              reason: str) -> DataPushResult:
         o = self.o
@@ -327,7 +341,7 @@ class _HostPush:
             or method == "tar" else "up to date"
         return result
 
-    def _tar(self, remote: Remote, facts: DestFacts, src: _Source, m: Mapping,
+    def _tar(self, remote: OpenSshSession, facts: DestFacts, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, cb) -> RunOutcome:
         sudo_prefix = "sudo -n " if self.o.sudo and facts.sudo == "nopasswd" else ""
         ssh = remote.openssh_argv()
@@ -434,7 +448,7 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
     require_local_tools()
     src = normalize_remote_path(remote_src)
     t0 = time.monotonic()
-    with connect(host, conn) as remote:
+    with OpenSshSession(host, conn) as remote:
         facts = parse_source_probe(remote.run(source_probe_command(src), what="inspect source").stdout)
         if facts.kind == "none":
             raise MigrateError(f"{remote.target.alias}:{remote_src} not found",

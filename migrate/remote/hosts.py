@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paramiko
-
 from migrate.errors import UsageError
 from migrate.paths import cache_root, private_dir
 
@@ -145,11 +143,20 @@ class SshConfigSet:
             except OSError as exc:
                 raise UsageError(f"cannot read ssh config {path}: {exc.strerror}") from exc
         self.text = "\n".join(parts)
-        try:
-            self.config = paramiko.SSHConfig.from_text(self.text)
-        except Exception as exc:  # paramiko raises ConfigParseError / ValueError / others
-            raise UsageError(f"cannot parse ssh config: {exc}", hint=f"check {user_config}") from exc
+        self._config = None
         self._file: Path | None = None
+
+    @property
+    def config(self):
+        """The text parsed by paramiko (imported only when needed: OpenSSH-only paths skip it)."""
+        if self._config is None:
+            import paramiko
+
+            try:
+                self._config = paramiko.SSHConfig.from_text(self.text)
+            except Exception as exc:  # paramiko raises ConfigParseError / ValueError / others
+                raise UsageError(f"cannot parse ssh config: {exc}", hint=f"check {self.user_config}") from exc
+        return self._config
 
     def lookup(self, host: str) -> dict:
         """paramiko's view of `Host` blocks for this name."""

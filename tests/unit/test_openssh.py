@@ -1,0 +1,31 @@
+from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import OpenSshSession, parse_ssh_g
+
+
+def test_parse_ssh_g():
+    text = "user carol\nhostname 10.1.2.3\nport 2200\nidentityfile ~/.ssh/id_rsa\nidentityfile ~/.ssh/id_ed25519\n"
+    r = parse_ssh_g("gpu", text)
+    assert (r.alias, r.hostname, r.port, r.user, r.display) == ("gpu", "10.1.2.3", 2200, "carol", "carol@gpu")
+
+
+def test_session_resolves_like_openssh_and_keeps_every_check(tmp_path, monkeypatch):
+    cfg = tmp_path / "config"
+    cfg.write_text("Host gpu\n  HostName 10.1.2.3\n  Port 2200\n  User carol\n")
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / "cache"))
+    s = OpenSshSession("gpu", ConnectOptions(ssh_config_path=str(cfg), port=2201))
+    try:
+        assert (s.target.hostname, s.target.port, s.target.user) == ("10.1.2.3", 2201, "carol")
+        argv = s.openssh_argv()
+        joined = " ".join(argv)
+        assert argv[0] == "ssh" and argv[-1] == "gpu" and "-F" in argv
+        assert "StrictHostKeyChecking=yes" in joined and "BatchMode=yes" in joined
+        assert "ControlMaster=auto" in joined and "-p 2201" in joined
+        assert "StrictHostKeyChecking=no" not in joined
+    finally:
+        s.close()
+    s2 = OpenSshSession("bob@gpu", ConnectOptions(ssh_config_path=str(cfg), accept_new_host_key=True))
+    try:
+        assert s2.target.user == "bob" and "StrictHostKeyChecking=accept-new" in " ".join(s2.openssh_argv())
+    finally:
+        s2.close()
