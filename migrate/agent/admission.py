@@ -5,10 +5,14 @@ A GPU (or MIG instance) is free for us when ALL of these hold:
 - it is not reserved by one of our jobs (reservations come from the queue, written before launch);
 - no foreign process is on it (compute, graphics or MPS: any process on an unreserved GPU is
   someone else's, or a leftover that still holds memory);
-- its used memory is under `Policy.idle_mem_mib` (memory in use without a listed process means
-  someone NVML does not show us, e.g. another container). With NVML's v2 memory API `used`
-  excludes the driver's reservation; drivers that only have v1 count it (~480 MiB on an idle
-  H100, ~900 MiB on an A100), so v1 readings get the higher `Policy.idle_mem_mib_v1`;
+- its used memory is under the idle threshold (memory in use without a listed process means
+  someone NVML does not show us, e.g. another container). The threshold is measured: the lowest
+  `used` seen on that device while it had no process and no reservation of ours (its idle
+  baseline, see `learn_idle_baseline`) plus `Policy.idle_margin_mib`, never above a ceiling.
+  With NVML's v2 memory API `used` excludes the driver's reservation; drivers that only have v1
+  count it (~480 MiB on an idle H100, ~900 MiB on an A100), so the ceiling is
+  `Policy.idle_mem_mib` for v2 and `Policy.idle_mem_mib_v1` for v1 readings, which is also the
+  threshold until a baseline has been seen;
 - its utilisation is under `Policy.max_util_pct`;
 - it is in the job's `gpu_pool` (UUIDs, UUID prefixes or indices; a MIG instance belongs to the
   pool of its parent), and has at least the job's `min_free_mem_mib` free.
@@ -36,6 +40,7 @@ class Policy:
     max_util_pct: int = 10
     idle_mem_mib: int = 512
     idle_mem_mib_v1: int = 1024
+    idle_margin_mib: int = 256
     backfill_wait_s: float = 600.0
     cpu_slots: int = 4
 
@@ -60,7 +65,48 @@ def _mib(n: int | None) -> str:
     return f"{n / 1024.0:.1f} GiB" if n >= 1024 else f"{n} MiB"
 
 
-def gpu_verdict(dev: Any, reserved: dict, policy: Policy, owners: dict | None = None) -> GpuVerdict:
+def _baseline_key(dev: Any) -> str:
+    return f"{dev.uuid}/{dev.memory_api or 'fake'}"
+
+
+def learn_idle_baseline(devices: list, reserved: dict, baselines: dict) -> dict:
+    """Update the per-device idle baseline: the lowest `used` MiB seen with no process on it and no
+    reservation of ours (pure; returns a new dict). Keyed by UUID and memory API (v1 and v2
+    readings of the same GPU differ by the driver's reservation)."""
+    out = dict(baselines)
+    for d in devices:
+        if d.error or d.mig_mode or d.processes or d.uuid in reserved or d.memory_used_mib is None:
+            continue
+        key = _baseline_key(d)
+        if key not in out or d.memory_used_mib < out[key]:
+            out[key] = int(d.memory_used_mib)
+    return out
+
+
+def load_idle_baselines(queue: Any) -> dict:
+    """The baselines kept in the queue's meta table ({} when absent or unreadable)."""
+    import json
+
+    try:
+        data = json.loads(queue.get_meta("idle_baselines") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): int(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+
+def idle_threshold(dev: Any, policy: Policy, baselines: dict | None = None) -> int:
+    """MiB of used memory above which a device with no listed process counts as busy."""
+    ceiling = policy.idle_mem_mib_v1 if dev.memory_api == "v1" else policy.idle_mem_mib
+    base = (baselines or {}).get(_baseline_key(dev))
+    if base is None:
+        return ceiling
+    return min(ceiling, int(base) + policy.idle_margin_mib)
+
+
+def gpu_verdict(dev: Any, reserved: dict, policy: Policy, owners: dict | None = None,
+                baselines: dict | None = None) -> GpuVerdict:
     """Judge one device for everybody (job-specific checks are in `fits`)."""
     if dev.error:
         return GpuVerdict(dev, ERROR, dev.error)
@@ -76,10 +122,10 @@ def gpu_verdict(dev: Any, reserved: dict, policy: Policy, owners: dict | None = 
             parts.append(f"pid {p.pid}{(f' ({who})' if who else '')} {_mib(p.used_mib)}")
         more = f" +{len(dev.processes) - 3} more" if len(dev.processes) > 3 else ""
         return GpuVerdict(dev, BUSY, "in use by " + ", ".join(parts) + more, shareable=True)
-    idle = policy.idle_mem_mib_v1 if dev.memory_api == "v1" else policy.idle_mem_mib
+    idle = idle_threshold(dev, policy, baselines)
     if dev.memory_used_mib is not None and dev.memory_used_mib > idle:
-        return GpuVerdict(dev, BUSY, f"{_mib(dev.memory_used_mib)} used by processes NVML does not list",
-                          shareable=True)
+        return GpuVerdict(dev, BUSY, f"{_mib(dev.memory_used_mib)} used by processes NVML does not list "
+                          f"(idle threshold {_mib(idle)})", shareable=True)
     if dev.utilization is not None and dev.utilization > policy.max_util_pct:
         return GpuVerdict(dev, BUSY, f"utilisation {dev.utilization}%")
     return GpuVerdict(dev, FREE, "")
@@ -139,10 +185,11 @@ def _summary(verdicts: list, job: dict) -> str:
 
 
 def plan(queued: list, snapshot: Any, snapshot_error: str | None, reserved: dict, running_cpu_jobs: int,
-         policy: Policy, now: float, owners: dict | None = None) -> tuple:
+         policy: Policy, now: float, owners: dict | None = None, baselines: dict | None = None) -> tuple:
     """Decide admissions for this tick.
 
     `queued` is in dispatch order (priority desc, id asc); `snapshot` is a GpuSnapshot or None.
+    `baselines` are the devices' idle baselines (`learn_idle_baseline`).
     Returns (admissions, reasons) where reasons maps job id -> why it still waits.
     """
     admissions = []  # type: list
@@ -177,7 +224,7 @@ def plan(queued: list, snapshot: Any, snapshot_error: str | None, reserved: dict
             where = "in --gpu-pool {}".format(",".join(pool)) if pool else "on this host"
             reasons[job["id"]] = f"cannot start: needs {need} GPU{('s' if need != 1 else '')}, {len(eligible)} {where}"
             continue
-        verdicts = [gpu_verdict(d, taken, policy, owners) for d in eligible]
+        verdicts = [gpu_verdict(d, taken, policy, owners, baselines) for d in eligible]
         usable = sorted((v for v in verdicts if fits(v, job)), key=_candidate_key)
         if len(usable) >= need:
             chosen = [v.device for v in usable[:need]]

@@ -63,6 +63,7 @@ class Daemon:
         self.device_errors = {}  # type: dict
         self.last_liveness = 0.0
         self.last_reasons = {}  # type: dict
+        self.idle_baselines = None  # type: dict | None  # loaded from the queue's meta on first use
         self.boot = procs.boot_identity()
         self.user = current_user()
         self.home = os.path.expanduser("~")
@@ -282,13 +283,30 @@ class Daemon:
             for d in snapshot.devices:
                 for p in d.processes:
                     owners[p.pid] = procs.owner(p.pid) or "?"
-        admissions, reasons = admission.plan(queued, snapshot, error, self.queue.reservations(), running_cpu,
-                                             self._policy(), now, owners)
+        reserved = self.queue.reservations()
+        baselines = self._learn_baselines(snapshot, reserved)
+        admissions, reasons = admission.plan(queued, snapshot, error, reserved, running_cpu,
+                                             self._policy(), now, owners, baselines)
         for adm in admissions:
             if self.stopping:
                 break
             self.launch(adm.job, adm.devices)
         self._set_reasons(reasons)
+
+    def _learn_baselines(self, snapshot: object, reserved: dict) -> dict:
+        """Idle baselines, updated from this snapshot and kept in the queue (they survive restarts)."""
+        if self.idle_baselines is None:
+            self.idle_baselines = admission.load_idle_baselines(self.queue)
+        if snapshot is None:
+            return self.idle_baselines
+        learned = admission.learn_idle_baseline(snapshot.leaves(), reserved, self.idle_baselines)
+        if learned != self.idle_baselines:
+            for key, mib in learned.items():
+                if key not in self.idle_baselines:
+                    self.log(f"GPU {key.split('/')[0]}: idle baseline {mib} MiB used")
+            self.queue.set_meta("idle_baselines", json.dumps(learned, sort_keys=True))
+            self.idle_baselines = learned
+        return learned
 
     def _set_reasons(self, reasons: dict) -> None:
         changed = {k: v for k, v in reasons.items() if self.last_reasons.get(k) != v}

@@ -300,8 +300,9 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
     for d in snap.devices:
         for p in d.processes:
             owners[p.pid] = procs.owner(p.pid) or "?"
+    baselines = admission.learn_idle_baseline(snap.leaves(), reserved, admission.load_idle_baselines(queue))
     for d in snap.devices:
-        verdict = admission.gpu_verdict(d, reserved, policy, owners)
+        verdict = admission.gpu_verdict(d, reserved, policy, owners, baselines)
         row = d.to_dict()
         row["verdict"], row["reason"] = verdict.verdict, verdict.reason
         row["reserved_by"] = reserved.get(d.uuid)

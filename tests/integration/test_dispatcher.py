@@ -262,6 +262,24 @@ def test_foreign_processes_block_nvml_faults_degrade(h2):
     assert h2.wait_final([gid], timeout=40)[gid]["state"] == "done"
 
 
+def test_unlisted_memory_above_the_measured_idle_baseline_blocks(h2):
+    state = fake_state(1)  # idle: 0 MiB used, no process
+    h2.write_fake(state)
+    (learn,) = h2.run_json("--name", "learn", "--", "true")
+    assert h2.wait_final([learn["id"]])[learn["id"]]["state"] == "done"
+    assert "idle baseline 0 MiB" in h2.sh("cat ~/.migrate/dispatcher/agent.log")
+    # 400 MiB used by nobody NVML lists: under the fixed 512 MiB ceiling, over baseline + 256
+    state["gpus"][0]["memory_used_mib"] = 400
+    h2.write_fake(state)
+    (sneaky,) = h2.run_json("--name", "sneaky", "--", "true")
+    jobs = h2.wait(lambda js: "idle threshold 256 MiB" in js[sneaky["id"]]["reason"])
+    assert jobs[sneaky["id"]]["state"] == "queued"
+    view = json.loads(h2.cli("gpus", h2.alias, "--json").stdout)
+    assert view["devices"][0]["verdict"] == "busy"
+    h2.write_fake(fake_state(1))
+    assert h2.wait_final([sneaky["id"]], timeout=40)[sneaky["id"]]["state"] == "done"
+
+
 def test_a_reboot_marks_running_jobs_lost_and_pauses_the_queue(h2):
     (long_job,) = h2.run_json("--gpus-per-job", "0", "--", "sleep 600")
     h2.wait(lambda js: js[long_job["id"]]["state"] == "running")

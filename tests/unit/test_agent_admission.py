@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import pytest
 
-from migrate.agent.admission import BUSY, ERROR, FREE, MIG_PARENT, RESERVED, Policy, fits, gpu_verdict, in_pool, plan
+from migrate.agent.admission import (
+    BUSY,
+    ERROR,
+    FREE,
+    MIG_PARENT,
+    RESERVED,
+    Policy,
+    fits,
+    gpu_verdict,
+    idle_threshold,
+    in_pool,
+    learn_idle_baseline,
+    load_idle_baselines,
+    plan,
+)
 from migrate.agent.gpus import GpuDevice, GpuProcess, GpuSnapshot
 
 H100 = 81559
@@ -53,6 +67,48 @@ H100_BUSY_UTIL = gpu(0, used=300, util=87)
 ])
 def test_verdicts_on_recorded_states(device, verdict):
     assert gpu_verdict(device, {}, POLICY).verdict == verdict
+
+
+def test_idle_baseline_is_the_lowest_reading_without_process_or_reservation():
+    seen = learn_idle_baseline([gpu(0, used=9), gpu(1, used=300, procs=[(5, 290)]), gpu(2, used=7)],
+                               {"GPU-0002": 4}, {})
+    assert seen == {"GPU-0000/fake": 9}  # GPU 1 has a process, GPU 2 is ours: neither teaches anything
+    seen = learn_idle_baseline([gpu(0, used=4), gpu(0, used=480, memory_api="v1")], {}, seen)
+    assert seen == {"GPU-0000/fake": 4, "GPU-0000/v1": 480}
+    assert learn_idle_baseline([gpu(0, used=40)], {}, seen) == seen  # never creeps up
+
+
+def test_measured_baseline_catches_an_unlisted_context_the_fixed_ceiling_misses():
+    # v1 H100: idle 480 MiB; a small foreign context NVML does not list adds ~400 MiB -> 880 MiB,
+    # under the 1 GiB v1 ceiling, but above the measured 480 + 256 margin.
+    sneaky = gpu(0, used=880, memory_api="v1")
+    assert gpu_verdict(sneaky, {}, POLICY).verdict == FREE
+    baselines = learn_idle_baseline([H100_IDLE_V1], {}, {})
+    assert idle_threshold(sneaky, POLICY, baselines) == 480 + POLICY.idle_margin_mib
+    v = gpu_verdict(sneaky, {}, POLICY, baselines=baselines)
+    assert v.verdict == BUSY and "idle threshold 736 MiB" in v.reason
+    assert gpu_verdict(H100_IDLE_V1, {}, POLICY, baselines=baselines).verdict == FREE
+
+
+def test_baseline_never_raises_the_threshold_above_the_ceiling():
+    baselines = learn_idle_baseline([gpu(0, used=5000)], {}, {})  # first seen while someone hid on it
+    assert idle_threshold(gpu(0), POLICY, baselines) == POLICY.idle_mem_mib
+    assert gpu_verdict(gpu(0, used=5000), {}, POLICY, baselines=baselines).verdict == BUSY
+
+
+def test_baselines_load_from_meta_and_tolerate_garbage():
+    class Meta:
+        def __init__(self, text):
+            self.text = text
+
+        def get_meta(self, key):
+            assert key == "idle_baselines"
+            return self.text
+
+    assert load_idle_baselines(Meta('{"GPU-1/v2": 3}')) == {"GPU-1/v2": 3}
+    assert load_idle_baselines(Meta("")) == {}
+    assert load_idle_baselines(Meta("not json")) == {}
+    assert load_idle_baselines(Meta("[1, 2]")) == {}
 
 
 def test_foreign_process_reason_names_pid_owner_and_memory():
