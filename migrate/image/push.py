@@ -66,11 +66,12 @@ from migrate.image.plan import (
     plan_image,
 )
 from migrate.image.remote import RemoteDocker, parse_facts
-from migrate.image.stream import AES_GCM_FIRST, RateLimiter, SshMaster, StreamBroken, local_has_aes, stream
+from migrate.image.stream import RateLimiter, SshMaster, StreamBroken, stream
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import AES_GCM_FIRST, local_has_aes
 from migrate.remote.parallel import for_each_host
 
 MIB = 1 << 20

@@ -15,22 +15,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from migrate import ui
 from migrate.errors import ConnectError, UsageError
 from migrate.image.compress import Codec, StreamCompressor
 from migrate.paths import cache_root, private_dir
-
-AES_GCM_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
-
-
-def local_has_aes() -> bool:
-    """True when this CPU advertises AES-NI."""
-    try:
-        return re.search(r"\baes\b", Path("/proc/cpuinfo").read_text()) is not None
-    except OSError:
-        return False
 
 
 def parse_rate(text: str) -> float:

@@ -10,11 +10,16 @@ then the user's file, via `-F`), `StrictHostKeyChecking=yes` (or `accept-new` wh
 command-line port, user and keys. When the connection fails, the same host is tried once with the
 paramiko-based connection layer, whose errors say exactly what is wrong (unknown host key with its
 fingerprint, changed key, refused port, authentication) instead of OpenSSH's terse exit 255.
+
+Cipher: where this CPU has AES-NI and no ssh_config in play names `Ciphers`, AES-GCM is offered
+first (OpenSSH's default is chacha20-poly1305, ~20 % slower per byte with AES-NI; measured on the
+sandbox: 1 GiB in 5.05 s vs 5.99 s). The server still picks from what it allows.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +30,24 @@ from migrate.errors import ConnectError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions, HostSpec, SshConfigSet, user_ssh_config_path
+
+AES_GCM_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
+_CIPHERS_LINE = re.compile(r"^\s*ciphers[\s=]", re.IGNORECASE | re.MULTILINE)
+
+
+def local_has_aes() -> bool:
+    """True when this CPU advertises AES instructions (x86 `aes` flag, arm64 `aes` feature)."""
+    try:
+        return re.search(r"\baes\b", Path("/proc/cpuinfo").read_text()) is not None
+    except OSError:
+        return False
+
+
+def preferred_ciphers(config_text: str, has_aes: bool) -> str | None:
+    """The `Ciphers` value to offer, or None to leave OpenSSH's choice (or the user's) alone (pure)."""
+    if not has_aes or _CIPHERS_LINE.search(config_text):
+        return None
+    return AES_GCM_FIRST
 
 
 @dataclass
@@ -51,6 +74,17 @@ def parse_ssh_g(alias: str, text: str) -> ResolvedHost:
                         user=values.get("user", ""))
 
 
+def _user_default_config_text() -> str:
+    """/etc/ssh/ssh_config (and its drop-ins): a system-wide `Ciphers` is respected too."""
+    parts = []
+    for path in [Path("/etc/ssh/ssh_config"), *sorted(Path("/etc/ssh/ssh_config.d").glob("*.conf"))]:
+        try:
+            parts.append(path.read_text())
+        except OSError:
+            continue
+    return "\n".join(parts)
+
+
 class OpenSshSession:
     """One host, reached with `ssh` and a ControlMaster; `run()` mirrors `Remote.run` for plain commands."""
 
@@ -66,6 +100,7 @@ class OpenSshSession:
         control_dir = private_dir(cache_root() / "cm")
         self._control = str(Path(tempfile.mkdtemp(prefix="", dir=control_dir)) / "s")
         self._master_open = False
+        self._ciphers = preferred_ciphers(self.configs.text + "\n" + _user_default_config_text(), local_has_aes())
         self.target = self._resolve()
 
     # -- argv ---------------------------------------------------------------------------------
@@ -82,6 +117,8 @@ class OpenSshSession:
             argv += ["-o", f"ConnectTimeout={o.connect_timeout}"]
         else:
             argv += ["-o", "ConnectTimeout=10"]
+        if self._ciphers:
+            argv += ["-o", f"Ciphers={self._ciphers}"]
         if control:
             argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control}", "-o", "ControlPersist=120"]
         if o.port:
