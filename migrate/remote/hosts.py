@@ -172,12 +172,28 @@ class SshConfigSet:
             cache = private_dir(cache_root())
             path = cache / f"ssh_config-{digest}"
             if not path.exists():
+                _prune_stale(cache, "ssh_config-*", max_age_s=7 * 86400)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(self.text)
                 tmp.chmod(0o600)
                 tmp.replace(path)
+            else:
+                path.touch()  # in use: keep it out of the pruning
             self._file = path
         return self._file
+
+
+def _prune_stale(directory: Path, pattern: str, max_age_s: float) -> None:
+    """Remove cache files matching `pattern` not used for `max_age_s` (old sandbox configs pile up)."""
+    import time
+
+    cutoff = time.time() - max_age_s
+    for old in directory.glob(pattern):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            continue
 
 
 def _split_words(value: str | list[str] | None) -> list[str]:

@@ -133,6 +133,21 @@ def test_openssh_file_is_only_needed_for_non_default_configs(tmp_path, monkeypat
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
+def test_stale_ssh_config_copies_are_pruned_and_used_ones_kept(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / "cache"))
+    first = _configs(tmp_path, "Host a\n  Port 1\n", extra="Host b\n  Port 2\n").openssh_file()
+    stale = first.parent / "ssh_config-0000000000000000"
+    stale.write_text("old")
+    os.utime(stale, (1, 1))
+    os.utime(first, (1, 1))
+    assert _configs(tmp_path, "Host a\n  Port 1\n", extra="Host b\n  Port 2\n").openssh_file() == first
+    assert first.stat().st_mtime > 1 and stale.exists()  # reuse touches; nothing new written, no pruning
+    other = _configs(tmp_path, "Host a\n  Port 1\n", extra="Host c\n  Port 3\n").openssh_file()
+    assert other.exists() and first.exists() and not stale.exists()
+
+
 def test_bad_port_in_config_is_reported(tmp_path):
     with pytest.raises(UsageError, match="bad Port"):
         resolve(HostSpec.parse("x"), ConnectOptions(), _configs(tmp_path, "Host x\n  Port abc\n"))
