@@ -259,6 +259,9 @@ def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, a
     host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else pb.hosts
     if not host_list:
         raise UsageError("no hosts", hint="name them in the playbook or with --hosts")
+    missing = pb.missing_local_paths(only_list or None)
+    if missing:
+        raise UsageError("; ".join(missing), hint="relative paths are relative to the playbook's directory")
     report = apply_playbook(pb, host_list, conn, only=only_list, dry_run=dry_run)
     if as_json:
         ui.print_json({"playbook": str(pb.path), "hosts": host_list, "stages": report.stages,

@@ -56,6 +56,18 @@ class Playbook:
     images: list[ImageEntry]
     data: list[DataEntry]
     run: dict[str, Any] | None
+    local_paths: list[tuple[str, str, int]] = field(default_factory=list)  # (key, resolved path, line)
+
+    def missing_local_paths(self, stages: list[str] | None = None) -> list[str]:
+        """`file:line: key: PATH not found` for every local path a stage needs that is missing."""
+        out = []
+        for key, resolved, line in self.local_paths:
+            stage = key.split(".")[0].split("[")[0]  # data[0].src -> data
+            if stages and stage not in stages:
+                continue
+            if not Path(resolved).exists():
+                out.append(f"{self.path}:{line}: {key}: {resolved} not found")
+        return out
 
     def stages(self) -> list[str]:
         """The stages this playbook has, in the order apply runs them."""
@@ -268,7 +280,13 @@ def parse_playbook(text: str, path: Path) -> Playbook:
         data["setup"]["offline"] = str(base / data["setup"]["offline"])
     if run_present and data["run"].get("compose"):
         data["run"]["compose"] = str(base / data["run"]["compose"])
+    local_paths = []
+    for where, node in _local_path_nodes(root):
+        value = str(node.value)
+        resolved = value if Path(value).is_absolute() else str((base / value).resolve())
+        local_paths.append((where, resolved, node.start_mark.line + 1))
     return Playbook(
+        local_paths=local_paths,
         path=path,
         name=data["name"] or path.stem,
         hosts=data["hosts"],
@@ -282,6 +300,30 @@ def parse_playbook(text: str, path: Path) -> Playbook:
               for d in data["data"]],
         run=data["run"] if run_present else None,
     )
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if k.value == key), None)
+
+
+def _local_path_nodes(root: yaml.Node) -> list[tuple[str, yaml.Node]]:
+    """The scalar nodes that name local paths (data src, image build dirs, compose file, offline dir)."""
+    found = []
+    for i, entry in enumerate(getattr(_child(root, "data"), "value", None) or []):
+        node = _child(entry, "src")
+        if isinstance(node, yaml.ScalarNode):
+            found.append((f"data[{i}].src", node))
+    for i, entry in enumerate(getattr(_child(root, "images"), "value", None) or []):
+        node = _child(entry, "build")
+        if isinstance(node, yaml.ScalarNode) and node.value:
+            found.append((f"images[{i}].build", node))
+    for section, key in (("run", "compose"), ("setup", "offline")):
+        node = _child(_child(root, section), key)
+        if isinstance(node, yaml.ScalarNode) and node.value:
+            found.append((f"{section}.{key}", node))
+    return found
 
 
 def load_playbook(path: str | Path) -> Playbook:

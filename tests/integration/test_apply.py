@@ -115,3 +115,14 @@ def test_typo_fails_before_remote_work_with_line_number(tmp_path):
     bad.write_text("hosts: [sandbox1]\nimages: [x]\nrun:\n  command: echo hi\n  gpus_per_job: two\n")
     res = run_cli("apply", str(bad))
     assert res.code == 2 and "bad.yml:5: 'run.gpus_per_job' must be an integer" in res.stderr
+
+
+def test_missing_dataset_fails_before_remote_work_with_line_number(tmp_path):
+    play = tmp_path / "play.yml"
+    play.write_text("hosts: [no-such-host.invalid]\nsetup: {docker_source: distro}\n"
+                    "data:\n  - {src: ./cifar10, dest: data/cifar10}\n")
+    res = run_cli("apply", str(play), "--dry-run")
+    assert res.code == 2, res.output
+    assert f"play.yml:4: data[0].src: {tmp_path / 'cifar10'} not found" in res.stderr
+    assert "no-such-host" not in res.stderr  # no host was contacted
+    assert run_cli("apply", str(play), "--only", "setup", "--dry-run").code != 2  # setup needs no local path

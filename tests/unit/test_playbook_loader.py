@@ -98,3 +98,17 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.yml").write_text("")
     with pytest.raises(PlaybookError, match="empty"):
         load_playbook(tmp_path / "empty.yml")
+
+
+def test_missing_local_paths_are_named_with_their_line_before_any_remote_work(tmp_path):
+    (tmp_path / "present").mkdir()
+    text = ("hosts: [h]\n"
+            "images:\n  - {name: a:1, build: ./nobuild}\n"
+            "data:\n  - {src: ./present, dest: d}\n  - {src: ./absent, dest: e}\n"
+            "run: {command: 'true'}\n")
+    pb = parse_playbook(text, tmp_path / "p.yml")
+    play = tmp_path / "p.yml"
+    assert pb.missing_local_paths() == [f"{play}:6: data[1].src: {tmp_path / 'absent'} not found",
+                                        f"{play}:3: images[0].build: {tmp_path / 'nobuild'} not found"]
+    assert pb.missing_local_paths(["run"]) == []  # --only run needs none of them
+    assert pb.missing_local_paths(["images"]) == [f"{play}:3: images[0].build: {tmp_path / 'nobuild'} not found"]
