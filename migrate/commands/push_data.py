@@ -50,6 +50,7 @@ METHODS = ("auto", "rsync", "parallel", "tar")
 # auto picks a tar stream for a first copy of many small files (measured: benchmarks/push_data.py)
 TAR_MIN_FILES = 1000
 TAR_MAX_AVG_BYTES = 1 << 20
+PARALLEL_MIN_BYTES = 256 << 20  # first copies at least this big, of 2+ files, go as parallel rsync streams
 SPACE_MARGIN_BYTES = 1 << 20
 
 
@@ -91,8 +92,9 @@ class DataPushResult:
 
 # -- pure decisions ------------------------------------------------------------------------------
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
-                  delete: bool, checksum: bool, is_dir: bool) -> tuple[str, str]:
-    """(method, reason). auto: tar for a first copy of many small files, else rsync."""
+                  delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False) -> tuple[str, str]:
+    """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
+    first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync."""
     if not remote_rsync:
         if delete:
             raise MigrateError("--delete needs rsync on the remote side",
@@ -105,6 +107,10 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
     if is_dir and dest_empty and not delete and not checksum and files >= TAR_MIN_FILES \
             and avg_size <= TAR_MAX_AVG_BYTES:
         return "tar", f"first copy of {files} small files: one tar stream is fastest"
+    if is_dir and dest_empty and not delete and not checksum and not bwlimit and files >= 2 \
+            and files * avg_size >= PARALLEL_MIN_BYTES:
+        total = ui.human_bytes(int(files * avg_size))
+        return "parallel", f"first copy of {files} files, {total}: parallel rsync streams"
     return "rsync", "rsync (resumable, only differences)"
 
 
@@ -234,7 +240,7 @@ class _HostPush:
             method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
                                            dest_empty=facts.kind == "none" or facts.empty, files=files,
                                            avg_size=size / files if files else 0, delete=o.delete,
-                                           checksum=o.checksum, is_dir=src.is_dir)
+                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit))
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
             if method in ("tar", "parallel") and src.is_dir:
@@ -551,7 +557,8 @@ def _transfer_options(f):
 @click.option("--compress", type=click.Choice(["auto", "none", "zstd"]), default="auto", show_default=True,
               help="auto: zstd only off the local network (rsync skips already-compressed file types).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="auto: a tar stream for a first copy of many small files, else rsync; parallel: N rsync streams.")
+              help="auto: a tar stream for a first copy of many small files, --streams parallel rsync streams "
+                   "for a first copy of several big files, else rsync.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Streams for --method parallel.")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")

@@ -101,7 +101,12 @@ def test_choose_method():
               is_dir=True)
     assert choose_method("auto", **kw)[0] == "tar"
     assert choose_method("auto", **{**kw, "dest_empty": False})[0] == "rsync"
-    assert choose_method("auto", **{**kw, "files": 5, "avg_size": 1 << 30})[0] == "rsync"
+    big = {**kw, "files": 4, "avg_size": 256 << 20}
+    assert choose_method("auto", **big)[0] == "parallel"  # first copy of several big files
+    assert choose_method("auto", **{**big, "dest_empty": False})[0] == "rsync"  # then only differences
+    assert choose_method("auto", **{**big, "bwlimit": True})[0] == "rsync"  # a cap: one stream honours it
+    assert choose_method("auto", **{**big, "files": 1, "avg_size": 1 << 30})[0] == "rsync"
+    assert choose_method("auto", **{**big, "avg_size": 32 << 20})[0] == "rsync"  # 128 MiB: not worth it
     assert choose_method("auto", **{**kw, "delete": True})[0] == "rsync"
     assert choose_method("parallel", **kw)[0] == "parallel"
     assert choose_method("auto", **{**kw, "remote_rsync": False})[0] == "tar"
