@@ -114,6 +114,8 @@ for u in alice bob; do
   chown $u:$u /home/$u/.ssh/authorized_keys; chmod 600 /home/$u/.ssh/authorized_keys
 done
 echo "bob:$BOBPW" | chpasswd
+# the small-disk tmpfs loses its docker --tmpfs mode when a stopped container is started again
+if mountpoint -q /mnt/small 2>/dev/null; then chmod 1777 /mnt/small; fi
 if [ -n "$NS" ]; then printf "%s\n" "$NS" > /etc/migrate-sandbox/resolv.conf; fi
 printf "%s" "$HOSTS" > /etc/migrate-sandbox/hosts
 /usr/local/sbin/migrate-sandbox-netfix

@@ -299,3 +299,27 @@ def test_first_copy_of_many_small_files_streams_tar_then_rsync_keeps_it_in_sync(
     res = run_cli("push-data", str(src), f"{host}:{base}/parallel", "--method", "parallel", "--streams", "3")
     assert res.code == 0, res.output
     assert _remote_listing(remote, base + "/parallel") == _local_listing(src)
+
+
+def test_first_copy_of_several_big_files_goes_as_parallel_streams(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    src = tmp_path / "shards"
+    src.mkdir()
+    digests = {}
+    for i, size in enumerate((150, 110, 20)):  # MiB; 280 MiB in all, over the 256 MiB threshold
+        data = os.urandom(1 << 20) * size  # cheap to make, and rsync cannot skip any of it
+        (src / f"shard-{i}.bin").write_bytes(data)
+        digests[f"shard-{i}.bin"] = hashlib.sha256(data).hexdigest()
+    (src / "meta").mkdir()
+    (src / "meta" / "index.json").write_text("{}")
+    res = run_cli("push-data", str(src), f"{host}:{base}/shards", "--json")
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "parallel" and "parallel rsync streams" in res.stderr, res.output
+    out = remote.run(f"cd {shell.quote(base + '/shards')} && sha256sum shard-*.bin").stdout
+    assert {line.split()[1]: line.split()[0] for line in out.splitlines()} == digests
+    assert _remote_listing(remote, base + "/shards") == _local_listing(src)
+    res = run_cli("push-data", str(src), f"{host}:{base}/shards", "--json")  # not a first copy any more
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "rsync" and r["files_transferred"] == 0, r
+    remote.run(f"rm -rf {shell.quote(base + '/shards')}")
