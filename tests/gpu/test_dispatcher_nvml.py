@@ -123,3 +123,18 @@ def test_twenty_short_jobs_on_one_gpu_run_one_at_a_time(agent, tmp_path):
     assert len(lines) == 40
     for i in range(0, 40, 2):  # strictly alternating start/end: never two jobs on the GPU at once
         assert lines[i].startswith("start ") and lines[i].endswith(target) and lines[i + 1].startswith("end ")
+
+
+def test_the_idle_baseline_is_measured_from_the_real_gpu(agent):
+    """The dispatcher learns each idle GPU's 'used' memory and sets its threshold 256 MiB above it."""
+    target = _uuid(GPUS[0])
+    (job,) = agent.submit([{"command": "true", "gpu_pool": [target]}])
+    assert agent.wait_final([job["id"]], timeout=60)[job["id"]]["state"] == "done"
+    log = (agent.home / "dispatcher" / "agent.log").read_text()
+    learned = [line for line in log.splitlines() if f"GPU {target}: idle baseline" in line]
+    assert learned, log[-2000:]
+    print("\n" + learned[0])
+    view = agent.call("gpus")
+    dev = next(d for d in view["devices"] if d["uuid"] == target)
+    mib = int(learned[0].split("idle baseline ")[1].split()[0])
+    assert mib <= dev["memory_used_mib"] + 64  # the baseline is a low reading of this GPU's own idle level
