@@ -287,7 +287,9 @@ class Sandbox:
             argv += ["-e", f"{k}={v}"]
         argv += [self.s.container(i), "sh", "-c", recipe.CONFIGURE]
         pub = (self.key.with_suffix(".pub")).read_text()
-        proc = _docker(*argv, input=pub, what=f"configure {self.s.alias(i)}", timeout=120)
+        # a restarted container may first run systemd-tmpfiles over a /tmp full of old test data,
+        # which holds up sshd for minutes: wait for it rather than failing at 2 minutes
+        proc = _docker(*argv, input=pub, what=f"configure {self.s.alias(i)}", timeout=360)
         return [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("ssh-", "ecdsa-"))]
 
     def _write_known_hosts(self, entries: dict[int, list[str]]) -> None:
