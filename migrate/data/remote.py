@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from migrate.data.rsync import parse_version
 from migrate.remote import shell
+from migrate.remote.probe import key_value_lines
 
 # $1 = destination path. Prints key=value lines. Never changes anything.
 DEST_PROBE = r"""
@@ -58,10 +59,7 @@ def dest_probe_command(dest: str) -> str:
 def parse_dest_probe(text: str) -> DestFacts:
     """Parse DEST_PROBE output."""
     f = DestFacts()
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
+    for key, value in key_value_lines(text):
         if key == "kind":
             f.kind = value
         elif key == "existing":
@@ -124,10 +122,7 @@ def source_probe_command(src: str) -> str:
 def parse_source_probe(text: str) -> SourceFacts:
     """Parse SOURCE_PROBE output."""
     f = SourceFacts()
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
+    for key, value in key_value_lines(text):
         if key == "kind":
             f.kind = value
         elif key == "size_kib" and value.isdigit():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from migrate.image.archive import chain_ids
 from migrate.remote import shell
-from migrate.remote.probe import normalize_arch
+from migrate.remote.probe import key_value_lines, normalize_arch
 
 _KV = "kv() { printf '%s=%s\\n' \"$1\" \"$2\"; }\n"
 _DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
@@ -179,10 +179,7 @@ def _int(text: str, default: int = -1) -> int:
 def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
     """Parse FACTS_SCRIPT / INVENTORY_SCRIPT output (key=value lines, `img=` lines)."""
     f = into or RemoteDocker()
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
+    for key, value in key_value_lines(text):
         value = value.strip()
         if key in ("arch", "zstd", "home", "tmpdir"):
             setattr(f, {"tmpdir": "tmp_dir"}.get(key, key), value)

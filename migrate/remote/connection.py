@@ -119,6 +119,15 @@ class RunResult:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    def raise_for_failure(self, what: str | None, host: str) -> None:
+        """A non-zero exit becomes a RemoteCommandError naming the step, the host and the last output line."""
+        if self.ok:
+            return
+        detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit code {self.exit_code}"
+        raise RemoteCommandError(f"{what or 'remote command'} failed on {host}: {last}",
+                                 command=self.command, exit_code=self.exit_code, stderr=self.stderr)
+
 
 def _fabric_connection(target: SshTarget, configs: SshConfigSet,
                        options: ConnectOptions) -> fabric.Connection:
@@ -277,11 +286,8 @@ class Remote:
             raise ConnectError(f"connection to {self.name} lost: {exc}",
                                hint="rerun the command; completed steps are kept") from exc
         res = RunResult(command=command, exit_code=result.exited, stdout=result.stdout, stderr=result.stderr)
-        if check and not res.ok:
-            detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
-            last = detail[-1] if detail else f"exit code {res.exit_code}"
-            raise RemoteCommandError(f"{what or 'remote command'} failed on {self.name}: {last}",
-                                     command=command, exit_code=res.exit_code, stderr=res.stderr)
+        if check:
+            res.raise_for_failure(what, self.name)
         return res
 
     def _as_root(self, command: str) -> str:

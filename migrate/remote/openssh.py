@@ -167,11 +167,8 @@ class OpenSshSession:
         if proc.returncode == 255:
             last = (proc.stderr.strip().splitlines() or ["connection failed"])[-1]
             raise ConnectError(f"connection to {self.name} lost: {last}", hint="rerun the command")
-        if check and not res.ok:
-            detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
-            last = detail[-1] if detail else f"exit code {res.exit_code}"
-            raise RemoteCommandError(f"{what or 'remote command'} failed on {self.name}: {last}",
-                                     command=command, exit_code=res.exit_code, stderr=res.stderr)
+        if check:
+            res.raise_for_failure(what, self.name)
         return res
 
     def _diagnose(self, stderr: str) -> None:

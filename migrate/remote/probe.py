@@ -8,6 +8,7 @@ Nothing in the script needs root or changes anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -187,14 +188,19 @@ def _int(text: str, default: int = 0) -> int:
         return default
 
 
+def key_value_lines(text: str) -> Iterator[tuple[str, str]]:
+    """(key, value) for each `key=value` line of a probe's output, in order; other lines are skipped."""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            yield key, value
+
+
 def parse_probe(text: str) -> HostFacts:
     """Turn the probe's key=value lines into HostFacts (unknown keys are ignored)."""
     f = HostFacts()
     d = f.docker
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
+    for key, value in key_value_lines(text):
         value = value.strip()
         if key.startswith("os."):
             attr = {"os.id": "os_id", "os.version_id": "os_version_id", "os.codename": "os_codename",
