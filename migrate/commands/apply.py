@@ -247,9 +247,10 @@ def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, a
             conn: ConnectOptions) -> None:
     """Run a playbook: setup -> images -> data -> run, each stage idempotent.
 
-    The file is validated first: unknown keys and wrong types stop apply with their line number
-    before any remote work. Applying the same playbook again changes nothing and queues no
-    duplicate jobs. Rehearse on the sandbox with `--hosts sandbox1`.
+    The file is validated first: unknown keys, wrong types and missing local paths (data src,
+    build dirs, compose file) stop apply with their line number before any remote work.
+    Applying the same playbook again changes nothing and queues no duplicate jobs. Rehearse on the
+    sandbox with `--hosts sandbox1`.
     """
     pb = load_playbook(playbook)
     only_list = [s.strip() for s in only.split(",") if s.strip()] if only else []

@@ -21,7 +21,8 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     """Show HOST's GPUs now: memory, utilisation, whose processes, and whether a job could start.
 
     Each GPU (or MIG instance) gets a verdict: free, reserved (by one of your jobs), busy (someone
-    else's process, memory in use, or high utilisation: the reason says which) or error.
+    else's process, memory in use above the GPU's measured idle threshold, or high utilisation:
+    the reason says which) or error.
     """
     args = ["gpus", *backend_args(gpu_backend)]
     data, name = call_agent(host, conn, args, what="read the GPUs", need_queue=False)

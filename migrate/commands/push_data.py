@@ -576,7 +576,9 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
     The resolved mapping is printed before anything moves. Preflight checks the source, the
     remote rsync (else a tar stream), write permission and free space. An interrupted transfer
     resumes when you rerun the same command. Patterns in a `.migrateignore` file in the source
-    are excluded (rsync syntax, like .gitignore for the usual cases).
+    are excluded (rsync syntax, like .gitignore for the usual cases). All transfers to a host share
+    one SSH connection, with AES-GCM preferred where this CPU has AES-NI and no ssh_config sets
+    Ciphers; --method auto picks tar streams or parallel rsyncs for first copies (see --method).
     """
     if len(args) < 2 and not hosts:
         raise UsageError("give at least one SRC and HOST:DEST", hint="migrate push-data ./data gpu-box:/data")

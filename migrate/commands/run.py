@@ -269,7 +269,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
-    utilisation near idle, not reserved by another of your jobs. It gets
+    utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has
+    seen on that GPU), not reserved by another of your jobs. It gets
     CUDA_VISIBLE_DEVICES=<GPU UUIDs> and CUDA_DEVICE_ORDER=PCI_BUS_ID, runs in its own process
     group (or container), and keeps running when you log out. The first run installs a small
     agent in ~/.migrate on the host (python3 >= 3.8, nothing else) and starts the dispatcher.
