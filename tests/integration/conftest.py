@@ -25,10 +25,17 @@ from tests.conftest import run_cli
 SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8}
 
 
+# Several test runs can share one machine (a developer's and CI's, say): MIGRATE_TEST_PREFIX
+# (letters) renames every dedicated sandbox and MIGRATE_TEST_SLOT_BASE (0, 10, 20 or 30) moves its
+# subnets and ports, so two runs never bring up, change or tear down each other's hosts.
+TEST_PREFIX = os.environ.get("MIGRATE_TEST_PREFIX", "")
+SLOT_BASE = int(os.environ.get("MIGRATE_TEST_SLOT_BASE", "0"))
+
+
 def sandbox_env(name: str) -> dict[str, str]:
     """Environment that selects the dedicated sandbox `name` for a `migrate` subprocess."""
-    slot = SLOTS[name]
-    return {"MIGRATE_SANDBOX": name, "MIGRATE_SANDBOX_SUBNET": f"172.31.{200 + slot}.0/24",
+    slot = SLOT_BASE + SLOTS[name]
+    return {"MIGRATE_SANDBOX": TEST_PREFIX + name, "MIGRATE_SANDBOX_SUBNET": f"172.31.{200 + slot}.0/24",
             "MIGRATE_SANDBOX_PORT": str(2400 + 20 * slot)}
 
 
@@ -74,7 +81,7 @@ def dedicated_sandbox(sandbox_hosts):
             pytest.fail(f"sandbox {name} up failed: {res.output}")
         if name not in started:
             started.append(name)
-        settings = SandboxSettings(name=name, subnet=env["MIGRATE_SANDBOX_SUBNET"],
+        settings = SandboxSettings(name=env["MIGRATE_SANDBOX"], subnet=env["MIGRATE_SANDBOX_SUBNET"],
                                    base_port=int(env["MIGRATE_SANDBOX_PORT"]))
         hosts = [h for h in Sandbox(settings).describe() if h["state"] == "running"]
         for h in hosts:

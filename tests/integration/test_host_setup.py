@@ -36,6 +36,7 @@ from migrate.sandbox.manager import Sandbox, SandboxSettings
 from migrate.sandbox.recipe import FAKE_NVIDIA_SMI
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.aptrepo import VERSION, SignedRepo
+from tests.integration.conftest import sandbox_env
 
 BOB_PASSWORD = "bobpass"
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -87,7 +88,7 @@ def steps(report: dict) -> dict:
 
 def gateway(name: str) -> str:
     """This machine's address on the sandbox network (Docker gives the bridge the subnet's first address)."""
-    out = subprocess.run(["docker", "network", "inspect", f"migrate-{name}", "-f",
+    out = subprocess.run(["docker", "network", "inspect", f"migrate-{sandbox_env(name)['MIGRATE_SANDBOX']}", "-f",
                           "{{(index .IPAM.Config 0).Gateway}} {{(index .IPAM.Config 0).Subnet}}"],
                          capture_output=True, text=True, check=True).stdout.split()
     if len(out) == 2:
