@@ -36,6 +36,33 @@ def _disk_line(facts: HostFacts, key: str, label: str) -> Check:
     return Check(f"disk {label}", "ok", detail)
 
 
+# systemd deprecated cgroup v1 in 256 and no longer boots on it from 258 on.
+SYSTEMD_V1_DEPRECATED = 256
+SYSTEMD_V1_REMOVED = 258
+
+
+def _cgroup_line(facts: HostFacts) -> Check:
+    """The cgroup version, and whether the host's systemd expects another one."""
+    sd = facts.systemd_version
+    detail = f"v{facts.cgroup_version}" + (f", systemd {sd}" if sd else "")
+    if facts.cgroup_version == 2 and facts.nvidia_ctk:
+        return Check("cgroup", "ok", detail, "cgroup v2 + systemd: containers may lose GPUs ('NVML: Unknown Error') "
+                                             "after daemon-reload; use CDI")
+    if facts.cgroup_version == 1 and sd >= SYSTEMD_V1_DEPRECATED:
+        expects = "no longer supports" if sd >= SYSTEMD_V1_REMOVED else "deprecates"
+        return Check("cgroup", "warn", detail + f": systemd {sd} {expects} cgroup v1",
+                     f"the host's next systemd (>= {SYSTEMD_V1_REMOVED}) will not boot on cgroup v1; the owner should "
+                     "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)")
+    return Check("cgroup", "ok", detail)
+
+
+def _image_store(d) -> str:
+    """'containerd image store (overlayfs snapshotter)' or 'storage overlay2'."""
+    if d.image_store == "containerd":
+        return f"containerd image store ({d.storage_driver or '?'} snapshotter)"
+    return f"storage {d.storage_driver}"
+
+
 def assess(facts: HostFacts) -> list[Check]:
     """Verdicts and hints for every probed fact (pure; unit-tested)."""
     checks: list[Check] = []
@@ -60,13 +87,16 @@ def assess(facts: HostFacts) -> list[Check]:
 
     checks.append(Check("systemd", "ok" if facts.systemd else "warn", "running" if facts.systemd else "not PID 1",
                         "" if facts.systemd else "services are restarted with `service`; the dispatcher uses setsid"))
-    cg_hint = ""
-    if facts.cgroup_version == 2 and facts.nvidia_ctk:
-        cg_hint = "cgroup v2 + systemd: containers may lose GPUs ('NVML: Unknown Error') after daemon-reload; use CDI"
-    checks.append(Check("cgroup", "ok", f"v{facts.cgroup_version}", cg_hint))
+    checks.append(_cgroup_line(facts))
 
     d = facts.docker
-    if not d.installed:
+    if d.cli_missing:
+        state = "running" if d.daemon_running else "not running"
+        checks.append(Check("docker", "warn",
+                            f"engine {d.daemon_version or '?'} installed ({state}) but the `docker` command is missing",
+                            "Debian 13+ ships the CLI in the separate docker-cli package: `migrate host-setup HOST` "
+                            "installs it"))
+    elif not d.installed:
         checks.append(Check("docker", "missing", "not installed", "run `migrate host-setup HOST`"))
     elif not d.access:
         err = d.error or "cannot reach the daemon"
@@ -76,7 +106,7 @@ def assess(facts: HostFacts) -> list[Check]:
         checks.append(Check("docker", "warn", f"client {d.client_version or '?'}; {err}", hint))
     else:
         pkg = f" ({d.package})" if d.package else ""
-        detail = (f"{d.server_version}{pkg}, storage {d.storage_driver}, root {d.root_dir}, "
+        detail = (f"{d.server_version}{pkg}, {_image_store(d)}, root {d.root_dir}, "
                   f"runtimes {','.join(d.runtimes) or '-'}, default {d.default_runtime}")
         verdict, hint = "ok", ""
         if d.storage_driver == "vfs":

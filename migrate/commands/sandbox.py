@@ -8,6 +8,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS
+from migrate.sandbox import recipe
 from migrate.sandbox.manager import Sandbox
 
 
@@ -19,17 +20,29 @@ def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
         ui.info(f"sandbox '{sb.s.name}' is not up (start it with `migrate sandbox up`)")
         return
     rows = [(h["alias"], h["state"], f"alice@{h['hostname']}:{h['port']}", f"{h['ip']}:22",
-             str(h.get("fake_gpus", 0))) for h in hosts]
-    ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "fake gpus"], rows)
+             str(h.get("fake_gpus", 0)), _flavour(h)) for h in hosts]
+    ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "fake gpus", "debian / docker"], rows)
     ui.info("users: alice (passwordless sudo), bob (sudo password "
             f"'{sb.s.bob_password}'); try `migrate doctor {hosts[0]['alias']}`")
 
 
-def _up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool) -> None:
+def _up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool,
+        release: str | None, docker_from: str | None, image_store: str | None) -> None:
     """Bring hosts up and show them."""
     sb = Sandbox()
-    hosts = sb.up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild)
+    hosts = sb.up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild,
+                  release=release, docker_from=docker_from, image_store=image_store)
     _show(hosts, as_json, sb)
+
+
+def _flavour(h: dict) -> str:
+    """`trixie, docker.io from sid, containerd store` for one host."""
+    parts = [h.get("release", "bookworm")]
+    if h.get("docker_from"):
+        parts.append(f"docker.io from {h['docker_from']}")
+    if h.get("image_store", "overlay2") != "overlay2":
+        parts.append(f"{h['image_store']} image store")
+    return ", ".join(parts)
 
 
 def _status(*, as_json: bool) -> None:
@@ -68,10 +81,25 @@ def group() -> None:
 @click.option("--kill-user-processes", is_flag=True,
               help="Hard mode: logind kills a user's processes at logout, as some hardened servers do.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the image from scratch (debootstrap).")
+@click.option("--release", type=click.Choice(recipe.RELEASES), default=None,
+              help="Debian release of the hosts (default: what is up, else $MIGRATE_SANDBOX_RELEASE, else bookworm). "
+                   "One cached image per release.")
+@click.option("--docker-from", type=click.Choice(recipe.DOCKER_FROM), default=None,
+              help="Let apt on a trixie host install Docker, containerd and apptainer from Debian sid "
+                   "(docker.io 28.5, containerd 2.1); nothing else comes from sid.")
+@click.option("--image-store", type=click.Choice(recipe.IMAGE_STORES), default=None,
+              help="containerd: write {\"features\": {\"containerd-snapshotter\": true}} into daemon.json before any "
+                   "Docker is installed, as fresh Docker 29 installs do.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
-def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool) -> None:
-    """Start COUNT sandbox hosts (default 2); reuses the ones already running."""
-    _up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild, as_json=as_json)
+def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, release: str | None,
+       docker_from: str | None, image_store: str | None, as_json: bool) -> None:
+    """Start COUNT sandbox hosts (default 2); reuses the ones already running.
+
+    The hosts of one sandbox share one release, engine source and image store; for another
+    combination, give the sandbox another name (MIGRATE_SANDBOX=name) or bring it down first.
+    """
+    _up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild, as_json=as_json,
+        release=release, docker_from=docker_from, image_store=image_store)
 
 
 @group.command("status", context_settings=CONTEXT_SETTINGS)

@@ -26,6 +26,7 @@ kv dpkg_arch "$(dpkg --print-architecture 2>/dev/null)"
 kv kernel "$(uname -r)"
 if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then kv cgroup 2; else kv cgroup 1; fi
 if [ -d /run/systemd/system ]; then kv systemd yes; else kv systemd no; fi
+kv systemd_version "$(systemctl --version 2>/dev/null | head -n 1 | awk '{print $2}')"
 kv virt "$(systemd-detect-virt 2>/dev/null || true)"
 kv user "$(id -un)"; kv uid "$(id -u)"; kv groups "$(id -nG)"; kv home "$HOME"
 if [ "$(id -u)" = 0 ]; then kv sudo root
@@ -35,11 +36,17 @@ else kv sudo password; fi
 if command -v docker >/dev/null 2>&1; then
   kv docker.path "$(command -v docker)"
   kv docker.client "$(docker version --format '{{.Client.Version}}' 2>/dev/null)"
-  info=$(docker info --format '{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.DefaultRuntime}}|{{.CgroupDriver}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>&1)
+  info=$(docker info --format '{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.DefaultRuntime}}|{{.CgroupDriver}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}|{{range .DriverStatus}}{{index . 0}}:{{index . 1}};{{end}}' 2>&1)
   if [ $? -eq 0 ]; then kv docker.access yes; kv docker.info "$info"
   else kv docker.access no; kv docker.error "$(printf '%s' "$info" | tail -n 1)"; fi
 else kv docker.path ""; fi
-for p in docker-ce docker.io docker-ce-rootless-extras nvidia-container-toolkit nvidia-docker2 rsync zstd; do
+d=$(command -v dockerd 2>/dev/null || ls /usr/sbin/dockerd /usr/bin/dockerd 2>/dev/null | head -n 1)
+if [ -n "$d" ]; then
+  kv docker.dockerd "$d"
+  kv docker.daemon_version "$("$d" --version 2>/dev/null | sed -n 's/^Docker version \([^,]*\).*/\1/p')"
+fi
+pidof dockerd >/dev/null 2>&1 && kv docker.daemon_running yes
+for p in docker-ce docker.io docker-cli docker-ce-cli docker-ce-rootless-extras nvidia-container-toolkit nvidia-docker2 rsync zstd; do
   v=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null | sed -n 's/^install ok installed //p')
   [ -n "$v" ] && kv "pkg.$p" "$v"
 done
@@ -106,6 +113,30 @@ class Docker:
     runtimes: list[str] = field(default_factory=list)
     package: str = ""  # docker-ce, docker.io, snap, or '' when unknown
     rootless: bool = False
+    dockerd: str = ""  # path of the daemon binary, found even when the `docker` CLI is missing
+    daemon_version: str = ""  # `dockerd --version` (needs no daemon access)
+    daemon_running: bool = False
+    driver_status: dict[str, str] = field(default_factory=dict)  # docker info's DriverStatus
+
+    @property
+    def cli_missing(self) -> bool:
+        """The engine is installed but the `docker` command is not (Debian 13+ ships it in docker-cli)."""
+        return not self.path and bool(self.dockerd)
+
+    @property
+    def image_store(self) -> str:
+        """'containerd' when the daemon keeps images in containerd (snapshotters), else 'graphdriver'
+        (overlay2 and friends); '' when docker info could not be read."""
+        if not self.server_version:
+            return ""
+        if self.driver_status.get("driver-type", "").startswith("io.containerd.snapshotter"):
+            return "containerd"
+        return "graphdriver"
+
+    @property
+    def engine_version(self) -> str:
+        """The daemon's version: from docker info, else from `dockerd --version`."""
+        return self.server_version or self.daemon_version
 
 
 @dataclass
@@ -123,6 +154,7 @@ class HostFacts:
     kernel: str = ""
     cgroup_version: int = 0
     systemd: bool = False
+    systemd_version: int = 0
     virt: str = ""
     user: str = ""
     uid: int = -1
@@ -145,8 +177,11 @@ class HostFacts:
     boot_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for --json."""
-        return asdict(self)
+        """Plain data for --json (with the derived Docker facts doctor reports)."""
+        data = asdict(self)
+        data["docker"].update(image_store=self.docker.image_store, cli_missing=self.docker.cli_missing,
+                              engine_version=self.docker.engine_version)
+        return data
 
     @property
     def os_family(self) -> str:
@@ -215,6 +250,14 @@ def parse_probe(text: str) -> HostFacts:
             f.cgroup_version = _int(value)
         elif key == "systemd":
             f.systemd = value == "yes"
+        elif key == "systemd_version":
+            f.systemd_version = _int(value)
+        elif key == "docker.dockerd":
+            d.dockerd = value
+        elif key == "docker.daemon_version":
+            d.daemon_version = value
+        elif key == "docker.daemon_running":
+            d.daemon_running = value == "yes"
         elif key == "uid":
             f.uid = _int(value, -1)
         elif key == "groups":
@@ -236,9 +279,13 @@ def parse_probe(text: str) -> HostFacts:
             d.error = value
         elif key == "docker.info":
             parts = value.split("|")
-            parts += [""] * (6 - len(parts))
+            parts += [""] * (7 - len(parts))
             d.server_version, d.storage_driver, d.root_dir, d.default_runtime, d.cgroup_driver = parts[:5]
             d.runtimes = sorted(r for r in parts[5].split(",") if r)
+            for item in parts[6].split(";"):
+                k, sep, v = item.partition(":")
+                if sep:
+                    d.driver_status[k.strip()] = v.strip()
         elif key == "docker.snap":
             d.package = "snap"
         elif key == "docker.rootless_socket":

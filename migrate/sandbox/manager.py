@@ -29,7 +29,8 @@ from migrate.errors import LocalCommandError, MigrateError, UsageError
 from migrate.paths import cache_root, private_dir, sandbox_root
 from migrate.sandbox import recipe
 
-IMAGE = "migrate-sandbox:bookworm"
+IMAGE_REPO = "migrate-sandbox"
+IMAGE = f"{IMAGE_REPO}:{recipe.SUITE}"  # the default release's image
 LABEL = "migrate.sandbox"
 DEFAULT_NAME = "sandbox"
 DEFAULT_SUBNET = "172.31.250.0/24"
@@ -47,6 +48,8 @@ class SandboxSettings:
     base_port: int = DEFAULT_BASE_PORT
     bind_addr: str = "127.0.0.1"
     suite: str = recipe.SUITE
+    docker_from: str = ""  # "" (the release's own packages) or "sid"
+    image_store: str = "overlay2"  # or "containerd": daemon.json asks for the containerd image store
     mirror: str = recipe.MIRROR
     security_mirror: str = recipe.SECURITY_MIRROR
     bob_password: str = BOB_PASSWORD
@@ -68,7 +71,34 @@ class SandboxSettings:
             base_port=port,
             mirror=os.environ.get("MIGRATE_SANDBOX_MIRROR", recipe.MIRROR),
             security_mirror=os.environ.get("MIGRATE_SANDBOX_SECURITY_MIRROR", recipe.SECURITY_MIRROR),
-        )
+        ).with_flavour(os.environ.get("MIGRATE_SANDBOX_RELEASE", recipe.SUITE),
+                       os.environ.get("MIGRATE_SANDBOX_DOCKER_FROM", ""),
+                       os.environ.get("MIGRATE_SANDBOX_IMAGE_STORE", "overlay2"))
+
+    def with_flavour(self, release: str, docker_from: str = "", image_store: str = "overlay2") -> SandboxSettings:
+        """These settings with another Debian release, engine source and image store (validated)."""
+        if release not in recipe.RELEASES:
+            raise UsageError(f"unknown sandbox release {release!r}", hint=f"choose one of {', '.join(recipe.RELEASES)}")
+        if docker_from and docker_from not in recipe.DOCKER_FROM:
+            raise UsageError(f"unknown --docker-from {docker_from!r}", hint="the only other source is sid")
+        if docker_from == "sid" and release != "trixie":
+            raise UsageError("--docker-from sid needs --release trixie",
+                             hint="sid's packages are built for trixie's libraries, not bookworm's")
+        if image_store not in recipe.IMAGE_STORES:
+            raise UsageError(f"unknown image store {image_store!r}",
+                             hint=f"choose one of {', '.join(recipe.IMAGE_STORES)}")
+        self.suite, self.docker_from, self.image_store = release, docker_from, image_store
+        return self
+
+    @property
+    def image(self) -> str:
+        """The Docker image this sandbox's hosts run (one per release)."""
+        return f"{IMAGE_REPO}:{self.suite}"
+
+    @property
+    def flavour(self) -> dict[str, str]:
+        """Release, engine source and image store, as recorded for the hosts."""
+        return {"release": self.suite, "docker_from": self.docker_from or "", "image_store": self.image_store}
 
     def alias(self, i: int) -> str:
         return f"{self.name}{i}"
@@ -160,14 +190,15 @@ class Sandbox:
         return self.cache / f"rootfs-{self.s.suite}-{self.recipe_id}.tar.zst"
 
     def image_is_current(self) -> bool:
-        proc = _docker("image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", IMAGE, check=False)
+        proc = _docker("image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", self.s.image,
+                       check=False)
         return proc.returncode == 0 and f"MIGRATE_SANDBOX_RECIPE={self.recipe_id}" in proc.stdout.split()
 
     def build(self, force: bool = False) -> None:
         """Make sure the sandbox image exists for the current recipe (cached rootfs tarball)."""
         with _build_lock(self.cache / "build.lock"):
             if not force and self.image_is_current():
-                ui.debug(f"sandbox image {IMAGE} is current (recipe {self.recipe_id})")
+                ui.debug(f"sandbox image {self.s.image} is current (recipe {self.recipe_id})")
                 return
             if force or not self.tarball.is_file():
                 self._debootstrap()
@@ -225,15 +256,15 @@ class Sandbox:
             subprocess.run(["umount", "-l", m], capture_output=True)
 
     def _import(self) -> None:
-        old = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE, check=False).stdout.strip()
+        old = _docker("image", "inspect", "-f", "{{.Id}}", self.s.image, check=False).stdout.strip()
         changes = ['CMD ["/usr/local/sbin/migrate-sandbox-init"]', "ENV container=docker",
                    f"ENV MIGRATE_SANDBOX_RECIPE={self.recipe_id}"]
         argv = ["docker", "import", *[x for c in changes for x in ("--change", c)],
-                "--message", f"migrate sandbox, recipe {self.recipe_id}", "-", IMAGE]
+                "--message", f"migrate sandbox, recipe {self.recipe_id}", "-", self.s.image]
         with ui.err.status("importing the sandbox image"):
             pipeline = f"zstd -dc {shlex.quote(str(self.tarball))} | {shlex.join(argv)} >/dev/null"
             local.run(["bash", "-o", "pipefail", "-c", pipeline], what="docker import", timeout=600)
-        new = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
+        new = _docker("image", "inspect", "-f", "{{.Id}}", self.s.image).stdout.strip()
         if old and old != new:
             _docker("image", "rm", old, check=False)
 
@@ -261,7 +292,9 @@ class Sandbox:
             _docker("start", name, what=f"start {name}")
             return
         volume = f"{name}-docker"
-        _docker("volume", "create", "--label", f"{LABEL}={self.s.name}", volume)
+        cvolume = f"{name}-containerd"
+        for v in (volume, cvolume):
+            _docker("volume", "create", "--label", f"{LABEL}={self.s.name}", v)
         _docker(
             "run", "-d", "--name", name, "--hostname", self.s.alias(i), "--label", f"{LABEL}={self.s.name}",
             "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -273,15 +306,18 @@ class Sandbox:
             "--network", self.s.network, "--ip", self.s.ip(i),
             "-p", f"{self.s.bind_addr}:{self.s.port(i)}:22",
             "-v", f"{volume}:/var/lib/docker",
+            # containerd's snapshotter cannot mount on the container's own overlay either
+            "-v", f"{cvolume}:/var/lib/containerd",
             *self.s.extra_docker_args,
-            IMAGE, what=f"create {name}",
+            self.s.image, what=f"create {name}",
         )
 
     def _configure(self, i: int, n: int, gpus: int, kill_user_processes: bool) -> list[str]:
         hosts = "".join(f"{self.s.ip(j)} {self.s.alias(j)} # migrate-sandbox\n" for j in range(1, n + 1))
         env = {"BOBPW": self.s.bob_password, "HOSTS": hosts, "NS": host_nameservers(),
                "KUP": "yes" if kill_user_processes else "no", "APTCONF": host_apt_conf(), "GPUS": str(gpus),
-               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI}
+               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI, "DOCKER_FROM": self.s.docker_from,
+               "IMAGE_STORE": self.s.image_store, "SID_PACKAGES": " ".join(recipe.SID_PACKAGES)}
         argv = ["exec", "-i"]
         for k, v in env.items():
             argv += ["-e", f"{k}={v}"]
@@ -315,13 +351,41 @@ class Sandbox:
                 out.append(int(suffix))
         return sorted(out)
 
-    def up(self, n: int, *, gpus: int = 0, kill_user_processes: bool = False, rebuild: bool = False) -> list[dict]:
+    def recorded_flavour(self) -> dict[str, str] | None:
+        """Release, engine source and image store of the hosts that exist now (None: no hosts)."""
+        hosts = [h for h in self.describe() if h["state"] != "missing"]
+        if not hosts:
+            return None
+        h = hosts[0]
+        return {"release": h.get("release", recipe.SUITE), "docker_from": h.get("docker_from", ""),
+                "image_store": h.get("image_store", "overlay2")}
+
+    def choose_flavour(self, release: str | None, docker_from: str | None, image_store: str | None) -> None:
+        """Settle the flavour: what was asked, else what the running hosts have, else the settings'.
+
+        Hosts of one sandbox share one flavour: asking for another while hosts exist is refused.
+        """
+        recorded = self.recorded_flavour()
+        base = recorded or self.s.flavour
+        wanted = {"release": release if release is not None else base["release"],
+                  "docker_from": docker_from if docker_from is not None else base["docker_from"],
+                  "image_store": image_store if image_store is not None else base["image_store"]}
+        if recorded and wanted != recorded:
+            have = "/".join(v for v in recorded.values() if v)
+            raise UsageError(f"sandbox '{self.s.name}' is up as {have}; its hosts cannot change release, "
+                             "engine source or image store",
+                             hint="`migrate sandbox down` first, or give another sandbox a name: MIGRATE_SANDBOX=other")
+        self.s.with_flavour(wanted["release"], wanted["docker_from"], wanted["image_store"])
+
+    def up(self, n: int, *, gpus: int = 0, kill_user_processes: bool = False, rebuild: bool = False,
+           release: str | None = None, docker_from: str | None = None, image_store: str | None = None) -> list[dict]:
         """Start hosts 1..n (reusing running ones), configure them, write ssh_config; return host info."""
         if not 1 <= n <= 50:
             raise UsageError(f"cannot start {n} sandbox hosts", hint="choose 1 to 50")
         if gpus < 0 or gpus > 16:
             raise UsageError("--gpus must be between 0 and 16")
         docker_available()
+        self.choose_flavour(release, docker_from, image_store)
         t0 = time.monotonic()
         self.build(force=rebuild)
         private_dir(self.state)
@@ -355,7 +419,7 @@ class Sandbox:
                           "port": self.s.port(i), "ip": self.s.ip(i), "user": "alice", "sudo": "nopasswd",
                           "password_sudo_user": "bob", "password_sudo_user_password": self.s.bob_password,
                           "identity_file": str(self.key), "known_hosts": str(self.known_hosts),
-                          "fake_gpus": gpus})
+                          "fake_gpus": gpus, **self.s.flavour})
         header = f"# migrate sandbox '{self.s.name}': written by `migrate sandbox up`; removed by `down`\n"
         self.ssh_config.write_text(header + "\n".join(blocks))
         self.ssh_config.chmod(0o600)
@@ -407,8 +471,11 @@ class Sandbox:
             if nets:
                 _docker("network", "rm", *nets, what="remove sandbox network")
                 removed.append("network")
-            if purge and _docker("image", "rm", IMAGE, check=False).returncode == 0:
-                removed.append(f"image {IMAGE}")
+            if purge:
+                for release in recipe.RELEASES:
+                    image = f"{IMAGE_REPO}:{release}"
+                    if _docker("image", "rm", image, check=False).returncode == 0:
+                        removed.append(f"image {image}")
         if self.state.exists():
             shutil.rmtree(self.state)
             removed.append(f"state {self.state}")

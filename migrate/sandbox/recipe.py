@@ -19,6 +19,14 @@ from __future__ import annotations
 import hashlib
 
 SUITE = "bookworm"
+# Debian releases a sandbox host can run (`sandbox up --release`). sid's systemd (262+) no longer
+# boots on cgroup v1 kernels, so newer engines come from sid into a trixie host (`--docker-from sid`).
+RELEASES = ("bookworm", "trixie")
+DOCKER_FROM = ("sid",)
+IMAGE_STORES = ("overlay2", "containerd")
+# What `--docker-from sid` takes from sid; everything else stays trixie's (pin 100 for the rest).
+SID_PACKAGES = ["docker.io", "docker-cli", "docker-compose", "docker-buildx", "containerd", "runc", "tini",
+                "apptainer", "apptainer-suid"]
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 PACKAGES = [
@@ -127,6 +135,36 @@ want=$(printf "[Login]\nKillUserProcesses=%s" "$KUP")
 if [ "$cur" != "$want" ]; then printf "%s\n" "$want" > /etc/systemd/logind.conf.d/migrate-sandbox.conf
   systemctl restart systemd-logind; fi
 printf '%s\n' "$GPUS" > /etc/migrate-sandbox/gpus
+# --docker-from sid: a sid apt source, pinned so that only the Docker/containerd/apptainer packages
+# come from it (a trixie host with Debian's newest engine); without it, no sid source at all.
+if [ "$DOCKER_FROM" = sid ]; then
+  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources | head -n1)" > /etc/apt/sources.list.d/migrate-sid.sources
+  printf 'Package: *\nPin: release n=sid\nPin-Priority: 100\n\nPackage: %s\nPin: release n=sid\nPin-Priority: 990\n' \
+    "$SID_PACKAGES" > /etc/apt/preferences.d/migrate-sid
+else
+  rm -f /etc/apt/sources.list.d/migrate-sid.sources /etc/apt/preferences.d/migrate-sid
+fi
+# --image-store containerd: the engine host-setup installs later starts on the containerd image
+# store, as fresh Docker 29 installs do; an existing daemon.json keeps every other key.
+if [ "$IMAGE_STORE" = containerd ]; then
+  mkdir -p /etc/docker
+  python3 - <<'PY'
+import json, os
+p = "/etc/docker/daemon.json"
+try:
+    cfg = json.load(open(p))
+except (OSError, ValueError):
+    cfg = {}
+if cfg.get("features", {}).get("containerd-snapshotter") is not True:
+    cfg.setdefault("features", {})["containerd-snapshotter"] = True
+    tmp = p + ".migrate-sandbox"
+    with open(tmp, "w") as fh:
+        json.dump(cfg, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, p)
+PY
+fi
 if [ "$GPUS" -gt 0 ]; then
   printf '%s' "$FAKE_NVIDIA_SMI" > /usr/local/bin/nvidia-smi
   printf '#!/bin/sh\n# migrate sandbox FAKE: an "nvidia" OCI runtime that is plain runc (no GPU)\nexec runc "$@"\n' \

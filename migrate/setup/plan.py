@@ -107,6 +107,7 @@ class AptInstall:
 
     packages: tuple[str, ...]
     optional: tuple[tuple[str, int], ...] = ()  # first of these with a candidate is added
+    if_packaged: tuple[str, ...] = ()  # each of these is added when apt has a candidate for it
     offline_files: tuple[str, ...] = ()  # local .deb paths to push and install
     lock_timeout: int = 300
 
@@ -121,6 +122,7 @@ class AptInstall:
             return lines
         lines.append("[root] $ " + apt.update_command(self.lock_timeout))
         pkgs = list(self.packages)
+        pkgs += [f"<{name}, if packaged>" for name in self.if_packaged]
         if self.optional:
             pkgs.append("<" + " or ".join(n for n, _ in self.optional) + ", if packaged>")
         lines.append("[root] $ " + apt.install_command(pkgs, self.lock_timeout))
@@ -365,13 +367,15 @@ def plan_docker_engine(state: SetupFacts, ctx: PlanContext) -> StepPlan:
     if state.host.docker.rootless:
         warnings.append("a rootless Docker daemon runs for you as well; migrate uses the system daemon")
     if state.docker_installed:
-        version = state.packages.get(pkg) or state.host.docker.server_version or state.host.docker.client_version
+        version = state.packages.get(pkg) or state.host.docker.engine_version or state.host.docker.client_version
         kept = f"{pkg or 'docker (not from a package)'} {version}".strip()
         switch = o.force_source and want and pkg != want
         if not switch:
             if want and pkg and pkg != want:
                 warnings.append(f"asked for {label} ({want}) but {pkg} is installed: kept "
                                 "(--force-source switches engines)")
+            if state.host.docker.cli_missing:
+                return _plan_missing_cli(state, ctx, kept, warnings)
             return StepPlan(name, "ok", f"{kept} (kept)", warnings=warnings)
         warnings.append(f"--force-source: installing {want} replaces {kept}; images in /var/lib/docker stay")
     if ctx.offline:
@@ -386,10 +390,32 @@ def plan_docker_engine(state: SetupFacts, ctx: PlanContext) -> StepPlan:
         detail = f"install {' '.join(sources.OFFICIAL_DOCKER_PACKAGES)} ({label})"
     else:
         action = AptInstall(tuple(sources.DISTRO_DOCKER_PACKAGES), tuple(sources.DISTRO_COMPOSE_CANDIDATES),
-                            lock_timeout=o.apt_lock_timeout)
-        detail = "install docker.io (and the compose plugin if the distribution packages it)"
+                            if_packaged=(sources.DISTRO_CLI_PACKAGE,), lock_timeout=o.apt_lock_timeout)
+        detail = ("install docker.io, docker-cli where the engine comes without the `docker` command (Debian 13+), "
+                  "and the compose plugin if the distribution packages it")
     _predict_docker_installed(state, want)
     return StepPlan(name, "change", detail, [action], warnings)
+
+
+def _plan_missing_cli(state: SetupFacts, ctx: PlanContext, kept: str, warnings: list[str]) -> StepPlan:
+    """The engine is there but `docker` is not (docker.io on Debian 13+ without its Recommends)."""
+    name = "docker-engine"
+    cli = sources.OFFICIAL_CLI_PACKAGE if state.docker_package == "docker-ce" else sources.DISTRO_CLI_PACKAGE
+    if ctx.offline:
+        debs = [p for n, p in ctx.offline.engine if n == cli]
+        if not debs:
+            return _fail(name, f"{kept} is installed but the `docker` command is missing, and {ctx.offline.directory} "
+                               f"has no {cli} .deb",
+                         f"download it again with `migrate host-setup --download-offline DIR --for OS:VERSION`, "
+                         f"or install {cli} yourself")
+        action = AptInstall((cli,), offline_files=tuple(debs), lock_timeout=ctx.options.apt_lock_timeout)
+    else:
+        action = AptInstall((cli,), lock_timeout=ctx.options.apt_lock_timeout)
+    state.packages[cli] = "(new)"
+    state.host.docker.path = "/usr/bin/docker"
+    state.host.docker.installed = True
+    return StepPlan(name, "change", f"{kept} (kept); install {cli}: the engine is there but the `docker` command is "
+                                    "missing (Debian 13+ ships it separately)", [action], warnings)
 
 
 def _no_driver(state: SetupFacts) -> bool:
@@ -567,6 +593,9 @@ def plan_docker_group(state: SetupFacts, ctx: PlanContext) -> StepPlan:
         return StepPlan(name, "skipped", "logged in as root")
     if not state.docker_installed:
         return StepPlan(name, "skipped", "docker is not installed")
+    if h.docker.cli_missing:  # never blame the group for a missing command
+        return _fail(name, "the `docker` command is missing (the engine is installed)",
+                     "install docker-cli (Debian 13+) or docker-ce-cli; `migrate doctor HOST` shows what is there")
     if state.user_in_docker_group():
         return StepPlan(name, "ok", f"{h.user} is in group docker")
     warning = ROOT_EQUIVALENT.format(host=ctx.display or "this host")

@@ -281,6 +281,10 @@ def do_apt_install(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts)
             if not ctx.apt_updated or ctx.sources_dirty:
                 _apt_update(ctx, step)
             packages = list(a.packages)
+            if a.if_packaged:
+                res = ctx.remote.run(apt.policy_command(list(a.if_packaged)), check=False, what="apt-cache policy")
+                candidates = apt.parse_candidates(res.stdout)
+                packages += [n for n in a.if_packaged if n in candidates]
             if a.optional:
                 res = ctx.remote.run(apt.policy_command([n for n, _ in a.optional]), check=False,
                                      what="apt-cache policy")

@@ -24,6 +24,10 @@ MANAGED_FILES = (DOCKER_SOURCES_FILE, NVIDIA_SOURCES_FILE)
 OFFICIAL_DOCKER_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin",
                             "docker-compose-plugin"]
 DISTRO_DOCKER_PACKAGES = ["docker.io"]
+# From Debian 13 on, docker.io ships the daemon only; the `docker` command is docker-cli (a Recommends,
+# which --no-install-recommends skips). Installed with the engine wherever apt has a candidate for it.
+DISTRO_CLI_PACKAGE = "docker-cli"
+OFFICIAL_CLI_PACKAGE = "docker-ce-cli"
 # Compose for the distro engine, first one with a candidate wins: (package, minimum major version).
 # Debian bookworm's docker-compose is the old Python 1.x (not a CLI plugin), trixie's is 2.x.
 DISTRO_COMPOSE_CANDIDATES = [("docker-compose-v2", 0), ("docker-compose-plugin", 0), ("docker-compose", 2)]

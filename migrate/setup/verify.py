@@ -62,6 +62,11 @@ KNOWN_FAILURES = [
         "rerun `migrate host-setup HOST` (installs nvidia-container-toolkit), or remove the runtime from "
         "daemon.json"),
     KnownFailure(
+        r"docker: (command )?not found",
+        "the `docker` command is missing although the engine may be installed (Debian 13+ ships it in the "
+        "separate docker-cli package, only a Recommends of docker.io)",
+        "rerun `migrate host-setup HOST` (it installs docker-cli), or `sudo apt-get install docker-cli`"),
+    KnownFailure(
         r"cannot connect to the docker daemon at",
         "the docker service is not running",
         "rerun `migrate host-setup HOST`, or look at `sudo journalctl -u docker -n 50`"),

@@ -22,7 +22,8 @@ from migrate.sandbox.manager import Sandbox, SandboxSettings
 from tests.conftest import run_cli
 
 # name -> slot; slot N uses subnet 172.31.(200+N).0/24 and ports 2400+20*N ... (max 20 hosts)
-SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8}
+SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8,
+         "modern": 9}
 
 
 # Several test runs can share one machine (a developer's and CI's, say): MIGRATE_TEST_PREFIX
@@ -39,10 +40,28 @@ def sandbox_env(name: str) -> dict[str, str]:
             "MIGRATE_SANDBOX_PORT": str(2400 + 20 * slot)}
 
 
-def pytest_collection_modifyitems(items):
+# Which Debian releases' sandbox hosts this run exercises: `MIGRATE_TEST_RELEASES=trixie` runs only the
+# tests marked `@pytest.mark.release("trixie")`; unmarked integration tests run on bookworm hosts.
+def _wanted_releases() -> set[str] | None:
+    value = os.environ.get("MIGRATE_TEST_RELEASES", "").strip()
+    return {r.strip() for r in value.split(",") if r.strip()} or None
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = _wanted_releases()
+    keep, drop = [], []
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            marker = item.get_closest_marker("release")
+            release = marker.args[0] if marker else "bookworm"
+            if wanted is not None and release not in wanted:
+                drop.append(item)
+                continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _unavailable(reason: str):

@@ -58,3 +58,45 @@ def test_no_sudo_and_old_python_and_unknown_os():
     assert c["sudo"].verdict == "missing"
     assert c["python3"].verdict == "warn"
     assert c["os"].verdict == "warn"
+
+
+# Debian 13 with Debian's docker.io 28.5 on the containerd image store (as `migrate sandbox up
+# --release trixie --docker-from sid --image-store containerd` and host-setup leave it).
+TRIXIE = FRESH.replace("os.version_id=12", "os.version_id=13").replace("bookworm", "trixie") + """systemd_version=257
+docker.dockerd=/usr/sbin/dockerd
+docker.daemon_version=28.5.2+dfsg4
+docker.daemon_running=yes
+pkg.docker.io=28.5.2+dfsg4-5
+"""
+CONTAINERD_INFO = ("docker.path=/usr/bin/docker\ndocker.access=yes\n"
+                   "docker.info=28.5.2+dfsg4|overlayfs|/var/lib/docker|runc|cgroupfs|runc,|driver-type:"
+                   "io.containerd.snapshotter.v1;\n")
+
+
+def test_missing_cli_next_to_a_running_daemon_is_named_not_called_not_installed():
+    f = parse_probe(TRIXIE)
+    assert f.docker.cli_missing and not f.docker.installed and f.docker.engine_version == "28.5.2+dfsg4"
+    c = _by_name(assess(f))["docker"]
+    assert c.verdict == "warn" and "`docker` command is missing" in c.detail and "running" in c.detail
+    assert "docker-cli" in c.hint and "not installed" not in c.detail
+
+
+def test_containerd_image_store_and_engine_version_are_reported():
+    f = parse_probe(TRIXIE + CONTAINERD_INFO)
+    assert f.docker.image_store == "containerd" and not f.docker.cli_missing
+    c = _by_name(assess(f))["docker"]
+    assert c.verdict == "ok" and c.detail.startswith("28.5.2+dfsg4 (docker.io), containerd image store (overlayfs")
+    overlay = parse_probe(TRIXIE + CONTAINERD_INFO.replace("overlayfs", "overlay2").replace(
+        "driver-type:io.containerd.snapshotter.v1;", "Backing Filesystem:extfs;Supports d_type:true;"))
+    assert overlay.docker.image_store == "graphdriver"
+    assert "storage overlay2" in _by_name(assess(overlay))["docker"].detail
+    assert parse_probe(TRIXIE).to_dict()["docker"]["cli_missing"] is True
+
+
+def test_cgroup_v1_under_a_systemd_that_deprecates_it_is_a_warning():
+    c = _by_name(assess(parse_probe(TRIXIE)))["cgroup"]
+    assert c.verdict == "warn" and "systemd 257" in c.detail and "cgroup v2" in c.hint
+    old = _by_name(assess(parse_probe(FRESH + "systemd_version=252\n")))["cgroup"]
+    assert old.verdict == "ok" and old.detail == "v1, systemd 252"
+    v2 = _by_name(assess(parse_probe(TRIXIE.replace("cgroup=1", "cgroup=2"))))["cgroup"]
+    assert v2.verdict == "ok"

@@ -152,7 +152,8 @@ def test_troubleshooting_doc_covers_every_known_failure():
                     "Failed to initialize NVML: Unknown Error", "libnvidia-ml.so.1", "unsatisfied condition: cuda>=",
                     "permission denied while trying to connect", "unknown or invalid runtime name: nvidia",
                     'exec: "nvidia-container-runtime": executable file not found',
-                    "Conflicting values set for option Signed-By", "NO_PUBKEY", "start request repeated too quickly"):
+                    "Conflicting values set for option Signed-By", "NO_PUBKEY", "start request repeated too quickly",
+                    "docker: command not found"):
         assert message in doc, message
     assert len(verify.KNOWN_FAILURES) >= 4
 

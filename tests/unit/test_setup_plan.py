@@ -23,6 +23,7 @@ from migrate.setup.plan import (
     RestartDocker,
     Verify,
     WriteFile,
+    plan_docker_group,
     plan_steps,
     render_plan,
     restart_reasons,
@@ -365,3 +366,35 @@ def test_https_repositories_get_the_ca_bundle_first_on_minimal_hosts():
     bare.packages.clear()
     plain_http = plans(bare, docker_url="http://10.0.0.1/docker")
     assert not isinstance(plain_http["docker-repo"].actions[0], AptInstall)
+
+
+def trixie_without_cli(f: SetupFacts) -> SetupFacts:
+    """docker.io on Debian 13 installed without its Recommends: a running daemon, no `docker` command."""
+    f = installed(f)
+    f.host.os_version_id, f.host.os_codename = "13", "trixie"
+    f.host.docker.installed, f.host.docker.path, f.host.docker.dockerd = False, "", "/usr/sbin/dockerd"
+    return f
+
+
+def test_fresh_distro_install_adds_docker_cli_where_packaged():
+    a = plans(fresh(), docker_source="distro", nvidia=False)["docker-engine"].actions[0]
+    assert a.packages == ("docker.io",) and a.if_packaged == (sources.DISTRO_CLI_PACKAGE,)
+    assert any("<docker-cli, if packaged>" in line for line in a.describe())
+
+
+def test_engine_without_cli_installs_the_cli_and_never_blames_the_group():
+    p = plans(trixie_without_cli(fresh()), docker_source="distro", nvidia=False)
+    engine = p["docker-engine"]
+    assert engine.status == "change" and "`docker` command is missing" in engine.detail
+    assert [a.packages for a in engine.actions] == [("docker-cli",)]
+    assert p["docker-group"].status == "ok" and p["verify"].status == "check"
+    ce = trixie_without_cli(fresh())
+    ce.packages = {"docker-ce": "5:29.0.0"}
+    assert plans(ce, nvidia=False)["docker-engine"].actions[0].packages == ("docker-ce-cli",)
+
+
+def test_group_step_fails_on_a_missing_cli_with_the_right_cause():
+    f = trixie_without_cli(fresh())
+    ctx_ = ctx(docker_source="distro", nvidia=False)
+    p = plan_docker_group(copy.deepcopy(f), ctx_)
+    assert p.status == "failed" and "`docker` command is missing" in p.detail and "group" not in p.detail
