@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from migrate.errors import MigrateError
+from migrate.image.identity import containerd_name
 
 CHUNK = 1 << 20
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 PARTIAL_REPO = "migrate-partial"
 PARTIAL_LABEL = "migrate.partial-of"
 
@@ -178,6 +185,42 @@ class LoadStep:
     def layer_name(self, index: int) -> str:
         return f"{self.diff_ids[index].split(':', 1)[-1]}/layer.tar"
 
+    def oci_members(self, layer_member: Callable[[str, str], Member],
+                    descriptor: Callable[[str], tuple[str, str, int]]) -> list[Member]:
+        """The same load as an OCI image layout, the format the containerd image store loads with layers
+        left out (a trimmed docker-save archive fails there: `layer "…/layer.tar" not found`).
+
+        Each layer is described by `descriptor(diff_id)` -> (media type, blob digest, size) when it is
+        sent; a layer left out is described by its DiffID with size 0 (the store finds its snapshot by
+        ChainID and never looks for the blob). The config is sent unchanged, so its digest is the image
+        ID a classic store would report."""
+        layers = []
+        blobs: list[Member] = []
+        seen: set[str] = set()
+        for i, diff_id in enumerate(self.diff_ids):
+            if i in self.send:
+                media, digest, size = descriptor(diff_id)
+                if digest not in seen:
+                    seen.add(digest)
+                    blobs.append(layer_member(oci_blob_name(digest), diff_id))
+            else:
+                media, digest, size = OCI_LAYER, diff_id, 0
+            layers.append({"mediaType": media, "digest": digest, "size": size})
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "config": {"mediaType": OCI_CONFIG, "digest": self.image_id, "size": len(self.config)},
+                               "layers": layers}, separators=(",", ":")).encode()
+        entry = {"mediaType": OCI_MANIFEST, "digest": sha256_digest(manifest), "size": len(manifest)}
+        entries = [dict(entry, annotations={"io.containerd.image.name": containerd_name(tag),
+                                            "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]})
+                   for tag in self.tags] or [entry]
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
+                           separators=(",", ":")).encode()
+        return [Member.from_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                Member.from_bytes(oci_blob_name(self.image_id), self.config),
+                Member.from_bytes(oci_blob_name(entry["digest"]), manifest),
+                *blobs,
+                Member.from_bytes("index.json", index)]
+
     def members(self, layer_member: Callable[[str, str], Member]) -> list[Member]:
         """Archive members: manifest, config, then the layer files to send (`layer_member(name, diff_id)`)."""
         config_name = f"{self.image_id.split(':', 1)[-1]}.json"
@@ -192,6 +235,12 @@ class LoadStep:
                 seen.add(name)
                 out.append(layer_member(name, self.diff_ids[i]))
         return out
+
+
+def oci_blob_name(digest: str) -> str:
+    """`sha256:ab…` -> `blobs/sha256/ab…` (where an OCI image layout keeps that blob)."""
+    algo, _, hexpart = digest.partition(":")
+    return f"blobs/{algo}/{hexpart}"
 
 
 def archive_members(images: Sequence[tuple[bytes, Sequence[str], Sequence[str]]],
@@ -317,6 +366,71 @@ class SavedArchive:
                 candidate = self._file(path, must_exist=False)
                 if candidate.is_file():
                     self._layers.setdefault(diff_id, candidate)
+        # Engine >= 25 also writes an OCI index: on a containerd store the image ID the daemon reports is
+        # the digest of a manifest (or index) listed there, which points at the config.
+        self.manifest_configs: dict[str, str] = {}
+        index = root / "index.json"
+        if index.is_file():
+            try:
+                for desc in json.loads(index.read_bytes()).get("manifests") or []:
+                    self._walk_index(desc, None)
+            except (ValueError, AttributeError, TypeError):
+                self.manifest_configs = {}
+
+    def _walk_index(self, desc: dict, top: str | None) -> None:
+        digest = str(desc.get("digest") or "")
+        try:
+            path = self._file(oci_blob_name(digest), must_exist=False)
+        except ArchiveError:
+            return
+        if not digest or not path.is_file():
+            return
+        data = json.loads(path.read_bytes())
+        if isinstance(data.get("manifests"), list):  # an index (several platforms): its manifests
+            for child in data["manifests"]:
+                self._walk_index(child, top or digest)
+        elif isinstance(data.get("config"), dict):
+            config = str(data["config"].get("digest") or "")
+            if config in self.images:
+                self.manifest_configs[digest] = config
+                if top:
+                    self.manifest_configs.setdefault(top, config)
+
+    def config_digest_of(self, image_id: str, diff_ids: Sequence[str], tags: Sequence[str] = ()) -> str:
+        """The config digest (archive ID) of the image the daemon calls `image_id`: itself on a classic
+        store, through index.json on a containerd store, else the one image with these layers (and tags)."""
+        if image_id in self.images:
+            return image_id
+        if image_id in self.manifest_configs:
+            return self.manifest_configs[image_id]
+        same = [i for i in self.images.values() if i.diff_ids == list(diff_ids)]
+        tagged = [i for i in same if set(tags) & set(i.tags)]
+        for candidates in (tagged, same):
+            if len(candidates) == 1:
+                return candidates[0].image_id
+        raise ArchiveError(f"image {short_id(image_id)} is not in the saved archive",
+                           hint="rerun with -vv and report the `docker save` layout of this engine")
+
+    def layer_descriptor(self, diff_id: str) -> tuple[str, str, int]:
+        """(media type, blob digest, size) of a layer file as an OCI blob: a plain tar is its own DiffID;
+        a compressed blob (a containerd store keeps pulled layers compressed) is named by its own digest."""
+        path = self.layer_path(diff_id)
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            kind = detect_compression(fh.read(6))
+        if kind == "none":
+            return OCI_LAYER, diff_id, size
+        if kind not in ("gzip", "zstd"):
+            raise ArchiveError(f"layer {short_id(diff_id)} is {kind}-compressed, which an OCI layout cannot carry")
+        if path.parent.name == "sha256" and path.parent.parent.name == "blobs":
+            digest = "sha256:" + path.name
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(CHUNK), b""):
+                    h.update(block)
+            digest = "sha256:" + h.hexdigest()
+        return f"{OCI_LAYER}+{kind}", digest, size
 
     def _file(self, name: str, must_exist: bool = True) -> Path:
         path = (self.root / safe_member_name(name)).resolve()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrate import ui
-from migrate.image.archive import ArchiveError, Member, chain_ids, sha256_digest
+from migrate.image.archive import OCI_LAYER, ArchiveError, Member, chain_ids, sha256_digest
 
 SEGMENT = 2
 FILE = 1
@@ -125,6 +125,10 @@ class LocalLayerStore:
 
     def layer_size(self, diff_id: str) -> int:
         return tar_length(self._layers[diff_id][1])
+
+    def layer_descriptor(self, diff_id: str) -> tuple[str, str, int]:
+        """A rebuilt layer is the plain tar: its blob digest is its DiffID."""
+        return OCI_LAYER, diff_id, self.layer_size(diff_id)
 
     def layer_member(self, name: str, diff_id: str) -> Member:
         diff_dir, entries = self._layers[diff_id]

@@ -13,6 +13,7 @@ from migrate import local, ui
 from migrate.errors import LocalCommandError, MigrateError
 from migrate.image import refs
 from migrate.image.archive import ArchiveError, SavedArchive, spool_archive
+from migrate.image.identity import fingerprint_of_inspect
 
 
 @dataclass
@@ -27,10 +28,19 @@ class LocalImage:
     size: int = 0
     repo_tags: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)  # the tags to give it on the remote
+    fingerprint: str = ""  # identity across image stores (image/identity.py)
+    # the config digest, when it differs from image_id (a local containerd store names images by their
+    # manifest digest); learnt from `docker save`'s output, '' until then
+    config_digest: str = ""
 
     @property
     def display(self) -> str:
         return self.tags[0] if self.tags else self.ref
+
+    @property
+    def archive_id(self) -> str:
+        """The ID of this image inside an archive: its config digest."""
+        return self.config_digest or self.image_id
 
 
 def _docker(args: Sequence[str], *, check: bool = True, what: str | None = None,
@@ -69,7 +79,8 @@ def inspect_images(names: Sequence[str]) -> list[LocalImage]:
         layers = list((data.get("RootFS") or {}).get("Layers") or [])
         image = LocalImage(ref=ref, image_id=data["Id"], diff_ids=layers, arch=data.get("Architecture", ""),
                            os=data.get("Os", "linux"), size=int(data.get("Size") or 0),
-                           repo_tags=list(data.get("RepoTags") or []), tags=[tag] if tag else [])
+                           repo_tags=list(data.get("RepoTags") or []), tags=[tag] if tag else [],
+                           fingerprint=fingerprint_of_inspect(data))
         out.append(image)
     return merge_same_images(out)
 

@@ -30,6 +30,8 @@ class ImagePlan:
     tag_moves: list[tuple[str, str]] = field(default_factory=list)  # (tag, old image id)
     note: str = ""
     partials: list[str] = field(default_factory=list)  # leftover checkpoint tags of this image
+    remote_id: str = ""  # the image's ID on the host when it is there (the manifest digest on containerd)
+    archive_format: str = "docker-archive"  # or "oci-layout" (what a containerd image store loads trimmed)
 
     @property
     def missing_layers(self) -> int:
@@ -37,20 +39,21 @@ class ImagePlan:
 
 
 def plan_image(image: LocalImage, facts: RemoteDocker) -> ImagePlan:
-    """Compare the local image with the remote inventory."""
-    tag_moves = [(t, owner) for t in image.tags
-                 if (owner := facts.tag_owner(t)) is not None and owner != image.image_id]
+    """Compare the local image with the remote inventory.
+
+    The same image is found by ID, config digest or fingerprint (a containerd store reports other IDs,
+    see image/identity.py); layers are matched by ChainID, which both stores key their layers by."""
+    present = facts.image(image.image_id, image.config_digest, image.fingerprint)
+    tag_moves = [(t, owner.image_id) for t in image.tags
+                 if (owner := facts.tag_owner(t)) is not None and owner is not present]
     partials = sorted(t for img in facts.images for t in img.tags
-                      if t.startswith(f"{PARTIAL_REPO}:{short_id(image.image_id)}-"))
-    present = facts.image(image.image_id)
+                      if t.startswith(f"{PARTIAL_REPO}:{short_id(image.archive_id)}-"))
+    fmt = "oci-layout" if facts.containerd_store else "docker-archive"
     if present is not None:
         missing_tags = [t for t in image.tags if t not in present.tags]
         return ImagePlan(image.image_id, image.display, TAG if missing_tags else UP_TO_DATE, len(image.diff_ids),
-                         len(image.diff_ids), tags_to_add=missing_tags, tag_moves=tag_moves, partials=partials)
-    if facts.containerd_store:
-        return ImagePlan(image.image_id, image.display, SEND, len(image.diff_ids), 0, tag_moves=tag_moves,
-                         note="containerd image store: sending every layer (trimmed archives are unverified there)",
-                         partials=partials)
+                         len(image.diff_ids), tags_to_add=missing_tags, tag_moves=tag_moves, partials=partials,
+                         remote_id=present.image_id, archive_format=fmt)
     have = facts.chain_set()
     first_missing = 0
     for i, chain in enumerate(chain_ids(image.diff_ids)):
@@ -58,7 +61,7 @@ def plan_image(image: LocalImage, facts: RemoteDocker) -> ImagePlan:
             break
         first_missing = i + 1
     return ImagePlan(image.image_id, image.display, SEND, len(image.diff_ids), first_missing, tag_moves=tag_moves,
-                     partials=partials)
+                     partials=partials, archive_format=fmt)
 
 
 def check_arch(image: LocalImage, facts: RemoteDocker, host: str, *, force: bool) -> None:
@@ -98,8 +101,12 @@ class DiskNeed:
     tmp: int
 
 
-def disk_need(step_archive_sizes: Sequence[int], layer_bytes: int) -> DiskNeed:
-    """Classic-store `docker load` untars each archive into <data-root>/tmp, then registers its layers."""
+def disk_need(step_archive_sizes: Sequence[int], layer_bytes: int, *, containerd: bool = False) -> DiskNeed:
+    """Classic-store `docker load` untars each archive into <data-root>/tmp, then registers its layers.
+    The containerd store writes each blob into its content store and unpacks it into a snapshot: twice
+    the layers, no temporary copy."""
+    if containerd:
+        return DiskNeed(layers=2 * layer_bytes, tmp=0)
     return DiskNeed(layers=layer_bytes, tmp=max(step_archive_sizes, default=0))
 
 

@@ -128,6 +128,10 @@ class LayerCache:
     def config(self, image_id: str) -> bytes:
         return self.source.config(image_id)
 
+    def descriptor(self, diff_id: str) -> tuple[str, str, int]:
+        """(media type, digest, size) of the plain layer as an OCI blob."""
+        return self.source.layer_descriptor(diff_id)
+
     def member(self, name: str, diff_id: str, gzip_level: int | None = None) -> Member:
         plain = self.source.layer_member(name, diff_id)
         if gzip_level is None:
@@ -240,7 +244,8 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
             parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
             check_access(facts, remote.name)
         if facts.inventory_scope == "wanted" and any(
-                t not in (facts.image(i.image_id) or i).tags for i in images for t in i.tags):
+                t not in (facts.image(i.image_id, i.config_digest, i.fingerprint) or i).tags
+                for i in images for t in i.tags):
             # a tag must be added: list everything to see whether it moves from another image
             facts.images, facts.inventoried = [], False
             cmd, sudo = rdocker.script_command(facts.access, rdocker.INVENTORY_SCRIPT)
@@ -347,11 +352,18 @@ class Pusher:
         ui.debug(f"{session.name}: compression {codec.label} ({codec.reason})")
         return codec
 
+    def _step_members(self, step: LoadStep, codec: Codec | None, oci: bool) -> list[Member]:
+        """One load's archive: docker-save layout, or an OCI layout for a containerd image store."""
+        layers = self.layers
+        assert layers is not None
+        if oci:
+            return step.oci_members(layers.member, layers.descriptor)
+        return step.members(lambda n, d: layers.member(n, d, codec.layer_gzip if codec else None))
+
     def _stream_steps(self, session: HostSession, img: LocalImage, master: SshMaster, codec: Codec,
-                      steps: list[LoadStep], script: str) -> tuple[int, int, list]:
+                      steps: list[LoadStep], script: str, oci: bool = False) -> tuple[int, int, list]:
         """Stream each step through `script` on the host; return (wire bytes, layers sent, results)."""
-        members_per_step = [step.members(lambda n, d: self.layers.member(n, d, codec.layer_gzip))  # type: ignore[union-attr]
-                            for step in steps]
+        members_per_step = [self._step_members(step, codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
         task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
         limiter = RateLimiter(self.options.bwlimit)
@@ -393,7 +405,8 @@ class Pusher:
         if step.tags and not set(step.tags) <= set(tags) and step.image_id not in ids:
             raise MigrateError(f"docker load on {session.name} did not load {step.tags[0]}: "
                                f"{(res.stdout.strip().splitlines() or ['no output'])[-1]}")
-        session.facts.add_image(step.image_id, step.tags, step.diff_ids)
+        session.facts.add_image(ids[-1] if ids else step.image_id, step.tags, step.diff_ids,
+                                config_digest=step.image_id)
 
     def _load_failed(self, session: HostSession, res) -> MigrateError:
         text = (res.stderr.strip() or res.stdout.strip()).splitlines()
@@ -401,6 +414,9 @@ class Pusher:
         hint = None
         if "no space left" in last.lower():
             hint = "free disk on the host's Docker data-root (docker image prune) and rerun"
+        elif "layer.tar" in last and "not found" in last:
+            hint = ("this engine refuses an archive with layers left out (a containerd image store that "
+                    "`docker info` did not reveal?); run `migrate doctor HOST` and report it")
         elif "invalid tar header" in last.lower():
             hint = "this engine cannot read the stream; try --compress none"
         return MigrateError(f"docker load failed on {session.name}: {last}", hint=hint)
@@ -409,48 +425,66 @@ class Pusher:
                      t0: float) -> ImagePushResult:
         plan = plan_image(img, session.facts)  # again: an earlier image may have brought shared layers
         if plan.action in (UP_TO_DATE, TAG):
+            ref = plan.remote_id or img.image_id  # the host's own ID for it (a containerd store has another)
             for tag in plan.tags_to_add:
-                session.docker(["tag", img.image_id, tag], what=f"tag {tag}")
-            session.facts.add_image(img.image_id, plan.tags_to_add, img.diff_ids)
+                session.docker(["tag", ref, tag], what=f"tag {tag}")
+            session.facts.add_image(ref, plan.tags_to_add, img.diff_ids, image_fingerprint=img.fingerprint)
             self._drop_partials(session, plan.partials)
             detail = "tagged " + ", ".join(plan.tags_to_add) if plan.tags_to_add else "already there"
             return self._result(img, session, UP_TO_DATE, t0, detail=detail)
         assert master is not None and codec is not None and self.layers is not None
         sizes = [self.layers.size(d) if i >= plan.first_missing else 0 for i, d in enumerate(img.diff_ids)]
-        steps = plan_load_steps(self.layers.config(img.image_id), img.diff_ids, img.tags, plan.first_missing, sizes,
+        oci = plan.archive_format == "oci-layout"
+        steps = plan_load_steps(self.layers.config(img.archive_id), img.diff_ids, img.tags, plan.first_missing, sizes,
                                 step_bytes=self.options.step_bytes)
-        step_sizes = [tar_size(s.members(lambda n, d: self.layers.member(n, d))) for s in steps]  # type: ignore[union-attr]
-        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:])), session.facts, session.name)
+        step_sizes = [tar_size(self._step_members(s, None, oci)) for s in steps]
+        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store),
+                   session.facts, session.name)
+        checkpoints = [s.tags[0] for s in steps if s.checkpoint]
         wire, layers_sent, outputs = self._stream_steps(session, img, master, codec, steps,
-                                                        rdocker.load_script(codec.remote_decompress))
+                                                        rdocker.load_script(codec.remote_decompress), oci=oci)
         step, res = outputs[-1]
         if res.exit_code != 0:
             committed = plan.first_missing + sum(len(s.send) for s, r in outputs if r.exit_code == 0)
             err = self._load_failed(session, res)
-            if committed > plan.first_missing:
+            if err.hint and "free disk" in err.hint and committed > plan.first_missing:
                 err.message += (f" ({committed} of {len(img.diff_ids)} layers are kept there as "
-                                f"{PARTIAL_REPO}:{short_id(img.image_id)}-*; a rerun resumes)")
+                                f"{PARTIAL_REPO}:{short_id(img.archive_id)}-*; once there is space, a rerun "
+                                "sends only the rest)")
+            else:  # the same load would fail again: nothing to resume, leave no checkpoint behind
+                self._drop_partials(session, checkpoints + plan.partials)
             raise err
         self._verify(session, img)
-        self._drop_partials(session, [s.tags[0] for s in steps if s.checkpoint] + plan.partials)
+        self._drop_partials(session, checkpoints + plan.partials)
         detail = f"{plan.missing_layers}/{plan.total_layers} layers, {codec.label}"
+        if oci:
+            detail += ", OCI layout"
         if plan.note:
             detail += f"; {plan.note}"
         return self._result(img, session, "sent", t0, bytes_sent=wire, layers_sent=layers_sent, detail=detail)
 
     def _verify(self, session: HostSession, img: LocalImage) -> None:
-        """The remote image ID and layers equal the local ones, and it carries every tag."""
-        fmt = "{{.Id}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{range .RepoTags}}{{.}},{{end}}"
-        res = session.docker(["image", "inspect", "--format", fmt, img.image_id], what="verify the image", check=False)
+        """The remote image is the local one (same config digest on a classic store; same layers and
+        fingerprint on a containerd store, which reports the manifest digest as ID) and has every tag."""
+        loaded = session.facts.image(img.image_id, img.archive_id)
+        ref = img.tags[0] if img.tags else (loaded.image_id if loaded else img.archive_id)
+        if not session.facts.containerd_store:
+            ref = img.archive_id
+        res = session.docker(["image", "inspect", "--format", rdocker.IMAGE_LINE_FORMAT, ref], what="verify the image",
+                             check=False)
         if not res.ok:
             raise MigrateError(f"verification failed on {session.name}: {img.display} is not there after the load")
-        image_id, layers, tags = (res.stdout.strip().split("|") + ["", ""])[:3]
-        if image_id != img.image_id or [x for x in layers.split(",") if x] != img.diff_ids:
-            raise MigrateError(f"verification failed on {session.name}: got {short_id(image_id)}, "
-                               f"expected {short_id(img.image_id)}")
-        missing = [t for t in img.tags if t not in tags.split(",")]
-        for tag in missing:
-            session.docker(["tag", img.image_id, tag], what=f"tag {tag}")
+        got = rdocker.parse_image_line(res.stdout.strip().removeprefix("img="),
+                                       containerd=session.facts.containerd_store)
+        same = got.image_id == img.archive_id or (session.facts.containerd_store and img.fingerprint
+                                                  and got.fingerprint == img.fingerprint)
+        if not same or got.diff_ids != img.diff_ids:
+            raise MigrateError(f"verification failed on {session.name}: got {short_id(got.image_id)}, "
+                               f"expected {short_id(img.archive_id)}")
+        for tag in [t for t in img.tags if t not in got.tags]:
+            session.docker(["tag", got.image_id, tag], what=f"tag {tag}")
+        session.facts.add_image(got.image_id, img.tags, img.diff_ids, image_fingerprint=img.fingerprint,
+                                config_digest=img.archive_id)
 
     def _drop_partials(self, session: HostSession, tags: Sequence[str]) -> None:
         tags = [t for t in dict.fromkeys(tags) if t.startswith(PARTIAL_REPO + ":")]
@@ -465,7 +499,7 @@ class Pusher:
         if session.sif_present.get(img.image_id):
             return self._result(img, session, UP_TO_DATE, t0, detail=path)
         assert master is not None and codec is not None and self.layers is not None
-        config = self.layers.config(img.image_id)
+        config = self.layers.config(img.archive_id)
         step = LoadStep(config=config, diff_ids=img.diff_ids, send=list(range(len(img.diff_ids))), tags=img.tags)
         tmp = f".migrate/tmp/push-{short_id(img.image_id)}-{uuid.uuid4().hex[:8]}.tar"
         size = self._image_bytes(img)
@@ -503,6 +537,16 @@ def _prepare_source(images: Sequence[LocalImage], needed: Sequence[LocalImage], 
         return LayerCache(archive, spool)
     if not needed:
         return None
+    cache = _open_source(needed, options, spool, progress, needed_from)
+    if isinstance(cache.source, SavedArchive):  # a containerd store names images by manifest digest
+        for img in needed:
+            img.config_digest = cache.source.config_digest_of(img.image_id, img.diff_ids, img.tags)
+    return cache
+
+
+def _open_source(needed: Sequence[LocalImage], options: PushImageOptions, spool: Path, progress,
+                 needed_from: dict[str, int] | None) -> LayerCache:
+    """The direct overlay2 read when possible, else one `docker save` of every needed image."""
     if options.direct_layers:
         from migrate.image.layerstore import open_layer_store
 
@@ -624,7 +668,8 @@ def _announce(session: HostSession, images: Sequence[LocalImage], options: PushI
                 parts.append(f"{img.display} needs {plan.missing_layers} of {plan.total_layers} layers")
             else:
                 parts.append(f"{img.display} {'needs tags' if plan.action == TAG else 'is up to date'}")
-        engine = f"Docker {f.engine} ({f.access}), {f.storage_driver}" if f.engine else f"Docker ({f.access})"
+        store = "containerd image store" if f.containerd_store else f.storage_driver
+        engine = f"Docker {f.engine} ({f.access}), {store}" if f.engine else f"Docker ({f.access})"
         line = f"{session.name}: {engine}, {f.docker_arch}; " + "; ".join(parts)
     if ui.err.is_terminal:
         ui.step(line)
@@ -656,6 +701,9 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
                 detail = f"{plan.missing_layers}/{plan.total_layers} layers"
                 if plan.first_missing:
                     detail += f" (first {plan.first_missing} already there)"
+                detail += (", as an OCI layout (containerd image store)" if plan.archive_format == "oci-layout"
+                           else ", as a docker-save archive")
+                detail += f", a resume point every >= {ui.human_bytes(options.step_bytes)}"
                 out.append(ImagePushResult(img.display, s.name, "would send", image_bytes=img.size,
                                            detail=detail + (f"; {plan.note}" if plan.note else "")))
             else:
@@ -693,7 +741,7 @@ def write_archive_file(images: Sequence[LocalImage], options: PushImageOptions, 
     with progress if progress is not None else _null():
         layers = _prepare_source(images, images, options, spool, archive, progress)
         assert layers is not None
-        members = archive_members([(layers.config(i.image_id), i.diff_ids, i.tags) for i in images], layers.member)
+        members = archive_members([(layers.config(i.archive_id), i.diff_ids, i.tags) for i in images], layers.member)
         total = tar_size(members)
         _check_local_space(dest.parent, total)
         tmp = dest.with_name(dest.name + f".part{os.getpid()}")

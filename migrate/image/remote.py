@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from migrate.image.archive import chain_ids
+from migrate.image.identity import fingerprint
 from migrate.remote import shell
 from migrate.remote.probe import key_value_lines, normalize_arch
 
@@ -22,7 +23,10 @@ _DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
 
 _INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
 
-_IMG_FORMAT = "'img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}'"
+# .Config comes last: its JSON may contain '|'. Created/Os/Config feed the fingerprint (image/identity.py).
+IMAGE_LINE_FORMAT = ("img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}"
+                     "|{{.Os}}|{{.Created}}|{{json .Config}}")
+_IMG_FORMAT = f"'{IMAGE_LINE_FORMAT}'"
 
 # With `want` (the local image IDs) set, the images we push are inspected first: when all are there
 # the full listing is skipped (the common "up to date" case, and big servers with many images).
@@ -83,12 +87,22 @@ kv docker "$mode"
 
 @dataclass
 class RemoteImage:
-    """One image on the remote daemon."""
+    """One image on the remote daemon: its ID as that daemon reports it (the config digest on a classic
+    store, the manifest digest on the containerd store), and the fingerprint both stores agree on."""
 
     image_id: str
     tags: list[str]
     diff_ids: list[str]
     arch: str = ""
+    fingerprint: str = ""
+    config_digest: str = ""  # when known: a classic store's ID, or what we loaded in this run
+
+    def same_as(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> bool:
+        """True when this is the image with that local ID / config digest / fingerprint."""
+        ids = {i for i in (image_id, config_digest) if i}
+        if self.image_id in ids or (self.config_digest and self.config_digest in ids):
+            return True
+        return bool(image_fingerprint) and self.fingerprint == image_fingerprint
 
 
 @dataclass
@@ -139,30 +153,40 @@ class RemoteDocker:
             out.update(chain_ids(img.diff_ids))
         return out
 
-    def image(self, image_id: str) -> RemoteImage | None:
+    def image(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> RemoteImage | None:
+        """The remote image that is this local image: same ID or config digest, else same fingerprint."""
         for img in self.images:
-            if img.image_id == image_id:
+            if img.same_as(image_id, config_digest):
+                return img
+        if image_fingerprint:
+            for img in self.images:
+                if img.fingerprint == image_fingerprint:
+                    return img
+        return None
+
+    def tag_owner(self, tag: str) -> RemoteImage | None:
+        """The image that `tag` points at on the remote, if any."""
+        for img in self.images:
+            if tag in img.tags:
                 return img
         return None
 
-    def tag_owner(self, tag: str) -> str | None:
-        """The image ID that `tag` points at on the remote, if any."""
+    def add_image(self, image_id: str, tags: list[str], diff_ids: list[str], *, image_fingerprint: str = "",
+                  config_digest: str = "") -> RemoteImage:
+        """Record an image we just loaded or tagged (so later plans in this run see its layers and tags)."""
+        existing = self.image(image_id, config_digest, image_fingerprint)
         for img in self.images:
-            if tag in img.tags:
-                return img.image_id
-        return None
-
-    def add_image(self, image_id: str, tags: list[str], diff_ids: list[str]) -> None:
-        """Record an image we just loaded (so later plans in this run see its layers)."""
-        for img in self.images:
-            for t in tags:
-                if t in img.tags and img.image_id != image_id:
-                    img.tags.remove(t)
-        existing = self.image(image_id)
+            if img is not existing:
+                img.tags = [t for t in img.tags if t not in tags]
         if existing:
             existing.tags = sorted(set(existing.tags) | set(tags))
-        else:
-            self.images.append(RemoteImage(image_id=image_id, tags=list(tags), diff_ids=list(diff_ids)))
+            existing.fingerprint = existing.fingerprint or image_fingerprint
+            existing.config_digest = existing.config_digest or config_digest
+            return existing
+        img = RemoteImage(image_id=image_id, tags=list(tags), diff_ids=list(diff_ids), fingerprint=image_fingerprint,
+                          config_digest=config_digest)
+        self.images.append(img)
+        return img
 
     def free_kib(self, key: str) -> int | None:
         value = self.disks.get(key)
@@ -216,11 +240,22 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
                 if name == "docker_tmp":
                     f.tmp_same_fs = cols[1] == f.disks.get("docker_root", (0, ""))[1]
         elif key == "img":
-            parts = value.split("|") + ["", "", "", ""]
-            image_id, tags, layers, arch = parts[:4]
-            f.images.append(RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t],
-                                        diff_ids=[d for d in layers.split(",") if d], arch=arch))
+            f.images.append(parse_image_line(value, containerd=f.containerd_store))
     return f
+
+
+def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
+    """One `img=` line (see _IMG_FORMAT); a classic store's ID is the config digest."""
+    parts = value.split("|", 6) + [""] * 7
+    image_id, tags, layers, arch, os_name, created, config_json = parts[:7]
+    diff_ids = [d for d in layers.split(",") if d]
+    try:
+        config = json.loads(config_json) if config_json.strip() else None
+    except ValueError:
+        config = None
+    fp = fingerprint(created, arch, os_name, diff_ids, config) if created else ""
+    return RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t], diff_ids=diff_ids, arch=arch,
+                       fingerprint=fp, config_digest="" if containerd else image_id)
 
 
 def with_wanted(script: str, image_ids: list[str]) -> str:

@@ -325,8 +325,24 @@ class Sandbox:
         pub = (self.key.with_suffix(".pub")).read_text()
         # a restarted container may first run systemd-tmpfiles over a /tmp full of old test data,
         # which holds up sshd for minutes: wait for it rather than failing at 2 minutes
-        proc = _docker(*argv, input=pub, what=f"configure {self.s.alias(i)}", timeout=360)
+        try:
+            proc = _docker(*argv, input=pub, what=f"configure {self.s.alias(i)}", timeout=360)
+        except LocalCommandError as exc:
+            if "is not running" not in str(exc):
+                raise
+            raise self._died_at_boot(i) from None
         return [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("ssh-", "ecdsa-"))]
+
+    def _died_at_boot(self, i: int) -> MigrateError:
+        """Why a host's container stopped while booting (its last log line), and the usual cause."""
+        logs = _docker("logs", "--tail", "20", self.s.container(i), check=False)
+        lines = [ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
+        hint = "see `docker logs " + self.s.container(i) + "`"
+        if "inotify" in (logs.stdout + logs.stderr).lower() or "too many open files" in last.lower():
+            hint = ("systemd ran out of inotify instances: `sysctl -w fs.inotify.max_user_instances=1024` "
+                    "(scripts/bootstrap does)")
+        return MigrateError(f"sandbox host {self.s.alias(i)} stopped while booting: {last}", hint=hint)
 
     def _write_known_hosts(self, entries: dict[int, list[str]]) -> None:
         lines: list[str] = []
