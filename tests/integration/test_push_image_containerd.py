@@ -1,0 +1,227 @@
+"""push-image with the containerd image store, on the host and on the laptop, against real engines.
+
+Three Debian 13 hosts with Debian's newest engine (docker.io 28.5 from sid, containerd 2.1), the
+dedicated sandbox `modern` (`--release trixie --docker-from sid --image-store containerd`):
+- modern2: a host whose dockerd uses the containerd image store (installed by `migrate host-setup`);
+- modern3: the same, used as the *laptop*: its engine is reached through an SSH-forwarded socket in
+  DOCKER_HOST, so `docker save` there writes the OCI layout a containerd store writes;
+- modern1: after test_modern_hosts.py is done with it, Docker 28.5 again but on the classic overlay2
+  store (daemon.json without the snapshotter feature).
+The test images are made on this machine's classic engine; assertions about a host use
+`docker exec` into its container, independent of the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from migrate.sandbox.manager import Sandbox, SandboxSettings
+from tests.conftest import run_cli
+from tests.integration.test_modern_hosts import FLAVOUR
+from tests.integration.test_push_image import _ssh_master_of, layer_bytes, sh, sh_bytes
+
+pytestmark = pytest.mark.release("trixie")
+PREFIX = "migrate-c8d-test"
+BASE = f"{PREFIX}/base:1"
+CHILD = f"{PREFIX}/child:1"
+MULTI = f"{PREFIX}/multi:1"
+ALL = [BASE, CHILD, MULTI]
+
+
+def in_host(host: dict, script: str, check: bool = True) -> str:
+    return sh("docker", "exec", host["container"], "sh", "-c", script, check=check)
+
+
+def remote_ids(host: dict, ref: str) -> str:
+    return in_host(host, f"docker image inspect --format '{{{{.Id}}}}' {ref} 2>/dev/null", check=False).strip()
+
+
+def clean(host: dict) -> None:
+    in_host(host, "docker image ls -q | sort -u | xargs -r docker image rm -f >/dev/null 2>&1; true")
+
+
+def push(*args: str, env: dict, timeout: float = 300):
+    return run_cli("push-image", *args, env=env, timeout=timeout)
+
+
+def push_json(*args: str, env: dict) -> list[dict]:
+    res = push(*args, "--json", env=env)
+    assert res.code == 0, res.output
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def hosts(dedicated_sandbox) -> dict[str, dict]:
+    """modern1 (classic store, Docker 28.5), modern2 (containerd store), modern3 (the laptop's engine)."""
+    h1, h2, h3 = dedicated_sandbox("modern", 3, extra=FLAVOUR)
+    in_host(h1, "systemctl stop docker docker.socket >/dev/null 2>&1; echo '{}' > /etc/docker/daemon.json "
+                "2>/dev/null || { mkdir -p /etc/docker && echo '{}' > /etc/docker/daemon.json; }")
+    res = run_cli("host-setup", h1["alias"], h2["alias"], h3["alias"], "--docker-source", "distro", "--no-nvidia",
+                  env=h1["env"], timeout=900)
+    assert res.code == 0, res.output
+    for h, containerd in ((h1, False), (h2, True), (h3, True)):
+        info = in_host(h, "docker info --format '{{.ServerVersion}} {{.Driver}} {{json .DriverStatus}}'")
+        assert info.startswith("28.") and ("io.containerd.snapshotter" in info) == containerd, info
+    return {"classic": h1, "c8d": h2, "laptop": h3}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """base (busybox + 3 MB), child (+ one 5 MB layer), multi (base + 3 x 8 MiB layers), on this machine."""
+    work = tmp_path_factory.mktemp("c8dimages")
+    root = work / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
+    os.symlink("busybox", root / "bin" / "sh")
+    (root / "base.bin").write_bytes(os.urandom(3_000_000))
+    rootfs = sh_bytes("tar", "-C", str(root), "-cf", "-", ".")
+    sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", BASE, input=rootfs)
+    for name, files in (("child", {"app.bin": 5_000_000}), ("multi", {f"l{i}.bin": 8 << 20 for i in range(3)})):
+        ctx = work / name
+        ctx.mkdir()
+        for f, size in files.items():
+            (ctx / f).write_bytes(os.urandom(size))
+        (ctx / "Dockerfile").write_text(f"FROM {BASE}\n" + "".join(f"COPY {f} /{f}\n" for f in files))
+        subprocess.run(["docker", "build", "-q", "-t", f"{PREFIX}/{name}:1", str(ctx)], check=True, capture_output=True,
+                       env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    yield
+    sh("docker", "image", "rm", "-f", *ALL, check=False)
+
+
+@pytest.fixture(scope="module")
+def laptop(hosts, images, tmp_path_factory):
+    """DOCKER_HOST for modern3's engine (containerd store) through an SSH-forwarded socket; the test
+    images are loaded into it."""
+    h = hosts["laptop"]
+    sock = tmp_path_factory.mktemp("laptop") / "docker.sock"
+    config = Sandbox(SandboxSettings(name=h["env"]["MIGRATE_SANDBOX"])).ssh_config
+    fwd = subprocess.Popen(["ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes",
+                            "-L", f"{sock}:/var/run/docker.sock", h["alias"]])
+    for _ in range(100):
+        if sock.exists():
+            break
+        time.sleep(0.1)
+    env = dict(h["env"], DOCKER_HOST=f"unix://{sock}")
+    save = subprocess.Popen(["docker", "save", *ALL], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "load"], stdin=save.stdout, env=dict(os.environ, **env), check=True, capture_output=True)
+    save.wait()
+    info = sh("docker", "-H", f"unix://{sock}", "info", "--format", "{{json .DriverStatus}}")
+    assert "io.containerd.snapshotter" in info
+    yield env
+    fwd.terminate()
+    fwd.wait()
+
+
+def test_containerd_host_gets_only_missing_layers_and_sees_an_unchanged_image_as_up_to_date(hosts, images):
+    h = hosts["c8d"]
+    clean(h)
+    [r] = push_json(BASE, h["alias"], env=h["env"])
+    assert r["status"] == "sent" and "OCI layout" in r["detail"], r
+    t0 = time.monotonic()
+    res = push(BASE, h["alias"], "--json", env=h["env"])
+    assert res.code == 0 and "moves" not in res.stderr, res.output
+    [r] = json.loads(res.stdout)
+    assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
+    assert time.monotonic() - t0 < 10
+    new_layer = layer_bytes(CHILD, 1)
+    [r] = push_json(CHILD, h["alias"], env=h["env"])
+    assert r["status"] == "sent" and r["layers_sent"] == 1, r
+    assert r["bytes_sent"] < 9_000_000 and r["bytes_sent"] <= new_layer + 64 * 1024, r
+    assert in_host(h, f"docker run --rm {CHILD} busybox wc -c /app.bin").split()[0] == "5000000"
+    assert in_host(h, "docker image ls -q migrate-partial").strip() == ""
+
+
+def test_dry_run_names_the_oci_layout_and_changes_nothing(hosts, images):
+    h = hosts["c8d"]
+    in_host(h, f"docker image rm -f {MULTI} >/dev/null 2>&1; true")
+    before = in_host(h, "docker image ls -a --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}' | sort")
+    [r] = push_json(MULTI, h["alias"], "--dry-run", env=h["env"])
+    assert r["status"] == "would send" and "3/4 layers" in r["detail"] and "OCI layout" in r["detail"], r
+    assert in_host(h, "docker image ls -a --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}' | sort") == before
+
+
+def test_killed_connection_resumes_on_the_containerd_store(hosts, images):
+    h = hosts["c8d"]
+    in_host(h, f"docker image rm -f {MULTI} >/dev/null 2>&1; true")
+    argv = [sys.executable, "-m", "migrate", "push-image", MULTI, h["alias"], "--checkpoint", "8M",
+            "--bwlimit", "6M", "--compress", "none", "--json"]
+    proc = subprocess.Popen(argv, env=dict(os.environ, **h["env"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline, killed = time.monotonic() + 60, False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if in_host(h, "docker image ls -q migrate-partial", check=False).split():
+            master = _ssh_master_of(proc.pid)
+            if master:
+                os.kill(master, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=120)
+    assert killed, f"never saw a checkpoint before the push ended: {out}{err}"
+    assert proc.returncode == 1 and "lost" in err and "committed" in err, out + err
+    full = sum(layer_bytes(MULTI, i) for i in range(1, 4))
+    [r] = push_json(MULTI, h["alias"], "--compress", "none", env=h["env"])
+    assert r["status"] == "sent" and 0 < r["bytes_sent"] <= full - (8 << 20) + 64 * 1024, (r, full)  # >= 1 layer kept
+    assert in_host(h, f"docker run --rm {MULTI} busybox wc -c /l2.bin").split()[0] == str(8 << 20)
+    assert in_host(h, "docker image ls -q migrate-partial").strip() == "", "checkpoint tags were not cleaned up"
+
+
+def test_laptop_on_the_containerd_store_pushes_to_both_stores(hosts, laptop):
+    classic, c8d = hosts["classic"], hosts["c8d"]
+    clean(classic)
+    in_host(c8d, f"docker image rm -f {CHILD} >/dev/null 2>&1; true")  # base stays: one layer to send there
+    config_digest = sh("docker", "image", "inspect", "--format", "{{.Id}}", CHILD).strip()
+    laptop_id = sh("docker", "-H", laptop["DOCKER_HOST"], "image", "inspect", "--format", "{{.Id}}", CHILD).strip()
+    assert laptop_id != config_digest  # the laptop's store names it by its manifest digest
+    results = push_json(CHILD, classic["alias"], c8d["alias"], env=laptop)
+    by_host = {r["host"].split("@")[-1]: r for r in results}
+    assert all(r["status"] == "sent" for r in results), results
+    assert by_host[c8d["alias"]]["layers_sent"] == 1 and by_host[classic["alias"]]["layers_sent"] == 2, results
+    assert remote_ids(classic, CHILD) == config_digest  # a classic store: the very same image ID
+    for h in (classic, c8d):
+        assert in_host(h, f"docker run --rm {CHILD} busybox wc -c /app.bin").split()[0] == "5000000"
+    again = push_json(CHILD, classic["alias"], c8d["alias"], env=laptop)
+    assert [r["status"] for r in again] == ["up to date", "up to date"], again
+
+
+def test_real_apptainer_builds_a_sif(hosts, images):
+    h = hosts["c8d"]
+    in_host(h, "command -v apptainer >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apptainer "
+               ">/dev/null 2>&1; apptainer --version")
+    [r] = push_json(CHILD, h["alias"], "--format", "sif", env=h["env"])
+    assert r["status"] == "sent", r
+    sif = Path("/home/alice/.migrate/images/migrate-c8d-test_child_1.sif")
+    out = sh("docker", "exec", "-u", "alice", h["container"], "apptainer", "exec", str(sif), "busybox", "wc", "-c",
+             "/app.bin")
+    assert out.split()[0] == "5000000"
+    [r] = push_json(CHILD, h["alias"], "--format", "sif", env=h["env"])
+    assert r["status"] == "up to date", r
+    assert in_host(h, "ls /home/alice/.migrate/tmp 2>/dev/null | wc -l").strip() == "0"
+
+
+def test_real_compose_job_on_trixie(hosts, images, tmp_path):
+    h = hosts["c8d"]
+    push_json(CHILD, h["alias"], env=h["env"])
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    (stack / "docker-compose.yml").write_text(
+        f"services:\n  app:\n    image: {CHILD}\n    command: [\"sh\", \"-c\", \"busybox wc -c /app.bin\"]\n")
+    res = run_cli("run", h["alias"], "--compose", str(stack / "docker-compose.yml"), "--gpus-per-job", "0",
+                  "--name", "c8dcompose", env=h["env"])
+    assert res.code == 0, res.output
+    for _ in range(120):
+        st = run_cli("status", h["alias"], "--json", env=h["env"])
+        jobs = [j for j in json.loads(st.stdout)["jobs"] if j["name"] == "c8dcompose"]
+        if jobs and jobs[0]["state"] in ("done", "failed"):
+            break
+        time.sleep(1)
+    assert jobs and jobs[0]["state"] == "done", jobs
+    assert "5000000 /app.bin" in run_cli("logs", h["alias"], "c8dcompose", env=h["env"]).stdout
