@@ -4,6 +4,7 @@
     python benchmarks/push_image.py --quick    # 128 MB, about a minute
     python benchmarks/push_image.py --all      # + the bzip2 seed (~150 s alone) and gzip at 100 Mbit/s
     python benchmarks/push_image.py --repeat 3 # best of 3 for every row (this machine is shared and noisy)
+    python benchmarks/push_image.py --image-store containerd   # the host: Debian 13, Docker 28.5, containerd store
 
 It brings up a one-host sandbox (default `pimageb`: host `pimageb1`, on the subnet and port the
 test suite reserves for that name), installs Docker (Debian's docker.io) and zstd there, builds a
@@ -12,6 +13,10 @@ local test image of three layers: half compressible (real files from /usr), half
 the image (except the re-push rows) and is checked by comparing the remote image ID with the local
 one. The 100 Mbit/s rows cap the wire with `pv -L` (plain pipe) and `--bwlimit 100mbit` (migrate).
 Local images and the sandbox are removed at the end unless --keep.
+
+With `--image-store containerd` the host is a Debian 13 sandbox host with Debian sid's docker.io
+28.5 on the containerd image store (sandbox `pimagec`), installed by `migrate host-setup`; an image
+there is checked by its layers and creation time (that store reports the manifest digest as ID).
 """
 
 from __future__ import annotations
@@ -50,15 +55,26 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="pimage-bench-"))
         self.ssh_config = self.work / "ssh_config"
         self.rows: list[tuple[str, float, int | None, str]] = []
+        self.containerd = args.image_store == "containerd"
 
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
         print(f"[setup] sandbox {self.host}, image of ~{self.args.size} MB", file=sys.stderr)
-        run(self.migrate + ["sandbox", "up", "1"], env=self.env)
+        if self.containerd:
+            run(self.migrate + ["sandbox", "up", "1", "--release", "trixie", "--docker-from", "sid",
+                                "--image-store", "containerd"], env=self.env)
+            run(self.migrate + ["host-setup", self.host, "--docker-source", "distro", "--no-nvidia"], env=self.env)
+            self.in_host("command -v zstd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd "
+                         ">/dev/null 2>&1")
+        else:
+            run(self.migrate + ["sandbox", "up", "1"], env=self.env)
         self.ssh_config.write_text(run(self.migrate + ["sandbox", "ssh-config"], env=self.env))
         self.in_host("command -v docker >/dev/null || { apt-get update -qq >/dev/null && "
                      "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io zstd >/dev/null 2>&1; }; "
                      "usermod -aG docker alice; systemctl is-active -q docker || systemctl start docker")
+        if self.containerd and "io.containerd.snapshotter" not in self.in_host(
+                "docker info --format '{{json .DriverStatus}}'"):
+            raise SystemExit("the benchmark host does not use the containerd image store")
         self.build_images()
 
     def in_host(self, script: str, check: bool = True) -> str:
@@ -125,8 +141,10 @@ class Bench:
                      "docker image prune -f >/dev/null 2>&1; true")
 
     def check_remote(self, ref: str) -> None:
-        want = run(["docker", "image", "inspect", "--format", "{{.Id}}", ref]).strip()
-        got = self.in_host(f"docker image inspect --format '{{{{.Id}}}}' {ref}", check=False).strip()
+        # the containerd store reports the manifest digest as ID: compare layers and creation time there
+        fmt = "{{.Created}} {{.RootFS.Layers}}" if self.containerd else "{{.Id}}"
+        want = run(["docker", "image", "inspect", "--format", fmt, ref]).strip()
+        got = self.in_host(f"docker image inspect --format '{fmt}' {ref}", check=False).strip()
         if got != want:
             raise SystemExit(f"remote image {ref} is {got or 'missing'}, expected {want}")
 
@@ -189,8 +207,10 @@ class Bench:
     def report(self) -> str:
         t = {name: s for name, s, _, _ in self.rows}
         full = t["migrate push-image (full)"]
+        ends = ("laptop Docker 20.10 (overlay2), host Docker 28.5 on the containerd image store (Debian 13)"
+                if self.containerd else "both ends Docker 20.10")
         lines = [f"Image: {self.image_bytes / MB:.0f} MB (3 layers: half real files from /usr, half random, "
-                 "5 MB app), sandbox host over loopback SSH, both ends Docker 20.10, 2 shared vCPUs; "
+                 f"5 MB app), sandbox host over loopback SSH, {ends}, 2 shared vCPUs; "
                  f"best of {self.args.repeat} run(s) per row.", "",
                  "| pipeline | seconds | × migrate full | bytes sent | notes |", "|---|---|---|---|---|"]
         for name, seconds, sent, note in self.rows:
@@ -226,10 +246,16 @@ def main() -> None:
     ap.add_argument("--no-capped", action="store_true", help="skip the 100 Mbit/s rows")
     ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
-    ap.add_argument("--sandbox", default="pimageb", help="sandbox name (own subnet and port below)")
-    ap.add_argument("--subnet", default="172.31.208.0/24")
-    ap.add_argument("--port", type=int, default=2560)
+    ap.add_argument("--image-store", choices=("overlay2", "containerd"), default="overlay2",
+                    help="the host's image store: overlay2 (Debian 12, Docker 20.10) or containerd (Debian 13, 28.5)")
+    ap.add_argument("--sandbox", help="sandbox name (own subnet and port below; default pimageb, pimagec)")
+    ap.add_argument("--subnet")
+    ap.add_argument("--port", type=int)
     args = ap.parse_args()
+    c8d = args.image_store == "containerd"
+    args.sandbox = args.sandbox or ("pimagec" if c8d else "pimageb")
+    args.subnet = args.subnet or ("172.31.242.0/24" if c8d else "172.31.208.0/24")
+    args.port = args.port or (3400 if c8d else 2560)
     if args.quick:
         args.size = 128
     os.chdir(REPO)

@@ -1,0 +1,159 @@
+"""push-image on the containerd image store: identity, the OCI layout we load, the laptop's OCI save."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from migrate.image import archive as A
+from migrate.image import identity
+from migrate.image import remote as R
+from migrate.image.local import LocalImage
+from migrate.image.plan import SEND, TAG, UP_TO_DATE, disk_need, plan_image
+from tests.tar_helpers import tar_bytes
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+L1 = tar_bytes({"a.txt": b"base\n" * 100})
+L2 = tar_bytes({"b.txt": b"app\n" * 100})
+D1, D2 = digest(L1), digest(L2)
+CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-02T03:04:05.123456789Z",
+                     "config": {"Cmd": ["/b.txt"], "Env": ["A=1"]},
+                     "rootfs": {"type": "layers", "diff_ids": [D1, D2]}}).encode()
+CONFIG_ID = digest(CONFIG)
+INSPECT = {"Id": CONFIG_ID, "Created": "2026-01-02T03:04:05.123456789Z", "Architecture": "amd64", "Os": "linux",
+           "RootFS": {"Layers": [D1, D2]}, "Config": {"Cmd": ["/b.txt"], "Env": ["A=1"], "Hostname": "",
+                                                     "Labels": None}}
+FP = identity.fingerprint_of_inspect(INSPECT)
+
+
+def local(**kw) -> LocalImage:
+    fields = {"ref": "app:1", "image_id": CONFIG_ID, "diff_ids": [D1, D2], "tags": ["app:1"], "fingerprint": FP}
+    return LocalImage(**{**fields, **kw})
+
+
+def img_line(image_id: str, tags: str, layers: list[str], config: dict) -> str:
+    return (f"img={image_id}|{tags}|{','.join(layers)},|amd64|linux|2026-01-02T03:04:05.123456789Z|"
+            f"{json.dumps(config)}")
+
+
+def test_fingerprint_ignores_fields_engines_print_differently_but_not_run_settings():
+    newer = dict(INSPECT, Config={"Cmd": ["/b.txt"], "Env": ["A=1"], "Entrypoint": None, "OnBuild": None,
+                                  "WorkingDir": "", "User": ""})
+    assert identity.fingerprint_of_inspect(newer) == FP
+    for change in ({"Created": "2026-01-02T03:04:05.1Z"}, {"Architecture": "arm64"},
+                   {"RootFS": {"Layers": [D1]}}, {"Config": {"Cmd": ["/b.txt"], "Env": ["A=2"]}},
+                   {"Config": {"Cmd": ["/b.txt"], "Env": ["A=1"], "Labels": {"v": "2"}}}):
+        assert identity.fingerprint_of_inspect(dict(INSPECT, **change)) != FP, change
+
+
+def test_containerd_names_are_fully_qualified():
+    assert identity.containerd_name("app:1") == "docker.io/library/app:1"
+    assert identity.containerd_name("me/app:1") == "docker.io/me/app:1"
+    assert identity.containerd_name("registry.example:5000/x/app:1") == "registry.example:5000/x/app:1"
+    assert identity.containerd_name("localhost/app:1") == "localhost/app:1"
+
+
+def test_an_image_on_a_containerd_host_is_found_by_fingerprint_not_id():
+    text = ("info=28.5.2|overlayfs|/var/lib/docker|linux|[[\"driver-type\",\"io.containerd.snapshotter.v1\"]]\n"
+            + img_line("sha256:manifest1", "app:1,", [D1, D2], {"Cmd": ["/b.txt"], "Env": ["A=1"]}) + "\n"
+            + img_line("sha256:manifest0", "base:1,", [D1], {}) + "\ninventory=done\n")
+    f = R.parse_facts(text)
+    assert f.containerd_store and f.images[0].config_digest == ""  # the ID there is no config digest
+    p = plan_image(local(), f)
+    assert p.action == UP_TO_DATE and p.remote_id == "sha256:manifest1" and p.tag_moves == []
+    p = plan_image(local(tags=["app:1", "app:latest"]), f)
+    assert p.action == TAG and p.tags_to_add == ["app:latest"] and p.remote_id == "sha256:manifest1"
+    f.images.pop(0)  # only the base is there: send the second layer, as an OCI layout
+    p = plan_image(local(), f)
+    assert p.action == SEND and p.first_missing == 1 and p.archive_format == "oci-layout"
+
+
+def test_a_different_image_under_the_tag_is_a_tag_move_on_both_stores():
+    other = img_line("sha256:manifest9", "app:1,", [D1, D2], {"Cmd": ["/other"]})
+    for info in ("", "info=28.5.2|overlayfs|/x|linux|[[\"driver-type\",\"io.containerd.snapshotter.v1\"]]\n"):
+        p = plan_image(local(), R.parse_facts(info + other + "\ninventory=done\n"))
+        assert p.action == SEND and p.first_missing == 2 and p.tag_moves == [("app:1", "sha256:manifest9")]
+
+
+def test_classic_hosts_still_match_by_config_digest():
+    f = R.parse_facts(img_line(CONFIG_ID, "app:1,", [D1, D2], {"Cmd": ["/x"]}) + "\ninventory=done\n")
+    assert f.images[0].config_digest == CONFIG_ID
+    assert plan_image(local(fingerprint=""), f).action == UP_TO_DATE
+
+
+def test_oci_members_leave_out_layers_and_keep_the_config():
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1", "me/app:2"])
+    members = step.oci_members(lambda name, d: A.Member.from_bytes(name, {D1: L1, D2: L2}[d]),
+                               lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
+    names = [m.name for m in members]
+    assert names[0] == "oci-layout" and names[-1] == "index.json"
+    blobs = {m.name: m.data for m in members}
+    assert blobs[A.oci_blob_name(CONFIG_ID)] == CONFIG  # unchanged: its digest is the classic image ID
+    assert A.oci_blob_name(D2) in blobs and A.oci_blob_name(D1) not in blobs
+    index = json.loads(blobs["index.json"])
+    assert [m["annotations"]["io.containerd.image.name"] for m in index["manifests"]] == [
+        "docker.io/library/app:1", "docker.io/me/app:2"]
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest = json.loads(blobs[A.oci_blob_name(manifest_digest)])
+    assert digest(blobs[A.oci_blob_name(manifest_digest)]) == manifest_digest
+    assert manifest["config"] == {"mediaType": A.OCI_CONFIG, "digest": CONFIG_ID, "size": len(CONFIG)}
+    assert manifest["layers"] == [{"mediaType": A.OCI_LAYER, "digest": D1, "size": 0},
+                                  {"mediaType": A.OCI_LAYER, "digest": D2, "size": len(L2)}]
+    assert A.tar_size(members) == len(b"".join(A.tar_stream(members)))
+
+
+def _docker25_save(tmp_path, layer_files: dict[str, bytes]) -> tuple[A.SavedArchive, str]:
+    """What `docker save` of a containerd store writes: blobs, index.json, and manifest.json pointing into blobs."""
+    root = tmp_path / "save"
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / CONFIG_ID[7:]).write_bytes(CONFIG)
+    layer_names = []
+    layers_desc = []
+    for data in layer_files.values():
+        d = digest(data)
+        (blobs / d[7:]).write_bytes(data)
+        layer_names.append(f"blobs/sha256/{d[7:]}")
+        media = A.OCI_LAYER + ("+gzip" if data[:2] == b"\x1f\x8b" else "")
+        layers_desc.append({"mediaType": media, "digest": d, "size": len(data)})
+    manifest = json.dumps({"schemaVersion": 2, "config": {"mediaType": A.OCI_CONFIG, "digest": CONFIG_ID,
+                                                          "size": len(CONFIG)}, "layers": layers_desc}).encode()
+    (blobs / digest(manifest)[7:]).write_bytes(manifest)
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": A.OCI_MANIFEST, "digest": digest(manifest), "size": len(manifest)}]}))
+    (root / "manifest.json").write_text(json.dumps([{"Config": f"blobs/sha256/{CONFIG_ID[7:]}",
+                                                     "RepoTags": ["app:1"], "Layers": layer_names}]))
+    return A.SavedArchive(root), digest(manifest)
+
+
+def test_a_containerd_laptops_save_maps_its_manifest_digest_to_the_config(tmp_path):
+    gz = gzip.compress(L2, mtime=0)
+    saved, manifest_digest = _docker25_save(tmp_path, {"l1": L1, "l2": gz})
+    assert saved.config_digest_of(manifest_digest, [D1, D2]) == CONFIG_ID
+    assert saved.config_digest_of(CONFIG_ID, [D1, D2]) == CONFIG_ID
+    assert saved.config_digest_of("sha256:unknown", [D1, D2], ["app:1"]) == CONFIG_ID  # the one with these layers
+    with pytest.raises(A.ArchiveError):
+        saved.config_digest_of("sha256:unknown", [D2])
+    assert saved.layer_descriptor(D1) == (A.OCI_LAYER, D1, len(L1))
+    assert saved.layer_descriptor(D2) == (A.OCI_LAYER + "+gzip", digest(gz), len(gz))  # pulled: sent compressed
+
+
+def test_disk_need_on_the_containerd_store_counts_content_and_snapshot():
+    assert disk_need([10, 20], 100, containerd=True).layers == 200 and disk_need([10, 20], 100).tmp == 20
+
+
+def test_a_trimmed_oci_layout_is_a_readable_tar(tmp_path):
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[0, 1], tags=["app:1"])
+    members = step.oci_members(lambda name, d: A.Member.from_bytes(name, {D1: L1, D2: L2}[d]),
+                               lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
+    with tarfile.open(fileobj=io.BytesIO(b"".join(A.tar_stream(members)))) as tar:
+        assert set(tar.getnames()) >= {"oci-layout", "index.json", A.oci_blob_name(D1), A.oci_blob_name(D2)}
