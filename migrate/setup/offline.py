@@ -222,9 +222,13 @@ def required_packages(indexes: list[str]) -> list[str]:
     return sorted(set(names))
 
 
-def top_packages(options: HostSetupOptions, kind: str) -> list[str]:
+def top_packages(options: HostSetupOptions, kind: str, target: Target | None = None) -> list[str]:
+    """The packages an offline set starts from (their dependencies come along)."""
     packages = list(sources.OFFICIAL_DOCKER_PACKAGES if kind in ("official", "mirror") else
                     sources.DISTRO_DOCKER_PACKAGES)
+    if kind not in ("official", "mirror") and target is not None and target.family == "debian" \
+            and target.version.isdigit() and int(target.version) >= 13:
+        packages.append(sources.DISTRO_CLI_PACKAGE)  # Debian 13+: the CLI is no longer in docker.io
     if options.nvidia:
         packages += sources.NVIDIA_PACKAGES
     return packages
@@ -277,7 +281,7 @@ def download_offline(directory: str, target_text: str, options: HostSetupOptions
             lines.append(f"deb [signed-by={key}] {sources.nvidia_repo_url(base).replace('$(ARCH)', arch)} /")
         root.lines = lines
         root.prepare()
-        packages = top_packages(options, source.kind)
+        packages = top_packages(options, source.kind, target)
         with ui.err.status(f"apt-get update for {target.label} ({arch})"):
             root.apt_get("update", what="apt-get update (private root)")
         indexes = read_indexes(root.root / "state" / "lists")

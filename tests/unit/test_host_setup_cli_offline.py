@@ -92,3 +92,11 @@ def test_offline_file_names_must_be_apts(tmp_path):
     _deb(tmp_path, "docker.deb")
     with pytest.raises(UsageError):
         offline.load_offline_set(str(tmp_path))
+
+
+def test_offline_set_for_debian_13_brings_the_separate_docker_cli():
+    opts = HostSetupOptions(docker_source="distro", nvidia=False)
+    debian = offline.parse_target
+    assert offline.top_packages(opts, "distro", debian("debian:13")) == ["docker.io", "docker-cli"]
+    assert offline.top_packages(opts, "distro", debian("debian:12")) == ["docker.io"]
+    assert "docker-cli" not in offline.top_packages(opts, "official", debian("debian:13"))
