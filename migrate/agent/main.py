@@ -28,6 +28,10 @@ from .lock import AgentLog, acquire_lock
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
 PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
+FOLLOW_CHECK_S = 2.0  # logs --follow: how often it checks that a dispatcher is there to end the job
+AGENT_ERROR_MARK = "MIGRATE-ERROR "  # stderr lines the client turns into an error (logs streams stdout)
+AGENT_WARN_MARK = "MIGRATE-WARN "  # ... and into a warning
+NO_DISPATCHER = "the dispatcher is not running"
 SPEC_KEYS = {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "allow_shared", "gpu_pool", "priority",
              "retries", "image", "mounts", "shm_size", "ports", "key"}
 
@@ -379,7 +383,7 @@ def cmd_logs(args: Any, layout: Layout) -> int:
     try:
         job = queue.find(args.job)
     except QueueError as exc:
-        sys.stderr.write("MIGRATE-ERROR " + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
+        sys.stderr.write(AGENT_ERROR_MARK + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
         return 3
     path = layout.job_log(job["id"])
     out = getattr(sys.stdout, "buffer", sys.stdout)
@@ -401,6 +405,8 @@ def cmd_logs(args: Any, layout: Layout) -> int:
         out.flush()
         return 0
     quiet_since = None
+    next_check = time.monotonic() + FOLLOW_CHECK_S
+    warned = False
     while True:
         wrote = False
         if os.path.exists(path):
@@ -412,15 +418,49 @@ def cmd_logs(args: Any, layout: Layout) -> int:
                     out.flush()
                     pos += len(chunk)
                     wrote = True
-        state = (queue.get(job["id"]) or job)["state"]
-        if state in FINAL and not wrote:
+        current = queue.get(job["id"]) or job
+        if current["state"] in FINAL and not wrote:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 0.5:
                 return 0
         else:
             quiet_since = None
+        if current["state"] not in FINAL and not wrote and time.monotonic() >= next_check:
+            next_check = time.monotonic() + FOLLOW_CHECK_S
+            stuck, warned = _follow_check(queue, layout, current, warned)
+            if stuck:
+                sys.stderr.write(AGENT_ERROR_MARK + json.dumps(stuck) + "\n")
+                return 4
+            continue  # the check may have recorded the job's end: read its last lines now
         if not wrote:
             time.sleep(0.25)
+
+
+def _follow_check(queue: Queue, layout: Layout, job: dict, warned: bool) -> tuple:
+    """While `logs --follow` waits: is anyone going to move this job on? -> (error or None, warned).
+
+    Without a running dispatcher nobody records the job's end, so we reconcile here as `status`
+    does (exit codes, processes, reboots) and say once that the dispatcher is not running. A job
+    that is queued behind a dead dispatcher or a paused queue will not start: that ends the follow
+    with an error instead of waiting forever.
+    """
+    running = control.daemon_info(layout)["running"]
+    if not running:
+        reconcile_if_idle(queue, layout)
+        if not warned:
+            sys.stderr.write(AGENT_WARN_MARK + json.dumps({"warning": NO_DISPATCHER, "resume": True}) + "\n")
+            sys.stderr.flush()
+            warned = True
+    current = queue.get(job["id"]) or job
+    if current["state"] != QUEUED:
+        return None, warned
+    paused = queue.get_meta("paused")
+    label = f"job {current['id']} ({current['name']}) is queued"
+    if paused:
+        return {"error": f"{label} and the queue is paused: {paused}", "resume": True}, warned
+    if not running:
+        return {"error": f"{label} and will not start: {NO_DISPATCHER}", "resume": True}, warned
+    return None, warned
 
 
 def _tail_offset(path: str, lines: int) -> int:
