@@ -89,8 +89,12 @@ def validate_spec(spec: Any, n: int) -> dict:
         raise AgentError(f"{where}: --allow-shared needs --min-free-mem",
                          "say how much free GPU memory the job needs on a GPU others are using")
     image = spec.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip() or image.startswith("-")):
-        raise AgentError(f"{where}: bad image {image!r}")
+    if image is not None:
+        from .imageref import EXAMPLE, FORM, check_image_ref
+
+        problem = check_image_ref(image)
+        if problem:
+            raise AgentError(f"{where}: {problem}", f"an image is {FORM}, {EXAMPLE}")
     out["image"] = image or None
     env = spec.get("env") or {}
     if not isinstance(env, dict):

@@ -21,7 +21,7 @@ from typing import Any
 from migrate import ui
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
 from migrate.jobs.bundle import AgentBundle, build_agent
-from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob
+from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
@@ -225,6 +225,7 @@ def submit_with(client: AgentClient, jobs: list[JobSpec], options: DispatcherOpt
     A backend not chosen in `options` may come from $MIGRATE_GPU_BACKEND (as with --gpu-backend),
     so `migrate apply` can rehearse on GPU-less sandbox hosts with the FAKE backend.
     """
+    check_specs(jobs)
     if options.gpu_backend is None and os.environ.get(BACKEND_ENV):
         options = dataclasses.replace(options, gpu_backend=check_backend(os.environ[BACKEND_ENV]))
     if options.enable_linger:
@@ -240,6 +241,7 @@ def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: D
     """Queue `jobs` on HOST's dispatcher (installing/starting it as needed). Idempotent per key."""
     if not jobs:
         return []
+    check_specs(jobs)  # before connecting: a bad image is the caller's mistake, not the host's
     with connect(host, conn) as remote:
         client = AgentClient(remote)
         data = submit_with(client, jobs, options)

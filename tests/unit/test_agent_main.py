@@ -22,6 +22,8 @@ from migrate.agent.main import AgentError, _tail_offset, validate_spec
     ({"command": "x", "image": "i", "ports": ["http"]}, "bad port mapping"),
     ({"command": "x", "image": "i", "cwd": "work"}, "must be absolute"),
     ({"command": "x", "image": "-it"}, "bad image"),
+    ({"command": "x", "image": "x;touch /tmp/p"}, "bad image reference 'x;touch /tmp/p'"),
+    ({"command": "x", "image": "Ubuntu"}, "must be lowercase"),
     ({"command": "x", "gpu": 1}, "unknown field(s) gpu"),
 ])
 def test_bad_specs_are_refused(spec, needle):

@@ -34,6 +34,8 @@ def usage_error(res, needle: str) -> None:
     (["tunnel", "h", "60x6"], "bad port"),
     (["tunnel", "h", "6006", "16006:6006", "6006:7000"], "given twice"),
     (["run", "alice@", "--", "x"], "malformed"),
+    (["run", "h", "--image", "x;touch /tmp/pwned", "--", "true"], "bad image reference 'x;touch /tmp/pwned'"),
+    (["run", "h", "--image", "MyLab/Train:v2", "--", "true"], "must be lowercase"),
 ])
 def test_usage_errors(args, needle):
     usage_error(run_cli(*args), needle)
