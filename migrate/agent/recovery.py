@@ -33,6 +33,27 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def job_ids_text(ids: list, limit: int = 8) -> str:
+    """[9, 10, 11, 12] -> 'jobs 9-12'; [3] -> 'job 3'; [1, 3, 4, 5, 8] -> 'jobs 1, 3-5 and 8' (pure)."""
+    nums = sorted({int(i) for i in ids})
+    if not nums:
+        return "no jobs"
+    runs = []  # type: list
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    runs = [r for a, b in runs for r in ([[a, a], [b, b]] if b == a + 1 else [[a, b]])]  # 1, 2 not 1-2
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    more = ""
+    if len(parts) > limit:
+        shown = sum(b - a + 1 for a, b in runs[:limit])
+        parts, more = parts[:limit], f" and {len(nums) - shown} more"
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 and not more else ", ".join(parts)
+    return ("job " if len(nums) == 1 else "jobs ") + text + more
+
+
 def append_log(path: str, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -134,6 +155,13 @@ def check_job(queue: Queue, layout: Layout, job: dict, log: Any) -> str:
                   reason="its processes ended without recording an exit code (killed with SIGKILL?)") or "gone"
 
 
+def reboot_reason(lost: list) -> str:
+    """Why the queue is paused after a reboot: one clause, without advice (the client adds that)."""
+    if not lost:
+        return "the host rebooted"
+    return f"the host rebooted while {job_ids_text(lost)} ran (marked lost)"
+
+
 def recover(queue: Queue, layout: Layout, log: Any) -> dict:
     """Reconcile the queue with the processes that exist (run with the dispatcher lock held)."""
     boot = procs.boot_identity()
@@ -147,9 +175,7 @@ def recover(queue: Queue, layout: Layout, log: Any) -> dict:
                 lost.append(job["id"])
         queued = queue.counts()["queued"]
         if lost or queued:
-            plural = "" if len(lost) == 1 else "s"
-            why = (f"the host rebooted ({len(lost)} running job{plural} marked lost); "
-                   "queue paused: run `migrate resume HOST`")
+            why = reboot_reason(lost)
             queue.set_meta("paused", why)
             summary["paused"] = why
             log("boot changed: " + why)
