@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import VERSION, control
-from .db import ACTIVE, FINAL, QUEUED, STATES, Queue, QueueError
+from .db import ACTIVE, FINAL, LOST, QUEUED, STATES, Queue, QueueError
 from .layout import Layout, write_private
 from .lock import AgentLog, acquire_lock
 
@@ -204,6 +204,8 @@ def _job_view(job: dict, now: float) -> dict:
         out["runtime_s"] = round(end - start, 1)
     else:
         out["runtime_s"] = None
+    # a lost job's end is not known, only the latest it can have been (see recovery.settle)
+    out["runtime_at_most"] = job["state"] == LOST and out["runtime_s"] is not None
     out.pop("token", None)
     return out
 
