@@ -168,7 +168,9 @@ def _admitter(path: str, seed: int) -> None:
 
 def test_twenty_jobs_four_gpus_four_racing_dispatchers_zero_double_bookings(tmp_path):
     path = str(tmp_path / "queue.db")
-    Queue(path).submit([spec() for _ in range(20)])
+    parent = Queue(path)
+    parent.submit([spec() for _ in range(20)])
+    parent.close()  # SQLite must not have this file open across fork() (the children get "disk I/O error")
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_admitter, args=(path, i)) for i in range(4)]
     for p in procs:
