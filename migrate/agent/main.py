@@ -195,8 +195,25 @@ def reconcile_if_idle(queue: Queue, layout: Layout) -> dict | None:
         os.close(fd)
 
 
-def _job_view(job: dict, now: float) -> dict:
+def waiting_reason(job: dict, running: bool, paused: str) -> str:
+    """Why a queued job waits, as things are now (pure).
+
+    The stored reason is what the dispatcher last saw; with the queue paused, or with no
+    dispatcher at all, that is stale ("waiting for a CPU slot (4 CPU jobs running, limit 4)" when
+    none runs), and the real reason is the pause or the missing dispatcher.
+    """
+    if job["state"] != QUEUED:
+        return job.get("reason") or ""
+    if paused:
+        return "queue paused: " + paused
+    if not running:
+        return f"not starting: {NO_DISPATCHER} (`migrate resume` starts it)"
+    return job.get("reason") or ""
+
+
+def _job_view(job: dict, now: float, running: bool = True, paused: str = "") -> dict:
     out = dict(job)
+    out["reason"] = waiting_reason(job, running, paused)
     start, end = job.get("started_at"), job.get("ended_at")
     if start and job["state"] in ACTIVE:
         out["runtime_s"] = round(now - start, 1)
@@ -278,11 +295,12 @@ def cmd_status(args: Any, layout: Layout) -> dict:
         jobs, hidden = queue.jobs([s for s in args.state.split(",") if s in STATES]), 0
     else:
         jobs, hidden = queue.recent(args.limit)
-    return {"daemon": control.describe(info), "paused": queue.get_meta("paused"),
+    paused = queue.get_meta("paused")
+    return {"daemon": control.describe(info), "paused": paused,
             "backend": queue.get_meta("backend") or "nvml", "gpu_error": queue.get_meta("gpu_error"),
             "counts": queue.counts(), "hidden_finished": hidden, "recovered": recovered,
-            "jobs": [_job_view(j, now) for j in jobs], "elapsed_ms": round((time.time() - t0) * 1000, 1),
-            "home": layout.home}
+            "jobs": [_job_view(j, now, info["running"], paused) for j in jobs],
+            "elapsed_ms": round((time.time() - t0) * 1000, 1), "home": layout.home}
 
 
 def cmd_gpus(args: Any, layout: Layout) -> dict:
@@ -398,7 +416,8 @@ def cmd_logs(args: Any, layout: Layout) -> int:
         pos = _tail_offset(path, args.tail)
     if not args.follow:
         if not os.path.exists(path):
-            why = f": {job['reason']}" if job.get("reason") else ""
+            reason = waiting_reason(job, control.daemon_info(layout)["running"], queue.get_meta("paused"))
+            why = f": {reason}" if reason else ""
             sys.stderr.write(f"job {job['id']} ({job['name']}) has no output yet ({job['state']}{why})\n")
             return 0
         with open(path, "rb") as fh:
