@@ -35,7 +35,7 @@ from .db import ACTIVE, STARTING, Queue
 from .gpus import GpuBackendError, open_backend
 from .layout import Layout, private_dir, read_json, write_private
 from .lock import AgentLog, acquire_lock
-from .recovery import append_log, check_job, current_user, job_is_alive, read_exit_code, recover, settle
+from .recovery import append_log, check_job, current_user, job_is_alive, read_exit, recover, settle
 
 GPU_POLL_S = 1.0  # while GPU jobs wait: how often NVML is asked whether a GPU became free
 ADOPTED_POLL_S = 2.0  # jobs we did not start ourselves (after a restart): exit-file checks
@@ -202,9 +202,9 @@ class Daemon:
             job = self.queue.get(job_id)
             if job is None or job["state"] not in ACTIVE:
                 continue
-            code = read_exit_code(self.layout.job_exit(job_id))
+            code, ended = read_exit(self.layout.job_exit(job_id))
             if code is not None:
-                settle(self.queue, self.layout, job, self.log, exit_code=code)
+                settle(self.queue, self.layout, job, self.log, exit_code=code, ended_at=ended)
                 continue
             if job_is_alive(job):  # the wrapper died but the job's processes live on: keep watching
                 self.log(f"job {job_id}: wrapper exited ({rc}) but its processes still run; watching them")
@@ -221,9 +221,9 @@ class Daemon:
         for job in adopted:
             if job["state"] == STARTING:
                 continue  # launch() in progress in this process cannot be seen here; recover() handles crashes
-            code = read_exit_code(self.layout.job_exit(job["id"]))
+            code, ended = read_exit(self.layout.job_exit(job["id"]))
             if code is not None:
-                settle(self.queue, self.layout, job, self.log, exit_code=code)
+                settle(self.queue, self.layout, job, self.log, exit_code=code, ended_at=ended)
             elif check_liveness:
                 check_job(self.queue, self.layout, job, self.log)
 

@@ -324,13 +324,14 @@ class Queue:
                               attempt=max(0, (row[0] if row else 1) - 1), reason=reason, queued_at=time.time())
 
     def finish(self, job_id: int, exit_code: int | None, *, lost: bool = False, reason: str = "",
-               now: float | None = None) -> str | None:
+               now: float | None = None, ended_at: float | None = None) -> str | None:
         """An active job ended: done / failed / cancelled / lost, or back to queued for a retry.
 
         Returns the new state, or None when the job was not active any more (someone else
-        recorded it first).
+        recorded it first). `ended_at`: when it really ended, if that was before `now`.
         """
         now = time.time() if now is None else now
+        ended = now if ended_at is None else ended_at
         with self.transaction():
             job = self.get(job_id)
             if job is None or job["state"] not in ACTIVE:
@@ -345,12 +346,12 @@ class Queue:
                 new = FAILED
             if new == FAILED and job["auto_retries_used"] < job["retries"]:
                 used = job["auto_retries_used"] + 1
-                self._move(job_id, ACTIVE, QUEUED, exit_code=exit_code, ended_at=now, queued_at=now,
+                self._move(job_id, ACTIVE, QUEUED, exit_code=exit_code, ended_at=ended, queued_at=now,
                            auto_retries_used=used, pid=None, pgid=None, start_ticks=None,
                            reason=f"retry {used} of {job['retries']} after exit code {exit_code}"
                                   + (f": {reason}" if reason else ""))
                 return QUEUED
-            self._move(job_id, ACTIVE, new, exit_code=exit_code, ended_at=now, reason=reason)
+            self._move(job_id, ACTIVE, new, exit_code=exit_code, ended_at=ended, reason=reason)
             return new
 
     def set_reasons(self, reasons: dict) -> None:

@@ -1,7 +1,7 @@
 """The GPU view: one interface, two backends.
 
-- `NvmlBackend`: the real thing, through the pure-Python `pynvml` module (nvidia-ml-py) shipped
-  next to the agent. Memory comes from the v2 API when the driver has it (its `used` excludes the
+- `NvmlBackend`: the real thing, through the pure-Python `pynvml` module (nvidia-ml-py, vendored
+  and pinned in `_vendor/`). Memory comes from the v2 API when the driver has it (its `used` excludes the
   driver's reservation, ~480 MiB on an idle H100 with v1), compute AND graphics processes are
   listed, MIG instances are expanded as leaf devices, and an error on one GPU marks only that
   GPU (`GpuDevice.error`) instead of failing the whole view.
@@ -142,7 +142,7 @@ class NvmlBackend:
     def _module(self) -> Any:
         if self._nv is None:
             try:
-                import pynvml  # shipped inside the agent zipapp (nvidia-ml-py)
+                from ._vendor import pynvml  # nvidia-ml-py, vendored and pinned (see _vendor/__init__.py)
             except ImportError as exc:
                 raise GpuBackendError(f"the pynvml module is not available: {exc}",
                                       "the agent zipapp ships it; rerun `migrate run` to reinstall the agent") from None
@@ -243,11 +243,8 @@ class NvmlBackend:
         for kind, fn_name in (("compute", "nvmlDeviceGetComputeRunningProcesses"),
                               ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
                               ("mps", "nvmlDeviceGetMPSComputeRunningProcesses")):
-            fn = getattr(nv, fn_name, None)
-            if fn is None:
-                continue
             try:
-                procs = fn(handle)
+                procs = running_processes(nv, handle, fn_name)
             except nv.NVMLError:
                 if kind == "compute":
                     raise
@@ -258,6 +255,72 @@ class NvmlBackend:
                 if p.pid not in seen:
                     seen[p.pid] = GpuProcess(pid=int(p.pid), used_mib=used_mib, kind=kind)
         dev.processes = list(seen.values())
+
+
+def function_not_found(nv: Any, exc: BaseException) -> bool:
+    """Is this NVML's "the driver's library has no such function" (the call is newer than the driver)?
+
+    nvidia-ml-py 12 raises NVMLError_FunctionNotFound; 13 turns it into NVMLLibraryMismatchError
+    (not an NVMLError) for the unversioned names.
+    """
+    for name in ("NVMLError_FunctionNotFound", "NVMLLibraryMismatchError"):
+        cls = getattr(nv, name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return isinstance(exc, nv.NVMLError) and getattr(exc, "value", None) == getattr(
+        nv, "NVML_ERROR_FUNCTION_NOT_FOUND", 13)
+
+
+def running_processes(nv: Any, handle: Any, fn_name: str) -> list:
+    """The processes on a device through the newest call the driver has.
+
+    nvidia-ml-py >= 12 maps `nvmlDeviceGet*RunningProcesses` to the `_v3` symbols, which drivers
+    R470 and older lack: then `_v2`, then v1 (the unversioned symbol, which libnvidia-ml keeps with
+    the v1 struct) are tried. Other NVML errors are raised as they are; when no version exists the
+    result is NVMLError(FUNCTION_NOT_FOUND).
+    """
+    calls = [getattr(nv, fn_name, None), getattr(nv, fn_name + "_v2", None),
+             lambda h: _processes_v1(nv, fn_name, h)]
+    for fn in calls:
+        if fn is None:
+            continue
+        try:
+            return fn(handle)
+        except Exception as exc:
+            if not function_not_found(nv, exc):
+                raise
+    raise nv.NVMLError(getattr(nv, "NVML_ERROR_FUNCTION_NOT_FOUND", 13))
+
+
+def _processes_v1(nv: Any, symbol: str, handle: Any) -> list:
+    """The v1 call (struct: pid, usedGpuMemory) through pynvml's function lookup, for old drivers."""
+    import ctypes
+    from types import SimpleNamespace
+
+    lookup = getattr(nv, "_nvmlGetFunctionPointer", None)
+    if lookup is None:  # not the real pynvml: nothing older to try
+        raise nv.NVMLError(getattr(nv, "NVML_ERROR_FUNCTION_NOT_FOUND", 13))
+
+    class ProcessInfoV1(ctypes.Structure):
+        _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+    fn = lookup(symbol)
+    count = ctypes.c_uint(0)
+    ret = fn(handle, ctypes.byref(count), None)
+    if ret == nv.NVML_SUCCESS:
+        return []
+    if ret != nv.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise nv.NVMLError(ret)
+    count.value = count.value * 2 + 5
+    infos = (ProcessInfoV1 * count.value)()
+    ret = fn(handle, ctypes.byref(count), infos)
+    if ret != nv.NVML_SUCCESS:
+        raise nv.NVMLError(ret)
+    out = []
+    for i in range(count.value):
+        used = infos[i].usedGpuMemory
+        out.append(SimpleNamespace(pid=int(infos[i].pid), usedGpuMemory=None if used >= (1 << 64) - 1 else used))
+    return out
 
 
 # -- FAKE (test double) ---------------------------------------------------------------------------

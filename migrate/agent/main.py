@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import VERSION, control
-from .db import ACTIVE, FINAL, QUEUED, STATES, Queue, QueueError
+from .db import ACTIVE, FINAL, LOST, QUEUED, STATES, Queue, QueueError
 from .layout import Layout, write_private
 from .lock import AgentLog, acquire_lock
 
@@ -28,6 +28,10 @@ from .lock import AgentLog, acquire_lock
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
 PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
+FOLLOW_CHECK_S = 2.0  # logs --follow: how often it checks that a dispatcher is there to end the job
+AGENT_ERROR_MARK = "MIGRATE-ERROR "  # stderr lines the client turns into an error (logs streams stdout)
+AGENT_WARN_MARK = "MIGRATE-WARN "  # ... and into a warning
+NO_DISPATCHER = "the dispatcher is not running"
 SPEC_KEYS = {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "allow_shared", "gpu_pool", "priority",
              "retries", "image", "mounts", "shm_size", "ports", "key"}
 
@@ -85,8 +89,12 @@ def validate_spec(spec: Any, n: int) -> dict:
         raise AgentError(f"{where}: --allow-shared needs --min-free-mem",
                          "say how much free GPU memory the job needs on a GPU others are using")
     image = spec.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip() or image.startswith("-")):
-        raise AgentError(f"{where}: bad image {image!r}")
+    if image is not None:
+        from .imageref import EXAMPLE, FORM, check_image_ref
+
+        problem = check_image_ref(image)
+        if problem:
+            raise AgentError(f"{where}: {problem}", f"an image is {FORM}, {EXAMPLE}")
     out["image"] = image or None
     env = spec.get("env") or {}
     if not isinstance(env, dict):
@@ -187,8 +195,25 @@ def reconcile_if_idle(queue: Queue, layout: Layout) -> dict | None:
         os.close(fd)
 
 
-def _job_view(job: dict, now: float) -> dict:
+def waiting_reason(job: dict, running: bool, paused: str) -> str:
+    """Why a queued job waits, as things are now (pure).
+
+    The stored reason is what the dispatcher last saw; with the queue paused, or with no
+    dispatcher at all, that is stale ("waiting for a CPU slot (4 CPU jobs running, limit 4)" when
+    none runs), and the real reason is the pause or the missing dispatcher.
+    """
+    if job["state"] != QUEUED:
+        return job.get("reason") or ""
+    if paused:
+        return "queue paused: " + paused
+    if not running:
+        return f"not starting: {NO_DISPATCHER} (`migrate resume` starts it)"
+    return job.get("reason") or ""
+
+
+def _job_view(job: dict, now: float, running: bool = True, paused: str = "") -> dict:
     out = dict(job)
+    out["reason"] = waiting_reason(job, running, paused)
     start, end = job.get("started_at"), job.get("ended_at")
     if start and job["state"] in ACTIVE:
         out["runtime_s"] = round(now - start, 1)
@@ -196,6 +221,8 @@ def _job_view(job: dict, now: float) -> dict:
         out["runtime_s"] = round(end - start, 1)
     else:
         out["runtime_s"] = None
+    # a lost job's end is not known, only the latest it can have been (see recovery.settle)
+    out["runtime_at_most"] = job["state"] == LOST and out["runtime_s"] is not None
     out.pop("token", None)
     return out
 
@@ -268,11 +295,12 @@ def cmd_status(args: Any, layout: Layout) -> dict:
         jobs, hidden = queue.jobs([s for s in args.state.split(",") if s in STATES]), 0
     else:
         jobs, hidden = queue.recent(args.limit)
-    return {"daemon": control.describe(info), "paused": queue.get_meta("paused"),
+    paused = queue.get_meta("paused")
+    return {"daemon": control.describe(info), "paused": paused,
             "backend": queue.get_meta("backend") or "nvml", "gpu_error": queue.get_meta("gpu_error"),
             "counts": queue.counts(), "hidden_finished": hidden, "recovered": recovered,
-            "jobs": [_job_view(j, now) for j in jobs], "elapsed_ms": round((time.time() - t0) * 1000, 1),
-            "home": layout.home}
+            "jobs": [_job_view(j, now, info["running"], paused) for j in jobs],
+            "elapsed_ms": round((time.time() - t0) * 1000, 1), "home": layout.home}
 
 
 def cmd_gpus(args: Any, layout: Layout) -> dict:
@@ -379,7 +407,7 @@ def cmd_logs(args: Any, layout: Layout) -> int:
     try:
         job = queue.find(args.job)
     except QueueError as exc:
-        sys.stderr.write("MIGRATE-ERROR " + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
+        sys.stderr.write(AGENT_ERROR_MARK + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
         return 3
     path = layout.job_log(job["id"])
     out = getattr(sys.stdout, "buffer", sys.stdout)
@@ -388,7 +416,8 @@ def cmd_logs(args: Any, layout: Layout) -> int:
         pos = _tail_offset(path, args.tail)
     if not args.follow:
         if not os.path.exists(path):
-            why = f": {job['reason']}" if job.get("reason") else ""
+            reason = waiting_reason(job, control.daemon_info(layout)["running"], queue.get_meta("paused"))
+            why = f": {reason}" if reason else ""
             sys.stderr.write(f"job {job['id']} ({job['name']}) has no output yet ({job['state']}{why})\n")
             return 0
         with open(path, "rb") as fh:
@@ -401,6 +430,8 @@ def cmd_logs(args: Any, layout: Layout) -> int:
         out.flush()
         return 0
     quiet_since = None
+    next_check = time.monotonic() + FOLLOW_CHECK_S
+    warned = False
     while True:
         wrote = False
         if os.path.exists(path):
@@ -412,15 +443,49 @@ def cmd_logs(args: Any, layout: Layout) -> int:
                     out.flush()
                     pos += len(chunk)
                     wrote = True
-        state = (queue.get(job["id"]) or job)["state"]
-        if state in FINAL and not wrote:
+        current = queue.get(job["id"]) or job
+        if current["state"] in FINAL and not wrote:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 0.5:
                 return 0
         else:
             quiet_since = None
+        if current["state"] not in FINAL and not wrote and time.monotonic() >= next_check:
+            next_check = time.monotonic() + FOLLOW_CHECK_S
+            stuck, warned = _follow_check(queue, layout, current, warned)
+            if stuck:
+                sys.stderr.write(AGENT_ERROR_MARK + json.dumps(stuck) + "\n")
+                return 4
+            continue  # the check may have recorded the job's end: read its last lines now
         if not wrote:
             time.sleep(0.25)
+
+
+def _follow_check(queue: Queue, layout: Layout, job: dict, warned: bool) -> tuple:
+    """While `logs --follow` waits: is anyone going to move this job on? -> (error or None, warned).
+
+    Without a running dispatcher nobody records the job's end, so we reconcile here as `status`
+    does (exit codes, processes, reboots) and say once that the dispatcher is not running. A job
+    that is queued behind a dead dispatcher or a paused queue will not start: that ends the follow
+    with an error instead of waiting forever.
+    """
+    running = control.daemon_info(layout)["running"]
+    if not running:
+        reconcile_if_idle(queue, layout)
+        if not warned:
+            sys.stderr.write(AGENT_WARN_MARK + json.dumps({"warning": NO_DISPATCHER, "resume": True}) + "\n")
+            sys.stderr.flush()
+            warned = True
+    current = queue.get(job["id"]) or job
+    if current["state"] != QUEUED:
+        return None, warned
+    paused = queue.get_meta("paused")
+    label = f"job {current['id']} ({current['name']}) is queued"
+    if paused:
+        return {"error": f"{label} and the queue is paused: {paused}", "resume": True}, warned
+    if not running:
+        return {"error": f"{label} and will not start: {NO_DISPATCHER}", "resume": True}, warned
+    return None, warned
 
 
 def _tail_offset(path: str, lines: int) -> int:

@@ -100,6 +100,17 @@ def boot_identity() -> str:
     return f"{boot}/{start_ticks(1) or 0}"
 
 
+def boot_time() -> float | None:
+    """When the boot that `boot_identity` names began (PID 1's start), in epoch seconds; None if unknown."""
+    try:
+        with open("/proc/stat") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return btime + (start_ticks(1) or 0) / float(hz or 100)
+
+
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

@@ -17,11 +17,26 @@ from .layout import Layout
 
 
 def read_exit_code(path: str) -> int | None:
+    return read_exit(path)[0]
+
+
+def read_exit(path: str) -> tuple:
+    """(exit code, when it was written) from a job's exit file; (None, None) when there is none.
+
+    The wrapper writes the file the moment the job ends, so its mtime is the job's real end time,
+    even when the dispatcher records it much later (after a kill, a crash or from `status`).
+    """
     try:
         with open(path) as fh:
-            return int(fh.read().strip())
+            code = int(fh.read().strip())
+            return code, os.fstat(fh.fileno()).st_mtime
     except (OSError, ValueError):
-        return None
+        return None, None
+
+
+def clock(t: float) -> str:
+    """A wall-clock time on this host, as the log's start lines write it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def duration(seconds: float) -> str:
@@ -31,6 +46,27 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def job_ids_text(ids: list, limit: int = 8) -> str:
+    """[9, 10, 11, 12] -> 'jobs 9-12'; [3] -> 'job 3'; [1, 3, 4, 5, 8] -> 'jobs 1, 3-5 and 8' (pure)."""
+    nums = sorted({int(i) for i in ids})
+    if not nums:
+        return "no jobs"
+    runs = []  # type: list
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    runs = [r for a, b in runs for r in ([[a, a], [b, b]] if b == a + 1 else [[a, b]])]  # 1, 2 not 1-2
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    more = ""
+    if len(parts) > limit:
+        shown = sum(b - a + 1 for a, b in runs[:limit])
+        parts, more = parts[:limit], f" and {len(nums) - shown} more"
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 and not more else ", ".join(parts)
+    return ("job " if len(nums) == 1 else "jobs ") + text + more
 
 
 def append_log(path: str, text: str) -> None:
@@ -43,20 +79,39 @@ def append_log(path: str, text: str) -> None:
 
 
 def docker_state(name: str) -> tuple:
-    """(status, exit_code) of a container: ('running', None), ('exited', 3) or ('missing', None)."""
+    """(status, exit_code, finished_at) of a container: ('running', None, None), ('exited', 3, 1.7e9)
+    or ('missing', None, None)."""
     import subprocess
 
     try:
-        proc = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name],
+        proc = subprocess.run(["docker", "inspect", "-f",
+                               "{{.State.Status}} {{.State.ExitCode}} {{.State.FinishedAt}}", name],
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return ("unknown", None)
+        return ("unknown", None, None)
     if proc.returncode != 0:
-        return ("missing", None)
+        return ("missing", None, None)
     parts = proc.stdout.split()
     status = parts[0] if parts else "unknown"
     code = int(parts[1]) if len(parts) > 1 and parts[1].lstrip("-").isdigit() else None
-    return (status, code)
+    return (status, code, docker_time(parts[2]) if len(parts) > 2 else None)
+
+
+def docker_time(text: str) -> float | None:
+    """Docker's RFC 3339 UTC time ('2026-11-30T08:40:00.123456789Z') in epoch seconds; None if unset."""
+    import calendar
+
+    try:
+        main, _, rest = text.partition(".")
+        if not rest and main.endswith("Z"):
+            main = main[:-1]
+        t = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    frac = rest.rstrip("Z")
+    if frac.isdigit():
+        t += float("0." + frac)
+    return t if t > 86400 else None  # "0001-01-01T00:00:00Z": never finished
 
 
 def remove_container(name: str) -> None:
@@ -83,16 +138,28 @@ def job_is_alive(job: dict) -> bool:
 
 
 def settle(queue: Queue, layout: Layout, job: dict, log: Any, *, exit_code: int | None, lost: bool = False,
-           reason: str = "") -> str | None:
-    """Record the end of a job (idempotent): queue state, a footer in its log, tidy files."""
-    state = queue.finish(job["id"], exit_code, lost=lost, reason=reason)
+           reason: str = "", ended_at: float | None = None, ended_before: float | None = None) -> str | None:
+    """Record the end of a job (idempotent): queue state, a footer in its log, tidy files.
+
+    `ended_at`: when it really ended (its exit file's mtime), if known; else `ended_before`: the
+    latest it can have ended (a reboot, or now for processes found gone), said as such in the log;
+    with neither, it ended just now.
+    """
+    now = time.time()
+    started = float(job.get("started_at") or now)
+    end = ended_at if ended_at is not None else (ended_before if ended_before is not None else now)
+    end = min(max(end, started), now)
+    state = queue.finish(job["id"], exit_code, lost=lost, reason=reason, ended_at=end)
     if state is None:
         return None
-    ran = time.time() - float(job.get("started_at") or time.time())
     text = f"exit code {exit_code}" if exit_code is not None else "no exit code"
+    if ended_at is None and ended_before is not None:
+        text += f", ended before {clock(end)} (at most {duration(end - started)} after it started)"
+    else:
+        text += f" after {duration(end - started)}"
     what = state if state != "queued" else "failed, queued again"
     why = f" ({reason})" if reason else ""
-    append_log(layout.job_log(job["id"]), f"[migrate] job {job['id']} {what}: {text} after {duration(ran)}{why}\n")
+    append_log(layout.job_log(job["id"]), f"[migrate] job {job['id']} {what}: {text}{why}\n")
     try:
         os.unlink(os.path.join(layout.job_dir(job["id"]), "container.env"))
     except OSError:
@@ -105,9 +172,9 @@ def settle(queue: Queue, layout: Layout, job: dict, log: Any, *, exit_code: int 
 
 def check_job(queue: Queue, layout: Layout, job: dict, log: Any) -> str:
     """Bring one active job's record in line with reality; return 'running' or what it became."""
-    code = read_exit_code(layout.job_exit(job["id"]))
+    code, ended = read_exit(layout.job_exit(job["id"]))
     if code is not None:
-        return settle(queue, layout, job, log, exit_code=code) or "gone"
+        return settle(queue, layout, job, log, exit_code=code, ended_at=ended) or "gone"
     if job["state"] == STARTING:
         token = ("MIGRATE_JOB_TOKEN={}".format(job.get("token"))).encode()
         pids = procs.find_by_env(token) if job.get("token") else []
@@ -126,12 +193,20 @@ def check_job(queue: Queue, layout: Layout, job: dict, log: Any) -> str:
     if job_is_alive(job):
         return "running"
     if job.get("container"):
-        status, ccode = docker_state(job["container"])
+        status, ccode, finished = docker_state(job["container"])
         if status == "exited" and ccode is not None:
-            return settle(queue, layout, job, log, exit_code=ccode,
+            return settle(queue, layout, job, log, exit_code=ccode, ended_at=finished,
+                          ended_before=None if finished else time.time(),
                           reason="exit code read from its container") or "gone"
-    return settle(queue, layout, job, log, exit_code=None, lost=True,
+    return settle(queue, layout, job, log, exit_code=None, lost=True, ended_before=time.time(),
                   reason="its processes ended without recording an exit code (killed with SIGKILL?)") or "gone"
+
+
+def reboot_reason(lost: list) -> str:
+    """Why the queue is paused after a reboot: one clause, without advice (the client adds that)."""
+    if not lost:
+        return "the host rebooted"
+    return f"the host rebooted while {job_ids_text(lost)} ran (marked lost)"
 
 
 def recover(queue: Queue, layout: Layout, log: Any) -> dict:
@@ -141,15 +216,15 @@ def recover(queue: Queue, layout: Layout, log: Any) -> dict:
     summary = {"adopted": [], "finished": [], "lost": [], "requeued": [], "paused": ""}
     if last_boot and last_boot != boot:
         lost = []
+        booted = procs.boot_time()  # the jobs of the old boot ended before this one began
         for job in queue.active():
             if job.get("boot_id") != boot and settle(queue, layout, job, log, exit_code=None, lost=True,
-                      reason="the host rebooted while it ran"):
+                                                     ended_before=booted or time.time(),
+                                                     reason="the host rebooted while it ran"):
                 lost.append(job["id"])
         queued = queue.counts()["queued"]
         if lost or queued:
-            plural = "" if len(lost) == 1 else "s"
-            why = (f"the host rebooted ({len(lost)} running job{plural} marked lost); "
-                   "queue paused: run `migrate resume HOST`")
+            why = reboot_reason(lost)
             queue.set_meta("paused", why)
             summary["paused"] = why
             log("boot changed: " + why)

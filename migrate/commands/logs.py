@@ -30,7 +30,9 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     """Print the output of JOB (its id, name or key) on HOST.
 
     The log holds every attempt, each starting with a `[migrate] ... started` line and ending
-    with the exit code. With -f it waits for a queued job to start and stops when it ends.
+    with the exit code. With -f it waits for a queued job to start and stops when it ends; if
+    the dispatcher is not running it records the job's end itself and warns, and a queued job that
+    cannot start (no dispatcher, paused queue) ends the follow with an error.
     """
     with agent_session(host, conn) as client:
         code = client.stream(logs_args(job, follow, tail))

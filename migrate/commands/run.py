@@ -32,6 +32,7 @@ from migrate.jobs.spec import (
     DispatcherOptions,
     JobSpec,
     SubmittedJob,
+    check_image,
     expand,
     load_jobs_file,
     parse_size_mib,
@@ -88,6 +89,8 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
         return load_jobs_file(jobs_file)
     if not cmd.strip():
         raise UsageError("no command to run", hint="put it after --, e.g. migrate run HOST -- python train.py")
+    if image is not None:
+        check_image(image)
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
@@ -226,7 +229,8 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher starts first.")
 @click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Requeue a job that exits non-zero up to N times.")
-@click.option("--image", help="Run in this Docker image (container mode) instead of a host process.")
+@click.option("--image", help="Run in this Docker image (container mode) instead of a host process; "
+              "checked against Docker's reference grammar [registry[:port]/]path[:tag][@digest].")
 @click.option("--mount", "mounts", multiple=True, metavar="SRC:DST[:ro]", help="Bind mount (container mode).")
 @click.option("--shm-size", help="Container shared memory, e.g. 16g (default: --ipc=host).")
 @click.option("--publish", "ports", multiple=True, metavar="[HOSTPORT:]PORT", help="Publish a container port.")

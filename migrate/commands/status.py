@@ -7,6 +7,7 @@ import sys
 import click
 
 from migrate import ui
+from migrate.agent.recovery import job_ids_text
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import UsageError
 from migrate.jobs.client import agent_session
@@ -35,15 +36,28 @@ def show_status(data: dict, host: str) -> None:
     counts = data.get("counts") or {}
     waiting = counts.get("queued", 0)
     if data.get("paused"):
-        ui.warn(f"queue paused: {data['paused']}")
+        ui.warn(paused_warning(data["paused"], host))
     elif not (data.get("daemon") or {}).get("running") and (waiting or counts.get("running")):
         ui.warn(f"the dispatcher is not running on {host}: queued jobs will not start "
                 f"(start it with `migrate resume {host}`)")
     if data.get("gpu_error"):
         ui.warn(f"GPU view: {data['gpu_error']}")
-    rec = data.get("recovered") or {}
-    if rec.get("finished") or rec.get("lost"):
-        ui.info(f"recorded meanwhile: finished {rec.get('finished')}, lost {rec.get('lost')}")
+    recorded = recorded_text(data.get("recovered") or {})
+    if recorded:
+        ui.info(recorded)
+
+
+def paused_warning(paused: str, host: str) -> str:
+    """One sentence: why the queue is paused and what to do (pure)."""
+    paused = paused.split("; queue paused:")[0]  # the old agents' text said it twice
+    return (f"queue paused on {host}: {paused.rstrip('.')}; nothing starts until `migrate resume {host}` "
+            f"(`migrate retry {host} JOB` first for what should run again)")
+
+
+def recorded_text(rec: dict) -> str:
+    """'recorded meanwhile: job 3 finished; jobs 9-12 lost' ('' when nothing was recorded) (pure)."""
+    parts = [f"{job_ids_text(rec[k])} {k}" for k in ("finished", "lost") if rec.get(k)]
+    return "recorded meanwhile: " + "; ".join(parts) if parts else ""
 
 
 @click.command("status", context_settings=CONTEXT_SETTINGS)

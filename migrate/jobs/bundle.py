@@ -1,7 +1,7 @@
 """The agent as a self-contained, versioned zipapp, built at runtime from `migrate/agent/`.
 
-The zip holds the agent package (as `migrate_agent`, relative imports only), the pure-Python
-`pynvml` module of the installed nvidia-ml-py distribution, a generated `_build.py` with the
+The zip holds the agent package (as `migrate_agent`, relative imports only) with its vendored,
+pinned pure-Python `pynvml` (`migrate_agent/_vendor/`), a generated `_build.py` with the
 version, and a `__main__.py` that refuses python3 < 3.8 with a clear message. The version is
 `<migrate version>-<hash of the contents>`, so any change to the agent ships a new file and
 restarts the dispatcher, and an unchanged one is reused. The zip is deterministic (fixed
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from migrate import __version__
-from migrate.errors import MigrateError
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 ZIP_PACKAGE = "migrate_agent"
+VENDOR_DIR = "_vendor"  # pinned third-party modules (pynvml), shipped as migrate_agent/_vendor/
 ZIP_MAIN = """import os
 import sys
 if sys.version_info < (3, 8):
@@ -72,14 +71,16 @@ class AgentBundle:
 
 
 def agent_sources() -> dict[str, bytes]:
-    """Archive name -> content of every file that goes into the zipapp (except the version)."""
+    """Archive name -> content of every file that goes into the zipapp (except the version).
+
+    Only files of migrate's own source tree: the agent package and its vendored, pinned `pynvml`
+    (`migrate/agent/_vendor/`), never the laptop's installed nvidia-ml-py, so every laptop with
+    the same migrate ships the same agent (and the same version hash).
+    """
     files = {f"{ZIP_PACKAGE}/{p.name}": p.read_bytes() for p in sorted(AGENT_DIR.glob("*.py"))
              if p.name != "__main__.py"}
-    spec = importlib.util.find_spec("pynvml")
-    if spec is None or not spec.origin:
-        raise MigrateError("the pynvml module (nvidia-ml-py) is not installed with migrate",
-                           hint="pip install nvidia-ml-py (it is a dependency of migrate)")
-    files["pynvml.py"] = Path(spec.origin).read_bytes()
+    for p in sorted((AGENT_DIR / VENDOR_DIR).glob("*.py")):
+        files[f"{ZIP_PACKAGE}/{VENDOR_DIR}/{p.name}"] = p.read_bytes()
     files["__main__.py"] = ZIP_MAIN.encode()
     return files
 

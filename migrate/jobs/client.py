@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from migrate import ui
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
 from migrate.jobs.bundle import AgentBundle, build_agent
-from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob
+from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
@@ -31,6 +32,7 @@ EXIT_NO_AGENT = 98
 QUEUE_RELPATH = ".migrate/dispatcher/queue.db"
 BACKEND_ENV = "MIGRATE_GPU_BACKEND"
 AGENT_ERROR_MARK = "MIGRATE-ERROR "
+AGENT_WARN_MARK = "MIGRATE-WARN "
 
 
 def agent_command(bundle: AgentBundle, args: list[str], *, need_queue: bool = False, has_stdin: bool = False) -> str:
@@ -107,7 +109,11 @@ class AgentClient:
 
     # -- streams (logs -f) ---------------------------------------------------------------------
     def stream(self, args: list[str]) -> int:
-        """Run a subcommand through OpenSSH with its stdout passed straight to ours (logs, -f)."""
+        """Run a subcommand through OpenSSH with its stdout passed straight to ours (logs, -f).
+
+        The agent's warnings (MIGRATE-WARN lines on stderr) are shown as they come; a
+        MIGRATE-ERROR line becomes a one-line error.
+        """
         for attempt in (1, 2):
             argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args, need_queue=True)]
             ui.debug("$ " + " ".join(argv), level=2)
@@ -117,13 +123,17 @@ class AgentClient:
             except FileNotFoundError as exc:
                 raise MigrateError("the OpenSSH client (ssh) is not installed here",
                                    hint="apt-get install openssh-client") from exc
+            rest: list[str] = []
+            pump = threading.Thread(target=self._pump_stderr, args=(proc, rest), daemon=True)
+            pump.start()
             try:
-                _, err = proc.communicate()
+                proc.wait()
             except KeyboardInterrupt:
                 proc.terminate()
                 proc.wait()
                 raise
-            text = err.decode("utf-8", "replace")
+            pump.join(timeout=10)
+            text = "".join(rest)
             if proc.returncode == EXIT_NO_QUEUE:
                 raise no_queue_error(self.remote.name)
             if proc.returncode == EXIT_NO_AGENT and attempt == 1:
@@ -132,13 +142,34 @@ class AgentClient:
             for ln in text.splitlines():
                 if ln.startswith(AGENT_ERROR_MARK):
                     info = json.loads(ln[len(AGENT_ERROR_MARK):])
-                    raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=info.get("hint") or None)
+                    hint = resume_hint(self.remote.name) if info.get("resume") else info.get("hint")
+                    raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=hint or None)
             if proc.returncode == 255:
                 raise ConnectError(f"ssh to {self.remote.name} failed: {text.strip().splitlines()[-1:] or '?'}")
             if text.strip():
                 sys.stderr.write(text)
             return proc.returncode
         return 1
+
+    def _pump_stderr(self, proc: subprocess.Popen, rest: list[str]) -> None:
+        """Show the agent's warnings at once; keep every other stderr line for after the exit."""
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            ln = raw.decode("utf-8", "replace")
+            if ln.startswith(AGENT_WARN_MARK):
+                try:
+                    info = json.loads(ln[len(AGENT_WARN_MARK):])
+                except ValueError:
+                    continue
+                text = f"{info.get('warning')} on {self.remote.name}"
+                ui.warn(f"{text}: {resume_hint(self.remote.name)}" if info.get("resume") else text)
+            else:
+                rest.append(ln)
+
+
+def resume_hint(host: str) -> str:
+    """What to do when the dispatcher is not running or the queue is paused."""
+    return f"queued jobs start after `migrate resume {host}` (see `migrate status {host}`)"
 
 
 def no_queue_error(host: str) -> MigrateError:
@@ -194,6 +225,7 @@ def submit_with(client: AgentClient, jobs: list[JobSpec], options: DispatcherOpt
     A backend not chosen in `options` may come from $MIGRATE_GPU_BACKEND (as with --gpu-backend),
     so `migrate apply` can rehearse on GPU-less sandbox hosts with the FAKE backend.
     """
+    check_specs(jobs)
     if options.gpu_backend is None and os.environ.get(BACKEND_ENV):
         options = dataclasses.replace(options, gpu_backend=check_backend(os.environ[BACKEND_ENV]))
     if options.enable_linger:
@@ -209,6 +241,7 @@ def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: D
     """Queue `jobs` on HOST's dispatcher (installing/starting it as needed). Idempotent per key."""
     if not jobs:
         return []
+    check_specs(jobs)  # before connecting: a bad image is the caller's mistake, not the host's
     with connect(host, conn) as remote:
         client = AgentClient(remote)
         data = submit_with(client, jobs, options)

@@ -54,9 +54,15 @@ def info_cell(job: dict, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def runtime_cell(job: dict) -> str:
+    """The runtime; '≤1m09s' when only an upper bound is known (a lost job: it ended unseen)."""
+    text = duration(job.get("runtime_s"))
+    return "≤" + text if text and job.get("runtime_at_most") else text
+
+
 def status_rows(jobs: list[dict]) -> list[tuple]:
     return [(str(j["id"]), j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")), gpu_cell(j),
-             str(j.get("priority", 0) or ""), duration(j.get("runtime_s")), exit_cell(j), info_cell(j)) for j in jobs]
+             str(j.get("priority", 0) or ""), runtime_cell(j), exit_cell(j), info_cell(j)) for j in jobs]
 
 
 STATUS_COLUMNS = ["id", "name", "state", "gpu", "prio", "runtime", "exit", "info"]

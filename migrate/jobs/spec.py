@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
+from migrate.agent.imageref import FORM as IMAGE_FORM
+from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
 
 MAX_JOBS = 10_000
@@ -82,6 +85,21 @@ class DispatcherOptions:
     enable_linger: bool = False  # sudo loginctl enable-linger USER, so the dispatcher survives logout
     cpu_slots: int | None = None  # how many CPU-only jobs may run at once (host setting)
     mode: str = "auto"  # how the dispatcher starts: auto | systemd | setsid
+
+
+def check_image(ref: str) -> str:
+    """A Docker image reference, checked against Docker's grammar before anything is queued."""
+    problem = check_image_ref(ref)
+    if problem:
+        raise UsageError(problem, hint=f"an image is {IMAGE_FORM}, {IMAGE_EXAMPLE}")
+    return ref
+
+
+def check_specs(jobs: list[JobSpec]) -> None:
+    """Checks a job needs before it is sent to a host (jobs from playbooks and the API included)."""
+    for job in jobs:
+        if job.image is not None:
+            check_image(job.image)
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:
@@ -277,6 +295,10 @@ def _check_fields(job: dict, path: tuple, err: Any, *, need_command: bool) -> No
             close = difflib.get_close_matches(str(key), JOB_FILE_KEYS, n=1)
             raise err((*path, str(key)), f"unknown key {key!r}",
                       hint=f"did you mean {close[0]!r}?" if close else "see docs/run.md for the keys")
+        if key == "image" and isinstance(value, str):
+            problem = check_image_ref(value)
+            if problem:
+                raise err((*path, "image"), problem, hint=f"an image is {IMAGE_FORM}, {IMAGE_EXAMPLE}")
         want = JOB_FILE_KEYS[key]
         types = want if isinstance(want, tuple) else (want,)
         if value is None:

@@ -168,7 +168,9 @@ def _admitter(path: str, seed: int) -> None:
 
 def test_twenty_jobs_four_gpus_four_racing_dispatchers_zero_double_bookings(tmp_path):
     path = str(tmp_path / "queue.db")
-    Queue(path).submit([spec() for _ in range(20)])
+    parent = Queue(path)
+    parent.submit([spec() for _ in range(20)])
+    parent.close()  # SQLite must not have this file open across fork() (the children get "disk I/O error")
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_admitter, args=(path, i)) for i in range(4)]
     for p in procs:
@@ -186,3 +188,69 @@ def test_twenty_jobs_four_gpus_four_racing_dispatchers_zero_double_bookings(tmp_
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:]):
             assert start >= end, "two jobs held the same GPU at once"
+
+
+# -- end times after a crash or reboot (issue 12.6) ------------------------------------------------
+def _running_job(tmp_path, started_ago: float, boot: str = "boot/1"):
+    from migrate.agent.layout import Layout
+
+    layout = Layout(str(tmp_path / "home")).ensure()
+    q = Queue(layout.db)
+    (job,) = q.submit([{"command": "sleep 12", "gpus": 0}])
+    q.reserve(job["id"], [], [], "tok", boot, now=time.time() - started_ago)
+    q.mark_running(job["id"], 999999, 999999, 1)
+    os.makedirs(layout.job_dir(job["id"]), exist_ok=True)
+    return layout, q, q.get(job["id"])
+
+
+def test_an_exit_recorded_late_keeps_the_real_end_time(tmp_path):
+    """The dispatcher was dead for a minute: the exit file's mtime, not the reconciliation, is the end."""
+    from migrate.agent.recovery import check_job
+
+    layout, q, job = _running_job(tmp_path, started_ago=69)
+    exit_file = layout.job_exit(job["id"])
+    with open(exit_file, "w") as fh:
+        fh.write("0\n")
+    os.utime(exit_file, (time.time() - 57, time.time() - 57))  # it ended 12 s after its start
+    assert check_job(q, layout, job, lambda msg: None) == "done"
+    done = q.get(job["id"])
+    assert 11.5 < done["ended_at"] - done["started_at"] < 12.5
+    with open(layout.job_log(job["id"])) as fh:
+        assert f"[migrate] job {job['id']} done: exit code 0 after 12s\n" in fh.read()
+
+
+def test_a_job_lost_in_a_reboot_ended_before_the_boot(tmp_path, monkeypatch):
+    from migrate.agent import procs
+    from migrate.agent.main import _job_view
+    from migrate.agent.recovery import clock, recover
+    from migrate.jobs.render import runtime_cell
+
+    layout, q, job = _running_job(tmp_path, started_ago=600, boot="old-boot/1")
+    q.set_meta("boot_id", "old-boot/1")
+    booted = job["started_at"] + 30  # the host went down within 30 s of the start, and came back
+    monkeypatch.setattr(procs, "boot_time", lambda: booted)
+    recover(q, layout, lambda msg: None)
+    lost = q.get(job["id"])
+    assert lost["state"] == "lost" and lost["ended_at"] == pytest.approx(booted)
+    with open(layout.job_log(job["id"])) as fh:
+        line = fh.read().strip()
+    assert line == (f"[migrate] job {job['id']} lost: no exit code, ended before {clock(booted)} (at most 30s "
+                    "after it started) (the host rebooted while it ran)")
+    view = _job_view(lost, time.time())
+    assert view["runtime_at_most"] and runtime_cell(view) == "≤30s"
+
+
+def test_processes_found_gone_ended_before_now(tmp_path):
+    from migrate.agent.recovery import check_job
+
+    layout, q, job = _running_job(tmp_path, started_ago=5)
+    assert check_job(q, layout, job, lambda msg: None) == "lost"
+    with open(layout.job_log(job["id"])) as fh:
+        assert "lost: no exit code, ended before " in fh.read()
+
+
+def test_docker_finished_at_is_read():
+    from migrate.agent.recovery import docker_time
+
+    assert docker_time("2026-11-30T08:40:00.5Z") == pytest.approx(1796028000.5)
+    assert docker_time("0001-01-01T00:00:00Z") is None and docker_time("garbage") is None

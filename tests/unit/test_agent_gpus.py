@@ -142,6 +142,98 @@ def test_mig_instances_become_leaf_devices():
     assert mig.processes[0].pid == 9
 
 
+class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801 (pynvml's name)
+    value = 13
+
+
+class NVMLLibraryMismatchError(Exception):  # nvidia-ml-py 13: not an NVMLError
+    pass
+
+
+class OldDriverNvml(StandInNvml):
+    """A driver of R470 or older under nvidia-ml-py >= 12: the unversioned process calls go to `_v3`,
+    which the driver lacks; `_v2` exists (issue 12.16)."""
+
+    NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+    NVMLLibraryMismatchError = NVMLLibraryMismatchError
+    NVML_ERROR_FUNCTION_NOT_FOUND = 13
+
+    def __init__(self, gpus, missing=NVMLError_FunctionNotFound):
+        super().__init__(gpus)
+        self.missing = missing
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        raise self.missing()
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
+        raise self.missing()
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h):
+        return StandInNvml.nvmlDeviceGetComputeRunningProcesses(self, h)
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, h):
+        return StandInNvml.nvmlDeviceGetGraphicsRunningProcesses(self, h)
+
+
+@pytest.mark.parametrize("missing", [NVMLError_FunctionNotFound, NVMLLibraryMismatchError])
+def test_old_driver_without_v3_process_calls_falls_back_to_v2(missing):
+    nv = OldDriverNvml([h100(0, compute=[(4242, 20480 * MIB)], graphics=[(77, None)]), h100(1)], missing)
+    d0, d1 = NvmlBackend(nv).snapshot().devices
+    assert d0.error is None and d1.error is None  # not every GPU marked as errored
+    assert [(p.pid, p.used_mib, p.kind) for p in d0.processes] == [(4242, 20480, "compute"), (77, None, "graphics")]
+
+
+def test_no_process_call_at_all_marks_only_that_gpu():
+    class NoProcessCalls(OldDriverNvml):
+        def nvmlDeviceGetComputeRunningProcesses_v2(self, h):
+            raise NVMLError_FunctionNotFound()
+
+    (d0,) = NvmlBackend(NoProcessCalls([h100(0)])).snapshot().devices
+    assert d0.error and d0.error.startswith("NVML:")  # v1 is not reachable in a stand-in: an error, no crash
+
+
+class OldLibnvidiaMl:
+    """Stands in for an old driver's libnvidia-ml.so under the REAL vendored pynvml: only the symbols
+    given exist; each behaves like the C call (count first, then fill the array)."""
+
+    def __init__(self, pynvml, symbols, procs):
+        self.nv = pynvml
+        for name in symbols:
+            setattr(self, name, self._call)
+        self.procs = procs
+
+    def _call(self, handle, count_ref, array):
+        count = count_ref._obj
+        if array is None:
+            count.value = len(self.procs)
+            return self.nv.NVML_ERROR_INSUFFICIENT_SIZE if self.procs else self.nv.NVML_SUCCESS
+        for i, (pid, used) in enumerate(self.procs):
+            array[i].pid, array[i].usedGpuMemory = pid, used
+        count.value = len(self.procs)
+        return self.nv.NVML_SUCCESS
+
+
+@pytest.mark.parametrize("symbols", [
+    ["nvmlDeviceGetComputeRunningProcesses_v2"],  # R470: no _v3
+    ["nvmlDeviceGetComputeRunningProcesses"],  # older: only the v1 symbol
+])
+def test_the_vendored_pynvml_falls_back_on_a_driver_without_v3(monkeypatch, symbols):
+    from migrate.agent._vendor import pynvml
+    from migrate.agent.gpus import running_processes
+
+    monkeypatch.setattr(pynvml, "nvmlLib", OldLibnvidiaMl(pynvml, symbols, [(4242, 20480 * MIB)]))
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
+    with pytest.raises(Exception) as plain:  # what the agent called before: the unversioned (= _v3) call
+        pynvml.nvmlDeviceGetComputeRunningProcesses("handle")
+    assert "FunctionNotFound" in type(plain.value).__name__ or "Mismatch" in type(plain.value).__name__
+    (p,) = running_processes(pynvml, "handle", "nvmlDeviceGetComputeRunningProcesses")
+    assert (p.pid, p.usedGpuMemory) == (4242, 20480 * MIB)
+    monkeypatch.setattr(pynvml, "nvmlLib", OldLibnvidiaMl(pynvml, [], []))
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):  # no version at all: an NVML error, marks that GPU
+        running_processes(pynvml, "handle", "nvmlDeviceGetComputeRunningProcesses")
+
+
 def test_fake_backend_reads_state_and_injected_faults(tmp_path):
     path = tmp_path / "fake.json"
     state = fake_state(2)

@@ -187,3 +187,21 @@ def test_a_job_that_cannot_be_prepared_fails_alone_and_the_dispatcher_goes_on(ag
     assert done[first["id"]]["state"] == "failed" and "could not create its directory" in done[first["id"]]["reason"]
     assert done[second["id"]]["state"] == "done" and agent.daemon_pid() is not None
 
+
+
+def test_logs_follow_ends_when_the_dispatcher_was_killed(agent):
+    """Issue 12.1: `logs -f` reconciles by itself when no dispatcher runs, and says so, instead of hanging."""
+    (job,) = agent.submit([{"command": "echo begin; sleep 3; echo end", "gpus": 0, "name": "f1"}])
+    agent.wait(lambda js: js[0]["state"] == "running")
+    os.kill(agent.daemon_pid(), signal.SIGKILL)
+    res = agent.run("logs", "f1", "--follow", timeout=30)  # hung forever before the fix
+    assert res.returncode == 0, res.stderr
+    assert "end\n" in res.stdout and f"job {job['id']} done: exit code 0 after" in res.stdout, res.stdout
+    assert 'MIGRATE-WARN {"warning": "the dispatcher is not running"' in res.stderr
+    assert agent.job(job["id"])["state"] == "done"
+
+
+def test_logs_follow_of_a_job_that_cannot_start_ends_with_the_reason(agent):
+    (job,) = agent.submit([{"command": "true", "gpus": 0}], "--no-start")
+    res = agent.run("logs", str(job["id"]), "--follow", timeout=30)
+    assert res.returncode == 4 and "MIGRATE-ERROR" in res.stderr and "will not start" in res.stderr, res.stderr

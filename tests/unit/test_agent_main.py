@@ -22,6 +22,8 @@ from migrate.agent.main import AgentError, _tail_offset, validate_spec
     ({"command": "x", "image": "i", "ports": ["http"]}, "bad port mapping"),
     ({"command": "x", "image": "i", "cwd": "work"}, "must be absolute"),
     ({"command": "x", "image": "-it"}, "bad image"),
+    ({"command": "x", "image": "x;touch /tmp/p"}, "bad image reference 'x;touch /tmp/p'"),
+    ({"command": "x", "image": "Ubuntu"}, "must be lowercase"),
     ({"command": "x", "gpu": 1}, "unknown field(s) gpu"),
 ])
 def test_bad_specs_are_refused(spec, needle):
@@ -42,3 +44,44 @@ def test_tail_offset(tmp_path):
         fh.seek(_tail_offset(str(f), 3))
         assert fh.read() == b"line 99997\nline 99998\nline 99999\n"
     assert _tail_offset(str(f), 10 ** 6) == 0
+
+
+STALE = "waiting for a CPU slot (4 CPU jobs running, limit 4)"
+
+
+@pytest.mark.parametrize("running,paused,expected", [
+    (False, "", "not starting: the dispatcher is not running (`migrate resume` starts it)"),
+    (True, "the host rebooted while job 9 ran (marked lost)",
+     "queue paused: the host rebooted while job 9 ran (marked lost)"),
+    (False, "the host rebooted", "queue paused: the host rebooted"),
+    (True, "", STALE),  # a running dispatcher's own reason is current
+])
+def test_a_queued_job_shows_the_real_reason_it_waits(running, paused, expected):
+    """Issue 12.5: with no dispatcher or a paused queue, the last admission reason is stale."""
+    from migrate.agent.main import _job_view
+
+    job = {"id": 3, "state": "queued", "reason": STALE, "started_at": None, "ended_at": None}
+    assert _job_view(job, 0.0, running, paused)["reason"] == expected
+    done = dict(job, state="done", reason="")
+    assert _job_view(done, 0.0, running, paused)["reason"] == ""
+
+
+def test_status_without_a_dispatcher_does_not_repeat_a_stale_cpu_slot_reason(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from migrate.agent.db import Queue
+
+    env = {"MIGRATE_AGENT_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+
+    def agent(*args, stdin=None):
+        res = subprocess.run([sys.executable, "-m", "migrate.agent", *args], input=stdin, capture_output=True,
+                             text=True, env=dict(env, PYTHONPATH=root), timeout=60)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    (job,) = agent("submit", "--no-start", stdin='{"jobs": [{"command": "true", "gpus": 0}]}')["jobs"]
+    Queue(str(tmp_path / "dispatcher" / "queue.db")).set_reasons({job["id"]: STALE})  # the dead dispatcher's
+    (shown,) = agent("status")["jobs"]
+    assert "CPU slot" not in shown["reason"] and "the dispatcher is not running" in shown["reason"]

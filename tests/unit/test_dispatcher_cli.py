@@ -34,6 +34,8 @@ def usage_error(res, needle: str) -> None:
     (["tunnel", "h", "60x6"], "bad port"),
     (["tunnel", "h", "6006", "16006:6006", "6006:7000"], "given twice"),
     (["run", "alice@", "--", "x"], "malformed"),
+    (["run", "h", "--image", "x;touch /tmp/pwned", "--", "true"], "bad image reference 'x;touch /tmp/pwned'"),
+    (["run", "h", "--image", "MyLab/Train:v2", "--", "true"], "must be lowercase"),
 ])
 def test_usage_errors(args, needle):
     usage_error(run_cli(*args), needle)
@@ -69,3 +71,38 @@ def test_tunnel_dry_run_uses_migrate_ssh_settings():
     assert out.startswith("ssh ") and "-N" in out and "ExitOnForwardFailure=yes" in out
     assert "-L 127.0.0.1:6006:localhost:6006" in out and "-L 127.0.0.1:16006:localhost:8888" in out
     assert "StrictHostKeyChecking=yes" in out
+
+
+def test_reboot_warning_is_one_sentence_with_readable_job_ids(tmp_path, capsys):
+    """Issue 12.7: after a reboot `status` said "queue paused" twice and printed `lost [9, 10, 11, 12]`."""
+    from migrate.agent.db import Queue
+    from migrate.agent.layout import Layout
+    from migrate.agent.recovery import recover
+    from migrate.commands.status import show_status
+
+    layout = Layout(str(tmp_path / "home")).ensure()
+    q = Queue(layout.db)
+    running = q.submit([{"command": "sleep 600", "gpus": 0} for _ in range(4)])
+    for j in running:
+        q.reserve(j["id"], [], [], "tok", "old-boot/1")
+        q.mark_running(j["id"], 999999, 999999, 1)
+    q.set_meta("boot_id", "old-boot/1")
+    q.submit([{"command": "true", "gpus": 0}])
+    summary = recover(q, layout, lambda msg: None)  # the reboot is noticed (as by `status` with no dispatcher)
+    data = {"daemon": {"running": False}, "paused": q.get_meta("paused"), "counts": q.counts(), "jobs": [],
+            "recovered": summary}
+    show_status(data, "gpu-box")
+    err = capsys.readouterr().err
+    assert err.count("paused") == 1 and "[" not in err, err
+    assert "queue paused on gpu-box: the host rebooted while jobs 1-4 ran (marked lost); nothing starts until " \
+           "`migrate resume gpu-box`" in err
+    assert "recorded meanwhile: jobs 1-4 lost" in err
+
+
+@pytest.mark.parametrize("ids,text", [([3], "job 3"), ([9, 10, 11, 12], "jobs 9-12"), ([1, 2], "jobs 1 and 2"),
+                                      ([1, 3, 4, 5, 8], "jobs 1, 3-5 and 8"),
+                                      (list(range(1, 40, 2)), "jobs 1, 3, 5, 7, 9, 11, 13, 15 and 12 more")])
+def test_job_ids_are_readable(ids, text):
+    from migrate.agent.recovery import job_ids_text
+
+    assert job_ids_text(ids) == text

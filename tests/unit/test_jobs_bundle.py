@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from migrate.jobs.bundle import build_agent
 from migrate.jobs.client import agent_command, start_args
@@ -17,11 +18,41 @@ from migrate.jobs.spec import DispatcherOptions
 def test_bundle_contents_and_version():
     b = build_agent()
     names = zipfile.ZipFile(io.BytesIO(b.data)).namelist()
-    assert "__main__.py" in names and "pynvml.py" in names and "migrate_agent/_build.py" in names
+    assert "__main__.py" in names and "migrate_agent/_build.py" in names
+    assert "migrate_agent/_vendor/pynvml.py" in names and "pynvml.py" not in names
     assert "migrate_agent/daemon.py" in names and "migrate_agent/__main__.py" not in names
     assert b.filename == f"migrate-agent-{b.version}.pyz" and b.remote_relpath.startswith(".migrate/agent/")
     build_agent.cache_clear()
     assert build_agent().data == b.data  # deterministic: same sources, same bytes, same version
+
+
+def test_two_laptops_with_different_nvidia_ml_py_ship_the_same_agent(tmp_path, monkeypatch):
+    """Issue 12.16: the agent must not depend on the laptop's installed nvidia-ml-py, or two laptops
+    replace each other's dispatcher on a shared host. Laptop B has another pynvml first on sys.path."""
+    import importlib
+    import sys as _sys
+
+    from migrate.agent._vendor import PYNVML_VERSION
+    from migrate.jobs.bundle import AGENT_DIR
+
+    build_agent.cache_clear()
+    laptop_a = build_agent()
+    other = tmp_path / "site-packages"
+    other.mkdir()
+    (other / "pynvml.py").write_text("# nvidia-ml-py 12.535.161 (another laptop's)\nNVML_SUCCESS = 0\n")
+    monkeypatch.syspath_prepend(str(other))
+    monkeypatch.delitem(_sys.modules, "pynvml", raising=False)
+    importlib.invalidate_caches()
+    assert "another laptop" in Path(importlib.util.find_spec("pynvml").origin).read_text()
+    build_agent.cache_clear()
+    try:
+        laptop_b = build_agent()
+    finally:
+        build_agent.cache_clear()
+    assert (laptop_b.version, laptop_b.data) == (laptop_a.version, laptop_a.data)
+    shipped = zipfile.ZipFile(io.BytesIO(laptop_b.data)).read("migrate_agent/_vendor/pynvml.py")
+    assert shipped == (AGENT_DIR / "_vendor" / "pynvml.py").read_bytes()
+    assert f"nvidia-ml-py {PYNVML_VERSION}" in shipped.decode()[:300]
 
 
 def test_zipapp_reports_its_version(tmp_path):

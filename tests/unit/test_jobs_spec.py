@@ -128,3 +128,52 @@ def test_api_contract_for_migrate_apply():
     assert list(inspect.signature(run.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
     assert list(inspect.signature(run.job_statuses).parameters) == ["host", "conn"]
     assert run.JobSpec(command="x").gpus == 1 and run.DispatcherOptions().gpu_backend is None
+
+
+# -- image references (issue 12.11) --------------------------------------------------------------
+GOOD_IMAGES = ["ubuntu", "ubuntu:22.04", "nvcr.io/nvidia/pytorch:24.05-py3", "localhost:5000/team/train:v2",
+               "registry.example.com:443/a/b/c", "[::1]:5000/x:y", "a__b", "a---b", "my.image_name-1",
+               "Registry.Example.com/x", "busybox@sha256:" + "a" * 64, "busybox:1.36@sha256:" + "0" * 64]
+BAD_IMAGES = [("x;touch /tmp/p", "';' is not allowed"), ("a b", "' ' is not allowed"), ("-it", "starts with '-'"),
+              ("MyLab/Train:v2", "must be lowercase"), ("Ubuntu", "must be lowercase"), ("a:", "not [registry"),
+              ("a//b", "not [registry"), ("a..b", "not [registry"), ("a::b", "not [registry"),
+              ("a/", "not [registry"), ("ubuntu:" + "t" * 129, "not [registry"), ("x" * 256, "longer than 255"),
+              ("x@sha256:abc", "not [registry"), ("$(id)", "'$' is not allowed"), ("", "empty")]
+
+
+@pytest.mark.parametrize("ref", GOOD_IMAGES)
+def test_valid_image_references_pass(ref):
+    from migrate.agent.imageref import image_ref_problem
+    from migrate.jobs.spec import check_image
+
+    assert image_ref_problem(ref) is None and check_image(ref) == ref
+
+
+@pytest.mark.parametrize("ref,needle", BAD_IMAGES)
+def test_bad_image_references_are_usage_errors_in_the_client_and_refused_by_the_agent(ref, needle):
+    from migrate.agent.main import AgentError, validate_spec
+    from migrate.jobs.spec import check_image
+
+    with pytest.raises(UsageError) as exc:
+        check_image(ref)
+    assert exc.value.message.startswith("bad image reference") and needle in exc.value.message
+    assert "\n" not in exc.value.message and "[registry[:port]/]path[:tag][@digest]" in exc.value.hint
+    with pytest.raises(AgentError) as agent_exc:  # jobs from playbooks and other clients are checked too
+        validate_spec({"command": "x", "image": ref}, 0)
+    assert "bad image reference" in agent_exc.value.message and needle in agent_exc.value.message
+
+
+def test_jobs_file_image_error_points_at_the_image_line(tmp_path):
+    p = tmp_path / "jobs.yaml"
+    p.write_text("jobs:\n  - command: train\n    image: 'x;touch /tmp/p'\n")
+    with pytest.raises(UsageError) as exc:
+        load_jobs_file(p)
+    assert exc.value.message.startswith(f"{p}:3: bad image reference 'x;touch /tmp/p'")
+
+
+def test_submit_jobs_refuses_a_bad_image_before_connecting():
+    from migrate.jobs.client import submit_jobs
+    from migrate.remote.hosts import ConnectOptions
+
+    with pytest.raises(UsageError, match="bad image reference"):  # a connection attempt would fail differently
+        submit_jobs("nosuch.invalid", ConnectOptions(), [JobSpec(command="x", image="Bad Image")], DispatcherOptions())
