@@ -26,7 +26,7 @@ import pytest
 from migrate.sandbox.manager import Sandbox, SandboxSettings
 from tests.conftest import run_cli
 from tests.integration.test_modern_hosts import FLAVOUR
-from tests.integration.test_push_image import _ssh_master_of, layer_bytes, sh, sh_bytes
+from tests.integration.test_push_image import _ssh_master_of, layer_bytes, push, push_json, sh, sh_bytes
 
 pytestmark = pytest.mark.release("trixie")
 PREFIX = "migrate-c8d-test"
@@ -46,16 +46,6 @@ def remote_ids(host: dict, ref: str) -> str:
 
 def clean(host: dict) -> None:
     in_host(host, "docker image ls -q | sort -u | xargs -r docker image rm -f >/dev/null 2>&1; true")
-
-
-def push(*args: str, env: dict, timeout: float = 300):
-    return run_cli("push-image", *args, env=env, timeout=timeout)
-
-
-def push_json(*args: str, env: dict) -> list[dict]:
-    res = push(*args, "--json", env=env)
-    assert res.code == 0, res.output
-    return json.loads(res.stdout)
 
 
 @pytest.fixture(scope="module")
