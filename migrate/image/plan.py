@@ -77,6 +77,18 @@ def check_arch(image: LocalImage, facts: RemoteDocker, host: str, *, force: bool
                                 "or pass --force-arch if the host emulates it")
 
 
+CONTAINERD_STORE_MIN_ENGINE = 24  # the first engine whose containerd image store loads OCI layouts
+
+
+def check_store(facts: RemoteDocker, host: str) -> None:
+    """Refuse an image store we cannot load into, before a byte moves."""
+    if facts.containerd_store and facts.engine and not facts.engine_at_least(CONTAINERD_STORE_MIN_ENGINE):
+        raise MigrateError(f"Docker {facts.engine} on {host} keeps images in the (experimental) containerd store, "
+                           f"which loads image layouts only from Docker {CONTAINERD_STORE_MIN_ENGINE} on",
+                           hint="upgrade Docker there (`migrate host-setup HOST --docker-source official "
+                                "--force-source`), or turn the containerd-snapshotter feature off in daemon.json")
+
+
 def check_access(facts: RemoteDocker, host: str) -> None:
     """A one-line error when we cannot use Docker on the host."""
     if facts.access == "none":

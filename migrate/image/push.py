@@ -62,6 +62,7 @@ from migrate.image.plan import (
     check_access,
     check_arch,
     check_disk,
+    check_store,
     disk_need,
     plan_image,
 )
@@ -252,6 +253,7 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
             parse_facts(remote.run(cmd, sudo=sudo, what="list remote images").stdout, into=facts)
         if not facts.inventoried:
             raise MigrateError(f"cannot list the images on {remote.name}", hint="run `migrate doctor HOST`")
+        check_store(facts, remote.name)
         if facts.os_type and facts.os_type != "linux":
             raise MigrateError(f"the Docker on {remote.name} runs {facts.os_type} containers; only linux is supported")
         for img in images:

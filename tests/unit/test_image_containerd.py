@@ -10,11 +10,12 @@ import tarfile
 
 import pytest
 
+from migrate.errors import MigrateError
 from migrate.image import archive as A
 from migrate.image import identity
 from migrate.image import remote as R
 from migrate.image.local import LocalImage
-from migrate.image.plan import SEND, TAG, UP_TO_DATE, disk_need, plan_image
+from migrate.image.plan import SEND, TAG, UP_TO_DATE, check_store, disk_need, plan_image
 from tests.tar_helpers import tar_bytes
 
 
@@ -157,3 +158,11 @@ def test_a_trimmed_oci_layout_is_a_readable_tar(tmp_path):
                                lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
     with tarfile.open(fileobj=io.BytesIO(b"".join(A.tar_stream(members)))) as tar:
         assert set(tar.getnames()) >= {"oci-layout", "index.json", A.oci_blob_name(D1), A.oci_blob_name(D2)}
+
+
+def test_an_engine_too_old_for_its_containerd_store_is_refused_before_anything_moves():
+    store = '[["driver-type","io.containerd.snapshotter.v1"]]'
+    with pytest.raises(MigrateError, match="Docker 23.0.6 on gpu1 keeps images in the"):
+        check_store(R.parse_facts(f"info=23.0.6|overlayfs|/var/lib/docker|linux|{store}\n"), "gpu1")
+    check_store(R.parse_facts(f"info=28.5.2|overlayfs|/x|linux|{store}\n"), "gpu1")
+    check_store(R.parse_facts("info=20.10.24|overlay2|/x|linux|[]\n"), "gpu1")
