@@ -92,26 +92,42 @@ class DataPushResult:
 
 # -- pure decisions ------------------------------------------------------------------------------
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
-                  delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False) -> tuple[str, str]:
+                  delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
+                  tar_streams: int = 1) -> tuple[str, str]:
     """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
-    first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync."""
+    first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync.
+    `tar_streams`: how many tar streams would run (the reason says so)."""
+    how = "one tar stream" if tar_streams <= 1 else f"{tar_streams} tar streams in parallel"
     if not remote_rsync:
         if delete:
             raise MigrateError("--delete needs rsync on the remote side",
                                hint="rerun with --install-rsync, or without --delete")
-        return "tar", "the remote has no rsync: tar stream over ssh (rerun with --install-rsync for resume)"
+        return "tar", f"the remote has no rsync: {how} over ssh (rerun with --install-rsync for resume)"
     if requested != "auto":
         if requested in ("tar", "parallel") and delete:
             raise UsageError(f"--method {requested} cannot --delete", hint="use --method rsync")
         return requested, f"--method {requested}"
     if is_dir and dest_empty and not delete and not checksum and files >= TAR_MIN_FILES \
             and avg_size <= TAR_MAX_AVG_BYTES:
-        return "tar", f"first copy of {files} small files: one tar stream is fastest"
+        return "tar", f"first copy of {files} small files: {how} (no per-file round trips)"
     if is_dir and dest_empty and not delete and not checksum and not bwlimit and files >= 2 \
             and files * avg_size >= PARALLEL_MIN_BYTES:
         total = ui.human_bytes(int(files * avg_size))
         return "parallel", f"first copy of {files} files, {total}: parallel rsync streams"
     return "rsync", "rsync (resumable, only differences)"
+
+
+def destination_dirs(plans: list[tuple[Mapping, str]], *, mkpath: bool) -> list[str]:
+    """Remote directories to create (`mkdir -p`, once) before anything is sent: every missing parent
+    when rsync has no --mkpath, and always the destination of parallel and tar streams: several
+    streams creating it at once race (`mkdir "DEST/" failed: File exists`)."""
+    dirs = set()
+    for m, method in plans:
+        if m.source_is_dir and (not mkpath or method in ("parallel", "tar")):
+            dirs.add(m.dest_arg)
+        elif not mkpath:
+            dirs.add(os.path.dirname(m.landing.rstrip("/")) or ".")
+    return sorted(dirs)
 
 
 def should_compress(mode: str, hostname: str, both_zstd: bool) -> bool:
@@ -234,13 +250,15 @@ class _HostPush:
         # preflight: methods and space, for every mapping, before anything moves
         plans = []
         need = 0
+        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
             method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
                                            dest_empty=facts.kind == "none" or facts.empty, files=files,
                                            avg_size=size / files if files else 0, delete=o.delete,
-                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit))
+                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
+                                           tar_streams=self.tar_streams if src.is_dir else 1)
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
             if method in ("tar", "parallel") and src.is_dir:
@@ -249,10 +267,9 @@ class _HostPush:
             plans.append((src, m, summary, files, size, method, reason))
             need += size
         self._check_space(remote, facts, need, rsh, base_opts, plans)
-        if not mkpath and not o.dry_run:
-            parents = {m.dest_arg if m.source_is_dir else os.path.dirname(m.landing.rstrip("/")) or "."
-                       for _, m, *_ in plans}
-            mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in sorted(parents))
+        parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
+        if parents and not o.dry_run:
+            mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
             if o.sudo:
                 self._as_root(remote, facts, mkdirs, "create destination directories")
             else:
@@ -364,10 +381,9 @@ class _HostPush:
         if summary is None:
             summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
         bw = _bwlimit_kib(self.o.bwlimit)
-        streams = max(1, min(self.o.streams, facts.cpus or 1))
         return run_tar_streams(src.path, summary.entries, ssh,
                                tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix),
-                               streams, on_progress=cb, bwlimit_kib=bw)
+                               self.tar_streams, on_progress=cb, bwlimit_kib=bw)
 
     def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
         listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]
@@ -557,10 +573,10 @@ def _transfer_options(f):
 @click.option("--compress", type=click.Choice(["auto", "none", "zstd"]), default="auto", show_default=True,
               help="auto: zstd only off the local network (rsync skips already-compressed file types).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="auto: a tar stream for a first copy of many small files, --streams parallel rsync streams "
+              help="auto: tar streams for a first copy of many small files, --streams parallel rsync streams "
                    "for a first copy of several big files, else rsync.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
-              help="Streams for --method parallel.")
+              help="Streams for --method parallel (and tar: at most one per remote core).")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")
 @click.option("--install-rsync", is_flag=True, help="Install rsync on the host (sudo apt) if it is missing.")
 @connection_options

@@ -323,3 +323,28 @@ def test_first_copy_of_several_big_files_goes_as_parallel_streams(scratch, tmp_p
     [r] = json.loads(res.stdout)
     assert r["method"] == "rsync" and r["files_transferred"] == 0, r
     remote.run(f"rm -rf {shell.quote(base + '/shards')}")
+
+
+@pytest.mark.parametrize("method", ["parallel", "tar"])
+def test_streams_to_new_nested_destinations_never_race(scratch, tmp_path, method):
+    """Several streams used to create a missing DEST each (rsync --mkpath), and one lost the race:
+    `mkdir "/tmp/new/a/b/" failed: File exists (17)`, reported as a full disk. Repeated on purpose."""
+    host, base, _src, remote = scratch
+    src = tmp_path / "four"
+    src.mkdir()
+    for i in range(8):
+        (src / f"part-{i}.bin").write_bytes(os.urandom(256 * 1024) * 4)  # 1 MiB each
+    (src / "sub").mkdir()
+    (src / "sub" / "x.txt").write_text("x")
+    for run in range(12):  # the race was lost in about 1 run of 10 here (3 of 8 on the hostile run's hosts)
+        dest = f"{base}/new{run}/a/b/c"
+        res = run_cli("-v", "push-data", str(src), f"{host}:{dest}", "--method", method, "--streams", "8", "--json")
+        assert res.code == 0, (run, res.output)
+        assert "disk full" not in res.stderr
+        streams = [ln for ln in res.stderr.splitlines() if ln.startswith("$ rsync") and "--files-from" in ln]
+        assert len(streams) == (8 if method == "parallel" else 0)
+        assert not [ln for ln in streams if "--mkpath" in ln]  # DEST was made once, before the streams
+        [r] = json.loads(res.stdout)
+        assert r["method"] == method
+        assert _remote_listing(remote, dest) == _local_listing(src)
+
