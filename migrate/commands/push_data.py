@@ -83,11 +83,11 @@ class DataPushResult:
     dest: str
     status: str                   # "up to date" | "changed" | "failed" | "dry run"
     files_transferred: int = 0
-    bytes_sent: int = 0           # size of the files that were (re)sent
+    bytes_sent: int = 0           # size of the files that were (re)sent (pull: fetched)
     seconds: float = 0.0
     error: str | None = None
     method: str = ""
-    wire_bytes: int = 0           # bytes that actually crossed the network (less when resuming)
+    wire_bytes: int = 0           # bytes that crossed the network towards the receiver (push: sent, pull: received)
 
 
 # -- pure decisions ------------------------------------------------------------------------------
@@ -526,7 +526,7 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
             board.finish(task)
     result.files_transferred = outcome.stats.regular_files_transferred
     result.bytes_sent = outcome.stats.transferred_size
-    result.wire_bytes = outcome.stats.sent_bytes
+    result.wire_bytes = outcome.stats.received_bytes  # a pull: what came over the network to this side
     result.seconds = time.monotonic() - t0
     result.status = "changed" if result.files_transferred else "up to date"
     return result

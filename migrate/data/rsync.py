@@ -192,6 +192,7 @@ class Stats:
     total_size: int = 0
     transferred_size: int = 0
     sent_bytes: int = 0
+    received_bytes: int = 0
     deleted: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
 
@@ -209,6 +210,7 @@ def parse_stats(text: str) -> Stats:
         "total_size": r"^Total file size: ([\d,.]+)",
         "transferred_size": r"^Total transferred file size: ([\d,.]+)",
         "sent_bytes": r"^Total bytes sent: ([\d,.]+)",
+        "received_bytes": r"^Total bytes received: ([\d,.]+)",
     }
     for line in text.splitlines():
         for attr, pat in patterns.items():

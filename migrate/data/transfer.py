@@ -154,7 +154,8 @@ def _sum_stats(outcomes: list[RunOutcome], files: int, total_size: int) -> Stats
     return Stats(files=files, total_size=total_size,
                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
                  transferred_size=sum(o.stats.transferred_size for o in outcomes),
-                 sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+                 sent_bytes=sum(o.stats.sent_bytes for o in outcomes),
+                 received_bytes=sum(o.stats.received_bytes for o in outcomes))
 
 
 def shard_options(opts: RsyncOptions, listfile: str) -> RsyncOptions:

@@ -348,3 +348,20 @@ def test_streams_to_new_nested_destinations_never_race(scratch, tmp_path, method
         assert r["method"] == method
         assert _remote_listing(remote, dest) == _local_listing(src)
 
+
+def test_pull_reports_the_bytes_it_received_as_wire_bytes(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    src = tmp_path / "up"
+    src.mkdir()
+    size = 12 * 1024 * 1024
+    (src / "ckpt.bin").write_bytes(os.urandom(size))  # incompressible: the wire carries all of it
+    res = run_cli("push-data", str(src), f"{host}:{base}/run", "--json")
+    assert res.code == 0, res.output
+    [pushed] = json.loads(res.stdout)
+    assert pushed["wire_bytes"] >= size, pushed
+    res = run_cli("pull-data", f"{host}:{base}/run", str(tmp_path / "back"), "--json")
+    assert res.code == 0, res.output
+    [pulled] = json.loads(res.stdout)
+    assert pulled["bytes_sent"] == size
+    assert size <= pulled["wire_bytes"] < 1.1 * size, pulled  # what rsync received, not its small requests
+

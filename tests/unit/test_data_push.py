@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from migrate.commands.push_data import choose_method, destination_dirs
 from migrate.data.mapping import resolve_mapping
-from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, rsync_argv
+from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, parse_stats, rsync_argv
 from migrate.data.transfer import shard_options
 
 MKDIR_RACE = ('rsync: [Receiver] mkdir "/tmp/new/a/b/" failed: File exists (17)\n'
@@ -39,6 +39,12 @@ def test_a_lost_mkdir_race_is_not_called_a_full_disk():
     assert "rerun" in failure_hint(11, MKDIR_RACE)
     assert "disk full" not in explain_exit(11, "rsync: [Receiver] chmod failed: Operation not permitted (1)")[0]
     assert "read-only" in explain_exit(11, 'rsync: mkstemp "/ro/x" failed: Read-only file system (30)')[0]
+
+
+# -- item 3: wire bytes of a pull ----------------------------------------------------------------
+def test_stats_keep_the_bytes_received():
+    s = parse_stats("Total bytes sent: 38,255\nTotal bytes received: 198,988,511\n")
+    assert (s.sent_bytes, s.received_bytes) == (38255, 198988511)
 
 
 # -- item 9: hints ---------------------------------------------------------------------------------
