@@ -26,7 +26,9 @@ from migrate.data.remote import (
     DestFacts,
     dest_probe_command,
     parse_dest_probe,
+    parse_partial_probe,
     parse_source_probe,
+    partial_probe_command,
     source_probe_command,
     tar_extract_command,
 )
@@ -72,6 +74,7 @@ class PushDataOptions:
     sudo: bool = False
     install_rsync: bool = False
     timeout: int | None = None
+    drop_partial: bool = False    # delete kept partial files (.migrate-partial/) at DEST before sending
 
 
 @dataclass
@@ -154,6 +157,31 @@ def _local_rsync_version() -> tuple[int, int, int]:
     from migrate import local
     from migrate.data.rsync import parse_version
     return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
+
+
+def space_refusal(where: str, need: int, margin: int, free: int, partials: list[tuple[str, int]], *, alias: str,
+                  dropping: bool = False) -> tuple[str, str]:
+    """(message, hint) when DEST lacks space. Kept partial files of an interrupted transfer hold space
+    too: a resume rebuilds each file next to its partial (which goes only once the file is complete),
+    so they do not lower the need; deleting them (--drop-partial) frees their space."""
+    h = ui.human_bytes
+    message = f"not enough space on {where}: need {h(need)} (+{h(margin)} margin), {h(free)} free"
+    hint = "free space there, choose another DEST, or --exclude what is not needed"
+    if partials:
+        held = sum(size for _, size in partials)
+        paths = partials[0][0] + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+        if dropping:
+            message += f" even after deleting the {h(held)} of unfinished files in {paths}"
+        else:
+            message += (f", and {h(held)} more is held by the unfinished files of an interrupted transfer in "
+                        f"{paths} (a resume rebuilds each file next to its partial)")
+            rm = f"ssh {alias} {shell.join(['rm', '-rf', '--', *(p for p, _ in partials)])}"
+            if need + margin <= free + held:
+                hint = (f"rerun with --drop-partial to delete them and send those files whole (or delete them "
+                        f"yourself: {rm}), or free {h(need + margin - free)} more there to resume")
+            else:
+                hint = "free space there (--drop-partial also deletes the unfinished files), or choose another DEST"
+    return message + "; nothing was sent", hint
 
 
 # -- per host ------------------------------------------------------------------------------------
@@ -292,12 +320,18 @@ class _HostPush:
 
     def _check_space(self, remote: OpenSshSession, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
                      plans: list) -> None:
-        if facts.free_bytes is None or self.o.dry_run:
+        if self.o.dry_run:
             return
+        partials = self._partials(remote, plans) if self.o.drop_partial and facts.kind != "none" else []
+        if facts.free_bytes is None:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        free = facts.free_bytes
+        if partials:
+            free += sum(size for _, size in partials)  # what deleting them gives back
         margin = need // 100 + SPACE_MARGIN_BYTES
-        if need + margin <= facts.free_bytes:
-            return
-        if facts.has_rsync and not (facts.kind == "none" or facts.empty):
+        if need + margin > free and facts.has_rsync and not (facts.kind == "none" or facts.empty):
             # much may already be there: ask rsync for the exact bytes it would send
             need = 0
             for src, m, *_ in plans:
@@ -305,12 +339,32 @@ class _HostPush:
                     [src.path.rstrip("/") + "/" if src.is_dir else src.path], _remote_spec(remote, m.dest_arg),
                     rsh, x, stats=True), opts).transferred_size
             margin = need // 100 + SPACE_MARGIN_BYTES
-            if need + margin <= facts.free_bytes:
-                return
-        raise MigrateError(
-            f"not enough space on {remote.target.alias}:{facts.existing}: need {ui.human_bytes(need)} "
-            f"(+{ui.human_bytes(margin)} margin), {ui.human_bytes(facts.free_bytes)} free; nothing was sent",
-            hint="free space there, choose another DEST, or --exclude what is not needed")
+        if need + margin <= free:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        if not self.o.drop_partial and facts.kind != "none":
+            partials = self._partials(remote, plans)
+        message, hint = space_refusal(f"{remote.target.alias}:{facts.existing}", need, margin, facts.free_bytes,
+                                      partials, alias=remote.target.alias, dropping=self.o.drop_partial)
+        raise MigrateError(message, hint=hint)
+
+    def _partials(self, remote: OpenSshSession, plans: list) -> list[tuple[str, int]]:
+        """Kept partial dirs (unfinished files of an interrupted rsync) where these mappings land."""
+        trees = [m.landing for _, m, *_ in plans if m.source_is_dir]
+        dirs = [os.path.dirname(m.landing.rstrip("/")) or "." for _, m, *_ in plans if not m.source_is_dir]
+        out = remote.run(partial_probe_command(trees, dirs), what="look for partial files").stdout
+        return parse_partial_probe(out)
+
+    def _drop_partials(self, remote: OpenSshSession, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
+        for path, size in partials:
+            ui.info(f"{remote.target.alias}: --drop-partial: deleting {path} ({ui.human_bytes(size)} of unfinished "
+                    "files); they are sent whole")
+        command = shell.join(["rm", "-rf", "--", *(p for p, _ in partials)])
+        if self.o.sudo:
+            self._as_root(remote, facts, command, "delete partial files")
+        else:
+            remote.run(command, what="delete partial files")
 
     def _one(self, remote: OpenSshSession, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, files: int, size: int, method: str,
@@ -579,6 +633,9 @@ def _transfer_options(f):
               help="Streams for --method parallel (and tar: at most one per remote core).")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")
 @click.option("--install-rsync", is_flag=True, help="Install rsync on the host (sudo apt) if it is missing.")
+@click.option("--drop-partial", is_flag=True,
+              help="Delete the unfinished files an interrupted transfer kept in DEST (.migrate-partial/) and "
+                   "send them whole (when resuming from them does not fit on the disk).")
 @connection_options
 def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions, **kw) -> None:
     """Copy files and datasets to a host with rsync: resumable, with progress, no trailing-slash trap.
@@ -615,7 +672,7 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
         into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]), delete=kw["delete"],
         yes=kw["yes"], dry_run=kw["dry_run"], bwlimit=kw["bwlimit"], checksum=kw["checksum"],
         compress=kw["compress"], method=kw["method"], streams=kw["streams"], sudo=kw["sudo"],
-        install_rsync=kw["install_rsync"], timeout=kw["timeout"])
+        install_rsync=kw["install_rsync"], timeout=kw["timeout"], drop_partial=kw["drop_partial"])
     results = push_data(sources, list(dict.fromkeys(targets)), dest, conn, options)
     _summary(results, kw["as_json"])
     if any(r.status == "failed" for r in results):

@@ -365,3 +365,47 @@ def test_pull_reports_the_bytes_it_received_as_wire_bytes(scratch, tmp_path):
     assert pulled["bytes_sent"] == size
     assert size <= pulled["wire_bytes"] < 1.1 * size, pulled  # what rsync received, not its small requests
 
+
+def test_disk_full_interruption_names_the_partial_and_drop_partial_recovers(scratch, tmp_path):
+    """rsync keeps the unfinished file of a disk-full interruption in DEST/.migrate-partial/; a resume
+    rebuilds the file next to it, so on a small disk the rerun is refused: the refusal names the
+    partial and the way out (--drop-partial), which then completes the copy."""
+    host, _base, _src, remote = scratch
+    target = f"/mnt/small/pd-{uuid.uuid4().hex[:6]}"  # /mnt/small is a 64 MiB disk
+    filler = f"{target}-filler"
+    data = tmp_path / "ds"
+    data.mkdir()
+    payload = os.urandom(40 * 1024 * 1024)
+    (data / "big.bin").write_bytes(payload)
+    env = dict(os.environ, COLUMNS="200")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(data), f"{host}:{target}",
+                                 "--bwlimit", "8m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        probe = f"find {shell.quote(target)} -name '.big.bin.*' -printf '%s\\n' 2>/dev/null | sort -n | tail -n 1"
+        deadline = time.time() + 60
+        size = 0
+        while time.time() < deadline and size <= 26 * 1024 * 1024:
+            size = int(remote.run(probe, check=False).stdout.strip() or "0")
+            time.sleep(0.2)
+        assert size > 0, "transfer never started"
+        remote.run(f"dd if=/dev/zero of={shell.quote(filler)} bs=1M 2>/dev/null; true")  # the disk is full now
+        _out, err = proc.communicate(timeout=120)
+        err = err.decode()
+        assert proc.returncode == 1, err
+        [line] = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert "ran out of disk space" in line and "hint: free space" in line, line
+        kept = remote.run(f"du -sk {shell.quote(target + '/.migrate-partial')}").stdout.split()[0]
+        assert int(kept) * 1024 > 24 * 1024 * 1024, kept
+        remote.run(shell.join(["rm", "-f", filler]))  # the user frees the space ...
+        res = run_cli("push-data", str(data), f"{host}:{target}")  # ... but the partial still holds its share
+        assert_one_line_error(res, "not enough space", f"{target}/.migrate-partial", "interrupted",
+                              "--drop-partial", f"rm -rf -- {target}/.migrate-partial")
+        res = run_cli("push-data", str(data), f"{host}:{target}", "--drop-partial", "--json")
+        assert res.code == 0, res.output
+        assert ".migrate-partial" in res.stderr  # says what it deleted
+        digest = remote.run(f"sha256sum {shell.quote(target + '/big.bin')}").stdout.split()[0]
+        assert digest == hashlib.sha256(payload).hexdigest()
+        assert remote.run(f"ls -A {shell.quote(target)}").stdout.split() == ["big.bin"]
+    finally:
+        remote.run(shell.join(["rm", "-rf", target, filler]))
+

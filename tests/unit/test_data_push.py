@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from migrate.commands.push_data import choose_method, destination_dirs
+import subprocess
+
+from migrate.commands.push_data import choose_method, destination_dirs, space_refusal
 from migrate.data.mapping import resolve_mapping
+from migrate.data.remote import parse_partial_probe, partial_probe_command
 from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, parse_stats, rsync_argv
 from migrate.data.transfer import shard_options
 
@@ -45,6 +48,41 @@ def test_a_lost_mkdir_race_is_not_called_a_full_disk():
 def test_stats_keep_the_bytes_received():
     s = parse_stats("Total bytes sent: 38,255\nTotal bytes received: 198,988,511\n")
     assert (s.sent_bytes, s.received_bytes) == (38255, 198988511)
+
+
+# -- item 4: a disk-full interruption and its kept partial ----------------------------------------
+def test_partial_probe_finds_kept_partials_and_sizes_them(tmp_path):
+    tree = tmp_path / "ds"
+    (tree / "sub" / ".migrate-partial").mkdir(parents=True)
+    (tree / "sub" / ".migrate-partial" / "big.bin").write_bytes(b"x" * 300_000)
+    (tree / ".migrate-partial").mkdir()
+    (tree / ".migrate-partial" / "a").write_bytes(b"y" * 10_000)
+    single = tmp_path / "files"
+    (single / ".migrate-partial").mkdir(parents=True)
+    (single / ".migrate-partial" / "f.bin").write_bytes(b"z" * 50_000)
+    out = subprocess.run(["sh", "-c", partial_probe_command([str(tree), str(tmp_path / "missing")],
+                                                            [str(single), str(tmp_path / "gone")])],
+                         capture_output=True, text=True, check=True).stdout
+    found = dict(parse_partial_probe(out))
+    assert set(found) == {str(tree / "sub" / ".migrate-partial"), str(tree / ".migrate-partial"),
+                          str(single / ".migrate-partial")}
+    assert found[str(tree / "sub" / ".migrate-partial")] >= 300_000
+    assert parse_partial_probe("") == [] and parse_partial_probe("garbage\n") == []
+
+
+def test_space_refusal_names_the_partial_and_the_way_out():
+    mib = 1 << 20
+    partials = [("/mnt/small/d/.migrate-partial", 30 * mib)]
+    message, hint = space_refusal("gpu:/mnt/small/d", 40 * mib, 2 * mib, 34 * mib, partials, alias="gpu")
+    assert "/mnt/small/d/.migrate-partial" in message and "30.0 MiB" in message and "interrupted" in message
+    assert "nothing was sent" in message
+    assert "--drop-partial" in hint and "ssh gpu rm -rf -- /mnt/small/d/.migrate-partial" in hint
+    # dropping would not be enough either: say so instead of promising it
+    message, hint = space_refusal("gpu:/mnt/small/d", 90 * mib, 2 * mib, 34 * mib, partials, alias="gpu")
+    assert ".migrate-partial" in message and "free space there" in hint
+    # no partial: the old message
+    message, hint = space_refusal("gpu:/data", 100 * mib, 2 * mib, 64 * mib, [], alias="gpu")
+    assert message == "not enough space on gpu:/data: need 100.0 MiB (+2.0 MiB margin), 64.0 MiB free; nothing was sent"
 
 
 # -- item 9: hints ---------------------------------------------------------------------------------
