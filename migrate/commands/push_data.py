@@ -75,6 +75,7 @@ class PushDataOptions:
     install_rsync: bool = False
     timeout: int | None = None
     drop_partial: bool = False    # delete kept partial files (.migrate-partial/) at DEST before sending
+    preserve_owner: bool = False  # pull as root: keep the remote uid/gid
 
 
 @dataclass
@@ -518,6 +519,30 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
 
 
 # -- pull ----------------------------------------------------------------------------------------
+def local_owner(euid: int, environ: dict[str, str], *, preserve: bool) -> tuple[int, int] | None:
+    """Who should own pulled files: None = rsync's default. As root rsync would keep the remote uid/gid
+    (some unrelated local user); instead they go to the user who ran sudo, else to root."""
+    if preserve or euid != 0:
+        return None
+    uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+    if uid.isdigit() and gid.isdigit():
+        return int(uid), int(gid)
+    return 0, 0
+
+
+def _makedirs(path: str, owner: tuple[int, int] | None) -> None:
+    """mkdir -p, giving the directories it creates to `owner`."""
+    created = []
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    if owner:
+        for d in created:
+            os.chown(d, *owner)
+
+
 def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
               options: PushDataOptions) -> DataPushResult:
     """Fetch HOST:SRC so that its contents become LOCAL_DEST (same rules as push, reversed)."""
@@ -546,12 +571,14 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
                                f"{ui.human_bytes(free)} free; nothing was copied")
         rsh = rsh_join(remote.openssh_argv()[:-1])
         local_version = _local_rsync_version()
+        owner = local_owner(os.geteuid(), dict(os.environ), preserve=options.preserve_owner)
         opts = RsyncOptions(excludes=list(options.exclude), exclude_from=list(options.exclude_from),
                             delete=options.delete, bwlimit=options.bwlimit, checksum=options.checksum,
                             mkpath=local_version >= (3, 2, 3) and facts.rsync_version >= (3, 2, 3),
-                            protect_args=local_version < (3, 2, 4), timeout=options.timeout)
-        if not opts.mkpath:
-            os.makedirs(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."), exist_ok=True)
+                            protect_args=local_version < (3, 2, 4), timeout=options.timeout,
+                            chown=f"{owner[0]}:{owner[1]}" if owner else None)
+        if (not opts.mkpath or owner) and not options.dry_run:
+            _makedirs(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."), owner)
         src_arg = m.source_arg if facts.kind == "dir" else src
         argv_src = _remote_spec(remote, src_arg)
 
@@ -683,16 +710,21 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
 @click.argument("source", metavar="HOST:SRC")
 @click.argument("dest", metavar="DEST")
 @_transfer_options
+@click.option("--preserve-owner", is_flag=True,
+              help="Run as root: keep the remote owner and group (numbers) on the fetched files. By default they "
+                   "belong to you (to the sudo user under sudo).")
 @connection_options
 def pull_command(source: str, dest: str, conn: ConnectOptions, **kw) -> None:
     """Fetch results (checkpoints, logs) from a host; the contents of SRC become DEST.
 
-    Same rules as push-data: `--into` puts SRC inside DEST; an interrupted fetch resumes.
+    Same rules as push-data: `--into` puts SRC inside DEST; an interrupted fetch resumes. Run as
+    root (or with sudo), the fetched files belong to root (or to the user who ran sudo), not to
+    whatever uid owned them on the host, unless --preserve-owner.
     """
     host, src = split_host_path(source)
     options = PushDataOptions(into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]),
                               delete=kw["delete"], yes=kw["yes"], dry_run=kw["dry_run"], bwlimit=kw["bwlimit"],
-                              checksum=kw["checksum"], timeout=kw["timeout"])
+                              checksum=kw["checksum"], timeout=kw["timeout"], preserve_owner=kw["preserve_owner"])
     _summary([pull_data(host, src, dest, conn, options)], kw["as_json"])
 
 

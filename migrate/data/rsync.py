@@ -106,6 +106,7 @@ class RsyncOptions:
     protect_args: bool = False
     files_from: str | None = None
     timeout: int | None = None
+    chown: str | None = None         # "UID:GID": the receiver (root) gives every file this owner
 
 
 def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOptions, *,
@@ -141,6 +142,8 @@ def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOption
         argv += [f"--rsync-path={opts.rsync_path}"]
     if opts.timeout:
         argv += [f"--timeout={opts.timeout}"]
+    if opts.chown:
+        argv += [f"--chown={opts.chown}"]
     if opts.files_from:
         argv += [f"--files-from={opts.files_from}", "--from0"]
     if rsh:

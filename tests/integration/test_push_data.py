@@ -409,3 +409,23 @@ def test_disk_full_interruption_names_the_partial_and_drop_partial_recovers(scra
     finally:
         remote.run(shell.join(["rm", "-rf", target, filler]))
 
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership mapping applies to a pull run as root")
+def test_pull_as_root_gives_files_to_the_invoking_user_unless_preserve_owner(scratch, tmp_path):
+    host, base, src, remote = scratch
+    assert run_cli("push-data", str(src), f"{host}:{base}/own").code == 0
+    remote_ids = remote.run(f"stat -c %u:%g {shell.quote(base + '/own/a.txt')}").stdout.strip()
+
+    def owners(root: Path) -> set[str]:
+        return {f"{p.lstat().st_uid}:{p.lstat().st_gid}" for p in [root, *root.rglob("*")]}
+
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "sudo" / "new" / "own"),
+                  env={"SUDO_UID": "4242", "SUDO_GID": "4343"})
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "sudo") == {"4242:4343"}  # the directories it created too
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "root"), env={"SUDO_UID": "", "SUDO_GID": ""})
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "root") == {"0:0"}
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "kept"), "--preserve-owner")
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "kept" / "sub dir") == {remote_ids} != {"0:0"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from migrate.commands.push_data import choose_method, destination_dirs, space_refusal
+from migrate.commands.push_data import choose_method, destination_dirs, local_owner, space_refusal
 from migrate.data.mapping import resolve_mapping
 from migrate.data.remote import parse_partial_probe, partial_probe_command
 from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, parse_stats, rsync_argv
@@ -103,3 +103,13 @@ def test_tar_reason_counts_the_streams_that_really_run():
     assert "one tar stream" in choose_method("auto", **kw, tar_streams=1)[1]
     assert "2 tar streams" in choose_method("auto", **{**kw, "remote_rsync": False}, tar_streams=2)[1]
 
+
+# -- item 14: pulled files as root belong to the invoking user -------------------------------------
+def test_pull_as_root_maps_ownership_to_the_invoking_user():
+    assert local_owner(0, {"SUDO_UID": "1000", "SUDO_GID": "1001"}, preserve=False) == (1000, 1001)
+    assert local_owner(0, {}, preserve=False) == (0, 0)
+    assert local_owner(0, {"SUDO_UID": "x"}, preserve=False) == (0, 0)
+    assert local_owner(0, {"SUDO_UID": "1000", "SUDO_GID": "1001"}, preserve=True) is None
+    assert local_owner(1000, {}, preserve=False) is None  # not root: rsync cannot keep others' ids anyway
+    argv = rsync_argv(["gpu:/runs/"], "./runs/", "ssh", RsyncOptions(chown="1000:1001"))
+    assert "--chown=1000:1001" in argv and "--chown" not in " ".join(rsync_argv(["a"], "b", None, RsyncOptions()))
