@@ -160,23 +160,39 @@ def _local_rsync_version() -> tuple[int, int, int]:
     return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
 
 
+# rsync >= 3.2.0 on both sides resumes a file kept in --partial-dir by updating that partial in place
+# (rsync NEWS 3.2.0); older ones build a new copy next to it and delete the partial only at the end.
+IN_PLACE_PARTIAL_RSYNC = (3, 2, 0)
+
+
+def resume_in_place(local_version: tuple[int, int, int], remote_version: tuple[int, int, int]) -> bool:
+    """Whether a resumed partial grows in place (so its bytes are already on the disk) or is copied."""
+    return min(local_version, remote_version) >= IN_PLACE_PARTIAL_RSYNC
+
+
 def space_refusal(where: str, need: int, margin: int, free: int, partials: list[tuple[str, int]], *, alias: str,
-                  dropping: bool = False) -> tuple[str, str]:
-    """(message, hint) when DEST lacks space. Kept partial files of an interrupted transfer hold space
-    too: a resume rebuilds each file next to its partial (which goes only once the file is complete),
-    so they do not lower the need; deleting them (--drop-partial) frees their space."""
+                  dropping: bool = False, in_place: bool = True) -> tuple[str, str]:
+    """(message, hint) when DEST lacks space. Kept partial files of an interrupted transfer are named
+    with the way out: resumed in place (`in_place`) their bytes already count as there; otherwise a
+    resume builds a new copy next to each one, and deleting them (--drop-partial) frees their space."""
     h = ui.human_bytes
     message = f"not enough space on {where}: need {h(need)} (+{h(margin)} margin), {h(free)} free"
     hint = "free space there, choose another DEST, or --exclude what is not needed"
     if partials:
         held = sum(size for _, size in partials)
         paths = partials[0][0] + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+        rm = f"ssh {alias} {shell.join(['rm', '-rf', '--', *(p for p, _ in partials)])}"
         if dropping:
             message += f" even after deleting the {h(held)} of unfinished files in {paths}"
+        elif in_place:
+            message += (f" besides the {h(held)} of unfinished files of an interrupted transfer in {paths} "
+                        "(resumed in place, so counted as already there)")
+            hint = (f"free space there, choose another DEST, or --exclude what is not needed (to start those "
+                    f"files over instead: --drop-partial, or {rm})")
         else:
             message += (f", and {h(held)} more is held by the unfinished files of an interrupted transfer in "
-                        f"{paths} (a resume rebuilds each file next to its partial)")
-            rm = f"ssh {alias} {shell.join(['rm', '-rf', '--', *(p for p, _ in partials)])}"
+                        f"{paths} (an rsync older than 3.2.0 on one side resumes each file as a new copy next "
+                        "to its partial)")
             if need + margin <= free + held:
                 hint = (f"rerun with --drop-partial to delete them and send those files whole (or delete them "
                         f"yourself: {rm}), or free {h(need + margin - free)} more there to resume")
@@ -344,10 +360,19 @@ class _HostPush:
             if partials:
                 self._drop_partials(remote, facts, partials)
             return
-        if not self.o.drop_partial and facts.kind != "none":
+        in_place = resume_in_place(_local_rsync_version(), facts.rsync_version)
+        if not self.o.drop_partial and facts.kind != "none" and facts.has_rsync:
+            # an interrupted transfer (a full disk, say) keeps its unfinished files in .migrate-partial/
             partials = self._partials(remote, plans)
+            held = sum(size for _, size in partials)
+            if partials and in_place and need + margin <= free + held:
+                ui.info(f"{remote.target.alias}: resuming {ui.human_bytes(held)} of unfinished files in "
+                        f"{partials[0][0]}" + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+                        + " in place: only the rest needs space")
+                return
         message, hint = space_refusal(f"{remote.target.alias}:{facts.existing}", need, margin, facts.free_bytes,
-                                      partials, alias=remote.target.alias, dropping=self.o.drop_partial)
+                                      partials, alias=remote.target.alias, dropping=self.o.drop_partial,
+                                      in_place=in_place)
         raise MigrateError(message, hint=hint)
 
     def _partials(self, remote: OpenSshSession, plans: list) -> list[tuple[str, int]]:
@@ -662,7 +687,7 @@ def _transfer_options(f):
 @click.option("--install-rsync", is_flag=True, help="Install rsync on the host (sudo apt) if it is missing.")
 @click.option("--drop-partial", is_flag=True,
               help="Delete the unfinished files an interrupted transfer kept in DEST (.migrate-partial/) and "
-                   "send them whole (when resuming from them does not fit on the disk).")
+                   "send them whole (with an rsync older than 3.2.0 a resume needs room for a second copy).")
 @connection_options
 def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions, **kw) -> None:
     """Copy files and datasets to a host with rsync: resumable, with progress, no trailing-slash trap.

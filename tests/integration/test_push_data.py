@@ -366,13 +366,14 @@ def test_pull_reports_the_bytes_it_received_as_wire_bytes(scratch, tmp_path):
     assert size <= pulled["wire_bytes"] < 1.1 * size, pulled  # what rsync received, not its small requests
 
 
-def test_disk_full_interruption_names_the_partial_and_drop_partial_recovers(scratch, tmp_path):
-    """rsync keeps the unfinished file of a disk-full interruption in DEST/.migrate-partial/; a resume
-    rebuilds the file next to it, so on a small disk the rerun is refused: the refusal names the
-    partial and the way out (--drop-partial), which then completes the copy."""
+def test_a_disk_full_interruption_resumes_in_place_once_space_is_freed(scratch, tmp_path):
+    """rsync keeps the unfinished file of a disk-full interruption in DEST/.migrate-partial/. With
+    rsync >= 3.2.0 on both sides (the sandbox) a resume grows that partial in place, so the space
+    preflight must count it as already there: the rerun used to be refused although it fits."""
     host, _base, _src, remote = scratch
     target = f"/mnt/small/pd-{uuid.uuid4().hex[:6]}"  # /mnt/small is a 64 MiB disk
     filler = f"{target}-filler"
+    partial = f"{target}/.migrate-partial"
     data = tmp_path / "ds"
     data.mkdir()
     payload = os.urandom(40 * 1024 * 1024)
@@ -394,17 +395,28 @@ def test_disk_full_interruption_names_the_partial_and_drop_partial_recovers(scra
         assert proc.returncode == 1, err
         [line] = [ln for ln in err.splitlines() if ln.startswith("error: ")]
         assert "ran out of disk space" in line and "hint: free space" in line, line
-        kept = remote.run(f"du -sk {shell.quote(target + '/.migrate-partial')}").stdout.split()[0]
-        assert int(kept) * 1024 > 24 * 1024 * 1024, kept
-        remote.run(shell.join(["rm", "-f", filler]))  # the user frees the space ...
-        res = run_cli("push-data", str(data), f"{host}:{target}")  # ... but the partial still holds its share
-        assert_one_line_error(res, "not enough space", f"{target}/.migrate-partial", "interrupted",
-                              "--drop-partial", f"rm -rf -- {target}/.migrate-partial")
-        res = run_cli("push-data", str(data), f"{host}:{target}", "--drop-partial", "--json")
+        kept = int(remote.run(f"du -sk {shell.quote(partial)}").stdout.split()[0]) * 1024
+        assert kept > 24 * 1024 * 1024, kept
+        # not enough freed yet: refused, naming the partial (counted as there) and the way out
+        remote.run(f"truncate -s -5M {shell.quote(filler)}")
+        res = run_cli("push-data", str(data), f"{host}:{target}")
+        assert_one_line_error(res, "not enough space", partial, "counted as already there", "--drop-partial")
+        remote.run(shell.join(["rm", "-f", filler]))  # the user frees the space: the rest fits beside the partial
+        res = run_cli("push-data", str(data), f"{host}:{target}", "--json")
         assert res.code == 0, res.output
-        assert ".migrate-partial" in res.stderr  # says what it deleted
+        assert "in place" in res.stderr and partial in res.stderr
+        [r] = json.loads(res.stdout)
+        assert r["wire_bytes"] < len(payload) - kept + 4 * 1024 * 1024, r  # only the rest crossed the wire
         digest = remote.run(f"sha256sum {shell.quote(target + '/big.bin')}").stdout.split()[0]
         assert digest == hashlib.sha256(payload).hexdigest()
+        assert remote.run(f"ls -A {shell.quote(target)}").stdout.split() == ["big.bin"]
+        # --drop-partial deletes what an interruption left and sends the file whole
+        remote.run(f"mkdir {shell.quote(partial)} && head -c 1000000 {shell.quote(target + '/big.bin')} > "
+                   f"{shell.quote(partial + '/big.bin')} && rm {shell.quote(target + '/big.bin')}")
+        res = run_cli("push-data", str(data), f"{host}:{target}", "--drop-partial", "--json")
+        assert res.code == 0, res.output
+        assert "--drop-partial: deleting" in res.stderr and partial in res.stderr
+        assert json.loads(res.stdout)[0]["wire_bytes"] >= len(payload)
         assert remote.run(f"ls -A {shell.quote(target)}").stdout.split() == ["big.bin"]
     finally:
         remote.run(shell.join(["rm", "-rf", target, filler]))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import subprocess
 
-from migrate.commands.push_data import choose_method, destination_dirs, local_owner, space_refusal
+from migrate.commands.push_data import (
+    choose_method,
+    destination_dirs,
+    local_owner,
+    resume_in_place,
+    space_refusal,
+)
 from migrate.data.mapping import resolve_mapping
 from migrate.data.remote import parse_partial_probe, partial_probe_command
 from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, parse_stats, rsync_argv
@@ -70,16 +76,29 @@ def test_partial_probe_finds_kept_partials_and_sizes_them(tmp_path):
     assert parse_partial_probe("") == [] and parse_partial_probe("garbage\n") == []
 
 
+def test_resumed_partials_grow_in_place_only_with_rsync_3_2_on_both_sides():
+    assert resume_in_place((3, 2, 7), (3, 2, 0))
+    assert not resume_in_place((3, 2, 7), (3, 1, 3))  # e.g. Ubuntu 20.04 on the host
+    assert not resume_in_place((3, 1, 3), (3, 2, 7))
+
+
 def test_space_refusal_names_the_partial_and_the_way_out():
     mib = 1 << 20
     partials = [("/mnt/small/d/.migrate-partial", 30 * mib)]
-    message, hint = space_refusal("gpu:/mnt/small/d", 40 * mib, 2 * mib, 34 * mib, partials, alias="gpu")
+    rm = "ssh gpu rm -rf -- /mnt/small/d/.migrate-partial"
+    # old rsync: the resume copies the partial, so deleting it is the way out
+    message, hint = space_refusal("gpu:/mnt/small/d", 40 * mib, 2 * mib, 34 * mib, partials, alias="gpu",
+                                  in_place=False)
     assert "/mnt/small/d/.migrate-partial" in message and "30.0 MiB" in message and "interrupted" in message
-    assert "nothing was sent" in message
-    assert "--drop-partial" in hint and "ssh gpu rm -rf -- /mnt/small/d/.migrate-partial" in hint
-    # dropping would not be enough either: say so instead of promising it
+    assert "nothing was sent" in message and "3.2.0" in message
+    assert "--drop-partial" in hint and rm in hint and "free 8.0 MiB more" in hint
+    message, hint = space_refusal("gpu:/mnt/small/d", 90 * mib, 2 * mib, 34 * mib, partials, alias="gpu",
+                                  in_place=False)
+    assert ".migrate-partial" in message and hint.startswith("free space there")
+    # in place: the partial already counts, and the message says so (still naming it and how to drop it)
     message, hint = space_refusal("gpu:/mnt/small/d", 90 * mib, 2 * mib, 34 * mib, partials, alias="gpu")
-    assert ".migrate-partial" in message and "free space there" in hint
+    assert "30.0 MiB of unfinished files" in message and "counted as already there" in message
+    assert hint.startswith("free space there") and "--drop-partial" in hint and rm in hint
     # no partial: the old message
     message, hint = space_refusal("gpu:/data", 100 * mib, 2 * mib, 64 * mib, [], alias="gpu")
     assert message == "not enough space on gpu:/data: need 100.0 MiB (+2.0 MiB margin), 64.0 MiB free; nothing was sent"
