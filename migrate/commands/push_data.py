@@ -26,7 +26,9 @@ from migrate.data.remote import (
     DestFacts,
     dest_probe_command,
     parse_dest_probe,
+    parse_partial_probe,
     parse_source_probe,
+    partial_probe_command,
     source_probe_command,
     tar_extract_command,
 )
@@ -72,6 +74,8 @@ class PushDataOptions:
     sudo: bool = False
     install_rsync: bool = False
     timeout: int | None = None
+    drop_partial: bool = False    # delete kept partial files (.migrate-partial/) at DEST before sending
+    preserve_owner: bool = False  # pull as root: keep the remote uid/gid
 
 
 @dataclass
@@ -83,35 +87,51 @@ class DataPushResult:
     dest: str
     status: str                   # "up to date" | "changed" | "failed" | "dry run"
     files_transferred: int = 0
-    bytes_sent: int = 0           # size of the files that were (re)sent
+    bytes_sent: int = 0           # size of the files that were (re)sent (pull: fetched)
     seconds: float = 0.0
     error: str | None = None
     method: str = ""
-    wire_bytes: int = 0           # bytes that actually crossed the network (less when resuming)
+    wire_bytes: int = 0           # bytes that crossed the network towards the receiver (push: sent, pull: received)
 
 
 # -- pure decisions ------------------------------------------------------------------------------
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
-                  delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False) -> tuple[str, str]:
+                  delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
+                  tar_streams: int = 1) -> tuple[str, str]:
     """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
-    first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync."""
+    first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync.
+    `tar_streams`: how many tar streams would run (the reason says so)."""
+    how = "one tar stream" if tar_streams <= 1 else f"{tar_streams} tar streams in parallel"
     if not remote_rsync:
         if delete:
             raise MigrateError("--delete needs rsync on the remote side",
                                hint="rerun with --install-rsync, or without --delete")
-        return "tar", "the remote has no rsync: tar stream over ssh (rerun with --install-rsync for resume)"
+        return "tar", f"the remote has no rsync: {how} over ssh (rerun with --install-rsync for resume)"
     if requested != "auto":
         if requested in ("tar", "parallel") and delete:
             raise UsageError(f"--method {requested} cannot --delete", hint="use --method rsync")
         return requested, f"--method {requested}"
     if is_dir and dest_empty and not delete and not checksum and files >= TAR_MIN_FILES \
             and avg_size <= TAR_MAX_AVG_BYTES:
-        return "tar", f"first copy of {files} small files: one tar stream is fastest"
+        return "tar", f"first copy of {files} small files: {how} (no per-file round trips)"
     if is_dir and dest_empty and not delete and not checksum and not bwlimit and files >= 2 \
             and files * avg_size >= PARALLEL_MIN_BYTES:
         total = ui.human_bytes(int(files * avg_size))
         return "parallel", f"first copy of {files} files, {total}: parallel rsync streams"
     return "rsync", "rsync (resumable, only differences)"
+
+
+def destination_dirs(plans: list[tuple[Mapping, str]], *, mkpath: bool) -> list[str]:
+    """Remote directories to create (`mkdir -p`, once) before anything is sent: every missing parent
+    when rsync has no --mkpath, and always the destination of parallel and tar streams: several
+    streams creating it at once race (`mkdir "DEST/" failed: File exists`)."""
+    dirs = set()
+    for m, method in plans:
+        if m.source_is_dir and (not mkpath or method in ("parallel", "tar")):
+            dirs.add(m.dest_arg)
+        elif not mkpath:
+            dirs.add(os.path.dirname(m.landing.rstrip("/")) or ".")
+    return sorted(dirs)
 
 
 def should_compress(mode: str, hostname: str, both_zstd: bool) -> bool:
@@ -138,6 +158,47 @@ def _local_rsync_version() -> tuple[int, int, int]:
     from migrate import local
     from migrate.data.rsync import parse_version
     return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
+
+
+# rsync >= 3.2.0 on both sides resumes a file kept in --partial-dir by updating that partial in place
+# (rsync NEWS 3.2.0); older ones build a new copy next to it and delete the partial only at the end.
+IN_PLACE_PARTIAL_RSYNC = (3, 2, 0)
+
+
+def resume_in_place(local_version: tuple[int, int, int], remote_version: tuple[int, int, int]) -> bool:
+    """Whether a resumed partial grows in place (so its bytes are already on the disk) or is copied."""
+    return min(local_version, remote_version) >= IN_PLACE_PARTIAL_RSYNC
+
+
+def space_refusal(where: str, need: int, margin: int, free: int, partials: list[tuple[str, int]], *, alias: str,
+                  dropping: bool = False, in_place: bool = True) -> tuple[str, str]:
+    """(message, hint) when DEST lacks space. Kept partial files of an interrupted transfer are named
+    with the way out: resumed in place (`in_place`) their bytes already count as there; otherwise a
+    resume builds a new copy next to each one, and deleting them (--drop-partial) frees their space."""
+    h = ui.human_bytes
+    message = f"not enough space on {where}: need {h(need)} (+{h(margin)} margin), {h(free)} free"
+    hint = "free space there, choose another DEST, or --exclude what is not needed"
+    if partials:
+        held = sum(size for _, size in partials)
+        paths = partials[0][0] + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+        rm = f"ssh {alias} {shell.join(['rm', '-rf', '--', *(p for p, _ in partials)])}"
+        if dropping:
+            message += f" even after deleting the {h(held)} of unfinished files in {paths}"
+        elif in_place:
+            message += (f" besides the {h(held)} of unfinished files of an interrupted transfer in {paths} "
+                        "(resumed in place, so counted as already there)")
+            hint = (f"free space there, choose another DEST, or --exclude what is not needed (to start those "
+                    f"files over instead: --drop-partial, or {rm})")
+        else:
+            message += (f", and {h(held)} more is held by the unfinished files of an interrupted transfer in "
+                        f"{paths} (an rsync older than 3.2.0 on one side resumes each file as a new copy next "
+                        "to its partial)")
+            if need + margin <= free + held:
+                hint = (f"rerun with --drop-partial to delete them and send those files whole (or delete them "
+                        f"yourself: {rm}), or free {h(need + margin - free)} more there to resume")
+            else:
+                hint = "free space there (--drop-partial also deletes the unfinished files), or choose another DEST"
+    return message + "; nothing was sent", hint
 
 
 # -- per host ------------------------------------------------------------------------------------
@@ -234,13 +295,15 @@ class _HostPush:
         # preflight: methods and space, for every mapping, before anything moves
         plans = []
         need = 0
+        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
             method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
                                            dest_empty=facts.kind == "none" or facts.empty, files=files,
                                            avg_size=size / files if files else 0, delete=o.delete,
-                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit))
+                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
+                                           tar_streams=self.tar_streams if src.is_dir else 1)
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
             if method in ("tar", "parallel") and src.is_dir:
@@ -249,10 +312,9 @@ class _HostPush:
             plans.append((src, m, summary, files, size, method, reason))
             need += size
         self._check_space(remote, facts, need, rsh, base_opts, plans)
-        if not mkpath and not o.dry_run:
-            parents = {m.dest_arg if m.source_is_dir else os.path.dirname(m.landing.rstrip("/")) or "."
-                       for _, m, *_ in plans}
-            mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in sorted(parents))
+        parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
+        if parents and not o.dry_run:
+            mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
             if o.sudo:
                 self._as_root(remote, facts, mkdirs, "create destination directories")
             else:
@@ -275,12 +337,18 @@ class _HostPush:
 
     def _check_space(self, remote: OpenSshSession, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
                      plans: list) -> None:
-        if facts.free_bytes is None or self.o.dry_run:
+        if self.o.dry_run:
             return
+        partials = self._partials(remote, plans) if self.o.drop_partial and facts.kind != "none" else []
+        if facts.free_bytes is None:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        free = facts.free_bytes
+        if partials:
+            free += sum(size for _, size in partials)  # what deleting them gives back
         margin = need // 100 + SPACE_MARGIN_BYTES
-        if need + margin <= facts.free_bytes:
-            return
-        if facts.has_rsync and not (facts.kind == "none" or facts.empty):
+        if need + margin > free and facts.has_rsync and not (facts.kind == "none" or facts.empty):
             # much may already be there: ask rsync for the exact bytes it would send
             need = 0
             for src, m, *_ in plans:
@@ -288,12 +356,41 @@ class _HostPush:
                     [src.path.rstrip("/") + "/" if src.is_dir else src.path], _remote_spec(remote, m.dest_arg),
                     rsh, x, stats=True), opts).transferred_size
             margin = need // 100 + SPACE_MARGIN_BYTES
-            if need + margin <= facts.free_bytes:
+        if need + margin <= free:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        in_place = resume_in_place(_local_rsync_version(), facts.rsync_version)
+        if not self.o.drop_partial and facts.kind != "none" and facts.has_rsync:
+            # an interrupted transfer (a full disk, say) keeps its unfinished files in .migrate-partial/
+            partials = self._partials(remote, plans)
+            held = sum(size for _, size in partials)
+            if partials and in_place and need + margin <= free + held:
+                ui.info(f"{remote.target.alias}: resuming {ui.human_bytes(held)} of unfinished files in "
+                        f"{partials[0][0]}" + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+                        + " in place: only the rest needs space")
                 return
-        raise MigrateError(
-            f"not enough space on {remote.target.alias}:{facts.existing}: need {ui.human_bytes(need)} "
-            f"(+{ui.human_bytes(margin)} margin), {ui.human_bytes(facts.free_bytes)} free; nothing was sent",
-            hint="free space there, choose another DEST, or --exclude what is not needed")
+        message, hint = space_refusal(f"{remote.target.alias}:{facts.existing}", need, margin, facts.free_bytes,
+                                      partials, alias=remote.target.alias, dropping=self.o.drop_partial,
+                                      in_place=in_place)
+        raise MigrateError(message, hint=hint)
+
+    def _partials(self, remote: OpenSshSession, plans: list) -> list[tuple[str, int]]:
+        """Kept partial dirs (unfinished files of an interrupted rsync) where these mappings land."""
+        trees = [m.landing for _, m, *_ in plans if m.source_is_dir]
+        dirs = [os.path.dirname(m.landing.rstrip("/")) or "." for _, m, *_ in plans if not m.source_is_dir]
+        out = remote.run(partial_probe_command(trees, dirs), what="look for partial files").stdout
+        return parse_partial_probe(out)
+
+    def _drop_partials(self, remote: OpenSshSession, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
+        for path, size in partials:
+            ui.info(f"{remote.target.alias}: --drop-partial: deleting {path} ({ui.human_bytes(size)} of unfinished "
+                    "files); they are sent whole")
+        command = shell.join(["rm", "-rf", "--", *(p for p, _ in partials)])
+        if self.o.sudo:
+            self._as_root(remote, facts, command, "delete partial files")
+        else:
+            remote.run(command, what="delete partial files")
 
     def _one(self, remote: OpenSshSession, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, files: int, size: int, method: str,
@@ -364,10 +461,9 @@ class _HostPush:
         if summary is None:
             summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
         bw = _bwlimit_kib(self.o.bwlimit)
-        streams = max(1, min(self.o.streams, facts.cpus or 1))
         return run_tar_streams(src.path, summary.entries, ssh,
                                tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix),
-                               streams, on_progress=cb, bwlimit_kib=bw)
+                               self.tar_streams, on_progress=cb, bwlimit_kib=bw)
 
     def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
         listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]
@@ -448,6 +544,30 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
 
 
 # -- pull ----------------------------------------------------------------------------------------
+def local_owner(euid: int, environ: dict[str, str], *, preserve: bool) -> tuple[int, int] | None:
+    """Who should own pulled files: None = rsync's default. As root rsync would keep the remote uid/gid
+    (some unrelated local user); instead they go to the user who ran sudo, else to root."""
+    if preserve or euid != 0:
+        return None
+    uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+    if uid.isdigit() and gid.isdigit():
+        return int(uid), int(gid)
+    return 0, 0
+
+
+def _makedirs(path: str, owner: tuple[int, int] | None) -> None:
+    """mkdir -p, giving the directories it creates to `owner`."""
+    created = []
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    if owner:
+        for d in created:
+            os.chown(d, *owner)
+
+
 def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
               options: PushDataOptions) -> DataPushResult:
     """Fetch HOST:SRC so that its contents become LOCAL_DEST (same rules as push, reversed)."""
@@ -476,12 +596,14 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
                                f"{ui.human_bytes(free)} free; nothing was copied")
         rsh = rsh_join(remote.openssh_argv()[:-1])
         local_version = _local_rsync_version()
+        owner = local_owner(os.geteuid(), dict(os.environ), preserve=options.preserve_owner)
         opts = RsyncOptions(excludes=list(options.exclude), exclude_from=list(options.exclude_from),
                             delete=options.delete, bwlimit=options.bwlimit, checksum=options.checksum,
                             mkpath=local_version >= (3, 2, 3) and facts.rsync_version >= (3, 2, 3),
-                            protect_args=local_version < (3, 2, 4), timeout=options.timeout)
-        if not opts.mkpath:
-            os.makedirs(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."), exist_ok=True)
+                            protect_args=local_version < (3, 2, 4), timeout=options.timeout,
+                            chown=f"{owner[0]}:{owner[1]}" if owner else None)
+        if (not opts.mkpath or owner) and not options.dry_run:
+            _makedirs(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."), owner)
         src_arg = m.source_arg if facts.kind == "dir" else src
         argv_src = _remote_spec(remote, src_arg)
 
@@ -510,7 +632,7 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
             board.finish(task)
     result.files_transferred = outcome.stats.regular_files_transferred
     result.bytes_sent = outcome.stats.transferred_size
-    result.wire_bytes = outcome.stats.sent_bytes
+    result.wire_bytes = outcome.stats.received_bytes  # a pull: what came over the network to this side
     result.seconds = time.monotonic() - t0
     result.status = "changed" if result.files_transferred else "up to date"
     return result
@@ -557,12 +679,15 @@ def _transfer_options(f):
 @click.option("--compress", type=click.Choice(["auto", "none", "zstd"]), default="auto", show_default=True,
               help="auto: zstd only off the local network (rsync skips already-compressed file types).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="auto: a tar stream for a first copy of many small files, --streams parallel rsync streams "
+              help="auto: tar streams for a first copy of many small files, --streams parallel rsync streams "
                    "for a first copy of several big files, else rsync.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
-              help="Streams for --method parallel.")
+              help="Streams for --method parallel (and tar: at most one per remote core).")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")
 @click.option("--install-rsync", is_flag=True, help="Install rsync on the host (sudo apt) if it is missing.")
+@click.option("--drop-partial", is_flag=True,
+              help="Delete the unfinished files an interrupted transfer kept in DEST (.migrate-partial/) and "
+                   "send them whole (with an rsync older than 3.2.0 a resume needs room for a second copy).")
 @connection_options
 def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions, **kw) -> None:
     """Copy files and datasets to a host with rsync: resumable, with progress, no trailing-slash trap.
@@ -599,7 +724,7 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
         into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]), delete=kw["delete"],
         yes=kw["yes"], dry_run=kw["dry_run"], bwlimit=kw["bwlimit"], checksum=kw["checksum"],
         compress=kw["compress"], method=kw["method"], streams=kw["streams"], sudo=kw["sudo"],
-        install_rsync=kw["install_rsync"], timeout=kw["timeout"])
+        install_rsync=kw["install_rsync"], timeout=kw["timeout"], drop_partial=kw["drop_partial"])
     results = push_data(sources, list(dict.fromkeys(targets)), dest, conn, options)
     _summary(results, kw["as_json"])
     if any(r.status == "failed" for r in results):
@@ -610,16 +735,21 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
 @click.argument("source", metavar="HOST:SRC")
 @click.argument("dest", metavar="DEST")
 @_transfer_options
+@click.option("--preserve-owner", is_flag=True,
+              help="Run as root: keep the remote owner and group (numbers) on the fetched files. By default they "
+                   "belong to you (to the sudo user under sudo).")
 @connection_options
 def pull_command(source: str, dest: str, conn: ConnectOptions, **kw) -> None:
     """Fetch results (checkpoints, logs) from a host; the contents of SRC become DEST.
 
-    Same rules as push-data: `--into` puts SRC inside DEST; an interrupted fetch resumes.
+    Same rules as push-data: `--into` puts SRC inside DEST; an interrupted fetch resumes. Run as
+    root (or with sudo), the fetched files belong to root (or to the user who ran sudo), not to
+    whatever uid owned them on the host, unless --preserve-owner.
     """
     host, src = split_host_path(source)
     options = PushDataOptions(into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]),
                               delete=kw["delete"], yes=kw["yes"], dry_run=kw["dry_run"], bwlimit=kw["bwlimit"],
-                              checksum=kw["checksum"], timeout=kw["timeout"])
+                              checksum=kw["checksum"], timeout=kw["timeout"], preserve_owner=kw["preserve_owner"])
     _summary([pull_data(host, src, dest, conn, options)], kw["as_json"])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from migrate.data.rsync import parse_version
+from migrate.data.rsync import PARTIAL_DIR, parse_version
 from migrate.remote import shell
 from migrate.remote.probe import key_value_lines
 
@@ -91,6 +91,36 @@ def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: s
     if decompress == "zstd":
         unpack = f"zstd -dc | {unpack}"
     return f"{sudo_prefix}mkdir -p {shell.quote(dest_dir)} && {unpack}"
+
+
+# Arguments: `tree:PATH` (every partial dir under PATH) or `dir:PATH` (PATH/.migrate-partial only).
+# Prints `KiB<TAB>path` per kept partial dir (rsync --partial-dir keeps unfinished files there).
+PARTIAL_PROBE = r"""
+n=$1; shift
+for a in "$@"; do
+  case $a in
+    tree:*) p=${a#tree:}; [ -d "$p" ] && find "$p" -type d -name "$n" -prune -exec du -sk {} + 2>/dev/null ;;
+    dir:*) p=${a#dir:}/$n; [ -d "$p" ] && du -sk "$p" 2>/dev/null ;;
+  esac
+done
+true
+"""
+
+
+def partial_probe_command(trees: list[str], dirs: list[str]) -> str:
+    """Find the kept partial dirs under each of `trees` and directly in each of `dirs` (never changes anything)."""
+    args = [f"tree:{t}" for t in trees] + [f"dir:{d}" for d in dirs]
+    return f"{shell.sh_c(PARTIAL_PROBE)} sh {shell.quote(PARTIAL_DIR)} " + " ".join(shell.quote(a) for a in args)
+
+
+def parse_partial_probe(text: str) -> list[tuple[str, int]]:
+    """(path, bytes) per kept partial dir, each listed once."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        kib, sep, path = line.partition("\t")
+        if sep and kib.strip().isdigit() and path:
+            out[path] = int(kib) * 1024
+    return list(out.items())
 
 
 # $1 = source path on the remote side (pull-data). Prints key=value lines.

@@ -15,8 +15,8 @@ EXIT_SENTENCES = {
     3: "some files or directories could not be selected or created (is DEST writable? try --sudo)",
     5: "rsync could not start on the remote side",
     10: "the network connection failed (socket I/O)",
-    11: "a file could not be written on the receiving side (disk full or read-only?)",
-    12: "the connection broke during the transfer (rerun: finished files are kept and the rest resumes)",
+    11: "a file or directory could not be written on the receiving side",
+    12: "the connection broke during the transfer",
     13: "rsync could not write its diagnostics",
     14: "rsync could not start a process (IPC)",
     20: "the transfer was interrupted",
@@ -27,8 +27,14 @@ EXIT_SENTENCES = {
     25: "the --max-delete limit stopped deletions",
     30: "the transfer timed out (no data for too long)",
     35: "timed out waiting for the remote side to connect",
-    255: "the SSH connection failed or broke (rerun: finished files are kept and the rest resumes)",
+    255: "the SSH connection failed or broke",
 }
+# exit codes after which simply running the same command again finishes the job
+RESUMABLE_EXITS = (10, 12, 20, 30, 35, 255)
+RESUME_HINT = "rerun the same command: finished files are kept and partial ones resume"
+DISK_FULL_HINT = ("free space on the receiving side, then rerun the same command: finished files are kept, and "
+                  f"an unfinished one waits in {PARTIAL_DIR}/ next to it (it holds space; delete that folder to "
+                  "start the file over)")
 
 
 def explain_exit(code: int, stderr: str) -> tuple[str, list[str]]:
@@ -36,6 +42,10 @@ def explain_exit(code: int, stderr: str) -> tuple[str, list[str]]:
     sentence = EXIT_SENTENCES.get(code, f"rsync failed with exit code {code}")
     if "No space left on device" in stderr:
         sentence = "the receiving side ran out of disk space (No space left on device)"
+    elif "Read-only file system" in stderr:
+        sentence = "the receiving side's file system is read-only"
+    elif re.search(r'mkdir .* failed: File exists', stderr):
+        sentence = "a directory on the receiving side could not be created: something else created it at the same time"
     details = []
     for line in stderr.splitlines():
         line = line.strip()
@@ -49,6 +59,15 @@ def explain_exit(code: int, stderr: str) -> tuple[str, list[str]]:
         if m:
             details.append(m.group(1))
     return sentence, details[:20]
+
+
+def failure_hint(code: int, stderr: str) -> str | None:
+    """What to do after rsync failed with `code` (None when the sentence already says it)."""
+    if "No space left on device" in stderr:
+        return DISK_FULL_HINT
+    if code in RESUMABLE_EXITS or re.search(r'mkdir .* failed: File exists', stderr):
+        return RESUME_HINT
+    return None
 
 
 def rsh_join(argv: list[str]) -> str:
@@ -87,6 +106,7 @@ class RsyncOptions:
     protect_args: bool = False
     files_from: str | None = None
     timeout: int | None = None
+    chown: str | None = None         # "UID:GID": the receiver (root) gives every file this owner
 
 
 def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOptions, *,
@@ -122,6 +142,8 @@ def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOption
         argv += [f"--rsync-path={opts.rsync_path}"]
     if opts.timeout:
         argv += [f"--timeout={opts.timeout}"]
+    if opts.chown:
+        argv += [f"--chown={opts.chown}"]
     if opts.files_from:
         argv += [f"--files-from={opts.files_from}", "--from0"]
     if rsh:
@@ -173,6 +195,7 @@ class Stats:
     total_size: int = 0
     transferred_size: int = 0
     sent_bytes: int = 0
+    received_bytes: int = 0
     deleted: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
 
@@ -190,6 +213,7 @@ def parse_stats(text: str) -> Stats:
         "total_size": r"^Total file size: ([\d,.]+)",
         "transferred_size": r"^Total transferred file size: ([\d,.]+)",
         "sent_bytes": r"^Total bytes sent: ([\d,.]+)",
+        "received_bytes": r"^Total bytes received: ([\d,.]+)",
     }
     for line in text.splitlines():
         for attr, pat in patterns.items():

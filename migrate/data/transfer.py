@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from migrate import local, ui
 from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
-from migrate.data.rsync import RsyncOptions, Stats, explain_exit, parse_progress, parse_stats, rsync_argv
+from migrate.data.rsync import (
+    RsyncOptions,
+    Stats,
+    explain_exit,
+    failure_hint,
+    parse_progress,
+    parse_stats,
+    rsync_argv,
+)
 from migrate.errors import LocalCommandError, MigrateError
 
 ProgressCallback = Callable[[int, int], None]
@@ -90,8 +98,7 @@ def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallbac
     stderr = b"".join(err_chunks).decode("utf-8", "replace")
     if code != 0:
         sentence, details = explain_exit(code, stderr)
-        hint = "rerun the same command: finished files are kept and partial ones resume" \
-            if code in (10, 12, 20, 30, 35, 255) else None
+        hint = failure_hint(code, stderr)
         if code == 24:  # vanished files: everything else arrived; not fatal
             ui.warn(f"{what}: {sentence}: " + "; ".join(details))
         else:
@@ -147,12 +154,21 @@ def _sum_stats(outcomes: list[RunOutcome], files: int, total_size: int) -> Stats
     return Stats(files=files, total_size=total_size,
                  regular_files_transferred=sum(o.stats.regular_files_transferred for o in outcomes),
                  transferred_size=sum(o.stats.transferred_size for o in outcomes),
-                 sent_bytes=sum(o.stats.sent_bytes for o in outcomes))
+                 sent_bytes=sum(o.stats.sent_bytes for o in outcomes),
+                 received_bytes=sum(o.stats.received_bytes for o in outcomes))
+
+
+def shard_options(opts: RsyncOptions, listfile: str) -> RsyncOptions:
+    """One parallel stream's options: its shard of the file list, no --delete, and no --mkpath (DEST exists)."""
+    return RsyncOptions(**{**opts.__dict__, "files_from": listfile, "delete": False, "mkpath": False})
 
 
 def run_parallel_rsync(src_dir: str, dest: str, rsh: str, opts: RsyncOptions, entries: list[ListedEntry],
                        streams: int, *, on_progress: ProgressCallback | None = None) -> RunOutcome:
-    """Several rsync streams over balanced shards of the file list, then one pass for directories."""
+    """Several rsync streams over balanced shards of the file list, then one pass for directories.
+
+    The caller creates DEST first: the streams never create it (with --mkpath each would, and all but
+    one lose the race: `mkdir "DEST/" failed: File exists`)."""
     shards = shard_entries(entries, streams)
     total = sum(e.size for e in entries if e.kind == "f")
     t0 = time.monotonic()
@@ -162,7 +178,7 @@ def run_parallel_rsync(src_dir: str, dest: str, rsh: str, opts: RsyncOptions, en
             listfile = os.path.join(tmp, f"shard{i}")
             with open(listfile, "wb") as fh:
                 fh.write(files_from_bytes(shard))
-            shard_opts = RsyncOptions(**{**opts.__dict__, "files_from": listfile, "delete": False})
+            shard_opts = shard_options(opts, listfile)
             argv = rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, shard_opts, stats=True)
             return run_rsync(argv, total_bytes=total, on_progress=prog, what=f"rsync stream {i + 1}")
 
@@ -241,7 +257,9 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
         err = (ssh_out[0] if ssh_out else b"").decode("utf-8", "replace").strip().splitlines()
         last = err[-1] if err else f"exit code {ssh_code}"
         if "No space left" in " ".join(err):
-            raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}")
+            raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}",
+                                hint="free space on the receiving side, then rerun the same command: files that "
+                                     "arrived are compared and only the rest is sent")
         raise TransferError(f"tar stream over ssh failed: {last}",
                             hint="rerun the same command: existing files are compared and only the rest is sent")
     if tar_code not in (0,):
@@ -276,6 +294,9 @@ def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
     err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
     if proc.wait() != 0:
         last = err[-1] if err else f"exit code {proc.returncode}"
+        if "No space left" in " ".join(err):
+            raise TransferError(f"file stream: the receiving side ran out of disk space: {last}",
+                                hint="free space on the receiving side, then rerun the same command")
         raise TransferError(f"file stream over ssh failed: {last}")
     return RunOutcome(stats=Stats(files=1, regular_files_transferred=1, total_size=size, transferred_size=size,
                                   sent_bytes=sent), seconds=time.monotonic() - t0)

@@ -323,3 +323,121 @@ def test_first_copy_of_several_big_files_goes_as_parallel_streams(scratch, tmp_p
     [r] = json.loads(res.stdout)
     assert r["method"] == "rsync" and r["files_transferred"] == 0, r
     remote.run(f"rm -rf {shell.quote(base + '/shards')}")
+
+
+@pytest.mark.parametrize("method", ["parallel", "tar"])
+def test_streams_to_new_nested_destinations_never_race(scratch, tmp_path, method):
+    """Several streams used to create a missing DEST each (rsync --mkpath), and one lost the race:
+    `mkdir "/tmp/new/a/b/" failed: File exists (17)`, reported as a full disk. Repeated on purpose."""
+    host, base, _src, remote = scratch
+    src = tmp_path / "four"
+    src.mkdir()
+    for i in range(8):
+        (src / f"part-{i}.bin").write_bytes(os.urandom(256 * 1024) * 4)  # 1 MiB each
+    (src / "sub").mkdir()
+    (src / "sub" / "x.txt").write_text("x")
+    for run in range(12):  # the race was lost in about 1 run of 10 here (3 of 8 on the hostile run's hosts)
+        dest = f"{base}/new{run}/a/b/c"
+        res = run_cli("-v", "push-data", str(src), f"{host}:{dest}", "--method", method, "--streams", "8", "--json")
+        assert res.code == 0, (run, res.output)
+        assert "disk full" not in res.stderr
+        streams = [ln for ln in res.stderr.splitlines() if ln.startswith("$ rsync") and "--files-from" in ln]
+        assert len(streams) == (8 if method == "parallel" else 0)
+        assert not [ln for ln in streams if "--mkpath" in ln]  # DEST was made once, before the streams
+        [r] = json.loads(res.stdout)
+        assert r["method"] == method
+        assert _remote_listing(remote, dest) == _local_listing(src)
+
+
+def test_pull_reports_the_bytes_it_received_as_wire_bytes(scratch, tmp_path):
+    host, base, _src, remote = scratch
+    src = tmp_path / "up"
+    src.mkdir()
+    size = 12 * 1024 * 1024
+    (src / "ckpt.bin").write_bytes(os.urandom(size))  # incompressible: the wire carries all of it
+    res = run_cli("push-data", str(src), f"{host}:{base}/run", "--json")
+    assert res.code == 0, res.output
+    [pushed] = json.loads(res.stdout)
+    assert pushed["wire_bytes"] >= size, pushed
+    res = run_cli("pull-data", f"{host}:{base}/run", str(tmp_path / "back"), "--json")
+    assert res.code == 0, res.output
+    [pulled] = json.loads(res.stdout)
+    assert pulled["bytes_sent"] == size
+    assert size <= pulled["wire_bytes"] < 1.1 * size, pulled  # what rsync received, not its small requests
+
+
+def test_a_disk_full_interruption_resumes_in_place_once_space_is_freed(scratch, tmp_path):
+    """rsync keeps the unfinished file of a disk-full interruption in DEST/.migrate-partial/. With
+    rsync >= 3.2.0 on both sides (the sandbox) a resume grows that partial in place, so the space
+    preflight must count it as already there: the rerun used to be refused although it fits."""
+    host, _base, _src, remote = scratch
+    target = f"/mnt/small/pd-{uuid.uuid4().hex[:6]}"  # /mnt/small is a 64 MiB disk
+    filler = f"{target}-filler"
+    partial = f"{target}/.migrate-partial"
+    data = tmp_path / "ds"
+    data.mkdir()
+    payload = os.urandom(40 * 1024 * 1024)
+    (data / "big.bin").write_bytes(payload)
+    env = dict(os.environ, COLUMNS="200")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(data), f"{host}:{target}",
+                                 "--bwlimit", "8m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        probe = f"find {shell.quote(target)} -name '.big.bin.*' -printf '%s\\n' 2>/dev/null | sort -n | tail -n 1"
+        deadline = time.time() + 60
+        size = 0
+        while time.time() < deadline and size <= 26 * 1024 * 1024:
+            size = int(remote.run(probe, check=False).stdout.strip() or "0")
+            time.sleep(0.2)
+        assert size > 0, "transfer never started"
+        remote.run(f"dd if=/dev/zero of={shell.quote(filler)} bs=1M 2>/dev/null; true")  # the disk is full now
+        _out, err = proc.communicate(timeout=120)
+        err = err.decode()
+        assert proc.returncode == 1, err
+        [line] = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert "ran out of disk space" in line and "hint: free space" in line, line
+        kept = int(remote.run(f"du -sk {shell.quote(partial)}").stdout.split()[0]) * 1024
+        assert kept > 24 * 1024 * 1024, kept
+        # not enough freed yet: refused, naming the partial (counted as there) and the way out
+        remote.run(f"truncate -s -5M {shell.quote(filler)}")
+        res = run_cli("push-data", str(data), f"{host}:{target}")
+        assert_one_line_error(res, "not enough space", partial, "counted as already there", "--drop-partial")
+        remote.run(shell.join(["rm", "-f", filler]))  # the user frees the space: the rest fits beside the partial
+        res = run_cli("push-data", str(data), f"{host}:{target}", "--json")
+        assert res.code == 0, res.output
+        assert "in place" in res.stderr and partial in res.stderr
+        [r] = json.loads(res.stdout)
+        assert r["wire_bytes"] < len(payload) - kept + 4 * 1024 * 1024, r  # only the rest crossed the wire
+        digest = remote.run(f"sha256sum {shell.quote(target + '/big.bin')}").stdout.split()[0]
+        assert digest == hashlib.sha256(payload).hexdigest()
+        assert remote.run(f"ls -A {shell.quote(target)}").stdout.split() == ["big.bin"]
+        # --drop-partial deletes what an interruption left and sends the file whole
+        remote.run(f"mkdir {shell.quote(partial)} && head -c 1000000 {shell.quote(target + '/big.bin')} > "
+                   f"{shell.quote(partial + '/big.bin')} && rm {shell.quote(target + '/big.bin')}")
+        res = run_cli("push-data", str(data), f"{host}:{target}", "--drop-partial", "--json")
+        assert res.code == 0, res.output
+        assert "--drop-partial: deleting" in res.stderr and partial in res.stderr
+        assert json.loads(res.stdout)[0]["wire_bytes"] >= len(payload)
+        assert remote.run(f"ls -A {shell.quote(target)}").stdout.split() == ["big.bin"]
+    finally:
+        remote.run(shell.join(["rm", "-rf", target, filler]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership mapping applies to a pull run as root")
+def test_pull_as_root_gives_files_to_the_invoking_user_unless_preserve_owner(scratch, tmp_path):
+    host, base, src, remote = scratch
+    assert run_cli("push-data", str(src), f"{host}:{base}/own").code == 0
+    remote_ids = remote.run(f"stat -c %u:%g {shell.quote(base + '/own/a.txt')}").stdout.strip()
+
+    def owners(root: Path) -> set[str]:
+        return {f"{p.lstat().st_uid}:{p.lstat().st_gid}" for p in [root, *root.rglob("*")]}
+
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "sudo" / "new" / "own"),
+                  env={"SUDO_UID": "4242", "SUDO_GID": "4343"})
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "sudo") == {"4242:4343"}  # the directories it created too
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "root"), env={"SUDO_UID": "", "SUDO_GID": ""})
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "root") == {"0:0"}
+    res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "kept"), "--preserve-owner")
+    assert res.code == 0, res.output
+    assert owners(tmp_path / "kept" / "sub dir") == {remote_ids} != {"0:0"}
