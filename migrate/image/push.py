@@ -70,7 +70,7 @@ from migrate.image.stream import RateLimiter, SshMaster, StreamBroken, stream
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
-from migrate.remote.hosts import ConnectOptions
+from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.openssh import AES_GCM_FIRST, local_has_aes
 from migrate.remote.parallel import for_each_host
 
@@ -583,6 +583,8 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         raise UsageError(f"unknown format {options.format!r}", hint="use docker or sif")
     if not hosts and not options.to_file:
         raise UsageError("no host given", hint="migrate push-image IMAGE... HOST...")
+    for h in hosts:
+        HostSpec.parse(h)  # a malformed host (or one starting with '-') is a usage error before any work
     spool = _spool_dir()
     try:
         archive = None

@@ -174,6 +174,7 @@ def test_looks_like_image():
     assert refs.looks_like_image("10.0.0.5") is False
     assert refs.looks_like_image("fe80::1") is False
     assert refs.looks_like_image("gpu-box") is None
+    assert refs.looks_like_image("-oProxyCommand=/bin/x") is False
 
 
 def test_split_images_and_hosts():
@@ -185,6 +186,17 @@ def test_split_images_and_hosts():
     assert split(["app", "ubuntu"], known={"ubuntu"}) == (["app"], ["ubuntu"])
     with pytest.raises(UsageError, match="comes after host"):
         split(["gpu1", "app:1"])
+
+
+def test_missing_image_is_a_bare_first_word_that_is_no_known_host():
+    known = {"gpu1"}
+    missing = lambda images, hosts: refs.missing_image(images, hosts, is_known_host=lambda a: a in known)  # noqa: E731
+    assert missing([], ["nosuchimage", "gpu2"]) == "nosuchimage"
+    assert missing([], ["gpu1", "gpu2"]) is None  # an ssh_config host: the image is what is missing
+    assert missing([], ["alice@gpu2", "gpu3"]) is None  # certainly a host
+    assert missing([], ["10.0.0.5", "gpu3"]) is None
+    assert missing(["app:1"], ["gpu2", "gpu3"]) is None
+    assert missing([], ["gpu2"]) is None  # one argument: "no host" or "no image", not a guess
 
 
 def test_tag_for_and_close_matches():
@@ -418,8 +430,35 @@ def test_stream_returns_a_remote_failure_as_its_exit_code():
     (["app:1", "h", "--bwlimit", "fast"], "bad rate"),
     (["app:1", "h", "--to-file", "x.tar"], "give no host"),
     (["app:1", "--to-file", "x.tar", "--from-file", "y.tar"], "cannot be combined"),
+    (["app:1", "-H", "-oProxyCommand=touch /tmp/x"], "starts with '-'"),
+    (["app:1", "-H", "gpu1", "-H", "alice@"], "malformed"),
 ])
 def test_usage_errors_exit_2(args, needle):
     res = run_cli("push-image", *args)
     assert res.code == 2, res.output
     assert needle in res.stderr and "Traceback" not in res.output
+
+
+def _fake_docker(tmp_path) -> dict:
+    """A `docker` on PATH that knows no image (and lists none): unit tests need no daemon."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text('#!/bin/sh\ncase "$1 $2" in\n  "image inspect") echo "Error: No such image: $5" >&2; exit 1;;\n'
+                    'esac\nexit 0\n')
+    fake.chmod(0o755)
+    import os
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MIGRATE_SSH_CONFIG": str(tmp_path / "none")}
+
+
+def test_missing_image_is_not_found_not_no_image_given(tmp_path):
+    res = run_cli("push-image", "nosuchimage", "gpu1", env=_fake_docker(tmp_path))
+    assert res.code == 1, res.output
+    assert "image nosuchimage not found locally" in res.stderr and "docker images" in res.stderr
+    assert "no image given" not in res.output and "Traceback" not in res.output
+
+
+def test_host_starting_with_a_dash_is_a_usage_error_as_positional_too(tmp_path):
+    res = run_cli("push-image", "app:1", "--", "-oProxyCommand=touch /tmp/x", env=_fake_docker(tmp_path))
+    assert res.code == 2, res.output
+    assert "starts with '-'" in res.stderr
