@@ -19,6 +19,7 @@ import click
 from migrate import local, ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import MigrateError, UsageError
+from migrate.jobs.limits import CONFIRM_JOBS, confirm_many_jobs, sweep_size
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import Playbook, load_playbook
 from migrate.playbook.schema import STAGES
@@ -242,15 +243,18 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
 @click.option("--only", metavar="STAGES", help=f"Comma-separated subset of: {','.join(STAGES)}.")
 @click.option("--hosts", metavar="H1,H2", help="Use these hosts instead of the playbook's (e.g. --hosts sandbox1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-y", "--yes", is_flag=True,
+              help=f"Queue a sweep of more than {CONFIRM_JOBS} jobs without asking (for scripts).")
 @connection_options
-def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool,
+def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool, yes: bool,
             conn: ConnectOptions) -> None:
     """Run a playbook: setup -> images -> data -> run, each stage idempotent.
 
     The file is validated first: unknown keys, wrong types and missing local paths (data src,
     build dirs, compose file) stop apply with their line number before any remote work.
     Applying the same playbook again changes nothing and queues no duplicate jobs. Rehearse on the
-    sandbox with `--hosts sandbox1`.
+    sandbox with `--hosts sandbox1`. A sweep of more than 1000 jobs is confirmed first (on a
+    terminal; --yes in scripts); more than 10000 is refused.
     """
     pb = load_playbook(playbook)
     only_list = [s.strip() for s in only.split(",") if s.strip()] if only else []
@@ -263,6 +267,8 @@ def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, a
     missing = pb.missing_local_paths(only_list or None)
     if missing:
         raise UsageError("; ".join(missing), hint="relative paths are relative to the playbook's directory")
+    if pb.run is not None and not dry_run and (not only_list or "run" in only_list) and not pb.run.get("compose"):
+        confirm_many_jobs(sweep_size(pb.run.get("sweep")), where=", ".join(host_list), yes=yes)
     report = apply_playbook(pb, host_list, conn, only=only_list, dry_run=dry_run)
     if as_json:
         ui.print_json({"playbook": str(pb.path), "hosts": host_list, "stages": report.stages,
