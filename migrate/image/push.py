@@ -385,11 +385,13 @@ class Pusher:
                 layers_sent += len(step.send)
                 self._after_load(session, step, res)
         except StreamBroken as exc:
+            if exc.display:  # count every step of this image, not only the one that broke
+                exc = StreamBroken.lost_after(exc.display, wire + exc.wire_bytes, exc.detail)
             if self.options.format != "sif" and done:
                 kept = sum(len(st.send) for st in steps[:done]) + steps[0].send[0]
                 exc.message += (f"; {kept} of {len(img.diff_ids)} layers of {img.display} are committed there "
                                 f"(kept as {PARTIAL_REPO}:{short_id(img.image_id)}-*)")
-            raise
+            raise exc from None
         finally:
             if task is not None:
                 self.progress.remove_task(task)

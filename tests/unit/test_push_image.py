@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import sys
 import tarfile
 import time
@@ -462,3 +463,42 @@ def test_host_starting_with_a_dash_is_a_usage_error_as_positional_too(tmp_path):
     res = run_cli("push-image", "app:1", "--", "-oProxyCommand=touch /tmp/x", env=_fake_docker(tmp_path))
     assert res.code == 2, res.output
     assert "starts with '-'" in res.stderr
+
+
+# -- a broken connection counts every step of the image (issue 12, item 8) -----------------------
+def test_lost_connection_counts_the_bytes_of_every_step_not_only_the_last(tmp_path):
+    from types import SimpleNamespace
+
+    from migrate.image.archive import LoadStep, Member
+    from migrate.image.push import Pusher, PushImageOptions
+
+    layer = 3 * MIB
+    diff_ids = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    steps = [LoadStep(config=b'{"c": 1}', diff_ids=diff_ids[:1], send=[0], checkpoint=True),
+             LoadStep(config=b'{"c": 2}', diff_ids=diff_ids, send=[1], tags=["app:1"])]
+
+    class Layers:
+        def member(self, name, diff_id, gzip_level=None):
+            return Member.from_bytes(name, b"x" * layer)
+
+    calls = []
+
+    class Master:  # first stream: a `docker load` that reads everything; second: ssh dies at once
+        def argv(self, command):
+            calls.append(command)
+            if len(calls) == 1:
+                code = (f"import sys; sys.stdin.buffer.read(); print('Loaded image ID: {steps[0].image_id}')")
+            else:
+                code = "import sys; sys.exit(255)"
+            return [sys.executable, "-c", code]
+
+    facts = SimpleNamespace(access="direct", add_image=lambda *a, **kw: None)
+    session = SimpleNamespace(name="alice@gpu", facts=facts)
+    img = LocalImage(ref="app:1", image_id=steps[1].image_id, diff_ids=diff_ids, tags=["app:1"])
+    pusher = Pusher([img], Layers(), PushImageOptions(), None)  # type: ignore[arg-type]
+    with pytest.raises(StreamBroken) as exc:
+        pusher._stream_steps(session, img, Master(), Codec(), steps, "docker load")
+    assert len(calls) == 2
+    assert re.search(r"lost after 3\.\d MiB", exc.value.message), exc.value.message  # the first step's 3 MiB
+    assert exc.value.wire_bytes >= layer
+    assert "1 of 2 layers of app:1 are committed" in exc.value.message
