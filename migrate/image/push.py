@@ -62,6 +62,7 @@ from migrate.image.plan import (
     check_access,
     check_arch,
     check_disk,
+    disk_full_hint,
     disk_need,
     plan_image,
 )
@@ -415,7 +416,7 @@ class Pusher:
         last = text[-1] if text else f"exit code {res.exit_code}"
         hint = None
         if "no space left" in last.lower():
-            hint = "free disk on the host's Docker data-root (docker image prune) and rerun"
+            hint = disk_full_hint(last, session.facts)
         elif "layer.tar" in last and "not found" in last:
             hint = ("this engine refuses an archive with layers left out (a containerd image store that "
                     "`docker info` did not reveal?); run `migrate doctor HOST` and report it")

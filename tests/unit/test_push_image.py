@@ -502,3 +502,43 @@ def test_lost_connection_counts_the_bytes_of_every_step_not_only_the_last(tmp_pa
     assert re.search(r"lost after 3\.\d MiB", exc.value.message), exc.value.message  # the first step's 3 MiB
     assert exc.value.wire_bytes >= layer
     assert "1 of 2 layers of app:1 are committed" in exc.value.message
+
+
+# -- a full disk names the filesystem that filled up (issue 12, item 8) --------------------------
+def _load_failed(facts, stderr: str) -> MigrateError:
+    from types import SimpleNamespace
+
+    from migrate.image.push import Pusher, PushImageOptions
+
+    pusher = Pusher([], None, PushImageOptions(), None)
+    return pusher._load_failed(SimpleNamespace(name="alice@gpu", facts=facts),
+                               SimpleNamespace(stderr=stderr, stdout="", exit_code=1))
+
+
+TMP_FULL = ("Error processing tar file(exit status 1): write /" + "c" * 64 + "/layer.tar: "
+            "no space left on device")
+
+
+def test_disk_full_in_docker_tmpdir_names_docker_tmpdir_not_prune():
+    err = _load_failed(R.parse_facts(FACTS), TMP_FULL)
+    assert "DOCKER_TMPDIR /mnt/small/t (/mnt/small)" in err.hint
+    assert "docker image prune frees the data-root, not this" in err.hint
+    err = _load_failed(R.parse_facts(FACTS), "open /mnt/small/t/docker-import-1/x: no space left on device")
+    assert "DOCKER_TMPDIR /mnt/small/t" in err.hint
+
+
+def test_disk_full_in_the_data_root_suggests_prune_there():
+    err = _load_failed(R.parse_facts(FACTS),
+                       "write /var/lib/docker/overlay2/abc/diff/usr/lib/x: no space left on device")
+    assert err.hint.startswith("free space on the host's Docker data-root /var/lib/docker (/)") and "prune" in err.hint
+    same = R.parse_facts("info=20.10|overlay2|/var/lib/docker|linux|[]\ndisk.docker_root=102400 /\n"
+                         "disk.docker_tmp=same\n")
+    assert "data-root /var/lib/docker (/)" in _load_failed(same, TMP_FULL).hint  # one filesystem: it is that one
+    containerd = R.parse_facts(FACTS)
+    containerd.storage_driver = "overlayfs"  # the containerd image store makes no temporary copy
+    assert "data-root /var/lib/docker (/)" in _load_failed(containerd, TMP_FULL).hint
+
+
+def test_disk_full_somewhere_unknown_names_both_filesystems():
+    err = _load_failed(R.parse_facts(FACTS), "write /usr/lib/libfoo.so: no space left on device")
+    assert "DOCKER_TMPDIR /mnt/small/t (/mnt/small)" in err.hint and "data-root /var/lib/docker (/)" in err.hint
