@@ -322,7 +322,7 @@ class Pusher:
         if local_has_aes() and session.facts.aes and not remote.configs.lookup(remote.target.alias).get("ciphers"):
             cipher = AES_GCM_FIRST
         return SshMaster(remote.openssh_argv(), alias=remote.target.alias, display=remote.name, cipher=cipher,
-                         connect_timeout=remote.target.connect_timeout)
+                         connect_timeout=remote.target.connect_timeout, before_spawn=remote.configs.openssh_file)
 
     def _payload(self, session: HostSession) -> int:
         total = 0

@@ -90,9 +90,10 @@ class SshMaster:
     """An OpenSSH master connection to one host, for byte streams (`with SshMaster(remote) as m:`)."""
 
     def __init__(self, base_argv: list[str], *, alias: str, display: str, cipher: str | None = None,
-                 connect_timeout: float = 10) -> None:
+                 connect_timeout: float = 10, before_spawn: Callable[[], object] | None = None) -> None:
         # base_argv is `ssh [options] alias`; we insert our options before the alias
         self.base = base_argv[:-1]
+        self.before_spawn = before_spawn
         self.alias = alias
         self.display = display
         self.cipher = cipher
@@ -134,6 +135,8 @@ class SshMaster:
 
     def argv(self, command: str) -> list[str]:
         """`ssh ... alias COMMAND` through the master."""
+        if self.before_spawn is not None:
+            self.before_spawn()  # e.g. rewrite the `ssh -F` file if a `sandbox down` removed it
         return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", "-T", self.alias, command]
 
     def alive(self) -> bool:
