@@ -143,13 +143,17 @@ def check_disk(need: DiskNeed, facts: RemoteDocker, host: str) -> None:
 _IMPORT_PATH = re.compile(r" /(?:[0-9a-f]{64}(?:/|\.json)|manifest\.json|repositories|blobs/|index\.json|oci-layout)")
 
 
+_ANY_PATH = re.compile(r"(?:^|\s)/[^\s:]+")
+
+
 def disk_full_hint(error: str, facts: RemoteDocker) -> str:
     """What to free when `docker load` ran out of space: the filesystem the error is about (pure).
 
     `docker load` first unpacks the stream into a temporary directory (DOCKER_TMPDIR, else
     <data-root>/tmp), then registers the layers in the data-root. When the preflight found the two on
-    different filesystems, the error's path says which one filled up; `docker image prune` only
-    helps the data-root.
+    different filesystems, the error's path says which one filled up (the archive's own layout, or
+    a path under DOCKER_TMPDIR: the temporary copy; any other path: a layer's file in the
+    data-root); without a path both are named. `docker image prune` only helps the data-root.
     """
     root = facts.root_dir or "the Docker data-root"
     root_mount = facts.disks.get("docker_root", (0, ""))[1]
@@ -163,7 +167,7 @@ def disk_full_hint(error: str, facts: RemoteDocker) -> str:
               "point DOCKER_TMPDIR at a larger disk, then rerun (docker image prune frees the data-root, not this)")
     if tmp_dir in error or "docker-import" in error or _IMPORT_PATH.search(error):
         return on_tmp
-    if facts.root_dir and facts.root_dir in error:
-        return on_root
+    if (facts.root_dir and facts.root_dir in error) or _ANY_PATH.search(error):
+        return on_root  # any other path is a file of a layer being registered in the data-root
     return (f"free space in DOCKER_TMPDIR {tmp_fs} (docker load's temporary copy) or on the data-root {root_fs} "
             "(docker image prune), then rerun")

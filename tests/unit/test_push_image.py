@@ -539,6 +539,8 @@ def test_disk_full_in_the_data_root_suggests_prune_there():
     assert "data-root /var/lib/docker (/)" in _load_failed(containerd, TMP_FULL).hint
 
 
-def test_disk_full_somewhere_unknown_names_both_filesystems():
+def test_disk_full_in_a_layer_file_is_the_data_root_and_without_a_path_both_are_named():
     err = _load_failed(R.parse_facts(FACTS), "write /usr/lib/libfoo.so: no space left on device")
+    assert err.hint.startswith("free space on the host's Docker data-root /var/lib/docker (/)")
+    err = _load_failed(R.parse_facts(FACTS), "Error response from daemon: no space left on device")
     assert "DOCKER_TMPDIR /mnt/small/t (/mnt/small)" in err.hint and "data-root /var/lib/docker (/)" in err.hint
