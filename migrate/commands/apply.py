@@ -19,10 +19,11 @@ import click
 from migrate import local, ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import MigrateError, UsageError
+from migrate.jobs.limits import CONFIRM_JOBS, confirm_many_jobs, sweep_size
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import Playbook, load_playbook
 from migrate.playbook.schema import STAGES
-from migrate.remote.hosts import ConnectOptions
+from migrate.remote.hosts import ConnectOptions, HostSpec
 
 
 @dataclass
@@ -137,8 +138,12 @@ def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: b
         if failed:
             report.cells[(h, "data")] = StageOutcome(f"failed: {failed[0].error}", failed=True)
         elif dry_run:
-            report.cells[(h, "data")] = StageOutcome(
-                f"would send {sum(r.files_transferred for r in results)} file(s)")
+            # counted like a real apply (one change per entry that sends something): a dry run must
+            # say what it would change, so a script can decide whether to apply
+            pending = [r for r in results if r.files_transferred]
+            files = sum(r.files_transferred for r in pending)
+            report.cells[(h, "data")] = StageOutcome(f"would send {files} file(s)" if pending else "up to date",
+                                                     changed=len(pending))
         elif changed:
             report.cells[(h, "data")] = StageOutcome(
                 f"{sum(r.files_transferred for r in changed)} file(s) sent", changed=len(changed))
@@ -157,9 +162,12 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
     for h in hosts:
         mine = [j for j in planned if j.host == h]
         if dry_run:
-            for j in mine:
+            existing, why_unknown = existing_job_keys(h, conn)
+            new = [j for j in mine if j.key not in existing]
+            for j in new:
                 ui.info(f"{h}: would queue {j.name}: {j.command}")
-            report.cells[(h, "run")] = StageOutcome(f"would queue {len(mine)} job(s)")
+            report.cells[(h, "run")] = StageOutcome(
+                dry_run_jobs_text(len(new), len(mine) - len(new), why_unknown), changed=len(new))
             continue
         specs = [JobSpec(command=j.command, name=j.name, key=j.key, **{k: v for k, v in j.spec.items()
                                                                         if v is not None})
@@ -194,8 +202,14 @@ def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run
     spec.min_free_mem_mib = run.get("min_free_mem")
     for h in hosts:
         if dry_run:
+            existing, why_unknown = existing_job_keys(h, conn)
+            if spec.key in existing:
+                report.cells[(h, "run")] = StageOutcome("compose job already there")
+                continue
             ui.info(f"{h}: would sync {plan.source_dir} and queue {spec.name} (compose: {', '.join(plan.services)})")
-            report.cells[(h, "run")] = StageOutcome("would queue 1 compose job")
+            report.cells[(h, "run")] = StageOutcome(
+                "would queue 1 compose job" + (f" (existing jobs not checked: {why_unknown})" if why_unknown else ""),
+                changed=1)
             continue
         try:
             sync_compose_project(h, conn, plan)
@@ -206,6 +220,43 @@ def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run
         new = submitted.status == "queued"
         report.cells[(h, "run")] = StageOutcome("1 compose job queued" if new else "compose job already there",
                                                 changed=int(new))
+
+
+class _AgentMissing(Exception):
+    """The agent of this migrate version is not on the host (a dry run installs nothing)."""
+
+
+def existing_job_keys(host: str, conn: ConnectOptions) -> tuple[set[str], str | None]:
+    """The idempotency keys already queued on HOST, read without installing or starting anything.
+
+    Returns (keys, None), or (set(), why) when they could not be read (no agent of this version
+    there, host unreachable...): then every job counts as one that would be queued.
+    """
+    from migrate.jobs.client import AgentClient
+    from migrate.remote.connection import connect
+
+    class ReadOnlyAgent(AgentClient):
+        def install(self) -> None:
+            raise _AgentMissing
+
+    try:
+        with connect(host, conn) as remote:
+            data = ReadOnlyAgent(remote).call(["status", "--all"], what="read job status", need_queue=True)
+    except _AgentMissing:
+        return set(), "no dispatcher agent of this version there"
+    except MigrateError as exc:
+        return set(), exc.one_line()
+    return {j["key"] for j in data.get("jobs") or [] if j.get("key")}, None
+
+
+def dry_run_jobs_text(new: int, existing: int, why_unknown: str | None) -> str:
+    """The run cell of a dry run: what would be queued and what is already there (pure)."""
+    text = f"would queue {new} job(s)" if new else "up to date"
+    if existing:
+        text += f", {existing} already there"
+    if why_unknown:
+        text += f" (existing jobs not checked: {why_unknown})"
+    return text
 
 
 RUNNERS: dict[str, StageRunner] = {"setup": _setup_stage, "images": _images_stage, "data": _data_stage,
@@ -242,15 +293,20 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
 @click.option("--only", metavar="STAGES", help=f"Comma-separated subset of: {','.join(STAGES)}.")
 @click.option("--hosts", metavar="H1,H2", help="Use these hosts instead of the playbook's (e.g. --hosts sandbox1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-y", "--yes", is_flag=True,
+              help=f"Queue a sweep of more than {CONFIRM_JOBS} jobs without asking (for scripts).")
 @connection_options
-def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool,
+def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool, yes: bool,
             conn: ConnectOptions) -> None:
     """Run a playbook: setup -> images -> data -> run, each stage idempotent.
 
     The file is validated first: unknown keys, wrong types and missing local paths (data src,
     build dirs, compose file) stop apply with their line number before any remote work.
     Applying the same playbook again changes nothing and queues no duplicate jobs. Rehearse on the
-    sandbox with `--hosts sandbox1`.
+    sandbox with `--hosts sandbox1`. A dry run counts what it would change (`N change(s) would be
+    made`, "changed" in --json), checking the jobs already queued without installing anything.
+    A sweep of more than 1000 jobs is confirmed first (on a terminal; --yes in scripts); more
+    than 10000 is refused.
     """
     pb = load_playbook(playbook)
     only_list = [s.strip() for s in only.split(",") if s.strip()] if only else []
@@ -260,9 +316,13 @@ def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, a
     host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else pb.hosts
     if not host_list:
         raise UsageError("no hosts", hint="name them in the playbook or with --hosts")
+    for h in host_list:
+        HostSpec.parse(h)  # a malformed host, or one starting with '-', is a usage error (exit 2)
     missing = pb.missing_local_paths(only_list or None)
     if missing:
         raise UsageError("; ".join(missing), hint="relative paths are relative to the playbook's directory")
+    if pb.run is not None and not dry_run and (not only_list or "run" in only_list) and not pb.run.get("compose"):
+        confirm_many_jobs(sweep_size(pb.run.get("sweep")), where=", ".join(host_list), yes=yes)
     report = apply_playbook(pb, host_list, conn, only=only_list, dry_run=dry_run)
     if as_json:
         ui.print_json({"playbook": str(pb.path), "hosts": host_list, "stages": report.stages,

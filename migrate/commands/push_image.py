@@ -12,7 +12,7 @@ from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import MigrateError, UsageError
 from migrate.image import refs
 from migrate.image.compress import parse_compress
-from migrate.image.local import image_exists
+from migrate.image.local import image_exists, inspect_images
 from migrate.image.push import ImagePushResult, PushImageOptions, push_images
 from migrate.image.stream import parse_rate
 from migrate.remote.connection import load_configs
@@ -36,6 +36,9 @@ def split_args(args: tuple[str, ...], extra_hosts: tuple[str, ...], conn: Connec
     known = _known_hosts(conn)
     images, hosts = refs.split_images_and_hosts(
         args, is_local_image=(lambda a: False) if from_file else image_exists, is_known_host=lambda a: a in known)
+    missing = None if from_file else refs.missing_image(images, hosts, is_known_host=lambda a: a in known)
+    if missing:
+        inspect_images([missing])  # raises "image X not found locally" with close matches
     return images, hosts
 
 

@@ -26,6 +26,7 @@ from migrate.jobs.client import (
     submit_with,
 )
 from migrate.jobs.compose import ComposePlan, compose_job_command, plan_compose
+from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option
 from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
 from migrate.jobs.spec import (
@@ -254,6 +255,7 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
                    "enable-linger USER).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
 @click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued jobs as JSON.")
 def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str | None, cwd: str | None,
             env_items: tuple[str, ...], gpus: int, min_free_mem: str | None, allow_shared: bool,
@@ -261,7 +263,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
             compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
-            enable_linger: bool, follow: bool, dry_run: bool, as_json: bool) -> None:
+            enable_linger: bool, follow: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
@@ -299,6 +301,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+    if not dry_run:
+        confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

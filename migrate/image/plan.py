@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -147,3 +148,38 @@ def check_disk(need: DiskNeed, facts: RemoteDocker, host: str) -> None:
             f"not enough disk on {host}: docker load needs ~{ui.human_bytes(need.tmp)} of temporary space in "
             f"{facts.tmp_dir} ({tmp_mount}), only {ui.human_bytes(tmp_free * 1024)} free",
             hint="free space there, or ask the owner to point DOCKER_TMPDIR at a larger disk")
+
+
+# paths at the top of an unpacked docker-save archive (<layer dir>/layer.tar, <config>.json,
+# manifest.json; OCI: blobs/, index.json): `docker load` unpacks those into its temporary directory
+_IMPORT_PATH = re.compile(r" /(?:[0-9a-f]{64}(?:/|\.json)|manifest\.json|repositories|blobs/|index\.json|oci-layout)")
+
+
+_ANY_PATH = re.compile(r"(?:^|\s)/[^\s:]+")
+
+
+def disk_full_hint(error: str, facts: RemoteDocker) -> str:
+    """What to free when `docker load` ran out of space: the filesystem the error is about (pure).
+
+    `docker load` first unpacks the stream into a temporary directory (DOCKER_TMPDIR, else
+    <data-root>/tmp), then registers the layers in the data-root. When the preflight found the two on
+    different filesystems, the error's path says which one filled up (the archive's own layout, or
+    a path under DOCKER_TMPDIR: the temporary copy; any other path: a layer's file in the
+    data-root); without a path both are named. `docker image prune` only helps the data-root.
+    """
+    root = facts.root_dir or "the Docker data-root"
+    root_mount = facts.disks.get("docker_root", (0, ""))[1]
+    root_fs = f"{root} ({root_mount})" if root_mount else root
+    on_root = f"free space on the host's Docker data-root {root_fs} (docker image prune) and rerun"
+    if facts.tmp_same_fs or "docker_tmp" not in facts.disks or facts.containerd_store:
+        return on_root  # one filesystem, or the containerd store (no temporary copy: see disk_need)
+    tmp_dir = facts.tmp_dir or f"{root}/tmp"
+    tmp_fs = f"{tmp_dir} ({facts.disks['docker_tmp'][1]})"
+    on_tmp = (f"docker load's temporary copy filled DOCKER_TMPDIR {tmp_fs}: free space there or ask the owner to "
+              "point DOCKER_TMPDIR at a larger disk, then rerun (docker image prune frees the data-root, not this)")
+    if tmp_dir in error or "docker-import" in error or _IMPORT_PATH.search(error):
+        return on_tmp
+    if (facts.root_dir and facts.root_dir in error) or _ANY_PATH.search(error):
+        return on_root  # any other path is a file of a layer being registered in the data-root
+    return (f"free space in DOCKER_TMPDIR {tmp_fs} (docker load's temporary copy) or on the data-root {root_fs} "
+            "(docker image prune), then rerun")

@@ -63,6 +63,7 @@ from migrate.image.plan import (
     check_arch,
     check_disk,
     check_store,
+    disk_full_hint,
     disk_need,
     plan_image,
 )
@@ -71,7 +72,7 @@ from migrate.image.stream import RateLimiter, SshMaster, StreamBroken, stream
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
-from migrate.remote.hosts import ConnectOptions
+from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.openssh import AES_GCM_FIRST, local_has_aes
 from migrate.remote.parallel import for_each_host
 
@@ -323,7 +324,7 @@ class Pusher:
         if local_has_aes() and session.facts.aes and not remote.configs.lookup(remote.target.alias).get("ciphers"):
             cipher = AES_GCM_FIRST
         return SshMaster(remote.openssh_argv(), alias=remote.target.alias, display=remote.name, cipher=cipher,
-                         connect_timeout=remote.target.connect_timeout)
+                         connect_timeout=remote.target.connect_timeout, before_spawn=remote.configs.openssh_file)
 
     def _payload(self, session: HostSession) -> int:
         total = 0
@@ -387,11 +388,13 @@ class Pusher:
                 layers_sent += len(step.send)
                 self._after_load(session, step, res)
         except StreamBroken as exc:
+            if exc.display:  # count every step of this image, not only the one that broke
+                exc = StreamBroken.lost_after(exc.display, wire + exc.wire_bytes, exc.detail)
             if self.options.format != "sif" and done:
                 kept = sum(len(st.send) for st in steps[:done]) + steps[0].send[0]
                 exc.message += (f"; {kept} of {len(img.diff_ids)} layers of {img.display} are committed there "
                                 f"(kept as {PARTIAL_REPO}:{short_id(img.image_id)}-*)")
-            raise
+            raise exc from None
         finally:
             if task is not None:
                 self.progress.remove_task(task)
@@ -415,7 +418,7 @@ class Pusher:
         last = text[-1] if text else f"exit code {res.exit_code}"
         hint = None
         if "no space left" in last.lower():
-            hint = "free disk on the host's Docker data-root (docker image prune) and rerun"
+            hint = disk_full_hint(last, session.facts)
         elif "layer.tar" in last and "not found" in last:
             hint = ("this engine refuses an archive with layers left out (a containerd image store that "
                     "`docker info` did not reveal?); run `migrate doctor HOST` and report it")
@@ -585,6 +588,8 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         raise UsageError(f"unknown format {options.format!r}", hint="use docker or sif")
     if not hosts and not options.to_file:
         raise UsageError("no host given", hint="migrate push-image IMAGE... HOST...")
+    for h in hosts:
+        HostSpec.parse(h)  # a malformed host (or one starting with '-') is a usage error before any work
     spool = _spool_dir()
     try:
         archive = None

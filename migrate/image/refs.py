@@ -15,6 +15,8 @@ _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 
 def looks_like_image(arg: str) -> bool | None:
     """True: certainly an image reference; False: certainly a host; None: a bare word (either)."""
+    if arg.startswith("-"):
+        return False  # no image reference starts with '-': a (malformed) host, refused by the host parser
     if "@sha256:" in arg or arg.startswith("sha256:"):
         return True
     if "@" in arg:
@@ -58,6 +60,21 @@ def split_images_and_hosts(args: Sequence[str], *, is_local_image: Callable[[str
         else:
             hosts.append(arg)
     return images, hosts
+
+
+def missing_image(images: Sequence[str], hosts: Sequence[str], *,
+                  is_known_host: Callable[[str], bool]) -> str | None:
+    """The argument that was meant as an image but exists nowhere locally, or None (pure).
+
+    `push-image nosuchimage gpu1` splits into no image and two hosts: a first argument that is a
+    bare word (not user@host, not an address) and no ssh_config host was a missing image, not a host.
+    """
+    if images or len(hosts) < 2:
+        return None
+    first = hosts[0]
+    if looks_like_image(first) is None and not is_known_host(first):
+        return first
+    return None
 
 
 def tag_for(ref: str, repo_tags: Sequence[str]) -> str | None:

@@ -53,7 +53,25 @@ class RateLimiter:
 
 
 class StreamBroken(ConnectError):
-    """The SSH stream died before the remote command finished."""
+    """The SSH stream died before the remote command finished.
+
+    `wire_bytes` is what this one stream had written; a caller that ran several streams for one
+    push (checkpoint steps) restates the message with the whole count (`lost_after`).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, wire_bytes: int = 0, detail: str = "",
+                 display: str = "") -> None:
+        super().__init__(message, hint)
+        self.wire_bytes = wire_bytes
+        self.detail = detail
+        self.display = display
+
+    @classmethod
+    def lost_after(cls, display: str, wire_bytes: int, detail: str = "") -> StreamBroken:
+        """`connection to HOST lost after N MiB[: ssh's last words]`, resumable."""
+        message = f"connection to {display} lost after {ui.human_bytes(wire_bytes)}" + (f": {detail}" if detail else "")
+        return cls(message, hint="rerun the same command: it resumes", wire_bytes=wire_bytes, detail=detail,
+                   display=display)
 
 
 @dataclass
@@ -72,9 +90,10 @@ class SshMaster:
     """An OpenSSH master connection to one host, for byte streams (`with SshMaster(remote) as m:`)."""
 
     def __init__(self, base_argv: list[str], *, alias: str, display: str, cipher: str | None = None,
-                 connect_timeout: float = 10) -> None:
+                 connect_timeout: float = 10, before_spawn: Callable[[], object] | None = None) -> None:
         # base_argv is `ssh [options] alias`; we insert our options before the alias
         self.base = base_argv[:-1]
+        self.before_spawn = before_spawn
         self.alias = alias
         self.display = display
         self.cipher = cipher
@@ -116,6 +135,8 @@ class SshMaster:
 
     def argv(self, command: str) -> list[str]:
         """`ssh ... alias COMMAND` through the master."""
+        if self.before_spawn is not None:
+            self.before_spawn()  # e.g. rewrite the `ssh -F` file if a `sandbox down` removed it
         return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", "-T", self.alias, command]
 
     def alive(self) -> bool:
@@ -221,6 +242,5 @@ def stream(argv: list[str], chunks: Iterable[bytes], compressor: StreamCompresso
     # reading early (docker load failing) also breaks our pipe, but then its exit code is its own.
     if rc == 255 or rc < 0 or (broken and rc == 0):
         last = [ln for ln in stderr.splitlines() if ln.strip()]
-        raise StreamBroken(f"connection to {display} lost after {ui.human_bytes(wire)}"
-                           + (f": {last[-1]}" if last else ""), hint="rerun the same command: it resumes")
+        raise StreamBroken.lost_after(display, wire, last[-1] if last else "")
     return result

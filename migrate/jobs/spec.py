@@ -17,8 +17,8 @@ from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
+from migrate.jobs.limits import check_job_count, sweep_size
 
-MAX_JOBS = 10_000
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -158,14 +158,11 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
             raise UsageError(f"--sweep {name}: the command does not use {{{name}}}",
                              hint=f"put {{{name}}} where the value goes, e.g. --{name} {{{name}}}")
     names = list(sweep)
-    combos = list(itertools.product(*(sweep[n] for n in names))) if names else [()]
     exps: list[str | None] = list(experiments) if experiments else [None]
-    if len(combos) * len(exps) > MAX_JOBS:
-        raise UsageError(f"that is {len(combos) * len(exps)} jobs; the limit is {MAX_JOBS}",
-                         hint="split the sweep into several runs")
+    check_job_count(sweep_size(sweep, len(exps)))  # counted from the grid: nothing built yet
     jobs = []
     for exp in exps:
-        for combo in combos:
+        for combo in itertools.product(*(sweep[n] for n in names)):
             params = dict(zip(names, combo))
             values = dict(params)
             if exp is not None:
@@ -281,11 +278,10 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
                 ports=[str(x) for x in merged.get("ports") or []], key=merged.get("key"),
                 allow_shared=merged.get("allow_shared"),
                 gpu_pool=[str(x) for x in merged["gpu_pool"]] if merged.get("gpu_pool") else None)
+            check_job_count(len(specs) + sweep_size(sweep), "the file so far")
             specs.extend(expand(base, sweep))
         except UsageError as exc:
             raise err(path, exc.message, exc.hint) from exc
-    if len(specs) > MAX_JOBS:
-        raise UsageError(f"{p}: {len(specs)} jobs; the limit is {MAX_JOBS}")
     return specs
 
 

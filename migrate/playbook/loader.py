@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 from migrate.errors import UsageError
+from migrate.jobs.limits import MAX_JOBS, check_job_count, sweep_size
 from migrate.jobs.spec import PLACEHOLDER, fill_placeholders
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
+from migrate.remote.hosts import HostSpec
 
 _constructor = yaml.constructor.SafeConstructor()
 
@@ -256,6 +258,13 @@ def parse_playbook(text: str, path: Path) -> Playbook:
     if not v.errors:
         if not data["hosts"]:
             v.err(root, "'hosts' must name at least one host")
+        hosts_node = _child(root, "hosts")
+        host_nodes = hosts_node.value if isinstance(hosts_node, yaml.SequenceNode) else [hosts_node]
+        for host, node in zip(data["hosts"], host_nodes):
+            try:
+                HostSpec.parse(host)
+            except UsageError as exc:  # e.g. a host starting with '-': never handed to ssh
+                v.err(node, f"hosts: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         run = data.get("run")
         run_present = any(k.value == "run" for k, _ in root.value)
         if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
@@ -269,6 +278,10 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(root, f"run.command uses {{{missing}}} but run.sweep has no '{missing}'")
             for unused in sorted(declared - used):
                 v.err(root, f"run.sweep.{unused} is never used in run.command (add {{{unused}}})")
+            size = sweep_size(run.get("sweep"))  # counted from the grid, never expanded here
+            if size > MAX_JOBS:
+                v.err(_child(_child(root, "run"), "sweep") or root,
+                      f"run.sweep is {size} jobs; the limit is {MAX_JOBS} (make the sweep smaller)")
     if v.errors:
         raise PlaybookError("; ".join(v.errors) if len(v.errors) < 2 else
                             f"{len(v.errors)} problems: " + "; ".join(v.errors),
@@ -339,9 +352,12 @@ def load_playbook(path: str | Path) -> Playbook:
 
 
 def expand_sweep(command: str, sweep: dict[str, list[str]]) -> list[tuple[dict[str, str], str]]:
-    """Grid expansion: one (parameters, command) per combination, in a stable order."""
+    """Grid expansion: one (parameters, command) per combination, in a stable order.
+
+    Refuses a grid of more than MAX_JOBS before building any of it (the loader already does)."""
     if not sweep:
         return [({}, command)]
+    check_job_count(sweep_size(sweep), "run.sweep")
     names = list(sweep)
     out = []
     for combo in itertools.product(*(sweep[n] for n in names)):

@@ -27,6 +27,7 @@ import posixpath
 import socket
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,25 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
     return conn
 
 
+def sudo_password_from_env(environ: Mapping[str, str]) -> tuple[str | None, bool]:
+    """(password, variable present) from $MIGRATE_SUDO_PASSWORD; an empty value is no password (pure).
+
+    `MIGRATE_SUDO_PASSWORD=` (set but empty) is not a password anyone has: it is treated as unset
+    (asked on a terminal), and the no-terminal error says that the variable is empty.
+    """
+    value = environ.get(SUDO_PASSWORD_ENV)
+    if value is None:
+        return None, False
+    return (value or None), True
+
+
+def wrong_password_hint(from_env: bool) -> str:
+    """The hint for a password sudo rejected: where it came from decides what to fix (pure)."""
+    if from_env:
+        return f"sudo rejected the password in ${SUDO_PASSWORD_ENV}: fix or unset it"
+    return f"check it, or set {SUDO_PASSWORD_ENV}"
+
+
 class Remote:
     """An open connection to one host: run commands (optionally as root), move files."""
 
@@ -184,6 +204,7 @@ class Remote:
         self._conn: fabric.Connection | None = None
         self._sudo_mode: str | None = None
         self._sudo_password: str | None = None
+        self._sudo_password_from_env = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> Remote:
@@ -278,7 +299,7 @@ class Remote:
         except invoke.exceptions.AuthFailure as exc:
             self._sudo_password = None
             raise SudoError(f"wrong sudo password for {self.target.user}@{self.target.alias}",
-                            hint=f"check it, or set {SUDO_PASSWORD_ENV}") from exc
+                            hint=wrong_password_hint(self._sudo_password_from_env)) from exc
         except invoke.exceptions.CommandTimedOut as exc:
             raise RemoteCommandError(f"{what or 'remote command'} timed out after {timeout}s on {self.name}",
                                      command=command, exit_code=124) from exc
@@ -320,15 +341,17 @@ class Remote:
 
     def _password(self) -> str:
         if self._sudo_password is None:
-            password = os.environ.get(SUDO_PASSWORD_ENV)
+            password, from_env = sudo_password_from_env(os.environ)
             if password is None:
                 if not sys.stdin.isatty():
                     raise SudoError(
-                        f"sudo on {self.target.alias} needs {self.target.user}'s password and there is no terminal",
-                        hint=f"set {SUDO_PASSWORD_ENV} in the environment, or run from a terminal",
+                        f"sudo on {self.target.alias} needs {self.target.user}'s password and there is no terminal"
+                        + (f" ({SUDO_PASSWORD_ENV} is set but empty)" if from_env else ""),
+                        hint=f"set {SUDO_PASSWORD_ENV} to the password, or run from a terminal",
                     )
                 password = getpass.getpass(f"[migrate] sudo password for {self.target.user}@{self.target.alias}: ")
-            self._sudo_password = password
+                from_env = False
+            self._sudo_password, self._sudo_password_from_env = password, from_env
         return self._sudo_password
 
     def sudo_password(self) -> str:

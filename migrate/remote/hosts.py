@@ -25,6 +25,7 @@ _IPV6_RE = re.compile(r"^\[?([0-9A-Fa-f:.]+(?:%[A-Za-z0-9]+)?)\]?$")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 DEFAULT_CONNECT_TIMEOUT = 10
+CONFIG_CACHE_PREFIX = "ssh_config-"  # cache_root()/ssh_config-<hash>: the ssh_config text for `ssh -F`
 
 
 @dataclass(frozen=True)
@@ -163,24 +164,43 @@ class SshConfigSet:
         return self.config.lookup(host)
 
     def openssh_file(self) -> Path | None:
-        """A private file with the same text for `ssh -F` (None: plain ~/.ssh/config suffices)."""
+        """A private file with the same text for `ssh -F` (None: plain ~/.ssh/config suffices).
+
+        Written again when it has gone since the last call (`sandbox down` removes the cached files
+        that name its hosts, which may include ours), so call it before each `ssh` started.
+        """
         default = Path("~/.ssh/config").expanduser()
         if self.sources in ([], [default]):
             return None
-        if self._file is None:
-            digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
-            cache = private_dir(cache_root())
-            path = cache / f"ssh_config-{digest}"
-            if not path.exists():
-                _prune_stale(cache, "ssh_config-*", max_age_s=7 * 86400)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(self.text)
-                tmp.chmod(0o600)
-                tmp.replace(path)
-            else:
-                path.touch()  # in use: keep it out of the pruning
-            self._file = path
+        if self._file is not None and self._file.exists():
+            return self._file
+        digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        cache = private_dir(cache_root())
+        path = cache / f"{CONFIG_CACHE_PREFIX}{digest}"
+        if not path.exists():
+            _prune_stale(cache, f"{CONFIG_CACHE_PREFIX}*", max_age_s=7 * 86400)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(self.text)
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        else:
+            path.touch()  # in use: keep it out of the pruning
+        self._file = path
         return self._file
+
+
+def remove_cached_configs(marker: str) -> list[Path]:
+    """Remove the cached `ssh -F` files whose text contains `marker` (a sandbox's header line, so
+    `sandbox down` takes the files naming its hosts and leaves every other one); return them."""
+    removed = []
+    for path in cache_root().glob(f"{CONFIG_CACHE_PREFIX}*"):
+        try:
+            if marker in path.read_text(errors="replace"):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _prune_stale(directory: Path, pattern: str, max_age_s: float) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from migrate import local, ui
 from migrate.errors import LocalCommandError, MigrateError, UsageError
 from migrate.paths import cache_root, private_dir, sandbox_root
+from migrate.remote.hosts import remove_cached_configs
 from migrate.sandbox import recipe
 
 IMAGE_REPO = "migrate-sandbox"
@@ -166,6 +167,11 @@ def _build_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def config_marker(name: str) -> str:
+    """The first words of sandbox `name`'s ssh_config: how its cached `ssh -F` copies are recognised."""
+    return f"# migrate sandbox '{name}':"
 
 
 class Sandbox:
@@ -436,7 +442,7 @@ class Sandbox:
                           "password_sudo_user": "bob", "password_sudo_user_password": self.s.bob_password,
                           "identity_file": str(self.key), "known_hosts": str(self.known_hosts),
                           "fake_gpus": gpus, **self.s.flavour})
-        header = f"# migrate sandbox '{self.s.name}': written by `migrate sandbox up`; removed by `down`\n"
+        header = f"{config_marker(self.s.name)} written by `migrate sandbox up`; removed by `down`\n"
         self.ssh_config.write_text(header + "\n".join(blocks))
         self.ssh_config.chmod(0o600)
         self.hosts_json.write_text(json.dumps(hosts, indent=2) + "\n")
@@ -495,6 +501,9 @@ class Sandbox:
         if self.state.exists():
             shutil.rmtree(self.state)
             removed.append(f"state {self.state}")
+        cached = remove_cached_configs(config_marker(self.s.name))  # ssh -F copies naming these hosts
+        if cached:
+            removed.append(f"{len(cached)} cached ssh_config file(s)")
         if purge and self.cache.exists():
             shutil.rmtree(self.cache)
             removed.append(f"cache {self.cache}")

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,40 @@ def test_sandbox_demo_end_to_end_then_reapply_changes_nothing(apply_host):
     assert "0 queued, 4 already there" in second["results"][host]["run"]["text"]
     assert len(_wait_for_jobs(host, env, 4)) == 4
     print(f"first apply {took:.0f}s")
+
+
+def test_dry_run_counts_what_it_would_change_then_nothing_after_apply(apply_host, tmp_path):
+    """A dry run's "changed" is what a real apply would change, so a script can decide on it."""
+    host, env = apply_host["alias"], apply_host["env"]
+    name = f"dry-{uuid.uuid4().hex[:8]}"  # fresh job keys and a fresh destination on every run
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    (tmp_path / "d" / "b.txt").write_text("b")
+    play = tmp_path / "p.yml"
+    play.write_text(f"name: {name}\nhosts: [{host}]\ndata:\n  - {{src: ./d, dest: {name}/d}}\n"
+                    "run:\n  command: echo {n}\n  gpus_per_job: 0\n  sweep: {n: [1, 2]}\n")
+    res = run_cli("apply", str(play), "--dry-run", "--json", env=env, timeout=300)
+    assert res.code == 0, res.output
+    before = json.loads(res.stdout)
+    cells = before["results"][host]
+    assert cells["data"]["text"] == "would send 2 file(s)" and cells["data"]["changed"] == 1, cells
+    assert cells["run"]["text"].startswith("would queue 2 job(s)") and cells["run"]["changed"] == 2, cells
+    assert before["changed"] == 3, before
+    res = run_cli("apply", str(play), "--dry-run", env=env, timeout=300)
+    assert res.code == 0 and "3 change(s) would be made" in res.stderr, res.output
+    # the dry runs changed nothing: the real apply makes exactly the changes they announced
+    res = run_cli("apply", str(play), "--json", env=env, timeout=300)
+    assert res.code == 0, res.output
+    applied = json.loads(res.stdout)
+    assert applied["changed"] == 3, applied
+    assert applied["results"][host]["run"]["text"] == "2 queued", applied
+    # and now a dry run has nothing left to announce
+    res = run_cli("apply", str(play), "--dry-run", "--json", env=env, timeout=300)
+    assert res.code == 0, res.output
+    after = json.loads(res.stdout)
+    assert after["changed"] == 0, after
+    assert after["results"][host]["run"]["text"] == "up to date, 2 already there", after
+    assert after["results"][host]["data"]["text"] == "up to date", after
 
 
 @pytest.fixture(scope="module")

@@ -45,13 +45,17 @@ def test_sudo_modes(sandbox_hosts, monkeypatch):
         assert bob.run("id -u", sudo=True).stdout.strip() == "0"
         assert bob.run("echo 'a b' | wc -w", sudo=True).stdout.strip() == "2"
     monkeypatch.setenv("MIGRATE_SUDO_PASSWORD", "wrong-password")
-    with connect(f"bob@{alias}") as bob, pytest.raises(SudoError, match="wrong sudo password"):
+    with connect(f"bob@{alias}") as bob, pytest.raises(SudoError, match="wrong sudo password") as exc:
         bob.run("true", sudo=True)
+    assert "rejected the password in $MIGRATE_SUDO_PASSWORD" in (exc.value.hint or "")
 
 
 def test_password_sudo_without_terminal_or_env_is_a_clear_error(sandbox_hosts, monkeypatch):
     monkeypatch.delenv("MIGRATE_SUDO_PASSWORD", raising=False)
     with connect(f"bob@{sandbox_hosts[1]['alias']}") as bob, pytest.raises(SudoError, match="no terminal"):
+        bob.run("true", sudo=True)
+    monkeypatch.setenv("MIGRATE_SUDO_PASSWORD", "")  # set but empty: no password, not a wrong one
+    with connect(f"bob@{sandbox_hosts[1]['alias']}") as bob, pytest.raises(SudoError, match="set but empty"):
         bob.run("true", sudo=True)
 
 

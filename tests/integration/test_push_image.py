@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,6 +246,9 @@ def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, i
     assert killed, f"never saw a checkpoint before the push ended: {out}{err}"
     assert proc.returncode == 1, out + err
     assert "lost" in err and "committed" in err, err
+    # the count covers every step of the image: at least the committed 20M checkpoint, not only the broken step
+    lost = re.search(r"lost after ([0-9.]+) (MiB|GiB)", err)
+    assert lost and float(lost.group(1)) * (1024 if lost.group(2) == "GiB" else 1) >= 20, err
     assert remote_id(h, MULTI) == ""
 
     full = sum(layer_bytes(MULTI, i) for i in range(4))

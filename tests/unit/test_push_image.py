@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import sys
 import tarfile
 import time
@@ -174,6 +175,7 @@ def test_looks_like_image():
     assert refs.looks_like_image("10.0.0.5") is False
     assert refs.looks_like_image("fe80::1") is False
     assert refs.looks_like_image("gpu-box") is None
+    assert refs.looks_like_image("-oProxyCommand=/bin/x") is False
 
 
 def test_split_images_and_hosts():
@@ -185,6 +187,17 @@ def test_split_images_and_hosts():
     assert split(["app", "ubuntu"], known={"ubuntu"}) == (["app"], ["ubuntu"])
     with pytest.raises(UsageError, match="comes after host"):
         split(["gpu1", "app:1"])
+
+
+def test_missing_image_is_a_bare_first_word_that_is_no_known_host():
+    known = {"gpu1"}
+    missing = lambda images, hosts: refs.missing_image(images, hosts, is_known_host=lambda a: a in known)  # noqa: E731
+    assert missing([], ["nosuchimage", "gpu2"]) == "nosuchimage"
+    assert missing([], ["gpu1", "gpu2"]) is None  # an ssh_config host: the image is what is missing
+    assert missing([], ["alice@gpu2", "gpu3"]) is None  # certainly a host
+    assert missing([], ["10.0.0.5", "gpu3"]) is None
+    assert missing(["app:1"], ["gpu2", "gpu3"]) is None
+    assert missing([], ["gpu2"]) is None  # one argument: "no host" or "no image", not a guess
 
 
 def test_tag_for_and_close_matches():
@@ -418,8 +431,116 @@ def test_stream_returns_a_remote_failure_as_its_exit_code():
     (["app:1", "h", "--bwlimit", "fast"], "bad rate"),
     (["app:1", "h", "--to-file", "x.tar"], "give no host"),
     (["app:1", "--to-file", "x.tar", "--from-file", "y.tar"], "cannot be combined"),
+    (["app:1", "-H", "-oProxyCommand=touch /tmp/x"], "starts with '-'"),
+    (["app:1", "-H", "gpu1", "-H", "alice@"], "malformed"),
 ])
 def test_usage_errors_exit_2(args, needle):
     res = run_cli("push-image", *args)
     assert res.code == 2, res.output
     assert needle in res.stderr and "Traceback" not in res.output
+
+
+def _fake_docker(tmp_path) -> dict:
+    """A `docker` on PATH that knows no image (and lists none): unit tests need no daemon."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text('#!/bin/sh\ncase "$1 $2" in\n  "image inspect") echo "Error: No such image: $5" >&2; exit 1;;\n'
+                    'esac\nexit 0\n')
+    fake.chmod(0o755)
+    import os
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MIGRATE_SSH_CONFIG": str(tmp_path / "none")}
+
+
+def test_missing_image_is_not_found_not_no_image_given(tmp_path):
+    res = run_cli("push-image", "nosuchimage", "gpu1", env=_fake_docker(tmp_path))
+    assert res.code == 1, res.output
+    assert "image nosuchimage not found locally" in res.stderr and "docker images" in res.stderr
+    assert "no image given" not in res.output and "Traceback" not in res.output
+
+
+def test_host_starting_with_a_dash_is_a_usage_error_as_positional_too(tmp_path):
+    res = run_cli("push-image", "app:1", "--", "-oProxyCommand=touch /tmp/x", env=_fake_docker(tmp_path))
+    assert res.code == 2, res.output
+    assert "starts with '-'" in res.stderr
+
+
+# -- a broken connection counts every step of the image (issue 12, item 8) -----------------------
+def test_lost_connection_counts_the_bytes_of_every_step_not_only_the_last(tmp_path):
+    from types import SimpleNamespace
+
+    from migrate.image.archive import LoadStep, Member
+    from migrate.image.push import Pusher, PushImageOptions
+
+    layer = 3 * MIB
+    diff_ids = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    steps = [LoadStep(config=b'{"c": 1}', diff_ids=diff_ids[:1], send=[0], checkpoint=True),
+             LoadStep(config=b'{"c": 2}', diff_ids=diff_ids, send=[1], tags=["app:1"])]
+
+    class Layers:
+        def member(self, name, diff_id, gzip_level=None):
+            return Member.from_bytes(name, b"x" * layer)
+
+    calls = []
+
+    class Master:  # first stream: a `docker load` that reads everything; second: ssh dies at once
+        def argv(self, command):
+            calls.append(command)
+            if len(calls) == 1:
+                code = (f"import sys; sys.stdin.buffer.read(); print('Loaded image ID: {steps[0].image_id}')")
+            else:
+                code = "import sys; sys.exit(255)"
+            return [sys.executable, "-c", code]
+
+    facts = SimpleNamespace(access="direct", add_image=lambda *a, **kw: None)
+    session = SimpleNamespace(name="alice@gpu", facts=facts)
+    img = LocalImage(ref="app:1", image_id=steps[1].image_id, diff_ids=diff_ids, tags=["app:1"])
+    pusher = Pusher([img], Layers(), PushImageOptions(), None)  # type: ignore[arg-type]
+    with pytest.raises(StreamBroken) as exc:
+        pusher._stream_steps(session, img, Master(), Codec(), steps, "docker load")
+    assert len(calls) == 2
+    assert re.search(r"lost after 3\.\d MiB", exc.value.message), exc.value.message  # the first step's 3 MiB
+    assert exc.value.wire_bytes >= layer
+    assert "1 of 2 layers of app:1 are committed" in exc.value.message
+
+
+# -- a full disk names the filesystem that filled up (issue 12, item 8) --------------------------
+def _load_failed(facts, stderr: str) -> MigrateError:
+    from types import SimpleNamespace
+
+    from migrate.image.push import Pusher, PushImageOptions
+
+    pusher = Pusher([], None, PushImageOptions(), None)
+    return pusher._load_failed(SimpleNamespace(name="alice@gpu", facts=facts),
+                               SimpleNamespace(stderr=stderr, stdout="", exit_code=1))
+
+
+TMP_FULL = ("Error processing tar file(exit status 1): write /" + "c" * 64 + "/layer.tar: "
+            "no space left on device")
+
+
+def test_disk_full_in_docker_tmpdir_names_docker_tmpdir_not_prune():
+    err = _load_failed(R.parse_facts(FACTS), TMP_FULL)
+    assert "DOCKER_TMPDIR /mnt/small/t (/mnt/small)" in err.hint
+    assert "docker image prune frees the data-root, not this" in err.hint
+    err = _load_failed(R.parse_facts(FACTS), "open /mnt/small/t/docker-import-1/x: no space left on device")
+    assert "DOCKER_TMPDIR /mnt/small/t" in err.hint
+
+
+def test_disk_full_in_the_data_root_suggests_prune_there():
+    err = _load_failed(R.parse_facts(FACTS),
+                       "write /var/lib/docker/overlay2/abc/diff/usr/lib/x: no space left on device")
+    assert err.hint.startswith("free space on the host's Docker data-root /var/lib/docker (/)") and "prune" in err.hint
+    same = R.parse_facts("info=20.10|overlay2|/var/lib/docker|linux|[]\ndisk.docker_root=102400 /\n"
+                         "disk.docker_tmp=same\n")
+    assert "data-root /var/lib/docker (/)" in _load_failed(same, TMP_FULL).hint  # one filesystem: it is that one
+    containerd = R.parse_facts(FACTS)
+    containerd.storage_driver = "overlayfs"  # the containerd image store makes no temporary copy
+    assert "data-root /var/lib/docker (/)" in _load_failed(containerd, TMP_FULL).hint
+
+
+def test_disk_full_in_a_layer_file_is_the_data_root_and_without_a_path_both_are_named():
+    err = _load_failed(R.parse_facts(FACTS), "write /usr/lib/libfoo.so: no space left on device")
+    assert err.hint.startswith("free space on the host's Docker data-root /var/lib/docker (/)")
+    err = _load_failed(R.parse_facts(FACTS), "Error response from daemon: no space left on device")
+    assert "DOCKER_TMPDIR /mnt/small/t (/mnt/small)" in err.hint and "data-root /var/lib/docker (/)" in err.hint

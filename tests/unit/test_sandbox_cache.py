@@ -1,0 +1,68 @@
+"""`sandbox down` removes the cached `ssh -F` copies that name its hosts, and only those."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migrate.remote.hosts import SshConfigSet
+from migrate.sandbox.manager import Sandbox, SandboxSettings, config_marker
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    cache, state = tmp_path / "cache", tmp_path / "state"
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(state))
+    return cache, state
+
+
+def _sandbox_config(state: Path, name: str) -> Path:
+    """What `sandbox up` leaves for sandbox `name`: its state dir and ssh_config (header first)."""
+    d = state / "sandbox" / name
+    d.mkdir(parents=True)
+    cfg = d / "ssh_config"
+    cfg.write_text(f"{config_marker(name)} written by `migrate sandbox up`; removed by `down`\n"
+                   f"Host {name}1\n  HostName 127.0.0.1\n  Port 2400\n")
+    return cfg
+
+
+def test_down_removes_the_cached_configs_naming_its_hosts_and_only_those(dirs, tmp_path):
+    cache, state = dirs
+    mine, other, other2 = (_sandbox_config(state, n) for n in ("zcache", "zcachex", "zother"))
+    user = tmp_path / "user_config"
+    user.write_text("Host *\n  ServerAliveInterval 30\n")
+    # what migrate commands cached while the sandboxes were up: alone, together, without ours
+    with_mine = SshConfigSet(user, [mine]).openssh_file()
+    with_both = SshConfigSet(user, [mine, other2]).openssh_file()
+    without = SshConfigSet(user, [other, other2]).openssh_file()  # 'zcachex' must not match 'zcache'
+    user_only = SshConfigSet(user, []).openssh_file()
+    unrelated = cache / "ssh_config-notes"
+    unrelated.write_text("something else\n")
+    assert len({with_mine, with_both, without, user_only}) == 4 and all(
+        p.exists() for p in (with_mine, with_both, without, user_only))
+
+    removed = Sandbox(SandboxSettings(name="zcache")).down()
+
+    assert not with_mine.exists() and not with_both.exists()
+    assert without.exists() and user_only.exists() and unrelated.exists()
+    assert "2 cached ssh_config file(s)" in removed
+    assert not (state / "sandbox" / "zcache").exists() and (state / "sandbox" / "zother").exists()
+
+
+def test_a_removed_cached_config_is_written_again_when_next_needed(dirs, tmp_path):
+    cache, state = dirs
+    cfg = _sandbox_config(state, "zcache")
+    configs = SshConfigSet(tmp_path / "none", [cfg])
+    path = configs.openssh_file()
+    path.unlink()  # a `sandbox down` of another sandbox named in the same text
+    assert configs.openssh_file() == path and path.read_text() == configs.text
+
+
+def test_image_streams_make_sure_the_config_file_is_there_before_each_ssh():
+    from migrate.image.stream import SshMaster
+
+    calls = []
+    master = SshMaster(["ssh", "-F", "/x", "h"], alias="h", display="h", before_spawn=lambda: calls.append(1))
+    assert master.argv("true")[-2:] == ["h", "true"] and master.argv("true") and len(calls) == 2
