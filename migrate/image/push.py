@@ -452,7 +452,7 @@ class Pusher:
         if res.exit_code != 0:
             committed = plan.first_missing + sum(len(s.send) for s, r in outputs if r.exit_code == 0)
             err = self._load_failed(session, res)
-            if err.hint and "free disk" in err.hint and committed > plan.first_missing:
+            if "no space left" in err.message.lower() and committed > plan.first_missing:
                 err.message += (f" ({committed} of {len(img.diff_ids)} layers are kept there as "
                                 f"{PARTIAL_REPO}:{short_id(img.archive_id)}-*; once there is space, a rerun "
                                 "sends only the rest)")
