@@ -307,7 +307,8 @@ def sif_script(tool: str, archive_path: str, sif_path: str, decompress: str | No
     """Receive an archive into a private temp file, build a SIF from it with apptainer/singularity, clean up."""
     q_tmp, q_sif = shell.quote(archive_path), shell.quote(sif_path)
     receive = f"zstd -dcq > {q_tmp}" if decompress == "zstd" else f"cat > {q_tmp}"
-    return (f"umask 077 && mkdir -p \"$(dirname {q_tmp})\" \"$(dirname {q_sif})\" && trap 'rm -f {q_tmp}' EXIT && "
+    cleanup = shell.quote(f"rm -f {q_tmp}")  # the trap's text is parsed again when it runs: quote it once more
+    return (f"umask 077 && mkdir -p \"$(dirname {q_tmp})\" \"$(dirname {q_sif})\" && trap {cleanup} EXIT && "
             f"{receive} && {shell.quote(tool)} build --force {q_sif}.part docker-archive://{q_tmp} "
             f"&& mv -f {q_sif}.part {q_sif}")
 

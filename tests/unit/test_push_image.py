@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import re
+import subprocess
 import sys
 import tarfile
 import time
@@ -286,8 +287,20 @@ def test_stream_commands_quote_and_route_through_sudo():
 
 def test_sif_script_quotes_paths_and_cleans_up():
     s = R.sif_script("/usr/bin/apptainer", ".migrate/tmp/x y.tar", "imgs/a b.sif", None)
-    assert "trap 'rm -f '\"'\"'.migrate/tmp/x y.tar'\"'\"'' EXIT" in s or "trap" in s
+    assert "trap 'rm -f '\"'\"'.migrate/tmp/x y.tar'\"'\"'' EXIT" in s
     assert "docker-archive://'.migrate/tmp/x y.tar'" in s and "mv -f 'imgs/a b.sif'.part 'imgs/a b.sif'" in s
+
+
+def test_sif_script_runs_with_spaces_in_paths(tmp_path):
+    """The generated script itself, run by sh: the trap parses and removes the temp archive."""
+    tool = tmp_path / "fake tool"
+    tool.write_text('#!/bin/sh\n[ "$1 $2" = "build --force" ] && cp "${4#docker-archive://}" "$3"\n')
+    tool.chmod(0o755)
+    s = R.sif_script(str(tool), ".migrate/tmp/x y.tar", "imgs/a b.sif", None)
+    proc = subprocess.run(["sh", "-c", s], input=b"archive bytes", capture_output=True, cwd=tmp_path, timeout=30)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert (tmp_path / "imgs/a b.sif").read_bytes() == b"archive bytes"
+    assert not (tmp_path / ".migrate/tmp/x y.tar").exists()  # the trap ran
 
 
 def test_parse_load_output_finds_hidden_errors():
