@@ -88,6 +88,11 @@ def warn(message: str) -> None:
     err.print(Text("warning: ", style="bold yellow") + Text(message))
 
 
+def deprecated(message: str) -> None:
+    """One line on stderr about an old spelling that still works for now (never wrapped)."""
+    err.print(Text("deprecated: ", style="bold yellow") + Text(message), soft_wrap=True)
+
+
 def error(message: str) -> None:
     """An error line (stderr); exactly one line for user mistakes."""
     err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 import click
@@ -13,10 +15,10 @@ from migrate.errors import MigrateError, UsageError
 from migrate.image import refs
 from migrate.image.compress import parse_compress
 from migrate.image.local import image_exists, inspect_images
-from migrate.image.push import ImagePushResult, PushImageOptions, push_images
-from migrate.image.stream import parse_rate
+from migrate.image.push import STEP_BYTES, ImagePushResult, PushImageOptions, push_images
 from migrate.remote.connection import load_configs
 from migrate.remote.hosts import ConnectOptions
+from migrate.units import KIB, format_rate, parse_rate, parse_size
 
 __all__ = ["ImagePushResult", "PushImageOptions", "push_images", "command"]
 
@@ -42,6 +44,46 @@ def split_args(args: tuple[str, ...], extra_hosts: tuple[str, ...], conn: Connec
     return images, hosts
 
 
+_OLD_GRAMMAR = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|b|bps)?\s*")
+
+
+def old_value(text: str) -> float | None:
+    """What push-image read `text` as before the shared grammar (decimal K/M/G, bytes), None if it refused it."""
+    m = _OLD_GRAMMAR.fullmatch(text.lower())
+    if not m:
+        return None
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+    if m.group(3) == "bit":
+        value /= 8
+    return value if value >= 1024 else None
+
+
+def read_value(flag: str, text: str, parse: Callable[[str], float], *, rate: bool) -> float:
+    """`text` in the shared grammar (migrate.units); one deprecation line where push-image read it otherwise.
+
+    A value the shared grammar refuses but the old one read (`20mbps`) keeps its old meaning for this release.
+    """
+    old = old_value(text)
+    try:
+        new = parse(text)
+    except UsageError:
+        if old is None:
+            raise
+        new = None
+    if old is None or (new is not None and round(old) == round(new)):
+        return new
+    per = "/s" if rate else ""
+    instead = (f"{old * 8 / 1e6:g}mbit" if old * 8 >= 1e6 else f"{old * 8 / 1e3:g}kbit") if rate else f"{old:.0f}"
+    if new is None:
+        ui.deprecated(f"{flag} {text} is read as {old:,.0f} B{per} (decimal units) for this release only; "
+                      f"write {instead} (see docs/cli.md)")
+        return old
+    shown = format_rate(new) if rate else format_rate(new).removesuffix("/s")
+    ui.deprecated(f"{flag} {text} now means {shown} (binary units, as in every verb); push-image used to "
+                  f"read it as {old:,.0f} B{per}: write {instead} for that (see docs/cli.md)")
+    return new
+
+
 def print_results(results: list[ImagePushResult]) -> None:
     """The final table: image, host, result, bytes sent vs image size, time, detail."""
     rows = []
@@ -61,11 +103,11 @@ def print_results(results: list[ImagePushResult]) -> None:
                    "gets zstd decompressed by the host's zstd, or gzip per layer.")
 @click.option("--force-arch", is_flag=True, help="Push even when the image's CPU architecture differs from the host's.")
 @click.option("--bwlimit", metavar="RATE", default=None,
-              help="Cap the wire rate of each host's stream, e.g. 20M (bytes/s), 500K, 100mbit: "
-                   "be polite on shared links.")
-@click.option("--checkpoint", "checkpoint", default="64M", show_default=True, metavar="SIZE",
-              help="Commit a resume point on the host at least every SIZE of layers (a rerun after a broken "
-                   "connection sends only what is not committed).")
+              help="Cap the wire rate of each host's stream: 20M or 20MiB/s (binary bytes/s), 100mbit (bits/s), "
+                   "500 (KiB/s, as rsync reads it); be polite on shared links.")
+@click.option("--checkpoint", "checkpoint", default=None, show_default="64M", metavar="SIZE",
+              help="Commit a resume point on the host at least every SIZE of layers, e.g. 64M = 64 MiB, 1G "
+                   "(a rerun after a broken connection sends only what is not committed).")
 @click.option("--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
 @click.option("--to-file", type=click.Path(dir_okay=False), default=None,
               help="Write one docker-load-able archive instead of pushing (.tar, .tar.gz or .tar.zst).")
@@ -81,8 +123,8 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, force_arch: bool,
-            bwlimit: str | None, checkpoint: str, dry_run: bool, to_file: str | None, from_file: str | None, fmt: str,
-            sif_dir: str, no_direct_layers: bool, as_json: bool, conn: ConnectOptions) -> None:
+            bwlimit: str | None, checkpoint: str | None, dry_run: bool, to_file: str | None, from_file: str | None,
+            fmt: str, sif_dir: str, no_direct_layers: bool, as_json: bool, conn: ConnectOptions) -> None:
     """Copy local Docker images to hosts over SSH, sending only the layers each host lacks.
 
     \b
@@ -96,8 +138,11 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     A broken connection keeps the layers already loaded: rerun the same command to resume.
     """
     parse_compress(compress)
-    rate = parse_rate(bwlimit) if bwlimit else None
-    step_bytes = int(parse_rate(checkpoint))
+    rate = read_value("--bwlimit", bwlimit, parse_rate, rate=True) if bwlimit else None
+    step_bytes = STEP_BYTES if checkpoint is None else \
+        int(read_value("--checkpoint", checkpoint, lambda t: parse_size(t, what="--checkpoint"), rate=False))
+    if step_bytes < KIB:
+        raise UsageError(f"--checkpoint {checkpoint} is too small", hint="give at least 1K; the default is 64M")
     if to_file and from_file:
         raise UsageError("--to-file and --from-file cannot be combined", hint="use one of them")
     images, hosts = split_args(args, extra_hosts, conn, from_file=bool(from_file), to_file=bool(to_file))

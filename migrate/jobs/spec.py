@@ -18,11 +18,10 @@ from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
 from migrate.jobs.limits import check_job_count, sweep_size
+from migrate.units import MIB, parse_size
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNIT_MIB = {"": 1, "B": 1 / (1024 * 1024), "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 @dataclass
@@ -103,18 +102,10 @@ def check_specs(jobs: list[JobSpec]) -> None:
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:
-    """'16g', '16GiB', '500M', '2048' (MiB) -> MiB."""
+    """'16g', '16GiB', '500M', '2048' (MiB) -> MiB (the grammar of `migrate.units`, plain numbers in MiB)."""
     if text is None:
         return None
-    if isinstance(text, int):
-        if text < 0:
-            raise UsageError(f"{what} cannot be negative")
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise UsageError(f"{what}: cannot read size {text!r}", hint="use e.g. 16g, 16GiB, 500M or a number of MiB")
-    unit = (m.group(2) or "").upper()[:1]
-    return int(float(m.group(1)) * _UNIT_MIB[unit])
+    return parse_size(text, what=what, plain=MIB) // MIB
 
 
 def parse_sweeps(items: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
