@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from migrate import ui
 from migrate.remote.hosts import ConnectOptions
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -36,3 +37,11 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, **kwargs)
 
     return wrapper
+
+
+def old_spelling(old: str, new: str, why: str = "") -> None:
+    """One deprecation line on stderr: `old` still works for this release; `new` is the spelling (docs/cli.md)."""
+    ui.deprecated(f"{old} still works for this release only; write {new}" + (f" ({why})" if why else ""))
+
+
+SHORT_N = "-n means --dry-run or nothing in every verb"

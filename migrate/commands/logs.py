@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
 from migrate.jobs.client import agent_session
 from migrate.remote.hosts import ConnectOptions
 
@@ -25,8 +25,9 @@ def logs_args(job: str, follow: bool, tail: int | None) -> list[str]:
 @click.argument("job")
 @connection_options
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends (Ctrl-C stops).")
-@click.option("-n", "--tail", type=click.IntRange(1, 10_000_000), default=None, help="Only the last N lines.")
-def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int | None) -> None:
+@click.option("--tail", type=click.IntRange(1, 10_000_000), default=None, metavar="N", help="Only the last N lines.")
+@click.option("-n", "tail_n", type=click.IntRange(1, 10_000_000), default=None, hidden=True)  # old --tail; one release
+def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int | None, tail_n: int | None) -> None:
     """Print the output of JOB (its id, name or key) on HOST.
 
     The log holds every attempt, each starting with a `[migrate] ... started` line and ending
@@ -34,6 +35,9 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     the dispatcher is not running it records the job's end itself and warns, and a queued job that
     cannot start (no dispatcher, paused queue) ends the follow with an error.
     """
+    if tail_n is not None:
+        old_spelling(f"logs -n {tail_n}", f"logs --tail {tail_n}", SHORT_N)
+        tail = tail_n
     with agent_session(host, conn) as client:
         code = client.stream(logs_args(job, follow, tail))
     sys.exit(code)

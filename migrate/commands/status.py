@@ -8,7 +8,7 @@ import click
 
 from migrate import ui
 from migrate.agent.recovery import job_ids_text
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
 from migrate.errors import UsageError
 from migrate.jobs.client import agent_session
 from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
@@ -65,16 +65,21 @@ def recorded_text(rec: dict) -> str:
 @connection_options
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not just unfinished and recent ones.")
 @click.option("--state", "states", metavar="LIST", help="Only jobs in these states, e.g. failed,lost.")
-@click.option("-n", "--last", type=click.IntRange(0, 100000), default=20, show_default=True,
+@click.option("--last", type=click.IntRange(0, 100000), default=20, show_default=True,
               help="How many finished jobs to show.")
+@click.option("-n", "last_n", type=click.IntRange(0, 100000), default=None, hidden=True)  # old --last; one release
 @click.option("--json", "as_json", is_flag=True,
               help="Print {host, dispatcher, paused, counts, jobs: [...]} as JSON.")
-def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None, last: int, as_json: bool) -> None:
+def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None, last: int, last_n: int | None,
+            as_json: bool) -> None:
     """Show the jobs on HOST: state, GPU, runtime, exit code and why a job waits.
 
     Works from any machine and any SSH session: the queue lives on the host. Finished jobs
     whose dispatcher was not running are recorded now (their exit codes were kept).
     """
+    if last_n is not None:
+        old_spelling(f"status -n {last_n}", f"status --last {last_n}", SHORT_N)
+        last = last_n
     args = status_args(show_all, states, last)
     with agent_session(host, conn) as client:
         data = client.call(args, what="read job status", need_queue=True)
