@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -45,3 +45,22 @@ def old_spelling(old: str, new: str, why: str = "") -> None:
 
 
 SHORT_N = "-n means --dry-run or nothing in every verb"
+
+
+def host_option(help_text: str = "A target host (repeatable): [user@]host or an ssh_config alias.") \
+        -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Repeatable `-H/--host HOST`, the one way every verb that takes several hosts names them; passes `host`."""
+    return click.option("-H", "--host", "host", multiple=True, metavar="HOST", help=help_text)
+
+
+def hosts_from(verb: str, *groups: Iterable[str], old_lists: Iterable[str] = ()) -> list[str]:
+    """Hosts in the order given: `groups` (positional HOST..., -H) as they are, then `old_lists` (the old
+    `--hosts H1,H2`), where a comma list is split with one deprecation line."""
+    hosts = [h for group in groups for h in group]
+    for value in old_lists:
+        parts = [h.strip() for h in value.split(",") if h.strip()]
+        if "," in value:
+            old_spelling(f"{verb} --hosts {value}", f"{verb} " + " ".join(f"-H {p}" for p in parts),
+                         "hosts are named one per -H")
+        hosts += parts
+    return hosts

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import click
 
 from migrate import local, ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option, hosts_from
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.limits import CONFIRM_JOBS, confirm_many_jobs, sweep_size
 from migrate.playbook.jobs import plan_jobs
@@ -291,19 +291,20 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
 @click.argument("playbook", type=click.Path(dir_okay=False))
 @click.option("-n", "--dry-run", is_flag=True, help="Validate and show what each stage would do; change nothing.")
 @click.option("--only", metavar="STAGES", help=f"Comma-separated subset of: {','.join(STAGES)}.")
-@click.option("--hosts", metavar="H1,H2", help="Use these hosts instead of the playbook's (e.g. --hosts sandbox1).")
+@host_option("Use this host instead of the playbook's (repeatable), e.g. -H sandbox1.")
+@click.option("--hosts", "old_hosts", multiple=True, hidden=True)  # before -H; a comma list: one release
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-y", "--yes", is_flag=True,
               help=f"Queue a sweep of more than {CONFIRM_JOBS} jobs without asking (for scripts).")
 @connection_options
-def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, as_json: bool, yes: bool,
-            conn: ConnectOptions) -> None:
+def command(playbook: str, dry_run: bool, only: str | None, host: tuple[str, ...], old_hosts: tuple[str, ...],
+            as_json: bool, yes: bool, conn: ConnectOptions) -> None:
     """Run a playbook: setup -> images -> data -> run, each stage idempotent.
 
     The file is validated first: unknown keys, wrong types and missing local paths (data src,
     build dirs, compose file) stop apply with their line number before any remote work.
     Applying the same playbook again changes nothing and queues no duplicate jobs. Rehearse on the
-    sandbox with `--hosts sandbox1`. A dry run counts what it would change (`N change(s) would be
+    sandbox with `-H sandbox1`. A dry run counts what it would change (`N change(s) would be
     made`, "changed" in --json), checking the jobs already queued without installing anything.
     A sweep of more than 1000 jobs is confirmed first (on a terminal; --yes in scripts); more
     than 10000 is refused.
@@ -313,9 +314,9 @@ def command(playbook: str, dry_run: bool, only: str | None, hosts: str | None, a
     for s in only_list:
         if s not in STAGES:
             raise UsageError(f"unknown stage {s!r} in --only", hint=f"choose from {', '.join(STAGES)}")
-    host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else pb.hosts
+    host_list = hosts_from("apply", host, old_lists=old_hosts) or pb.hosts
     if not host_list:
-        raise UsageError("no hosts", hint="name them in the playbook or with --hosts")
+        raise UsageError("no hosts", hint="name them in the playbook or with -H HOST")
     for h in host_list:
         HostSpec.parse(h)  # a malformed host, or one starting with '-', is a usage error (exit 2)
     missing = pb.missing_local_paths(only_list or None)

@@ -12,7 +12,7 @@ import sys
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option, hosts_from
 from migrate.errors import UsageError
 from migrate.remote.hosts import ConnectOptions
 from migrate.setup.offline import download_offline
@@ -45,6 +45,7 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 
 @click.command("host-setup", context_settings=CONTEXT_SETTINGS)
 @click.argument("hosts", nargs=-1, metavar="HOST...")
+@host_option()
 @connection_options
 @click.option("--docker-source", default="official", show_default=True, metavar="official|distro|mirror:NAME|URL",
               help="Where Docker comes from: Docker's apt repository, the distribution's docker.io, or a mirror of "
@@ -84,8 +85,9 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @click.option("--archive-keyring", type=click.Path(dir_okay=False), metavar="FILE",
               help="Distribution keyring for --download-offline (default: this machine's).")
 @click.pass_context
-def command(ctx: click.Context, hosts: tuple[str, ...], conn: ConnectOptions, docker_source: str, no_nvidia: bool,
-            nvidia_mirror: str | None, default_runtime: str | None, registry_mirrors: tuple[str, ...],
+def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], conn: ConnectOptions,
+            docker_source: str, no_nvidia: bool, nvidia_mirror: str | None, default_runtime: str | None,
+            registry_mirrors: tuple[str, ...],
             data_root: str | None, force: bool, force_source: bool, force_restart: bool, codename: str | None,
             docker_url: str, nvidia_url: str, apt_lock_timeout: int, offline: str | None,
             verify_image: str | None, dry_run: bool, undo: bool, as_json: bool, download_dir: str | None,
@@ -112,10 +114,12 @@ def command(ctx: click.Context, hosts: tuple[str, ...], conn: ConnectOptions, do
     Examples:
       migrate host-setup alice@gpu-box --dry-run
       migrate host-setup gpu1 gpu2 --docker-source mirror:tuna --nvidia-mirror ustc
+      migrate host-setup -H gpu1 -H gpu2 --dry-run      (the same hosts, as every verb names them)
       migrate host-setup --download-offline ./debs --for ubuntu:22.04
       migrate host-setup gpu-box --offline ./debs
       migrate host-setup gpu-box --undo
     """
+    hosts = tuple(hosts_from("host-setup", hosts, host))
     if download_dir is not None:
         if hosts:
             raise UsageError("--download-offline runs on this machine: give no HOST",

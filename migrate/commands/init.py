@@ -12,7 +12,7 @@ from migrate.errors import MigrateError
 
 STARTER = """\
 # A migrate playbook: one file that describes a whole migration.
-# Apply it with `migrate apply {path}` (rehearse first: `migrate apply {path} --hosts sandbox1`).
+# Apply it with `migrate apply {path}` (rehearse first: `migrate apply {path} -H sandbox1`).
 # Every key is documented in docs/playbook.md; applying twice changes nothing.
 
 # Hosts you were lent: [user@]host or aliases from ~/.ssh/config.
@@ -61,4 +61,4 @@ def command(path: str, host: str, force: bool) -> None:
     if target.exists() and not force:
         raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")
     target.write_text(starter_playbook(path, host))
-    ui.info(f"wrote {target}; edit it, then rehearse with `migrate apply {path} --hosts sandbox1 --dry-run`")
+    ui.info(f"wrote {target}; edit it, then rehearse with `migrate apply {path} -H sandbox1 --dry-run`")

@@ -103,3 +103,72 @@ def test_help_shows_n_only_as_dry_run():
             for p in sub.params:
                 if "-n" in getattr(p, "opts", []) and not getattr(p, "hidden", False):
                     assert "--dry-run" in p.opts, (name, p.opts)
+
+
+# -- hosts: -H/--host HOST, repeatable, in every verb that takes several ---------------------------
+@pytest.fixture
+def setup_hosts_seen(monkeypatch):
+    from migrate.commands import host_setup
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(host_setup, "setup_hosts", lambda hosts, conn, options, **kw: seen.append(hosts) or [])
+    monkeypatch.setattr(host_setup, "undo_hosts", lambda hosts, conn, **kw: seen.append(hosts) or [])
+    return seen
+
+
+@pytest.mark.parametrize("args,hosts", [
+    (["-H", "gpu1", "-H", "gpu2", "--dry-run"], ["gpu1", "gpu2"]),
+    (["--host", "alice@gpu1", "--dry-run"], ["alice@gpu1"]),
+    (["gpu1", "gpu2", "--dry-run"], ["gpu1", "gpu2"]),          # positional, as before
+    (["gpu1", "-H", "gpu2", "--undo"], ["gpu1", "gpu2"]),
+])
+def test_host_setup_takes_hosts_with_h(setup_hosts_seen, capsys, args, hosts):
+    from migrate.commands import host_setup
+
+    assert _invoke(host_setup.command, args) == 0
+    assert setup_hosts_seen == [hosts] and "deprecated" not in capsys.readouterr().err
+
+
+def test_host_setup_download_offline_refuses_h_too(setup_hosts_seen):
+    from migrate.commands import host_setup
+    from migrate.errors import UsageError
+
+    with pytest.raises(UsageError, match="give no HOST"):
+        _invoke(host_setup.command, ["-H", "gpu1", "--download-offline", "/tmp/x", "--for", "ubuntu:22.04"])
+
+
+@pytest.fixture
+def apply_hosts_seen(monkeypatch, tmp_path):
+    from migrate.commands import apply
+
+    seen: list[list[str]] = []
+
+    def fake_apply(pb, hosts, conn, *, only, dry_run):
+        seen.append(hosts)
+        return apply.ApplyReport(hosts=hosts, stages=[])
+
+    monkeypatch.setattr(apply, "apply_playbook", fake_apply)
+    (tmp_path / "pb.yml").write_text("hosts: [pbhost]\n")
+    return seen, str(tmp_path / "pb.yml")
+
+
+@pytest.mark.parametrize("args,hosts,deprecation", [
+    ([], ["pbhost"], None),
+    (["-H", "gpu1"], ["gpu1"], None),
+    (["-H", "gpu1", "--host", "gpu2"], ["gpu1", "gpu2"], None),
+    (["--hosts", "sandbox1"], ["sandbox1"], None),                 # the old flag with one host: as before
+    (["--hosts", "gpu1,gpu2"], ["gpu1", "gpu2"],
+     "deprecated: apply --hosts gpu1,gpu2 still works for this release only; write apply -H gpu1 -H gpu2"),
+    (["--hosts", "gpu1, gpu2,", "-H", "gpu0"], ["gpu0", "gpu1", "gpu2"], "write apply -H gpu1 -H gpu2"),
+])
+def test_apply_takes_hosts_with_h_and_the_old_comma_list(apply_hosts_seen, capsys, args, hosts, deprecation):
+    from migrate.commands import apply
+
+    seen, pb = apply_hosts_seen
+    assert _invoke(apply.command, [pb, "--dry-run", *args]) == 0
+    assert seen == [hosts]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
+    if deprecation:
+        assert len(err) == 1 and deprecation in err[0], err
+    else:
+        assert err == []
