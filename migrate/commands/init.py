@@ -55,10 +55,14 @@ def starter_playbook(path: str, host: str) -> str:
 @click.argument("path", default="migrate.yml", required=False)
 @click.option("--host", default="alice@gpu-box", show_default=True, help="Host to put in the playbook.")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
-def command(path: str, host: str, force: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {path, host} of the written playbook as JSON.")
+def command(path: str, host: str, force: bool, as_json: bool) -> None:
     """Write a commented starter playbook to PATH (default migrate.yml)."""
     target = Path(path)
     if target.exists() and not force:
         raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")
     target.write_text(starter_playbook(path, host))
+    if as_json:
+        ui.print_json({"path": str(target), "host": host})
+        return
     ui.info(f"wrote {target}; edit it, then rehearse with `migrate apply {path} -H sandbox1 --dry-run`")

@@ -51,10 +51,13 @@ def _status(*, as_json: bool) -> None:
     _show(sb.describe(), as_json, sb)
 
 
-def _down(*, purge: bool) -> None:
+def _down(*, purge: bool, as_json: bool = False) -> None:
     """Remove what the sandbox created."""
     sb = Sandbox()
     removed = sb.down(purge=purge)
+    if as_json:
+        ui.print_json({"sandbox": sb.s.name, "removed": removed})
+        return
     ui.info(f"sandbox '{sb.s.name}' down: " + (", ".join(removed) if removed else "nothing to remove"))
 
 
@@ -111,9 +114,10 @@ def status(as_json: bool) -> None:
 
 @group.command("down", context_settings=CONTEXT_SETTINGS)
 @click.option("--purge", is_flag=True, help="Also remove the sandbox image and the cached rootfs.")
-def down(purge: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {sandbox, removed: [...]} as JSON.")
+def down(purge: bool, as_json: bool) -> None:
     """Remove every container, volume, network and file the sandbox created (nothing else)."""
-    _down(purge=purge)
+    _down(purge=purge, as_json=as_json)
 
 
 @group.command("ssh-config", context_settings=CONTEXT_SETTINGS)

@@ -172,3 +172,51 @@ def test_apply_takes_hosts_with_h_and_the_old_comma_list(apply_hosts_seen, capsy
         assert len(err) == 1 and deprecation in err[0], err
     else:
         assert err == []
+
+
+# -- --json on every verb that reports -------------------------------------------------------------
+NO_REPORT = {"logs": "streams the job's own output", "tunnel": "forwards ports until Ctrl-C",
+             "sandbox ssh-config": "prints an ssh_config block, itself the data"}
+
+
+def test_every_verb_that_reports_has_json():
+    import click
+
+    from migrate.cli import VERBS, cli
+
+    ctx = click.Context(cli)
+    missing = []
+    for name in VERBS:
+        cmd = cli.get_command(ctx, name)
+        subs = [(f"{name} {s}", cmd.get_command(ctx, s)) for s in cmd.list_commands(ctx)] \
+            if isinstance(cmd, click.Group) else [(name, cmd)]
+        for path, sub in subs:
+            if path not in NO_REPORT and not any("--json" in getattr(p, "opts", []) for p in sub.params):
+                missing.append(path)
+    assert missing == []
+
+
+def test_sandbox_down_json(monkeypatch, capsys):
+    import json
+
+    from migrate.commands import sandbox
+
+    class FakeSandbox:
+        s = SimpleNamespace(name="dtest")
+
+        def down(self, purge: bool) -> list[str]:
+            return ["container dtest1", "network dtest"]
+
+    monkeypatch.setattr(sandbox, "Sandbox", FakeSandbox)
+    assert _invoke(sandbox.group, ["down", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"sandbox": "dtest", "removed": ["container dtest1", "network dtest"]}
+
+
+def test_init_json(tmp_path, capsys):
+    import json
+
+    from migrate.commands import init
+
+    target = tmp_path / "m.yml"
+    assert _invoke(init.command, [str(target), "--host", "gpu1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": str(target), "host": "gpu1"} and target.exists()
