@@ -220,3 +220,23 @@ def test_init_json(tmp_path, capsys):
     target = tmp_path / "m.yml"
     assert _invoke(init.command, [str(target), "--host", "gpu1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"path": str(target), "host": "gpu1"} and target.exists()
+
+
+def test_docs_cli_lists_every_old_spelling_and_readme_links_it():
+    """Each hidden option (an old spelling kept for one release) has its row in docs/cli.md's table."""
+    from pathlib import Path
+
+    import click
+
+    from migrate.cli import VERBS, cli
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs/cli.md").read_text()
+    rows = [ln for ln in doc.split("## Changed spellings")[1].splitlines() if ln.startswith("| `")]
+    ctx = click.Context(cli)
+    for name in VERBS:
+        cmd = cli.get_command(ctx, name)
+        for p in getattr(cmd, "params", []):
+            if getattr(p, "hidden", False):
+                assert any(f"| `{name}` | `{p.opts[0]}" in r for r in rows), (name, p.opts)
+    assert "(docs/cli.md)" in (root / "README.md").read_text()
