@@ -64,23 +64,20 @@ def read_value(flag: str, text: str, parse: Callable[[str], float], *, rate: boo
     A value the shared grammar refuses but the old one read (`20mbps`) keeps its old meaning for this release.
     """
     old = old_value(text)
+    if old is None:
+        return parse(text)
+    per = "/s" if rate else ""
+    instead = (f"{old * 8 / 1e6:g}mbit" if old * 8 >= 1e6 else f"{old * 8 / 1e3:g}kbit") if rate else f"{old:.0f}"
     try:
         new = parse(text)
     except UsageError:
-        if old is None:
-            raise
-        new = None
-    if old is None or (new is not None and round(old) == round(new)):
-        return new
-    per = "/s" if rate else ""
-    instead = (f"{old * 8 / 1e6:g}mbit" if old * 8 >= 1e6 else f"{old * 8 / 1e3:g}kbit") if rate else f"{old:.0f}"
-    if new is None:
         ui.deprecated(f"{flag} {text} is read as {old:,.0f} B{per} (decimal units) for this release only; "
                       f"write {instead} (see docs/cli.md)")
         return old
-    shown = format_rate(new) if rate else format_rate(new).removesuffix("/s")
-    ui.deprecated(f"{flag} {text} now means {shown} (binary units, as in every verb); push-image used to "
-                  f"read it as {old:,.0f} B{per}: write {instead} for that (see docs/cli.md)")
+    if round(old) != round(new):
+        shown = format_rate(new) if rate else format_rate(new).removesuffix("/s")
+        ui.deprecated(f"{flag} {text} now means {shown} (binary units, as in every verb); push-image used to "
+                      f"read it as {old:,.0f} B{per}: write {instead} for that (see docs/cli.md)")
     return new
 
 
