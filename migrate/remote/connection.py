@@ -4,6 +4,9 @@
 reaching a host (unknown name, refused port, unknown or changed host key, rejected key, wrong sudo
 password, dropped connection) comes out as a `MigrateError` with a one-line message and a hint.
 
+The host is resolved once, by OpenSSH itself (`hosts.resolve`: `ssh -G`), and the same `SshTarget`
+feeds this Fabric connection and every `ssh` process (`Remote.openssh_argv`, `OpenSshSession`).
+
 Host keys: every known_hosts file from ssh_config (default ~/.ssh/known_hosts) is read; an
 unknown key is refused with its fingerprint unless `--accept-new-host-key` (or
 `StrictHostKeyChecking accept-new` in ssh_config) is set, in which case it is appended to the
