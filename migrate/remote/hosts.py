@@ -144,7 +144,9 @@ class SshConfigSet:
                 continue
             except OSError as exc:
                 raise UsageError(f"cannot read ssh config {path}: {exc.strerror}") from exc
-        self.text = "\n".join(parts)
+        # each file starts unconditional, as it would alone: without the `Host *` line, a top-level
+        # `Include` of the user's file would land inside the sandbox's last `Host` block
+        self.text = "\nHost *\n".join(parts)
         self._config = None
         self._file: Path | None = None
 

@@ -85,3 +85,18 @@ def test_push_image_and_push_data_share_one_control_socket_dir(tmp_path):
     assert Path(image_master.socket).parent == Path(data_master.socket).parent == control_dir()
     assert image_master.socket != data_master.socket
     assert "ControlMaster=no" in data_session.openssh_argv()
+
+
+def test_an_include_after_the_sandbox_blocks_applies_to_every_host(tmp_path):
+    # the sandbox's blocks are read first; the user's top-level Include must not become part of them
+    sandbox = tmp_path / "state" / "sandbox" / "sb"
+    sandbox.mkdir(parents=True)
+    (sandbox / "ssh_config").write_text("Host sb1\n  HostName 127.0.0.1\n  Port 2400\n")
+    inc = tmp_path / "lab.conf"
+    inc.write_text("Host gpu\n  HostName 10.7.7.7\n  Port 2222\n  User carol\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {inc}\n")
+    paths = _every_path("gpu", ConnectOptions(ssh_config_path=str(cfg)))
+    assert set(paths.values()) == {("10.7.7.7", 2222, "carol")}, paths
+    assert _every_path("sb1", ConnectOptions(ssh_config_path=str(cfg)))["OpenSshSession (push-data)"][:2] == (
+        "127.0.0.1", 2400)
