@@ -97,6 +97,7 @@ class SshTarget:
     known_hosts_files: list[str] = field(default_factory=list)
     accept_new_host_key: bool = False
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    host_key_alias: str | None = None
 
     @property
     def display(self) -> str:
@@ -107,7 +108,9 @@ class SshTarget:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name under which the host key is stored: `host` or `[host]:port`."""
+        """The name under which the host key is stored: `HostKeyAlias`, else `host` or `[host]:port`."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
     @property
@@ -339,6 +342,7 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
         known_hosts_files=known,
         accept_new_host_key=accept_new,
         connect_timeout=timeout,
+        host_key_alias=None if one("hostkeyalias", "none").lower() == "none" else one("hostkeyalias"),
     )
 
 

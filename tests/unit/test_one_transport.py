@@ -100,3 +100,25 @@ def test_an_include_after_the_sandbox_blocks_applies_to_every_host(tmp_path):
     assert set(paths.values()) == {("10.7.7.7", 2222, "carol")}, paths
     assert _every_path("sb1", ConnectOptions(ssh_config_path=str(cfg)))["OpenSshSession (push-data)"][:2] == (
         "127.0.0.1", 2400)
+
+
+def test_host_key_alias_is_where_the_fabric_path_looks_and_records(tmp_path):
+    import paramiko
+
+    from migrate.remote.connection import VerifyingHostKeyPolicy
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "hk")], check=True)
+    key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "hk"))
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"gpu-alias ssh-ed25519 {key.get_base64()}\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host gpu\n  HostName 10.9.9.9\n  Port 2200\n  HostKeyAlias gpu-alias\n  UserKnownHostsFile {kh}\n")
+    options = ConnectOptions(ssh_config_path=str(cfg))
+    target, configs = target_for("gpu", options)
+    assert target.known_hosts_name == "gpu-alias"
+    client = _fabric_connection(target, configs, options).client
+    assert client.get_host_keys().lookup("[10.9.9.9]:2200")["ssh-ed25519"] == key  # what paramiko checks
+    kh.write_text("")
+    target.accept_new_host_key = True
+    VerifyingHostKeyPolicy(target).missing_host_key(paramiko.SSHClient(), "[10.9.9.9]:2200", key)
+    assert kh.read_text() == f"gpu-alias ssh-ed25519 {key.get_base64()}\n"  # as OpenSSH records it
