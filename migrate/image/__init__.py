@@ -7,6 +7,6 @@ Layout:
   remote.py    what the remote Docker has (one shell script, parsed) and the docker command lines
   plan.py      what to send where: missing layers, checkpoints, disk and arch checks (pure)
   compress.py  codec choice by measurement and the stream compressors
-  stream.py    the OpenSSH byte stream (ControlMaster, cipher, rate limit, progress)
+  stream.py    the OpenSSH byte stream over the host's ControlMaster (rate limit, link probe, progress)
   push.py      orchestration behind `migrate push-image`
 """

@@ -68,12 +68,12 @@ from migrate.image.plan import (
     plan_image,
 )
 from migrate.image.remote import RemoteDocker, parse_facts
-from migrate.image.stream import RateLimiter, SshMaster, StreamBroken, stream
+from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions, HostSpec
-from migrate.remote.openssh import AES_GCM_FIRST, local_has_aes
+from migrate.remote.openssh import ControlMaster, stream_ciphers
 from migrate.remote.parallel import for_each_host
 
 MIB = 1 << 20
@@ -283,7 +283,7 @@ class Pusher:
         results: list[ImagePushResult] = []
         need_stream = any(self._needs_stream(session, img) for img in self.images)
         with ExitStack() as stack:
-            master: SshMaster | None = None
+            master: ControlMaster | None = None
             codec: Codec | None = None
             broken: str | None = None
             for img in self.images:
@@ -318,12 +318,10 @@ class Pusher:
     def _image_bytes(self, img: LocalImage) -> int:
         return img.size
 
-    def _master(self, session: HostSession) -> SshMaster:
+    def _master(self, session: HostSession) -> ControlMaster:
         remote = session.remote
-        cipher = None
-        if local_has_aes() and session.facts.aes and not remote.configs.lookup(remote.target.alias).get("ciphers"):
-            cipher = AES_GCM_FIRST
-        return SshMaster(remote.openssh_argv(), alias=remote.target.alias, display=remote.name, cipher=cipher,
+        cipher = stream_ciphers(remote.configs, remote_has_aes=bool(session.facts.aes))
+        return ControlMaster(remote.openssh_argv(), alias=remote.target.alias, display=remote.name, cipher=cipher,
                          connect_timeout=remote.target.connect_timeout, before_spawn=remote.configs.openssh_file)
 
     def _payload(self, session: HostSession) -> int:
@@ -337,13 +335,13 @@ class Pusher:
                 total += sum(self.layers.size(d) for d in img.diff_ids[plan.first_missing:])
         return total
 
-    def _codec(self, session: HostSession, master: SshMaster) -> Codec:
+    def _codec(self, session: HostSession, master: ControlMaster) -> Codec:
         facts = session.facts
         payload = self._payload(session)
         engine_zstd = facts.engine_at_least(23) and self.options.format != "sif"
         link = None
         if self.spec.name == "auto" and payload >= PROBE_MIN_PAYLOAD:
-            link = master.measure_link()
+            link = measure_link(master)
             if self.options.bwlimit:
                 link = min(link, self.options.bwlimit / 1e6)
         elif self.options.bwlimit:
@@ -363,7 +361,7 @@ class Pusher:
             return step.oci_members(layers.member, layers.descriptor)
         return step.members(lambda n, d: layers.member(n, d, codec.layer_gzip if codec else None))
 
-    def _stream_steps(self, session: HostSession, img: LocalImage, master: SshMaster, codec: Codec,
+    def _stream_steps(self, session: HostSession, img: LocalImage, master: ControlMaster, codec: Codec,
                       steps: list[LoadStep], script: str, oci: bool = False) -> tuple[int, int, list]:
         """Stream each step through `script` on the host; return (wire bytes, layers sent, results)."""
         members_per_step = [self._step_members(step, codec, oci) for step in steps]
@@ -426,7 +424,7 @@ class Pusher:
             hint = "this engine cannot read the stream; try --compress none"
         return MigrateError(f"docker load failed on {session.name}: {last}", hint=hint)
 
-    def _push_docker(self, session: HostSession, img: LocalImage, master: SshMaster | None, codec: Codec | None,
+    def _push_docker(self, session: HostSession, img: LocalImage, master: ControlMaster | None, codec: Codec | None,
                      t0: float) -> ImagePushResult:
         plan = plan_image(img, session.facts)  # again: an earlier image may have brought shared layers
         if plan.action in (UP_TO_DATE, TAG):
@@ -498,7 +496,7 @@ class Pusher:
             for img in session.facts.images:
                 img.tags = [t for t in img.tags if t not in tags]
 
-    def _push_sif(self, session: HostSession, img: LocalImage, master: SshMaster | None, codec: Codec | None,
+    def _push_sif(self, session: HostSession, img: LocalImage, master: ControlMaster | None, codec: Codec | None,
                   t0: float) -> ImagePushResult:
         path = sif_path(self.options, img)
         if session.sif_present.get(img.image_id):

@@ -1,8 +1,8 @@
-"""The byte stream to a host: one OpenSSH ControlMaster per host, compressed, rate-limited, counted.
+"""The byte stream to a host: compressed, rate-limited, counted, over the host's ControlMaster.
 
 OpenSSH is used for bulk bytes (about 2x paramiko's throughput, and AES-GCM where both ends have
-AES-NI); every stream of a run shares the host's master connection, so a checkpointed load costs no
-new handshake. The master is our own child process (`ssh -M -N`), stopped when the push ends.
+AES-NI); every stream of a run shares the host's master connection (`remote.openssh.ControlMaster`,
+the one manager push-data uses too), so a checkpointed load costs no new handshake.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from migrate import ui
 from migrate.errors import ConnectError, UsageError
 from migrate.image.compress import Codec, StreamCompressor
-from migrate.paths import cache_root, private_dir
+from migrate.remote.openssh import ControlMaster
 
 
 def parse_rate(text: str) -> float:
@@ -86,93 +85,19 @@ class StreamResult:
     seconds: float
 
 
-class SshMaster:
-    """An OpenSSH master connection to one host, for byte streams (`with SshMaster(remote) as m:`)."""
+def measure_link(master: ControlMaster, nbytes: int = 16 << 20) -> float:
+    """MB/s of a short probe through `master`: `nbytes` of random data to `cat >/dev/null`, minus a tiny
+    send's session overhead (so a fast link is not mistaken for a slow one)."""
+    def timed(data: bytes) -> float:
+        t0 = time.monotonic()
+        res = stream(master.argv("cat >/dev/null"), [data], StreamCompressor(Codec()), display=master.display)
+        if res.exit_code != 0:
+            raise StreamBroken(f"link probe to {master.display} failed: {res.stderr.strip() or res.exit_code}")
+        return time.monotonic() - t0
 
-    def __init__(self, base_argv: list[str], *, alias: str, display: str, cipher: str | None = None,
-                 connect_timeout: float = 10, before_spawn: Callable[[], object] | None = None) -> None:
-        # base_argv is `ssh [options] alias`; we insert our options before the alias
-        self.base = base_argv[:-1]
-        self.before_spawn = before_spawn
-        self.alias = alias
-        self.display = display
-        self.cipher = cipher
-        self.connect_timeout = connect_timeout
-        sock_dir = private_dir(cache_root() / "ssh")
-        self.socket = str(sock_dir / f"cm-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> SshMaster:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def start(self) -> None:
-        extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N"]
-        if self.cipher:
-            extra += ["-c", self.cipher]
-        argv = [*self.base, *extra, self.alias]
-        ui.debug("$ " + " ".join(argv), level=2)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + self.connect_timeout + 10
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
-                raise ConnectError(f"ssh stream connection to {self.display} failed: "
-                                   f"{err.splitlines()[-1] if err else 'exit ' + str(self.proc.returncode)}",
-                                   hint="check that `ssh` (OpenSSH client) reaches the host with the same settings")
-            if time.monotonic() > deadline:
-                self.close()
-                raise ConnectError(f"timed out opening the ssh stream connection to {self.display}")
-            time.sleep(0.02)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def argv(self, command: str) -> list[str]:
-        """`ssh ... alias COMMAND` through the master."""
-        if self.before_spawn is not None:
-            self.before_spawn()  # e.g. rewrite the `ssh -F` file if a `sandbox down` removed it
-        return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", "-T", self.alias, command]
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def close(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-        try:
-            os.unlink(self.socket)
-        except OSError:
-            pass
-
-    def measure_link(self, nbytes: int = 16 << 20) -> float:
-        """MB/s of a short probe: `nbytes` of random data to `cat >/dev/null`, minus a tiny send's
-        session overhead (so a fast link is not mistaken for a slow one)."""
-        def timed(data: bytes) -> float:
-            t0 = time.monotonic()
-            res = stream(self.argv("cat >/dev/null"), [data], StreamCompressor(Codec()), display=self.display)
-            if res.exit_code != 0:
-                raise StreamBroken(f"link probe to {self.display} failed: {res.stderr.strip() or res.exit_code}")
-            return time.monotonic() - t0
-
-        overhead = timed(b"x")
-        seconds = max(timed(os.urandom(nbytes)) - overhead, 1e-3)
-        return nbytes / seconds / 1e6
+    overhead = timed(b"x")
+    seconds = max(timed(os.urandom(nbytes)) - overhead, 1e-3)
+    return nbytes / seconds / 1e6
 
 
 def _drain(pipe, sink: list[bytes]) -> None:

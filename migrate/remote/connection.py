@@ -4,6 +4,9 @@
 reaching a host (unknown name, refused port, unknown or changed host key, rejected key, wrong sudo
 password, dropped connection) comes out as a `MigrateError` with a one-line message and a hint.
 
+The host is resolved once, by OpenSSH itself (`hosts.resolve`: `ssh -G`), and the same `SshTarget`
+feeds this Fabric connection and every `ssh` process (`Remote.openssh_argv`, `OpenSshSession`).
+
 Host keys: every known_hosts file from ssh_config (default ~/.ssh/known_hosts) is read; an
 unknown key is refused with its fingerprint unless `--accept-new-host-key` (or
 `StrictHostKeyChecking accept-new` in ssh_config) is set, in which case it is appended to the
@@ -88,7 +91,7 @@ class VerifyingHostKeyPolicy(paramiko.MissingHostKeyPolicy):
         path = Path(self.target.writable_known_hosts)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path, "a") as fh:
-            fh.write(known_hosts_line(hostname, key))
+            fh.write(known_hosts_line(self.target.known_hosts_name, key))
         path.chmod(0o600)
         client.get_host_keys().add(hostname, key.get_name(), key)
         ui.warn(f"accepted new host key for {hostname}: {key.get_name()} {fp} (saved in {path})")
@@ -165,12 +168,18 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
         connect_kwargs=connect_kwargs,
     )
     client = conn.client
+    known = paramiko.HostKeys()
     for path in target.known_hosts_files:
         if os.path.isfile(path):
             try:
-                client.load_system_host_keys(path)
+                known.load(path)
             except (OSError, paramiko.SSHException) as exc:
                 raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from exc
+    # paramiko looks a key up as `host`/`[host]:port`; with HostKeyAlias, OpenSSH looks up the alias
+    # instead, so only the alias's keys are offered, under the name paramiko asks for
+    lookup_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    for key_type, key in (known.lookup(target.known_hosts_name) or {}).items():
+        client.get_host_keys().add(lookup_name, key_type, key)
     client.set_missing_host_key_policy(VerifyingHostKeyPolicy(target))
     return conn
 

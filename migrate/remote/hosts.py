@@ -1,9 +1,10 @@
 """Host specs (`[user@]host`), ~/.ssh/config resolution and the OpenSSH command line for a host.
 
-`resolve()` turns what the user typed plus the connection options into an `SshTarget`: the same
-answer OpenSSH would give (aliases, HostName, Port, User, IdentityFile, ProxyJump,
-UserKnownHostsFile), so that Fabric connections and the `ssh` processes we start for rsync and
-image streams reach the same host with the same keys and the same host-key checks.
+`resolve()` turns what the user typed plus the connection options into an `SshTarget` from OpenSSH's
+own answer (`ssh -G`, so Include, Match, ProxyJump, HostName, Port, User, IdentityFile,
+UserKnownHostsFile and StrictHostKeyChecking all count), cached per run, so that Fabric
+connections and the `ssh` processes we start for rsync and image streams reach the same host with
+the same keys and the same host-key checks.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class SshTarget:
     known_hosts_files: list[str] = field(default_factory=list)
     accept_new_host_key: bool = False
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    host_key_alias: str | None = None
 
     @property
     def display(self) -> str:
@@ -106,7 +108,9 @@ class SshTarget:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name under which the host key is stored: `host` or `[host]:port`."""
+        """The name under which the host key is stored: `HostKeyAlias`, else `host` or `[host]:port`."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
     @property
@@ -127,8 +131,8 @@ class SshConfigSet:
 
     First obtained value wins, as in OpenSSH, so the sandbox's own `Host sandbox1` block decides
     its HostName/Port/User while the user's `Host *` defaults still apply to everything else.
-    The same text feeds paramiko (`lookup`) and the OpenSSH client (`openssh_file`, passed with
-    `-F`), so ProxyJump hops and aliases resolve identically in both.
+    `resolve()` asks OpenSSH about this text (`ssh -G -F openssh_file()`) and every `ssh` we start
+    gets the same `-F`, so the Fabric connection and the OpenSSH client reach the same host.
     """
 
     def __init__(self, user_config: Path, extra_configs: list[Path] | None = None) -> None:
@@ -143,13 +147,16 @@ class SshConfigSet:
                 continue
             except OSError as exc:
                 raise UsageError(f"cannot read ssh config {path}: {exc.strerror}") from exc
-        self.text = "\n".join(parts)
+        # each file starts unconditional, as it would alone: without the `Host *` line, a top-level
+        # `Include` of the user's file would land inside the sandbox's last `Host` block
+        self.text = "\nHost *\n".join(parts)
         self._config = None
         self._file: Path | None = None
 
     @property
     def config(self):
-        """The text parsed by paramiko (imported only when needed: OpenSSH-only paths skip it)."""
+        """The text parsed by paramiko, only for the names in its `Host` lines (push-image's image-or-host
+        guess); hosts are resolved by `resolve()` (`ssh -G`), never from this."""
         if self._config is None:
             import paramiko
 
@@ -159,10 +166,6 @@ class SshConfigSet:
                 raise UsageError(f"cannot parse ssh config: {exc}", hint=f"check {self.user_config}") from exc
         return self._config
 
-    def lookup(self, host: str) -> dict:
-        """paramiko's view of `Host` blocks for this name."""
-        return self.config.lookup(host)
-
     def openssh_file(self) -> Path | None:
         """A private file with the same text for `ssh -F` (None: plain ~/.ssh/config suffices).
 
@@ -170,8 +173,8 @@ class SshConfigSet:
         that name its hosts, which may include ours), so call it before each `ssh` started.
         """
         default = Path("~/.ssh/config").expanduser()
-        if self.sources in ([], [default]):
-            return None
+        if self.sources == [default] or (not self.sources and self.user_config == default):
+            return None  # plain `ssh` reads the same: ~/.ssh/config (and /etc/ssh/ssh_config)
         if self._file is not None and self._file.exists():
             return self._file
         digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
@@ -216,59 +219,146 @@ def _prune_stale(directory: Path, pattern: str, max_age_s: float) -> None:
             continue
 
 
-def _split_words(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        words: list[str] = []
-        for v in value:
-            words.extend(v.split())
-        return words
-    return value.split()
+_SSH_G_CACHE: dict[tuple[str, ...], dict[str, list[str]]] = {}
+_DEFAULTS_PROBE = "migrate-defaults.invalid"
 
 
-def resolve(spec: HostSpec, options: ConnectOptions, ssh_config: SshConfigSet) -> SshTarget:
-    """Combine the spec, command-line options and ssh_config into an `SshTarget` (pure)."""
-    cfg = ssh_config.lookup(spec.host)
-    user = spec.user or cfg.get("user") or getpass.getuser()
+def parse_ssh_g(text: str) -> dict[str, list[str]]:
+    """`ssh -G` output (`key value` lines, keys lowercase) as key -> every value, in order (pure)."""
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            values.setdefault(key.lower(), []).append(value.strip())
+    return values
+
+
+def ssh_g(host: str, *, config_file: Path | None, user: str | None = None, port: int | None = None,
+          shown_as: Path | None = None) -> dict[str, list[str]]:
+    """OpenSSH's own resolution of `host` (`ssh -G`: Include, Match, ProxyJump... all count), cached per run.
+
+    `config_file` is the `-F` file (None: ~/.ssh/config and /etc/ssh/ssh_config, as plain `ssh`);
+    `shown_as` is the file to name in an error (the user's, not our cached copy).
+    """
+    argv = ["ssh", "-G"]
+    if config_file is not None:
+        argv += ["-F", str(config_file)]
+    if user:
+        argv += ["-l", user]
+    if port:
+        argv += ["-p", str(port)]
+    argv += ["--", host]
+    key = tuple(argv)
+    if key not in _SSH_G_CACHE:
+        import subprocess
+
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise UsageError("the OpenSSH client `ssh` is not installed",
+                             hint="install it (openssh-client): migrate reads host settings with `ssh -G`") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise UsageError(f"`ssh -G {host}` did not answer in 60 s",
+                             hint="check `Match exec` commands in your ssh config") from exc
+        if proc.returncode != 0:
+            raise UsageError(_ssh_g_error(host, proc.stderr, proc.returncode),
+                             hint=f"check {shown_as or config_file or '~/.ssh/config'}")
+        _SSH_G_CACHE[key] = parse_ssh_g(proc.stdout)
+    return _SSH_G_CACHE[key]
+
+
+def _ssh_g_error(host: str, stderr: str, code: int) -> str:
+    """One line from `ssh -G`'s complaint, without our cached file's name and line numbers (pure)."""
+    first = (stderr.strip().splitlines() or [f"exit code {code}"])[0]
+    first = re.sub(r"^\S+?:? line \d+: ", "", first)
+    port = re.match(r"Bad port '(.*)'", first)
+    if port:
+        return f"bad Port in ssh config for {host}: {port.group(1)!r}"
+    return f"cannot read the ssh settings for {host}: {first}"
+
+
+def _default_identity_files() -> list[str]:
+    """The IdentityFile list OpenSSH uses when none is configured (this client version's defaults)."""
+    return ssh_g(_DEFAULTS_PROBE, config_file=Path(os.devnull)).get("identityfile", [])
+
+
+def expand_tokens(text: str, *, alias: str, hostname: str, port: int, user: str) -> str:
+    """OpenSSH's `%` tokens (%h %p %r %n %u %d %%) and a leading `~`, as in IdentityFile and ProxyCommand."""
+    table = {"h": hostname, "p": str(port), "r": user, "n": alias, "u": getpass.getuser(),
+             "d": os.path.expanduser("~"), "%": "%"}
+    text = re.sub(r"%(.)", lambda m: table.get(m.group(1), m.group(0)), text)
+    return os.path.expanduser(text)
+
+
+def _words(values: list[str]) -> list[str]:
+    return [w for v in values for w in v.split()]
+
+
+def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: ConnectOptions) -> SshTarget:
+    """An `SshTarget` from `ssh -G` values plus the command line's keys and host-key choice."""
+    def one(key: str, default: str = "") -> str:
+        return (values.get(key) or [default])[0]
+
     try:
-        port = options.port or int(cfg.get("port", 22))
+        port = int(one("port", "22"))
     except ValueError as exc:
-        raise UsageError(f"bad Port in ssh config for {spec.host}: {cfg.get('port')!r}") from exc
+        raise UsageError(f"bad Port in ssh config for {alias}: {one('port')!r}") from exc
     if not 0 < port < 65536:
         raise UsageError(f"port {port} out of range", hint="ports are 1-65535")
+    hostname = one("hostname", alias)
+    user = one("user") or getpass.getuser()
+    configured = values.get("identityfile", [])
+    if configured == _default_identity_files():
+        configured = []  # OpenSSH's defaults: paramiko looks for them itself
     identities = [os.path.expanduser(p) for p in options.identity_files]
-    identities += [os.path.expanduser(p) for p in cfg.get("identityfile", [])]
-    for path in options.identity_files:
-        if not Path(path).expanduser().is_file():
-            raise UsageError(f"identity file {path} not found", hint="pass the private key file with -i")
-    jump = cfg.get("proxyjump")
+    identities += [expand_tokens(p, alias=alias, hostname=hostname, port=port, user=user) for p in configured]
+    jump = one("proxyjump")
     hops = [] if not jump or jump.lower() == "none" else [h.strip() for h in jump.split(",") if h.strip()]
-    proxy_command = cfg.get("proxycommand")
-    if proxy_command and proxy_command.lower() == "none":
+    proxy_command: str | None = one("proxycommand")
+    if not proxy_command or proxy_command.lower() == "none":
         proxy_command = None
-    known = [os.path.expanduser(p) for p in _split_words(cfg.get("userknownhostsfile"))]
-    known = [p for p in known if p != "/dev/null"] or [os.path.expanduser(DEFAULT_KNOWN_HOSTS)]
-    for p in _split_words(cfg.get("globalknownhostsfile")) or [GLOBAL_KNOWN_HOSTS]:
+    else:
+        proxy_command = expand_tokens(proxy_command, alias=alias, hostname=hostname, port=port, user=user)
+    known = [os.path.expanduser(p) for p in _words(values.get("userknownhostsfile", []))]
+    known = [p for p in known if p != os.devnull] or [os.path.expanduser(DEFAULT_KNOWN_HOSTS)]
+    for p in _words(values.get("globalknownhostsfile", [])) or [GLOBAL_KNOWN_HOSTS]:
         p = os.path.expanduser(p)
         if p not in known:
             known.append(p)
-    strict = str(cfg.get("stricthostkeychecking", "ask")).lower()
-    accept_new = options.accept_new_host_key or strict in ("accept-new", "no", "off")
-    timeout = options.connect_timeout or int(cfg.get("connecttimeout", DEFAULT_CONNECT_TIMEOUT))
+    # `ssh -G` prints yes/no as true/false; `no` is never weaker than accept-new here
+    strict = one("stricthostkeychecking", "ask").lower()
+    accept_new = options.accept_new_host_key or strict in ("accept-new", "no", "off", "false")
+    timeout_text = one("connecttimeout", "none")
+    timeout = options.connect_timeout or (int(timeout_text) if timeout_text.isdigit() else DEFAULT_CONNECT_TIMEOUT)
     return SshTarget(
-        alias=spec.host,
-        hostname=cfg.get("hostname", spec.host),
+        alias=alias,
+        hostname=hostname,
         port=port,
         user=user,
         identity_files=identities,
-        identities_only=str(cfg.get("identitiesonly", "no")).lower() == "yes",
+        identities_only=one("identitiesonly", "no").lower() in ("yes", "true"),
         proxy_jump=hops,
         proxy_command=None if hops else proxy_command,
         known_hosts_files=known,
         accept_new_host_key=accept_new,
         connect_timeout=timeout,
+        host_key_alias=None if one("hostkeyalias", "none").lower() == "none" else one("hostkeyalias"),
     )
+
+
+def resolve(spec: HostSpec, options: ConnectOptions, ssh_config: SshConfigSet) -> SshTarget:
+    """Combine the spec, command-line options and OpenSSH's resolution (`ssh -G`) into an `SshTarget`.
+
+    The one resolution of a host: the Fabric/paramiko connection and every `ssh` process use it.
+    """
+    for path in options.identity_files:
+        if not Path(path).expanduser().is_file():
+            raise UsageError(f"identity file {path} not found", hint="pass the private key file with -i")
+    if options.port is not None and not 0 < options.port < 65536:
+        raise UsageError(f"port {options.port} out of range", hint="ports are 1-65535")
+    values = ssh_g(spec.host, config_file=ssh_config.openssh_file(), user=spec.user, port=options.port,
+                   shown_as=ssh_config.user_config)
+    return target_from_ssh_g(spec.host, values, options)
 
 
 def parse_jump_hop(hop: str) -> tuple[HostSpec, int | None]:

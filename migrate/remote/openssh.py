@@ -1,15 +1,18 @@
-"""Commands and bulk streams through the OpenSSH client, over one multiplexed connection per host.
+"""The OpenSSH side of the one transport: one ControlMaster manager, and `OpenSshSession` on top of it.
 
-Bulk verbs (push-data, pull-data) spend most of their time in `ssh` processes anyway (rsync `-e`,
-tar pipes). `OpenSshSession` runs their few small commands (probes, mkdir) through the same
-client: the first command opens a ControlMaster, and every later `ssh` (including rsync's) reuses
-it, so a transfer costs one SSH handshake and no Python SSH stack at all.
+Bulk bytes travel through `ssh` processes (rsync `-e`, tar pipes, image streams): about twice
+paramiko's throughput. `ControlMaster` is the one manager of the multiplexed connection they share:
+one socket directory (`control_dir()`), one lifecycle (our own `ssh -M -N` child, started once,
+stopped when the verb ends). push-data/pull-data reach it through `OpenSshSession`, push-image
+directly (`ControlMaster(remote.openssh_argv(), ...)`).
 
-Settings and checks are the ones every verb uses: the same ssh_config text (sandbox blocks first,
-then the user's file, via `-F`), `StrictHostKeyChecking=yes` (or `accept-new` when asked), the
-command-line port, user and keys. When the connection fails, the same host is tried once with the
-paramiko-based connection layer, whose errors say exactly what is wrong (unknown host key with its
-fingerprint, changed key, refused port, authentication) instead of OpenSSH's terse exit 255.
+Settings and checks are the one resolution every verb uses (`hosts.resolve`: `ssh -G` on the same
+ssh_config text, sandbox blocks first, passed with `-F`), so host, port, user, keys, known_hosts
+files and the host-key policy (`StrictHostKeyChecking=yes`, or `accept-new` when asked on the command
+line or in ssh_config) are the Fabric connection's. When the master cannot connect, the same host is
+tried once with the paramiko-based connection layer, whose errors say exactly what is wrong (unknown
+host key with its fingerprint, changed key, refused port, authentication) instead of OpenSSH's terse
+exit 255.
 
 Cipher: where this CPU has AES-NI and no ssh_config in play names `Ciphers`, AES-GCM is offered
 first (OpenSSH's default is chacha20-poly1305, ~20 % slower per byte with AES-NI; measured on the
@@ -21,15 +24,24 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from migrate import ui
 from migrate.errors import ConnectError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
 from migrate.remote import shell
-from migrate.remote.hosts import ConnectOptions, HostSpec, SshConfigSet, user_ssh_config_path
+from migrate.remote.hosts import (
+    ConnectOptions,
+    HostSpec,
+    SshConfigSet,
+    SshTarget,
+    openssh_options,
+    resolve,
+    user_ssh_config_path,
+)
 
 AES_GCM_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 _CIPHERS_LINE = re.compile(r"^\s*ciphers[\s=]", re.IGNORECASE | re.MULTILINE)
@@ -50,30 +62,6 @@ def preferred_ciphers(config_text: str, has_aes: bool) -> str | None:
     return AES_GCM_FIRST
 
 
-@dataclass
-class ResolvedHost:
-    """What `ssh -G` says about a host (OpenSSH's own resolution of the config)."""
-
-    alias: str
-    hostname: str
-    port: int
-    user: str
-
-    @property
-    def display(self) -> str:
-        return f"{self.user}@{self.alias}"
-
-
-def parse_ssh_g(alias: str, text: str) -> ResolvedHost:
-    """Parse `ssh -G` output (lowercase `key value` lines)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        values.setdefault(key.lower(), value.strip())
-    return ResolvedHost(alias=alias, hostname=values.get("hostname", alias), port=int(values.get("port", "22")),
-                        user=values.get("user", ""))
-
-
 def _user_default_config_text() -> str:
     """/etc/ssh/ssh_config (and its drop-ins): a system-wide `Ciphers` is respected too."""
     parts = []
@@ -85,66 +73,155 @@ def _user_default_config_text() -> str:
     return "\n".join(parts)
 
 
+def stream_ciphers(configs: SshConfigSet, *, remote_has_aes: bool = True) -> str | None:
+    """The `Ciphers` to offer on a bulk connection to a host reached with `configs` (None: OpenSSH's)."""
+    return preferred_ciphers(configs.text + "\n" + _user_default_config_text(), local_has_aes() and remote_has_aes)
+
+
+def control_dir() -> Path:
+    """The one directory of ControlMaster sockets (private; short path: sockets have a length limit)."""
+    return private_dir(cache_root() / "cm")
+
+
+class MasterFailed(ConnectError):
+    """The master connection could not be opened; `stderr` is what ssh said."""
+
+    def __init__(self, message: str, hint: str | None = None, *, stderr: str = "") -> None:
+        super().__init__(message, hint)
+        self.stderr = stderr
+
+
+class ControlMaster:
+    """One OpenSSH master connection to one host, shared by every `ssh` of a verb (`with ControlMaster(...)`).
+
+    `base_argv` is `ssh [options] alias` (`Remote.openssh_argv()` or `OpenSshSession`'s); the master
+    is our own child (`ssh -M -N`, ControlPersist=no), so it ends with the verb. Clients use
+    `ControlMaster=no`: if the master has gone, they still connect on their own.
+    """
+
+    def __init__(self, base_argv: list[str], *, alias: str, display: str, cipher: str | None = None,
+                 connect_timeout: float = 10, before_spawn: Callable[[], object] | None = None) -> None:
+        self.base = base_argv[:-1]
+        self.before_spawn = before_spawn
+        self.alias = alias
+        self.display = display
+        self.cipher = cipher
+        self.connect_timeout = connect_timeout
+        self.socket = str(control_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ControlMaster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn_check(self) -> None:
+        if self.before_spawn is not None:
+            self.before_spawn()  # e.g. rewrite the `ssh -F` file if a `sandbox down` removed it
+
+    def start(self) -> None:
+        """Open the master connection; MasterFailed (with ssh's words) when it cannot."""
+        self._spawn_check()
+        extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N"]
+        if self.cipher:
+            extra += ["-c", self.cipher]
+        argv = [*self.base, *extra, self.alias]
+        ui.debug("$ " + " ".join(argv), level=2)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + self.connect_timeout + 10
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None:
+                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+                code = self.proc.returncode
+                self.close()
+                raise MasterFailed(f"ssh stream connection to {self.display} failed: "
+                                   f"{err.splitlines()[-1] if err else 'exit ' + str(code)}",
+                                   hint="check that `ssh` (OpenSSH client) reaches the host with the same settings",
+                                   stderr=err)
+            if time.monotonic() > deadline:
+                self.close()
+                raise MasterFailed(f"timed out opening the ssh stream connection to {self.display}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def client_argv(self) -> list[str]:
+        """`ssh [options] alias` through the master (no command: rsync `-e`, tar pipes)."""
+        self._spawn_check()
+        return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", self.alias]
+
+    def argv(self, command: str) -> list[str]:
+        """`ssh ... -T alias COMMAND` through the master."""
+        return [*self.client_argv()[:-1], "-T", self.alias, command]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the master (idempotent) and remove its socket."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+        try:
+            os.unlink(self.socket)
+        except OSError:
+            pass
+
+
 class OpenSshSession:
-    """One host, reached with `ssh` and a ControlMaster; `run()` mirrors `Remote.run` for plain commands."""
+    """One host reached with `ssh` over a `ControlMaster`; `run()` mirrors `Remote.run` for plain commands.
+
+    Kept for push-data/pull-data; new code can take `target` (the one resolution), `master` (the one
+    ControlMaster manager) and `openssh_argv()` from here, or `Remote.openssh_argv()` + `ControlMaster`.
+    """
 
     def __init__(self, host: str, options: ConnectOptions) -> None:
         self.spec = HostSpec.parse(host)
         self.options = options
         self.configs = SshConfigSet(user_ssh_config_path(options), sandbox_ssh_configs())
-        for key in options.identity_files:
-            if not Path(key).expanduser().is_file():
-                from migrate.errors import UsageError
-
-                raise UsageError(f"identity file {key} not found", hint="pass the private key file with -i")
-        control_dir = private_dir(cache_root() / "cm")
-        self._control = str(Path(tempfile.mkdtemp(prefix="", dir=control_dir)) / "s")
-        self._master_open = False
-        self._ciphers = preferred_ciphers(self.configs.text + "\n" + _user_default_config_text(), local_has_aes())
-        self.target = self._resolve()
+        self.target: SshTarget = resolve(self.spec, options, self.configs)
+        self._ciphers = stream_ciphers(self.configs)
+        self.master = ControlMaster([*self._base(), self.spec.host], alias=self.spec.host, display=self.name,
+                                    connect_timeout=self.target.connect_timeout,
+                                    before_spawn=self.configs.openssh_file)
 
     # -- argv ---------------------------------------------------------------------------------
-    def _base(self, *, control: bool = True) -> list[str]:
-        o = self.options
-        argv = ["ssh"]
-        cfg = self.configs.openssh_file()
-        if cfg:
-            argv += ["-F", str(cfg)]
-        argv += ["-o", "BatchMode=yes",
-                 "-o", f"StrictHostKeyChecking={'accept-new' if o.accept_new_host_key else 'yes'}",
-                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
-        if o.connect_timeout:
-            argv += ["-o", f"ConnectTimeout={o.connect_timeout}"]
-        else:
-            argv += ["-o", "ConnectTimeout=10"]
+    def _base(self) -> list[str]:
+        argv = ["ssh", *openssh_options(self.target, config_file=self.configs.openssh_file())]
         if self._ciphers:
             argv += ["-o", f"Ciphers={self._ciphers}"]
-        if control:
-            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control}", "-o", "ControlPersist=120"]
-        if o.port:
-            argv += ["-p", str(o.port)]
-        for key in o.identity_files:
-            argv += ["-i", os.path.expanduser(key)]
-        if self.spec.user:
-            argv += ["-l", self.spec.user]
         return argv
 
     def openssh_argv(self) -> list[str]:
         """`ssh [options] alias` sharing this session's connection (for rsync -e, tar pipes)."""
-        return [*self._base(), self.spec.host]
-
-    def _resolve(self) -> ResolvedHost:
-        proc = subprocess.run([*self._base(control=False), "-G", self.spec.host], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ConnectError(f"cannot read the ssh settings for {self.spec.host}: "
-                               f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}", hint="check your ssh config")
-        return parse_ssh_g(self.spec.host, proc.stdout)
+        return self.master.client_argv()
 
     @property
     def name(self) -> str:
-        return self.target.display
+        return f"{self.target.user}@{self.target.alias}"
 
     # -- commands -----------------------------------------------------------------------------
+    def _ensure_master(self) -> None:
+        if self.master.alive():
+            return
+        try:
+            self.master.start()
+        except MasterFailed as exc:
+            self._diagnose(exc.stderr)
+
     def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
             timeout: float | None = None, what: str | None = None, sudo_mode: str = "nopasswd"):
         """Run an already-quoted command line; `sudo` needs root or passwordless sudo (see `sudo_mode`)."""
@@ -153,6 +230,7 @@ class OpenSshSession:
         if sudo and sudo_mode == "password":
             raise SudoError("this step needs sudo with a password", hint="run it through the paramiko connection")
         full = shell.sudo_nopasswd(command) if sudo and sudo_mode != "root" else command
+        self._ensure_master()
         ui.debug(f"[{self.spec.host}] $ {full}", level=2)
         try:
             proc = subprocess.run([*self.openssh_argv(), full], input=stdin, capture_output=True, text=True,
@@ -160,9 +238,6 @@ class OpenSshSession:
         except subprocess.TimeoutExpired as exc:
             raise RemoteCommandError(f"{what or 'remote command'} timed out after {timeout}s on {self.name}",
                                      command=command, exit_code=124) from exc
-        if proc.returncode == 255 and not self._master_open:
-            self._diagnose(proc.stderr)
-        self._master_open = self._master_open or proc.returncode != 255
         res = RunResult(command=command, exit_code=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
         if proc.returncode == 255:
             last = (proc.stderr.strip().splitlines() or ["connection failed"])[-1]
@@ -181,18 +256,8 @@ class OpenSshSession:
         raise ConnectError(f"ssh to {self.spec.host} failed: {last}", hint="try `ssh -v` with the same host")
 
     def close(self) -> None:
-        """Stop the ControlMaster (idempotent) and remove its socket directory."""
-        if self._master_open:
-            subprocess.run([*self._base(), "-O", "exit", self.spec.host], capture_output=True)
-            self._master_open = False
-        try:
-            os.unlink(self._control)
-        except OSError:
-            pass
-        try:
-            os.rmdir(os.path.dirname(self._control))
-        except OSError:
-            pass
+        """Stop the ControlMaster (idempotent)."""
+        self.master.close()
 
     def __enter__(self) -> OpenSshSession:
         return self

@@ -124,6 +124,88 @@ def test_changed_host_key_is_always_refused(sandbox_hosts, tmp_path):
         assert_one_line_error(res, "CHANGED", "ssh-keygen -R")
 
 
+def _push_one_file(tmp_path, host: str, env: dict) -> tuple:
+    """push-data (the OpenSSH path) of one small file into a fresh directory on `host`."""
+    src = tmp_path / "payload.txt"
+    src.write_text("hello\n")
+    dest = f"/tmp/conn-test-{tmp_path.name}"
+    return run_cli("push-data", str(src), f"{host}:{dest}/", env=env), f"{dest}/payload.txt"
+
+
+def test_doctor_and_push_data_reach_a_host_defined_only_through_an_include(sandbox_hosts, tmp_path):
+    h = sandbox_hosts[0]
+    inc = tmp_path / "lab.conf"
+    inc.write_text(f"Host incl-lab\n  HostName {h['hostname']}\n  Port {h['port']}\n  User alice\n"
+                   f"  IdentityFile {h['identity_file']}\n  IdentitiesOnly yes\n"
+                   f"  UserKnownHostsFile {Sandbox().known_hosts}\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {inc}\n")
+    env = {"MIGRATE_SSH_CONFIG": str(cfg)}
+    res = run_cli("doctor", "incl-lab", "--json", env=env)
+    assert res.code == 0, res.output
+    res, pushed = _push_one_file(tmp_path, "incl-lab", env)
+    assert res.code == 0, res.output
+    with connect(h["alias"]) as r:
+        assert r.read_text(pushed) == "hello\n"
+        r.run(shell.join(["rm", "-rf", pushed.rsplit("/", 1)[0]]))
+
+
+SECOND_SSHD = "/run/migrate-second-sshd"
+
+
+def _second_sshd(container: str, port: int) -> None:
+    """A second sshd in a shared sandbox host: its own port and host key, the host's settings otherwise
+    (sshd keeps the first value; Port and HostKey add up, and the host's file sets neither), so the
+    host's own sshd and host key stay as they are for every other test.
+
+    Called again, it restarts with a freshly generated host key: a server that was reinstalled.
+    """
+    d = SECOND_SSHD
+    script = (f"[ -f {d}/pid ] && kill $(cat {d}/pid) && sleep 0.3; mkdir -p {d} && rm -f {d}/key {d}/key.pub && "
+              f"ssh-keygen -q -t ed25519 -N '' -f {d}/key && "
+              f"printf 'Port {port}\\nHostKey {d}/key\\nPidFile {d}/pid\\nInclude /etc/ssh/sshd_config\\n' "
+              f">{d}/sshd_config && /usr/sbin/sshd -f {d}/sshd_config")
+    subprocess.run(["docker", "exec", container, "sh", "-c", script], check=True, timeout=60)
+
+
+def _stop_second_sshd(container: str) -> None:
+    subprocess.run(["docker", "exec", container, "sh", "-c",
+                    f"[ -f {SECOND_SSHD}/pid ] && kill $(cat {SECOND_SSHD}/pid); rm -rf {SECOND_SSHD}"],
+                   timeout=60)
+
+
+def test_accept_new_in_ssh_config_and_changed_keys_are_one_policy_on_both_paths(sandbox_hosts, tmp_path):
+    h = sandbox_hosts[0]
+    port = 2299
+    kh = tmp_path / "known_hosts"
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host lab\n  HostName {h['ip']}\n  Port {port}\n  User alice\n"
+                   f"  IdentityFile {h['identity_file']}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n"
+                   "  StrictHostKeyChecking accept-new\n")
+    env = {"MIGRATE_SSH_CONFIG": str(cfg), "MIGRATE_STATE_DIR": str(tmp_path / "nostate")}
+    name = f"[{h['ip']}]:{port}"
+    _second_sshd(h["container"], port)
+    try:
+        # a new key: push-data (OpenSSH) and doctor (paramiko) both accept it and record it
+        kh.write_text("")
+        res, _ = _push_one_file(tmp_path, "lab", env)
+        assert res.code == 0, res.output
+        assert name in kh.read_text()
+        kh.write_text("")
+        res = run_cli("doctor", "lab", "--json", env=env)
+        assert res.code == 0, res.output
+        assert name in kh.read_text()
+        # a changed key: refused on both paths with the same one-line error, accept-new or not
+        _second_sshd(h["container"], port)
+        res, _ = _push_one_file(tmp_path, "lab", env)
+        assert_one_line_error(res, "CHANGED", "ssh-keygen -R")
+        res = run_cli("doctor", "lab", env=env)
+        assert_one_line_error(res, "CHANGED", "ssh-keygen -R")
+    finally:
+        _stop_second_sshd(h["container"])
+        subprocess.run(["docker", "exec", h["container"], "rm", "-rf", f"/tmp/conn-test-{tmp_path.name}"], timeout=60)
+
+
 def test_sandbox_state_files_are_private(sandbox_hosts):
     sb = Sandbox()
     for p in (sb.key, sb.known_hosts, sb.ssh_config, sb.hosts_json):

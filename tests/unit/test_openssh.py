@@ -1,10 +1,10 @@
-from migrate.remote.hosts import ConnectOptions
-from migrate.remote.openssh import AES_GCM_FIRST, OpenSshSession, parse_ssh_g, preferred_ciphers
+from migrate.remote.hosts import ConnectOptions, parse_ssh_g, target_from_ssh_g
+from migrate.remote.openssh import AES_GCM_FIRST, OpenSshSession, preferred_ciphers
 
 
 def test_parse_ssh_g():
     text = "user carol\nhostname 10.1.2.3\nport 2200\nidentityfile ~/.ssh/id_rsa\nidentityfile ~/.ssh/id_ed25519\n"
-    r = parse_ssh_g("gpu", text)
+    r = target_from_ssh_g("gpu", parse_ssh_g(text), ConnectOptions())
     assert (r.alias, r.hostname, r.port, r.user, r.display) == ("gpu", "10.1.2.3", 2200, "carol", "carol@gpu")
 
 
@@ -20,7 +20,7 @@ def test_session_resolves_like_openssh_and_keeps_every_check(tmp_path, monkeypat
         joined = " ".join(argv)
         assert argv[0] == "ssh" and argv[-1] == "gpu" and "-F" in argv
         assert "StrictHostKeyChecking=yes" in joined and "BatchMode=yes" in joined
-        assert "ControlMaster=auto" in joined and "-p 2201" in joined
+        assert "ControlMaster=no" in joined and f"-S {s.master.socket}" in joined and "-p 2201" in joined
         assert "StrictHostKeyChecking=no" not in joined
     finally:
         s.close()

@@ -61,8 +61,8 @@ def test_a_removed_cached_config_is_written_again_when_next_needed(dirs, tmp_pat
 
 
 def test_image_streams_make_sure_the_config_file_is_there_before_each_ssh():
-    from migrate.image.stream import SshMaster
+    from migrate.remote.openssh import ControlMaster
 
     calls = []
-    master = SshMaster(["ssh", "-F", "/x", "h"], alias="h", display="h", before_spawn=lambda: calls.append(1))
+    master = ControlMaster(["ssh", "-F", "/x", "h"], alias="h", display="h", before_spawn=lambda: calls.append(1))
     assert master.argv("true")[-2:] == ["h", "true"] and master.argv("true") and len(calls) == 2
