@@ -12,9 +12,9 @@ Replies come from a table: the first `(pattern, Reply)` whose regular expression
 command answers it; anything else answers exit 0 with no output.
 
 `is_mutating(command)` is the documented classifier behind the dry-run tests: a command changes the
-host when any of its simple commands (split at `;`, `&&`, `||`, `|`, newlines) starts with one of
-MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` prefixes), is a `docker`/`systemctl`/`apt-get`
-subcommand that changes state, redirects output into a file other than /dev/null (`>`, `>>`), or is
+host when any of its simple commands (split outside quotes at `;`, `&&`, `||`, `|`, parentheses,
+newlines) starts with one of MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` prefixes), is a
+`docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state, redirects output into a file other than /dev/null (`>`, `>>`), or is
 an rsync without `--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`,
 `id`, `docker images`, `apt-cache policy`, `rsync --version`, ...) are not. It is deliberately
 conservative: a probe that writes to a temp file counts as mutating.
@@ -32,7 +32,7 @@ from migrate.remote.connection import RunResult
 # programs that change files, packages, users or services whatever their arguments
 MUTATING_PROGRAMS = frozenset({
     "mkdir", "rm", "rmdir", "mv", "cp", "tee", "chmod", "chown", "chgrp", "touch", "ln", "install", "dd",
-    "truncate", "usermod", "useradd", "groupadd", "gpasswd", "dpkg", "apt", "mkfifo", "kill", "pkill", "reboot",
+    "truncate", "usermod", "useradd", "groupadd", "gpasswd", "apt", "mkfifo", "kill", "pkill", "reboot",
     "shutdown", "update-alternatives", "nvidia-ctk", "gpg", "curl", "wget",
 })
 # subcommands that change state, for programs that also have read-only ones
@@ -43,18 +43,30 @@ MUTATING_SUBCOMMANDS = {
     "systemctl": {"restart", "start", "stop", "reload", "enable", "disable", "mask", "unmask", "daemon-reload",
                   "kill", "reset-failed"},
 }
-_SPLIT = re.compile(r"\|\||&&|;|\||\n|\$\(|`|\(|\)")
-_REDIRECT = re.compile(r"(?<![0-9&<>])>>?\s*(?!&)([^\s;|&)]+)")
+_SEPARATORS = set(";|&()\n")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_PREFIXES = {"sudo", "env", "exec", "nohup", "nice", "command", "then", "else", "do", "!", "{"}
+_PREFIXES = {"sudo", "env", "exec", "nohup", "nice", "command", "then", "else", "do", "!", "{", "$", "if", "while"}
 _HARMLESS_TARGETS = ("/dev/null", "/dev/stderr", "/dev/stdout")
+_DPKG_CHANGES = ("-i", "--install", "-r", "--remove", "-P", "--purge", "--configure", "--unpack", "--set-selections")
 
 
-def _words(part: str) -> list[str]:
+def _simple_commands(command: str) -> list[list[str]]:
+    """Shell words per simple command: split at `;`, `&&`, `||`, `|`, `(`, `)` and newlines outside
+    quotes; a redirection stays in its command as the token `>`/`>>` followed by its target."""
+    lex = shlex.shlex(command, posix=True, punctuation_chars=";|&()<>\n")
+    lex.whitespace = " \t\r"
+    lex.commenters = ""
     try:
-        return shlex.split(part)
-    except ValueError:
-        return part.split()
+        tokens = list(lex)
+    except ValueError:  # unbalanced quotes: judge the raw words
+        tokens = command.split()
+    out: list[list[str]] = [[]]
+    for t in tokens:
+        if t and set(t) <= _SEPARATORS:
+            out.append([])
+        else:
+            out[-1].append(t)
+    return [c for c in out if c]
 
 
 def _program(words: list[str]) -> list[str]:
@@ -70,10 +82,13 @@ def _short_flags(args: list[str]) -> str:
     return "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
 
 
-def _mutating_part(part: str) -> bool:
-    if any(t.strip("'\"") not in _HARMLESS_TARGETS for t in _REDIRECT.findall(part)):
-        return True
-    words = _program(_words(part))
+def _mutating_words(words: list[str]) -> bool:
+    for i, w in enumerate(words):
+        if w.startswith(">") and "&" not in w:
+            target = words[i + 1] if i + 1 < len(words) else ""
+            if target not in _HARMLESS_TARGETS and not target.startswith("&"):
+                return True
+    words = _program([w for w in words if not w.startswith(("<", ">"))])
     if not words:
         return False
     prog, args = words[0].rsplit("/", 1)[-1], words[1:]
@@ -84,6 +99,8 @@ def _mutating_part(part: str) -> bool:
         return "--extract" in args or "x" in _short_flags(args) or (not first.startswith("-") and "x" in first)
     if prog == "sed":
         return any(a.startswith("-i") or a == "--in-place" for a in args)
+    if prog == "dpkg":
+        return any(a.startswith(_DPKG_CHANGES) for a in args)
     if prog in ("sh", "bash") and args[:1] == ["-c"] and len(args) > 1:
         return is_mutating(args[1])
     if prog in MUTATING_SUBCOMMANDS:
@@ -93,7 +110,7 @@ def _mutating_part(part: str) -> bool:
 
 def is_mutating(command: str) -> bool:
     """Whether a shell command line (or a stream's argv, joined) could change the host (see module doc)."""
-    return any(_mutating_part(p) for p in _SPLIT.split(command) if p.strip())
+    return any(_mutating_words(words) for words in _simple_commands(command))
 
 
 @dataclass
