@@ -14,14 +14,16 @@ command answers it; anything else answers exit 0 with no output.
 `is_mutating(command)` is the documented classifier behind the dry-run tests: a command changes the
 host when any of its simple commands (split outside quotes at `;`, `&&`, `||`, `|`, parentheses,
 newlines) starts with one of MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` prefixes), is a
-`docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state, redirects output into a file other than /dev/null (`>`, `>>`), or is
-an rsync without `--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`,
-`id`, `docker images`, `apt-cache policy`, `rsync --version`, ...) are not. It is deliberately
+`docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state,
+redirects output into a file other than /dev/null (`>`, `>>`), or is an rsync without
+`--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`, `id`,
+`docker images`, `apt-cache policy`, `rsync --version`, ...) are not. It is deliberately
 conservative: a probe that writes to a temp file counts as mutating.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -233,8 +235,9 @@ class FakeHost:
         """A local program's stream: an rsync argv, or the command an `ssh` stream runs on the host."""
         self.log.append(Recorded("stream", remote_command or shlex.join(argv)))
 
-    @property
+    @functools.cached_property
     def transfers(self) -> RecordingTransfers:
+        """The recording stand-in for the local transfer runners (one per host, so tests can set its answers)."""
         return RecordingTransfers(self)
 
 
