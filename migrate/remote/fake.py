@@ -17,8 +17,9 @@ newlines) starts with one of MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` p
 `docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state,
 redirects output into a file other than /dev/null (`>`, `>>`), or is an rsync without
 `--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`, `id`,
-`docker images`, `apt-cache policy`, `rsync --version`, ...) are not. It is deliberately
-conservative: a probe that writes to a temp file counts as mutating.
+`docker images`, `apt-cache policy`, `rsync --version`, ...) are not, nor is writing to and
+removing a file named by a variable the same command set from `mktemp` (a probe's scratch file).
+It is deliberately conservative otherwise: any other write counts as mutating.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ MUTATING_PROGRAMS = frozenset({
 MUTATING_SUBCOMMANDS = {
     "apt-get": {"install", "remove", "purge", "upgrade", "dist-upgrade", "update", "autoremove", "download"},
     "docker": {"load", "tag", "rm", "rmi", "run", "create", "start", "stop", "kill", "import", "pull", "push",
-               "volume", "network", "image", "system", "builder", "exec"},
+               "exec", "prune", "commit", "cp", "restart", "update"},
     "systemctl": {"restart", "start", "stop", "reload", "enable", "disable", "mask", "unmask", "daemon-reload",
                   "kill", "reset-failed"},
 }
+_DOCKER_GROUPS = ("image", "container", "volume", "network", "system", "builder")
 _SEPARATORS = set(";|&()\n")
+_COMMENT_LINE = re.compile(r"(?m)^\s*#.*$")
+_MKTEMP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=\$\(mktemp\b")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _PREFIXES = {"sudo", "env", "exec", "nohup", "nice", "command", "then", "else", "do", "!", "{", "$", "if", "while"}
 _HARMLESS_TARGETS = ("/dev/null", "/dev/stderr", "/dev/stdout")
@@ -54,7 +58,8 @@ _DPKG_CHANGES = ("-i", "--install", "-r", "--remove", "-P", "--purge", "--config
 
 def _simple_commands(command: str) -> list[list[str]]:
     """Shell words per simple command: split at `;`, `&&`, `||`, `|`, `(`, `)` and newlines outside
-    quotes; a redirection stays in its command as the token `>`/`>>` followed by its target."""
+    quotes (comment lines dropped); a redirection stays in its command as `>`/`>>` and its target."""
+    command = _COMMENT_LINE.sub("", command)
     lex = shlex.shlex(command, posix=True, punctuation_chars=";|&()<>\n")
     lex.whitespace = " \t\r"
     lex.commenters = ""
@@ -84,11 +89,11 @@ def _short_flags(args: list[str]) -> str:
     return "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
 
 
-def _mutating_words(words: list[str]) -> bool:
+def _mutating_words(words: list[str], temps: set[str]) -> bool:
     for i, w in enumerate(words):
         if w.startswith(">") and "&" not in w:
             target = words[i + 1] if i + 1 < len(words) else ""
-            if target not in _HARMLESS_TARGETS and not target.startswith("&"):
+            if target not in _HARMLESS_TARGETS and not target.startswith("&") and target not in temps:
                 return True
     words = _program([w for w in words if not w.startswith(("<", ">"))])
     if not words:
@@ -105,6 +110,10 @@ def _mutating_words(words: list[str]) -> bool:
         return any(a.startswith(_DPKG_CHANGES) for a in args)
     if prog in ("sh", "bash") and args[:1] == ["-c"] and len(args) > 1:
         return is_mutating(args[1])
+    if prog == "rm" and args and all(a.startswith("-") or a in temps for a in args):
+        return False
+    if prog == "docker" and args[:1] and args[0] in _DOCKER_GROUPS:  # `docker image rm`, not `docker image ls`
+        args = args[1:]
     if prog in MUTATING_SUBCOMMANDS:
         return bool(args) and args[0] in MUTATING_SUBCOMMANDS[prog]
     return prog in MUTATING_PROGRAMS
@@ -112,7 +121,8 @@ def _mutating_words(words: list[str]) -> bool:
 
 def is_mutating(command: str) -> bool:
     """Whether a shell command line (or a stream's argv, joined) could change the host (see module doc)."""
-    return any(_mutating_words(words) for words in _simple_commands(command))
+    temps = {form for var in _MKTEMP.findall(command) for form in (f"${var}", f"${{{var}}}")}
+    return any(_mutating_words(words, temps) for words in _simple_commands(command))
 
 
 @dataclass

@@ -14,7 +14,9 @@ READ_ONLY = [
     dest_probe_command("/data/x y"), source_probe_command("/runs/exp1"), partial_probe_command(["/a"], ["/b"]),
     PROBE_SCRIPT, SETUP_PROBE, "sudo -n true >/dev/null 2>&1", "rsync --version", "rsync -an --stats ./a/ gpu:/b/",
     "rsync --dry-run -a a b", "tar -cf - .", "cat /etc/os-release", "docker images --format '{{.ID}}'",
-    "docker info", "apt-cache policy rsync", "command -v rsync", "[ -d /x ]", 'printf %s "$HOME"',
+    "docker info", "docker image inspect --format '{{.Id}}' x", "docker image ls -aq",
+    "t=$(mktemp); docker image ls -q > \"$t\"; cat \"$t\"; rm -f \"$t\"",
+    "apt-cache policy rsync", "command -v rsync", "[ -d /x ]", 'printf %s "$HOME"',
     "systemctl is-active docker", "df -Pk /data | awk 'NR==2 {print $4}'", "ls -A /srv 2>/dev/null | head -n 1",
 ]
 MUTATING = [
@@ -22,8 +24,10 @@ MUTATING = [
     "sudo -n sh -c 'apt-get install -y rsync'", "apt-get remove -y docker.io",
     "DEBIAN_FRONTEND=noninteractive apt-get install -y rsync || (apt-get update -q && apt-get install -y rsync)",
     "rsync -a --stats ./a/ gpu:/b/", "echo x > /etc/y", "echo x >> ~/.bashrc", "tar -C /d -xpf -",
-    "docker load", "docker tag a b", "docker rm -f c", "docker run --rm x", "systemctl restart docker",
+    "docker load", "docker tag a b", "docker image rm x",
+    "docker image prune -f", "docker rm -f c", "docker run --rm x", "systemctl restart docker",
     "usermod -aG docker bob", "sed -i s/a/b/ f", "cd /x && tee f", "sh -c 'cat > \"$1\"' sh /tmp/x",
+    "# a comment line\nrm -rf /x", "t=$(mktemp); ls > \"$t\"; rm -f \"$t\" /etc/x",
 ]
 
 
