@@ -207,7 +207,7 @@ class PlannedTransfer:
     remote_command: str = ""      # what a tar/cat stream runs on the host
     files: int = 0
     bytes: int = 0
-    label: str = ""               # how the mapping reads (default: the push direction's `Mapping.describe`)
+    label: str = ""               # how the mapping reads (default: `SRC -> host:LANDING`)
 
 
 @dataclass
@@ -220,12 +220,14 @@ class HostPlan:
     changes: list[RemoteChange] = field(default_factory=list)   # mkdir, rm of partials, rsync install
 
     def lines(self) -> list[str]:
-        """The plan as `--dry-run` prints it (one line per change, two per transfer)."""
+        """The plan as `--dry-run` prints it: one line per remote change, two per transfer (what goes
+        where, by which method and why; then the exact command line)."""
         out = []
         for c in self.changes:
             out.append(f"would run{' as root' if c.root else ''}: {c.command}" + (f"  ({c.why})" if c.why else ""))
         for t in self.transfers:
-            out.append(f"{t.label or t.mapping.describe(self.where)} via {t.method} ({t.reason})")
+            label = t.label or f"{t.mapping.source} -> {self.where}{t.mapping.landing}"
+            out.append(f"{label} via {t.method}: {t.reason}")
             cmd = shell.join(t.argv) + (f" {shell.quote(t.remote_command)}" if t.remote_command else "")
             out.append(f"  $ {cmd}")
         return out
