@@ -121,7 +121,8 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
 
 
 def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
-    from migrate.commands.push_data import PushDataOptions, push_data
+    from migrate.data.plan import PushDataOptions
+    from migrate.data.push import push_data
 
     per_host: dict[str, list] = {h: [] for h in hosts}
     for entry in pb.data:

@@ -147,7 +147,8 @@ def compose_spec(plan: ComposePlan, *, name: str | None, gpus: int, key: str | N
 
 def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> None:
     """Copy the compose file's directory to ~/.migrate/compose/<project>/ (rsync: only changes)."""
-    from migrate.commands.push_data import PushDataOptions, push_data
+    from migrate.data.plan import PushDataOptions
+    from migrate.data.push import push_data
 
     ui.step(f"syncing compose project {plan.source_dir} to {host}:~/{plan.remote_dir}")
     [result] = push_data([str(plan.source_dir)], [host], plan.remote_dir, conn, PushDataOptions(method="rsync"))

@@ -7,6 +7,7 @@ builders in `migrate.data.rsync` / `migrate.data.remote`. Progress is reported t
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -330,3 +331,24 @@ def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str
         src_dir, shard, ssh_argv, remote_command, on_progress=prog, bwlimit_kib=per_stream_bw))
     stats = _sum_stats(outcomes, len(entries), total)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+@functools.lru_cache(maxsize=1)
+def local_rsync_version() -> tuple[int, int, int]:
+    """This machine's rsync version (asked once)."""
+    from migrate.data.rsync import parse_version
+    return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
+
+
+class LocalTransfers:
+    """The runners push-data and pull-data use, as one object (tests pass `remote.fake.RecordingTransfers`)."""
+
+    rsync_dry_run = staticmethod(rsync_dry_run)
+    run_rsync = staticmethod(run_rsync)
+    run_parallel_rsync = staticmethod(run_parallel_rsync)
+    run_tar_streams = staticmethod(run_tar_streams)
+    stream_file = staticmethod(stream_file)
+
+    @staticmethod
+    def rsync_version() -> tuple[int, int, int]:
+        return local_rsync_version()

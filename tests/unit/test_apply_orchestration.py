@@ -65,18 +65,18 @@ def test_invalid_playbook_exits_2_before_remote_work(tmp_path):
 
 # -- a dry run counts what it would change (issue 12, item 2) ------------------------------------
 def test_dry_run_data_stage_counts_the_entries_that_would_send(monkeypatch):
-    from migrate.commands import push_data as pd
     from migrate.commands.apply import ApplyReport
+    from migrate.data import plan, push
 
     sends = iter([2, 0])  # first entry: 2 files to send; second: nothing
 
     def fake_push_data(srcs, hosts, dest, conn, options):
         assert options.dry_run
         n = next(sends)
-        return [pd.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run", files_transferred=n)
+        return [plan.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run", files_transferred=n)
                 for h in hosts]
 
-    monkeypatch.setattr(pd, "push_data", fake_push_data)
+    monkeypatch.setattr(push, "push_data", fake_push_data)
     pb = parse_playbook("hosts: [h1]\ndata: [{src: /a, dest: /a}, {src: /b, dest: /b}]\n", Path("/p/exp.yml"))
     report = ApplyReport(hosts=["h1"], stages=["data"])
     apply_mod._data_stage(pb, ["h1"], ConnectOptions(), True, report)
@@ -85,11 +85,11 @@ def test_dry_run_data_stage_counts_the_entries_that_would_send(monkeypatch):
 
 
 def test_dry_run_data_stage_with_nothing_to_send_is_up_to_date(monkeypatch):
-    from migrate.commands import push_data as pd
     from migrate.commands.apply import ApplyReport
+    from migrate.data import plan, push
 
-    monkeypatch.setattr(pd, "push_data", lambda srcs, hosts, dest, conn, options: [
-        pd.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run") for h in hosts])
+    monkeypatch.setattr(push, "push_data", lambda srcs, hosts, dest, conn, options: [
+        plan.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run") for h in hosts])
     pb = parse_playbook("hosts: [h1]\ndata: [{src: /a, dest: /a}]\n", Path("/p/exp.yml"))
     report = ApplyReport(hosts=["h1"], stages=["data"])
     apply_mod._data_stage(pb, ["h1"], ConnectOptions(), True, report)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import subprocess
 
-from migrate.commands.push_data import (
+from migrate.data.mapping import resolve_mapping
+from migrate.data.plan import (
     choose_method,
     destination_dirs,
-    local_owner,
     resume_in_place,
     space_refusal,
 )
-from migrate.data.mapping import resolve_mapping
+from migrate.data.pull import local_owner
 from migrate.data.remote import parse_partial_probe, partial_probe_command
 from migrate.data.rsync import RsyncOptions, explain_exit, failure_hint, parse_stats, rsync_argv
 from migrate.data.transfer import shard_options

@@ -2,8 +2,8 @@ import shlex
 
 import pytest
 
-from migrate.commands.push_data import _bwlimit_kib, choose_method, should_compress, split_host_path
 from migrate.data.filelist import shard_entries
+from migrate.data.plan import bwlimit_kib, choose_method, should_compress, split_host_path
 from migrate.data.rsync import (
     ListedEntry,
     RsyncOptions,
@@ -128,9 +128,9 @@ def test_should_compress():
 def test_small_helpers():
     assert parse_version("rsync  version 3.2.7  protocol version 31") == (3, 2, 7)
     assert parse_version("nothing") == (0, 0, 0)
-    assert _bwlimit_kib("500k") == 500 and _bwlimit_kib("10m") == 10240 and _bwlimit_kib("2000") == 2000
+    assert bwlimit_kib("500k") == 500 and bwlimit_kib("10m") == 10240 and bwlimit_kib("2000") == 2000
     with pytest.raises(UsageError):
-        _bwlimit_kib("fast")
+        bwlimit_kib("fast")
     assert split_host_path("gpu:/data") == ("gpu", "/data")
     assert split_host_path("alice@gpu:rel") == ("alice@gpu", "rel")
     assert split_host_path("[::1]:/x") == ("::1", "/x")

@@ -1,0 +1,437 @@
+"""push-data orchestration: per host, probe -> mapping -> preflight (nothing moves before all of it
+passes) -> a `HostPlan` (printed by --dry-run, which stops there) -> deletion check -> transfer (rsync,
+parallel rsync shards, or tar streams) with one progress bar per source.
+
+Hosts are reached through a `Reach` (an OpenSSH session, a paramiko `Remote` when sudo needs a
+password, the local transfer runners); tests pass `migrate.remote.fake.FakeHost` for all three.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from migrate import ui
+from migrate.data import filelist
+from migrate.data.mapping import Mapping, normalize_local_path, normalize_remote_path, resolve_mapping
+from migrate.data.plan import (
+    METHODS,
+    SPACE_MARGIN_BYTES,
+    DataPushResult,
+    HostPlan,
+    PlannedTransfer,
+    PushDataOptions,
+    RemoteChange,
+    bwlimit_kib,
+    choose_method,
+    destination_dirs,
+    resume_in_place,
+    rsync_supports_zstd,
+    should_compress,
+    space_refusal,
+)
+from migrate.data.remote import (
+    DestFacts,
+    dest_probe_command,
+    parse_dest_probe,
+    parse_partial_probe,
+    partial_probe_command,
+    tar_extract_command,
+)
+from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
+from migrate.data.transfer import LocalTransfers, RunOutcome, require_local_tools
+from migrate.errors import MigrateError, UsageError
+from migrate.remote import shell
+from migrate.remote.hosts import ConnectOptions, HostSpec
+from migrate.remote.parallel import for_each_host
+
+INSTALL_RSYNC = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 rsync"
+
+
+@dataclass
+class Reach:
+    """How push-data and pull-data reach a host: `session(host)` for commands and streams (OpenSSH),
+    `root(host)` for root commands when sudo asks a password (paramiko's prompt), `transfers` for the
+    local rsync/tar runners. `Reach.ssh(conn)` is the real thing; tests build one around a FakeHost."""
+
+    session: Callable[[str], Any]
+    root: Callable[[str], Any]
+    transfers: Any = field(default_factory=LocalTransfers)
+
+    @classmethod
+    def ssh(cls, conn: ConnectOptions) -> Reach:
+        from migrate.remote.connection import connect
+        from migrate.remote.openssh import OpenSshSession
+
+        return cls(session=lambda h: OpenSshSession(h, conn), root=lambda h: connect(h, conn))
+
+
+@dataclass
+class _Source:
+    """One local source as typed and as rsync needs it."""
+
+    typed: str
+    path: str
+    is_dir: bool
+    real_name: str
+
+
+def _local_sources(sources: list[str]) -> list[_Source]:
+    out = []
+    for s in sources:
+        if not os.path.lexists(s):
+            raise MigrateError(f"source {s!r} not found", hint="check the path; nothing was sent")
+        if not os.access(s, os.R_OK):
+            raise MigrateError(f"source {s!r} is not readable")
+        real = os.path.basename(os.path.abspath(s.rstrip("/") or "/"))
+        out.append(_Source(typed=s, path=normalize_local_path(s), is_dir=os.path.isdir(s), real_name=real))
+    return out
+
+
+def remote_spec(remote: Any, path: str) -> str:
+    """rsync's `HOST:PATH` for this session (`[v6]:PATH` when the alias has a colon)."""
+    host = remote.target.alias
+    return f"[{host}]:{path}" if ":" in host else f"{host}:{path}"
+
+
+class HostPush:
+    """One host's push: preflight and plan, then transfer, reporting through `progress`."""
+
+    def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
+                 options: PushDataOptions, progress: ProgressBoard) -> None:
+        self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
+        self.transfers = reach.transfers
+        self.progress = progress
+
+    def run(self) -> list[DataPushResult]:
+        # size the sources while the connection is being set up
+        sizer = ThreadPoolExecutor(max_workers=1)
+        future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
+        try:
+            with self.reach.session(self.host) as remote:
+                self.sizes = future.result()
+                return self._run(remote)
+        finally:
+            sizer.shutdown(wait=True)
+
+    def _probe(self, remote: Any) -> DestFacts:
+        return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
+
+    def _run(self, remote: Any) -> list[DataPushResult]:
+        o = self.o
+        plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
+        facts = self._probe(remote)
+        mappings = resolve_mapping([(s.typed, s.is_dir, s.real_name) for s in self.sources], self.dest,
+                                   into=o.into, dest_is_dir=facts.kind == "dir")
+        for m in mappings:
+            ui.info(f"{remote.target.alias}: {m.describe(plan.where)}")
+        if facts.kind == "file" and any(m.source_is_dir for m in mappings) and not o.into:
+            raise MigrateError(f"{remote.target.alias}:{self.dest} is a file; a directory cannot become it",
+                               hint="choose another DEST, or --into a directory")
+        rsync_path = None
+        if o.sudo:
+            if facts.sudo == "password":
+                raise MigrateError(f"--sudo needs passwordless sudo on {remote.target.alias} (rsync cannot answer "
+                                   "a password prompt)", hint="write somewhere you own, or ask for NOPASSWD sudo")
+            if facts.sudo == "none":
+                raise MigrateError(f"{remote.target.user} has no sudo on {remote.target.alias}")
+            if facts.sudo == "nopasswd":
+                rsync_path = "sudo -n rsync"
+        elif not facts.writable:
+            raise MigrateError(f"{remote.target.alias}:{facts.existing} is not writable by {remote.target.user}, "
+                               f"so {self.dest} cannot be created there",
+                               hint="choose a directory you own (e.g. under ~), or pass --sudo")
+        if not facts.has_rsync and o.install_rsync:
+            install = f"{INSTALL_RSYNC} || (apt-get update -q && {INSTALL_RSYNC})"
+            if o.dry_run:  # a dry run changes nothing: it says what it would install, and plans without it
+                plan.changes.append(RemoteChange(install, root=True, why="--install-rsync; the transfers below "
+                                                 "are what runs without rsync"))
+            else:
+                ui.step(f"{remote.target.alias}: installing rsync (apt-get install rsync)")
+                self._as_root(remote, facts, install, "install rsync", timeout=900)
+                facts = self._probe(remote)
+        local_version = self.transfers.rsync_version()
+        both_zstd = rsync_supports_zstd(local_version) and rsync_supports_zstd(facts.rsync_version)
+        compress = should_compress(o.compress, remote.target.hostname, both_zstd)
+        if o.compress == "zstd" and not both_zstd:
+            raise MigrateError("--compress zstd needs rsync >= 3.2 on both sides", hint="use --compress auto")
+        rsh = rsh_join(remote.openssh_argv()[:-1])
+        mkpath = local_version >= (3, 2, 3) and facts.rsync_version >= (3, 2, 3)
+        base_opts = RsyncOptions(excludes=list(o.exclude), exclude_from=list(o.exclude_from), delete=o.delete,
+                                 bwlimit=o.bwlimit, checksum=o.checksum, compress=compress, mkpath=mkpath,
+                                 rsync_path=rsync_path, protect_args=local_version < (3, 2, 4), timeout=o.timeout)
+        # preflight: methods and space, for every mapping, before anything moves
+        plans = []
+        need = 0
+        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
+        for src, m in zip(self.sources, mappings):
+            summary = None
+            files, size = self.sizes[src.path]  # upper bound: before excludes
+            method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
+                                           dest_empty=facts.kind == "none" or facts.empty, files=files,
+                                           avg_size=size / files if files else 0, delete=o.delete,
+                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
+                                           tar_streams=self.tar_streams if src.is_dir else 1)
+            if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
+                method, reason = "rsync", "a single file: rsync"
+            if method in ("tar", "parallel") and src.is_dir:
+                summary = filelist.list_source(src.path, o.exclude, o.exclude_from)  # same filters as rsync
+                files, size = summary.files, summary.bytes
+            plans.append((src, m, summary, files, size, method, reason))
+            need += size
+        self._check_space(remote, facts, need, rsh, base_opts, plans)
+        parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
+        mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
+        if parents:
+            plan.changes.append(RemoteChange(mkdirs, root=o.sudo, why="destination directories"))
+        for src, m, _summary, files, size, method, reason in plans:
+            plan.transfers.append(self._planned(remote, facts, rsh, base_opts, src, m, files, size, method, reason))
+        if o.dry_run:
+            for line in plan.lines():
+                ui.info(f"{remote.target.alias}: {line}")
+        elif parents:
+            if o.sudo:
+                self._as_root(remote, facts, mkdirs, "create destination directories")
+            else:
+                remote.run(mkdirs, what="create destination directories")
+        results = []
+        for src, m, summary, files, size, method, reason in plans:
+            results.append(self._one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
+        return results
+
+    def _as_root(self, remote: Any, facts: DestFacts, command: str, what: str,
+                 timeout: float | None = None) -> None:
+        """Root commands go over the OpenSSH session; a sudo password needs the paramiko layer's prompt."""
+        if facts.sudo == "password":
+            with self.reach.root(self.host) as r:
+                r.run(command, sudo=True, what=what, timeout=timeout)
+        else:
+            remote.run(command, sudo=True, sudo_mode=facts.sudo, what=what, timeout=timeout)
+
+    def _check_space(self, remote: Any, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
+                     plans: list) -> None:
+        if self.o.dry_run:
+            if self.o.drop_partial and facts.kind != "none":
+                held = [p for p, _ in self._partials(remote, plans)]
+                if held:
+                    self.plan.changes.append(RemoteChange(shell.join(["rm", "-rf", "--", *held]), root=self.o.sudo,
+                                                          why="--drop-partial"))
+            return
+        partials = self._partials(remote, plans) if self.o.drop_partial and facts.kind != "none" else []
+        if facts.free_bytes is None:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        free = facts.free_bytes
+        if partials:
+            free += sum(size for _, size in partials)  # what deleting them gives back
+        margin = need // 100 + SPACE_MARGIN_BYTES
+        if need + margin > free and facts.has_rsync and not (facts.kind == "none" or facts.empty):
+            # much may already be there: ask rsync for the exact bytes it would send
+            need = 0
+            for src, m, *_ in plans:
+                need += self.transfers.rsync_dry_run(lambda x, src=src, m=m: rsync_argv(
+                    [src.path.rstrip("/") + "/" if src.is_dir else src.path], remote_spec(remote, m.dest_arg),
+                    rsh, x, stats=True), opts).transferred_size
+            margin = need // 100 + SPACE_MARGIN_BYTES
+        if need + margin <= free:
+            if partials:
+                self._drop_partials(remote, facts, partials)
+            return
+        in_place = resume_in_place(self.transfers.rsync_version(), facts.rsync_version)
+        if not self.o.drop_partial and facts.kind != "none" and facts.has_rsync:
+            # an interrupted transfer (a full disk, say) keeps its unfinished files in .migrate-partial/
+            partials = self._partials(remote, plans)
+            held = sum(size for _, size in partials)
+            if partials and in_place and need + margin <= free + held:
+                ui.info(f"{remote.target.alias}: resuming {ui.human_bytes(held)} of unfinished files in "
+                        f"{partials[0][0]}" + (f" and {len(partials) - 1} more" if len(partials) > 1 else "")
+                        + " in place: only the rest needs space")
+                return
+        message, hint = space_refusal(f"{remote.target.alias}:{facts.existing}", need, margin, facts.free_bytes,
+                                      partials, alias=remote.target.alias, dropping=self.o.drop_partial,
+                                      in_place=in_place)
+        raise MigrateError(message, hint=hint)
+
+    def _partials(self, remote: Any, plans: list) -> list[tuple[str, int]]:
+        """Kept partial dirs (unfinished files of an interrupted rsync) where these mappings land."""
+        trees = [m.landing for _, m, *_ in plans if m.source_is_dir]
+        dirs = [os.path.dirname(m.landing.rstrip("/")) or "." for _, m, *_ in plans if not m.source_is_dir]
+        out = remote.run(partial_probe_command(trees, dirs), what="look for partial files").stdout
+        return parse_partial_probe(out)
+
+    def _drop_partials(self, remote: Any, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
+        for path, size in partials:
+            ui.info(f"{remote.target.alias}: --drop-partial: deleting {path} ({ui.human_bytes(size)} of unfinished "
+                    "files); they are sent whole")
+        command = shell.join(["rm", "-rf", "--", *(p for p, _ in partials)])
+        if self.o.sudo:
+            self._as_root(remote, facts, command, "delete partial files")
+        else:
+            remote.run(command, what="delete partial files")
+
+    def _one(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+             summary: filelist.SourceSummary | None, files: int, size: int, method: str,
+             reason: str) -> DataPushResult:
+        o = self.o
+        alias = remote.target.alias
+        src_arg = self._source_arg(src)
+        dest_spec = remote_spec(remote, m.dest_arg)
+
+        def build(x: RsyncOptions) -> list[str]:
+            return rsync_argv([src_arg], dest_spec, rsh, x, stats=True)
+
+        result = DataPushResult(host=self.host, source=src.typed, dest=m.landing, status="changed", method=method)
+        if o.dry_run or o.delete:
+            if not facts.has_rsync:
+                ui.info(f"{alias}: would stream {files} file(s), {ui.human_bytes(size)} with tar ({reason})")
+                result.status, result.files_transferred, result.bytes_sent = "dry run", files, size
+                return result
+            stats = self.transfers.rsync_dry_run(build, opts)
+            if o.dry_run:
+                ui.info(f"{alias}: would transfer {stats.regular_files_transferred} of {stats.files} file(s), "
+                        f"{ui.human_bytes(stats.transferred_size)} via {method} ({reason})"
+                        + (f"; would delete {len(stats.deleted)}" if stats.deleted else ""))
+                for name in stats.deleted[:50]:
+                    ui.info(f"  would delete {m.landing.rstrip('/')}/{name}")
+                result.status = "dry run"
+                result.files_transferred, result.bytes_sent = stats.regular_files_transferred, stats.transferred_size
+                return result
+            if stats.deleted:
+                self._confirm_delete(alias, m, stats.deleted)
+        if method == "rsync":
+            ui.debug(f"{alias}: {reason}")
+        else:
+            ui.info(f"{alias}: {reason}")
+        task = self.progress.add(f"{alias} {os.path.basename(src.typed.rstrip('/')) or src.typed}", size)
+        cb = self.progress.callback(task)
+        if method == "tar":
+            outcome = self._tar(remote, facts, src, m, summary, cb)
+        elif method == "parallel":
+            assert summary is not None
+            outcome = self.transfers.run_parallel_rsync(src.path, dest_spec, rsh, opts, summary.entries,
+                                                        max(1, o.streams), on_progress=cb)
+        else:
+            outcome = self.transfers.run_rsync(build(opts), total_bytes=size, on_progress=cb, what=f"rsync to {alias}")
+        self.progress.finish(task)
+        result.files_transferred = outcome.stats.regular_files_transferred
+        result.bytes_sent = outcome.stats.transferred_size
+        result.wire_bytes = outcome.stats.sent_bytes
+        result.seconds = outcome.seconds
+        result.status = "changed" if outcome.stats.regular_files_transferred or outcome.stats.deleted \
+            or method == "tar" else "up to date"
+        return result
+
+    def _stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
+        """What a tar stream (a directory) or a cat stream (one file, when the host has no rsync) runs there."""
+        sudo_prefix = "sudo -n " if self.o.sudo and facts.sudo == "nopasswd" else ""
+        if src.is_dir:
+            return tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix)
+        parent = os.path.dirname(m.landing.rstrip("/")) or "."
+        tmp = f"{parent}/.migrate-partial-{os.path.basename(m.landing)}"
+        mode = oct(os.stat(src.path).st_mode & 0o7777)[2:]
+        mtime = int(os.stat(src.path).st_mtime)
+        q = shell.quote
+        return (f"{sudo_prefix}mkdir -p {q(parent)} && {sudo_prefix}sh -c 'cat > \"$1\"' sh {q(tmp)} && "
+                f"{sudo_prefix}chmod {mode} {q(tmp)} && {sudo_prefix}touch -d @{mtime} {q(tmp)} && "
+                f"{sudo_prefix}mv -f {q(tmp)} {q(m.landing)}")
+
+    def _planned(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+                 files: int, size: int, method: str, reason: str) -> PlannedTransfer:
+        if method == "tar":
+            return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._stream_command(facts, src, m),
+                                   files, size)
+        argv = rsync_argv([self._source_arg(src)], remote_spec(remote, m.dest_arg), rsh, opts, stats=True)
+        if method == "parallel":
+            reason += f" ({max(1, self.o.streams)} streams, each with --files-from one shard)"
+        return PlannedTransfer(m, method, reason, argv, files=files, bytes=size)
+
+    @staticmethod
+    def _source_arg(src: _Source) -> str:
+        return (src.path.rstrip("/") or "/") + ("/" if src.is_dir and src.path.rstrip("/") else "")
+
+    def _tar(self, remote: Any, facts: DestFacts, src: _Source, m: Mapping,
+             summary: filelist.SourceSummary | None, cb) -> RunOutcome:
+        ssh = remote.openssh_argv()
+        cmd = self._stream_command(facts, src, m)
+        if not src.is_dir:
+            return self.transfers.stream_file(src.path, ssh, cmd, on_progress=cb)
+        if summary is None:
+            summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
+        return self.transfers.run_tar_streams(src.path, summary.entries, ssh, cmd, self.tar_streams,
+                                              on_progress=cb, bwlimit_kib=bwlimit_kib(self.o.bwlimit))
+
+    def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
+        listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]
+        ui.warn(f"{alias}: --delete would remove {len(listing)} file(s) that are not in {m.source}:")
+        for line in listing[:50]:
+            ui.info(f"  {line}")
+        if len(listing) > 50:
+            ui.info(f"  ... and {len(listing) - 50} more")
+        if self.o.yes:
+            return
+        if not sys.stdin.isatty():
+            raise MigrateError(f"refusing to delete {len(listing)} file(s) on {alias} without confirmation",
+                               hint="review the list above, then rerun with --yes")
+        if not click.confirm(f"Delete these {len(listing)} file(s) on {alias}?", default=False, err=True):
+            raise MigrateError("deletion not confirmed; nothing was changed")
+
+
+class ProgressBoard:
+    """One progress bar per transfer, shared by all hosts (thread-safe through rich)."""
+
+    def __init__(self, progress) -> None:
+        self.p = progress
+
+    def add(self, label: str, total: int) -> int:
+        return self.p.add_task(label, total=max(total, 1)) if self.p else 0
+
+    def callback(self, task: int):
+        def cb(done: int, total: int) -> None:
+            if self.p:
+                self.p.update(task, completed=done, total=max(total, 1))
+        return cb
+
+    def finish(self, task: int) -> None:
+        if self.p:
+            t = self.p.tasks[[x.id for x in self.p.tasks].index(task)]
+            self.p.update(task, completed=t.total)
+
+
+def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOptions,
+              options: PushDataOptions, *, reach: Reach | None = None) -> list[DataPushResult]:
+    """Push SOURCES to DEST on every host (in parallel); one failing host never stops the others.
+    Usage errors raise; a host's failure is its result's `status="failed"` (the caller picks the exit code)."""
+    reach = reach or Reach.ssh(conn)
+    if options.method not in METHODS:
+        raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
+    if options.compress not in ("auto", "none", "zstd"):
+        raise UsageError(f"unknown --compress {options.compress!r}", hint="auto, none or zstd")
+    bwlimit_kib(options.bwlimit)
+    for path in options.exclude_from:
+        if not os.path.isfile(path):
+            raise MigrateError(f"--exclude-from file {path!r} not found")
+    require_local_tools()
+    srcs = _local_sources(sources)
+    dest = normalize_remote_path(dest)
+    for h in hosts:
+        HostSpec.parse(h)
+    with ui.transfer_progress() as progress:
+        board = ProgressBoard(progress if not options.dry_run else None)
+        outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board).run())
+    results: list[DataPushResult] = []
+    for out in outcomes:
+        if out.ok:
+            results.extend(out.value or [])
+        else:
+            results.append(DataPushResult(host=out.host, source=", ".join(sources), dest=dest, status="failed",
+                                          error=out.error))
+    return results
+
+

@@ -1,0 +1,306 @@
+"""A recording host for orchestrator tests: it runs nothing, remembers everything.
+
+`FakeHost` offers the methods the orchestrators call on a host today (`Remote` in
+remote/connection.py and `OpenSshSession` in remote/openssh.py): `run` (with `sudo=`), `put_bytes`,
+`read_text`, `home`, `sudo_mode`/`check_sudo`/`sudo_password`, `openssh_argv`, `target`/`name`,
+`close` and the context manager. Every command is recorded with whether it ran as root, every file
+write with its path and bytes; bulk transfers that run as local programs (rsync, tar and cat
+streams over `ssh`) are recorded as streams through `RecordingTransfers`, which push-data and
+pull-data take in place of the real runners in `migrate.data.transfer`.
+
+Replies come from a table: the first `(pattern, Reply)` whose regular expression is found in the
+command answers it; anything else answers exit 0 with no output.
+
+`is_mutating(command)` is the documented classifier behind the dry-run tests: a command changes the
+host when any of its simple commands (split outside quotes at `;`, `&&`, `||`, `|`, parentheses,
+newlines) starts with one of MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` prefixes), is a
+`docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state,
+redirects output into a file other than /dev/null (`>`, `>>`), or is an rsync without
+`--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`, `id`,
+`docker images`, `apt-cache policy`, `rsync --version`, ...) are not, nor is writing to and
+removing a file named by a variable the same command set from `mktemp` (a probe's scratch file).
+It is deliberately conservative otherwise: any other write counts as mutating.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable
+
+from migrate.remote.connection import RunResult
+
+# programs that change files, packages, users or services whatever their arguments
+MUTATING_PROGRAMS = frozenset({
+    "mkdir", "rm", "rmdir", "mv", "cp", "tee", "chmod", "chown", "chgrp", "touch", "ln", "install", "dd",
+    "truncate", "usermod", "useradd", "groupadd", "gpasswd", "apt", "mkfifo", "kill", "pkill", "reboot",
+    "shutdown", "update-alternatives", "nvidia-ctk", "gpg", "curl", "wget",
+})
+# subcommands that change state, for programs that also have read-only ones
+MUTATING_SUBCOMMANDS = {
+    "apt-get": {"install", "remove", "purge", "upgrade", "dist-upgrade", "update", "autoremove", "download"},
+    "docker": {"load", "tag", "rm", "rmi", "run", "create", "start", "stop", "kill", "import", "pull", "push",
+               "exec", "prune", "commit", "cp", "restart", "update"},
+    "systemctl": {"restart", "start", "stop", "reload", "enable", "disable", "mask", "unmask", "daemon-reload",
+                  "kill", "reset-failed"},
+}
+_DOCKER_GROUPS = ("image", "container", "volume", "network", "system", "builder")
+_SEPARATORS = set(";|&()\n")
+_COMMENT_LINE = re.compile(r"(?m)^\s*#.*$")
+_MKTEMP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=\$\(mktemp\b")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_PREFIXES = {"sudo", "env", "exec", "nohup", "nice", "command", "then", "else", "do", "!", "{", "$", "if", "while"}
+_HARMLESS_TARGETS = ("/dev/null", "/dev/stderr", "/dev/stdout")
+_DPKG_CHANGES = ("-i", "--install", "-r", "--remove", "-P", "--purge", "--configure", "--unpack", "--set-selections")
+
+
+def _simple_commands(command: str) -> list[list[str]]:
+    """Shell words per simple command: split at `;`, `&&`, `||`, `|`, `(`, `)` and newlines outside
+    quotes (comment lines dropped); a redirection stays in its command as `>`/`>>` and its target."""
+    command = _COMMENT_LINE.sub("", command)
+    lex = shlex.shlex(command, posix=True, punctuation_chars=";|&()<>\n")
+    lex.whitespace = " \t\r"
+    lex.commenters = ""
+    try:
+        tokens = list(lex)
+    except ValueError:  # unbalanced quotes: judge the raw words
+        tokens = command.split()
+    out: list[list[str]] = [[]]
+    for t in tokens:
+        if t and set(t) <= _SEPARATORS:
+            out.append([])
+        else:
+            out[-1].append(t)
+    return [c for c in out if c]
+
+
+def _program(words: list[str]) -> list[str]:
+    """Drop `sudo -n`, `env`, `VAR=value`, `then`... prefixes: what is left starts with the program."""
+    i = 0
+    while i < len(words) and (words[i] in _PREFIXES or _ASSIGNMENT.match(words[i])
+                              or (words[i].startswith("-") and i and words[i - 1] in ("sudo", "-n", "-E"))):
+        i += 1
+    return words[i:]
+
+
+def _short_flags(args: list[str]) -> str:
+    return "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+
+
+def _mutating_words(words: list[str], temps: set[str]) -> bool:
+    for i, w in enumerate(words):
+        if w.startswith(">") and "&" not in w:
+            target = words[i + 1] if i + 1 < len(words) else ""
+            if target not in _HARMLESS_TARGETS and not target.startswith("&") and target not in temps:
+                return True
+    words = _program([w for w in words if not w.startswith(("<", ">"))])
+    if not words:
+        return False
+    prog, args = words[0].rsplit("/", 1)[-1], words[1:]
+    if prog == "rsync":
+        return "--version" not in args and "--dry-run" not in args and "n" not in _short_flags(args)
+    if prog == "tar":  # extracting writes files; creating to stdout (`tar -c`, `tar cf -`) does not
+        first = args[0] if args else ""
+        return "--extract" in args or "x" in _short_flags(args) or (not first.startswith("-") and "x" in first)
+    if prog == "sed":
+        return any(a.startswith("-i") or a == "--in-place" for a in args)
+    if prog == "dpkg":
+        return any(a.startswith(_DPKG_CHANGES) for a in args)
+    if prog in ("sh", "bash") and args[:1] == ["-c"] and len(args) > 1:
+        return is_mutating(args[1])
+    if prog == "rm" and args and all(a.startswith("-") or a in temps for a in args):
+        return False
+    if prog == "docker" and args[:1] and args[0] in _DOCKER_GROUPS:  # `docker image rm`, not `docker image ls`
+        args = args[1:]
+    if prog in MUTATING_SUBCOMMANDS:
+        return bool(args) and args[0] in MUTATING_SUBCOMMANDS[prog]
+    return prog in MUTATING_PROGRAMS
+
+
+def is_mutating(command: str) -> bool:
+    """Whether a shell command line (or a stream's argv, joined) could change the host (see module doc)."""
+    temps = {form for var in _MKTEMP.findall(command) for form in (f"${var}", f"${{{var}}}")}
+    return any(_mutating_words(words, temps) for words in _simple_commands(command))
+
+
+@dataclass
+class Reply:
+    """A canned answer: what the command prints and its exit code."""
+
+    stdout: str = ""
+    exit_code: int = 0
+    stderr: str = ""
+
+
+@dataclass
+class Recorded:
+    """One thing the orchestrator asked of the host."""
+
+    kind: str            # "run" | "file" | "stream"
+    command: str         # the command line, the file path, or the stream's argv joined
+    root: bool = False
+    data: bytes = b""
+
+    @property
+    def mutating(self) -> bool:
+        return self.kind == "file" or is_mutating(self.command)
+
+
+@dataclass
+class FakeTarget:
+    """What `OpenSshSession.target` / `Remote.target` offer."""
+
+    alias: str = "gpu"
+    hostname: str = "10.0.0.7"
+    port: int = 22
+    user: str = "alice"
+
+    @property
+    def display(self) -> str:
+        return f"{self.user}@{self.alias}"
+
+
+@dataclass
+class FakeHost:
+    """A host that answers from `replies` and records every command, file and stream in `log`."""
+
+    replies: list[tuple[str, Reply]] = field(default_factory=list)
+    target: FakeTarget = field(default_factory=FakeTarget)
+    sudo: str = "nopasswd"       # what sudo_mode() answers
+    log: list[Recorded] = field(default_factory=list)
+    closed: bool = False
+
+    def reply(self, pattern: str, stdout: str = "", exit_code: int = 0, stderr: str = "") -> FakeHost:
+        """Answer commands matching `pattern` (a regular expression, searched) with this output."""
+        self.replies.append((pattern, Reply(stdout, exit_code, stderr)))
+        return self
+
+    # -- the host interface ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.target.display
+
+    def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
+            timeout: float | None = None, what: str | None = None, sudo_mode: str | None = None) -> RunResult:
+        """Record the command; answer from the table (raising like the real hosts when `check`)."""
+        self.log.append(Recorded("run", command, root=sudo, data=(stdin or "").encode()))
+        answer = next((r for p, r in self.replies if re.search(p, command)), Reply())
+        res = RunResult(command=command, exit_code=answer.exit_code, stdout=answer.stdout, stderr=answer.stderr)
+        if check:
+            res.raise_for_failure(what, self.name)
+        return res
+
+    def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
+        self.log.append(Recorded("file", remote_path, root=sudo, data=data))
+
+    def read_text(self, remote_path: str, *, sudo: bool = False) -> str | None:
+        res = self.run(f"cat {shlex.quote(remote_path)}", sudo=sudo, check=False)
+        return res.stdout if res.ok else None
+
+    def home(self) -> str:
+        return self.run('printf %s "$HOME"', what="read $HOME").stdout or f"/home/{self.target.user}"
+
+    def sudo_mode(self) -> str:
+        return self.sudo
+
+    def set_sudo_mode(self, mode: str) -> None:
+        self.sudo = mode
+
+    def check_sudo(self) -> str:
+        return self.sudo
+
+    def sudo_password(self) -> str:
+        return "fake-password"
+
+    def reconnect(self) -> None:
+        pass
+
+    def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
+        return ["ssh", "-o", "BatchMode=yes", *(extra or []), self.target.alias]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> FakeHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what tests read -------------------------------------------------------------------------
+    def commands(self, *, root: bool | None = None) -> list[str]:
+        """Commands run on the host, in order (only those as root / not as root when `root` is given)."""
+        return [r.command for r in self.log if r.kind == "run" and (root is None or r.root == root)]
+
+    def streams(self) -> list[str]:
+        return [r.command for r in self.log if r.kind == "stream"]
+
+    def mutations(self) -> list[Recorded]:
+        """Every recorded command, file or stream that could change the host."""
+        return [r for r in self.log if r.mutating]
+
+    def record_stream(self, argv: list[str], remote_command: str = "") -> None:
+        """A local program's stream: an rsync argv, or the command an `ssh` stream runs on the host."""
+        self.log.append(Recorded("stream", remote_command or shlex.join(argv)))
+
+    @functools.cached_property
+    def transfers(self) -> RecordingTransfers:
+        """The recording stand-in for the local transfer runners (one per host, so tests can set its answers)."""
+        return RecordingTransfers(self)
+
+
+@dataclass
+class RecordingTransfers:
+    """Stands in for `migrate.data.transfer`'s runners: records each rsync/tar/cat stream on `host`.
+
+    `dry_run_stats` answers `rsync_dry_run` (a `Stats`, or a function of the argv returning one);
+    real transfers answer an empty outcome unless `outcome` is set."""
+
+    host: FakeHost
+    dry_run_stats: object = None
+    outcome: object = None
+    local_version: tuple[int, int, int] = (3, 2, 7)
+
+    def _stats(self, argv: list[str]):
+        from migrate.data.rsync import Stats
+
+        s = self.dry_run_stats
+        return s(argv) if callable(s) else (s or Stats())
+
+    def _outcome(self):
+        from migrate.data.rsync import Stats
+        from migrate.data.transfer import RunOutcome
+
+        return self.outcome or RunOutcome(stats=Stats(), seconds=0.0)
+
+    def rsync_version(self) -> tuple[int, int, int]:
+        return self.local_version
+
+    def rsync_dry_run(self, argv_builder: Callable, opts) -> object:
+        from migrate.data.rsync import RsyncOptions
+
+        argv = argv_builder(RsyncOptions(**{**opts.__dict__, "dry_run": True, "itemize": True}))
+        self.host.record_stream(argv)
+        return self._stats(argv)
+
+    def run_rsync(self, argv: list[str], **_: object) -> object:
+        self.host.record_stream(argv)
+        return self._outcome()
+
+    def run_parallel_rsync(self, src_dir: str, dest: str, rsh: str, opts, entries, streams: int,
+                           **_: object) -> object:
+        from migrate.data.rsync import rsync_argv
+
+        self.host.record_stream(rsync_argv([src_dir.rstrip("/") + "/"], dest, rsh, opts) + [f"({streams} streams)"])
+        return self._outcome()
+
+    def run_tar_streams(self, src_dir: str, entries, ssh_argv: list[str], remote_command: str, streams: int,
+                        **_: object) -> object:
+        self.host.record_stream(ssh_argv, remote_command)
+        return self._outcome()
+
+    def stream_file(self, path: str, ssh_argv: list[str], remote_command: str, **_: object) -> object:
+        self.host.record_stream(ssh_argv, remote_command)
+        return self._outcome()

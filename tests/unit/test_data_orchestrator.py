@@ -1,0 +1,232 @@
+"""push-data / pull-data orchestration on a recording host: what they would run, and that a dry run
+changes nothing (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrate.data import pull, push
+from migrate.data.plan import PushDataOptions
+from migrate.data.rsync import Stats
+from migrate.errors import MigrateError
+from migrate.remote.fake import FakeHost
+from migrate.remote.hosts import ConnectOptions
+
+RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
+
+
+def dest_host(*, kind: str = "none", existing: str = "/srv", writable: bool = True, free_kib: int = 10 << 20,
+              empty: bool = True, rsync: str = RSYNC_327, sudo: str = "nopasswd", cpus: int = 4,
+              partials: str = "") -> FakeHost:
+    """A host whose destination probe answers these facts."""
+    facts = (f"kind={kind}\nexisting={existing}\nwritable={'yes' if writable else 'no'}\nfree_kib={free_kib}\n"
+             f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd=/usr/bin/zstd\ntar=tar (GNU tar) 1.34\n"
+             f"home=/home/alice\ncpus={cpus}\nsudo={sudo}\n")
+    host = FakeHost().reply(r"kv kind", facts)
+    if partials:
+        host.reply(r"tree:\*\)", partials)
+    return host
+
+
+def run_push(host: FakeHost, sources: list[str], dest: str, local_version=(3, 2, 7), **options):
+    transfers = host.transfers
+    transfers.local_version = local_version
+    reach = push.Reach(session=lambda h: host, root=lambda h: host, transfers=transfers)
+    return push.push_data(sources, ["gpu"], dest, ConnectOptions(), PushDataOptions(**options), reach=reach)
+
+
+def rsync_streams(host: FakeHost) -> list[str]:
+    return [s for s in host.streams() if s.startswith("rsync ")]
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    d = tmp_path / "cifar"
+    d.mkdir()
+    for i in range(3):
+        (d / f"batch{i}.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "a.txt").write_text("a")
+    return tmp_path
+
+
+# -- what push-data runs -------------------------------------------------------------------------
+@pytest.mark.parametrize(("source", "dest", "kind", "into", "src_arg", "dest_arg", "landing"), [
+    ("cifar", "/srv/cifar", "none", False, "cifar/", "gpu:/srv/cifar/", "/srv/cifar"),   # contents become DEST
+    ("cifar/", "/srv/cifar/", "none", False, "cifar/", "gpu:/srv/cifar/", "/srv/cifar"),  # slashes change nothing
+    ("cifar", "/srv", "dir", True, "cifar/", "gpu:/srv/cifar/", "/srv/cifar"),            # --into: lands inside
+    ("a.txt", "/srv/b.txt", "none", False, "a.txt", "gpu:/srv/b.txt", "/srv/b.txt"),      # a file becomes the file
+    ("a.txt", "/srv", "dir", False, "a.txt", "gpu:/srv/", "/srv/a.txt"),                  # into an existing dir
+])
+def test_push_runs_one_rsync_with_the_resolved_mapping(cifar, monkeypatch, source, dest, kind, into, src_arg,
+                                                       dest_arg, landing):
+    monkeypatch.chdir(cifar)
+    host = dest_host(kind=kind)
+    [r] = run_push(host, [source], dest, into=into, method="rsync")
+    assert r.status != "failed", r.error
+    [stream] = rsync_streams(host)
+    assert stream.split()[-2:] == [src_arg, dest_arg] and r.dest.rstrip("/") == landing
+
+
+def test_push_probes_the_destination_first_and_creates_parents_without_mkpath(cifar):
+    host = dest_host(rsync="rsync  version 3.1.3  protocol version 31")
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/new/cifar", method="rsync")
+    assert r.status != "failed", r.error
+    cmds = host.commands()
+    assert "kv kind" in cmds[0]
+    assert cmds[1] == "mkdir -p /srv/new/cifar/"      # rsync 3.1 has no --mkpath: migrate makes the parents
+    assert host.commands(root=True) == []
+    assert "--mkpath" not in rsync_streams(host)[0]
+
+
+def test_push_with_sudo_creates_the_destination_as_root_and_runs_rsync_through_sudo(cifar):
+    host = dest_host(writable=False, rsync="rsync  version 3.1.3  protocol version 31")
+    [r] = run_push(host, [str(cifar / "cifar")], "/opt/data", method="rsync", sudo=True)
+    assert r.status != "failed", r.error
+    assert host.commands(root=True) == ["mkdir -p /opt/data/"]
+    assert "'--rsync-path=sudo -n rsync'" in rsync_streams(host)[0]
+
+
+@pytest.mark.parametrize(("facts", "options", "message"), [
+    ({"writable": False}, {}, "is not writable by alice"),
+    ({"sudo": "password"}, {"sudo": True}, "--sudo needs passwordless sudo"),
+    ({"sudo": "none"}, {"sudo": True}, "has no sudo"),
+    ({"kind": "file"}, {}, "is a file; a directory cannot become it"),
+])
+def test_preflight_refusals_change_nothing(cifar, facts, options, message):
+    host = dest_host(**facts)
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar", **options)
+    assert r.status == "failed" and message in r.error
+    assert host.mutations() == [] and host.streams() == []
+
+
+def test_method_auto_picks_a_tar_stream_for_a_first_copy_of_many_small_files(tmp_path):
+    src = tmp_path / "small"
+    src.mkdir()
+    for i in range(1000):
+        (src / f"f{i}").write_bytes(b"y")
+    host = dest_host(cpus=1)
+    [r] = run_push(host, [str(src)], "/srv/small")
+    assert r.method == "tar"
+    [stream] = host.streams()
+    assert stream == "mkdir -p /srv/small && tar -C /srv/small -xpf -"
+
+
+def test_a_host_without_rsync_gets_a_tar_stream_and_a_file_gets_a_cat_stream(cifar):
+    host = dest_host(rsync="")
+    results = run_push(host, [str(cifar / "cifar"), str(cifar / "a.txt")], "/srv/")
+    assert [r.method for r in results] == ["tar", "tar"]
+    tar, cat = host.streams()
+    assert "tar -C /srv/cifar -xpf -" in tar
+    assert "sh -c 'cat > \"$1\"' sh /srv/.migrate-partial-a.txt" in cat
+    assert cat.endswith("mv -f /srv/.migrate-partial-a.txt /srv/a.txt")
+
+
+def test_the_space_check_refuses_before_anything_moves(cifar):
+    host = dest_host(free_kib=1)
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    assert r.status == "failed" and "not enough space on gpu:/srv" in r.error and "nothing was sent" in r.error
+    assert host.mutations() == [] and host.streams() == []
+
+
+def test_delete_lists_and_refuses_without_a_terminal_or_yes(cifar, monkeypatch):
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    host = dest_host(kind="dir", empty=False)
+    host.transfers.dry_run_stats = Stats(files=3, deleted=["old.bin"])
+    transfers = host.transfers
+    reach = push.Reach(session=lambda h: host, root=lambda h: host, transfers=transfers)
+    [r] = push.push_data([str(cifar / "cifar")], ["gpu"], "/srv/cifar", ConnectOptions(),
+                         PushDataOptions(delete=True), reach=reach)
+    assert r.status == "failed" and "refusing to delete 1 file(s) on gpu without confirmation" in r.error
+    [dry] = host.streams()
+    assert "--dry-run" in dry and "--delete" in dry and host.mutations() == []
+
+
+def test_delete_with_yes_runs_the_real_rsync_after_the_listing(cifar):
+    host = dest_host(kind="dir", empty=False)
+    transfers = host.transfers
+    transfers.dry_run_stats = Stats(files=3, deleted=["old.bin"])
+    reach = push.Reach(session=lambda h: host, root=lambda h: host, transfers=transfers)
+    [r] = push.push_data([str(cifar / "cifar")], ["gpu"], "/srv/cifar", ConnectOptions(),
+                         PushDataOptions(delete=True, yes=True), reach=reach)
+    assert r.status != "failed", r.error
+    dry, real = host.streams()
+    assert "--dry-run" in dry and "--dry-run" not in real and "--delete" in real
+
+
+# -- dry runs change nothing ---------------------------------------------------------------------
+def test_push_dry_run_issues_no_mutating_command_and_prints_the_plan(cifar, capsys):
+    host = dest_host(rsync="rsync  version 3.1.3  protocol version 31")   # would need a mkdir
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/new/cifar", dry_run=True, sudo=True)
+    assert r.status == "dry run"
+    assert host.mutations() == []
+    err = capsys.readouterr().err
+    assert "would run as root: mkdir -p /srv/new/cifar/" in err and "via rsync" in err
+
+
+def test_push_dry_run_with_install_rsync_does_not_install_it(cifar, capsys):
+    host = dest_host(rsync="")
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar", dry_run=True, install_rsync=True)
+    assert r.status == "dry run"
+    assert host.mutations() == [] and not any("apt-get" in c for c in host.commands())
+    assert "would run as root: DEBIAN_FRONTEND=noninteractive apt-get install" in capsys.readouterr().err
+
+
+def test_push_dry_run_with_drop_partial_lists_the_deletion_without_doing_it(cifar, capsys):
+    host = dest_host(kind="dir", empty=False, partials="2048\t/srv/cifar/.migrate-partial\n")
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar", dry_run=True, drop_partial=True)
+    assert r.status == "dry run" and host.mutations() == []
+    assert "would run: rm -rf -- /srv/cifar/.migrate-partial" in capsys.readouterr().err
+
+
+def test_install_rsync_without_dry_run_installs_as_root_then_probes_again(cifar):
+    host = dest_host(rsync="")
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar", install_rsync=True)
+    root = host.commands(root=True)
+    assert len(root) == 1 and "apt-get install -y -q -o DPkg::Lock::Timeout=120 rsync" in root[0]
+    assert sum("kv kind" in c for c in host.commands()) == 2
+
+
+# -- pull-data -----------------------------------------------------------------------------------
+def source_host(kind: str = "dir", size_kib: int = 4) -> FakeHost:
+    return FakeHost().reply(r"kv kind", f"kind={kind}\nsize_kib={size_kib}\nrsync={RSYNC_327}\nreal_name=exp1\n")
+
+
+def run_pull(host: FakeHost, src: str, dest: str, local_version=(3, 2, 7), **options):
+    transfers = host.transfers
+    transfers.local_version = local_version
+    reach = push.Reach(session=lambda h: host, root=lambda h: host, transfers=transfers)
+    return pull.pull_data("gpu", src, dest, ConnectOptions(), PushDataOptions(**options), reach=reach)
+
+
+def test_pull_fetches_the_contents_of_src_into_dest(tmp_path):
+    host = source_host()
+    r = run_pull(host, "/runs/exp1", str(tmp_path / "res"))
+    [stream] = host.streams()
+    assert stream.split()[-2:] == ["gpu:/runs/exp1/", f"{tmp_path}/res/"] and r.dest == f"{tmp_path}/res"
+
+
+def test_pull_dry_run_creates_nothing_locally_and_runs_nothing_that_changes_the_host(tmp_path, capsys):
+    host = source_host()
+    dest = tmp_path / "new" / "deep"
+    r = run_pull(host, "/runs/exp1", str(dest), local_version=(3, 1, 0), dry_run=True)  # no --mkpath
+    assert r.status == "dry run"
+    assert not (tmp_path / "new").exists()
+    assert host.mutations() == [] and all("--dry-run" in s for s in host.streams())
+    assert "gpu:/runs/exp1/ -> " in capsys.readouterr().err
+
+
+def test_pull_refuses_to_delete_local_files_without_yes(tmp_path):
+    (tmp_path / "res").mkdir()
+    host = source_host()
+    host.transfers.dry_run_stats = Stats(deleted=["stale.log"])
+    transfers = host.transfers
+    reach = push.Reach(session=lambda h: host, root=lambda h: host, transfers=transfers)
+    with pytest.raises(MigrateError, match="refusing to delete 1 local file"):
+        pull.pull_data("gpu", "/runs/exp1", str(tmp_path / "res"), ConnectOptions(), PushDataOptions(delete=True),
+                       reach=reach)
+    assert [s for s in host.streams() if "--dry-run" not in s] == []
+
+
+def test_pull_of_a_missing_source_says_so():
+    with pytest.raises(MigrateError, match="gpu:/nope not found"):
+        run_pull(FakeHost().reply(r"kv kind", "kind=none\n"), "/nope", "/tmp/x")
