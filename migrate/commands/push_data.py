@@ -13,7 +13,7 @@ from dataclasses import asdict
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option, hosts_from
 from migrate.data.plan import METHODS, DataPushResult, PushDataOptions, split_host_path
 from migrate.data.pull import pull_data
 from migrate.data.push import push_data
@@ -32,7 +32,8 @@ def _transfer_options(f):
         click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting (for scripts)."),
         click.option("-n", "--dry-run", is_flag=True,
                      help="Print the plan (mapping, method, commands), file count and bytes; change nothing."),
-        click.option("--bwlimit", metavar="RATE", help="Bandwidth cap in KiB/s (or 500k, 10m)."),
+        click.option("--bwlimit", metavar="RATE",
+                     help="Bandwidth cap: 20M (MiB/s), 500K, 100mbit (bits/s), a plain number in KiB/s."),
         click.option("--checksum", is_flag=True, help="Compare files by checksum, not size and time (slower, sure)."),
         click.option("--timeout", type=click.IntRange(1), metavar="SECONDS",
                      help="Give up when no data moves for this long."),
@@ -45,7 +46,8 @@ def _transfer_options(f):
 
 @click.command("push-data", context_settings=CONTEXT_SETTINGS)
 @click.argument("args", nargs=-1, required=True, metavar="SRC... HOST:DEST")
-@click.option("--hosts", metavar="H1,H2", help="Push to these hosts too (in parallel); DEST may then be a bare path.")
+@host_option("Push to this host too (repeatable, in parallel); DEST may then be a bare path.")
+@click.option("--hosts", "old_hosts", multiple=True, hidden=True)  # the old comma list: one more release
 @_transfer_options
 @click.option("--compress", type=click.Choice(["auto", "none", "zstd"]), default="auto", show_default=True,
               help="auto: zstd only off the local network (rsync skips already-compressed file types).")
@@ -60,14 +62,15 @@ def _transfer_options(f):
               help="Delete the unfinished files an interrupted transfer kept in DEST (.migrate-partial/) and "
                    "send them whole (with an rsync older than 3.2.0 a resume needs room for a second copy).")
 @connection_options
-def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions, **kw) -> None:
+def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[str, ...], conn: ConnectOptions,
+                 **kw) -> None:
     """Copy files and datasets to a host with rsync: resumable, with progress, no trailing-slash trap.
 
     \b
     migrate push-data ./cifar gpu:/data/cifar       contents of ./cifar become /data/cifar
     migrate push-data ./cifar gpu:/data --into      ./cifar lands at /data/cifar
     migrate push-data a.txt b/ gpu:/srv/            several sources always go inside DEST
-    migrate push-data ./ckpt gpu:/data/ckpt --hosts gpu2,gpu3
+    migrate push-data ./ckpt gpu:/data/ckpt -H gpu2 -H gpu3
 
     The resolved mapping is printed before anything moves. Preflight checks the source, the
     remote rsync (else a tar stream), write permission and free space. An interrupted transfer
@@ -76,19 +79,18 @@ def push_command(args: tuple[str, ...], hosts: str | None, conn: ConnectOptions,
     one SSH connection, with AES-GCM preferred where this CPU has AES-NI and no ssh_config sets
     Ciphers; --method auto picks tar streams or parallel rsyncs for first copies (see --method).
     """
+    hosts = hosts_from("push-data", host, old_lists=old_hosts)
     if len(args) < 2 and not hosts:
         raise UsageError("give at least one SRC and HOST:DEST", hint="migrate push-data ./data gpu-box:/data")
     *sources, last = args
-    targets: list[str] = []
-    if hosts:
-        targets = [h.strip() for h in hosts.split(",") if h.strip()]
+    targets = list(hosts)
     if ":" in last and not last.startswith("/"):
-        host, dest = split_host_path(last)
-        targets.insert(0, host)
+        first, dest = split_host_path(last)
+        targets.insert(0, first)
     elif hosts:
         dest = last
     else:
-        raise UsageError(f"{last!r} is not HOST:DEST", hint="e.g. gpu-box:/data/cifar10 (or use --hosts)")
+        raise UsageError(f"{last!r} is not HOST:DEST", hint="e.g. gpu-box:/data/cifar10 (or name hosts with -H)")
     if not sources:
         raise UsageError("give at least one SRC")
     options = PushDataOptions(

@@ -15,6 +15,7 @@ from migrate import ui
 from migrate.data.mapping import Mapping
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
+from migrate.units import parse_rate, rate_kib
 
 METHODS = ("auto", "rsync", "parallel", "tar")
 # auto picks a tar stream for a first copy of many small files (measured: benchmarks/push_data.py)
@@ -163,16 +164,16 @@ def space_refusal(where: str, need: int, margin: int, free: int, partials: list[
 
 
 def bwlimit_kib(value: str | None) -> int | None:
-    """--bwlimit in KiB/s (500, 500k, 10m, 1g), None when not given."""
+    """--bwlimit in KiB/s, as rsync takes it (the one rate grammar: 500, 500k, 10M, 100mbit), None when not given."""
     if not value:
         return None
-    units = {"k": 1, "m": 1024, "g": 1024 * 1024}
-    v = value.strip().lower().rstrip("b")
-    mult = units.get(v[-1])
-    try:
-        return int(float(v[:-1]) * mult) if mult else int(float(v))
-    except ValueError as exc:
-        raise UsageError(f"bad --bwlimit {value!r}", hint="KiB/s as a number, or with a suffix: 500k, 10m") from exc
+    return rate_kib(parse_rate(value))
+
+
+def normalize_bwlimit(options: PushDataOptions) -> None:
+    """Validate --bwlimit and hand rsync a plain KiB/s number (rsync reads no bit rates)."""
+    kib = bwlimit_kib(options.bwlimit)
+    options.bwlimit = str(kib) if kib else None
 
 
 def split_host_path(text: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import time
 
 from migrate import ui
 from migrate.data.mapping import normalize_local_path, normalize_remote_path, resolve_mapping
-from migrate.data.plan import DataPushResult, HostPlan, PlannedTransfer, PushDataOptions
+from migrate.data.plan import DataPushResult, HostPlan, PlannedTransfer, PushDataOptions, normalize_bwlimit
 from migrate.data.push import ProgressBoard, Reach, remote_spec
 from migrate.data.remote import parse_source_probe, source_probe_command
 from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
@@ -48,6 +48,7 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
     """Fetch HOST:SRC so that its contents become LOCAL_DEST (same rules as push, reversed); errors raise."""
     reach = reach or Reach.ssh(conn)
     transfers = reach.transfers
+    normalize_bwlimit(options)
     require_local_tools()
     src = normalize_remote_path(remote_src)
     t0 = time.monotonic()

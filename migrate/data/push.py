@@ -31,6 +31,7 @@ from migrate.data.plan import (
     bwlimit_kib,
     choose_method,
     destination_dirs,
+    normalize_bwlimit,
     resume_in_place,
     rsync_supports_zstd,
     should_compress,
@@ -413,7 +414,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
     if options.compress not in ("auto", "none", "zstd"):
         raise UsageError(f"unknown --compress {options.compress!r}", hint="auto, none or zstd")
-    bwlimit_kib(options.bwlimit)
+    normalize_bwlimit(options)
     for path in options.exclude_from:
         if not os.path.isfile(path):
             raise MigrateError(f"--exclude-from file {path!r} not found")

@@ -8,7 +8,6 @@ the one manager push-data uses too), so a checkpointed load costs no new handsha
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 import time
@@ -16,22 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from migrate import ui
-from migrate.errors import ConnectError, UsageError
+from migrate.errors import ConnectError
 from migrate.image.compress import Codec, StreamCompressor
 from migrate.remote.openssh import ControlMaster
-
-
-def parse_rate(text: str) -> float:
-    """Bytes (per second for `--bwlimit`) from `12.5M`, `500K`, `1G`, `100mbit`; a UsageError otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|b|bps)?\s*", text.lower())
-    if not m:
-        raise UsageError(f"bad rate {text!r}", hint="e.g. 20M (bytes/s), 500K, or 100mbit")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
-    if m.group(3) == "bit":
-        value /= 8
-    if value < 1024:
-        raise UsageError(f"rate {text!r} is too low", hint="give at least 1K (bytes per second)")
-    return value
 
 
 class RateLimiter:

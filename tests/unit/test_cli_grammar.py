@@ -174,6 +174,45 @@ def test_apply_takes_hosts_with_h_and_the_old_comma_list(apply_hosts_seen, capsy
         assert err == []
 
 
+@pytest.fixture
+def push_data_seen(monkeypatch):
+    from migrate.commands import push_data
+
+    seen: list[tuple[list[str], str, object]] = []
+    monkeypatch.setattr(push_data, "push_data", lambda sources, hosts, dest, conn, options: seen.append(
+        (hosts, dest, options)) or [])
+    return seen
+
+
+@pytest.mark.parametrize("args,hosts,dest,deprecation", [
+    (["a", "gpu1:/d"], ["gpu1"], "/d", None),
+    (["a", "gpu1:/d", "-H", "gpu2", "-H", "gpu3"], ["gpu1", "gpu2", "gpu3"], "/d", None),
+    (["a", "/d", "-H", "gpu2"], ["gpu2"], "/d", None),                 # DEST a bare path when hosts come with -H
+    (["a", "gpu1:/d", "--hosts", "gpu2"], ["gpu1", "gpu2"], "/d", None),
+    (["a", "gpu1:/d", "--hosts", "gpu2,gpu3"], ["gpu1", "gpu2", "gpu3"], "/d", "write push-data -H gpu2 -H gpu3"),
+])
+def test_push_data_takes_hosts_with_h_and_the_old_comma_list(push_data_seen, capsys, args, hosts, dest, deprecation):
+    from migrate.commands import push_data
+
+    assert _invoke(push_data.push_command, args) == 0
+    assert [(h, d) for h, d, _ in push_data_seen] == [(hosts, dest)]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
+    assert (len(err) == 1 and deprecation in err[0]) if deprecation else err == [], err
+
+
+def test_push_and_pull_data_bwlimit_follow_the_one_rate_grammar():
+    from migrate.data.plan import PushDataOptions, bwlimit_kib, normalize_bwlimit
+    from migrate.errors import UsageError
+
+    assert bwlimit_kib("500") == 500 and bwlimit_kib("10M") == 10240 and bwlimit_kib("100mbit") == 12207
+    options = PushDataOptions(bwlimit="100mbit")
+    normalize_bwlimit(options)
+    assert options.bwlimit == "12207"  # rsync gets a plain KiB/s number: it reads no bit rates
+    for bad in ("0", "0.5k", "fast"):
+        with pytest.raises(UsageError):
+            bwlimit_kib(bad)
+
+
 # -- --json on every verb that reports -------------------------------------------------------------
 NO_REPORT = {"logs": "streams the job's own output", "tunnel": "forwards ports until Ctrl-C",
              "sandbox ssh-config": "prints an ssh_config block, itself the data"}

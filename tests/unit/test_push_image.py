@@ -23,7 +23,7 @@ from migrate.image import remote as R
 from migrate.image.compress import Codec, CompressSpec, StreamCompressor, choose_codec, gzip_file, parse_compress
 from migrate.image.local import LocalImage, merge_same_images
 from migrate.image.plan import SEND, TAG, UP_TO_DATE, DiskNeed, check_access, check_arch, check_disk, plan_image
-from migrate.image.stream import RateLimiter, StreamBroken, parse_rate, stream
+from migrate.image.stream import RateLimiter, StreamBroken, stream
 from tests.conftest import run_cli
 from tests.tar_helpers import tar_bytes
 
@@ -399,15 +399,6 @@ def test_stream_compressors_round_trip(tmp_path):
 
 
 # -- streaming -----------------------------------------------------------------------------------
-def test_parse_rate():
-    assert parse_rate("100mbit") == 12.5e6
-    assert parse_rate("20M") == 20e6
-    assert parse_rate("1.5k") == 1500
-    for bad in ("fast", "10", "-5M"):
-        with pytest.raises(UsageError):
-            parse_rate(bad)
-
-
 def test_rate_limiter_paces():
     lim = RateLimiter(2e6)
     t0 = time.monotonic()
