@@ -236,6 +236,9 @@ def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, i
     while time.monotonic() < deadline and proc.poll() is None:
         partial = in_host(h, "docker image ls -q migrate-partial", check=False).split()
         if partial:  # at least one checkpoint is committed: cut the connection now
+            # the tag shows on the host a moment before migrate hears that step end: let the next
+            # step start (it streams for seconds at this --bwlimit) before cutting the connection
+            time.sleep(1.0)
             master = _ssh_master_of(proc.pid)
             if master:
                 os.kill(master, signal.SIGKILL)

@@ -148,6 +148,9 @@ def test_killed_connection_resumes_on_the_containerd_store(hosts, images):
     deadline, killed = time.monotonic() + 60, False
     while time.monotonic() < deadline and proc.poll() is None:
         if in_host(h, "docker image ls -q migrate-partial", check=False).split():
+            # the tag shows on the host a moment before migrate hears that step end: let the next
+            # step start (it streams for seconds at this --bwlimit) before cutting the connection
+            time.sleep(1.0)
             master = _ssh_master_of(proc.pid)
             if master:
                 os.kill(master, signal.SIGKILL)
