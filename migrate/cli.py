@@ -1,8 +1,8 @@
 """The `migrate` command line: the root group, lazy verb loading, and error -> exit code mapping.
 
 Exit codes: 0 success, 1 the operation failed (message on one line, no traceback), 2 usage error,
-130 interrupted. Each verb lives in `migrate.commands.<verb>` (its click command and its logic);
-this module only knows where to find them, so `migrate --help` stays fast.
+130 interrupted. Each verb's click command lives in `migrate.commands.<verb>` (its logic in the
+domain packages); this module only knows where to find them, so `migrate --help` stays fast.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """`migrate host-setup HOST...`: make borrowed servers GPU-container ready, idempotently.
 
-The click command and thin orchestration only; the steps live in `migrate.setup`. This module is
-also the API the playbook command (`migrate apply`) calls: HostSetupOptions, StepResult,
-HostSetupReport, setup_hosts, undo_hosts.
+The click adapter: the steps and the several-host orchestration live in `migrate.setup`
+(`migrate.setup.orchestrator.setup_hosts` / `undo_hosts`, the API `migrate apply` calls).
 """
 
 from __future__ import annotations
@@ -23,12 +22,8 @@ from migrate.setup.options import (
     DOCKER_MIRRORS,
     NVIDIA_MIRRORS,
     HostSetupOptions,
-    HostSetupReport,
-    StepResult,
 )
 from migrate.setup.orchestrator import setup_hosts, undo_hosts
-
-__all__ = ["HostSetupOptions", "HostSetupReport", "StepResult", "command", "setup_hosts", "undo_hosts"]
 
 SETUP_ONLY = ("docker_source", "no_nvidia", "nvidia_mirror", "default_runtime", "registry_mirrors", "data_root",
               "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline",

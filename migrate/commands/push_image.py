@@ -20,8 +20,6 @@ from migrate.remote.connection import load_configs
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import KIB, format_rate, parse_rate, parse_size
 
-__all__ = ["ImagePushResult", "PushImageOptions", "push_images", "command"]
-
 
 def _known_hosts(conn: ConnectOptions) -> set[str]:
     try:

@@ -1,218 +1,25 @@
 """`migrate run HOST [options] -- CMD`: queue experiments on the host's GPU dispatcher.
 
-Also the API that `migrate apply` uses for playbook jobs: `JobSpec`, `SubmittedJob`,
-`DispatcherOptions`, `submit_jobs()` and `job_statuses()` (defined in `migrate.jobs`).
+The click adapter: it builds the job specs and options and calls `migrate.jobs.submit.run_command`.
+The Python API `migrate apply` uses lives in `migrate.jobs.submit` (JobSpec, SubmittedJob,
+DispatcherOptions, submit_jobs, job_statuses).
 """
 
 from __future__ import annotations
 
-import io
-import posixpath
-import shlex
 import sys
-import uuid
 
 import click
 
-from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import UsageError
 from migrate.jobs import template as tpl
-from migrate.jobs.client import (
-    AgentClient,
-    job_statuses,
-    report_dispatcher,
-    submit_jobs,
-    submit_with,
-)
-from migrate.jobs.compose import ComposePlan, compose_job_command, plan_compose
+from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option
-from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
-from migrate.jobs.spec import (
-    DispatcherOptions,
-    JobSpec,
-    SubmittedJob,
-    check_image,
-    expand,
-    load_jobs_file,
-    parse_size_mib,
-    parse_sweeps,
-)
-from migrate.remote import shell
-from migrate.remote.connection import Remote, connect
+from migrate.jobs.spec import DispatcherOptions
+from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
 from migrate.remote.hosts import ConnectOptions
-
-__all__ = ["DispatcherOptions", "JobSpec", "SubmittedJob", "command", "job_statuses", "submit_jobs"]
-
-
-def command_text(words: tuple[str, ...]) -> str:
-    """One argument is a shell command line as is; several are an argv, quoted word by word."""
-    if not words:
-        return ""
-    if len(words) == 1:
-        return words[0]
-    return shlex.join(words)
-
-
-def parse_env(items: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"bad --env {item!r}", hint="use --env KEY=VALUE")
-        env[key] = value
-    return env
-
-
-def parse_pool(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    pool = [p.strip() for p in text.split(",") if p.strip()]
-    if not pool:
-        raise UsageError("--gpu-pool is empty", hint="list GPU indices or UUIDs, e.g. --gpu-pool 2,3")
-    return pool
-
-
-def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[str, ...], name: str | None,
-                cwd: str | None, env: dict[str, str], gpus: int, min_free_mem: str | None, allow_shared: bool,
-                gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
-                mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
-                experiments: list[str] | None) -> list[JobSpec]:
-    """The jobs a `migrate run` command line asks for (pure)."""
-    cmd = command_text(words)
-    if jobs_file:
-        if cmd:
-            raise UsageError("give either a command or --jobs FILE, not both")
-        if sweeps or experiments:
-            raise UsageError("--sweep and --from-template go inside the jobs file here",
-                             hint="use `sweep:` in the jobs file")
-        return load_jobs_file(jobs_file)
-    if not cmd.strip():
-        raise UsageError("no command to run", hint="put it after --, e.g. migrate run HOST -- python train.py")
-    if image is not None:
-        check_image(image)
-    base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
-                   min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
-                   image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool)
-    return expand(base, parse_sweeps(sweeps), experiments=experiments)
-
-
-def _upload_template(remote: Remote, plan: tpl.TemplatePlan, data: bytes) -> None:
-    home = remote.home()
-    tmp_dir = posixpath.join(home, ".migrate", "tmp")
-    remote.run(shell.mkdir_private(posixpath.join(home, ".migrate")) + " && " + shell.mkdir_private(tmp_dir),
-               what="create ~/.migrate/tmp")
-    archive = posixpath.join(tmp_dir, f"template-{uuid.uuid4().hex}.tar.gz")
-    sftp = remote.connection.sftp()
-    with ui.transfer_progress(transient=True) as progress:
-        task = progress.add_task(f"template {plan.source.name}", total=len(data))
-        sftp.putfo(io.BytesIO(data), archive, file_size=len(data),
-                   callback=lambda done, total: progress.update(task, completed=done))
-    remote.run(tpl.unpack_command(plan, archive), what="unpack the template")
-
-
-def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec]) -> None:
-    """Copy the template once per experiment and point each job at its copy (absolute paths)."""
-    existing = remote.run(tpl.existing_check_command(plan), what="check experiment directories").stdout.split()
-    if existing:
-        raise UsageError(f"experiment directory {existing[0]} already exists on {remote.name}",
-                         hint="choose new --experiments names (or --template-dest), or remove the old copy")
-    if plan.total_bytes > tpl.LARGE_TEMPLATE:
-        ui.warn(f"the template is {ui.human_bytes(plan.total_bytes)}: data belongs in push-data, "
-                "templates are for code and configs")
-    data = tpl.pack(plan)
-    ui.step(f"copying template {plan.source} ({len(plan.files)} files, {ui.human_bytes(plan.total_bytes)}) "
-            f"to {plan.dest}/{{{','.join(plan.experiments)}}}")
-    _upload_template(remote, plan, data)
-    home = remote.home()
-    for spec in specs:
-        d = plan.experiment_dir(spec.env["MIGRATE_EXPERIMENT"])
-        absolute = home + d[1:] if d.startswith("~/") else d
-        if spec.image:
-            spec.mounts.append(f"{absolute}:{absolute}")
-            spec.cwd = spec.cwd or absolute
-        else:
-            spec.cwd = absolute
-
-
-def compose_spec(plan: ComposePlan, *, name: str | None, gpus: int, key: str | None, priority: int,
-                 retries: int, min_free_mem: str | None, env: dict[str, str]) -> JobSpec:
-    """The one process-mode job that runs a compose project."""
-    return JobSpec(command=compose_job_command(plan), name=name or f"compose-{plan.project}", gpus=gpus,
-                   key=key, priority=priority, retries=retries, min_free_mem_mib=parse_size_mib(min_free_mem),
-                   env=env)
-
-
-def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> None:
-    """Copy the compose file's directory to ~/.migrate/compose/<project>/ (rsync: only changes)."""
-    from migrate.data.plan import PushDataOptions
-    from migrate.data.push import push_data
-
-    ui.step(f"syncing compose project {plan.source_dir} to {host}:~/{plan.remote_dir}")
-    [result] = push_data([str(plan.source_dir)], [host], plan.remote_dir, conn, PushDataOptions(method="rsync"))
-    if result.status == "failed":
-        raise UsageError(f"could not copy the compose project to {host}: {result.error}")
-
-
-def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: DispatcherOptions, *,
-                plan: tpl.TemplatePlan | None, dry_run: bool, as_json: bool, follow: bool,
-                compose: ComposePlan | None = None) -> int:
-    """Queue the jobs (after copying the template or compose project), print what was queued."""
-    if dry_run:
-        if compose is not None:
-            ui.step(f"would sync {compose.source_dir} to {host}:~/{compose.remote_dir} "
-                    f"(services: {', '.join(compose.services)})")
-        _show_plan(host, specs, options, plan, as_json)
-        return 0
-    if compose is not None:
-        sync_compose_project(host, conn, compose)
-    with connect(host, conn) as remote:
-        client = AgentClient(remote)
-        if plan is not None:
-            prepare_template(remote, plan, specs)
-        data = submit_with(client, specs, options)
-        if data.get("dispatcher"):
-            report_dispatcher(data["dispatcher"], remote.name)
-        if data.get("paused"):
-            ui.warn(f"the queue on {remote.name} is paused: {data['paused']}")
-        jobs = data["jobs"]
-        if as_json:
-            ui.print_json({"host": remote.target.display, "jobs": jobs,
-                           "dispatcher": (data.get("dispatcher") or {}).get("daemon")})
-        else:
-            ui.table(f"queued on {remote.name}", SUBMITTED_COLUMNS, submitted_rows(jobs, specs))
-            existing = sum(1 for j in jobs if j["status"] == "existing")
-            if existing:
-                ui.info(f"{existing} job(s) already existed (same --key) and were not queued again")
-            ui.info(f"follow with `migrate status {host}` and `migrate logs {host} {jobs[0]['id']} -f`")
-        if follow:
-            if len(jobs) != 1:
-                ui.warn("--follow shows one job; several were queued (use migrate logs HOST JOB -f)")
-                return 0
-            return client.stream(["logs", str(jobs[0]["id"]), "--follow"])
-    return 0
-
-
-def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan: tpl.TemplatePlan | None,
-               as_json: bool) -> None:
-    if as_json:
-        ui.print_json({"host": host, "dry_run": True, "jobs": [s.payload(options) for s in specs],
-                       "template": None if plan is None else {
-                           "source": str(plan.source), "dest": plan.dest, "experiments": plan.experiments,
-                           "files": len(plan.files), "bytes": plan.total_bytes}})
-        return
-    if plan is not None:
-        ui.step(f"would copy {plan.source} ({len(plan.files)} files, {ui.human_bytes(plan.total_bytes)}, "
-                f"{len(plan.ignored)} ignored) to {', '.join(plan.experiment_dir(e) for e in plan.experiments)}")
-    ui.step(f"would install the dispatcher agent in ~/.migrate/agent on {host} if missing, start the "
-            f"dispatcher if it is not running" + (f" (GPU backend {options.gpu_backend})" if options.gpu_backend
-                                                   else ""))
-    rows = [(s.name or "(auto)", "cpu" if s.gpus == 0 else str(s.gpus), s.image or "", s.cwd or "~", s.command)
-            for s in specs]
-    ui.table(f"dry run: {len(specs)} job(s) would be queued on {host}", ["name", "gpus", "image", "cwd", "command"],
-             rows)
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)

@@ -443,7 +443,7 @@ def test_container_jobs_run_with_the_right_flags(h1):
 
 
 def test_submit_jobs_api_is_idempotent_per_key(h2):
-    from migrate.commands.run import DispatcherOptions, JobSpec, job_statuses, submit_jobs
+    from migrate.jobs.submit import DispatcherOptions, JobSpec, job_statuses, submit_jobs
     from migrate.remote.hosts import ConnectOptions
 
     jobs = [JobSpec(command=f"echo api {n}", name=f"api-{n}", gpus=0, key=f"test:api:{n}")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.commands import apply as apply_mod
-from migrate.commands.apply import StageOutcome, apply_playbook
+from migrate.playbook import apply as apply_mod
+from migrate.playbook.apply import StageOutcome, apply_playbook
 from migrate.playbook.loader import parse_playbook
 from migrate.remote.hosts import ConnectOptions
 
@@ -65,8 +65,8 @@ def test_invalid_playbook_exits_2_before_remote_work(tmp_path):
 
 # -- a dry run counts what it would change (issue 12, item 2) ------------------------------------
 def test_dry_run_data_stage_counts_the_entries_that_would_send(monkeypatch):
-    from migrate.commands.apply import ApplyReport
     from migrate.data import plan, push
+    from migrate.playbook.apply import ApplyReport
 
     sends = iter([2, 0])  # first entry: 2 files to send; second: nothing
 
@@ -85,8 +85,8 @@ def test_dry_run_data_stage_counts_the_entries_that_would_send(monkeypatch):
 
 
 def test_dry_run_data_stage_with_nothing_to_send_is_up_to_date(monkeypatch):
-    from migrate.commands.apply import ApplyReport
     from migrate.data import plan, push
+    from migrate.playbook.apply import ApplyReport
 
     monkeypatch.setattr(push, "push_data", lambda srcs, hosts, dest, conn, options: [
         plan.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run") for h in hosts])
@@ -97,7 +97,7 @@ def test_dry_run_data_stage_with_nothing_to_send_is_up_to_date(monkeypatch):
 
 
 def test_dry_run_run_stage_counts_jobs_not_already_queued(monkeypatch):
-    from migrate.commands.apply import ApplyReport
+    from migrate.playbook.apply import ApplyReport
     from migrate.playbook.jobs import plan_jobs
 
     pb = parse_playbook(PB, Path("/p/exp.yml"))
@@ -110,7 +110,7 @@ def test_dry_run_run_stage_counts_jobs_not_already_queued(monkeypatch):
 
 
 def test_dry_run_run_stage_counts_every_job_when_the_queue_cannot_be_read(monkeypatch):
-    from migrate.commands.apply import ApplyReport
+    from migrate.playbook.apply import ApplyReport
 
     pb = parse_playbook(PB, Path("/p/exp.yml"))
     monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn: (set(), "no dispatcher agent"))

@@ -140,12 +140,13 @@ def test_host_setup_download_offline_refuses_h_too(setup_hosts_seen):
 @pytest.fixture
 def apply_hosts_seen(monkeypatch, tmp_path):
     from migrate.commands import apply
+    from migrate.playbook.apply import ApplyReport
 
     seen: list[list[str]] = []
 
     def fake_apply(pb, hosts, conn, *, only, dry_run):
         seen.append(hosts)
-        return apply.ApplyReport(hosts=hosts, stages=[])
+        return ApplyReport(hosts=hosts, stages=[])
 
     monkeypatch.setattr(apply, "apply_playbook", fake_apply)
     (tmp_path / "pb.yml").write_text("hosts: [pbhost]\n")

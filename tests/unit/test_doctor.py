@@ -1,4 +1,4 @@
-from migrate.commands.doctor import assess
+from migrate.remote.doctor import assess
 from migrate.remote.probe import parse_probe
 
 FRESH = """os.id=debian
@@ -100,3 +100,17 @@ def test_cgroup_v1_under_a_systemd_that_deprecates_it_is_a_warning():
     assert old.verdict == "ok" and old.detail == "v1, systemd 252"
     v2 = _by_name(assess(parse_probe(TRIXIE.replace("cgroup=1", "cgroup=2"))))["cgroup"]
     assert v2.verdict == "ok"
+
+
+def test_diagnose_probes_once_read_only_and_assesses(monkeypatch):
+    """doctor's domain half on a recording host: one probe round trip, nothing that changes the host."""
+    from migrate.remote import doctor
+    from migrate.remote.fake import FakeHost
+    from migrate.remote.hosts import ConnectOptions
+
+    host = FakeHost().reply(r"kv os\.id|os-release", FRESH)
+    monkeypatch.setattr(doctor, "connect", lambda h, conn: host)
+    d = doctor.diagnose("gpu", ConnectOptions(), check_sudo=True)
+    assert len(host.commands()) == 1 and host.mutations() == [] and host.closed
+    assert d.target is host.target and d.facts.os_id == "debian"
+    assert _by_name(d.checks)["docker"].verdict == "missing"

@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from migrate.commands.host_setup import HostSetupOptions, HostSetupReport, StepResult, setup_hosts, undo_hosts
 from migrate.errors import MigrateError, UsageError
 from migrate.setup import offline
+from migrate.setup.options import HostSetupOptions, HostSetupReport, StepResult
+from migrate.setup.orchestrator import setup_hosts, undo_hosts
 from tests.conftest import run_cli
 
 

@@ -119,15 +119,15 @@ def test_api_contract_for_migrate_apply():
     import dataclasses
     import inspect
 
-    from migrate.commands import run
+    from migrate.jobs import submit
 
-    fields = {f.name for f in dataclasses.fields(run.JobSpec)}
+    fields = {f.name for f in dataclasses.fields(submit.JobSpec)}
     assert {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "priority", "retries", "image", "mounts",
             "shm_size", "ports", "key"} <= fields
-    assert [f.name for f in dataclasses.fields(run.SubmittedJob)] == ["id", "key", "name", "status"]
-    assert list(inspect.signature(run.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
-    assert list(inspect.signature(run.job_statuses).parameters) == ["host", "conn"]
-    assert run.JobSpec(command="x").gpus == 1 and run.DispatcherOptions().gpu_backend is None
+    assert [f.name for f in dataclasses.fields(submit.SubmittedJob)] == ["id", "key", "name", "status"]
+    assert list(inspect.signature(submit.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
+    assert list(inspect.signature(submit.job_statuses).parameters) == ["host", "conn"]
+    assert submit.JobSpec(command="x").gpus == 1 and submit.DispatcherOptions().gpu_backend is None
 
 
 # -- image references (issue 12.11) --------------------------------------------------------------
