@@ -19,14 +19,18 @@ class JobField(NamedTuple):
 
     name: str  # key of the JSON the agent's `submit` reads; attribute of JobSpec
     kind: str
-    doc: str  # one line, used by the playbook reference
-    check: str  # what the agent checks before anything is queued
+    doc: str  # one line, used by the playbook reference and docs/run.md
+    check: str  # what the agent checks before anything is queued ("" for integers: their range)
     flag: Optional[str] = None  # `migrate run` option (None: no flag)
     yaml: Optional[str] = None  # key in jobs.yaml
     playbook: Optional[str] = None  # key in a playbook's `run:`
     default: Any = None
     lo: Optional[int] = None  # integer fields: the range the agent accepts
     hi: Optional[int] = None
+
+    def check_text(self) -> str:
+        """What the agent checks, in words."""
+        return self.check or f"an integer from {self.lo} to {self.hi}"
 
 
 JOB_FIELDS = (
@@ -50,18 +54,18 @@ JOB_FIELDS = (
     JobField("env", "str_map", "Environment variables for every job.",
              "names are identifiers, values strings; none the dispatcher sets",
              flag="--env", yaml="env", playbook="env", default={}),
-    JobField("gpus", "int", "GPUs each job needs (0 = CPU-only).", "an integer from 0 to 64",
+    JobField("gpus", "int", "GPUs each job needs (0 = CPU-only).", "",
              flag="--gpus-per-job", yaml="gpus", playbook="gpus_per_job", default=1, lo=0, hi=64),
     JobField("min_free_mem_mib", "size", "MiB of free GPU memory a GPU needs to be admitted.",
-             "an integer (MiB) from 0 to 2^30",
+             "",
              flag="--min-free-mem", yaml="min_free_mem", playbook="min_free_mem", lo=0, hi=1 << 30),
     JobField("allow_shared", "bool", "Also admit onto GPUs other people use when `min_free_mem` fits.",
              "needs min_free_mem", flag="--allow-shared", yaml="allow_shared", playbook="allow_shared"),
     JobField("gpu_pool", "str_list", "Only these GPUs: indices or UUIDs.", "a list of non-empty strings",
              flag="--gpu-pool", yaml="gpu_pool", playbook="gpu_pool", default=[]),
-    JobField("priority", "int", "Higher runs first.", "an integer from -1000000 to 1000000",
+    JobField("priority", "int", "Higher runs first.", "",
              flag="--priority", yaml="priority", playbook="priority", default=0, lo=-1000000, hi=1000000),
-    JobField("retries", "int", "Retry a failed job this many times.", "an integer from 0 to 100",
+    JobField("retries", "int", "Retry a failed job this many times.", "",
              flag="--retries", yaml="retries", playbook="retries", default=0, lo=0, hi=100),
     JobField("key", "str", "Idempotency key: a job with this key is queued only once.",
              "a non-empty string of at most 1000 characters", flag="--key", yaml="key", playbook="key"),

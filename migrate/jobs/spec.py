@@ -192,6 +192,25 @@ YAML_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "size": (int
                               "str_map": dict}
 YAML_FIELDS = {f.yaml: f for f in JOB_FIELDS if f.yaml}  # jobs.yaml key -> its field
 JOB_FILE_KEYS = {**{k: YAML_TYPES[f.kind] for k, f in YAML_FIELDS.items()}, "sweep": dict}
+FIELD_TYPES = {"str": "string", "int": "integer", "bool": "true/false", "size": "size (`20g`; playbooks: MiB)",
+               "str_list": "list of strings", "str_map": "map of string to string"}
+FIELDS_BEGIN = ("<!-- job fields: generated from migrate/agent/fields.py by job_fields_markdown();"
+                " a test keeps it in sync -->")
+FIELDS_END = "<!-- end of job fields -->"
+
+
+def job_fields_markdown() -> str:
+    """The table of job fields in docs/run.md (between FIELDS_BEGIN and FIELDS_END)."""
+    lines = [FIELDS_BEGIN, "",
+             "| field | type | `run` flag | jobs.yaml | playbook `run:` | the agent checks | meaning |",
+             "|---|---|---|---|---|---|---|"]
+    for f in JOB_FIELDS:
+        cells = [f"`{f.name}`", FIELD_TYPES[f.kind], f"`{f.flag}`" if f.flag else "`-- CMD`",
+                 f"`{f.yaml}`" if f.yaml else "", f"`{f.playbook}`" if f.playbook else "", f.check_text(), f.doc]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join([*lines, "", FIELDS_END])
+
+
 TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", bool: "true/false"}
 
 

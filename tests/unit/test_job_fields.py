@@ -13,7 +13,16 @@ from migrate.agent.fields import JOB_FIELDS, SPEC_KEYS
 from migrate.agent.main import AgentError, validate_spec
 from migrate.commands.run import command as run_command
 from migrate.errors import UsageError
-from migrate.jobs.spec import JOB_FILE_KEYS, JobSpec, expand, grid, load_jobs_file
+from migrate.jobs.spec import (
+    FIELDS_BEGIN,
+    FIELDS_END,
+    JOB_FILE_KEYS,
+    JobSpec,
+    expand,
+    grid,
+    job_fields_markdown,
+    load_jobs_file,
+)
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import PlaybookError, parse_playbook
 from migrate.playbook.schema import RUN_KEYS
@@ -55,6 +64,15 @@ def test_docs_run_md_names_every_flag_and_jobs_yaml_key():
     assert set(JOB_FILE_KEYS) == listed, set(JOB_FILE_KEYS) ^ listed
     missing = [f.flag for f in JOB_FIELDS if f.flag and f"`{f.flag}" not in text and f", {f.flag}" not in text]
     assert not missing, missing
+
+
+def test_docs_run_md_has_the_generated_table_of_job_fields():
+    text = (ROOT / "docs" / "run.md").read_text()
+    start, end = text.find(FIELDS_BEGIN), text.find(FIELDS_END)
+    assert 0 <= start < end, "docs/run.md: the job fields table is missing"
+    assert text[start:end + len(FIELDS_END)] == job_fields_markdown(), \
+        "regenerate the table in docs/run.md from migrate.jobs.spec.job_fields_markdown()"
+    assert "an integer from 0 to 64" in job_fields_markdown()  # integer checks come from the agent's ranges
 
 
 def test_a_playbook_takes_the_fields_it_lacked_and_sends_them():
