@@ -307,9 +307,7 @@ def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:
         return [str(x) for x in value or []] or JOB_DEFAULTS.get(f.name, [])  # gpu_pool: None when empty
     if f.kind == "str_map":
         return {str(k): str(v) for k, v in (value or {}).items()}
-    if f.name not in JOB_DEFAULTS:  # command: checked present
-        return value
-    return job.get(f.yaml, JOB_DEFAULTS[f.name])
+    return job.get(f.yaml, JOB_DEFAULTS.get(f.name))  # command has no default: checked present
 
 
 def _check_fields(job: dict, path: tuple, err: Any, *, need_command: bool) -> None:
