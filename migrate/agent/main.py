@@ -19,6 +19,7 @@ from typing import Any
 
 from . import VERSION, control
 from .db import ACTIVE, FINAL, LOST, QUEUED, STATES, Queue, QueueError
+from .fields import JOB_FIELDS, SPEC_KEYS
 from .layout import Layout, write_private
 from .lock import AgentLog, acquire_lock
 
@@ -32,8 +33,6 @@ FOLLOW_CHECK_S = 2.0  # logs --follow: how often it checks that a dispatcher is 
 AGENT_ERROR_MARK = "MIGRATE-ERROR "  # stderr lines the client turns into an error (logs streams stdout)
 AGENT_WARN_MARK = "MIGRATE-WARN "  # ... and into a warning
 NO_DISPATCHER = "the dispatcher is not running"
-SPEC_KEYS = {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "allow_shared", "gpu_pool", "priority",
-             "retries", "image", "mounts", "shm_size", "ports", "key"}
 
 
 class AgentError(Exception):
@@ -58,6 +57,9 @@ def _int(spec: dict, key: str, lo: int, hi: int, where: str, default: Any = None
     return value
 
 
+INT_FIELDS = tuple(f for f in JOB_FIELDS if f.lo is not None)  # checked against their range in fields.py
+
+
 def validate_spec(spec: Any, n: int) -> dict:
     """Check and normalise one job spec; raise AgentError saying what is wrong."""
     import re
@@ -80,10 +82,8 @@ def validate_spec(spec: Any, n: int) -> dict:
             raise AgentError(f"{where}: bad name {name!r}")
         where = f"job {name!r}"
         out["name"] = name
-    out["gpus"] = _int(spec, "gpus", 0, 64, where, 1)
-    out["min_free_mem_mib"] = _int(spec, "min_free_mem_mib", 0, 1 << 30, where)
-    out["priority"] = _int(spec, "priority", -1000000, 1000000, where, 0)
-    out["retries"] = _int(spec, "retries", 0, 100, where, 0)
+    for f in INT_FIELDS:
+        out[f.name] = _int(spec, f.name, f.lo, f.hi, where, f.default)
     out["allow_shared"] = bool(spec.get("allow_shared"))
     if out["allow_shared"] and out["min_free_mem_mib"] is None:
         raise AgentError(f"{where}: --allow-shared needs --min-free-mem",

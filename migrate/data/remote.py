@@ -6,27 +6,23 @@ from dataclasses import dataclass
 
 from migrate.data.rsync import PARTIAL_DIR, parse_version
 from migrate.remote import shell
-from migrate.remote.probe import key_value_lines
+from migrate.remote.probe_fragments import FREE_SPACE, KV, SUDO, as_is, assign, yes
 
 # $1 = destination path. Prints key=value lines. Never changes anything.
-DEST_PROBE = r"""
+DEST_PROBE = KV + SUDO + FREE_SPACE + r"""
 d=$1
-kv() { printf '%s=%s\n' "$1" "$2"; }
 if [ -d "$d" ]; then kv kind dir; elif [ -e "$d" ]; then kv kind file; else kv kind none; fi
-p=$d; while [ ! -e "$p" ]; do p=$(dirname "$p"); done
+p=$(nearest "$d")
 kv existing "$p"
 if [ -w "$p" ]; then kv writable yes; else kv writable no; fi
-kv free_kib "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
+kv free_kib "$(free_space "$p" '$4')"
 if [ -d "$d" ] && [ -n "$(ls -A "$d" 2>/dev/null | head -n 1)" ]; then kv empty no; else kv empty yes; fi
 kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
-if [ "$(id -u)" = 0 ]; then kv sudo root
-elif sudo -n true >/dev/null 2>&1; then kv sudo nopasswd
-elif command -v sudo >/dev/null 2>&1; then kv sudo password
-else kv sudo none; fi
+kv sudo "$(sudo_mode)"
 """
 
 
@@ -56,32 +52,26 @@ def dest_probe_command(dest: str) -> str:
     return f"{shell.sh_c(DEST_PROBE)} sh {shell.quote(dest)}"
 
 
+def _kib_to_bytes(value: str) -> int | None:
+    return int(value) * 1024 if value.isdigit() else None
+
+
+def _digits(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError(value)
+    return int(value)
+
+
+DEST_KEYS = {"kind": ("kind", as_is), "existing": ("existing", as_is), "writable": ("writable", yes),
+             "free_kib": ("free_bytes", _kib_to_bytes), "empty": ("empty", yes),
+             "rsync": ("rsync_version", parse_version), "zstd": ("zstd", bool), "tar": ("tar", bool),
+             "home": ("home", as_is), "cpus": ("cpus", _digits), "sudo": ("sudo", as_is)}
+
+
 def parse_dest_probe(text: str) -> DestFacts:
     """Parse DEST_PROBE output."""
     f = DestFacts()
-    for key, value in key_value_lines(text):
-        if key == "kind":
-            f.kind = value
-        elif key == "existing":
-            f.existing = value
-        elif key == "writable":
-            f.writable = value == "yes"
-        elif key == "free_kib":
-            f.free_bytes = int(value) * 1024 if value.isdigit() else None
-        elif key == "empty":
-            f.empty = value == "yes"
-        elif key == "rsync":
-            f.rsync_version = parse_version(value)
-        elif key == "zstd":
-            f.zstd = bool(value)
-        elif key == "tar":
-            f.tar = bool(value)
-        elif key == "home":
-            f.home = value
-        elif key == "cpus" and value.isdigit():
-            f.cpus = int(value)
-        elif key == "sudo":
-            f.sudo = value
+    assign(f, text, DEST_KEYS)
     return f
 
 
@@ -124,9 +114,8 @@ def parse_partial_probe(text: str) -> list[tuple[str, int]]:
 
 
 # $1 = source path on the remote side (pull-data). Prints key=value lines.
-SOURCE_PROBE = r"""
+SOURCE_PROBE = KV + r"""
 s=$1
-kv() { printf '%s=%s\n' "$1" "$2"; }
 if [ -d "$s" ]; then kv kind dir; elif [ -e "$s" ]; then kv kind file; else kv kind none; fi
 [ -e "$s" ] && kv size_kib "$(du -sk "$s" 2>/dev/null | awk '{print $1}')"
 kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
@@ -149,16 +138,12 @@ def source_probe_command(src: str) -> str:
     return f"{shell.sh_c(SOURCE_PROBE)} sh {shell.quote(src)}"
 
 
+SOURCE_KEYS = {"kind": ("kind", as_is), "size_kib": ("size_bytes", lambda v: _digits(v) * 1024),
+               "rsync": ("rsync_version", parse_version), "real_name": ("real_name", as_is)}
+
+
 def parse_source_probe(text: str) -> SourceFacts:
     """Parse SOURCE_PROBE output."""
     f = SourceFacts()
-    for key, value in key_value_lines(text):
-        if key == "kind":
-            f.kind = value
-        elif key == "size_kib" and value.isdigit():
-            f.size_bytes = int(value) * 1024
-        elif key == "rsync":
-            f.rsync_version = parse_version(value)
-        elif key == "real_name":
-            f.real_name = value
+    assign(f, text, SOURCE_KEYS)
     return f

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from migrate.image.archive import chain_ids
 from migrate.image.identity import fingerprint
 from migrate.remote import shell
-from migrate.remote.probe import key_value_lines, normalize_arch
+from migrate.remote.probe import normalize_arch
+from migrate.remote.probe_fragments import ARCH, DOCKER_ACCESS, FREE_SPACE, KV, as_is, assign
 
-_KV = "kv() { printf '%s=%s\\n' \"$1\" \"$2\"; }\n"
-_DISK = ("disk() { d=$1; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
-         "kv \"disk.$2\" \"$(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4 \" \" $6}')\"; }\n")
+_DISK = FREE_SPACE + "disk() { kv \"disk.$2\" \"$(free_space \"$1\" '$4 \" \" $6')\"; }\n"
 
 _INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
 
@@ -31,7 +30,7 @@ _IMG_FORMAT = f"'{IMAGE_LINE_FORMAT}'"
 # With `want` (the local image IDs) set, the images we push are inspected first: when all are there
 # the full listing is skipped (the common "up to date" case, and big servers with many images).
 # The docker CLI calls run in parallel: each costs ~0.1 s on a small host.
-INVENTORY_SCRIPT = _KV + _DISK + r"""
+INVENTORY_SCRIPT = KV + _DISK + r"""
 ids_file=$(mktemp 2>/dev/null || echo "/tmp/migrate-ids.$$")
 if [ -n "${want:-}" ]; then docker image inspect --format """ + _IMG_FORMAT + r""" $want > "$ids_file" 2>/dev/null &
 else docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
@@ -53,8 +52,7 @@ rm -f "$ids_file"
 kv inventory done
 """
 
-FACTS_SCRIPT = _KV + _DISK + r"""
-kv arch "$(uname -m)"
+FACTS_SCRIPT = KV + _DISK + DOCKER_ACCESS + ARCH + r"""
 kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv home "$HOME"
@@ -72,13 +70,7 @@ if out=$(docker info --format """ + _INFO_FORMAT + r""" 2>&1) && [ -n "${out%%|*
 else
   out=$(docker version --format '{{.Server.Version}}' 2>&1)  # `docker info --format` hides the reason
   kv docker.error "$(printf '%s' "$out" | tail -n 1)"
-  if printf '%s' "$out" | grep -qi 'permission denied'; then
-    if id -nG "$(id -un)" 2>/dev/null | tr ' ' '\n' | grep -qx docker && command -v sg >/dev/null 2>&1 \
-       && sg docker -c 'docker version' >/dev/null 2>&1; then mode=group
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then mode=sudo
-    elif command -v sudo >/dev/null 2>&1; then mode=sudo-password
-    else mode=denied; fi
-  else mode=down; fi
+  if printf '%s' "$out" | grep -qi 'permission denied'; then mode=$(docker_denied_mode); else mode=down; fi
 fi
 kv docker "$mode"
 [ "$mode" = direct ] || exit 0
@@ -200,26 +192,17 @@ def _int(text: str, default: int = -1) -> int:
         return default
 
 
+FACTS_KEYS = {"arch": ("arch", as_is), "zstd": ("zstd", as_is), "home": ("home", as_is),
+              "tmpdir": ("tmp_dir", as_is), "aes": ("aes", lambda v: v == "aes"), "uid": ("uid", _int),
+              "sif": ("sif_tool", as_is), "docker": ("access", as_is), "docker.error": ("error", as_is),
+              "inventory.error": ("inventory_error", as_is)}
+
+
 def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
     """Parse FACTS_SCRIPT / INVENTORY_SCRIPT output (key=value lines, `img=` lines)."""
     f = into or RemoteDocker()
-    for key, value in key_value_lines(text):
-        value = value.strip()
-        if key in ("arch", "zstd", "home", "tmpdir"):
-            setattr(f, {"tmpdir": "tmp_dir"}.get(key, key), value)
-        elif key == "aes":
-            f.aes = value == "aes"
-        elif key == "uid":
-            f.uid = _int(value)
-        elif key == "sif":
-            f.sif_tool = value
-        elif key == "docker":
-            f.access = value
-        elif key == "docker.error":
-            f.error = value
-        elif key == "inventory.error":
-            f.inventory_error = value
-        elif key == "inventory":
+    for key, value in assign(f, text, FACTS_KEYS, strip=True):
+        if key == "inventory":
             f.inventoried = True
             f.inventory_scope = value
         elif key == "info":

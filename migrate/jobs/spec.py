@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from migrate.agent.fields import JOB_FIELDS, JobField
 from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
@@ -62,6 +64,9 @@ class JobSpec:
         if pool:
             out["gpu_pool"] = list(pool)
         return out
+
+
+JOB_DEFAULTS = {f.name: f.default for f in fields(JobSpec) if f.default is not MISSING}
 
 
 @dataclass
@@ -134,6 +139,19 @@ def _params_text(params: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items())
 
 
+def grid(command: str, sweep: dict[str, list[str]] | None, what: str = "that", *,
+         fixed: dict[str, str] | None = None) -> Iterator[tuple[dict[str, str], str]]:
+    """The one sweep expander (`run --sweep`, jobs.yaml, playbooks): (parameters, command with each
+    `{name}` filled, `fixed` values too) per combination, in a stable order. The grid is counted
+    first and refused above MAX_JOBS before any of it is built."""
+    sweep = sweep or {}
+    check_job_count(sweep_size(sweep), what)
+    names = list(sweep)
+    for combo in itertools.product(*(sweep[n] for n in names)):
+        params = dict(zip(names, combo))
+        yield params, fill_placeholders(command, {**params, **(fixed or {})})
+
+
 def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
            experiments: list[str] | None = None) -> list[JobSpec]:
     """The grid: one job per sweep combination (and per experiment), placeholders filled.
@@ -148,16 +166,11 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
         if "{" + name + "}" not in base.command:
             raise UsageError(f"--sweep {name}: the command does not use {{{name}}}",
                              hint=f"put {{{name}}} where the value goes, e.g. --{name} {{{name}}}")
-    names = list(sweep)
     exps: list[str | None] = list(experiments) if experiments else [None]
     check_job_count(sweep_size(sweep, len(exps)))  # counted from the grid: nothing built yet
     jobs = []
     for exp in exps:
-        for combo in itertools.product(*(sweep[n] for n in names)):
-            params = dict(zip(names, combo))
-            values = dict(params)
-            if exp is not None:
-                values["experiment"] = exp
+        for params, filled in grid(base.command, sweep, fixed=None if exp is None else {"experiment": exp}):
             prefix = base.name or exp or ("job" if params else None)
             name = f"{prefix}[{_params_text(params)}]" if params else prefix
             if exp is not None and base.name:
@@ -169,18 +182,35 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
             if exp is not None:
                 env["MIGRATE_EXPERIMENT"] = exp
             jobs.append(JobSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
-                                   "command": fill_placeholders(base.command, values),
-                                   "name": name, "key": key, "env": env,
+                                   "command": filled, "name": name, "key": key, "env": env,
                                    "mounts": list(base.mounts), "ports": list(base.ports)}))
     return jobs
 
 
 # -- jobs.yaml ----------------------------------------------------------------------------------
-JOB_FILE_KEYS = {
-    "command": str, "name": str, "cwd": str, "env": dict, "gpus": int, "min_free_mem": (int, str),
-    "priority": int, "retries": int, "image": str, "mounts": list, "shm_size": str, "ports": list,
-    "key": str, "sweep": dict, "allow_shared": bool, "gpu_pool": list,
-}
+YAML_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "size": (int, str), "str_list": list,
+                              "str_map": dict}
+YAML_FIELDS = {f.yaml: f for f in JOB_FIELDS if f.yaml}  # jobs.yaml key -> its field
+JOB_FILE_KEYS = {**{k: YAML_TYPES[f.kind] for k, f in YAML_FIELDS.items()}, "sweep": dict}
+FIELD_TYPES = {"str": "string", "int": "integer", "bool": "true/false", "size": "size (`20g`; playbooks: MiB)",
+               "str_list": "list of strings", "str_map": "map of string to string"}
+FIELDS_BEGIN = ("<!-- job fields: generated from migrate/agent/fields.py by job_fields_markdown();"
+                " a test keeps it in sync -->")
+FIELDS_END = "<!-- end of job fields -->"
+
+
+def job_fields_markdown() -> str:
+    """The table of job fields in docs/run.md (between FIELDS_BEGIN and FIELDS_END)."""
+    lines = [FIELDS_BEGIN, "",
+             "| field | type | `run` flag | jobs.yaml | playbook `run:` | the agent checks | meaning |",
+             "|---|---|---|---|---|---|---|"]
+    for f in JOB_FIELDS:
+        cells = [f"`{f.name}`", FIELD_TYPES[f.kind], f"`{f.flag}`" if f.flag else "`-- CMD`",
+                 f"`{f.yaml}`" if f.yaml else "", f"`{f.playbook}`" if f.playbook else "", f.check_text(), f.doc]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join([*lines, "", FIELDS_END])
+
+
 TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", bool: "true/false"}
 
 
@@ -260,20 +290,24 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
         sweep = {str(k): [str(v) for v in (vals if isinstance(vals, list) else [vals])]
                  for k, vals in (merged.pop("sweep", None) or {}).items()}
         try:
-            base = JobSpec(
-                command=merged["command"], name=merged.get("name"), cwd=merged.get("cwd"),
-                env={str(k): str(v) for k, v in (merged.get("env") or {}).items()}, gpus=merged.get("gpus", 1),
-                min_free_mem_mib=parse_size_mib(merged.get("min_free_mem"), "min_free_mem"),
-                priority=merged.get("priority", 0), retries=merged.get("retries", 0), image=merged.get("image"),
-                mounts=[str(m) for m in merged.get("mounts") or []], shm_size=merged.get("shm_size"),
-                ports=[str(x) for x in merged.get("ports") or []], key=merged.get("key"),
-                allow_shared=merged.get("allow_shared"),
-                gpu_pool=[str(x) for x in merged["gpu_pool"]] if merged.get("gpu_pool") else None)
+            base = JobSpec(**{f.name: _yaml_value(f, merged) for f in YAML_FIELDS.values()})
             check_job_count(len(specs) + sweep_size(sweep), "the file so far")
             specs.extend(expand(base, sweep))
         except UsageError as exc:
             raise err(path, exc.message, exc.hint) from exc
     return specs
+
+
+def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:
+    """The JobSpec value of field `f` from a checked jobs.yaml job (its default when absent)."""
+    value = job.get(f.yaml)
+    if f.kind == "size":
+        return parse_size_mib(value, f.yaml or f.name)
+    if f.kind == "str_list":
+        return [str(x) for x in value or []] or JOB_DEFAULTS.get(f.name, [])  # gpu_pool: None when empty
+    if f.kind == "str_map":
+        return {str(k): str(v) for k, v in (value or {}).items()}
+    return job.get(f.yaml, JOB_DEFAULTS.get(f.name))  # command has no default: checked present
 
 
 def _check_fields(job: dict, path: tuple, err: Any, *, need_command: bool) -> None:

@@ -8,7 +8,6 @@ wrong type or a missing required key ends `migrate apply` with exit code 2.
 from __future__ import annotations
 
 import difflib
-import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 import yaml
 
 from migrate.errors import UsageError
-from migrate.jobs.limits import MAX_JOBS, check_job_count, sweep_size
-from migrate.jobs.spec import PLACEHOLDER, fill_placeholders
+from migrate.jobs.limits import MAX_JOBS, sweep_size
+from migrate.jobs.spec import PLACEHOLDER, grid
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
 from migrate.remote.hosts import HostSpec
 
@@ -352,15 +351,6 @@ def load_playbook(path: str | Path) -> Playbook:
 
 
 def expand_sweep(command: str, sweep: dict[str, list[str]]) -> list[tuple[dict[str, str], str]]:
-    """Grid expansion: one (parameters, command) per combination, in a stable order.
-
-    Refuses a grid of more than MAX_JOBS before building any of it (the loader already does)."""
-    if not sweep:
-        return [({}, command)]
-    check_job_count(sweep_size(sweep), "run.sweep")
-    names = list(sweep)
-    out = []
-    for combo in itertools.product(*(sweep[n] for n in names)):
-        params = dict(zip(names, combo))
-        out.append((params, fill_placeholders(command, params)))
-    return out
+    """Grid expansion of `run.sweep` (the one expander, `migrate.jobs.spec.grid`): one (parameters,
+    command) per combination, in a stable order; more than MAX_JOBS is refused before building any."""
+    return list(grid(command, sweep, "run.sweep"))

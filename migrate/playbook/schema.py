@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrate.agent.fields import JOB_FIELDS, JobField
+
 # kinds: str, int, bool, str_list, str_map, sweep, object, object_list, image_list
 SCALAR_KINDS = {"str", "int", "bool"}
 
@@ -63,21 +65,28 @@ DATA_KEYS = (
     Key("sudo", "bool", "Write as root (passwordless sudo), for destinations you cannot write.", default=False),
 )
 
+PLAYBOOK_KINDS = {"size": "int"}  # a playbook's min_free_mem is MiB
+# What a field means in a playbook where that differs from the job table's doc line.
+RUN_DOCS = {
+    "command": "Command to run; `{name}` is replaced by each sweep value. Give `command` or `compose`.",
+    "name": "Job name prefix (default: the playbook name).",
+    "key": "Prefix of the jobs' idempotency keys (default: the playbook name).",
+}
+RUN_EXAMPLES = {"command": "python train.py --lr {lr} --seed {seed}"}
+
+
+def _run_key(f: JobField) -> Key:
+    """The playbook key of one job field (`migrate.agent.fields`)."""
+    return Key(f.playbook or f.name, PLAYBOOK_KINDS.get(f.kind, f.kind), RUN_DOCS.get(f.name, f.doc),
+               default=f.default, example=RUN_EXAMPLES.get(f.name, ""))
+
+
+_JOB_KEYS = tuple(_run_key(f) for f in JOB_FIELDS if f.playbook)
 RUN_KEYS = (
-    Key("command", "str", "Command to run; `{name}` is replaced by each sweep value. Give `command` or "
-        "`compose`.", example="python train.py --lr {lr} --seed {seed}"),
+    _JOB_KEYS[0],  # command
     Key("compose", "str", "A docker-compose file (relative to the playbook) to run as one job instead of "
         "`command`; its GPUs arrive as `${MIGRATE_GPU_UUIDS}`."),
-    Key("name", "str", "Job name prefix (default: the playbook name)."),
-    Key("image", "str", "Run each job in this image (container mode); omit for process mode."),
-    Key("workdir", "str", "Working directory of each job (in the container, or on the host)."),
-    Key("mounts", "str_list", "Bind mounts `host:container[:ro]` (container mode).", default=[]),
-    Key("shm_size", "str", "Shared memory for the container, e.g. `16g`."),
-    Key("env", "str_map", "Environment variables for every job.", default={}),
-    Key("gpus_per_job", "int", "GPUs each job needs (0 = CPU-only).", default=1),
-    Key("min_free_mem", "int", "MiB of free GPU memory a GPU needs to be admitted."),
-    Key("priority", "int", "Higher runs first.", default=0),
-    Key("retries", "int", "Retry a failed job this many times.", default=0),
+    *_JOB_KEYS[1:],
     Key("sweep", "sweep", "Grid of parameters: one job per combination.", default={},
         example="{lr: [1e-3, 1e-4], seed: [0, 1]}"),
 )

@@ -8,31 +8,27 @@ Nothing in the script needs root or changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from migrate.remote import shell
+from migrate.remote.probe_fragments import ARCH, DOCKERD, FREE_SPACE, KV, SUDO, as_is, assign, yes
 
-PROBE_SCRIPT = r"""
-kv() { printf '%s=%s\n' "$1" "$2"; }
+PROBE_SCRIPT = KV + SUDO + DOCKERD + FREE_SPACE + r"""
 if [ -r /etc/os-release ]; then
   . /etc/os-release
   kv os.id "${ID:-}"; kv os.version_id "${VERSION_ID:-}"; kv os.codename "${VERSION_CODENAME:-}"
   kv os.ubuntu_codename "${UBUNTU_CODENAME:-}"; kv os.id_like "${ID_LIKE:-}"; kv os.pretty "${PRETTY_NAME:-}"
 fi
-kv arch "$(uname -m)"
-kv dpkg_arch "$(dpkg --print-architecture 2>/dev/null)"
+""" + ARCH + r"""kv dpkg_arch "$(dpkg --print-architecture 2>/dev/null)"
 kv kernel "$(uname -r)"
 if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then kv cgroup 2; else kv cgroup 1; fi
 if [ -d /run/systemd/system ]; then kv systemd yes; else kv systemd no; fi
 kv systemd_version "$(systemctl --version 2>/dev/null | head -n 1 | awk '{print $2}')"
 kv virt "$(systemd-detect-virt 2>/dev/null || true)"
 kv user "$(id -un)"; kv uid "$(id -u)"; kv groups "$(id -nG)"; kv home "$HOME"
-if [ "$(id -u)" = 0 ]; then kv sudo root
-elif ! command -v sudo >/dev/null 2>&1; then kv sudo none
-elif sudo -n true >/dev/null 2>&1; then kv sudo nopasswd
-else kv sudo password; fi
+kv sudo "$(sudo_mode)"
 if command -v docker >/dev/null 2>&1; then
   kv docker.path "$(command -v docker)"
   kv docker.client "$(docker version --format '{{.Client.Version}}' 2>/dev/null)"
@@ -40,7 +36,7 @@ if command -v docker >/dev/null 2>&1; then
   if [ $? -eq 0 ]; then kv docker.access yes; kv docker.info "$info"
   else kv docker.access no; kv docker.error "$(printf '%s' "$info" | tail -n 1)"; fi
 else kv docker.path ""; fi
-d=$(command -v dockerd 2>/dev/null || ls /usr/sbin/dockerd /usr/bin/dockerd 2>/dev/null | head -n 1)
+d=$(dockerd_path)
 if [ -n "$d" ]; then
   kv docker.dockerd "$d"
   kv docker.daemon_version "$("$d" --version 2>/dev/null | sed -n 's/^Docker version \([^,]*\).*/\1/p')"
@@ -60,8 +56,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     | while IFS= read -r line; do kv gpu "$line"; done
   kv nvidia_smi_exit "$(nvidia-smi -L >/dev/null 2>&1; echo $?)"
 fi
-disk() { d=$1; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
-  kv "disk.$2" "$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4 " " $2 " " $6}')"; }
+disk() { kv "disk.$2" "$(free_space "$1" '$4 " " $2 " " $6')"; }
 disk "$HOME" home; disk /var/lib/docker docker; disk /tmp tmp
 if command -v python3 >/dev/null 2>&1; then
   kv python3 "$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
@@ -223,60 +218,29 @@ def _int(text: str, default: int = 0) -> int:
         return default
 
 
-def key_value_lines(text: str) -> Iterator[tuple[str, str]]:
-    """(key, value) for each `key=value` line of a probe's output, in order; other lines are skipped."""
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            yield key, value
+PROBE_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    **{f"os.{k}": (attr, as_is) for k, attr in (("id", "os_id"), ("version_id", "os_version_id"),
+                                                  ("codename", "os_codename"), ("ubuntu_codename", "ubuntu_codename"),
+                                                  ("id_like", "os_id_like"), ("pretty", "os_pretty"))},
+    **{k: (k, as_is) for k in ("arch", "dpkg_arch", "kernel", "virt", "user", "home", "sudo", "nvidia_smi",
+                               "nvidia_ctk", "nvidia_runtime", "python3", "rsync", "zstd", "boot_id")},
+    "cgroup": ("cgroup_version", _int), "systemd": ("systemd", yes), "systemd_version": ("systemd_version", _int),
+    "uid": ("uid", lambda v: _int(v, -1)), "groups": ("groups", str.split), "cpus": ("cpus", _int),
+    "aes": ("aes", lambda v: v == "aes"), "nvidia_smi_exit": ("nvidia_smi_ok", lambda v: v == "0"),
+    "docker.dockerd": ("docker.dockerd", as_is), "docker.daemon_version": ("docker.daemon_version", as_is),
+    "docker.daemon_running": ("docker.daemon_running", yes), "docker.client": ("docker.client_version", as_is),
+    "docker.access": ("docker.access", yes), "docker.error": ("docker.error", as_is),
+}
 
 
 def parse_probe(text: str) -> HostFacts:
     """Turn the probe's key=value lines into HostFacts (unknown keys are ignored)."""
     f = HostFacts()
     d = f.docker
-    for key, value in key_value_lines(text):
-        value = value.strip()
-        if key.startswith("os."):
-            attr = {"os.id": "os_id", "os.version_id": "os_version_id", "os.codename": "os_codename",
-                    "os.ubuntu_codename": "ubuntu_codename", "os.id_like": "os_id_like",
-                    "os.pretty": "os_pretty"}.get(key)
-            if attr:
-                setattr(f, attr, value)
-        elif key in ("arch", "dpkg_arch", "kernel", "virt", "user", "home", "sudo", "nvidia_smi",
-                     "nvidia_ctk", "nvidia_runtime", "python3", "rsync", "zstd", "boot_id"):
-            setattr(f, key, value)
-        elif key == "cgroup":
-            f.cgroup_version = _int(value)
-        elif key == "systemd":
-            f.systemd = value == "yes"
-        elif key == "systemd_version":
-            f.systemd_version = _int(value)
-        elif key == "docker.dockerd":
-            d.dockerd = value
-        elif key == "docker.daemon_version":
-            d.daemon_version = value
-        elif key == "docker.daemon_running":
-            d.daemon_running = value == "yes"
-        elif key == "uid":
-            f.uid = _int(value, -1)
-        elif key == "groups":
-            f.groups = value.split()
-        elif key == "cpus":
-            f.cpus = _int(value)
-        elif key == "aes":
-            f.aes = value == "aes"
-        elif key == "nvidia_smi_exit":
-            f.nvidia_smi_ok = value == "0"
-        elif key == "docker.path":
+    for key, value in assign(f, text, PROBE_KEYS, strip=True):
+        if key == "docker.path":
             d.path = value
             d.installed = bool(value)
-        elif key == "docker.client":
-            d.client_version = value
-        elif key == "docker.access":
-            d.access = value == "yes"
-        elif key == "docker.error":
-            d.error = value
         elif key == "docker.info":
             parts = value.split("|")
             parts += [""] * (7 - len(parts))

@@ -15,6 +15,7 @@ from typing import Any
 
 from migrate.remote import shell
 from migrate.remote.probe import PROBE_SCRIPT, HostFacts, parse_probe
+from migrate.remote.probe_fragments import DOCKERD
 from migrate.setup import daemon_json, sources
 
 JOURNAL_DIR = ".migrate/host-setup"
@@ -27,7 +28,7 @@ WATCHED_PACKAGES = (
     *sources.NVIDIA_PACKAGE_NAMES,
 )
 
-SETUP_PROBE = r"""
+SETUP_PROBE = DOCKERD + r"""
 hs() { printf 'hs.%s=%s\n' "$1" "$2"; }
 hs now "$(date +%s)"
 f=/etc/docker/daemon.json
@@ -59,7 +60,7 @@ elif [ -x /etc/init.d/docker ]; then
   hs docker_unit initd
   if service docker status >/dev/null 2>&1; then hs docker_active active; else hs docker_active inactive; fi
 fi
-d=$(command -v dockerd 2>/dev/null || ls /usr/sbin/dockerd /usr/bin/dockerd 2>/dev/null | head -n 1)
+d=$(dockerd_path)
 if [ -n "$d" ]; then
   hs dockerd "$d"
   "$d" --help 2>/dev/null | grep -q -- '--validate' && hs dockerd_validate yes
