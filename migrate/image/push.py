@@ -698,7 +698,7 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
         for img in images:
             if options.format == "sif":
                 present = s.sif_present.get(img.image_id)
-                out.append(ImagePushResult(img.display, s.name, UP_TO_DATE if present else "would send",
+                out.append(ImagePushResult(img.display, s.host, UP_TO_DATE if present else "would send",
                                            image_bytes=img.size, detail=sif_path(options, img)))
                 continue
             plan = s.plans[img.image_id]
@@ -709,11 +709,11 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
                 detail += (", as an OCI layout (containerd image store)" if plan.archive_format == "oci-layout"
                            else ", as a docker-save archive")
                 detail += f", a resume point every >= {ui.human_bytes(options.step_bytes)}"
-                out.append(ImagePushResult(img.display, s.name, "would send", image_bytes=img.size,
+                out.append(ImagePushResult(img.display, s.host, "would send", image_bytes=img.size,
                                            detail=detail + (f"; {plan.note}" if plan.note else "")))
             else:
                 detail = ("would tag " + ", ".join(plan.tags_to_add)) if plan.tags_to_add else "already there"
-                out.append(ImagePushResult(img.display, s.name, UP_TO_DATE, image_bytes=img.size, detail=detail))
+                out.append(ImagePushResult(img.display, s.host, UP_TO_DATE, image_bytes=img.size, detail=detail))
     return out
 
 

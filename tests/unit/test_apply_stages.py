@@ -176,9 +176,6 @@ def test_apply_dry_run_issues_no_mutating_command_through_any_stage(hosts):
         assert fake.mutations() == [], (stage, fake.mutations())
 
 
-@pytest.mark.xfail(strict=True, reason="push-image's dry-run results name the host as `user@alias` "
-                   "(image/push.py dry_run_results: s.name), a real push as typed (session.host), so apply's "
-                   "images cell of a dry run on `-H gpu` misses them and says 'up to date'")
 def test_apply_dry_run_images_cell_when_the_host_is_given_without_user(hosts):
     fakes, pb = hosts
     report = apply_playbook(pb, ["gpu"], ConnectOptions(), only=["images"], dry_run=True)
