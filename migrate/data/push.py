@@ -143,7 +143,7 @@ class HostPush:
             if facts.sudo == "none":
                 raise MigrateError(f"{remote.target.user} has no sudo on {remote.target.alias}")
             if facts.sudo == "nopasswd":
-                rsync_path = "sudo -n rsync"
+                rsync_path = shell.SUDO_NOPASSWD_PREFIX + "rsync"
         elif not facts.writable:
             raise MigrateError(f"{remote.target.alias}:{facts.existing} is not writable by {remote.target.user}, "
                                f"so {self.dest} cannot be created there",
@@ -331,7 +331,7 @@ class HostPush:
 
     def _stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
         """What a tar stream (a directory) or a cat stream (one file, when the host has no rsync) runs there."""
-        sudo_prefix = "sudo -n " if self.o.sudo and facts.sudo == "nopasswd" else ""
+        sudo_prefix = shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
         if src.is_dir:
             return tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix)
         parent = os.path.dirname(m.landing.rstrip("/")) or "."

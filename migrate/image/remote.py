@@ -275,7 +275,7 @@ def stream_command(access: str, script: str) -> str:
     if access == "sudo":
         return shell.sudo_nopasswd(script)
     if access == "sudo-password":
-        return "sudo -S -k -p '' -H " + shell.sh_c(script)
+        return shell.sudo_first_line(script)
     return shell.sh_c(script)
 
 

@@ -42,7 +42,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from migrate import ui
 from migrate.errors import ConnectError, HostKeyError, RemoteCommandError, SudoError
 from migrate.paths import sandbox_ssh_configs
-from migrate.remote import shell
+from migrate.remote import probe_fragments, shell
 from migrate.remote.hosts import (
     ConnectOptions,
     HostSpec,
@@ -330,12 +330,7 @@ class Remote:
                         hint="ask the owner for sudo rights, or log in as a user who has them")
 
     # -- sudo --------------------------------------------------------------------------------
-    SUDO_MODE_SCRIPT = (
-        'if [ "$(id -u)" = 0 ]; then echo root; '
-        "elif ! command -v sudo >/dev/null 2>&1; then echo none; "
-        "elif sudo -n true >/dev/null 2>&1; then echo nopasswd; "
-        "else echo password; fi"
-    )
+    SUDO_MODE_SCRIPT = probe_fragments.SUDO + "sudo_mode"  # the one sudo detection every probe uses
 
     def sudo_mode(self) -> str:
         """'root', 'nopasswd', 'password' or 'none' (cached; also set by the probe)."""

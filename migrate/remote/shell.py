@@ -43,9 +43,25 @@ def and_then(*commands: str) -> str:
     return " && ".join(c for c in commands if c)
 
 
+# The two ways to become root, one per path (docs/connection.md):
+# - the Fabric path answers sudo's prompt with a responder (`sudo_with_password`);
+# - an OpenSSH stream has no prompt to answer: passwordless sudo (`sudo_nopasswd`, `SUDO_NOPASSWD_PREFIX`
+#   for a program rsync starts), or the password as the stream's first stdin line (`sudo_first_line`).
+SUDO_NOPASSWD_PREFIX = "sudo -n "
+
+
 def sudo_nopasswd(command: str) -> str:
     """Run an already-built command as root with passwordless sudo (fails instead of prompting)."""
-    return "sudo -n -H " + sh_c(command)
+    return SUDO_NOPASSWD_PREFIX + "-H " + sh_c(command)
+
+
+def sudo_first_line(command: str) -> str:
+    """Run a command as root over a byte stream whose first stdin line is the sudo password.
+
+    `sudo -S -k` always reads that line (even with cached credentials, so it never reaches the
+    command) and passes the rest of stdin on; `-p ''` keeps the prompt out of the output.
+    """
+    return "sudo -S -k -p '' -H " + sh_c(command)
 
 
 def sudo_with_password(command: str) -> str:

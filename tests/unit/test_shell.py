@@ -52,3 +52,19 @@ def test_home_path_expands_home_but_not_the_rest():
 
 def test_mkdir_private():
     assert shell.mkdir_private("/x y") == "mkdir -p '/x y' && chmod 700 '/x y'"
+
+
+def test_one_sudo_mechanism_per_path():
+    """OpenSSH-path sudo forms come from remote/shell.py; the sudo-mode check is the shared fragment."""
+    import os
+    import subprocess
+
+    from migrate.image import remote as image_remote
+    from migrate.remote import shell
+    from migrate.remote.connection import Remote
+
+    assert image_remote.stream_command("sudo-password", "docker load") == shell.sudo_first_line("docker load")
+    assert image_remote.stream_command("sudo", "docker load") == shell.sudo_nopasswd("docker load")
+    assert shell.sudo_first_line("x").startswith("sudo -S -k -p '' -H ")
+    mode = subprocess.run(["sh", "-c", Remote.SUDO_MODE_SCRIPT], capture_output=True, text=True).stdout.strip()
+    assert mode == ("root" if os.geteuid() == 0 else mode) and mode in ("root", "none", "nopasswd", "password")
