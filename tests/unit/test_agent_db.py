@@ -177,6 +177,7 @@ def test_twenty_jobs_four_gpus_four_racing_dispatchers_zero_double_bookings(tmp_
         p.start()
     for p in procs:
         p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0], "a racing dispatcher failed (its error is above)"
     jobs = Queue(path).jobs()
     assert all(j["state"] == db.DONE for j in jobs), [j["state"] for j in jobs]
     assert all(j["attempt"] == 1 for j in jobs)  # nobody ran twice
