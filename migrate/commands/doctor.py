@@ -38,7 +38,8 @@ def run_doctor(host: str, options: ConnectOptions, *, as_json: bool, check_sudo:
 @click.option("--sudo", "check_sudo", is_flag=True,
               help="Also prove that sudo works (asks for the password once, or reads $MIGRATE_SUDO_PASSWORD).")
 def command(host: str, conn: ConnectOptions, as_json: bool, check_sudo: bool) -> None:
-    """Check a host: OS, sudo, Docker, NVIDIA driver and GPUs, disk, python3, rsync.
+    """Check a host: OS, sudo, systemd and cgroups, Docker (engine, image store, a missing CLI), NVIDIA
+    driver and GPUs, disk, python3, rsync.
 
     One SSH round trip, read-only. Each line gets a verdict (ok / warn / missing / info) and a
     hint. Exits 0 when the host could be probed, whatever it lacks.

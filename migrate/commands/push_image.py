@@ -130,7 +130,9 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     Before a byte moves it checks the image exists, Docker access on the host (direct, docker group,
     or sudo: a password is asked once), engine and storage driver, CPU architecture, free disk, and
     tags that would move. A host that already has the image gets only missing tags ("up to date").
-    A broken connection keeps the layers already loaded: rerun the same command to resume.
+    A broken connection keeps the layers already loaded: rerun the same command to resume. Works
+    with the classic (overlay2) and the containerd image store at either end: a containerd host
+    gets an OCI layout with the layers it lacks left out (docs/push-image.md, "Engines").
     """
     parse_compress(compress)
     rate = read_value("--bwlimit", bwlimit, parse_rate, rate=True) if bwlimit else None
