@@ -224,6 +224,22 @@ def _ssh_master_of(pid: int) -> int | None:
     return None
 
 
+def cut_after_first_checkpoint(proc: subprocess.Popen, host: dict, timeout: float = 60) -> bool:
+    """Kill the push's SSH master once a checkpoint is committed on `host`; True when it was cut."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if in_host(host, "docker image ls -q migrate-partial", check=False).split():
+            # the tag shows on the host a moment before migrate hears that step end: let the next
+            # step start (it streams for seconds at the tests' --bwlimit) before cutting the connection
+            time.sleep(1.0)
+            master = _ssh_master_of(proc.pid)
+            if master:
+                os.kill(master, signal.SIGKILL)
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, images):
     h = docker_hosts[0]
     env = dict(os.environ, **h["env"])
@@ -231,20 +247,7 @@ def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, i
     argv = [sys.executable, "-m", "migrate", "push-image", MULTI, h["alias"], "--checkpoint", "20M",
             "--bwlimit", "12M", "--compress", "none", "--json"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    killed = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        partial = in_host(h, "docker image ls -q migrate-partial", check=False).split()
-        if partial:  # at least one checkpoint is committed: cut the connection now
-            # the tag shows on the host a moment before migrate hears that step end: let the next
-            # step start (it streams for seconds at this --bwlimit) before cutting the connection
-            time.sleep(1.0)
-            master = _ssh_master_of(proc.pid)
-            if master:
-                os.kill(master, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.2)
+    killed = cut_after_first_checkpoint(proc, h)
     out, err = proc.communicate(timeout=120)
     assert killed, f"never saw a checkpoint before the push ended: {out}{err}"
     assert proc.returncode == 1, out + err

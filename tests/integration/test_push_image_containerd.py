@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 from migrate.sandbox.manager import Sandbox, SandboxSettings
 from tests.conftest import run_cli
 from tests.integration.test_modern_hosts import FLAVOUR
-from tests.integration.test_push_image import _ssh_master_of, layer_bytes, push, push_json, sh, sh_bytes
+from tests.integration.test_push_image import cut_after_first_checkpoint, layer_bytes, push, push_json, sh, sh_bytes
 
 pytestmark = pytest.mark.release("trixie")
 PREFIX = "migrate-c8d-test"
@@ -145,18 +144,7 @@ def test_killed_connection_resumes_on_the_containerd_store(hosts, images):
             "--bwlimit", "6M", "--compress", "none", "--json"]
     proc = subprocess.Popen(argv, env=dict(os.environ, **h["env"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline, killed = time.monotonic() + 60, False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if in_host(h, "docker image ls -q migrate-partial", check=False).split():
-            # the tag shows on the host a moment before migrate hears that step end: let the next
-            # step start (it streams for seconds at this --bwlimit) before cutting the connection
-            time.sleep(1.0)
-            master = _ssh_master_of(proc.pid)
-            if master:
-                os.kill(master, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.2)
+    killed = cut_after_first_checkpoint(proc, h)
     out, err = proc.communicate(timeout=120)
     assert killed, f"never saw a checkpoint before the push ended: {out}{err}"
     assert proc.returncode == 1 and "lost" in err and "committed" in err, out + err
