@@ -23,11 +23,11 @@ from tests.conftest import run_cli
 
 # name -> slot; slot N uses subnet 172.31.(200+N).0/24 and ports 2400+20*N ... (max 20 hosts)
 SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8,
-         "modern": 9}
+         "modern": 9, "cluster": 10, "registry": 11, "shell": 12}
 
 
 # Several test runs can share one machine (a developer's and CI's, say): MIGRATE_TEST_PREFIX
-# (letters) renames every dedicated sandbox and MIGRATE_TEST_SLOT_BASE (0, 10, 20 or 30) moves its
+# (letters) renames every dedicated sandbox and MIGRATE_TEST_SLOT_BASE (0, 13, 26 or 39) moves its
 # subnets and ports, so two runs never bring up, change or tear down each other's hosts.
 TEST_PREFIX = os.environ.get("MIGRATE_TEST_PREFIX", "")
 SLOT_BASE = int(os.environ.get("MIGRATE_TEST_SLOT_BASE", "0"))
