@@ -21,6 +21,7 @@ from migrate.errors import EXIT_FAILED, EXIT_USAGE, MigrateError
 VERBS = {
     "apply": "migrate.commands.apply:command",
     "cancel": "migrate.commands.cancel:command",
+    "cluster": "migrate.commands.cluster:group",
     "doctor": "migrate.commands.doctor:command",
     "gpus": "migrate.commands.gpus:command",
     "host-setup": "migrate.commands.host_setup:command",

@@ -6,6 +6,8 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cluster import jobs as cluster_jobs
+from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
 from migrate.jobs.client import call_agent, print_answer
 from migrate.remote.hosts import ConnectOptions
@@ -42,6 +44,9 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bo
     jobs: docker stop), then SIGKILL if they are still there after --grace seconds; the command
     returns when they are gone. Finished jobs are left as they are.
     """
+    if cluster_state.exists(host) and not dry_run:  # a cluster name (issue 14)
+        cluster_jobs.cancel(host, conn, jobs, all_jobs=all_jobs, as_json=as_json)
+        return
     args = cancel_args(jobs, all_jobs, grace, dry_run)
     with ui.err.status(f"cancelling on {host}"):
         data, name = call_agent(host, conn, args, what="cancel jobs", timeout=grace + 120)

@@ -7,6 +7,8 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
+from migrate.cluster import jobs as cluster_jobs
+from migrate.cluster import state as cluster_state
 from migrate.jobs.client import agent_session
 from migrate.remote.hosts import ConnectOptions
 
@@ -38,6 +40,8 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     if tail_n is not None:
         old_spelling(f"logs -n {tail_n}", f"logs --tail {tail_n}", SHORT_N)
         tail = tail_n
+    if cluster_state.exists(host):  # a cluster name (issue 14)
+        sys.exit(cluster_jobs.logs(host, conn, job, follow=follow, tail=tail))
     with agent_session(host, conn) as client:
         code = client.stream(logs_args(job, follow, tail))
     sys.exit(code)

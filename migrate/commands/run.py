@@ -12,6 +12,8 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cluster import jobs as cluster_jobs
+from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
@@ -61,6 +63,10 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--enable-linger", is_flag=True,
               help="Let your dispatcher outlive logout on hosts that kill user processes (sudo loginctl "
                    "enable-linger USER).")
+@click.option("--nodes", type=click.IntRange(1, 1024), help="Cluster only: one job across N servers at once "
+              "(MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES, WORLD_SIZE set for torchrun; docs/cluster.md).")
+@click.option("--gpus-per-node", type=click.IntRange(0, 64), help="With --nodes: GPUs on each node "
+              "(default: --gpus-per-job).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
 @click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
@@ -71,7 +77,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
             compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
-            enable_linger: bool, follow: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
+            enable_linger: bool, nodes: int | None, gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool,
+            as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
@@ -94,6 +101,14 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         raise UsageError("--from-template and --experiments go together",
                          hint="e.g. --from-template ./exp --experiments a,b")
     exps = tpl.parse_experiments(experiments) if experiments else None
+    # -- a cluster name where a host would be (issue 14; migrate/cluster/jobs.py) --
+    on_cluster = cluster_state.exists(host)
+    if nodes and not on_cluster:
+        raise UsageError("--nodes runs one job across the servers of a cluster",
+                         hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
+    if on_cluster and (compose_file or template):
+        raise UsageError("--compose and --from-template are not supported on a cluster yet",
+                         hint="queue them on one host: migrate run HOST ...")
     options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
                                 gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
     if compose_file:
@@ -109,6 +124,12 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+    if on_cluster:
+        if not dry_run:
+            confirm_many_jobs(len(specs), where=host, yes=yes)
+        sys.exit(cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
+                                             nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
+                                             else gpus_per_node))
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
     plan = None

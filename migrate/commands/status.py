@@ -9,6 +9,8 @@ import click
 from migrate import ui
 from migrate.agent.recovery import job_ids_text
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
+from migrate.cluster import jobs as cluster_jobs
+from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
 from migrate.jobs.client import agent_session
 from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
@@ -80,6 +82,8 @@ def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None,
     if last_n is not None:
         old_spelling(f"status -n {last_n}", f"status --last {last_n}", SHORT_N)
         last = last_n
+    if cluster_state.exists(host):  # a cluster name (issue 14)
+        sys.exit(cluster_jobs.show_status(host, conn, as_json=as_json))
     args = status_args(show_all, states, last)
     with agent_session(host, conn) as client:
         data = client.call(args, what="read job status", need_queue=True)

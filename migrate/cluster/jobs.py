@@ -1,0 +1,323 @@
+"""The job verbs on a cluster: `migrate run/status/logs/cancel/retry NAME` where NAME is a cluster.
+
+Each migrate job is one Ray job, submitted through the head's job API (jobapi.py). Ids are short and
+per cluster ("1", "2", ...); attempt k of job N is Ray's submission `<cluster>-<N>` (k = 1) or
+`<cluster>-<N>.<k>`. Ray keeps the jobs for the cluster's lifetime; migrate's own fields ride in each
+job's metadata (id, name, GPUs, attempt, retries left, the user's command and cwd), so `retry` and the
+tables need nothing stored here. Every command runs through the polite wrapper (shipped/job_wrapper.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.text import Text
+
+from migrate import ui
+from migrate.cluster import plan, state
+from migrate.cluster.jobapi import JobApi, job_api
+from migrate.cluster.state import ClusterRecord
+from migrate.errors import UsageError
+from migrate.jobs.render import STATE_COLOURS, duration
+from migrate.jobs.spec import JobSpec
+from migrate.remote import shell
+from migrate.remote.hosts import ConnectOptions
+
+RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed",
+              "STOPPED": "cancelled"}
+ACTIVE = ("queued", "running")
+COLUMNS = ["id", "name", "state", "gpu", "node", "runtime", "exit", "info"]
+
+
+def check_cluster_spec(spec: JobSpec) -> None:
+    """What a cluster job cannot do (yet): one clear line instead of silently ignoring it."""
+    unsupported = [("--image", spec.image), ("--mount", spec.mounts), ("--publish", spec.ports),
+                   ("--gpu-pool", spec.gpu_pool), ("--min-free-mem", spec.min_free_mem_mib),
+                   ("--allow-shared", spec.allow_shared), ("--key", spec.key), ("--priority", spec.priority)]
+    for flag, value in unsupported:
+        if value:
+            raise UsageError(f"{flag} is not supported on a cluster yet",
+                             hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
+                                  "chosen at `cluster up` (--gpu-pool) and Ray places jobs in submission order")
+
+
+def entrypoint(record: ClusterRecord, command: str, cwd: str | None) -> str:
+    """The Ray entrypoint: the venv's python runs the polite wrapper, which execs COMMAND (pure)."""
+    py = shell.home_path(f"{plan.venv_dir(record.ray_version)}/bin/python")
+    return f"{py} {shell.home_path(plan.WRAPPER)} --cwd {shell.quote(cwd or '~')} -- {shell.quote(command)}"
+
+
+def gang_entrypoint(record: ClusterRecord, command: str, cwd: str | None, nodes: int, gpus_per_node: int,
+                    master_port: int) -> str:
+    py = shell.home_path(f"{plan.venv_dir(record.ray_version)}/bin/python")
+    args = ["--nodes", nodes, "--gpus-per-node", gpus_per_node, "--master-port", master_port, "--cwd", cwd or "~"]
+    return f"{py} {shell.home_path(plan.GANG)} {shell.join(args)} -- {shell.quote(command)}"
+
+
+def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str) -> dict[str, str]:
+    env = dict(spec_env)
+    env["MIGRATE_JOB_ID"] = job_id
+    env["MIGRATE_CLUSTER"] = record.name
+    if record.agent:
+        env["MIGRATE_AGENT"] = record.agent
+    if record.gpu_backend:
+        env["MIGRATE_GPU_BACKEND"] = record.gpu_backend
+    return env
+
+
+def submission_id(cluster: str, job_id: str, attempt: int) -> str:
+    return f"{cluster}-{job_id}" if attempt == 1 else f"{cluster}-{job_id}.{attempt}"
+
+
+def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int = 1, nodes: int = 0,
+            gpus_per_node: int = 0, master_port: int = 29500) -> dict:
+    """The POST /api/jobs/ body for one attempt of one job (pure)."""
+    name = spec.name or f"job-{job_id}"
+    if nodes:
+        ep = gang_entrypoint(record, spec.command, spec.cwd, nodes, gpus_per_node, master_port)
+        gpus, num_gpus, num_cpus = nodes * gpus_per_node, 0, 0
+    else:
+        ep = entrypoint(record, spec.command, spec.cwd)
+        gpus = spec.gpus
+        num_gpus, num_cpus = spec.gpus, (0 if spec.gpus else 1)
+    meta = {"migrate_cluster": record.name, "migrate_id": job_id, "migrate_name": name, "migrate_gpus": str(gpus),
+            "migrate_attempt": str(attempt),
+            "migrate_retries": str(spec.retries), "migrate_command": spec.command, "migrate_cwd": spec.cwd or "",
+            "migrate_nodes": str(nodes)}
+    return {"entrypoint": ep, "submission_id": submission_id(record.name, job_id, attempt),
+            "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
+            "runtime_env": {"env_vars": job_env(record, spec.env, job_id)}, "metadata": meta}
+
+
+def again(job: dict, *, retries_left: int | None = None) -> dict:
+    """The next attempt of a Ray job we submitted: same entrypoint, resources, env (pure)."""
+    meta = dict(job.get("metadata") or {})
+    attempt = int(meta.get("migrate_attempt", "1")) + 1
+    meta["migrate_attempt"] = str(attempt)
+    if retries_left is not None:
+        meta["migrate_retries"] = str(retries_left)
+    cluster = meta["migrate_cluster"]
+    gpus = int(meta.get("migrate_gpus", "0"))
+    nodes = int(meta.get("migrate_nodes", "0") or 0)
+    return {"entrypoint": job["entrypoint"], "submission_id": submission_id(cluster, meta["migrate_id"], attempt),
+            "entrypoint_num_gpus": 0 if nodes else gpus, "entrypoint_num_cpus": 0 if (nodes or gpus) else 1,
+            "runtime_env": job.get("runtime_env") or {}, "metadata": meta}
+
+
+# -- run -----------------------------------------------------------------------------------------------
+def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry_run: bool, as_json: bool,
+                   follow: bool, nodes: int = 0, gpus_per_node: int = 0, master_port: int = 29500) -> int:
+    """Submit every spec as a Ray job; print what was submitted (or would be). Returns the exit code."""
+    record = state.load(name)
+    for spec in specs:
+        check_cluster_spec(spec)
+    if nodes:
+        if len(specs) != 1:
+            raise UsageError("--nodes runs one job across servers; give one command (no --sweep/--jobs)")
+        if nodes > len(record.nodes):
+            raise UsageError(f"--nodes {nodes}: cluster {name} has {len(record.nodes)} nodes")
+    if dry_run:
+        rows = [payload(record, s, "?", nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
+                for s in specs]
+        if as_json:
+            ui.print_json({"cluster": name, "dry_run": True, "jobs": rows})
+        else:
+            ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}",
+                     ["name", "gpus", "cwd", "command"],
+                     [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
+                       else "cpu", s.cwd or "~", s.command) for s in specs])
+        return 0
+    ids = state.next_job_ids(name, len(specs))
+    submitted = []
+    with job_api(record, conn) as api:
+        for spec, job_id in zip(specs, ids):
+            body = payload(record, spec, job_id, nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
+            api.submit(body)
+            submitted.append({"id": job_id, "name": body["metadata"]["migrate_name"],
+                              "submission_id": body["submission_id"], "gpus": int(body["metadata"]["migrate_gpus"])})
+        if as_json:
+            ui.print_json({"cluster": name, "jobs": submitted})
+        else:
+            ui.table(f"submitted to cluster {name}", ["id", "name", "gpus"],
+                     [(j["id"], j["name"], str(j["gpus"]) if j["gpus"] else "cpu") for j in submitted])
+        if follow:
+            if len(submitted) != 1:
+                ui.warn(f"--follow shows one job; several were submitted (use migrate logs {name} JOB -f)")
+                return 0
+            return follow_logs(api, submitted[0]["submission_id"])
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------------------
+def latest_attempts(jobs: list[dict]) -> dict[str, dict]:
+    """migrate id -> the Ray job of its latest attempt (jobs without our metadata are left out)."""
+    out: dict[str, dict] = {}
+    for j in jobs:
+        meta = j.get("metadata") or {}
+        jid = meta.get("migrate_id")
+        if not jid:
+            continue
+        if jid not in out or int(meta.get("migrate_attempt", "1")) > int(
+                out[jid]["metadata"].get("migrate_attempt", "1")):
+            out[jid] = j
+    return out
+
+
+def job_view(j: dict, node_hosts: dict[str, str], now: float) -> dict:
+    """One row of `status NAME --json` (the single-host table's fields, plus node and Ray's ids)."""
+    meta = j.get("metadata") or {}
+    st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+    start = (j.get("start_time") or 0) / 1000
+    end = (j.get("end_time") or 0) / 1000
+    return {"id": meta.get("migrate_id"), "name": meta.get("migrate_name"), "state": st,
+            "gpus": int(meta.get("migrate_gpus", "0")), "nodes": int(meta.get("migrate_nodes", "0") or 0),
+            "node": node_hosts.get(j.get("driver_node_id") or "", ""),
+            "attempt": int(meta.get("migrate_attempt", "1")), "retries_left": int(meta.get("migrate_retries", "0")),
+            "command": meta.get("migrate_command", ""), "runtime_s": (end or now) - start if start else None,
+            "exit_code": j.get("driver_exit_code"), "reason": j.get("message") if st == "failed" else "",
+            "submission_id": j.get("submission_id")}
+
+
+def node_hosts(record: ClusterRecord, nodes: list[dict]) -> dict[str, str]:
+    by_ip = {n.ip: n.host for n in record.nodes}
+    return {n["node_id"]: by_ip.get(n["node_ip"], n["node_ip"]) for n in nodes}
+
+
+def auto_retry(api: JobApi, latest: dict[str, dict]) -> list[str]:
+    """Resubmit failed jobs that have --retries left (done lazily, whenever the jobs are read)."""
+    out = []
+    for jid, j in latest.items():
+        left = int((j.get("metadata") or {}).get("migrate_retries", "0"))
+        if j.get("status") == "FAILED" and left > 0:
+            body = again(j, retries_left=left - 1)
+            api.submit(body)
+            latest[jid] = {**j, **body, "status": "PENDING", "start_time": time.time() * 1000, "end_time": None,
+                           "driver_exit_code": None, "driver_node_id": None}
+            out.append(jid)
+    return out
+
+
+def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
+    """Every job on the cluster, as `migrate status NAME --json` prints them (latest attempt each)."""
+    record = state.load(name)
+    with job_api(record, conn) as api:
+        nodes = api.nodes()
+        latest = latest_attempts(api.jobs())
+        retried = auto_retry(api, latest)
+    if retried:
+        ui.info(f"failed job(s) {', '.join(retried)} resubmitted (--retries)")
+    hosts = node_hosts(record, nodes)
+    now = time.time()
+    return sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
+
+
+def show_status(name: str, conn: ConnectOptions, *, as_json: bool) -> int:
+    jobs = cluster_jobs(name, conn)
+    if as_json:
+        counts: dict[str, int] = {}
+        for j in jobs:
+            counts[j["state"]] = counts.get(j["state"], 0) + 1
+        ui.print_json({"cluster": name, "counts": counts, "jobs": jobs})
+        return 0
+    rows = [(j["id"], j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")),
+             (f"{j['nodes']}×{j['gpus'] // max(j['nodes'], 1)}" if j["nodes"] else str(j["gpus"])) if j["gpus"]
+             else "cpu", j["node"], duration(j["runtime_s"]),
+             "" if j["exit_code"] is None else str(j["exit_code"]),
+             ((j["reason"] or "")[:70] if j["state"] == "failed" else j["command"][:70])
+             + (f" (attempt {j['attempt']})" if j["attempt"] > 1 else "")) for j in jobs]
+    ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in jobs if j['state'] == s)} {s}"
+                                            for s in ("queued", "running", "done", "failed", "cancelled")
+                                            if any(j["state"] == s for j in jobs)) or "no jobs yet"))
+    ui.table(None, COLUMNS, rows)
+    return 0
+
+
+# -- logs / cancel / retry -----------------------------------------------------------------------------
+def _find(latest: dict[str, dict], job: str) -> dict:
+    if job in latest:
+        return latest[job]
+    named = [j for j in latest.values() if (j.get("metadata") or {}).get("migrate_name") == job]
+    if len(named) == 1:
+        return named[0]
+    raise UsageError(f"no job {job!r} on this cluster" if not named else f"several jobs are named {job!r}",
+                     hint="see the ids in `migrate status NAME`")
+
+
+def follow_logs(api: JobApi, submission: str, *, follow: bool = True) -> int:
+    """Print the job's log; with follow, keep printing until it ends. Exit code: the job's (0 when unknown)."""
+    shown = 0
+    while True:
+        text = api.logs(submission)
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+        job = api.job(submission)
+        if not follow or job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if follow:
+                text = api.logs(submission)
+                sys.stdout.write(text[shown:])
+            code = job.get("driver_exit_code")
+            return 0 if not follow else (code if isinstance(code, int) else (0 if job["status"] == "SUCCEEDED"
+                                                                              else 1))
+        time.sleep(1)
+
+
+def logs(name: str, conn: ConnectOptions, job: str, *, follow: bool, tail: int | None = None) -> int:
+    record = state.load(name)
+    with job_api(record, conn) as api:
+        j = _find(latest_attempts(api.jobs()), job)
+        if tail and not follow:
+            lines = api.logs(j["submission_id"]).splitlines()[-tail:]
+            sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
+            return 0
+        return follow_logs(api, j["submission_id"], follow=follow)
+
+
+def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: bool, as_json: bool) -> int:
+    if all_jobs == bool(jobs):
+        raise UsageError("give job ids or --all" if not jobs else "give job ids or --all, not both")
+    record = state.load(name)
+    with job_api(record, conn) as api:
+        latest = latest_attempts(api.jobs())
+        chosen = list(latest.values()) if all_jobs else [_find(latest, j) for j in jobs]
+        rows = []
+        for j in chosen:
+            was = RAY_STATES.get(j["status"], j["status"].lower())
+            if was not in ACTIVE:
+                if not all_jobs:
+                    rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "left as it is"})
+                continue
+            api.stop(j["submission_id"])
+            rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "stopped"})
+    if as_json:
+        ui.print_json({"cluster": name, "cancelled": rows})
+    elif rows:
+        ui.table(f"cancelled on cluster {name}", ["id", "was", "outcome"], [(r["id"], r["was"], r["outcome"])
+                                                                           for r in rows])
+    else:
+        ui.info("nothing to cancel")
+    return 0
+
+
+def retry(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, as_json: bool) -> int:
+    """Submit the jobs' next attempt (same id, command, resources, env); Ray places it on a live node."""
+    record = state.load(name)
+    out = []
+    with job_api(record, conn) as api:
+        latest = latest_attempts(api.jobs())
+        for job in jobs:
+            j = _find(latest, job)
+            was = RAY_STATES.get(j["status"], j["status"].lower())
+            if was in ACTIVE:
+                raise UsageError(f"job {job} is {was}", hint=f"cancel it first: migrate cancel {name} {job}")
+            body = again(j)
+            api.submit(body)
+            out.append({"id": j["metadata"]["migrate_id"], "was": was, "attempt": body["metadata"]["migrate_attempt"]})
+    if as_json:
+        ui.print_json({"cluster": name, "retried": out})
+    else:
+        for r in out:
+            ui.step(f"job {r['id']} was {r['was']}: submitted again (attempt {r['attempt']})")
+    return 0
+

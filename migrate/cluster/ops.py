@@ -1,0 +1,364 @@
+"""`cluster up / status / down`: the orchestration. Pure command lines come from plan.py and install.py.
+
+up: connect to every host -> preflight all (python, machine, disk, ports; then can every worker open a
+TCP connection to the head's GCS port) -> nothing is installed unless all of it passes -> `--dry-run`
+stops here and shows the plan -> the GPUs each node offers (the agent's free-GPU rule now, or
+--gpu-pool) -> install Ray where it is missing (offline: pushed wheels) -> `ray start --head`, then the
+workers -> record the cluster here and on each host -> check every node joined.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate import ui
+from migrate.cluster import install, plan, state
+from migrate.cluster.jobapi import job_api
+from migrate.cluster.state import ClusterRecord, Node
+from migrate.errors import MigrateError, UsageError
+from migrate.jobs.bundle import build_agent
+from migrate.jobs.client import AgentClient
+from migrate.remote import shell
+from migrate.remote.connection import connect
+from migrate.remote.hosts import ConnectOptions
+from migrate.remote.parallel import for_each_host
+
+SHIPPED = Path(__file__).parent / "shipped"
+Connector = Callable[[str], Any]   # host -> an open Remote (or FakeHost in tests)
+
+
+@dataclass
+class UpOptions:
+    name: str
+    hosts: list[str]
+    head: str | None = None
+    gpu_pool: dict[str, list[str]] = field(default_factory=dict)   # host ("" = every host) -> GPUs
+    offline: bool | None = None        # None: offline only when the host cannot reach the index
+    port_base: int | None = None
+    head_address: str | None = None    # the address workers use for the head (default: probed)
+    gpu_backend: str | None = None
+    object_store_mib: int = 128
+    cpus: int | None = None
+    dry_run: bool = False
+
+
+def parse_gpu_pool(items: tuple[str, ...]) -> dict[str, list[str]]:
+    """`--gpu-pool 0,1` (every host) or `--gpu-pool HOST=2,3` (repeatable)."""
+    pools: dict[str, list[str]] = {}
+    for item in items:
+        host, sep, rest = item.rpartition("=")
+        gpus = [g.strip() for g in (rest if sep else item).split(",") if g.strip()]
+        if not gpus:
+            raise UsageError(f"--gpu-pool {item!r} names no GPU", hint="e.g. --gpu-pool 0,1 or --gpu-pool HOST=2,3")
+        pools[host if sep else ""] = gpus
+    return pools
+
+
+def _check(opts: UpOptions) -> tuple[str, list[str]]:
+    state.check_name(opts.name)
+    if not opts.hosts:
+        raise UsageError("no hosts", hint=f"migrate cluster up {opts.name} HOST1 HOST2 ...")
+    if len(set(opts.hosts)) != len(opts.hosts):
+        raise UsageError("a host is given twice")
+    head = opts.head or opts.hosts[0]
+    if head not in opts.hosts:
+        raise UsageError(f"--head {head} is not one of the hosts")
+    for h in opts.gpu_pool:
+        if h and h not in opts.hosts:
+            raise UsageError(f"--gpu-pool names {h}, which is not one of the hosts")
+    return head, [h for h in opts.hosts if h != head]
+
+
+def preflight(remotes: dict[str, Any], head: str, opts: UpOptions, ports: plan.Ports) -> dict[str, plan.HostFacts]:
+    """Every host's facts; MigrateError with every problem found (nothing has been changed)."""
+    def probe(host: str) -> plan.HostFacts:
+        wanted = ports.head_ports() if host == head else ports.node_ports()
+        res = remotes[host].run(plan.preflight_command(wanted, check_index=opts.offline is None),
+                                what="preflight", timeout=60)
+        return plan.parse_preflight(host, res.stdout)
+
+    outcomes = for_each_host(list(remotes), probe)
+    problems = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
+    facts = {o.host: o.value for o in outcomes if o.ok}
+    for host, f in facts.items():
+        problems += plan.preflight_problems(f, head=host == head)
+    if problems:
+        raise MigrateError("; ".join(problems), hint="nothing was installed or started")
+    return facts
+
+
+def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[str], port: int) -> None:
+    """Can each worker open a TCP connection to the head's GCS port? (a listener stands in for Ray)."""
+    if not workers:
+        return
+    remotes[head].run(plan.listener_command(port, 30, len(workers)), what="start a test listener")
+    outcomes = for_each_host(workers, lambda w: remotes[w].run(plan.reach_command(head_ip, port), what="reach",
+                                                               timeout=30).stdout.strip())
+    bad = [(o.host, o.error or o.value) for o in outcomes if not o.ok or o.value != "ok"]
+    if bad:
+        host, why = bad[0]
+        raise MigrateError(f"{host} cannot reach the head {head} at {head_ip}:{port} ({why}): these hosts cannot "
+                           "form one cluster",
+                           hint="use per-host queues instead (`migrate run HOST ...` on each, or `migrate apply`), "
+                                "or give the head's address the others reach with --head-address")
+
+
+def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
+    """GPU indices this node offers Ray: --gpu-pool, else those the free-GPU rule admits now."""
+    client = AgentClient(remote)
+    args = ["gpus"] + (["--backend", opts.gpu_backend] if opts.gpu_backend else [])
+    data = client.call(args, what="read the GPUs", need_queue=False)
+    devices = [d for d in data.get("devices", []) if not d.get("mig_mode")]
+    pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
+    if pool:
+        by = {str(d["index"]): str(d["index"]) for d in devices} | {d["uuid"]: str(d["index"]) for d in devices}
+        missing = [g for g in pool if g not in by]
+        if missing and devices:
+            raise UsageError(f"{host} has no GPU {missing[0]}", hint="see `migrate gpus " + host + "`")
+        return [by.get(g, g) for g in pool]
+    free = [str(d["index"]) for d in devices if d.get("verdict") == "free"]
+    busy = [d for d in devices if d.get("verdict") != "free"]
+    if busy:
+        ui.info(f"{host}: not offering GPU(s) {', '.join(str(d['index']) for d in busy)} "
+                f"({busy[0].get('verdict')}: {busy[0].get('reason') or '?'})")
+    return free
+
+
+def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -> str:
+    """Install the pinned Ray in the host's private venv unless it is there; 'ok' or 'installed'."""
+    if facts.installed == plan.RAY_VERSION:
+        return "ok"
+    use_wheels = offline if offline is not None else facts.index != "ok"
+    wheels = install.ensure_wheels(facts.python, facts.machine) if use_wheels else None
+    uv = install.ensure_uv(facts.machine)
+    how = "pushed wheels" if use_wheels else "the package index"
+    ui.step(f"{facts.host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
+    install.push_bundle(remote, install.bundle_tar(uv, wheels))
+    res = remote.run(install.install_command(facts.python_path, offline=use_wheels), check=False,
+                     what="install Ray", timeout=1200)
+    if not res.ok:
+        last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
+        raise MigrateError(f"installing Ray on {facts.host} failed: {last}",
+                           hint="--offline installs from wheels pushed from here" if not use_wheels else None)
+    return "installed"
+
+
+def ship_scripts(remote: Any) -> None:
+    """The polite job wrapper and the gang driver, into ~/.migrate/ray/bin (always: they are small)."""
+    home = remote.home()
+    remote.run(f"cd && {shell.mkdir_private(plan.RAY_DIR + '/bin')}", what="create ~/.migrate/ray/bin")
+    remote.put_bytes((SHIPPED / "job_wrapper.py").read_bytes(), f"{home}/{plan.WRAPPER}", mode=0o700)
+    remote.put_bytes((SHIPPED / "gang.py").read_bytes(), f"{home}/{plan.GANG}", mode=0o700)
+
+
+def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts], ports: plan.Ports,
+                    head_ip: str, as_json: bool) -> dict:
+    rows = []
+    for host in opts.hosts:
+        f = facts[host]
+        action = "Ray installed" if f.installed == plan.RAY_VERSION else (
+            "install from pushed wheels" if (opts.offline or (opts.offline is None and f.index != "ok"))
+            else "install from the package index")
+        pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
+        rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.ip,
+                     "python": f.python, "install": action,
+                     "gpus": ",".join(pool) if pool else "free GPUs at up (free-GPU rule)"})
+    report = {"name": opts.name, "dry_run": True, "head": head, "head_address": f"{head_ip}:{ports.gcs}",
+              "ray_version": plan.RAY_VERSION, "ports": ports.to_dict(), "hosts": rows}
+    if not as_json:
+        ui.table(f"dry run: cluster {opts.name} (Ray {plan.RAY_VERSION}, GCS {head_ip}:{ports.gcs}, "
+                 f"job API on the head's 127.0.0.1:{ports.dashboard})",
+                 ["host", "role", "ip", "python", "install", "gpus"],
+                 [(r["host"], r["role"], r["ip"], r["python"], r["install"], r["gpus"]) for r in rows])
+        ui.info("nothing was installed or started")
+    return report
+
+
+def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = None,
+       as_json: bool = False) -> dict:
+    """Bring the cluster up (idempotent); the report `cluster up --json` prints."""
+    head, workers = _check(opts)
+    ports = plan.ports_from(opts.port_base)
+    if state.exists(opts.name) and not opts.dry_run:
+        old = state.load(opts.name)
+        if sorted(old.hosts) != sorted(opts.hosts) or old.head.host != head:
+            raise UsageError(f"cluster {opts.name} already exists with hosts {', '.join(old.hosts)} "
+                             f"(head {old.head.host})", hint=f"`migrate cluster down {opts.name}` first")
+        alive = _alive_nodes(old, conn)
+        if alive is not None and len(alive) == len(old.nodes):
+            ui.step(f"cluster {opts.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
+                    "nothing to do")
+            return {"name": opts.name, "action": "ok", **old.to_dict()}
+        ui.info(f"cluster {opts.name} is recorded but not all of it runs: starting it again")
+        _stop_all(old, conn, connector=connector)
+    connector = connector or (lambda h: connect(h, conn))
+    t0 = time.monotonic()
+    outcomes = for_each_host(opts.hosts, connector)
+    bad = [o for o in outcomes if not o.ok]
+    remotes = {o.host: o.value for o in outcomes if o.ok}
+    try:
+        if bad:
+            raise MigrateError("; ".join(f"{o.host}: {o.error}" for o in bad), hint="nothing was installed")
+        facts = preflight(remotes, head, opts, ports)
+        head_ip = opts.head_address or facts[head].ip
+        check_reach(remotes, head, head_ip, workers, ports.gcs)
+        if opts.dry_run:
+            return _dry_run_report(opts, head, facts, ports, head_ip, as_json)
+        gpus = {o.host: o.value for o in for_each_host(opts.hosts, lambda h: offered_gpus(remotes[h], h, opts))
+                if o.ok}
+        installs = for_each_host(opts.hosts, lambda h: (ensure_installed(remotes[h], facts[h], opts.offline),
+                                                        ship_scripts(remotes[h]))[0])
+        failed = [f"{o.host}: {o.error}" for o in installs if not o.ok] + [
+            f"{h}: cannot read its GPUs" for h in opts.hosts if h not in gpus]
+        if failed:
+            raise MigrateError("; ".join(failed), hint="nothing was started; fix it and run `cluster up` again")
+        record = ClusterRecord(name=opts.name, ray_version=plan.RAY_VERSION, ports=ports, gpu_backend=opts.gpu_backend,
+                               created=time.time(), agent="~/" + build_agent().remote_relpath,
+                               nodes=[Node(host=h, ip=head_ip if h == head else facts[h].ip, gpus=gpus[h],
+                                           cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts])
+        hn = record.head
+        ui.step(f"{head}: ray start --head ({len(hn.gpus)} GPU(s) offered: {','.join(hn.gpus) or 'none'})")
+        _start(remotes[head], plan.head_start_command(ports, hn.ip, hn.gpus, hn.cpus,
+                                                      object_store_mib=opts.object_store_mib), head)
+
+        def start_worker(h: str) -> None:
+            n = next(x for x in record.nodes if x.host == h)
+            ui.step(f"{h}: ray start --address {head_ip}:{ports.gcs} ({len(n.gpus)} GPU(s) offered: "
+                    f"{','.join(n.gpus) or 'none'})")
+            _start(remotes[h], plan.worker_start_command(ports, head_ip, n.ip, n.gpus, n.cpus,
+                                                         object_store_mib=opts.object_store_mib), h)
+
+        started = for_each_host(workers, start_worker)
+        failed = [f"{o.host}: {o.error}" for o in started if not o.ok]
+        state.save(record)
+        text = json.dumps(record.to_dict(), indent=2)
+        for h in opts.hosts:
+            remotes[h].put_bytes(text.encode(), f"{facts[h].home}/{plan.HOST_RECORD}", mode=0o600)
+        if failed:
+            raise MigrateError("; ".join(failed), hint=f"`migrate cluster down {opts.name}` stops what started")
+    finally:
+        for r in remotes.values():
+            r.close()
+    alive = _wait_nodes(record, conn, len(record.nodes))
+    seconds = time.monotonic() - t0
+    ui.step(f"cluster {opts.name} is up: {len(alive)} node(s), {sum(len(n.gpus) for n in record.nodes)} GPU(s) "
+            f"offered, Ray {record.ray_version} ({seconds:.0f} s)")
+    return {"name": opts.name, "action": "started", "seconds": round(seconds, 1), **record.to_dict()}
+
+
+def _start(remote: Any, command: str, host: str) -> None:
+    res = remote.run(command, check=False, what="ray start", timeout=300)
+    if not res.ok:
+        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "?")
+        raise MigrateError(f"ray start failed on {host}: {detail.strip()[:300]}",
+                           hint=f"see ~/{plan.TEMP_DIR}/session_latest/logs on {host}")
+
+
+def _alive_nodes(record: ClusterRecord, conn: ConnectOptions) -> list[dict] | None:
+    """The ALIVE nodes Ray reports, or None when the head's job API does not answer."""
+    try:
+        with job_api(record, conn, wait=15) as api:
+            return [n for n in api.nodes() if n.get("state") == "ALIVE"]
+    except MigrateError:
+        return None
+
+
+def _wait_nodes(record: ClusterRecord, conn: ConnectOptions, want: int, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    with job_api(record, conn) as api:
+        while True:
+            try:
+                alive = [n for n in api.nodes() if n.get("state") == "ALIVE"]
+            except MigrateError:
+                alive = []
+            if len(alive) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    if len(alive) < want:
+        ui.warn(f"only {len(alive)} of {want} nodes joined within {timeout:.0f} s (see `migrate cluster status "
+                f"{record.name}`)")
+    return alive
+
+
+# -- status --------------------------------------------------------------------------------------------
+def status(name: str, conn: ConnectOptions) -> dict:
+    """Nodes (state, GPUs offered/used, running jobs) and job counts, from Ray through the forward."""
+    record = state.load(name)
+    try:
+        with job_api(record, conn) as api:
+            nodes = api.nodes()
+            jobs = api.jobs()
+        reachable = True
+    except MigrateError as exc:
+        ui.warn(f"the head does not answer: {exc.message}")
+        nodes, jobs, reachable = [], [], False
+    by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") != "ALIVE")}
+    id_to_ip = {n["node_id"]: n["node_ip"] for n in nodes}
+    running = [j for j in jobs if j.get("status") in ("RUNNING", "PENDING")]
+    out_nodes = []
+    for n in record.nodes:
+        ray_node = by_ip.get(n.ip) or {}
+        mine = [j for j in running if j.get("status") == "RUNNING" and id_to_ip.get(j.get("driver_node_id")) == n.ip]
+        used = sum(int((j.get("metadata") or {}).get("migrate_gpus", "0")) for j in mine)
+        out_nodes.append({"host": n.host, "ip": n.ip, "role": "head" if n.head else "worker",
+                          "state": (ray_node.get("state") or "missing").lower() if reachable else "unknown",
+                          "gpus_offered": n.gpus, "gpus_used": used, "running_jobs": len(mine)})
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.get("status", "?").lower()] = counts.get(j.get("status", "?").lower(), 0) + 1
+    return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
+            "ports": record.ports.to_dict(), "nodes": out_nodes, "job_counts": counts}
+
+
+# -- down ----------------------------------------------------------------------------------------------
+def _stop_host(remote: Any, version: str, purge: bool) -> dict:
+    remote.run(plan.stop_command(version), check=False, what="ray stop", timeout=120)
+    left = remote.run(plan.leftover_command(), check=False, what="look for Ray processes").stdout.strip()
+    killed = 0
+    if left:
+        killed = len(left.splitlines())
+        remote.run(plan.kill_leftovers_command(), check=False, what="kill leftover Ray processes")
+        time.sleep(1)
+        left = remote.run(plan.leftover_command(), check=False, what="look for Ray processes").stdout.strip()
+    if left:
+        raise MigrateError(f"Ray processes of ours still run: {left.splitlines()[0][:120]}")
+    cleanup = plan.purge_command() if purge else f"rm -f {shell.home_path(plan.HOST_RECORD)}"
+    remote.run(cleanup, check=False, what="remove the cluster record")
+    return {"killed_leftovers": killed, "purged": purge}
+
+
+def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = False,
+              connector: Connector | None = None) -> list:
+    connector = connector or (lambda h: connect(h, conn))
+
+    def work(host: str) -> dict:
+        with connector(host) as remote:
+            return _stop_host(remote, record.ray_version, purge)
+
+    return for_each_host(record.hosts, work)
+
+
+def down(name: str, conn: ConnectOptions, *, purge: bool = False, connector: Connector | None = None) -> dict:
+    """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent."""
+    state.check_name(name)
+    if not state.exists(name):
+        ui.info(f"no cluster named {name} here: nothing to stop")
+        return {"name": name, "action": "none", "hosts": []}
+    record = state.load(name)
+    outcomes = _stop_all(record, conn, purge=purge, connector=connector)
+    hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise MigrateError("; ".join(f"{o.host}: {o.error}" for o in failed),
+                           hint=f"the record is kept: run `migrate cluster down {name}` again once they answer")
+    state.remove(name)
+    for h in hosts:
+        ui.step(f"{h['host']}: Ray stopped, no Ray process of ours left" + (", ~/.migrate/ray removed" if purge
+                                                                              else ""))
+    return {"name": name, "action": "stopped", "purged": purge, "hosts": hosts}

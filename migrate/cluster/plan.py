@@ -1,0 +1,295 @@
+"""Pure builders for `migrate cluster`: the on-host layout, ports, preflight probe, ray start/stop.
+
+Nothing here runs anything. Every remote argument goes through `migrate.remote.shell`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from migrate.remote import shell
+
+RAY_VERSION = "2.55.1"   # cp310-cp313 manylinux2014 x86_64/aarch64 wheels on PyPI
+UV_VERSION = "0.13.9"    # the static `uv` binary inside its wheel creates venvs and installs without pip
+MIN_PYTHON = (3, 10)     # the oldest python Ray 2.55 ships wheels for
+MAX_PYTHON = (3, 13)
+MIN_FREE_MIB = 2048      # venv (~600 MiB) + wheels (~110 MiB) + Ray's session logs
+JOB_START_TIMEOUT_S = 7 * 24 * 3600  # RAY_JOB_START_TIMEOUT_SECONDS on the head (default 900 s)
+
+RAY_DIR = ".migrate/ray"                 # everything of ours on a host lives under here
+
+
+def venv_dir(version: str = RAY_VERSION) -> str:
+    """The private venv (relative to $HOME): ~/.migrate/ray/<version>."""
+    return f"{RAY_DIR}/{version}"
+
+
+def ray_bin(version: str = RAY_VERSION) -> str:
+    return f"{venv_dir(version)}/bin/ray"
+
+
+UV_BIN = f"{RAY_DIR}/bin/uv"
+WRAPPER = f"{RAY_DIR}/bin/migrate-ray-job.py"
+GANG = f"{RAY_DIR}/bin/migrate-ray-gang.py"
+TEMP_DIR = f"{RAY_DIR}/tmp"               # Ray's session dir (default /tmp/ray): kept in the home
+HOST_RECORD = f"{RAY_DIR}/cluster.json"
+WHEELS_DIR = f"{RAY_DIR}/wheels"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port Ray listens on, pinned (Ray's defaults are partly random)."""
+
+    gcs: int = 26379
+    dashboard: int = 28265           # bound to 127.0.0.1 on the head, reached through an SSH forward
+    node_manager: int = 26380
+    object_manager: int = 26381
+    runtime_env_agent: int = 26382
+    dashboard_agent_grpc: int = 26383
+    dashboard_agent_listen: int = 26384
+    metrics_export: int = 26385
+    client_server: int = 26386
+    min_worker: int = 26400
+    max_worker: int = 26499
+
+    def head_ports(self) -> list[int]:
+        """Fixed ports that must be free on the head before `up` (the worker range excluded)."""
+        return [self.gcs, self.dashboard, *self.node_ports(), self.client_server]
+
+    def node_ports(self) -> list[int]:
+        return [self.node_manager, self.object_manager, self.runtime_env_agent, self.dashboard_agent_grpc,
+                self.dashboard_agent_listen, self.metrics_export]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ports_from(base: int | None) -> Ports:
+    """`--port-base N`: the GCS port and every other port at the same offsets as the defaults."""
+    if base is None:
+        return Ports()
+    d = Ports()
+    shift = base - d.gcs
+    return Ports(**{k: v + shift for k, v in asdict(d).items()})
+
+
+# -- preflight ---------------------------------------------------------------------------------------
+PROBE_PY = r"""
+import json, os, platform, shutil, socket, sys
+ver, ports, rel, check_index = sys.argv[1], [int(p) for p in sys.argv[2].split(",") if p], sys.argv[3], sys.argv[4]
+home = os.path.expanduser("~")
+taken = []
+for p in ports:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by our test listener is no user
+    try:
+        s.bind(("0.0.0.0", p))
+    except OSError:
+        taken.append(p)
+    finally:
+        s.close()
+ip = ""
+peer = os.environ.get("SSH_CONNECTION", "").split()
+if len(peer) == 4 and not peer[2].startswith("127.") and ":" not in peer[2]:
+    ip = peer[2]
+if not ip:
+    try:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(("192.0.2.1", 9))
+        ip = u.getsockname()[0]
+        u.close()
+    except OSError:
+        ip = "127.0.0.1"
+venv = os.path.join(home, rel)
+installed = ""
+try:
+    with open(os.path.join(venv, "migrate-ray-version")) as f:
+        installed = f.read().strip()
+except OSError:
+    pass
+index = ""
+if check_index == "1" and installed != ver:
+    import urllib.request
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/ray/", timeout=4).close()
+        index = "ok"
+    except Exception as e:
+        index = str(e)[:200]
+print(json.dumps({"index": index, "python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable,
+                  "machine": platform.machine(), "free_mib": shutil.disk_usage(home).free // 1048576,
+                  "taken": taken, "ip": ip, "installed": installed, "home": home,
+                  "cpus": os.cpu_count() or 1}))
+"""
+
+
+def preflight_command(ports: list[int], version: str = RAY_VERSION, *, check_index: bool = False) -> str:
+    """One read-only round trip: python3 version/path, arch, free disk, ports taken, node IP, installed Ray,
+    and (with `check_index`) whether the host reaches pypi.org."""
+    args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0"]
+    return ("command -v python3 >/dev/null 2>&1 || { echo '{\"python\": \"\"}'; exit 0; }; "
+            f"python3 -c {shell.quote(PROBE_PY)} {shell.join(args)}")
+
+
+@dataclass
+class HostFacts:
+    """What the preflight found on one host."""
+
+    host: str
+    python: str = ""
+    python_path: str = ""
+    machine: str = ""
+    free_mib: int = 0
+    taken: tuple[int, ...] = ()
+    ip: str = ""
+    installed: str = ""
+    home: str = ""
+    cpus: int = 1
+    index: str = ""      # "ok" when the host reached pypi.org, else why not ("" = not checked)
+
+    @property
+    def python_tag(self) -> str:
+        """`cp311`: the wheel tag of the host's python3."""
+        return "cp" + self.python.replace(".", "")
+
+
+def parse_preflight(host: str, stdout: str) -> HostFacts:
+    import json
+
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
+    data = json.loads(line)
+    return HostFacts(host=host, python=data.get("python", ""), python_path=data.get("python_path", ""),
+                     machine=data.get("machine", ""), free_mib=int(data.get("free_mib", 0)),
+                     taken=tuple(data.get("taken", ())), ip=data.get("ip", ""),
+                     installed=data.get("installed", ""), home=data.get("home", ""),
+                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""))
+
+
+def preflight_problems(facts: HostFacts, *, version: str = RAY_VERSION, head: bool) -> list[str]:
+    """One line per reason this host cannot join (empty: fine)."""
+    out = []
+    if not facts.python:
+        out.append(f"{facts.host}: python3 is not installed (Ray {version} needs python3 "
+                   f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}-{MAX_PYTHON[0]}.{MAX_PYTHON[1]})")
+        return out
+    major, minor = (int(x) for x in facts.python.split("."))
+    if not MIN_PYTHON <= (major, minor) <= MAX_PYTHON:
+        out.append(f"{facts.host}: python3 is {facts.python}, Ray {version} needs "
+                   f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}-{MAX_PYTHON[0]}.{MAX_PYTHON[1]}")
+    if facts.machine not in ("x86_64", "aarch64"):
+        out.append(f"{facts.host}: Ray has no wheels for {facts.machine or 'this machine'}")
+    if facts.installed != version and facts.free_mib < MIN_FREE_MIB:
+        out.append(f"{facts.host}: {facts.free_mib} MiB free in the home, the Ray venv needs {MIN_FREE_MIB} MiB")
+    if facts.taken:
+        role = "head" if head else "node"
+        out.append(f"{facts.host}: port(s) {', '.join(map(str, facts.taken))} already in use on the {role} "
+                   "(another Ray? pick other ports with --port-base)")
+    return out
+
+
+LISTEN_PY = r"""
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+s.settimeout(1)
+end, n = time.time() + float(sys.argv[2]), 0
+while time.time() < end and n < int(sys.argv[3]):
+    try:
+        c, _ = s.accept()
+        c.close()
+        n += 1
+    except OSError:
+        pass
+"""
+
+
+def listener_command(port: int, seconds: int, expect: int) -> str:
+    """A short-lived TCP listener on the head's GCS port (before Ray runs), so workers can test the path.
+
+    It writes nothing and exits after `expect` connections or `seconds`."""
+    return (f"nohup python3 -c {shell.quote(LISTEN_PY)} {shell.join([port, seconds, expect])} "
+            ">/dev/null 2>&1 </dev/null & sleep 0.5")
+
+
+def reach_command(ip: str, port: int, timeout: float = 5) -> str:
+    """From a worker: can it open a TCP connection to head:port? prints `ok` or the error."""
+    py = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]))"
+          ".close(); print('ok')\nexcept OSError as e:\n print(e)")
+    return f"python3 -c {shell.quote(py)} {shell.join([ip, port, timeout])}"
+
+
+# -- ray start / stop --------------------------------------------------------------------------------
+def _common_start_args(ports: Ports, ip: str, gpus: list[str], cpus: int, object_store_mib: int) -> list[str]:
+    return ["--node-ip-address", ip, "--num-gpus", str(len(gpus)), "--num-cpus", str(cpus),
+            "--node-manager-port", str(ports.node_manager), "--object-manager-port", str(ports.object_manager),
+            "--runtime-env-agent-port", str(ports.runtime_env_agent),
+            "--dashboard-agent-grpc-port", str(ports.dashboard_agent_grpc),
+            "--dashboard-agent-listen-port", str(ports.dashboard_agent_listen),
+            "--metrics-export-port", str(ports.metrics_export),
+            "--min-worker-port", str(ports.min_worker), "--max-worker-port", str(ports.max_worker),
+            "--object-store-memory", str(object_store_mib * 1024 * 1024),
+            "--disable-usage-stats"]
+
+
+def start_env(gpus: list[str], *, head: bool) -> dict[str, str]:
+    """The raylet sees only the GPUs we offer; the head's job manager waits a week, not 900 s."""
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "RAY_USAGE_STATS_ENABLED": "0"}
+    if head:
+        env["RAY_JOB_START_TIMEOUT_SECONDS"] = str(JOB_START_TIMEOUT_S)
+    return env
+
+
+def head_start_command(ports: Ports, ip: str, gpus: list[str], cpus: int, *, version: str = RAY_VERSION,
+                       object_store_mib: int = 128) -> str:
+    """`ray start --head` with the dashboard/job API on the head's 127.0.0.1 only."""
+    argv = ["start", "--head", "--port", str(ports.gcs), "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(ports.dashboard), "--include-dashboard", "true",
+            "--ray-client-server-port", str(ports.client_server), "--temp-dir", "__TEMP__",
+            *_common_start_args(ports, ip, gpus, cpus, object_store_mib)]
+    return _ray_line(version, argv, start_env(gpus, head=True))
+
+
+def worker_start_command(ports: Ports, head_ip: str, ip: str, gpus: list[str], cpus: int, *,
+                         version: str = RAY_VERSION, object_store_mib: int = 128) -> str:
+    argv = ["start", "--address", f"{head_ip}:{ports.gcs}",
+            *_common_start_args(ports, ip, gpus, cpus, object_store_mib)]
+    return _ray_line(version, argv, start_env(gpus, head=False))
+
+
+def _ray_line(version: str, argv: list[str], env: dict[str, str]) -> str:
+    """`cd && env ... ~/.migrate/ray/V/bin/ray ARGS` ("__TEMP__" becomes "$HOME/.migrate/ray/tmp")."""
+    words = " ".join(shell.home_path(TEMP_DIR) if a == "__TEMP__" else shell.quote(a) for a in argv)
+    ray = shell.home_path(ray_bin(version))
+    return f"cd && {shell.mkdir_private(TEMP_DIR)} && {shell.env_prefix(env)}{ray} {words}"
+
+
+def stop_command(version: str = RAY_VERSION) -> str:
+    """`ray stop --force` with our venv's ray when it is there (idempotent: nothing running is fine)."""
+    ray = shell.home_path(ray_bin(version))
+    return f"if [ -x {ray} ]; then {ray} stop --force >/dev/null 2>&1; fi; true"
+
+
+# our Ray processes: anything running from our venv or with our temp dir on its command line
+LEFTOVER_SCRIPT = (
+    'for p in /proc/[0-9]*; do [ -O "$p" ] || continue; '
+    'c=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
+    'case "$c" in *"$HOME/.migrate/ray/"*) echo "${p#/proc/} $c";; esac; done')
+
+
+def leftover_command() -> str:
+    """Print `pid cmdline` of every process of ours that still runs Ray (empty: none)."""
+    return shell.sh_c(LEFTOVER_SCRIPT)
+
+
+def kill_leftovers_command() -> str:
+    """SIGKILL what `ray stop` left (only processes of this user that run from ~/.migrate/ray)."""
+    script = ('for p in /proc/[0-9]*; do [ -O "$p" ] || continue; '
+              'c=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
+              'case "$c" in *"$HOME/.migrate/ray/"*) kill -9 "${p#/proc/}" 2>/dev/null;; esac; done; true')
+    return shell.sh_c(script)
+
+
+def purge_command() -> str:
+    """Remove everything of ours (venvs, wheels, uv, session logs): `rm -rf ~/.migrate/ray`."""
+    return f"rm -rf {shell.home_path(RAY_DIR)}"

@@ -1,0 +1,98 @@
+"""migrate's polite wrapper around every Ray job's command (shipped to ~/.migrate/ray/bin/migrate-ray-job.py).
+
+usage: python migrate-ray-job.py [--cwd DIR] -- COMMAND
+
+Ray hands the job its GPUs in CUDA_VISIBLE_DEVICES (from those the node offered at `cluster up`).
+Before COMMAND starts, the wrapper asks migrate's agent on this host for its GPU view (the same
+free-GPU rule as the dispatcher: `migrate-agent gpus`): while one of those GPUs carries another
+user's process (or is reserved by a job of the host's own dispatcher, or is busy with memory nobody
+shows), it waits and says so in the job's log instead of sharing the GPU. Then it prints a
+`MIGRATE-START <epoch> <node-ip>` line and execs COMMAND under /bin/sh in DIR (default: $HOME).
+Stdlib only; python >= 3.8.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+POLL_S = float(os.environ.get("MIGRATE_POLITE_POLL_S", "5"))
+
+
+def node_ip() -> str:
+    return os.environ.get("MIGRATE_NODE_IP") or socket.gethostbyname(socket.gethostname())
+
+
+def gpu_view() -> list:
+    """The agent's `gpus` answer (devices with verdicts), or [] when there is no agent to ask."""
+    agent = os.path.expanduser(os.environ.get("MIGRATE_AGENT", ""))
+    if not agent or not os.path.isfile(agent):
+        return []
+    args = ["python3", "-I", "-S", agent, "gpus"]
+    if os.environ.get("MIGRATE_GPU_BACKEND"):
+        args += ["--backend", os.environ["MIGRATE_GPU_BACKEND"]]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60).stdout
+        return json.loads(out.strip().splitlines()[-1]).get("devices", [])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return []
+
+
+def why_not(device: dict, me: str) -> str:
+    """Why this GPU must not be shared now ("" = ours to use)."""
+    foreign = [p for p in device.get("processes") or [] if p.get("user") != me]
+    if foreign:
+        p = foreign[0]
+        return f"process {p.get('pid')} of user {p.get('user')} runs on it"
+    if device.get("verdict") == "reserved":
+        return f"job {device.get('reserved_by')} of this host's dispatcher holds it"
+    if device.get("verdict") == "busy" and not device.get("processes"):
+        return device.get("reason") or "busy"
+    return ""
+
+
+def wait_for_gpus(assigned: list) -> None:
+    import getpass
+
+    me = getpass.getuser()
+    said = ""
+    while True:
+        view = {str(d.get("index")): d for d in gpu_view()}
+        blocked = [(i, why_not(view[i], me)) for i in assigned if i in view]
+        blocked = [(i, w) for i, w in blocked if w]
+        if not blocked:
+            if said:
+                print(f"migrate: GPU(s) {','.join(assigned)} free again, starting", flush=True)
+            return
+        line = "; ".join(f"GPU {i}: {w}" for i, w in blocked)
+        if line != said:
+            print(f"migrate: waiting, not sharing: {line}", flush=True)
+            said = line
+        time.sleep(POLL_S)
+
+
+def main(argv: list) -> int:
+    cwd = os.path.expanduser("~")
+    if argv[:1] == ["--cwd"]:
+        cwd, argv = os.path.expanduser(argv[1]), argv[2:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        print("migrate-ray-job: no command", file=sys.stderr)
+        return 2
+    command = argv[0] if len(argv) == 1 else " ".join(argv)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    assigned = [g for g in visible.split(",") if g.strip()]
+    if assigned:
+        wait_for_gpus(assigned)
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    print(f"MIGRATE-START {time.time():.3f} {node_ip()} gpus={visible or '-'}", flush=True)
+    os.chdir(cwd)
+    os.execvp("/bin/sh", ["/bin/sh", "-c", command])
+    return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

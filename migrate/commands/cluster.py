@@ -1,0 +1,99 @@
+"""`migrate cluster up|status|down NAME`: several borrowed servers as one Ray cluster (migrate.cluster.ops)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from migrate import ui
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cluster import ops
+from migrate.jobs.options import gpu_backend_option
+from migrate.remote.hosts import ConnectOptions
+
+
+@click.group("cluster", context_settings=CONTEXT_SETTINGS)
+def group() -> None:
+    """Several borrowed servers as one Ray cluster: up, status, down.
+
+    \b
+      migrate cluster up lab gpu1 gpu2 gpu3          gpu1 is the head
+      migrate run lab --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
+      migrate run lab --nodes 2 --gpus-per-node 4 -- torchrun ... train.py
+      migrate status lab;  migrate cluster status lab;  migrate cluster down lab
+
+    Ray (one pinned version) goes into a private venv under ~/.migrate/ray on each host, no root.
+    See docs/cluster.md.
+    """
+
+
+@group.command("up", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@click.argument("hosts", nargs=-1, required=True)
+@connection_options
+@click.option("--head", help="The head node (default: the first host).")
+@click.option("--gpu-pool", "gpu_pool", multiple=True, metavar="[HOST=]LIST",
+              help="Offer only these GPUs (indices or UUIDs); HOST= for one host (repeatable). "
+                   "Default: the GPUs migrate's free-GPU rule admits now.")
+@click.option("--offline", is_flag=True, default=None,
+              help="Install from wheels downloaded here and pushed (default: only for hosts that cannot "
+                   "reach the package index).")
+@click.option("--port-base", type=click.IntRange(1024, 65000), help="GCS port; Ray's other ports follow "
+              "it at fixed offsets (default 26379).")
+@click.option("--head-address", help="The head's address as the other hosts reach it (default: probed).")
+@click.option("--num-cpus", "cpus", type=click.IntRange(1, 4096), help="CPUs each node offers (default: its count).")
+@click.option("--object-store", "object_store_mib", type=click.IntRange(80, 1 << 20), default=128,
+              show_default=True, help="Ray's object store per node, MiB (jobs here pass little data through it).")
+@gpu_backend_option("nvml")
+@click.option("--dry-run", is_flag=True, help="Preflight every host and show the plan; install and start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cluster record as JSON.")
+def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: str | None, gpu_pool: tuple[str, ...],
+               offline: bool | None, port_base: int | None, head_address: str | None, cpus: int | None,
+               object_store_mib: int, gpu_backend: str | None, dry_run: bool, as_json: bool) -> None:
+    """Make HOSTS one Ray cluster called NAME (idempotent: a running cluster is left as it is).
+
+    Preflight first, on every host, before anything is installed: python3 version, machine,
+    free disk, ports free, and every worker opening a TCP connection to the head's GCS port.
+    Each node offers Ray only the GPUs that are free now (or --gpu-pool); the job API stays on
+    the head's 127.0.0.1 and is reached through SSH.
+    """
+    opts = ops.UpOptions(name=name, hosts=list(hosts), head=head, gpu_pool=ops.parse_gpu_pool(gpu_pool),
+                         offline=offline, port_base=port_base, head_address=head_address, gpu_backend=gpu_backend,
+                         object_store_mib=object_store_mib, cpus=cpus, dry_run=dry_run)
+    report = ops.up(opts, conn, as_json=as_json)
+    if as_json:
+        ui.print_json(report)
+    sys.exit(0)
+
+
+@group.command("status", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print nodes and job counts as JSON.")
+def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
+    """Nodes of cluster NAME: state, GPUs offered and used, running jobs (jobs: `migrate status NAME`)."""
+    data = ops.status(name, conn)
+    if as_json:
+        ui.print_json(data)
+        sys.exit(0 if data["reachable"] else 1)
+    ui.info(f"cluster {name}: head {data['head']}, Ray {data['ray_version']}, "
+            + ", ".join(f"{n} {s}" for s, n in data["job_counts"].items()) if data["job_counts"] else
+            f"cluster {name}: head {data['head']}, Ray {data['ray_version']}, no jobs")
+    ui.table(None, ["host", "ip", "role", "state", "gpus offered", "gpus used", "running jobs"],
+             [(n["host"], n["ip"], n["role"], n["state"], ",".join(n["gpus_offered"]) or "-", str(n["gpus_used"]),
+               str(n["running_jobs"])) for n in data["nodes"]])
+    sys.exit(0 if data["reachable"] else 1)
+
+
+@group.command("down", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@connection_options
+@click.option("--purge", is_flag=True, help="Also remove ~/.migrate/ray (the venvs, wheels, logs) on every host.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
+def down_command(name: str, conn: ConnectOptions, purge: bool, as_json: bool) -> None:
+    """Stop Ray on every host of NAME and check no Ray process of ours is left (idempotent)."""
+    report = ops.down(name, conn, purge=purge)
+    if as_json:
+        ui.print_json(report)
+    sys.exit(0)
