@@ -59,6 +59,7 @@ def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str) -> dic
     env = dict(spec_env)
     env["MIGRATE_JOB_ID"] = job_id
     env["MIGRATE_CLUSTER"] = record.name
+    env.setdefault("RAY_DEDUP_LOGS", "0")  # every rank's lines, not "repeated 2x across cluster"
     if record.agent:
         env["MIGRATE_AGENT"] = record.agent
     if record.gpu_backend:

@@ -298,7 +298,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
     except MigrateError as exc:
         ui.warn(f"the head does not answer: {exc.message}")
         nodes, jobs, reachable = [], [], False
-    by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") != "ALIVE")}
+    by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") == "ALIVE")}  # ALIVE wins
     id_to_ip = {n["node_id"]: n["node_ip"] for n in nodes}
     running = [j for j in jobs if j.get("status") in ("RUNNING", "PENDING")]
     out_nodes = []

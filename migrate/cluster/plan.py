@@ -270,11 +270,14 @@ def stop_command(version: str = RAY_VERSION) -> str:
     return f"if [ -x {ray} ]; then {ray} stop --force >/dev/null 2>&1; fi; true"
 
 
-# our Ray processes: anything running from our venv or with our temp dir on its command line
-LEFTOVER_SCRIPT = (
-    'for p in /proc/[0-9]*; do [ -O "$p" ] || continue; '
-    'c=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
-    'case "$c" in *"$HOME/.migrate/ray/"*) echo "${p#/proc/} $c";; esac; done')
+# our Ray processes: anything running from our venv or with our temp dir on its command line, and every
+# process of a cluster job (they all inherit MIGRATE_CLUSTER in their environment)
+_OURS = ('for p in /proc/[0-9]*; do [ -O "$p" ] || continue; [ "${p#/proc/}" = "$$" ] && continue; '
+         'c=$({ tr "\\0" " " < "$p/cmdline"; } 2>/dev/null) || continue; '
+         'case "$c" in *"$HOME/.migrate/ray/"*) ;; *) { tr "\\0" "\\n" < "$p/environ"; } 2>/dev/null '
+         '| grep -q "^MIGRATE_CLUSTER=" || continue;; esac; ')
+LEFTOVER_SCRIPT = _OURS + 'echo "${p#/proc/} $c"; done'
+
 
 
 def leftover_command() -> str:
@@ -284,10 +287,7 @@ def leftover_command() -> str:
 
 def kill_leftovers_command() -> str:
     """SIGKILL what `ray stop` left (only processes of this user that run from ~/.migrate/ray)."""
-    script = ('for p in /proc/[0-9]*; do [ -O "$p" ] || continue; '
-              'c=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
-              'case "$c" in *"$HOME/.migrate/ray/"*) kill -9 "${p#/proc/}" 2>/dev/null;; esac; done; true')
-    return shell.sh_c(script)
+    return shell.sh_c(_OURS + 'kill -9 "${p#/proc/}" 2>/dev/null; done; true')
 
 
 def purge_command() -> str:

@@ -45,6 +45,8 @@ MUTATING_SUBCOMMANDS = {
                "exec", "prune", "commit", "cp", "restart", "update"},
     "systemctl": {"restart", "start", "stop", "reload", "enable", "disable", "mask", "unmask", "daemon-reload",
                   "kill", "reset-failed"},
+    "ray": {"start", "stop"},        # migrate cluster (issue 14)
+    "uv": {"venv", "pip"},
 }
 _DOCKER_GROUPS = ("image", "container", "volume", "network", "system", "builder")
 _SEPARATORS = set(";|&()\n")

@@ -7,12 +7,15 @@ Before COMMAND starts, the wrapper asks migrate's agent on this host for its GPU
 free-GPU rule as the dispatcher: `migrate-agent gpus`): while one of those GPUs carries another
 user's process (or is reserved by a job of the host's own dispatcher, or is busy with memory nobody
 shows), it waits and says so in the job's log instead of sharing the GPU. Then it prints a
-`MIGRATE-START <epoch> <node-ip>` line and execs COMMAND under /bin/sh in DIR (default: $HOME).
-Stdlib only; python >= 3.8.
+`MIGRATE-START <epoch> <node-ip>` line and runs COMMAND under /bin/sh in DIR (default: $HOME), in
+its own process group (Ray stops a job by signalling that group). It stays COMMAND's parent as a
+watchdog: when the Ray process that started it dies (`ray stop`, a node's Ray killed), it stops the
+whole group, so no job keeps a GPU after its node left the cluster. Stdlib only; python >= 3.8.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +25,48 @@ POLL_S = float(os.environ.get("MIGRATE_POLITE_POLL_S", "5"))
 
 
 def node_ip() -> str:
-    return os.environ.get("MIGRATE_NODE_IP") or socket.gethostbyname(socket.gethostname())
+    """The address this node has towards the head (RAY_ADDRESS is the head's GCS in a Ray job)."""
+    if os.environ.get("MIGRATE_NODE_IP"):
+        return os.environ["MIGRATE_NODE_IP"]
+    host, _, port = os.environ.get("RAY_ADDRESS", "").rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host or "192.0.2.1", int(port or 9)))
+            return s.getsockname()[0]
+    except (OSError, ValueError):
+        return socket.gethostbyname(socket.gethostname())
+
+
+def stop_group(grace: float = 5) -> None:
+    """SIGTERM our whole process group (COMMAND and its children), SIGKILL after `grace` seconds."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(grace)
+    os.killpg(0, signal.SIGKILL)
+
+
+def run(command: str, cwd: str) -> int:
+    """COMMAND as our child in our process group; its exit code (128+N for a signal)."""
+    parent = os.getppid()
+    child = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd)
+
+    def forward(signum, frame):
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait(timeout=1)
+            return code if code >= 0 else 128 - code
+        except subprocess.TimeoutExpired:
+            pass
+        if os.getppid() != parent:  # Ray's process for this job is gone
+            print("migrate: Ray stopped this job's worker (node lost or ray stop): stopping the job", flush=True)
+            stop_group()
 
 
 def gpu_view() -> list:
@@ -89,9 +133,7 @@ def main(argv: list) -> int:
         wait_for_gpus(assigned)
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     print(f"MIGRATE-START {time.time():.3f} {node_ip()} gpus={visible or '-'}", flush=True)
-    os.chdir(cwd)
-    os.execvp("/bin/sh", ["/bin/sh", "-c", command])
-    return 127
+    return run(command, cwd)
 
 
 if __name__ == "__main__":

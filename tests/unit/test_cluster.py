@@ -1,0 +1,246 @@
+"""migrate cluster (issue 14): the pure planners, the job payloads, and orchestration on recording hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from migrate.cluster import install, jobs, ops, plan, state
+from migrate.cluster.state import ClusterRecord, Node
+from migrate.errors import MigrateError, UsageError
+from migrate.jobs.spec import JobSpec
+from migrate.remote.fake import FakeHost, FakeTarget, is_mutating
+from migrate.remote.hosts import ConnectOptions
+
+FACTS = {"python": "3.11", "python_path": "/usr/bin/python3", "machine": "x86_64", "free_mib": 50000, "taken": [],
+         "installed": "", "home": "/home/alice", "cpus": 8, "index": "no route"}
+
+
+def facts_json(**kw) -> str:
+    return json.dumps({**FACTS, **kw}) + "\n"
+
+
+def record(name: str = "lab") -> ClusterRecord:
+    return ClusterRecord(name=name, ray_version=plan.RAY_VERSION, ports=plan.Ports(), gpu_backend="fake:/f.json",
+                         agent="~/.migrate/agent/a.pyz",
+                         nodes=[Node("gpu1", "10.0.0.1", ["0", "1"], 8, head=True), Node("gpu2", "10.0.0.2", ["3"], 8)])
+
+
+# -- plan ------------------------------------------------------------------------------------------------
+def test_head_start_offers_only_the_admitted_gpus_and_keeps_the_job_api_on_localhost():
+    cmd = plan.head_start_command(plan.Ports(), "10.0.0.1", ["1", "3"], 8)
+    assert "CUDA_VISIBLE_DEVICES=1,3" in cmd and "--num-gpus 2" in cmd
+    assert "--dashboard-host 127.0.0.1" in cmd and "--dashboard-port 28265" in cmd and "--port 26379" in cmd
+    assert "--disable-usage-stats" in cmd and "RAY_JOB_START_TIMEOUT_SECONDS=604800" in cmd
+    assert "--min-worker-port 26400 --max-worker-port 26499" in cmd
+    assert '--temp-dir "$HOME"/.migrate/ray/tmp' in cmd and '"$HOME"/.migrate/ray/2.55.1/bin/ray start --head' in cmd
+
+
+def test_worker_start_joins_the_head_and_a_node_without_free_gpus_offers_none():
+    cmd = plan.worker_start_command(plan.Ports(), "10.0.0.1", "10.0.0.2", [], 4)
+    assert "--address 10.0.0.1:26379" in cmd and "CUDA_VISIBLE_DEVICES='' " in cmd and "--num-gpus 0" in cmd
+    assert "--head" not in cmd and "RAY_JOB_START_TIMEOUT_SECONDS" not in cmd
+
+
+def test_port_base_moves_every_port():
+    p = plan.ports_from(30000)
+    assert p.gcs == 30000 and p.dashboard == 30000 + 28265 - 26379 and p.max_worker == 30000 + 26499 - 26379
+
+
+def test_preflight_problems_one_line_each():
+    old = plan.parse_preflight("old", facts_json(python="3.7"))
+    assert plan.preflight_problems(old, head=False) == ["old: python3 is 3.7, Ray 2.55.1 needs 3.10-3.13"]
+    none = plan.parse_preflight("bare", '{"python": ""}')
+    assert "python3 is not installed" in plan.preflight_problems(none, head=True)[0]
+    busy = plan.parse_preflight("h", facts_json(taken=[26379], free_mib=10))
+    text = " | ".join(plan.preflight_problems(busy, head=True))
+    assert "26379 already in use on the head" in text and "10 MiB free" in text
+    ok = plan.parse_preflight("h", facts_json(installed=plan.RAY_VERSION, free_mib=10))
+    assert plan.preflight_problems(ok, head=True) == []          # installed: no space needed
+
+
+def test_preflight_probe_runs_locally_and_reads_back():
+    """The probe's python runs here (it only reads); its JSON parses into facts."""
+    cmd = plan.preflight_command([0], check_index=False)
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True).stdout
+    f = plan.parse_preflight("here", out)
+    assert f.python == "{}.{}".format(*sys.version_info[:2]) and f.free_mib > 0 and f.ip
+    assert not is_mutating(cmd)
+
+
+def test_offline_install_uses_pushed_wheels_and_writes_the_marker_last():
+    cmd = install.install_command("/usr/bin/python3", offline=True)
+    assert '--no-index --find-links "$HOME"/.migrate/ray/wheels/2.55.1' in cmd
+    assert "venv -q --no-cache --python /usr/bin/python3" in cmd
+    assert cmd.rstrip().endswith('> "$HOME"/.migrate/ray/2.55.1/migrate-ray-version')
+    assert "--no-index" not in install.install_command("/usr/bin/python3", offline=False)
+
+
+def test_pip_download_asks_for_the_hosts_platform():
+    argv = install.pip_download_argv(install.wheel_dir("cp313", "aarch64"), "3.13", "aarch64", "ray[default]==1")
+    assert argv[argv.index("--platform") + 1] == "manylinux2014_aarch64"
+    assert argv[argv.index("--python-version") + 1] == "3.13" and "--only-binary=:all:" in argv
+
+
+def test_gpu_pool_grammar():
+    assert ops.parse_gpu_pool(("0,1",)) == {"": ["0", "1"]}
+    assert ops.parse_gpu_pool(("gpu2=3", "alice@h=GPU-ab")) == {"gpu2": ["3"], "alice@h": ["GPU-ab"]}
+    with pytest.raises(UsageError):
+        ops.parse_gpu_pool(("gpu2=",))
+
+
+def test_down_commands():
+    assert plan.stop_command().endswith("; true") and "stop --force" in plan.stop_command()
+    assert plan.purge_command() == 'rm -rf "$HOME"/.migrate/ray'
+    assert is_mutating('"$HOME"/.migrate/ray/2.55.1/bin/ray stop --force') and not is_mutating(plan.leftover_command())
+
+
+# -- state -----------------------------------------------------------------------------------------------
+def test_record_round_trip_and_job_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    assert not state.exists("lab")
+    state.save(record())
+    assert state.exists("lab") and state.load("lab") == record()
+    assert state.next_job_ids("lab", 3) == ["1", "2", "3"] and state.next_job_ids("lab", 1) == ["4"]
+    assert not state.exists("../etc") and not state.exists("gpu1.example.org")
+    with pytest.raises(UsageError, match="no cluster named"):
+        state.load("other")
+
+
+# -- jobs -----------------------------------------------------------------------------------------------
+def test_payload_runs_the_command_through_the_polite_wrapper_with_ray_resources():
+    body = jobs.payload(record(), JobSpec(command="python train.py --lr 1e-3", gpus=2, env={"A": "b c"},
+                                          retries=1, cwd="/data/x"), "7")
+    assert body["submission_id"] == "lab-7" and body["entrypoint_num_gpus"] == 2 and body["entrypoint_num_cpus"] == 0
+    assert "migrate-ray-job.py --cwd /data/x -- 'python train.py --lr 1e-3'" in body["entrypoint"]
+    env = body["runtime_env"]["env_vars"]
+    assert env["A"] == "b c" and env["MIGRATE_GPU_BACKEND"] == "fake:/f.json" and env["MIGRATE_AGENT"]
+    assert body["metadata"]["migrate_id"] == "7" and body["metadata"]["migrate_retries"] == "1"
+    cpu = jobs.payload(record(), JobSpec(command="x", gpus=0), "8")
+    assert cpu["entrypoint_num_gpus"] == 0 and cpu["entrypoint_num_cpus"] == 1
+
+
+def test_gang_payload_reserves_nothing_itself():
+    body = jobs.payload(record(), JobSpec(command="torchrun t.py"), "9", nodes=2, gpus_per_node=4)
+    assert "migrate-ray-gang.py --nodes 2 --gpus-per-node 4 --master-port 29500" in body["entrypoint"]
+    assert body["entrypoint_num_gpus"] == 0 and body["metadata"]["migrate_gpus"] == "8"
+
+
+def test_retry_is_the_next_attempt_with_the_same_entrypoint():
+    first = {**jobs.payload(record(), JobSpec(command="x", gpus=1), "3"), "status": "FAILED"}
+    second = jobs.again(first)
+    assert second["submission_id"] == "lab-3.2" and second["entrypoint"] == first["entrypoint"]
+    assert second["entrypoint_num_gpus"] == 1 and second["metadata"]["migrate_attempt"] == "2"
+    latest = jobs.latest_attempts([first, {**second, "status": "RUNNING"}, {"submission_id": "raw", "metadata": {}}])
+    assert list(latest) == ["3"] and latest["3"]["status"] == "RUNNING"
+
+
+def test_job_view_names_the_node():
+    j = {**jobs.payload(record(), JobSpec(command="x", gpus=1), "3"), "status": "FAILED", "driver_node_id": "n2",
+         "start_time": 1000_000, "end_time": 1010_000, "message": "Job supervisor actor died"}
+    v = jobs.job_view(j, jobs.node_hosts(record(), [{"node_id": "n2", "node_ip": "10.0.0.2"}]), now=0)
+    assert (v["id"], v["state"], v["node"], v["runtime_s"]) == ("3", "failed", "gpu2", 10.0)
+    assert "died" in v["reason"]
+
+
+def test_cluster_refuses_what_it_cannot_do_yet():
+    with pytest.raises(UsageError, match="--image is not supported on a cluster"):
+        jobs.check_cluster_spec(JobSpec(command="x", image="busybox"))
+
+
+# -- orchestration on recording hosts -----------------------------------------------------------------------
+def fake_hosts(reach: str = "ok") -> dict[str, FakeHost]:
+    hosts = {}
+    for i, name in enumerate(("gpu1", "gpu2", "gpu3"), start=1):
+        h = FakeHost(target=FakeTarget(alias=name, hostname=f"10.0.0.{i}"))
+        h.reply(r"shutil", facts_json(ip=f"10.0.0.{i}")).reply(r"create_connection", reach + "\n")
+        hosts[name] = h
+    return hosts
+
+
+def test_cluster_up_dry_run_issues_no_mutating_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    hosts = fake_hosts()
+    opts = ops.UpOptions(name="lab", hosts=list(hosts), offline=True, dry_run=True)
+    report = ops.up(opts, ConnectOptions(), connector=hosts.__getitem__, as_json=True)
+    assert report["dry_run"] and report["head_address"] == "10.0.0.1:26379"
+    assert [h["install"] for h in report["hosts"]] == ["install from pushed wheels"] * 3
+    for h in hosts.values():
+        assert h.mutations() == [] and h.streams() == []
+        assert not any("ray start" in c or "uv" in c.split() for c in h.commands())
+    assert not state.exists("lab")
+
+
+def test_worker_that_cannot_reach_the_head_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    hosts = fake_hosts(reach="timed out")
+    opts = ops.UpOptions(name="lab", hosts=list(hosts), offline=True)
+    with pytest.raises(MigrateError) as err:
+        ops.up(opts, ConnectOptions(), connector=hosts.__getitem__)
+    line = err.value.one_line()
+    assert "gpu2 cannot reach the head gpu1 at 10.0.0.1:26379 (timed out)" in line and "per-host queues" in line
+    assert "\n" not in line
+    for h in hosts.values():
+        assert h.mutations() == []
+
+
+def test_too_old_python_stops_before_anything_is_installed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    hosts = fake_hosts()
+    hosts["gpu3"].replies.insert(0, (r"shutil", FakeHost().reply("", facts_json(python="3.8")).replies[0][1]))
+    with pytest.raises(MigrateError, match="gpu3: python3 is 3.8, Ray 2.55.1 needs 3.10-3.13"):
+        ops.up(ops.UpOptions(name="lab", hosts=list(hosts), offline=True), ConnectOptions(),
+               connector=hosts.__getitem__)
+    assert all(h.mutations() == [] for h in hosts.values())
+
+
+def test_down_stops_ray_checks_for_leftovers_and_forgets_the_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+    hosts = {"gpu1": FakeHost(), "gpu2": FakeHost()}
+    report = ops.down("lab", ConnectOptions(), purge=True, connector=hosts.__getitem__)
+    assert report["action"] == "stopped" and not state.exists("lab")
+    for h in hosts.values():
+        cmds = h.commands()
+        assert "stop --force" in cmds[0] and cmds[-1] == plan.purge_command()
+    assert ops.down("lab", ConnectOptions(), connector=hosts.__getitem__)["action"] == "none"   # idempotent
+
+
+def test_down_keeps_the_record_when_a_ray_process_survives(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+    stubborn = FakeHost().reply(r"MIGRATE_CLUSTER=\" \|\| continue;; esac; echo", "42 raylet\n")
+    hosts = {"gpu1": FakeHost(), "gpu2": stubborn}
+    with pytest.raises(MigrateError, match="gpu2: Ray processes of ours still run: 42 raylet"):
+        ops.down("lab", ConnectOptions(), connector=hosts.__getitem__)
+    assert state.exists("lab")
+
+
+# -- the shipped wrapper ------------------------------------------------------------------------------------
+WRAPPER = os.path.join(os.path.dirname(plan.__file__), "shipped", "job_wrapper.py")
+
+
+def test_wrapper_runs_the_command_and_passes_its_exit_code(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "MIGRATE_AGENT")}
+    res = subprocess.run([sys.executable, WRAPPER, "--cwd", str(tmp_path), "--", "pwd; exit 3"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("MIGRATE-START ") and lines[1] == str(tmp_path)
+
+
+def test_wrapper_waits_for_a_gpu_another_user_took():
+    sys.path.insert(0, os.path.dirname(WRAPPER))
+    try:
+        import job_wrapper
+    finally:
+        sys.path.pop(0)
+    busy = {"index": "1", "verdict": "busy", "processes": [{"pid": 9, "user": "bob"}]}
+    assert job_wrapper.why_not(busy, "alice") == "process 9 of user bob runs on it"
+    mine = {"index": "1", "verdict": "busy", "processes": [{"pid": 9, "user": "alice"}]}
+    assert job_wrapper.why_not(mine, "alice") == ""
+    assert "dispatcher" in job_wrapper.why_not({"verdict": "reserved", "reserved_by": 4}, "alice")
