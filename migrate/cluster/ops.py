@@ -10,6 +10,7 @@ workers -> record the cluster here and on each host -> check every node joined.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,9 +97,10 @@ def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[
     """Can each worker open a TCP connection to the head's GCS port? (a listener stands in for Ray)."""
     if not workers:
         return
-    remotes[head].run(plan.listener_command(port, 30, len(workers)), what="start a test listener")
-    outcomes = for_each_host(workers, lambda w: remotes[w].run(plan.reach_command(head_ip, port), what="reach",
-                                                               timeout=30).stdout.strip())
+    token = "migrate-" + secrets.token_hex(8)
+    remotes[head].run(plan.listener_command(port, 30, len(workers), token), what="start a test listener")
+    outcomes = for_each_host(workers, lambda w: remotes[w].run(plan.reach_command(head_ip, port, token),
+                                                               what="reach", timeout=30).stdout.strip())
     bad = [(o.host, o.error or o.value) for o in outcomes if not o.ok or o.value != "ok"]
     if bad:
         host, why = bad[0]
@@ -221,6 +223,7 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
                                created=time.time(), agent="~/" + build_agent().remote_relpath,
                                nodes=[Node(host=h, ip=head_ip if h == head else facts[h].ip, gpus=gpus[h],
                                            cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts])
+        state.save(record)   # before anything starts: `cluster down NAME` can stop a half-started cluster
         hn = record.head
         ui.step(f"{head}: ray start --head ({len(hn.gpus)} GPU(s) offered: {','.join(hn.gpus) or 'none'})")
         _start(remotes[head], plan.head_start_command(ports, hn.ip, hn.gpus, hn.cpus,

@@ -197,6 +197,7 @@ end, n = time.time() + float(sys.argv[2]), 0
 while time.time() < end and n < int(sys.argv[3]):
     try:
         c, _ = s.accept()
+        c.sendall(sys.argv[4].encode())
         c.close()
         n += 1
     except OSError:
@@ -204,19 +205,31 @@ while time.time() < end and n < int(sys.argv[3]):
 """
 
 
-def listener_command(port: int, seconds: int, expect: int) -> str:
+def listener_command(port: int, seconds: int, expect: int, token: str) -> str:
     """A short-lived TCP listener on the head's GCS port (before Ray runs), so workers can test the path.
 
-    It writes nothing and exits after `expect` connections or `seconds`."""
-    return (f"nohup python3 -c {shell.quote(LISTEN_PY)} {shell.join([port, seconds, expect])} "
+    It answers each connection with `token` (so a proxy that accepts any connection does not pass for
+    the head), writes nothing, and exits after `expect` connections or `seconds`."""
+    return (f"nohup python3 -c {shell.quote(LISTEN_PY)} {shell.join([port, seconds, expect, token])} "
             ">/dev/null 2>&1 </dev/null & sleep 0.5")
 
 
-def reach_command(ip: str, port: int, timeout: float = 5) -> str:
-    """From a worker: can it open a TCP connection to head:port? prints `ok` or the error."""
-    py = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]))"
-          ".close(); print('ok')\nexcept OSError as e:\n print(e)")
-    return f"python3 -c {shell.quote(py)} {shell.join([ip, port, timeout])}"
+REACH_PY = r"""
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]))
+    c.settimeout(float(sys.argv[3]))
+    got = c.recv(64).decode(errors="replace")
+    print("ok" if got == sys.argv[4] else "something else answered there, not the head")
+except OSError as e:
+    print(e)
+"""
+
+
+def reach_command(ip: str, port: int, token: str, timeout: float = 5) -> str:
+    """From a worker: can it open a TCP connection to head:port and hear the head's test listener?
+    prints `ok` or why not."""
+    return f"python3 -c {shell.quote(REACH_PY)} {shell.join([ip, port, timeout, token])}"
 
 
 # -- ray start / stop --------------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""migrate cluster on three sandbox hosts (issue 14): real Ray from pushed wheels, FAKE GPUs declared to Ray.
+
+One cluster for the module, in order: up from pushed wheels (offline path) and an idempotent rerun;
+a 12-job sweep over several nodes; a polite job waiting for a GPU another user took; a 2-node job whose
+ranks meet; a node's Ray killed -> its jobs failed -> `retry` finishes them elsewhere; down leaves no
+Ray process; a worker that cannot reach the head is one clear line. About 4-5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from migrate.agent.gpus import fake_state
+from migrate.remote.connection import connect
+from tests.conftest import assert_one_line_error, run_cli
+from tests.integration.conftest import TEST_PREFIX
+
+pytestmark = pytest.mark.slow
+
+NAME = f"{TEST_PREFIX}itlab"
+FAKE = "/home/alice/.migrate/fake-gpus.json"
+BACKEND = f"fake:{FAKE}"
+RAY = "~/.migrate/ray/2.55.1/bin/ray"
+
+RENDEZVOUS = """\
+import os, socket, time
+rank, n = int(os.environ["NODE_RANK"]), int(os.environ["NNODES"])
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+if rank == 0:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(n)
+    s.settimeout(60)
+    peers = []
+    for _ in range(n - 1):
+        c, _ = s.accept()
+        peers.append(c.recv(64).decode())
+        c.sendall(b"welcome")
+        c.close()
+    print("OK rank 0 met", sorted(peers), "world", os.environ["WORLD_SIZE"])
+else:
+    for _ in range(120):
+        try:
+            c = socket.create_connection((addr, port), 2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    c.sendall(("rank%d" % rank).encode())
+    assert c.recv(64) == b"welcome"
+    print("OK rank", rank, "met rank 0 at", addr)
+"""
+
+
+def sh(alias: str, command: str, stdin: str | None = None) -> str:
+    with connect(alias) as r:
+        return r.run(command, check=False, stdin=stdin, timeout=120).stdout
+
+
+def write_fake_gpus(alias: str, busy: bool = False) -> None:
+    state = fake_state(4)
+    if busy:
+        for g in state["gpus"]:
+            g["processes"] = [{"pid": 1, "used_mib": 30000}]   # root's process: someone else's
+    sh(alias, f"mkdir -p ~/.migrate && cat > {FAKE}.tmp && mv {FAKE}.tmp {FAKE}", stdin=json.dumps(state))
+
+
+def ray_processes(alias: str) -> str:
+    return sh(alias, "ps -eo pid,args | grep -F .migrate/ray/ | grep -v grep || true").strip()
+
+
+@pytest.fixture(scope="module")
+def cluster(dedicated_sandbox):
+    hosts = dedicated_sandbox("cluster", 3, gpus=4)
+    env = hosts[0]["env"]
+    aliases = [h["alias"] for h in hosts]
+    run_cli("cluster", "down", NAME, env=env)
+    for a in aliases:   # a fresh start: no Ray of ours, no venv (the offline install must run)
+        sh(a, f"[ -x {RAY} ] && {RAY} stop --force >/dev/null 2>&1; rm -rf ~/.migrate/ray ~/cluster-fast; true")
+        write_fake_gpus(a)
+    yield aliases, env
+    run_cli("cluster", "down", NAME, env=env)
+
+
+def status(env: dict) -> list[dict]:
+    res = run_cli("status", NAME, "--json", env=env)
+    assert res.code == 0, res.output
+    return json.loads(res.stdout)["jobs"]
+
+
+def wait_for(env: dict, ids: set[str], states: tuple[str, ...], timeout: float) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {j["id"]: j for j in status(env) if j["id"] in ids}
+        if len(jobs) == len(ids) and all(j["state"] in states for j in jobs.values()):
+            return jobs
+        if time.monotonic() > deadline:
+            pytest.fail(f"jobs not {states} after {timeout} s: {[(j['id'], j['state']) for j in jobs.values()]}")
+        time.sleep(2)
+
+
+def submit(env: dict, *args: str) -> list[str]:
+    res = run_cli("run", NAME, "--json", *args, env=env)
+    assert res.code == 0, res.output
+    return [j["id"] for j in json.loads(res.stdout)["jobs"]]
+
+
+def test_up_from_pushed_wheels_then_rerun_is_a_no_op(cluster):
+    aliases, env = cluster
+    t0 = time.monotonic()
+    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--json", env=env,
+                  timeout=600)
+    assert res.code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["action"] == "started" and [n["gpus"] for n in rec["nodes"]] == [["0", "1", "2", "3"]] * 3
+    assert "from pushed wheels" in res.stderr
+    print(f"cluster up from pushed wheels: {time.monotonic() - t0:.1f} s")
+    for a in aliases:
+        assert "raylet" in ray_processes(a)
+        assert sh(a, "cat ~/.migrate/ray/2.55.1/migrate-ray-version").strip() == "2.55.1"
+    again = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env)
+    assert again.code == 0 and "already up" in again.stderr and "installing" not in again.stderr, again.output
+    st = run_cli("cluster", "status", NAME, "--json", env=env)
+    nodes = json.loads(st.stdout)["nodes"]
+    assert [n["state"] for n in nodes] == ["alive"] * 3 and nodes[0]["role"] == "head"
+
+
+def test_sweep_of_twelve_lands_on_several_nodes(cluster):
+    aliases, env = cluster
+    ids = submit(env, "--sweep", "i=" + ",".join(map(str, range(1, 13))), "--", "sleep 2; echo job {i}")
+    assert len(ids) == 12
+    jobs = wait_for(env, set(ids), ("done",), timeout=180)
+    assert len({j["node"] for j in jobs.values()}) > 1, jobs
+    logs = run_cli("logs", NAME, ids[0], env=env)
+    assert "job 1" in logs.stdout and "MIGRATE-START" in logs.stdout
+
+
+def test_a_job_waits_instead_of_sharing_a_gpu_another_user_took(cluster):
+    aliases, env = cluster
+    for a in aliases:
+        write_fake_gpus(a, busy=True)
+    try:
+        [jid] = submit(env, "-e", "MIGRATE_POLITE_POLL_S=1", "--", "echo polite-ran")
+        deadline = time.monotonic() + 60
+        while "waiting, not sharing" not in run_cli("logs", NAME, jid, env=env).stdout:
+            assert time.monotonic() < deadline, "the job never said it waits"
+            time.sleep(1)
+        assert "polite-ran" not in run_cli("logs", NAME, jid, env=env).stdout.splitlines()
+    finally:
+        for a in aliases:
+            write_fake_gpus(a)
+    wait_for(env, {jid}, ("done",), timeout=60)
+    assert "polite-ran" in run_cli("logs", NAME, jid, env=env).stdout.splitlines()
+
+
+def test_two_node_job_ranks_meet(cluster):
+    aliases, env = cluster
+    for a in aliases:
+        sh(a, "cat > ~/rdv.py", stdin=RENDEZVOUS)
+    res = run_cli("run", NAME, "--nodes", "2", "--gpus-per-node", "1", "-f", "--", "python3 rdv.py", env=env,
+                  timeout=180)
+    assert res.code == 0, res.output
+    assert "OK rank 0 met ['rank1'] world 2" in res.stdout and "OK rank 1 met rank 0" in res.stdout
+
+
+def test_killed_node_fails_its_jobs_and_retry_finishes_them_elsewhere(cluster):
+    aliases, env = cluster
+    ids = submit(env, "--sweep", "i=" + ",".join(map(str, range(1, 9))), "--",
+                 "[ -e ~/cluster-fast ] && exit 0; sleep 300 # {i}")
+    jobs = wait_for(env, set(ids), ("running",), timeout=120)
+    victim_host = next(j["node"] for j in jobs.values() if j["node"] != aliases[0])
+    victims = {i for i, j in jobs.items() if j["node"] == victim_host}
+    sh(victim_host, f"{RAY} stop --force >/dev/null 2>&1")
+    failed = wait_for(env, victims, ("failed",), timeout=120)
+    assert all(j["node"] == victim_host for j in failed.values())
+    assert run_cli("cancel", NAME, "--all", env=env).code == 0          # the others, to free their GPUs
+    wait_for(env, set(ids) - victims, ("cancelled",), timeout=60)
+    for a in aliases:
+        sh(a, "touch ~/cluster-fast")
+    res = run_cli("retry", NAME, *sorted(victims), env=env)
+    assert res.code == 0, res.output
+    done = wait_for(env, victims, ("done",), timeout=120)
+    assert all(j["node"] != victim_host and j["attempt"] == 2 for j in done.values()), done
+    for a in aliases:   # the killed node's jobs and the cancelled ones left nothing running
+        assert not sh(a, "ps -eo args | grep 'sleep 300' | grep -v grep || true").strip()
+
+
+def test_down_leaves_no_ray_process_anywhere(cluster):
+    aliases, env = cluster
+    res = run_cli("cluster", "down", NAME, env=env, timeout=300)
+    assert res.code == 0, res.output
+    for a in aliases:
+        assert ray_processes(a) == ""
+        assert not sh(a, "ps -eo args | grep 'sleep 300' | grep -v grep || true").strip()
+    assert run_cli("cluster", "down", NAME, env=env).code == 0      # idempotent
+    gone = run_cli("status", NAME, env=env)
+    assert gone.code != 0       # NAME is no cluster any more: it is taken for a host, which does not resolve
+
+
+def test_worker_that_cannot_reach_the_head_is_one_clear_line(cluster):
+    aliases, env = cluster
+    res = run_cli("cluster", "up", f"{NAME}x", *aliases[:2], "--head-address", "10.255.255.1", "--offline",
+                  "--gpu-backend", BACKEND, env=env, timeout=120)
+    assert_one_line_error(res, "cannot reach the head", "per-host queues")
+    assert ray_processes(aliases[0]) == "" and ray_processes(aliases[1]) == ""
