@@ -166,6 +166,17 @@ def test_two_node_job_ranks_meet(cluster):
     assert "OK rank 0 met ['rank1'] world 2" in res.stdout and "OK rank 1 met rank 0" in res.stdout
 
 
+def test_a_failing_rank_stops_the_others_and_fails_the_job(cluster):
+    aliases, env = cluster
+    res = run_cli("run", NAME, "--nodes", "2", "--gpus-per-node", "1", "-f", "--",
+                  'if [ "$NODE_RANK" = 1 ]; then sleep 2; exit 3; fi; sleep 301', env=env, timeout=180)
+    assert res.code == 3, res.output
+    assert "rank 1 exited 3; stopping the other ranks" in res.stdout
+    time.sleep(2)
+    for a in aliases:
+        assert not sh(a, "ps -eo args | grep 'sleep 301' | grep -v grep || true").strip()
+
+
 def test_killed_node_fails_its_jobs_and_retry_finishes_them_elsewhere(cluster):
     aliases, env = cluster
     ids = submit(env, "--sweep", "i=" + ",".join(map(str, range(1, 9))), "--",

@@ -26,9 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _die_with_parent() -> None:
-    """Our rank's process dies when its Ray worker does (a cancelled rank leaves nothing behind)."""
+    """Our rank's wrapper gets SIGTERM when its Ray worker dies (a cancelled rank, a lost node), and stops
+    its whole process group: nothing of the rank is left behind."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
     os.setsid()

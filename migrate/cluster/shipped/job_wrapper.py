@@ -51,10 +51,12 @@ def run(command: str, cwd: str) -> int:
     child = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd)
 
     def forward(signum, frame):
+        """Pass a stop signal to COMMAND and everything it started (our process group), not just the shell."""
+        signal.signal(signum, signal.SIG_IGN)
         try:
-            child.send_signal(signum)
+            os.killpg(0, signum)
         except OSError:
-            pass
+            child.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
