@@ -244,3 +244,28 @@ def test_wrapper_waits_for_a_gpu_another_user_took():
     mine = {"index": "1", "verdict": "busy", "processes": [{"pid": 9, "user": "alice"}]}
     assert job_wrapper.why_not(mine, "alice") == ""
     assert "dispatcher" in job_wrapper.why_not({"verdict": "reserved", "reserved_by": 4}, "alice")
+
+
+# -- the verbs take a cluster name where a host would be ------------------------------------------------------
+def test_run_dry_run_on_a_cluster_connects_to_nothing(tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    env = {"MIGRATE_STATE_DIR": str(tmp_path)}
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+    res = run_cli("run", "lab", "--dry-run", "--json", "--sweep", "lr=1,2", "--", "python t.py --lr {lr}", env=env)
+    assert res.code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["cluster"] == "lab" and len(data["jobs"]) == 2
+    assert data["jobs"][0]["entrypoint_num_gpus"] == 1 and "--lr 1" in data["jobs"][0]["entrypoint"]
+    gang = run_cli("run", "lab", "--dry-run", "--json", "--nodes", "2", "--gpus-per-node", "2", "--", "x", env=env)
+    assert gang.code == 0 and "--nodes 2 --gpus-per-node 2" in json.loads(gang.stdout)["jobs"][0]["entrypoint"]
+    too_many = run_cli("run", "lab", "--dry-run", "--nodes", "3", "--", "x", env=env)
+    assert too_many.code == 2 and "cluster lab has 2 nodes" in too_many.stderr
+
+
+def test_nodes_needs_a_cluster(tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli("run", "gpu1", "--nodes", "2", "--", "x", env={"MIGRATE_STATE_DIR": str(tmp_path)})
+    assert res.code == 2 and "--nodes runs one job across the servers of a cluster" in res.stderr
