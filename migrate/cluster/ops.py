@@ -186,7 +186,7 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
     """Bring the cluster up (idempotent); the report `cluster up --json` prints."""
     head, workers = _check(opts)
     ports = plan.ports_from(opts.port_base)
-    if state.exists(opts.name) and not opts.dry_run:
+    if state.exists(opts.name):
         old = state.load(opts.name)
         if sorted(old.hosts) != sorted(opts.hosts) or old.head.host != head:
             raise UsageError(f"cluster {opts.name} already exists with hosts {', '.join(old.hosts)} "
@@ -195,7 +195,11 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
         if alive is not None and len(alive) == len(old.nodes):
             ui.step(f"cluster {opts.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
                     "nothing to do")
-            return {"name": opts.name, "action": "ok", **old.to_dict()}
+            return {"name": opts.name, "action": "ok", "dry_run": opts.dry_run, **old.to_dict()}
+        if opts.dry_run:
+            ui.info(f"dry run: cluster {opts.name} is recorded but not all of it runs: `cluster up` would stop "
+                    "what is left and start it again; nothing was changed")
+            return {"name": opts.name, "action": "would restart", "dry_run": True, **old.to_dict()}
         ui.info(f"cluster {opts.name} is recorded but not all of it runs: starting it again")
         _stop_all(old, conn, connector=connector)
     connector = connector or (lambda h: connect(h, conn))
