@@ -8,9 +8,11 @@ free-GPU rule as the dispatcher: `migrate-agent gpus`): while one of those GPUs 
 user's process (or is reserved by a job of the host's own dispatcher, or is busy with memory nobody
 shows), it waits and says so in the job's log instead of sharing the GPU. Then it prints a
 `MIGRATE-START <epoch> <node-ip>` line and runs COMMAND under /bin/sh in DIR (default: $HOME), in
-its own process group (Ray stops a job by signalling that group). It stays COMMAND's parent as a
-watchdog: when the Ray process that started it dies (`ray stop`, a node's Ray killed), it stops the
-whole group, so no job keeps a GPU after its node left the cluster. Stdlib only; python >= 3.8.
+a process group of its own. It stays COMMAND's parent as a watchdog: stop signals (Ray stopping the
+job) go to the whole group; when the Ray process that started it dies (`ray stop`, a node's Ray
+killed) it stops the group; and a small guard process stops the group if the wrapper itself is
+SIGKILLed (Ray does that to a dead worker's children). So no job keeps a GPU after its node left the
+cluster or its gang was cancelled. Stdlib only; python >= 3.8.
 """
 
 import json
@@ -37,26 +39,67 @@ def node_ip() -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
-def stop_group(grace: float = 5) -> None:
-    """SIGTERM our whole process group (COMMAND and its children), SIGKILL after `grace` seconds."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.killpg(0, signal.SIGTERM)
-    time.sleep(grace)
-    os.killpg(0, signal.SIGKILL)
+def stop_group(group: int, grace: float = 5) -> None:
+    """SIGTERM COMMAND's process group, SIGKILL after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except OSError:
+            return
+        if sig == signal.SIGTERM:
+            time.sleep(grace)
+
+
+GUARD_PY = """
+import os, signal, sys, time
+group, wrapper = int(sys.argv[1]), int(sys.argv[2])
+def alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
+while alive(group):
+    if os.getppid() != wrapper:          # the wrapper is gone (Ray SIGKILLs a dead worker's children)
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
+            try:
+                os.killpg(group, sig)
+            except OSError:
+                break
+            end = time.time() + wait
+            while alive(group) and time.time() < end:
+                time.sleep(0.2)
+        break
+    time.sleep(0.5)
+"""
+
+
+def guard(group: int) -> None:
+    """A tiny process that stops COMMAND's group if this wrapper is killed outright.
+
+    Ray SIGKILLs the direct children of a worker that exits (a cancelled rank, a stopped job), which
+    would leave COMMAND running without us; the guard notices (it is reparented) and stops the group.
+    It exits by itself once the group is empty."""
+    subprocess.Popen([sys.executable, "-I", "-S", "-c", GUARD_PY, str(group), str(os.getpid())],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
 
 
 def run(command: str, cwd: str) -> int:
-    """COMMAND as our child in our process group; its exit code (128+N for a signal)."""
+    """COMMAND in its own process group, our child; its exit code (128+N for a signal).
+
+    Stop signals to us (Ray stopping the job) go to COMMAND's whole group; if the Ray process that
+    started us dies, we stop the group ourselves; if we are killed outright, the guard does."""
     parent = os.getppid()
-    child = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd)
+    child = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, start_new_session=True)
+    group = child.pid
+    guard(group)
 
     def forward(signum, frame):
-        """Pass a stop signal to COMMAND and everything it started (our process group), not just the shell."""
-        signal.signal(signum, signal.SIG_IGN)
         try:
-            os.killpg(0, signum)
+            os.killpg(group, signum)
         except OSError:
-            child.send_signal(signum)
+            pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -68,7 +111,7 @@ def run(command: str, cwd: str) -> int:
             pass
         if os.getppid() != parent:  # Ray's process for this job is gone
             print("migrate: Ray stopped this job's worker (node lost or ray stop): stopping the job", flush=True)
-            stop_group()
+            stop_group(group)
 
 
 def gpu_view() -> list:
