@@ -351,8 +351,11 @@ def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = Fals
     return for_each_host(record.hosts, work)
 
 
-def down(name: str, conn: ConnectOptions, *, purge: bool = False, connector: Connector | None = None) -> dict:
-    """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent."""
+def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool = False,
+         connector: Connector | None = None) -> dict:
+    """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent.
+
+    A host that fails keeps the record (run `down` again), unless `forget`: for hosts that are gone."""
     state.check_name(name)
     if not state.exists(name):
         ui.info(f"no cluster named {name} here: nothing to stop")
@@ -361,11 +364,15 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, connector: Con
     outcomes = _stop_all(record, conn, purge=purge, connector=connector)
     hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
     failed = [o for o in outcomes if not o.ok]
-    if failed:
+    if failed and forget:
+        for o in failed:
+            ui.warn(f"{o.host}: {o.error}; forgetting it anyway (--forget)")
+    elif failed:
         raise MigrateError("; ".join(f"{o.host}: {o.error}" for o in failed),
-                           hint=f"the record is kept: run `migrate cluster down {name}` again once they answer")
+                           hint=f"the record is kept: run `migrate cluster down {name}` again once they answer, "
+                                "or add --forget if they are gone for good")
     state.remove(name)
-    for h in hosts:
+    for h in (h for h in hosts if h["ok"]):
         ui.step(f"{h['host']}: Ray stopped, no Ray process of ours left" + (", ~/.migrate/ray removed" if purge
                                                                               else ""))
     return {"name": name, "action": "stopped", "purged": purge, "hosts": hosts}

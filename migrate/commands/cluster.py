@@ -90,10 +90,11 @@ def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
 @click.argument("name")
 @connection_options
 @click.option("--purge", is_flag=True, help="Also remove ~/.migrate/ray (the venvs, wheels, logs) on every host.")
+@click.option("--forget", is_flag=True, help="Forget the cluster here even if some hosts cannot be reached.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
-def down_command(name: str, conn: ConnectOptions, purge: bool, as_json: bool) -> None:
+def down_command(name: str, conn: ConnectOptions, purge: bool, forget: bool, as_json: bool) -> None:
     """Stop Ray on every host of NAME and check no Ray process of ours is left (idempotent)."""
-    report = ops.down(name, conn, purge=purge)
+    report = ops.down(name, conn, purge=purge, forget=forget)
     if as_json:
         ui.print_json(report)
     sys.exit(0)

@@ -269,3 +269,17 @@ def test_nodes_needs_a_cluster(tmp_path):
 
     res = run_cli("run", "gpu1", "--nodes", "2", "--", "x", env={"MIGRATE_STATE_DIR": str(tmp_path)})
     assert res.code == 2 and "--nodes runs one job across the servers of a cluster" in res.stderr
+
+
+def test_down_forget_drops_a_cluster_whose_hosts_are_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+
+    def gone(host: str):
+        raise MigrateError(f"cannot resolve {host}")
+
+    with pytest.raises(MigrateError, match="cannot resolve gpu1") as err:
+        ops.down("lab", ConnectOptions(), connector=gone)
+    assert "--forget" in err.value.one_line() and state.exists("lab")
+    ops.down("lab", ConnectOptions(), forget=True, connector=gone)
+    assert not state.exists("lab")
