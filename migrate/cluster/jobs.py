@@ -34,7 +34,7 @@ def check_cluster_spec(spec: JobSpec) -> None:
     """What a cluster job cannot do (yet): one clear line instead of silently ignoring it."""
     unsupported = [("--image", spec.image), ("--mount", spec.mounts), ("--publish", spec.ports),
                    ("--gpu-pool", spec.gpu_pool), ("--min-free-mem", spec.min_free_mem_mib),
-                   ("--allow-shared", spec.allow_shared), ("--key", spec.key), ("--priority", spec.priority)]
+                   ("--allow-shared", spec.allow_shared), ("--priority", spec.priority)]
     for flag, value in unsupported:
         if value:
             raise UsageError(f"{flag} is not supported on a cluster yet",
@@ -85,7 +85,7 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
     meta = {"migrate_cluster": record.name, "migrate_id": job_id, "migrate_name": name, "migrate_gpus": str(gpus),
             "migrate_attempt": str(attempt),
             "migrate_retries": str(spec.retries), "migrate_command": spec.command, "migrate_cwd": spec.cwd or "",
-            "migrate_nodes": str(nodes)}
+            "migrate_nodes": str(nodes), "migrate_key": spec.key or ""}
     return {"entrypoint": ep, "submission_id": submission_id(record.name, job_id, attempt),
             "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
             "runtime_env": {"env_vars": job_env(record, spec.env, job_id)}, "metadata": meta}
@@ -129,25 +129,43 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
                      [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
                        else "cpu", s.cwd or "~", s.command) for s in specs])
         return 0
-    ids = state.next_job_ids(name, len(specs))
-    submitted = []
     with job_api(record, conn) as api:
-        for spec, job_id in zip(specs, ids):
-            body = payload(record, spec, job_id, nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
-            api.submit(body)
-            submitted.append({"id": job_id, "name": body["metadata"]["migrate_name"],
-                              "submission_id": body["submission_id"], "gpus": int(body["metadata"]["migrate_gpus"])})
+        submitted, existing = submit_specs(api, record, specs, nodes=nodes, gpus_per_node=gpus_per_node,
+                                           master_port=master_port)
         if as_json:
-            ui.print_json({"cluster": name, "jobs": submitted})
+            ui.print_json({"cluster": name, "jobs": submitted, "already_there": existing})
         else:
             ui.table(f"submitted to cluster {name}", ["id", "name", "gpus"],
                      [(j["id"], j["name"], str(j["gpus"]) if j["gpus"] else "cpu") for j in submitted])
+            if existing:
+                ui.info(f"{len(existing)} job(s) with the same --key already on the cluster: not submitted again")
         if follow:
             if len(submitted) != 1:
                 ui.warn(f"--follow shows one job; several were submitted (use migrate logs {name} JOB -f)")
                 return 0
             return follow_logs(api, submitted[0]["submission_id"])
     return 0
+
+
+def existing_keys(api: JobApi) -> set[str]:
+    """The keys of every job on the cluster (whatever its state): a key is submitted only once."""
+    return {(j.get("metadata") or {}).get("migrate_key") for j in api.jobs()} - {None, ""}
+
+
+def submit_specs(api: JobApi, record: ClusterRecord, specs: list[JobSpec], *, nodes: int = 0,
+                 gpus_per_node: int = 0, master_port: int = 29500) -> tuple[list[dict], list[str]]:
+    """Submit the specs whose key is not on the cluster yet: (submitted jobs, keys already there)."""
+    have = existing_keys(api) if any(s.key for s in specs) else set()
+    fresh = [s for s in specs if not s.key or s.key not in have]
+    already = [s.key for s in specs if s.key and s.key in have]
+    ids = state.next_job_ids(record.name, len(fresh)) if fresh else []
+    submitted = []
+    for spec, job_id in zip(fresh, ids):
+        body = payload(record, spec, job_id, nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
+        api.submit(body)
+        submitted.append({"id": job_id, "name": body["metadata"]["migrate_name"], "key": spec.key,
+                          "submission_id": body["submission_id"], "gpus": int(body["metadata"]["migrate_gpus"])})
+    return submitted, already
 
 
 # -- status --------------------------------------------------------------------------------------------

@@ -156,6 +156,9 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
     from migrate.jobs.spec import DispatcherOptions, JobSpec
 
     assert pb.run is not None
+    if pb.cluster:
+        _cluster_run_stage(pb, hosts, conn, dry_run, report)
+        return
     if pb.run.get("compose"):
         _compose_stage(pb, hosts, conn, dry_run, report)
         return
@@ -182,6 +185,53 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
         existing = len(submitted) - len(new)
         text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")
         report.cells[(h, "run")] = StageOutcome(text, changed=len(new))
+
+
+def _cluster_run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool,
+                       report: ApplyReport) -> None:
+    """`cluster:` in the playbook: bring the hosts up as one Ray cluster (idempotent) and submit every job to
+    it once (by key); the cell on the first host says what was submitted, the others name the cluster."""
+    import os
+
+    from migrate.cluster import ops
+    from migrate.cluster import state as cluster_state
+    from migrate.cluster.jobapi import job_api
+    from migrate.cluster.jobs import existing_keys, submit_specs
+    from migrate.jobs.spec import JobSpec
+
+    assert pb.run is not None and pb.cluster
+    name = pb.cluster
+    planned = plan_jobs(pb.name, pb.run, [name])
+    for h in hosts[1:]:
+        report.cells[(h, "run")] = StageOutcome(f"jobs placed by Ray (cluster {name})")
+    if dry_run:
+        up = cluster_state.exists(name) and sorted(cluster_state.load(name).hosts) == sorted(hosts)
+        existing, why = set(), None
+        if up:
+            try:
+                with job_api(cluster_state.load(name), conn) as api:
+                    existing = existing_keys(api)
+            except MigrateError as exc:
+                why = exc.one_line()
+        new = [j for j in planned if j.key not in existing]
+        for j in new:
+            ui.info(f"cluster {name}: would submit {j.name}: {j.command}")
+        text = ("" if up else f"would bring up cluster {name}; ") + dry_run_jobs_text(len(new), len(planned) - len(new),
+                                                                                       why)
+        report.cells[(hosts[0], "run")] = StageOutcome(text, changed=len(new))
+        return
+    try:
+        ops.up(ops.UpOptions(name=name, hosts=hosts, gpu_backend=os.environ.get("MIGRATE_GPU_BACKEND")), conn)
+        specs = [JobSpec(command=j.command, name=j.name, key=j.key, **{k: v for k, v in j.spec.items()
+                                                                        if v is not None}) for j in planned]
+        with job_api(cluster_state.load(name), conn) as api:
+            submitted, already = submit_specs(api, cluster_state.load(name), specs)
+    except MigrateError as exc:
+        for h in hosts:
+            report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
+        return
+    text = f"{len(submitted)} submitted to cluster {name}" + (f", {len(already)} already there" if already else "")
+    report.cells[(hosts[0], "run")] = StageOutcome(text, changed=len(submitted))
 
 
 def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool,

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from migrate.cluster.state import check_name as check_cluster_name
 from migrate.errors import UsageError
 from migrate.jobs.limits import MAX_JOBS, sweep_size
 from migrate.jobs.spec import PLACEHOLDER, grid
@@ -58,6 +59,7 @@ class Playbook:
     data: list[DataEntry]
     run: dict[str, Any] | None
     local_paths: list[tuple[str, str, int]] = field(default_factory=list)  # (key, resolved path, line)
+    cluster: str | None = None   # run the jobs on these hosts as one Ray cluster (migrate/cluster)
 
     def missing_local_paths(self, stages: list[str] | None = None) -> list[str]:
         """`file:line: key: PATH not found` for every local path a stage needs that is missing."""
@@ -264,6 +266,13 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 HostSpec.parse(host)
             except UsageError as exc:  # e.g. a host starting with '-': never handed to ssh
                 v.err(node, f"hosts: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        if data.get("cluster"):
+            try:
+                check_cluster_name(data["cluster"])
+            except UsageError as exc:
+                v.err(_child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
+            if (data.get("run") or {}).get("compose"):
+                v.err(root, "run.compose is not supported with 'cluster' yet")
         run = data.get("run")
         run_present = any(k.value == "run" for k, _ in root.value)
         if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
@@ -311,6 +320,7 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                         sudo=d["sudo"])
               for d in data["data"]],
         run=data["run"] if run_present else None,
+        cluster=data.get("cluster") or None,
     )
 
 

@@ -96,6 +96,9 @@ PLAYBOOK_KEYS = (
         "(default: the file name without .yml)."),
     Key("hosts", "str_list", "Hosts to migrate to: `[user@]host` or ssh_config aliases.", required=True,
         example="[alice@gpu-box]"),
+    Key("cluster", "str", "Make the hosts one Ray cluster of this name (`migrate cluster up`) and submit the "
+        "`run` jobs to it: Ray places each job where a GPU frees (default: jobs dealt round-robin to each "
+        "host's dispatcher; keep that for hosts that cannot reach each other)."),
     Key("setup", "object", "Prepare each host for GPU containers (`migrate host-setup`).", children=SETUP_KEYS),
     Key("images", "image_list", "Docker images to push (`migrate push-image`), optionally built first.",
         default=[], children=IMAGE_KEYS),

@@ -1,9 +1,10 @@
 """migrate cluster on three sandbox hosts (issue 14): real Ray from pushed wheels, FAKE GPUs declared to Ray.
 
 One cluster for the module, in order: up from pushed wheels (offline path) and an idempotent rerun;
-a 12-job sweep over several nodes; a polite job waiting for a GPU another user took; a 2-node job whose
-ranks meet; a node's Ray killed -> its jobs failed -> `retry` finishes them elsewhere; down leaves no
-Ray process; a worker that cannot reach the head is one clear line. About 4-5 minutes on 2 cores.
+a 12-job sweep over several nodes; a playbook with `cluster:` applied twice; a polite job waiting for
+a GPU another user took; a 2-node job whose ranks meet; a failing rank stops the others; a node's Ray
+killed -> its jobs failed -> `retry` finishes them elsewhere; down leaves no Ray process; a worker
+that cannot reach the head is one clear line. About 2.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -136,6 +137,21 @@ def test_sweep_of_twelve_lands_on_several_nodes(cluster):
     assert len({j["node"] for j in jobs.values()}) > 1, jobs
     logs = run_cli("logs", NAME, ids[0], env=env)
     assert "job 1" in logs.stdout and "MIGRATE-START" in logs.stdout
+
+
+def test_apply_with_cluster_submits_the_sweep_once(cluster, tmp_path):
+    aliases, env = cluster
+    pb = tmp_path / "exp.yml"
+    pb.write_text(f"hosts: [{', '.join(aliases)}]\ncluster: {NAME}\n"
+                  "run: {command: 'echo from-apply {n}', sweep: {n: [1, 2, 3, 4]}}\n")
+    first = run_cli("apply", str(pb), env={**env, "MIGRATE_GPU_BACKEND": BACKEND}, timeout=300)
+    assert first.code == 0, first.output
+    assert "already up" in first.stderr and "4 submitted to cluster" in first.output
+    again = run_cli("apply", str(pb), env={**env, "MIGRATE_GPU_BACKEND": BACKEND}, timeout=300)
+    assert again.code == 0 and "0 submitted to cluster" in again.output and "4 already there" in again.output
+    mine = {j["id"] for j in status(env) if j["name"].startswith("exp[")}
+    assert len(mine) == 4
+    wait_for(env, mine, ("done",), timeout=120)
 
 
 def test_a_job_waits_instead_of_sharing_a_gpu_another_user_took(cluster):

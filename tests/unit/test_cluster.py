@@ -283,3 +283,66 @@ def test_down_forget_drops_a_cluster_whose_hosts_are_gone(tmp_path, monkeypatch)
     assert "--forget" in err.value.one_line() and state.exists("lab")
     ops.down("lab", ConnectOptions(), forget=True, connector=gone)
     assert not state.exists("lab")
+
+
+# -- playbooks: `cluster:` ----------------------------------------------------------------------------------
+PLAYBOOK = """hosts: [gpu1, gpu2]
+cluster: lab
+run: {command: "python t.py --lr {lr}", sweep: {lr: [1, 2, 3]}}
+"""
+
+
+class RecordingApi:
+    """Stands in for the head's job API: keeps what was submitted."""
+
+    def __init__(self) -> None:
+        self.submitted: list[dict] = []
+
+    def jobs(self) -> list[dict]:
+        return [{**b, "status": "PENDING"} for b in self.submitted]
+
+    def submit(self, body: dict) -> str:
+        self.submitted.append(body)
+        return body["submission_id"]
+
+
+def test_playbook_cluster_key_is_validated():
+    from pathlib import Path
+
+    from migrate.playbook.loader import PlaybookError, parse_playbook
+
+    assert parse_playbook(PLAYBOOK, Path("/p/exp.yml")).cluster == "lab"
+    with pytest.raises(PlaybookError, match="cluster: bad cluster name"):
+        parse_playbook(PLAYBOOK.replace("cluster: lab", "cluster: '../x'"), Path("/p/exp.yml"))
+
+
+def test_apply_with_cluster_brings_it_up_and_submits_each_job_once(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    from migrate.cluster import jobapi
+    from migrate.playbook import apply as apply_mod
+    from migrate.playbook.loader import parse_playbook
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    ups = []
+    monkeypatch.setattr(ops, "up", lambda opts, conn: ups.append(opts) or state.save(record()))
+    api = RecordingApi()
+
+    @contextmanager
+    def fake_api(rec, conn):
+        yield api
+
+    monkeypatch.setattr(jobapi, "job_api", fake_api)
+    pb = parse_playbook(PLAYBOOK, Path("/p/exp.yml"))
+    for round_ in (1, 2):
+        report = apply_mod.ApplyReport(hosts=pb.hosts, stages=["run"])
+        apply_mod._run_stage(pb, pb.hosts, ConnectOptions(), False, report)
+        assert [o.hosts for o in ups] == [["gpu1", "gpu2"]] * round_
+        assert len(api.submitted) == 3          # the second apply submits nothing new
+    assert report.cells[("gpu1", "run")].text == "0 submitted to cluster lab, 3 already there"
+    assert "cluster lab" in report.cells[("gpu2", "run")].text
+    assert sorted(b["metadata"]["migrate_key"] for b in api.submitted)[0].startswith("exp:lr=1:")
+    dry = apply_mod.ApplyReport(hosts=pb.hosts, stages=["run"])
+    apply_mod._run_stage(pb, pb.hosts, ConnectOptions(), True, dry)
+    assert dry.cells[("gpu1", "run")].text == "up to date, 3 already there"
