@@ -16,6 +16,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from migrate.remote import shell
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}
 MARKER = "migrate-ray-version"
+_CACHE_LOCK = threading.Lock()   # `up` installs hosts in parallel: one download per platform, not one per host
 
 
 def cache_dir() -> Path:
@@ -63,17 +65,23 @@ def ensure_wheels(python: str, machine: str, version: str = plan.RAY_VERSION) ->
     tag = "cp" + python.replace(".", "")
     dest = wheel_dir(tag, machine, version)
     done = dest / ".complete"
-    if done.exists():
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    ui.step(f"downloading ray[default]=={version} wheels for {tag} {machine} into {dest} (once)")
-    _pip(pip_download_argv(dest, python, machine, f"ray[default]=={version}"), f"Ray {version} wheels")
-    done.write_text(version + "\n")
+    with _CACHE_LOCK:
+        if done.exists():
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        ui.step(f"downloading ray[default]=={version} wheels for {tag} {machine} into {dest} (once)")
+        _pip(pip_download_argv(dest, python, machine, f"ray[default]=={version}"), f"Ray {version} wheels")
+        done.write_text(version + "\n")
     return dest
 
 
 def ensure_uv(machine: str) -> Path:
     """The static `uv` binary for `machine`, taken out of the uv wheel (cached)."""
+    with _CACHE_LOCK:
+        return _ensure_uv(machine)
+
+
+def _ensure_uv(machine: str) -> Path:
     out = uv_path(machine)
     if out.exists():
         return out
