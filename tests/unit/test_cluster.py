@@ -346,3 +346,15 @@ def test_apply_with_cluster_brings_it_up_and_submits_each_job_once(tmp_path, mon
     dry = apply_mod.ApplyReport(hosts=pb.hosts, stages=["run"])
     apply_mod._run_stage(pb, pb.hosts, ConnectOptions(), True, dry)
     assert dry.cells[("gpu1", "run")].text == "up to date, 3 already there"
+
+
+def test_retries_are_resubmitted_lazily_when_the_jobs_are_read():
+    api = RecordingApi()
+    failed = {**jobs.payload(record(), JobSpec(command="x", gpus=1, retries=1), "5"), "status": "FAILED"}
+    latest = {"5": failed}
+    assert jobs.auto_retry(api, latest) == ["5"]
+    [again] = api.submitted
+    assert again["submission_id"] == "lab-5.2" and again["metadata"]["migrate_retries"] == "0"
+    assert latest["5"]["status"] == "PENDING"
+    spent = {**again, "status": "FAILED"}
+    assert jobs.auto_retry(api, {"5": spent}) == [] and len(api.submitted) == 1
