@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ from migrate.errors import SudoError
 from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.sandbox.manager import Sandbox
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, ssh_agent_holding
 
 WEIRD = "we ird 'q' \"dq\" $(touch PWNED) `touch PWNED2` ;&|*? ünï -x"
 
@@ -230,14 +229,7 @@ def test_identity_agent_and_certificate_file_work_on_both_paths(sandbox_hosts, t
     pushed = f"/tmp/conn-test-{tmp_path.name}/payload.txt"
     # 1. IdentityAgent: the sandbox key lives only in an agent at a private socket
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            if sock.exists():
-                break
-            time.sleep(0.1)
-        subprocess.run(["ssh-add", "-q", h["identity_file"]], env={"SSH_AUTH_SOCK": str(sock)}, check=True,
-                       capture_output=True)
+    with ssh_agent_holding(h["identity_file"], sock):
         (tmp_path / "config").write_text(
             f"Host lab\n  HostName {h['hostname']}\n  Port {h['port']}\n  User alice\n"
             f"  IdentityFile {tmp_path}/no-such-key\n  IdentityAgent {sock}\n  UserKnownHostsFile {kh}\n")
@@ -248,8 +240,6 @@ def test_identity_agent_and_certificate_file_work_on_both_paths(sandbox_hosts, t
         # and without the agent the same config is refused: the agent is what let us in
         (tmp_path / "config").write_text((tmp_path / "config").read_text().replace(str(sock), "none"))
         assert_one_line_error(run_cli("doctor", "lab", env=env), "authentication failed")
-    finally:
-        agent.terminate()
     # 2. CertificateFile: a fresh key that no authorized_keys lists, certified by a CA a second sshd trusts
     port = 2298
     for name in ("ca", "user"):

@@ -1,5 +1,6 @@
 from migrate.remote.hosts import ConnectOptions, parse_ssh_g, target_from_ssh_g
 from migrate.remote.openssh import AES_GCM_FIRST, OpenSshSession, preferred_ciphers
+from tests.conftest import ssh_agent_holding
 
 
 def test_parse_ssh_g():
@@ -76,7 +77,6 @@ def test_the_fabric_connection_uses_identity_agent_and_certificate_file(tmp_path
     with the identity whose key it certifies (paramiko alone only finds `<key>-cert.pub`)."""
     import socket
     import subprocess
-    import time
 
     from migrate.remote.connection import _fabric_connection
     from migrate.remote.hosts import SshConfigSet, SshTarget
@@ -95,14 +95,7 @@ def test_the_fabric_connection_uses_identity_agent_and_certificate_file(tmp_path
     sock = tmp_path / "agent.sock"
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            if sock.exists():
-                break
-            time.sleep(0.1)
-        subprocess.run(["ssh-add", "-q", str(key)], env={"SSH_AUTH_SOCK": str(sock)}, check=True,
-                       capture_output=True)
+    with ssh_agent_holding(str(key), sock):
         conn = _fabric_connection(target(identity_agent=str(sock)), SshConfigSet(tmp_path / "none"), ConnectOptions())
         assert conn.connect_kwargs["allow_agent"] is True
         keys = conn.client._agent.get_keys()
@@ -110,8 +103,6 @@ def test_the_fabric_connection_uses_identity_agent_and_certificate_file(tmp_path
         assert isinstance(conn.client._agent._conn, socket.socket)
         conn.client._agent.close()  # what SSHClient.close calls
         assert conn.client._agent._conn is None
-    finally:
-        agent.terminate()
     # a certificate stored away from its key
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "t", "-n", "carol", str(key) + ".pub"],
