@@ -173,22 +173,27 @@ class _Validator:
             self.err(node, f"'{where or 'the playbook'}' must be a mapping, got a {_node_kind(node)}")
             return {}
         by_name = {k.name: k for k in keys}
+        by_name.update({alias: k for k in keys for alias in k.aliases})
         out: dict[str, Any] = {}
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # key -> the spelling used (its full name)
         for knode, vnode in node.value:
             name = str(knode.value)
             full = f"{where}.{name}" if where else name
-            if name in seen:
-                self.err(knode, f"duplicate key '{full}'")
-                continue
-            seen.add(name)
             key = by_name.get(name)
+            if key is not None and key.name in seen:
+                first = seen[key.name]
+                self.err(knode, f"duplicate key '{full}'" if first == full else
+                         f"'{full}' and '{first}' are the same field: give one")
+                continue
+            if key is not None:
+                seen[key.name] = full
             if key is None:
                 close = difflib.get_close_matches(name, list(by_name), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(by_name)})"
+                known = ", ".join(k.name for k in keys)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
                 self.err(knode, f"unknown key '{full}'{hint}")
                 continue
-            out[name] = self.value(vnode, key, full)
+            out[key.name] = self.value(vnode, key, full)
         for key in keys:
             if key.name not in out:
                 if key.required:
