@@ -56,6 +56,18 @@ def test_run_has_the_flag_of_every_field():
     assert not missing, missing
 
 
+def test_run_flags_take_their_type_range_and_default_from_the_table():
+    by_flag = {o: p for p in run_command.params for o in p.opts}
+    for f in JOB_FIELDS:
+        if not f.flag:
+            continue
+        param = by_flag[f.flag]
+        if f.kind == "int":
+            assert (param.type.min, param.type.max, param.default) == (f.lo, f.hi, f.default), f.name
+        assert param.is_flag == (f.kind == "bool"), f.name
+        assert param.multiple == (f.kind in ("str_list", "str_map") and f.name != "gpu_pool"), f.name
+
+
 def test_docs_run_md_names_every_flag_and_jobs_yaml_key():
     text = (ROOT / "docs" / "run.md").read_text()
     keys_line = re.search(r"^Keys: (.*?)\. Unknown", text, re.M | re.S)
