@@ -214,6 +214,11 @@ class OpenSshSession:
         return f"{self.target.user}@{self.target.alias}"
 
     # -- commands -----------------------------------------------------------------------------
+    def open(self) -> OpenSshSession:
+        """Connect now (the master), so a connection problem is reported before anything runs."""
+        self._ensure_master()
+        return self
+
     def _ensure_master(self) -> None:
         if self.master.alive():
             return
