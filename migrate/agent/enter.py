@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from typing import Any
@@ -180,7 +181,7 @@ def in_docker_group(user: str) -> bool:
     return user in g.gr_mem or g.gr_gid == os.getgid()
 
 
-def docker_access(container: str, user: str, *, tty: bool, run: Any = _run) -> tuple:
+def docker_access(container: str, user: str, *, tty: bool, run: Any = _run, which: Any = None) -> tuple:
     """How this account reaches Docker, and the container's status: (access, status).
 
     status is Docker's State.Status (`running`, `exited`...), 'missing', or '' when it cannot be
@@ -198,12 +199,17 @@ def docker_access(container: str, user: str, *, tty: bool, run: Any = _run) -> t
     candidates = []
     if in_docker_group(user):
         candidates.append(("group", ["sg", "docker", "-c", shlex.join(inspect)]))
-    candidates.append(("sudo", ["sudo", "-n", *inspect]))
+    has_sudo = (which or shutil.which)("sudo") is not None
+    if has_sudo:
+        candidates.append(("sudo", ["sudo", "-n", *inspect]))
     for access, argv in candidates:
         code, out, err = run(argv)
         verdict = classify_docker(code, out, err)
         if verdict in ("ok", "missing"):
             return access, out.strip() if verdict == "ok" else "missing"
+    if not has_sudo:
+        raise QueueError("Docker refused this account (permission denied) and there is no sudo",
+                         "join the docker group (`migrate host-setup` does), then log in again")
     if tty:
         return "sudo-password", ""
     raise QueueError("Docker needs sudo with a password here, and there is no terminal to ask for it",

@@ -86,6 +86,7 @@ def _runner(answers):
 
 
 def test_docker_access_direct_then_group_then_sudo(monkeypatch):
+    monkeypatch.setattr(enter.shutil, "which", lambda name: f"/usr/bin/{name}")  # sudo exists (not here)
     run, calls = _runner([(0, "running\n", "")])
     assert enter.docker_access("c", "alice", tty=False, run=run) == ("direct", "running")
     denied = (1, "", "permission denied while trying to connect to the Docker daemon socket")
@@ -102,6 +103,9 @@ def test_docker_access_direct_then_group_then_sudo(monkeypatch):
     run, _ = _runner([denied, (1, "", "sudo: a password is required")])
     with pytest.raises(QueueError, match="sudo with a password"):
         enter.docker_access("c", "alice", tty=False, run=run)
+    run, _ = _runner([denied])
+    with pytest.raises(QueueError, match="no sudo"):
+        enter.docker_access("c", "alice", tty=True, run=run, which=lambda name: None)  # not in group, no sudo
     run, _ = _runner([(1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock")])
     with pytest.raises(QueueError, match="Cannot connect"):
         enter.docker_access("c", "alice", tty=False, run=run)
