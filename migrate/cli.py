@@ -22,6 +22,7 @@ VERBS = {
     "apply": "migrate.commands.apply:command",
     "cancel": "migrate.commands.cancel:command",
     "doctor": "migrate.commands.doctor:command",
+    "exec": "migrate.commands.shell:exec_command",
     "gpus": "migrate.commands.gpus:command",
     "host-setup": "migrate.commands.host_setup:command",
     "init": "migrate.commands.init:command",
@@ -33,6 +34,7 @@ VERBS = {
     "retry": "migrate.commands.retry:command",
     "run": "migrate.commands.run:command",
     "sandbox": "migrate.commands.sandbox:group",
+    "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
     "tunnel": "migrate.commands.tunnel:command",
 }
