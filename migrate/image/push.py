@@ -69,6 +69,8 @@ from migrate.image.plan import (
 )
 from migrate.image.remote import RemoteDocker, parse_facts
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
+from migrate.image.via import MODES as VIA_MODES
+from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, pull_on_host, result_fields
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
@@ -97,6 +99,8 @@ class PushImageOptions:
     progress: bool = True
     step_bytes: int = STEP_BYTES
     direct_layers: bool = True
+    via: str = "auto"  # auto | push | pull: may the host pull registry layers itself (image/via.py)
+    registry_login: str | None = None  # ask for this registry's login once instead of the local store
 
 
 @dataclass
@@ -112,6 +116,9 @@ class ImagePushResult:
     error: str | None = None
     detail: str = ""
     layers_sent: int = 0
+    via: str = ""  # "pull": the host pulled `pulled` from a registry first; "push": SSH carried it all
+    via_reason: str = ""
+    pulled: str = ""
 
 
 # -- local sources -------------------------------------------------------------------------------
@@ -196,6 +203,8 @@ class HostSession:
     facts: RemoteDocker
     plans: dict[str, ImagePlan] = field(default_factory=dict)
     sif_present: dict[str, bool] = field(default_factory=dict)
+    via: dict[str, ViaDecision] = field(default_factory=dict)  # image ID -> pull or push, and why
+    pull_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -217,7 +226,7 @@ def sif_path(options: PushImageOptions, image: LocalImage) -> str:
 
 
 def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Sequence[LocalImage]],
-                   options: PushImageOptions) -> HostSession:
+                   options: PushImageOptions, registries: Registries | None = None) -> HostSession:
     """Connect and learn everything needed to plan; raise a one-line error for anything that blocks.
 
     `get_images()` may still be running (the local inspect overlaps the remote round trip)."""
@@ -260,6 +269,11 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
         for img in images:
             check_arch(img, facts, remote.name, force=options.force_arch)
             session.plans[img.image_id] = plan_image(img, facts)
+        if registries is not None:
+            for img in images:  # before a byte moves: a refusal (--via pull, wrong password) stops this host
+                decision = decide_for_host(registries, remote, img, session.plans[img.image_id])
+                session.via[img.image_id] = decision
+                announce(remote.name, img, decision)
         return session
     except BaseException:
         remote.close()
@@ -271,8 +285,9 @@ class Pusher:
     """Runs phase 4 for every host, sharing the local layer source and one progress display."""
 
     def __init__(self, images: Sequence[LocalImage], layers: LayerCache | None, options: PushImageOptions,
-                 progress) -> None:
+                 progress, registries: Registries | None = None) -> None:
         self.images = images
+        self.registries = registries
         self.layers = layers
         self.options = options
         self.progress = progress
@@ -281,13 +296,17 @@ class Pusher:
     # one host ---------------------------------------------------------------------------------
     def push_host(self, session: HostSession) -> list[ImagePushResult]:
         results: list[ImagePushResult] = []
+        failed_pulls = self._pull_first(session)
         need_stream = any(self._needs_stream(session, img) for img in self.images)
         with ExitStack() as stack:
             master: ControlMaster | None = None
             codec: Codec | None = None
             broken: str | None = None
             for img in self.images:
-                t0 = time.monotonic()
+                t0 = time.monotonic() - session.pull_seconds.get(img.image_id, 0.0)
+                if img.image_id in failed_pulls:
+                    results.append(self._result(img, session, "failed", t0, error=failed_pulls[img.image_id]))
+                    continue
                 if broken:
                     results.append(self._result(img, session, "failed", t0, error=broken))
                     continue
@@ -306,6 +325,30 @@ class Pusher:
                     results.append(self._result(img, session, "failed", t0, error=exc.one_line()))
         return results
 
+    def _pull_first(self, session: HostSession) -> dict[str, str]:
+        """Let the host pull what the registry holds (image/via.py), then re-plan: only the rest is sent.
+
+        A failed pull falls back to pushing with --via auto; with --via pull it fails that image."""
+        failed: dict[str, str] = {}
+        for img in self.images:
+            decision = session.via.get(img.image_id)
+            if decision is None or not decision.pulls:
+                continue
+            t0 = time.monotonic()
+            ui.step(f"{session.name}: docker pull {decision.ref} (on the host)")
+            try:
+                pull_on_host(session.remote, session.facts, decision, self.registries.credential(decision.registry)
+                             if self.registries else None, img, session.remote.sudo_password)
+            except MigrateError as exc:
+                if self.options.via == "pull":
+                    failed[img.image_id] = exc.one_line()
+                else:
+                    ui.warn(f"{session.name}: {exc.one_line()}; pushing {img.display} over SSH instead")
+                    decision.via, decision.reason = "push", f"the pull failed: {exc.message}"
+            session.pull_seconds[img.image_id] = time.monotonic() - t0
+            session.plans[img.image_id] = plan_image(img, session.facts)
+        return failed
+
     def _needs_stream(self, session: HostSession, img: LocalImage) -> bool:
         if self.options.format == "sif":
             return not session.sif_present.get(img.image_id)
@@ -313,7 +356,8 @@ class Pusher:
 
     def _result(self, img: LocalImage, session: HostSession, status: str, t0: float, **kw) -> ImagePushResult:
         return ImagePushResult(image=img.display, host=session.host, status=status, image_bytes=self._image_bytes(img),
-                               seconds=round(time.monotonic() - t0, 3), **kw)
+                               seconds=round(time.monotonic() - t0, 3), **result_fields(session.via.get(img.image_id)),
+                               **kw)
 
     def _image_bytes(self, img: LocalImage) -> int:
         return img.size
@@ -588,6 +632,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         raise UsageError("no host given", hint="migrate push-image IMAGE... HOST...")
     for h in hosts:
         HostSpec.parse(h)  # a malformed host (or one starting with '-') is a usage error before any work
+    registries = _registries(options)
     spool = _spool_dir()
     try:
         archive = None
@@ -608,7 +653,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         pool.shutdown(wait=False)
 
         def pre(host: str) -> HostSession:
-            session = preflight_host(host, conn, local_future.result, options)
+            session = preflight_host(host, conn, local_future.result, options, registries)
             sessions[host] = session
             return session
 
@@ -633,14 +678,14 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
             needed = [i for i in local_images if i.image_id in needed_ids]
             needed_from = {i.image_id: 0 if options.format == "sif" else min(
-                s.plans[i.image_id].first_missing for s in live if s.plans[i.image_id].action == SEND)
+                _first_sent(s, i.image_id) for s in live if s.plans[i.image_id].action == SEND)
                 for i in needed}
             if not live:
                 return results
             progress = _progress(options)
             with progress if progress is not None else _null():
                 layers = _prepare_source(local_images, needed, options, spool, archive, progress, needed_from)
-                pusher = Pusher(local_images, layers, options, progress)
+                pusher = Pusher(local_images, layers, options, progress, registries)
                 by_host = for_each_host([s.host for s in live],
                                         lambda h: pusher.push_host(sessions[h]))
             for o in by_host:
@@ -658,6 +703,29 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         return results
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _registries(options: PushImageOptions) -> Registries | None:
+    """This run's registry knowledge, or None when nothing may be pulled (files, SIF, --via push)."""
+    if options.via not in VIA_MODES:
+        raise UsageError(f"unknown --via {options.via!r}", hint="use auto, push or pull")
+    other = "--to-file" if options.to_file else "--from-file" if options.from_file else \
+        "--format sif" if options.format == "sif" else None
+    if other:
+        if options.via == "pull" or options.registry_login:
+            raise UsageError(f"{'--via pull' if options.via == 'pull' else '--registry-login'} cannot be combined "
+                             f"with {other}", hint="the host pulls only in a Docker push from the local daemon")
+        return None
+    if options.via == "push" and not options.registry_login:
+        return None
+    return Registries(options.via, options.registry_login)
+
+
+def _first_sent(session: HostSession, image_id: str) -> int:
+    """The first layer SSH must carry to this host: after what it has and what it will pull."""
+    decision = session.via.get(image_id)
+    first = session.plans[image_id].first_missing
+    return max(first, decision.layers) if decision is not None and decision.pulls else first
 
 
 def _announce(session: HostSession, images: Sequence[LocalImage], options: PushImageOptions) -> None:
@@ -702,15 +770,20 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
                                            image_bytes=img.size, detail=sif_path(options, img)))
                 continue
             plan = s.plans[img.image_id]
+            decision = s.via.get(img.image_id)
+            via = result_fields(decision)
             if plan.action == SEND:
-                detail = f"{plan.missing_layers}/{plan.total_layers} layers"
-                if plan.first_missing:
+                first = _first_sent(s, img.image_id)
+                detail = f"{plan.total_layers - first}/{plan.total_layers} layers"
+                if decision is not None and decision.pulls:
+                    detail = f"the host would pull {decision.ref} ({decision.layers} layers), then {detail} over SSH"
+                elif plan.first_missing:
                     detail += f" (first {plan.first_missing} already there)"
                 detail += (", as an OCI layout (containerd image store)" if plan.archive_format == "oci-layout"
                            else ", as a docker-save archive")
                 detail += f", a resume point every >= {ui.human_bytes(options.step_bytes)}"
                 out.append(ImagePushResult(img.display, s.host, "would send", image_bytes=img.size,
-                                           detail=detail + (f"; {plan.note}" if plan.note else "")))
+                                           detail=detail + (f"; {plan.note}" if plan.note else ""), **via))
             else:
                 detail = ("would tag " + ", ".join(plan.tags_to_add)) if plan.tags_to_add else "already there"
                 out.append(ImagePushResult(img.display, s.host, UP_TO_DATE, image_bytes=img.size, detail=detail))

@@ -1,0 +1,303 @@
+"""push-image --via: where an image came from, credentials, the host probe and pull scripts, decisions,
+and a dry run on a recording host (issue 15, part 2)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+import pytest
+
+from migrate.errors import MigrateError, UsageError
+from migrate.image import credentials as C
+from migrate.image import registry as R
+from migrate.image import via as V
+from migrate.image.local import LocalImage
+from migrate.image.plan import SEND, UP_TO_DATE, ImagePlan
+from migrate.remote.fake import FakeHost, is_mutating
+from migrate.remote.hosts import ConnectOptions
+
+D = [f"sha256:{c * 64}" for c in "abcdef"]
+BASE_DIGEST = "sha256:" + "9" * 64
+
+
+# -- references --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,registry,repo,tag,digest", [
+    ("nvcr.io/nvidia/pytorch:24.05-py3", "nvcr.io", "nvidia/pytorch", "24.05-py3", ""),
+    ("busybox", "docker.io", "library/busybox", "", ""),
+    ("me/app:1", "docker.io", "me/app", "1", ""),
+    (f"busybox@{BASE_DIGEST}", "docker.io", "library/busybox", "", BASE_DIGEST),
+    (f"172.31.237.2:5000/team/base@{BASE_DIGEST}", "172.31.237.2:5000", "team/base", "", BASE_DIGEST),
+    ("localhost/x:2", "localhost", "x", "2", ""),
+    ("index.docker.io/library/ubuntu:22.04", "docker.io", "library/ubuntu", "22.04", ""),
+])
+def test_parse_ref_normalises_like_docker(text, registry, repo, tag, digest):
+    ref = R.parse_ref(text)
+    assert (ref.registry, ref.repo, ref.tag, ref.digest) == (registry, repo, tag, digest)
+
+
+def test_ref_urls_and_auth_keys():
+    hub = R.parse_ref(f"busybox@{BASE_DIGEST}")
+    assert hub.manifest_url == f"https://registry-1.docker.io/v2/library/busybox/manifests/{BASE_DIGEST}"
+    assert hub.auth_key == "https://index.docker.io/v1/"
+    ngc = R.parse_ref("nvcr.io/nvidia/pytorch:24.05-py3")
+    assert ngc.pull_ref == "nvcr.io/nvidia/pytorch:24.05-py3" and ngc.auth_key == "nvcr.io"
+    assert ngc.manifest_url == "https://nvcr.io/v2/nvidia/pytorch/manifests/24.05-py3"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "Upper/Case", "x@sha256:short"])
+def test_parse_ref_refuses_garbage(bad):
+    with pytest.raises(ValueError):
+        R.parse_ref(bad)
+
+
+# -- where an image came from ------------------------------------------------------------------------
+def cand(name, layers, digests=()):
+    return R.LocalCandidate(name=name, diff_ids=list(layers), repo_digests=list(digests))
+
+
+def test_longest_base_with_a_repo_digest_comes_first():
+    image = D[:4]
+    sources = R.find_sources(image, [], [
+        cand("os", D[:1], [f"reg.io/os@{BASE_DIGEST}"]),
+        cand("fw", D[:3], [f"reg.io/fw@sha256:{'1' * 64}"]),
+        cand("local-only", D[:3]),                       # no RepoDigest: built here
+        cand("other", [D[0], D[5]], [f"reg.io/x@sha256:{'2' * 64}"]),  # not a prefix
+        cand("bigger", D[:5], [f"reg.io/y@sha256:{'3' * 64}"]),       # longer than the image
+    ])
+    assert [(s.ref.repo, s.layers, s.base) for s in sources] == [("fw", 3, "fw"), ("os", 1, "os")]
+
+
+def test_the_image_itself_pulled_from_a_registry_holds_every_layer():
+    sources = R.find_sources(D[:2], [f"nvcr.io/nvidia/pytorch@{BASE_DIGEST}"],
+                             [cand("os", D[:1], ["reg.io/os@" + BASE_DIGEST])])
+    assert sources[0].layers == 2 and sources[0].ref.registry == "nvcr.io" and sources[0].base == "the image itself"
+
+
+def test_parse_candidates_reads_the_listing():
+    line = f"sha256:{'a' * 64}|base:1,|reg.io/base@{BASE_DIGEST},|{D[0]},{D[1]},\n"
+    [(image_id, c)] = R.parse_candidates(line + "garbage\n").items()
+    assert image_id == f"sha256:{'a' * 64}" and c.name == "base:1" and c.diff_ids == D[:2]
+    assert c.repo_digests == [f"reg.io/base@{BASE_DIGEST}"]
+
+
+# -- credentials --------------------------------------------------------------------------------------
+def write_config(tmp_path, data):
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def test_credentials_from_auths_and_their_spellings(tmp_path):
+    auth = base64.b64encode(b"alice:s3cret:with:colons").decode()
+    hub = base64.b64encode(b"bob:pw").decode()
+    d = write_config(tmp_path, {"auths": {"https://reg.io:5000": {"auth": auth},
+                                          "https://index.docker.io/v1/": {"auth": hub}}})
+    cred = C.lookup("reg.io:5000", d)
+    assert (cred.username, cred.secret) == ("alice", "s3cret:with:colons")
+    assert "s3cret" not in repr(cred) and "s3cret" not in str(cred)
+    assert C.lookup("docker.io", d).username == "bob"
+    assert C.lookup("other.io", d) is None
+    assert C.lookup("x.io", tmp_path / "missing") is None
+
+
+def test_credentials_from_a_helper(tmp_path, monkeypatch):
+    helper = tmp_path / "bin" / "docker-credential-fake"
+    helper.parent.mkdir()
+    helper.write_text(f"#!{sys.executable}\nimport json,sys\nserver=sys.stdin.read().strip()\n"
+                      "if server != 'nvcr.io': sys.exit(1)\n"
+                      "print(json.dumps({'ServerURL': server, 'Username': '$oauthtoken', 'Secret': 'ngc-key'}))\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:/usr/bin:/bin")
+    d = write_config(tmp_path, {"credHelpers": {"nvcr.io": "fake"}})
+    cred = C.lookup("nvcr.io", d)
+    assert (cred.username, cred.secret, cred.origin) == ("$oauthtoken", "ngc-key", "docker-credential-fake")
+    d = write_config(tmp_path, {"credsStore": "fake"})
+    assert C.lookup("nvcr.io", d).secret == "ngc-key"
+    assert C.lookup("other.io", d) is None  # the helper knows nothing: anonymous
+
+
+def test_host_config_json_holds_only_that_registry():
+    cred = C.Credential("alice", "pw")
+    data = json.loads(C.host_config_json("reg.io:5000", cred))
+    assert data == {"auths": {"reg.io:5000": {"auth": base64.b64encode(b"alice:pw").decode()}}}
+    assert json.loads(C.host_config_json("x", None)) == {"auths": {}}
+    token = json.loads(C.host_config_json("x", C.Credential("<token>", "tok", identity_token=True)))
+    assert token == {"auths": {"x": {"identitytoken": "tok"}}}
+
+
+def test_registry_login_asks_once(monkeypatch):
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "alice")
+    monkeypatch.setattr(C.getpass, "getpass", lambda prompt: asked.append(prompt) or "pw")
+    regs = V.Registries("auto", "reg.io:5000", list_local=lambda: "", lookup=lambda r: pytest.fail("looked up"))
+    assert regs.credential("reg.io:5000").secret == "pw"
+    assert regs.credential("reg.io:5000").secret == "pw"
+    assert len(asked) == 2  # one username, one password, asked up front
+
+
+# -- scripts that run on the host ------------------------------------------------------------------------
+def test_probe_command_carries_no_secret_and_changes_nothing():
+    cmd = R.probe_command(R.parse_ref(f"reg.io:5000/team/base@{BASE_DIGEST}"))
+    assert "python3 -I -c" in cmd and f"https://reg.io:5000/v2/team/base/manifests/{BASE_DIGEST}" in cmd
+    assert not is_mutating(cmd)
+
+
+def test_probe_script_compiles_and_answers_unreachable(tmp_path):
+    """The probe really runs (python3, stdlib): a port nobody listens on is `unreachable`."""
+    out = subprocess.run([sys.executable, "-I", "-c", R.PROBE_SCRIPT, "https://127.0.0.1:9/v2/x/manifests/y",
+                          "127.0.0.1:9"], input=json.dumps({"username": "u", "password": "p"}), capture_output=True,
+                         text=True, timeout=60)
+    res = R.parse_probe(out.stdout)
+    assert res.verdict == "unreachable", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("access,needle", [
+    ("direct", 'docker --config "$d" pull "$ref"'),
+    ("sudo", 'sudo -n docker --config "$d" pull "$ref"'),
+    ("sudo-password", "| sudo -S -k -p '' docker --config"),
+    ("group", 'sg docker -c "docker --config $d pull $ref"'),
+])
+def test_pull_script_uses_a_private_temporary_config(access, needle):
+    script = R.pull_script(access, f"reg.io:5000/team/base@{BASE_DIGEST}")
+    assert needle in script
+    assert script.index("umask 077") < script.index("mktemp -d") < script.index("trap") < script.index("cat >")
+    assert "rm -rf \"$d\"" in script
+    assert ("IFS= read -r pw" in script) == (access == "sudo-password")
+    with pytest.raises(ValueError):
+        R.pull_script("direct", "reg.io/x;rm -rf /")
+
+
+def test_pull_script_really_keeps_nothing(tmp_path):
+    """Run the script with a fake `docker` that records what it saw: the config is there during the pull,
+    gone afterwards, never in the argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "seen"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\necho "$@" > {seen}.argv\nstat -c %a "$2" > {seen}.mode\n'
+                                    f'cat "$2/config.json" > {seen}.config\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    secret = C.host_config_json("reg.io", C.Credential("alice", "TOPSECRET"))
+    proc = subprocess.run(["sh", "-c", R.pull_script("direct", f"reg.io/base@{BASE_DIGEST}")], input=secret,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "seen.config").read_text() == secret
+    assert (tmp_path / "seen.mode").read_text().strip() == "700"
+    assert "TOPSECRET" not in (tmp_path / "seen.argv").read_text()
+    assert not list(tmp_path.glob("migrate-pull.*"))
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("unauthorized: authentication required", "check the credentials for reg.io"),
+    ("x509: certificate signed by unknown authority", "TLS error"),
+    ("dial tcp: lookup reg.io: no such host", "unreachable from the host"),
+])
+def test_pull_failures_read_as_one_clear_cause(text, needle):
+    cause, hint = R.explain_failure(text, "reg.io")
+    assert needle in cause and hint
+
+
+# -- decisions -------------------------------------------------------------------------------------------
+IMG = LocalImage("app:2", "sha256:222", D[:3], arch="amd64", size=10 << 20, tags=["app:2"])
+SOURCE = R.Source(R.parse_ref(f"reg.io:5000/team/base@{BASE_DIGEST}"), 2, "team/base:1")
+
+
+def plan(first_missing=0, action=SEND):
+    return ImagePlan("sha256:222", "app:2", action, 3, first_missing)
+
+
+def test_auto_pulls_when_the_host_reaches_the_registry():
+    d = V.decide("auto", IMG, plan(), [SOURCE], lambda s: R.ProbeResult("ok"))
+    assert d.pulls and d.ref == SOURCE.ref.pull_ref and d.layers == 2 and "reg.io:5000" in d.reason
+
+
+@pytest.mark.parametrize("verdict", ["unreachable", "tls", "noauth", "notfound", "nopython"])
+def test_auto_falls_back_to_push_with_the_reason(verdict):
+    d = V.decide("auto", IMG, plan(), [SOURCE], lambda s: R.ProbeResult(verdict, "boom"))
+    assert d.via == "push" and d.reason
+
+
+@pytest.mark.parametrize("verdict", ["unreachable", "tls", "noauth"])
+def test_via_pull_refuses_before_anything_moves(verdict):
+    with pytest.raises(MigrateError, match="--via pull"):
+        V.decide("pull", IMG, plan(), [SOURCE], lambda s: R.ProbeResult(verdict, "boom"))
+
+
+def test_via_pull_without_a_registry_source_is_refused():
+    with pytest.raises(MigrateError, match="no registry source"):
+        V.decide("pull", IMG, plan(), [], lambda s: pytest.fail("probed"))
+
+
+@pytest.mark.parametrize("mode", ["auto", "pull"])
+def test_wrong_credentials_are_refused_in_every_mode(mode):
+    with pytest.raises(MigrateError, match="unauthorized: .*check the credentials for reg.io:5000"):
+        V.decide(mode, IMG, plan(), [SOURCE], lambda s: R.ProbeResult("unauthorized", "HTTP 401 Unauthorized"))
+
+
+def test_nothing_to_ask_when_the_host_has_the_registry_layers_or_the_image():
+    probe = lambda s: pytest.fail("probed")  # noqa: E731
+    assert V.decide("auto", IMG, plan(first_missing=2), [SOURCE], probe).via == "push"
+    assert V.decide("auto", IMG, plan(action=UP_TO_DATE), [SOURCE], probe).via == "push"
+    assert V.decide("push", IMG, plan(), [SOURCE], probe).reason == "--via push"
+
+
+# -- a dry run on a recording host -----------------------------------------------------------------------
+IMAGE_FACTS = """arch=x86_64
+home=/home/alice
+uid=1000
+disk.home=5000000 /
+docker=direct
+info=20.10.24+dfsg1|overlay2|/var/lib/docker|linux|[["Backing Filesystem","extfs"]]
+tmpdir=/var/lib/docker/tmp
+disk.docker_root=9000000 /
+disk.docker_tmp=9000000 /
+img=sha256:111|other:1,|sha256:999,|amd64
+inventory=done
+"""
+LISTING = (f"sha256:222|app:2,||{D[0]},{D[1]},{D[2]},\n"
+           f"sha256:333|team/base:1,|reg.io:5000/team/base@{BASE_DIGEST},|{D[0]},{D[1]},\n")
+
+
+def fake_run(monkeypatch, probe_answer: str, via: str = "auto"):
+    from migrate.image import push
+
+    fake = FakeHost().reply(r"docker_root", IMAGE_FACTS).reply(r"python3 -I -c", probe_answer)
+    monkeypatch.setattr(push, "connect", lambda h, conn: fake)
+    monkeypatch.setattr(push, "inspect_images", lambda names: [
+        LocalImage("app:2", "sha256:222", D[:3], arch="amd64", size=10 << 20, tags=["app:2"])])
+    monkeypatch.setattr(V, "_list_local_images", lambda: LISTING)
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: C.Credential("alice", "TOPSECRET"))
+    results = push.push_images(["app:2"], ["gpu"], ConnectOptions(), push.PushImageOptions(dry_run=True, via=via))
+    return fake, results
+
+
+def test_dry_run_shows_the_pull_and_changes_nothing(monkeypatch):
+    fake, [r] = fake_run(monkeypatch, "probe=ok\ndetail=\n")
+    assert r.status == "would send" and r.via == "pull" and r.pulled.startswith("reg.io:5000/team/base@"), r
+    assert "would pull" in r.detail and "1/3 layers" in r.detail, r.detail
+    assert fake.mutations() == []
+    # the credentials went on stdin, never into a command line, the result or its JSON
+    assert not any("TOPSECRET" in c for c in fake.commands())
+    assert any(b"TOPSECRET" in rec.data for rec in fake.log)
+    assert "TOPSECRET" not in json.dumps(r.__dict__)
+
+
+def test_dry_run_falls_back_to_push_with_the_reason(monkeypatch):
+    fake, [r] = fake_run(monkeypatch, "probe=unreachable\ndetail=[Errno 111] Connection refused\n")
+    assert r.via == "push" and "unreachable" in r.via_reason and "3/3 layers" in r.detail, r
+    assert fake.mutations() == []
+
+
+def test_dry_run_via_pull_fails_when_the_host_cannot_reach_the_registry(monkeypatch):
+    fake, [r] = fake_run(monkeypatch, "probe=unreachable\ndetail=[Errno 111] Connection refused\n", via="pull")
+    assert r.status == "failed" and "--via pull" in r.error and "unreachable" in r.error, r
+    assert fake.mutations() == []
+
+
+def test_via_pull_cannot_be_combined_with_files():
+    from migrate.image import push
+
+    with pytest.raises(UsageError, match="--via pull cannot be combined with --to-file"):
+        push.push_images(["a:1"], [], ConnectOptions(), push.PushImageOptions(via="pull", to_file="x.tar"))
