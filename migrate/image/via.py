@@ -25,7 +25,7 @@ from migrate.image import credentials as creds
 from migrate.image import registry as reg
 from migrate.image.local import LocalImage
 from migrate.image.plan import SEND, ImagePlan
-from migrate.image.remote import IMAGE_LINE_FORMAT, RemoteDocker, parse_image_line
+from migrate.image.remote import IMAGE_LINE_FORMAT, RemoteDocker, docker_command, parse_image_line
 from migrate.remote import shell
 
 MODES = ("auto", "push", "pull")
@@ -106,7 +106,7 @@ def probe(remote, ref: reg.RegistryRef, cred: creds.Credential | None) -> reg.Pr
     return reg.parse_probe(res.stdout)
 
 
-def _refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
+def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
     if verdict.verdict == "noauth":
         return MigrateError(f"{registry} asks for a login and there are no credentials for it on this machine",
                             hint=f"docker login {registry} here, or pass --registry-login {registry}")
@@ -150,10 +150,10 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
                                        f"{source.ref.registry} ({source.base}); SSH carries the rest",
                                ref=source.ref.pull_ref, layers=source.layers, registry=source.ref.registry,
                                auth_key=source.ref.auth_key)
-        refusal = _refusal(verdict, source.ref.registry)
+        why = refusal(verdict, source.ref.registry)
         if verdict.verdict in ("unauthorized", "denied"):
-            raise refusal
-        last = refusal
+            raise why
+        last = why
     assert last is not None
     if mode == "pull":
         raise MigrateError(f"--via pull: {last.message}", hint=last.hint)
@@ -169,20 +169,25 @@ def decide_for_host(registries: Registries, remote, img: LocalImage, plan: Image
                   lambda s: probe(remote, s.ref, registries.credential(s.ref.registry)))
 
 
-def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
-                 img: LocalImage, sudo_password: Callable[[], str]) -> None:
-    """Run the pull (temporary DOCKER_CONFIG over stdin) and record the pulled image in `facts`."""
-    stdin = creds.host_config_json(decision.auth_key, cred)
-    if facts.access == "sudo-password":
+def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
+             sudo_password: Callable[[], str]) -> None:
+    """`docker pull ref.pull_ref` on the host with a temporary DOCKER_CONFIG fed over stdin; one clear error."""
+    stdin = creds.host_config_json(ref.auth_key, cred)
+    if access == "sudo-password":
         stdin = sudo_password() + "\n" + stdin
-    res = remote.run(shell.sh_c(reg.pull_script(facts.access, decision.ref)), stdin=stdin, check=False,
-                     what=f"docker pull {decision.ref}")
+    res = remote.run(shell.sh_c(reg.pull_script(access, ref.pull_ref)), stdin=stdin, check=False,
+                     what=f"docker pull {ref.pull_ref}")
     if res.exit_code != 0:
         text = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        cause, hint = reg.explain_failure(text[-1] if text else f"exit code {res.exit_code}", decision.registry)
+        cause, hint = reg.explain_failure(text[-1] if text else f"exit code {res.exit_code}", ref.registry)
         raise MigrateError(f"docker pull on {remote.name} failed: {cause}", hint=hint)
-    from migrate.image.remote import docker_command
 
+
+def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
+                 img: LocalImage, sudo_password: Callable[[], str]) -> None:
+    """Run the pull and record the pulled image in `facts` (its layers must be the local base's)."""
+    ref = reg.parse_ref(decision.ref)
+    run_pull(remote, facts.access, ref, cred, sudo_password)
     cmd, sudo = docker_command(facts.access, ["image", "inspect", "--format", IMAGE_LINE_FORMAT, decision.ref])
     got = remote.run(cmd, sudo=sudo, check=False, what="inspect the pulled image")
     if not got.ok:

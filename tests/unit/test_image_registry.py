@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 
@@ -301,3 +302,41 @@ def test_via_pull_cannot_be_combined_with_files():
 
     with pytest.raises(UsageError, match="--via pull cannot be combined with --to-file"):
         push.push_images(["a:1"], [], ConnectOptions(), push.PushImageOptions(via="pull", to_file="x.tar"))
+
+
+# -- playbooks: `images: - pull: REF` ----------------------------------------------------------------------
+def test_playbook_pull_entries(tmp_path):
+    from pathlib import Path
+
+    from migrate.playbook.loader import PlaybookError, parse_playbook
+
+    pb = parse_playbook("hosts: [gpu]\nimages:\n  - app:1\n  - pull: nvcr.io/nvidia/pytorch:24.05-py3\n",
+                        Path("p.yml"))
+    assert [(i.name, i.pull) for i in pb.images] == [("app:1", False), ("nvcr.io/nvidia/pytorch:24.05-py3", True)]
+    for bad, needle in [("  - {name: a:1, pull: b:2}", "exactly one of"), ("  - {pull: b:2, build: .}", "build"),
+                        ("  - {pull: 'Bad Ref'}", "images[0].pull")]:
+        with pytest.raises(PlaybookError, match=re.escape(needle)):
+            parse_playbook(f"hosts: [gpu]\nimages:\n{bad}\n", Path("p.yml"))
+
+
+def test_host_pull_is_idempotent_and_dry_run_changes_nothing(monkeypatch):
+    from migrate.image import hostpull
+
+    facts = "arch=x86_64\nhome=/home/alice\ndocker=direct\n"
+    present = FakeHost().reply(r"docker_root|docker info", facts).reply(r"image inspect", "sha256:111\n")
+    monkeypatch.setattr(hostpull, "connect", lambda h, conn: present)
+    [r] = hostpull.pull_images(["reg.io/team/base:1"], ["gpu"], ConnectOptions())
+    assert r.status == "up to date" and present.mutations() == []
+
+    absent = FakeHost().reply(r"docker_root|docker info", facts).reply(r"image inspect", exit_code=1) \
+        .reply(r"python3 -I -c", "probe=ok\n")
+    monkeypatch.setattr(hostpull, "connect", lambda h, conn: absent)
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: C.Credential("alice", "TOPSECRET"))
+    [r] = hostpull.pull_images(["reg.io/team/base:1"], ["gpu"], ConnectOptions(), dry_run=True)
+    assert r.status == "would pull" and absent.mutations() == []
+    [r] = hostpull.pull_images(["reg.io/team/base:1"], ["gpu"], ConnectOptions())
+    assert r.status == "pulled", r
+    [pull] = [c for c in absent.commands() if "pull" in c and "mktemp" in c]
+    auth = base64.b64encode(b"alice:TOPSECRET")
+    assert "TOPSECRET" not in pull and auth.decode() not in pull
+    assert any(auth in rec.data for rec in absent.log if rec.command == pull)  # on stdin only
