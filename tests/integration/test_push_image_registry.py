@@ -76,11 +76,9 @@ def docker_config(path: Path, registry: str, password: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def registry(dedicated_sandbox, tmp_path_factory):
-    """{'reg': registry host, 'target': Docker host, 'name': 'IP:5000', 'good'/'bad': DOCKER_CONFIG dirs, ...}"""
-    reg_host, target = dedicated_sandbox("registry", 2)
-    work = tmp_path_factory.mktemp("registry")
+def start_registry(reg_host: dict, target: dict, work: Path) -> dict:
+    """Serve Debian's docker-registry on `reg_host` (TLS, htpasswd) and make `target` (Docker installed
+    here too) and the local engine trust its CA. Returns the registry facts; undo with `stop_registry`."""
     name = f"{reg_host['ip']}:5000"
     errors: list[BaseException] = []
 
@@ -105,7 +103,7 @@ def registry(dedicated_sandbox, tmp_path_factory):
     for t in threads:
         t.join()
     if errors:
-        pytest.fail(f"setting up the registry sandbox failed: {errors[0]}")
+        raise AssertionError(f"setting up the registry sandbox failed: {errors[0]}")
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))
     put(reg_host, "/etc/docker/registry/config.yml", REGISTRY_CONFIG.encode())
     put(reg_host, "/etc/docker/registry/server.crt", cert)
@@ -113,16 +111,43 @@ def registry(dedicated_sandbox, tmp_path_factory):
     put(reg_host, "/etc/docker/registry/htpasswd", f"{USER}:".encode() + hashed + b"\n", mode="640")
     in_host(reg_host, "chgrp docker-registry /etc/docker/registry/server.key /etc/docker/registry/htpasswd && "
                       "systemctl restart docker-registry && for i in $(seq 50); do "
-                      "curl -sk -o /dev/null https://127.0.0.1:5000/v2/ 2>/dev/null && exit 0 || "
                       "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 5000), 1)' 2>/dev/null "
                       "&& exit 0; sleep 0.2; done; exit 1")
     put(target, f"/etc/docker/certs.d/{name}/ca.crt", ca)
     local_certs = Path(f"/etc/docker/certs.d/{name}")
     local_certs.mkdir(parents=True, exist_ok=True)
     (local_certs / "ca.crt").write_bytes(ca)
-    good = docker_config(work / "good", name, PASSWORD)
-    bad = docker_config(work / "bad", name, "wrong-" + PASSWORD[::-1])
-    remote_base = f"{name}/team/base:1"
+    return {"reg": reg_host, "target": target, "name": name, "local_certs": local_certs,
+            "good": docker_config(work / "good", name, PASSWORD),
+            "bad": docker_config(work / "bad", name, "wrong-" + PASSWORD[::-1])}
+
+
+def stop_registry(facts: dict) -> None:
+    shutil.rmtree(facts["local_certs"], ignore_errors=True)
+
+
+def push_to_registry(facts: dict, local_ref: str, remote_ref: str, work: Path) -> None:
+    """`docker push` a local image into the test registry (a temporary DOCKER_CONFIG for the login), then
+    replace the local image by a pull of it, so it carries the registry's RepoDigest like a real base."""
+    sh("docker", "tag", local_ref, remote_ref)
+    env = dict(os.environ, DOCKER_CONFIG=str(work / "login"))
+    subprocess.run(["docker", "login", facts["name"], "-u", USER, "--password-stdin"], input=PASSWORD.encode(),
+                   env=env, check=True, capture_output=True)
+    try:
+        subprocess.run(["docker", "push", remote_ref], env=env, check=True, capture_output=True, timeout=1800)
+        sh("docker", "image", "rm", local_ref, remote_ref)
+        subprocess.run(["docker", "pull", remote_ref], env=env, check=True, capture_output=True, timeout=1800)
+    finally:
+        shutil.rmtree(work / "login", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def registry(dedicated_sandbox, tmp_path_factory):
+    """{'reg': registry host, 'target': Docker host, 'name': 'IP:5000', 'good'/'bad': DOCKER_CONFIG dirs, ...}"""
+    reg_host, target = dedicated_sandbox("registry", 2)
+    work = tmp_path_factory.mktemp("registry")
+    facts = start_registry(reg_host, target, work)
+    remote_base = f"{facts['name']}/team/base:1"
     try:
         # base: busybox + 24 MiB of random bytes, into the registry, then pulled back (so it has a RepoDigest)
         root = work / "rootfs"
@@ -133,24 +158,16 @@ def registry(dedicated_sandbox, tmp_path_factory):
         (root / "base.bin").write_bytes(os.urandom(BASE_BYTES))
         tar = subprocess.run(["tar", "-C", str(root), "-cf", "-", "."], capture_output=True, check=True).stdout
         sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", LOCAL_BASE, input=tar)
-        sh("docker", "tag", LOCAL_BASE, remote_base)
-        env = dict(os.environ, DOCKER_CONFIG=str(work / "login"))
-        subprocess.run(["docker", "login", name, "-u", USER, "--password-stdin"], input=PASSWORD.encode(),
-                       env=env, check=True, capture_output=True)
-        subprocess.run(["docker", "push", remote_base], env=env, check=True, capture_output=True, timeout=300)
-        sh("docker", "image", "rm", LOCAL_BASE, remote_base)
-        subprocess.run(["docker", "pull", remote_base], env=env, check=True, capture_output=True, timeout=300)
-        shutil.rmtree(work / "login")
+        push_to_registry(facts, LOCAL_BASE, remote_base, work)
         ctx = work / "child"
         ctx.mkdir()
         (ctx / "top.bin").write_bytes(os.urandom(TOP_BYTES))
         (ctx / "Dockerfile").write_text(f'FROM {remote_base}\nCOPY top.bin /top.bin\nCMD ["sha256sum", "/top.bin"]\n')
         build(ctx, CHILD)
-        yield {"reg": reg_host, "target": target, "name": name, "good": good, "bad": bad, "base": remote_base,
-               "env": dict(target["env"], DOCKER_CONFIG=str(good))}
+        yield dict(facts, base=remote_base, env=dict(target["env"], DOCKER_CONFIG=str(facts["good"])))
     finally:
         sh("docker", "image", "rm", "-f", CHILD, remote_base, LOCAL_BASE, check=False)
-        shutil.rmtree(local_certs, ignore_errors=True)
+        stop_registry(facts)
 
 
 def clean_target(target: dict, registry_name: str) -> None:
