@@ -716,8 +716,6 @@ def _registries(options: PushImageOptions) -> Registries | None:
             raise UsageError(f"{'--via pull' if options.via == 'pull' else '--registry-login'} cannot be combined "
                              f"with {other}", hint="the host pulls only in a Docker push from the local daemon")
         return None
-    if options.via == "push" and not options.registry_login:
-        return None
     return Registries(options.via, options.registry_login)
 
 

@@ -63,8 +63,7 @@ class Registries:
         self._creds: dict[str, creds.Credential | None] = {}
         self._lock = threading.Lock()
         if login:
-            name = login.strip().removeprefix("https://").rstrip("/")
-            self._creds[reg.parse_ref(name + "/x").registry] = creds.ask(name)  # asked once, before any work
+            self._creds[registry_name(login)] = creds.ask(registry_name(login))  # asked once, before any work
 
     def sources(self, img: LocalImage) -> list[reg.Source]:
         with self._lock:
@@ -79,6 +78,12 @@ class Registries:
             if registry not in self._creds:
                 self._creds[registry] = self._lookup(registry)
             return self._creds[registry]
+
+
+def registry_name(text: str) -> str:
+    """`--registry-login` spellings -> the registry as image references name it (`docker.io` for Docker Hub)."""
+    name = text.strip().removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+    return reg.DOCKER_HUB if name in ("index.docker.io", "registry-1.docker.io", "hub.docker.com") else name
 
 
 def _list_local_images() -> str:
@@ -208,6 +213,6 @@ def result_fields(decision: ViaDecision | None) -> dict[str, str]:
 
 
 def announce(host: str, img: LocalImage, decision: ViaDecision) -> None:
-    """The decision and its reason, one status line (only for images that need sending)."""
-    if decision.reason and decision.reason != "nothing to send":
+    """The decision and its reason, one status line (only for images that need sending, not for --via push)."""
+    if decision.reason and decision.reason not in ("nothing to send", "--via push"):
         ui.step(f"{host}: {img.display} via {decision.via}: {decision.reason}")

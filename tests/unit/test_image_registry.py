@@ -340,3 +340,23 @@ def test_host_pull_is_idempotent_and_dry_run_changes_nothing(monkeypatch):
     auth = base64.b64encode(b"alice:TOPSECRET")
     assert "TOPSECRET" not in pull and auth.decode() not in pull
     assert any(auth in rec.data for rec in absent.log if rec.command == pull)  # on stdin only
+
+
+@pytest.mark.parametrize("text,name", [("nvcr.io", "nvcr.io"), ("https://nvcr.io/", "nvcr.io"),
+                                       ("index.docker.io", "docker.io"), ("myreg:5000", "myreg:5000"),
+                                       ("https://index.docker.io/v1/", "docker.io")])
+def test_registry_login_names(text, name):
+    assert V.registry_name(text) == name
+
+
+def test_via_push_is_recorded_without_asking_anything(monkeypatch):
+    fake, [r] = fake_run(monkeypatch, "probe=ok\n", via="push")
+    assert r.via == "push" and r.via_reason == "--via push" and "3/3 layers" in r.detail, r
+    assert not any("python3" in c for c in fake.commands())
+
+
+def test_push_image_help_names_the_new_options():
+    from tests.conftest import run_cli
+
+    res = run_cli("push-image", "--help")
+    assert res.code == 0 and "--via [auto|push|pull]" in res.stdout and "--registry-login REGISTRY" in res.stdout
