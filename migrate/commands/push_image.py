@@ -107,7 +107,8 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     the host is asked whether it reaches that registry (one HEAD request, with your credentials from
     the local Docker credential store); if so it pulls those layers by digest and only your own
     layers travel over SSH. Credentials go over SSH stdin into a temporary directory removed after
-    the pull: never into a file that stays, a command line or a log (docs/push-image.md, "Registry").
+    the pull: never into a file that stays, a command line or a log (docs/push-image.md, "Images the
+    host pulls itself").
     """
     parse_compress(compress)
     rate = read_value("--bwlimit", bwlimit, parse_rate, rate=True) if bwlimit else None

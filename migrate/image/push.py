@@ -54,6 +54,7 @@ from migrate.image.compress import (
     parse_compress,
 )
 from migrate.image.local import LocalImage, inspect_images, save_images
+from migrate.image.overlap import OverlapMixin, PullJob
 from migrate.image.plan import (
     SEND,
     TAG,
@@ -70,7 +71,7 @@ from migrate.image.plan import (
 from migrate.image.remote import RemoteDocker, parse_facts
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
 from migrate.image.via import MODES as VIA_MODES
-from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, pull_on_host, result_fields
+from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, result_fields
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
@@ -204,7 +205,6 @@ class HostSession:
     plans: dict[str, ImagePlan] = field(default_factory=dict)
     sif_present: dict[str, bool] = field(default_factory=dict)
     via: dict[str, ViaDecision] = field(default_factory=dict)  # image ID -> pull or push, and why
-    pull_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -281,7 +281,7 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
 
 
 # -- sending -------------------------------------------------------------------------------------
-class Pusher:
+class Pusher(OverlapMixin):
     """Runs phase 4 for every host, sharing the local layer source and one progress display."""
 
     def __init__(self, images: Sequence[LocalImage], layers: LayerCache | None, options: PushImageOptions,
@@ -296,17 +296,14 @@ class Pusher:
     # one host ---------------------------------------------------------------------------------
     def push_host(self, session: HostSession) -> list[ImagePushResult]:
         results: list[ImagePushResult] = []
-        failed_pulls = self._pull_first(session)
+        pulls = PullJob(session, self.images, self.registries, self.options.via)  # starts the host's pulls
         need_stream = any(self._needs_stream(session, img) for img in self.images)
         with ExitStack() as stack:
             master: ControlMaster | None = None
             codec: Codec | None = None
             broken: str | None = None
             for img in self.images:
-                t0 = time.monotonic() - session.pull_seconds.get(img.image_id, 0.0)
-                if img.image_id in failed_pulls:
-                    results.append(self._result(img, session, "failed", t0, error=failed_pulls[img.image_id]))
-                    continue
+                t0 = time.monotonic()
                 if broken:
                     results.append(self._result(img, session, "failed", t0, error=broken))
                     continue
@@ -316,6 +313,8 @@ class Pusher:
                         codec = self._codec(session, master)
                     if self.options.format == "sif":
                         results.append(self._push_sif(session, img, master, codec, t0))
+                    elif pulls.pulls(img.image_id):
+                        results.append(self._push_overlapped(session, img, master, codec, t0, pulls))
                     else:
                         results.append(self._push_docker(session, img, master, codec, t0))
                 except StreamBroken as exc:
@@ -324,30 +323,6 @@ class Pusher:
                 except MigrateError as exc:
                     results.append(self._result(img, session, "failed", t0, error=exc.one_line()))
         return results
-
-    def _pull_first(self, session: HostSession) -> dict[str, str]:
-        """Let the host pull what the registry holds (image/via.py), then re-plan: only the rest is sent.
-
-        A failed pull falls back to pushing with --via auto; with --via pull it fails that image."""
-        failed: dict[str, str] = {}
-        for img in self.images:
-            decision = session.via.get(img.image_id)
-            if decision is None or not decision.pulls:
-                continue
-            t0 = time.monotonic()
-            ui.step(f"{session.name}: docker pull {decision.ref} (on the host)")
-            try:
-                pull_on_host(session.remote, session.facts, decision, self.registries.credential(decision.registry)
-                             if self.registries else None, img, session.remote.sudo_password)
-            except MigrateError as exc:
-                if self.options.via == "pull":
-                    failed[img.image_id] = exc.one_line()
-                else:
-                    ui.warn(f"{session.name}: {exc.one_line()}; pushing {img.display} over SSH instead")
-                    decision.via, decision.reason = "push", f"the pull failed: {exc.message}"
-            session.pull_seconds[img.image_id] = time.monotonic() - t0
-            session.plans[img.image_id] = plan_image(img, session.facts)
-        return failed
 
     def _needs_stream(self, session: HostSession, img: LocalImage) -> bool:
         if self.options.format == "sif":
@@ -376,7 +351,7 @@ class Pusher:
                 continue
             plan = session.plans[img.image_id]
             if plan.action == SEND and self.layers is not None:
-                total += sum(self.layers.size(d) for d in img.diff_ids[plan.first_missing:])
+                total += sum(self.layers.size(d) for d in img.diff_ids[_first_sent(session, img.image_id):])
         return total
 
     def _codec(self, session: HostSession, master: ControlMaster) -> Codec:
@@ -406,13 +381,18 @@ class Pusher:
         return step.members(lambda n, d: layers.member(n, d, codec.layer_gzip if codec else None))
 
     def _stream_steps(self, session: HostSession, img: LocalImage, master: ControlMaster, codec: Codec,
-                      steps: list[LoadStep], script: str, oci: bool = False) -> tuple[int, int, list]:
-        """Stream each step through `script` on the host; return (wire bytes, layers sent, results)."""
+                      steps: list[LoadStep], script: str, oci: bool = False,
+                      as_user: bool = False) -> tuple[int, int, list]:
+        """Stream each step through `script` on the host; return (wire bytes, layers sent, results).
+
+        `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check)."""
         members_per_step = [self._step_members(step, codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
         task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
         limiter = RateLimiter(self.options.bwlimit)
-        first = (session.remote.sudo_password() + "\n").encode() if session.facts.access == "sudo-password" else None
+        first = (session.remote.sudo_password() + "\n").encode() \
+            if session.facts.access == "sudo-password" and not as_user else None
+        command = shell.sh_c(script) if as_user else rdocker.stream_command(session.facts.access, script)
         wire = 0
         layers_sent = 0
         outputs = []
@@ -420,7 +400,7 @@ class Pusher:
         try:
             for step, members in zip(steps, members_per_step):
                 done = steps.index(step)
-                res = stream(master.argv(rdocker.stream_command(session.facts.access, script)), tar_stream(members),
+                res = stream(master.argv(command), tar_stream(members),
                              StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
                              on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
                 wire += res.wire_bytes
@@ -428,7 +408,8 @@ class Pusher:
                 if res.exit_code != 0:
                     break
                 layers_sent += len(step.send)
-                self._after_load(session, step, res)
+                if not as_user:
+                    self._after_load(session, step, res)
         except StreamBroken as exc:
             if exc.display:  # count every step of this image, not only the one that broke
                 exc = StreamBroken.lost_after(exc.display, wire + exc.wire_bytes, exc.detail)

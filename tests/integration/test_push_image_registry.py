@@ -178,9 +178,9 @@ def clean_target(target: dict, registry_name: str) -> None:
 
 
 def leftovers(target: dict) -> str:
-    """Temporary DOCKER_CONFIG dirs (anywhere in /tmp, /var/tmp) and docker configs in homes."""
+    """Temporary DOCKER_CONFIG dirs (in /tmp, /var/tmp), docker configs in homes, spooled top layers."""
     return in_host(target, "ls -d /tmp/migrate-pull.* /var/tmp/migrate-pull.* /home/*/.docker/config.json "
-                           "/root/.docker/config.json 2>/dev/null; true").strip()
+                           "/root/.docker/config.json /home/*/.migrate/tmp/load-* 2>/dev/null; true").strip()
 
 
 def registry_images(target: dict, registry_name: str) -> str:
@@ -239,6 +239,7 @@ def test_via_auto_host_pulls_the_base_and_ssh_carries_only_the_top_layer(registr
     assert r["status"] == "sent" and r["via"] == "pull" and r["layers_sent"] == 1, r
     assert r["bytes_sent"] <= top + 64 * 1024, (r["bytes_sent"], top)  # the top layer, not the 24 MiB base
     assert f"via pull: the host pulls 1 of 2 layers from {name}" in res.stderr, res.stderr
+    assert "while the host pulled" in r["detail"], r  # the top layer streamed during the pull
     assert remote_id(target, CHILD) == local_id(CHILD)
     assert in_host(target, f"docker run --rm {CHILD}").strip()
     # the credentials are nowhere on the host: files, journal, any argv seen during the pull
