@@ -141,32 +141,42 @@ def push_to_registry(facts: dict, local_ref: str, remote_ref: str, work: Path) -
         shutil.rmtree(work / "login", ignore_errors=True)
 
 
+def make_images(facts: dict, work: Path) -> str:
+    """The base (busybox + 24 MiB of random bytes) into the registry and back (so it has a RepoDigest), and
+    CHILD built on it here with one 1 MiB random layer; returns the base's registry reference."""
+    remote_base = f"{facts['name']}/team/base:1"
+    root = work / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
+    for cmd in ("sh", "cat", "sha256sum"):
+        os.symlink("busybox", root / "bin" / cmd)
+    (root / "base.bin").write_bytes(os.urandom(BASE_BYTES))
+    tar = subprocess.run(["tar", "-C", str(root), "-cf", "-", "."], capture_output=True, check=True).stdout
+    sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", LOCAL_BASE, input=tar)
+    push_to_registry(facts, LOCAL_BASE, remote_base, work)
+    ctx = work / "child"
+    ctx.mkdir()
+    (ctx / "top.bin").write_bytes(os.urandom(TOP_BYTES))
+    (ctx / "Dockerfile").write_text(f'FROM {remote_base}\nCOPY top.bin /top.bin\nCMD ["sha256sum", "/top.bin"]\n')
+    build(ctx, CHILD)
+    return remote_base
+
+
+def remove_images(facts: dict) -> None:
+    sh("docker", "image", "rm", "-f", CHILD, f"{facts['name']}/team/base:1", LOCAL_BASE, check=False)
+
+
 @pytest.fixture(scope="module")
 def registry(dedicated_sandbox, tmp_path_factory):
     """{'reg': registry host, 'target': Docker host, 'name': 'IP:5000', 'good'/'bad': DOCKER_CONFIG dirs, ...}"""
     reg_host, target = dedicated_sandbox("registry", 2)
     work = tmp_path_factory.mktemp("registry")
     facts = start_registry(reg_host, target, work)
-    remote_base = f"{facts['name']}/team/base:1"
     try:
-        # base: busybox + 24 MiB of random bytes, into the registry, then pulled back (so it has a RepoDigest)
-        root = work / "rootfs"
-        (root / "bin").mkdir(parents=True)
-        sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
-        for cmd in ("sh", "cat", "sha256sum"):
-            os.symlink("busybox", root / "bin" / cmd)
-        (root / "base.bin").write_bytes(os.urandom(BASE_BYTES))
-        tar = subprocess.run(["tar", "-C", str(root), "-cf", "-", "."], capture_output=True, check=True).stdout
-        sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", LOCAL_BASE, input=tar)
-        push_to_registry(facts, LOCAL_BASE, remote_base, work)
-        ctx = work / "child"
-        ctx.mkdir()
-        (ctx / "top.bin").write_bytes(os.urandom(TOP_BYTES))
-        (ctx / "Dockerfile").write_text(f'FROM {remote_base}\nCOPY top.bin /top.bin\nCMD ["sha256sum", "/top.bin"]\n')
-        build(ctx, CHILD)
+        remote_base = make_images(facts, work)
         yield dict(facts, base=remote_base, env=dict(target["env"], DOCKER_CONFIG=str(facts["good"])))
     finally:
-        sh("docker", "image", "rm", "-f", CHILD, remote_base, LOCAL_BASE, check=False)
+        remove_images(facts)
         stop_registry(facts)
 
 

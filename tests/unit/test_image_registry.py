@@ -360,3 +360,39 @@ def test_push_image_help_names_the_new_options():
 
     res = run_cli("push-image", "--help")
     assert res.code == 0 and "--via [auto|push|pull]" in res.stdout and "--registry-login REGISTRY" in res.stdout
+
+
+# -- the pull and the stream at the same time (image/overlap.py) -------------------------------------------
+def test_spool_script_keeps_a_complete_archive_and_removes_a_short_one(tmp_path):
+    from migrate.image.overlap import spool_script
+
+    path = tmp_path / "sub" / "load.tar"
+    ok = subprocess.run(["sh", "-c", spool_script(str(path), 5, None)], input=b"12345", capture_output=True)
+    assert ok.returncode == 0 and path.read_bytes() == b"12345"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    short = subprocess.run(["sh", "-c", spool_script(str(path), 5, None)], input=b"123", capture_output=True)
+    assert short.returncode == 1 and b"incomplete" in short.stderr and not path.exists()
+
+
+@pytest.mark.parametrize("mode,error", [("auto", None), ("pull", "boom")])
+def test_a_failed_pull_falls_back_to_push_only_with_via_auto(monkeypatch, mode, error):
+    from migrate.image import overlap
+    from migrate.image.remote import RemoteDocker
+
+    def fail(*a, **k):
+        raise MigrateError("boom")
+
+    monkeypatch.setattr(overlap, "pull_on_host", fail)
+
+    class Session:
+        name = "alice@gpu"
+        remote = FakeHost()
+        facts = RemoteDocker()
+        via = {IMG.image_id: V.ViaDecision("pull", "why", ref=SOURCE.ref.pull_ref, layers=2, registry="reg.io:5000")}
+
+    job = overlap.PullJob(Session(), [IMG], None, mode)
+    assert job.pulls(IMG.image_id)
+    assert job.wait(IMG.image_id) == error
+    decision = Session.via[IMG.image_id]
+    want = ("push", True) if mode == "auto" else ("pull", False)
+    assert (decision.via, "the pull failed" in decision.reason) == want
