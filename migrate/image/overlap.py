@@ -72,12 +72,19 @@ class PullJob:
         return error
 
 
-def spool_script(path: str, size: int, decompress: str | None) -> str:
-    """Receive an archive into `path` (private dir, as the login user); refuse and remove a short one."""
+def spool_script(path: str, decompress: str | None) -> str:
+    """Receive an archive into `path` (private dir, as the login user) and say its size (`spooled=N`);
+    a failure removes it. The caller compares N with what it sent (spool_ok)."""
     q = shell.quote(path)
     receive = f"zstd -dcq > {q}" if decompress == "zstd" else f"cat > {q}"
-    return (f"umask 077 && mkdir -p \"$(dirname {q})\" && {receive} && [ \"$(wc -c < {q})\" -eq {int(size)} ] "
-            f"|| {{ rm -f {q}; echo 'the archive arrived incomplete' >&2; exit 1; }}")
+    return (f"umask 077 && mkdir -p \"$(dirname {q})\" && {receive} && echo \"spooled=$(wc -c < {q})\" "
+            f"|| {{ rm -f {q}; exit 1; }}")
+
+
+def spool_ok(stdout: str, expected: int) -> bool:
+    """True when the host says it holds exactly `expected` bytes."""
+    sizes = [line.split("=", 1)[1].strip() for line in stdout.splitlines() if line.startswith("spooled=")]
+    return bool(sizes) and sizes[-1] == str(expected)
 
 
 class OverlapMixin:
@@ -96,18 +103,19 @@ class OverlapMixin:
             return self._after_pull(session, img, master, codec, t0, job)  # nothing to overlap: in turn
         [step] = plan_load_steps(self.layers.config(img.archive_id), img.diff_ids, img.tags, first, sizes,
                                  step_bytes=1 << 62)
+        step.registry_layers = decision.registry_layers
         size = tar_size(self._step_members(step, codec, oci))
         path = f"{session.facts.home}/.migrate/tmp/load-{short_id(img.archive_id)}-{uuid.uuid4().hex[:8]}.tar"
         q = shell.quote(path)
         try:
             wire, _, outputs = self._stream_steps(session, img, master, codec, [step],
-                                                  spool_script(path, size, codec.remote_decompress), oci=oci,
-                                                  as_user=True)
+                                                  spool_script(path, codec.remote_decompress), oci=oci, as_user=True)
             res = outputs[-1][1]
-            if res.exit_code != 0:
-                text = (res.stderr.strip() or res.stdout.strip()).splitlines()
-                raise MigrateError(f"receiving the layers of {img.display} on {session.name} failed: "
-                                   f"{text[-1] if text else res.exit_code}")
+            # what lands in the file: the archive itself, or the stream as sent (an engine that loads zstd)
+            expected = size if codec.outer == "none" or codec.remote_decompress else res.wire_bytes
+            if res.exit_code != 0 or not spool_ok(res.stdout, expected):
+                text = (res.stderr.strip() or "the archive arrived incomplete").splitlines()
+                raise MigrateError(f"receiving the layers of {img.display} on {session.name} failed: {text[-1]}")
             error = job.wait(img.image_id)
             if error:
                 raise MigrateError(error)

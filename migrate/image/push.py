@@ -71,7 +71,7 @@ from migrate.image.plan import (
 from migrate.image.remote import RemoteDocker, parse_facts
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
 from migrate.image.via import MODES as VIA_MODES
-from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, result_fields
+from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, registry_layers, result_fields
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
@@ -271,7 +271,7 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
             session.plans[img.image_id] = plan_image(img, facts)
         if registries is not None:
             for img in images:  # before a byte moves: a refusal (--via pull, wrong password) stops this host
-                decision = decide_for_host(registries, remote, img, session.plans[img.image_id])
+                decision = decide_for_host(registries, remote, img, session.plans[img.image_id], facts)
                 session.via[img.image_id] = decision
                 announce(remote.name, img, decision)
         return session
@@ -465,6 +465,8 @@ class Pusher(OverlapMixin):
         oci = plan.archive_format == "oci-layout"
         steps = plan_load_steps(self.layers.config(img.archive_id), img.diff_ids, img.tags, plan.first_missing, sizes,
                                 step_bytes=self.options.step_bytes)
+        for s in steps:  # layers the host pulled from a registry are named as the registry names them
+            s.registry_layers = registry_layers(session.via.get(img.image_id))
         step_sizes = [tar_size(self._step_members(s, None, oci)) for s in steps]
         check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store),
                    session.facts, session.name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from migrate.remote import shell
 
@@ -157,14 +157,17 @@ def parse_candidates(text: str) -> dict[str, LocalCandidate]:
 
 
 # -- on the host -----------------------------------------------------------------------------------
-# One HEAD of the manifest. argv: URL REGISTRY; stdin: {"username", "password"} or {"identitytoken"}
-# or nothing. Prints `probe=<verdict>` and `detail=<one line>`; always exits 0. Verdicts: ok, noauth
-# (the registry wants credentials and we have none), unauthorized (it refused ours), denied,
-# notfound, tls, unreachable, error. Docker trusts /etc/docker/certs.d/REGISTRY/*.crt: so does this.
+# One HEAD of the manifest (a GET with a third argument ARCH: then the platform's layer descriptors are
+# printed as `layer=MEDIATYPE DIGEST SIZE`, what a containerd image store needs). argv: URL REGISTRY
+# [ARCH]; stdin: {"username", "password"} or {"identitytoken"} or nothing. Prints `probe=<verdict>` and
+# `detail=<one line>`; always exits 0. Verdicts: ok, noauth (the registry wants credentials and we
+# have none), unauthorized (it refused ours), denied, notfound, tls, unreachable, error. Docker trusts
+# /etc/docker/certs.d/REGISTRY/*.crt: so does this.
 PROBE_SCRIPT = r"""
 import base64, glob, json, re, ssl, sys
 import urllib.error, urllib.parse, urllib.request
 url, reg = sys.argv[1], sys.argv[2]
+arch = sys.argv[3] if len(sys.argv) > 3 else ""
 raw = sys.stdin.read()
 c = json.loads(raw) if raw.strip() else {}
 def say(v, d=""):
@@ -172,6 +175,8 @@ def say(v, d=""):
     print("detail=" + " ".join(str(d).split())[:300])
     sys.exit(0)
 ctx = ssl.create_default_context()
+# Python 3.13 verifies strictly (RFC 5280 key usage, AKI); Go's verifier, which dockerd uses, does not
+ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
 for ca in sorted(glob.glob("/etc/docker/certs.d/%s/*.crt" % reg)):
     try:
         ctx.load_verify_locations(ca)
@@ -214,7 +219,17 @@ try:
         h["Authorization"] = "Bearer " + (t.get("token") or t.get("access_token") or "")
     else:
         say("error", "unknown authentication scheme %r" % scheme)
-    open_(url, h)
+    if not arch:
+        open_(url, h)
+        say("ok")
+    m = json.loads(open_(url, h, "GET").read())
+    for d in m.get("manifests") or []:
+        p = d.get("platform") or {}
+        if p.get("architecture") == arch and p.get("os", "linux") == "linux":
+            m = json.loads(open_(url.rsplit("/", 1)[0] + "/" + d["digest"], h, "GET").read())
+            break
+    for layer in m.get("layers") or []:
+        print("layer=%s %s %d" % (layer["mediaType"], layer["digest"], layer["size"]))
     say("ok")
 except urllib.error.HTTPError as e:
     if e.code == 401:
@@ -236,16 +251,19 @@ except (OSError, ValueError) as e:
 """
 
 
-def probe_command(ref: RegistryRef) -> str:
-    """The host command of the probe (no secret in it: the credentials come on stdin)."""
+def probe_command(ref: RegistryRef, arch: str = "") -> str:
+    """The host command of the probe (no secret in it: the credentials come on stdin); with `arch`, it
+    also reads the manifest's layer descriptors for that platform."""
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo probe=nopython; exit 0; }}; "
-            f"python3 -I -c {shell.quote(PROBE_SCRIPT)} {shell.quote(ref.manifest_url)} {shell.quote(ref.registry)}")
+            f"python3 -I -c {shell.quote(PROBE_SCRIPT)} {shell.quote(ref.manifest_url)} {shell.quote(ref.registry)}"
+            + (f" {shell.quote(arch)}" if arch else ""))
 
 
 @dataclass
 class ProbeResult:
     verdict: str
     detail: str = ""
+    layers: list[tuple[str, str, int]] = field(default_factory=list)  # the registry's (media type, digest, size)
 
     @property
     def ok(self) -> bool:
@@ -254,14 +272,18 @@ class ProbeResult:
 
 def parse_probe(stdout: str) -> ProbeResult:
     verdict, detail = "error", "no answer from the probe"
+    layers: list[tuple[str, str, int]] = []
     for line in stdout.splitlines():
         key, _, value = line.partition("=")
-        if key == "probe":
+        parts = value.split()
+        if key == "layer" and len(parts) == 3 and parts[2].isdigit():
+            layers.append((parts[0], parts[1], int(parts[2])))
+        elif key == "probe":
             verdict = value.strip()
             detail = ""
         elif key == "detail":
             detail = value.strip()
-    return ProbeResult(verdict, detail)
+    return ProbeResult(verdict, detail, layers)
 
 
 _SAFE_REF = re.compile(r"^[A-Za-z0-9./:@_-]+$")
@@ -295,18 +317,18 @@ def pull_script(access: str, pull_ref: str) -> str:
     )
 
 
-def explain_failure(text: str, registry: str) -> tuple[str, str]:
-    """(one-line cause, hint) for a failed probe or `docker pull` output on the host."""
-    low = text.lower()
+def explain_failure(text: str, registry: str, kind: str = "") -> tuple[str, str]:
+    """(one-line cause, hint) for a failed probe (`kind` = its verdict) or `docker pull` output on the host."""
+    low = "" if kind else text.lower()
     if "unauthorized" in low or "401" in low or "authentication required" in low or "incorrect username" in low:
         return (f"unauthorized: the registry refused the login, check the credentials for {registry}",
                 f"docker login {registry} here (or pass --registry-login {registry}), then rerun")
     if "denied" in low or "403" in low:
         return (f"denied: {registry} refused access to this repository, check the credentials for {registry}",
                 "the account needs pull rights on the repository")
-    if "x509" in low or "certificate" in low or "tls" in low or "ssl" in low:
+    if kind == "tls" or "x509" in low or "certificate" in low or "tls" in low or "ssl" in low:
         return (f"TLS error talking to {registry} from the host: {text.strip()[:200]}",
                 f"the host must trust the registry's CA: put it in /etc/docker/certs.d/{registry}/ca.crt there "
                 "(docs/troubleshooting.md)")
     return (f"{registry} is unreachable from the host: {text.strip()[:200]}",
-            "check the host's DNS, proxy and firewall (curl -I https://REGISTRY/v2/ there), or push with --via push")
+            f"check the host's DNS, proxy and firewall (curl -I https://{registry}/v2/ there), or push with --via push")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from migrate import local, ui
 from migrate.errors import MigrateError, UsageError
@@ -42,6 +42,8 @@ class ViaDecision:
     layers: int = 0
     registry: str = ""
     auth_key: str = ""
+    # for a containerd image store: DiffID -> the registry's (media type, digest, size) of the pulled layers
+    registry_layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
     @property
     def pulls(self) -> bool:
@@ -102,9 +104,10 @@ def _inspect_all_local() -> str:
                      check=False, what="docker image inspect").stdout
 
 
-def probe(remote, ref: reg.RegistryRef, cred: creds.Credential | None) -> reg.ProbeResult:
-    """One HEAD of `ref`'s manifest from the host (read-only; credentials on stdin)."""
-    res = remote.run(reg.probe_command(ref), stdin=cred.probe_stdin() if cred else "", check=False,
+def probe(remote, ref: reg.RegistryRef, cred: creds.Credential | None, arch: str = "") -> reg.ProbeResult:
+    """One HEAD of `ref`'s manifest from the host (read-only; credentials on stdin); with `arch`, a GET that
+    also returns the layer descriptors for that platform."""
+    res = remote.run(reg.probe_command(ref, arch), stdin=cred.probe_stdin() if cred else "", check=False,
                      what="ask the registry", timeout=90)
     if res.exit_code != 0 and "probe=" not in res.stdout:
         return reg.ProbeResult("error", (res.stderr.strip().splitlines() or [f"exit code {res.exit_code}"])[-1])
@@ -124,14 +127,13 @@ def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
         cause = "unauthorized: " + (verdict.detail or "the registry refused the login")
         return MigrateError(f"{cause}, check the credentials for {registry}",
                             hint=f"docker login {registry} here, or pass --registry-login {registry}")
-    cause, hint = reg.explain_failure(verdict.detail or verdict.verdict, registry)
-    if verdict.verdict == "tls":
-        cause = f"TLS error talking to {registry} from the host: {verdict.detail}"
+    kind = "tls" if verdict.verdict == "tls" else "unreachable"
+    cause, hint = reg.explain_failure(verdict.detail or verdict.verdict, registry, kind)
     return MigrateError(cause, hint=hint)
 
 
 def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.Source],
-           ask: Callable[[reg.Source], reg.ProbeResult]) -> ViaDecision:
+           ask: Callable[[reg.Source], reg.ProbeResult], *, need_layers: bool = False) -> ViaDecision:
     """Pull or push for one image on one host, with the reason; raises for the refusals (module doc)."""
     if mode == "push":
         return ViaDecision("push", "--via push")
@@ -150,11 +152,16 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
     last: MigrateError | None = None
     for source in useful[:MAX_PROBES]:
         verdict = ask(source)
+        if verdict.ok and need_layers and len(verdict.layers) != source.layers:
+            # a containerd store needs the registry's layer descriptors to name the pulled layers
+            verdict = reg.ProbeResult("error", f"the manifest of {source.ref.pull_ref} lists {len(verdict.layers)} "
+                                               f"layers for this platform, the local base has {source.layers}")
         if verdict.ok:
             return ViaDecision("pull", f"the host pulls {source.layers} of {plan.total_layers} layers from "
                                        f"{source.ref.registry} ({source.base}); SSH carries the rest",
                                ref=source.ref.pull_ref, layers=source.layers, registry=source.ref.registry,
-                               auth_key=source.ref.auth_key)
+                               auth_key=source.ref.auth_key,
+                               registry_layers=dict(zip(img.diff_ids[:source.layers], verdict.layers)))
         why = refusal(verdict, source.ref.registry)
         if verdict.verdict in ("unauthorized", "denied"):
             raise why
@@ -165,13 +172,16 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
     return ViaDecision("push", last.one_line())
 
 
-def decide_for_host(registries: Registries, remote, img: LocalImage, plan: ImagePlan) -> ViaDecision:
-    """`decide` with this run's sources and credentials, probing through `remote`."""
+def decide_for_host(registries: Registries, remote, img: LocalImage, plan: ImagePlan,
+                    facts: RemoteDocker | None = None) -> ViaDecision:
+    """`decide` with this run's sources and credentials, probing through `remote`. A containerd image
+    store host also gets the registry's layer descriptors (the OCI layout we load there names them)."""
     if registries.mode == "push" or plan.action != SEND:
         return decide(registries.mode, img, plan, [], lambda s: reg.ProbeResult("error"))
     sources = registries.sources(img)
+    arch = facts.docker_arch if facts is not None and facts.containerd_store else ""
     return decide(registries.mode, img, plan, sources,
-                  lambda s: probe(remote, s.ref, registries.credential(s.ref.registry)))
+                  lambda s: probe(remote, s.ref, registries.credential(s.ref.registry), arch), need_layers=bool(arch))
 
 
 def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
@@ -203,6 +213,11 @@ def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds
                            hint="the registry's tag was rebuilt? push with --via push")
     facts.add_image(pulled.image_id, [], pulled.diff_ids, image_fingerprint=pulled.fingerprint,
                     config_digest=pulled.config_digest)
+
+
+def registry_layers(decision: ViaDecision | None) -> dict[str, tuple[str, str, int]]:
+    """The pulled layers' registry descriptors (empty unless the host pulled, on a containerd store)."""
+    return decision.registry_layers if decision is not None and decision.pulls else {}
 
 
 def result_fields(decision: ViaDecision | None) -> dict[str, str]:

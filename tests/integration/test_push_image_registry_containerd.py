@@ -16,6 +16,7 @@ from tests.integration.test_modern_hosts import FLAVOUR
 from tests.integration.test_push_image import in_host, layer_bytes, sh
 from tests.integration.test_push_image_registry import (
     CHILD,
+    PASSWORD,
     clean_target,
     leftovers,
     make_images,
@@ -53,10 +54,13 @@ def c8d_registry(dedicated_sandbox, tmp_path_factory):
 def test_containerd_host_pulls_the_base_and_gets_only_the_top_layer(c8d_registry):
     target, name = c8d_registry["target"], c8d_registry["name"]
     clean_target(target, name)
-    res = push(CHILD, target["alias"], "--json", env=c8d_registry["env"])
-    assert res.code == 0, res.output
+    res = run_cli("-vv", "push-image", CHILD, target["alias"], "--json", env=c8d_registry["env"])
+    if res.code != 0:
+        pytest.fail(res.stderr[-6000:] + in_host(target, "docker image ls -a --digests", check=False))
     [r] = json.loads(res.stdout)
-    assert r["status"] == "sent" and r["via"] == "pull" and r["layers_sent"] == 1, r
+    if r["via"] != "pull":
+        pytest.fail(f"not pulled: {r['via_reason']}\n{res.stderr}")
+    assert r["status"] == "sent" and r["layers_sent"] == 1, r
     assert "OCI" in r["detail"] or "while the host pulled" in r["detail"], r
     assert r["bytes_sent"] <= layer_bytes(CHILD, 1) + 64 * 1024, r
     local_layers = sh("docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", CHILD).strip()
@@ -64,5 +68,6 @@ def test_containerd_host_pulls_the_base_and_gets_only_the_top_layer(c8d_registry
     assert remote_layers.strip() == local_layers
     assert in_host(target, f"docker run --rm {CHILD}").strip()
     assert secrets_on(target) == "" and leftovers(target) == ""
+    assert PASSWORD not in res.output  # not even in -vv's command lines
     [r] = json.loads(push(CHILD, target["alias"], "--json", env=c8d_registry["env"]).stdout)
     assert r["status"] == "up to date" and r["bytes_sent"] == 0, r

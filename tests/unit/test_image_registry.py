@@ -363,15 +363,17 @@ def test_push_image_help_names_the_new_options():
 
 
 # -- the pull and the stream at the same time (image/overlap.py) -------------------------------------------
-def test_spool_script_keeps_a_complete_archive_and_removes_a_short_one(tmp_path):
-    from migrate.image.overlap import spool_script
+def test_spool_script_receives_privately_and_says_the_size(tmp_path):
+    from migrate.image.overlap import spool_ok, spool_script
 
     path = tmp_path / "sub" / "load.tar"
-    ok = subprocess.run(["sh", "-c", spool_script(str(path), 5, None)], input=b"12345", capture_output=True)
+    ok = subprocess.run(["sh", "-c", spool_script(str(path), None)], input=b"12345", capture_output=True, text=False)
     assert ok.returncode == 0 and path.read_bytes() == b"12345"
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
-    short = subprocess.run(["sh", "-c", spool_script(str(path), 5, None)], input=b"123", capture_output=True)
-    assert short.returncode == 1 and b"incomplete" in short.stderr and not path.exists()
+    assert spool_ok(ok.stdout.decode(), 5) and not spool_ok(ok.stdout.decode(), 6) and not spool_ok("", 0)
+    bad = subprocess.run(["sh", "-c", spool_script(str(tmp_path / "nodir" / "x" / "load.tar"), "zstd")],
+                         input=b"not zstd", capture_output=True, env={"PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 1 and not (tmp_path / "nodir" / "x" / "load.tar").exists()
 
 
 @pytest.mark.parametrize("mode,error", [("auto", None), ("pull", "boom")])
@@ -396,3 +398,36 @@ def test_a_failed_pull_falls_back_to_push_only_with_via_auto(monkeypatch, mode, 
     decision = Session.via[IMG.image_id]
     want = ("push", True) if mode == "auto" else ("pull", False)
     assert (decision.via, "the pull failed" in decision.reason) == want
+
+
+def test_a_tls_verdict_gets_the_certificate_hint_whatever_its_wording():
+    err = V.refusal(R.ProbeResult("tls", "CA cert does not include key usage extension"), "reg.io:5000")
+    assert err.message.startswith("TLS error talking to reg.io:5000") and "/etc/docker/certs.d/reg.io:5000" in err.hint
+    err = V.refusal(R.ProbeResult("unreachable", "[Errno 111] Connection refused"), "reg.io:5000")
+    assert "unreachable from the host" in err.message and "https://reg.io:5000/v2/" in err.hint
+
+
+def test_containerd_hosts_get_the_registry_layer_descriptors():
+    from migrate.image.archive import LoadStep
+
+    out = ("layer=application/vnd.docker.image.rootfs.diff.tar.gzip sha256:" + "1" * 64 + " 123\n"
+           "layer=application/vnd.docker.image.rootfs.diff.tar.gzip sha256:" + "2" * 64 + " 456\nprobe=ok\ndetail=\n")
+    verdict = R.parse_probe(out)
+    assert verdict.ok and [size for _, _, size in verdict.layers] == [123, 456]
+    d = V.decide("auto", IMG, plan(), [SOURCE], lambda s: verdict, need_layers=True)
+    assert d.pulls and d.registry_layers[D[1]] == ("application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                                   "sha256:" + "2" * 64, 456)
+    # a manifest whose layer count differs from the local base's is no source for that store
+    one = R.ProbeResult("ok", "", verdict.layers[:1])
+    assert V.decide("auto", IMG, plan(), [SOURCE], lambda s: one, need_layers=True).via == "push"
+    step = LoadStep(config=b"{}", diff_ids=D[:3], send=[2], tags=["app:2"], registry_layers=d.registry_layers)
+    from migrate.image.archive import Member
+
+    sent = []
+    members = step.oci_members(lambda name, diff_id: sent.append(diff_id) or Member.from_bytes(name, b"x"),
+                               lambda diff_id: ("application/vnd.oci.image.layer.v1.tar", diff_id, 10))
+    blobs = [m.reader().read() for m in members if m.name.startswith("blobs/")]
+    manifest = json.loads(next(b for b in blobs if b'"layers"' in b))
+    assert [x["digest"] for x in manifest["layers"]] == ["sha256:" + "1" * 64, "sha256:" + "2" * 64, D[2]]
+    assert sent == [D[2]]  # only the user's layer travels
+    assert R.probe_command(SOURCE.ref, "amd64").endswith(" amd64")
