@@ -699,6 +699,9 @@ def _registries(options: PushImageOptions) -> Registries | None:
             raise UsageError(f"{'--via pull' if options.via == 'pull' else '--registry-login'} cannot be combined "
                              f"with {other}", hint="the host pulls only in a Docker push from the local daemon")
         return None
+    if options.via == "push" and options.registry_login:
+        raise UsageError("--registry-login has nothing to log in to with --via push",
+                         hint="drop one of them: --via push never asks a registry")
     return Registries(options.via, options.registry_login)
 
 

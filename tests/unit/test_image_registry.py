@@ -302,6 +302,8 @@ def test_via_pull_cannot_be_combined_with_files():
 
     with pytest.raises(UsageError, match="--via pull cannot be combined with --to-file"):
         push.push_images(["a:1"], [], ConnectOptions(), push.PushImageOptions(via="pull", to_file="x.tar"))
+    with pytest.raises(UsageError, match="--registry-login has nothing to log in to"):
+        push.push_images(["a:1"], ["gpu"], ConnectOptions(), push.PushImageOptions(via="push", registry_login="r.io"))
 
 
 # -- playbooks: `images: - pull: REF` ----------------------------------------------------------------------
