@@ -77,8 +77,10 @@ def spool_script(path: str, decompress: str | None) -> str:
     a failure removes it. The caller compares N with what it sent (spool_ok)."""
     q = shell.quote(path)
     receive = f"zstd -dcq > {q}" if decompress == "zstd" else f"cat > {q}"
-    return (f"umask 077 && mkdir -p \"$(dirname {q})\" && {receive} && echo \"spooled=$(wc -c < {q})\" "
-            f"|| {{ rm -f {q}; exit 1; }}")
+    # a spool left by a connection that died with both its carriers: gone after a day
+    stale = f"find \"$(dirname {q})\" -maxdepth 1 -name 'load-*.tar' -mmin +1440 -exec rm -f {{}} + 2>/dev/null; "
+    return (f"umask 077 && mkdir -p \"$(dirname {q})\" && {{ {stale}{receive}; }} && "
+            f"echo \"spooled=$(wc -c < {q})\" || {{ rm -f {q}; exit 1; }}")
 
 
 def spool_ok(stdout: str, expected: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -369,10 +370,16 @@ def test_spool_script_receives_privately_and_says_the_size(tmp_path):
     from migrate.image.overlap import spool_ok, spool_script
 
     path = tmp_path / "sub" / "load.tar"
+    stale, fresh = tmp_path / "sub" / "load-old.tar", tmp_path / "sub" / "load-new.tar"
+    stale.parent.mkdir(mode=0o700)
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (0, 0))
     ok = subprocess.run(["sh", "-c", spool_script(str(path), None)], input=b"12345", capture_output=True, text=False)
     assert ok.returncode == 0 and path.read_bytes() == b"12345"
-    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert spool_ok(ok.stdout.decode(), 5) and not spool_ok(ok.stdout.decode(), 6) and not spool_ok("", 0)
+    assert not stale.exists() and fresh.exists()  # a day-old spool of a dead connection goes
     bad = subprocess.run(["sh", "-c", spool_script(str(tmp_path / "nodir" / "x" / "load.tar"), "zstd")],
                          input=b"not zstd", capture_output=True, env={"PATH": "/usr/bin:/bin"})
     assert bad.returncode == 1 and not (tmp_path / "nodir" / "x" / "load.tar").exists()
