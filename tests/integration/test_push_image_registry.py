@@ -181,9 +181,11 @@ def registry(dedicated_sandbox, tmp_path_factory):
 
 
 def clean_target(target: dict, registry_name: str) -> None:
+    """The host without the test images: the child, the base however it came (by digest or by tag)."""
     in_host(target, f"docker image rm -f {CHILD} >/dev/null 2>&1; "
-                    "docker image ls --digests --format '{{.Repository}}@{{.Digest}}' "
-                    f"| grep '^{registry_name}/' | xargs -r docker image rm -f >/dev/null 2>&1; "
+                    "docker image ls --digests --format '{{.Repository}} {{.ID}}' "
+                    f"| awk '$1 ~ /^{registry_name}\\//{{print $2}}' | sort -u | xargs -r docker image rm -f "
+                    ">/dev/null 2>&1; "
                     "docker image ls -q migrate-partial | xargs -r docker image rm -f >/dev/null 2>&1; true")
 
 
@@ -309,3 +311,18 @@ def test_playbook_pull_entry_pulls_on_the_host_and_is_idempotent(registry, tmp_p
     assert secrets_on(target) == "" and leftovers(target) == ""
     res = run_cli("apply", str(book), env=registry["env"], timeout=300)
     assert res.code == 0 and "up to date" in res.stdout, res.output
+
+
+def test_password_sudo_user_pulls_through_sudo_with_nothing_left(registry):
+    """bob reaches Docker only through sudo with a password: the sudo password and the registry login
+    share the pull's stdin (password line first), and neither shows anywhere on the host."""
+    target, name = registry["target"], registry["name"]
+    clean_target(target, name)
+    env = dict(registry["env"], MIGRATE_SUDO_PASSWORD=target["password_sudo_user_password"])
+    res = push(CHILD, f"{target['password_sudo_user']}@{target['alias']}", "--json", env=env)
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["status"] == "sent" and r["via"] == "pull" and r["layers_sent"] == 1, r
+    assert remote_id(target, CHILD) == local_id(CHILD)
+    assert secrets_on(target) == "" and leftovers(target) == ""
+    assert in_host(target, "ls -A /home/bob/.migrate/tmp 2>/dev/null; true").strip() == ""
