@@ -192,7 +192,7 @@ if c.get("username"):
 creds = bool(basic or c.get("identitytoken"))
 def open_(u, headers, method="HEAD", data=None):
     r = urllib.request.Request(u, headers=headers, method=method, data=data)
-    return urllib.request.urlopen(r, context=ctx, timeout=20)
+    return urllib.request.urlopen(r, context=ctx, timeout=8)
 h = {"Accept": ACCEPT}
 try:
     try:

@@ -30,6 +30,7 @@ from migrate.remote import shell
 
 MODES = ("auto", "push", "pull")
 MAX_PROBES = 3  # registry sources tried per image and host
+UNREACHABLE = ("unreachable", "tls", "nopython")  # verdicts about the host and registry, not the image
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Registries:
         self._lookup = lookup or creds.lookup
         self._candidates: dict[str, reg.LocalCandidate] | None = None
         self._creds: dict[str, creds.Credential | None] = {}
+        self._unusable: dict[tuple[str, str], reg.ProbeResult] = {}  # (host, registry) -> why not, asked once
         self._lock = threading.Lock()
         if login:
             self._creds[registry_name(login)] = creds.ask(registry_name(login))  # asked once, before any work
@@ -74,6 +76,20 @@ class Registries:
         own = self._candidates.get(img.image_id)
         return reg.find_sources(img.diff_ids, own.repo_digests if own else [],
                                 [c for i, c in self._candidates.items() if i != img.image_id])
+
+    def ask(self, remote, ref: reg.RegistryRef, arch: str = "") -> reg.ProbeResult:
+        """`probe` from `remote`; a registry the host cannot reach (or no python3) is asked once per host,
+        so an air-gapped host costs one timeout per registry, not one per image."""
+        key = (remote.name, ref.registry)
+        with self._lock:
+            known = self._unusable.get(key)
+        if known is not None:
+            return known
+        verdict = probe(remote, ref, self.credential(ref.registry), arch)
+        if verdict.verdict in UNREACHABLE:
+            with self._lock:
+                self._unusable[key] = verdict
+        return verdict
 
     def credential(self, registry: str) -> creds.Credential | None:
         with self._lock:
@@ -180,8 +196,8 @@ def decide_for_host(registries: Registries, remote, img: LocalImage, plan: Image
         return decide(registries.mode, img, plan, [], lambda s: reg.ProbeResult("error"))
     sources = registries.sources(img)
     arch = facts.docker_arch if facts is not None and facts.containerd_store else ""
-    return decide(registries.mode, img, plan, sources,
-                  lambda s: probe(remote, s.ref, registries.credential(s.ref.registry), arch), need_layers=bool(arch))
+    return decide(registries.mode, img, plan, sources, lambda s: registries.ask(remote, s.ref, arch),
+                  need_layers=bool(arch))
 
 
 def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,

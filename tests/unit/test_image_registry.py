@@ -440,3 +440,14 @@ def test_containerd_hosts_get_the_registry_layer_descriptors():
     assert [x["digest"] for x in manifest["layers"]] == ["sha256:" + "1" * 64, "sha256:" + "2" * 64, D[2]]
     assert sent == [D[2]]  # only the user's layer travels
     assert R.probe_command(SOURCE.ref, "amd64").endswith(" amd64")
+
+
+def test_an_unreachable_registry_is_asked_once_per_host():
+    regs = V.Registries("auto", list_local=lambda: "", lookup=lambda r: None)
+    host = FakeHost().reply(r"python3 -I -c", "probe=unreachable\ndetail=timed out\n")
+    for _ in range(3):
+        assert regs.ask(host, SOURCE.ref).verdict == "unreachable"
+    assert len([c for c in host.commands() if "python3 -I -c" in c]) == 1
+    other = FakeHost(target=type(host.target)(alias="gpu2"))
+    other.reply(r"python3 -I -c", "probe=ok\n")
+    assert regs.ask(other, SOURCE.ref).ok  # another host has its own answer
