@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def main() -> None:
             subprocess.run(["docker", "image", "rm", "-f", APP, remote_base, BASE, BASE0], capture_output=True)
             stop_registry(facts)
             subprocess.run([*migrate, "sandbox", "down"], env=env, capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)  # ~1 GB of random layer files
     print(f"\n## push-image --via, {args.base_mb} MB base in the registry + {args.top_mb} MB app layer, "
           f"SSH capped to {args.bwlimit}\n")
     print("| run | time | over SSH | decision |")
