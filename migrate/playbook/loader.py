@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from migrate.agent.imageref import image_ref_problem
 from migrate.errors import UsageError
 from migrate.jobs.limits import MAX_JOBS, sweep_size
 from migrate.jobs.spec import PLACEHOLDER, grid
@@ -34,6 +35,7 @@ class ImageEntry:
     build: str | None = None
     dockerfile: str = "Dockerfile"
     build_args: dict[str, str] = field(default_factory=dict)
+    pull: bool = False  # `pull: REF`: the host pulls `name` from its registry (image/hostpull.py)
 
 
 @dataclass
@@ -269,6 +271,14 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 HostSpec.parse(host)
             except UsageError as exc:  # e.g. a host starting with '-': never handed to ssh
                 v.err(node, f"hosts: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        for i, img in enumerate(data["images"]):
+            if bool(img.get("name")) == bool(img.get("pull")):
+                v.err(root, f"images[{i}] needs exactly one of 'name' (push a local image) and 'pull' "
+                            "(the host pulls a registry image)")
+            elif img.get("pull") and img.get("build"):
+                v.err(root, f"images[{i}]: a 'pull' image comes from its registry; it cannot have 'build'")
+            elif img.get("pull") and (problem := image_ref_problem(img["pull"])):
+                v.err(root, f"images[{i}].pull: {problem}")
         run = data.get("run")
         run_present = any(k.value == "run" for k, _ in root.value)
         if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
@@ -308,9 +318,9 @@ def parse_playbook(text: str, path: Path) -> Playbook:
         name=data["name"] or path.stem,
         hosts=data["hosts"],
         setup=data["setup"] if setup_node_present else None,
-        images=[ImageEntry(name=i["name"], build=str(base / i["build"]) if i.get("build") else None,
-                           dockerfile=i.get("dockerfile") or "Dockerfile", build_args=i.get("build_args") or {})
-                for i in data["images"]],
+        images=[ImageEntry(name=i.get("name") or i["pull"], build=str(base / i["build"]) if i.get("build") else None,
+                           dockerfile=i.get("dockerfile") or "Dockerfile", build_args=i.get("build_args") or {},
+                           pull=bool(i.get("pull"))) for i in data["images"]],
         data=[DataEntry(src=str((base / d["src"]).resolve()) if not Path(d["src"]).is_absolute() else d["src"],
                         dest=d["dest"], exclude=d["exclude"], into=d["into"], delete=d["delete"],
                         sudo=d["sudo"])

@@ -50,7 +50,9 @@ SETUP_KEYS = (
 )
 
 IMAGE_KEYS = (
-    Key("name", "str", "Image reference, e.g. `mylab/pytorch:1.10`.", required=True),
+    Key("name", "str", "Local image to push, e.g. `mylab/pytorch:1.10` (give `name` or `pull`)."),
+    Key("pull", "str", "Registry image the host pulls itself, e.g. `nvcr.io/nvidia/pytorch:24.05-py3`: your local "
+                       "Docker login for that registry reaches the host on SSH stdin only; already there: up to date."),
     Key("build", "str", "Build it locally first from this directory (relative to the playbook)."),
     Key("dockerfile", "str", "Dockerfile inside the build directory.", default="Dockerfile"),
     Key("build_args", "str_map", "`--build-arg` values for the build.", default={}),
