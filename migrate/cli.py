@@ -23,6 +23,7 @@ VERBS = {
     "cancel": "migrate.commands.cancel:command",
     "cluster": "migrate.commands.cluster:group",
     "doctor": "migrate.commands.doctor:command",
+    "exec": "migrate.commands.shell:exec_command",
     "gpus": "migrate.commands.gpus:command",
     "host-setup": "migrate.commands.host_setup:command",
     "init": "migrate.commands.init:command",
@@ -34,6 +35,7 @@ VERBS = {
     "retry": "migrate.commands.retry:command",
     "run": "migrate.commands.run:command",
     "sandbox": "migrate.commands.sandbox:group",
+    "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
     "tunnel": "migrate.commands.tunnel:command",
 }

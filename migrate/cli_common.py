@@ -64,3 +64,10 @@ def hosts_from(verb: str, *groups: Iterable[str], old_lists: Iterable[str] = ())
                          "hosts are named one per -H")
         hosts += parts
     return hosts
+
+
+def given_options(ctx: click.Context, names: Iterable[str]) -> list[str]:
+    """The options among `names` that the user set on the command line (their long spelling)."""
+    params = {p.name: p for p in ctx.command.params}
+    return [max(params[n].opts, key=len) for n in names
+            if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]

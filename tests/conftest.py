@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +51,20 @@ def assert_one_line_error(res: CliResult, *needles: str) -> None:
     assert "Traceback" not in res.output
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+@contextlib.contextmanager
+def ssh_agent_holding(key_path: str, sock: Path) -> Iterator[Path]:
+    """A real `ssh-agent` listening at `sock` (not $SSH_AUTH_SOCK) and holding `key_path`; stopped afterwards."""
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        subprocess.run(["ssh-add", "-q", key_path], env={"SSH_AUTH_SOCK": str(sock)}, check=True,
+                       capture_output=True)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

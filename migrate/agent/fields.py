@@ -72,3 +72,8 @@ JOB_FIELDS = (
 )
 
 SPEC_KEYS = frozenset(f.name for f in JOB_FIELDS)
+
+# Where jobs.yaml and playbooks spell a field differently (`cwd`/`workdir`, `gpus`/`gpus_per_job`),
+# each also accepts the other's spelling, so a job moves between the two files unchanged.
+YAML_ALIASES = {f.playbook: f.yaml for f in JOB_FIELDS if f.yaml and f.playbook and f.playbook != f.yaml}
+PLAYBOOK_ALIASES = {f.yaml: f.playbook for f in JOB_FIELDS if f.yaml and f.playbook and f.playbook != f.yaml}

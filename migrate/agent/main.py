@@ -509,6 +509,28 @@ def _tail_offset(path: str, lines: int) -> int:
         return pos + cut + 1
 
 
+# -- enter (migrate shell / migrate exec; the logic is in enter.py) ------------------------------
+def cmd_enter(args: Any, layout: Layout) -> Any:
+    """A shell or CMD inside a running job. With --check: JSON (what would run). Without: exec it, or
+    print one `error: ...` line on stderr and return 1 (the client has already checked; this is a race)."""
+    from .enter import enter
+
+    queue = open_queue(layout)
+    if not control.daemon_info(layout)["running"]:
+        reconcile_if_idle(queue, layout)  # a job that ended while no dispatcher ran is not "running"
+    words = list(args.words)  # the client sends `enter [--tty] [--check] -- JOB [CMD...]`
+    if args.check:
+        return enter(queue, args.job, tty=args.tty, check=True, words=words)
+    try:
+        enter(queue, args.job, tty=args.tty, check=False, words=words)
+    except QueueError as exc:
+        sys.stderr.write(f"error: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "") + "\n")
+    except OSError as exc:
+        sys.stderr.write(f"error: cannot start {exc.filename or 'the shell'}: {exc.strerror}\n")
+    return 1
+# -- end enter ---------------------------------------------------------------------------------
+
+
 def cmd_daemon(args: Any, layout: Layout) -> int:
     from . import admission
     from .daemon import Daemon
@@ -562,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job")
     sp.add_argument("--follow", "-f", action="store_true")
     sp.add_argument("--tail", type=int, default=0)
+    sp = add("enter", cmd_enter, help="a shell or CMD inside a running job (migrate shell/exec)")
+    sp.add_argument("job")
+    sp.add_argument("--tty", action="store_true")
+    sp.add_argument("--check", action="store_true")
+    sp.add_argument("words", nargs=argparse.REMAINDER)
     sp = add("daemon", cmd_daemon)
     sp.add_argument("--backend", default=None)
     return p
@@ -570,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     layout = Layout()
-    if args.cmd in ("logs", "daemon"):
+    if args.cmd in ("logs", "daemon") or (args.cmd == "enter" and not args.check):
         return args.fn(args, layout)
     try:
         result = args.fn(args, layout)

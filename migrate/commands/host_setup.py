@@ -11,10 +11,10 @@ import sys
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option, hosts_from
+from migrate.cli_common import CONTEXT_SETTINGS, connection_options, given_options, host_option, hosts_from
 from migrate.errors import UsageError
 from migrate.remote.hosts import ConnectOptions
-from migrate.setup.offline import download_offline
+from migrate.setup.offline import download_offline_report
 from migrate.setup.options import (
     DEFAULT_APT_LOCK_TIMEOUT,
     DEFAULT_DOCKER_URL,
@@ -29,13 +29,8 @@ SETUP_ONLY = ("docker_source", "no_nvidia", "nvidia_mirror", "default_runtime", 
               "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline",
               "verify_image", "apt_lock_timeout")
 DOWNLOAD_ONLY = ("for_target", "arch", "archive_url", "archive_keyring")
-
-
-def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
-    """The options among `names` that the user set on the command line (as they typed them)."""
-    params = {p.name: p for p in ctx.command.params}
-    return [max(params[n].opts, key=len) for n in names
-            if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+NOT_DOWNLOADED = ("offline", "default_runtime", "registry_mirrors", "data_root", "force", "force_source",
+                  "force_restart", "verify_image", "apt_lock_timeout")  # setup options --download-offline refuses
 
 
 @click.command("host-setup", context_settings=CONTEXT_SETTINGS)
@@ -82,11 +77,11 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @click.pass_context
 def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], conn: ConnectOptions,
             docker_source: str, no_nvidia: bool, nvidia_mirror: str | None, default_runtime: str | None,
-            registry_mirrors: tuple[str, ...],
-            data_root: str | None, force: bool, force_source: bool, force_restart: bool, codename: str | None,
-            docker_url: str, nvidia_url: str, apt_lock_timeout: int, offline: str | None,
-            verify_image: str | None, dry_run: bool, undo: bool, as_json: bool, download_dir: str | None,
-            for_target: str | None, arch: str, archive_url: str | None, archive_keyring: str | None) -> None:
+            registry_mirrors: tuple[str, ...], data_root: str | None, force: bool, force_source: bool,
+            force_restart: bool, codename: str | None, docker_url: str, nvidia_url: str, apt_lock_timeout: int,
+            offline: str | None, verify_image: str | None, dry_run: bool, undo: bool, as_json: bool,
+            download_dir: str | None, for_target: str | None, arch: str, archive_url: str | None,
+            archive_keyring: str | None) -> None:
     """Make servers GPU-container ready: Docker, the NVIDIA container toolkit, daemon.json, the docker group.
 
     \b
@@ -121,29 +116,22 @@ def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], c
                              hint="then use `migrate host-setup HOST --offline DIR`")
         if not for_target:
             raise UsageError("--download-offline needs --for OS:VERSION", hint="e.g. --for ubuntu:22.04")
-        bad = _given(ctx, ("offline", "default_runtime", "registry_mirrors", "data_root", "force", "force_source",
-                           "force_restart", "verify_image", "apt_lock_timeout"))
+        bad = given_options(ctx, NOT_DOWNLOADED)
         bad += (["--undo"] if undo else []) + (["--dry-run"] if dry_run else [])
         if bad:
             raise UsageError(f"{', '.join(bad)} cannot be combined with --download-offline")
         options = HostSetupOptions(docker_source=docker_source, nvidia=not no_nvidia, nvidia_mirror=nvidia_mirror,
                                    docker_url=docker_url, nvidia_url=nvidia_url, codename=codename)
-        manifest = download_offline(download_dir, for_target, options, arch=arch, archive_url=archive_url,
-                                    archive_keyring=archive_keyring)
-        if as_json:
-            ui.print_json(manifest)
-        else:
-            ui.step(f"{len(manifest['files'])} .deb file(s) for {manifest['for']} ({manifest['arch']}) in "
-                    f"{download_dir}: {' '.join(manifest['packages'])} and their dependencies")
-            ui.info(f"next: migrate host-setup HOST --offline {download_dir}")
+        download_offline_report(download_dir, for_target, options, arch=arch, archive_url=archive_url,
+                                archive_keyring=archive_keyring, as_json=as_json)
         return
-    given_download = _given(ctx, DOWNLOAD_ONLY)
+    given_download = given_options(ctx, DOWNLOAD_ONLY)
     if given_download:
         raise UsageError(f"{', '.join(given_download)} only go with --download-offline DIR")
     if not hosts:
         raise UsageError("missing HOST", hint="migrate host-setup [user@]host [HOST...]; see --help")
     if undo:
-        given = _given(ctx, SETUP_ONLY)
+        given = given_options(ctx, SETUP_ONLY)
         if given:
             raise UsageError(f"--undo takes no setup options (got {', '.join(given)})",
                              hint="--undo reverses what the journal on the host recorded")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 
 import click
@@ -15,10 +13,11 @@ from migrate.errors import MigrateError, UsageError
 from migrate.image import refs
 from migrate.image.compress import parse_compress
 from migrate.image.local import image_exists, inspect_images
+from migrate.image.options import read_value
 from migrate.image.push import STEP_BYTES, ImagePushResult, PushImageOptions, push_images
 from migrate.remote.connection import load_configs
 from migrate.remote.hosts import ConnectOptions
-from migrate.units import KIB, format_rate, parse_rate, parse_size
+from migrate.units import KIB, parse_rate, parse_size
 
 
 def _known_hosts(conn: ConnectOptions) -> set[str]:
@@ -42,50 +41,13 @@ def split_args(args: tuple[str, ...], extra_hosts: tuple[str, ...], conn: Connec
     return images, hosts
 
 
-_OLD_GRAMMAR = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|b|bps)?\s*")
-
-
-def old_value(text: str) -> float | None:
-    """What push-image read `text` as before the shared grammar (decimal K/M/G, bytes), None if it refused it."""
-    m = _OLD_GRAMMAR.fullmatch(text.lower())
-    if not m:
-        return None
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
-    if m.group(3) == "bit":
-        value /= 8
-    return value if value >= 1024 else None
-
-
-def read_value(flag: str, text: str, parse: Callable[[str], float], *, rate: bool) -> float:
-    """`text` in the shared grammar (migrate.units); one deprecation line where push-image read it otherwise.
-
-    A value the shared grammar refuses but the old one read (`20mbps`) keeps its old meaning for this release.
-    """
-    old = old_value(text)
-    if old is None:
-        return parse(text)
-    per = "/s" if rate else ""
-    instead = (f"{old * 8 / 1e6:g}mbit" if old * 8 >= 1e6 else f"{old * 8 / 1e3:g}kbit") if rate else f"{old:.0f}"
-    try:
-        new = parse(text)
-    except UsageError:
-        ui.deprecated(f"{flag} {text} is read as {old:,.0f} B{per} (decimal units) for this release only; "
-                      f"write {instead} (see docs/cli.md)")
-        return old
-    if round(old) != round(new):
-        shown = format_rate(new) if rate else format_rate(new).removesuffix("/s")
-        ui.deprecated(f"{flag} {text} now means {shown} (binary units, as in every verb); push-image used to "
-                      f"read it as {old:,.0f} B{per}: write {instead} for that (see docs/cli.md)")
-    return new
-
-
 def print_results(results: list[ImagePushResult]) -> None:
     """The final table: image, host, result, bytes sent vs image size, time, detail."""
     rows = []
     for r in results:
         sent = ui.human_bytes(r.bytes_sent) if r.status == "sent" else "-"
         rows.append((r.image, r.host, r.status, f"{sent} / {ui.human_bytes(r.image_bytes)}", f"{r.seconds:.1f}s",
-                     r.error or r.detail))
+                     r.error or (f"pulled {r.pulled} on the host; " if r.pulled else "") + r.detail))
     ui.table(None, ["image", "host", "result", "sent / image", "time", "detail"], rows)
 
 
@@ -115,11 +77,18 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--no-direct-layers", is_flag=True,
               help="Always use `docker save` instead of reading the needed layers straight from the local "
                    "overlay2 store (the fast path needs read access to Docker's data-root).")
+@click.option("--via", type=click.Choice(["auto", "push", "pull"]), default="auto", show_default=True,
+              help="auto: when the image (or its base) came from a registry the host can reach, the host pulls "
+                   "those layers itself and SSH carries only the rest, else push; push: SSH carries everything; "
+                   "pull: require the registry path (fails before anything moves).")
+@click.option("--registry-login", metavar="REGISTRY", default=None,
+              help="Ask once for a login to REGISTRY instead of taking it from the local Docker credential store.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, force_arch: bool,
             bwlimit: str | None, checkpoint: str | None, dry_run: bool, to_file: str | None, from_file: str | None,
-            fmt: str, sif_dir: str, no_direct_layers: bool, as_json: bool, conn: ConnectOptions) -> None:
+            fmt: str, sif_dir: str, no_direct_layers: bool, via: str, registry_login: str | None, as_json: bool,
+            conn: ConnectOptions) -> None:
     """Copy local Docker images to hosts over SSH, sending only the layers each host lacks.
 
     \b
@@ -133,6 +102,13 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     A broken connection keeps the layers already loaded: rerun the same command to resume. Works
     with the classic (overlay2) and the containerd image store at either end: a containerd host
     gets an OCI layout with the layers it lacks left out (docs/push-image.md, "Engines").
+
+    An image pulled from a registry (or built on such a base) can come the fast way: with --via auto
+    the host is asked whether it reaches that registry (one HEAD request, with your credentials from
+    the local Docker credential store); if so it pulls those layers by digest and only your own
+    layers travel over SSH. Credentials go over SSH stdin into a temporary directory removed after
+    the pull: never into a file that stays, a command line or a log (docs/push-image.md, "Images the
+    host pulls itself").
     """
     parse_compress(compress)
     rate = read_value("--bwlimit", bwlimit, parse_rate, rate=True) if bwlimit else None
@@ -152,7 +128,8 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
                          hint="migrate push-image IMAGE... HOST... (or name hosts with --host)")
     options = PushImageOptions(compress=compress, force_arch=force_arch, dry_run=dry_run, bwlimit=rate,
                                to_file=to_file, from_file=from_file, format=fmt, sif_dir=sif_dir,
-                               step_bytes=step_bytes, direct_layers=not no_direct_layers)
+                               step_bytes=step_bytes, direct_layers=not no_direct_layers, via=via,
+                               registry_login=registry_login)
     results = push_images(images, hosts, conn, options)
     failed = [r for r in results if r.status == "failed"]
     if failed and not as_json and len(failed) == len(results) and len({r.error for r in failed}) == 1:

@@ -18,7 +18,7 @@ from migrate.errors import UsageError
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
-from migrate.jobs.options import gpu_backend_option
+from migrate.jobs.options import gpu_backend_option, job_field_options
 from migrate.jobs.spec import DispatcherOptions
 from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
 from migrate.remote.hosts import ConnectOptions
@@ -28,23 +28,7 @@ from migrate.remote.hosts import ConnectOptions
 @click.argument("host")
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
-@click.option("--name", help="Job name (sweeps add [k=v,...]; default job-<id>).")
-@click.option("--cwd", help="Working directory on the host (default ~); in a container: -w.")
-@click.option("-e", "--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
-@click.option("--gpus-per-job", "gpus", type=click.IntRange(0, 64), default=1, show_default=True,
-              help="GPUs each job needs; 0 = CPU-only job.")
-@click.option("--min-free-mem", metavar="SIZE", help="Free GPU memory a GPU needs, e.g. 20g (default: any).")
-@click.option("--allow-shared", is_flag=True,
-              help="Admit onto GPUs other people use when --min-free-mem fits (default: only idle GPUs).")
-@click.option("--gpu-pool", metavar="LIST", help="Only these GPUs: indices or UUIDs, comma-separated.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher starts first.")
-@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
-              help="Requeue a job that exits non-zero up to N times.")
-@click.option("--image", help="Run in this Docker image (container mode) instead of a host process; "
-              "checked against Docker's reference grammar [registry[:port]/]path[:tag][@digest].")
-@click.option("--mount", "mounts", multiple=True, metavar="SRC:DST[:ro]", help="Bind mount (container mode).")
-@click.option("--shm-size", help="Container shared memory, e.g. 16g (default: --ipc=host).")
-@click.option("--publish", "ports", multiple=True, metavar="[HOSTPORT:]PORT", help="Publish a container port.")
+@job_field_options  # --name, --image, --cwd, --mount, ... --key: one option per row of the job table
 @click.option("--jobs", "jobs_file", type=click.Path(dir_okay=False), help="Queue the jobs listed in a YAML file.")
 @click.option("--sweep", "sweeps", multiple=True, metavar="NAME=V1,V2",
               help="Grid: one job per combination; {NAME} in the command is replaced (repeatable).")
@@ -57,7 +41,6 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--compose", "compose_file", type=click.Path(dir_okay=False),
               help="Run a docker-compose project as one job: its directory is synced to the host, GPUs are "
                    "handed over as $MIGRATE_GPU_UUIDS (see docs/run.md).")
-@click.option("--key", help="Idempotency key: a job with this key is queued only once.")
 @gpu_backend_option("what the host uses now, nvml on a new host")
 @click.option("--cpu-slots", type=click.IntRange(1, 1024), help="CPU-only jobs running at once on this host.")
 @click.option("--enable-linger", is_flag=True,

@@ -9,4 +9,10 @@ Layout:
   compress.py  codec choice by measurement and the stream compressors
   stream.py    the OpenSSH byte stream over the host's ControlMaster (rate limit, link probe, progress)
   push.py      orchestration behind `migrate push-image`
+  registry.py  where an image came from (RepoDigests), the host's registry probe and pull scripts
+  credentials.py  the local Docker credential store; what the host gets (stdin only)
+  via.py       --via auto|push|pull: the decision per host and image, the pull on the host
+  overlap.py   the host's pull and the SSH stream of the user's layers at the same time
+  hostpull.py  playbook `pull:` images (the host pulls, nothing else crosses SSH)
+  options.py   push-image's deprecated --bwlimit/--checkpoint spellings
 """

@@ -177,6 +177,8 @@ class LoadStep:
     send: list[int]
     tags: list[str] = field(default_factory=list)
     checkpoint: bool = False
+    # left-out layers the host got from a registry: DiffID -> that registry's (media type, digest, size)
+    registry_layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
     @property
     def image_id(self) -> str:
@@ -203,6 +205,8 @@ class LoadStep:
                 if digest not in seen:
                     seen.add(digest)
                     blobs.append(layer_member(oci_blob_name(digest), diff_id))
+            elif diff_id in self.registry_layers:  # pulled: the content store holds the registry's blob
+                media, digest, size = self.registry_layers[diff_id]
             else:
                 media, digest, size = OCI_LAYER, diff_id, 0
             layers.append({"mediaType": media, "digest": digest, "size": size})

@@ -54,6 +54,7 @@ from migrate.image.compress import (
     parse_compress,
 )
 from migrate.image.local import LocalImage, inspect_images, save_images
+from migrate.image.overlap import OverlapMixin, PullJob
 from migrate.image.plan import (
     SEND,
     TAG,
@@ -69,6 +70,8 @@ from migrate.image.plan import (
 )
 from migrate.image.remote import RemoteDocker, parse_facts
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
+from migrate.image.via import MODES as VIA_MODES
+from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, registry_layers, result_fields
 from migrate.paths import cache_root, private_dir
 from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
@@ -97,6 +100,8 @@ class PushImageOptions:
     progress: bool = True
     step_bytes: int = STEP_BYTES
     direct_layers: bool = True
+    via: str = "auto"  # auto | push | pull: may the host pull registry layers itself (image/via.py)
+    registry_login: str | None = None  # ask for this registry's login once instead of the local store
 
 
 @dataclass
@@ -112,6 +117,9 @@ class ImagePushResult:
     error: str | None = None
     detail: str = ""
     layers_sent: int = 0
+    via: str = ""  # "pull": the host pulled `pulled` from a registry first; "push": SSH carried it all
+    via_reason: str = ""
+    pulled: str = ""
 
 
 # -- local sources -------------------------------------------------------------------------------
@@ -196,6 +204,7 @@ class HostSession:
     facts: RemoteDocker
     plans: dict[str, ImagePlan] = field(default_factory=dict)
     sif_present: dict[str, bool] = field(default_factory=dict)
+    via: dict[str, ViaDecision] = field(default_factory=dict)  # image ID -> pull or push, and why
 
     @property
     def name(self) -> str:
@@ -217,7 +226,7 @@ def sif_path(options: PushImageOptions, image: LocalImage) -> str:
 
 
 def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Sequence[LocalImage]],
-                   options: PushImageOptions) -> HostSession:
+                   options: PushImageOptions, registries: Registries | None = None) -> HostSession:
     """Connect and learn everything needed to plan; raise a one-line error for anything that blocks.
 
     `get_images()` may still be running (the local inspect overlaps the remote round trip)."""
@@ -260,6 +269,11 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
         for img in images:
             check_arch(img, facts, remote.name, force=options.force_arch)
             session.plans[img.image_id] = plan_image(img, facts)
+        if registries is not None:
+            for img in images:  # before a byte moves: a refusal (--via pull, wrong password) stops this host
+                decision = decide_for_host(registries, remote, img, session.plans[img.image_id], facts)
+                session.via[img.image_id] = decision
+                announce(remote.name, img, decision)
         return session
     except BaseException:
         remote.close()
@@ -267,12 +281,13 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
 
 
 # -- sending -------------------------------------------------------------------------------------
-class Pusher:
+class Pusher(OverlapMixin):
     """Runs phase 4 for every host, sharing the local layer source and one progress display."""
 
     def __init__(self, images: Sequence[LocalImage], layers: LayerCache | None, options: PushImageOptions,
-                 progress) -> None:
+                 progress, registries: Registries | None = None) -> None:
         self.images = images
+        self.registries = registries
         self.layers = layers
         self.options = options
         self.progress = progress
@@ -281,6 +296,7 @@ class Pusher:
     # one host ---------------------------------------------------------------------------------
     def push_host(self, session: HostSession) -> list[ImagePushResult]:
         results: list[ImagePushResult] = []
+        pulls = PullJob(session, self.images, self.registries, self.options.via)  # starts the host's pulls
         need_stream = any(self._needs_stream(session, img) for img in self.images)
         with ExitStack() as stack:
             master: ControlMaster | None = None
@@ -297,6 +313,8 @@ class Pusher:
                         codec = self._codec(session, master)
                     if self.options.format == "sif":
                         results.append(self._push_sif(session, img, master, codec, t0))
+                    elif pulls.pulls(img.image_id):
+                        results.append(self._push_overlapped(session, img, master, codec, t0, pulls))
                     else:
                         results.append(self._push_docker(session, img, master, codec, t0))
                 except StreamBroken as exc:
@@ -313,7 +331,8 @@ class Pusher:
 
     def _result(self, img: LocalImage, session: HostSession, status: str, t0: float, **kw) -> ImagePushResult:
         return ImagePushResult(image=img.display, host=session.host, status=status, image_bytes=self._image_bytes(img),
-                               seconds=round(time.monotonic() - t0, 3), **kw)
+                               seconds=round(time.monotonic() - t0, 3), **result_fields(session.via.get(img.image_id)),
+                               **kw)
 
     def _image_bytes(self, img: LocalImage) -> int:
         return img.size
@@ -332,7 +351,7 @@ class Pusher:
                 continue
             plan = session.plans[img.image_id]
             if plan.action == SEND and self.layers is not None:
-                total += sum(self.layers.size(d) for d in img.diff_ids[plan.first_missing:])
+                total += sum(self.layers.size(d) for d in img.diff_ids[_first_sent(session, img.image_id):])
         return total
 
     def _codec(self, session: HostSession, master: ControlMaster) -> Codec:
@@ -362,13 +381,18 @@ class Pusher:
         return step.members(lambda n, d: layers.member(n, d, codec.layer_gzip if codec else None))
 
     def _stream_steps(self, session: HostSession, img: LocalImage, master: ControlMaster, codec: Codec,
-                      steps: list[LoadStep], script: str, oci: bool = False) -> tuple[int, int, list]:
-        """Stream each step through `script` on the host; return (wire bytes, layers sent, results)."""
+                      steps: list[LoadStep], script: str, oci: bool = False,
+                      as_user: bool = False) -> tuple[int, int, list]:
+        """Stream each step through `script` on the host; return (wire bytes, layers sent, results).
+
+        `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check)."""
         members_per_step = [self._step_members(step, codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
         task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
         limiter = RateLimiter(self.options.bwlimit)
-        first = (session.remote.sudo_password() + "\n").encode() if session.facts.access == "sudo-password" else None
+        first = (session.remote.sudo_password() + "\n").encode() \
+            if session.facts.access == "sudo-password" and not as_user else None
+        command = shell.sh_c(script) if as_user else rdocker.stream_command(session.facts.access, script)
         wire = 0
         layers_sent = 0
         outputs = []
@@ -376,7 +400,7 @@ class Pusher:
         try:
             for step, members in zip(steps, members_per_step):
                 done = steps.index(step)
-                res = stream(master.argv(rdocker.stream_command(session.facts.access, script)), tar_stream(members),
+                res = stream(master.argv(command), tar_stream(members),
                              StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
                              on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
                 wire += res.wire_bytes
@@ -384,7 +408,8 @@ class Pusher:
                 if res.exit_code != 0:
                     break
                 layers_sent += len(step.send)
-                self._after_load(session, step, res)
+                if not as_user:
+                    self._after_load(session, step, res)
         except StreamBroken as exc:
             if exc.display:  # count every step of this image, not only the one that broke
                 exc = StreamBroken.lost_after(exc.display, wire + exc.wire_bytes, exc.detail)
@@ -440,6 +465,8 @@ class Pusher:
         oci = plan.archive_format == "oci-layout"
         steps = plan_load_steps(self.layers.config(img.archive_id), img.diff_ids, img.tags, plan.first_missing, sizes,
                                 step_bytes=self.options.step_bytes)
+        for s in steps:  # layers the host pulled from a registry are named as the registry names them
+            s.registry_layers = registry_layers(session.via.get(img.image_id))
         step_sizes = [tar_size(self._step_members(s, None, oci)) for s in steps]
         check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store),
                    session.facts, session.name)
@@ -588,6 +615,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         raise UsageError("no host given", hint="migrate push-image IMAGE... HOST...")
     for h in hosts:
         HostSpec.parse(h)  # a malformed host (or one starting with '-') is a usage error before any work
+    registries = _registries(options)
     spool = _spool_dir()
     try:
         archive = None
@@ -608,7 +636,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         pool.shutdown(wait=False)
 
         def pre(host: str) -> HostSession:
-            session = preflight_host(host, conn, local_future.result, options)
+            session = preflight_host(host, conn, local_future.result, options, registries)
             sessions[host] = session
             return session
 
@@ -633,14 +661,14 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
             needed = [i for i in local_images if i.image_id in needed_ids]
             needed_from = {i.image_id: 0 if options.format == "sif" else min(
-                s.plans[i.image_id].first_missing for s in live if s.plans[i.image_id].action == SEND)
+                _first_sent(s, i.image_id) for s in live if s.plans[i.image_id].action == SEND)
                 for i in needed}
             if not live:
                 return results
             progress = _progress(options)
             with progress if progress is not None else _null():
                 layers = _prepare_source(local_images, needed, options, spool, archive, progress, needed_from)
-                pusher = Pusher(local_images, layers, options, progress)
+                pusher = Pusher(local_images, layers, options, progress, registries)
                 by_host = for_each_host([s.host for s in live],
                                         lambda h: pusher.push_host(sessions[h]))
             for o in by_host:
@@ -658,6 +686,30 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
         return results
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _registries(options: PushImageOptions) -> Registries | None:
+    """This run's registry knowledge, or None when nothing may be pulled (files, SIF, --via push)."""
+    if options.via not in VIA_MODES:
+        raise UsageError(f"unknown --via {options.via!r}", hint="use auto, push or pull")
+    other = "--to-file" if options.to_file else "--from-file" if options.from_file else \
+        "--format sif" if options.format == "sif" else None
+    if other:
+        if options.via == "pull" or options.registry_login:
+            raise UsageError(f"{'--via pull' if options.via == 'pull' else '--registry-login'} cannot be combined "
+                             f"with {other}", hint="the host pulls only in a Docker push from the local daemon")
+        return None
+    if options.via == "push" and options.registry_login:
+        raise UsageError("--registry-login has nothing to log in to with --via push",
+                         hint="drop one of them: --via push never asks a registry")
+    return Registries(options.via, options.registry_login)
+
+
+def _first_sent(session: HostSession, image_id: str) -> int:
+    """The first layer SSH must carry to this host: after what it has and what it will pull."""
+    decision = session.via.get(image_id)
+    first = session.plans[image_id].first_missing
+    return max(first, decision.layers) if decision is not None and decision.pulls else first
 
 
 def _announce(session: HostSession, images: Sequence[LocalImage], options: PushImageOptions) -> None:
@@ -702,15 +754,20 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
                                            image_bytes=img.size, detail=sif_path(options, img)))
                 continue
             plan = s.plans[img.image_id]
+            decision = s.via.get(img.image_id)
+            via = result_fields(decision)
             if plan.action == SEND:
-                detail = f"{plan.missing_layers}/{plan.total_layers} layers"
-                if plan.first_missing:
+                first = _first_sent(s, img.image_id)
+                detail = f"{plan.total_layers - first}/{plan.total_layers} layers"
+                if decision is not None and decision.pulls:
+                    detail = f"the host would pull {decision.ref} ({decision.layers} layers), then {detail} over SSH"
+                elif plan.first_missing:
                     detail += f" (first {plan.first_missing} already there)"
                 detail += (", as an OCI layout (containerd image store)" if plan.archive_format == "oci-layout"
                            else ", as a docker-save archive")
                 detail += f", a resume point every >= {ui.human_bytes(options.step_bytes)}"
                 out.append(ImagePushResult(img.display, s.host, "would send", image_bytes=img.size,
-                                           detail=detail + (f"; {plan.note}" if plan.note else "")))
+                                           detail=detail + (f"; {plan.note}" if plan.note else ""), **via))
             else:
                 detail = ("would tag " + ", ".join(plan.tags_to_add)) if plan.tags_to_add else "already there"
                 out.append(ImagePushResult(img.display, s.host, UP_TO_DATE, image_bytes=img.size, detail=detail))

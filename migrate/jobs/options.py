@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
+from migrate.agent.fields import JOB_FIELDS, JobField
 from migrate.jobs.client import check_backend
 
 
@@ -18,3 +21,50 @@ def gpu_backend_option(default_help: str):
 def backend_args(spec: str | None) -> list[str]:
     """Agent arguments for a chosen backend (none: the host keeps what it uses)."""
     return ["--backend", spec] if spec else []
+
+
+# What `migrate run` says about a job field where the table's doc line (written for files) is not enough.
+_RUN_HELP = {
+    "name": "Job name (sweeps add [k=v,...]; default job-<id>).",
+    "cwd": "Working directory on the host (default ~); in a container: -w.",
+    "env": "Environment variable (repeatable).",
+    "gpus": "GPUs each job needs; 0 = CPU-only job.",
+    "min_free_mem_mib": "Free GPU memory a GPU needs, e.g. 20g (default: any).",
+    "allow_shared": "Admit onto GPUs other people use when --min-free-mem fits (default: only idle GPUs).",
+    "gpu_pool": "Only these GPUs: indices or UUIDs, comma-separated.",
+    "priority": "Higher starts first.",
+    "retries": "Requeue a job that exits non-zero up to N times.",
+    "image": "Run in this Docker image (container mode) instead of a host process; checked against Docker's "
+             "reference grammar [registry[:port]/]path[:tag][@digest].",
+    "mounts": "Bind mount (container mode).",
+    "shm_size": "Container shared memory, e.g. 16g (default: --ipc=host).",
+    "ports": "Publish a container port.",
+}
+_RUN_METAVAR = {"env": "KEY=VALUE", "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
+                "ports": "[HOSTPORT:]PORT"}
+_RUN_DEST = {"env": "env_items", "min_free_mem_mib": "min_free_mem"}  # the command's parameter names
+_SHORT = {"env": "-e"}
+
+
+def job_field_option(f: JobField) -> Callable[[Callable], Callable]:
+    """The `migrate run` option of one job field, built from its row in the table (kind, range, default)."""
+    decls = [_SHORT[f.name]] if f.name in _SHORT else []
+    decls += [f.flag or "", _RUN_DEST.get(f.name, f.name)]
+    kwargs: dict[str, Any] = {"help": _RUN_HELP.get(f.name, f.doc)}
+    if f.name in _RUN_METAVAR:
+        kwargs["metavar"] = _RUN_METAVAR[f.name]
+    if f.kind == "bool":
+        kwargs["is_flag"] = True
+    elif f.kind == "int":
+        kwargs.update(type=click.IntRange(f.lo, f.hi), default=f.default, show_default=True)
+    elif f.kind in ("str_list", "str_map") and f.name != "gpu_pool":  # --gpu-pool takes one comma list
+        kwargs["multiple"] = True
+    return click.option(*decls, **kwargs)
+
+
+def job_field_options(func: Callable) -> Callable:
+    """Every job field that has a `run` flag, as click options, in the table's order."""
+    for f in reversed(JOB_FIELDS):
+        if f.flag:
+            func = job_field_option(f)(func)
+    return func

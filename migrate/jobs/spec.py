@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from migrate.agent.fields import JOB_FIELDS, JobField
+from migrate.agent.fields import JOB_FIELDS, YAML_ALIASES, JobField
 from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
@@ -271,6 +271,7 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
         defaults = data.get("defaults") or {}
         if not isinstance(defaults, dict):
             raise err(("defaults",), "defaults must be a mapping")
+        defaults = _canonical_spellings(defaults, ("defaults",), err)
         _check_fields(defaults, ("defaults",), err, need_command=False)
         data = data.get("jobs")
         base_path = ("jobs",)
@@ -283,6 +284,7 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
             item = {"command": item}
         if not isinstance(item, dict):
             raise err(path, f"job {i + 1} must be a mapping or a command string")
+        item = _canonical_spellings(item, path, err)
         merged = {**defaults, **item}
         if "env" in defaults and "env" in item:
             merged["env"] = {**defaults["env"], **item["env"]}
@@ -296,6 +298,17 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
         except UsageError as exc:
             raise err(path, exc.message, exc.hint) from exc
     return specs
+
+
+def _canonical_spellings(job: dict, path: tuple, err: Any) -> dict:
+    """The job with a playbook spelling (`workdir`, `gpus_per_job`) renamed to jobs.yaml's; both is an error."""
+    out = dict(job)
+    for other, key in YAML_ALIASES.items():
+        if other in out:
+            if key in out:
+                raise err((*path, other), f"give {key!r} or {other!r}, not both", hint="they are the same field")
+            out[key] = out.pop(other)
+    return out
 
 
 def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:

@@ -93,8 +93,11 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
     from migrate.image.push import PushImageOptions, push_images
 
     _build_images(pb, dry_run)
+    from migrate.image.hostpull import pull_images
+
     built_later = {i.name for i in pb.images if i.build} if dry_run else set()
-    names = [i.name for i in pb.images if i.name not in built_later]
+    names = [i.name for i in pb.images if i.name not in built_later and not i.pull]
+    pulls = [i.name for i in pb.images if i.pull]
     # in a dry run, a host whose setup would still change (e.g. install Docker) cannot be asked yet
     after_setup = [h for h in hosts if dry_run and report.cells.get((h, "setup"), StageOutcome("")).changed]
     for h in after_setup:
@@ -102,6 +105,7 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
                                                    changed=len(pb.images))
     hosts = [h for h in hosts if h not in after_setup]
     results = push_images(names, hosts, conn, PushImageOptions(dry_run=dry_run)) if names and hosts else []
+    results += pull_images(pulls, hosts, conn, dry_run=dry_run) if pulls and hosts else []  # the host pulls these
     for h in hosts:
         mine = [r for r in results if r.host == h]
         failed = [r for r in mine if r.status == "failed"]
@@ -113,8 +117,11 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
             report.cells[(h, "images")] = StageOutcome(f"would push {pending} image(s)" if pending else "up to date",
                                                        changed=pending)
         elif sent:
-            report.cells[(h, "images")] = StageOutcome(
-                f"{len(sent)} sent ({ui.human_bytes(sum(r.bytes_sent for r in sent))})", changed=len(sent))
+            pulled = len([r for r in sent if r.status == "pulled"])
+            parts = [f"{len(sent) - pulled} sent ({ui.human_bytes(sum(r.bytes_sent for r in sent))})"] \
+                if len(sent) > pulled else []
+            parts += [f"{pulled} pulled by the host"] if pulled else []
+            report.cells[(h, "images")] = StageOutcome(", ".join(parts), changed=len(sent))
         else:
             report.cells[(h, "images")] = StageOutcome("up to date")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from migrate.agent.imageref import image_ref_problem
 from migrate.cluster.state import check_name as check_cluster_name
 from migrate.errors import UsageError
 from migrate.jobs.limits import MAX_JOBS, sweep_size
@@ -35,6 +36,7 @@ class ImageEntry:
     build: str | None = None
     dockerfile: str = "Dockerfile"
     build_args: dict[str, str] = field(default_factory=dict)
+    pull: bool = False  # `pull: REF`: the host pulls `name` from its registry (image/hostpull.py)
 
 
 @dataclass
@@ -175,22 +177,27 @@ class _Validator:
             self.err(node, f"'{where or 'the playbook'}' must be a mapping, got a {_node_kind(node)}")
             return {}
         by_name = {k.name: k for k in keys}
+        by_name.update({alias: k for k in keys for alias in k.aliases})
         out: dict[str, Any] = {}
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # key -> the spelling used (its full name)
         for knode, vnode in node.value:
             name = str(knode.value)
             full = f"{where}.{name}" if where else name
-            if name in seen:
-                self.err(knode, f"duplicate key '{full}'")
-                continue
-            seen.add(name)
             key = by_name.get(name)
+            if key is not None and key.name in seen:
+                first = seen[key.name]
+                self.err(knode, f"duplicate key '{full}'" if first == full else
+                         f"'{full}' and '{first}' are the same field: give one")
+                continue
+            if key is not None:
+                seen[key.name] = full
             if key is None:
                 close = difflib.get_close_matches(name, list(by_name), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(by_name)})"
+                known = ", ".join(k.name for k in keys)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
                 self.err(knode, f"unknown key '{full}'{hint}")
                 continue
-            out[name] = self.value(vnode, key, full)
+            out[key.name] = self.value(vnode, key, full)
         for key in keys:
             if key.name not in out:
                 if key.required:
@@ -273,6 +280,14 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(_child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
             if (data.get("run") or {}).get("compose"):
                 v.err(root, "run.compose is not supported with 'cluster' yet")
+        for i, img in enumerate(data["images"]):
+            if bool(img.get("name")) == bool(img.get("pull")):
+                v.err(root, f"images[{i}] needs exactly one of 'name' (push a local image) and 'pull' "
+                            "(the host pulls a registry image)")
+            elif img.get("pull") and img.get("build"):
+                v.err(root, f"images[{i}]: a 'pull' image comes from its registry; it cannot have 'build'")
+            elif img.get("pull") and (problem := image_ref_problem(img["pull"])):
+                v.err(root, f"images[{i}].pull: {problem}")
         run = data.get("run")
         run_present = any(k.value == "run" for k, _ in root.value)
         if run_present and run is not None and bool(run.get("command")) == bool(run.get("compose")):
@@ -312,9 +327,9 @@ def parse_playbook(text: str, path: Path) -> Playbook:
         name=data["name"] or path.stem,
         hosts=data["hosts"],
         setup=data["setup"] if setup_node_present else None,
-        images=[ImageEntry(name=i["name"], build=str(base / i["build"]) if i.get("build") else None,
-                           dockerfile=i.get("dockerfile") or "Dockerfile", build_args=i.get("build_args") or {})
-                for i in data["images"]],
+        images=[ImageEntry(name=i.get("name") or i["pull"], build=str(base / i["build"]) if i.get("build") else None,
+                           dockerfile=i.get("dockerfile") or "Dockerfile", build_args=i.get("build_args") or {},
+                           pull=bool(i.get("pull"))) for i in data["images"]],
         data=[DataEntry(src=str((base / d["src"]).resolve()) if not Path(d["src"]).is_absolute() else d["src"],
                         dest=d["dest"], exclude=d["exclude"], into=d["into"], delete=d["delete"],
                         sudo=d["sudo"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.agent.fields import JOB_FIELDS, JobField
+from migrate.agent.fields import JOB_FIELDS, PLAYBOOK_ALIASES, JobField
 
 # kinds: str, int, bool, str_list, str_map, sweep, object, object_list, image_list
 SCALAR_KINDS = {"str", "int", "bool"}
@@ -27,6 +27,7 @@ class Key:
     default: Any = None
     children: tuple[Key, ...] = field(default_factory=tuple)
     example: str = ""
+    aliases: tuple[str, ...] = ()  # other accepted spellings (jobs.yaml's, for job fields)
 
     def type_name(self) -> str:
         return {
@@ -49,7 +50,9 @@ SETUP_KEYS = (
 )
 
 IMAGE_KEYS = (
-    Key("name", "str", "Image reference, e.g. `mylab/pytorch:1.10`.", required=True),
+    Key("name", "str", "Local image to push, e.g. `mylab/pytorch:1.10` (give `name` or `pull`)."),
+    Key("pull", "str", "Registry image the host pulls itself, e.g. `nvcr.io/nvidia/pytorch:24.05-py3`: your local "
+                       "Docker login for that registry reaches the host on SSH stdin only; already there: up to date."),
     Key("build", "str", "Build it locally first from this directory (relative to the playbook)."),
     Key("dockerfile", "str", "Dockerfile inside the build directory.", default="Dockerfile"),
     Key("build_args", "str_map", "`--build-arg` values for the build.", default={}),
@@ -77,8 +80,11 @@ RUN_EXAMPLES = {"command": "python train.py --lr {lr} --seed {seed}"}
 
 def _run_key(f: JobField) -> Key:
     """The playbook key of one job field (`migrate.agent.fields`)."""
-    return Key(f.playbook or f.name, PLAYBOOK_KINDS.get(f.kind, f.kind), RUN_DOCS.get(f.name, f.doc),
-               default=f.default, example=RUN_EXAMPLES.get(f.name, ""))
+    name = f.playbook or f.name
+    aliases = tuple(other for other, key in PLAYBOOK_ALIASES.items() if key == name)
+    doc = RUN_DOCS.get(f.name, f.doc) + "".join(f" Also spelled `{a}` (as in jobs.yaml)." for a in aliases)
+    return Key(name, PLAYBOOK_KINDS.get(f.kind, f.kind), doc, default=f.default,
+               example=RUN_EXAMPLES.get(f.name, ""), aliases=aliases)
 
 
 _JOB_KEYS = tuple(_run_key(f) for f in JOB_FIELDS if f.playbook)

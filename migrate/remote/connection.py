@@ -37,6 +37,7 @@ from pathlib import Path
 import fabric
 import invoke
 import paramiko
+import paramiko.agent
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from migrate import ui
@@ -158,6 +159,15 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
     }
     if target.identity_files:
         connect_kwargs["key_filename"] = [p for p in target.identity_files if os.path.exists(p)]
+    certified = certified_key(target)
+    if certified is not None:
+        connect_kwargs["pkey"] = certified
+    agent: paramiko.agent.AgentSSH | None = None
+    if target.identity_agent == "none":
+        connect_kwargs["allow_agent"] = False
+    elif target.identity_agent:
+        agent = agent_at(target.identity_agent)
+        connect_kwargs["allow_agent"] = agent is not None
     conn = fabric.Connection(
         host=target.hostname,
         user=target.user,
@@ -168,6 +178,9 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
         connect_kwargs=connect_kwargs,
     )
     client = conn.client
+    if agent is not None:
+        # paramiko asks `client._agent` for agent keys and only opens $SSH_AUTH_SOCK when it is None
+        client._agent = agent
     known = paramiko.HostKeys()
     for path in target.known_hosts_files:
         if os.path.isfile(path):
@@ -182,6 +195,74 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
         client.get_host_keys().add(lookup_name, key_type, key)
     client.set_missing_host_key_policy(VerifyingHostKeyPolicy(target))
     return conn
+
+
+class _AgentAt(paramiko.agent.AgentSSH):
+    """An ssh-agent reached at a given socket path (ssh_config's IdentityAgent), not $SSH_AUTH_SOCK."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        self._connect(sock)
+
+    def close(self) -> None:
+        """Close the socket (paramiko's SSHClient.close calls this)."""
+        self._close()
+
+
+def agent_at(path: str) -> paramiko.agent.AgentSSH | None:
+    """The agent at `path` (IdentityAgent), or None (with a debug line) when it cannot be reached.
+
+    OpenSSH carries on without the agent in that case, and so do we.
+    """
+    try:
+        return _AgentAt(os.path.expanduser(path))
+    except (OSError, paramiko.SSHException) as exc:
+        ui.debug(f"IdentityAgent {path} unreachable ({exc}); going on without an agent")
+        return None
+
+
+def certified_key(target: SshTarget) -> paramiko.PKey | None:
+    """The first identity file whose key a CertificateFile certifies, loaded with that certificate.
+
+    paramiko finds `<key>-cert.pub` next to a key by itself; a certificate stored anywhere else
+    (ssh_config's CertificateFile) is paired here, as OpenSSH does. Keys with a passphrase are
+    skipped (OpenSSH would ask; the agent path still works for them).
+    """
+    for cert in target.certificate_files:
+        if not os.path.isfile(cert):
+            continue
+        for key_path in target.identity_files:
+            if not os.path.isfile(key_path):
+                continue
+            try:
+                key = paramiko.PKey.from_path(key_path)
+                key.load_certificate(cert)
+            except (OSError, ValueError, paramiko.SSHException) as exc:
+                ui.debug(f"certificate {cert} does not go with {key_path}: {exc}")
+                continue
+            if _certifies(key.public_blob.key_blob, key):
+                return key
+    return None
+
+
+def _certifies(cert_blob: bytes, key: paramiko.PKey) -> bool:
+    """Whether an OpenSSH certificate (type, nonce, then the public key's fields) is for this key."""
+    cert = paramiko.Message(cert_blob)
+    cert.get_text()
+    cert.get_binary()
+    plain = paramiko.Message(key.asbytes())
+    plain.get_text()
+    return cert.get_remainder().startswith(plain.get_remainder())
+
+
+def _authentication_failed(t: SshTarget) -> ConnectError:
+    keys = ", ".join(t.identity_files) or "ssh-agent and default keys"
+    if t.identity_agent == "none":
+        keys += "; IdentityAgent none"
+    return ConnectError(f"authentication failed for {t.user}@{t.alias} (tried {keys})",
+                        hint="check the user name, pass the key with -i, or load it into ssh-agent")
 
 
 def sudo_password_from_env(environ: Mapping[str, str]) -> tuple[str | None, bool]:
@@ -243,10 +324,10 @@ class Remote:
             raise ConnectError(f"timed out connecting to {where} after {t.connect_timeout}s",
                                hint="check the address, VPN or firewall; raise --connect-timeout") from exc
         except paramiko.AuthenticationException as exc:
-            keys = ", ".join(t.identity_files) or "ssh-agent and default keys"
-            raise ConnectError(f"authentication failed for {t.user}@{t.alias} (tried {keys})",
-                               hint="check the user name, pass the key with -i, or load it into ssh-agent") from exc
+            raise _authentication_failed(t) from exc
         except paramiko.SSHException as exc:
+            if "No authentication methods available" in str(exc):  # no key file, no agent, no password
+                raise _authentication_failed(t) from exc
             raise ConnectError(f"ssh error talking to {where}: {exc}") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}",

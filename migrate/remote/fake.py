@@ -13,7 +13,8 @@ command answers it; anything else answers exit 0 with no output.
 
 `is_mutating(command)` is the documented classifier behind the dry-run tests: a command changes the
 host when any of its simple commands (split outside quotes at `;`, `&&`, `||`, `|`, parentheses,
-newlines) starts with one of MUTATING_PROGRAMS (after `sudo`/`env`/`VAR=value` prefixes), is a
+newlines) starts with one of MUTATING_PROGRAMS (after `sudo [options]`/`env`/`VAR=value` prefixes, and
+inside `sh -c`/`sg GROUP -c` scripts), is a
 `docker`/`systemctl`/`apt-get` subcommand or a `dpkg`/`sed`/`tar` option that changes state,
 redirects output into a file other than /dev/null (`>`, `>>`), or is an rsync without
 `--dry-run`/`-n`. Read-only probes (`[ -d ]`, `cat`, `df`, `command -v`, `ls`, `id`,
@@ -78,12 +79,23 @@ def _simple_commands(command: str) -> list[list[str]]:
     return [c for c in out if c]
 
 
+_SUDO_OPTION_ARGS = {"-p", "-u", "-g", "-C", "-D", "-h", "-r", "-t", "-U"}  # sudo options that take a value
+
+
 def _program(words: list[str]) -> list[str]:
-    """Drop `sudo -n`, `env`, `VAR=value`, `then`... prefixes: what is left starts with the program."""
+    """Drop `sudo -S -k -p ''`, `env`, `VAR=value`, `then`... prefixes: what is left starts with the program."""
     i = 0
-    while i < len(words) and (words[i] in _PREFIXES or _ASSIGNMENT.match(words[i])
-                              or (words[i].startswith("-") and i and words[i - 1] in ("sudo", "-n", "-E"))):
-        i += 1
+    in_sudo = False
+    while i < len(words):
+        w = words[i]
+        if in_sudo and w.startswith("-"):
+            i += 2 if w in _SUDO_OPTION_ARGS else 1
+            continue
+        if w in _PREFIXES or _ASSIGNMENT.match(w):
+            in_sudo = w == "sudo"
+            i += 1
+            continue
+        break
     return words[i:]
 
 
@@ -112,6 +124,8 @@ def _mutating_words(words: list[str], temps: set[str]) -> bool:
         return any(a.startswith(_DPKG_CHANGES) for a in args)
     if prog in ("sh", "bash") and args[:1] == ["-c"] and len(args) > 1:
         return is_mutating(args[1])
+    if prog == "sg" and len(args) > 2 and args[1] == "-c":  # `sg docker -c SCRIPT`: the script decides
+        return is_mutating(args[2])
     if prog == "rm" and args and all(a.startswith("-") or a in temps for a in args):
         return False
     if prog == "docker" and args[:1] and args[0] in _DOCKER_GROUPS:  # `docker image rm`, not `docker image ls`

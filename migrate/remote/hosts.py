@@ -98,6 +98,9 @@ class SshTarget:
     accept_new_host_key: bool = False
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     host_key_alias: str | None = None
+    # IdentityAgent: None = $SSH_AUTH_SOCK (OpenSSH's default), "none" = no agent, else a socket path
+    identity_agent: str | None = None
+    certificate_files: list[str] = field(default_factory=list)
 
     @property
     def display(self) -> str:
@@ -343,7 +346,23 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
         accept_new_host_key=accept_new,
         connect_timeout=timeout,
         host_key_alias=None if one("hostkeyalias", "none").lower() == "none" else one("hostkeyalias"),
+        identity_agent=identity_agent_from(one("identityagent"), alias=alias, hostname=hostname, port=port,
+                                           user=user),
+        certificate_files=[expand_tokens(p, alias=alias, hostname=hostname, port=port, user=user)
+                           for p in values.get("certificatefile", [])],
     )
+
+
+def identity_agent_from(value: str, *, alias: str, hostname: str, port: int, user: str) -> str | None:
+    """IdentityAgent as OpenSSH reads it: unset or `SSH_AUTH_SOCK` -> None (the environment's agent),
+    `none` -> "none", `$VAR` -> that variable's value, else a path with `%` tokens and `~` expanded."""
+    if not value or value == "SSH_AUTH_SOCK":
+        return None
+    if value.lower() == "none":
+        return "none"
+    if value.startswith("$"):
+        return os.environ.get(value[1:].strip("{}")) or "none"
+    return expand_tokens(value, alias=alias, hostname=hostname, port=port, user=user)
 
 
 def resolve(spec: HostSpec, options: ConnectOptions, ssh_config: SshConfigSet) -> SshTarget:

@@ -214,6 +214,11 @@ class OpenSshSession:
         return f"{self.target.user}@{self.target.alias}"
 
     # -- commands -----------------------------------------------------------------------------
+    def open(self) -> OpenSshSession:
+        """Connect now (the master), so a connection problem is reported before anything runs."""
+        self._ensure_master()
+        return self
+
     def _ensure_master(self) -> None:
         if self.master.alive():
             return
@@ -233,8 +238,10 @@ class OpenSshSession:
         self._ensure_master()
         ui.debug(f"[{self.spec.host}] $ {full}", level=2)
         try:
-            proc = subprocess.run([*self.openssh_argv(), full], input=stdin, capture_output=True, text=True,
-                                  timeout=timeout)
+            # no stdin given: /dev/null, never ours (a command must not eat what the user pipes to migrate)
+            feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+            proc = subprocess.run([*self.openssh_argv(), full], capture_output=True, text=True, timeout=timeout,
+                                  **feed)
         except subprocess.TimeoutExpired as exc:
             raise RemoteCommandError(f"{what or 'remote command'} timed out after {timeout}s on {self.name}",
                                      command=command, exit_code=124) from exc

@@ -315,3 +315,17 @@ def download_offline(directory: str, target_text: str, options: HostSetupOptions
     finally:
         shutil.rmtree(root.root, ignore_errors=True)  # the private apt root is scratch space
     return manifest
+
+
+def download_offline_report(directory: str, target_text: str, options: HostSetupOptions, *, arch: str,
+                            archive_url: str | None, archive_keyring: str | None, as_json: bool) -> dict:
+    """`host-setup --download-offline`: download, then say what is where and what to run next."""
+    manifest = download_offline(directory, target_text, options, arch=arch, archive_url=archive_url,
+                                archive_keyring=archive_keyring)
+    if as_json:
+        ui.print_json(manifest)
+    else:
+        ui.step(f"{len(manifest['files'])} .deb file(s) for {manifest['for']} ({manifest['arch']}) in "
+                f"{directory}: {' '.join(manifest['packages'])} and their dependencies")
+        ui.info(f"next: migrate host-setup HOST --offline {directory}")
+    return manifest

@@ -10,7 +10,7 @@ from migrate.errors import SudoError
 from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.sandbox.manager import Sandbox
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, ssh_agent_holding
 
 WEIRD = "we ird 'q' \"dq\" $(touch PWNED) `touch PWNED2` ;&|*? ünï -x"
 
@@ -153,7 +153,7 @@ def test_doctor_and_push_data_reach_a_host_defined_only_through_an_include(sandb
 SECOND_SSHD = "/run/migrate-second-sshd"
 
 
-def _second_sshd(container: str, port: int) -> None:
+def _second_sshd(container: str, port: int, *, extra: str = "", files: dict[str, str] | None = None) -> None:
     """A second sshd in a shared sandbox host: its own port and host key, the host's settings otherwise
     (sshd keeps the first value; Port and HostKey add up, and the host's file sets neither), so the
     host's own sshd and host key stay as they are for every other test.
@@ -161,9 +161,13 @@ def _second_sshd(container: str, port: int) -> None:
     Called again, it restarts with a freshly generated host key: a server that was reinstalled.
     """
     d = SECOND_SSHD
+    extra_line = f"{extra}\\n" if extra else ""
     script = (f"[ -f {d}/pid ] && kill $(cat {d}/pid) && sleep 0.3; mkdir -p {d} && rm -f {d}/key {d}/key.pub && "
               f"ssh-keygen -q -t ed25519 -N '' -f {d}/key && "
-              f"printf 'Port {port}\\nHostKey {d}/key\\nPidFile {d}/pid\\nInclude /etc/ssh/sshd_config\\n' "
+              + "".join(f"printf '%s\\n' {shell.quote(text)} > {d}/{name} && "
+                        for name, text in (files or {}).items())
+              + f"printf 'Port {port}\\nHostKey {d}/key\\nPidFile {d}/pid\\n{extra_line}"
+              "Include /etc/ssh/sshd_config\\n' "
               f">{d}/sshd_config && /usr/sbin/sshd -f {d}/sshd_config")
     subprocess.run(["docker", "exec", container, "sh", "-c", script], check=True, timeout=60)
 
@@ -210,3 +214,51 @@ def test_sandbox_state_files_are_private(sandbox_hosts):
     sb = Sandbox()
     for p in (sb.key, sb.known_hosts, sb.ssh_config, sb.hosts_json):
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_identity_agent_and_certificate_file_work_on_both_paths(sandbox_hosts, tmp_path, monkeypatch):
+    """ssh_config's IdentityAgent (a key held only by a private ssh-agent) and CertificateFile (a user
+    certificate stored away from its key, accepted by an sshd through TrustedUserCAKeys) reach the host
+    on the Fabric path (doctor) and the OpenSSH path (push-data) alike."""
+    h = sandbox_hosts[0]
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(subprocess.run(["cat", Sandbox().known_hosts], capture_output=True, text=True).stdout)
+    env = {"MIGRATE_SSH_CONFIG": str(tmp_path / "config"), "MIGRATE_STATE_DIR": str(tmp_path / "nostate"),
+           "SSH_AUTH_SOCK": ""}
+    pushed = f"/tmp/conn-test-{tmp_path.name}/payload.txt"
+    # 1. IdentityAgent: the sandbox key lives only in an agent at a private socket
+    sock = tmp_path / "agent.sock"
+    with ssh_agent_holding(h["identity_file"], sock):
+        (tmp_path / "config").write_text(
+            f"Host lab\n  HostName {h['hostname']}\n  Port {h['port']}\n  User alice\n"
+            f"  IdentityFile {tmp_path}/no-such-key\n  IdentityAgent {sock}\n  UserKnownHostsFile {kh}\n")
+        res = run_cli("doctor", "lab", "--json", env=env)
+        assert res.code == 0, res.output
+        res, _ = _push_one_file(tmp_path, "lab", env)
+        assert res.code == 0, res.output
+        # and without the agent the same config is refused: the agent is what let us in
+        (tmp_path / "config").write_text((tmp_path / "config").read_text().replace(str(sock), "none"))
+        assert_one_line_error(run_cli("doctor", "lab", env=env), "authentication failed")
+    # 2. CertificateFile: a fresh key that no authorized_keys lists, certified by a CA a second sshd trusts
+    port = 2298
+    for name in ("ca", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "lab", "-n", "alice", "-V", "+1h",
+                    str(tmp_path / "user.pub")], check=True)
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "user-cert.pub").rename(tmp_path / "certs" / "alice.pub")
+    ca_pub = (tmp_path / "ca.pub").read_text().strip()
+    _second_sshd(h["container"], port, extra=f"TrustedUserCAKeys {SECOND_SSHD}/ca.pub", files={"ca.pub": ca_pub})
+    try:
+        (tmp_path / "config").write_text(
+            f"Host lab\n  HostName {h['ip']}\n  Port {port}\n  User alice\n  IdentityFile {tmp_path}/user\n"
+            f"  CertificateFile {tmp_path}/certs/alice.pub\n  IdentitiesOnly yes\n  IdentityAgent none\n"
+            f"  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n")
+        res = run_cli("doctor", "lab", "--json", env=env)
+        assert res.code == 0, res.output
+        res, _ = _push_one_file(tmp_path, "lab", env)
+        assert res.code == 0, res.output
+    finally:
+        _stop_second_sshd(h["container"])
+        subprocess.run(["docker", "exec", h["container"], "rm", "-rf", pushed.rsplit("/", 1)[0]], timeout=60)

@@ -75,3 +75,20 @@ def test_push_image_dry_run_plans_a_send_but_issues_no_mutating_command(monkeypa
     [result] = push.push_images(["app:2"], ["gpu"], ConnectOptions(), push.PushImageOptions(dry_run=True))
     assert result.status == "would send", result.error
     assert fake.commands() and fake.mutations() == []
+
+
+@pytest.mark.parametrize("access", ["direct", "group", "sudo", "sudo-password"])
+def test_what_a_real_push_image_sends_counts_as_mutating(access):
+    """The control for the dry-run test above: the commands a push issues once it is past the dry-run
+    return (the load stream, for every docker access mode, a SIF build, the tag and the partial-tag
+    cleanup) are what the recording host's classifier calls mutating, so a dry run that issued one
+    would fail that test."""
+    from migrate.image import remote as rdocker
+    from migrate.remote.fake import is_mutating
+
+    for script in (rdocker.load_script(None), rdocker.load_script("zstd"),
+                   rdocker.sif_script("apptainer", "/tmp/x y.tar", "/home/alice/app.sif", None)):
+        assert is_mutating(rdocker.stream_command(access, script)), (access, script)
+    for argv in (["tag", "sha256:222", "app:2"], ["rmi", "migrate-partial/app:1"]):
+        assert is_mutating(rdocker.docker_command(access, argv)[0]), (access, argv)
+    assert not is_mutating(rdocker.docker_command(access, ["image", "inspect", "app:2"])[0])

@@ -56,6 +56,18 @@ def test_run_has_the_flag_of_every_field():
     assert not missing, missing
 
 
+def test_run_flags_take_their_type_range_and_default_from_the_table():
+    by_flag = {o: p for p in run_command.params for o in p.opts}
+    for f in JOB_FIELDS:
+        if not f.flag:
+            continue
+        param = by_flag[f.flag]
+        if f.kind == "int":
+            assert (param.type.min, param.type.max, param.default) == (f.lo, f.hi, f.default), f.name
+        assert param.is_flag == (f.kind == "bool"), f.name
+        assert param.multiple == (f.kind in ("str_list", "str_map") and f.name != "gpu_pool"), f.name
+
+
 def test_docs_run_md_names_every_flag_and_jobs_yaml_key():
     text = (ROOT / "docs" / "run.md").read_text()
     keys_line = re.search(r"^Keys: (.*?)\. Unknown", text, re.M | re.S)
@@ -166,3 +178,20 @@ def test_one_expander_for_run_jobs_yaml_and_playbooks(tmp_path):
 
 def test_fixed_values_win_over_sweep_values_of_the_same_name():
     assert list(grid("{experiment}-{a}", {"a": ["1"]}, fixed={"experiment": "base"})) == [({"a": "1"}, "base-1")]
+
+
+def test_jobs_yaml_and_playbooks_accept_each_others_spellings(tmp_path):
+    """`workdir`/`gpus_per_job` (playbook) and `cwd`/`gpus` (jobs.yaml) are one field each, in both files."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("defaults: {gpus_per_job: 2}\njobs:\n  - {command: a, workdir: /data}\n  - {command: b, gpus: 0}\n")
+    a, b = load_jobs_file(jobs)
+    assert (a.cwd, a.gpus, b.gpus) == ("/data", 2, 0)
+    jobs.write_text("jobs:\n  - {command: a, cwd: /x, workdir: /y}\n")
+    with pytest.raises(UsageError, match="give 'cwd' or 'workdir', not both"):
+        load_jobs_file(jobs)
+    pb = parse_playbook("hosts: [a]\nrun:\n  command: python t.py\n  cwd: /data\n  gpus: 2\n", Path("p.yml"))
+    assert (pb.run["workdir"], pb.run["gpus_per_job"]) == ("/data", 2)
+    [job] = plan_jobs(pb.name, pb.run, pb.hosts)
+    assert (job.spec["cwd"], job.spec["gpus"]) == ("/data", 2)
+    with pytest.raises(PlaybookError, match="'run.gpus' and 'run.gpus_per_job' are the same field: give one"):
+        parse_playbook("hosts: [a]\nrun:\n  command: x\n  gpus_per_job: 1\n  gpus: 2\n", Path("p.yml"))

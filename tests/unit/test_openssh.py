@@ -1,5 +1,6 @@
 from migrate.remote.hosts import ConnectOptions, parse_ssh_g, target_from_ssh_g
 from migrate.remote.openssh import AES_GCM_FIRST, OpenSshSession, preferred_ciphers
+from tests.conftest import ssh_agent_holding
 
 
 def test_parse_ssh_g():
@@ -56,3 +57,63 @@ def test_session_passes_the_cipher_preference_to_every_ssh(tmp_path, monkeypatch
         assert not any(a.startswith("Ciphers=") for a in s.openssh_argv())
     finally:
         s.close()
+
+
+def test_identity_agent_and_certificate_file_come_from_ssh_g(monkeypatch):
+    monkeypatch.setenv("MY_AGENT", "/run/agent.sock")
+    parse = lambda text: target_from_ssh_g("gpu", parse_ssh_g("user carol\nhostname h\nport 22\n" + text),  # noqa: E731
+                                           ConnectOptions())
+    assert parse("").identity_agent is None and parse("").certificate_files == []
+    assert parse("identityagent SSH_AUTH_SOCK\n").identity_agent is None
+    assert parse("identityagent none\n").identity_agent == "none"
+    assert parse("identityagent $MY_AGENT\n").identity_agent == "/run/agent.sock"
+    assert parse("identityagent /tmp/%r.sock\n").identity_agent == "/tmp/carol.sock"
+    certs = parse("certificatefile /keys/%r-%h-cert.pub\ncertificatefile /keys/b.pub\n").certificate_files
+    assert certs == ["/keys/carol-h-cert.pub", "/keys/b.pub"]
+
+
+def test_the_fabric_connection_uses_identity_agent_and_certificate_file(tmp_path):
+    """IdentityAgent none turns the agent off; a path is the agent paramiko asks; CertificateFile is paired
+    with the identity whose key it certifies (paramiko alone only finds `<key>-cert.pub`)."""
+    import socket
+    import subprocess
+
+    from migrate.remote.connection import _fabric_connection
+    from migrate.remote.hosts import SshConfigSet, SshTarget
+
+    def target(**kw) -> SshTarget:
+        return SshTarget(alias="gpu", hostname="h", port=22, user="carol", known_hosts_files=[str(tmp_path / "kh")],
+                         **kw)
+
+    conn = _fabric_connection(target(identity_agent="none"), SshConfigSet(tmp_path / "none"), ConnectOptions())
+    assert conn.connect_kwargs["allow_agent"] is False and "pkey" not in conn.connect_kwargs
+    # an unreachable agent socket: no agent at all (OpenSSH goes on without it too)
+    conn = _fabric_connection(target(identity_agent=str(tmp_path / "nope.sock")), SshConfigSet(tmp_path / "none"),
+                              ConnectOptions())
+    assert conn.connect_kwargs["allow_agent"] is False
+    # a real ssh-agent at a private socket, holding a key: paramiko gets exactly that agent
+    sock = tmp_path / "agent.sock"
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with ssh_agent_holding(str(key), sock):
+        conn = _fabric_connection(target(identity_agent=str(sock)), SshConfigSet(tmp_path / "none"), ConnectOptions())
+        assert conn.connect_kwargs["allow_agent"] is True
+        keys = conn.client._agent.get_keys()
+        assert [k.get_base64() for k in keys] == [(tmp_path / "id_ed25519.pub").read_text().split()[1]]
+        assert isinstance(conn.client._agent._conn, socket.socket)
+        conn.client._agent.close()  # what SSHClient.close calls
+        assert conn.client._agent._conn is None
+    # a certificate stored away from its key
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "t", "-n", "carol", str(key) + ".pub"],
+                   check=True)
+    cert = tmp_path / "certs" / "mine.pub"
+    cert.parent.mkdir()
+    (tmp_path / "id_ed25519-cert.pub").rename(cert)
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    conn = _fabric_connection(target(identity_files=[str(other), str(key)], certificate_files=[str(cert)]),
+                              SshConfigSet(tmp_path / "none"), ConnectOptions())
+    pkey = conn.connect_kwargs["pkey"]
+    assert pkey.public_blob is not None and pkey.public_blob.key_type.endswith("-cert-v01@openssh.com")
+    assert pkey.get_base64() == (tmp_path / "id_ed25519.pub").read_text().split()[1]
