@@ -25,7 +25,7 @@ import re
 from migrate import ui
 from migrate.agent.launch import docker_argv
 from migrate.cluster.state import ClusterRecord
-from migrate.errors import MigrateError
+from migrate.errors import MigrateError, UsageError
 from migrate.jobs.spec import JobSpec
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
@@ -54,7 +54,7 @@ export D via
 """
 
 SCRIPT = """\
-{access}export MIGRATE_CONTAINER={name}
+{access}{mount_checks}export MIGRATE_CONTAINER={name}
 umask 077
 MIGRATE_ENV_FILE=$(mktemp "${{TMPDIR:-/tmp}}/migrate-env.XXXXXX") || exit 125
 export MIGRATE_ENV_FILE
@@ -90,8 +90,33 @@ def docker_run_line(record: ClusterRecord, spec: JobSpec, job_id: str) -> str:
                        env_file=_ENVFILE)
     at = argv.index("--init") + 1
     argv[at:at] = ["--rm", "--label", f"migrate.cluster={record.name}", "--label", "migrate.attempt=@ATTEMPT@"]
-    words = [_RAW.get(a) or shell.quote(a) for a in argv[1:]]
+    words = [_RAW.get(a) or (_mount_word(a) if argv[i] == "-v" else shell.quote(a))
+             for i, a in enumerate(argv[1:])]
     return " ".join(words).replace("migrate.attempt=@ATTEMPT@", '"migrate.attempt=${MIGRATE_JOB_ATTEMPT:-1}"')
+
+
+def _mount_word(mount: str) -> str:
+    """A mount as a shell word; `~/src:dst` is the node's home (the dispatcher expands it on its host)."""
+    return shell.home_path(mount[2:]) if mount.startswith("~/") else shell.quote(mount)
+
+
+def mount_sources(spec: JobSpec) -> list[str]:
+    return [m.partition(":")[0] for m in spec.mounts]
+
+
+def check_container_spec(spec: JobSpec) -> None:
+    """What the single-host agent checks when a container job is queued, checked here for a cluster
+    (there is no agent on the way; a mount source is checked on the node when the job starts)."""
+    if spec.cwd and not spec.cwd.startswith("/"):
+        raise UsageError(f"the working directory in a container must be absolute, not {spec.cwd!r}")
+    for m in spec.mounts:
+        src = m.partition(":")[0]
+        if ":" not in m or not (src.startswith("/") or src.startswith("~/")):
+            raise UsageError(f"bad mount {m!r}: the source must be an absolute path (or ~/...)",
+                             hint="use HOST_PATH:CONTAINER_PATH[:ro]")
+    for k, v in spec.env.items():
+        if "\n" in v:
+            raise UsageError(f"{k} contains a newline (not possible for container jobs)")
 
 
 def env_names(spec: JobSpec) -> list[str]:
@@ -105,7 +130,11 @@ def container_command(record: ClusterRecord, spec: JobSpec, job_id: str) -> str:
     env_lines = "\n".join(f'printf "%s=%s\\n" {shell.quote(n)} "${{{n}:-}}" >> "$MIGRATE_ENV_FILE"'
                           for n in env_names(spec))
     env_lines += '\nprintf "%s=%s\\n" CUDA_DEVICE_ORDER PCI_BUS_ID >> "$MIGRATE_ENV_FILE"'
-    return SCRIPT.format(access=ACCESS, name=container_name(record.name, job_id), env_lines=env_lines,
+    checks = "".join(f'[ -e {_mount_word(src)} ] || {{ echo "migrate: mount source "{shell.quote(src)}" does not exist '
+                     f'on $(hostname) (Docker would create it as an empty root-owned directory)" >&2; exit 125; }}\n'
+                     for src in mount_sources(spec))
+    return SCRIPT.format(access=ACCESS, mount_checks=checks, name=container_name(record.name, job_id),
+                         env_lines=env_lines,
                          grace=STOP_GRACE_S, image=shell.quote(spec.image), run_group=shell.quote(run),
                          run_eval=shell.quote(run.replace("docker ", "$D ", 1)))
 

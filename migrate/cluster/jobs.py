@@ -39,6 +39,10 @@ def check_cluster_spec(spec: JobSpec) -> None:
             raise UsageError(f"{flag} is not supported on a cluster yet",
                              hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
                                   "chosen at `cluster up` (--gpu-pool)")
+    if (spec.mounts or spec.ports or spec.shm_size) and not spec.image:
+        raise UsageError("--mount, --publish and --shm-size need a container image (--image)")
+    if spec.image:
+        container.check_container_spec(spec)
 
 
 def submission_order(specs: list[JobSpec]) -> list[JobSpec]:

@@ -195,3 +195,20 @@ def test_dry_run_json_lists_the_submission_order_and_the_image_push(tmp_path, mo
     out = json.loads(capsys.readouterr().out)
     assert out["images_to_push"] == ["img:1"] and out["hosts"] == ["gpu1", "gpu2"]
     assert [j["metadata"]["migrate_command"] for j in out["jobs"]] == ["b", "a"]
+
+
+def test_container_spec_checks_and_home_mounts(tmp_path):
+    with pytest.raises(UsageError, match="must be absolute"):
+        jobs.check_cluster_spec(JobSpec(command="x", image="a:1", cwd="work"))
+    with pytest.raises(UsageError, match="bad mount"):
+        jobs.check_cluster_spec(JobSpec(command="x", image="a:1", mounts=["data:/data"]))
+    with pytest.raises(UsageError, match="need a container image"):
+        jobs.check_cluster_spec(JobSpec(command="x", mounts=["/d:/d"]))
+    line = container.docker_run_line(record(), JobSpec(command="x", gpus=0, image="a:1",
+                                                       mounts=["~/data:/data:ro"]), "1")
+    assert "-v \"$HOME\"/data:/data:ro" in line
+    script = container.container_command(record(), JobSpec(command="x", gpus=0, image="a:1",
+                                                           mounts=[f"{tmp_path}/missing:/m"]), "1")
+    env = {**os.environ, "PATH": f"{fake_docker(tmp_path)[0]['PATH']}"}
+    res = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 125 and f"mount source {tmp_path}/missing does not exist" in res.stderr
