@@ -139,6 +139,21 @@ def container_command(record: ClusterRecord, spec: JobSpec, job_id: str) -> str:
                          run_eval=shell.quote(run.replace("docker ", "$D ", 1)))
 
 
+def remove_containers_command(cluster: str) -> str:
+    """`docker rm -f` every container of this cluster's jobs on a host (`cluster down`: its kill of
+    leftover processes can take the `docker stop` of a job being stopped with it). Prints how many;
+    nothing when Docker is absent or out of reach (pure)."""
+    label = shell.quote(f"label=migrate.cluster={cluster}")
+    script = ("command -v docker >/dev/null 2>&1 || exit 0\n" + ACCESS
+              + f'if [ "$via" = group ]; then ids=$(sg docker -c "docker ps -aq --filter "{label} </dev/null); '
+              f"else ids=$($D ps -aq --filter {label}); fi\n"
+              '[ -n "$ids" ] || exit 0\n'
+              'if [ "$via" = group ]; then sg docker -c "docker rm -f $(echo $ids)" </dev/null; '
+              "else $D rm -f $ids; fi >/dev/null 2>&1\n"
+              'echo "$ids" | wc -l\n')
+    return shell.sh_c(script)
+
+
 # -- the image, on every host first ---------------------------------------------------------------------
 def push_to_cluster(record: ClusterRecord, images: list[str], conn: ConnectOptions, *, dry_run: bool) -> None:
     """The ordinary push-image to every cluster host (only missing layers). Raises if a host failed."""

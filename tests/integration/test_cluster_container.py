@@ -129,3 +129,17 @@ def test_container_jobs_are_pushed_placed_and_cancelled(ccluster):
         time.sleep(1)
     print(f"container gone {time.monotonic() - t1:.1f} s after cancel")
     assert wait_states(env, [cid], ("cancelled",), timeout=30)[cid]["state"] == "cancelled"
+
+
+def test_down_leaves_no_container_of_a_running_job(ccluster):
+    aliases, env = ccluster
+    res = run_cli("run", NAME, "--json", "--image", IMAGE, "--gpus-per-job", "0", "--", "sleep 600", env=env,
+                  timeout=300)
+    (cid,) = [j["id"] for j in json.loads(res.stdout)["jobs"]]
+    deadline = time.monotonic() + 60
+    while f"migrate-{NAME}-{cid}-1" not in containers(aliases):
+        assert time.monotonic() < deadline, run_cli("logs", NAME, cid, env=env).output
+        time.sleep(1)
+    down = run_cli("cluster", "down", NAME, env=env, timeout=300)
+    assert down.code == 0, down.output
+    assert containers(aliases) == ""

@@ -212,3 +212,25 @@ def test_container_spec_checks_and_home_mounts(tmp_path):
     env = {**os.environ, "PATH": f"{fake_docker(tmp_path)[0]['PATH']}"}
     res = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 125 and f"mount source {tmp_path}/missing does not exist" in res.stderr
+
+
+def test_down_removes_the_clusters_containers(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "docker.log"
+    (bindir / "docker").write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$1" in version) exit 0;; ps) printf 'aaa\\nbbb\\n';; esac
+""")
+    (bindir / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    res = subprocess.run(["/bin/sh", "-c", container.remove_containers_command("lab")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == "2"
+    assert log.read_text().splitlines()[1:] == ["ps -aq --filter label=migrate.cluster=lab", "rm -f aaa bbb"]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "sh").symlink_to("/bin/sh")
+    no_docker = subprocess.run(["/bin/sh", "-c", container.remove_containers_command("lab")],
+                               env={**os.environ, "PATH": str(bare)}, capture_output=True, text=True)
+    assert no_docker.returncode == 0 and no_docker.stdout == ""
