@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from migrate import ui
-from migrate.agent.launch import docker_argv
+from migrate.agent.launch import RESERVED_ENV, docker_argv
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.spec import JobSpec
@@ -115,6 +115,10 @@ def check_container_spec(spec: JobSpec) -> None:
             raise UsageError(f"bad mount {m!r}: the source must be an absolute path (or ~/...)",
                              hint="use HOST_PATH:CONTAINER_PATH[:ro]")
     for k, v in spec.env.items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise UsageError(f"invalid environment variable name {k!r}")
+        if k in RESERVED_ENV:
+            raise UsageError(f"{k} is set for the container", hint="choose GPUs with --gpus-per-job")
         if "\n" in v:
             raise UsageError(f"{k} contains a newline (not possible for container jobs)")
 

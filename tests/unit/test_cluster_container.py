@@ -202,6 +202,10 @@ def test_container_spec_checks_and_home_mounts(tmp_path):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", cwd="work"))
     with pytest.raises(UsageError, match="bad mount"):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", mounts=["data:/data"]))
+    with pytest.raises(UsageError, match="invalid environment variable name"):
+        jobs.check_cluster_spec(JobSpec(command="x", image="a:1", env={"A}; x": "1"}))
+    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES is set for the container"):
+        jobs.check_cluster_spec(JobSpec(command="x", image="a:1", env={"CUDA_VISIBLE_DEVICES": "1"}))
     with pytest.raises(UsageError, match="need a container image"):
         jobs.check_cluster_spec(JobSpec(command="x", mounts=["/d:/d"]))
     line = container.docker_run_line(record(), JobSpec(command="x", gpus=0, image="a:1",
