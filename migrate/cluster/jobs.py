@@ -15,7 +15,7 @@ import time
 from rich.text import Text
 
 from migrate import ui
-from migrate.cluster import plan, state
+from migrate.cluster import container, plan, state
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import UsageError
@@ -32,14 +32,23 @@ COLUMNS = ["id", "name", "state", "gpu", "node", "runtime", "exit", "info"]
 
 def check_cluster_spec(spec: JobSpec) -> None:
     """What a cluster job cannot do (yet): one clear line instead of silently ignoring it."""
-    unsupported = [("--image", spec.image), ("--mount", spec.mounts), ("--publish", spec.ports),
-                   ("--gpu-pool", spec.gpu_pool), ("--min-free-mem", spec.min_free_mem_mib),
-                   ("--allow-shared", spec.allow_shared), ("--priority", spec.priority)]
+    unsupported = [("--gpu-pool", spec.gpu_pool), ("--min-free-mem", spec.min_free_mem_mib),
+                   ("--allow-shared", spec.allow_shared)]
     for flag, value in unsupported:
         if value:
             raise UsageError(f"{flag} is not supported on a cluster yet",
                              hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
-                                  "chosen at `cluster up` (--gpu-pool) and Ray places jobs in submission order")
+                                  "chosen at `cluster up` (--gpu-pool)")
+    if (spec.mounts or spec.ports or spec.shm_size) and not spec.image:
+        raise UsageError("--mount, --publish and --shm-size need a container image (--image)")
+    if spec.image:
+        container.check_container_spec(spec)
+
+
+def submission_order(specs: list[JobSpec]) -> list[JobSpec]:
+    """Higher --priority first, ties in the given order (stable). Ray starts jobs in the order they
+    were submitted, so this is what priority means on a cluster: the order within one run (pure)."""
+    return sorted(specs, key=lambda s: -s.priority)
 
 
 def entrypoint(record: ClusterRecord, command: str, cwd: str | None) -> str:
@@ -55,9 +64,10 @@ def gang_entrypoint(record: ClusterRecord, command: str, cwd: str | None, nodes:
     return f"{py} {shell.home_path(plan.GANG)} {shell.join(args)} -- {shell.quote(command)}"
 
 
-def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str) -> dict[str, str]:
+def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attempt: int = 1) -> dict[str, str]:
     env = dict(spec_env)
     env["MIGRATE_JOB_ID"] = job_id
+    env["MIGRATE_JOB_ATTEMPT"] = str(attempt)  # a container job's name ends with it
     env["MIGRATE_CLUSTER"] = record.name
     env.setdefault("RAY_DEDUP_LOGS", "0")  # every rank's lines, not "repeated 2x across cluster"
     if record.agent:
@@ -78,6 +88,10 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
     if nodes:
         ep = gang_entrypoint(record, spec.command, spec.cwd, nodes, gpus_per_node, master_port)
         gpus, num_gpus, num_cpus = nodes * gpus_per_node, 0, 0
+    elif spec.image:  # the wrapper runs a script that starts the container; --cwd is the container's -w
+        ep = entrypoint(record, container.container_command(record, spec, job_id), None)
+        gpus = spec.gpus
+        num_gpus, num_cpus = spec.gpus, (0 if spec.gpus else 1)
     else:
         ep = entrypoint(record, spec.command, spec.cwd)
         gpus = spec.gpus
@@ -85,10 +99,11 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
     meta = {"migrate_cluster": record.name, "migrate_id": job_id, "migrate_name": name, "migrate_gpus": str(gpus),
             "migrate_attempt": str(attempt),
             "migrate_retries": str(spec.retries), "migrate_command": spec.command, "migrate_cwd": spec.cwd or "",
-            "migrate_nodes": str(nodes), "migrate_key": spec.key or ""}
+            "migrate_nodes": str(nodes), "migrate_key": spec.key or "",
+            "migrate_image": spec.image or "", "migrate_priority": str(spec.priority)}
     return {"entrypoint": ep, "submission_id": submission_id(record.name, job_id, attempt),
             "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
-            "runtime_env": {"env_vars": job_env(record, spec.env, job_id)}, "metadata": meta}
+            "runtime_env": {"env_vars": job_env(record, spec.env, job_id, attempt)}, "metadata": meta}
 
 
 def again(job: dict, *, retries_left: int | None = None) -> dict:
@@ -101,9 +116,11 @@ def again(job: dict, *, retries_left: int | None = None) -> dict:
     cluster = meta["migrate_cluster"]
     gpus = int(meta.get("migrate_gpus", "0"))
     nodes = int(meta.get("migrate_nodes", "0") or 0)
+    runtime_env = dict(job.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "MIGRATE_JOB_ATTEMPT": str(attempt)}
     return {"entrypoint": job["entrypoint"], "submission_id": submission_id(cluster, meta["migrate_id"], attempt),
             "entrypoint_num_gpus": 0 if nodes else gpus, "entrypoint_num_cpus": 0 if (nodes or gpus) else 1,
-            "runtime_env": job.get("runtime_env") or {}, "metadata": meta}
+            "runtime_env": runtime_env, "metadata": meta}
 
 
 # -- run -----------------------------------------------------------------------------------------------
@@ -118,17 +135,27 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
             raise UsageError("--nodes runs one job across servers; give one command (no --sweep/--jobs)")
         if nodes > len(record.nodes):
             raise UsageError(f"--nodes {nodes}: cluster {name} has {len(record.nodes)} nodes")
+        if specs[0].image:
+            raise UsageError("--nodes with --image is not supported on a cluster yet",
+                             hint="run the ranks as processes (drop --image), or one container job per host")
+    order = submission_order(specs)
+    images = sorted({s.image for s in specs if s.image})
     if dry_run:
+        if images and not as_json:
+            container.push_to_cluster(record, images, conn, dry_run=True)
         rows = [payload(record, s, "?", nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
-                for s in specs]
+                for s in order]
         if as_json:
-            ui.print_json({"cluster": name, "dry_run": True, "jobs": rows})
+            ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "hosts": record.hosts,
+                           "jobs": rows})
         else:
-            ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}",
-                     ["name", "gpus", "cwd", "command"],
+            ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}, in this order",
+                     ["name", "gpus", "priority", "image", "cwd", "command"],
                      [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
-                       else "cpu", s.cwd or "~", s.command) for s in specs])
+                       else "cpu", str(s.priority), s.image or "", s.cwd or "~", s.command) for s in order])
         return 0
+    if images:
+        container.push_to_cluster(record, images, conn, dry_run=False)
     with job_api(record, conn) as api:
         submitted, existing = submit_specs(api, record, specs, nodes=nodes, gpus_per_node=gpus_per_node,
                                            master_port=master_port)
@@ -158,9 +185,10 @@ def submit_specs(api: JobApi, record: ClusterRecord, specs: list[JobSpec], *, no
     have = existing_keys(api) if any(s.key for s in specs) else set()
     fresh = [s for s in specs if not s.key or s.key not in have]
     already = [s.key for s in specs if s.key and s.key in have]
-    ids = state.next_job_ids(record.name, len(fresh)) if fresh else []
+    ids = state.next_job_ids(record.name, len(fresh)) if fresh else []  # ids follow the given order
     submitted = []
-    for spec, job_id in zip(fresh, ids):
+    by_priority = sorted(zip(fresh, ids), key=lambda pair: -pair[0].priority)  # Ray starts in submission order
+    for spec, job_id in by_priority:
         body = payload(record, spec, job_id, nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
         api.submit(body)
         submitted.append({"id": job_id, "name": body["metadata"]["migrate_name"], "key": spec.key,

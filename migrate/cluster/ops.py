@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import ui
-from migrate.cluster import install, plan, state
+from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
@@ -324,7 +324,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
 
 
 # -- down ----------------------------------------------------------------------------------------------
-def _stop_host(remote: Any, version: str, purge: bool) -> dict:
+def _stop_host(remote: Any, version: str, purge: bool, name: str = "") -> dict:
     remote.run(plan.stop_command(version), check=False, what="ray stop", timeout=120)
     left = remote.run(plan.leftover_command(), check=False, what="look for Ray processes").stdout.strip()
     killed = 0
@@ -335,9 +335,14 @@ def _stop_host(remote: Any, version: str, purge: bool) -> dict:
         left = remote.run(plan.leftover_command(), check=False, what="look for Ray processes").stdout.strip()
     if left:
         raise MigrateError(f"Ray processes of ours still run: {left.splitlines()[0][:120]}")
+    containers = 0
+    if name:  # container jobs: their containers are no process of ours (the Docker daemon runs them)
+        out = remote.run(container.remove_containers_command(name), check=False, what="remove job containers",
+                         timeout=120).stdout.strip()
+        containers = int(out) if out.isdigit() else 0
     cleanup = plan.purge_command() if purge else f"rm -f {shell.home_path(plan.HOST_RECORD)}"
     remote.run(cleanup, check=False, what="remove the cluster record")
-    return {"killed_leftovers": killed, "purged": purge}
+    return {"killed_leftovers": killed, "removed_containers": containers, "purged": purge}
 
 
 def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = False,
@@ -346,7 +351,7 @@ def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = Fals
 
     def work(host: str) -> dict:
         with connector(host) as remote:
-            return _stop_host(remote, record.ray_version, purge)
+            return _stop_host(remote, record.ray_version, purge, record.name)
 
     return for_each_host(record.hosts, work)
 
@@ -373,6 +378,7 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool =
                                 "or add --forget if they are gone for good")
     state.remove(name)
     for h in (h for h in hosts if h["ok"]):
-        ui.step(f"{h['host']}: Ray stopped, no Ray process of ours left" + (", ~/.migrate/ray removed" if purge
-                                                                              else ""))
+        ui.step(f"{h['host']}: Ray stopped, no Ray process of ours left"
+                + (f", {h['removed_containers']} job container(s) removed" if h.get("removed_containers") else "")
+                + (", ~/.migrate/ray removed" if purge else ""))
     return {"name": name, "action": "stopped", "purged": purge, "hosts": hosts}

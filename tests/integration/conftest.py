@@ -23,7 +23,8 @@ from tests.conftest import run_cli
 
 # name -> slot; slot N uses subnet 172.31.(200+N).0/24 and ports 2400+20*N ... (max 20 hosts)
 SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 6, "hsetupb": 7, "pimageb": 8,
-         "modern": 9, "cluster": 10, "registry": 11, "shell": 12}
+         "modern": 9, "cluster": 10, "registry": 11, "shell": 12, "ccluster": 13}
+# (slot 13 lands on the next base's slot 0, which no name uses)
 
 
 # Several test runs can share one machine (a developer's and CI's, say): MIGRATE_TEST_PREFIX

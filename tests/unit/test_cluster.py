@@ -148,8 +148,8 @@ def test_job_view_names_the_node():
 
 
 def test_cluster_refuses_what_it_cannot_do_yet():
-    with pytest.raises(UsageError, match="--image is not supported on a cluster"):
-        jobs.check_cluster_spec(JobSpec(command="x", image="busybox"))
+    with pytest.raises(UsageError, match="--min-free-mem is not supported on a cluster"):
+        jobs.check_cluster_spec(JobSpec(command="x", min_free_mem_mib=100))
 
 
 # -- orchestration on recording hosts -----------------------------------------------------------------------
