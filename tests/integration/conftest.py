@@ -28,7 +28,7 @@ SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 
 
 
 # Several test runs can share one machine (a developer's and CI's, say): MIGRATE_TEST_PREFIX
-# (letters) renames every dedicated sandbox and MIGRATE_TEST_SLOT_BASE (0, 13, 26 or 39) moves its
+# (letters) renames every dedicated sandbox and MIGRATE_TEST_SLOT_BASE (0, 14, 28 or 42) moves its
 # subnets and ports, so two runs never bring up, change or tear down each other's hosts.
 TEST_PREFIX = os.environ.get("MIGRATE_TEST_PREFIX", "")
 SLOT_BASE = int(os.environ.get("MIGRATE_TEST_SLOT_BASE", "0"))
