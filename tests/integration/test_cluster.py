@@ -213,7 +213,7 @@ def test_exec_and_shell_inside_a_running_cluster_job_on_its_node(cluster):
     aliases, env = cluster
     for a in aliases:
         sh(a, "mkdir -p ~/cexec-work")
-    [jid] = submit(env, "--name", "cexec", "-e", "MYVAR=x", "--cwd", "~/cexec-work", "--", "sleep 300")
+    [jid] = submit(env, "--name", "cexec", "-e", "MYVAR=x", "--cwd", "~/cexec-work", "--", "sleep 298")
     node = wait_for(env, {jid}, ("running",), timeout=60)[jid]["node"]
     t0 = time.monotonic()
     res = exec_when_started(env, jid, "--", "sh", "-c",
@@ -238,7 +238,7 @@ def test_exec_and_shell_inside_a_running_cluster_job_on_its_node(cluster):
 
 def test_exec_rank_one_of_a_two_node_job_runs_on_that_ranks_node(cluster):
     aliases, env = cluster
-    [jid] = submit(env, "--nodes", "2", "--gpus-per-node", "1", "--", "sleep 300")
+    [jid] = submit(env, "--nodes", "2", "--gpus-per-node", "1", "--", "sleep 297")
     wait_for(env, {jid}, ("running",), timeout=60)
     try:
         deadline = time.monotonic() + 60
