@@ -196,3 +196,15 @@ def test_shell_on_a_cluster_needs_a_job_and_rank_needs_a_cluster(tmp_path, monke
     assert res.code == 2 and "--rank is for a job on a cluster" in res.stderr
     assert "cluster name" in run_cli("exec", "--help").stdout
     assert "cluster name" in run_cli("shell", "--help").stdout
+
+
+def test_an_unreachable_node_is_one_line_naming_it_and_dry_run_prints_the_session(monkeypatch, capsys):
+    from migrate.errors import ConnectError
+
+    monkeypatch.setattr(cshell, "locate", lambda *a, **k: cshell.Placement("lab", "7", "j", 1, "nowhere.invalid"))
+    with pytest.raises(ConnectError, match="cannot reach node nowhere.invalid of cluster lab, where job 7 runs"):
+        cshell.open_cluster_session("lab", "7", words=("true",), tty=False, conn=ConnectOptions())
+    assert cshell.open_cluster_session("lab", "7", words=("echo", "a b"), tty=False, conn=ConnectOptions(),
+                                       dry_run=True) == 0
+    line = capsys.readouterr().out
+    assert " -T nowhere.invalid 'exec python3 -I -S -c " in line and "lab 7 1 -- echo '" in line
