@@ -8,5 +8,7 @@
 - ops.py      up / status / down: preflight everything, install, start head then workers, record
 - jobapi.py   the Ray Job REST API over an SSH local forward (stdlib urllib only: no Ray here)
 - jobs.py     `migrate run/status/logs/cancel/retry NAME` for a cluster name; --nodes gang jobs
-- shipped/    the small scripts that run on the hosts: the polite job wrapper and the gang driver
+- shell.py    `migrate shell/exec NAME JOB` for a cluster job: find its node, enter it there (issue 15)
+- shipped/    the small scripts that run on the hosts: the polite job wrapper, the gang driver, and the
+              enter script `shell/exec` send over ssh
 """

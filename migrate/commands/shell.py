@@ -8,13 +8,25 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cluster import state as cluster_state
+from migrate.cluster.shell import open_cluster_session
 from migrate.errors import UsageError
 from migrate.jobs.shell import SessionRequest, dry_run_argv, open_session
 from migrate.remote import shell as quoting
 from migrate.remote.hosts import ConnectOptions
 
+RANK_HELP = "On a cluster, the rank of a --nodes job to enter (default 0)."
 
-def _finish(request: SessionRequest, dry_run: bool) -> None:
+
+def _finish(request: SessionRequest, dry_run: bool, rank: int | None = None) -> None:
+    if cluster_state.exists(request.host):  # a cluster name (issue 14): enter the job where it runs
+        if request.job is None:
+            raise UsageError(f"{request.host} is a cluster: give a JOB",
+                             hint=f"migrate shell {request.host} JOB, or `migrate shell HOST` on one of its hosts")
+        sys.exit(open_cluster_session(request.host, request.job, words=request.words, tty=request.tty,
+                                      conn=request.conn, rank=rank, dry_run=dry_run))
+    if rank is not None:
+        raise UsageError("--rank is for a job on a cluster", hint=f"{request.host} is no cluster here")
     if dry_run:
         sys.stdout.write(quoting.join(dry_run_argv(request)) + "\n")
         return
@@ -26,9 +38,15 @@ def _finish(request: SessionRequest, dry_run: bool) -> None:
 @click.argument("job", required=False)
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing).")
-def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOptions, dry_run: bool) -> None:
+@click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
+@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+                                              "on a cluster it asks the head where the job runs).")
+def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
+            dry_run: bool) -> None:
     """An interactive shell on HOST, or inside JOB (its id, name or key) on HOST.
+
+    HOST may be a cluster name (`migrate cluster up`): the shell opens inside JOB on the node where it
+    runs (rank 0 of a --nodes job, or --rank K).
 
     \b
       migrate shell gpu1                  a login shell on gpu1
@@ -44,7 +62,7 @@ def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOpt
     """
     if words and job is None:
         raise UsageError("CMD needs a JOB", hint="migrate shell HOST JOB -- CMD, or `ssh HOST CMD` on the host")
-    _finish(SessionRequest(host=host, job=job, words=words, tty=True, conn=conn), dry_run)
+    _finish(SessionRequest(host=host, job=job, words=words, tty=True, conn=conn), dry_run, rank)
 
 
 @click.command("exec", context_settings=CONTEXT_SETTINGS)
@@ -52,9 +70,15 @@ def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOpt
 @click.argument("job")
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
 @connection_options
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing).")
-def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptions, dry_run: bool) -> None:
+@click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
+@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+                                              "on a cluster it asks the head where the job runs).")
+def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
+                 dry_run: bool) -> None:
     """Run CMD inside JOB (its id, name or key) on HOST, without a terminal; exit with CMD's exit code.
+
+    HOST may be a cluster name: CMD runs on the node where JOB runs (rank 0 of a --nodes job, or
+    --rank K), in the job's directory with its environment.
 
     \b
       migrate exec gpu1 7 -- nvidia-smi
@@ -68,4 +92,4 @@ def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptio
     stderr stay apart and are streamed; the exit code is CMD's (1 with one `error:` line when the
     job is unknown, queued or finished; 255 when ssh itself fails).
     """
-    _finish(SessionRequest(host=host, job=job, words=words, tty=False, conn=conn), dry_run)
+    _finish(SessionRequest(host=host, job=job, words=words, tty=False, conn=conn), dry_run, rank)

@@ -11,9 +11,8 @@ never mistaken for the exit code of the shell or command, which is passed throug
 Before a job session, one `enter --check` call over the same master reports a queued, finished or
 unknown job as a one-line error (and installs the agent if this migrate's version is missing).
 
-Cluster jobs: `job_session_argv` is the seam. Given the `ssh ... alias` argv of the host a job runs
-on and the job's identity on that host, it builds the whole command; a cluster front end only has to
-find that host and id.
+Cluster jobs (`migrate shell/exec CLUSTER JOB`) are in migrate/cluster/shell.py: they reuse
+`session_argv`, `check_terminal` and `run_ssh`, with a stdlib enter script instead of the agent.
 """
 
 from __future__ import annotations

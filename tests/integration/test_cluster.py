@@ -2,7 +2,8 @@
 
 One cluster for the module, in order: up from pushed wheels (offline path) and an idempotent rerun;
 a 12-job sweep over several nodes; a playbook with `cluster:` applied twice; a polite job waiting for
-a GPU another user took; a 2-node job whose ranks meet; a failing rank stops the others; a node's Ray
+a GPU another user took; a 2-node job whose ranks meet; a failing rank stops the others; `exec` and
+`shell` inside a running job on its node, and in rank 1 of a 2-node job (issue 15); a node's Ray
 killed -> its jobs failed -> `retry` finishes them elsewhere; down leaves no Ray process; a worker
 that cannot reach the head is one clear line. About 2.5 minutes on 2 cores.
 """
@@ -10,6 +11,8 @@ that cannot reach the head is one clear line. About 2.5 minutes on 2 cores.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 import pytest
@@ -191,6 +194,66 @@ def test_a_failing_rank_stops_the_others_and_fails_the_job(cluster):
     time.sleep(2)
     for a in aliases:
         assert not sh(a, "ps -eo args | grep 'sleep 301' | grep -v grep || true").strip()
+
+
+def exec_when_started(env: dict, *args: str, timeout: float = 30):
+    """`migrate exec NAME ARGS`, again while the job's command has not started yet (the polite wrapper's
+    GPU check comes before it; Ray says `running` already)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = run_cli("exec", NAME, *args, env=env)
+        if "has no running command" not in res.stderr or time.monotonic() > deadline:
+            return res
+        time.sleep(0.5)
+
+
+def test_exec_and_shell_inside_a_running_cluster_job_on_its_node(cluster):
+    from tests.integration.test_shell import drive_pty
+
+    aliases, env = cluster
+    for a in aliases:
+        sh(a, "mkdir -p ~/cexec-work")
+    [jid] = submit(env, "--name", "cexec", "-e", "MYVAR=x", "--cwd", "~/cexec-work", "--", "sleep 298")
+    node = wait_for(env, {jid}, ("running",), timeout=60)[jid]["node"]
+    t0 = time.monotonic()
+    res = exec_when_started(env, jid, "--", "sh", "-c",
+                            'echo "$PWD|$CUDA_VISIBLE_DEVICES|$MYVAR|$(uname -n)|${RAY_ADDRESS-none}"; exit 3')
+    print(f"exec in a cluster job: {time.monotonic() - t0:.1f} s")
+    assert res.code == 3, res.output
+    pwd, gpus, myvar, hostname, ray = res.stdout.strip().splitlines()[-1].split("|")
+    assert (pwd, myvar, ray) == ("/home/alice/cexec-work", "x", "none")
+    assert gpus in ("0", "1", "2", "3") and hostname == sh(node, "uname -n").strip()
+    assert not sh(node, "find ~/.migrate/ray/run -perm /077 -print").strip()       # private record
+    code, out = drive_pty([sys.executable, "-m", "migrate", "shell", NAME, jid],
+                          {**os.environ, "COLUMNS": "200", **env},
+                          [b"echo in=$PWD:$MYVAR; tty >/dev/null && echo tty-ok; exit 7\n"])
+    assert code == 7 and "in=/home/alice/cexec-work:x" in out and "tty-ok" in out, out
+    assert run_cli("cancel", NAME, jid, env=env).code == 0
+    wait_for(env, {jid}, ("cancelled",), timeout=60)
+    gone = run_cli("exec", NAME, jid, "--", "true", env=env)
+    assert_one_line_error(gone, f"job {jid} (cexec) on cluster {NAME} was cancelled", "its processes are gone")
+    assert f"migrate logs {NAME} {jid}" in gone.stderr
+    assert not sh(node, "ls ~/.migrate/ray/run/").strip()      # the record went with the command
+
+
+def test_exec_rank_one_of_a_two_node_job_runs_on_that_ranks_node(cluster):
+    aliases, env = cluster
+    [jid] = submit(env, "--nodes", "2", "--gpus-per-node", "1", "--", "sleep 297")
+    wait_for(env, {jid}, ("running",), timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while "nodes reserved" not in run_cli("logs", NAME, jid, env=env).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        ips = run_cli("logs", NAME, jid, env=env).stdout.split("nodes reserved: ")[1].splitlines()[0].split(", ")
+        res = exec_when_started(env, jid, "--rank", "1", "--", 'echo "$NODE_RANK $MASTER_ADDR $MIGRATE_NODE_IP"')
+        assert res.code == 0, res.output
+        assert res.stdout.strip().splitlines()[-1].split() == ["1", ips[0], ips[1]]
+        too_far = run_cli("exec", NAME, jid, "--rank", "2", "--", "true", env=env)
+        assert too_far.code == 2 and "ranks 0 to 1" in too_far.stderr
+    finally:
+        run_cli("cancel", NAME, jid, env=env)
+    wait_for(env, {jid}, ("cancelled",), timeout=60)
 
 
 def test_killed_node_fails_its_jobs_and_retry_finishes_them_elsewhere(cluster):

@@ -12,7 +12,9 @@ a process group of its own. It stays COMMAND's parent as a watchdog: stop signal
 job) go to the whole group; when the Ray process that started it dies (`ray stop`, a node's Ray
 killed) it stops the group; and a small guard process stops the group if the wrapper itself is
 SIGKILLed (Ray does that to a dead worker's children). So no job keeps a GPU after its node left the
-cluster or its gang was cancelled. Stdlib only; python >= 3.8.
+cluster or its gang was cancelled. While COMMAND runs, a private record of it (pid, process group,
+cwd, environment without Ray's own RAY_* variables) sits in ~/.migrate/ray/run/ (0700, files 0600):
+`migrate shell/exec CLUSTER JOB` finds the job there (shipped/enter_job.py). Stdlib only; python >= 3.8.
 """
 
 import json
@@ -24,6 +26,56 @@ import sys
 import time
 
 POLL_S = float(os.environ.get("MIGRATE_POLITE_POLL_S", "5"))
+RUN_DIR = "~/.migrate/ray/run"   # one record per running command, read by `migrate shell/exec CLUSTER JOB`
+
+
+def record_path(cluster: str, job: str, rank: str) -> str:
+    """Where the record of this job's command (rank `rank` of a gang, "0" otherwise) lives on this node."""
+    return os.path.join(os.path.expanduser(RUN_DIR), f"{cluster}-{job}-{rank}.json")
+
+
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks (/proc/PID/stat field 22): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def job_environment(env: dict) -> dict:
+    """The job's environment as a shell in it gets it: everything but Ray's own variables (pure)."""
+    return {k: v for k, v in env.items() if not k.startswith(("RAY_", "_RAY"))}
+
+
+def write_record(pid: int, cwd: str) -> str:
+    """Record the running command privately (0600 in a 0700 dir); its path, or "" when not a migrate job."""
+    cluster, job = os.environ.get("MIGRATE_CLUSTER"), os.environ.get("MIGRATE_JOB_ID")
+    if not cluster or not job:
+        return ""
+    path = record_path(cluster, job, os.environ.get("NODE_RANK", "0"))
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.chmod(os.path.dirname(path), 0o700)
+        data = {"pid": pid, "pgid": pid, "ticks": start_ticks(pid), "cwd": cwd, "started": time.time(),
+                "env": job_environment(dict(os.environ))}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+        return path
+    except OSError as exc:
+        print(f"migrate: cannot record the job for `migrate shell` ({exc})", flush=True)
+        return ""
+
+
+def remove_record(path: str) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def node_ip() -> str:
@@ -94,6 +146,15 @@ def run(command: str, cwd: str) -> int:
     child = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, start_new_session=True)
     group = child.pid
     guard(group)
+    record = write_record(child.pid, cwd)
+    try:
+        return watch(child, group, parent)
+    finally:
+        remove_record(record)
+
+
+def watch(child: subprocess.Popen, group: int, parent: int) -> int:
+    """Wait for COMMAND as its watchdog (see `run`)."""
 
     def forward(signum, frame):
         try:
