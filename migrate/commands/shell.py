@@ -90,6 +90,7 @@ def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptio
     `migrate run`). It runs where the job runs: `docker exec -i CONTAINER sh -c CMD` for a container
     job, `bash -lc CMD` in the job's directory with its environment for a process job. stdout and
     stderr stay apart and are streamed; the exit code is CMD's (1 with one `error:` line when the
-    job is unknown, queued or finished; 255 when ssh itself fails).
+    job is unknown, queued or finished, 2 for a job id a cluster does not know; 255 when ssh itself
+    fails).
     """
     _finish(SessionRequest(host=host, job=job, words=words, tty=False, conn=conn), dry_run, rank)
