@@ -19,7 +19,7 @@ from migrate.cluster import container, plan, state
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import UsageError
-from migrate.jobs.render import STATE_COLOURS, duration
+from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
 from migrate.jobs.spec import JobSpec
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
@@ -259,13 +259,17 @@ def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
     return sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
 
 
-def show_status(name: str, conn: ConnectOptions, *, as_json: bool) -> int:
-    jobs = cluster_jobs(name, conn)
+def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: bool = False,
+                states: list[str] | None = None, last: int = 20) -> int:
+    """The cluster's jobs, chosen by --state/--all/--last as on one host (render.select_jobs); the counts
+    cover every job, as on one host."""
+    every = cluster_jobs(name, conn)
+    jobs, hidden = select_jobs(every, show_all=show_all, states=states, last=last)
     if as_json:
         counts: dict[str, int] = {}
-        for j in jobs:
+        for j in every:
             counts[j["state"]] = counts.get(j["state"], 0) + 1
-        ui.print_json({"cluster": name, "counts": counts, "jobs": jobs})
+        ui.print_json({"cluster": name, "counts": counts, "hidden_finished": hidden, "jobs": jobs})
         return 0
     rows = [(j["id"], j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")),
              (f"{j['nodes']}×{j['gpus'] // max(j['nodes'], 1)}" if j["nodes"] else str(j["gpus"])) if j["gpus"]
@@ -273,10 +277,12 @@ def show_status(name: str, conn: ConnectOptions, *, as_json: bool) -> int:
              "" if j["exit_code"] is None else str(j["exit_code"]),
              ((j["reason"] or "")[:70] if j["state"] == "failed" else j["command"][:70])
              + (f" (attempt {j['attempt']})" if j["attempt"] > 1 else "")) for j in jobs]
-    ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in jobs if j['state'] == s)} {s}"
+    ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in every if j['state'] == s)} {s}"
                                             for s in ("queued", "running", "done", "failed", "cancelled")
-                                            if any(j["state"] == s for j in jobs)) or "no jobs yet"))
+                                            if any(j["state"] == s for j in every)) or "no jobs yet"))
     ui.table(None, COLUMNS, rows)
+    if hidden:
+        ui.info(f"{hidden} older finished job(s) not shown (--all shows every job)")
     return 0
 
 
