@@ -51,3 +51,82 @@ def test_status_on_a_cluster_filters_like_one_host(tmp_path, monkeypatch, capsys
     assert jobs.show_status("lab", None, as_json=False, last=1) == 0
     shown = capsys.readouterr()
     assert "2 older finished job(s) not shown" in shown.err + shown.out
+
+
+# -- --from-template -------------------------------------------------------------------------------------
+def make_template(tmp_path):
+    src = tmp_path / "exp"
+    (src / "cfg").mkdir(parents=True)
+    (src / "train.py").write_text("print('hi')\n")
+    (src / "cfg" / "a.yaml").write_text("lr: 1\n")
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "x.pyc").write_text("")
+    (src / "big.ckpt").write_text("0" * 10)
+    return src
+
+
+def test_template_plan_copies_to_every_host_and_each_job_runs_in_its_copy(tmp_path, monkeypatch):
+    from migrate.cluster import template as ctpl
+    from migrate.jobs import template as tpl
+    from migrate.jobs.submit import build_specs
+
+    rec = record()
+    plan = tpl.plan_template(str(make_template(tmp_path)), ["a", "b"], None, ["*.ckpt"])
+    assert ctpl.copies(rec, plan) == [{"experiment": "a", "dest": "~/.migrate/runs/exp/a", "hosts": ["gpu1", "gpu2"]},
+                                      {"experiment": "b", "dest": "~/.migrate/runs/exp/b", "hosts": ["gpu1", "gpu2"]}]
+    assert sorted(ctpl.excludes(plan)) == ["/__pycache__", "/big.ckpt"]
+    specs = build_specs(("python train.py --cfg {experiment}",), jobs_file=None, sweeps=(), name=None, cwd=None,
+                        env={}, gpus=1, min_free_mem=None, allow_shared=False, gpu_pool=None, priority=0, retries=0,
+                        image=None, mounts=(), shm_size=None, ports=(), key=None, experiments=["a", "b"])
+    ctpl.point_specs(plan, specs)
+    assert [(s.cwd, s.command) for s in specs] == [("~/.migrate/runs/exp/a", "python train.py --cfg a"),
+                                                   ("~/.migrate/runs/exp/b", "python train.py --cfg b")]
+    body = jobs.payload(rec, specs[1], "2")
+    assert "--cwd '~/.migrate/runs/exp/b'" in body["entrypoint"]  # the wrapper expands ~ on the node
+    assert body["runtime_env"]["env_vars"]["MIGRATE_EXPERIMENT"] == "b"
+    with pytest.raises(UsageError, match="under your home on every host"):
+        ctpl.check_dest(tpl.plan_template(str(tmp_path / "exp"), ["a"], "/srv/runs", []))
+
+
+def test_template_sync_pushes_each_copy_to_every_host_with_the_plans_excludes(tmp_path, monkeypatch):
+    from migrate.cluster import template as ctpl
+    from migrate.data import push
+    from migrate.data.plan import DataPushResult
+    from migrate.jobs import template as tpl
+
+    calls = []
+
+    def fake_push(sources, hosts, dest, conn, options):
+        calls.append((sources, hosts, dest, options.method, options.exclude))
+        return [DataPushResult(host=h, source=sources[0], dest=dest, status="changed") for h in hosts]
+
+    monkeypatch.setattr(push, "push_data", fake_push)
+    src = make_template(tmp_path)
+    plan = tpl.plan_template(str(src), ["a", "b"], "~/runs", [])
+    ctpl.sync(record(), plan, None, dry_run=True)
+    assert calls == []
+    ctpl.sync(record(), plan, None, dry_run=False)
+    assert calls == [([str(src)], ["gpu1", "gpu2"], "~/runs/a", "rsync", ["/__pycache__"]),
+                     ([str(src)], ["gpu1", "gpu2"], "~/runs/b", "rsync", ["/__pycache__"])]
+
+
+def test_run_from_template_on_a_cluster_dry_run_says_what_goes_where(tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    env = {"MIGRATE_STATE_DIR": str(tmp_path / "state")}
+    monkeypatch.setenv("MIGRATE_STATE_DIR", env["MIGRATE_STATE_DIR"])
+    state.save(record())
+    src = make_template(tmp_path)
+    res = run_cli("run", "lab", "--dry-run", "--json", "--from-template", str(src), "--experiments", "a,b",
+                  "--ignore", "*.ckpt", "--", "python train.py --cfg {experiment}", env=env)
+    assert res.code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [c["dest"] for c in data["template"]["copies"]] == ["~/.migrate/runs/exp/a", "~/.migrate/runs/exp/b"]
+    assert data["template"]["files"] == 2 and data["template"]["copies"][0]["hosts"] == ["gpu1", "gpu2"]
+    assert "--cfg b" in data["jobs"][1]["entrypoint"] and "exp/b'" in data["jobs"][1]["entrypoint"]
+    text = run_cli("run", "lab", "--dry-run", "--from-template", str(src), "--experiments", "a,b", "--",
+                   "python train.py", env=env)
+    assert text.code == 0 and "would copy" in text.output and "gpu1, gpu2" in text.output
+    refused = run_cli("run", "lab", "--dry-run", "--from-template", str(src), "--experiments", "a", "--image",
+                      "a:1", "--", "x", env=env)
+    assert refused.code == 2 and "--from-template with --image" in refused.stderr
