@@ -65,6 +65,10 @@ def sync(record: ClusterRecord, plan: tpl.TemplatePlan, conn: ConnectOptions, *,
     for row in copies(record, plan):
         results = push_data([str(plan.source)], row["hosts"], row["dest"], conn, options)
         failed = [r for r in results if r.status == "failed"]
+        for r in results:
+            if r.status != "failed":  # "up to date" on a rerun where nothing changed
+                ui.info(f"  {r.host}:{row['dest']} {r.status}"
+                        + (f" ({r.files_transferred} files sent)" if r.files_transferred else ""))
         if failed:
             raise MigrateError(f"could not copy the template to {failed[0].host}:{row['dest']}: {failed[0].error}",
                                hint="nothing was submitted; fix that host or take it out of the cluster")

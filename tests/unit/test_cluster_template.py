@@ -88,7 +88,7 @@ def test_template_plan_copies_to_every_host_and_each_job_runs_in_its_copy(tmp_pa
         ctpl.check_dest(tpl.plan_template(str(tmp_path / "exp"), ["a"], "/srv/runs", []))
 
 
-def test_template_sync_pushes_each_copy_to_every_host_with_the_plans_excludes(tmp_path, monkeypatch):
+def test_template_sync_pushes_each_copy_to_every_host_with_the_plans_excludes(tmp_path, monkeypatch, capsys):
     from migrate.cluster import template as ctpl
     from migrate.data import push
     from migrate.data.plan import DataPushResult
@@ -106,6 +106,7 @@ def test_template_sync_pushes_each_copy_to_every_host_with_the_plans_excludes(tm
     ctpl.sync(record(), plan, None, dry_run=True)
     assert calls == []
     ctpl.sync(record(), plan, None, dry_run=False)
+    assert "gpu2:~/runs/b changed" in capsys.readouterr().err
     assert calls == [([str(src)], ["gpu1", "gpu2"], "~/runs/a", "rsync", ["/__pycache__"]),
                      ([str(src)], ["gpu1", "gpu2"], "~/runs/b", "rsync", ["/__pycache__"])]
 
@@ -130,3 +131,24 @@ def test_run_from_template_on_a_cluster_dry_run_says_what_goes_where(tmp_path, m
     refused = run_cli("run", "lab", "--dry-run", "--from-template", str(src), "--experiments", "a", "--image",
                       "a:1", "--", "x", env=env)
     assert refused.code == 2 and "--from-template with --image" in refused.stderr
+
+
+def test_a_host_the_template_cannot_reach_stops_before_anything_is_submitted(tmp_path, monkeypatch):
+    from migrate.cluster import template as ctpl
+    from migrate.data import push
+    from migrate.data.plan import DataPushResult
+    from migrate.errors import MigrateError
+    from migrate.jobs import template as tpl
+    from migrate.jobs.spec import JobSpec
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))
+    state.save(record())
+    monkeypatch.setattr(push, "push_data", lambda sources, hosts, dest, conn, options: [
+        DataPushResult(host=h, source=sources[0], dest=dest, status="failed" if h == "gpu2" else "changed",
+                       error="disk full") for h in hosts])
+    monkeypatch.setattr(jobs, "job_api", lambda *a, **k: pytest.fail("submitted although a copy failed"))
+    plan = tpl.plan_template(str(make_template(tmp_path)), ["a"], None, [])
+    spec = JobSpec(command="x", env={"MIGRATE_EXPERIMENT": "a"})
+    with pytest.raises(MigrateError, match="could not copy the template to gpu2:~/.migrate/runs/exp/a: disk full"):
+        jobs.run_on_cluster("lab", None, [spec], dry_run=False, as_json=True, follow=False, template=plan)
+    assert ctpl.copies(record(), plan)[0]["hosts"] == ["gpu1", "gpu2"]
