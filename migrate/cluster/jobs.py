@@ -16,11 +16,13 @@ from rich.text import Text
 
 from migrate import ui
 from migrate.cluster import container, plan, state
+from migrate.cluster import template as cluster_template
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import UsageError
-from migrate.jobs.render import STATE_COLOURS, duration
+from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
 from migrate.jobs.spec import JobSpec
+from migrate.jobs.template import TemplatePlan
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
 
@@ -125,11 +127,18 @@ def again(job: dict, *, retries_left: int | None = None) -> dict:
 
 # -- run -----------------------------------------------------------------------------------------------
 def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry_run: bool, as_json: bool,
-                   follow: bool, nodes: int = 0, gpus_per_node: int = 0, master_port: int = 29500) -> int:
-    """Submit every spec as a Ray job; print what was submitted (or would be). Returns the exit code."""
+                   follow: bool, nodes: int = 0, gpus_per_node: int = 0, master_port: int = 29500,
+                   template: TemplatePlan | None = None) -> int:
+    """Submit every spec as a Ray job; print what was submitted (or would be). Returns the exit code.
+    With a --from-template plan, its copies go to every host first and each job runs in its copy."""
     record = state.load(name)
     for spec in specs:
         check_cluster_spec(spec)
+    if template is not None:
+        if nodes:
+            raise UsageError("--nodes with --from-template is not supported on a cluster yet")
+        cluster_template.check_dest(template)
+        cluster_template.point_specs(template, specs)
     if nodes:
         if len(specs) != 1:
             raise UsageError("--nodes runs one job across servers; give one command (no --sweep/--jobs)")
@@ -141,12 +150,17 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
     order = submission_order(specs)
     images = sorted({s.image for s in specs if s.image})
     if dry_run:
+        if template is not None and not as_json:
+            cluster_template.sync(record, template, conn, dry_run=True)
         if images and not as_json:
             container.push_to_cluster(record, images, conn, dry_run=True)
         rows = [payload(record, s, "?", nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
                 for s in order]
         if as_json:
             ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "hosts": record.hosts,
+                           "template": None if template is None else {
+                               "source": str(template.source), "files": len(template.files),
+                               "bytes": template.total_bytes, "copies": cluster_template.copies(record, template)},
                            "jobs": rows})
         else:
             ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}, in this order",
@@ -154,6 +168,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
                      [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
                        else "cpu", str(s.priority), s.image or "", s.cwd or "~", s.command) for s in order])
         return 0
+    if template is not None:
+        cluster_template.sync(record, template, conn, dry_run=False)
     if images:
         container.push_to_cluster(record, images, conn, dry_run=False)
     with job_api(record, conn) as api:
@@ -259,13 +275,17 @@ def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
     return sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
 
 
-def show_status(name: str, conn: ConnectOptions, *, as_json: bool) -> int:
-    jobs = cluster_jobs(name, conn)
+def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: bool = False,
+                states: list[str] | None = None, last: int = 20) -> int:
+    """The cluster's jobs, chosen by --state/--all/--last as on one host (render.select_jobs); the counts
+    cover every job, as on one host."""
+    every = cluster_jobs(name, conn)
+    jobs, hidden = select_jobs(every, show_all=show_all, states=states, last=last)
     if as_json:
         counts: dict[str, int] = {}
-        for j in jobs:
+        for j in every:
             counts[j["state"]] = counts.get(j["state"], 0) + 1
-        ui.print_json({"cluster": name, "counts": counts, "jobs": jobs})
+        ui.print_json({"cluster": name, "counts": counts, "hidden_finished": hidden, "jobs": jobs})
         return 0
     rows = [(j["id"], j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")),
              (f"{j['nodes']}×{j['gpus'] // max(j['nodes'], 1)}" if j["nodes"] else str(j["gpus"])) if j["gpus"]
@@ -273,10 +293,12 @@ def show_status(name: str, conn: ConnectOptions, *, as_json: bool) -> int:
              "" if j["exit_code"] is None else str(j["exit_code"]),
              ((j["reason"] or "")[:70] if j["state"] == "failed" else j["command"][:70])
              + (f" (attempt {j['attempt']})" if j["attempt"] > 1 else "")) for j in jobs]
-    ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in jobs if j['state'] == s)} {s}"
+    ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in every if j['state'] == s)} {s}"
                                             for s in ("queued", "running", "done", "failed", "cancelled")
-                                            if any(j["state"] == s for j in jobs)) or "no jobs yet"))
+                                            if any(j["state"] == s for j in every)) or "no jobs yet"))
     ui.table(None, COLUMNS, rows)
+    if hidden:
+        ui.info(f"{hidden} older finished job(s) not shown (--all shows every job)")
     return 0
 
 

@@ -79,8 +79,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     group (or container), and keeps running when you log out. The first run installs a small
     agent in ~/.migrate on the host (python3 >= 3.8, nothing else) and starts the dispatcher.
     One CMD argument is a shell command line; several are quoted as separate words.
-    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image is pushed to
-    every cluster host first, and --priority orders the submission within this run (docs/cluster.md).
+    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image and the
+    --from-template copies go to every cluster host first, and --priority orders the submission
+    within this run (docs/cluster.md).
     """
     if bool(template) != bool(experiments):
         raise UsageError("--from-template and --experiments go together",
@@ -91,8 +92,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if nodes and not on_cluster:
         raise UsageError("--nodes runs one job across the servers of a cluster",
                          hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
-    if on_cluster and (compose_file or template):
-        raise UsageError("--compose and --from-template are not supported on a cluster yet",
+    if on_cluster and compose_file:
+        raise UsageError("--compose is not supported on a cluster yet",
                          hint="queue them on one host: migrate run HOST ...")
     options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
                                 gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
@@ -109,15 +110,15 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+    plan = None
+    if template and exps:
+        plan = tpl.plan_template(template, exps, template_dest, list(ignores))
     if on_cluster:
         if not dry_run:
             confirm_many_jobs(len(specs), where=host, yes=yes)
         sys.exit(cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
                                              nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
-                                             else gpus_per_node))
+                                             else gpus_per_node, template=plan))
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
-    plan = None
-    if template and exps:
-        plan = tpl.plan_template(template, exps, template_dest, list(ignores))
     sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))

@@ -19,12 +19,20 @@ from migrate.remote.hosts import ConnectOptions
 STATES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
 
 
+def parse_states(states: str | None) -> list[str] | None:
+    """`--state failed,lost` as a list; an unknown state is a usage error (pure)."""
+    if not states:
+        return None
+    wanted = states.split(",")
+    bad = [s for s in wanted if s not in STATES]
+    if bad:
+        raise UsageError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
+    return wanted
+
+
 def status_args(show_all: bool, states: str | None, last: int) -> list[str]:
     """Agent arguments for a status query (pure)."""
-    if states:
-        bad = [s for s in states.split(",") if s not in STATES]
-        if bad:
-            raise UsageError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
+    if parse_states(states):
         return ["status", "--state", states]
     return ["status", "--all"] if show_all else ["status", "--limit", str(last)]
 
@@ -83,7 +91,8 @@ def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None,
         old_spelling(f"status -n {last_n}", f"status --last {last_n}", SHORT_N)
         last = last_n
     if cluster_state.exists(host):  # a cluster name (issue 14)
-        sys.exit(cluster_jobs.show_status(host, conn, as_json=as_json))
+        sys.exit(cluster_jobs.show_status(host, conn, as_json=as_json, show_all=show_all,
+                                          states=parse_states(states), last=last))
     args = status_args(show_all, states, last)
     with agent_session(host, conn) as client:
         data = client.call(args, what="read job status", need_queue=True)

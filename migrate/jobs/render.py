@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 
 from migrate import ui
+from migrate.agent.db import FINAL
 
 STATE_COLOURS = {"queued": "cyan", "starting": "yellow", "running": "green", "done": "green", "failed": "bold red",
                  "cancelled": "yellow", "lost": "red"}
@@ -66,6 +67,21 @@ def status_rows(jobs: list[dict]) -> list[tuple]:
 
 
 STATUS_COLUMNS = ["id", "name", "state", "gpu", "prio", "runtime", "exit", "info"]
+
+
+def select_jobs(jobs: list[dict], *, show_all: bool, states: list[str] | None, last: int) -> tuple[list[dict], int]:
+    """`status --state/--all/--last` over job rows: (the rows shown, finished ones left out) (pure).
+
+    The agent's `status` (migrate/agent/main.py cmd_status) answers the same way in SQL: --state wins,
+    then --all, else every unfinished job plus the newest `last` finished ones, in id order."""
+    if states:
+        return [j for j in jobs if j["state"] in states], 0
+    if show_all:
+        return list(jobs), 0
+    finished = sorted((j for j in jobs if j["state"] in FINAL), key=lambda j: -int(j["id"]))
+    kept = finished[:last]
+    rows = [j for j in jobs if j["state"] not in FINAL] + kept
+    return sorted(rows, key=lambda j: int(j["id"])), len(finished) - len(kept)
 
 
 def dispatcher_line(data: dict, host: str) -> str:

@@ -90,7 +90,7 @@ def cluster(dedicated_sandbox):
 
 
 def status(env: dict) -> list[dict]:
-    res = run_cli("status", NAME, "--json", env=env)
+    res = run_cli("status", NAME, "--json", "--all", env=env)
     assert res.code == 0, res.output
     return json.loads(res.stdout)["jobs"]
 
@@ -140,6 +140,27 @@ def test_sweep_of_twelve_lands_on_several_nodes(cluster):
     assert len({j["node"] for j in jobs.values()}) > 1, jobs
     logs = run_cli("logs", NAME, ids[0], env=env)
     assert "job 1" in logs.stdout and "MIGRATE-START" in logs.stdout
+
+
+def test_from_template_copies_to_every_host_and_each_job_runs_in_its_copy(cluster, tmp_path):
+    aliases, env = cluster
+    src = tmp_path / "ctpl"
+    src.mkdir()
+    (src / "note.txt").write_text("note-from-template\n")
+    (src / "skip.ckpt").write_text("x")
+    ids = submit(env, "--from-template", str(src), "--experiments", "ea,eb", "--ignore", "*.ckpt", "--",
+                 'echo "cwd=$PWD exp={experiment}"; cat note.txt')
+    jobs = wait_for(env, set(ids), ("done",), timeout=60)
+    for jid, exp in zip(ids, ("ea", "eb")):
+        out = run_cli("logs", NAME, jid, env=env).stdout
+        assert f"cwd=/home/alice/.migrate/runs/ctpl/{exp} exp={exp}" in out and "note-from-template" in out, out
+    for a in aliases:   # Ray may start a job on any node: every host has every copy, without the ignored file
+        assert sh(a, "ls ~/.migrate/runs/ctpl/ea ~/.migrate/runs/ctpl/eb").split() == [
+            "/home/alice/.migrate/runs/ctpl/ea:", "note.txt", "/home/alice/.migrate/runs/ctpl/eb:", "note.txt"]
+    shown = run_cli("status", NAME, "--json", "--state", "done", "--last", "0", env=env)
+    assert {j["id"] for j in json.loads(shown.stdout)["jobs"]} >= set(jobs)
+    none = json.loads(run_cli("status", NAME, "--json", "--last", "0", env=env).stdout)
+    assert not set(ids) & {j["id"] for j in none["jobs"]} and none["hidden_finished"] >= 2
 
 
 def test_apply_with_cluster_submits_the_sweep_once(cluster, tmp_path):

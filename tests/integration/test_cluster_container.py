@@ -67,7 +67,7 @@ def ccluster(dedicated_sandbox):
 
 
 def jobs_by_id(env: dict) -> dict[str, dict]:
-    res = run_cli("status", NAME, "--json", env=env)
+    res = run_cli("status", NAME, "--json", "--all", env=env)
     assert res.code == 0, res.output
     return {j["id"]: j for j in json.loads(res.stdout)["jobs"]}
 
