@@ -21,18 +21,13 @@ from pathlib import Path
 import pytest
 
 from migrate.jobs.client import AgentClient
-from migrate.remote.connection import connect
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error
+from tests.integration.sandbox_host import DOCKER_INSTALL, SandboxHost
 
 FAKE = "/home/alice/.migrate/fake-gpus.json"
 BACKEND = f"fake:{FAKE}"
 IMAGE = "migrate-runq-busybox:test"
 FINAL = ("done", "failed", "cancelled", "lost")
-DOCKER_INSTALL = (
-    "nohup setsid sh -c 'sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
-    "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io "
-    "&& sudo usermod -aG docker alice && touch /tmp/docker-ready' >/tmp/docker-install.log 2>&1 </dev/null &"
-)
 
 
 def fake_state(n: int = 4) -> dict:
@@ -41,31 +36,8 @@ def fake_state(n: int = 4) -> dict:
     return make(n)
 
 
-class Host:
+class Host(SandboxHost):
     """One sandbox host: raw shell access, the agent over SSH, and the CLI with the right env."""
-
-    def __init__(self, info: dict) -> None:
-        self.alias = info["alias"]
-        self.container = info["container"]
-        self.env = info["env"]
-        self._remote = None
-
-    @property
-    def remote(self):
-        if self._remote is None:
-            self._remote = connect(self.alias)
-        return self._remote
-
-    def reset_connection(self) -> None:
-        if self._remote is not None:
-            self._remote.close()
-        self._remote = None
-
-    def sh(self, command: str, check: bool = True) -> str:
-        return self.remote.run(command, check=check).stdout
-
-    def cli(self, *args: str, timeout: float = 180):
-        return run_cli(*args, env=self.env, timeout=timeout)
 
     def run(self, *args: str):
         res = self.cli("run", self.alias, "--gpu-backend", BACKEND, *args)

@@ -21,41 +21,16 @@ from pathlib import Path
 import pytest
 
 from migrate.jobs.client import AgentClient
-from migrate.remote.connection import connect
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error
+from tests.integration.sandbox_host import DOCKER_INSTALL, SandboxHost
 
 FAKE = "/home/alice/.migrate/fake-gpus.json"
 BACKEND = f"fake:{FAKE}"
 IMAGE = "migrate-shell-busybox:test"
-DOCKER_INSTALL = (
-    "nohup setsid sh -c 'sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
-    "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io "
-    "&& sudo usermod -aG docker alice && touch /tmp/docker-ready' >/tmp/docker-install.log 2>&1 </dev/null &"
-)
 
 
-class Host:
-    def __init__(self, info: dict) -> None:
-        self.alias = info["alias"]
-        self.env = info["env"]
-        self._remote = None
-
-    @property
-    def remote(self):
-        if self._remote is None:
-            self._remote = connect(self.alias)
-        return self._remote
-
-    def reset_connection(self) -> None:
-        if self._remote is not None:
-            self._remote.close()
-        self._remote = None
-
-    def sh(self, command: str) -> str:
-        return self.remote.run(command).stdout
-
-    def cli(self, *args: str, input: str | None = "", timeout: float = 180):
-        return run_cli(*args, env=self.env, input=input, timeout=timeout)
+class Host(SandboxHost):
+    cli_input = ""  # shell/exec read stdin: give them an empty one unless a test pipes something
 
     def run_job(self, *args: str) -> dict:
         res = self.cli("run", self.alias, "--gpu-backend", BACKEND, "--json", *args)
