@@ -254,7 +254,16 @@ def test_exec_and_shell_inside_a_running_cluster_job_on_its_node(cluster):
     gone = run_cli("exec", NAME, jid, "--", "true", env=env)
     assert_one_line_error(gone, f"job {jid} (cexec) on cluster {NAME} was cancelled", "its processes are gone")
     assert f"migrate logs {NAME} {jid}" in gone.stderr
-    assert not sh(node, "ls ~/.migrate/ray/run/").strip()      # the record went with the command
+    # the record goes with the command: the wrapper removes it on its way out (give a loaded machine a
+    # moment); one left behind (Ray SIGKILLed the wrapper first) must name a process that is gone
+    record = f"~/.migrate/ray/run/{NAME}-{jid}-0.json"
+    deadline = time.monotonic() + 20
+    while sh(node, f"ls {record} 2>/dev/null || true").strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = sh(node, f"cat {record} 2>/dev/null || true").strip()
+    if left:
+        pid = json.loads(left)["pid"]
+        assert sh(node, f"kill -0 {pid} 2>/dev/null && echo alive || echo gone").strip() == "gone", left
 
 
 def test_exec_rank_one_of_a_two_node_job_runs_on_that_ranks_node(cluster):
