@@ -7,13 +7,14 @@
 Three hosts offering 1, 2 and 4 GPU slots (FAKE GPUs: a JSON file per host, read by both the
 dispatcher and migrate's polite job wrapper; each job sleeps, so a "GPU" is a slot). The same 48 jobs
 of uneven length (seeded: 1-10 s times --scale, default 3: 3-30 s) run three ways, each measured for
-real, one after the other (Ray spends ~1.5 s per job on its job supervisor, so 1-10 s jobs measure
-mostly that; real training jobs run minutes to hours):
+real, one after the other:
 
 1. `migrate cluster`: `cluster up` (timed; from cached wheels pushed to hosts whose venv was removed
    first, unless --keep-venv), all jobs submitted at once, Ray places them; makespan = first submit ->
    last job end (Ray's end_time). Then submit-to-running latency with free capacity: 10 single jobs,
-   one at a time, from just before the POST to the `MIGRATE-START` line the wrapper prints.
+   one at a time, from just before the POST to the `MIGRATE-START` line the wrapper prints; once
+   through migrate's launcher (what `migrate run` does: a Ray task on a warm worker) and once as
+   plain Ray jobs (a job supervisor process each), side by side.
 2. round-robin per-host queues (today's `apply`): job k goes to host k mod 3's dispatcher.
 3. one host: all 48 on the 4-slot host's dispatcher.
 Makespan for 2 and 3 = first submit -> last `ended_at` the dispatchers record.
@@ -87,20 +88,35 @@ def bench_cluster(hosts: list[str], secs: list[int]) -> dict:
         for j in mine:
             h = hosts_by_node.get(j.get("driver_node_id") or "", "?")
             per_host[h] = per_host.get(h, 0) + 1
-        latencies = []
-        for jid in state.next_job_ids(NAME, 10):
-            sub = time.time()
-            sid = api.submit(cluster_jobs.payload(record, JobSpec(command="true", gpus=1), jid))
-            while True:
-                line = next((ln for ln in api.logs(sid).splitlines() if ln.startswith("MIGRATE-START ")), None)
-                if line:
-                    latencies.append(float(line.split()[1]) - sub)
-                    break
-                time.sleep(0.05)
+        latencies = start_latencies(api, record, 10)
+        launcher = api.launcher
+        api.launcher = None                       # the same jobs as plain Ray jobs
+        plain = start_latencies(api, record, 10)
+        api.launcher = launcher
     ops.down(NAME, CONN)
     return {"up_s": round(up_s, 1), "makespan_s": round(makespan, 1), "failed": failed, "per_host": per_host,
-            "latency_median_s": round(statistics.median(latencies), 2),
-            "latency_all_s": [round(x, 2) for x in latencies]}
+            "launcher": launcher is not None,
+            "latency_median_s": round(statistics.median(latencies), 3),
+            "latency_all_s": [round(x, 3) for x in latencies],
+            "plain_ray_job_latency_median_s": round(statistics.median(plain), 3),
+            "plain_ray_job_latency_all_s": [round(x, 3) for x in plain]}
+
+
+def start_latencies(api, record, count: int) -> list[float]:
+    """Submit `count` one-GPU `true` jobs one at a time; each: POST -> the wrapper's MIGRATE-START line."""
+    out = []
+    for jid in state.next_job_ids(NAME, count):
+        sub = time.time()
+        sid = api.submit(cluster_jobs.payload(record, JobSpec(command="true", gpus=1), jid))
+        while True:
+            line = next((ln for ln in api.logs(sid).splitlines() if ln.startswith("MIGRATE-START ")), None)
+            if line:
+                out.append(float(line.split()[1]) - sub)
+                break
+            time.sleep(0.02)
+        while api.job(sid).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):   # free capacity again
+            time.sleep(0.05)
+    return out
 
 
 def bench_dispatchers(hosts: list[str], secs: list[int], assign: list[int], label: str) -> dict:

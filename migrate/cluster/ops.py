@@ -156,6 +156,7 @@ def ship_scripts(remote: Any) -> None:
     remote.run(f"cd && {shell.mkdir_private(plan.RAY_DIR + '/bin')}", what="create ~/.migrate/ray/bin")
     remote.put_bytes((SHIPPED / "job_wrapper.py").read_bytes(), f"{home}/{plan.WRAPPER}", mode=0o700)
     remote.put_bytes((SHIPPED / "gang.py").read_bytes(), f"{home}/{plan.GANG}", mode=0o700)
+    remote.put_bytes((SHIPPED / "launcher.py").read_bytes(), f"{home}/{plan.LAUNCHER}", mode=0o700)
 
 
 def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts], ports: plan.Ports,
@@ -193,9 +194,11 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
                              f"(head {old.head.host})", hint=f"`migrate cluster down {opts.name}` first")
         alive = _alive_nodes(old, conn)
         if alive is not None and len(alive) == len(old.nodes):
+            started = False if opts.dry_run else ensure_launcher(old, conn)
             ui.step(f"cluster {opts.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
-                    "nothing to do")
-            return {"name": opts.name, "action": "ok", "dry_run": opts.dry_run, **old.to_dict()}
+                    + ("its job launcher was started again" if started else "nothing to do"))
+            return {"name": opts.name, "action": "changed" if started else "ok", "dry_run": opts.dry_run,
+                    **old.to_dict()}
         if opts.dry_run:
             ui.info(f"dry run: cluster {opts.name} is recorded but not all of it runs: `cluster up` would stop "
                     "what is left and start it again; nothing was changed")
@@ -252,6 +255,7 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
         for r in remotes.values():
             r.close()
     alive = _wait_nodes(record, conn, len(record.nodes))
+    ensure_launcher(record, conn)
     seconds = time.monotonic() - t0
     ui.step(f"cluster {opts.name} is up: {len(alive)} node(s), {sum(len(n.gpus) for n in record.nodes)} GPU(s) "
             f"offered, Ray {record.ray_version} ({seconds:.0f} s)")
@@ -267,10 +271,40 @@ def _start(remote: Any, command: str, host: str) -> None:
                            hint=f"see ~/{plan.TEMP_DIR}/session_latest/logs on {host}")
 
 
+def ensure_launcher(record: ClusterRecord, conn: ConnectOptions, timeout: float = 90) -> bool:
+    """Start migrate's job launcher (a long-lived Ray job on the head, shipped/launcher.py) unless it
+    answers already; wait until it does. True when it was started. Jobs run without it (as Ray jobs,
+    about a second slower to start), so a launcher that does not come up is a warning, not an error."""
+    with job_api(record, conn) as api:
+        if api.launcher:
+            return False
+        for j in api.ray_jobs():  # one that is still starting: wait for it rather than start another
+            meta = j.get("metadata") or {}
+            if meta.get("migrate_role") == "launcher" and j.get("status") in ("PENDING", "RUNNING"):
+                sid = j["submission_id"]
+                break
+        else:
+            sid = api.submit_ray_job(plan.launcher_payload(record.name, record.ports, record.ray_version,
+                                                           stamp=int(time.time() * 1000)))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if api.probe_launcher():
+                return True
+            job = api.job(sid)
+            if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
+                tail = [ln for ln in api.logs(sid).splitlines() if ln.strip()][-1:]
+                ui.warn(f"migrate's job launcher did not start on {record.head.host} ({job.get('message') or ''}"
+                        f"{': ' + tail[0][:200] if tail else ''}); jobs will run as plain Ray jobs")
+                return False
+            time.sleep(0.5)
+    ui.warn(f"migrate's job launcher did not answer within {timeout:.0f} s; jobs will run as plain Ray jobs")
+    return False
+
+
 def _alive_nodes(record: ClusterRecord, conn: ConnectOptions) -> list[dict] | None:
     """The ALIVE nodes Ray reports, or None when the head's job API does not answer."""
     try:
-        with job_api(record, conn, wait=15) as api:
+        with job_api(record, conn, wait=15, use_launcher=False) as api:
             return [n for n in api.nodes() if n.get("state") == "ALIVE"]
     except MigrateError:
         return None
@@ -278,7 +312,7 @@ def _alive_nodes(record: ClusterRecord, conn: ConnectOptions) -> list[dict] | No
 
 def _wait_nodes(record: ClusterRecord, conn: ConnectOptions, want: int, timeout: float = 60) -> list[dict]:
     deadline = time.monotonic() + timeout
-    with job_api(record, conn) as api:
+    with job_api(record, conn, use_launcher=False) as api:
         while True:
             try:
                 alive = [n for n in api.nodes() if n.get("state") == "ALIVE"]
@@ -301,10 +335,11 @@ def status(name: str, conn: ConnectOptions) -> dict:
         with job_api(record, conn) as api:
             nodes = api.nodes()
             jobs = api.jobs()
+            launcher = api.launcher is not None
         reachable = True
     except MigrateError as exc:
         ui.warn(f"the head does not answer: {exc.message}")
-        nodes, jobs, reachable = [], [], False
+        nodes, jobs, reachable, launcher = [], [], False, False
     by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") == "ALIVE")}  # ALIVE wins
     id_to_ip = {n["node_id"]: n["node_ip"] for n in nodes}
     running = [j for j in jobs if j.get("status") in ("RUNNING", "PENDING")]
@@ -320,6 +355,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
     for j in jobs:
         counts[j.get("status", "?").lower()] = counts.get(j.get("status", "?").lower(), 0) + 1
     return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
+            "launcher": launcher,
             "ports": record.ports.to_dict(), "nodes": out_nodes, "job_counts": counts}
 
 
@@ -340,7 +376,9 @@ def _stop_host(remote: Any, version: str, purge: bool, name: str = "") -> dict:
         out = remote.run(container.remove_containers_command(name), check=False, what="remove job containers",
                          timeout=120).stdout.strip()
         containers = int(out) if out.isdigit() else 0
-    cleanup = plan.purge_command() if purge else f"rm -f {shell.home_path(plan.HOST_RECORD)}"
+    # the launcher's job table goes with the cluster, as Ray's own job history does
+    cleanup = plan.purge_command() if purge else (f"rm -f {shell.home_path(plan.HOST_RECORD)} "
+                                                  f"{shell.home_path(plan.launcher_state_file(name or 'x'))}")
     remote.run(cleanup, check=False, what="remove the cluster record")
     return {"killed_leftovers": killed, "removed_containers": containers, "purged": purge}
 

@@ -31,6 +31,7 @@ def ray_bin(version: str = RAY_VERSION) -> str:
 UV_BIN = f"{RAY_DIR}/bin/uv"
 WRAPPER = f"{RAY_DIR}/bin/migrate-ray-job.py"
 GANG = f"{RAY_DIR}/bin/migrate-ray-gang.py"
+LAUNCHER = f"{RAY_DIR}/bin/migrate-ray-launcher.py"
 TEMP_DIR = f"{RAY_DIR}/tmp"               # Ray's session dir (default /tmp/ray): kept in the home
 HOST_RECORD = f"{RAY_DIR}/cluster.json"
 WHEELS_DIR = f"{RAY_DIR}/wheels"
@@ -42,6 +43,7 @@ class Ports:
 
     gcs: int = 26379
     dashboard: int = 28265           # bound to 127.0.0.1 on the head, reached through an SSH forward
+    launcher: int = 28266            # migrate's job launcher: the head's 127.0.0.1 too, same forward
     node_manager: int = 26380
     object_manager: int = 26381
     runtime_env_agent: int = 26382
@@ -54,7 +56,7 @@ class Ports:
 
     def head_ports(self) -> list[int]:
         """Fixed ports that must be free on the head before `up` (the worker range excluded)."""
-        return [self.gcs, self.dashboard, *self.node_ports(), self.client_server]
+        return [self.gcs, self.dashboard, self.launcher, *self.node_ports(), self.client_server]
 
     def node_ports(self) -> list[int]:
         return [self.node_manager, self.object_manager, self.runtime_env_agent, self.dashboard_agent_grpc,
@@ -301,6 +303,22 @@ def leftover_command() -> str:
 def kill_leftovers_command() -> str:
     """SIGKILL what `ray stop` left (only processes of this user that run from ~/.migrate/ray)."""
     return shell.sh_c(_OURS + 'kill -9 "${p#/proc/}" 2>/dev/null; done; true')
+
+
+def launcher_state_file(cluster: str) -> str:
+    """The launcher's job table on the head (relative to $HOME; 0600)."""
+    return f"{RAY_DIR}/launcher-{cluster}.json"
+
+
+def launcher_payload(cluster: str, ports: Ports, version: str = RAY_VERSION, *, stamp: int = 0) -> dict:
+    """The Ray job that runs migrate's launcher on the head: no resources asked, so Ray's job manager
+    keeps it on the head node (pure)."""
+    py = shell.home_path(f"{venv_dir(version)}/bin/python")
+    args = ["--port", ports.launcher, "--dashboard", ports.dashboard]
+    entry = (f"{py} {shell.home_path(LAUNCHER)} {shell.join(args)} "
+             f"--state {shell.home_path(launcher_state_file(cluster))}")
+    return {"entrypoint": entry, "submission_id": f"{cluster}-launcher-{stamp}",
+            "metadata": {"migrate_cluster": cluster, "migrate_role": "launcher"}}
 
 
 def purge_command() -> str:

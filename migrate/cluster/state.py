@@ -60,7 +60,8 @@ class ClusterRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterRecord:
-        return cls(name=d["name"], ray_version=d["ray_version"], ports=Ports(**d["ports"]),
+        ports = {"launcher": d["ports"]["dashboard"] + 1, **d["ports"]}   # records from before the launcher
+        return cls(name=d["name"], ray_version=d["ray_version"], ports=Ports(**ports),
                    nodes=[Node(**n) for n in d["nodes"]], gpu_backend=d.get("gpu_backend"),
                    created=d.get("created", 0.0), job_seq=d.get("job_seq", 0), agent=d.get("agent", ""))
 

@@ -83,6 +83,9 @@ def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
     ui.table(None, ["host", "ip", "role", "state", "gpus offered", "gpus used", "running jobs"],
              [(n["host"], n["ip"], n["role"], n["state"], ",".join(n["gpus_offered"]) or "-", str(n["gpus_used"]),
                str(n["running_jobs"])) for n in data["nodes"]])
+    if data["reachable"] and not data["launcher"]:
+        ui.warn("migrate's job launcher is not answering on the head: jobs start as plain Ray jobs (about a "
+                f"second slower); `migrate cluster up {name} HOST...` starts it again")
     sys.exit(0 if data["reachable"] else 1)
 
 

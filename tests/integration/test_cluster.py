@@ -142,6 +142,33 @@ def test_sweep_of_twelve_lands_on_several_nodes(cluster):
     assert "job 1" in logs.stdout and "MIGRATE-START" in logs.stdout
 
 
+def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
+    aliases, env = cluster
+    head = aliases[0]
+    st = run_cli("cluster", "status", NAME, "--json", env=env)
+    assert st.code == 0 and json.loads(st.stdout)["launcher"] is True, st.output
+    (first,) = submit(env, "--", "echo via-launcher")
+    wait_for(env, {first}, ("done",), timeout=60)
+    table = f"~/.migrate/ray/launcher-{NAME}.json"
+    assert sh(head, f"stat -c %a {table}").strip() == "600"
+    assert f'"{NAME}-{first}"' in sh(head, f"cat {table}")          # a launcher job, not a Ray job
+    assert "via-launcher" in run_cli("logs", NAME, first, env=env).stdout
+
+    sh(head, "pkill -f 'migrate-ray-launche[r].py'; sleep 1")
+    st = run_cli("cluster", "status", NAME, env=env)
+    assert st.code == 0 and "launcher is not answering" in st.stderr, st.output
+    (plain,) = submit(env, "--", "echo as-a-ray-job")                  # still works, as a plain Ray job
+    wait_for(env, {plain}, ("done",), timeout=120)
+    assert f'"{NAME}-{plain}"' not in sh(head, f"cat {table}")
+    assert "as-a-ray-job" in run_cli("logs", NAME, plain, env=env).stdout
+
+    up = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env, timeout=300)
+    assert up.code == 0 and "launcher was started again" in up.stderr, up.output
+    assert json.loads(run_cli("cluster", "status", NAME, "--json", env=env).stdout)["launcher"] is True
+    jobs = {j["id"]: j for j in status(env)}
+    assert jobs[first]["state"] == "done" and jobs[plain]["state"] == "done"   # both lists, one table
+
+
 def test_from_template_copies_to_every_host_and_each_job_runs_in_its_copy(cluster, tmp_path):
     aliases, env = cluster
     src = tmp_path / "ctpl"

@@ -112,9 +112,12 @@ def test_container_jobs_are_pushed_placed_and_cancelled(ccluster):
         assert jobs[i]["state"] == "done", log
         assert f"job={n} uid=1000 secret=s3cr3t id={i} cluster={NAME} pwd=/tmp" in log, log
         assert "via group" in log  # Ray started before alice joined the docker group: sg docker
-    again = run_cli("run", NAME, "--image", IMAGE, "--gpus-per-job", "0", "--", "true", env=env, timeout=300)
+    assert containers(aliases) == ""  # --rm: the finished jobs left no container
+    again = run_cli("run", NAME, "--json", "--image", IMAGE, "--gpus-per-job", "0", "--", "true", env=env,
+                    timeout=300)
     assert again.code == 0 and "up to date" in again.stderr, again.output  # nothing sent twice
-    assert containers(aliases) == ""  # --rm
+    wait_states(env, [j["id"] for j in json.loads(again.stdout)["jobs"]], ("done",), timeout=60)
+    assert containers(aliases) == ""
 
     (cid,) = [j["id"] for j in json.loads(run_cli("run", NAME, "--json", "--image", IMAGE, "--gpus-per-job", "0",
                                                   "--", "sleep 600", env=env, timeout=300).stdout)["jobs"]]

@@ -1,0 +1,365 @@
+"""migrate's job launcher on a cluster's head (shipped to ~/.migrate/ray/bin/migrate-ray-launcher.py).
+
+usage: <ray venv>/bin/python migrate-ray-launcher.py --port P --dashboard D --state FILE
+
+Why it exists: a Ray job starts a fresh Python process for its supervisor actor (`import ray` and the
+job modules: about 1 s on a small host) before its command can start. The launcher is one long-lived
+Ray job per cluster (started by `cluster up`); each migrate job is one Ray *task* of it, with the job's
+resources (its GPUs, or one CPU), run by a worker process Ray keeps warm. So a job's command starts a
+fraction of a second after `migrate run`, and Ray still decides where it runs and when.
+
+It answers on the head's 127.0.0.1:P (migrate reaches it through its SSH forward) with the JSON of
+Ray's job REST API (POST /api/jobs/, GET /api/jobs/, GET /api/jobs/ID, GET /api/jobs/ID/logs,
+POST /api/jobs/ID/stop), so migrate reads these jobs and Ray's own (gang jobs stay Ray jobs) alike.
+A job's output goes to job-driver-ID.log in Ray's log directory on the node that ran it, as a Ray
+job's does, and is read back through the dashboard's log API. The job table is kept in a private file
+(0600) so that a restarted launcher still lists the jobs it ran. Its tasks end with it: Ray kills the
+workers of a job whose driver is gone, and migrate's wrapper then stops the command.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+try:
+    import ray
+except ImportError:  # migrate's unit tests import the parts that need no Ray
+    ray = None
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_WAIT_S = 3        # SIGTERM, then SIGKILL after this long (Ray's own job stop waits 3 s too)
+WARM_PER_NODE = 2      # idle workers asked for on every node at start (Ray keeps up to its CPU count)
+
+
+def stop_group(pgid: int, wait: float = STOP_WAIT_S) -> None:
+    """SIGTERM the process group (the entrypoint shell and migrate's wrapper), SIGKILL it after `wait`."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except OSError:
+        return
+    end = time.time() + wait
+    while time.time() < end:
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def child_environment(base: dict, job_env: dict, gpu_ids: list, gcs_address: str) -> dict:
+    """The command's environment: the worker's, less Ray's internal flags, plus the job's variables,
+    the GPUs Ray gave this task (none: an empty CUDA_VISIBLE_DEVICES) and RAY_ADDRESS (pure)."""
+    env = {k: v for k, v in base.items() if not k.startswith(("RAY_RAYLET_PID", "RAY_JOB_ID"))}
+    try:
+        from ray._private.utils import remove_ray_internal_flags_from_env
+        remove_ray_internal_flags_from_env(env)
+    except ImportError:  # pragma: no cover - a Ray without it
+        pass
+    env.update(job_env)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    env["RAY_ADDRESS"] = gcs_address
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+WATCH_SH = ("while kill -0 {worker} 2>/dev/null && kill -0 -{group} 2>/dev/null; do sleep 1; done; "
+            "kill -0 {worker} 2>/dev/null || kill -9 -{group} 2>/dev/null")
+
+
+def fate_share(worker: int, group: int) -> None:
+    """If the Ray worker running a job dies (`ray stop`, its node lost), SIGKILL the job's entrypoint
+    group (as Ray's own job supervisor does); migrate's wrapper's guard then stops the command. The
+    watcher ends by itself when the job's group is gone."""
+    subprocess.Popen(["/bin/sh", "-c", WATCH_SH.format(worker=int(worker), group=int(group))],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+
+
+def remote_functions():
+    """The Ray tasks (defined once Ray is imported): run_job, stop_job, warm."""
+
+    @ray.remote(num_returns="streaming", max_retries=0, max_calls=0)
+    def run_job(submission_id: str, entrypoint: str, job_env: dict):
+        """Run one job's entrypoint on this node: yields {"node_id", "pid", "start"} once it started, then
+        {"exit", "end"}. Ray's cancel (KeyboardInterrupt here) stops the command's process group."""
+        ctx = ray.get_runtime_context()
+        logs_dir = ray._private.worker._global_node.get_logs_dir_path()
+        gpus = ctx.get_accelerator_ids().get("GPU", [])
+        env = child_environment(dict(os.environ), job_env, gpus, ctx.gcs_address)
+        with open(os.path.join(logs_dir, f"job-driver-{submission_id}.log"), "ab") as log:
+            proc = subprocess.Popen(entrypoint, shell=True, start_new_session=True, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, []))
+        fate_share(os.getpid(), proc.pid)
+        yield {"node_id": ctx.get_node_id(), "pid": proc.pid, "start": time.time()}
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+        except KeyboardInterrupt:
+            stop_group(proc.pid)
+            raise
+        yield {"exit": code if code >= 0 else 128 - code, "end": time.time()}   # a signal N: 128+N, as sh says
+
+    @ray.remote(num_cpus=0, max_calls=0)
+    def stop_job(pgid: int) -> bool:
+        """Stop a job's process group on this node (the stop path for a job that already started)."""
+        stop_group(pgid)
+        return True
+
+    @ray.remote(num_cpus=0, max_calls=0)
+    def warm() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    return run_job, stop_job, warm
+
+
+class Book:
+    """The launcher's jobs, in Ray's job-API shape, kept in a private JSON file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.jobs: dict = {}
+        self.running: dict = {}      # submission id -> the task's generator (to cancel it)
+        self.stopping: set = set()
+        self.load()
+
+    def load(self) -> None:
+        try:
+            with open(self.path) as f:
+                self.jobs = {j["submission_id"]: j for j in json.load(f)}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.jobs = {}
+        now = int(time.time() * 1000)
+        for job in self.jobs.values():
+            if job["status"] not in TERMINAL:   # ours died with the previous launcher
+                job.update(status="FAILED", end_time=now, message="the launcher restarted while this job ran")
+
+    def save(self) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(self.jobs.values()), f)
+        os.replace(tmp, self.path)
+
+    def update(self, submission_id: str, **fields) -> None:
+        with self.lock:
+            self.jobs[submission_id].update(fields)
+            self.save()
+
+    def add(self, body: dict) -> dict:
+        sid = body.get("submission_id") or f"launcher-{int(time.time() * 1000)}"
+        with self.lock:
+            if sid in self.jobs:
+                raise ValueError(f"Job with submission_id {sid} already exists. Please use a different submission_id.")
+            job = {"type": "SUBMISSION", "submission_id": sid, "job_id": None, "status": "PENDING",
+                   "entrypoint": body["entrypoint"], "message": "queued until its resources are free",
+                   "start_time": int(time.time() * 1000), "end_time": None, "metadata": body.get("metadata") or {},
+                   "runtime_env": body.get("runtime_env") or {}, "driver_node_id": None, "driver_exit_code": None,
+                   "entrypoint_num_gpus": body.get("entrypoint_num_gpus") or 0,
+                   "entrypoint_num_cpus": body.get("entrypoint_num_cpus") or 0, "launcher": True}
+            self.jobs[sid] = job
+            self.save()
+        return job
+
+
+class Launcher:
+    """Submits jobs as Ray tasks and follows them into the Book."""
+
+    def __init__(self, book: Book) -> None:
+        self.book = book
+        self.run_job, self.stop_job, self.warm = remote_functions()
+
+    def submit(self, body: dict) -> str:
+        job = self.book.add(body)
+        sid = job["submission_id"]
+        env = dict((body.get("runtime_env") or {}).get("env_vars") or {})
+        env.setdefault("RAY_SUBMISSION_ID", sid)
+        gen = self.run_job.options(num_gpus=job["entrypoint_num_gpus"], num_cpus=job["entrypoint_num_cpus"],
+                                   name=f"migrate-job-{sid}").remote(sid, body["entrypoint"], env)
+        self.book.running[sid] = gen
+        threading.Thread(target=self.follow, args=(sid, gen), daemon=True).start()
+        return sid
+
+    def follow(self, sid: str, gen) -> None:
+        """Track one job's task until it ends (a thread per job)."""
+        book = self.book
+        try:
+            started = ray.get(next(gen))
+            book.update(sid, status="RUNNING", driver_node_id=started["node_id"], message="running",
+                        pid=started["pid"], start_time=int(started["start"] * 1000))
+            ended = ray.get(next(gen))
+            code = ended["exit"]
+            stopped = sid in book.stopping
+            book.update(sid, status="STOPPED" if stopped else ("SUCCEEDED" if code == 0 else "FAILED"),
+                        driver_exit_code=code, end_time=int(ended["end"] * 1000),
+                        message="stopped" if stopped else (
+                            "finished" if code == 0 else f"the command exited with code {code}"))
+        except ray.exceptions.TaskCancelledError:
+            book.update(sid, status="STOPPED", end_time=int(time.time() * 1000), message="stopped")
+        except (ray.exceptions.RayError, StopIteration) as exc:
+            stopped = sid in book.stopping
+            lost = isinstance(exc, (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError))
+            book.update(sid, status="STOPPED" if stopped else "FAILED", end_time=int(time.time() * 1000),
+                        message="stopped" if stopped else (
+                            "the node running it left the cluster (its Ray worker died)" if lost
+                            else f"the job's task failed: {str(exc).strip().splitlines()[0][:300]}"))
+        finally:
+            book.running.pop(sid, None)
+
+    def stop(self, sid: str) -> bool:
+        """Stop a job: a started one through a small task on its node (SIGTERM, SIGKILL after 3 s), a
+        queued one by cancelling its task. False when it had ended already."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        job = self.book.jobs[sid]
+        if job["status"] in TERMINAL:
+            return False
+        self.book.stopping.add(sid)
+        if job["status"] == "RUNNING" and job.get("pid") and job.get("driver_node_id"):
+            strategy = NodeAffinitySchedulingStrategy(node_id=job["driver_node_id"], soft=False)
+            try:
+                ray.get(self.stop_job.options(scheduling_strategy=strategy).remote(job["pid"]), timeout=30)
+                return True
+            except ray.exceptions.RayError:
+                pass
+        gen = self.book.running.get(sid)
+        if gen is not None:
+            ray.cancel(gen, force=False)
+        return True
+
+    def warm_up(self) -> None:
+        """Ask every node for a few idle workers now, so the first jobs find one (best effort)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        refs = []
+        for node in ray.nodes():
+            if node.get("Alive"):
+                strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+                refs += [self.warm.options(scheduling_strategy=strategy).remote() for _ in range(WARM_PER_NODE)]
+        try:
+            ray.get(refs, timeout=60)
+        except ray.exceptions.RayError:
+            pass
+
+
+def read_log(dashboard: int, job: dict) -> str:
+    """The job's output, read from its node through the dashboard's log API ("" before it has any)."""
+    if not job.get("driver_node_id"):
+        return ""
+    query = urllib.parse.urlencode({"node_id": job["driver_node_id"], "lines": -1,
+                                    "filename": f"job-driver-{job['submission_id']}.log"})
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/v0/logs/file?{query}", timeout=30) as r:
+            return r.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return ""
+
+
+def handler_for(book: Book, launcher, dashboard: int):
+    """The HTTP handler class; `launcher` has submit(body) -> id and stop(id) -> bool."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):  # no access log in the job's output
+            pass
+
+        def reply(self, code: int, data) -> None:
+            body = json.dumps(data).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def job_or_404(self, sid: str):
+            job = book.jobs.get(sid)
+            if job is None:
+                self.reply(404, {"error": f"Job {sid} does not exist"})
+            return job
+
+        def do_GET(self):
+            try:
+                self.get()
+            except Exception as exc:  # noqa: BLE001 - one bad request must not take the launcher down
+                self.reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def do_POST(self):
+            try:
+                self.post()
+            except Exception as exc:  # noqa: BLE001
+                self.reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def get(self):
+            parts = [p for p in urllib.parse.urlparse(self.path).path.split("/") if p]
+            if parts == ["api", "launcher"]:
+                return self.reply(200, {"launcher": True, "pid": os.getpid(), "jobs": len(book.jobs)})
+            if parts == ["api", "jobs"]:
+                with book.lock:
+                    return self.reply(200, [dict(j) for j in book.jobs.values()])
+            if len(parts) in (3, 4) and parts[:2] == ["api", "jobs"]:
+                job = self.job_or_404(parts[2])
+                if job is None:
+                    return None
+                if len(parts) == 3:
+                    return self.reply(200, dict(job))
+                if parts[3] == "logs":
+                    return self.reply(200, {"logs": read_log(dashboard, job)})
+            return self.reply(404, {"error": "not found"})
+
+        def post(self):
+            parts = [p for p in urllib.parse.urlparse(self.path).path.split("/") if p]
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                return self.reply(400, {"error": "the body is not JSON"})
+            if parts == ["api", "jobs"]:
+                try:
+                    return self.reply(200, {"submission_id": launcher.submit(body)})
+                except (ValueError, KeyError) as exc:
+                    return self.reply(400, {"error": str(exc)})
+            if len(parts) == 4 and parts[:2] == ["api", "jobs"] and parts[3] == "stop":
+                if self.job_or_404(parts[2]) is None:
+                    return None
+                return self.reply(200, {"stopped": launcher.stop(parts[2])})
+            return self.reply(404, {"error": "not found"})
+
+    return Handler
+
+
+def main(argv: list) -> int:
+    p = argparse.ArgumentParser(prog="migrate-ray-launcher")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--dashboard", type=int, required=True)
+    p.add_argument("--state", required=True)
+    a = p.parse_args(argv)
+    ray.init(address="auto", log_to_driver=False)
+    book = Book(os.path.expanduser(a.state))
+    book.save()
+    launcher = Launcher(book)
+    server = ThreadingHTTPServer(("127.0.0.1", a.port), handler_for(book, launcher, a.dashboard))
+    server.daemon_threads = True
+    threading.Thread(target=launcher.warm_up, daemon=True).start()
+    print(f"migrate launcher: listening on 127.0.0.1:{a.port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

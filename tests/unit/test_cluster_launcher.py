@@ -1,0 +1,263 @@
+"""migrate's job launcher on a cluster (shipped/launcher.py) and how the laptop's JobApi routes to it.
+
+The launcher's Ray side (tasks on warm workers) is exercised by tests/integration/test_cluster.py and
+benchmarks/cluster.py; here: its job table, its HTTP answers (real HTTP, a fake task runner) and the
+routing between it and Ray's own job API (a fake Ray answering like the dashboard).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from migrate.cluster import plan, state
+from migrate.cluster.jobapi import JobApi, JobApiError, forward_argv
+from migrate.cluster.state import ClusterRecord, Node
+from migrate.errors import ConnectError
+from migrate.remote.hosts import ConnectOptions
+
+SHIPPED = Path(plan.__file__).parent / "shipped"
+
+
+def load_launcher():
+    spec = importlib.util.spec_from_file_location("migrate_ray_launcher", SHIPPED / "launcher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+launcher = load_launcher()
+
+
+class FakeRunner:
+    """Stands in for Launcher: records submissions, 'starts' them at once, stops on request."""
+
+    def __init__(self, book) -> None:
+        self.book = book
+        self.submitted: list[dict] = []
+
+    def submit(self, body: dict) -> str:
+        if body.get("entrypoint") == "boom":
+            raise RuntimeError("the task could not be submitted")
+        job = self.book.add(body)
+        self.submitted.append(body)
+        self.book.update(job["submission_id"], status="RUNNING", driver_node_id="n1", pid=4242)
+        return job["submission_id"]
+
+    def stop(self, sid: str) -> bool:
+        self.book.update(sid, status="STOPPED", message="stopped")
+        return True
+
+
+class FakeRay(BaseHTTPRequestHandler):
+    """The dashboard's job API, with one gang job and the launcher's own Ray job."""
+
+    jobs = [{"submission_id": "lab-9", "status": "RUNNING", "metadata": {"migrate_id": "9", "migrate_nodes": "2"}},
+            {"submission_id": "lab-launcher-1", "status": "RUNNING", "metadata": {"migrate_role": "launcher"}}]
+    posted: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code: int, data) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/api/jobs/":
+            return self.reply(200, self.jobs)
+        if self.path == "/api/jobs/lab-9":
+            return self.reply(200, self.jobs[0])
+        if self.path == "/api/jobs/lab-9/logs":
+            return self.reply(200, {"logs": "rank 0\n"})
+        return self.reply(404, {"error": "no such job"})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        FakeRay.posted.append(body)
+        if self.path == "/api/jobs/lab-9/stop":
+            return self.reply(200, {"stopped": True})
+        return self.reply(200, {"submission_id": body["submission_id"]})
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """(api, runner, book): a real launcher HTTP server over a FakeRunner, and a fake Ray dashboard."""
+    book = launcher.Book(str(tmp_path / "launcher-lab.json"))
+    runner = FakeRunner(book)
+    lsrv = ThreadingHTTPServer(("127.0.0.1", 0), launcher.handler_for(book, runner, dashboard=1))
+    rsrv = ThreadingHTTPServer(("127.0.0.1", 0), FakeRay)
+    FakeRay.posted = []
+    for srv in (lsrv, rsrv):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    api = JobApi(f"http://127.0.0.1:{rsrv.server_address[1]}",
+                 launcher_url=f"http://127.0.0.1:{lsrv.server_address[1]}", timeout=5)
+    yield api, runner, book
+    for srv in (lsrv, rsrv):
+        srv.shutdown()
+        srv.server_close()
+
+
+def body(sid: str, nodes: int = 0, gpus: int = 1) -> dict:
+    return {"entrypoint": f"run {sid}", "submission_id": sid, "entrypoint_num_gpus": gpus, "entrypoint_num_cpus": 0,
+            "runtime_env": {"env_vars": {"MIGRATE_JOB_ID": sid}},
+            "metadata": {"migrate_id": sid.split("-")[-1], "migrate_nodes": str(nodes)}}
+
+
+def test_single_node_jobs_go_to_the_launcher_and_gang_jobs_to_ray(servers):
+    api, runner, book = servers
+    assert api.probe_launcher() and api.launcher == api.launcher_url
+    assert api.submit(body("lab-1")) == "lab-1"
+    assert [b["submission_id"] for b in runner.submitted] == ["lab-1"] and FakeRay.posted == []
+    assert api.submit(body("lab-2", nodes=2)) == "lab-2"
+    assert [b["submission_id"] for b in FakeRay.posted] == ["lab-2"] and len(runner.submitted) == 1
+
+
+def test_jobs_lists_both_sides_in_one_shape_without_the_launchers_own_ray_job(servers):
+    api, runner, book = servers
+    api.probe_launcher()
+    api.submit(body("lab-1"))
+    jobs = {j["submission_id"]: j for j in api.jobs()}
+    assert set(jobs) == {"lab-1", "lab-9"}
+    mine = jobs["lab-1"]
+    assert mine["status"] == "RUNNING" and mine["driver_node_id"] == "n1"
+    assert mine["entrypoint"] == "run lab-1" and mine["runtime_env"]["env_vars"] == {"MIGRATE_JOB_ID": "lab-1"}
+    assert mine["metadata"]["migrate_id"] == "1" and mine["entrypoint_num_gpus"] == 1
+    assert mine["start_time"] > 0 and mine["end_time"] is None and mine["driver_exit_code"] is None
+
+
+def test_job_logs_and_stop_ask_the_launcher_first_and_fall_back_to_ray_on_404(servers):
+    api, runner, book = servers
+    api.probe_launcher()
+    api.submit(body("lab-1"))
+    assert api.job("lab-1")["status"] == "RUNNING"
+    assert api.job("lab-9")["metadata"]["migrate_nodes"] == "2"          # a Ray (gang) job
+    assert api.logs("lab-9") == "rank 0\n"
+    assert api.stop("lab-1") is True and api.job("lab-1")["status"] == "STOPPED"
+    assert api.stop("lab-9") is True and FakeRay.posted[-1] == {}
+    with pytest.raises(JobApiError) as err:
+        api.job("lab-404")
+    assert err.value.status == 404 and "Ray's job API answered 404" in err.value.message
+
+
+def test_a_duplicate_id_is_refused_and_a_failing_submit_is_a_500_not_a_dropped_connection(servers):
+    api, runner, book = servers
+    api.probe_launcher()
+    api.submit(body("lab-1"))
+    with pytest.raises(JobApiError) as dup:
+        api.submit(body("lab-1"))
+    assert dup.value.status == 400 and "already exists" in dup.value.message
+    with pytest.raises(JobApiError) as boom:
+        api.submit({**body("lab-3"), "entrypoint": "boom"})
+    assert boom.value.status == 500 and "RuntimeError: the task could not be submitted" in boom.value.message
+    assert api.probe_launcher()          # still serving
+
+
+def test_without_a_launcher_every_job_is_a_ray_job(servers):
+    api, runner, book = servers
+    plain = JobApi(api.base, launcher_url="http://127.0.0.1:9", timeout=5)    # nothing listens there
+    assert plain.probe_launcher() is False and plain.launcher is None
+    plain.submit(body("lab-5"))
+    assert [b["submission_id"] for b in FakeRay.posted] == ["lab-5"] and runner.submitted == []
+    assert [j["submission_id"] for j in plain.jobs()] == ["lab-9"]
+    with pytest.raises(ConnectError, match="migrate's launcher on the head is not answering"):
+        plain._call("GET", "/api/launcher", base=plain.launcher_url)
+
+
+def test_the_book_is_private_and_a_restarted_launcher_marks_unfinished_jobs_failed(tmp_path):
+    path = tmp_path / "launcher-lab.json"
+    book = launcher.Book(str(path))
+    book.add(body("lab-1"))
+    book.add(body("lab-2"))
+    book.update("lab-2", status="SUCCEEDED", driver_exit_code=0)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = launcher.Book(str(path))
+    assert again.jobs["lab-1"]["status"] == "FAILED" and "restarted" in again.jobs["lab-1"]["message"]
+    assert again.jobs["lab-2"]["status"] == "SUCCEEDED"
+    path.write_text("{not json")
+    assert launcher.Book(str(path)).jobs == {}
+
+
+def test_the_commands_environment_has_the_jobs_variables_its_gpus_and_the_gcs_address():
+    env = launcher.child_environment({"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "RAY_RAYLET_PID": "9"},
+                                     {"MIGRATE_JOB_ID": "7", "MYVAR": "x y"}, ["2"], "10.0.0.1:26379")
+    assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["MIGRATE_JOB_ID"] == "7" and env["MYVAR"] == "x y"
+    assert env["RAY_ADDRESS"] == "10.0.0.1:26379" and env["PATH"] == "/bin" and "RAY_RAYLET_PID" not in env
+    cpu = launcher.child_environment({"CUDA_VISIBLE_DEVICES": "0,1"}, {}, [], "h:1")
+    assert cpu["CUDA_VISIBLE_DEVICES"] == ""      # a CPU job sees no GPU
+
+
+def test_the_launcher_runs_as_a_ray_job_on_the_head_with_quoted_arguments():
+    ports = plan.ports_from(30000)
+    p = plan.launcher_payload("lab", ports, stamp=5)
+    assert p["submission_id"] == "lab-launcher-5" and p["metadata"]["migrate_role"] == "launcher"
+    assert "entrypoint_num_gpus" not in p and "entrypoint_num_cpus" not in p     # Ray keeps it on the head
+    assert p["entrypoint"] == (f'"$HOME"/.migrate/ray/{plan.RAY_VERSION}/bin/python '
+                               '"$HOME"/.migrate/ray/bin/migrate-ray-launcher.py '
+                               f"--port {ports.launcher} --dashboard {ports.dashboard} "
+                               '--state "$HOME"/.migrate/ray/launcher-lab.json')
+    assert ports.launcher == ports.dashboard + 1 and ports.launcher in ports.head_ports()
+
+
+def test_the_forward_carries_both_ports_and_old_records_get_a_launcher_port(tmp_path, monkeypatch):
+    argv = forward_argv("user@10.0.0.5", ConnectOptions(), 41000, 28265, more=((41001, 28266),))
+    assert argv[argv.index("-L") + 1] == "127.0.0.1:41000:127.0.0.1:28265"
+    assert "127.0.0.1:41001:127.0.0.1:28266" in argv
+    rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.ports_from(30000),
+                        nodes=[Node(host="h", ip="10.0.0.5", head=True)])
+    old = rec.to_dict()
+    del old["ports"]["launcher"]                  # a record written before the launcher existed
+    assert state.ClusterRecord.from_dict(old).ports.launcher == rec.ports.dashboard + 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_dead_worker_takes_its_jobs_group_with_it_and_a_finished_job_leaves_no_watcher():
+    worker = subprocess.Popen(["sleep", "60"])
+    job = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    launcher.fate_share(worker.pid, job.pid)
+    time.sleep(1.5)
+    assert _alive(job.pid)                       # the worker lives: the job is left alone
+    worker.kill()
+    worker.wait()
+    assert _wait_gone(job.pid, 5)                # ... and goes with it (SIGKILL to the whole group)
+    job.wait()
+    assert job.returncode == -9
+    other_worker = subprocess.Popen(["sleep", "60"])
+    short = subprocess.Popen(["sh", "-c", "sleep 1"], start_new_session=True)
+    launcher.fate_share(other_worker.pid, short.pid)
+    short.wait()
+    time.sleep(2.5)
+    watchers = subprocess.run(["pgrep", "-f", f"kill -0 {other_worker.pid} "], capture_output=True, text=True)
+    assert watchers.stdout.strip() == ""         # the watcher ended with the job's group
+    assert _alive(other_worker.pid)
+    other_worker.kill()
+    other_worker.wait()
