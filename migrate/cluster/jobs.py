@@ -34,13 +34,13 @@ COLUMNS = ["id", "name", "state", "gpu", "node", "runtime", "exit", "info"]
 
 def check_cluster_spec(spec: JobSpec) -> None:
     """What a cluster job cannot do (yet): one clear line instead of silently ignoring it."""
-    unsupported = [("--gpu-pool", spec.gpu_pool), ("--min-free-mem", spec.min_free_mem_mib),
-                   ("--allow-shared", spec.allow_shared)]
-    for flag, value in unsupported:
-        if value:
-            raise UsageError(f"{flag} is not supported on a cluster yet",
-                             hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
-                                  "chosen at `cluster up` (--gpu-pool)")
+    if spec.gpu_pool:
+        raise UsageError("--gpu-pool is not supported per job on a cluster",
+                         hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
+                              "chosen at `cluster up` (--gpu-pool)")
+    if spec.allow_shared and spec.min_free_mem_mib is None:
+        raise UsageError("--allow-shared needs --min-free-mem",
+                         hint="say how much free GPU memory the job needs on a GPU others are using")
     if (spec.mounts or spec.ports or spec.shm_size) and not spec.image:
         raise UsageError("--mount, --publish and --shm-size need a container image (--image)")
     if spec.image:
@@ -66,8 +66,15 @@ def gang_entrypoint(record: ClusterRecord, command: str, cwd: str | None, nodes:
     return f"{py} {shell.home_path(plan.GANG)} {shell.join(args)} -- {shell.quote(command)}"
 
 
-def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attempt: int = 1) -> dict[str, str]:
+def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attempt: int = 1, *,
+            min_free_mem_mib: int | None = None, allow_shared: bool = False) -> dict[str, str]:
+    """The job's variables; the polite wrapper reads MIGRATE_MIN_FREE_MEM_MIB and MIGRATE_ALLOW_SHARED
+    (it waits on the GPUs Ray gave the job until they admit it, as the dispatcher would)."""
     env = dict(spec_env)
+    if min_free_mem_mib is not None:
+        env["MIGRATE_MIN_FREE_MEM_MIB"] = str(min_free_mem_mib)
+    if allow_shared:
+        env["MIGRATE_ALLOW_SHARED"] = "1"
     env["MIGRATE_JOB_ID"] = job_id
     env["MIGRATE_JOB_ATTEMPT"] = str(attempt)  # a container job's name ends with it
     env["MIGRATE_CLUSTER"] = record.name
@@ -105,7 +112,9 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
             "migrate_image": spec.image or "", "migrate_priority": str(spec.priority)}
     return {"entrypoint": ep, "submission_id": submission_id(record.name, job_id, attempt),
             "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
-            "runtime_env": {"env_vars": job_env(record, spec.env, job_id, attempt)}, "metadata": meta}
+            "runtime_env": {"env_vars": job_env(record, spec.env, job_id, attempt,
+                                                min_free_mem_mib=spec.min_free_mem_mib,
+                                                allow_shared=bool(spec.allow_shared))}, "metadata": meta}
 
 
 def again(job: dict, *, retries_left: int | None = None) -> dict:
@@ -135,8 +144,6 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
     for spec in specs:
         check_cluster_spec(spec)
     if template is not None:
-        if nodes:
-            raise UsageError("--nodes with --from-template is not supported on a cluster yet")
         cluster_template.check_dest(template)
         cluster_template.point_specs(template, specs)
     if nodes:
@@ -248,7 +255,8 @@ def node_hosts(record: ClusterRecord, nodes: list[dict]) -> dict[str, str]:
 
 
 def auto_retry(api: JobApi, latest: dict[str, dict]) -> list[str]:
-    """Resubmit failed jobs that have --retries left (done lazily, whenever the jobs are read)."""
+    """Resubmit failed jobs that have --retries left, whenever the jobs are read: plain Ray jobs (the
+    launcher resubmits its own at once, so its failed attempts are rarely the latest)."""
     out = []
     for jid, j in latest.items():
         left = int((j.get("metadata") or {}).get("migrate_retries", "0"))

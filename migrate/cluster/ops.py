@@ -328,6 +328,31 @@ def _wait_nodes(record: ClusterRecord, conn: ConnectOptions, want: int, timeout:
 
 
 # -- status --------------------------------------------------------------------------------------------
+def running_jobs_by_ip(jobs: list[dict], id_to_ip: dict[str, str], gang_logs: dict[str, str]) -> dict[str, tuple]:
+    """node IP -> (GPUs used, running jobs) (pure). A single-node job counts on the node that runs it; a
+    gang job's GPUs count on the nodes its ranks reserved (from its driver's log), not on its driver's."""
+    from migrate.cluster.shell import reserved_ips
+
+    out: dict[str, tuple] = {}
+
+    def add(ip: str | None, gpus: int) -> None:
+        if ip:
+            g, c = out.get(ip, (0, 0))
+            out[ip] = (g + gpus, c + 1)
+
+    for j in jobs:
+        if j.get("status") != "RUNNING":
+            continue
+        meta = j.get("metadata") or {}
+        gpus, nodes = int(meta.get("migrate_gpus", "0") or 0), int(meta.get("migrate_nodes", "0") or 0)
+        if not nodes:
+            add(id_to_ip.get(j.get("driver_node_id") or ""), gpus)
+            continue
+        for ip in reserved_ips(gang_logs.get(j.get("submission_id") or "", "")):
+            add(ip, gpus // nodes)
+    return out
+
+
 def status(name: str, conn: ConnectOptions) -> dict:
     """Nodes (state, GPUs offered/used, running jobs) and job counts, from Ray through the forward."""
     record = state.load(name)
@@ -336,21 +361,21 @@ def status(name: str, conn: ConnectOptions) -> dict:
             nodes = api.nodes()
             jobs = api.jobs()
             launcher = api.launcher is not None
+            gang_logs = {j["submission_id"]: api.logs(j["submission_id"]) for j in jobs
+                         if j.get("status") == "RUNNING" and int((j.get("metadata") or {}).get("migrate_nodes") or 0)}
         reachable = True
     except MigrateError as exc:
         ui.warn(f"the head does not answer: {exc.message}")
-        nodes, jobs, reachable, launcher = [], [], False, False
+        nodes, jobs, reachable, launcher, gang_logs = [], [], False, False, {}
     by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") == "ALIVE")}  # ALIVE wins
-    id_to_ip = {n["node_id"]: n["node_ip"] for n in nodes}
-    running = [j for j in jobs if j.get("status") in ("RUNNING", "PENDING")]
+    used = running_jobs_by_ip(jobs, {n["node_id"]: n["node_ip"] for n in nodes}, gang_logs)
     out_nodes = []
     for n in record.nodes:
         ray_node = by_ip.get(n.ip) or {}
-        mine = [j for j in running if j.get("status") == "RUNNING" and id_to_ip.get(j.get("driver_node_id")) == n.ip]
-        used = sum(int((j.get("metadata") or {}).get("migrate_gpus", "0")) for j in mine)
+        gpus, count = used.get(n.ip, (0, 0))
         out_nodes.append({"host": n.host, "ip": n.ip, "role": "head" if n.head else "worker",
                           "state": (ray_node.get("state") or "missing").lower() if reachable else "unknown",
-                          "gpus_offered": n.gpus, "gpus_used": used, "running_jobs": len(mine)})
+                          "gpus_offered": n.gpus, "gpus_used": gpus, "running_jobs": count})
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.get("status", "?").lower()] = counts.get(j.get("status", "?").lower(), 0) + 1

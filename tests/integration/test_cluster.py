@@ -169,6 +169,25 @@ def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
     assert jobs[first]["state"] == "done" and jobs[plain]["state"] == "done"   # both lists, one table
 
 
+def test_the_launcher_retries_a_failed_job_at_once_without_a_status_call(cluster):
+    aliases, env = cluster
+    (jid,) = submit(env, "--retries", "2", "--", '[ "$MIGRATE_JOB_ATTEMPT" = 2 ] || exit 3; echo attempt-2-ran')
+    table = f"~/.migrate/ray/launcher-{NAME}.json"
+    deadline = time.monotonic() + 60
+    while True:     # read the launcher's own table: a `status` call would retry lazily itself
+        book = {j["submission_id"]: j for j in json.loads(sh(aliases[0], f"cat {table}") or "[]")}
+        if book.get(f"{NAME}-{jid}.2", {}).get("status") == "SUCCEEDED":
+            break
+        assert time.monotonic() < deadline, book
+        time.sleep(0.5)
+    first = book[f"{NAME}-{jid}"]
+    assert first["status"] == "FAILED" and first["driver_exit_code"] == 3 and "retrying" in first["message"]
+    assert f"{NAME}-{jid}.3" not in book
+    (job,) = [j for j in status(env) if j["id"] == jid]
+    assert job["state"] == "done" and job["attempt"] == 2 and job["retries_left"] == 1, job
+    assert "attempt-2-ran" in run_cli("logs", NAME, jid, env=env).stdout
+
+
 def test_from_template_copies_to_every_host_and_each_job_runs_in_its_copy(cluster, tmp_path):
     aliases, env = cluster
     src = tmp_path / "ctpl"
@@ -308,6 +327,9 @@ def test_exec_rank_one_of_a_two_node_job_runs_on_that_ranks_node(cluster):
         assert res.stdout.strip().splitlines()[-1].split() == ["1", ips[0], ips[1]]
         too_far = run_cli("exec", NAME, jid, "--rank", "2", "--", "true", env=env)
         assert too_far.code == 2 and "ranks 0 to 1" in too_far.stderr
+        nodes = {n["ip"]: n for n in json.loads(run_cli("cluster", "status", NAME, "--json", env=env).stdout)["nodes"]}
+        assert [nodes[ip]["gpus_used"] for ip in ips] == [1, 1], nodes     # on the ranks' nodes, not the driver's
+        assert sum(n["gpus_used"] for n in nodes.values()) == 2
     finally:
         run_cli("cancel", NAME, jid, env=env)
     wait_for(env, {jid}, ("cancelled",), timeout=60)

@@ -148,8 +148,35 @@ def test_job_view_names_the_node():
 
 
 def test_cluster_refuses_what_it_cannot_do_yet():
-    with pytest.raises(UsageError, match="--min-free-mem is not supported on a cluster"):
-        jobs.check_cluster_spec(JobSpec(command="x", min_free_mem_mib=100))
+    with pytest.raises(UsageError, match="--gpu-pool is not supported per job on a cluster"):
+        jobs.check_cluster_spec(JobSpec(command="x", gpu_pool=["0"]))
+    with pytest.raises(UsageError, match="--allow-shared needs --min-free-mem"):
+        jobs.check_cluster_spec(JobSpec(command="x", allow_shared=True))
+
+
+def test_min_free_mem_and_allow_shared_reach_the_wrapper_as_the_jobs_variables():
+    body = jobs.payload(record(), JobSpec(command="x", gpus=1, min_free_mem_mib=20000, allow_shared=True), "4")
+    env = body["runtime_env"]["env_vars"]
+    assert env["MIGRATE_MIN_FREE_MEM_MIB"] == "20000" and env["MIGRATE_ALLOW_SHARED"] == "1"
+    plain = jobs.payload(record(), JobSpec(command="x", gpus=1), "5")["runtime_env"]["env_vars"]
+    assert "MIGRATE_MIN_FREE_MEM_MIB" not in plain and "MIGRATE_ALLOW_SHARED" not in plain
+
+
+def test_the_wrapper_admits_as_the_dispatcher_does_with_min_free_mem_and_allow_shared():
+    sys.path.insert(0, os.path.dirname(WRAPPER))
+    try:
+        import job_wrapper
+    finally:
+        sys.path.pop(0)
+    idle = {"index": "0", "verdict": "free", "free_mib": 30000, "processes": []}
+    assert job_wrapper.why_not(idle, "alice", 20000) == ""
+    assert job_wrapper.why_not(idle, "alice", 40000) == "30000 MiB free, the job needs 40000 MiB (--min-free-mem)"
+    shared = {"index": "0", "verdict": "busy", "free_mib": 50000, "processes": [{"pid": 9, "user": "bob"}]}
+    assert "user bob" in job_wrapper.why_not(shared, "alice", 20000)          # sharing needs --allow-shared
+    assert job_wrapper.why_not(shared, "alice", 20000, allow_shared=True) == ""
+    assert "needs 60000" in job_wrapper.why_not(shared, "alice", 60000, allow_shared=True)
+    held = {"verdict": "reserved", "reserved_by": 4, "free_mib": 80000}
+    assert "dispatcher" in job_wrapper.why_not(held, "alice", 100, allow_shared=True)   # never another job's GPU
 
 
 # -- orchestration on recording hosts -----------------------------------------------------------------------
@@ -358,3 +385,17 @@ def test_retries_are_resubmitted_lazily_when_the_jobs_are_read():
     assert latest["5"]["status"] == "PENDING"
     spent = {**again, "status": "FAILED"}
     assert jobs.auto_retry(api, {"5": spent}) == [] and len(api.submitted) == 1
+
+
+def test_cluster_status_counts_a_gang_jobs_gpus_on_its_ranks_nodes_not_its_drivers():
+    jobs_ = [{"submission_id": "lab-1", "status": "RUNNING", "driver_node_id": "n1",
+              "metadata": {"migrate_gpus": "1", "migrate_nodes": "0"}},
+             {"submission_id": "lab-2", "status": "RUNNING", "driver_node_id": "n1",
+              "metadata": {"migrate_gpus": "4", "migrate_nodes": "2"}},
+             {"submission_id": "lab-3", "status": "SUCCEEDED", "driver_node_id": "n2",
+              "metadata": {"migrate_gpus": "2", "migrate_nodes": "0"}},
+             {"submission_id": "lab-4", "status": "RUNNING", "driver_node_id": "n1",
+              "metadata": {"migrate_gpus": "2", "migrate_nodes": "2"}}]           # still waiting for its nodes
+    logs = {"lab-2": "migrate: 2 nodes reserved: 10.0.0.2, 10.0.0.3\n", "lab-4": "migrate: waiting\n"}
+    used = ops.running_jobs_by_ip(jobs_, {"n1": "10.0.0.1", "n2": "10.0.0.2"}, logs)
+    assert used == {"10.0.0.1": (1, 1), "10.0.0.2": (2, 1), "10.0.0.3": (2, 1)}

@@ -64,7 +64,7 @@ def test_container_job_payload_runs_the_script_through_the_wrapper_in_home():
 
 def test_cluster_accepts_image_mount_publish_priority_and_still_refuses_per_job_gpu_rules():
     jobs.check_cluster_spec(JobSpec(command="x", image="a:1", mounts=["/d:/d"], ports=["80"], priority=5))
-    with pytest.raises(UsageError, match="--gpu-pool is not supported on a cluster"):
+    with pytest.raises(UsageError, match="--gpu-pool is not supported per job on a cluster"):
         jobs.check_cluster_spec(JobSpec(command="x", gpu_pool=["0"]))
 
 

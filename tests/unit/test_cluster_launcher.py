@@ -261,3 +261,20 @@ def test_a_dead_worker_takes_its_jobs_group_with_it_and_a_finished_job_leaves_no
     assert _alive(other_worker.pid)
     other_worker.kill()
     other_worker.wait()
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_the_launchers_next_attempt_is_the_one_the_laptops_retry_builds(gpus):
+    from migrate.cluster import jobs
+    from migrate.jobs.spec import JobSpec
+
+    rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
+                        nodes=[Node(host="h", ip="10.0.0.5", gpus=["0", "1"], head=True)])
+    first = jobs.payload(rec, JobSpec(command="train", gpus=gpus, retries=2, env={"A": "b c"}), "5")
+    assert launcher.retries_left(first) == 2
+    second = launcher.next_attempt(first)
+    assert second == jobs.again(first, retries_left=1)
+    assert second["submission_id"] == "lab-5.2" and second["runtime_env"]["env_vars"]["MIGRATE_JOB_ATTEMPT"] == "2"
+    assert launcher.retries_left(second) == 1
+    assert launcher.next_attempt(second)["submission_id"] == "lab-5.3"
+    assert launcher.retries_left({"metadata": {"migrate_retries": "3"}}) == 0      # not a migrate job

@@ -131,6 +131,15 @@ def test_run_from_template_on_a_cluster_dry_run_says_what_goes_where(tmp_path, m
     refused = run_cli("run", "lab", "--dry-run", "--from-template", str(src), "--experiments", "a", "--image",
                       "a:1", "--", "x", env=env)
     assert refused.code == 2 and "--from-template with --image" in refused.stderr
+    gang = run_cli("run", "lab", "--dry-run", "--json", "--from-template", str(src), "--experiments", "a",
+                   "--nodes", "2", "--gpus-per-node", "1", "--", "torchrun train.py", env=env)
+    assert gang.code == 0, gang.output
+    (job,) = json.loads(gang.stdout)["jobs"]
+    assert "migrate-ray-gang.py" in job["entrypoint"] and "--cwd '~/.migrate/runs/exp/a'" in job["entrypoint"]
+    assert job["runtime_env"]["env_vars"]["MIGRATE_EXPERIMENT"] == "a"   # every rank runs in its host's copy
+    two = run_cli("run", "lab", "--dry-run", "--from-template", str(src), "--experiments", "a,b", "--nodes", "2",
+                  "--", "x", env=env)
+    assert two.code == 2 and "--nodes runs one job" in two.stderr
 
 
 def test_a_host_the_template_cannot_reach_stops_before_anything_is_submitted(tmp_path, monkeypatch):

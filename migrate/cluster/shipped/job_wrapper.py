@@ -190,27 +190,34 @@ def gpu_view() -> list:
         return []
 
 
-def why_not(device: dict, me: str) -> str:
-    """Why this GPU must not be shared now ("" = ours to use)."""
+def why_not(device: dict, me: str, need_mib=None, allow_shared: bool = False) -> str:
+    """Why this GPU must not be used now ("" = ours to use). As the dispatcher admits: with
+    --min-free-mem N it needs N MiB free; --allow-shared (which needs --min-free-mem) also takes a GPU
+    that only other people's processes or memory keep busy, when N MiB fit."""
+    free = device.get("free_mib")
+    if need_mib is not None and (free is None or free < need_mib):
+        return f"{'?' if free is None else free} MiB free, the job needs {need_mib} MiB (--min-free-mem)"
+    if device.get("verdict") == "reserved":
+        return f"job {device.get('reserved_by')} of this host's dispatcher holds it"
+    if allow_shared and need_mib is not None:
+        return ""
     foreign = [p for p in device.get("processes") or [] if p.get("user") != me]
     if foreign:
         p = foreign[0]
         return f"process {p.get('pid')} of user {p.get('user')} runs on it"
-    if device.get("verdict") == "reserved":
-        return f"job {device.get('reserved_by')} of this host's dispatcher holds it"
     if device.get("verdict") == "busy" and not device.get("processes"):
         return device.get("reason") or "busy"
     return ""
 
 
-def wait_for_gpus(assigned: list) -> None:
+def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> None:
     import getpass
 
     me = getpass.getuser()
     said = ""
     while True:
         view = {str(d.get("index")): d for d in gpu_view()}
-        blocked = [(i, why_not(view[i], me)) for i in assigned if i in view]
+        blocked = [(i, why_not(view[i], me, need_mib, allow_shared)) for i in assigned if i in view]
         blocked = [(i, w) for i, w in blocked if w]
         if not blocked:
             if said:
@@ -235,8 +242,9 @@ def main(argv: list) -> int:
     command = argv[0] if len(argv) == 1 else " ".join(argv)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     assigned = [g for g in visible.split(",") if g.strip()]
+    need = os.environ.get("MIGRATE_MIN_FREE_MEM_MIB", "")
     if assigned:
-        wait_for_gpus(assigned)
+        wait_for_gpus(assigned, int(need) if need.isdigit() else None, os.environ.get("MIGRATE_ALLOW_SHARED") == "1")
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     print(f"MIGRATE-START {time.time():.3f} {node_ip()} gpus={visible or '-'}", flush=True)
     return run(command, cwd)

@@ -130,6 +130,31 @@ def remote_functions():
     return run_job, stop_job, warm
 
 
+def next_attempt(job: dict) -> dict:
+    """The submission of a failed job's next attempt, when its metadata has retries left (migrate's
+    --retries): same entrypoint, resources and env, attempt + 1, one retry less (pure; the laptop's
+    `retry` builds the same in migrate/cluster/jobs.py)."""
+    meta = dict(job.get("metadata") or {})
+    attempt = int(meta.get("migrate_attempt", "1")) + 1
+    meta["migrate_attempt"] = str(attempt)
+    meta["migrate_retries"] = str(int(meta.get("migrate_retries", "0")) - 1)
+    runtime_env = dict(job.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "MIGRATE_JOB_ATTEMPT": str(attempt)}
+    sid = f"{meta['migrate_cluster']}-{meta['migrate_id']}.{attempt}"
+    return {"entrypoint": job["entrypoint"], "submission_id": sid,
+            "entrypoint_num_gpus": job.get("entrypoint_num_gpus") or 0,
+            "entrypoint_num_cpus": job.get("entrypoint_num_cpus") or 0,
+            "runtime_env": runtime_env, "metadata": meta}
+
+
+def retries_left(job: dict) -> int:
+    meta = job.get("metadata") or {}
+    try:
+        return int(meta.get("migrate_retries", "0")) if meta.get("migrate_id") and meta.get("migrate_cluster") else 0
+    except ValueError:
+        return 0
+
+
 class Book:
     """The launcher's jobs, in Ray's job-API shape, kept in a private JSON file."""
 
@@ -207,22 +232,40 @@ class Launcher:
                         pid=started["pid"], start_time=int(started["start"] * 1000))
             ended = ray.get(next(gen))
             code = ended["exit"]
-            stopped = sid in book.stopping
-            book.update(sid, status="STOPPED" if stopped else ("SUCCEEDED" if code == 0 else "FAILED"),
-                        driver_exit_code=code, end_time=int(ended["end"] * 1000),
-                        message="stopped" if stopped else (
-                            "finished" if code == 0 else f"the command exited with code {code}"))
+            if sid in book.stopping:
+                book.update(sid, status="STOPPED", driver_exit_code=code, end_time=int(ended["end"] * 1000),
+                            message="stopped")
+            elif code == 0:
+                book.update(sid, status="SUCCEEDED", driver_exit_code=0, end_time=int(ended["end"] * 1000),
+                            message="finished")
+            else:
+                self.fail(sid, f"the command exited with code {code}", driver_exit_code=code,
+                          end_time=int(ended["end"] * 1000))
         except ray.exceptions.TaskCancelledError:
             book.update(sid, status="STOPPED", end_time=int(time.time() * 1000), message="stopped")
         except (ray.exceptions.RayError, StopIteration) as exc:
-            stopped = sid in book.stopping
             lost = isinstance(exc, (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError))
-            book.update(sid, status="STOPPED" if stopped else "FAILED", end_time=int(time.time() * 1000),
-                        message="stopped" if stopped else (
-                            "the node running it left the cluster (its Ray worker died)" if lost
-                            else f"the job's task failed: {str(exc).strip().splitlines()[0][:300]}"))
+            if sid in book.stopping:
+                book.update(sid, status="STOPPED", end_time=int(time.time() * 1000), message="stopped")
+            else:
+                self.fail(sid, "the node running it left the cluster (its Ray worker died)" if lost
+                          else f"the job's task failed: {str(exc).strip().splitlines()[0][:300]}",
+                          end_time=int(time.time() * 1000))
         finally:
             book.running.pop(sid, None)
+
+    def fail(self, sid: str, message: str, **fields) -> None:
+        """Mark a job failed; with --retries left, submit its next attempt in the same step, so nobody
+        reading the table sees a failed job that is about to be retried."""
+        with self.book.lock:
+            job = self.book.jobs[sid]
+            retry = retries_left(job) > 0
+            self.book.update(sid, status="FAILED", message=message + ("; retrying" if retry else ""), **fields)
+            if retry:
+                try:
+                    self.submit(next_attempt(job))
+                except (ValueError, KeyError, ray.exceptions.RayError) as exc:
+                    self.book.update(sid, message=f"{message}; the retry could not be submitted: {exc}")
 
     def stop(self, sid: str) -> bool:
         """Stop a job: a started one through a small task on its node (SIGTERM, SIGKILL after 3 s), a
