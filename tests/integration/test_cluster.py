@@ -154,7 +154,13 @@ def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
     assert f'"{NAME}-{first}"' in sh(head, f"cat {table}")          # a launcher job, not a Ray job
     assert "via-launcher" in run_cli("logs", NAME, first, env=env).stdout
 
+    (orphan,) = submit(env, "--", "sleep 298")
+    wait_for(env, {orphan}, ("running",), timeout=60)
     sh(head, "pkill -f 'migrate-ray-launche[r].py'; sleep 1")
+    deadline = time.monotonic() + 30      # Ray kills the dead driver's task workers; the watcher the rest
+    while any(sh(a, "ps -eo args | grep 'sleep 298' | grep -v grep || true").strip() for a in aliases):
+        assert time.monotonic() < deadline, "a job of the killed launcher still runs"
+        time.sleep(1)
     st = run_cli("cluster", "status", NAME, env=env)
     assert st.code == 0 and "launcher is not answering" in st.stderr, st.output
     (plain,) = submit(env, "--", "echo as-a-ray-job")                  # still works, as a plain Ray job
@@ -167,6 +173,7 @@ def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
     assert json.loads(run_cli("cluster", "status", NAME, "--json", env=env).stdout)["launcher"] is True
     jobs = {j["id"]: j for j in status(env)}
     assert jobs[first]["state"] == "done" and jobs[plain]["state"] == "done"   # both lists, one table
+    assert jobs[orphan]["state"] == "failed" and "launcher restarted" in jobs[orphan]["reason"], jobs[orphan]
 
 
 def test_the_launcher_retries_a_failed_job_at_once_without_a_status_call(cluster):
