@@ -39,8 +39,12 @@ class JobApi:
     each as a task of one long-lived Ray job on a warm worker; gang jobs (`migrate_nodes` > 0) and
     everything on a cluster without a launcher are Ray jobs. Both answer in the same JSON shape."""
 
-    def __init__(self, base_url: str, *, launcher_url: str | None = None, timeout: float = 30) -> None:
+    def __init__(self, base_url: str, *, launcher_url: str | None = None, token: str = "",
+                 timeout: float = 30) -> None:
         self.base = base_url.rstrip("/")
+        self.headers = {"Content-Type": "application/json"}
+        if token:   # Ray's token authentication; the launcher asks for the same token
+            self.headers["Authorization"] = f"Bearer {token}"
         self.launcher_url = launcher_url.rstrip("/") if launcher_url else None
         self.launcher: str | None = None      # set by probe_launcher() once the launcher answered
         self.timeout = timeout
@@ -49,7 +53,7 @@ class JobApi:
               timeout: float | None = None) -> Any:
         data = json.dumps(payload).encode() if payload is not None else None
         url = (base or self.base) + path
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
         who = "migrate's launcher" if base and base == self.launcher_url else "Ray's job API"
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
@@ -163,7 +167,8 @@ def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20,
                 if time.monotonic() > deadline:
                     raise ConnectError(f"timed out forwarding to the head {record.head.host}") from None
                 time.sleep(0.05)
-        api = JobApi(f"http://127.0.0.1:{local}", launcher_url=f"http://127.0.0.1:{launcher}")
+        api = JobApi(f"http://127.0.0.1:{local}", launcher_url=f"http://127.0.0.1:{launcher}",
+                     token=record.auth_token)
         if use_launcher:
             api.probe_launcher()
         yield api

@@ -229,19 +229,25 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
         record = ClusterRecord(name=opts.name, ray_version=plan.RAY_VERSION, ports=ports, gpu_backend=opts.gpu_backend,
                                created=time.time(), agent="~/" + build_agent().remote_relpath,
                                nodes=[Node(host=h, ip=head_ip if h == head else facts[h].ip, gpus=gpus[h],
-                                           cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts])
+                                           cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts],
+                               auth_token=secrets.token_urlsafe(32))
         state.save(record)   # before anything starts: `cluster down NAME` can stop a half-started cluster
+        tokens = {h: f"{facts[h].home}/{plan.AUTH_TOKEN}" for h in opts.hosts}
+        for h in opts.hosts:   # over the SSH channel into a 0600 file: never in an argv or a log
+            remotes[h].put_bytes(record.auth_token.encode(), tokens[h], mode=0o600)
         hn = record.head
         ui.step(f"{head}: ray start --head ({len(hn.gpus)} GPU(s) offered: {','.join(hn.gpus) or 'none'})")
         _start(remotes[head], plan.head_start_command(ports, hn.ip, hn.gpus, hn.cpus,
-                                                      object_store_mib=opts.object_store_mib), head)
+                                                      object_store_mib=opts.object_store_mib,
+                                                      auth_token_path=tokens[head]), head)
 
         def start_worker(h: str) -> None:
             n = next(x for x in record.nodes if x.host == h)
             ui.step(f"{h}: ray start --address {head_ip}:{ports.gcs} ({len(n.gpus)} GPU(s) offered: "
                     f"{','.join(n.gpus) or 'none'})")
             _start(remotes[h], plan.worker_start_command(ports, head_ip, n.ip, n.gpus, n.cpus,
-                                                         object_store_mib=opts.object_store_mib), h)
+                                                         object_store_mib=opts.object_store_mib,
+                                                         auth_token_path=tokens[h]), h)
 
         started = for_each_host(workers, start_worker)
         failed = [f"{o.host}: {o.error}" for o in started if not o.ok]
@@ -403,7 +409,8 @@ def _stop_host(remote: Any, version: str, purge: bool, name: str = "") -> dict:
         containers = int(out) if out.isdigit() else 0
     # the launcher's job table goes with the cluster, as Ray's own job history does
     cleanup = plan.purge_command() if purge else (f"rm -f {shell.home_path(plan.HOST_RECORD)} "
-                                                  f"{shell.home_path(plan.launcher_state_file(name or 'x'))}")
+                                                  f"{shell.home_path(plan.launcher_state_file(name or 'x'))} "
+                                                  f"{shell.home_path(plan.AUTH_TOKEN)}")
     remote.run(cleanup, check=False, what="remove the cluster record")
     return {"killed_leftovers": killed, "removed_containers": containers, "purged": purge}
 

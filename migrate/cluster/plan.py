@@ -32,6 +32,7 @@ UV_BIN = f"{RAY_DIR}/bin/uv"
 WRAPPER = f"{RAY_DIR}/bin/migrate-ray-job.py"
 GANG = f"{RAY_DIR}/bin/migrate-ray-gang.py"
 LAUNCHER = f"{RAY_DIR}/bin/migrate-ray-launcher.py"
+AUTH_TOKEN = f"{RAY_DIR}/auth-token"     # Ray's token authentication (RAY_AUTH_MODE=token), 0600
 TEMP_DIR = f"{RAY_DIR}/tmp"               # Ray's session dir (default /tmp/ray): kept in the home
 HOST_RECORD = f"{RAY_DIR}/cluster.json"
 WHEELS_DIR = f"{RAY_DIR}/wheels"
@@ -247,29 +248,35 @@ def _common_start_args(ports: Ports, ip: str, gpus: list[str], cpus: int, object
             "--disable-usage-stats"]
 
 
-def start_env(gpus: list[str], *, head: bool) -> dict[str, str]:
-    """The raylet sees only the GPUs we offer; the head's job manager waits a week, not 900 s."""
+def start_env(gpus: list[str], *, head: bool, auth_token_path: str = "") -> dict[str, str]:
+    """The raylet sees only the GPUs we offer; the head's job manager waits a week, not 900 s; with a
+    token file, every Ray process (GCS, dashboard, job API, raylets, workers, drivers) requires the
+    token (Ray's token authentication, 2.52+), so other users of a borrowed server cannot run code as
+    us through Ray's ports. The token itself never appears in a command line: only its file's path."""
     env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "RAY_USAGE_STATS_ENABLED": "0"}
+    if auth_token_path:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = auth_token_path
     if head:
         env["RAY_JOB_START_TIMEOUT_SECONDS"] = str(JOB_START_TIMEOUT_S)
     return env
 
 
 def head_start_command(ports: Ports, ip: str, gpus: list[str], cpus: int, *, version: str = RAY_VERSION,
-                       object_store_mib: int = 128) -> str:
+                       object_store_mib: int = 128, auth_token_path: str = "") -> str:
     """`ray start --head` with the dashboard/job API on the head's 127.0.0.1 only."""
     argv = ["start", "--head", "--port", str(ports.gcs), "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(ports.dashboard), "--include-dashboard", "true",
             "--ray-client-server-port", str(ports.client_server), "--temp-dir", "__TEMP__",
             *_common_start_args(ports, ip, gpus, cpus, object_store_mib)]
-    return _ray_line(version, argv, start_env(gpus, head=True))
+    return _ray_line(version, argv, start_env(gpus, head=True, auth_token_path=auth_token_path))
 
 
 def worker_start_command(ports: Ports, head_ip: str, ip: str, gpus: list[str], cpus: int, *,
-                         version: str = RAY_VERSION, object_store_mib: int = 128) -> str:
+                         version: str = RAY_VERSION, object_store_mib: int = 128, auth_token_path: str = "") -> str:
     argv = ["start", "--address", f"{head_ip}:{ports.gcs}",
             *_common_start_args(ports, ip, gpus, cpus, object_store_mib)]
-    return _ray_line(version, argv, start_env(gpus, head=False))
+    return _ray_line(version, argv, start_env(gpus, head=False, auth_token_path=auth_token_path))
 
 
 def _ray_line(version: str, argv: list[str], env: dict[str, str]) -> str:

@@ -41,6 +41,7 @@ class ClusterRecord:
     created: float = 0.0
     job_seq: int = 0
     agent: str = ""              # ~/.migrate/agent/<zipapp>: the polite wrapper asks it for the GPU view
+    auth_token: str = field(default="", repr=False)   # Ray's token: only in the 0600 record file here
 
     @property
     def head(self) -> Node:
@@ -56,14 +57,20 @@ class ClusterRecord:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ports"] = self.ports.to_dict()
+        del d["auth_token"]      # never printed (--json), never copied to the hosts' record
         return d
+
+    def to_private_dict(self) -> dict:
+        """What the record file here holds: to_dict() and the Ray token."""
+        return {**self.to_dict(), "auth_token": self.auth_token}
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterRecord:
         ports = {"launcher": d["ports"]["dashboard"] + 1, **d["ports"]}   # records from before the launcher
         return cls(name=d["name"], ray_version=d["ray_version"], ports=Ports(**ports),
                    nodes=[Node(**n) for n in d["nodes"]], gpu_backend=d.get("gpu_backend"),
-                   created=d.get("created", 0.0), job_seq=d.get("job_seq", 0), agent=d.get("agent", ""))
+                   created=d.get("created", 0.0), job_seq=d.get("job_seq", 0), agent=d.get("agent", ""),
+                   auth_token=d.get("auth_token", ""))
 
 
 def check_name(name: str) -> str:
@@ -96,7 +103,9 @@ def save(record: ClusterRecord) -> Path:
     paths.private_dir(clusters_dir())
     path = record_path(record.name)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # private from the first byte
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record.to_private_dict(), indent=2) + "\n")
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return path

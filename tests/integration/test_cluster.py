@@ -132,6 +132,27 @@ def test_up_from_pushed_wheels_then_rerun_is_a_no_op(cluster):
     assert [n["state"] for n in nodes] == ["alive"] * 3 and nodes[0]["role"] == "head"
 
 
+def test_ray_and_the_launcher_answer_only_with_the_clusters_token(cluster):
+    """Another user of the head (bob) reaches 127.0.0.1 too: without the token Ray's job API and the
+    launcher refuse him, and the token is in no command line and in no output of ours."""
+    aliases, env = cluster
+    token = sh(aliases[0], "cat ~/.migrate/ray/auth-token").strip()
+    assert len(token) >= 32
+    probe = ("import urllib.request as u, urllib.error as e\n"
+             "for port in (28265, 28266):\n"
+             "    try:\n        u.urlopen(f'http://127.0.0.1:{port}/api/jobs/', timeout=10); print(port, 'open')\n"
+             "    except e.HTTPError as x:\n        print(port, x.code)\n")
+    assert sh(aliases[0], "cd /tmp && sudo -n -u bob python3 -", stdin=probe).split() == ["28265", "401",
+                                                                                          "28266", "401"]
+    for a in aliases:
+        assert sh(a, "stat -c %a ~/.migrate/ray/auth-token").strip() == "600"
+        assert token not in sh(a, "ps -eo args")
+    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--json", env=env)
+    assert res.code == 0 and token not in res.output
+    st = run_cli("cluster", "status", NAME, "--json", env=env)
+    assert st.code == 0 and token not in st.output
+
+
 def test_sweep_of_twelve_lands_on_several_nodes(cluster):
     aliases, env = cluster
     ids = submit(env, "--sweep", "i=" + ",".join(map(str, range(1, 13))), "--", "sleep 2; echo job {i}")

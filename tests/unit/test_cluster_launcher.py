@@ -278,3 +278,56 @@ def test_the_launchers_next_attempt_is_the_one_the_laptops_retry_builds(gpus):
     assert launcher.retries_left(second) == 1
     assert launcher.next_attempt(second)["submission_id"] == "lab-5.3"
     assert launcher.retries_left({"metadata": {"migrate_retries": "3"}}) == 0      # not a migrate job
+
+
+# -- Ray's token authentication -------------------------------------------------------------------------
+def test_ray_starts_with_token_auth_from_a_file_and_the_token_is_in_no_command_line():
+    path = "/home/alice/.migrate/ray/auth-token"
+    head = plan.head_start_command(plan.Ports(), "10.0.0.1", ["0"], 4, auth_token_path=path)
+    worker = plan.worker_start_command(plan.Ports(), "10.0.0.1", "10.0.0.2", [], 4, auth_token_path=path)
+    for cmd in (head, worker):
+        assert "RAY_AUTH_MODE=token" in cmd and f"RAY_AUTH_TOKEN_PATH={path}" in cmd
+        assert "RAY_AUTH_TOKEN=" not in cmd
+    assert "RAY_AUTH_MODE" not in plan.head_start_command(plan.Ports(), "10.0.0.1", [], 4)   # old records
+
+
+def test_the_token_is_kept_only_in_the_private_record_file_never_printed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
+                        nodes=[Node(host="h", ip="10.0.0.5", head=True)], auth_token="s3cr3t-token")
+    assert "auth_token" not in rec.to_dict() and "s3cr3t" not in json.dumps(rec.to_dict()) + repr(rec)
+    path = state.save(rec)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and "s3cr3t-token" in path.read_text()
+    assert state.load("lab").auth_token == "s3cr3t-token"
+
+
+def test_with_a_token_the_launcher_refuses_requests_without_it(tmp_path):
+    book = launcher.Book(str(tmp_path / "launcher-lab.json"))
+    runner = FakeRunner(book)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), launcher.handler_for(book, runner, dashboard=1, token="tok"))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        good = JobApi("http://127.0.0.1:9", launcher_url=url, token="tok", timeout=5)
+        assert good.probe_launcher() and good.submit(body("lab-1")) == "lab-1"
+        for bad in (JobApi("http://127.0.0.1:9", launcher_url=url, timeout=5),
+                    JobApi("http://127.0.0.1:9", launcher_url=url, token="other", timeout=5)):
+            assert bad.probe_launcher() is False
+            with pytest.raises(JobApiError) as err:
+                bad._call("POST", "/api/jobs/", body("lab-2"), base=url)
+            assert err.value.status == 401
+        assert [b["submission_id"] for b in runner.submitted] == ["lab-1"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_launcher_reads_rays_token_as_ray_does(tmp_path):
+    f = tmp_path / "auth-token"
+    f.write_text("from-file\n")
+    assert launcher.auth_token({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(f)}) == "from-file"
+    both = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "env", "RAY_AUTH_TOKEN_PATH": str(f)}
+    assert launcher.auth_token(both) == "env"
+    assert launcher.auth_token({"RAY_AUTH_TOKEN_PATH": str(f)}) == ""          # auth not enabled
+    assert launcher.authorized("Bearer x", "x") and not launcher.authorized("Bearer y", "x")
+    assert launcher.authorized("", "")

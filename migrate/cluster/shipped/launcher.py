@@ -18,6 +18,7 @@ workers of a job whose driver is gone, and migrate's wrapper then stops the comm
 """
 
 import argparse
+import hmac
 import json
 import os
 import signal
@@ -303,21 +304,39 @@ class Launcher:
             pass
 
 
-def read_log(dashboard: int, job: dict) -> str:
+def auth_token(env: dict) -> str:
+    """Ray's token when the cluster runs with token authentication (RAY_AUTH_MODE=token), else ""."""
+    if env.get("RAY_AUTH_MODE") != "token":
+        return ""
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"].strip()
+    with open(os.path.expanduser(env.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")) as f:
+        return f.read().strip()
+
+
+def authorized(header: str, token: str) -> bool:
+    """Whether an Authorization header carries the token (always, when there is none to check)."""
+    return not token or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+
+def read_log(dashboard: int, job: dict, token: str = "") -> str:
     """The job's output, read from its node through the dashboard's log API ("" before it has any)."""
     if not job.get("driver_node_id"):
         return ""
     query = urllib.parse.urlencode({"node_id": job["driver_node_id"], "lines": -1,
                                     "filename": f"job-driver-{job['submission_id']}.log"})
+    req = urllib.request.Request(f"http://127.0.0.1:{dashboard}/api/v0/logs/file?{query}",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/v0/logs/file?{query}", timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.read().decode(errors="replace")
     except (urllib.error.URLError, OSError):
         return ""
 
 
-def handler_for(book: Book, launcher, dashboard: int):
-    """The HTTP handler class; `launcher` has submit(body) -> id and stop(id) -> bool."""
+def handler_for(book: Book, launcher, dashboard: int, token: str = ""):
+    """The HTTP handler class; `launcher` has submit(body) -> id and stop(id) -> bool. With a token,
+    every request must carry it (`Authorization: Bearer`), as Ray's own job API then requires."""
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # no access log in the job's output
             pass
@@ -336,13 +355,23 @@ def handler_for(book: Book, launcher, dashboard: int):
                 self.reply(404, {"error": f"Job {sid} does not exist"})
             return job
 
+        def allowed(self) -> bool:
+            if authorized(self.headers.get("Authorization", ""), token):
+                return True
+            self.reply(401, {"error": "Unauthorized: missing or wrong token"})
+            return False
+
         def do_GET(self):
+            if not self.allowed():
+                return
             try:
                 self.get()
             except Exception as exc:  # noqa: BLE001 - one bad request must not take the launcher down
                 self.reply(500, {"error": f"{type(exc).__name__}: {exc}"})
 
         def do_POST(self):
+            if not self.allowed():
+                return
             try:
                 self.post()
             except Exception as exc:  # noqa: BLE001
@@ -362,7 +391,7 @@ def handler_for(book: Book, launcher, dashboard: int):
                 if len(parts) == 3:
                     return self.reply(200, dict(job))
                 if parts[3] == "logs":
-                    return self.reply(200, {"logs": read_log(dashboard, job)})
+                    return self.reply(200, {"logs": read_log(dashboard, job, token)})
             return self.reply(404, {"error": "not found"})
 
         def post(self):
@@ -396,7 +425,8 @@ def main(argv: list) -> int:
     book = Book(os.path.expanduser(a.state))
     book.save()
     launcher = Launcher(book)
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), handler_for(book, launcher, a.dashboard))
+    token = auth_token(dict(os.environ))
+    server = ThreadingHTTPServer(("127.0.0.1", a.port), handler_for(book, launcher, a.dashboard, token))
     server.daemon_threads = True
     threading.Thread(target=launcher.warm_up, daemon=True).start()
     print(f"migrate launcher: listening on 127.0.0.1:{a.port}", flush=True)
