@@ -14,7 +14,10 @@ POST /api/jobs/ID/stop), so migrate reads these jobs and Ray's own (gang jobs st
 A job's output goes to job-driver-ID.log in Ray's log directory on the node that ran it, as a Ray
 job's does, and is read back through the dashboard's log API. The job table is kept in a private file
 (0600) so that a restarted launcher still lists the jobs it ran. Its tasks end with it: Ray kills the
-workers of a job whose driver is gone, and migrate's wrapper then stops the command.
+workers of a job whose driver is gone, and a watcher per job then kills the job's process group.
+When the cluster runs with Ray's token authentication (RAY_AUTH_MODE=token, as `cluster up` starts
+it), every request must carry the same token (`Authorization: Bearer`), as Ray's job API requires.
+A failed job with --retries left is resubmitted at once, in the step that marks it failed.
 """
 
 import argparse
