@@ -55,8 +55,11 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
 
     Preflight first, on every host, before anything is installed: python3 version, machine,
     free disk, ports free, and every worker opening a TCP connection to the head's GCS port.
-    Each node offers Ray only the GPUs that are free now (or --gpu-pool); the job API stays on
-    the head's 127.0.0.1 and is reached through SSH.
+    Each node offers Ray only the GPUs that are free now (or --gpu-pool); the job API and
+    migrate's job launcher (jobs start on warm Ray workers) stay on the head's 127.0.0.1 and are
+    reached through SSH. Ray runs with token authentication: a fresh token, in a 0600 file on
+    each host, so other users of the servers cannot run code through Ray's ports. Rerun: a
+    stopped launcher is started again.
     """
     opts = ops.UpOptions(name=name, hosts=list(hosts), head=head, gpu_pool=ops.parse_gpu_pool(gpu_pool),
                          offline=offline, port_base=port_base, head_address=head_address, gpu_backend=gpu_backend,
