@@ -63,15 +63,14 @@ def stop_group(pgid: int, wait: float = STOP_WAIT_S) -> None:
         pass
 
 
+# what Ray's own job supervisor strips from a driver's environment (ray_constants.RAY_INTERNAL_FLAGS)
+RAY_INTERNAL_FLAGS = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_OVERRIDE_NODE_ID_FOR_TESTING")
+
+
 def child_environment(base: dict, job_env: dict, gpu_ids: list, gcs_address: str) -> dict:
     """The command's environment: the worker's, less Ray's internal flags, plus the job's variables,
     the GPUs Ray gave this task (none: an empty CUDA_VISIBLE_DEVICES) and RAY_ADDRESS (pure)."""
-    env = {k: v for k, v in base.items() if not k.startswith(("RAY_RAYLET_PID", "RAY_JOB_ID"))}
-    try:
-        from ray._private.utils import remove_ray_internal_flags_from_env
-        remove_ray_internal_flags_from_env(env)
-    except ImportError:  # pragma: no cover - a Ray without it
-        pass
+    env = {k: v for k, v in base.items() if k not in RAY_INTERNAL_FLAGS}
     env.update(job_env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
     env["RAY_ADDRESS"] = gcs_address
