@@ -1,4 +1,10 @@
-"""The Ray Job REST API, reached through an SSH local forward to the head's 127.0.0.1 dashboard port.
+"""The Ray Job REST API, reached through an SSH local forward to the head's 127.0.0.1 dashboard port,
+and migrate's launcher, reached through a forward to its Unix socket in a 0700 directory of ours.
+
+The cluster's token is a credential: it is sent only after the same SSH session proved, on the head,
+that the dashboard port is held by this user's process (`plan.head_check_command`); the launcher's
+socket cannot be held by anyone else. A port another user bound after our dashboard died gets
+nothing.
 
 Only the stdlib (urllib) here: the laptop needs no Ray, and no version of Ray's Python client has to
 match the cluster's. Endpoints (Ray's jobs REST API, stable since 2.0): POST /api/jobs/, GET
@@ -9,6 +15,7 @@ GET /api/v0/nodes for node ids -> IPs.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import time
@@ -19,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from migrate import ui
+from migrate.cluster import plan
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import ConnectError, MigrateError
 from migrate.remote.connection import target_for
@@ -133,33 +141,85 @@ def free_local_port() -> int:
 
 
 def forward_argv(host: str, conn: ConnectOptions, local: int, remote: int,
-                 more: tuple[tuple[int, int], ...] = ()) -> list[str]:
-    """`ssh -N -L 127.0.0.1:LOCAL:127.0.0.1:REMOTE [-L ...] head` with migrate's SSH settings (pure but
-    for resolve)."""
+                 sockets: tuple[tuple[int, str], ...] = (), command: str = "") -> list[str]:
+    """`ssh -L 127.0.0.1:LOCAL:127.0.0.1:REMOTE [-L 127.0.0.1:PORT:/SOCKET ...] head [COMMAND]` with
+    migrate's SSH settings (pure but for resolve); without COMMAND, `-N`."""
     target, configs = target_for(host, conn)
-    extra = ["-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"]
-    for lport, rport in ((local, remote), *more):
-        extra += ["-L", f"127.0.0.1:{lport}:127.0.0.1:{rport}"]
-    return openssh_argv(target, config_file=configs.openssh_file(), extra=extra)
+    extra = ["-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"] + ([] if command else ["-N"])
+    extra += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote}"]
+    for lport, path in sockets:
+        extra += ["-L", f"127.0.0.1:{lport}:{path}"]
+    return openssh_argv(target, config_file=configs.openssh_file(), extra=extra) + ([command] if command else [])
+
+
+class NotOurs(ConnectError):
+    """The head's job API port is not held by our Ray: the token is not sent."""
+
+
+def check_verdict(record: ClusterRecord, answer: dict) -> None:
+    """Raise unless the head check says the dashboard port is ours (pure)."""
+    where = f"{record.head.host}'s 127.0.0.1:{record.ports.dashboard}"
+    owner = answer.get("dashboard")
+    if owner == "ours":
+        return
+    if owner == "other":
+        raise NotOurs(f"{where} (Ray's job API) is held by another user's process, not cluster "
+                      f"{record.name}'s Ray: its token was not sent",
+                      hint=f"Ray's dashboard on the head is gone; `migrate cluster up {record.name} "
+                           f"{' '.join(record.hosts)} --restart` starts the cluster again")
+    raise NotOurs(f"nothing listens on {where}: Ray's job API of cluster {record.name} is not running",
+                  hint=f"`migrate cluster status {record.name}`; `migrate cluster up {record.name} "
+                       f"{' '.join(record.hosts)} --restart` starts it again")
+
+
+def _read_check(proc: subprocess.Popen, record: ClusterRecord, wait: float) -> dict:
+    """The head check's one JSON line, read from the SSH session that also holds the forwards."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + wait
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            break
+        if proc.poll() is not None:
+            break
+    if not line:
+        if proc.poll() is None:
+            raise ConnectError(f"timed out reaching the head {record.head.host}")
+        err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
+        raise ConnectError(f"cannot forward to the head {record.head.host}: "
+                           f"{err.splitlines()[-1] if err else 'ssh exit ' + str(proc.returncode)}",
+                           hint=f"is the cluster up? `migrate cluster status {record.name}`")
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise ConnectError(f"the head {record.head.host} answered the check with {line[:80]!r}",
+                           hint="is migrate's launcher script in ~/.migrate/ray/bin there? "
+                                f"`migrate cluster up {record.name} ...` ships it") from None
 
 
 @contextmanager
 def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20,
             use_launcher: bool = True) -> Iterator[JobApi]:
     """`with job_api(record, conn) as api:` the head's job API (and the launcher's) through our own
-    `ssh -L` child."""
+    SSH child, which first proves the dashboard port is ours (else NotOurs, and no token is sent)."""
     local, launcher = free_local_port(), free_local_port()
+    socket_path = f"{record.head_home}/{plan.launcher_socket(record.name)}" if record.head_home else ""
     argv = forward_argv(record.head.host, conn, local, record.ports.dashboard,
-                        more=((launcher, record.ports.launcher),))
+                        sockets=((launcher, socket_path),) if socket_path else (),
+                        command=plan.head_check_command(record.name, record.ports))
     ui.debug("$ " + " ".join(argv), level=2)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        answer = _read_check(proc, record, wait)
+        check_verdict(record, answer)
+        if not record.head_home and answer.get("home"):
+            record.head_home = str(answer["home"])     # older records: the launcher is used next time
         deadline = time.monotonic() + wait
         while True:
             if proc.poll() is not None:
-                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
-                raise ConnectError(f"cannot forward to the head {record.head.host}: "
-                                   f"{err.splitlines()[-1] if err else 'ssh exit ' + str(proc.returncode)}")
+                raise ConnectError(f"the forward to the head {record.head.host} ended (ssh exit {proc.returncode})")
             try:
                 with socket.create_connection(("127.0.0.1", local), timeout=1):
                     break
@@ -167,7 +227,8 @@ def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20,
                 if time.monotonic() > deadline:
                     raise ConnectError(f"timed out forwarding to the head {record.head.host}") from None
                 time.sleep(0.05)
-        api = JobApi(f"http://127.0.0.1:{local}", launcher_url=f"http://127.0.0.1:{launcher}",
+        api = JobApi(f"http://127.0.0.1:{local}",
+                     launcher_url=f"http://127.0.0.1:{launcher}" if socket_path and answer.get("launcher") else None,
                      token=record.auth_token)
         if use_launcher:
             api.probe_launcher()
@@ -179,5 +240,6 @@ def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20,
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if proc.stderr:
-            proc.stderr.close()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f:
+                f.close()

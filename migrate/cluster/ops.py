@@ -46,6 +46,7 @@ class UpOptions:
     object_store_mib: int = 128
     cpus: int | None = None
     dry_run: bool = False
+    restart: bool = False              # a cluster whose head is gone: stop what is left and start again
 
 
 def parse_gpu_pool(items: tuple[str, ...]) -> dict[str, list[str]]:
@@ -56,6 +57,10 @@ def parse_gpu_pool(items: tuple[str, ...]) -> dict[str, list[str]]:
         gpus = [g.strip() for g in (rest if sep else item).split(",") if g.strip()]
         if not gpus:
             raise UsageError(f"--gpu-pool {item!r} names no GPU", hint="e.g. --gpu-pool 0,1 or --gpu-pool HOST=2,3")
+        bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+        if bad:
+            raise UsageError(f"--gpu-pool {item!r}: {bad[0]!r} is neither a GPU index nor a GPU UUID",
+                             hint="e.g. --gpu-pool 0,1, --gpu-pool HOST=2,3 or --gpu-pool GPU-5a4d...")
         pools[host if sep else ""] = gpus
     return pools
 
@@ -87,7 +92,7 @@ def preflight(remotes: dict[str, Any], head: str, opts: UpOptions, ports: plan.P
     problems = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
     facts = {o.host: o.value for o in outcomes if o.ok}
     for host, f in facts.items():
-        problems += plan.preflight_problems(f, head=host == head)
+        problems += plan.preflight_problems(f, head=host == head, cluster=opts.name)
     if problems:
         raise MigrateError("; ".join(problems), hint="nothing was installed or started")
     return facts
@@ -98,9 +103,14 @@ def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[
     if not workers:
         return
     token = "migrate-" + secrets.token_hex(8)
-    remotes[head].run(plan.listener_command(port, 30, len(workers), token), what="start a test listener")
-    outcomes = for_each_host(workers, lambda w: remotes[w].run(plan.reach_command(head_ip, port, token),
-                                                               what="reach", timeout=30).stdout.strip())
+    pid = remotes[head].run(plan.listener_command(port, 30, len(workers), token),
+                            what="start a test listener").stdout.split()
+    try:
+        outcomes = for_each_host(workers, lambda w: remotes[w].run(plan.reach_command(head_ip, port, token),
+                                                                   what="reach", timeout=30).stdout.strip())
+    finally:   # a failed check must not leave the port taken for the next try
+        if pid and pid[0].isdigit():
+            remotes[head].run(plan.stop_listener_command(int(pid[0])), check=False, what="stop the test listener")
     bad = [(o.host, o.error or o.value) for o in outcomes if not o.ok or o.value != "ok"]
     if bad:
         host, why = bad[0]
@@ -189,22 +199,12 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
     ports = plan.ports_from(opts.port_base)
     if state.exists(opts.name):
         old = state.load(opts.name)
-        if sorted(old.hosts) != sorted(opts.hosts) or old.head.host != head:
-            raise UsageError(f"cluster {opts.name} already exists with hosts {', '.join(old.hosts)} "
-                             f"(head {old.head.host})", hint=f"`migrate cluster down {opts.name}` first")
-        alive = _alive_nodes(old, conn)
-        if alive is not None and len(alive) == len(old.nodes):
-            started = False if opts.dry_run else ensure_launcher(old, conn)
-            ui.step(f"cluster {opts.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
-                    + ("its job launcher was started again" if started else "nothing to do"))
-            return {"name": opts.name, "action": "changed" if started else "ok", "dry_run": opts.dry_run,
-                    **old.to_dict()}
-        if opts.dry_run:
-            ui.info(f"dry run: cluster {opts.name} is recorded but not all of it runs: `cluster up` would stop "
-                    "what is left and start it again; nothing was changed")
-            return {"name": opts.name, "action": "would restart", "dry_run": True, **old.to_dict()}
-        ui.info(f"cluster {opts.name} is recorded but not all of it runs: starting it again")
-        _stop_all(old, conn, connector=connector)
+        changed = differences(old, opts, head, ports)
+        if changed:
+            raise UsageError(f"cluster {opts.name} is up with other options: {'; '.join(changed)}",
+                             hint=f"to apply them: `migrate cluster down {opts.name} && "
+                                  f"{up_command_line(opts)}` (ends its jobs)")
+        return _rerun(old, opts, conn, connector, as_json)
     connector = connector or (lambda h: connect(h, conn))
     t0 = time.monotonic()
     outcomes = for_each_host(opts.hosts, connector)
@@ -230,7 +230,8 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
                                created=time.time(), agent="~/" + build_agent().remote_relpath,
                                nodes=[Node(host=h, ip=head_ip if h == head else facts[h].ip, gpus=gpus[h],
                                            cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts],
-                               auth_token=secrets.token_urlsafe(32))
+                               auth_token=secrets.token_urlsafe(32), head_home=facts[head].home,
+                               gpu_pool=opts.gpu_pool)
         state.save(record)   # before anything starts: `cluster down NAME` can stop a half-started cluster
         tokens = {h: f"{facts[h].home}/{plan.AUTH_TOKEN}" for h in opts.hosts}
         for h in opts.hosts:   # over the SSH channel into a 0600 file: never in an argv or a log
@@ -268,6 +269,115 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
     return {"name": opts.name, "action": "started", "seconds": round(seconds, 1), **record.to_dict()}
 
 
+def differences(old: ClusterRecord, opts: UpOptions, head: str, ports: plan.Ports) -> list[str]:
+    """What `cluster up` was asked that differs from the running cluster (pure; empty: the same)."""
+    out = []
+    if sorted(old.hosts) != sorted(opts.hosts):
+        out.append(f"hosts {' '.join(old.hosts)} -> {' '.join(opts.hosts)}")
+    if old.head.host != head:
+        out.append(f"head {old.head.host} -> {head}")
+    if opts.port_base is not None and old.ports != ports:
+        out.append(f"--port-base {old.ports.gcs} -> {ports.gcs}")
+    if (opts.gpu_backend or None) != (old.gpu_backend or None):
+        out.append(f"--gpu-backend {old.gpu_backend or 'nvml'} -> {opts.gpu_backend or 'nvml'}")
+    if opts.gpu_pool and opts.gpu_pool != old.gpu_pool:
+        def spell(pool: dict) -> str:
+            return " ".join(f"{h + '=' if h else ''}{','.join(g)}" for h, g in sorted(pool.items())) or "(free GPUs)"
+        out.append(f"--gpu-pool {spell(old.gpu_pool)} -> {spell(opts.gpu_pool)}")
+    return out
+
+
+def up_command_line(opts: UpOptions) -> str:
+    """The `migrate cluster up` command that asks for `opts` (pure; for hints)."""
+    words = ["migrate", "cluster", "up", opts.name, *opts.hosts]
+    if opts.head and opts.head != opts.hosts[0]:
+        words += ["--head", opts.head]
+    for h, g in sorted(opts.gpu_pool.items()):
+        words += ["--gpu-pool", (f"{h}=" if h else "") + ",".join(g)]
+    if opts.port_base is not None:
+        words += ["--port-base", str(opts.port_base)]
+    if opts.gpu_backend:
+        words += ["--gpu-backend", opts.gpu_backend]
+    if opts.head_address:
+        words += ["--head-address", opts.head_address]
+    return shell.join(words)
+
+
+def _rerun(old: ClusterRecord, opts: UpOptions, conn: ConnectOptions, connector: Connector | None,
+           as_json: bool) -> dict:
+    """`cluster up` of a recorded cluster: nothing to do, repair the nodes that are gone (the running
+    jobs keep running), or, with --restart only, start a cluster whose head is gone again."""
+    alive = _alive_nodes(old, conn)
+    if alive is None:   # the head's job API does not answer: nothing of the cluster can be kept
+        if not opts.restart:
+            raise MigrateError(f"cluster {old.name}'s head {old.head.host} does not answer: its jobs cannot be "
+                               "listed or kept", hint=f"`{up_command_line(opts)} --restart` stops what is left "
+                                                      "of it on every host and starts it again")
+        if opts.dry_run:
+            ui.info(f"dry run: `cluster up --restart` would stop what is left of cluster {old.name} and start it "
+                    "again; nothing was changed")
+            return {"name": old.name, "action": "would restart", "dry_run": True, **old.to_dict()}
+        ui.info(f"cluster {old.name}: its head does not answer; stopping what is left and starting it again "
+                "(--restart)")
+        _stop_all(old, conn, connector=connector)
+        state.remove(old.name)
+        return up(opts, conn, connector=connector, as_json=as_json)
+    alive_ips = {n.get("node_ip") for n in alive}
+    missing = [n for n in old.nodes if n.ip not in alive_ips and not n.head]
+    if not missing:
+        started = False if opts.dry_run else ensure_launcher(old, conn)
+        ui.step(f"cluster {old.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
+                + ("its job launcher was started again" if started else "nothing to do"))
+        return {"name": old.name, "action": "changed" if started else "ok", "dry_run": opts.dry_run,
+                **old.to_dict()}
+    names = ", ".join(n.host for n in missing)
+    if opts.dry_run:
+        ui.info(f"dry run: node(s) {names} of cluster {old.name} are gone: `cluster up` would start Ray there "
+                "again and keep every running job; nothing was changed")
+        return {"name": old.name, "action": "would repair", "dry_run": True, "repair": [n.host for n in missing],
+                **old.to_dict()}
+    ui.step(f"cluster {old.name}: node(s) {names} are gone; starting Ray there again (running jobs are kept)")
+    outcomes = for_each_host([n.host for n in missing], lambda h: _repair_node(old, h, opts, conn, connector))
+    failed = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
+    state.save(old)
+    if failed:
+        raise MigrateError("; ".join(failed), hint=f"fix it and run `migrate cluster up {old.name} ...` again")
+    _wait_nodes(old, conn, len(old.nodes))
+    ensure_launcher(old, conn)
+    return {"name": old.name, "action": "repaired", "repaired": [n.host for n in missing], **old.to_dict()}
+
+
+def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: ConnectOptions,
+                 connector: Connector | None) -> str:
+    """Start Ray again on one worker whose node is gone: what is left of ours there is stopped first
+    (a raylet that lost the head), then the token, the scripts and `ray start` as at `up`."""
+    node = next(n for n in record.nodes if n.host == host)
+    with (connector or (lambda h: connect(h, conn)))(host) as remote:
+        facts = plan.parse_preflight(host, remote.run(plan.preflight_command(record.ports.node_ports()),
+                                                      what="preflight", timeout=60).stdout)
+        if facts.cluster_here and facts.cluster_here != record.name:
+            raise MigrateError(f"{host} is now a node of cluster {facts.cluster_here}: left alone")
+        _stop_host(remote, record.ray_version, False, record.name, host)
+        facts = plan.parse_preflight(host, remote.run(plan.preflight_command(record.ports.node_ports()),
+                                                      what="preflight", timeout=60).stdout)
+        problems = plan.preflight_problems(facts, head=False, cluster=record.name)
+        if problems:
+            raise MigrateError("; ".join(problems))
+        node.gpus = offered_gpus(remote, host, UpOptions(name=record.name, hosts=record.hosts,
+                                                         gpu_pool=record.gpu_pool, gpu_backend=record.gpu_backend))
+        ensure_installed(remote, facts, opts.offline)
+        ship_scripts(remote)
+        token = f"{facts.home}/{plan.AUTH_TOKEN}"
+        remote.put_bytes(record.auth_token.encode(), token, mode=0o600)
+        remote.put_bytes(json.dumps(record.to_dict(), indent=2).encode(), f"{facts.home}/{plan.HOST_RECORD}",
+                         mode=0o600)
+        ui.step(f"{host}: ray start --address {record.head.ip}:{record.ports.gcs} ({len(node.gpus)} GPU(s) "
+                f"offered: {','.join(node.gpus) or 'none'})")
+        _start(remote, plan.worker_start_command(record.ports, record.head.ip, node.ip, node.gpus, node.cpus,
+                                                 object_store_mib=opts.object_store_mib, auth_token_path=token), host)
+    return "started"
+
+
 def _start(remote: Any, command: str, host: str) -> None:
     res = remote.run(command, check=False, what="ray start", timeout=300)
     if not res.ok:
@@ -282,6 +392,8 @@ def ensure_launcher(record: ClusterRecord, conn: ConnectOptions, timeout: float 
     answers already; wait until it does. True when it was started. Jobs run without it (as Ray jobs,
     about a second slower to start), so a launcher that does not come up is a warning, not an error."""
     with job_api(record, conn) as api:
+        if state.exists(record.name) and record.head_home and not state.load(record.name).head_home:
+            state.save(record)      # a record from before the launcher's socket learns the head's home
         if api.launcher:
             return False
         for j in api.ray_jobs():  # one that is still starting: wait for it rather than start another
@@ -391,7 +503,12 @@ def status(name: str, conn: ConnectOptions) -> dict:
 
 
 # -- down ----------------------------------------------------------------------------------------------
-def _stop_host(remote: Any, version: str, purge: bool, name: str = "") -> dict:
+def _stop_host(remote: Any, version: str, purge: bool, name: str = "", host: str = "") -> dict:
+    here = remote.run(plan.host_record_name_command(), check=False,
+                      what="read the host's cluster record").stdout.strip()
+    if name and here and here != name:   # `ray stop` would end that cluster's processes too
+        ui.warn(f"{host or 'a host'}: now a node of cluster {here}, not {name}: left alone")
+        return {"killed_leftovers": 0, "removed_containers": 0, "purged": False, "left_alone": here}
     remote.run(plan.stop_command(version), check=False, what="ray stop", timeout=120)
     left = remote.run(plan.leftover_command(), check=False, what="look for Ray processes").stdout.strip()
     killed = 0
@@ -408,9 +525,7 @@ def _stop_host(remote: Any, version: str, purge: bool, name: str = "") -> dict:
                          timeout=120).stdout.strip()
         containers = int(out) if out.isdigit() else 0
     # the launcher's job table goes with the cluster, as Ray's own job history does
-    cleanup = plan.purge_command() if purge else (f"rm -f {shell.home_path(plan.HOST_RECORD)} "
-                                                  f"{shell.home_path(plan.launcher_state_file(name or 'x'))} "
-                                                  f"{shell.home_path(plan.AUTH_TOKEN)}")
+    cleanup = plan.purge_command() if purge else plan.cleanup_command(name or "x")
     remote.run(cleanup, check=False, what="remove the cluster record")
     return {"killed_leftovers": killed, "removed_containers": containers, "purged": purge}
 
@@ -421,21 +536,32 @@ def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = Fals
 
     def work(host: str) -> dict:
         with connector(host) as remote:
-            return _stop_host(remote, record.ray_version, purge, record.name)
+            return _stop_host(remote, record.ray_version, purge, record.name, host)
 
     return for_each_host(record.hosts, work)
 
 
 def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool = False,
-         connector: Connector | None = None) -> dict:
+         connector: Connector | None = None, hosts: list[str] | None = None) -> dict:
     """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent.
 
-    A host that fails keeps the record (run `down` again), unless `forget`: for hosts that are gone."""
+    A host that fails keeps the record (run `down` again), unless `forget`: for hosts that are gone.
+    A corrupt local record needs `forget` and the hosts to stop it on."""
     state.check_name(name)
     if not state.exists(name):
         ui.info(f"no cluster named {name} here: nothing to stop")
         return {"name": name, "action": "none", "hosts": []}
-    record = state.load(name)
+    try:
+        record = state.load(name)
+        if hosts and sorted(hosts) != sorted(record.hosts):
+            raise UsageError(f"cluster {name}'s hosts are {' '.join(record.hosts)}",
+                             hint=f"`migrate cluster down {name}` needs no hosts")
+    except state.CorruptRecord:
+        if not (forget and hosts):
+            raise
+        ui.warn(f"the record of cluster {name} is corrupt: stopping Ray on {', '.join(hosts)} as you said")
+        record = ClusterRecord(name=name, ray_version=plan.RAY_VERSION, ports=plan.Ports(),
+                               nodes=[Node(host=h, ip="", head=i == 0) for i, h in enumerate(hosts)])
     outcomes = _stop_all(record, conn, purge=purge, connector=connector)
     hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
     failed = [o for o in outcomes if not o.ok]

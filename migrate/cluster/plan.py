@@ -34,7 +34,8 @@ GANG = f"{RAY_DIR}/bin/migrate-ray-gang.py"
 LAUNCHER = f"{RAY_DIR}/bin/migrate-ray-launcher.py"
 AUTH_TOKEN = f"{RAY_DIR}/auth-token"     # Ray's token authentication (RAY_AUTH_MODE=token), 0600
 TEMP_DIR = f"{RAY_DIR}/tmp"               # Ray's session dir (default /tmp/ray): kept in the home
-HOST_RECORD = f"{RAY_DIR}/cluster.json"
+HOST_RECORD = f"{RAY_DIR}/cluster.json"  # which cluster this host is a node of (one per user and host)
+SOCKET_DIR = f"{RAY_DIR}/sock"           # 0700: the launcher's Unix socket, reachable by us alone
 WHEELS_DIR = f"{RAY_DIR}/wheels"
 
 
@@ -44,7 +45,6 @@ class Ports:
 
     gcs: int = 26379
     dashboard: int = 28265           # bound to 127.0.0.1 on the head, reached through an SSH forward
-    launcher: int = 28266            # migrate's job launcher: the head's 127.0.0.1 too, same forward
     node_manager: int = 26380
     object_manager: int = 26381
     runtime_env_agent: int = 26382
@@ -52,12 +52,15 @@ class Ports:
     dashboard_agent_listen: int = 26384
     metrics_export: int = 26385
     client_server: int = 26386
+    autoscaler_metrics: int = 26387  # Ray's autoscaler and dashboard Prometheus endpoints (read-only;
+    dashboard_metrics: int = 26388   # Ray binds them to 0.0.0.0 and has no option for it): pinned, not random
     min_worker: int = 26400
     max_worker: int = 26499
 
     def head_ports(self) -> list[int]:
         """Fixed ports that must be free on the head before `up` (the worker range excluded)."""
-        return [self.gcs, self.dashboard, self.launcher, *self.node_ports(), self.client_server]
+        return [self.gcs, self.dashboard, *self.node_ports(), self.client_server, self.autoscaler_metrics,
+                self.dashboard_metrics]
 
     def node_ports(self) -> list[int]:
         return [self.node_manager, self.object_manager, self.runtime_env_agent, self.dashboard_agent_grpc,
@@ -76,10 +79,25 @@ def ports_from(base: int | None) -> Ports:
     return Ports(**{k: v + shift for k, v in asdict(d).items()})
 
 
+def ports_from_record(d: dict) -> Ports:
+    """A record's ports: keys an older migrate wrote and this one no longer uses (the launcher's TCP
+    port) are dropped; ports it did not pin yet take the same offset from the GCS port as the defaults."""
+    known = Ports.__dataclass_fields__
+    base = ports_from(int(d.get("gcs", Ports().gcs))).to_dict()
+    return Ports(**{**base, **{k: int(v) for k, v in d.items() if k in known}})
+
+
+def launcher_socket(cluster: str) -> str:
+    """The launcher's Unix socket (relative to $HOME), in a 0700 directory: no other user can connect
+    to it or bind it, so the token sent through it reaches our launcher only."""
+    return f"{SOCKET_DIR}/{cluster}.sock"
+
+
 # -- preflight ---------------------------------------------------------------------------------------
 PROBE_PY = r"""
 import json, os, platform, shutil, socket, sys
 ver, ports, rel, check_index = sys.argv[1], [int(p) for p in sys.argv[2].split(",") if p], sys.argv[3], sys.argv[4]
+record = sys.argv[5]
 home = os.path.expanduser("~")
 taken = []
 for p in ports:
@@ -110,6 +128,25 @@ try:
         installed = f.read().strip()
 except OSError:
     pass
+cluster_here = ""
+try:
+    with open(os.path.join(home, record)) as f:
+        cluster_here = str(json.load(f).get("name", ""))
+except (OSError, ValueError, AttributeError):
+    pass
+ray_running = 0
+mine = os.path.join(home, ".migrate/ray/")
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or pid == str(os.getpid()):
+        continue
+    try:
+        if os.stat("/proc/" + pid).st_uid != os.getuid():
+            continue
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            if mine.encode() in f.read():
+                ray_running += 1
+    except OSError:
+        pass
 index = ""
 if check_index == "1" and installed != ver:
     import urllib.request
@@ -121,14 +158,14 @@ if check_index == "1" and installed != ver:
 print(json.dumps({"index": index, "python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable,
                   "machine": platform.machine(), "free_mib": shutil.disk_usage(home).free // 1048576,
                   "taken": taken, "ip": ip, "installed": installed, "home": home,
-                  "cpus": os.cpu_count() or 1}))
+                  "cpus": os.cpu_count() or 1, "cluster_here": cluster_here, "ray_running": ray_running}))
 """
 
 
 def preflight_command(ports: list[int], version: str = RAY_VERSION, *, check_index: bool = False) -> str:
     """One read-only round trip: python3 version/path, arch, free disk, ports taken, node IP, installed Ray,
     and (with `check_index`) whether the host reaches pypi.org."""
-    args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0"]
+    args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0", HOST_RECORD]
     return ("command -v python3 >/dev/null 2>&1 || { echo '{\"python\": \"\"}'; exit 0; }; "
             f"python3 -c {shell.quote(PROBE_PY)} {shell.join(args)}")
 
@@ -148,6 +185,8 @@ class HostFacts:
     home: str = ""
     cpus: int = 1
     index: str = ""      # "ok" when the host reached pypi.org, else why not ("" = not checked)
+    cluster_here: str = ""   # the cluster whose record this host holds ("" = none)
+    ray_running: int = 0     # processes of ours running from ~/.migrate/ray
 
     @property
     def python_tag(self) -> str:
@@ -164,12 +203,19 @@ def parse_preflight(host: str, stdout: str) -> HostFacts:
                      machine=data.get("machine", ""), free_mib=int(data.get("free_mib", 0)),
                      taken=tuple(data.get("taken", ())), ip=data.get("ip", ""),
                      installed=data.get("installed", ""), home=data.get("home", ""),
-                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""))
+                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""),
+                     cluster_here=data.get("cluster_here", ""), ray_running=int(data.get("ray_running", 0)))
 
 
-def preflight_problems(facts: HostFacts, *, version: str = RAY_VERSION, head: bool) -> list[str]:
+def preflight_problems(facts: HostFacts, *, version: str = RAY_VERSION, head: bool, cluster: str = "") -> list[str]:
     """One line per reason this host cannot join (empty: fine)."""
     out = []
+    if facts.ray_running and facts.cluster_here != cluster:
+        other = f"cluster {facts.cluster_here}" if facts.cluster_here else "a Ray not started by `migrate cluster`"
+        out.append(f"{facts.host}: already a node of {other} (yours): one cluster per user on a host, since "
+                   f"Ray's processes and token there are the user's (`migrate cluster down "
+                   f"{facts.cluster_here or 'NAME'}` first, or leave {facts.host} out)")
+        return out
     if not facts.python:
         out.append(f"{facts.host}: python3 is not installed (Ray {version} needs python3 "
                    f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}-{MAX_PYTHON[0]}.{MAX_PYTHON[1]})")
@@ -185,7 +231,7 @@ def preflight_problems(facts: HostFacts, *, version: str = RAY_VERSION, head: bo
     if facts.taken:
         role = "head" if head else "node"
         out.append(f"{facts.host}: port(s) {', '.join(map(str, facts.taken))} already in use on the {role} "
-                   "(another Ray? pick other ports with --port-base)")
+                   "by another program (pick other ports with --port-base)")
     return out
 
 
@@ -214,7 +260,12 @@ def listener_command(port: int, seconds: int, expect: int, token: str) -> str:
     It answers each connection with `token` (so a proxy that accepts any connection does not pass for
     the head), writes nothing, and exits after `expect` connections or `seconds`."""
     return (f"nohup python3 -c {shell.quote(LISTEN_PY)} {shell.join([port, seconds, expect, token])} "
-            ">/dev/null 2>&1 </dev/null & sleep 0.5")
+            ">/dev/null 2>&1 </dev/null & echo $!; sleep 0.5")
+
+
+def stop_listener_command(pid: int) -> str:
+    """End the test listener `listener_command` started (so a retry finds the port free at once)."""
+    return f"kill {int(pid)} 2>/dev/null; true"
 
 
 REACH_PY = r"""
@@ -248,7 +299,7 @@ def _common_start_args(ports: Ports, ip: str, gpus: list[str], cpus: int, object
             "--disable-usage-stats"]
 
 
-def start_env(gpus: list[str], *, head: bool, auth_token_path: str = "") -> dict[str, str]:
+def start_env(gpus: list[str], *, head: bool, auth_token_path: str = "", ports: Ports | None = None) -> dict[str, str]:
     """The raylet sees only the GPUs we offer; the head's job manager waits a week, not 900 s; with a
     token file, every Ray process (GCS, dashboard, job API, raylets, workers, drivers) requires the
     token (Ray's token authentication, 2.52+), so other users of a borrowed server cannot run code as
@@ -259,6 +310,9 @@ def start_env(gpus: list[str], *, head: bool, auth_token_path: str = "") -> dict
         env["RAY_AUTH_TOKEN_PATH"] = auth_token_path
     if head:
         env["RAY_JOB_START_TIMEOUT_SECONDS"] = str(JOB_START_TIMEOUT_S)
+        if ports is not None:   # else Ray picks 44217 and 44227 on 0.0.0.0, clashing across clusters
+            env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metrics)
+            env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
     return env
 
 
@@ -269,7 +323,7 @@ def head_start_command(ports: Ports, ip: str, gpus: list[str], cpus: int, *, ver
             "--dashboard-port", str(ports.dashboard), "--include-dashboard", "true",
             "--ray-client-server-port", str(ports.client_server), "--temp-dir", "__TEMP__",
             *_common_start_args(ports, ip, gpus, cpus, object_store_mib)]
-    return _ray_line(version, argv, start_env(gpus, head=True, auth_token_path=auth_token_path))
+    return _ray_line(version, argv, start_env(gpus, head=True, auth_token_path=auth_token_path, ports=ports))
 
 
 def worker_start_command(ports: Ports, head_ip: str, ip: str, gpus: list[str], cpus: int, *,
@@ -321,11 +375,36 @@ def launcher_payload(cluster: str, ports: Ports, version: str = RAY_VERSION, *, 
     """The Ray job that runs migrate's launcher on the head: no resources asked, so Ray's job manager
     keeps it on the head node (pure)."""
     py = shell.home_path(f"{venv_dir(version)}/bin/python")
-    args = ["--port", ports.launcher, "--dashboard", ports.dashboard]
-    entry = (f"{py} {shell.home_path(LAUNCHER)} {shell.join(args)} "
-             f"--state {shell.home_path(launcher_state_file(cluster))}")
+    entry = (f"{py} {shell.home_path(LAUNCHER)} --socket {shell.home_path(launcher_socket(cluster))} "
+             f"--dashboard {ports.dashboard} --state {shell.home_path(launcher_state_file(cluster))}")
     return {"entrypoint": entry, "submission_id": f"{cluster}-launcher-{stamp}",
             "metadata": {"migrate_cluster": cluster, "migrate_role": "launcher"}}
+
+
+def head_check_command(cluster: str, ports: Ports) -> str:
+    """Before the token crosses a forward: the launcher script (stdlib only here) prints who holds the
+    dashboard port, whether our socket is there, and the home; then it waits for EOF on stdin."""
+    return (f"python3 -S {shell.home_path(LAUNCHER)} --check --socket {shell.home_path(launcher_socket(cluster))} "
+            f"--dashboard {ports.dashboard}")
+
+
+READ_RECORD_NAME_PY = 'import json, sys; print(json.load(open(sys.argv[1])).get("name", ""))'
+
+
+def host_record_name_command() -> str:
+    """Print the name of the cluster this host is a node of (empty: none, or an unreadable record)."""
+    return f"python3 -c {shell.quote(READ_RECORD_NAME_PY)} {shell.home_path(HOST_RECORD)} 2>/dev/null; true"
+
+
+RUN_DIR = f"{RAY_DIR}/run"   # the job wrapper's records of running commands (cwd, environment), 0600
+
+
+def cleanup_command(cluster: str) -> str:
+    """What `down` removes besides Ray's processes: the host's record, the token, the launcher's job
+    table and socket, and the records of this cluster's job commands (they hold jobs' environments)."""
+    files = [HOST_RECORD, launcher_state_file(cluster), AUTH_TOKEN, launcher_socket(cluster)]
+    return (f"rm -f {' '.join(shell.home_path(f) for f in files)} "
+            f"{shell.home_path(RUN_DIR)}/{shell.quote(cluster + '-')}*.json; true")
 
 
 def purge_command() -> str:

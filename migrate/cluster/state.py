@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from migrate import paths
-from migrate.cluster.plan import Ports
-from migrate.errors import UsageError
+from migrate.cluster.plan import Ports, ports_from_record
+from migrate.errors import MigrateError, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 
@@ -42,6 +42,8 @@ class ClusterRecord:
     job_seq: int = 0
     agent: str = ""              # ~/.migrate/agent/<zipapp>: the polite wrapper asks it for the GPU view
     auth_token: str = field(default="", repr=False)   # Ray's token: only in the 0600 record file here
+    head_home: str = ""          # $HOME on the head: the launcher's socket path is absolute in the forward
+    gpu_pool: dict[str, list[str]] = field(default_factory=dict)   # `--gpu-pool` as given at up
 
     @property
     def head(self) -> Node:
@@ -66,11 +68,11 @@ class ClusterRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterRecord:
-        ports = {"launcher": d["ports"]["dashboard"] + 1, **d["ports"]}   # records from before the launcher
-        return cls(name=d["name"], ray_version=d["ray_version"], ports=Ports(**ports),
+        return cls(name=d["name"], ray_version=d["ray_version"], ports=ports_from_record(d["ports"]),
                    nodes=[Node(**n) for n in d["nodes"]], gpu_backend=d.get("gpu_backend"),
                    created=d.get("created", 0.0), job_seq=d.get("job_seq", 0), agent=d.get("agent", ""),
-                   auth_token=d.get("auth_token", ""))
+                   auth_token=d.get("auth_token", ""), head_home=d.get("head_home", ""),
+                   gpu_pool={str(k): [str(g) for g in v] for k, v in (d.get("gpu_pool") or {}).items()})
 
 
 def check_name(name: str) -> str:
@@ -92,11 +94,23 @@ def exists(name: str) -> bool:
     return bool(NAME_RE.match(name)) and record_path(name).is_file()
 
 
+class CorruptRecord(MigrateError):
+    """The local record of a cluster cannot be read (truncated, edited by hand, not JSON)."""
+
+
 def load(name: str) -> ClusterRecord:
     path = record_path(check_name(name))
     if not path.is_file():
         raise UsageError(f"no cluster named {name!r} here", hint=f"create it: migrate cluster up {name} HOST...")
-    return ClusterRecord.from_dict(json.loads(path.read_text()))
+    try:
+        record = ClusterRecord.from_dict(json.loads(path.read_bytes()))
+        record.head     # noqa: B018 - a record without a head is as unusable as one that is not JSON
+        return record
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
+        raise CorruptRecord(f"the record of cluster {name} ({path}) is corrupt: {type(exc).__name__}: "
+                            f"{str(exc)[:120]}",
+                            hint=f"`migrate cluster down {name} --forget HOST...` stops Ray on its hosts and "
+                                 "removes the record") from None
 
 
 def save(record: ClusterRecord) -> Path:

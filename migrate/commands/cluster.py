@@ -46,11 +46,14 @@ def group() -> None:
 @click.option("--object-store", "object_store_mib", type=click.IntRange(80, 1 << 20), default=128,
               show_default=True, help="Ray's object store per node, MiB (jobs here pass little data through it).")
 @gpu_backend_option("nvml")
+@click.option("--restart", is_flag=True,
+              help="When the cluster's head is gone: stop what is left of it everywhere (its jobs end) and start "
+                   "it again. Without it a rerun only repairs lost worker nodes and keeps every running job.")
 @click.option("--dry-run", is_flag=True, help="Preflight every host and show the plan; install and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cluster record as JSON.")
 def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: str | None, gpu_pool: tuple[str, ...],
                offline: bool | None, port_base: int | None, head_address: str | None, cpus: int | None,
-               object_store_mib: int, gpu_backend: str | None, dry_run: bool, as_json: bool) -> None:
+               object_store_mib: int, gpu_backend: str | None, restart: bool, dry_run: bool, as_json: bool) -> None:
     """Make HOSTS one Ray cluster called NAME (idempotent: a running cluster is left as it is).
 
     Preflight first, on every host, before anything is installed: python3 version, machine,
@@ -58,12 +61,23 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
     Each node offers Ray only the GPUs that are free now (or --gpu-pool); the job API and
     migrate's job launcher (jobs start on warm Ray workers) stay on the head's 127.0.0.1 and are
     reached through SSH. Ray runs with token authentication: a fresh token, in a 0600 file on
-    each host, so other users of the servers cannot run code through Ray's ports. Rerun: a
-    stopped launcher is started again.
+    each host, so other users of the servers cannot run code through Ray's ports. One cluster per
+    user on a host: a host that is a node of another of your clusters is refused.
+
+    \b
+    Rerun with the same options: nothing to do; a stopped launcher is started again; worker nodes
+    that are gone are started again while every running job keeps running. A head that is gone
+    needs --restart (its jobs are lost with it). Other options than the running cluster's are
+    refused with the command that applies them.
+
+    \b
+      migrate cluster up lab gpu1 gpu2 gpu3 --dry-run
+      migrate cluster up lab gpu1 gpu2 gpu3 --gpu-pool gpu1=0,1
+      migrate cluster up lab gpu1 gpu2 gpu3 --restart      the head was rebooted
     """
     opts = ops.UpOptions(name=name, hosts=list(hosts), head=head, gpu_pool=ops.parse_gpu_pool(gpu_pool),
                          offline=offline, port_base=port_base, head_address=head_address, gpu_backend=gpu_backend,
-                         object_store_mib=object_store_mib, cpus=cpus, dry_run=dry_run)
+                         object_store_mib=object_store_mib, cpus=cpus, dry_run=dry_run, restart=restart)
     report = ops.up(opts, conn, as_json=as_json)
     if as_json:
         ui.print_json(report)
@@ -94,13 +108,24 @@ def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
 
 @group.command("down", context_settings=CONTEXT_SETTINGS)
 @click.argument("name")
+@click.argument("hosts", nargs=-1)
 @connection_options
 @click.option("--purge", is_flag=True, help="Also remove ~/.migrate/ray (the venvs, wheels, logs) on every host.")
 @click.option("--forget", is_flag=True, help="Forget the cluster here even if some hosts cannot be reached.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
-def down_command(name: str, conn: ConnectOptions, purge: bool, forget: bool, as_json: bool) -> None:
-    """Stop Ray on every host of NAME and check no Ray process of ours is left (idempotent)."""
-    report = ops.down(name, conn, purge=purge, forget=forget)
+def down_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, purge: bool, forget: bool,
+                 as_json: bool) -> None:
+    """Stop Ray on every host of NAME and check no Ray process of ours is left (idempotent).
+
+    A host that has since become a node of another cluster of yours is left alone. HOSTS are needed
+    only when the local record of NAME is corrupt (then they say where to stop it).
+
+    \b
+      migrate cluster down lab
+      migrate cluster down lab --purge               also remove ~/.migrate/ray
+      migrate cluster down lab --forget gpu1 gpu2    the record here is unreadable
+    """
+    report = ops.down(name, conn, purge=purge, forget=forget, hosts=list(hosts))
     if as_json:
         ui.print_json(report)
     sys.exit(0)

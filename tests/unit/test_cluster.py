@@ -233,7 +233,7 @@ def test_down_stops_ray_checks_for_leftovers_and_forgets_the_cluster(tmp_path, m
     assert report["action"] == "stopped" and not state.exists("lab")
     for h in hosts.values():
         cmds = h.commands()
-        assert "stop --force" in cmds[0] and cmds[-1] == plan.purge_command()
+        assert "cluster.json" in cmds[0] and "stop --force" in cmds[1] and cmds[-1] == plan.purge_command()
     assert ops.down("lab", ConnectOptions(), connector=hosts.__getitem__)["action"] == "none"   # idempotent
 
 
@@ -399,3 +399,92 @@ def test_cluster_status_counts_a_gang_jobs_gpus_on_its_ranks_nodes_not_its_drive
     logs = {"lab-2": "migrate: 2 nodes reserved: 10.0.0.2, 10.0.0.3\n", "lab-4": "migrate: waiting\n"}
     used = ops.running_jobs_by_ip(jobs_, {"n1": "10.0.0.1", "n2": "10.0.0.2"}, logs)
     assert used == {"10.0.0.1": (1, 1), "10.0.0.2": (2, 1), "10.0.0.3": (2, 1)}
+
+
+# -- one cluster per user on a host, reruns with other options, corrupt records (issue 20 items 2, 4, 6, 8) --
+def test_a_host_that_is_a_node_of_another_cluster_is_refused_before_anything_changes(tmp_path, monkeypatch):
+    other = plan.parse_preflight("gpu2", facts_json(cluster_here="A", ray_running=5))
+    (line,) = plan.preflight_problems(other, head=False, cluster="B")
+    assert "gpu2: already a node of cluster A" in line and "`migrate cluster down A` first" in line
+    assert plan.preflight_problems(other, head=False, cluster="A") == []        # its own cluster: a rerun
+    stray = plan.parse_preflight("gpu2", facts_json(ray_running=2))
+    assert "a Ray not started by `migrate cluster`" in plan.preflight_problems(stray, head=False, cluster="B")[0]
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    hosts = fake_hosts()
+    hosts["gpu2"].replies.insert(0, (r"shutil", FakeHost().reply("", facts_json(
+        ip="10.0.0.2", cluster_here="A", ray_running=3)).replies[0][1]))
+    with pytest.raises(MigrateError, match="gpu2: already a node of cluster A"):
+        ops.up(ops.UpOptions(name="B", hosts=list(hosts), offline=True, port_base=27379), ConnectOptions(),
+               connector=hosts.__getitem__)
+    assert all(h.mutations() == [] for h in hosts.values()) and not state.exists("B")
+
+
+def test_down_leaves_a_host_that_now_belongs_to_another_cluster_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record("B"))
+    hosts = {"gpu1": FakeHost(), "gpu2": FakeHost().reply(r"cluster\.json", "A\n")}
+    report = ops.down("B", ConnectOptions(), connector=hosts.__getitem__)
+    by = {h["host"]: h for h in report["hosts"]}
+    assert by["gpu2"]["left_alone"] == "A" and hosts["gpu2"].commands()[1:] == []    # no ray stop, no rm
+    assert any("stop --force" in c for c in hosts["gpu1"].commands())
+
+
+def test_gpu_pool_names_only_indices_or_uuids():
+    with pytest.raises(UsageError, match="'abc' is neither a GPU index nor a GPU UUID"):
+        ops.parse_gpu_pool(("abc",))
+    assert ops.parse_gpu_pool(("h=MIG-1,0",)) == {"h": ["MIG-1", "0"]}
+
+
+def test_a_rerun_with_other_options_names_each_difference_and_the_command_that_applies_it():
+    old = record()
+    old.gpu_pool = {"": ["0"]}
+    opts = ops.UpOptions(name="lab", hosts=["gpu1", "gpu2"], gpu_backend="nvml", gpu_pool={"": ["0", "1"]},
+                         port_base=27379)
+    diff = ops.differences(old, opts, "gpu1", plan.ports_from(27379))
+    assert diff == ["--port-base 26379 -> 27379", "--gpu-backend fake:/f.json -> nvml", "--gpu-pool 0 -> 0,1"]
+    assert ops.up_command_line(opts) == ("migrate cluster up lab gpu1 gpu2 --gpu-pool 0,1 --port-base 27379 "
+                                         "--gpu-backend nvml")
+    same = ops.UpOptions(name="lab", hosts=["gpu2", "gpu1"], head="gpu1", gpu_backend="fake:/f.json")
+    assert ops.differences(old, same, "gpu1", plan.Ports()) == []
+    moved = ops.UpOptions(name="lab", hosts=["gpu1", "gpu3"])
+    assert ops.differences(old, moved, "gpu1", plan.Ports())[0] == "hosts gpu1 gpu2 -> gpu1 gpu3"
+
+
+def test_a_rerun_with_other_options_is_refused_before_connecting(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+    with pytest.raises(UsageError) as err:
+        ops.up(ops.UpOptions(name="lab", hosts=["gpu1", "gpu2"]), ConnectOptions(),
+               connector=lambda h: pytest.fail("connected"))
+    assert "--gpu-backend fake:/f.json -> nvml" in err.value.message
+    assert "migrate cluster down lab && migrate cluster up lab gpu1 gpu2" in (err.value.hint or "")
+
+
+def test_a_corrupt_record_is_one_line_and_down_forget_with_hosts_recovers(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record())
+    state.record_path("lab").write_text('{"name": "lab", "nodes": [')
+    with pytest.raises(state.CorruptRecord) as err:
+        state.load("lab")
+    assert "record of cluster lab" in err.value.message and "--forget" in err.value.hint
+    with pytest.raises(state.CorruptRecord):
+        ops.down("lab", ConnectOptions(), connector=lambda h: pytest.fail("connected"))
+    hosts = {"gpu1": FakeHost(), "gpu2": FakeHost()}
+    report = ops.down("lab", ConnectOptions(), forget=True, hosts=["gpu1", "gpu2"], connector=hosts.__getitem__)
+    assert report["action"] == "stopped" and not state.exists("lab")
+    assert all(any("stop --force" in c for c in h.commands()) for h in hosts.values())
+
+
+def test_the_reachability_listener_is_stopped_when_the_check_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    hosts = fake_hosts(reach="timed out")
+    hosts["gpu1"].replies.insert(0, (r"nohup python3", FakeHost().reply("", "4242\n").replies[0][1]))
+    with pytest.raises(MigrateError):
+        ops.up(ops.UpOptions(name="lab", hosts=list(hosts), offline=True), ConnectOptions(),
+               connector=hosts.__getitem__)
+    assert "kill 4242 2>/dev/null; true" in hosts["gpu1"].commands()
+
+
+def test_down_removes_the_launcher_socket_and_the_clusters_job_records():
+    cmd = plan.cleanup_command("lab")
+    assert '"$HOME"/.migrate/ray/sock/lab.sock' in cmd and '"$HOME"/.migrate/ray/run/lab-*.json' in cmd

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from migrate.cluster import plan, state
-from migrate.cluster.jobapi import JobApi, JobApiError, forward_argv
+from migrate.cluster.jobapi import JobApi, JobApiError, NotOurs, check_verdict, forward_argv
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import ConnectError
 from migrate.remote.hosts import ConnectOptions
@@ -206,20 +206,101 @@ def test_the_launcher_runs_as_a_ray_job_on_the_head_with_quoted_arguments():
     assert "entrypoint_num_gpus" not in p and "entrypoint_num_cpus" not in p     # Ray keeps it on the head
     assert p["entrypoint"] == (f'"$HOME"/.migrate/ray/{plan.RAY_VERSION}/bin/python '
                                '"$HOME"/.migrate/ray/bin/migrate-ray-launcher.py '
-                               f"--port {ports.launcher} --dashboard {ports.dashboard} "
+                               '--socket "$HOME"/.migrate/ray/sock/lab.sock '
+                               f"--dashboard {ports.dashboard} "
                                '--state "$HOME"/.migrate/ray/launcher-lab.json')
-    assert ports.launcher == ports.dashboard + 1 and ports.launcher in ports.head_ports()
 
 
-def test_the_forward_carries_both_ports_and_old_records_get_a_launcher_port(tmp_path, monkeypatch):
-    argv = forward_argv("user@10.0.0.5", ConnectOptions(), 41000, 28265, more=((41001, 28266),))
+def test_the_forward_reaches_the_launcher_socket_only_after_the_head_check(tmp_path, monkeypatch):
+    argv = forward_argv("user@10.0.0.5", ConnectOptions(), 41000, 28265,
+                        sockets=((41001, "/home/u/.migrate/ray/sock/lab.sock"),),
+                        command=plan.head_check_command("lab", plan.Ports()))
     assert argv[argv.index("-L") + 1] == "127.0.0.1:41000:127.0.0.1:28265"
-    assert "127.0.0.1:41001:127.0.0.1:28266" in argv
+    assert "127.0.0.1:41001:/home/u/.migrate/ray/sock/lab.sock" in argv and "-N" not in argv
+    assert argv[-1].startswith("python3 -S ") and "--check" in argv[-1] and argv[-2] == "10.0.0.5"
     rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.ports_from(30000),
                         nodes=[Node(host="h", ip="10.0.0.5", head=True)])
     old = rec.to_dict()
-    del old["ports"]["launcher"]                  # a record written before the launcher existed
-    assert state.ClusterRecord.from_dict(old).ports.launcher == rec.ports.dashboard + 1
+    old["ports"]["launcher"] = rec.ports.dashboard + 1       # a record from the TCP launcher's days
+    del old["ports"]["autoscaler_metrics"]                   # ... and before the metrics ports were pinned
+    back = state.ClusterRecord.from_dict(old)
+    assert back.ports == rec.ports and back.ports.autoscaler_metrics == 30000 + 8
+
+
+def test_metrics_ports_are_pinned_on_the_head_and_checked_at_preflight():
+    ports = plan.ports_from(30000)
+    env = plan.start_env([], head=True, auth_token_path="/t", ports=ports)
+    assert env["AUTOSCALER_METRIC_PORT"] == str(ports.autoscaler_metrics) == "30008"
+    assert env["DASHBOARD_METRIC_PORT"] == "30009"
+    assert {ports.autoscaler_metrics, ports.dashboard_metrics} <= set(ports.head_ports())
+    assert "AUTOSCALER_METRIC_PORT" in plan.head_start_command(ports, "10.0.0.1", [], 1)
+
+
+def test_listener_owner_reads_the_listening_sockets_uid():
+    me, other = os.getuid(), os.getuid() + 1
+    port = 28265
+    loop, anyaddr = launcher._hex_endpoint("127.0.0.1", port), launcher._hex_endpoint("0.0.0.0", port)
+    assert loop == "0100007F:6E69"
+    assert launcher.listener_owner(port, [(loop, "00000000:0000", "0A", me)]) == "ours"
+    assert launcher.listener_owner(port, [(loop, "00000000:0000", "0A", other)]) == "other"
+    assert launcher.listener_owner(port, [(anyaddr, "00000000:0000", "0A", other)]) == "other"
+    assert launcher.listener_owner(port, [(loop, "0100007F:9C40", "01", other)]) == "none"   # not listening
+    assert launcher.listener_owner(port, []) == "none"
+
+
+def test_owned_connection_proves_the_accepting_end_on_the_connection_itself():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeRay)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        conn = launcher.owned_connection(srv.server_address[1], timeout=5)   # our own listener: accepted
+        conn.request("GET", "/api/version")
+        assert conn.getresponse().status in (200, 404)
+        conn.close()
+        assert launcher.check("/nonexistent/dir/x.sock", srv.server_address[1])["dashboard"] == "ours"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_token_is_refused_to_a_dashboard_port_that_is_not_ours():
+    rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
+                        nodes=[Node(host="h1", ip="10.0.0.5", head=True)], auth_token="secret")
+    check_verdict(rec, {"dashboard": "ours"})
+    for owner, words in (("other", "another user's process"), ("none", "nothing listens")):
+        with pytest.raises(NotOurs) as exc:
+            check_verdict(rec, {"dashboard": owner})
+        assert words in exc.value.message and "secret" not in exc.value.message
+        assert "--restart" in (exc.value.hint or "")
+
+
+def test_the_launcher_serves_on_a_private_unix_socket(tmp_path):
+    import http.client
+    import socket as socketlib
+    from socketserver import ThreadingUnixStreamServer
+
+    book = launcher.Book(str(tmp_path / "book.json"))
+    path = str(tmp_path / "sock" / "lab.sock")
+    launcher.private_socket_dir(path)
+    assert (os.stat(tmp_path / "sock").st_mode & 0o777) == 0o700
+    srv = ThreadingUnixStreamServer(path, launcher.handler_for(book, None, dashboard=1, token="tok"))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socketlib.socket(socketlib.AF_UNIX)
+            self.sock.connect(path)
+    try:
+        for header, code in (({}, 401), ({"Authorization": "Bearer tok"}, 200)):
+            c = UnixConnection("localhost")
+            c.request("GET", "/api/launcher", headers=header)
+            assert c.getresponse().status == code
+            c.close()
+        assert launcher.check(path, 1)["launcher"] is True
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    os.chmod(tmp_path / "sock", 0o755)                 # a directory others can reach is not trusted
+    assert launcher.check(path, 1)["launcher"] is False
 
 
 def _alive(pid: int) -> bool:

@@ -1,6 +1,7 @@
 """migrate's job launcher on a cluster's head (shipped to ~/.migrate/ray/bin/migrate-ray-launcher.py).
 
-usage: <ray venv>/bin/python migrate-ray-launcher.py --port P --dashboard D --state FILE
+usage: <ray venv>/bin/python migrate-ray-launcher.py --socket PATH --dashboard D --state FILE
+       python3 migrate-ray-launcher.py --check --socket PATH --dashboard D   (no Ray needed)
 
 Why it exists: a Ray job starts a fresh Python process for its supervisor actor (`import ray` and the
 job modules: about 1 s on a small host) before its command can start. The launcher is one long-lived
@@ -8,7 +9,8 @@ Ray job per cluster (started by `cluster up`); each migrate job is one Ray *task
 resources (its GPUs, or one CPU), run by a worker process Ray keeps warm. So a job's command starts a
 fraction of a second after `migrate run`, and Ray still decides where it runs and when.
 
-It answers on the head's 127.0.0.1:P (migrate reaches it through its SSH forward) with the JSON of
+It answers on a Unix socket in a 0700 directory of ours (migrate reaches it through its SSH forward;
+no other user can connect to it, or stand in for it after a crash, as one could on a TCP port) with the JSON of
 Ray's job REST API (POST /api/jobs/, GET /api/jobs/, GET /api/jobs/ID, GET /api/jobs/ID/logs,
 POST /api/jobs/ID/stop), so migrate reads these jobs and Ray's own (gang jobs stay Ray jobs) alike.
 A job's output goes to job-driver-ID.log in Ray's log directory on the node that ran it, as a Ray
@@ -17,11 +19,15 @@ job's does, and is read back through the dashboard's log API. The job table is k
 workers of a job whose driver is gone, and a watcher per job then kills the job's process group.
 When the cluster runs with Ray's token authentication (RAY_AUTH_MODE=token, as `cluster up` starts
 it), every request must carry the same token (`Authorization: Bearer`), as Ray's job API requires.
+The token goes to the dashboard only over a connection whose listening end is proven to be this
+user's (`owned_connection`), and `--check` tells migrate, before it sends the token, whether the
+dashboard port and the socket are ours.
 A failed job with --retries left is resubmitted at once, in the step that marks it failed.
 """
 
 import argparse
 import hmac
+import http.client
 import json
 import os
 import signal
@@ -29,10 +35,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from socketserver import ThreadingUnixStreamServer
 
 try:
     import ray
@@ -321,19 +326,94 @@ def authorized(header: str, token: str) -> bool:
     return not token or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
 
 
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def _hex_endpoint(ip: str, port: int) -> str:
+    """/proc/net/tcp's spelling of an IPv4 endpoint: address in host (little-endian) order, port big."""
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return f"{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"
+
+
+def tcp_sockets(path: str = "/proc/net/tcp") -> list:
+    """(local, remote, state, uid) of every IPv4 TCP socket in this network namespace."""
+    out = []
+    with open(path) as f:
+        next(f, None)
+        for line in f:
+            cols = line.split()
+            if len(cols) > 7:
+                out.append((cols[1], cols[2], cols[3], int(cols[7])))
+    return out
+
+
+def listener_owner(port: int, sockets: list = None) -> str:
+    """Who listens on the head's 127.0.0.1:PORT (or 0.0.0.0:PORT): "ours", "other" or "none"."""
+    wanted = {_hex_endpoint("127.0.0.1", port), _hex_endpoint("0.0.0.0", port)}
+    uids = {uid for local, _, st, uid in (sockets if sockets is not None else tcp_sockets())
+            if st == LISTEN and local in wanted}
+    if not uids:
+        return "none"
+    return "ours" if uids == {os.getuid()} else "other"
+
+
+def owned_connection(port: int, timeout: float = 30) -> http.client.HTTPConnection:
+    """An HTTP connection to 127.0.0.1:PORT whose accepting end belongs to this user (the kernel gives
+    an accepted socket its listener's owner): proven on this very connection, so a port another
+    user bound after ours died never receives a request, nor the token in it. PermissionError if not."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.connect()
+    host, local_port = conn.sock.getsockname()[:2]
+    server, client = _hex_endpoint("127.0.0.1", port), _hex_endpoint(host, local_port)
+    owners = {uid for local, remote, _, uid in tcp_sockets() if local == server and remote == client}
+    if owners != {os.getuid()}:
+        conn.close()
+        raise PermissionError(f"127.0.0.1:{port} is not served by this user (owner uid {sorted(owners)})")
+    return conn
+
+
 def read_log(dashboard: int, job: dict, token: str = "") -> str:
     """The job's output, read from its node through the dashboard's log API ("" before it has any)."""
     if not job.get("driver_node_id"):
         return ""
     query = urllib.parse.urlencode({"node_id": job["driver_node_id"], "lines": -1,
                                     "filename": f"job-driver-{job['submission_id']}.log"})
-    req = urllib.request.Request(f"http://127.0.0.1:{dashboard}/api/v0/logs/file?{query}",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError):
+        conn = owned_connection(dashboard)
+    except OSError:
         return ""
+    try:
+        conn.request("GET", f"/api/v0/logs/file?{query}",
+                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return body.decode(errors="replace") if resp.status == 200 else ""
+    except (OSError, http.client.HTTPException):
+        return ""
+    finally:
+        conn.close()
+
+
+def private_socket_dir(path: str) -> None:
+    """Create the socket's directory 0700, and refuse one that is not ours or not private."""
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if st.st_uid != os.getuid() or (st.st_mode & 0o077) or not os.path.isdir(d) or os.path.islink(d):
+        raise SystemExit(f"migrate launcher: {d} must be a directory of ours with mode 0700")
+
+
+def check(socket_path: str, dashboard: int) -> dict:
+    """What migrate asks before it sends the token: who holds the dashboard port, whether our socket
+    is there, and where home is (the forward needs an absolute socket path)."""
+    d = os.path.dirname(socket_path)
+    try:
+        st = os.lstat(d)
+        private = st.st_uid == os.getuid() and not (st.st_mode & 0o077) and not os.path.islink(d)
+    except OSError:
+        private = False
+    return {"home": os.path.expanduser("~"), "dashboard": listener_owner(dashboard),
+            "launcher": private and os.path.exists(socket_path)}
 
 
 def handler_for(book: Book, launcher, dashboard: int, token: str = ""):
@@ -342,6 +422,9 @@ def handler_for(book: Book, launcher, dashboard: int, token: str = ""):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # no access log in the job's output
             pass
+
+        def address_string(self) -> str:    # a Unix socket's peer has no address
+            return "local"
 
         def reply(self, code: int, data) -> None:
             body = json.dumps(data).encode()
@@ -419,19 +502,37 @@ def handler_for(book: Book, launcher, dashboard: int, token: str = ""):
 
 def main(argv: list) -> int:
     p = argparse.ArgumentParser(prog="migrate-ray-launcher")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--socket", required=True, help="the Unix socket to serve on (its directory: 0700, ours)")
     p.add_argument("--dashboard", type=int, required=True)
-    p.add_argument("--state", required=True)
+    p.add_argument("--state", help="the job table file (0600)")
+    p.add_argument("--check", action="store_true",
+                   help="print who holds the dashboard port and whether the socket is ours, then wait for EOF")
     a = p.parse_args(argv)
+    socket_path = os.path.expanduser(a.socket)
+    if a.check:
+        print(json.dumps(check(socket_path, a.dashboard)), flush=True)
+        sys.stdin.read()          # held open while migrate uses the SSH forward next to it
+        return 0
+    if not a.state:
+        p.error("--state is required")
     ray.init(address="auto", log_to_driver=False)
     book = Book(os.path.expanduser(a.state))
     book.save()
     launcher = Launcher(book)
     token = auth_token(dict(os.environ))
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), handler_for(book, launcher, a.dashboard, token))
+    private_socket_dir(socket_path)
+    try:
+        os.unlink(socket_path)   # a socket left by a launcher that died (the directory is ours alone)
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o077)
+    try:
+        server = ThreadingUnixStreamServer(socket_path, handler_for(book, launcher, a.dashboard, token))
+    finally:
+        os.umask(old)
     server.daemon_threads = True
     threading.Thread(target=launcher.warm_up, daemon=True).start()
-    print(f"migrate launcher: listening on 127.0.0.1:{a.port}", flush=True)
+    print(f"migrate launcher: listening on {socket_path}", flush=True)
     server.serve_forever()
     return 0
 
