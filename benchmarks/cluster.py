@@ -12,7 +12,7 @@ real, one after the other:
 1. `migrate cluster`: `cluster up` (timed; from cached wheels pushed to hosts whose venv was removed
    first, unless --keep-venv), all jobs submitted at once, Ray places them; makespan = first submit ->
    last job end (Ray's end_time). Then submit-to-running latency with free capacity: 10 single jobs,
-   one at a time, from just before the POST to the `MIGRATE-START` line the wrapper prints; once
+   one at a time, from just before the POST to the `[migrate] job N started` line the wrapper prints; once
    through migrate's launcher (what `migrate run` does: a Ray task on a warm worker) and once as
    plain Ray jobs (a job supervisor process each), side by side.
 2. round-robin per-host queues (today's `apply`): job k goes to host k mod 3's dispatcher.
@@ -103,15 +103,16 @@ def bench_cluster(hosts: list[str], secs: list[int]) -> dict:
 
 
 def start_latencies(api, record, count: int) -> list[float]:
-    """Submit `count` one-GPU `true` jobs one at a time; each: POST -> the wrapper's MIGRATE-START line."""
+    """Submit `count` one-GPU `true` jobs one at a time; each: POST -> the wrapper's start line ([t=EPOCH])."""
     out = []
     for jid in state.next_job_ids(NAME, count):
         sub = time.time()
         sid = api.submit(cluster_jobs.payload(record, JobSpec(command="true", gpus=1), jid))
         while True:
-            line = next((ln for ln in api.logs(sid).splitlines() if ln.startswith("MIGRATE-START ")), None)
+            line = next((ln for ln in api.logs(sid).splitlines()
+                         if ln.startswith("[migrate] job ") and "[t=" in ln), None)
             if line:
-                out.append(float(line.split()[1]) - sub)
+                out.append(float(line.rsplit("[t=", 1)[1].rstrip("]")) - sub)
                 break
             time.sleep(0.02)
         while api.job(sid).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):   # free capacity again

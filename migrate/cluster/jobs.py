@@ -9,6 +9,7 @@ tables need nothing stored here. Every command runs through the polite wrapper (
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -45,6 +46,41 @@ def check_cluster_spec(spec: JobSpec) -> None:
         raise UsageError("--mount, --publish and --shm-size need a container image (--image)")
     if spec.image:
         container.check_container_spec(spec)
+
+
+def offered_line(record: ClusterRecord) -> str:
+    """`gpu1: 2, gpu2: 2, gpu3: 0 GPU(s)`: what each node offers Ray (pure)."""
+    return ", ".join(f"{n.host}: {len(n.gpus)}" for n in record.nodes) + " GPU(s)"
+
+
+def check_feasible(record: ClusterRecord, specs: list[JobSpec], nodes: int = 0, gpus_per_node: int = 0) -> None:
+    """Refuse at submit a job no node (or no set of `nodes` nodes) of the cluster can ever hold: Ray
+    would keep it pending for ever (pure)."""
+    offered = sorted((len(n.gpus) for n in record.nodes), reverse=True)
+    if nodes:
+        if gpus_per_node and (len(offered) < nodes or offered[nodes - 1] < gpus_per_node):
+            raise UsageError(f"--nodes {nodes} --gpus-per-node {gpus_per_node} needs {nodes} nodes with "
+                             f"{gpus_per_node} GPU(s) each; cluster {record.name} offers {offered_line(record)}",
+                             hint="fewer GPUs per node, or `cluster up` with more GPUs (--gpu-pool)")
+        return
+    need = max((s.gpus for s in specs), default=0)
+    if need > (offered[0] if offered else 0):
+        raise UsageError(f"a job needs {need} GPU(s) on one node; cluster {record.name} offers "
+                         f"{offered_line(record)}",
+                         hint="--nodes N --gpus-per-node G spreads one job over several nodes")
+
+
+def waiting_reason(job: dict, record: ClusterRecord, used: dict[str, int]) -> str:
+    """Why a queued job waits (pure): `used` is GPUs taken per node host by running jobs."""
+    gpus, nodes = job["gpus"], job["nodes"]
+    if not gpus:
+        return "waiting for a CPU slot on a node"
+    free = {n.host: len(n.gpus) - used.get(n.host, 0) for n in record.nodes}
+    if nodes:
+        return (f"waiting for {nodes} nodes with {gpus // nodes} free GPU(s) each (free now: "
+                + ", ".join(f"{h}: {f}" for h, f in free.items()) + ")")
+    return (f"waiting for {gpus} free GPU(s) on one node (free now: "
+            + ", ".join(f"{h}: {f}" for h, f in free.items()) + "; jobs before it are served first)")
 
 
 def submission_order(specs: list[JobSpec]) -> list[JobSpec]:
@@ -154,6 +190,7 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
         if specs[0].image:
             raise UsageError("--nodes with --image is not supported on a cluster yet",
                              hint="run the ranks as processes (drop --image), or one container job per host")
+    check_feasible(record, specs, nodes, gpus_per_node)
     order = submission_order(specs)
     images = sorted({s.image for s in specs if s.image})
     if dry_run:
@@ -280,7 +317,15 @@ def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
         ui.info(f"failed job(s) {', '.join(retried)} resubmitted (--retries)")
     hosts = node_hosts(record, nodes)
     now = time.time()
-    return sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
+    views = sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
+    used: dict[str, int] = {}
+    for v in views:
+        if v["state"] == "running" and v["node"] and not v["nodes"]:
+            used[v["node"]] = used.get(v["node"], 0) + v["gpus"]
+    for v in views:
+        if v["state"] == "queued":
+            v["reason"] = waiting_reason(v, record, used)
+    return views
 
 
 def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: bool = False,
@@ -299,7 +344,7 @@ def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: boo
              (f"{j['nodes']}×{j['gpus'] // max(j['nodes'], 1)}" if j["nodes"] else str(j["gpus"])) if j["gpus"]
              else "cpu", j["node"], duration(j["runtime_s"]),
              "" if j["exit_code"] is None else str(j["exit_code"]),
-             ((j["reason"] or "")[:70] if j["state"] == "failed" else j["command"][:70])
+             ((j["reason"] or "")[:70] if j["state"] in ("failed", "queued") else j["command"][:70])
              + (f" (attempt {j['attempt']})" if j["attempt"] > 1 else "")) for j in jobs]
     ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in every if j['state'] == s)} {s}"
                                             for s in ("queued", "running", "done", "failed", "cancelled")
@@ -321,18 +366,45 @@ def _find(latest: dict[str, dict], job: str) -> dict:
                      hint="see the ids in `migrate status NAME`")
 
 
+# Ray's own log records in a job's driver log ("2026-12-06 16:40:01,123\tINFO job_manager.py:531 -- ..."),
+# the colour codes of its worker prefixes, and the FutureWarnings its import prints: not the job's output
+RAY_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s+(INFO|DEBUG)\s+\S+\.py:\d+ -- ")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+RAY_WARNING = re.compile(r"^\S*/site-packages/ray/\S+:\d+: \w*Warning: ")
+
+
+def clean_log(text: str) -> str:
+    """A cluster job's log as the job wrote it (pure): Ray's INFO/DEBUG records, its own warnings
+    (with their `warnings.warn(` source line) and terminal colour codes removed."""
+    out, skip_source = [], False
+    for line in ANSI.sub("", text).splitlines(keepends=True):
+        if skip_source and line.startswith("  "):
+            skip_source = False
+            continue
+        skip_source = bool(RAY_WARNING.match(line))
+        if skip_source or RAY_RECORD.match(line):
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def complete_lines(text: str, final: bool) -> str:
+    """Up to the last newline (a half-written line may still turn out to be Ray's), or all when final."""
+    return text if final else text[:text.rfind("\n") + 1]
+
+
 def follow_logs(api: JobApi, submission: str, *, follow: bool = True) -> int:
     """Print the job's log; with follow, keep printing until it ends. Exit code: the job's (0 when unknown)."""
     shown = 0
     while True:
-        text = api.logs(submission)
+        text = clean_log(complete_lines(api.logs(submission), final=not follow))
         sys.stdout.write(text[shown:])
         sys.stdout.flush()
         shown = len(text)
         job = api.job(submission)
         if not follow or job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
             if follow:
-                text = api.logs(submission)
+                text = clean_log(api.logs(submission))
                 sys.stdout.write(text[shown:])
             code = job.get("driver_exit_code")
             return 0 if not follow else (code if isinstance(code, int) else (0 if job["status"] == "SUCCEEDED"
@@ -345,7 +417,7 @@ def logs(name: str, conn: ConnectOptions, job: str, *, follow: bool, tail: int |
     with job_api(record, conn) as api:
         j = _find(latest_attempts(api.jobs()), job)
         if tail and not follow:
-            lines = api.logs(j["submission_id"]).splitlines()[-tail:]
+            lines = clean_log(api.logs(j["submission_id"])).splitlines()[-tail:]
             sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
             return 0
         return follow_logs(api, j["submission_id"], follow=follow)

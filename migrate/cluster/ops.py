@@ -20,6 +20,7 @@ from typing import Any
 from migrate import ui
 from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
+from migrate.cluster.jobs import RAY_STATES, latest_attempts
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.bundle import build_agent
@@ -321,7 +322,10 @@ def _rerun(old: ClusterRecord, opts: UpOptions, conn: ConnectOptions, connector:
                 "(--restart)")
         _stop_all(old, conn, connector=connector)
         state.remove(old.name)
-        return up(opts, conn, connector=connector, as_json=as_json)
+        report = up(opts, conn, connector=connector, as_json=as_json)
+        with state.locked(old.name) as record:     # job ids go on: `logs NAME 3` never means two jobs
+            record.job_seq = max(record.job_seq, old.job_seq)
+        return report
     alive_ips = {n.get("node_ip") for n in alive}
     missing = [n for n in old.nodes if n.ip not in alive_ips and not n.head]
     if not missing:
@@ -483,7 +487,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
                          if j.get("status") == "RUNNING" and int((j.get("metadata") or {}).get("migrate_nodes") or 0)}
         reachable = True
     except MigrateError as exc:
-        ui.warn(f"the head does not answer: {exc.message}")
+        ui.warn(f"the head does not answer: {exc.one_line()}")
         nodes, jobs, reachable, launcher, gang_logs = [], [], False, False, {}
     by_ip = {n["node_ip"]: n for n in sorted(nodes, key=lambda n: n.get("state") == "ALIVE")}  # ALIVE wins
     used = running_jobs_by_ip(jobs, {n["node_id"]: n["node_ip"] for n in nodes}, gang_logs)
@@ -494,9 +498,10 @@ def status(name: str, conn: ConnectOptions) -> dict:
         out_nodes.append({"host": n.host, "ip": n.ip, "role": "head" if n.head else "worker",
                           "state": (ray_node.get("state") or "missing").lower() if reachable else "unknown",
                           "gpus_offered": n.gpus, "gpus_used": gpus, "running_jobs": count})
-    counts: dict[str, int] = {}
-    for j in jobs:
-        counts[j.get("status", "?").lower()] = counts.get(j.get("status", "?").lower(), 0) + 1
+    counts: dict[str, int] = {}   # jobs, not attempts: a retried job counts once, in its latest state
+    for j in latest_attempts(jobs).values():
+        st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+        counts[st] = counts.get(st, 0) + 1
     return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
             "launcher": launcher,
             "ports": record.ports.to_dict(), "nodes": out_nodes, "job_counts": counts}

@@ -94,9 +94,11 @@ def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
     if as_json:
         ui.print_json(data)
         sys.exit(0 if data["reachable"] else 1)
-    ui.info(f"cluster {name}: head {data['head']}, Ray {data['ray_version']}, "
-            + ", ".join(f"{n} {s}" for s, n in data["job_counts"].items()) if data["job_counts"] else
-            f"cluster {name}: head {data['head']}, Ray {data['ray_version']}, no jobs")
+    if not data["reachable"]:
+        jobs = "the head does not answer: its jobs are unknown"
+    else:
+        jobs = ", ".join(f"{n} {s}" for s, n in data["job_counts"].items()) or "no jobs"
+    ui.info(f"cluster {name}: head {data['head']}, Ray {data['ray_version']}, {jobs}")
     ui.table(None, ["host", "ip", "role", "state", "gpus offered", "gpus used", "running jobs"],
              [(n["host"], n["ip"], n["role"], n["state"], ",".join(n["gpus_offered"]) or "-", str(n["gpus_used"]),
                str(n["running_jobs"])) for n in data["nodes"]])

@@ -257,7 +257,7 @@ def test_wrapper_runs_the_command_and_passes_its_exit_code(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 3
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("MIGRATE-START ") and lines[1] == str(tmp_path)
+    assert lines[0].startswith("[migrate] job ") and "no GPU (CPU job) [t=" in lines[0] and lines[1] == str(tmp_path)
 
 
 def test_wrapper_waits_for_a_gpu_another_user_took():
@@ -285,8 +285,10 @@ def test_run_dry_run_on_a_cluster_connects_to_nothing(tmp_path, monkeypatch):
     data = json.loads(res.stdout)
     assert data["cluster"] == "lab" and len(data["jobs"]) == 2
     assert data["jobs"][0]["entrypoint_num_gpus"] == 1 and "--lr 1" in data["jobs"][0]["entrypoint"]
-    gang = run_cli("run", "lab", "--dry-run", "--json", "--nodes", "2", "--gpus-per-node", "2", "--", "x", env=env)
-    assert gang.code == 0 and "--nodes 2 --gpus-per-node 2" in json.loads(gang.stdout)["jobs"][0]["entrypoint"]
+    gang = run_cli("run", "lab", "--dry-run", "--json", "--nodes", "2", "--gpus-per-node", "1", "--", "x", env=env)
+    assert gang.code == 0 and "--nodes 2 --gpus-per-node 1" in json.loads(gang.stdout)["jobs"][0]["entrypoint"]
+    infeasible = run_cli("run", "lab", "--dry-run", "--gpus-per-job", "3", "--", "x", env=env)
+    assert infeasible.code == 2 and "offers gpu1: 2, gpu2: 1 GPU(s)" in infeasible.stderr
     too_many = run_cli("run", "lab", "--dry-run", "--nodes", "3", "--", "x", env=env)
     assert too_many.code == 2 and "cluster lab has 2 nodes" in too_many.stderr
 
@@ -488,3 +490,42 @@ def test_the_reachability_listener_is_stopped_when_the_check_fails(tmp_path, mon
 def test_down_removes_the_launcher_socket_and_the_clusters_job_records():
     cmd = plan.cleanup_command("lab")
     assert '"$HOME"/.migrate/ray/sock/lab.sock' in cmd and '"$HOME"/.migrate/ray/run/lab-*.json' in cmd
+
+
+def test_cluster_logs_show_the_jobs_output_not_rays():
+    raw = ("2026-12-06 16:40:01,123\tINFO job_manager.py:531 -- Runtime env is setting up.\n"
+           "[migrate] job 5 started 2026-12-06 16:40:02 on 10.0.0.2, GPU 0 (GPU-1) [t=1.000]\n"
+           "/home/a/.migrate/ray/2.55.1/lib/python3.11/site-packages/ray/_private/x.py:12: FutureWarning: old\n"
+           "  warnings.warn(\n"
+           "\x1b[36m(run_rank pid=77)\x1b[0m hello from rank 1\n"
+           "2026-12-06 16:40:01,123 INFO is what my program prints too\n")
+    assert jobs.clean_log(raw) == ("[migrate] job 5 started 2026-12-06 16:40:02 on 10.0.0.2, GPU 0 (GPU-1) [t=1.000]\n"
+                                   "(run_rank pid=77) hello from rank 1\n"
+                                   "2026-12-06 16:40:01,123 INFO is what my program prints too\n")
+    assert jobs.complete_lines("a\nb", final=False) == "a\n" and jobs.complete_lines("a\nb", final=True) == "a\nb"
+
+
+def test_the_wrapper_names_the_gpus_by_uuid_as_on_one_host():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wrapper", WRAPPER)
+    wrapper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wrapper)
+    view = {"0": {"uuid": "GPU-a"}, "2": {"uuid": "GPU-c"}}
+    assert wrapper.uuids_for(["2", "0"], view) == ["GPU-c", "GPU-a"]
+    assert wrapper.uuids_for(["1"], view) == [] and wrapper.uuids_for([], view) == []
+    line = wrapper.start_line("7", 1.5, "10.0.0.2", ["2"], ["GPU-c"])
+    assert line.startswith("[migrate] job 7 started ") and line.endswith("on 10.0.0.2, GPU 2 (GPU-c) [t=1.500]")
+
+
+def test_a_job_no_node_can_hold_is_refused_at_submit_and_a_queued_one_says_why():
+    rec = record()       # gpu1 offers 2 GPUs, gpu2 offers 1
+    with pytest.raises(UsageError, match=r"needs 3 GPU\(s\) on one node; cluster lab offers gpu1: 2, gpu2: 1"):
+        jobs.check_feasible(rec, [JobSpec(command="x", gpus=3)])
+    jobs.check_feasible(rec, [JobSpec(command="x", gpus=2)])
+    with pytest.raises(UsageError, match="needs 2 nodes with 2 GPU"):
+        jobs.check_feasible(rec, [JobSpec(command="x")], nodes=2, gpus_per_node=2)
+    jobs.check_feasible(rec, [JobSpec(command="x")], nodes=2, gpus_per_node=1)
+    why = jobs.waiting_reason({"gpus": 2, "nodes": 0}, rec, {"gpu1": 1})
+    assert why.startswith("waiting for 2 free GPU(s) on one node (free now: gpu1: 1, gpu2: 1")
+    assert jobs.waiting_reason({"gpus": 0, "nodes": 0}, rec, {}) == "waiting for a CPU slot on a node"

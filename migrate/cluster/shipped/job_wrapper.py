@@ -7,7 +7,8 @@ Before COMMAND starts, the wrapper asks migrate's agent on this host for its GPU
 free-GPU rule as the dispatcher: `migrate-agent gpus`): while one of those GPUs carries another
 user's process (or is reserved by a job of the host's own dispatcher, or is busy with memory nobody
 shows), it waits and says so in the job's log instead of sharing the GPU. Then it prints a
-`MIGRATE-START <epoch> <node-ip>` line and runs COMMAND under /bin/sh in DIR (default: $HOME), in
+`[migrate] job N started ... on <node-ip>, GPU i (UUID) [t=<epoch>]` line, sets CUDA_VISIBLE_DEVICES
+to the assigned GPUs' UUIDs (as a host job gets them), and runs COMMAND under /bin/sh in DIR (default: $HOME), in
 a process group of its own. It stays COMMAND's parent as a watchdog: stop signals (Ray stopping the
 job) go to the whole group; when the Ray process that started it dies (`ray stop`, a node's Ray
 killed) it stops the group; and a small guard process stops the group if the wrapper itself is
@@ -210,7 +211,8 @@ def why_not(device: dict, me: str, need_mib=None, allow_shared: bool = False) ->
     return ""
 
 
-def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> None:
+def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> dict:
+    """Wait until every assigned GPU is ours to use; the GPU view (index -> device) seen then."""
     import getpass
 
     me = getpass.getuser()
@@ -222,7 +224,7 @@ def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> 
         if not blocked:
             if said:
                 print(f"migrate: GPU(s) {','.join(assigned)} free again, starting", flush=True)
-            return
+            return view
         line = "; ".join(f"GPU {i}: {w}" for i, w in blocked)
         if line != said:
             print(f"migrate: waiting, not sharing: {line}", flush=True)
@@ -243,11 +245,31 @@ def main(argv: list) -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     assigned = [g for g in visible.split(",") if g.strip()]
     need = os.environ.get("MIGRATE_MIN_FREE_MEM_MIB", "")
+    view = {}
     if assigned:
-        wait_for_gpus(assigned, int(need) if need.isdigit() else None, os.environ.get("MIGRATE_ALLOW_SHARED") == "1")
+        view = wait_for_gpus(assigned, int(need) if need.isdigit() else None,
+                             os.environ.get("MIGRATE_ALLOW_SHARED") == "1")
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    print(f"MIGRATE-START {time.time():.3f} {node_ip()} gpus={visible or '-'}", flush=True)
+    uuids = uuids_for(assigned, view)
+    if uuids:   # as on one host: UUIDs name the same GPUs whatever the order or the numbering
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)
+        os.environ["MIGRATE_GPU_INDICES"] = ",".join(assigned)
+    print(start_line(os.environ.get("MIGRATE_JOB_ID", "?"), time.time(), node_ip(), assigned, uuids), flush=True)
     return run(command, cwd)
+
+
+def uuids_for(assigned: list, view: dict) -> list:
+    """The UUIDs of the GPUs Ray assigned (by index), or [] when any of them is unknown."""
+    uuids = [str((view.get(i) or {}).get("uuid") or "") for i in assigned]
+    return uuids if assigned and all(uuids) else []
+
+
+def start_line(job: str, now: float, ip: str, assigned: list, uuids: list) -> str:
+    """The job log's first line, worded as a host job's; `[t=EPOCH]` is for benchmarks/cluster.py."""
+    where = (f"GPU {','.join(assigned)} ({','.join(uuids)})" if uuids else f"GPU {','.join(assigned)}") \
+        if assigned else "no GPU (CPU job)"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    return f"[migrate] job {job} started {stamp} on {ip}, {where} [t={now:.3f}]"
 
 
 if __name__ == "__main__":
