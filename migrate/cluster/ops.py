@@ -327,7 +327,11 @@ def _rerun(old: ClusterRecord, opts: UpOptions, conn: ConnectOptions, connector:
             record.job_seq = max(record.job_seq, old.job_seq)
         return report
     alive_ips = {n.get("node_ip") for n in alive}
-    missing = [n for n in old.nodes if n.ip not in alive_ips and not n.head]
+    # Ray marks a SIGKILLed node dead only after its health checks time out: ask the hosts too
+    checks = for_each_host([n.host for n in old.nodes if not n.head and n.ip in alive_ips],
+                           lambda h: _raylet_runs(h, conn, connector))
+    gone = {o.host for o in checks if o.ok and not o.value}
+    missing = [n for n in old.nodes if not n.head and (n.ip not in alive_ips or n.host in gone)]
     if not missing:
         started = False if opts.dry_run else ensure_launcher(old, conn)
         ui.step(f"cluster {old.name} is already up ({len(old.nodes)} nodes, Ray {old.ray_version}): "
@@ -349,6 +353,12 @@ def _rerun(old: ClusterRecord, opts: UpOptions, conn: ConnectOptions, connector:
     _wait_nodes(old, conn, len(old.nodes))
     ensure_launcher(old, conn)
     return {"name": old.name, "action": "repaired", "repaired": [n.host for n in missing], **old.to_dict()}
+
+
+def _raylet_runs(host: str, conn: ConnectOptions, connector: Connector | None) -> bool:
+    with (connector or (lambda h: connect(h, conn)))(host) as remote:
+        res = remote.run(plan.raylet_running_command(), check=False, what="look for the raylet")
+        return res.stdout.strip() == "yes"
 
 
 def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: ConnectOptions,

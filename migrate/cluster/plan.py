@@ -356,6 +356,11 @@ LEFTOVER_SCRIPT = _OURS + 'echo "${p#/proc/} $c"; done'
 
 
 
+def raylet_running_command() -> str:
+    """Print `yes` when a raylet of this user runs here, else `no`."""
+    return 'pgrep -u "$(id -u)" -x raylet >/dev/null 2>&1 && echo yes || echo no'
+
+
 def leftover_command() -> str:
     """Print `pid cmdline` of every process of ours that still runs Ray (empty: none)."""
     return shell.sh_c(LEFTOVER_SCRIPT)

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 
 import pytest
@@ -164,12 +165,13 @@ def test_a_second_cluster_or_other_options_on_the_same_hosts_are_refused_and_cha
     of this one is refused before anything changes (it overwrote the token and its `down` killed
     this cluster's raylets). Issue 25 item 6: other options for this cluster name the difference."""
     aliases, env = cluster
-    before = {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -f raylet | sort"))
+    before = {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -x raylet | sort"))
               for a in aliases[1:]}
+    assert all(pids.strip() for _, pids in before.values()), before     # each node runs its raylet
     res = run_cli("cluster", "up", f"{NAME}b", *aliases[1:], "--port-base", "27379", "--offline",
                   "--gpu-backend", BACKEND, env=env, timeout=300)
     assert_one_line_error(res, f"already a node of cluster {NAME}", f"migrate cluster down {NAME}")
-    assert {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -f raylet | sort"))
+    assert {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -x raylet | sort"))
             for a in aliases[1:]} == before
     assert run_cli("cluster", "down", f"{NAME}b", env=env).code == 0           # no record: nothing to stop
     other = run_cli("cluster", "up", NAME, *aliases, "--port-base", "27379", "--offline", "--gpu-backend",
@@ -345,7 +347,7 @@ def test_exec_and_shell_inside_a_running_cluster_job_on_its_node(cluster):
     assert res.code == 3, res.output
     pwd, gpus, myvar, hostname, ray = res.stdout.strip().splitlines()[-1].split("|")
     assert (pwd, myvar, ray) == ("/home/alice/cexec-work", "x", "none")
-    assert gpus in ("0", "1", "2", "3") and hostname == sh(node, "uname -n").strip()
+    assert gpus.startswith("GPU-") and "," not in gpus and hostname == sh(node, "uname -n").strip()   # a UUID
     assert not sh(node, "find ~/.migrate/ray/run -perm /077 -print").strip()       # private record
     code, out = drive_pty([sys.executable, "-m", "migrate", "shell", NAME, jid],
                           {**os.environ, "COLUMNS": "200", **env},
@@ -457,11 +459,14 @@ def test_another_user_holding_the_job_api_port_never_receives_the_token(cluster)
         assert time.monotonic() < deadline, "Ray's dashboard did not let go of its port"
         time.sleep(0.5)
     got = "/tmp/bob-got"
-    sh(head, f"rm -f {got}; cd /tmp && sudo -n -u bob sh -c 'nohup python3 -c \"$0\" 28265 {got} "
-             f">/tmp/bob-listener.log 2>&1 &' {shlex.quote(BOB_LISTENER)}")
+    sh(head, f"sudo -n rm -f {got} /tmp/bob-listener.log")
+    listener = threading.Thread(target=sh, daemon=True, args=(   # lives as long as this SSH command
+        head, f"cd /tmp && sudo -n -u bob python3 -c {shlex.quote(BOB_LISTENER)} 28265 {got} "
+              ">/tmp/bob-listener.log 2>&1"))
+    listener.start()
     deadline = time.monotonic() + 15
     while "listening" not in sh(head, "cat /tmp/bob-listener.log 2>/dev/null"):
-        assert time.monotonic() < deadline, "bob's listener did not start"
+        assert time.monotonic() < deadline, "bob's listener did not start: " + sh(head, "cat /tmp/bob-listener.log")
         time.sleep(0.2)
     try:
         for args in (("status", NAME), ("run", NAME, "--", "echo hi"), ("cluster", "status", NAME)):
@@ -470,7 +475,7 @@ def test_another_user_holding_the_job_api_port_never_receives_the_token(cluster)
             assert "held by another user's process" in res.output, res.output
         assert sh(head, f"cat {got} 2>/dev/null") == ""          # not a byte, let alone the token
     finally:
-        sh(head, "sudo -n pkill -u bob -f bob-got; true")
+        sh(head, f"sudo -n pkill -u bob -f bob-got; sudo -n rm -f {got} /tmp/bob-listener.log; true")
     again = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env)
     assert_one_line_error(again, "does not answer", "--restart")
     res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--restart", env=env,
