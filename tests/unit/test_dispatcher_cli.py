@@ -73,6 +73,20 @@ def test_tunnel_dry_run_uses_migrate_ssh_settings():
     assert "StrictHostKeyChecking=yes" in out
 
 
+def test_tunnel_dry_run_prints_a_command_that_pastes_into_a_shell():
+    """Issue 20: `UserKnownHostsFile=~/.ssh/known_hosts /etc/ssh/ssh_known_hosts` was printed unquoted."""
+    import shlex
+
+    from migrate.commands.tunnel import tunnel_argv
+    from migrate.remote.hosts import ConnectOptions
+
+    res = run_cli("tunnel", "somehost", "6006", "--dry-run")
+    assert res.code == 0, res.output
+    argv, _ = tunnel_argv("somehost", ConnectOptions(), ("6006",), "127.0.0.1")
+    assert shlex.split(res.stdout) == argv
+    assert any(a.startswith("UserKnownHostsFile=") and " " in a for a in argv)  # the case that broke
+
+
 def test_reboot_warning_is_one_sentence_with_readable_job_ids(tmp_path, capsys):
     """Issue 12.7: after a reboot `status` said "queue paused" twice and printed `lost [9, 10, 11, 12]`."""
     from migrate.agent.db import Queue
