@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.remote.hosts import SshConfigSet
+from migrate.remote.hosts import SshConfigSet, remove_cached_configs
 from migrate.sandbox.manager import Sandbox, SandboxSettings, config_marker
 
 
@@ -66,3 +66,36 @@ def test_image_streams_make_sure_the_config_file_is_there_before_each_ssh():
     calls = []
     master = ControlMaster(["ssh", "-F", "/x", "h"], alias="h", display="h", before_spawn=lambda: calls.append(1))
     assert master.argv("true")[-2:] == ["h", "true"] and master.argv("true") and len(calls) == 2
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from migrate.remote.hosts import SshConfigSet
+print(SshConfigSet(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]).openssh_file(), flush=True)
+sys.stdin.readline()  # a running command between two `ssh -F` starts (rsync -e, a benchmark)
+"""
+
+
+def test_down_leaves_a_cached_config_that_a_running_command_still_uses(dirs, tmp_path):
+    """Issue 20.10: `sandbox down` of one sandbox removed the `ssh -F` file a push-data on another was
+    using (`Can't open user config file`); a file in use stays until its last user has exited."""
+    import subprocess
+    import sys
+
+    cache, state = dirs
+    mine, other = _sandbox_config(state, "zcache"), _sandbox_config(state, "zother")
+    user = tmp_path / "user_config"
+    user.write_text("Host *\n  ServerAliveInterval 30\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(user), str(other), str(mine)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        in_use = Path(holder.stdout.readline().strip())
+        assert in_use.parent == cache and in_use.exists()
+        unused = SshConfigSet(user, [mine]).openssh_file()  # this process's own: no command runs with it
+        assert Sandbox(SandboxSettings(name="zcache")).down() and not unused.exists()
+        assert in_use.exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert remove_cached_configs(config_marker("zcache")) == [in_use]  # unused now: the next `down` takes it
