@@ -36,6 +36,12 @@ def usage_error(res, needle: str) -> None:
     (["run", "alice@", "--", "x"], "malformed"),
     (["run", "h", "--image", "x;touch /tmp/pwned", "--", "true"], "bad image reference 'x;touch /tmp/pwned'"),
     (["run", "h", "--image", "MyLab/Train:v2", "--", "true"], "must be lowercase"),
+    # issue 20.6: a remote OverflowError (logs) or "internal error" (exec, cancel, retry) before
+    (["logs", "nosuch.invalid", "1" * 38], "job id " + "1" * 38 + " is out of range"),
+    (["exec", "nosuch.invalid", "1" * 38, "--", "true"], "is out of range"),
+    (["shell", "nosuch.invalid", "1" * 38, "--dry-run"], "is out of range"),
+    (["cancel", "nosuch.invalid", "3", "1" * 38], "is out of range"),
+    (["retry", "nosuch.invalid", "1" * 20], "is out of range"),
 ])
 def test_usage_errors(args, needle):
     usage_error(run_cli(*args), needle)
