@@ -317,6 +317,9 @@ class Remote:
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve host '{t.hostname}': {exc.strerror or exc}",
                                hint="check the name, or add a Host entry to ~/.ssh/config") from exc
+        except UnicodeError as exc:  # the resolver's IDNA encoding refused the name
+            raise ConnectError(f"malformed host {t.hostname!r}: {exc}",
+                               hint="check the name, or add a Host entry to ~/.ssh/config") from exc
         except NoValidConnectionsError as exc:
             raise ConnectError(f"cannot connect to {where}: connection refused",
                                hint="is sshd running there, and is the port right (--port)?") from exc

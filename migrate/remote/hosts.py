@@ -420,6 +420,10 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
     if not 0 < port < 65536:
         raise UsageError(f"port {port} out of range", hint="ports are 1-65535")
     hostname = one("hostname", alias)
+    problem = hostname_problem(hostname)
+    if problem:
+        raise UsageError(f"malformed host {hostname!r}: {problem}",
+                         hint="a host name has parts of 1 to 63 characters between dots")
     user = one("user") or getpass.getuser()
     for key, value in (("HostName", hostname), ("User", user)):
         raw = encode_ssh_config(value)
@@ -467,6 +471,22 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
         certificate_files=[expand_tokens(p, alias=alias, hostname=hostname, port=port, user=user)
                            for p in values.get("certificatefile", [])],
     )
+
+
+def hostname_problem(hostname: str) -> str | None:
+    """Why `hostname` can be no DNS name, or None (pure). Python's resolver refuses such a name with an
+    IDNA UnicodeError, OpenSSH with 'Could not resolve hostname'."""
+    name = hostname[:-1] if hostname.endswith(".") else hostname
+    if ":" in name:
+        return None  # an IPv6 address
+    if len(name) > 253:
+        return "longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "an empty part between dots"
+        if len(label) > 63:
+            return f"a part longer than 63 characters ({label[:12]}...)"
+    return None
 
 
 def identity_agent_from(value: str, *, alias: str, hostname: str, port: int, user: str) -> str | None:

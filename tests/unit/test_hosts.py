@@ -224,3 +224,23 @@ def test_many_threads_writing_the_same_cached_config_never_collide(tmp_path, mon
     assert errors == []
     assert len(paths) == 160 and len(set(paths)) == 5 and all(p.read_text().startswith("Host gpu") for p in paths)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted({p.name for p in paths})  # no leftovers
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("a" * 64 + ".example", "a part longer than 63 characters"),
+    ("a..example", "an empty part between dots"),
+    (("a" * 60 + ".") * 4 + "a" * 60, "longer than 253 characters"),
+])
+def test_a_name_no_resolver_takes_is_one_usage_line(tmp_path, name, problem):
+    """Issue 20.6: `doctor <64-character label>.example` was an IDNA UnicodeError traceback."""
+    with pytest.raises(UsageError, match=f"malformed host .*: {problem}"):
+        resolve(HostSpec.parse(name), ConnectOptions(), _configs(tmp_path, ""))
+    assert resolve(HostSpec.parse("a" * 63 + ".example"), ConnectOptions(), _configs(tmp_path, ""))
+
+
+def test_doctor_of_a_name_with_a_64_character_label_is_one_line():
+    from tests.conftest import run_cli
+
+    res = run_cli("doctor", "a" * 64 + ".example")
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr.startswith("error: malformed host") and res.stderr.count("\n") == 1, res.stderr
