@@ -54,6 +54,22 @@ def test_port_option_is_validated():
     assert res.code == 2
 
 
+@pytest.mark.parametrize("base,ok", [("65000", False), ("1023", False), ("1024", True)])
+def test_cluster_port_base_keeps_every_ray_port_a_port(base, ok):
+    """Issue 20.6: `--port-base 65000` was accepted and died in bind() with an OverflowError traceback."""
+    from migrate.cluster.plan import ports_from
+    from migrate.commands.cluster import MAX_PORT_BASE
+
+    assert max(vars(ports_from(MAX_PORT_BASE)).values()) == 65535
+    res = run_cli("cluster", "up", "lab", "nosuch.invalid", "--port-base", base, "--dry-run")
+    if ok:
+        assert "out of range" not in res.output
+        return
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr == f"error: --port-base {base} is out of range (Ray's ports would be {base} to " \
+                         f"{int(base) + 65535 - MAX_PORT_BASE}) (hint: give 1024 to {MAX_PORT_BASE})\n"
+
+
 def test_no_verb_shows_help_and_is_not_success():
     res = run_cli()
     assert res.code == 2 and "Usage: migrate" in res.output
