@@ -99,3 +99,42 @@ def test_down_leaves_a_cached_config_that_a_running_command_still_uses(dirs, tmp
         holder.communicate("\n", timeout=30)
     assert holder.returncode == 0
     assert remove_cached_configs(config_marker("zcache")) == [in_use]  # unused now: the next `down` takes it
+
+
+def test_up_says_it_waits_for_another_sandboxs_image_build(tmp_path, monkeypatch):
+    """Issue 20: `sandbox up` waited silently (65 s) on the build lock another sandbox held."""
+    import threading
+    import time
+
+    from migrate.sandbox import manager
+
+    said: list[str] = []
+    monkeypatch.setattr(manager.ui, "info", said.append)
+    lock = tmp_path / "build.lock"
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def other_build() -> None:
+        with manager._build_lock(lock, "sandbox 'other' (pid 4242)"):
+            entered.set()
+            release.wait(30)
+
+    def our_build() -> None:
+        with manager._build_lock(lock, "sandbox 'ours' (pid 1)"):
+            done.set()
+
+    threads = [threading.Thread(target=other_build), threading.Thread(target=our_build)]
+    threads[0].start()
+    assert entered.wait(30)
+    threads[1].start()
+    deadline = time.monotonic() + 30
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not done.is_set()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert done.is_set()
+    assert said == [f"waiting for sandbox 'other' (pid 4242) to finish building the sandbox image (lock {lock})"]
+    with manager._build_lock(lock, "sandbox 'third' (pid 2)"):  # free: no line
+        pass
+    assert len(said) == 1 and lock.read_text() == "sandbox 'third' (pid 2)"
