@@ -219,19 +219,24 @@ class SshConfigSet:
 
 
 def write_private_atomically(path: Path, data: bytes) -> None:
-    """Write `path` (0600) through a temporary file of a unique name in the same directory, then
-    rename: any number of threads and processes may write the same file at once."""
+    """Create `path` (0600) whole through a temporary file of a unique name in the same directory: any
+    number of threads and processes may write the same file at once. The first one's file stays (a
+    hard link never replaces), so a lock taken on it stays on the file the path names."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=_TMP_SUFFIX)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another writer was first, with the same text (the name is its hash)
+        except OSError:  # a filesystem without hard links
+            os.replace(tmp, path)
+    finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
 
 
 _TMP_SUFFIX = ".tmp"
