@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from migrate import ui
-from migrate.remote.hosts import ConnectOptions
+from migrate.remote.hosts import ConnectOptions, user_ssh_config_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -34,6 +34,7 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         kwargs["conn"] = ConnectOptions(port=port, identity_files=list(identity),
                                         accept_new_host_key=accept_new_host_key,
                                         connect_timeout=connect_timeout, ssh_config_path=ssh_config)
+        user_ssh_config_path(kwargs["conn"])  # a missing --ssh-config file: one usage line before anything runs
         return func(*args, **kwargs)
 
     return wrapper

@@ -22,11 +22,33 @@ class MigrateError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        """The message and hint on a single line, as the CLI prints them."""
+        """The message and hint on a single line, as the CLI prints them.
+
+        A message that ends with another error's one line (`could not push X to h: <inner> (hint: A)`)
+        gets one hint: `(hint: A; B)`, or `(hint: A)` when B says the same.
+        """
         text = self.message.rstrip(".")
-        if self.hint:
-            text += f" (hint: {self.hint})"
-        return text
+        if not self.hint:
+            return text
+        start = text.rfind(HINT_OPEN)
+        inner = text[start + len(HINT_OPEN):-1] if start >= 0 and text.endswith(")") else ""
+        if inner and _balanced(inner):  # that hint is what closes the message
+            hints = [inner] if self.hint in inner else [inner, self.hint]
+            return text[:start] + HINT_OPEN + "; ".join(hints) + ")"
+        return text + HINT_OPEN + self.hint + ")"
+
+
+HINT_OPEN = " (hint: "
+
+
+def _balanced(text: str) -> bool:
+    """Every ')' in `text` closes a '(' opened in it, and all are closed (pure)."""
+    depth = 0
+    for c in text:
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 class UsageError(MigrateError):

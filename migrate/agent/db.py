@@ -88,6 +88,20 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+MAX_JOB_ID = 2**63 - 1  # SQLite's INTEGER: a larger number can name no job
+
+
+def job_ref_problem(ref: str) -> str | None:
+    """Why `ref` (a job's id, name or key) can name no job, or None (pure). The client checks it before it
+    connects, the agent again (a 38-digit id was an OverflowError from SQLite)."""
+    ref = ref.strip()
+    if not ref:
+        return "an empty job id"
+    if ref.isascii() and ref.isdigit() and int(ref) > MAX_JOB_ID:
+        return f"job id {ref} is out of range (ids are 1 to {MAX_JOB_ID})"
+    return None
+
+
 class QueueError(Exception):
     """A request the queue refuses (unknown job, wrong state): message and hint for the user."""
 
@@ -213,7 +227,10 @@ class Queue:
     def find(self, ref: str) -> dict:
         """A job by id, key or (unique) name; QueueError when there is none or several."""
         ref = str(ref).strip()
-        if ref.isdigit():
+        problem = job_ref_problem(ref)
+        if problem:
+            raise QueueError(problem, "list jobs with `migrate status HOST`")
+        if ref.isascii() and ref.isdigit():  # `int()` takes other scripts' digits too: those are names
             job = self.get(int(ref))
             if job:
                 return job

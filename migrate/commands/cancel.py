@@ -9,7 +9,7 @@ from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
-from migrate.jobs.client import call_agent, print_answer
+from migrate.jobs.client import call_agent, check_job_refs, print_answer
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -44,6 +44,7 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bo
     jobs: docker stop), then SIGKILL if they are still there after --grace seconds; the command
     returns when they are gone. Finished jobs are left as they are.
     """
+    check_job_refs(jobs)
     if cluster_state.exists(host) and not dry_run:  # a cluster name (issue 14)
         cluster_jobs.cancel(host, conn, jobs, all_jobs=all_jobs, as_json=as_json)
         return

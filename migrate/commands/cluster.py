@@ -8,9 +8,23 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.cluster import ops
+from migrate.cluster import ops, plan
+from migrate.errors import UsageError
 from migrate.jobs.options import gpu_backend_option
 from migrate.remote.hosts import ConnectOptions
+
+# every Ray port sits at a fixed offset from --port-base: the highest must stay a port (issue 20.6: 65000
+# was accepted and died in bind() with an OverflowError)
+_HIGHEST_OFFSET = max(vars(plan.Ports()).values()) - plan.Ports().gcs
+MAX_PORT_BASE = 65535 - _HIGHEST_OFFSET
+
+
+def _check_port_base(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and not 1024 <= value <= MAX_PORT_BASE:
+        raise UsageError(f"--port-base {value} is out of range "
+                         f"(Ray's ports would be {value} to {value + _HIGHEST_OFFSET})",
+                         hint=f"give 1024 to {MAX_PORT_BASE}")
+    return value
 
 
 @click.group("cluster", context_settings=CONTEXT_SETTINGS)
@@ -39,8 +53,9 @@ def group() -> None:
 @click.option("--offline", is_flag=True, default=None,
               help="Install from wheels downloaded here and pushed (default: only for hosts that cannot "
                    "reach the package index).")
-@click.option("--port-base", type=click.IntRange(1024, 65000), help="GCS port; Ray's other ports follow "
-              "it at fixed offsets (default 26379).")
+@click.option("--port-base", type=int, callback=_check_port_base, metavar="N",
+              help=f"GCS port; Ray's other ports follow it at fixed offsets, up to {_HIGHEST_OFFSET} above it "
+                   f"(default 26379; 1024 to {MAX_PORT_BASE}).")
 @click.option("--head-address", help="The head's address as the other hosts reach it (default: probed).")
 @click.option("--num-cpus", "cpus", type=click.IntRange(1, 4096), help="CPUs each node offers (default: its count).")
 @click.option("--object-store", "object_store_mib", type=click.IntRange(80, 1 << 20), default=128,

@@ -8,11 +8,12 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS
-from migrate.errors import MigrateError
+from migrate.errors import MigrateError, UsageError
+from migrate.remote.shell import quote
 
 STARTER = """\
 # A migrate playbook: one file that describes a whole migration.
-# Apply it with `migrate apply {path}` (rehearse first: `migrate apply {path} -H sandbox1`).
+# Apply it with `migrate apply {path}` (rehearse first: `migrate apply {path} -H {sandbox_host}`).
 # Every key is documented in docs/playbook.md; applying twice changes nothing.
 
 # Hosts you were lent: [user@]host or aliases from ~/.ssh/config.
@@ -46,9 +47,19 @@ run:
 """
 
 
-def starter_playbook(path: str, host: str) -> str:
-    """The commented starter text for `path`, aimed at `host`."""
-    return STARTER.format(path=path, host=host)
+def rehearsal_host() -> str:
+    """The first host of the sandbox `migrate sandbox up` brings up here ($MIGRATE_SANDBOX, else sandbox1)."""
+    from migrate.sandbox.manager import DEFAULT_NAME, SandboxSettings
+
+    try:
+        return SandboxSettings.from_env().alias(1)
+    except UsageError:  # a bad $MIGRATE_SANDBOX: `sandbox up` says so itself
+        return f"{DEFAULT_NAME}1"
+
+
+def starter_playbook(path: str, host: str, sandbox_host: str = "sandbox1") -> str:
+    """The commented starter text for `path`, aimed at `host`, rehearsed on `sandbox_host`."""
+    return STARTER.format(path=quote(path), host=host, sandbox_host=sandbox_host)
 
 
 @click.command("init", context_settings=CONTEXT_SETTINGS)
@@ -61,8 +72,10 @@ def command(path: str, host: str, force: bool, as_json: bool) -> None:
     target = Path(path)
     if target.exists() and not force:
         raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")
-    target.write_text(starter_playbook(path, host))
+    sandbox_host = rehearsal_host()
+    target.write_text(starter_playbook(path, host, sandbox_host))
     if as_json:
         ui.print_json({"path": str(target), "host": host})
         return
-    ui.info(f"wrote {target}; edit it, then rehearse with `migrate apply {path} -H sandbox1 --dry-run`")
+    ui.info(f"wrote {target}; edit it, then rehearse on the sandbox (`migrate sandbox up`): "
+            f"`migrate apply {quote(path)} -H {sandbox_host} --dry-run`")

@@ -9,7 +9,7 @@ import click
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
-from migrate.jobs.client import agent_session
+from migrate.jobs.client import agent_session, check_job_refs
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -37,6 +37,7 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     the dispatcher is not running it records the job's end itself and warns, and a queued job that
     cannot start (no dispatcher, paused queue) ends the follow with an error.
     """
+    check_job_refs([job])
     if tail_n is not None:
         old_spelling(f"logs -n {tail_n}", f"logs --tail {tail_n}", SHORT_N)
         tail = tail_n

@@ -8,7 +8,7 @@ from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
-from migrate.jobs.client import call_agent, print_answer, report_dispatcher
+from migrate.jobs.client import call_agent, check_job_refs, print_answer, report_dispatcher
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -22,6 +22,7 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, as_json: boo
 
     The next attempt appends to the same log and gets its --retries budget back.
     """
+    check_job_refs(jobs)
     if cluster_state.exists(host):  # a cluster name (issue 14)
         cluster_jobs.retry(host, conn, jobs, as_json=as_json)
         return

@@ -11,6 +11,7 @@ from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import state as cluster_state
 from migrate.cluster.shell import open_cluster_session
 from migrate.errors import UsageError
+from migrate.jobs.client import check_job_refs
 from migrate.jobs.shell import SessionRequest, dry_run_argv, open_session
 from migrate.remote import shell as quoting
 from migrate.remote.hosts import ConnectOptions
@@ -19,6 +20,7 @@ RANK_HELP = "On a cluster, the rank of a --nodes job to enter (default 0)."
 
 
 def _finish(request: SessionRequest, dry_run: bool, rank: int | None = None) -> None:
+    check_job_refs([request.job])
     if cluster_state.exists(request.host):  # a cluster name (issue 14): enter the job where it runs
         if request.job is None:
             raise UsageError(f"{request.host} is a cluster: give a JOB",

@@ -13,6 +13,7 @@ from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.errors import MigrateError
 from migrate.jobs.tunnel import check_local_ports, parse_forwards, ssh_forward_args
+from migrate.remote import shell as quoting
 from migrate.remote.connection import target_for
 from migrate.remote.hosts import ConnectOptions, openssh_argv
 
@@ -42,7 +43,7 @@ def command(host: str, ports: tuple[str, ...], conn: ConnectOptions, bind: str, 
     """
     argv, forwards = tunnel_argv(host, conn, ports, bind)
     if dry_run:
-        sys.stdout.write(" ".join(argv) + "\n")
+        sys.stdout.write(quoting.join(argv) + "\n")  # pasteable: UserKnownHostsFile has a space
         return
     check_local_ports(forwards, bind)
     for f in forwards:

@@ -43,6 +43,15 @@ def _makedirs(path: str, owner: tuple[int, int] | None) -> None:
             os.chown(d, *owner)
 
 
+def file_in_the_way(directory: str) -> str | None:
+    """The existing file (not a directory) at `directory` or above it, which would stop `mkdir -p`; None if
+    there is none."""
+    p = os.path.abspath(directory)
+    while not os.path.lexists(p):
+        p = os.path.dirname(p)
+    return None if os.path.isdir(p) else p
+
+
 def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
               options: PushDataOptions, *, reach: Reach | None = None) -> DataPushResult:
     """Fetch HOST:SRC so that its contents become LOCAL_DEST (same rules as push, reversed); errors raise."""
@@ -65,6 +74,12 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
                               into=options.into, dest_is_dir=os.path.isdir(dest))
         where = f"{remote.target.alias}:"
         ui.info(f"{where}{m.source_arg} -> {m.landing}" + (" (contents)" if m.mode == "contents" else ""))
+        blocker = file_in_the_way(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."))
+        if blocker:
+            raise MigrateError(f"{blocker} is a file; a directory cannot become it"
+                               if blocker == os.path.abspath(m.landing)
+                               else f"{blocker} is a file, so {m.landing} cannot be created",
+                               hint="choose another local DEST; nothing was copied")
         existing = m.landing
         while existing and not os.path.exists(existing):
             existing = os.path.dirname(existing.rstrip("/")) or "."

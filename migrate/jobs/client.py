@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from migrate import ui
+from migrate.agent.db import job_ref_problem
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
 from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
@@ -276,6 +277,14 @@ def call_agent(host: str, conn: ConnectOptions, args: list[str], *, what: str,
         if data.get("no_queue"):
             raise no_queue_error(client.remote.name)
         return data, client.remote.name
+
+
+def check_job_refs(refs: Iterable[str | None]) -> None:
+    """Refuse a JOB argument that can name no job (a 38-digit id) before connecting: one usage line."""
+    for ref in refs:
+        problem = job_ref_problem(ref) if ref is not None else None
+        if problem:
+            raise UsageError(problem, hint="give a job's id, name or key as `migrate status HOST` lists it")
 
 
 def print_answer(host_name: str, data: dict) -> None:

@@ -24,6 +24,7 @@ import yaml
 
 from migrate.errors import UsageError
 from migrate.remote import shell
+from migrate.yaml_depth import check_nesting
 
 COMPOSE_ROOT = ".migrate/compose"
 
@@ -56,8 +57,10 @@ def plan_compose(file: str, name: str | None = None) -> ComposePlan:
     path = Path(file)
     if not path.is_file():
         raise UsageError(f"compose file {file} not found")
+    text = path.read_text()
+    check_nesting(text, file)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -21,6 +21,7 @@ from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
 from migrate.jobs.limits import check_job_count, sweep_size
 from migrate.units import MIB, parse_size
+from migrate.yaml_depth import check_nesting
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -249,6 +250,7 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read jobs file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
+    check_nesting(text, str(p))
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

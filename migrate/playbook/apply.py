@@ -94,8 +94,12 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
 
     _build_images(pb, dry_run)
     from migrate.image.hostpull import pull_images
+    from migrate.image.local import image_exists
 
-    built_later = {i.name for i in pb.images if i.build} if dry_run else set()
+    # a dry run builds nothing: an image built before (an earlier apply) is checked against the hosts as
+    # the real apply checks its rebuild (the same image while its Dockerfile and context are unchanged);
+    # one never built would be pushed whole
+    built_later = {i.name for i in pb.images if i.build and not image_exists(i.name)} if dry_run else set()
     names = [i.name for i in pb.images if i.name not in built_later and not i.pull]
     pulls = [i.name for i in pb.images if i.pull]
     # in a dry run, a host whose setup would still change (e.g. install Docker) cannot be asked yet

@@ -22,6 +22,7 @@ from migrate.jobs.limits import MAX_JOBS, sweep_size
 from migrate.jobs.spec import PLACEHOLDER, grid
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
 from migrate.remote.hosts import HostSpec
+from migrate.yaml_depth import check_nesting
 
 _constructor = yaml.constructor.SafeConstructor()
 
@@ -252,6 +253,7 @@ def _node_kind(node: yaml.Node) -> str:
 def parse_playbook(text: str, path: Path) -> Playbook:
     """Validate playbook text; raise PlaybookError listing every problem with its line number."""
     filename = str(path)
+    check_nesting(text, filename, PlaybookError)
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:

@@ -21,6 +21,7 @@ prompt responder, never on a command line, in a file or in a log.
 from __future__ import annotations
 
 import base64
+import errno
 import getpass
 import hashlib
 import io
@@ -257,6 +258,27 @@ def _certifies(cert_blob: bytes, key: paramiko.PKey) -> bool:
     return cert.get_remainder().startswith(plain.get_remainder())
 
 
+# paramiko's words when the TCP connection opened but no SSH greeting came: the peer closed it or sent
+# something else ("Error reading SSH protocol banner"), or said nothing until the connect timeout, after
+# which paramiko goes on to authenticate on a dead transport ("No existing session")
+NOT_SSH = ("Error reading SSH protocol banner", "No existing session")
+
+
+def unreachable_error(where: str, exc: NoValidConnectionsError) -> ConnectError:
+    """Why no address of the host took the connection, in the system's words (refused, no route)."""
+    codes = {getattr(e, "errno", None) for e in exc.errors.values()}
+    if codes == {errno.ECONNREFUSED}:
+        return ConnectError(f"cannot connect to {where}: connection refused",
+                            hint="is sshd running there, and is the port right (--port)?")
+    if errno.EHOSTUNREACH in codes:
+        return ConnectError(f"cannot connect to {where}: no route to host",
+                            hint="nothing answers at that address: is it right, and is the host up?")
+    reasons = sorted({(os.strerror(e.errno) if getattr(e, "errno", None) else str(e)).lower()
+                      for e in exc.errors.values()})
+    return ConnectError(f"cannot connect to {where}: {'; '.join(reasons)}",
+                        hint="check the address and your network")
+
+
 def _authentication_failed(t: SshTarget) -> ConnectError:
     keys = ", ".join(t.identity_files) or "ssh-agent and default keys"
     if t.identity_agent == "none":
@@ -317,9 +339,11 @@ class Remote:
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve host '{t.hostname}': {exc.strerror or exc}",
                                hint="check the name, or add a Host entry to ~/.ssh/config") from exc
-        except NoValidConnectionsError as exc:
-            raise ConnectError(f"cannot connect to {where}: connection refused",
-                               hint="is sshd running there, and is the port right (--port)?") from exc
+        except UnicodeError as exc:  # the resolver's IDNA encoding refused the name
+            raise ConnectError(f"malformed host {t.hostname!r}: {exc}",
+                               hint="check the name, or add a Host entry to ~/.ssh/config") from exc
+        except NoValidConnectionsError as exc:  # every address refused, or had no route
+            raise unreachable_error(where, exc) from exc
         except (socket.timeout, TimeoutError) as exc:
             raise ConnectError(f"timed out connecting to {where} after {t.connect_timeout}s",
                                hint="check the address, VPN or firewall; raise --connect-timeout") from exc
@@ -328,6 +352,10 @@ class Remote:
         except paramiko.SSHException as exc:
             if "No authentication methods available" in str(exc):  # no key file, no agent, no password
                 raise _authentication_failed(t) from exc
+            if any(m in str(exc) for m in NOT_SSH):
+                raise ConnectError(f"{where} accepted the connection but did not answer as an SSH server",
+                                   hint="is that the SSH port (--port)? sshd also drops new connections when "
+                                        "it has too many (MaxStartups)") from exc
             raise ConnectError(f"ssh error talking to {where}: {exc}") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}",

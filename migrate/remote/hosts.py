@@ -9,10 +9,13 @@ the same keys and the same host-key checks.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import os
 import re
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,10 +126,29 @@ class SshTarget:
 
 
 def user_ssh_config_path(options: ConnectOptions | None = None) -> Path:
-    """`--ssh-config`, else $MIGRATE_SSH_CONFIG, else ~/.ssh/config."""
+    """`--ssh-config`, else $MIGRATE_SSH_CONFIG, else ~/.ssh/config; a file named by either must exist
+    (a typo would otherwise silently drop every setting the user meant to give)."""
     if options and options.ssh_config_path:
-        return Path(options.ssh_config_path).expanduser()
-    return Path(os.environ.get("MIGRATE_SSH_CONFIG", "~/.ssh/config")).expanduser()
+        path, named_by = Path(options.ssh_config_path).expanduser(), "--ssh-config"
+    elif os.environ.get("MIGRATE_SSH_CONFIG"):
+        path, named_by = Path(os.environ["MIGRATE_SSH_CONFIG"]).expanduser(), "$MIGRATE_SSH_CONFIG"
+    else:
+        return Path("~/.ssh/config").expanduser()
+    if not path.exists():
+        raise UsageError(f"ssh config {path} ({named_by}) does not exist",
+                         hint=f"give an existing file, or leave {named_by} out to use ~/.ssh/config")
+    return path
+
+
+def read_ssh_config(path: Path) -> str:
+    """An ssh_config file as OpenSSH reads it: bytes, never decoded strictly (a Latin-1 comment is fine);
+    bytes that are not UTF-8 come back as surrogates and `encode_ssh_config` restores them exactly."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
+def encode_ssh_config(text: str) -> bytes:
+    """The bytes of ssh_config text from `read_ssh_config`, unchanged (pure)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 class SshConfigSet:
@@ -144,7 +166,7 @@ class SshConfigSet:
         self.sources: list[Path] = []
         for path in [*(extra_configs or []), user_config]:
             try:
-                parts.append(path.read_text())
+                parts.append(read_ssh_config(path))
                 self.sources.append(path)
             except FileNotFoundError:
                 continue
@@ -172,52 +194,144 @@ class SshConfigSet:
     def openssh_file(self) -> Path | None:
         """A private file with the same text for `ssh -F` (None: plain ~/.ssh/config suffices).
 
-        Written again when it has gone since the last call (`sandbox down` removes the cached files
-        that name its hosts, which may include ours), so call it before each `ssh` started.
+        This process holds a shared lock on it until it exits, so `sandbox down` (which removes the
+        cached files naming its hosts) leaves it alone; written again if it has gone anyway, so call
+        it before each `ssh` started.
         """
         default = Path("~/.ssh/config").expanduser()
         if self.sources == [default] or (not self.sources and self.user_config == default):
             return None  # plain `ssh` reads the same: ~/.ssh/config (and /etc/ssh/ssh_config)
         if self._file is not None and self._file.exists():
             return self._file
-        digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        data = encode_ssh_config(self.text)
         cache = private_dir(cache_root())
-        path = cache / f"{CONFIG_CACHE_PREFIX}{digest}"
-        if not path.exists():
-            _prune_stale(cache, f"{CONFIG_CACHE_PREFIX}*", max_age_s=7 * 86400)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(self.text)
-            tmp.chmod(0o600)
-            tmp.replace(path)
-        else:
-            path.touch()  # in use: keep it out of the pruning
+        path = cache / f"{CONFIG_CACHE_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}"
+        for _ in range(10):  # a `sandbox down` may remove it between our write and our lock: write again
+            if not path.exists():
+                _prune_stale(cache, f"{CONFIG_CACHE_PREFIX}*", max_age_s=7 * 86400)
+                write_private_atomically(path, data)
+            else:
+                path.touch()  # in use: keep it out of the pruning
+            if _hold(path):
+                break
         self._file = path
         return self._file
 
 
+def write_private_atomically(path: Path, data: bytes) -> None:
+    """Create `path` (0600) whole through a temporary file of a unique name in the same directory: any
+    number of threads and processes may write the same file at once. The first one's file stays (a
+    hard link never replaces), so a lock taken on it stays on the file the path names."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=_TMP_SUFFIX)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another writer was first, with the same text (the name is its hash)
+        except OSError:  # a filesystem without hard links
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+_TMP_SUFFIX = ".tmp"
+# cached `ssh -F` files this process uses -> an open descriptor holding a shared flock on each, kept
+# until the process exits: `sandbox down` removes a cached file only when it gets the exclusive lock
+_HELD: dict[Path, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _hold(path: Path) -> bool:
+    """Take (or keep) a shared lock on the cached file `path`; False when it went before we had it."""
+    with _HELD_LOCK:
+        held = _HELD.get(path)
+        if held is not None and _same_file(held, path):
+            return True
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not _same_file(fd, path):  # removed (or replaced) while we waited for the lock
+            os.close(fd)
+            return False
+        if held is not None:
+            os.close(held)
+        _HELD[path] = fd
+        return True
+
+
+def _release(path: Path) -> None:
+    """Drop this process's own lock on `path` (it is about to remove the file itself)."""
+    with _HELD_LOCK:
+        fd = _HELD.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def _remove_unless_in_use(path: Path) -> bool:
+    """Remove cached file `path` unless a live process holds its lock (`openssh_file`); True if removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a running command uses it; the 7-day pruning takes it once nobody does
+        if not _same_file(fd, path):
+            return False
+        path.unlink()  # still locked: whoever opens the path next sees another file (or none) and writes it
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_cached_configs(marker: str) -> list[Path]:
     """Remove the cached `ssh -F` files whose text contains `marker` (a sandbox's header line, so
-    `sandbox down` takes the files naming its hosts and leaves every other one); return them."""
+    `sandbox down` takes the files naming its hosts and leaves every other one), except those a
+    running command still uses (other sandboxes' commands read the same text); return them."""
     removed = []
     for path in cache_root().glob(f"{CONFIG_CACHE_PREFIX}*"):
+        if path.name.endswith(_TMP_SUFFIX):
+            continue  # another process's file being written
         try:
-            if marker in path.read_text(errors="replace"):
-                path.unlink()
-                removed.append(path)
+            if marker not in path.read_text(errors="replace"):
+                continue
         except OSError:
             continue
+        _release(path)  # this process's own use ends here: it writes the file again if it needs it
+        if _remove_unless_in_use(path):
+            removed.append(path)
     return removed
 
 
 def _prune_stale(directory: Path, pattern: str, max_age_s: float) -> None:
-    """Remove cache files matching `pattern` not used for `max_age_s` (old sandbox configs pile up)."""
+    """Remove cache files matching `pattern` not used for `max_age_s` (old sandbox configs pile up),
+    and half-written ones a killed process left; never one a live process holds."""
     import time
 
     cutoff = time.time() - max_age_s
     for old in directory.glob(pattern):
         try:
             if old.stat().st_mtime < cutoff:
-                old.unlink()
+                _remove_unless_in_use(old)
         except OSError:
             continue
 
@@ -256,7 +370,9 @@ def ssh_g(host: str, *, config_file: Path | None, user: str | None = None, port:
         import subprocess
 
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            # a value may hold bytes that are not UTF-8 (OpenSSH never decodes): keep them, never crash
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="surrogateescape", timeout=60,
+                                  stdin=subprocess.DEVNULL)
         except FileNotFoundError as exc:
             raise UsageError("the OpenSSH client `ssh` is not installed",
                              hint="install it (openssh-client): migrate reads host settings with `ssh -G`") from exc
@@ -309,7 +425,16 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
     if not 0 < port < 65536:
         raise UsageError(f"port {port} out of range", hint="ports are 1-65535")
     hostname = one("hostname", alias)
+    problem = hostname_problem(hostname)
+    if problem:
+        raise UsageError(f"malformed host {hostname!r}: {problem}",
+                         hint="a host name has parts of 1 to 63 characters between dots")
     user = one("user") or getpass.getuser()
+    for key, value in (("HostName", hostname), ("User", user)):
+        raw = encode_ssh_config(value)
+        if raw != value.encode("utf-8", "replace"):  # bytes kept by read_ssh_config; no server takes them
+            raise UsageError(f"the ssh config gives {alias} a {key} that is not UTF-8 text: "
+                             f"{raw.decode('utf-8', 'backslashreplace')}", hint="write it in ASCII or UTF-8")
     configured = values.get("identityfile", [])
     if configured == _default_identity_files():
         configured = []  # OpenSSH's defaults: paramiko looks for them itself
@@ -351,6 +476,22 @@ def target_from_ssh_g(alias: str, values: dict[str, list[str]], options: Connect
         certificate_files=[expand_tokens(p, alias=alias, hostname=hostname, port=port, user=user)
                            for p in values.get("certificatefile", [])],
     )
+
+
+def hostname_problem(hostname: str) -> str | None:
+    """Why `hostname` can be no DNS name, or None (pure). Python's resolver refuses such a name with an
+    IDNA UnicodeError, OpenSSH with 'Could not resolve hostname'."""
+    name = hostname[:-1] if hostname.endswith(".") else hostname
+    if ":" in name:
+        return None  # an IPv6 address
+    if len(name) > 253:
+        return "longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "an empty part between dots"
+        if len(label) > 63:
+            return f"a part longer than 63 characters ({label[:12]}...)"
+    return None
 
 
 def identity_agent_from(value: str, *, alias: str, hostname: str, port: int, user: str) -> str | None:

@@ -67,7 +67,7 @@ def _user_default_config_text() -> str:
     parts = []
     for path in [Path("/etc/ssh/ssh_config"), *sorted(Path("/etc/ssh/ssh_config.d").glob("*.conf"))]:
         try:
-            parts.append(path.read_text())
+            parts.append(path.read_text(errors="surrogateescape"))  # only the ASCII `Ciphers` keyword matters
         except OSError:
             continue
     return "\n".join(parts)

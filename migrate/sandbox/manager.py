@@ -159,11 +159,25 @@ def host_apt_conf() -> str:
 
 
 @contextmanager
-def _build_lock(path: Path):
+def _build_lock(path: Path, holder: str):
+    """The image build lock (one build at a time on this machine); says so when another holds it.
+
+    `holder` (who we are) is written into the file once we hold it, so a waiter can name us.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(path, "a+") as fh:  # not "w": that would erase the holder's name before we may read it
         try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip() or "another `migrate sandbox up`"
+            ui.info(f"waiting for {other} to finish building the sandbox image (lock {path})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(holder)
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -202,7 +216,7 @@ class Sandbox:
 
     def build(self, force: bool = False) -> None:
         """Make sure the sandbox image exists for the current recipe (cached rootfs tarball)."""
-        with _build_lock(self.cache / "build.lock"):
+        with _build_lock(self.cache / "build.lock", f"sandbox '{self.s.name}' (pid {os.getpid()})"):
             if not force and self.image_is_current():
                 ui.debug(f"sandbox image {self.s.image} is current (recipe {self.recipe_id})")
                 return

@@ -161,7 +161,8 @@ def print_reports(reports: list[HostSetupReport], *, verb: str = "host-setup") -
                     seen.add(w)
                     ui.warn(f"{r.host}: {w}")
     if root_hosts:
-        ui.warn(ROOT_EQUIVALENT.format(host=", ".join(root_hosts)))
+        # hosts are separate arguments: `host-setup hx1, hx2 --undo` was itself a usage error
+        ui.warn(ROOT_EQUIVALENT.format(host=", ".join(root_hosts), host_args=shell.join(root_hosts)))
     rows = []
     for r in reports:
         failed = next((s for s in r.steps if s.status == "failed"), None)

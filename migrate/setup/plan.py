@@ -26,7 +26,7 @@ STEP_ORDER = ["host", "docker-repo", "docker-engine", "nvidia-repo", "nvidia-too
               "docker-service", "docker-group", "verify"]
 
 ROOT_EQUIVALENT = ("members of the docker group are root-equivalent on {host} (they can mount / into a "
-                   "container); remove yourself with `migrate host-setup {host} --undo` when done")
+                   "container); remove yourself with `migrate host-setup {host_args} --undo` when done")
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def plan_docker_group(state: SetupFacts, ctx: PlanContext) -> StepPlan:
                      "install docker-cli (Debian 13+) or docker-ce-cli; `migrate doctor HOST` shows what is there")
     if state.user_in_docker_group():
         return StepPlan(name, "ok", f"{h.user} is in group docker")
-    warning = ROOT_EQUIVALENT.format(host=ctx.display or "this host")
+    warning = ROOT_EQUIVALENT.format(host=ctx.display or "this host", host_args=shell.quote(ctx.display or "HOST"))
     action = AddToGroup("docker", h.user, create=not state.docker_group)
     state.docker_group = True
     state.docker_group_members.append(h.user)

@@ -54,6 +54,13 @@ def test_sandbox_demo_end_to_end_then_reapply_changes_nothing(apply_host):
     assert [j["state"] for j in jobs] == ["done"] * 4, jobs
     logs = run_cli("logs", host, str(jobs[0]["id"]), env=env)
     assert logs.code == 0 and "result {" in logs.stdout, logs.output
+    # a dry run now says what the second apply will: nothing (issue 20: `would push 1 image(s)` for the
+    # image with `build:`, which the real apply rebuilds from cache and finds up to date)
+    res = run_cli("apply", str(PLAYBOOKS / "sandbox-demo.yml"), "--hosts", host, "--dry-run", "--json", env=env,
+                  timeout=600)
+    assert res.code == 0, res.output
+    dry = json.loads(res.stdout)
+    assert dry["changed"] == 0 and dry["results"][host]["images"]["text"] == "up to date", dry
     # second apply: every stage says nothing to do, and no job is queued twice
     res = run_cli("apply", str(PLAYBOOKS / "sandbox-demo.yml"), "--hosts", host, "--json", env=env, timeout=600)
     assert res.code == 0, res.output

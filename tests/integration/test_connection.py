@@ -262,3 +262,12 @@ def test_identity_agent_and_certificate_file_work_on_both_paths(sandbox_hosts, t
     finally:
         _stop_second_sshd(h["container"])
         subprocess.run(["docker", "exec", h["container"], "rm", "-rf", pushed.rsplit("/", 1)[0]], timeout=60)
+
+
+def test_an_unused_address_on_the_sandbox_network_says_no_route_to_host(sandbox_hosts):
+    """Issue 20: an address nothing answers at (no ARP reply) was reported as "connection refused"."""
+    import ipaddress
+
+    addr = str(ipaddress.ip_network(Sandbox().s.subnet).network_address + 250)  # hosts are .11, .12, ...
+    res = run_cli("doctor", f"alice@{addr}", "--connect-timeout", "15")
+    assert_one_line_error(res, f"cannot connect to {addr} port 22: no route to host")

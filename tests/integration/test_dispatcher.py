@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from migrate.errors import MigrateError
 from migrate.jobs.client import AgentClient
 from tests.conftest import assert_one_line_error
 from tests.integration.sandbox_host import DOCKER_INSTALL, SandboxHost
@@ -440,6 +441,12 @@ def test_read_only_verbs_change_nothing_on_a_fresh_account(h1):
 
 def test_user_errors_are_one_line(h2):
     assert_one_line_error(h2.cli("logs", h2.alias, "99999"), "no job '99999'")
+    # issue 20.6: an id SQLite cannot hold was a remote OverflowError; the agent answers it itself (for
+    # clients that do not check it first: this one refuses it before connecting, exit 2)
+    for verb in ("logs", "cancel", "retry"):
+        with pytest.raises(MigrateError, match="job id 1{38} is out of range"):
+            h2.agent(verb, "1" * 38)
+    assert h2.cli("logs", h2.alias, "1" * 38).code == 2
     assert_one_line_error(h2.cli("cancel", h2.alias, "nosuchjob"), "no job 'nosuchjob'")
     (job,) = h2.run_json("--gpus-per-job", "0", "--", "sleep 30")
     assert_one_line_error(h2.cli("retry", h2.alias, str(job["id"])), "not finished")

@@ -126,6 +126,16 @@ def test_find_by_id_key_and_name(q):
         q.find("nope")
 
 
+def test_an_id_sqlite_cannot_hold_is_a_clear_error_and_other_digits_are_names(q):
+    """Issue 20.6: `logs HOST <38 digits>` was an OverflowError from SQLite (cancel/retry/exec: internal error)."""
+    (job,) = q.submit([spec(name="\u0663")])  # Arabic-Indic three: a name, not job 3
+    with pytest.raises(QueueError, match="job id 1{38} is out of range"):
+        q.find("1" * 38)
+    with pytest.raises(QueueError, match="no job"):
+        q.find(str(db.MAX_JOB_ID))
+    assert q.find("\u0663")["id"] == job["id"]
+
+
 def test_recent_hides_old_finished_jobs(q):
     ids = [j["id"] for j in q.submit([spec() for _ in range(30)])]
     for jid in ids[:25]:

@@ -120,6 +120,34 @@ def test_apply_dry_run_passes_dry_run_to_every_package_and_queues_nothing(packag
     assert report.cells[("h1", "run")].text == "would queue 2 job(s)"
 
 
+@pytest.mark.parametrize("built_before", [True, False])
+def test_a_dry_run_checks_an_image_built_before_as_the_real_apply_does(monkeypatch, capsys, built_before):
+    """Issue 20: right after an apply of sandbox-demo.yml (an image with `build:`), `--dry-run` said
+    `would push 1 image(s)` while the real apply said up to date: the dry run never asked the host."""
+    from migrate.image import local as image_local
+    from migrate.image import push as image_push
+    from migrate.playbook import apply as apply_mod
+
+    asked: list[list[str]] = []
+
+    def push_images(names, hosts, conn, options):
+        asked.append(list(names))
+        return [image_push.ImagePushResult(image=n, host=h, status="up to date") for n in names for h in hosts]
+
+    monkeypatch.setattr(image_push, "push_images", push_images)
+    monkeypatch.setattr(image_local, "image_exists", lambda ref: built_before)
+    monkeypatch.setattr(apply_mod.local, "run", lambda *a, **k: pytest.fail("a dry run ran docker build"))
+    pb = parse_playbook("hosts: [h1]\nimages: [{name: lab/built:1, build: ./ctx}, lab/plain:1]\n",
+                        Path("/p/exp.yml"))
+    report = apply_playbook(pb, ["h1"], ConnectOptions(), only=["images"], dry_run=True)
+    cell = report.cells[("h1", "images")]
+    if built_before:
+        assert asked == [["lab/built:1", "lab/plain:1"]] and (cell.text, cell.changed) == ("up to date", 0)
+    else:  # never built here: nothing to compare, it would be built and pushed whole
+        assert asked == [["lab/plain:1"]] and (cell.text, cell.changed) == ("would push 1 image(s)", 1)
+    assert "would build: docker build -t lab/built:1" in capsys.readouterr().err
+
+
 # -- 2. a dry run on recording hosts changes nothing, through every stage --------------------------
 @pytest.fixture
 def hosts(monkeypatch, tmp_path):

@@ -54,6 +54,42 @@ def test_port_option_is_validated():
     assert res.code == 2
 
 
+@pytest.mark.parametrize("base,ok", [("65000", False), ("1023", False), ("1024", True)])
+def test_cluster_port_base_keeps_every_ray_port_a_port(base, ok):
+    """Issue 20.6: `--port-base 65000` was accepted and died in bind() with an OverflowError traceback."""
+    from migrate.cluster.plan import ports_from
+    from migrate.commands.cluster import MAX_PORT_BASE
+
+    assert max(vars(ports_from(MAX_PORT_BASE)).values()) == 65535
+    res = run_cli("cluster", "up", "lab", "nosuch.invalid", "--port-base", base, "--dry-run")
+    if ok:
+        assert "out of range" not in res.output
+        return
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr == f"error: --port-base {base} is out of range (Ray's ports would be {base} to " \
+                         f"{int(base) + 65535 - MAX_PORT_BASE}) (hint: give 1024 to {MAX_PORT_BASE})\n"
+
+
 def test_no_verb_shows_help_and_is_not_success():
     res = run_cli()
     assert res.code == 2 and "Usage: migrate" in res.output
+
+
+def test_an_error_wrapping_another_prints_one_hint():
+    """Issue 20: a cluster push failure printed `(hint: ...) (hint: ...)`: an error's one line (hint
+    included) inside another error that has its own hint."""
+    from migrate.errors import MigrateError
+
+    inner = MigrateError("no space left on gpu2", hint="free some space").one_line()
+    outer = MigrateError(f"could not push app:1 to gpu2: {inner}", hint="nothing was submitted")
+    assert outer.one_line() == "could not push app:1 to gpu2: no space left on gpu2 (hint: free some space; " \
+                               "nothing was submitted)"
+    assert outer.one_line().count("(hint:") == 1
+    same = MigrateError(f"a: {inner}", hint="free some space")
+    assert same.one_line() == "a: no space left on gpu2 (hint: free some space)"
+    # hints inside a list of failures stay with their host; only the last one is merged with the outer one
+    both = MigrateError(f"h1: {inner}; h2: down", hint="rerun").one_line()
+    assert both == "h1: no space left on gpu2 (hint: free some space); h2: down (hint: rerun)"
+    assert MigrateError("x (hint: a) then y (z)", hint="h").one_line() == "x (hint: a) then y (z) (hint: h)"
+    assert MigrateError("plain", hint="h").one_line() == "plain (hint: h)"
+    assert MigrateError("plain.").one_line() == "plain"

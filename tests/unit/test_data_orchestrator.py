@@ -3,6 +3,8 @@ changes nothing (issue 13)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from migrate.data import pull, push
@@ -230,3 +232,19 @@ def test_pull_refuses_to_delete_local_files_without_yes(tmp_path):
 def test_pull_of_a_missing_source_says_so():
     with pytest.raises(MigrateError, match="gpu:/nope not found"):
         run_pull(FakeHost().reply(r"kv kind", "kind=none\n"), "/nope", "/tmp/x")
+
+
+@pytest.mark.parametrize("dest,into,message", [
+    ("taken", False, "{t}/taken is a file; a directory cannot become it"),
+    ("taken", True, "{t}/taken is a file, so {t}/taken/exp1 cannot be created"),
+    ("taken/sub", False, "{t}/taken is a file, so {t}/taken/sub cannot be created"),
+])
+@pytest.mark.parametrize("local_version", [(3, 2, 7), (3, 1, 0)])  # with rsync --mkpath, and making dirs itself
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_pull_of_a_directory_onto_a_local_file_is_one_line(tmp_path, dest, into, message, local_version, dry_run):
+    """Issue 20.6: `pull-data HOST:dir /tmp/existing-file` was a FileExistsError traceback."""
+    (tmp_path / "taken").write_text("mine\n")
+    host = source_host()
+    with pytest.raises(MigrateError, match=re.escape(message.format(t=tmp_path))):
+        run_pull(host, "/runs/exp1", str(tmp_path / dest), local_version=local_version, into=into, dry_run=dry_run)
+    assert host.streams() == [] and (tmp_path / "taken").read_text() == "mine\n"

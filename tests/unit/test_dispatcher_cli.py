@@ -36,6 +36,12 @@ def usage_error(res, needle: str) -> None:
     (["run", "alice@", "--", "x"], "malformed"),
     (["run", "h", "--image", "x;touch /tmp/pwned", "--", "true"], "bad image reference 'x;touch /tmp/pwned'"),
     (["run", "h", "--image", "MyLab/Train:v2", "--", "true"], "must be lowercase"),
+    # issue 20.6: a remote OverflowError (logs) or "internal error" (exec, cancel, retry) before
+    (["logs", "nosuch.invalid", "1" * 38], "job id " + "1" * 38 + " is out of range"),
+    (["exec", "nosuch.invalid", "1" * 38, "--", "true"], "is out of range"),
+    (["shell", "nosuch.invalid", "1" * 38, "--dry-run"], "is out of range"),
+    (["cancel", "nosuch.invalid", "3", "1" * 38], "is out of range"),
+    (["retry", "nosuch.invalid", "1" * 20], "is out of range"),
 ])
 def test_usage_errors(args, needle):
     usage_error(run_cli(*args), needle)
@@ -71,6 +77,20 @@ def test_tunnel_dry_run_uses_migrate_ssh_settings():
     assert out.startswith("ssh ") and "-N" in out and "ExitOnForwardFailure=yes" in out
     assert "-L 127.0.0.1:6006:localhost:6006" in out and "-L 127.0.0.1:16006:localhost:8888" in out
     assert "StrictHostKeyChecking=yes" in out
+
+
+def test_tunnel_dry_run_prints_a_command_that_pastes_into_a_shell():
+    """Issue 20: `UserKnownHostsFile=~/.ssh/known_hosts /etc/ssh/ssh_known_hosts` was printed unquoted."""
+    import shlex
+
+    from migrate.commands.tunnel import tunnel_argv
+    from migrate.remote.hosts import ConnectOptions
+
+    res = run_cli("tunnel", "somehost", "6006", "--dry-run")
+    assert res.code == 0, res.output
+    argv, _ = tunnel_argv("somehost", ConnectOptions(), ("6006",), "127.0.0.1")
+    assert shlex.split(res.stdout) == argv
+    assert any(a.startswith("UserKnownHostsFile=") and " " in a for a in argv)  # the case that broke
 
 
 def test_reboot_warning_is_one_sentence_with_readable_job_ids(tmp_path, capsys):

@@ -151,3 +151,96 @@ def test_stale_ssh_config_copies_are_pruned_and_used_ones_kept(tmp_path, monkeyp
 def test_bad_port_in_config_is_reported(tmp_path):
     with pytest.raises(UsageError, match="bad Port"):
         resolve(HostSpec.parse("x"), ConnectOptions(), _configs(tmp_path, "Host x\n  Port abc\n"))
+
+
+LATIN1_CONFIG = b"# caf\xe9: a Latin-1 comment, as OpenSSH takes it\nHost gpu\n  HostName 10.1.2.3\n  Port 2200\n"
+
+
+def test_a_non_utf8_byte_in_ssh_config_is_read_as_openssh_does(tmp_path, monkeypatch):
+    """Issue 20.5: one Latin-1 byte crashed every verb with UnicodeDecodeError; `ssh -G` takes the file."""
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / "cache"))
+    user = tmp_path / "config"
+    user.write_bytes(LATIN1_CONFIG)
+    cfg = SshConfigSet(user, [])
+    t = resolve(HostSpec.parse("gpu"), ConnectOptions(), cfg)
+    assert (t.hostname, t.port) == ("10.1.2.3", 2200)
+    assert cfg.openssh_file().read_bytes() == LATIN1_CONFIG  # `ssh -F` gets the bytes untouched
+    assert cfg.config.lookup("gpu")["hostname"] == "10.1.2.3"  # paramiko's reading (push-image) too
+
+
+@pytest.mark.parametrize("line,key", [(b"  HostName 10.1.2.\xe9\n", "HostName"), (b"  User al\xe9ice\n", "User")])
+def test_a_non_utf8_hostname_or_user_is_one_usage_line(tmp_path, line, key):
+    user = tmp_path / "config"
+    user.write_bytes(b"Host gpu\n" + line)
+    with pytest.raises(UsageError, match=f"gives gpu a {key} that is not UTF-8 text: .*\\\\xe9"):
+        resolve(HostSpec.parse("gpu"), ConnectOptions(), SshConfigSet(user, []))
+
+
+def test_every_verb_reads_a_non_utf8_ssh_config_and_refuses_a_missing_one(tmp_path):
+    import shlex
+
+    from tests.conftest import run_cli
+
+    env = {"MIGRATE_CACHE_DIR": str(tmp_path / "cache"), "MIGRATE_STATE_DIR": str(tmp_path / "state")}
+    user = tmp_path / "config"
+    user.write_bytes(LATIN1_CONFIG)
+    res = run_cli("tunnel", "gpu", "6006", "--dry-run", "--ssh-config", str(user), env=env)
+    assert res.code == 0, res.output
+    argv = shlex.split(res.stdout)
+    assert "HostName=10.1.2.3" in argv and "2200" in argv
+    assert Path(argv[argv.index("-F") + 1]).read_bytes() == LATIN1_CONFIG
+    for args, named in [(("--ssh-config", str(tmp_path / "nope")), "--ssh-config"), ((), "$MIGRATE_SSH_CONFIG")]:
+        res = run_cli("tunnel", "gpu", "6006", "--dry-run", *args,
+                      env={**env, "MIGRATE_SSH_CONFIG": str(tmp_path / "nope")})
+        assert res.code == 2 and res.stdout == "", res.output
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
+        assert f"ssh config {tmp_path / 'nope'} ({named}) does not exist" in res.stderr
+
+
+def test_many_threads_writing_the_same_cached_config_never_collide(tmp_path, monkeypatch):
+    """Issue 20.11: the temporary file was named after the pid, so two threads writing the same cached
+    `ssh -F` file renamed each other's file away (FileNotFoundError in a first `cluster up` on 2 hosts)."""
+    import threading
+
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / "cache"))
+    user = tmp_path / "config"
+    errors, paths = [], []
+    for round_ in range(5):  # each round a text never seen: every thread finds no file and writes it
+        user.write_text(f"Host gpu{round_}\n  Port 2200\n")
+        start = threading.Barrier(32)
+
+        def write(configs: SshConfigSet, start: threading.Barrier) -> None:
+            start.wait()
+            try:
+                paths.append(configs.openssh_file())
+            except Exception as exc:  # noqa: BLE001 - any exception is the failure we look for
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(SshConfigSet(user, []), start)) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(paths) == 160 and len(set(paths)) == 5 and all(p.read_text().startswith("Host gpu") for p in paths)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted({p.name for p in paths})  # no leftovers
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("a" * 64 + ".example", "a part longer than 63 characters"),
+    ("a..example", "an empty part between dots"),
+    (("a" * 60 + ".") * 4 + "a" * 60, "longer than 253 characters"),
+])
+def test_a_name_no_resolver_takes_is_one_usage_line(tmp_path, name, problem):
+    """Issue 20.6: `doctor <64-character label>.example` was an IDNA UnicodeError traceback."""
+    with pytest.raises(UsageError, match=f"malformed host .*: {problem}"):
+        resolve(HostSpec.parse(name), ConnectOptions(), _configs(tmp_path, ""))
+    assert resolve(HostSpec.parse("a" * 63 + ".example"), ConnectOptions(), _configs(tmp_path, ""))
+
+
+def test_doctor_of_a_name_with_a_64_character_label_is_one_line():
+    from tests.conftest import run_cli
+
+    res = run_cli("doctor", "a" * 64 + ".example")
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr.startswith("error: malformed host") and res.stderr.count("\n") == 1, res.stderr

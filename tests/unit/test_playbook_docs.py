@@ -27,6 +27,16 @@ def test_init_writes_once_and_refuses_to_overwrite(tmp_path):
     assert res.code == 1 and "already exists" in res.stderr
 
 
+def test_init_names_the_sandbox_that_sandbox_up_brings_up_here(tmp_path):
+    """Issue 20: init said `-H sandbox1` whatever $MIGRATE_SANDBOX named the sandbox."""
+    res = run_cli("init", "my plan.yml", env={"MIGRATE_SANDBOX": "lab"}, cwd=str(tmp_path))
+    assert res.code == 0, res.output
+    assert "`migrate apply 'my plan.yml' -H lab1 --dry-run`" in res.stderr and "sandbox1" not in res.stderr
+    assert "-H lab1" in (tmp_path / "my plan.yml").read_text()
+    res = run_cli("init", "p.yml", env={"MIGRATE_SANDBOX": "sandbox"}, cwd=str(tmp_path))
+    assert "-H sandbox1 --dry-run" in res.stderr
+
+
 def test_every_relative_link_in_the_docs_resolves():
     """Docs render as plain Markdown: every relative link points at an existing file (and anchor)."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "playbooks").glob("*.md"))]

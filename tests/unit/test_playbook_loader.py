@@ -112,3 +112,27 @@ def test_missing_local_paths_are_named_with_their_line_before_any_remote_work(tm
                                         f"{play}:3: images[0].build: {tmp_path / 'nobuild'} not found"]
     assert pb.missing_local_paths(["run"]) == []  # --only run needs none of them
     assert pb.missing_local_paths(["images"]) == [f"{play}:3: images[0].build: {tmp_path / 'nobuild'} not found"]
+
+
+DEEP = "hosts: [gpu]\nrun:\n  command: " + "[" * 500 + "]" * 500 + "\n"
+
+
+def test_yaml_nested_hundreds_of_levels_deep_is_one_line_naming_the_file(tmp_path):
+    """Issue 20.6: a playbook nested ~500 levels deep was a RecursionError traceback; jobs.yaml and compose
+    files are read by the same PyYAML."""
+    from migrate.errors import UsageError
+    from migrate.jobs.compose import plan_compose
+    from migrate.jobs.spec import load_jobs_file
+    from tests.conftest import run_cli
+
+    path = tmp_path / "deep.yml"
+    path.write_text(DEEP)
+    for read in (load_playbook, load_jobs_file, lambda p: plan_compose(str(p))):
+        with pytest.raises(UsageError, match=f"^{path}:3: nested more than 100 levels deep$"):
+            read(path)
+    res = run_cli("apply", str(path), "--dry-run")
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr.startswith(f"error: {path}:3: nested more than") and res.stderr.count("\n") == 1
+    # 100 levels (2 mappings, 98 lists) are read, and refused for what they are: a list where a command goes
+    with pytest.raises(PlaybookError, match="run.command"):
+        parse_playbook("hosts: [gpu]\nrun:\n  command: " + "[" * 98 + "]" * 98 + "\n", path)

@@ -453,7 +453,7 @@ def _fake_docker(tmp_path) -> dict:
                     'esac\nexit 0\n')
     fake.chmod(0o755)
     import os
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MIGRATE_SSH_CONFIG": str(tmp_path / "none")}
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MIGRATE_SSH_CONFIG": os.devnull}  # no user ssh_config
 
 
 def test_missing_image_is_not_found_not_no_image_given(tmp_path):

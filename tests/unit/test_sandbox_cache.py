@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.remote.hosts import SshConfigSet
+from migrate.remote.hosts import SshConfigSet, remove_cached_configs
 from migrate.sandbox.manager import Sandbox, SandboxSettings, config_marker
 
 
@@ -66,3 +66,75 @@ def test_image_streams_make_sure_the_config_file_is_there_before_each_ssh():
     calls = []
     master = ControlMaster(["ssh", "-F", "/x", "h"], alias="h", display="h", before_spawn=lambda: calls.append(1))
     assert master.argv("true")[-2:] == ["h", "true"] and master.argv("true") and len(calls) == 2
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from migrate.remote.hosts import SshConfigSet
+print(SshConfigSet(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]).openssh_file(), flush=True)
+sys.stdin.readline()  # a running command between two `ssh -F` starts (rsync -e, a benchmark)
+"""
+
+
+def test_down_leaves_a_cached_config_that_a_running_command_still_uses(dirs, tmp_path):
+    """Issue 20.10: `sandbox down` of one sandbox removed the `ssh -F` file a push-data on another was
+    using (`Can't open user config file`); a file in use stays until its last user has exited."""
+    import subprocess
+    import sys
+
+    cache, state = dirs
+    mine, other = _sandbox_config(state, "zcache"), _sandbox_config(state, "zother")
+    user = tmp_path / "user_config"
+    user.write_text("Host *\n  ServerAliveInterval 30\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(user), str(other), str(mine)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        in_use = Path(holder.stdout.readline().strip())
+        assert in_use.parent == cache and in_use.exists()
+        unused = SshConfigSet(user, [mine]).openssh_file()  # this process's own: no command runs with it
+        assert Sandbox(SandboxSettings(name="zcache")).down() and not unused.exists()
+        assert in_use.exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert remove_cached_configs(config_marker("zcache")) == [in_use]  # unused now: the next `down` takes it
+
+
+def test_up_says_it_waits_for_another_sandboxs_image_build(tmp_path, monkeypatch):
+    """Issue 20: `sandbox up` waited silently (65 s) on the build lock another sandbox held."""
+    import threading
+    import time
+
+    from migrate.sandbox import manager
+
+    said: list[str] = []
+    monkeypatch.setattr(manager.ui, "info", said.append)
+    lock = tmp_path / "build.lock"
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def other_build() -> None:
+        with manager._build_lock(lock, "sandbox 'other' (pid 4242)"):
+            entered.set()
+            release.wait(30)
+
+    def our_build() -> None:
+        with manager._build_lock(lock, "sandbox 'ours' (pid 1)"):
+            done.set()
+
+    threads = [threading.Thread(target=other_build), threading.Thread(target=our_build)]
+    threads[0].start()
+    assert entered.wait(30)
+    threads[1].start()
+    deadline = time.monotonic() + 30
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not done.is_set()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert done.is_set()
+    assert said == [f"waiting for sandbox 'other' (pid 4242) to finish building the sandbox image (lock {lock})"]
+    with manager._build_lock(lock, "sandbox 'third' (pid 2)"):  # free: no line
+        pass
+    assert len(said) == 1 and lock.read_text() == "sandbox 'third' (pid 2)"

@@ -398,3 +398,28 @@ def test_group_step_fails_on_a_missing_cli_with_the_right_cause():
     ctx_ = ctx(docker_source="distro", nvidia=False)
     p = plan_docker_group(copy.deepcopy(f), ctx_)
     assert p.status == "failed" and "`docker` command is missing" in p.detail and "group" not in p.detail
+
+
+def test_the_undo_command_in_the_root_equivalent_warning_is_one_the_cli_takes(monkeypatch):
+    """Issue 20: the summary said `migrate host-setup hx1, hx2 --undo`, itself a usage error."""
+    import re
+    import shlex
+
+    from migrate.commands.host_setup import command
+    from migrate.remote.hosts import HostSpec
+    from migrate.setup import orchestrator
+    from migrate.setup.options import HostSetupReport, StepResult
+
+    said: list[str] = []
+    monkeypatch.setattr(orchestrator.ui, "warn", said.append)
+    monkeypatch.setattr(orchestrator.ui, "table", lambda *a, **k: None)
+    warning = plans(installed(fresh(), member=False), nvidia=False)["docker-group"].warnings[0]
+    reports = [HostSetupReport(host=h, steps=[StepResult("docker-group", "changed", "", [warning])])
+               for h in ("hx1", "bob@hx2")]
+    orchestrator.print_reports(reports)
+    (line,) = [w for w in said if "root-equivalent" in w]
+    assert "root-equivalent on hx1, bob@hx2" in line
+    argv = shlex.split(re.search(r"`migrate (host-setup [^`]*)`", line).group(1))[1:]
+    params = command.make_context("host-setup", argv).params
+    assert params["hosts"] == ("hx1", "bob@hx2") and params["undo"]
+    assert [str(HostSpec.parse(h)) for h in params["hosts"]] == ["hx1", "bob@hx2"]
