@@ -15,6 +15,7 @@ from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
+from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
@@ -116,9 +117,13 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if on_cluster:
         if not dry_run:
             confirm_many_jobs(len(specs), where=host, yes=yes)
-        sys.exit(cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
-                                             nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
-                                             else gpus_per_node, template=plan))
+        seq = cluster_state.load(host).job_seq
+        code = cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
+                                           nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
+                                           else gpus_per_node, template=plan)
+        if not dry_run:  # the ids this run took (cluster ids count up): what `migrate wait NAME` waits for
+            lastrun.record(host, list(range(seq + 1, cluster_state.load(host).job_seq + 1)))
+        sys.exit(code)
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
     sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))

@@ -17,6 +17,7 @@ import uuid
 
 from migrate import ui
 from migrate.errors import UsageError
+from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.client import AgentClient, job_statuses, report_dispatcher, submit_jobs, submit_with
 from migrate.jobs.compose import ComposePlan, compose_job_command
@@ -171,6 +172,7 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
         if data.get("paused"):
             ui.warn(f"the queue on {remote.name} is paused: {data['paused']}")
         jobs = data["jobs"]
+        lastrun.record(host, [j["id"] for j in jobs])  # what `migrate wait HOST` waits for
         if as_json:
             ui.print_json({"host": remote.target.display, "jobs": jobs,
                            "dispatcher": (data.get("dispatcher") or {}).get("daemon")})

@@ -1,0 +1,98 @@
+"""`migrate wait`, `--notify` and `status -H` against real sshd hosts (dedicated sandbox `runq`, 3 hosts).
+
+The dispatcher tests (test_dispatcher.py) use runq1 and runq2; the wait and notify jobs here run on
+runq3, and the last test stops runq3 to show `status -H runq1 -H runq2 -H runq3` with a host down.
+Jobs are short CPU jobs (`--gpus-per-job 0`): everything is real (agent, dispatcher, processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.sandbox_host import SandboxHost
+
+FAKE = "/home/alice/.migrate/fake-gpus.json"
+BACKEND = f"fake:{FAKE}"
+
+
+class Host(SandboxHost):
+    def run(self, *args: str) -> list[dict]:
+        res = self.cli("run", self.alias, "--gpu-backend", BACKEND, "--gpus-per-job", "0", "--json", *args)
+        assert res.code == 0, res.output
+        return json.loads(res.stdout)["jobs"]
+
+    def states(self) -> dict[str, str]:
+        res = self.cli("status", self.alias, "--all", "--json")
+        assert res.code == 0, res.output
+        return {str(j["id"]): j["state"] for j in json.loads(res.stdout)["jobs"]}
+
+
+@pytest.fixture(scope="module")
+def runq(dedicated_sandbox):
+    from migrate.agent.gpus import fake_state
+
+    hosts = [Host(h) for h in dedicated_sandbox("runq", 3, gpus=4)]
+    h3 = hosts[2]
+    h3.sh("mkdir -p ~/.migrate && chmod 700 ~/.migrate")
+    h3.remote.put_bytes(json.dumps(fake_state(4)).encode(), FAKE, mode=0o600)
+    yield hosts
+    for h in hosts:
+        h.reset_connection()
+
+
+@pytest.fixture
+def h3(runq):
+    return runq[2]
+
+
+def test_wait_for_the_last_run_all_done_exits_0(h3):
+    jobs = h3.run("--sweep", "s=0,1", "--", "sleep {s}; echo slept {s}")
+    t0 = time.monotonic()
+    res = h3.cli("wait", h3.alias, "--interval", "0.3")
+    assert res.code == 0, res.output
+    assert time.monotonic() - t0 < 20
+    lines = [ln for ln in res.stdout.splitlines() if " job " in ln]  # a pipe: one line per finished job
+    assert len(lines) == 2 and all(" done, exit 0" in ln for ln in lines), res.stdout
+    assert {ln.split()[2] for ln in lines} == {str(j["id"]) for j in jobs}
+    assert "all 2 job(s) done" in res.stderr
+
+
+def test_wait_one_failed_exits_1_and_lists_it_with_its_last_log_lines(h3):
+    jobs = h3.run("--sweep", "c=0,3", "--", "echo marker-{c}; exit {c}")
+    failed = str(jobs[1]["id"])
+    res = h3.cli("wait", h3.alias, "--interval", "0.3", "--json")
+    assert res.code == 1, res.output
+    data = json.loads(res.stdout)
+    assert not data["ok"] and [f["id"] for f in data["failed"]] == [failed]
+    assert data["failed"][0]["exit_code"] == 3 and "marker-3" in data["failed"][0]["log_tail"]
+    assert "1 of 2 job(s) did not succeed" in res.stderr and "marker-3" in res.stderr
+
+
+def test_wait_timeout_exits_124_and_ctrl_c_exits_130_and_neither_stops_the_job(h3):
+    [job] = h3.run("--", "sleep 60")
+    jid = str(job["id"])
+    try:
+        res = h3.cli("wait", h3.alias, jid, "--timeout", "1", "--interval", "0.3")
+        assert res.code == 124, res.output
+        assert "timed out" in res.stderr and "keep running" in res.stderr
+        env = {**os.environ, **h3.env, "COLUMNS": "200"}
+        proc = subprocess.Popen([sys.executable, "-m", "migrate", "wait", h3.alias, jid, "--interval", "0.3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 20
+        # the wait has read the job once its first line is out
+        line = proc.stderr.readline()
+        assert "waiting for 1 job(s)" in line and time.monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err
+        assert "the jobs keep running" in err
+        assert h3.states()[jid] in ("queued", "starting", "running")
+    finally:
+        h3.cli("cancel", h3.alias, jid, "--grace", "1")
