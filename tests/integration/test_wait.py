@@ -96,3 +96,31 @@ def test_wait_timeout_exits_124_and_ctrl_c_exits_130_and_neither_stops_the_job(h
         assert h3.states()[jid] in ("queued", "starting", "running")
     finally:
         h3.cli("cancel", h3.alias, jid, "--grace", "1")
+
+
+def test_status_over_three_hosts_with_one_stopped_is_one_view(runq, h3):
+    """Last in this module: it stops runq3 (the session's `sandbox down` removes it)."""
+    import subprocess as sp
+
+    h1, h2, _ = runq
+    hosts = ["-H", h1.alias, "-H", h2.alias, "-H", h3.alias]
+    [job] = h3.run("--", "true")
+    res = h3.cli("status", *hosts, "--all", "--json")
+    assert res.code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [h["host"] for h in data["hosts"]] == [h1.alias, h2.alias, h3.alias] and not data["unreachable"]
+    assert (h3.alias, job["id"]) in {(j["host"], j["id"]) for j in data["jobs"]}
+    h3.reset_connection()
+    sp.run(["docker", "stop", "-t", "1", h3.container], check=True, capture_output=True)
+    t0 = time.monotonic()
+    res = h3.cli("status", *hosts, "--connect-timeout", "3")
+    assert res.code == 0, res.output  # two hosts answered
+    assert time.monotonic() - t0 < 15  # in parallel: one connect timeout at most, not one per host
+    down = [ln for ln in res.stdout.splitlines() if h3.alias in ln]
+    assert len(down) == 1 and "unreachable" in down[0], res.stdout
+    assert f"{h3.alias} did not answer" in res.stderr
+    res = h3.cli("status", *hosts, "--json", "--connect-timeout", "3")
+    data = json.loads(res.stdout)
+    assert data["unreachable"] == [h3.alias] and [h["ok"] for h in data["hosts"]] == [True, True, False]
+    res = h3.cli("status", "-H", h3.alias, "-H", "no-such-host.invalid", "--connect-timeout", "3")
+    assert res.code == 1 and "none of the 2 hosts answered" in res.stderr
