@@ -19,7 +19,7 @@ from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
-from migrate.jobs.options import gpu_backend_option, job_field_options
+from migrate.jobs.options import gpu_backend_option, job_field_options, notify_format_option, notify_target
 from migrate.jobs.spec import DispatcherOptions
 from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
 from migrate.remote.hosts import ConnectOptions
@@ -51,6 +51,7 @@ from migrate.remote.hosts import ConnectOptions
               "(MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES, WORLD_SIZE set for torchrun; docs/cluster.md).")
 @click.option("--gpus-per-node", type=click.IntRange(0, 64), help="With --nodes: GPUs on each node "
               "(default: --gpus-per-job).")
+@notify_format_option
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
 @click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
@@ -60,9 +61,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
-            compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
-            enable_linger: bool, nodes: int | None, gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool,
-            as_json: bool) -> None:
+            compose_file: str | None, key: str | None, notify: str | None, notify_format: str | None,
+            gpu_backend: str | None, cpu_slots: int | None, enable_linger: bool, nodes: int | None,
+            gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
@@ -72,6 +73,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --from-template ./exp --experiments base,wide -- python train.py --cfg {experiment}
       migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
+      migrate run HOST --notify https://ntfy.sh/my-topic --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has
@@ -88,11 +90,15 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         raise UsageError("--from-template and --experiments go together",
                          hint="e.g. --from-template ./exp --experiments a,b")
     exps = tpl.parse_experiments(experiments) if experiments else None
+    notify = notify_target(notify, notify_format)
     # -- a cluster name where a host would be (issue 14; migrate/cluster/jobs.py) --
     on_cluster = cluster_state.exists(host)
     if nodes and not on_cluster:
         raise UsageError("--nodes runs one job across the servers of a cluster",
                          hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
+    if on_cluster and notify:
+        raise UsageError("--notify is not supported on a cluster yet",
+                         hint=f"let the laptop post it: migrate wait {host} --notify URL")
     if on_cluster and compose_file:
         raise UsageError("--compose is not supported on a cluster yet",
                          hint="queue them on one host: migrate run HOST ...")
@@ -104,13 +110,13 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                              "--from-template or --image with it")
         cplan = plan_compose(compose_file, name)
         spec = compose_spec(cplan, name=name, gpus=gpus, key=key, priority=priority, retries=retries,
-                            min_free_mem=min_free_mem, env=parse_env(env_items))
+                            min_free_mem=min_free_mem, env=parse_env(env_items), notify=notify)
         sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
                              follow=follow, compose=cplan))
     specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
-                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify)
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

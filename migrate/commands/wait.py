@@ -8,11 +8,14 @@ import click
 from rich.live import Live
 
 from migrate import ui
+from migrate.agent.notify import describe as describe_target
+from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
 from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import wait as w
+from migrate.jobs.options import notify_format_option, notify_target
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import parse_duration
 
@@ -55,9 +58,13 @@ def wait_targets(target: str | None, hosts: tuple[str, ...], refs: tuple[str, ..
               help="How often each host is asked (one SSH round trip per host).")
 @click.option("--tail", "tail_lines", type=click.IntRange(0, 1000), default=w.TAIL_LINES, show_default=True,
               metavar="N", help="Log lines shown for each job that did not succeed.")
+@click.option("--notify", metavar="URL", help="Post a summary here from this machine when the wait ends: "
+              "[FORMAT+]URL, as `run --notify` (docs/run.md).")
+@notify_format_option
 @click.option("--json", "as_json", is_flag=True, help="Print {ok, timed_out, jobs: [...], failed: [...]} at the end.")
 def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], conn: ConnectOptions,
-            every_active: bool, timeout: str | None, interval: float, tail_lines: int, as_json: bool) -> None:
+            every_active: bool, timeout: str | None, interval: float, tail_lines: int, notify: str | None,
+            notify_format: str | None, as_json: bool) -> None:
     """Wait until jobs on TARGET (a host or a cluster) end; exit 0 only if every one succeeded.
 
     \b
@@ -65,6 +72,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
       migrate wait gpu1 3 7 train-big      # these jobs (ids, names or keys)
       migrate wait -H gpu1 -H gpu2          # the last run on each host
       migrate wait mycluster --all --timeout 2h
+      migrate wait gpu1 --notify https://ntfy.sh/my-topic
 
     Without JOB it waits for every job the last `migrate run TARGET` on this machine queued. On a
     terminal it shows a live table; otherwise one line per job as it finishes. Exit codes: 0 every
@@ -73,6 +81,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     --timeout stop the waiting, never the jobs.
     """
     chosen = wait_targets(target, host, jobs, every_active)
+    notify = notify_target(notify, notify_format)
     limit = parse_duration(timeout, what="--timeout") if timeout else None
     readers: list[w.JobReader] = [w.ClusterReader(t, conn) if cluster_state.exists(t) else w.HostReader(t, conn)
                                   for t in chosen]
@@ -112,7 +121,23 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
                                   for r in result.failed],
                        "unreachable": result.errors})
     report(result, limit)
+    tell(result, list(chosen), notify, desktop=ui.err.is_terminal and not as_json)
     sys.exit(code)
+
+
+def tell(result: w.WaitResult, targets: list[str], notify: str | None, *, desktop: bool) -> None:
+    """The webhook post (--notify) and the desktop notification; neither changes the exit code."""
+    if not notify and not desktop:
+        return
+    title, text = w.wait_message(result, targets)
+    if desktop:
+        w.desktop_notify(title, text)
+    if notify:
+        error = post_notification(notify, title, text)
+        if error:
+            ui.warn(f"notification to {describe_target(notify)} failed: {error}")
+        else:
+            ui.info(f"notified {describe_target(notify)}")
 
 
 def report(result: w.WaitResult, limit: float | None) -> None:

@@ -16,6 +16,7 @@ import shlex
 import uuid
 
 from migrate import ui
+from migrate.agent.notify import describe as notify_describe
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
@@ -72,7 +73,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
                 cwd: str | None, env: dict[str, str], gpus: int, min_free_mem: str | None, allow_shared: bool,
                 gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
                 mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
-                experiments: list[str] | None) -> list[JobSpec]:
+                experiments: list[str] | None, notify: str | None = None) -> list[JobSpec]:
     """The jobs a `migrate run` command line asks for (pure)."""
     cmd = command_text(words)
     if jobs_file:
@@ -81,7 +82,10 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
         if sweeps or experiments:
             raise UsageError("--sweep and --from-template go inside the jobs file here",
                              hint="use `sweep:` in the jobs file")
-        return load_jobs_file(jobs_file)
+        specs = load_jobs_file(jobs_file)
+        for spec in specs:  # --notify on the command line: for every job of the file that sets none
+            spec.notify = spec.notify or notify
+        return specs
     if not cmd.strip():
         raise UsageError("no command to run", hint="put it after --, e.g. migrate run HOST -- python train.py")
     if image is not None:
@@ -89,7 +93,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool)
+                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify)
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
@@ -132,11 +136,11 @@ def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec
 
 
 def compose_spec(plan: ComposePlan, *, name: str | None, gpus: int, key: str | None, priority: int,
-                 retries: int, min_free_mem: str | None, env: dict[str, str]) -> JobSpec:
+                 retries: int, min_free_mem: str | None, env: dict[str, str], notify: str | None = None) -> JobSpec:
     """The one process-mode job that runs a compose project."""
     return JobSpec(command=compose_job_command(plan), name=name or f"compose-{plan.project}", gpus=gpus,
                    key=key, priority=priority, retries=retries, min_free_mem_mib=parse_size_mib(min_free_mem),
-                   env=env)
+                   env=env, notify=notify)
 
 
 def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> None:
@@ -182,6 +186,10 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
             if existing:
                 ui.info(f"{existing} job(s) already existed (same --key) and were not queued again")
             ui.info(f"follow with `migrate status {host}` and `migrate logs {host} {jobs[0]['id']} -f`")
+            targets = sorted({notify_describe(s.notify) for s in specs if s.notify})
+            if targets:
+                ui.info(f"{remote.name} posts to {', '.join(targets)} when "
+                        + ("the job ends" if len(specs) == 1 else "the last of these jobs ends"))
         if follow:
             if len(jobs) != 1:
                 ui.warn("--follow shows one job; several were queued (use migrate logs HOST JOB -f)")
@@ -190,10 +198,17 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
     return 0
 
 
+def redacted(payload: dict) -> dict:
+    """A job's payload fit to print: a notify URL only as its format, scheme and host (it carries a token)."""
+    if payload.get("notify"):
+        return {**payload, "notify": notify_describe(payload["notify"])}
+    return payload
+
+
 def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan: tpl.TemplatePlan | None,
                as_json: bool) -> None:
     if as_json:
-        ui.print_json({"host": host, "dry_run": True, "jobs": [s.payload(options) for s in specs],
+        ui.print_json({"host": host, "dry_run": True, "jobs": [redacted(s.payload(options)) for s in specs],
                        "template": None if plan is None else {
                            "source": str(plan.source), "dest": plan.dest, "experiments": plan.experiments,
                            "files": len(plan.files), "bytes": plan.total_bytes}})

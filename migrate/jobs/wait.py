@@ -13,6 +13,7 @@ succeed (failed, cancelled, lost); 124 the --timeout passed first (like timeout(
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -324,3 +325,41 @@ def failure_report(result: WaitResult) -> list[str]:
         for ln in (result.tails.get((row.target, row.id)) or "").rstrip("\n").splitlines():
             out.append("    " + ln)
     return out
+
+
+# -- telling people: a webhook from the laptop, a desktop notification -----------------------------
+def wait_message(result: WaitResult, targets: Sequence[str]) -> tuple[str, str]:
+    """(title, text) of the message `wait --notify` posts (pure): the agent's wording for ended jobs."""
+    from migrate.agent.notify import job_line, message
+
+    where = ", ".join(targets)
+    if result.timed_out:
+        bad = [job_line(_as_job(r)) for r in result.failed]
+        return (f"⌛ migrate: stopped waiting on {where} after {duration(result.elapsed_s)}: "
+                f"{summary_text(result.rows)}", "\n".join(bad))
+    if not result.rows:
+        return f"✔ migrate: no unfinished jobs on {where}", ""
+    return message([_as_job(r) for r in result.rows], where)
+
+
+def _as_job(row: JobRow) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "state": row.state, "exit_code": row.exit_code,
+            "runtime_s": row.runtime_s, "reason": row.reason}
+
+
+def desktop_notify(title: str, text: str) -> bool:
+    """A desktop notification where the platform has one (notify-send, macOS osascript); False otherwise."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("notify-send"):
+        argv = ["notify-send", "--app-name=migrate", title, text]
+    elif sys.platform == "darwin" and shutil.which("osascript"):
+        argv = ["osascript", "-e", f"display notification {json.dumps(text)} with title {json.dumps(title)}"]
+    else:
+        return False
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

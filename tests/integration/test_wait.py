@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,69 @@ def test_wait_timeout_exits_124_and_ctrl_c_exits_130_and_neither_stops_the_job(h
         assert h3.states()[jid] in ("queued", "starting", "running")
     finally:
         h3.cli("cancel", h3.alias, jid, "--grace", "1")
+
+
+RECEIVER = r"""
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        with open(sys.argv[2], "a") as fh:
+            fh.write(json.dumps({"path": self.path, "title": self.headers.get("Title"), "body": body}) + "\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def poll(predicate, timeout: float = 30, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def test_the_host_posts_when_a_job_ends_and_a_failed_post_never_fails_it(h3):
+    token = "tok-9f8e7d"
+    h3.remote.put_bytes(RECEIVER.encode(), "/tmp/receiver.py", mode=0o600)
+    h3.sh("rm -f /tmp/received.jsonl; nohup setsid python3 /tmp/receiver.py 18555 /tmp/received.jsonl "
+          ">/dev/null 2>&1 </dev/null &")
+    poll(lambda: h3.sh("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 18555))' "
+                       "&& echo up", check=False).strip() == "up")
+    res = h3.cli("run", h3.alias, "--gpu-backend", BACKEND, "--gpus-per-job", "0",
+                 "--notify", f"http://127.0.0.1:18555/{token}", "--", "echo hi")
+    assert res.code == 0 and token not in res.output, res.output
+    assert "posts to plain http://127.0.0.1:18555 when the job ends" in res.stderr
+    [got] = [json.loads(ln) for ln in poll(lambda: h3.sh("cat /tmp/received.jsonl", check=False)).splitlines()]
+    assert got["path"] == f"/{token}" and " done on " in got["title"]
+    assert re.fullmatch(r"job \d+ \(job-\d+\) done: exit 0 after \d+s", got["body"]), got
+    # an unreachable webhook: the job is still done, its log says so, the token is nowhere
+    [job] = h3.run("--notify", f"http://127.0.0.1:1/{token}", "--", "echo hi")
+    log = poll(lambda: (lambda t: t if "notification to" in t else "")(h3.cli("logs", h3.alias, str(job["id"])).stdout))
+    assert "[migrate] notification to plain http://127.0.0.1:1 failed" in log and token not in log
+    assert h3.states()[str(job["id"])] == "done"
+    assert token not in h3.sh("cat ~/.migrate/dispatcher/agent.log")
+    h3.sh("pkill -f /tmp/receiver.py", check=False)
+
+
+def test_wait_notify_posts_a_sweep_summary_from_this_machine(h3):
+    from tests.unit.test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        h3.run("--sweep", "c=0,1", "--", "exit {c}")
+        res = h3.cli("wait", h3.alias, "--interval", "0.3", "--notify", f"{receiver.url}/hook", "--notify-format",
+                     "slack")
+        assert res.code == 1, res.output
+        [(path, headers, body)] = receiver.got
+        text = json.loads(body)["text"]
+        assert path == "/hook" and text.startswith(f"✘ migrate: 2 jobs ended on {h3.alias}: 1 done, 1 failed")
+        assert "failed: exit 1" in text and f"notified slack {receiver.url}" in res.stderr
+    finally:
+        receiver.close()
 
 
 def test_status_over_three_hosts_with_one_stopped_is_one_view(runq, h3):
