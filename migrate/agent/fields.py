@@ -73,6 +73,10 @@ JOB_FIELDS = (
              "`[FORMAT+]https://...`, FORMAT ntfy, slack, feishu or dingtalk (docs/run.md).",
              "an http(s) URL, an optional known FORMAT+ prefix", flag="--notify", yaml="notify",
              playbook="notify"),
+    JobField("sync_back", "str", "`HOST_PATH:LOCAL_DIR`: `migrate wait` pulls HOST_PATH into LOCAL_DIR every "
+             "`--every` while the job runs and after it ends (pull-data's rsync).",
+             "not sent to the host: this machine pulls", flag="--sync-back", yaml="sync_back",
+             playbook="sync_back"),
 )
 
 SPEC_KEYS = frozenset(f.name for f in JOB_FIELDS)

@@ -164,6 +164,9 @@ def validate_spec(spec: Any, n: int) -> dict:
         if problem:
             raise AgentError(f"{where}: {problem}", "e.g. --notify https://ntfy.sh/TOPIC or slack+https://...")
     out["notify"] = note
+    back = spec.get("sync_back")  # pulled by the client (`migrate wait`); the host only checks the form
+    if back is not None and (not isinstance(back, str) or ":" not in back):
+        raise AgentError(f"{where}: bad sync_back {back!r}", "HOST_PATH:LOCAL_DIR")
     return out
 
 

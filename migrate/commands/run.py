@@ -14,6 +14,7 @@ import click
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import parse_sync_back
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
@@ -23,6 +24,7 @@ from migrate.jobs.options import gpu_backend_option, job_field_options, notify_f
 from migrate.jobs.spec import DispatcherOptions
 from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
 from migrate.remote.hosts import ConnectOptions
+from migrate.units import parse_duration
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)
@@ -52,6 +54,8 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--gpus-per-node", type=click.IntRange(0, 64), help="With --nodes: GPUs on each node "
               "(default: --gpus-per-job).")
 @notify_format_option
+@click.option("--every", metavar="DURATION", help="With --sync-back: also pull every DURATION (10m, 1h) while "
+              "the jobs run, whenever `migrate wait` runs (default: only after they end).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
 @click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
@@ -61,7 +65,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
-            compose_file: str | None, key: str | None, notify: str | None, notify_format: str | None,
+            compose_file: str | None, key: str | None, notify: str | None, sync_back: str | None,
+            notify_format: str | None, every: str | None,
             gpu_backend: str | None, cpu_slots: int | None, enable_linger: bool, nodes: int | None,
             gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
@@ -91,13 +96,16 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                          hint="e.g. --from-template ./exp --experiments a,b")
     exps = tpl.parse_experiments(experiments) if experiments else None
     notify = notify_target(notify, notify_format)
+    if sync_back:
+        parse_sync_back(sync_back)
+    every_s = parse_duration(every, what="--every") if every else None
     # -- a cluster name where a host would be (issue 14; migrate/cluster/jobs.py) --
     on_cluster = cluster_state.exists(host)
     if nodes and not on_cluster:
         raise UsageError("--nodes runs one job across the servers of a cluster",
                          hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
-    if on_cluster and notify:
-        raise UsageError("--notify is not supported on a cluster yet",
+    if on_cluster and (notify or sync_back):
+        raise UsageError("--notify and --sync-back are not supported on a cluster yet",
                          hint=f"let the laptop post it: migrate wait {host} --notify URL")
     if on_cluster and compose_file:
         raise UsageError("--compose is not supported on a cluster yet",
@@ -116,7 +124,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
-                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify)
+                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify,
+                        sync_back=sync_back)
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))
@@ -132,4 +141,5 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         sys.exit(code)
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
-    sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))
+    sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow,
+                         every=every_s))

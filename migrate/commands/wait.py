@@ -12,6 +12,7 @@ from migrate.agent.notify import describe as describe_target
 from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import Syncer, SyncTask
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import wait as w
@@ -58,12 +59,15 @@ def wait_targets(target: str | None, hosts: tuple[str, ...], refs: tuple[str, ..
               help="How often each host is asked (one SSH round trip per host).")
 @click.option("--tail", "tail_lines", type=click.IntRange(0, 1000), default=w.TAIL_LINES, show_default=True,
               metavar="N", help="Log lines shown for each job that did not succeed.")
+@click.option("--every", metavar="DURATION", help="Pull the last run's --sync-back every DURATION while its jobs "
+              "run (default: what `run --every` said).")
 @click.option("--notify", metavar="URL", help="Post a summary here from this machine when the wait ends: "
               "[FORMAT+]URL, as `run --notify` (docs/run.md).")
 @notify_format_option
 @click.option("--json", "as_json", is_flag=True, help="Print {ok, timed_out, jobs: [...], failed: [...]} at the end.")
 def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], conn: ConnectOptions,
-            every_active: bool, timeout: str | None, interval: float, tail_lines: int, notify: str | None,
+            every_active: bool, timeout: str | None, interval: float, tail_lines: int, every: str | None,
+            notify: str | None,
             notify_format: str | None, as_json: bool) -> None:
     """Wait until jobs on TARGET (a host or a cluster) end; exit 0 only if every one succeeded.
 
@@ -83,6 +87,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     chosen = wait_targets(target, host, jobs, every_active)
     notify = notify_target(notify, notify_format)
     limit = parse_duration(timeout, what="--timeout") if timeout else None
+    syncer = sync_backs(chosen, conn, parse_duration(every, what="--every") if every else None)
     readers: list[w.JobReader] = [w.ClusterReader(t, conn) if cluster_state.exists(t) else w.HostReader(t, conn)
                                   for t in chosen]
     live = ui.out.is_terminal and not as_json
@@ -92,6 +97,15 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     def print_finished(row: w.JobRow) -> None:
         if not live and not as_json:
             ui.line(w.finished_line(row))
+
+    silent: set[str] = set()
+
+    def say_unreachable(rows: list[w.JobRow], errors: dict[str, str], elapsed: float) -> None:
+        for target, err in errors.items():
+            if target not in silent:
+                ui.warn(f"{target} did not answer ({err}); asking again at the next poll")
+        silent.clear()
+        silent.update(errors)
 
     try:
         if not live:
@@ -103,10 +117,11 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
                                              width=ui.out.width), refresh=True)
 
                 result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval, on_poll=redraw,
-                                         tail_lines=tail_lines)
+                                         tail_lines=tail_lines, after_poll=syncer.after_poll, settled=syncer.settled)
         else:
-            result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval,
-                                     on_finished=print_finished, tail_lines=tail_lines)
+            result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval, on_poll=say_unreachable,
+                                     on_finished=print_finished, tail_lines=tail_lines,
+                                     after_poll=syncer.after_poll, settled=syncer.settled)
     except KeyboardInterrupt:
         ui.error("stopped waiting (interrupted); the jobs keep running")
         sys.exit(w.EXIT_INTERRUPTED)
@@ -138,6 +153,18 @@ def tell(result: w.WaitResult, targets: list[str], notify: str | None, *, deskto
             ui.warn(f"notification to {describe_target(notify)} failed: {error}")
         else:
             ui.info(f"notified {describe_target(notify)}")
+
+
+def sync_backs(chosen: w.Chosen, conn: ConnectOptions, every: float | None) -> Syncer:
+    """The sync-backs of the last run on each target that concern the jobs waited for (migrate.data.syncback)."""
+    tasks = []
+    for target, refs in chosen.items():
+        for e in lastrun.sync_entries(target):
+            if e.get("final") or (refs is not None and not set(e["jobs"]) & set(refs)):
+                continue
+            tasks.append(SyncTask(target=target, spec=e["spec"], jobs=e["jobs"], every=every or e.get("every"),
+                                  last_ok=e.get("last_ok")))
+    return Syncer(tasks, conn, save=lambda t: lastrun.save_sync(t.target, t.spec, last_ok=t.last_ok, final=t.final))
 
 
 def report(result: w.WaitResult, limit: float | None) -> None:

@@ -31,12 +31,21 @@ def load_all() -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def record(target: str, ids: list, *, now: float | None = None) -> None:
-    """Remember that the last run on `target` queued these jobs (an empty list records nothing)."""
+def record(target: str, ids: list, *, now: float | None = None, sync: list[dict] | None = None) -> None:
+    """Remember that the last run on `target` queued these jobs (an empty list records nothing), and its
+    sync-backs ({spec, every, jobs}; `migrate wait` pulls them: migrate.data.syncback)."""
     if not ids:
         return
     data = load_all()
-    data[target] = {"ids": [str(i) for i in ids], "at": time.time() if now is None else now}
+    entry: dict = {"ids": [str(i) for i in ids], "at": time.time() if now is None else now}
+    if sync:
+        entry["sync"] = [{"spec": s["spec"], "every": s.get("every"), "jobs": [str(j) for j in s["jobs"]],
+                          "last_ok": None, "final": False} for s in sync]
+    data[target] = entry
+    _write(data)
+
+
+def _write(data: dict) -> None:
     if len(data) > MAX_TARGETS:
         for old in sorted(data, key=lambda t: data[t].get("at", 0))[: len(data) - MAX_TARGETS]:
             del data[old]
@@ -58,3 +67,18 @@ def last_ids(target: str) -> list[str] | None:
     if not isinstance(rec, dict) or not isinstance(rec.get("ids"), list):
         return None
     return [str(i) for i in rec["ids"]]
+
+
+def sync_entries(target: str) -> list[dict]:
+    """The sync-backs the last run on `target` asked for, with how far they got ([] when none)."""
+    rec = load_all().get(target)
+    return [dict(e) for e in (rec or {}).get("sync") or [] if isinstance(e, dict) and e.get("spec")]
+
+
+def save_sync(target: str, spec: str, *, last_ok: float | None, final: bool) -> None:
+    """Remember when a sync-back last succeeded and whether its final pull happened."""
+    data = load_all()
+    for e in (data.get(target) or {}).get("sync") or []:
+        if e.get("spec") == spec:
+            e["last_ok"], e["final"] = last_ok, final
+    _write(data)

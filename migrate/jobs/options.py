@@ -39,10 +39,12 @@ _RUN_HELP = {
     "mounts": "Bind mount (container mode).",
     "shm_size": "Container shared memory, e.g. 16g (default: --ipc=host).",
     "ports": "Publish a container port.",
+    "sync_back": "Pull HOST_PATH into LOCAL_DIR when the jobs end (and every --every while they run) "
+                 "whenever `migrate wait` runs.",
     "notify": "Post a short message here when the job ends (a sweep: when its last job ends), from the host: "
               "[FORMAT+]URL, e.g. https://ntfy.sh/TOPIC, slack+https://hooks.slack.com/... (docs/run.md).",
 }
-_RUN_METAVAR = {"notify": "URL",
+_RUN_METAVAR = {"notify": "URL", "sync_back": "HOST_PATH:LOCAL_DIR",
                 "env": "KEY=VALUE", "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
                 "ports": "[HOSTPORT:]PORT"}
 _RUN_DEST = {"env": "env_items", "min_free_mem_mib": "min_free_mem"}  # the command's parameter names

@@ -46,6 +46,7 @@ class JobSpec:
     allow_shared: bool | None = None  # None: take DispatcherOptions.allow_shared
     gpu_pool: list[str] | None = None  # None: take DispatcherOptions.gpu_pool
     notify: str | None = None  # [FORMAT+]URL the host posts to when the job (or its sweep) ends; a secret
+    sync_back: str | None = None  # HOST_PATH:LOCAL_DIR that `migrate wait` pulls (never sent to the host)
 
     def payload(self, options: DispatcherOptions | None = None) -> dict[str, Any]:
         """The JSON object the agent's `submit` expects."""

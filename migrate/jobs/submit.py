@@ -73,7 +73,8 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
                 cwd: str | None, env: dict[str, str], gpus: int, min_free_mem: str | None, allow_shared: bool,
                 gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
                 mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
-                experiments: list[str] | None, notify: str | None = None) -> list[JobSpec]:
+                experiments: list[str] | None, notify: str | None = None,
+                sync_back: str | None = None) -> list[JobSpec]:
     """The jobs a `migrate run` command line asks for (pure)."""
     cmd = command_text(words)
     if jobs_file:
@@ -85,6 +86,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
         specs = load_jobs_file(jobs_file)
         for spec in specs:  # --notify on the command line: for every job of the file that sets none
             spec.notify = spec.notify or notify
+            spec.sync_back = spec.sync_back or sync_back
         return specs
     if not cmd.strip():
         raise UsageError("no command to run", hint="put it after --, e.g. migrate run HOST -- python train.py")
@@ -93,7 +95,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify)
+                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify, sync_back=sync_back)
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
@@ -156,7 +158,7 @@ def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> 
 
 def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: DispatcherOptions, *,
                 plan: tpl.TemplatePlan | None, dry_run: bool, as_json: bool, follow: bool,
-                compose: ComposePlan | None = None) -> int:
+                compose: ComposePlan | None = None, every: float | None = None) -> int:
     """Queue the jobs (after copying the template or compose project), print what was queued."""
     if dry_run:
         if compose is not None:
@@ -176,7 +178,7 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
         if data.get("paused"):
             ui.warn(f"the queue on {remote.name} is paused: {data['paused']}")
         jobs = data["jobs"]
-        lastrun.record(host, [j["id"] for j in jobs])  # what `migrate wait HOST` waits for
+        lastrun.record(host, [j["id"] for j in jobs], sync=sync_groups(specs, jobs, every))  # for `migrate wait`
         if as_json:
             ui.print_json({"host": remote.target.display, "jobs": jobs,
                            "dispatcher": (data.get("dispatcher") or {}).get("daemon")})
@@ -196,6 +198,15 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
                 return 0
             return client.stream(["logs", str(jobs[0]["id"]), "--follow"])
     return 0
+
+
+def sync_groups(specs: list[JobSpec], jobs: list[dict], every: float | None) -> list[dict]:
+    """The run's sync-backs: one per HOST_PATH:LOCAL_DIR with the ids of its jobs (pure)."""
+    groups: dict[str, list] = {}
+    for spec, job in zip(specs, jobs):
+        if spec.sync_back:
+            groups.setdefault(spec.sync_back, []).append(job["id"])
+    return [{"spec": s, "every": every, "jobs": ids} for s, ids in groups.items()]
 
 
 def redacted(payload: dict) -> dict:

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from migrate.agent.db import FINAL
-from migrate.errors import ConnectError, MigrateError, UsageError
+from migrate.errors import MigrateError, UsageError
 from migrate.jobs.client import AgentClient, agent_command, no_queue_error
 from migrate.jobs.render import STATE_COLOURS, duration
 from migrate.remote.connection import connect
@@ -117,7 +117,7 @@ class HostReader:
     def jobs(self) -> list[dict]:
         try:
             data = self._client().call(["status", "--all"], what="read job status", need_queue=True)
-        except ConnectError:
+        except Exception:  # a dropped link shows as ConnectError or as paramiko's own errors
             self.close()  # a fresh connection at the next poll
             raise
         if data.get("no_queue"):
@@ -253,12 +253,16 @@ Chosen = dict[str, list[str] | None]  # target -> job refs (None: every unfinish
 def wait_for_jobs(readers: list[JobReader], chosen: Chosen, *, timeout: float | None, interval: float,
                   on_poll: Callable[[list[JobRow], dict[str, str], float], None] | None = None,
                   on_finished: Callable[[JobRow], None] | None = None, tail_lines: int = TAIL_LINES,
+                  after_poll: Callable[[dict[tuple[str, str], str]], None] | None = None,
+                  settled: Callable[[], bool] | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> WaitResult:
     """Poll every reader until all chosen jobs are finished or `timeout` seconds passed.
 
     The first poll resolves the refs (a mistake there is an error); later read errors are shown
-    per target and retried at the next poll. Ctrl-C (KeyboardInterrupt) passes through: the caller
+    per target and retried at the next poll. `after_poll` sees every job's state after each poll (the
+    sync-backs run there); the wait ends only once `settled()` too (their final pulls are done).
+    Ctrl-C (KeyboardInterrupt) passes through: the caller
     says the jobs keep running.
     """
     by_name = {r.name: r for r in readers}
@@ -295,7 +299,9 @@ def wait_for_jobs(readers: list[JobReader], chosen: Chosen, *, timeout: float | 
         current = [rows[k] for k in sorted(rows, key=lambda k: (k[0], _id_key(k[1])))]
         if on_poll:
             on_poll(current, dict(errors), elapsed)
-        done = len(ids) == len(by_name) and all(r.final for r in current)
+        if after_poll:
+            after_poll({(r.target, r.id): r.state for r in current})
+        done = len(ids) == len(by_name) and all(r.final for r in current) and (settled is None or settled())
         timed_out = timeout is not None and elapsed >= timeout
         if done or timed_out:
             result = WaitResult(rows=current, timed_out=timed_out and not done, elapsed_s=elapsed,

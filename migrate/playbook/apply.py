@@ -188,6 +188,11 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
         except MigrateError as exc:
             report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
             continue
+        from migrate.jobs import lastrun
+        from migrate.jobs.submit import sync_groups
+
+        jobs = [{"id": s.id} for s in submitted]  # what `migrate wait HOST` waits for (and pulls back)
+        lastrun.record(h, [j["id"] for j in jobs], sync=sync_groups(specs, jobs, None))
         new = [s for s in submitted if s.status == "queued"]
         existing = len(submitted) - len(new)
         text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")

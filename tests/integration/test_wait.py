@@ -162,6 +162,42 @@ def test_wait_notify_posts_a_sweep_summary_from_this_machine(h3):
         receiver.close()
 
 
+def test_sync_back_every_brings_a_checkpoint_while_it_runs_and_the_results_after_a_dropped_connection(
+        h3, tmp_path):
+    local = tmp_path / "results"
+    job_cmd = ("mkdir -p ~/sb/out && echo step1 > ~/sb/out/ckpt1 && "
+               "while [ ! -e ~/sb/go ]; do sleep 0.2; done; echo final > ~/sb/out/result")
+    h3.sh("rm -rf ~/sb")
+    [job] = h3.run("--sync-back", f"sb/out:{local}", "--every", "1s", "--", job_cmd)
+    env = {**os.environ, **h3.env, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "wait", h3.alias, "--interval", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        poll(lambda: (local / "ckpt1").exists(), timeout=30)  # pulled while the job still runs
+        assert h3.states()[str(job["id"])] == "running" and not (local / "result").exists()
+        # drop every SSH connection of alice's on the host (the wait's own included), then let the job end
+        h3.sh("rm -f /tmp/sb-dropped; nohup setsid sh -c 'sleep 0.3; sudo pkill -f \"sshd: alic[e]\"; "
+              "touch /tmp/sb-dropped' >/dev/null 2>&1 </dev/null &")
+
+        def dropped() -> bool:
+            h3.reset_connection()
+            try:
+                return h3.sh("[ -e /tmp/sb-dropped ] && echo yes", check=False).strip() == "yes"
+            except Exception:  # our own connection was one of those dropped
+                return False
+
+        poll(dropped)
+        h3.sh("touch ~/sb/go")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert (local / "result").read_text() == "final\n" and (local / "ckpt1").read_text() == "step1\n"
+    assert "(final)" in err  # after the drop (Fabric reopens a dropped connection; a poll in flight says so)
+    assert not list(local.rglob(".migrate-partial"))
+
+
 def test_status_over_three_hosts_with_one_stopped_is_one_view(runq, h3):
     """Last in this module: it stops runq3 (the session's `sandbox down` removes it)."""
     import subprocess as sp
