@@ -11,8 +11,9 @@ from migrate.agent.recovery import job_ids_text
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, host_option, old_spelling
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import sync_line
 from migrate.errors import UsageError
-from migrate.jobs import multi
+from migrate.jobs import lastrun, multi
 from migrate.jobs.client import agent_session
 from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
 from migrate.remote.hosts import ConnectOptions
@@ -150,4 +151,6 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show
                        "counts": data.get("counts"), "jobs": data["jobs"]})
     else:
         show_status(data, name)
+        for entry in lastrun.sync_entries(host):  # `run --sync-back`: when results last came back here
+            ui.info(sync_line(entry, host))
     sys.exit(0)

@@ -107,3 +107,16 @@ def _pull(host: str, remote: str, local: str, conn: Any) -> Any:
 
     with ui.data_to_stderr():
         return pull_data(host, remote, local, conn, PushDataOptions(method="rsync"))
+
+
+def sync_line(entry: dict, host: str, now: float | None = None) -> str:
+    """`sync-back runs/exp1 -> ./results (jobs 4, 5): last brought back 12m ago, after the jobs ended` (pure)."""
+    from migrate.jobs.render import duration
+
+    now = time.time() if now is None else now
+    remote, local = parse_sync_back(entry["spec"])
+    head = f"sync-back {remote} -> {local} (job(s) {', '.join(entry.get('jobs') or [])}): "
+    if not entry.get("last_ok"):
+        return head + f"not brought back yet (it runs while `migrate wait {host}` runs)"
+    when = f"last brought back {duration(now - float(entry['last_ok']))} ago"
+    return head + when + (", after the jobs ended" if entry.get("final") else "")

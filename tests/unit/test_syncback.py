@@ -79,3 +79,13 @@ def test_the_record_keeps_sync_backs_per_run(tmp_path, monkeypatch):
     lastrun.save_sync("h", "out:/r", last_ok=12.5, final=True)
     assert lastrun.sync_entries("h")[0]["final"] and lastrun.sync_entries("h")[0]["last_ok"] == 12.5
     assert JobSpec(command="x", sync_back="a:b").payload().get("sync_back") is None  # never sent to the host
+
+
+def test_status_says_when_results_last_came_back():
+    from migrate.data.syncback import sync_line
+
+    entry = {"spec": "runs/e1:./res", "jobs": ["4", "5"], "last_ok": None, "final": False}
+    assert sync_line(entry, "gpu1") == ("sync-back runs/e1 -> ./res (job(s) 4, 5): not brought back yet "
+                                        "(it runs while `migrate wait gpu1` runs)")
+    entry.update(last_ok=1000.0, final=True)
+    assert sync_line(entry, "gpu1", now=1720.0).endswith("last brought back 12m00s ago, after the jobs ended")
