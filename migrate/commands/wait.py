@@ -49,7 +49,7 @@ def wait_targets(target: str | None, hosts: tuple[str, ...], refs: tuple[str, ..
 
 @click.command("wait", context_settings=CONTEXT_SETTINGS)
 @click.argument("target", required=False)
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @host_option("Another host or cluster to wait on (repeatable); each waits for its last run's jobs.")
 @connection_options
 @click.option("--all", "every_active", is_flag=True, help="Wait for every job that is queued or running now.")
@@ -82,7 +82,8 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     terminal it shows a live table; otherwise one line per job as it finishes. Exit codes: 0 every
     job done with exit 0; 1 all ended and some failed, were cancelled or lost (listed with their
     last log lines); 124 --timeout passed first; 130 Ctrl-C. Waiting only reads: Ctrl-C and
-    --timeout stop the waiting, never the jobs.
+    --timeout stop the waiting, never the jobs. If that run had --sync-back, its results are
+    pulled while the jobs run (--every) and once more after they end (docs/run.md).
     """
     chosen = wait_targets(target, host, jobs, every_active)
     notify = notify_target(notify, notify_format)

@@ -204,3 +204,16 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(UsageError):
         parse_duration(text, what="--timeout")
+
+
+def test_a_cluster_is_read_with_cluster_jobs_and_its_log_through_the_job_api(monkeypatch):
+    from migrate.cluster import jobs as cluster_jobs
+
+    views = [{"id": "1", "name": "a", "state": "done", "exit_code": 0, "runtime_s": 2.0, "reason": "",
+              "submission_id": "c-1"}, {"id": "2", "name": "b", "state": "failed", "exit_code": 1,
+                                        "runtime_s": 1.0, "reason": "x", "submission_id": "c-2.2"}]
+    calls: list = []
+    monkeypatch.setattr(cluster_jobs, "cluster_jobs", lambda name, conn: calls.append(name) or views)
+    reader = w.ClusterReader("c", None)
+    res, _, _ = run([reader], {"c": ["1", "2"]}, tail_lines=0)
+    assert calls == ["c"] and w.wait_exit_code(res) == 1 and reader.submissions == {"1": "c-1", "2": "c-2.2"}
