@@ -38,6 +38,7 @@ VERBS = {
     "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
     "tunnel": "migrate.commands.tunnel:command",
+    "wait": "migrate.commands.wait:command",
 }
 
 

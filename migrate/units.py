@@ -78,3 +78,23 @@ def format_rate(rate: float) -> str:
         if rate >= factor:
             return f"{rate / factor:.1f}".removesuffix(".0") + f" {unit}"
     return f"{rate:.0f} B/s"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[smhd]?\s*)+", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_HINT = "e.g. 90 (seconds), 30s, 10m, 2h, 1h30m, 1d"
+
+
+def parse_duration(text: str | int | float, *, what: str = "duration") -> float:
+    """Seconds from `90`, `30s`, `10m`, `1.5h`, `1h30m`, `1d` (a plain number is seconds); a UsageError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        s = str(text).strip()
+        if not s or not _DURATION.fullmatch(s):
+            raise UsageError(f"{what}: cannot read duration {text!r}", hint=DURATION_HINT)
+        value = sum(float(n) * _SECONDS[u.lower()] for n, u in _DURATION_PART.findall(s))
+    if value <= 0:
+        raise UsageError(f"{what} must be more than zero", hint=DURATION_HINT)
+    return value

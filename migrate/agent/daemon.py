@@ -181,6 +181,8 @@ class Daemon:
     def tick(self) -> None:
         now = time.time()
         self.reap(now)
+        from . import notify  # issue 22: a webhook post when a job or a sweep ends (never raises; threads)
+        notify.deliver(self.queue, self.layout, self.log)
         if self.stopping:
             return
         if not os.path.isdir(self.layout.state_dir):

@@ -69,6 +69,14 @@ JOB_FIELDS = (
              flag="--retries", yaml="retries", playbook="retries", default=0, lo=0, hi=100),
     JobField("key", "str", "Idempotency key: a job with this key is queued only once.",
              "a non-empty string of at most 1000 characters", flag="--key", yaml="key", playbook="key"),
+    JobField("notify", "str", "Webhook the host posts to when the job (or the run's sweep) ends: "
+             "`[FORMAT+]https://...`, FORMAT ntfy, slack, feishu or dingtalk (docs/run.md).",
+             "an http(s) URL, an optional known FORMAT+ prefix", flag="--notify", yaml="notify",
+             playbook="notify"),
+    JobField("sync_back", "str", "`HOST_PATH:LOCAL_DIR`: `migrate wait` pulls HOST_PATH into LOCAL_DIR every "
+             "`--every` while the job runs and after it ends (pull-data's rsync).",
+             "not sent to the host: this machine pulls", flag="--sync-back", yaml="sync_back",
+             playbook="sync_back"),
 )
 
 SPEC_KEYS = frozenset(f.name for f in JOB_FIELDS)

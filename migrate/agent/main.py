@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from . import VERSION, control
+from . import VERSION, control, notify
 from .db import ACTIVE, FINAL, LOST, QUEUED, STATES, Queue, QueueError
 from .fields import JOB_FIELDS, SPEC_KEYS
 from .layout import Layout, write_private
@@ -156,6 +156,17 @@ def validate_spec(spec: Any, n: int) -> dict:
     if key is not None and (not isinstance(key, str) or not key or len(key) > 1000):
         raise AgentError(f"{where}: bad key {key!r}")
     out["key"] = key
+    note = spec.get("notify")
+    if note is not None:
+        from .notify import check_target
+
+        problem = check_target(note)
+        if problem:
+            raise AgentError(f"{where}: {problem}", "e.g. --notify https://ntfy.sh/TOPIC or slack+https://...")
+    out["notify"] = note
+    back = spec.get("sync_back")  # pulled by the client (`migrate wait`); the host only checks the form
+    if back is not None and (not isinstance(back, str) or ":" not in back):
+        raise AgentError(f"{where}: bad sync_back {back!r}", "HOST_PATH:LOCAL_DIR")
     return out
 
 
@@ -276,6 +287,7 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
     if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
         result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
     result["jobs"] = queue.submit(jobs)
+    notify.remember(layout, jobs, result["jobs"])  # before the wake: the dispatcher finds the record
     control.wake(layout)
     result["paused"] = queue.get_meta("paused")
     return result

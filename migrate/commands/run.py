@@ -14,14 +14,17 @@ import click
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import parse_sync_back
 from migrate.errors import UsageError
+from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
-from migrate.jobs.options import gpu_backend_option, job_field_options
+from migrate.jobs.options import gpu_backend_option, job_field_options, notify_format_option, notify_target
 from migrate.jobs.spec import DispatcherOptions
 from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
 from migrate.remote.hosts import ConnectOptions
+from migrate.units import parse_duration
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)
@@ -50,6 +53,9 @@ from migrate.remote.hosts import ConnectOptions
               "(MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES, WORLD_SIZE set for torchrun; docs/cluster.md).")
 @click.option("--gpus-per-node", type=click.IntRange(0, 64), help="With --nodes: GPUs on each node "
               "(default: --gpus-per-job).")
+@notify_format_option
+@click.option("--every", metavar="DURATION", help="With --sync-back: also pull every DURATION (10m, 1h) while "
+              "the jobs run, whenever `migrate wait` runs (default: only after they end).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
 @click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
@@ -59,9 +65,10 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
             gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
-            compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
-            enable_linger: bool, nodes: int | None, gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool,
-            as_json: bool) -> None:
+            compose_file: str | None, key: str | None, notify: str | None, sync_back: str | None,
+            notify_format: str | None, every: str | None,
+            gpu_backend: str | None, cpu_slots: int | None, enable_linger: bool, nodes: int | None,
+            gpus_per_node: int | None, follow: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
@@ -71,6 +78,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --from-template ./exp --experiments base,wide -- python train.py --cfg {experiment}
       migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
+      migrate run HOST --notify https://ntfy.sh/my-topic --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has
@@ -87,11 +95,18 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         raise UsageError("--from-template and --experiments go together",
                          hint="e.g. --from-template ./exp --experiments a,b")
     exps = tpl.parse_experiments(experiments) if experiments else None
+    notify = notify_target(notify, notify_format)
+    if sync_back:
+        parse_sync_back(sync_back)
+    every_s = parse_duration(every, what="--every") if every else None
     # -- a cluster name where a host would be (issue 14; migrate/cluster/jobs.py) --
     on_cluster = cluster_state.exists(host)
     if nodes and not on_cluster:
         raise UsageError("--nodes runs one job across the servers of a cluster",
                          hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
+    if on_cluster and (notify or sync_back):
+        raise UsageError("--notify and --sync-back are not supported on a cluster yet",
+                         hint=f"let the laptop post it: migrate wait {host} --notify URL")
     if on_cluster and compose_file:
         raise UsageError("--compose is not supported on a cluster yet",
                          hint="queue them on one host: migrate run HOST ...")
@@ -103,22 +118,28 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                              "--from-template or --image with it")
         cplan = plan_compose(compose_file, name)
         spec = compose_spec(cplan, name=name, gpus=gpus, key=key, priority=priority, retries=retries,
-                            min_free_mem=min_free_mem, env=parse_env(env_items))
+                            min_free_mem=min_free_mem, env=parse_env(env_items), notify=notify)
         sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
                              follow=follow, compose=cplan))
     specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
-                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify,
+                        sync_back=sync_back)
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))
     if on_cluster:
         if not dry_run:
             confirm_many_jobs(len(specs), where=host, yes=yes)
-        sys.exit(cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
-                                             nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
-                                             else gpus_per_node, template=plan))
+        seq = cluster_state.load(host).job_seq
+        code = cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
+                                           nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
+                                           else gpus_per_node, template=plan)
+        if not dry_run:  # the ids this run took (cluster ids count up): what `migrate wait NAME` waits for
+            lastrun.record(host, list(range(seq + 1, cluster_state.load(host).job_seq + 1)))
+        sys.exit(code)
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
-    sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow))
+    sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow,
+                         every=every_s))

@@ -8,10 +8,12 @@ import click
 
 from migrate import ui
 from migrate.agent.recovery import job_ids_text
-from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
+from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, host_option, old_spelling
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import sync_line
 from migrate.errors import UsageError
+from migrate.jobs import lastrun, multi
 from migrate.jobs.client import agent_session
 from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
 from migrate.remote.hosts import ConnectOptions
@@ -70,8 +72,32 @@ def recorded_text(rec: dict) -> str:
     return "recorded meanwhile: " + "; ".join(parts) if parts else ""
 
 
+def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states: str | None, last: int,
+              as_json: bool) -> int:
+    """Every host at once (in parallel): one table with a host column; 0 when at least one answered."""
+    outcomes = multi.read_hosts(hosts, conn, status_args(show_all, states, last), show_all=show_all,
+                                states=parse_states(states), last=last)
+    if as_json:
+        ui.print_json(multi.multi_json(outcomes))
+        return multi.multi_exit_code(outcomes)
+    for o in outcomes:
+        if o.ok and not (o.value or {}).get("cluster"):
+            ui.info(dispatcher_line({**(o.value or {}), "daemon": (o.value or {}).get("dispatcher")}, o.host))
+    ui.table(None, multi.MULTI_COLUMNS, multi.multi_rows(outcomes))
+    hidden = sum((o.value or {}).get("hidden_finished") or 0 for o in outcomes if o.ok)
+    if hidden:
+        ui.info(f"{hidden} older finished job(s) not shown (--all shows every job)")
+    down = [o for o in outcomes if not o.ok]
+    for o in down:
+        ui.warn(f"{o.host} did not answer: {o.error}")
+    if len(down) == len(outcomes):
+        ui.error(f"none of the {len(outcomes)} hosts answered")
+    return multi.multi_exit_code(outcomes)
+
+
 @click.command("status", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("first", metavar="[HOST]", required=False)
+@host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.")
 @connection_options
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not just unfinished and recent ones.")
 @click.option("--state", "states", metavar="LIST", help="Only jobs in these states, e.g. failed,lost.")
@@ -79,17 +105,31 @@ def recorded_text(rec: dict) -> str:
               help="How many finished jobs to show.")
 @click.option("-n", "last_n", type=click.IntRange(0, 100000), default=None, hidden=True)  # old --last; one release
 @click.option("--json", "as_json", is_flag=True,
-              help="Print {host, dispatcher, paused, counts, jobs: [...]} as JSON.")
-def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None, last: int, last_n: int | None,
-            as_json: bool) -> None:
+              help="Print {host, dispatcher, paused, counts, jobs: [...]} as JSON (several hosts: "
+                   "{hosts: [...], counts, unreachable, jobs: [{host, ...}]}).")
+def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show_all: bool, states: str | None,
+            last: int, last_n: int | None, as_json: bool) -> None:
     """Show the jobs on HOST: state, GPU, runtime, exit code and why a job waits.
 
+    \b
+      migrate status gpu1
+      migrate status gpu1 --state failed,lost
+      migrate status -H gpu1 -H gpu2 -H gpu3      # in parallel, one table with a host column
+
     Works from any machine and any SSH session: the queue lives on the host. Finished jobs
-    whose dispatcher was not running are recorded now (their exit codes were kept).
+    whose dispatcher was not running are recorded now (their exit codes were kept). With several
+    hosts, one that does not answer is one line of the table; the exit code is 0 when at least
+    one host answered.
     """
     if last_n is not None:
         old_spelling(f"status -n {last_n}", f"status --last {last_n}", SHORT_N)
         last = last_n
+    every = ([first] if first else []) + [h for h in host if h != first]
+    if not every:
+        raise UsageError("name a host", hint="e.g. migrate status gpu1, or -H gpu1 -H gpu2")
+    if len(every) > 1:
+        sys.exit(show_many(every, conn, show_all=show_all, states=states, last=last, as_json=as_json))
+    [host] = every
     if cluster_state.exists(host):  # a cluster name (issue 14)
         sys.exit(cluster_jobs.show_status(host, conn, as_json=as_json, show_all=show_all,
                                           states=parse_states(states), last=last))
@@ -111,4 +151,6 @@ def command(host: str, conn: ConnectOptions, show_all: bool, states: str | None,
                        "counts": data.get("counts"), "jobs": data["jobs"]})
     else:
         show_status(data, name)
+        for entry in lastrun.sync_entries(host):  # `run --sync-back`: when results last came back here
+            ui.info(sync_line(entry, host))
     sys.exit(0)

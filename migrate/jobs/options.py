@@ -39,8 +39,13 @@ _RUN_HELP = {
     "mounts": "Bind mount (container mode).",
     "shm_size": "Container shared memory, e.g. 16g (default: --ipc=host).",
     "ports": "Publish a container port.",
+    "sync_back": "Pull HOST_PATH into LOCAL_DIR when the jobs end (and every --every while they run) "
+                 "whenever `migrate wait` runs.",
+    "notify": "Post a short message here when the job ends (a sweep: when its last job ends), from the host: "
+              "[FORMAT+]URL, e.g. https://ntfy.sh/TOPIC, slack+https://hooks.slack.com/... (docs/run.md).",
 }
-_RUN_METAVAR = {"env": "KEY=VALUE", "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
+_RUN_METAVAR = {"notify": "URL", "sync_back": "HOST_PATH:LOCAL_DIR",
+                "env": "KEY=VALUE", "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
                 "ports": "[HOSTPORT:]PORT"}
 _RUN_DEST = {"env": "env_items", "min_free_mem_mib": "min_free_mem"}  # the command's parameter names
 _SHORT = {"env": "-e"}
@@ -68,3 +73,27 @@ def job_field_options(func: Callable) -> Callable:
         if f.flag:
             func = job_field_option(f)(func)
     return func
+
+
+NOTIFY_FORMATS = ("ntfy", "slack", "feishu", "dingtalk")
+
+notify_format_option = click.option(
+    "--notify-format", type=click.Choice(NOTIFY_FORMATS), default=None,
+    help="How --notify posts: ntfy (plain text body, Title header), slack ({\"text\": ...}), feishu, dingtalk; "
+         "default: from a FORMAT+ prefix or the URL's host, else ntfy.")
+
+
+def notify_target(url: str | None, fmt: str | None) -> str | None:
+    """--notify URL with --notify-format as the one `[FORMAT+]URL` the agent stores; checked here first."""
+    from migrate.agent.notify import check_target
+    from migrate.errors import UsageError
+
+    if url is None:
+        if fmt:
+            raise UsageError("--notify-format goes with --notify URL")
+        return None
+    target = f"{fmt}+{url}" if fmt else url
+    problem = check_target(target)
+    if problem:
+        raise UsageError(f"--notify: {problem}", hint="e.g. --notify https://ntfy.sh/TOPIC, or slack+https://...")
+    return target

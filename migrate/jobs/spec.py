@@ -46,6 +46,8 @@ class JobSpec:
     key: str | None = None  # idempotency key: submitting an existing key returns that job ("existing")
     allow_shared: bool | None = None  # None: take DispatcherOptions.allow_shared
     gpu_pool: list[str] | None = None  # None: take DispatcherOptions.gpu_pool
+    notify: str | None = None  # [FORMAT+]URL the host posts to when the job (or its sweep) ends; a secret
+    sync_back: str | None = None  # HOST_PATH:LOCAL_DIR that `migrate wait` pulls (never sent to the host)
 
     def payload(self, options: DispatcherOptions | None = None) -> dict[str, Any]:
         """The JSON object the agent's `submit` expects."""
@@ -54,7 +56,7 @@ class JobSpec:
         pool = options.gpu_pool if self.gpu_pool is None else self.gpu_pool
         out: dict[str, Any] = {"command": self.command, "gpus": self.gpus, "priority": self.priority,
                                "retries": self.retries, "env": dict(self.env), "allow_shared": bool(allow_shared)}
-        for key in ("name", "cwd", "min_free_mem_mib", "image", "shm_size", "key"):
+        for key in ("name", "cwd", "min_free_mem_mib", "image", "shm_size", "key", "notify"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -16,7 +16,9 @@ import shlex
 import uuid
 
 from migrate import ui
+from migrate.agent.notify import describe as notify_describe
 from migrate.errors import UsageError
+from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.client import AgentClient, job_statuses, report_dispatcher, submit_jobs, submit_with
 from migrate.jobs.compose import ComposePlan, compose_job_command
@@ -71,7 +73,8 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
                 cwd: str | None, env: dict[str, str], gpus: int, min_free_mem: str | None, allow_shared: bool,
                 gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
                 mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
-                experiments: list[str] | None) -> list[JobSpec]:
+                experiments: list[str] | None, notify: str | None = None,
+                sync_back: str | None = None) -> list[JobSpec]:
     """The jobs a `migrate run` command line asks for (pure)."""
     cmd = command_text(words)
     if jobs_file:
@@ -80,7 +83,11 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
         if sweeps or experiments:
             raise UsageError("--sweep and --from-template go inside the jobs file here",
                              hint="use `sweep:` in the jobs file")
-        return load_jobs_file(jobs_file)
+        specs = load_jobs_file(jobs_file)
+        for spec in specs:  # --notify on the command line: for every job of the file that sets none
+            spec.notify = spec.notify or notify
+            spec.sync_back = spec.sync_back or sync_back
+        return specs
     if not cmd.strip():
         raise UsageError("no command to run", hint="put it after --, e.g. migrate run HOST -- python train.py")
     if image is not None:
@@ -88,7 +95,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool)
+                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify, sync_back=sync_back)
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
@@ -131,11 +138,11 @@ def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec
 
 
 def compose_spec(plan: ComposePlan, *, name: str | None, gpus: int, key: str | None, priority: int,
-                 retries: int, min_free_mem: str | None, env: dict[str, str]) -> JobSpec:
+                 retries: int, min_free_mem: str | None, env: dict[str, str], notify: str | None = None) -> JobSpec:
     """The one process-mode job that runs a compose project."""
     return JobSpec(command=compose_job_command(plan), name=name or f"compose-{plan.project}", gpus=gpus,
                    key=key, priority=priority, retries=retries, min_free_mem_mib=parse_size_mib(min_free_mem),
-                   env=env)
+                   env=env, notify=notify)
 
 
 def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> None:
@@ -151,7 +158,7 @@ def sync_compose_project(host: str, conn: ConnectOptions, plan: ComposePlan) -> 
 
 def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: DispatcherOptions, *,
                 plan: tpl.TemplatePlan | None, dry_run: bool, as_json: bool, follow: bool,
-                compose: ComposePlan | None = None) -> int:
+                compose: ComposePlan | None = None, every: float | None = None) -> int:
     """Queue the jobs (after copying the template or compose project), print what was queued."""
     if dry_run:
         if compose is not None:
@@ -171,6 +178,7 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
         if data.get("paused"):
             ui.warn(f"the queue on {remote.name} is paused: {data['paused']}")
         jobs = data["jobs"]
+        lastrun.record(host, [j["id"] for j in jobs], sync=sync_groups(specs, jobs, every))  # for `migrate wait`
         if as_json:
             ui.print_json({"host": remote.target.display, "jobs": jobs,
                            "dispatcher": (data.get("dispatcher") or {}).get("daemon")})
@@ -180,6 +188,10 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
             if existing:
                 ui.info(f"{existing} job(s) already existed (same --key) and were not queued again")
             ui.info(f"follow with `migrate status {host}` and `migrate logs {host} {jobs[0]['id']} -f`")
+            targets = sorted({notify_describe(s.notify) for s in specs if s.notify})
+            if targets:
+                ui.info(f"{remote.name} posts to {', '.join(targets)} when "
+                        + ("the job ends" if len(specs) == 1 else "the last of these jobs ends"))
         if follow:
             if len(jobs) != 1:
                 ui.warn("--follow shows one job; several were queued (use migrate logs HOST JOB -f)")
@@ -188,10 +200,26 @@ def run_command(host: str, conn: ConnectOptions, specs: list[JobSpec], options: 
     return 0
 
 
+def sync_groups(specs: list[JobSpec], jobs: list[dict], every: float | None) -> list[dict]:
+    """The run's sync-backs: one per HOST_PATH:LOCAL_DIR with the ids of its jobs (pure)."""
+    groups: dict[str, list] = {}
+    for spec, job in zip(specs, jobs):
+        if spec.sync_back:
+            groups.setdefault(spec.sync_back, []).append(job["id"])
+    return [{"spec": s, "every": every, "jobs": ids} for s, ids in groups.items()]
+
+
+def redacted(payload: dict) -> dict:
+    """A job's payload fit to print: a notify URL only as its format, scheme and host (it carries a token)."""
+    if payload.get("notify"):
+        return {**payload, "notify": notify_describe(payload["notify"])}
+    return payload
+
+
 def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan: tpl.TemplatePlan | None,
                as_json: bool) -> None:
     if as_json:
-        ui.print_json({"host": host, "dry_run": True, "jobs": [s.payload(options) for s in specs],
+        ui.print_json({"host": host, "dry_run": True, "jobs": [redacted(s.payload(options)) for s in specs],
                        "template": None if plan is None else {
                            "source": str(plan.source), "dest": plan.dest, "experiments": plan.experiments,
                            "files": len(plan.files), "bytes": plan.total_bytes}})

@@ -192,6 +192,11 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
         except MigrateError as exc:
             report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
             continue
+        from migrate.jobs import lastrun
+        from migrate.jobs.submit import sync_groups
+
+        jobs = [{"id": s.id} for s in submitted]  # what `migrate wait HOST` waits for (and pulls back)
+        lastrun.record(h, [j["id"] for j in jobs], sync=sync_groups(specs, jobs, None))
         new = [s for s in submitted if s.status == "queued"]
         existing = len(submitted) - len(new)
         text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")
@@ -262,7 +267,8 @@ def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run
     digest = hashlib.sha256(Path(run["compose"]).read_bytes() + str(run.get("gpus_per_job")).encode()).hexdigest()
     spec = compose_spec(plan, name=run.get("name") or f"{pb.name}-compose", gpus=run.get("gpus_per_job", 1),
                         key=f"{pb.name}:compose:{digest[:10]}", priority=run.get("priority", 0),
-                        retries=run.get("retries", 0), min_free_mem=None, env=dict(run.get("env") or {}))
+                        retries=run.get("retries", 0), min_free_mem=None, env=dict(run.get("env") or {}),
+                        notify=run.get("notify"))
     spec.min_free_mem_mib = run.get("min_free_mem")
     for h in hosts:
         if dry_run:

@@ -19,6 +19,7 @@ from migrate.playbook.loader import expand_sweep
 
 NOT_IN_SPEC = {"command", "name", "key"}  # a PlannedJob's own attributes
 LATER_FIELDS = {"ports", "allow_shared", "gpu_pool"}  # not in playbooks before the job table
+NOT_HASHED = {"notify", "sync_back"}  # where to say a job ended is not what it runs: changing it queues nothing new
 
 
 @dataclass
@@ -52,7 +53,8 @@ def plan_jobs(playbook_name: str, run: dict[str, Any], hosts: list[str]) -> list
             if f.playbook and f.name not in NOT_IN_SPEC}
     prefix = run.get("name") or playbook_name
     # Fields playbooks gained later count only when set, so the keys of older playbooks stay the same.
-    hashed = {k: v for k, v in spec.items() if k not in LATER_FIELDS or v not in (None, [])}
+    hashed = {k: v for k, v in spec.items()
+              if k not in NOT_HASHED and (k not in LATER_FIELDS or v not in (None, []))}
     what = json.dumps({"command": run["command"], **hashed}, sort_keys=True)
     digest = hashlib.sha256(what.encode()).hexdigest()[:10]
     key_prefix = run.get("key") or playbook_name

@@ -1,0 +1,107 @@
+"""`migrate status -H h1 -H h2 ...`: every host's jobs at once, asked in parallel, shown as one view.
+
+Each host is read as `status HOST` reads it (the agent's `status` through `AgentClient.call`; a
+cluster name through `migrate.cluster.jobs.cluster_jobs`), all at once with
+`remote.parallel.for_each_host`. A host that does not answer is one line of the view, not the end
+of it: the exit code is 0 when at least one host answered (`multi_exit_code`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+
+from migrate.jobs.client import agent_session
+from migrate.jobs.render import STATE_COLOURS, STATUS_COLUMNS, select_jobs, status_rows
+from migrate.remote.hosts import ConnectOptions
+from migrate.remote.parallel import HostOutcome, for_each_host
+
+MULTI_COLUMNS = ["host", *STATUS_COLUMNS]
+
+
+def read_host(host: str, conn: ConnectOptions, args: list[str]) -> dict[str, Any]:
+    """One host's (or cluster's) status answer, in the shape `status HOST --json` prints."""
+    from migrate.cluster import state as cluster_state
+
+    if cluster_state.exists(host):
+        from migrate.cluster.jobs import cluster_jobs
+
+        every = cluster_jobs(host, conn)
+        counts: dict[str, int] = {}
+        for j in every:
+            counts[j["state"]] = counts.get(j["state"], 0) + 1
+        return {"host": host, "cluster": True, "counts": counts, "jobs": every}
+    with agent_session(host, conn) as client:
+        data = client.call(args, what="read job status", need_queue=True)
+        display = client.remote.target.display
+    if data.get("no_queue"):
+        return {"host": display, "dispatcher": None, "paused": "", "backend": None, "gpu_error": "", "counts": {},
+                "jobs": [], "hidden_finished": 0}
+    return {"host": display, "dispatcher": data.get("daemon"), "paused": data.get("paused"),
+            "backend": data.get("backend"), "gpu_error": data.get("gpu_error"), "counts": data.get("counts"),
+            "hidden_finished": data.get("hidden_finished") or 0, "jobs": data["jobs"]}
+
+
+def read_hosts(hosts: list[str], conn: ConnectOptions, args: list[str], *, show_all: bool = False,
+               states: list[str] | None = None, last: int = 20) -> list[HostOutcome[dict]]:
+    """Every host's answer (or its one-line error), asked in parallel; cluster jobs chosen as the agent chooses."""
+
+    def work(host: str) -> dict:
+        data = read_host(host, conn, args)
+        if data.get("cluster"):
+            data["jobs"], data["hidden_finished"] = select_jobs(data["jobs"], show_all=show_all, states=states,
+                                                                last=last)
+        return data
+
+    return for_each_host(hosts, work, max_workers=16)
+
+
+def multi_exit_code(outcomes: list[HostOutcome]) -> int:
+    """0 when at least one host answered, else 1 (pure)."""
+    return 0 if any(o.ok for o in outcomes) else 1
+
+
+def multi_rows(outcomes: list[HostOutcome[dict]]) -> list[tuple]:
+    """One table: each host's jobs with the host in front; an unreachable host is one row (pure)."""
+    rows: list[tuple] = []
+    for o in outcomes:
+        if not o.ok:
+            reason = (o.error or "").split(" (hint:")[0]
+            rows.append((Text(o.host), "", "", Text("unreachable", style="bold red"), "", "", "", "",
+                         Text(reason if len(reason) <= 70 else reason[:69] + "…")))
+            continue
+        data = o.value or {}
+        jobs = data.get("jobs") or []
+        if not jobs:
+            rows.append((Text(o.host), "", "", Text("no jobs", style="dim"), "", "", "", "", ""))
+            continue
+        rows += [(Text(o.host), *row) for row in _rows(jobs)]
+    return rows
+
+
+def _rows(jobs: list[dict]) -> list[tuple]:
+    if jobs and "submission_id" in jobs[0]:  # a cluster's job views
+        return [(str(j["id"]), j["name"], Text(j["state"], style=STATE_COLOURS.get(j["state"], "")),
+                 str(j["gpus"]) if j["gpus"] else "cpu", "", "", "" if j["exit_code"] is None else str(j["exit_code"]),
+                 (j.get("reason") or j.get("command") or "")[:70]) for j in jobs]
+    return status_rows(jobs)
+
+
+def multi_json(outcomes: list[HostOutcome[dict]]) -> dict[str, Any]:
+    """`status -H ... --json`: per-host summaries, then every job with its host (pure)."""
+    hosts, jobs = [], []
+    for o in outcomes:
+        if not o.ok:
+            hosts.append({"host": o.host, "ok": False, "error": o.error})
+            continue
+        data = dict(o.value or {})
+        host_jobs = data.pop("jobs", [])
+        hosts.append({"host": o.host, "ok": True, **{k: v for k, v in data.items() if k != "host"},
+                      "display": data.get("host")})
+        jobs += [{"host": o.host, **j} for j in host_jobs]
+    counts: dict[str, int] = {}
+    for h in hosts:
+        for state, n in (h.get("counts") or {}).items():
+            counts[state] = counts.get(state, 0) + n
+    return {"hosts": hosts, "counts": counts, "unreachable": [h["host"] for h in hosts if not h["ok"]], "jobs": jobs}

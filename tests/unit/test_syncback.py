@@ -1,0 +1,91 @@
+"""--sync-back: when a pull is due, retries after failures, the record of what came back (fake pulls, fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrate.data.syncback import FINAL_TRIES, Syncer, SyncTask, parse_sync_back
+from migrate.errors import ConnectError, UsageError
+from migrate.jobs import lastrun
+from migrate.jobs.spec import JobSpec
+from migrate.jobs.submit import sync_groups
+
+
+def test_parse():
+    assert parse_sync_back("runs/exp1:./results") == ("runs/exp1", "./results")
+    for bad in ("runs", ":x", "x:", ""):
+        with pytest.raises(UsageError):
+            parse_sync_back(bad)
+
+
+def test_due_every_while_running_then_final():
+    t = SyncTask(target="h", spec="a:b", jobs=["1", "2"], every=10)
+    assert t.due({"1": "queued", "2": "queued"}, 0) == ""  # nothing runs yet: nothing to bring back
+    assert t.due({"1": "running", "2": "queued"}, 0) == "every"
+    t.tried_at = 0
+    assert t.due({"1": "running", "2": "queued"}, 5) == ""
+    assert t.due({"1": "running", "2": "queued"}, 10) == "every"
+    assert t.due({"1": "done", "2": "failed"}, 11) == "final"
+    assert SyncTask(target="h", spec="a:b", jobs=["1"]).due({"1": "running"}, 99) == ""  # no --every
+
+
+class Pulls:
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list = []
+        self.fail = fail
+
+    def __call__(self, host, remote, local, conn):
+        self.calls.append((host, remote, local))
+        if self.fail:
+            self.fail -= 1
+            raise ConnectError("ssh to h failed: connection reset")
+        return None
+
+
+def test_a_failed_pull_is_retried_and_the_final_one_settles_the_wait():
+    clock = [0.0]
+    saved: list = []
+    pulls = Pulls(fail=2)
+    t = SyncTask(target="h", spec="out:/tmp/r", jobs=["1"], every=5)
+    s = Syncer([t], None, pull=pulls, save=lambda x: saved.append((x.final, x.last_ok is not None)),
+               clock=lambda: clock[0])
+    s.after_poll({("h", "1"): "running"})  # fails: tried again after --every
+    clock[0] = 1
+    s.after_poll({("h", "1"): "running"})
+    assert len(pulls.calls) == 1 and not s.settled()
+    s.after_poll({("h", "1"): "done"})  # final: fails once, then at the next poll succeeds
+    assert not s.settled() and t.final_tries == 1
+    s.after_poll({("h", "1"): "done"})
+    assert s.settled() and saved == [(True, True)] and pulls.calls[-1] == ("h", "out", "/tmp/r")
+    s.after_poll({("h", "1"): "done"})
+    assert len(pulls.calls) == 3  # nothing more once final
+
+
+def test_the_final_pull_gives_up_after_a_few_tries():
+    s = Syncer([SyncTask(target="h", spec="a:b", jobs=["1"])], None, pull=Pulls(fail=99))
+    for _ in range(FINAL_TRIES + 2):
+        s.after_poll({("h", "1"): "done"})
+    assert s.settled()
+
+
+def test_the_record_keeps_sync_backs_per_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    specs = [JobSpec(command="a", sync_back="out:/r"), JobSpec(command="b", sync_back="out:/r"), JobSpec(command="c")]
+    groups = sync_groups(specs, [{"id": 4}, {"id": 5}, {"id": 6}], 600.0)
+    assert groups == [{"spec": "out:/r", "every": 600.0, "jobs": [4, 5]}]
+    lastrun.record("h", [4, 5, 6], sync=groups)
+    [e] = lastrun.sync_entries("h")
+    assert e == {"spec": "out:/r", "every": 600.0, "jobs": ["4", "5"], "last_ok": None, "final": False}
+    lastrun.save_sync("h", "out:/r", last_ok=12.5, final=True)
+    assert lastrun.sync_entries("h")[0]["final"] and lastrun.sync_entries("h")[0]["last_ok"] == 12.5
+    assert JobSpec(command="x", sync_back="a:b").payload().get("sync_back") is None  # never sent to the host
+
+
+def test_status_says_when_results_last_came_back():
+    from migrate.data.syncback import sync_line
+
+    entry = {"spec": "runs/e1:./res", "jobs": ["4", "5"], "last_ok": None, "final": False}
+    assert sync_line(entry, "gpu1") == ("sync-back runs/e1 -> ./res (job(s) 4, 5): not brought back yet "
+                                        "(it runs while `migrate wait gpu1` runs)")
+    entry.update(last_ok=1000.0, final=True)
+    assert sync_line(entry, "gpu1", now=1720.0).endswith("last brought back 12m00s ago, after the jobs ended")
