@@ -91,8 +91,8 @@ def test_classic_hosts_still_match_by_config_digest():
     assert plan_image(local(fingerprint=""), f).action == UP_TO_DATE
 
 
-def test_oci_members_leave_out_layers_and_keep_the_config():
-    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1", "me/app:2"])
+def test_oci_members_leave_out_only_blobs_the_content_store_holds_and_keep_the_config():
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1", "me/app:2"], blobs_present={D1})
     members = step.oci_members(lambda name, d: A.Member.from_bytes(name, {D1: L1, D2: L2}[d]),
                                lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
     names = [m.name for m in members]
@@ -107,9 +107,57 @@ def test_oci_members_leave_out_layers_and_keep_the_config():
     manifest = json.loads(blobs[A.oci_blob_name(manifest_digest)])
     assert digest(blobs[A.oci_blob_name(manifest_digest)]) == manifest_digest
     assert manifest["config"] == {"mediaType": A.OCI_CONFIG, "digest": CONFIG_ID, "size": len(CONFIG)}
-    assert manifest["layers"] == [{"mediaType": A.OCI_LAYER, "digest": D1, "size": 0},
+    # every layer in full (a size-0 descriptor made `docker save` there export an empty layer)
+    assert manifest["layers"] == [{"mediaType": A.OCI_LAYER, "digest": D1, "size": len(L1)},
                                   {"mediaType": A.OCI_LAYER, "digest": D2, "size": len(L2)}]
     assert A.tar_size(members) == len(b"".join(A.tar_stream(members)))
+    assert step.oci_blobs(lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d]))) == {D2: len(L2)}
+
+
+def _manifest_of(step: A.LoadStep) -> bytes:
+    members = step.oci_members(lambda name, d: A.Member.from_bytes(name, {D1: L1, D2: L2}[d]),
+                               lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
+    blobs = {m.name: m.data for m in members}
+    return blobs[A.oci_blob_name(json.loads(blobs["index.json"])["manifests"][0]["digest"])]
+
+
+def test_a_layer_the_host_has_only_as_a_snapshot_rides_along():
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1"])  # nothing known present
+    members = step.oci_members(lambda name, d: A.Member.from_bytes(name, {D1: L1, D2: L2}[d]),
+                               lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
+    assert {A.oci_blob_name(D1), A.oci_blob_name(D2)} <= {m.name for m in members}
+
+
+def test_the_manifest_and_so_the_id_depend_on_the_image_alone():
+    """Whatever the host had and wherever an earlier push stopped, the same image gets the same ID."""
+    variants = [A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=send, tags=["app:1"], blobs_present=present)
+                for send, present in (([0, 1], set()), ([1], {D1}), ([1], set()), ([], {D1, D2}))]
+    assert len({_manifest_of(s) for s in variants}) == 1
+
+
+def test_the_docker_style_manifest_is_the_one_containerd_makes_of_a_docker_save_archive():
+    """containerd's importer (core/images/archive/importer.go) turns a manifest.json-only archive into a
+    Docker schema 2 manifest, Go's json.Marshal of {schemaVersion, mediaType, config, layers}, each
+    descriptor {mediaType, digest, size}: the same bytes give the same ID as `docker save | docker load`."""
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1"], manifest_style="docker")
+    expected = ('{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",'
+                f'"config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{CONFIG_ID}",'
+                f'"size":{len(CONFIG)}}},"layers":['
+                f'{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar","digest":"{D1}","size":{len(L1)}}},'
+                f'{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar","digest":"{D2}","size":{len(L2)}}}]}}')
+    assert _manifest_of(step) == expected.encode()
+
+
+def test_blob_layers_come_from_recorded_images_and_labelled_checkpoints_only():
+    store = "info=28.5.2|overlayfs|/var/lib/docker|linux|[[\"driver-type\",\"io.containerd.snapshotter.v1\"]]\n"
+    cut = json.loads(A.checkpoint_config(CONFIG, 1))
+    text = (store + "blobs.complete=sha256:mine\n"
+            + img_line("sha256:mine", "app:1,", [D1], {}) + "\n"
+            + img_line("sha256:pulled", "other:1,", [D2], {}) + "\n"
+            + img_line("sha256:cp", "migrate-partial:x-1of2,", ["sha256:" + "3" * 64], cut["config"]) + "\n")
+    f = R.parse_facts(text)
+    assert f.complete_ids == {"sha256:mine"}
+    assert f.blob_layers() == {D1, "sha256:" + "3" * 64}  # the pulled image may hold only compressed blobs
 
 
 def _docker25_save(tmp_path, layer_files: dict[str, bytes]) -> tuple[A.SavedArchive, str]:
@@ -149,7 +197,9 @@ def test_a_containerd_laptops_save_maps_its_manifest_digest_to_the_config(tmp_pa
 
 
 def test_disk_need_on_the_containerd_store_counts_content_and_snapshot():
-    assert disk_need([10, 20], 100, containerd=True).layers == 200 and disk_need([10, 20], 100).tmp == 20
+    need = disk_need([10, 20], 100, containerd=True, blob_bytes=150)
+    assert (need.layers, need.blobs, need.tmp) == (100, 150, 0) and disk_need([10, 20], 100).tmp == 20
+    assert disk_need([10, 20], 100, containerd=True).blobs == 100
 
 
 def test_a_trimmed_oci_layout_is_a_readable_tar(tmp_path):
