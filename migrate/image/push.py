@@ -78,6 +78,7 @@ from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.openssh import ControlMaster, stream_ciphers
 from migrate.remote.parallel import for_each_host
+from migrate.remote.reap import reap_spools, spool_prefix
 
 MIB = 1 << 20
 CHUNK_SIZE = MIB
@@ -159,8 +160,10 @@ class LayerCache:
 
 
 def _spool_dir() -> Path:
+    """This run's private spool, named after its process; first the spools of dead runs go (remote/reap.py)."""
     base = private_dir(cache_root() / "push-image")
-    return Path(tempfile.mkdtemp(prefix="spool-", dir=base))
+    reap_spools(base)
+    return Path(tempfile.mkdtemp(prefix=spool_prefix(), dir=base))
 
 
 def _check_local_space(path: Path, need: int) -> None:
