@@ -15,7 +15,7 @@ from migrate.image import archive as A
 from migrate.image import identity
 from migrate.image import remote as R
 from migrate.image.local import LocalImage
-from migrate.image.plan import SEND, TAG, UP_TO_DATE, check_store, disk_need, plan_image
+from migrate.image.plan import SEND, TAG, UP_TO_DATE, check_disk, check_store, disk_full_hint, disk_need, plan_image
 from tests.tar_helpers import tar_bytes
 
 
@@ -216,3 +216,43 @@ def test_an_engine_too_old_for_its_containerd_store_is_refused_before_anything_m
         check_store(R.parse_facts(f"info=23.0.6|overlayfs|/var/lib/docker|linux|{store}\n"), "gpu1")
     check_store(R.parse_facts(f"info=28.5.2|overlayfs|/x|linux|{store}\n"), "gpu1")
     check_store(R.parse_facts("info=20.10.24|overlay2|/x|linux|[]\n"), "gpu1")
+
+
+C8D_INFO = "info=28.5.2|overlayfs|/var/lib/docker|linux|[[\"driver-type\",\"io.containerd.snapshotter.v1\"]]\n"
+
+
+def test_the_containerd_stores_disk_check_looks_at_containerds_root_not_the_data_root():
+    f = R.parse_facts(C8D_INFO + "disk.docker_root=90000000 /\nc8d.root=/var/lib/c8d-small\n"
+                      "disk.c8d_content=65536 /var/lib/c8d-small\ndisk.c8d_snapshots=65536 /var/lib/c8d-small\n")
+    assert f.c8d_root == "/var/lib/c8d-small"
+    need = disk_need([1], 40 << 20, containerd=True)  # 40 MiB layer: blob + snapshot
+    with pytest.raises(MigrateError) as exc:
+        check_disk(need, f, "gpu1")
+    assert "containerd's root /var/lib/c8d-small (/var/lib/c8d-small)" in exc.value.message
+    assert "80.0 MiB" in exc.value.message and "/var/lib/docker" not in exc.value.one_line()
+    check_disk(disk_need([1], 20 << 20, containerd=True), f, "gpu1")  # 40 MiB fits in 64
+    # content store and snapshots on different filesystems: each is checked apart
+    f = R.parse_facts(C8D_INFO + "c8d.root=/srv/c8d\ndisk.c8d_content=10240 /srv\n"
+                      "disk.c8d_snapshots=900000 /srv/c8d/io.containerd.snapshotter.v1.overlayfs\n")
+    with pytest.raises(MigrateError, match="containerd's content store /srv/c8d/io.containerd.content.v1.content"):
+        check_disk(disk_need([1], 20 << 20, containerd=True), f, "gpu1")
+    check_disk(disk_need([1], 20 << 20, containerd=True, blob_bytes=0), f, "gpu1")  # every blob already there
+
+
+def test_a_host_that_did_not_report_containerds_root_falls_back_to_the_data_root():
+    f = R.parse_facts(C8D_INFO + "disk.docker_root=65536 /\n")
+    with pytest.raises(MigrateError, match="/var/lib/docker"):
+        check_disk(disk_need([1], 40 << 20, containerd=True), f, "gpu1")
+
+
+def test_a_full_disk_on_the_containerd_store_names_containerds_root():
+    f = R.parse_facts(C8D_INFO + "disk.docker_root=90000000 /\nc8d.root=/var/lib/containerd\n"
+                      "disk.c8d_content=65536 /var/lib/containerd\ndisk.c8d_snapshots=65536 /var/lib/containerd\n")
+    hint = disk_full_hint("write /var/lib/containerd/tmpmounts/x/big.bin: no space left on device", f)
+    assert "containerd's root /var/lib/containerd" in hint and "/var/lib/docker" not in hint
+
+
+def test_the_facts_script_finds_containerds_root_from_its_process_then_its_config():
+    script = R.INVENTORY_SCRIPT
+    assert "c8d_root" in script and "io.containerd.content.v1.content" in script
+    assert "/containerd/daemon" in R._C8D_ROOT and "/etc/containerd/config.toml" in R._C8D_ROOT
