@@ -188,6 +188,8 @@ class LoadStep:
     # OCI layout only: layer blob digests the host's content store holds (those need not ride along)
     blobs_present: set[str] = field(default_factory=set)
     manifest_style: str = "oci"  # or "docker": the manifest containerd makes of a docker-save archive
+    # the local engine's own index.json entry and index/manifest blobs for this image (SavedArchive.target)
+    target: tuple[dict, list[tuple[str, bytes]]] | None = None
 
     @property
     def image_id(self) -> str:
@@ -229,6 +231,10 @@ class LoadStep:
                                "config": {"mediaType": config_type, "digest": self.image_id, "size": len(self.config)},
                                "layers": layers}, separators=(",", ":")).encode()
         entry = {"mediaType": manifest_type, "digest": sha256_digest(manifest), "size": len(manifest)}
+        meta = [Member.from_bytes(oci_blob_name(entry["digest"]), manifest)]
+        if self.target is not None and _names_these_layers(self.target[1][-1][1], self.image_id, layers):
+            entry = self.target[0]  # the local engine's own manifest (or index): its ID, unchanged
+            meta = [Member.from_bytes(oci_blob_name(d), raw) for d, raw in self.target[1]]
         entries = [dict(entry, annotations={"io.containerd.image.name": containerd_name(tag),
                                             "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]})
                    for tag in self.tags] or [entry]
@@ -236,7 +242,7 @@ class LoadStep:
                            separators=(",", ":")).encode()
         return [Member.from_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
                 Member.from_bytes(oci_blob_name(self.image_id), self.config),
-                Member.from_bytes(oci_blob_name(entry["digest"]), manifest),
+                *meta,
                 *blobs,
                 Member.from_bytes("index.json", index)]
 
@@ -264,6 +270,16 @@ class LoadStep:
                 seen.add(name)
                 out.append(layer_member(name, self.diff_ids[i]))
         return out
+
+
+def _names_these_layers(manifest: bytes, config_digest: str, layers: Sequence[dict]) -> bool:
+    """Whether a manifest points at this config and these layer blobs (digest and size, in order)."""
+    try:
+        data = json.loads(manifest)
+        theirs = [(str(x["digest"]), int(x["size"])) for x in data["layers"]]
+        return data["config"]["digest"] == config_digest and theirs == [(x["digest"], x["size"]) for x in layers]
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def oci_blob_name(digest: str) -> str:
@@ -399,15 +415,17 @@ class SavedArchive:
         # Engine >= 25 also writes an OCI index: on a containerd store the image ID the daemon reports is
         # the digest of a manifest (or index) listed there, which points at the config.
         self.manifest_configs: dict[str, str] = {}
+        # config digest -> (the index.json entry naming it, the index/manifest blobs down to its manifest)
+        self.targets: dict[str, tuple[dict, list[tuple[str, bytes]]]] = {}
         index = root / "index.json"
         if index.is_file():
             try:
                 for desc in json.loads(index.read_bytes()).get("manifests") or []:
-                    self._walk_index(desc, None)
+                    self._walk_index(desc, None, [])
             except (ValueError, AttributeError, TypeError):
-                self.manifest_configs = {}
+                self.manifest_configs, self.targets = {}, {}
 
-    def _walk_index(self, desc: dict, top: str | None) -> None:
+    def _walk_index(self, desc: dict, top: dict | None, chain: list[tuple[str, bytes]]) -> None:
         digest = str(desc.get("digest") or "")
         try:
             path = self._file(oci_blob_name(digest), must_exist=False)
@@ -415,16 +433,25 @@ class SavedArchive:
             return
         if not digest or not path.is_file():
             return
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
+        data = json.loads(raw)
+        top = top or desc
+        chain = [*chain, (digest, raw)]
         if isinstance(data.get("manifests"), list):  # an index (several platforms): its manifests
             for child in data["manifests"]:
-                self._walk_index(child, top or digest)
+                self._walk_index(child, top, chain)
         elif isinstance(data.get("config"), dict):
             config = str(data["config"].get("digest") or "")
             if config in self.images:
                 self.manifest_configs[digest] = config
-                if top:
-                    self.manifest_configs.setdefault(top, config)
+                self.manifest_configs.setdefault(str(top.get("digest")), config)
+                entry = {k: top[k] for k in ("mediaType", "digest", "size") if k in top}
+                self.targets.setdefault(config, (entry, chain))
+
+    def target(self, config_digest: str) -> tuple[dict, list[tuple[str, bytes]]] | None:
+        """How this archive names the image (its ID on the engine that saved it, a containerd store's
+        manifest or index digest) and those blobs, so a load elsewhere can give the very same ID."""
+        return self.targets.get(config_digest)
 
     def config_digest_of(self, image_id: str, diff_ids: Sequence[str], tags: Sequence[str] = ()) -> str:
         """The config digest (archive ID) of the image the daemon calls `image_id`: itself on a classic

@@ -390,6 +390,8 @@ class Pusher(OverlapMixin):
         sent: dict[str, int] = {}
         for step in steps:
             step.manifest_style = layers.manifest_style
+            if not step.checkpoint and not step.registry_layers and isinstance(layers.source, SavedArchive):
+                step.target = layers.source.target(img.archive_id)
             step.blobs_present = set(present)
             carried = step.oci_blobs(layers.descriptor)
             present |= set(carried)

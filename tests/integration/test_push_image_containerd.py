@@ -211,6 +211,7 @@ def test_laptop_on_the_containerd_store_pushes_to_both_stores(hosts, laptop):
     assert all(r["status"] == "sent" for r in results), results
     assert by_host[c8d["alias"]]["layers_sent"] == 1 and by_host[classic["alias"]]["layers_sent"] == 2, results
     assert remote_ids(classic, CHILD) == config_digest  # a classic store: the very same image ID
+    assert remote_ids(c8d, CHILD) == laptop_id  # a containerd store: the laptop's manifest, so the laptop's ID
     for h in (classic, c8d):
         assert in_host(h, f"docker run --rm {CHILD} busybox wc -c /app.bin").split()[0] == "5000000"
     again = push_json(CHILD, classic["alias"], c8d["alias"], env=laptop)

@@ -256,3 +256,21 @@ def test_the_facts_script_finds_containerds_root_from_its_process_then_its_confi
     script = R.INVENTORY_SCRIPT
     assert "c8d_root" in script and "io.containerd.content.v1.content" in script
     assert "/containerd/daemon" in R._C8D_ROOT and "/etc/containerd/config.toml" in R._C8D_ROOT
+
+
+def test_an_image_from_a_save_with_an_oci_index_keeps_the_id_the_saving_engine_gave_it(tmp_path):
+    """A containerd laptop (or Engine >= 25) names the image by its own manifest: that manifest goes as it is,
+    so the host reports the laptop's ID, as after `docker save | docker load`."""
+    gz = gzip.compress(L2, mtime=0)
+    saved, manifest_digest = _docker25_save(tmp_path, {"l1": L1, "l2": gz})
+    step = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1"], target=saved.target(CONFIG_ID))
+    members = step.oci_members(saved.layer_member, saved.layer_descriptor)
+    blobs = {m.name: m.reader().read() for m in members}
+    [entry] = json.loads(blobs["index.json"])["manifests"]
+    assert entry["digest"] == manifest_digest and digest(blobs[A.oci_blob_name(manifest_digest)]) == manifest_digest
+    assert A.oci_blob_name(D1) in blobs and A.oci_blob_name(digest(gz)) in blobs  # nothing known present: both go
+    # a manifest that names other blobs (say, a layer recompressed) is not used: ours is
+    other = A.LoadStep(config=CONFIG, diff_ids=[D1, D2], send=[1], tags=["app:1"], target=saved.target(CONFIG_ID))
+    members = other.oci_members(saved.layer_member, lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
+    index = json.loads({m.name: m.reader().read() for m in members}["index.json"])
+    assert index["manifests"][0]["digest"] != manifest_digest
