@@ -49,8 +49,9 @@ BLOB_RECORD = ".migrate/image-blobs"
 BLOB_RECORD_LINES = 1000
 
 # .Config comes last: its JSON may contain '|'. Created/Os/Config feed the fingerprint (image/identity.py).
+# RepoDigests (what the host pulled) come after it, behind `|rd=`.
 IMAGE_LINE_FORMAT = ("img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}"
-                     "|{{.Os}}|{{.Created}}|{{json .Config}}")
+                     "|{{.Os}}|{{.Created}}|{{json .Config}}|rd={{range .RepoDigests}}{{.}},{{end}}")
 _IMG_FORMAT = f"'{IMAGE_LINE_FORMAT}'"
 
 # With `want` (the local image IDs) set, the images we push are inspected first: when all are there
@@ -121,6 +122,7 @@ class RemoteImage:
     fingerprint: str = ""
     config_digest: str = ""  # when known: a classic store's ID, or what we loaded in this run
     blobs_complete: bool = False  # a checkpoint of ours that brought every layer blob (PARTIAL_BLOBS_LABEL)
+    repo_digests: list[str] = field(default_factory=list)  # `repo@sha256:…` of the manifests it was pulled as
 
     def same_as(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> bool:
         """True when this is the image with that local ID / config digest / fingerprint."""
@@ -190,6 +192,10 @@ class RemoteDocker:
             if img.blobs_complete or img.image_id in self.complete_ids:
                 out.update(img.diff_ids)
         return out
+
+    def pulled_digests(self) -> set[str]:
+        """The manifest digests the host pulled images by (a containerd store then holds their blobs)."""
+        return {d.rpartition("@")[2] for img in self.images for d in img.repo_digests if "@" in d}
 
     def image(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> RemoteImage | None:
         """The remote image that is this local image: same ID or config digest, else same fingerprint."""
@@ -277,6 +283,7 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
 
 def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
     """One `img=` line (see _IMG_FORMAT); a classic store's ID is the config digest."""
+    value, _, repo_digests = value.rpartition("|rd=") if "|rd=" in value else (value, "", "")
     parts = value.split("|", 6) + [""] * 7
     image_id, tags, layers, arch, os_name, created, config_json = parts[:7]
     diff_ids = [d for d in layers.split(",") if d]
@@ -288,7 +295,8 @@ def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
     labels = (config or {}).get("Labels") if isinstance(config, dict) else None
     return RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t], diff_ids=diff_ids, arch=arch,
                        fingerprint=fp, config_digest="" if containerd else image_id,
-                       blobs_complete=isinstance(labels, dict) and labels.get(PARTIAL_BLOBS_LABEL) == "all")
+                       blobs_complete=isinstance(labels, dict) and labels.get(PARTIAL_BLOBS_LABEL) == "all",
+                       repo_digests=[d for d in repo_digests.split(",") if d])
 
 
 def with_wanted(script: str, image_ids: list[str]) -> str:
