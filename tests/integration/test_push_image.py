@@ -75,6 +75,7 @@ def assert_like_a_whole_load(host: dict, ref: str, other: dict) -> None:
     in_host(other, f"docker image rm -f {ref} >/dev/null 2>&1; true")
     sh("docker", "exec", "-i", other["container"], "docker", "load", input=export)
     assert remote_id(other, ref) == local_id(ref), f"{ref} exported from {host['alias']} is not the local image"
+    in_host(other, f"docker image rm -f {ref} >/dev/null 2>&1; true")  # `other` as it was for later tests
     whole = subprocess.run(["docker", "save", ref], capture_output=True, check=True, timeout=300).stdout
     sh("docker", "exec", "-i", host["container"], "docker", "load", input=whole)
     assert host_image(host, ref) == pushed, f"a whole load of {ref} on {host['alias']} gives another image"
