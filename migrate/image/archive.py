@@ -313,10 +313,12 @@ def partial_tag(image_id: str, upto: int, total: int) -> str:
     return f"{PARTIAL_REPO}:{short_id(image_id)}-{upto}of{total}"
 
 
-def checkpoint_config(config: bytes, upto: int) -> bytes:
+def checkpoint_config(config: bytes, upto: int, *, plain_blobs: bool = True) -> bytes:
     """The image config cut to its first `upto` layers (history dropped, labelled as ours).
 
     moby refuses configs with more non-empty history entries than layers, so history goes.
+    `plain_blobs`: its load carries (or the host holds) every layer as a plain-tar blob, which
+    PARTIAL_BLOBS_LABEL tells later pushes.
     """
     cfg = json.loads(config)
     image_id = sha256_digest(config)
@@ -325,7 +327,8 @@ def checkpoint_config(config: bytes, upto: int) -> bytes:
     inner = dict(cfg.get("config") or {})
     labels = dict(inner.get("Labels") or {})
     labels[PARTIAL_LABEL] = image_id
-    labels[PARTIAL_BLOBS_LABEL] = "all"
+    if plain_blobs:
+        labels[PARTIAL_BLOBS_LABEL] = "all"
     inner["Labels"] = labels
     cfg["config"] = inner
     return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()

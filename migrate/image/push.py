@@ -37,6 +37,7 @@ from migrate.image.archive import (
     Member,
     SavedArchive,
     archive_members,
+    checkpoint_config,
     open_maybe_compressed,
     parse_config,
     plan_load_steps,
@@ -388,7 +389,10 @@ class Pusher(OverlapMixin):
         known = session.facts.blob_layers()
         present = {d for d in img.diff_ids if d in known}
         sent: dict[str, int] = {}
+        plain = self._plain_blobs(session, img)
         for step in steps:
+            if step.checkpoint and not plain:  # its label would tell later pushes of plain blobs it lacks
+                step.config = checkpoint_config(layers.config(img.archive_id), len(step.diff_ids), plain_blobs=False)
             step.manifest_style = layers.manifest_style
             if not step.checkpoint and not step.registry_layers and isinstance(layers.source, SavedArchive):
                 step.target = layers.source.target(img.archive_id)
@@ -397,6 +401,13 @@ class Pusher(OverlapMixin):
             present |= set(carried)
             sent.update(carried)
         return sum(sent.values())
+
+    def _plain_blobs(self, session: HostSession, img: LocalImage) -> bool:
+        """Whether the host's content store gets every layer of `img` as a plain-tar blob (digest = DiffID):
+        what RemoteDocker.blob_layers trusts. Not so for compressed blobs (a containerd laptop's, a pull's)."""
+        layers = self.layers
+        return layers is not None and not registry_layers(session.via.get(img.image_id)) and \
+            all(layers.descriptor(d)[1] == d for d in img.diff_ids)
 
     def _step_members(self, step: LoadStep, codec: Codec | None, oci: bool) -> list[Member]:
         """One load's archive: docker-save layout, or an OCI layout for a containerd image store."""
@@ -540,7 +551,7 @@ class Pusher(OverlapMixin):
                                f"expected {short_id(img.archive_id)}")
         for tag in [t for t in img.tags if t not in got.tags]:
             session.docker(["tag", got.image_id, tag], what=f"tag {tag}")
-        if session.facts.containerd_store:  # its content store holds every layer blob now: say so for later pushes
+        if session.facts.containerd_store and self._plain_blobs(session, img):  # for later pushes: see blob_layers
             session.remote.run(rdocker.record_blobs_command(got.image_id), check=False, what="record the image")
             session.facts.complete_ids.add(got.image_id)
         session.facts.add_image(got.image_id, img.tags, img.diff_ids, image_fingerprint=img.fingerprint,

@@ -274,3 +274,12 @@ def test_an_image_from_a_save_with_an_oci_index_keeps_the_id_the_saving_engine_g
     members = other.oci_members(saved.layer_member, lambda d: (A.OCI_LAYER, d, len({D1: L1, D2: L2}[d])))
     index = json.loads({m.name: m.reader().read() for m in members}["index.json"])
     assert index["manifests"][0]["digest"] != manifest_digest
+
+
+def test_only_a_checkpoint_of_plain_blobs_says_so():
+    """blob_layers trusts the label to mean plain-tar blobs (digest = DiffID): a checkpoint whose layers went
+    as compressed blobs (a containerd laptop's) must not carry it."""
+    plain = json.loads(A.checkpoint_config(CONFIG, 1))["config"]["Labels"]
+    other = json.loads(A.checkpoint_config(CONFIG, 1, plain_blobs=False))["config"]["Labels"]
+    assert plain[A.PARTIAL_BLOBS_LABEL] == "all" and A.PARTIAL_BLOBS_LABEL not in other
+    assert plain[A.PARTIAL_LABEL] == other[A.PARTIAL_LABEL] == CONFIG_ID
