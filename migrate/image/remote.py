@@ -24,9 +24,10 @@ _DISK = FREE_SPACE + "disk() { kv \"disk.$2\" \"$(free_space \"$1\" '$4 \" \" $6
 # Docker's data-root): the running containerd's --root, else the `root` of its config file (before any
 # [section]), else <data-root>/containerd/daemon when dockerd runs its own containerd (Docker 29
 # without a system containerd), else containerd's default. `read` keeps it to one fork per process.
+# (`_proc` stands in for /proc in the unit test.)
 _C8D_ROOT = r"""c8d_root() {
   _a=""
-  for _p in /proc/[0-9]*; do
+  for _p in "${_proc:-/proc}"/[0-9]*; do
     read -r _c 2>/dev/null < "$_p/comm" || continue
     [ "$_c" = containerd ] || continue
     _a=$(tr '\0' '\n' < "$_p/cmdline" 2>/dev/null); break

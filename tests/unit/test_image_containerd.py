@@ -283,3 +283,32 @@ def test_only_a_checkpoint_of_plain_blobs_says_so():
     other = json.loads(A.checkpoint_config(CONFIG, 1, plain_blobs=False))["config"]["Labels"]
     assert plain[A.PARTIAL_BLOBS_LABEL] == "all" and A.PARTIAL_BLOBS_LABEL not in other
     assert plain[A.PARTIAL_LABEL] == other[A.PARTIAL_LABEL] == CONFIG_ID
+
+
+@pytest.mark.parametrize("cmdline, toml, want", [
+    (["/usr/bin/containerd"], None, "/var/lib/containerd"),  # no --root, no readable config: the default
+    (["/usr/bin/containerd", "--root", "/srv/c8d"], None, "/srv/c8d"),
+    (["/usr/bin/containerd", "--root=/srv/c8d2"], None, "/srv/c8d2"),
+    (["/usr/bin/containerd", "-c", "CONF"], 'version = 2\nroot = "/var/lib/c8d-small"\n[plugins]\n  root = "/no"\n',
+     "/var/lib/c8d-small"),
+    (["/usr/bin/containerd", "--config", "CONF"], "version = 2\n[plugins.x]\nroot = \"/no\"\n", "/var/lib/containerd"),
+    # dockerd's own containerd: its generated config is root's only (here: absent)
+    (["containerd", "--config", "RUN/docker/containerd/containerd.toml"], None, "/data/docker/containerd/daemon"),
+])
+def test_c8d_root_reads_the_running_containerds_flags_then_its_config(tmp_path, cmdline, toml, want):
+    """The shell function on a stand-in /proc: one unrelated process, one containerd."""
+    import subprocess
+
+    conf = tmp_path / "config.toml"
+    if toml is not None:
+        conf.write_text(toml)
+    proc = tmp_path / "proc"
+    for pid, comm, argv in (("1", "systemd", ["/sbin/init"]),
+                            ("42", "containerd", [str(conf) if a == "CONF" else a.replace("RUN", str(tmp_path))
+                                                  for a in cmdline])):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "comm").write_text(comm + "\n")
+        (proc / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    script = R._C8D_ROOT + f"_proc={proc}\nc8d_root /data/docker\n"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == want
