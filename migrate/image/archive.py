@@ -39,8 +39,14 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+# what containerd names a layer of a docker-save archive (by its compression), for an OCI layer type
+DOCKER_LAYER_TYPES = {OCI_LAYER: "application/vnd.docker.image.rootfs.diff.tar",
+                      OCI_LAYER + "+gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip"}
 PARTIAL_REPO = "migrate-partial"
 PARTIAL_LABEL = "migrate.partial-of"
+# on a checkpoint: the content store got every layer blob of it (so a resumed push need not send them)
+PARTIAL_BLOBS_LABEL = "migrate.partial-blobs"
 
 
 class ArchiveError(MigrateError):
@@ -179,6 +185,11 @@ class LoadStep:
     checkpoint: bool = False
     # left-out layers the host got from a registry: DiffID -> that registry's (media type, digest, size)
     registry_layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    # OCI layout only: layer blob digests the host's content store holds (those need not ride along)
+    blobs_present: set[str] = field(default_factory=set)
+    manifest_style: str = "oci"  # or "docker": the manifest containerd makes of a docker-save archive
+    # the local engine's own index.json entry and index/manifest blobs for this image (SavedArchive.target)
+    target: tuple[dict, list[tuple[str, bytes]]] | None = None
 
     @property
     def image_id(self) -> str:
@@ -192,28 +203,38 @@ class LoadStep:
         """The same load as an OCI image layout, the format the containerd image store loads with layers
         left out (a trimmed docker-save archive fails there: `layer "…/layer.tar" not found`).
 
-        Each layer is described by `descriptor(diff_id)` -> (media type, blob digest, size) when it is
-        sent; a layer left out is described by its DiffID with size 0 (the store finds its snapshot by
-        ChainID and never looks for the blob). The config is sent unchanged, so its digest is the image
-        ID a classic store would report."""
+        Every layer is described in full by `descriptor(diff_id)` -> (media type, blob digest, size), so
+        the manifest (whose digest is the image ID there) depends on the image alone, never on what the
+        host had or where an earlier push stopped. A layer's blob rides along unless it is in
+        `blobs_present` (the host's content store has it); a layer left out only because the host
+        has its snapshot would leave the content store without it, and `docker save` or `docker push`
+        there would export nothing. With `manifest_style` "docker" the manifest is the one containerd
+        builds when it loads a docker-save archive without an OCI index (Engine <= 24), so the ID is the
+        one `docker save | docker load` gives. The config is sent unchanged."""
+        docker = self.manifest_style == "docker"
         layers = []
         blobs: list[Member] = []
         seen: set[str] = set()
         for i, diff_id in enumerate(self.diff_ids):
-            if i in self.send:
-                media, digest, size = descriptor(diff_id)
-                if digest not in seen:
-                    seen.add(digest)
-                    blobs.append(layer_member(oci_blob_name(digest), diff_id))
-            elif diff_id in self.registry_layers:  # pulled: the content store holds the registry's blob
+            if diff_id in self.registry_layers:  # pulled: the content store holds the registry's blob
                 media, digest, size = self.registry_layers[diff_id]
             else:
-                media, digest, size = OCI_LAYER, diff_id, 0
-            layers.append({"mediaType": media, "digest": digest, "size": size})
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": {"mediaType": OCI_CONFIG, "digest": self.image_id, "size": len(self.config)},
+                media, digest, size = descriptor(diff_id)
+                if (i in self.send or digest not in self.blobs_present) and digest not in seen:
+                    seen.add(digest)
+                    blobs.append(layer_member(oci_blob_name(digest), diff_id))
+            layers.append({"mediaType": DOCKER_LAYER_TYPES.get(media, media) if docker else media,
+                           "digest": digest, "size": size})
+        manifest_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
+        config_type = DOCKER_CONFIG if docker else OCI_CONFIG
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": manifest_type,
+                               "config": {"mediaType": config_type, "digest": self.image_id, "size": len(self.config)},
                                "layers": layers}, separators=(",", ":")).encode()
-        entry = {"mediaType": OCI_MANIFEST, "digest": sha256_digest(manifest), "size": len(manifest)}
+        entry = {"mediaType": manifest_type, "digest": sha256_digest(manifest), "size": len(manifest)}
+        meta = [Member.from_bytes(oci_blob_name(entry["digest"]), manifest)]
+        if self.target is not None and _names_these_layers(self.target[1][-1][1], self.image_id, layers):
+            entry = self.target[0]  # the local engine's own manifest (or index): its ID, unchanged
+            meta = [Member.from_bytes(oci_blob_name(d), raw) for d, raw in self.target[1]]
         entries = [dict(entry, annotations={"io.containerd.image.name": containerd_name(tag),
                                             "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]})
                    for tag in self.tags] or [entry]
@@ -221,9 +242,19 @@ class LoadStep:
                            separators=(",", ":")).encode()
         return [Member.from_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
                 Member.from_bytes(oci_blob_name(self.image_id), self.config),
-                Member.from_bytes(oci_blob_name(entry["digest"]), manifest),
+                *meta,
                 *blobs,
                 Member.from_bytes("index.json", index)]
+
+    def oci_blobs(self, descriptor: Callable[[str], tuple[str, str, int]]) -> dict[str, int]:
+        """The layer blobs this step's OCI layout carries (see `oci_members`): digest -> size."""
+        out: dict[str, int] = {}
+        for i, diff_id in enumerate(self.diff_ids):
+            if diff_id not in self.registry_layers:
+                _, digest, size = descriptor(diff_id)
+                if i in self.send or digest not in self.blobs_present:
+                    out[digest] = size
+        return out
 
     def members(self, layer_member: Callable[[str, str], Member]) -> list[Member]:
         """Archive members: manifest, config, then the layer files to send (`layer_member(name, diff_id)`)."""
@@ -239,6 +270,16 @@ class LoadStep:
                 seen.add(name)
                 out.append(layer_member(name, self.diff_ids[i]))
         return out
+
+
+def _names_these_layers(manifest: bytes, config_digest: str, layers: Sequence[dict]) -> bool:
+    """Whether a manifest points at this config and these layer blobs (digest and size, in order)."""
+    try:
+        data = json.loads(manifest)
+        theirs = [(str(x["digest"]), int(x["size"])) for x in data["layers"]]
+        return data["config"]["digest"] == config_digest and theirs == [(x["digest"], x["size"]) for x in layers]
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def oci_blob_name(digest: str) -> str:
@@ -272,10 +313,12 @@ def partial_tag(image_id: str, upto: int, total: int) -> str:
     return f"{PARTIAL_REPO}:{short_id(image_id)}-{upto}of{total}"
 
 
-def checkpoint_config(config: bytes, upto: int) -> bytes:
+def checkpoint_config(config: bytes, upto: int, *, plain_blobs: bool = True) -> bytes:
     """The image config cut to its first `upto` layers (history dropped, labelled as ours).
 
     moby refuses configs with more non-empty history entries than layers, so history goes.
+    `plain_blobs`: its load carries (or the host holds) every layer as a plain-tar blob, which
+    PARTIAL_BLOBS_LABEL tells later pushes.
     """
     cfg = json.loads(config)
     image_id = sha256_digest(config)
@@ -284,6 +327,8 @@ def checkpoint_config(config: bytes, upto: int) -> bytes:
     inner = dict(cfg.get("config") or {})
     labels = dict(inner.get("Labels") or {})
     labels[PARTIAL_LABEL] = image_id
+    if plain_blobs:
+        labels[PARTIAL_BLOBS_LABEL] = "all"
     inner["Labels"] = labels
     cfg["config"] = inner
     return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
@@ -373,15 +418,17 @@ class SavedArchive:
         # Engine >= 25 also writes an OCI index: on a containerd store the image ID the daemon reports is
         # the digest of a manifest (or index) listed there, which points at the config.
         self.manifest_configs: dict[str, str] = {}
+        # config digest -> (the index.json entry naming it, the index/manifest blobs down to its manifest)
+        self.targets: dict[str, tuple[dict, list[tuple[str, bytes]]]] = {}
         index = root / "index.json"
         if index.is_file():
             try:
                 for desc in json.loads(index.read_bytes()).get("manifests") or []:
-                    self._walk_index(desc, None)
+                    self._walk_index(desc, None, [])
             except (ValueError, AttributeError, TypeError):
-                self.manifest_configs = {}
+                self.manifest_configs, self.targets = {}, {}
 
-    def _walk_index(self, desc: dict, top: str | None) -> None:
+    def _walk_index(self, desc: dict, top: dict | None, chain: list[tuple[str, bytes]]) -> None:
         digest = str(desc.get("digest") or "")
         try:
             path = self._file(oci_blob_name(digest), must_exist=False)
@@ -389,16 +436,25 @@ class SavedArchive:
             return
         if not digest or not path.is_file():
             return
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
+        data = json.loads(raw)
+        top = top or desc
+        chain = [*chain, (digest, raw)]
         if isinstance(data.get("manifests"), list):  # an index (several platforms): its manifests
             for child in data["manifests"]:
-                self._walk_index(child, top or digest)
+                self._walk_index(child, top, chain)
         elif isinstance(data.get("config"), dict):
             config = str(data["config"].get("digest") or "")
             if config in self.images:
                 self.manifest_configs[digest] = config
-                if top:
-                    self.manifest_configs.setdefault(top, config)
+                self.manifest_configs.setdefault(str(top.get("digest")), config)
+                entry = {k: top[k] for k in ("mediaType", "digest", "size") if k in top}
+                self.targets.setdefault(config, (entry, chain))
+
+    def target(self, config_digest: str) -> tuple[dict, list[tuple[str, bytes]]] | None:
+        """How this archive names the image (its ID on the engine that saved it, a containerd store's
+        manifest or index digest) and those blobs, so a load elsewhere can give the very same ID."""
+        return self.targets.get(config_digest)
 
     def config_digest_of(self, image_id: str, diff_ids: Sequence[str], tags: Sequence[str] = ()) -> str:
         """The config digest (archive ID) of the image the daemon calls `image_id`: itself on a classic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Sequence
@@ -104,6 +105,16 @@ def local_driver() -> tuple[str, str, bool]:
     driver, _, rest = proc.stdout.strip().partition("|")
     root, _, status = rest.partition("|")
     return driver, root, "io.containerd.snapshotter" in status
+
+
+@functools.lru_cache(maxsize=1)
+def local_engine_major() -> int:
+    """The local engine's major version (0 when unknown): from 25 on `docker save` writes an OCI index."""
+    proc = _docker(["version", "--format", "{{.Server.Version}}"], check=False)
+    try:
+        return int(proc.stdout.strip().split(".", 1)[0])
+    except ValueError:
+        return 0
 
 
 def save_images(image_ids: Sequence[str], spool: Path, *, total: int,

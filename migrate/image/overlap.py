@@ -106,6 +106,8 @@ class OverlapMixin:
         [step] = plan_load_steps(self.layers.config(img.archive_id), img.diff_ids, img.tags, first, sizes,
                                  step_bytes=1 << 62)
         step.registry_layers = decision.registry_layers
+        if oci:
+            self._blobs_for_steps(session, img, [step])
         size = tar_size(self._step_members(step, codec, oci))
         path = f"{session.facts.home}/.migrate/tmp/load-{short_id(img.archive_id)}-{uuid.uuid4().hex[:8]}.tar"
         q = shell.quote(path)

@@ -108,23 +108,55 @@ def check_access(facts: RemoteDocker, host: str) -> None:
 
 @dataclass
 class DiskNeed:
-    """Bytes a load needs on the remote: the layers themselves, and the daemon's temporary copy."""
+    """Bytes a load needs on the remote: the layers themselves, the daemon's temporary copy, and (the
+    containerd image store) the blobs its content store keeps besides the unpacked layers."""
 
     layers: int
     tmp: int
+    blobs: int = 0
 
 
-def disk_need(step_archive_sizes: Sequence[int], layer_bytes: int, *, containerd: bool = False) -> DiskNeed:
+def disk_need(step_archive_sizes: Sequence[int], layer_bytes: int, *, containerd: bool = False,
+              blob_bytes: int | None = None) -> DiskNeed:
     """Classic-store `docker load` untars each archive into <data-root>/tmp, then registers its layers.
-    The containerd store writes each blob into its content store and unpacks it into a snapshot: twice
-    the layers, no temporary copy."""
+    The containerd store writes each blob it gets (`blob_bytes`, default the layers) into its content
+    store and unpacks each missing layer into a snapshot, both under containerd's root; no temporary copy."""
     if containerd:
-        return DiskNeed(layers=2 * layer_bytes, tmp=0)
+        return DiskNeed(layers=layer_bytes, tmp=0, blobs=layer_bytes if blob_bytes is None else blob_bytes)
     return DiskNeed(layers=layer_bytes, tmp=max(step_archive_sizes, default=0))
 
 
+C8D_ROOT_HINT = ("free space there (docker image prune), or ask the owner to move containerd's root "
+                 "(`root` in /etc/containerd/config.toml)")
+
+
+def _check_containerd_disk(need: DiskNeed, facts: RemoteDocker, host: str) -> bool:
+    """The containerd store's check, on the filesystems of its content store and snapshots (under
+    containerd's root, often not Docker's data-root); False when the host did not report them."""
+    content, snaps = facts.disks.get("c8d_content"), facts.disks.get("c8d_snapshots")
+    if not facts.c8d_root or content is None or snaps is None:
+        return False
+    root = facts.c8d_root
+    if content[1] == snaps[1]:
+        parts = [(need.blobs + need.layers, content, f"containerd's root {root}")]
+    else:
+        parts = [(need.blobs, content, f"containerd's content store {root}/io.containerd.content.v1.content"),
+                 (need.layers, snaps, f"containerd's snapshots {root}/io.containerd.snapshotter.v1.*")]
+    for bytes_needed, (free_kib, mount), where in parts:
+        if bytes_needed > free_kib * 1024:
+            raise MigrateError(
+                f"not enough disk on {host}: the containerd image store needs ~{ui.human_bytes(bytes_needed)} "
+                f"({ui.human_bytes(need.blobs)} of blobs + {ui.human_bytes(need.layers)} of unpacked layers) in "
+                f"{where} ({mount}), only {ui.human_bytes(free_kib * 1024)} free", hint=C8D_ROOT_HINT)
+    return True
+
+
 def check_disk(need: DiskNeed, facts: RemoteDocker, host: str) -> None:
-    """Refuse when the data-root (and tmp) cannot hold the load, with the numbers."""
+    """Refuse when the data-root (and tmp), or containerd's root for its image store, cannot hold the
+    load, with the numbers."""
+    if facts.containerd_store and _check_containerd_disk(need, facts, host):
+        return
+    need = DiskNeed(layers=need.layers + need.blobs, tmp=need.tmp)
     root_free = facts.free_kib("docker_root")
     root_mount = facts.disks.get("docker_root", (0, facts.root_dir))[1]
     if facts.tmp_same_fs or "docker_tmp" not in facts.disks:
@@ -171,6 +203,10 @@ def disk_full_hint(error: str, facts: RemoteDocker) -> str:
     root_mount = facts.disks.get("docker_root", (0, ""))[1]
     root_fs = f"{root} ({root_mount})" if root_mount else root
     on_root = f"free space on the host's Docker data-root {root_fs} (docker image prune) and rerun"
+    if facts.containerd_store and facts.c8d_root:
+        mount = facts.disks.get("c8d_content", (0, ""))[1]
+        return (f"free space in containerd's root {facts.c8d_root}{f' ({mount})' if mount else ''}, where the "
+                "containerd image store keeps blobs and layers (docker image prune), and rerun")
     if facts.tmp_same_fs or "docker_tmp" not in facts.disks or facts.containerd_store:
         return on_root  # one filesystem, or the containerd store (no temporary copy: see disk_need)
     tmp_dir = facts.tmp_dir or f"{root}/tmp"

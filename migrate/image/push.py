@@ -37,6 +37,7 @@ from migrate.image.archive import (
     Member,
     SavedArchive,
     archive_members,
+    checkpoint_config,
     open_maybe_compressed,
     parse_config,
     plan_load_steps,
@@ -53,7 +54,7 @@ from migrate.image.compress import (
     gzip_file,
     parse_compress,
 )
-from migrate.image.local import LocalImage, inspect_images, save_images
+from migrate.image.local import LocalImage, inspect_images, local_engine_major, save_images
 from migrate.image.overlap import OverlapMixin, PullJob
 from migrate.image.plan import (
     SEND,
@@ -78,6 +79,7 @@ from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.openssh import ControlMaster, stream_ciphers
 from migrate.remote.parallel import for_each_host
+from migrate.remote.reap import reap_spools, spool_prefix
 
 MIB = 1 << 20
 CHUNK_SIZE = MIB
@@ -126,9 +128,12 @@ class ImagePushResult:
 class LayerCache:
     """Layer files for archives, from one source, with per-layer gzip made once and shared by hosts."""
 
-    def __init__(self, source, workdir: Path) -> None:
+    def __init__(self, source, workdir: Path, manifest_style: str = "oci") -> None:
         self.source = source
         self.workdir = workdir
+        # the manifest a whole `docker save | docker load` of this source gives on a containerd store:
+        # "docker" when the save has no OCI index (Engine <= 24), else "oci" (archive.LoadStep.oci_members)
+        self.manifest_style = manifest_style
         self._locks: dict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
 
@@ -156,8 +161,10 @@ class LayerCache:
 
 
 def _spool_dir() -> Path:
+    """This run's private spool, named after its process; first the spools of dead runs go (remote/reap.py)."""
     base = private_dir(cache_root() / "push-image")
-    return Path(tempfile.mkdtemp(prefix="spool-", dir=base))
+    reap_spools(base)
+    return Path(tempfile.mkdtemp(prefix=spool_prefix(), dir=base))
 
 
 def _check_local_space(path: Path, need: int) -> None:
@@ -372,6 +379,36 @@ class Pusher(OverlapMixin):
         ui.debug(f"{session.name}: compression {codec.label} ({codec.reason})")
         return codec
 
+    def _blobs_for_steps(self, session: HostSession, img: LocalImage, steps: Sequence[LoadStep]) -> int:
+        """Which layer blobs each OCI layout carries: all but those the host's content store is known to
+        hold (the blobs of complete images of ours, and of earlier steps of this run), so that every
+        layer's blob is in the content store after the load (`docker save`/`docker push` there work).
+        Returns the bytes of blobs sent."""
+        layers = self.layers
+        assert layers is not None
+        known = session.facts.blob_layers()
+        present = {d for d in img.diff_ids if d in known}
+        sent: dict[str, int] = {}
+        plain = self._plain_blobs(session, img)
+        for step in steps:
+            if step.checkpoint and not plain:  # its label would tell later pushes of plain blobs it lacks
+                step.config = checkpoint_config(layers.config(img.archive_id), len(step.diff_ids), plain_blobs=False)
+            step.manifest_style = layers.manifest_style
+            if not step.checkpoint and not step.registry_layers and isinstance(layers.source, SavedArchive):
+                step.target = layers.source.target(img.archive_id)
+            step.blobs_present = set(present)
+            carried = step.oci_blobs(layers.descriptor)
+            present |= set(carried)
+            sent.update(carried)
+        return sum(sent.values())
+
+    def _plain_blobs(self, session: HostSession, img: LocalImage) -> bool:
+        """Whether the host's content store gets every layer of `img` as a plain-tar blob (digest = DiffID):
+        what RemoteDocker.blob_layers trusts. Not so for compressed blobs (a containerd laptop's, a pull's)."""
+        layers = self.layers
+        return layers is not None and not registry_layers(session.via.get(img.image_id)) and \
+            all(layers.descriptor(d)[1] == d for d in img.diff_ids)
+
     def _step_members(self, step: LoadStep, codec: Codec | None, oci: bool) -> list[Member]:
         """One load's archive: docker-save layout, or an OCI layout for a containerd image store."""
         layers = self.layers
@@ -467,9 +504,10 @@ class Pusher(OverlapMixin):
                                 step_bytes=self.options.step_bytes)
         for s in steps:  # layers the host pulled from a registry are named as the registry names them
             s.registry_layers = registry_layers(session.via.get(img.image_id))
+        blob_bytes = self._blobs_for_steps(session, img, steps) if oci else None
         step_sizes = [tar_size(self._step_members(s, None, oci)) for s in steps]
-        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store),
-                   session.facts, session.name)
+        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store,
+                             blob_bytes=blob_bytes), session.facts, session.name)
         checkpoints = [s.tags[0] for s in steps if s.checkpoint]
         wire, layers_sent, outputs = self._stream_steps(session, img, master, codec, steps,
                                                         rdocker.load_script(codec.remote_decompress), oci=oci)
@@ -513,6 +551,9 @@ class Pusher(OverlapMixin):
                                f"expected {short_id(img.archive_id)}")
         for tag in [t for t in img.tags if t not in got.tags]:
             session.docker(["tag", got.image_id, tag], what=f"tag {tag}")
+        if session.facts.containerd_store and self._plain_blobs(session, img):  # for later pushes: see blob_layers
+            session.remote.run(rdocker.record_blobs_command(got.image_id), check=False, what="record the image")
+            session.facts.complete_ids.add(got.image_id)
         session.facts.add_image(got.image_id, img.tags, img.diff_ids, image_fingerprint=img.fingerprint,
                                 config_digest=img.archive_id)
 
@@ -564,7 +605,7 @@ def _prepare_source(images: Sequence[LocalImage], needed: Sequence[LocalImage], 
 
     `needed_from[image_id]` is the first layer any host lacks: the direct store reads only those."""
     if archive is not None:
-        return LayerCache(archive, spool)
+        return LayerCache(archive, spool, archive_manifest_style(archive))
     if not needed:
         return None
     cache = _open_source(needed, options, spool, progress, needed_from)
@@ -583,7 +624,7 @@ def _open_source(needed: Sequence[LocalImage], options: PushImageOptions, spool:
         store = open_layer_store(needed, needed_from or {})
         if store is not None:
             ui.debug("reading layers straight from the local overlay2 store (digest-checked)")
-            return LayerCache(store, spool)
+            return LayerCache(store, spool, "docker" if local_engine_major() < 25 else "oci")
     total = sum(i.size for i in needed)
     _check_local_space(spool, total)
     task = progress.add_task("docker save (local)", total=total) if progress else None
@@ -593,7 +634,13 @@ def _open_source(needed: Sequence[LocalImage], options: PushImageOptions, spool:
     finally:
         if task is not None:
             progress.remove_task(task)
-    return LayerCache(saved, spool)
+    return LayerCache(saved, spool, archive_manifest_style(saved))
+
+
+def archive_manifest_style(archive: SavedArchive) -> str:
+    """"oci" when a docker-save archive has an OCI index (Engine >= 25: containerd loads that layout as
+    it is), "docker" when it has only manifest.json (containerd makes a Docker manifest of it)."""
+    return "oci" if (archive.root / "index.json").is_file() else "docker"
 
 
 def _load_archive_file(path: str, spool: Path) -> SavedArchive:
@@ -660,9 +707,9 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                 [x.image_id for x in local_images if not s.sif_present.get(x.image_id)] if options.format == "sif"
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
             needed = [i for i in local_images if i.image_id in needed_ids]
-            needed_from = {i.image_id: 0 if options.format == "sif" else min(
-                _first_sent(s, i.image_id) for s in live if s.plans[i.image_id].action == SEND)
-                for i in needed}
+            needed_from = {i.image_id: 0 if options.format == "sif" else min(  # containerd: any layer's blob may go
+                0 if s.facts.containerd_store else _first_sent(s, i.image_id)
+                for s in live if s.plans[i.image_id].action == SEND) for i in needed}
             if not live:
                 return results
             progress = _progress(options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from migrate.image.archive import chain_ids
+from migrate.image.archive import PARTIAL_BLOBS_LABEL, chain_ids
 from migrate.image.identity import fingerprint
 from migrate.remote import shell
 from migrate.remote.probe import normalize_arch
@@ -20,17 +20,45 @@ from migrate.remote.probe_fragments import ARCH, DOCKER_ACCESS, FREE_SPACE, KV, 
 
 _DISK = FREE_SPACE + "disk() { kv \"disk.$2\" \"$(free_space \"$1\" '$4 \" \" $6')\"; }\n"
 
+# c8d_root DATA_ROOT: containerd's root directory (its content store and snapshots live there, not under
+# Docker's data-root): the running containerd's --root, else the `root` of its config file (before any
+# [section]), else <data-root>/containerd/daemon when dockerd runs its own containerd (Docker 29
+# without a system containerd), else containerd's default. `read` keeps it to one fork per process.
+# (`_proc` stands in for /proc in the unit test.)
+_C8D_ROOT = r"""c8d_root() {
+  _a=""
+  for _p in "${_proc:-/proc}"/[0-9]*; do
+    read -r _c 2>/dev/null < "$_p/comm" || continue
+    [ "$_c" = containerd ] || continue
+    _a=$(tr '\0' '\n' < "$_p/cmdline" 2>/dev/null); break
+  done
+  _r=$(printf '%s\n' "$_a" | sed -n -e '/^--root$/{n;p;q;}' -e 's/^--root=//p' | head -n 1)
+  _f=$(printf '%s\n' "$_a" | sed -n -e '/^--config$/{n;p;q;}' -e '/^-c$/{n;p;q;}' -e 's/^--config=//p' | head -n 1)
+  [ -n "$_r" ] || _r=$(sed -n -e '/^[[:space:]]*\[/q' \
+    -e 's/^[[:space:]]*root[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
+    "${_f:-/etc/containerd/config.toml}" 2>/dev/null | head -n 1)
+  case "$_r:$_f" in :*/docker/containerd/*) _r=$1/containerd/daemon ;; esac
+  printf '%s\n' "${_r:-/var/lib/containerd}"
+}
+"""
+
 _INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
 
+# Images whose every layer blob we put in a containerd content store (their IDs, one a line, in the
+# login user's home): the layers of such an image, while it is there, need not ride along again.
+BLOB_RECORD = ".migrate/image-blobs"
+BLOB_RECORD_LINES = 1000
+
 # .Config comes last: its JSON may contain '|'. Created/Os/Config feed the fingerprint (image/identity.py).
+# RepoDigests (what the host pulled) come after it, behind `|rd=`.
 IMAGE_LINE_FORMAT = ("img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}"
-                     "|{{.Os}}|{{.Created}}|{{json .Config}}")
+                     "|{{.Os}}|{{.Created}}|{{json .Config}}|rd={{range .RepoDigests}}{{.}},{{end}}")
 _IMG_FORMAT = f"'{IMAGE_LINE_FORMAT}'"
 
 # With `want` (the local image IDs) set, the images we push are inspected first: when all are there
 # the full listing is skipped (the common "up to date" case, and big servers with many images).
 # The docker CLI calls run in parallel: each costs ~0.1 s on a small host.
-INVENTORY_SCRIPT = KV + _DISK + r"""
+INVENTORY_SCRIPT = KV + _DISK + _C8D_ROOT + r"""
 ids_file=$(mktemp 2>/dev/null || echo "/tmp/migrate-ids.$$")
 if [ -n "${want:-}" ]; then docker image inspect --format """ + _IMG_FORMAT + r""" $want > "$ids_file" 2>/dev/null &
 else docker image ls -aq --no-trunc > "$ids_file" 2>/dev/null &
@@ -43,6 +71,11 @@ root=$(printf '%s' "$info" | cut -d'|' -f3)
 tmpdir=$(systemctl show -p Environment docker 2>/dev/null | tr ' ' '\n' | sed -n 's/^\(Environment=\)\{0,1\}DOCKER_TMPDIR=//p' | tail -n 1)
 kv tmpdir "$tmpdir"
 disk "$root" docker_root
+case "$info" in *io.containerd.snapshotter*)  # the containerd image store: blobs and snapshots under its root
+  c8d=$(c8d_root "$root"); kv c8d.root "$c8d"
+  disk "$c8d/io.containerd.content.v1.content" c8d_content
+  disk "$c8d/io.containerd.snapshotter.v1.$(printf '%s' "$info" | cut -d'|' -f2)" c8d_snapshots ;;
+esac
 t=${tmpdir:-$root/tmp}
 case "$t" in "$root"/*) kv disk.docker_tmp same ;; *) disk "$t" docker_tmp ;; esac
 if wait "$job" && [ -n "${want:-}" ]; then cat "$ids_file"; rm -f "$ids_file"; kv inventory wanted; exit 0; fi
@@ -56,6 +89,7 @@ FACTS_SCRIPT = KV + _DISK + DOCKER_ACCESS + ARCH + r"""
 kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv home "$HOME"
+[ -r "$HOME/""" + BLOB_RECORD + r"""" ] && sed 's/^/blobs.complete=/' "$HOME/""" + BLOB_RECORD + r""""
 kv uid "$(id -u)"
 for t in apptainer singularity; do
   if command -v "$t" >/dev/null 2>&1; then kv sif "$(command -v "$t")"; break; fi
@@ -88,6 +122,8 @@ class RemoteImage:
     arch: str = ""
     fingerprint: str = ""
     config_digest: str = ""  # when known: a classic store's ID, or what we loaded in this run
+    blobs_complete: bool = False  # a checkpoint of ours that brought every layer blob (PARTIAL_BLOBS_LABEL)
+    repo_digests: list[str] = field(default_factory=list)  # `repo@sha256:…` of the manifests it was pulled as
 
     def same_as(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> bool:
         """True when this is the image with that local ID / config digest / fingerprint."""
@@ -121,6 +157,8 @@ class RemoteDocker:
     images: list[RemoteImage] = field(default_factory=list)
     inventoried: bool = False
     inventory_scope: str = ""  # "wanted": only the images we push were listed (all present); "done": all
+    c8d_root: str = ""  # containerd's root (the containerd image store keeps blobs and snapshots there)
+    complete_ids: set[str] = field(default_factory=set)  # BLOB_RECORD: images that have every layer blob
 
     @property
     def docker_arch(self) -> str:
@@ -144,6 +182,21 @@ class RemoteDocker:
         for img in self.images:
             out.update(chain_ids(img.diff_ids))
         return out
+
+    def blob_layers(self) -> set[str]:
+        """DiffIDs whose plain-tar blob (digest = DiffID) the containerd content store is known to hold:
+        the layers of images that are still there and got every layer blob from us (recorded in
+        BLOB_RECORD, or checkpoints labelled so). Other layers may have only a snapshot, or a compressed
+        blob from a pull: their blob must ride along."""
+        out: set[str] = set()
+        for img in self.images:
+            if img.blobs_complete or img.image_id in self.complete_ids:
+                out.update(img.diff_ids)
+        return out
+
+    def pulled_digests(self) -> set[str]:
+        """The manifest digests the host pulled images by (a containerd store then holds their blobs)."""
+        return {d.rpartition("@")[2] for img in self.images for d in img.repo_digests if "@" in d}
 
     def image(self, image_id: str, config_digest: str = "", image_fingerprint: str = "") -> RemoteImage | None:
         """The remote image that is this local image: same ID or config digest, else same fingerprint."""
@@ -195,7 +248,7 @@ def _int(text: str, default: int = -1) -> int:
 FACTS_KEYS = {"arch": ("arch", as_is), "zstd": ("zstd", as_is), "home": ("home", as_is),
               "tmpdir": ("tmp_dir", as_is), "aes": ("aes", lambda v: v == "aes"), "uid": ("uid", _int),
               "sif": ("sif_tool", as_is), "docker": ("access", as_is), "docker.error": ("error", as_is),
-              "inventory.error": ("inventory_error", as_is)}
+              "inventory.error": ("inventory_error", as_is), "c8d.root": ("c8d_root", as_is)}
 
 
 def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
@@ -224,11 +277,14 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
                     f.tmp_same_fs = cols[1] == f.disks.get("docker_root", (0, ""))[1]
         elif key == "img":
             f.images.append(parse_image_line(value, containerd=f.containerd_store))
+        elif key == "blobs.complete" and value:
+            f.complete_ids.add(value)
     return f
 
 
 def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
     """One `img=` line (see _IMG_FORMAT); a classic store's ID is the config digest."""
+    value, _, repo_digests = value.rpartition("|rd=") if "|rd=" in value else (value, "", "")
     parts = value.split("|", 6) + [""] * 7
     image_id, tags, layers, arch, os_name, created, config_json = parts[:7]
     diff_ids = [d for d in layers.split(",") if d]
@@ -237,8 +293,11 @@ def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
     except ValueError:
         config = None
     fp = fingerprint(created, arch, os_name, diff_ids, config) if created else ""
+    labels = (config or {}).get("Labels") if isinstance(config, dict) else None
     return RemoteImage(image_id=image_id, tags=[t for t in tags.split(",") if t], diff_ids=diff_ids, arch=arch,
-                       fingerprint=fp, config_digest="" if containerd else image_id)
+                       fingerprint=fp, config_digest="" if containerd else image_id,
+                       blobs_complete=isinstance(labels, dict) and labels.get(PARTIAL_BLOBS_LABEL) == "all",
+                       repo_digests=[d for d in repo_digests.split(",") if d])
 
 
 def with_wanted(script: str, image_ids: list[str]) -> str:
@@ -277,6 +336,14 @@ def stream_command(access: str, script: str) -> str:
     if access == "sudo-password":
         return shell.sudo_first_line(script)
     return shell.sh_c(script)
+
+
+def record_blobs_command(image_id: str) -> str:
+    """Add an image to BLOB_RECORD (run as the login user; the last BLOB_RECORD_LINES lines kept; 0600)."""
+    rec = '"$HOME"/' + BLOB_RECORD
+    return shell.sh_c(f"umask 077 && mkdir -p \"$(dirname {rec})\" && "
+                      f"{{ tail -n {BLOB_RECORD_LINES - 1} {rec} 2>/dev/null; printf '%s\\n' {shell.quote(image_id)}; }} "
+                      f"> {rec}.tmp.$$ && mv -f {rec}.tmp.$$ {rec}")
 
 
 def load_script(decompress: str | None) -> str:

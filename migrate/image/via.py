@@ -148,9 +148,26 @@ def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
     return MigrateError(cause, hint=hint)
 
 
+def _pulled_layers(img: LocalImage, sources: Sequence[reg.Source], pulled: set[str],
+                   ask: Callable[[reg.Source], reg.ProbeResult]) -> dict[str, tuple[str, str, int]]:
+    """For a containerd store that pulled a source itself: that registry's descriptors of its layers. Its
+    content store holds those (compressed) blobs, maybe not the plain ones: the layout names them and
+    sends nothing, as a whole `docker load` there would (containerd finds the blob by its uncompressed
+    label). Empty when the host did not pull any source by that digest, or the registry does not answer."""
+    for source in [s for s in sources if s.ref.digest in pulled][:1]:
+        verdict = ask(source)
+        if verdict.ok and len(verdict.layers) == source.layers:
+            return dict(zip(img.diff_ids[:source.layers], verdict.layers))
+    return {}
+
+
 def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.Source],
-           ask: Callable[[reg.Source], reg.ProbeResult], *, need_layers: bool = False) -> ViaDecision:
-    """Pull or push for one image on one host, with the reason; raises for the refusals (module doc)."""
+           ask: Callable[[reg.Source], reg.ProbeResult], *, need_layers: bool = False,
+           pulled: set[str] | None = None) -> ViaDecision:
+    """Pull or push for one image on one host, with the reason; raises for the refusals (module doc).
+
+    `pulled`: the manifest digests a containerd store host pulled (RemoteDocker.pulled_digests)."""
+    pulled = pulled or set()
     if mode == "push":
         return ViaDecision("push", "--via push")
     if plan.action != SEND:
@@ -163,8 +180,9 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
         return ViaDecision("push", "no registry source (the image and its bases have no RepoDigest)")
     useful = [s for s in sources if s.layers > plan.first_missing]
     if not useful:
-        return ViaDecision("push", f"the host already has the {sources[0].layers} layers {sources[0].ref.registry} "
-                                   "holds")
+        reason = f"the host already has the {sources[0].layers} layers {sources[0].ref.registry} holds"
+        return ViaDecision("push", reason, registry_layers=_pulled_layers(img, sources, pulled, ask) if need_layers
+                           else {})
     last: MigrateError | None = None
     for source in useful[:MAX_PROBES]:
         verdict = ask(source)
@@ -197,7 +215,7 @@ def decide_for_host(registries: Registries, remote, img: LocalImage, plan: Image
     sources = registries.sources(img)
     arch = facts.docker_arch if facts is not None and facts.containerd_store else ""
     return decide(registries.mode, img, plan, sources, lambda s: registries.ask(remote, s.ref, arch),
-                  need_layers=bool(arch))
+                  need_layers=bool(arch), pulled=facts.pulled_digests() if arch and facts is not None else set())
 
 
 def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
@@ -232,8 +250,8 @@ def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds
 
 
 def registry_layers(decision: ViaDecision | None) -> dict[str, tuple[str, str, int]]:
-    """The pulled layers' registry descriptors (empty unless the host pulled, on a containerd store)."""
-    return decision.registry_layers if decision is not None and decision.pulls else {}
+    """The registry's descriptors of layers the host pulls or pulled itself (a containerd store only)."""
+    return decision.registry_layers if decision is not None else {}
 
 
 def result_fields(decision: ViaDecision | None) -> dict[str, str]:

@@ -42,6 +42,7 @@ from migrate.remote.hosts import (
     resolve,
     user_ssh_config_path,
 )
+from migrate.remote.reap import reap_masters_once
 
 AES_GCM_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 _CIPHERS_LINE = re.compile(r"^\s*ciphers[\s=]", re.IGNORECASE | re.MULTILINE)
@@ -123,6 +124,7 @@ class ControlMaster:
 
     def start(self) -> None:
         """Open the master connection; MasterFailed (with ssh's words) when it cannot."""
+        reap_masters_once(control_dir())  # masters a killed run left (remote/reap.py)
         self._spawn_check()
         extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N"]
         if self.cipher:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from migrate.remote import reap
 from tests.conftest import assert_one_line_error, run_cli
 from tests.tar_helpers import tar_bytes
 
@@ -54,6 +55,30 @@ def remote_rmi(host: dict, *refs: str) -> None:
 
 def local_id(ref: str) -> str:
     return sh("docker", "image", "inspect", "--format", "{{.Id}}", ref).strip()
+
+
+def host_image(host: dict, ref: str) -> tuple[str, list[str]]:
+    """(Id, RootFS layers) of `ref` as `docker image inspect` on the host reports them."""
+    fmt = "'{{.Id}} {{range .RootFS.Layers}}{{.}},{{end}}'"
+    out = in_host(host, f"docker image inspect --format {fmt} {ref}")
+    image_id, _, layers = out.strip().partition(" ")
+    return image_id, [d for d in layers.split(",") if d]
+
+
+def assert_like_a_whole_load(host: dict, ref: str, other: dict) -> None:
+    """What push-image left on `host` is indistinguishable from `docker save | docker load` of the local image:
+    `docker save` there gives an archive that loads into `other` (a classic store) as the very local image,
+    and a whole load of the local image onto `host` leaves its ID and layers as they were."""
+    pushed = host_image(host, ref)
+    export = subprocess.run(["docker", "exec", host["container"], "docker", "save", ref], capture_output=True,
+                            check=True, timeout=300).stdout
+    in_host(other, f"docker image rm -f {ref} >/dev/null 2>&1; true")
+    sh("docker", "exec", "-i", other["container"], "docker", "load", input=export)
+    assert remote_id(other, ref) == local_id(ref), f"{ref} exported from {host['alias']} is not the local image"
+    in_host(other, f"docker image rm -f {ref} >/dev/null 2>&1; true")  # `other` as it was for later tests
+    whole = subprocess.run(["docker", "save", ref], capture_output=True, check=True, timeout=300).stdout
+    sh("docker", "exec", "-i", host["container"], "docker", "load", input=whole)
+    assert host_image(host, ref) == pushed, f"a whole load of {ref} on {host['alias']} gives another image"
 
 
 def push(*args: str, env: dict, timeout: float = 300):
@@ -263,6 +288,47 @@ def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, i
     assert 0 < r["bytes_sent"] < full - (20 << 20), (r["bytes_sent"], full)
     assert remote_id(h, MULTI) == local_id(MULTI)
     assert in_host(h, "docker image ls -q migrate-partial").strip() == "", "checkpoint tags were not cleaned up"
+    assert_like_a_whole_load(h, MULTI, docker_hosts[1])
+
+
+def test_a_run_killed_with_sigkill_leaves_nothing_the_next_run_does_not_remove(docker_hosts, images, tmp_path):
+    """SIGKILL mid-transfer leaves an orphan ssh master and a `docker save` spool; the rerun removes
+    both (and only those of dead runs), then resumes from the committed checkpoint."""
+    h = docker_hosts[0]
+    remote_rmi(h, MULTI, BASE)
+    env = dict(os.environ, **h["env"], MIGRATE_CACHE_DIR=str(tmp_path / "cache"))
+    argv = [sys.executable, "-m", "migrate", "push-image", MULTI, h["alias"], "--checkpoint", "20M",
+            "--bwlimit", "12M", "--compress", "none", "--no-direct-layers", "--json"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    master = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if in_host(h, "docker image ls -q migrate-partial", check=False).split():
+            master = _ssh_master_of(proc.pid)
+            break
+        time.sleep(0.2)
+    assert master, "never saw a checkpoint and the ssh master before the push ended"
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.communicate(timeout=30)
+    spools = list((tmp_path / "cache" / "push-image").glob("spool-*"))
+    assert spools and Path(f"/proc/{master}").exists(), "the killed run left no orphan to clean up"
+    live_spool = tmp_path / "cache" / "push-image" / f"{reap.spool_prefix()}live"
+    live_spool.mkdir()  # a concurrent live run's spool (this test's process): must stay
+
+    full = sum(layer_bytes(MULTI, i) for i in range(4))
+    res = run_cli("push-image", MULTI, h["alias"], "--compress", "none", "--json", env=dict(h["env"],
+                  MIGRATE_CACHE_DIR=str(tmp_path / "cache")), timeout=300)
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["status"] == "sent" and 0 < r["bytes_sent"] < full - (20 << 20), (r, full)  # resumed
+    assert remote_id(h, MULTI) == local_id(MULTI)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{master}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{master}").exists(), "the orphan ssh master still runs"
+    assert not any(p.exists() for p in spools), "the dead run's spool is still there"
+    assert live_spool.exists(), "a live run's spool was removed"
+    assert not list((tmp_path / "cache" / "cm").glob("*")), "a master socket was left"
 
 
 def test_two_hosts_at_once_each_gets_its_own_missing_layers(docker_hosts, images):

@@ -23,9 +23,17 @@ from pathlib import Path
 import pytest
 
 from migrate.sandbox.manager import Sandbox, SandboxSettings
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.test_modern_hosts import FLAVOUR
-from tests.integration.test_push_image import cut_after_first_checkpoint, layer_bytes, push, push_json, sh, sh_bytes
+from tests.integration.test_push_image import (
+    assert_like_a_whole_load,
+    cut_after_first_checkpoint,
+    layer_bytes,
+    push,
+    push_json,
+    sh,
+    sh_bytes,
+)
 
 pytestmark = pytest.mark.release("trixie")
 PREFIX = "migrate-c8d-test"
@@ -126,6 +134,8 @@ def test_containerd_host_gets_only_missing_layers_and_sees_an_unchanged_image_as
     assert r["bytes_sent"] < 9_000_000 and r["bytes_sent"] <= new_layer + 64 * 1024, r
     assert in_host(h, f"docker run --rm {CHILD} busybox wc -c /app.bin").split()[0] == "5000000"
     assert in_host(h, "docker image ls -q migrate-partial").strip() == ""
+    # the base layer was left out of the second push: the content store must still have its blob
+    assert_like_a_whole_load(h, CHILD, hosts["classic"])
 
 
 def test_dry_run_names_the_oci_layout_and_changes_nothing(hosts, images):
@@ -153,6 +163,40 @@ def test_killed_connection_resumes_on_the_containerd_store(hosts, images):
     assert r["status"] == "sent" and 0 < r["bytes_sent"] <= full - (8 << 20) + 64 * 1024, (r, full)  # >= 1 layer kept
     assert in_host(h, f"docker run --rm {MULTI} busybox wc -c /l2.bin").split()[0] == str(8 << 20)
     assert in_host(h, "docker image ls -q migrate-partial").strip() == "", "checkpoint tags were not cleaned up"
+    # the same ID as an uninterrupted push or a whole load, wherever the first push was cut
+    assert_like_a_whole_load(h, MULTI, hosts["classic"])
+
+
+SMALL_ROOT = "/var/lib/c8d-small"
+
+
+def test_free_space_is_checked_where_containerd_keeps_the_layers(hosts, images, tmp_path):
+    """containerd's root moved to a 64 MiB tmpfs (its config's `root`): a 40 MiB layer (80 MiB as blob plus
+    snapshot) is refused in the preflight with one line naming that root, and nothing reaches the host.
+    Docker's data-root, on the big disk, would have let it through to a `no space left` mid-load."""
+    h = hosts["c8d"]
+    big = f"{PREFIX}/big:1"
+    payload = tmp_path / "big"
+    payload.mkdir()
+    (payload / "big.bin").write_bytes(os.urandom(40 << 20))
+    sh("docker", "import", "-", big, input=sh_bytes("tar", "-C", str(payload), "-cf", "-", "big.bin"))
+    restart = "systemctl stop docker docker.socket containerd && "
+    conf = "/etc/containerd/config.toml"
+    try:
+        in_host(h, restart + f"cp {conf} {conf}.orig && mkdir -p {SMALL_ROOT} && "
+                f"mount -t tmpfs -o size=64m,mode=0711 tmpfs {SMALL_ROOT} && "
+                f"{{ echo 'root = \"{SMALL_ROOT}\"'; cat {conf}.orig; }} > {conf} && systemctl start containerd docker")
+        used = int(in_host(h, f"df -Pk {SMALL_ROOT} | awk 'NR==2 {{print $3}}'"))
+        res = push(big, h["alias"], env=h["env"])
+        assert_one_line_error(res, "not enough disk", f"containerd's root {SMALL_ROOT}")
+        assert "/var/lib/docker" not in res.stderr and "no space left" not in res.stderr.lower(), res.stderr
+        assert int(in_host(h, f"df -Pk {SMALL_ROOT} | awk 'NR==2 {{print $3}}'")) < used + 1024  # no layer written
+        assert in_host(h, "docker image ls -q").strip() == ""  # no image, no checkpoint
+    finally:
+        in_host(h, restart + f"{{ [ ! -f {conf}.orig ] || mv -f {conf}.orig {conf}; }}; "
+                f"umount {SMALL_ROOT} 2>/dev/null; systemctl start containerd docker", check=False)
+        sh("docker", "image", "rm", "-f", big, check=False)
+    assert "overlayfs" in in_host(h, "docker info --format '{{.Driver}}'")
 
 
 def test_laptop_on_the_containerd_store_pushes_to_both_stores(hosts, laptop):
@@ -167,6 +211,7 @@ def test_laptop_on_the_containerd_store_pushes_to_both_stores(hosts, laptop):
     assert all(r["status"] == "sent" for r in results), results
     assert by_host[c8d["alias"]]["layers_sent"] == 1 and by_host[classic["alias"]]["layers_sent"] == 2, results
     assert remote_ids(classic, CHILD) == config_digest  # a classic store: the very same image ID
+    assert remote_ids(c8d, CHILD) == laptop_id  # a containerd store: the laptop's manifest, so the laptop's ID
     for h in (classic, c8d):
         assert in_host(h, f"docker run --rm {CHILD} busybox wc -c /app.bin").split()[0] == "5000000"
     again = push_json(CHILD, classic["alias"], c8d["alias"], env=laptop)

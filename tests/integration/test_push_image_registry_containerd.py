@@ -6,7 +6,10 @@ it fresh whatever the order."""
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import tarfile
 
 import pytest
 
@@ -71,3 +74,32 @@ def test_containerd_host_pulls_the_base_and_gets_only_the_top_layer(c8d_registry
     assert PASSWORD not in res.output  # not even in -vv's command lines
     [r] = json.loads(push(CHILD, target["alias"], "--json", env=c8d_registry["env"]).stdout)
     assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
+
+
+def exported_layers(target: dict, ref: str) -> list[int]:
+    """Sizes of the layer blobs `docker save` on the host writes for `ref` (each must be real)."""
+    export = subprocess.run(["docker", "exec", target["container"], "docker", "save", ref], capture_output=True,
+                            check=True, timeout=300).stdout
+    with tarfile.open(fileobj=io.BytesIO(export)) as tar:
+        [entry] = json.loads(tar.extractfile("manifest.json").read())
+        assert entry["Config"].endswith(sh("docker", "image", "inspect", "--format", "{{.Id}}", CHILD)
+                                        .strip().split(":")[1])
+        return [tar.getmember(name).size for name in entry["Layers"]]
+
+
+def test_a_base_the_host_pulled_itself_is_named_not_sent_and_exports_whole(c8d_registry):
+    """The host keeps the base as its pull left it (compressed blobs). Pushing the child again sends only the
+    top layer: the layout names the registry's blobs of the base. `docker save` there has every layer, and a
+    whole `docker save | docker load` of the local image over it leaves the same ID."""
+    target = c8d_registry["target"]
+    assert [size > 0 for size in exported_layers(target, CHILD)] == [True, True]  # after the --via pull above
+    in_host(target, f"docker image rm {CHILD} >/dev/null")  # the pulled base stays
+    [r] = json.loads(push(CHILD, target["alias"], "--json", env=c8d_registry["env"]).stdout)
+    assert r["status"] == "sent" and r["via"] == "push" and "already has" in r["via_reason"], r
+    assert r["bytes_sent"] <= layer_bytes(CHILD, 1) + 64 * 1024, r  # the 24 MiB base did not travel again
+    assert all(size > 0 for size in exported_layers(target, CHILD))
+    fmt = "'{{.Id}} {{json .RootFS.Layers}}'"
+    pushed = in_host(target, f"docker image inspect --format {fmt} {CHILD}")
+    whole = subprocess.run(["docker", "save", CHILD], capture_output=True, check=True, timeout=300).stdout
+    sh("docker", "exec", "-i", target["container"], "docker", "load", input=whole)
+    assert in_host(target, f"docker image inspect --format {fmt} {CHILD}") == pushed

@@ -15,6 +15,7 @@ import pytest
 from migrate.errors import MigrateError, UsageError
 from migrate.image import credentials as C
 from migrate.image import registry as R
+from migrate.image import remote as R_remote
 from migrate.image import via as V
 from migrate.image.local import LocalImage
 from migrate.image.plan import SEND, UP_TO_DATE, ImagePlan
@@ -440,6 +441,28 @@ def test_containerd_hosts_get_the_registry_layer_descriptors():
     assert [x["digest"] for x in manifest["layers"]] == ["sha256:" + "1" * 64, "sha256:" + "2" * 64, D[2]]
     assert sent == [D[2]]  # only the user's layer travels
     assert R.probe_command(SOURCE.ref, "amd64").endswith(" amd64")
+
+
+def test_a_containerd_host_that_pulled_the_base_names_its_blobs_instead_of_getting_them_again():
+    """The host has the base's layers as a pull left them (compressed blobs): the layout names the registry's
+    blobs, as a whole `docker load` there would, and sends nothing for them; a host that got the layers
+    any other way (no RepoDigest with that digest) is not asked, and the plain blobs ride along."""
+    layers = [("application/vnd.docker.image.rootfs.diff.tar.gzip", "sha256:" + c * 64, n)
+              for c, n in (("1", 123), ("2", 456))]
+    asked = []
+
+    def ask(source):
+        asked.append(source)
+        return R.ProbeResult("ok", "", layers)
+
+    d = V.decide("auto", IMG, plan(first_missing=2), [SOURCE], ask, need_layers=True, pulled={BASE_DIGEST})
+    assert d.via == "push" and "already has" in d.reason and d.registry_layers == dict(zip(D[:2], layers))
+    assert V.registry_layers(d) == d.registry_layers
+    d = V.decide("auto", IMG, plan(first_missing=2), [SOURCE], ask, need_layers=True, pulled={"sha256:" + "8" * 64})
+    assert d.via == "push" and d.registry_layers == {} and len(asked) == 1
+    facts = R_remote.parse_facts("img=sha256:111|base:1,|" + ",".join(D[:2]) + ",|amd64|linux|2026|{}"
+                                 f"|rd=reg.io:5000/team/base@{BASE_DIGEST},\n")
+    assert facts.pulled_digests() == {BASE_DIGEST} and facts.images[0].tags == ["base:1"]
 
 
 def test_an_unreachable_registry_is_asked_once_per_host():
