@@ -17,8 +17,8 @@
  * RESERVED_MIB (the driver's reservation), v2's does not. LOST 1: the GPU fell off the bus.
  *
  * State path: $MIGRATE_MOCK_NVML_STATE, else /etc/migrate-sandbox/mock-nvml.state.
- * Call log: every call appends "PID FUNCTION" to $MIGRATE_MOCK_NVML_LOG (created), else to
- * /var/log/migrate-mock-nvml.calls when that file exists.
+ * Call log: every call appends "PID FUNCTION" to $MIGRATE_MOCK_NVML_LOG (created); without it,
+ * each function's first call in a process goes to /var/log/migrate-mock-nvml.calls if that exists.
  *
  * Driver generations (compile-time): -DMOCK_NO_V3 leaves out the _v3 process calls and
  * nvmlDeviceGetMemoryInfo_v2 (R470-like), -DMOCK_NO_V2 also the _v2 process calls (only v1 remains).
@@ -64,10 +64,18 @@ static unsigned int ngpus, nprocs;
 static char driver[80];
 static int init_error, initialised;
 
+/* Append "PID FUNCTION" to the call log: every call to $MIGRATE_MOCK_NVML_LOG (tests), each
+ * function's first call in this process to the default log (a dispatcher polls all day). */
 static void logcall(const char *fn) {
+    static const char *seen[64];
+    static unsigned nseen;
     const char *path = getenv("MIGRATE_MOCK_NVML_LOG");
-    int fd = path && *path ? open(path, O_WRONLY | O_APPEND | O_CREAT, 0644)
-                           : open(DEFAULT_LOG, O_WRONLY | O_APPEND);
+    int every = path && *path;
+    if (!every) {
+        for (unsigned i = 0; i < nseen; i++) if (seen[i] == fn) return;
+        if (nseen < 64) seen[nseen++] = fn;
+    }
+    int fd = every ? open(path, O_WRONLY | O_APPEND | O_CREAT, 0644) : open(DEFAULT_LOG, O_WRONLY | O_APPEND);
     if (fd < 0) return;
     char line[160];
     int n = snprintf(line, sizeof line, "%d %s\n", (int)getpid(), fn);
