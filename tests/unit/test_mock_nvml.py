@@ -203,3 +203,18 @@ def test_state_round_trips_and_changes_are_checked():
     with pytest.raises(mstate.StateError):
         mstate.device(st, "2")
     assert mstate.remove_process(st, 4242) and not mstate.remove_process(st, 4242)
+
+
+def test_sandbox_gpu_changes_apply_in_order():
+    from migrate.sandbox.gpu import GpuChanges, apply
+
+    st = mstate.fresh(2)
+    mstate.add_process(st, "0", 11, 5)
+    ch = GpuChanges(reset=True, driver="v2", nvml_error=999, utilization=[("1", 80)], lose=["0"], mig=[("1", 2)],
+                    take="1:1", take_mib=300)
+    out = apply(st, ch, gpus=2, pid=4242)
+    assert out.variant == "v2" and out.error == 999 and out.gpus[0].lost and out.gpus[0].processes == []
+    assert out.gpus[1].migs[1].processes == [mstate.MockProcess(4242, 300, "compute")]
+    assert GpuChanges().empty and not ch.empty
+    with pytest.raises(mstate.StateError):
+        apply(mstate.fresh(1), GpuChanges(utilization=[("3", 10)]), gpus=1)
