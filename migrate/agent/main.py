@@ -307,9 +307,15 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
     from . import admission, procs
     from .gpus import GpuBackendError, open_backend
 
-    queue = open_queue(layout)
-    spec = backend_spec(queue, args.backend)
-    backend = open_backend(spec)
+    # read-only: a host where nothing was ever queued gets no queue (nor directory) from a look
+    queue = open_queue(layout) if os.path.exists(layout.db) else None
+    spec = backend_spec(queue, args.backend) if queue is not None else (args.backend or "nvml")
+    try:
+        backend = open_backend(spec)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    if queue is None and backend.fake and not os.path.exists(backend.path):
+        raise AgentError(f"no FAKE GPU state at {backend.path}", "the test double needs its state file")
     try:
         snap = backend.snapshot()
     except GpuBackendError as exc:
@@ -317,9 +323,9 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
                 "devices": []}
     finally:
         backend.close()
-    reserved = queue.reservations()
+    reserved = queue.reservations() if queue is not None else {}
     by_group = {}
-    for job in queue.active():
+    for job in (queue.active() if queue is not None else []):
         if job.get("pgid"):
             by_group[job["pgid"]] = job["id"]
     devices = []
@@ -328,7 +334,8 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
     for d in snap.devices:
         for p in d.processes:
             owners[p.pid] = procs.owner(p.pid) or "?"
-    baselines = admission.learn_idle_baseline(snap.leaves(), reserved, admission.load_idle_baselines(queue))
+    known = admission.load_idle_baselines(queue) if queue is not None else {}
+    baselines = admission.learn_idle_baseline(snap.leaves(), reserved, known)
     for d in snap.devices:
         verdict = admission.gpu_verdict(d, reserved, policy, owners, baselines)
         row = d.to_dict()

@@ -435,6 +435,7 @@ def test_read_only_verbs_change_nothing_on_a_fresh_account(h1):
     assert json.loads(h1.cli("status", bob, "--json").stdout)["jobs"] == []
     assert_one_line_error(h1.cli("logs", bob, "1"), "no jobs on bob@")
     assert_one_line_error(h1.cli("cancel", bob, "--all"), "no jobs on bob@")
+    assert h1.cli("gpus", bob).code == 0  # the agent runs from memory: it is not installed
     assert h1.sh("sudo test -e /home/bob/.migrate && echo exists || echo absent").strip() == "absent"
 
 

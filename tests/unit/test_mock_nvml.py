@@ -218,3 +218,23 @@ def test_sandbox_gpu_changes_apply_in_order():
     assert GpuChanges().empty and not ch.empty
     with pytest.raises(mstate.StateError):
         apply(mstate.fresh(1), GpuChanges(utilization=[("3", 10)]), gpus=1)
+
+
+def test_gpus_runs_the_agent_from_memory_and_writes_nothing(mock, tmp_path):
+    """`migrate gpus` on a host without the agent: sent on stdin, run from memory, nothing left behind."""
+    import base64
+
+    from migrate.jobs.bundle import build_agent
+    from migrate.jobs.client import in_memory_command
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = mock.env()
+    env["HOME"] = str(home)
+    proc = subprocess.run(["sh", "-c", in_memory_command(["gpus"])], input=base64.b64encode(build_agent().data),
+                          env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert data["ok"] and data["backend"] == "nvml" and len(data["devices"]) == 2
+    assert data["devices"][0]["verdict"] == "free"
+    assert list(home.iterdir()) == []
