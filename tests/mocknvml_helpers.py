@@ -12,8 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 from migrate.sandbox import mocknvml
 from migrate.sandbox.mocknvml import state as mstate
 
@@ -23,6 +21,8 @@ BUILD_CACHE = Path(os.environ.get("MIGRATE_TEST_MOCKNVML_CACHE", "/tmp/migrate-t
 def built_libraries() -> dict:
     """{variant: .so path}; skips the calling test when gcc is missing."""
     if shutil.which("gcc") is None:
+        import pytest
+
         pytest.skip("gcc is not installed, so the mock NVML library cannot be compiled "
                     "(scripts/bootstrap installs gcc and libc6-dev)")
     return mocknvml.build(BUILD_CACHE)

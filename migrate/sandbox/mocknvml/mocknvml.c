@@ -102,6 +102,22 @@ static void copy(char *dst, size_t size, const char *src) {
     snprintf(dst, size, "%s", src);
 }
 
+/* Is the process running (not gone, not a zombie)? The driver lets go of a process's memory as it
+ * exits, before its parent reaps it. */
+static int alive(unsigned int pid) {
+    char path[32], buf[256];
+    if (!pid) return 0;
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *end = strrchr(buf, ')');  /* "PID (COMM) STATE ..." */
+    return !(end && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X'));
+}
+
 /* Re-read the state file; 0 when it cannot be read (no "driver"). */
 static int load(void) {
     const char *path = getenv("MIGRATE_MOCK_NVML_STATE");
@@ -135,9 +151,7 @@ static int load(void) {
             struct mproc *p = &procs[nprocs];
             copy(p->uuid, sizeof p->uuid, word(&s));
             p->pid = (unsigned)num(&s); p->used = num(&s); p->kind = *word(&s);
-            char proc_dir[32];
-            snprintf(proc_dir, sizeof proc_dir, "/proc/%u", p->pid);
-            if (p->pid && access(proc_dir, F_OK) == 0) nprocs++;  /* exited: gone, as with the driver */
+            if (alive(p->pid)) nprocs++;  /* exited: gone, as with the driver */
         }
     }
     fclose(f);
