@@ -158,13 +158,13 @@ class Daemon:
         Where pidfds do not exist (python 3.8, Linux < 5.3) or a PID is not visible here (another
         PID namespace), nothing is watched and the NVML poll notices instead.
         """
-        pidfd_open = getattr(os, "pidfd_open", None)
-        wanted = set(pids) if pidfd_open is not None else set()
+        open_pidfd = getattr(os, "pidfd_open", None)  # python >= 3.9
+        wanted = set(pids) if open_pidfd is not None else set()
         for pid in [p for p in self.watched if p not in wanted]:
             os.close(self.watched.pop(pid))
         for pid in wanted - set(self.watched):
             try:
-                self.watched[pid] = pidfd_open(pid)
+                self.watched[pid] = open_pidfd(pid)
             except OSError:
                 pass
 

@@ -271,7 +271,7 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
         raise AgentError("submit: no jobs given")
     jobs = [validate_spec(s, i) for i, s in enumerate(specs)]
     queue = open_queue(layout)
-    backend_spec(queue, args.backend)
+    _refuse_never_fitting(jobs, backend_spec(queue, args.backend))
     result = {}
     if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
         result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
@@ -279,6 +279,30 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
     control.wake(layout)
     result["paused"] = queue.get_meta("paused")
     return result
+
+
+def _refuse_never_fitting(jobs: list, spec: str) -> None:
+    """A job asking for more GPUs than this host has is refused now, not queued for ever.
+
+    When the GPU view cannot be read, nothing is refused: the queue shows why jobs wait.
+    """
+    from .admission import never_fits
+    from .gpus import GpuBackendError, open_backend
+
+    if not any(int(j.get("gpus", 1)) > 0 for j in jobs):
+        return
+    backend = open_backend(spec)
+    try:
+        snap = backend.snapshot()
+    except GpuBackendError:
+        return
+    finally:
+        backend.close()
+    for job in jobs:
+        why = never_fits(job, snap)
+        if why:
+            raise AgentError(why, "ask for fewer GPUs with --gpus-per-job (or another --gpu-pool), "
+                                  "or run it on a cluster of hosts (`migrate cluster`)")
 
 
 def cmd_status(args: Any, layout: Layout) -> dict:

@@ -135,7 +135,7 @@ def ssh_config() -> None:
 def _pair(value: str, what: str) -> tuple:
     gpu, sep, n = value.partition("=")
     if not sep or not n.isdigit():
-        raise click.BadParameter(f"{value!r}: write GPU={what}, e.g. 0={'50' if what == 'PCT' else '2'}")
+        raise click.BadParameter(f"{value!r}: write GPU={what}, e.g. 0={ {'PCT': '50', 'N': '2'}.get(what, '400')}")
     return gpu, int(n)
 
 
@@ -151,7 +151,7 @@ def _show_gpus(result: dict) -> None:
                               for p in d["processes"])
             util = f"{d['utilization']}%" if "utilization" in d else ""
             rows.append((index, d["uuid"], f"{used} / {d['memory_total_mib']} MiB", util, procs, what))
-    error = f", nvmlInit fails with NVML error {st['error']}" if st["error"] else ""
+    error = f", every NVML call fails with error {st['error']}" if st["error"] else ""
     ui.table(f"{result['host']}: mock GPUs, driver {st['driver']} ({st['variant']} process calls){error}",
              ["gpu", "uuid", "memory used", "util", "processes", "state"], rows)
     if result.get("started_pid"):
@@ -174,24 +174,27 @@ def _show_gpus(result: dict) -> None:
 @click.option("--release", multiple=True, type=int, metavar="PID",
               help="Take PID off the GPUs (and end it if --take started it). Exited PIDs leave by themselves.")
 @click.option("--util", "utilization", multiple=True, metavar="GPU=PCT", help="Set a GPU's utilisation.")
+@click.option("--unlisted-mib", "unlisted", multiple=True, metavar="GPU=MIB",
+              help="Memory in use by processes NVML does not list (another container), on GPU or GPU:INSTANCE.")
 @click.option("--lose", multiple=True, metavar="GPU", help="The GPU falls off the bus (NVML_ERROR_GPU_IS_LOST).")
 @click.option("--restore", multiple=True, metavar="GPU", help="A lost GPU is back.")
 @click.option("--mig", multiple=True, metavar="GPU=N", help="MIG on with N instances (GPU:0..N-1), or off with 0.")
 @click.option("--driver", type=click.Choice(list(mstate.VARIANTS)),
               help="Driver generation: v3 (every process call), v2 (no _v3 calls, v1 memory), v1 (only the "
                    "unversioned calls). Processes that loaded NVML keep the old one until they restart.")
-@click.option("--nvml-error", metavar="CODE|none", help="Make nvmlInit fail with an NVML error code "
+@click.option("--nvml-error", metavar="CODE|none", help="Make every NVML call fail with an NVML error code "
               "(999 Unknown Error, 9 Driver Not Loaded, 18 version mismatch), or stop failing.")
 @click.option("--reset", is_flag=True, help="Back to idle GPUs (ends the processes --take started).")
 @click.option("--json", "as_json", is_flag=True, help="Print {host, state, started_pid, dropped} as JSON.")
 def gpu(host: str, take: str | None, take_mib: int, take_pid: int | None, take_kind: str, release: tuple,
-        utilization: tuple, lose: tuple, restore: tuple, mig: tuple, driver: str | None, nvml_error: str | None,
+        utilization: tuple, unlisted: tuple, lose: tuple, restore: tuple, mig: tuple, driver: str | None,
+        nvml_error: str | None,
         reset: bool, as_json: bool) -> None:
     """Show or change HOST's mock GPUs (hosts from `migrate sandbox up --gpus N`).
 
     Every NVML reader on the host sees the change at its next call: the dispatcher, `migrate gpus`,
     doctor, nvidia-smi, a cluster node's Ray. Changes apply in this order: reset, driver,
-    nvml-error, util, lose, restore, mig, release, take.
+    nvml-error, util, unlisted-mib, lose, restore, mig, release, take.
 
     \b
     Examples:
@@ -210,6 +213,7 @@ def gpu(host: str, take: str | None, take_mib: int, take_pid: int | None, take_k
     ch = GpuChanges(reset=reset, driver=driver, release=list(release), lose=list(lose), restore=list(restore),
                     nvml_error=None if nvml_error is None else (0 if nvml_error == "none" else int(nvml_error)),
                     utilization=[_pair(u, "PCT") for u in utilization], mig=[_pair(m, "N") for m in mig],
+                    unlisted=[_pair(u, "MIB") for u in unlisted],
                     take=take, take_mib=take_mib, take_pid=take_pid, take_kind=take_kind)
     gpus = SandboxGpus(host)
     if ch.empty:

@@ -60,6 +60,7 @@ class GpuChanges:
     driver: str | None = None
     nvml_error: int | None = None  # 0: none
     utilization: list = field(default_factory=list)  # of (gpu spec, pct)
+    unlisted: list = field(default_factory=list)  # of (gpu spec, MiB)
     lose: list = field(default_factory=list)
     restore: list = field(default_factory=list)
     mig: list = field(default_factory=list)  # of (gpu spec, instances)
@@ -84,6 +85,8 @@ def apply(st: mstate.MockState, ch: GpuChanges, gpus: int, pid: int | None = Non
         st.error = ch.nvml_error
     for spec, pct in ch.utilization:
         mstate.set_utilization(st, spec, pct)
+    for spec, mib in ch.unlisted:
+        mstate.set_unlisted(st, spec, mib)
     for spec in ch.lose:
         mstate.set_lost(st, spec, True)
     for spec in ch.restore:

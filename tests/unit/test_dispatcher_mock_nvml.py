@@ -135,3 +135,19 @@ def test_mig_instances_are_scheduled_one_job_each(world_factory):
     holder.wait()
     done = w.agent.wait_final([a, b], timeout=30)
     assert sorted(j["gpu_uuids"][0] for j in done.values()) == [mstate.mock_uuid(0, 0), mstate.mock_uuid(0, 1)]
+
+
+def test_more_gpus_than_the_host_has_is_refused_at_submit_in_one_line(world_factory):
+    import json
+
+    w = world_factory(2)
+    w.change(mstate.set_mig, "1", 2)  # MIG or lost GPUs may come back: they still count as offered
+    res = w.agent.call("submit", "--backend", "nvml", "--mode", "setsid", ok=False,
+                       stdin=json.dumps({"jobs": [{"command": "true", "gpus": 3, "name": "big"}]}))
+    assert not res["ok"]
+    assert res["error"] == ("job 'big' needs 3 GPUs; this host offers 2: 0, 1 "
+                            "(NVIDIA H100 80GB HBM3 (sandbox mock))")
+    assert w.agent.jobs() == []
+    # two whole GPUs exist but one is in MIG mode: it may leave it, so the job waits with the reason
+    (job,) = w.submit("true", gpus=2)
+    w.agent.wait(lambda js: "cannot start: needs 2 GPUs, 1 on this host" in (js[0]["reason"] or ""), timeout=20)

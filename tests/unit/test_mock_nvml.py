@@ -238,3 +238,26 @@ def test_gpus_runs_the_agent_from_memory_and_writes_nothing(mock, tmp_path):
     assert data["ok"] and data["backend"] == "nvml" and len(data["devices"]) == 2
     assert data["devices"][0]["verdict"] == "free"
     assert list(home.iterdir()) == []
+
+
+def test_a_fault_after_init_fails_the_view_and_it_comes_back(mock):
+    st = mock.read()
+    out = run(mock, f"""
+        import json
+        from migrate.agent.gpus import NvmlBackend, GpuBackendError
+        from migrate.sandbox.mocknvml import state as ms
+        b = NvmlBackend()
+        r = [len(b.snapshot().devices)]
+        st = ms.parse(open({str(mock.state_path)!r}).read())
+        st.error = 999
+        open({str(mock.state_path)!r}, "w").write(ms.render(st))
+        try:
+            b.snapshot()
+        except GpuBackendError as exc:
+            r.append(exc.message)
+        st.error = 0
+        open({str(mock.state_path)!r}, "w").write(ms.render(st))
+        r.append(len(b.snapshot().devices))
+        print(json.dumps(r))
+    """)
+    assert out == [2, "NVML: Unknown Error", 2] and len(st.gpus) == 2

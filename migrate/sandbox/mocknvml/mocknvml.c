@@ -7,7 +7,7 @@
  * change while a dispatcher runs:
  *
  *   driver 550.54.15-mock                      the driver version string
- *   error 999                                  optional: nvmlInit fails with this NVML code
+ *   error 999                                  optional: every call fails with this NVML code
  *   gpu UUID TOTAL_MIB USED_MIB RESERVED_MIB UTIL LOST MIG NAME...   one per GPU, in index order
  *   mig UUID TOTAL_MIB USED_MIB                a MIG instance of the gpu line above it
  *   proc UUID PID USED_MIB KIND                a process on that GPU/instance (KIND c, g or m)
@@ -169,11 +169,19 @@ static struct mdev *dev(void *handle) {
     return NULL;
 }
 
+/* Initialised, state read, no injected fault: OK, else the NVML error to return. */
+static nvmlReturn_t ready(void) {
+    if (!initialised) return E_UNINIT;
+    if (!load()) return E_DRIVER;
+    return init_error;
+}
+
+#define CHECK_READY() do { nvmlReturn_t r_ = ready(); if (r_) return r_; } while (0)
+
 /* Fresh state, initialised library, valid handle: the preamble of every device call. */
 #define DEVICE(d, handle) \
     logcall(__func__); \
-    if (!initialised) return E_UNINIT; \
-    if (!load()) return E_DRIVER; \
+    CHECK_READY(); \
     struct mdev *d = dev(handle); \
     if (!d) return E_INVALID; \
     if (d->lost || (d->parent && d->parent->lost)) return E_LOST
@@ -234,8 +242,7 @@ const char *nvmlErrorString(nvmlReturn_t r) {
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     logcall(__func__);
-    if (!initialised) return E_UNINIT;
-    if (!load()) return E_DRIVER;
+    CHECK_READY();
     if (!version) return E_INVALID;
     if (strlen(driver) + 1 > length) return E_SIZE;
     copy(version, length, driver);
@@ -244,8 +251,7 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
 
 static nvmlReturn_t count(const char *fn, unsigned int *n) {
     logcall(fn);
-    if (!initialised) return E_UNINIT;
-    if (!load()) return E_DRIVER;
+    CHECK_READY();
     if (!n) return E_INVALID;
     *n = ngpus;
     return OK;
@@ -255,8 +261,7 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *n) { return count(__func__, n);
 
 static nvmlReturn_t by_index(const char *fn, unsigned int i, void **handle) {
     logcall(fn);
-    if (!initialised) return E_UNINIT;
-    if (!load()) return E_DRIVER;
+    CHECK_READY();
     if (!handle || i >= ngpus) return E_INVALID;
     *handle = &gpus[i];
     return OK;
@@ -279,8 +284,7 @@ nvmlReturn_t nvmlDeviceGetName(void *handle, char *name, unsigned int length) {
 
 nvmlReturn_t nvmlDeviceGetUUID(void *handle, char *uuid, unsigned int length) {
     logcall(__func__);  /* like the driver, the UUID of a lost GPU is still known */
-    if (!initialised) return E_UNINIT;
-    if (!load()) return E_DRIVER;
+    CHECK_READY();
     struct mdev *d = dev(handle);
     if (!d) return E_INVALID;
     return text(d->uuid, uuid, length);

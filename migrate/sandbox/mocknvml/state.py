@@ -55,7 +55,7 @@ class MockGpu:
 class MockState:
     driver: str = DRIVER
     variant: str = "v3"
-    error: int = 0  # nvmlInit fails with this NVML code (999 Unknown Error, 9 Driver Not Loaded...)
+    error: int = 0  # every call fails with this NVML code (999 Unknown Error, 9 Driver Not Loaded...)
     gpus: list = field(default_factory=list)  # of MockGpu
 
     def to_dict(self) -> dict:
@@ -166,6 +166,13 @@ def set_utilization(state: MockState, spec: str, pct: int) -> None:
     if not isinstance(dev, MockGpu):
         raise StateError("utilisation is per GPU (NVML does not report it for MIG instances)")
     dev.utilization = int(pct)
+
+
+def set_unlisted(state: MockState, spec: str, mib: int) -> None:
+    """Memory in use by processes NVML does not list (another container, a leak)."""
+    if int(mib) < 0:
+        raise StateError(f"{mib} MiB is negative")
+    device(state, spec).memory_used_mib = int(mib)
 
 
 def set_lost(state: MockState, spec: str, lost: bool = True) -> None:
