@@ -145,13 +145,16 @@ class SandboxGpus:
 
     def change(self, ch: GpuChanges) -> dict:
         """Apply the changes; {host, state, started_pid, dropped}."""
+        import copy
+
         st, gone = self.read()
+        gpus = self.gpus or len(st.gpus)
         started = None
-        if ch.take is not None:
-            mstate.device(st, ch.take)  # check before starting anything
-            started = ch.take_pid if ch.take_pid is not None else self.start_holder()
         try:
-            new = apply(st, ch, self.gpus or len(st.gpus), started)
+            if ch.take is not None:  # check everything before starting a process
+                mstate.device(apply(copy.deepcopy(st), ch, gpus), ch.take)
+                started = ch.take_pid if ch.take_pid is not None else self.start_holder()
+            new = apply(st, ch, gpus, started)
         except mstate.StateError as exc:
             if started is not None and ch.take_pid is None:
                 self._exec(STOP_HOLDERS, str(started))

@@ -28,8 +28,18 @@ def test_second_sandbox_up_gpus_then_down_leaves_nothing(sandbox_hosts, tmp_path
         res = run_cli("doctor", "sbtest1", "--json", env=ENV)
         assert res.code == 0, res.output
         facts = json.loads(res.stdout)["facts"]
-        assert len(facts["gpus"]) == 2 and "sandbox fake" in facts["gpus"][0]["name"]
+        assert len(facts["gpus"]) == 2 and facts["gpus"][0]["name"].endswith("(sandbox mock)")
         assert facts["gpus"][0]["uuid"] != facts["gpus"][1]["uuid"]
+        # the dispatcher's view (real pynvml over the mock library) agrees with doctor's nvidia-smi
+        taken = json.loads(run_cli("sandbox", "gpu", "sbtest1", "--take", "1", "--mib", "1234", "--json",
+                                   env=ENV).stdout)
+        res = run_cli("gpus", "sbtest1", "--json", env=ENV)
+        assert res.code == 0, res.output
+        view = json.loads(res.stdout)
+        assert view["backend"] == "nvml" and view["driver"].endswith("-mock")
+        assert [d["uuid"] for d in view["devices"]] == [g["uuid"] for g in facts["gpus"]]
+        assert [(p["pid"], p["used_mib"], p["user"]) for p in view["devices"][1]["processes"]] == \
+            [(taken["started_pid"], 1234, "bob")]
         # idempotent: a second up reuses the running host
         res = run_cli("sandbox", "up", "1", "--gpus", "2", env=ENV)
         assert res.code == 0, res.output
