@@ -290,7 +290,7 @@ def test_each_driver_generation_shows_foreign_processes(h2, driver, call):
 
 
 def test_a_gpu_lost_mid_job_and_mig_instances(h2):
-    (long_job,) = h2.run_json("--gpu-pool", "1", "--name", "survivor", "--", "sleep 3; echo survived")
+    (long_job,) = h2.run_json("--gpu-pool", "1", "--name", "outlives-loss", "--", "sleep 3; echo survived")
     h2.wait(lambda js: js[long_job["id"]]["state"] == "running")
     h2.gpu("--lose", "1")
     (second,) = h2.run_json("--gpu-pool", "1", "--name", "after-loss", "--", "true")

@@ -50,4 +50,7 @@ def build(cache: Path) -> dict:
         if proc.returncode != 0:
             raise BuildError(f"gcc failed on {SOURCE.name} ({variant}): {proc.stderr.strip()[-500:]}")
         tmp.replace(path)
+    for old in Path(cache).iterdir():  # builds of older sources
+        if old.is_dir() and old != out_dir:
+            shutil.rmtree(old, ignore_errors=True)
     return libs
