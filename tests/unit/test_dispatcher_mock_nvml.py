@@ -151,3 +151,31 @@ def test_more_gpus_than_the_host_has_is_refused_at_submit_in_one_line(world_fact
     # two whole GPUs exist but one is in MIG mode: it may leave it, so the job waits with the reason
     (job,) = w.submit("true", gpus=2)
     w.agent.wait(lambda js: "cannot start: needs 2 GPUs, 1 on this host" in (js[0]["reason"] or ""), timeout=20)
+
+
+def test_foreign_processes_are_watched_by_pidfd_and_python38_falls_back_to_the_poll(monkeypatch):
+    import os
+    import select
+    from types import SimpleNamespace
+
+    from migrate.agent.daemon import Daemon
+
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("this python has no os.pidfd_open")
+    d = SimpleNamespace(watched={})
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        Daemon.watch_gpu_processes(d, [proc.pid, 2**22 + 12345])  # the second is not visible here: not watched
+        assert list(d.watched) == [proc.pid]
+        fd = d.watched[proc.pid]
+        assert select.select([fd], [], [], 0)[0] == []
+        proc.kill()
+        assert select.select([fd], [], [], 5)[0] == [fd]  # the exit wakes a sleeper at once
+    finally:
+        proc.kill()
+        proc.wait()
+    Daemon.watch_gpu_processes(d, [])
+    assert d.watched == {}
+    monkeypatch.delattr(os, "pidfd_open")  # python 3.8: nothing is watched, the 1 s poll notices
+    Daemon.watch_gpu_processes(d, [os.getpid()])
+    assert d.watched == {}
