@@ -351,6 +351,16 @@ class Sandbox:
             raise MigrateError(f"cannot build the sandbox's mock GPU library: {exc}",
                                hint="install gcc and libc6-dev, or start the sandbox without --gpus") from None
 
+    def mock_gpus(self, i: int, gpus: int) -> None:
+        """Install (gpus > 0) or remove host i's mock NVML library, state and nvidia-smi; nothing else."""
+        if gpus:
+            self._copy_mock_nvml(i)
+        env = {"GPUS": str(gpus), "MOCK_STATE": mstate.render(mstate.fresh(gpus)), "MOCK_LIB_DIR": recipe.MOCK_LIB_DIR,
+               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI}
+        argv = ["exec"] + [x for k, v in env.items() for x in ("-e", f"{k}={v}")]
+        script = "set -eu\n" + (recipe.MOCK_NVML_ON if gpus else recipe.MOCK_NVML_OFF)
+        _docker(*argv, self.s.container(i), "sh", "-c", script, what=f"mock GPUs on {self.s.alias(i)}")
+
     def _copy_mock_nvml(self, i: int) -> None:
         """Put every driver generation of the mock library on host i (CONFIGURE installs one)."""
         libs = self.mock_nvml_libraries()
