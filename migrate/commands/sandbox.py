@@ -22,7 +22,7 @@ def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
         return
     rows = [(h["alias"], h["state"], f"alice@{h['hostname']}:{h['port']}", f"{h['ip']}:22",
              str(h.get("fake_gpus", 0)), _flavour(h)) for h in hosts]
-    ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "fake gpus", "debian / docker"], rows)
+    ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "mock gpus", "debian / docker"], rows)
     ui.info("users: alice (passwordless sudo), bob (sudo password "
             f"'{sb.s.bob_password}'); try `migrate doctor {hosts[0]['alias']}`")
 
