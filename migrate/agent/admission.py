@@ -184,6 +184,29 @@ def _summary(verdicts: list, job: dict) -> str:
     return f"waiting for {job['gpus']} GPU{plural}, {n_free} of {len(verdicts)} usable now{detail}"
 
 
+def never_fits(job: dict, snapshot: Any) -> str | None:
+    """Why this job can never start on this host's GPUs (one line), or None.
+
+    Counts whole GPUs, lost or in MIG mode included (they may come back, or leave MIG mode): a
+    job that needs more than that, in its pool, is refused at submit. What could change later
+    (MIG, lost GPUs, other people) is left to the queue, whose reason `status` shows.
+    """
+    need = int(job.get("gpus", 1))
+    if need <= 0 or snapshot is None:
+        return None
+    gpus = [d for d in snapshot.devices if not d.is_mig]
+    pool = job.get("gpu_pool")
+    offered = [d for d in gpus if in_pool(d, pool, {})]
+    if need <= len(offered):
+        return None
+    names = sorted({d.name for d in offered if d.name})
+    what = ", ".join(d.index for d in offered) + (f" ({'; '.join(names)})" if names else "") if offered else "none"
+    where = " in --gpu-pool {}".format(",".join(pool)) if pool else ""
+    label = f"job '{job['name']}'" if job.get("name") else "the job"
+    return (f"{label} needs {need} GPU{'s' if need != 1 else ''}; this host "
+            f"offers {len(offered)}{where}: {what}")
+
+
 def plan(queued: list, snapshot: Any, snapshot_error: str | None, reserved: dict, running_cpu_jobs: int,
          policy: Policy, now: float, owners: dict | None = None, baselines: dict | None = None) -> tuple:
     """Decide admissions for this tick.

@@ -3,7 +3,10 @@
 Loop: reap finished jobs -> admit what fits -> sleep until something can change. It sleeps on a
 pipe that signals write to (SIGCHLD when a job it started ends, SIGUSR1 when a client queued
 something, SIGTERM to stop), so a job starts right after its GPU is released by one of ours;
-GPUs released by other people are noticed by polling NVML every second while GPU jobs wait.
+GPUs released by other people are noticed at once where their processes can be watched: while
+GPU jobs wait, the dispatcher holds a pidfd for each process NVML lists (python >= 3.9 on Linux
+>= 5.3) and sleeps on those too, so one's exit wakes it. NVML is still polled every second (the
+fallback on python 3.8, for PIDs of other PID namespaces, and for memory or utilisation changes).
 With nothing queued it wakes once a minute.
 
 Crash safety: only one dispatcher per user (an flock). A job's GPUs are reserved in the queue
@@ -69,6 +72,7 @@ class Daemon:
         self.home = os.path.expanduser("~")
         self.bash = launch.find_bash()
         self._wake_r = self._wake_w = -1
+        self.watched = {}  # type: dict  # pid -> pidfd of a process on a GPU while GPU jobs wait
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -109,6 +113,7 @@ class Daemon:
             raise
         finally:
             self._remove_pidfile()
+            self.watch_gpu_processes([])
             self.backend.close()
             self.log("dispatcher stopped (running jobs keep running; the next dispatcher adopts them)")
             os.close(lock_fd)
@@ -147,12 +152,32 @@ class Daemon:
         signal.signal(signal.SIGUSR1, wake)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    def watch_gpu_processes(self, pids: list) -> None:
+        """Hold a pidfd for each of these PIDs (and none other), so `_sleep` wakes when one exits.
+
+        Where pidfds do not exist (python 3.8, Linux < 5.3) or a PID is not visible here (another
+        PID namespace), nothing is watched and the NVML poll notices instead.
+        """
+        open_pidfd = getattr(os, "pidfd_open", None)  # python >= 3.9
+        wanted = set(pids) if open_pidfd is not None else set()
+        for pid in [p for p in self.watched if p not in wanted]:
+            os.close(self.watched.pop(pid))
+        for pid in wanted - set(self.watched):
+            try:
+                self.watched[pid] = open_pidfd(pid)
+            except OSError:
+                pass
+
     def _sleep(self, timeout: float) -> None:
+        fds = [self._wake_r, *self.watched.values()]
         try:
-            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+            ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             ready = []
-        if ready:
+        for pid, fd in list(self.watched.items()):
+            if fd in ready:  # that process exited: forget it; the next tick reads NVML again
+                os.close(self.watched.pop(pid))
+        if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 512):
                     pass
@@ -274,6 +299,7 @@ class Daemon:
     def admit(self, now: float) -> None:
         queued = self.queue.queued()
         if not queued:
+            self.watch_gpu_processes([])
             return
         snapshot, error = (None, None)
         if any(int(j.get("gpus", 1)) > 0 for j in queued):
@@ -294,6 +320,9 @@ class Daemon:
                 break
             self.launch(adm.job, adm.devices)
         self._set_reasons(reasons)
+        waiting_gpu = snapshot is not None and any(int(queued_job.get("gpus", 1)) > 0 and queued_job["id"] in reasons
+                                                   for queued_job in queued)
+        self.watch_gpu_processes([p.pid for d in snapshot.devices for p in d.processes] if waiting_gpu else [])
 
     def _learn_baselines(self, snapshot: object, reserved: dict) -> dict:
         """Idle baselines, updated from this snapshot and kept in the queue (they survive restarts)."""

@@ -282,7 +282,7 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
         raise AgentError("submit: no jobs given")
     jobs = [validate_spec(s, i) for i, s in enumerate(specs)]
     queue = open_queue(layout)
-    backend_spec(queue, args.backend)
+    _refuse_never_fitting(jobs, backend_spec(queue, args.backend))
     result = {}
     if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
         result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
@@ -291,6 +291,30 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
     control.wake(layout)
     result["paused"] = queue.get_meta("paused")
     return result
+
+
+def _refuse_never_fitting(jobs: list, spec: str) -> None:
+    """A job asking for more GPUs than this host has is refused now, not queued for ever.
+
+    When the GPU view cannot be read, nothing is refused: the queue shows why jobs wait.
+    """
+    from .admission import never_fits
+    from .gpus import GpuBackendError, open_backend
+
+    if not any(int(j.get("gpus", 1)) > 0 for j in jobs):
+        return
+    backend = open_backend(spec)
+    try:
+        snap = backend.snapshot()
+    except GpuBackendError:
+        return
+    finally:
+        backend.close()
+    for job in jobs:
+        why = never_fits(job, snap)
+        if why:
+            raise AgentError(why, "ask for fewer GPUs with --gpus-per-job (or another --gpu-pool), "
+                                  "or run it on a cluster of hosts (`migrate cluster`)")
 
 
 def cmd_status(args: Any, layout: Layout) -> dict:
@@ -319,9 +343,15 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
     from . import admission, procs
     from .gpus import GpuBackendError, open_backend
 
-    queue = open_queue(layout)
-    spec = backend_spec(queue, args.backend)
-    backend = open_backend(spec)
+    # read-only: a host where nothing was ever queued gets no queue (nor directory) from a look
+    queue = open_queue(layout) if os.path.exists(layout.db) else None
+    spec = backend_spec(queue, args.backend) if queue is not None else (args.backend or "nvml")
+    try:
+        backend = open_backend(spec)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    if queue is None and backend.fake and not os.path.exists(backend.path):
+        raise AgentError(f"no FAKE GPU state at {backend.path}", "the test double needs its state file")
     try:
         snap = backend.snapshot()
     except GpuBackendError as exc:
@@ -329,9 +359,9 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
                 "devices": []}
     finally:
         backend.close()
-    reserved = queue.reservations()
+    reserved = queue.reservations() if queue is not None else {}
     by_group = {}
-    for job in queue.active():
+    for job in (queue.active() if queue is not None else []):
         if job.get("pgid"):
             by_group[job["pgid"]] = job["id"]
     devices = []
@@ -340,7 +370,8 @@ def cmd_gpus(args: Any, layout: Layout) -> dict:
     for d in snap.devices:
         for p in d.processes:
             owners[p.pid] = procs.owner(p.pid) or "?"
-    baselines = admission.learn_idle_baseline(snap.leaves(), reserved, admission.load_idle_baselines(queue))
+    known = admission.load_idle_baselines(queue) if queue is not None else {}
+    baselines = admission.learn_idle_baseline(snap.leaves(), reserved, known)
     for d in snap.devices:
         verdict = admission.gpu_verdict(d, reserved, policy, owners, baselines)
         row = d.to_dict()

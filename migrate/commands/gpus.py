@@ -22,10 +22,11 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
 
     Each GPU (or MIG instance) gets a verdict: free, reserved (by one of your jobs), busy (someone
     else's process, memory in use above the GPU's measured idle threshold, or high utilisation:
-    the reason says which) or error.
+    the reason says which) or error. Only looks: where the dispatcher agent is not installed
+    it runs from memory, and nothing is written on the host.
     """
     args = ["gpus", *backend_args(gpu_backend)]
-    data, name = call_agent(host, conn, args, what="read the GPUs", need_queue=False)
+    data, name = call_agent(host, conn, args, what="read the GPUs", need_queue=False, install=False)
     if as_json:
         print_answer(name, data)
         return

@@ -52,6 +52,25 @@ def agent_command(bundle: AgentBundle, args: list[str], *, need_queue: bool = Fa
             f"exec python3 -I -S {path} {shell.join(args)}")
 
 
+# Runs the agent zipapp sent on stdin (base64) from memory: nothing is written on the host. For
+# read-only verbs on a host without the agent. memfd_create needs python3 >= 3.8 on Linux.
+IN_MEMORY_BOOT = """import base64, os, runpy, sys
+data = base64.b64decode(sys.stdin.buffer.read())
+fd = os.memfd_create("migrate-agent")
+os.write(fd, data)
+path = "/proc/self/fd/%d" % fd
+sys.argv[0] = path
+sys.path.insert(0, path)
+runpy.run_path(path, run_name="__main__")
+"""
+
+
+def in_memory_command(args: list[str]) -> str:
+    """The remote command line that runs the agent from stdin, installing nothing (pure)."""
+    return (f"command -v python3 >/dev/null 2>&1 || {{ cat >/dev/null; exit {EXIT_NO_PYTHON}; }}; "
+            f"exec python3 -I -S -c {shell.quote(IN_MEMORY_BOOT)} {shell.join(args)}")
+
+
 def install_commands(bundle: AgentBundle) -> list[str]:
     """Directories the agent needs before the upload (pure)."""
     return [shell.mkdir_private(".migrate"), shell.mkdir_private(".migrate/agent")]
@@ -75,10 +94,11 @@ class AgentClient:
         self.installed_now = True
 
     def call(self, args: list[str], payload: dict | None = None, *, what: str, timeout: float | None = 120,
-             need_queue: bool = False) -> dict:
+             need_queue: bool = False, install: bool = True) -> dict:
         """Run a subcommand and return its JSON answer; agent errors become MigrateError.
 
-        With `need_queue`, a host without a queue answers {"ok": true, "no_queue": true}.
+        With `need_queue`, a host without a queue answers {"ok": true, "no_queue": true}. Without
+        `install` (read-only verbs), a host without this agent runs it from memory instead.
         """
         stdin = json.dumps(payload) if payload is not None else None
         for attempt in (1, 2):
@@ -90,10 +110,26 @@ class AgentClient:
                 raise MigrateError(f"python3 is not installed on {self.remote.name}",
                                    hint="the dispatcher needs python3 >= 3.8 (apt-get install python3)")
             if res.exit_code == EXIT_NO_AGENT and attempt == 1:
+                if not install and payload is None:
+                    return self._call_in_memory(args, what=what, timeout=timeout)
                 self.install()
                 continue
             return self._parse(res.stdout, res.stderr, res.exit_code, what)
         raise MigrateError(f"the agent is still missing on {self.remote.name} after installing it")
+
+    def _call_in_memory(self, args: list[str], *, what: str, timeout: float | None) -> dict:
+        """The agent sent on stdin and run from memory: the host keeps no file of it."""
+        import base64
+
+        res = self.remote.run(in_memory_command(args), stdin=base64.b64encode(self.bundle.data).decode(),
+                              check=False, what=what, timeout=timeout)
+        if res.exit_code == EXIT_NO_PYTHON:
+            raise MigrateError(f"python3 is not installed on {self.remote.name}",
+                               hint="the dispatcher needs python3 >= 3.8 (apt-get install python3)")
+        if "memfd_create" in res.stderr:
+            raise MigrateError(f"{self.remote.name}'s python3 cannot run the agent without installing it",
+                               hint=f"`migrate run {self.remote.name} ...` installs it (~/.migrate/agent/)")
+        return self._parse(res.stdout, res.stderr, res.exit_code, what)
 
     def _parse(self, stdout: str, stderr: str, code: int, what: str) -> dict:
         line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
@@ -266,14 +302,14 @@ def agent_session(host: str, conn: ConnectOptions) -> Iterator[AgentClient]:
 
 
 def call_agent(host: str, conn: ConnectOptions, args: list[str], *, what: str,
-               timeout: float | None = 120, need_queue: bool = True) -> tuple[dict, str]:
+               timeout: float | None = 120, need_queue: bool = True, install: bool = True) -> tuple[dict, str]:
     """One agent subcommand on a fresh connection: (its answer, the host's name for messages).
 
     With `need_queue` (the default: cancel, retry), a host where nothing was ever queued is an
-    error, and nothing is installed there.
+    error, and nothing is installed there. Without `install`, a missing agent runs from memory.
     """
     with agent_session(host, conn) as client:
-        data = client.call(args, what=what, timeout=timeout, need_queue=need_queue)
+        data = client.call(args, what=what, timeout=timeout, need_queue=need_queue, install=install)
         if data.get("no_queue"):
             raise no_queue_error(client.remote.name)
         return data, client.remote.name

@@ -15,7 +15,8 @@ def gpu_backend_option(default_help: str):
     return click.option(
         "--gpu-backend", envvar="MIGRATE_GPU_BACKEND",
         callback=lambda ctx, param, value: check_backend(value),
-        help=f"nvml, or fake:PATH: the FAKE test double reading a JSON file on the host; default: {default_help}.")
+        help=f"nvml, or fake:PATH: a FAKE test double for unit tests reading a JSON file on the host (the "
+             f"sandbox's mock GPUs need no flag); default: {default_help}.")
 
 
 def backend_args(spec: str | None) -> list[str]:

@@ -28,7 +28,8 @@ from migrate import local, ui
 from migrate.errors import LocalCommandError, MigrateError, UsageError
 from migrate.paths import cache_root, private_dir, sandbox_root
 from migrate.remote.hosts import remove_cached_configs
-from migrate.sandbox import recipe
+from migrate.sandbox import mocknvml, recipe
+from migrate.sandbox.mocknvml import state as mstate
 
 IMAGE_REPO = "migrate-sandbox"
 IMAGE = f"{IMAGE_REPO}:{recipe.SUITE}"  # the default release's image
@@ -334,9 +335,12 @@ class Sandbox:
 
     def _configure(self, i: int, n: int, gpus: int, kill_user_processes: bool) -> list[str]:
         hosts = "".join(f"{self.s.ip(j)} {self.s.alias(j)} # migrate-sandbox\n" for j in range(1, n + 1))
+        if gpus:
+            self._copy_mock_nvml(i)
         env = {"BOBPW": self.s.bob_password, "HOSTS": hosts, "NS": host_nameservers(),
                "KUP": "yes" if kill_user_processes else "no", "APTCONF": host_apt_conf(), "GPUS": str(gpus),
-               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI, "DOCKER_FROM": self.s.docker_from,
+               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI, "MOCK_STATE": mstate.render(mstate.fresh(gpus)),
+               "MOCK_LIB_DIR": recipe.MOCK_LIB_DIR, "DOCKER_FROM": self.s.docker_from,
                "IMAGE_STORE": self.s.image_store, "SID_PACKAGES": " ".join(recipe.SID_PACKAGES)}
         argv = ["exec", "-i"]
         for k, v in env.items():
@@ -352,6 +356,31 @@ class Sandbox:
                 raise
             raise self._died_at_boot(i) from None
         return [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("ssh-", "ecdsa-"))]
+
+    def mock_nvml_libraries(self) -> dict:
+        """The mock NVML library's driver generations, compiled here once per source (gcc)."""
+        try:
+            return mocknvml.build(self.cache / "mocknvml")
+        except mocknvml.BuildError as exc:
+            raise MigrateError(f"cannot build the sandbox's mock GPU library: {exc}",
+                               hint="install gcc and libc6-dev, or start the sandbox without --gpus") from None
+
+    def mock_gpus(self, i: int, gpus: int) -> None:
+        """Install (gpus > 0) or remove host i's mock NVML library, state and nvidia-smi; nothing else."""
+        if gpus:
+            self._copy_mock_nvml(i)
+        env = {"GPUS": str(gpus), "MOCK_STATE": mstate.render(mstate.fresh(gpus)), "MOCK_LIB_DIR": recipe.MOCK_LIB_DIR,
+               "FAKE_NVIDIA_SMI": recipe.FAKE_NVIDIA_SMI}
+        argv = ["exec"] + [x for k, v in env.items() for x in ("-e", f"{k}={v}")]
+        script = "set -eu\n" + (recipe.MOCK_NVML_ON if gpus else recipe.MOCK_NVML_OFF)
+        _docker(*argv, self.s.container(i), "sh", "-c", script, what=f"mock GPUs on {self.s.alias(i)}")
+
+    def _copy_mock_nvml(self, i: int) -> None:
+        """Put every driver generation of the mock library on host i (CONFIGURE installs one)."""
+        libs = self.mock_nvml_libraries()
+        folder = next(iter(libs.values())).parent
+        _docker("exec", self.s.container(i), "mkdir", "-p", recipe.MOCK_LIB_DIR)
+        _docker("cp", f"{folder}/.", f"{self.s.container(i)}:{recipe.MOCK_LIB_DIR}", what="copy the mock NVML library")
 
     def _died_at_boot(self, i: int) -> MigrateError:
         """Why a host's container stopped while booting (its last log line), and the usual cause."""

@@ -17,6 +17,7 @@ Why the odd bits (measured on this kind of machine):
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 SUITE = "bookworm"
 # Debian releases a sandbox host can run (`sandbox up --release`). sid's systemd (262+) no longer
@@ -110,8 +111,34 @@ chroot "$R" apt-get clean
 rm -rf "$R"/var/lib/apt/lists/* "$R"/var/log/*.log "$R"/var/cache/debconf/*-old
 """
 
+# The mock GPUs of `--gpus N` (run as root on the host, in CONFIGURE or alone): the mock NVML library
+# as libnvidia-ml.so.1, where every NVML user on the host (any user, no flag) loads it; its state
+# (kept while the GPU count is unchanged, so simulated processes survive a re-up); its call log,
+# open to every user; and nvidia-smi reading through it. Env: GPUS, MOCK_STATE, MOCK_LIB_DIR
+# (the library builds, copied in first), FAKE_NVIDIA_SMI.
+MOCK_NVML_ON = r"""
+libdir=/usr/lib/$(uname -m)-linux-gnu; [ -d "$libdir" ] || libdir=/usr/lib
+st=/etc/migrate-sandbox/mock-nvml.state
+mkdir -p /etc/migrate-sandbox
+if [ "$(grep -c '^gpu ' "$st" 2>/dev/null || true)" != "$GPUS" ]; then
+  printf '%s' "$MOCK_STATE" > "$st.tmp"; chmod 644 "$st.tmp"; mv "$st.tmp" "$st"
+fi
+variant=$(sed -n 's/^variant //p' "$st"); variant=${variant:-v3}
+cp "$MOCK_LIB_DIR/libnvidia-ml-$variant.so" "$libdir/.libnvidia-ml.so.1.tmp"
+chmod 755 "$libdir/.libnvidia-ml.so.1.tmp"; mv "$libdir/.libnvidia-ml.so.1.tmp" "$libdir/libnvidia-ml.so.1"
+ldconfig
+[ -e /var/log/migrate-mock-nvml.calls ] || { : > /var/log/migrate-mock-nvml.calls; chmod 666 /var/log/migrate-mock-nvml.calls; }
+printf '%s' "$FAKE_NVIDIA_SMI" > /usr/local/bin/nvidia-smi; chmod 755 /usr/local/bin/nvidia-smi
+"""
+MOCK_NVML_OFF = r"""
+libdir=/usr/lib/$(uname -m)-linux-gnu; [ -d "$libdir" ] || libdir=/usr/lib
+rm -f /usr/local/bin/nvidia-smi "$libdir/libnvidia-ml.so.1" /etc/migrate-sandbox/mock-nvml.state
+rm -rf "$MOCK_LIB_DIR"
+ldconfig
+"""
+
 # Runs inside a started sandbox host (docker exec -i, as root); stdin is the public key.
-CONFIGURE = r"""
+CONFIGURE = (r"""
 set -eu
 for k in $(seq 200); do s=$(systemctl is-system-running 2>/dev/null || true)
   case "$s" in running|degraded) break;; esac; sleep 0.1; done
@@ -166,49 +193,30 @@ if cfg.get("features", {}).get("containerd-snapshotter") is not True:
 PY
 fi
 if [ "$GPUS" -gt 0 ]; then
-  printf '%s' "$FAKE_NVIDIA_SMI" > /usr/local/bin/nvidia-smi
+"""
+    + MOCK_NVML_ON
+    + r"""
   printf '#!/bin/sh\n# migrate sandbox FAKE: an "nvidia" OCI runtime that is plain runc (no GPU)\nexec runc "$@"\n' \
     > /usr/local/bin/nvidia-container-runtime
   printf '#!/bin/sh\n# migrate sandbox FAKE prestart hook (no GPU)\ncat >/dev/null\nexit 0\n' \
     > /usr/local/bin/nvidia-container-runtime-hook
-  chmod 755 /usr/local/bin/nvidia-smi /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
+  chmod 755 /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
 else
-  rm -f /usr/local/bin/nvidia-smi /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
+  rm -f /usr/local/bin/nvidia-container-runtime /usr/local/bin/nvidia-container-runtime-hook
+"""
+    + MOCK_NVML_OFF
+    + r"""
 fi
 for k in $(seq 100); do systemctl is-active --quiet ssh && break; sleep 0.1; done
 systemctl is-active --quiet ssh || systemctl restart ssh
 for k in $(seq 50); do ls /etc/ssh/ssh_host_*_key.pub >/dev/null 2>&1 && break; sleep 0.1; done
 cat /etc/ssh/ssh_host_*_key.pub
-"""
+""")
 
-# A test double for nvidia-smi (no GPU behind it), installed only with `sandbox up --gpus N`.
-FAKE_NVIDIA_SMI = r"""#!/bin/sh
-# migrate sandbox FAKE nvidia-smi: a documented test double, there is no GPU here.
-N=$(cat /etc/migrate-sandbox/gpus 2>/dev/null || echo 0)
-q=""
-for a in "$@"; do case "$a" in --query-gpu=*) q=${a#--query-gpu=};; esac; done
-uuid() { printf 'GPU-5a4db0c5-0000-4000-8000-%012d' "$1"; }
-name="NVIDIA H100 80GB HBM3 (sandbox fake)"
-i=0
-if [ -n "$q" ]; then
-  while [ "$i" -lt "$N" ]; do
-    line=""; old_ifs=$IFS; IFS=,
-    for f in $q; do
-      case "$f" in
-        index) v=$i;; name) v=$name;; uuid) v=$(uuid "$i");; memory.total) v=81559;; memory.used) v=0;;
-        memory.free) v=81559;; driver_version) v=550.00;; utilization.gpu) v=0;; *) v="[N/A]";;
-      esac
-      line="${line:+$line, }$v"
-    done
-    IFS=$old_ifs; echo "$line"; i=$((i + 1))
-  done
-  exit 0
-fi
-case " $* " in
-  *" -L "*) while [ "$i" -lt "$N" ]; do echo "GPU $i: $name (UUID: $(uuid "$i"))"; i=$((i + 1)); done ;;
-  *) echo "NVIDIA-SMI 550.00 (migrate sandbox FAKE, no GPU)"; echo "$N fake GPU(s)" ;;
-esac
-"""
+# A test double for nvidia-smi (no GPU behind it), installed only with `sandbox up --gpus N`: it reads
+# the GPUs through the mock NVML library, as the real one does through the driver's.
+FAKE_NVIDIA_SMI = (Path(__file__).parent / "mocknvml" / "nvidia_smi.py").read_text()
+MOCK_LIB_DIR = "/usr/local/lib/migrate-mock-nvml"  # the library's driver generations, copied in by `up`
 
 
 def recipe_hash(suite: str = SUITE, mirror: str = MIRROR, security_mirror: str = SECURITY_MIRROR) -> str:

@@ -34,7 +34,7 @@ def _wait_for_jobs(host: str, env: dict, count: int, timeout: float = 300) -> li
 
 @pytest.fixture(scope="module")
 def apply_host(dedicated_sandbox):
-    # fake GPUs (a test double: nvidia-smi only) so the GPU examples can plan the NVIDIA steps
+    # one mock GPU (the sandbox's mock libnvidia-ml and nvidia-smi) so the GPU examples can plan the NVIDIA steps
     [h] = dedicated_sandbox("apply", 1, gpus=1)
     return h
 

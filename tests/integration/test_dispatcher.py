@@ -1,7 +1,9 @@
 """`migrate run/status/logs/cancel/retry/resume/gpus/tunnel` against real sshd hosts (dedicated sandbox `runq`).
 
-The hosts have no GPU: jobs see the FAKE GPU backend (a JSON state file on the host that these
-tests edit to simulate other people's processes and NVML faults). Everything else is real: the
+The hosts have no GPU but 4 MOCK GPUs (`sandbox up --gpus 4`): the dispatcher reads them through
+its real NVML backend and pynvml from the sandbox's mock libnvidia-ml.so.1, and these tests change
+them with `migrate sandbox gpu` (bob's real processes on a GPU, NVML faults, lost GPUs, MIG, old
+driver generations). Everything else is real too: the
 agent is shipped over SFTP, the dispatcher outlives the SSH sessions, jobs are real processes and
 real Docker containers (Docker is installed on runq1 by the fixture, in the background, while the
 first tests run).
@@ -25,23 +27,15 @@ from migrate.jobs.client import AgentClient
 from tests.conftest import assert_one_line_error
 from tests.integration.sandbox_host import DOCKER_INSTALL, SandboxHost
 
-FAKE = "/home/alice/.migrate/fake-gpus.json"
-BACKEND = f"fake:{FAKE}"
 IMAGE = "migrate-runq-busybox:test"
 FINAL = ("done", "failed", "cancelled", "lost")
-
-
-def fake_state(n: int = 4) -> dict:
-    from migrate.agent.gpus import fake_state as make
-
-    return make(n)
 
 
 class Host(SandboxHost):
     """One sandbox host: raw shell access, the agent over SSH, and the CLI with the right env."""
 
     def run(self, *args: str):
-        res = self.cli("run", self.alias, "--gpu-backend", BACKEND, *args)
+        res = self.cli("run", self.alias, *args)
         assert res.code == 0, res.output
         return res
 
@@ -69,8 +63,11 @@ class Host(SandboxHost):
         jobs = self.wait(lambda js: all(js[i]["state"] in FINAL for i in ids), timeout)
         return {i: jobs[i] for i in ids}
 
-    def write_fake(self, state: dict) -> None:
-        self.remote.put_bytes(json.dumps(state).encode(), FAKE, mode=0o600)
+    def gpu(self, *args: str) -> dict:
+        """`migrate sandbox gpu HOST ARGS --json`: change the mock GPUs."""
+        res = self.cli("sandbox", "gpu", self.alias, *args, "--json")
+        assert res.code == 0, res.output
+        return json.loads(res.stdout)
 
     def daemon(self) -> dict:
         return self.agent("status")["daemon"]
@@ -83,7 +80,7 @@ def runq(dedicated_sandbox):
     h1.sh("rm -f /tmp/docker-ready; " + DOCKER_INSTALL)
     for h in hosts:
         h.sh("mkdir -p ~/.migrate && chmod 700 ~/.migrate")
-        h.write_fake(fake_state(4))
+        h.gpu("--reset", "--driver", "v3")
     yield hosts
     for h in hosts:
         h.reset_connection()
@@ -97,7 +94,7 @@ def h1(runq):
 @pytest.fixture
 def h2(runq):
     h = runq[1]
-    h.write_fake(fake_state(4))
+    h.gpu("--reset")
     return h
 
 
@@ -106,7 +103,7 @@ def test_agent_is_shipped_over_sftp_and_the_dispatcher_started(h1, h2):
     res = h2.run("--gpus-per-job", "0", "--", "echo hello from $MIGRATE_JOB_ID")
     assert time.monotonic() - t0 < 20
     assert "installing the dispatcher agent" in res.stderr and "dispatcher started" in res.stderr
-    assert "FAKE GPU backend" in res.stderr
+    assert "GPU backend nvml" in res.stderr and "FAKE" not in res.stderr
     modes = h2.sh("stat -c '%a %n' ~/.migrate ~/.migrate/agent ~/.migrate/agent/*.pyz ~/.migrate/dispatcher "
                   "~/.migrate/dispatcher/queue.db").split("\n")
     assert [m.split()[0] for m in modes if m] == ["700", "700", "600", "700", "600"]
@@ -238,46 +235,98 @@ def test_twenty_jobs_on_four_gpus_zero_double_bookings(h2):
 
 
 def test_foreign_processes_block_nvml_faults_degrade(h2):
-    state = fake_state(2)
-    for g in state["gpus"]:
-        g["processes"] = [{"pid": 1, "used_mib": 30000}]
-        g["memory_used_mib"] = 30000
-    h2.write_fake(state)
-    gpu_jobs = h2.run_json("--name", "polite", "--", "echo got $CUDA_VISIBLE_DEVICES")
-    shared = h2.run_json("--name", "shared", "--allow-shared", "--min-free-mem", "40g", "--", "true")
+    pids = [h2.gpu("--take", str(i), "--mib", "30000")["started_pid"] for i in (0, 1)]
+    gpu_jobs = h2.run_json("--gpu-pool", "0,1", "--name", "polite", "--", "echo got $CUDA_VISIBLE_DEVICES")
+    shared = h2.run_json("--gpu-pool", "0,1", "--name", "shared", "--allow-shared", "--min-free-mem", "40g", "--",
+                         "true")
     gid, sid = gpu_jobs[0]["id"], shared[0]["id"]
-    jobs = h2.wait(lambda js: "in use by pid 1 (root)" in js[gid]["reason"] and js[sid]["state"] == "done")
+    jobs = h2.wait(lambda js: f"in use by pid {pids[0]} (bob)" in js[gid]["reason"] and js[sid]["state"] == "done")
     assert jobs[gid]["state"] == "queued"
     view = json.loads(h2.cli("gpus", h2.alias, "--json").stdout)
-    assert view["fake"] and [d["verdict"] for d in view["devices"]] == ["busy", "busy"]
-    assert view["devices"][0]["processes"][0]["user"] == "root"
-    state["error"] = "Unknown Error"
-    h2.write_fake(state)
+    assert not view["fake"] and view["backend"] == "nvml" and "mock" in view["driver"]
+    assert [d["verdict"] for d in view["devices"]] == ["busy", "busy", "free", "free"]
+    assert view["devices"][0]["processes"][0]["user"] == "bob"
+    assert view["devices"][0]["processes"][0]["used_mib"] == 30000
+    h2.gpu("--nvml-error", "999")
     (cpu,) = h2.run_json("--gpus-per-job", "0", "--", "echo cpu still flows")
     jobs = h2.wait(lambda js: js[cpu["id"]]["state"] == "done" and "GPU view unavailable" in js[gid]["reason"])
     assert jobs[gid]["state"] == "queued"
     status = h2.cli("status", h2.alias)
     assert "Unknown Error" in status.stderr and "nvidia-ctk" in status.stderr
-    h2.write_fake(fake_state(2))
-    assert h2.wait_final([gid], timeout=40)[gid]["state"] == "done"
+    h2.gpu("--nvml-error", "none", "--release", str(pids[0]))
+    done = h2.wait_final([gid], timeout=40)[gid]
+    assert done["state"] == "done" and done["gpu_uuids"] == [view["devices"][0]["uuid"]]
+
+
+def test_a_job_waiting_for_a_foreign_process_starts_within_a_second_after_it_exits(h2):
+    pid = h2.gpu("--take", "3", "--mib", "20000")["started_pid"]
+    (job,) = h2.run_json("--gpu-pool", "3", "--name", "waiter", "--", "true")
+    h2.wait(lambda js: f"in use by pid {pid} (bob)" in js[job["id"]]["reason"])
+    time.sleep(0.3)  # free it between two NVML polls: the pidfd, not the poll, must notice
+    freed = float(h2.sh(f"sudo kill {pid}; date +%s.%N"))
+    started = h2.wait_final([job["id"]], timeout=20)[job["id"]]["started_at"]
+    assert started - freed < 1.0, started - freed
+
+
+@pytest.mark.parametrize("driver, call", [("v1", "nvmlDeviceGetComputeRunningProcesses"),
+                                          ("v2", "nvmlDeviceGetComputeRunningProcesses_v2"),
+                                          ("v3", "nvmlDeviceGetComputeRunningProcesses_v3")])
+def test_each_driver_generation_shows_foreign_processes(h2, driver, call):
+    """The process-list fallback for old drivers, run for real: the library lacks the newer calls."""
+    h2.agent("stop")  # the next dispatcher loads the swapped library
+    h2.gpu("--driver", driver)
+    pid = h2.gpu("--take", "2")["started_pid"]
+    (job,) = h2.run_json("--gpu-pool", "2", "--name", f"old-{driver}", "--", "true")
+    h2.wait(lambda js: f"in use by pid {pid} (bob)" in js[job["id"]]["reason"])
+    daemon = h2.daemon()["pid"]
+    ran = {ln.split()[1] for ln in h2.sh("cat /var/log/migrate-mock-nvml.calls").splitlines()
+           if ln.split()[0] == str(daemon)}
+    assert call in ran
+    newer = {"v1": ["_v2", "_v3"], "v2": ["_v3"], "v3": []}[driver]
+    assert not [f for f in ran if any(f.endswith(v) and "Processes" in f for v in newer)]
+    h2.gpu("--release", str(pid))
+    assert h2.wait_final([job["id"]], timeout=20)[job["id"]]["state"] == "done"
+    h2.agent("stop")
+    h2.gpu("--driver", "v3")
+
+
+def test_a_gpu_lost_mid_job_and_mig_instances(h2):
+    (long_job,) = h2.run_json("--gpu-pool", "1", "--name", "outlives-loss", "--", "sleep 3; echo survived")
+    h2.wait(lambda js: js[long_job["id"]]["state"] == "running")
+    h2.gpu("--lose", "1")
+    (second,) = h2.run_json("--gpu-pool", "1", "--name", "after-loss", "--", "true")
+    h2.wait(lambda js: "GPU is lost" in js[second["id"]]["reason"])
+    done = h2.wait_final([long_job["id"]], timeout=30)[long_job["id"]]
+    assert done["state"] == "done" and "survived" in h2.cli("logs", h2.alias, str(long_job["id"])).stdout
+    assert h2.jobs()[second["id"]]["state"] == "queued"
+    h2.gpu("--restore", "1")
+    assert h2.wait_final([second["id"]], timeout=30)[second["id"]]["state"] == "done"
+    # MIG: GPU 0 in two instances, one taken by bob: a job goes to the other, by its MIG UUID
+    state = h2.gpu("--mig", "0=2", "--take", "0:1", "--mib", "100")["state"]
+    (mig_job,) = h2.run_json("--gpu-pool", "0", "--name", "on-mig", "--", "echo on $CUDA_VISIBLE_DEVICES")
+    done = h2.wait_final([mig_job["id"]], timeout=30)[mig_job["id"]]
+    assert done["gpu_uuids"] == [state["gpus"][0]["migs"][0]["uuid"]]
 
 
 def test_unlisted_memory_above_the_measured_idle_baseline_blocks(h2):
-    state = fake_state(1)  # idle: 0 MiB used, no process
-    h2.write_fake(state)
-    (learn,) = h2.run_json("--name", "learn", "--", "true")
+    (learn,) = h2.run_json("--gpu-pool", "0", "--name", "learn", "--", "true")  # idle: 0 MiB used, no process
     assert h2.wait_final([learn["id"]])[learn["id"]]["state"] == "done"
     assert "idle baseline 0 MiB" in h2.sh("cat ~/.migrate/dispatcher/agent.log")
     # 400 MiB used by nobody NVML lists: under the fixed 512 MiB ceiling, over baseline + 256
-    state["gpus"][0]["memory_used_mib"] = 400
-    h2.write_fake(state)
-    (sneaky,) = h2.run_json("--name", "sneaky", "--", "true")
+    h2.gpu("--unlisted-mib", "0=400")
+    (sneaky,) = h2.run_json("--gpu-pool", "0", "--name", "sneaky", "--", "true")
     jobs = h2.wait(lambda js: "idle threshold 256 MiB" in js[sneaky["id"]]["reason"])
     assert jobs[sneaky["id"]]["state"] == "queued"
     view = json.loads(h2.cli("gpus", h2.alias, "--json").stdout)
     assert view["devices"][0]["verdict"] == "busy"
-    h2.write_fake(fake_state(1))
+    h2.gpu("--unlisted-mib", "0=0")
     assert h2.wait_final([sneaky["id"]], timeout=40)[sneaky["id"]]["state"] == "done"
+
+
+def test_more_gpus_than_the_host_has_is_refused_at_submit(h2):
+    res = h2.cli("run", h2.alias, "--gpus-per-job", "5", "--name", "huge", "--", "true")
+    assert_one_line_error(res, "job 'huge' needs 5 GPUs; this host offers 4: 0, 1, 2, 3 "
+                               "(NVIDIA H100 80GB HBM3 (sandbox mock))")
 
 
 def test_a_reboot_marks_running_jobs_lost_and_pauses_the_queue(h2):
@@ -330,7 +379,7 @@ def test_template_experiments_get_their_own_copies(h1, tmp_path):
         assert f"/home/alice/.migrate/runs/proj/{exp}\n" in log and f"exp={exp} env={exp}" in log
         assert "train.py" in log and ".git" not in log and "scratch.tmp" not in log
         assert done[j["id"]]["state"] == "done"
-    again = h1.cli("run", h1.alias, "--gpu-backend", BACKEND, *args)
+    again = h1.cli("run", h1.alias, *args)
     assert again.code == 2 and "already exists" in again.stderr
 
 
@@ -421,8 +470,8 @@ def test_submit_jobs_api_is_idempotent_per_key(h2):
 
     jobs = [JobSpec(command=f"echo api {n}", name=f"api-{n}", gpus=0, key=f"test:api:{n}")
             for n in range(2)]
-    first = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions(gpu_backend=BACKEND))
-    again = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions(gpu_backend=BACKEND))
+    first = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions())
+    again = submit_jobs(h2.alias, ConnectOptions(), jobs, DispatcherOptions())
     assert [j.status for j in first] == ["queued", "queued"] and [j.status for j in again] == ["existing"] * 2
     assert [j.id for j in first] == [j.id for j in again] and first[0].key == "test:api:0"
     rows = {r["id"]: r for r in job_statuses(h2.alias, ConnectOptions())}
@@ -436,6 +485,7 @@ def test_read_only_verbs_change_nothing_on_a_fresh_account(h1):
     assert json.loads(h1.cli("status", bob, "--json").stdout)["jobs"] == []
     assert_one_line_error(h1.cli("logs", bob, "1"), "no jobs on bob@")
     assert_one_line_error(h1.cli("cancel", bob, "--all"), "no jobs on bob@")
+    assert h1.cli("gpus", bob).code == 0  # the agent runs from memory: it is not installed
     assert h1.sh("sudo test -e /home/bob/.migrate && echo exists || echo absent").strip() == "absent"
 
 

@@ -33,7 +33,6 @@ import pytest
 
 from migrate.paths import cache_root, state_root
 from migrate.sandbox.manager import Sandbox, SandboxSettings
-from migrate.sandbox.recipe import FAKE_NVIDIA_SMI
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.aptrepo import VERSION, SignedRepo
 from tests.integration.conftest import sandbox_env
@@ -388,9 +387,9 @@ def test_gpu_container_check_and_failure_explanation(hs, repo):
     nvidia-smi fails with the known-failure explanation."""
     h = hs[1]
     _, url = repo
-    root_sh(h, f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{FAKE_NVIDIA_SMI}EOF\n"
-               "chmod 755 /usr/local/bin/nvidia-smi; mkdir -p /etc/migrate-sandbox; echo 1 > /etc/migrate-sandbox/gpus")
     settings = SandboxSettings(name=h["env"]["MIGRATE_SANDBOX"])
+    index = int(h["alias"][len(settings.name):])
+    Sandbox(settings).mock_gpus(index, 1)  # one mock GPU: nvidia-smi reads it through the mock libnvidia-ml
     imp = subprocess.run(["ssh", "-F", str(Sandbox(settings).ssh_config), "-l", "bob", h["alias"],
                           "docker import - migrate-test/cuda-fake:hsetup"], input=fake_cuda_image_tar(),
                          capture_output=True, timeout=120)
@@ -409,7 +408,7 @@ def test_gpu_container_check_and_failure_explanation(hs, repo):
         assert v["status"] == "failed" and 'exec: "nvidia-smi": executable file not found' in v["detail"], v
         assert "-> the toolkit did not inject nvidia-smi" in v["detail"] and "--gpus all" in v["detail"]
     finally:
-        root_sh(h, "rm -f /usr/local/bin/nvidia-smi")
+        Sandbox(settings).mock_gpus(index, 0)
 
 
 # --------------------------------------------------------------------------------------------

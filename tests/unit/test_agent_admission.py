@@ -234,3 +234,17 @@ def test_twenty_jobs_on_four_gpus_one_tick_no_double_booking():
     adm, reasons = plan([job(i) for i in range(20)], s, None, {}, 0, POLICY, 2000)
     uuids = [a.devices[0].uuid for a in adm]
     assert len(adm) == 4 and len(set(uuids)) == 4 and len(reasons) == 16
+
+
+def test_never_fits_counts_whole_gpus_in_the_pool():
+    from migrate.agent.admission import never_fits
+    from migrate.agent.gpus import GpuDevice, GpuSnapshot
+
+    snap = GpuSnapshot(backend="nvml", devices=[
+        GpuDevice(index="0", uuid="GPU-a", name="X"), GpuDevice(index="1", uuid="GPU-b", name="X", mig_mode=True),
+        GpuDevice(index="1:0", uuid="MIG-c", parent_uuid="GPU-b"), GpuDevice(index="2", uuid="GPU-d", error="lost")])
+    assert never_fits({"gpus": 3}, snap) is None
+    assert never_fits({"gpus": 0}, snap) is None and never_fits({"gpus": 9}, None) is None
+    assert never_fits({"gpus": 4, "name": "n"}, snap) == "job 'n' needs 4 GPUs; this host offers 3: 0, 1, 2 (X)"
+    assert never_fits({"gpus": 2, "gpu_pool": ["0"]}, snap) == \
+        "the job needs 2 GPUs; this host offers 1 in --gpu-pool 0: 0 (X)"
