@@ -428,6 +428,7 @@ def test_killed_node_fails_its_jobs_a_rerun_repairs_it_and_keeps_the_others_runn
 BOB_LISTENER = """
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past the TIME_WAITs Ray's dashboard left
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(8)
 print("listening", flush=True)
