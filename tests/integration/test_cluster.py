@@ -1,4 +1,5 @@
-"""migrate cluster on three sandbox hosts (issue 14): real Ray from pushed wheels, FAKE GPUs declared to Ray.
+"""migrate cluster on three sandbox hosts (issue 14): real Ray from pushed wheels, the sandbox's mock GPUs
+(libnvidia-ml.so.1 read through the real pynvml by the agent, the polite wrapper and Ray), no --gpu-backend.
 
 One cluster for the module, in order: up from pushed wheels (offline path) and an idempotent rerun;
 a 12-job sweep over several nodes; a playbook with `cluster:` applied twice; a polite job waiting for
@@ -19,7 +20,6 @@ import time
 
 import pytest
 
-from migrate.agent.gpus import fake_state
 from migrate.remote.connection import connect
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.conftest import TEST_PREFIX
@@ -27,8 +27,6 @@ from tests.integration.conftest import TEST_PREFIX
 pytestmark = pytest.mark.slow
 
 NAME = f"{TEST_PREFIX}itlab"
-FAKE = "/home/alice/.migrate/fake-gpus.json"
-BACKEND = f"fake:{FAKE}"
 RAY = "~/.migrate/ray/2.55.1/bin/ray"
 
 RENDEZVOUS = """\
@@ -66,12 +64,11 @@ def sh(alias: str, command: str, stdin: str | None = None) -> str:
         return r.run(command, check=False, stdin=stdin, timeout=120).stdout
 
 
-def write_fake_gpus(alias: str, busy: bool = False) -> None:
-    state = fake_state(4)
-    if busy:
-        for g in state["gpus"]:
-            g["processes"] = [{"pid": 1, "used_mib": 30000}]   # root's process: someone else's
-    sh(alias, f"mkdir -p ~/.migrate && cat > {FAKE}.tmp && mv {FAKE}.tmp {FAKE}", stdin=json.dumps(state))
+def sandbox_gpu(env: dict, alias: str, *args: str) -> dict:
+    """`migrate sandbox gpu ALIAS ARGS --json`: change (or read) the host's mock GPUs."""
+    res = run_cli("sandbox", "gpu", alias, *args, "--json", env=env)
+    assert res.code == 0, res.output
+    return json.loads(res.stdout)
 
 
 def ray_processes(alias: str) -> str:
@@ -86,7 +83,7 @@ def cluster(dedicated_sandbox):
     run_cli("cluster", "down", NAME, env=env)
     for a in aliases:   # a fresh start: no Ray of ours, no venv (the offline install must run)
         sh(a, f"[ -x {RAY} ] && {RAY} stop --force >/dev/null 2>&1; rm -rf ~/.migrate/ray ~/cluster-fast; true")
-        write_fake_gpus(a)
+        sandbox_gpu(env, a, "--reset")          # 4 idle mock GPUs
     yield aliases, env
     run_cli("cluster", "down", NAME, env=env)
 
@@ -117,7 +114,7 @@ def submit(env: dict, *args: str) -> list[str]:
 def test_up_from_pushed_wheels_then_rerun_is_a_no_op(cluster):
     aliases, env = cluster
     t0 = time.monotonic()
-    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--json", env=env,
+    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--json", env=env,
                   timeout=600)
     assert res.code == 0, res.output
     rec = json.loads(res.stdout)
@@ -127,7 +124,7 @@ def test_up_from_pushed_wheels_then_rerun_is_a_no_op(cluster):
     for a in aliases:
         assert "raylet" in ray_processes(a)
         assert sh(a, "cat ~/.migrate/ray/2.55.1/migrate-ray-version").strip() == "2.55.1"
-    again = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env)
+    again = run_cli("cluster", "up", NAME, *aliases, "--offline", env=env)
     assert again.code == 0 and "already up" in again.stderr and "installing" not in again.stderr, again.output
     st = run_cli("cluster", "status", NAME, "--json", env=env)
     nodes = json.loads(st.stdout)["nodes"]
@@ -154,7 +151,7 @@ def test_ray_and_the_launcher_answer_only_with_the_clusters_token(cluster):
     for a in aliases:
         assert sh(a, "stat -c %a ~/.migrate/ray/auth-token").strip() == "600"
         assert token not in sh(a, "ps -eo args")
-    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--json", env=env)
+    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--json", env=env)
     assert res.code == 0 and token not in res.output
     st = run_cli("cluster", "status", NAME, "--json", env=env)
     assert st.code == 0 and token not in st.output
@@ -168,14 +165,12 @@ def test_a_second_cluster_or_other_options_on_the_same_hosts_are_refused_and_cha
     before = {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -x raylet | sort"))
               for a in aliases[1:]}
     assert all(pids.strip() for _, pids in before.values()), before     # each node runs its raylet
-    res = run_cli("cluster", "up", f"{NAME}b", *aliases[1:], "--port-base", "27379", "--offline",
-                  "--gpu-backend", BACKEND, env=env, timeout=300)
+    res = run_cli("cluster", "up", f"{NAME}b", *aliases[1:], "--port-base", "27379", "--offline", env=env, timeout=300)
     assert_one_line_error(res, f"already a node of cluster {NAME}", f"migrate cluster down {NAME}")
     assert {a: (sh(a, "sha256sum ~/.migrate/ray/auth-token"), sh(a, "pgrep -u alice -x raylet | sort"))
             for a in aliases[1:]} == before
     assert run_cli("cluster", "down", f"{NAME}b", env=env).code == 0           # no record: nothing to stop
-    other = run_cli("cluster", "up", NAME, *aliases, "--port-base", "27379", "--offline", "--gpu-backend",
-                    BACKEND, env=env)
+    other = run_cli("cluster", "up", NAME, *aliases, "--port-base", "27379", "--offline", env=env)
     assert other.code == 2 and "Traceback" not in other.output, other.output     # a usage error
     (line,) = [ln for ln in other.stderr.splitlines() if ln.startswith("error: ")]
     assert "--port-base 26379 -> 27379" in line and f"migrate cluster down {NAME} &&" in line
@@ -219,7 +214,7 @@ def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
     assert f'"{NAME}-{plain}"' not in sh(head, f"cat {table}")
     assert "as-a-ray-job" in run_cli("logs", NAME, plain, env=env).stdout
 
-    up = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env, timeout=300)
+    up = run_cli("cluster", "up", NAME, *aliases, "--offline", env=env, timeout=300)
     assert up.code == 0 and "launcher was started again" in up.stderr, up.output
     assert json.loads(run_cli("cluster", "status", NAME, "--json", env=env).stdout)["launcher"] is True
     jobs = {j["id"]: j for j in status(env)}
@@ -272,10 +267,10 @@ def test_apply_with_cluster_submits_the_sweep_once(cluster, tmp_path):
     pb = tmp_path / "exp.yml"
     pb.write_text(f"hosts: [{', '.join(aliases)}]\ncluster: {NAME}\n"
                   "run: {command: 'echo from-apply {n}', sweep: {n: [1, 2, 3, 4]}}\n")
-    first = run_cli("apply", str(pb), env={**env, "MIGRATE_GPU_BACKEND": BACKEND}, timeout=300)
+    first = run_cli("apply", str(pb), env=env, timeout=300)
     assert first.code == 0, first.output
     assert "already up" in first.stderr and "4 submitted to cluster" in first.output
-    again = run_cli("apply", str(pb), env={**env, "MIGRATE_GPU_BACKEND": BACKEND}, timeout=300)
+    again = run_cli("apply", str(pb), env=env, timeout=300)
     assert again.code == 0 and "0 submitted to cluster" in again.output and "4 already there" in again.output
     mine = {j["id"] for j in status(env) if j["name"].startswith("exp[")}
     assert len(mine) == 4
@@ -283,21 +278,24 @@ def test_apply_with_cluster_submits_the_sweep_once(cluster, tmp_path):
 
 
 def test_a_job_waits_instead_of_sharing_a_gpu_another_user_took(cluster):
+    """Issue 25 item 4: GPUs another user takes after `cluster up` (bob's processes, through the mock
+    NVML library) are waited for, with a line in the job's log; the job starts once they are gone."""
     aliases, env = cluster
-    for a in aliases:
-        write_fake_gpus(a, busy=True)
+    taken = [(a, sandbox_gpu(env, a, "--take", str(g), "--mib", "30000")["started_pid"])
+             for a in aliases for g in range(4)]
     try:
-        [jid] = submit(env, "-e", "MIGRATE_POLITE_POLL_S=1", "--", "echo polite-ran")
+        [jid] = submit(env, "-e", "MIGRATE_POLITE_POLL_S=1", "--", "echo polite-ran; echo gpus=$CUDA_VISIBLE_DEVICES")
         deadline = time.monotonic() + 60
-        while "waiting, not sharing" not in run_cli("logs", NAME, jid, env=env).stdout:
+        while "waiting, not sharing" not in (log := run_cli("logs", NAME, jid, env=env).stdout):
             assert time.monotonic() < deadline, "the job never said it waits"
             time.sleep(1)
-        assert "polite-ran" not in run_cli("logs", NAME, jid, env=env).stdout.splitlines()
+        assert "of user bob runs on it" in log and "polite-ran" not in log.splitlines()
     finally:
-        for a in aliases:
-            write_fake_gpus(a)
+        for a, pid in taken:
+            sandbox_gpu(env, a, "--release", str(pid))
     wait_for(env, {jid}, ("done",), timeout=60)
-    assert "polite-ran" in run_cli("logs", NAME, jid, env=env).stdout.splitlines()
+    log = run_cli("logs", NAME, jid, env=env).stdout
+    assert "polite-ran" in log.splitlines() and "gpus=GPU-" in log     # a UUID, as on one host
 
 
 def test_two_node_job_ranks_meet(cluster):
@@ -405,7 +403,7 @@ def test_killed_node_fails_its_jobs_a_rerun_repairs_it_and_keeps_the_others_runn
     sh(victim_host, f"{RAY} stop --force >/dev/null 2>&1")
     failed = wait_for(env, victims, ("failed",), timeout=120)
     assert all(j["node"] == victim_host for j in failed.values())
-    up = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env, timeout=300)
+    up = run_cli("cluster", "up", NAME, *aliases, "--offline", env=env, timeout=300)
     assert up.code == 0 and f"{victim_host} are gone" in up.stderr and "running jobs are kept" in up.stderr, \
         up.output
     survivors = set(ids) - victims
@@ -477,9 +475,9 @@ def test_another_user_holding_the_job_api_port_never_receives_the_token(cluster)
         assert sh(head, f"cat {got} 2>/dev/null") == ""          # not a byte, let alone the token
     finally:
         sh(head, f"sudo -n pkill -u bob -f bob-got; sudo -n rm -f {got} /tmp/bob-listener.log; true")
-    again = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, env=env)
+    again = run_cli("cluster", "up", NAME, *aliases, "--offline", env=env)
     assert_one_line_error(again, "does not answer", "--restart")
-    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", BACKEND, "--restart", env=env,
+    res = run_cli("cluster", "up", NAME, *aliases, "--offline", "--restart", env=env,
                   timeout=300)
     assert res.code == 0 and "is up" in res.stderr, res.output
     (jid,) = submit(env, "--", "echo back")
@@ -503,6 +501,6 @@ def test_worker_that_cannot_reach_the_head_is_one_clear_line(cluster):
     aliases, env = cluster
     for _ in range(2):   # issue 20 item 8: the check's listener is gone at once, so a retry says the same
         res = run_cli("cluster", "up", f"{NAME}x", *aliases[:2], "--head-address", "10.255.255.1", "--offline",
-                      "--gpu-backend", BACKEND, env=env, timeout=120)
+                      env=env, timeout=120)
         assert_one_line_error(res, "cannot reach the head", "per-host queues")
     assert ray_processes(aliases[0]) == "" and ray_processes(aliases[1]) == ""

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.integration.conftest import TEST_PREFIX
-from tests.integration.test_cluster import BACKEND, RAY, sh, write_fake_gpus
+from tests.integration.test_cluster import RAY, sandbox_gpu, sh
 from tests.integration.test_dispatcher import DOCKER_INSTALL
 
 pytestmark = pytest.mark.slow
@@ -49,10 +49,10 @@ def ccluster(dedicated_sandbox):
     for a in aliases:
         sh(a, f"[ -x {RAY} ] && {RAY} stop --force >/dev/null 2>&1; "
               "[ -e /tmp/docker-ready ] || { " + DOCKER_INSTALL + " }")
-        write_fake_gpus(a)
+        sandbox_gpu(env, a, "--reset")          # 2 idle mock GPUs
     local_image()
     t0 = time.monotonic()
-    res = run_cli("cluster", "up", NAME, *aliases, "--gpu-backend", BACKEND, env=env, timeout=600)
+    res = run_cli("cluster", "up", NAME, *aliases, env=env, timeout=600)
     assert res.code == 0, res.output
     print(f"cluster up: {time.monotonic() - t0:.1f} s")
     deadline = time.monotonic() + 300

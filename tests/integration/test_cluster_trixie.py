@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from migrate.agent.gpus import fake_state
 from migrate.remote.connection import connect
 from tests.conftest import run_cli
 from tests.integration.conftest import TEST_PREFIX
@@ -21,7 +20,6 @@ from tests.integration.test_modern_hosts import FLAVOUR
 pytestmark = [pytest.mark.slow, pytest.mark.release("trixie")]
 
 NAME = f"{TEST_PREFIX}tx13"
-FAKE = "/home/alice/.migrate/fake-gpus-tx13.json"
 
 
 def sh(alias: str, command: str, stdin: str | None = None) -> str:
@@ -31,25 +29,21 @@ def sh(alias: str, command: str, stdin: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def hosts(dedicated_sandbox):
-    _, h2, h3 = dedicated_sandbox("modern", 3, extra=FLAVOUR)
+    _, h2, h3 = dedicated_sandbox("modern", 3, gpus=2, extra=FLAVOUR)   # 2 mock GPUs each
     env, aliases = h2["env"], [h2["alias"], h3["alias"]]
     run_cli("cluster", "down", NAME, env=env)
-    for a in aliases:
-        sh(a, f"mkdir -p ~/.migrate && cat > {FAKE}", stdin=json.dumps(fake_state(2)))
     yield aliases, env
     run_cli("cluster", "down", NAME, "--purge", env=env, timeout=300)
-    for a in aliases:
-        sh(a, f"rm -f {FAKE}")
 
 
 def test_cluster_on_debian_13_from_cp313_wheels_runs_a_sweep_and_a_two_node_job(hosts):
     aliases, env = hosts
     for a in aliases:
         assert sh(a, "cat /etc/debian_version").startswith("13") and sh(a, "python3 -V").startswith("Python 3.13")
-    up = run_cli("cluster", "up", NAME, *aliases, "--offline", "--gpu-backend", f"fake:{FAKE}", "--json", env=env,
-                 timeout=900)
+    up = run_cli("cluster", "up", NAME, *aliases, "--offline", "--json", env=env, timeout=900)
     assert up.code == 0, up.output
     assert "from pushed wheels" in up.stderr and json.loads(up.stdout)["action"] == "started"
+    assert [n["gpus"] for n in json.loads(up.stdout)["nodes"]] == [["0", "1"]] * 2     # the mock GPUs, no flag
     for a in aliases:
         assert sh(a, "~/.migrate/ray/2.55.1/bin/python -V").startswith("Python 3.13")
     st = json.loads(run_cli("cluster", "status", NAME, "--json", env=env).stdout)
