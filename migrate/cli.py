@@ -30,6 +30,7 @@ VERBS = {
     "logs": "migrate.commands.logs:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
+    "push-env": "migrate.commands.push_env:command",
     "push-image": "migrate.commands.push_image:command",
     "resume": "migrate.commands.resume:command",
     "retry": "migrate.commands.retry:command",

@@ -20,7 +20,7 @@ from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option, job_field_options
 from migrate.jobs.spec import DispatcherOptions
-from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
+from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command, split_env
 from migrate.remote.hosts import ConnectOptions
 
 
@@ -56,7 +56,8 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--json", "as_json", is_flag=True, help="Print the queued jobs as JSON.")
 def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str | None, cwd: str | None,
             env_items: tuple[str, ...], gpus: int, min_free_mem: str | None, allow_shared: bool,
-            gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
+            gpu_pool: str | None, python_env: str | None, priority: int, retries: int, image: str | None,
+            mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
             compose_file: str | None, key: str | None, gpu_backend: str | None, cpu_slots: int | None,
@@ -71,6 +72,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --from-template ./exp --experiments base,wide -- python train.py --cfg {experiment}
       migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
+      migrate run HOST --env torch -- python train.py      (an environment from `migrate push-env`)
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has
@@ -106,10 +108,18 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                             min_free_mem=min_free_mem, env=parse_env(env_items))
         sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
                              follow=follow, compose=cplan))
-    specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
+    variables, env_name = split_env(env_items)
+    if env_name and python_env and env_name != python_env:
+        raise UsageError(f"--env {env_name} and --python-env {python_env} name two environments")
+    python_env = python_env or env_name
+    if python_env and on_cluster:
+        raise UsageError("--env NAME is not supported on a cluster yet",
+                         hint="push-env and run on each host: migrate run HOST --env NAME ...")
+    specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=variables,
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
-                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps)
+                        mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps,
+                        python_env=python_env)
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

@@ -22,6 +22,8 @@ from migrate.errors import UsageError
 from migrate.jobs.limits import check_job_count, sweep_size
 from migrate.units import MIB, parse_size
 
+PYTHON_ENV_VAR = "MIGRATE_ENV"  # launch.ENV_VAR: the agent package cannot be imported piecemeal here
+ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -45,6 +47,7 @@ class JobSpec:
     key: str | None = None  # idempotency key: submitting an existing key returns that job ("existing")
     allow_shared: bool | None = None  # None: take DispatcherOptions.allow_shared
     gpu_pool: list[str] | None = None  # None: take DispatcherOptions.gpu_pool
+    python_env: str | None = None  # ~/.migrate/envs/NAME (push-env); travels to the agent as $MIGRATE_ENV
 
     def payload(self, options: DispatcherOptions | None = None) -> dict[str, Any]:
         """The JSON object the agent's `submit` expects."""
@@ -63,6 +66,8 @@ class JobSpec:
             out["ports"] = list(self.ports)
         if pool:
             out["gpu_pool"] = list(pool)
+        if self.python_env:  # the agent activates it at launch (agent/launch.py); stored with the job's env
+            out["env"][PYTHON_ENV_VAR] = self.python_env
         return out
 
 
@@ -104,6 +109,13 @@ def check_specs(jobs: list[JobSpec]) -> None:
     for job in jobs:
         if job.image is not None:
             check_image(job.image)
+        if job.python_env is not None:
+            if not ENV_NAME.match(job.python_env):
+                raise UsageError(f"bad environment name {job.python_env!r}",
+                                 hint="the NAME given to `migrate push-env --name NAME`")
+            if job.image:
+                raise UsageError("a pushed Python environment is for process jobs, not --image jobs",
+                                 hint="install the packages in the image instead")
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:

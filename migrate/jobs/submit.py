@@ -22,6 +22,7 @@ from migrate.jobs.client import AgentClient, job_statuses, report_dispatcher, su
 from migrate.jobs.compose import ComposePlan, compose_job_command
 from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
 from migrate.jobs.spec import (
+    ENV_NAME,
     DispatcherOptions,
     JobSpec,
     SubmittedJob,
@@ -49,13 +50,29 @@ def command_text(words: tuple[str, ...]) -> str:
 
 
 def parse_env(items: tuple[str, ...]) -> dict[str, str]:
-    env = {}
+    """`--env KEY=VALUE` only (where a pushed environment cannot apply: compose jobs)."""
+    env, name = split_env(items)
+    if name:
+        raise UsageError(f"bad --env {name!r} here", hint="use --env KEY=VALUE")
+    return env
+
+
+def split_env(items: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
+    """`--env KEY=VALUE` (variables) and `--env NAME` (an environment pushed with push-env, at most one)."""
+    env: dict[str, str] = {}
+    names = []
     for item in items:
         key, sep, value = item.partition("=")
+        if not sep and ENV_NAME.match(item):
+            names.append(item)
+            continue
         if not sep or not key:
-            raise UsageError(f"bad --env {item!r}", hint="use --env KEY=VALUE")
+            raise UsageError(f"bad --env {item!r}",
+                             hint="use --env KEY=VALUE, or --env NAME for a push-env environment")
         env[key] = value
-    return env
+    if len(names) > 1:
+        raise UsageError(f"--env names two environments ({names[0]}, {names[1]})", hint="a job runs in one")
+    return env, (names[0] if names else None)
 
 
 def parse_pool(text: str | None) -> list[str] | None:
@@ -71,7 +88,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
                 cwd: str | None, env: dict[str, str], gpus: int, min_free_mem: str | None, allow_shared: bool,
                 gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
                 mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
-                experiments: list[str] | None) -> list[JobSpec]:
+                experiments: list[str] | None, python_env: str | None = None) -> list[JobSpec]:
     """The jobs a `migrate run` command line asks for (pure)."""
     cmd = command_text(words)
     if jobs_file:
@@ -88,7 +105,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool)
+                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, python_env=python_env)
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 

@@ -1,0 +1,87 @@
+"""The no-root path as the sandbox's plain user `carol` (no sudo, no docker group), on a host that
+reaches no package index: push-env (wheels streamed from here), unchanged and changed pushes,
+`run --env`, push-data, and --delete. Small pure-python wheels only (six, idna), so it stays quick."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from migrate.remote.connection import connect
+from tests.conftest import run_cli
+
+CLEAN = "rm -rf ~/.migrate/envs ~/.migrate/wheels ~/.migrate/.incoming ~/pe-data"
+
+
+@pytest.fixture
+def carol(sandbox_hosts, tmp_path):
+    host = "carol@" + sandbox_hosts[0]["alias"]
+    with connect(host) as remote:
+        assert "sudo" not in remote.run("id -nG").stdout.split()
+        remote.run(CLEAN)
+        yield host, remote
+        remote.run(CLEAN)
+
+
+def push(*args: str, cwd=None) -> list[dict]:
+    res = run_cli("push-env", *args, "--json", cwd=cwd, timeout=300)
+    assert res.code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_push_env_offline_then_unchanged_then_one_changed_pin_then_run(carol, tmp_path):
+    host, remote = carol
+    name = "t" + uuid.uuid4().hex[:6]
+    req = tmp_path / "requirements.txt"
+    req.write_text("six==1.16.0\nidna==3.10\n")
+    dry = push(host, str(req), "--name", name, "--dry-run")[0]
+    assert dry["status"] == "would-install" and sorted(dry["wheels_missing"]) == ["idna==3.10", "six==1.16.0"]
+    assert remote.run("ls ~/.migrate/envs 2>/dev/null | wc -l").stdout.strip() == "0"  # dry run changed nothing
+
+    first = push(host, str(req), "--name", name)[0]
+    assert (first["status"], first["source"], first["wheels_sent"], first["packages"]) == \
+        ("installed", "pushed wheels", 2, 2)
+    assert remote.run(f"~/.migrate/envs/{name}/bin/python -c 'import six, idna; print(six.__version__)'"
+                      ).stdout.strip() == "1.16.0"
+    assert remote.run("stat -c %a ~/.migrate/wheels ~/.migrate/envs").stdout.split() == ["700", "700"]
+
+    again = push(host, str(req), "--name", name)[0]
+    assert (again["status"], again["wheels_sent"], again["bytes_sent"]) == ("unchanged", 0, 0)
+
+    req.write_text("six==1.17.0\nidna==3.10\n")
+    changed = push(host, str(req), "--name", name)[0]
+    assert (changed["status"], changed["wheels_sent"], changed["wheels_missing"]) == ("updated", 1, ["six==1.17.0"])
+
+    res = run_cli("run", host, "--gpu-backend", "fake:/home/carol/.migrate/fake-gpus.json", "--gpus-per-job", "0",
+                  "--env", name, "-f", "--", "python -c 'import six, sys; print(six.__version__, sys.prefix)'",
+                  timeout=120)
+    assert res.code == 0, res.output
+    assert f"1.17.0 /home/carol/.migrate/envs/{name}" in res.stdout
+
+    bad = run_cli("push-env", host, "--name", name, "--delete")  # not a terminal: needs --yes
+    assert bad.code == 2 and "--yes" in bad.output
+    gone = push(host, "--name", name, "--delete", "--yes")[0]
+    assert gone["status"] == "deleted"
+    assert remote.run(f"test -e ~/.migrate/envs/{name}", check=False).exit_code == 1
+
+
+def test_host_python_that_does_not_fit_is_one_line(carol, tmp_path):
+    host, _ = carol
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\nrequires-python = ">=3.13"\n'
+                                             'dependencies = ["six"]\n')
+    res = run_cli("push-env", host, str(tmp_path))
+    assert res.code == 1
+    assert "Python 3.11" in res.stderr and "--python" in res.stderr and "Traceback" not in res.output
+    missing = run_cli("push-env", host, str(tmp_path), "--python", "python3.99")
+    assert missing.code == 1 and "has no python3.99" in missing.stderr
+
+
+def test_push_data_as_a_plain_user(carol, tmp_path):
+    host, remote = carol
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("hello\n")
+    res = run_cli("push-data", str(tmp_path / "d"), f"{host}:pe-data")
+    assert res.code == 0, res.output
+    assert remote.run("cat ~/pe-data/a.txt").stdout == "hello\n"
