@@ -142,6 +142,15 @@ def pip_platform(machine: str, glibc: str) -> str:
     return f"manylinux_{major}_{minor}_{machine}"
 
 
+def pip_platforms(machine: str, glibc: str) -> list[str]:
+    """Every platform tag the host runs, most specific first: `pip download --platform` takes exactly
+    the tags it is given (manylinux_2_36 does not imply manylinux_2_17)."""
+    _, minor = manylinux(glibc)
+    tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return tags + [f"{legacy[m]}_{machine}" for m in (17, 12, 5) if m <= minor]
+
+
 # -- locks and wheel file names ----------------------------------------------------------------------
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()

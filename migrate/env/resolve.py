@@ -100,7 +100,8 @@ def pip_download_argv(dest: Path, python: str, machine: str, glibc: str, require
     (the lock already lists every package)."""
     tag = "cp" + python.replace(".", "")
     return [sys.executable, "-m", "pip", "download", "-r", str(requirements), "--no-deps", "--only-binary=:all:",
-            "--platform", plan.pip_platform(machine, glibc), "--python-version", python, "--implementation", "cp",
+            *(w for p in plan.pip_platforms(machine, glibc) for w in ("--platform", p)),
+            "--python-version", python, "--implementation", "cp",
             "--abi", tag, "--abi", "abi3", "--abi", "none", "-d", str(dest), "--disable-pip-version-check", "-q"]
 
 

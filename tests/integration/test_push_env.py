@@ -85,3 +85,12 @@ def test_push_data_as_a_plain_user(carol, tmp_path):
     res = run_cli("push-data", str(tmp_path / "d"), f"{host}:pe-data")
     assert res.code == 0, res.output
     assert remote.run("cat ~/pe-data/a.txt").stdout == "hello\n"
+
+
+def test_doctor_tells_a_plain_user_what_works(carol):
+    host, _ = carol
+    res = run_cli("doctor", host, "--json")
+    assert res.code == 0, res.output
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks["sudo"]["verdict"] == "warn" and "probably no sudo" in checks["sudo"]["detail"]
+    assert "push-env" in checks["plain user"]["detail"] and "run --env" in checks["plain user"]["detail"]

@@ -70,6 +70,9 @@ def test_lock_and_wheel_names() -> None:
 def test_platform(glibc: str, want: str) -> None:
     assert plan.uv_platform("x86_64", glibc) == want
     assert plan.pip_platform("x86_64", glibc) == want.split("-", 1)[1] + "_x86_64"
+    tags = plan.pip_platforms("x86_64", glibc)
+    assert tags[0] == plan.pip_platform("x86_64", glibc)
+    assert "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags and "manylinux1_x86_64" in tags
 
 
 def test_commands_quote_and_stay_in_home() -> None:
