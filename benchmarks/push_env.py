@@ -103,12 +103,14 @@ def main() -> None:
             r = migrate("push-env", host, str(req), "--name", "bench")[0]
             took = time.monotonic() - t0
             rows.append((label, took, f"{r['status']}, {r['packages']} packages, {r['wheels_sent']} wheel(s) sent "
-                                      f"({r['bytes_sent'] / 2**20:.1f} MiB)" + (
-                                          f": {', '.join(r['wheels_missing'])}" if text else "")))
+                                      f"({r['bytes_sent'] / 2**20:.1f} MiB)" + (" + uv (once)" if r["uv_sent"] else "")
+                                      + (f": {', '.join(r['wheels_missing'])}" if text else "")
+                                      + f"; {r['seconds']:.1f}s inside the command"))
         on_host(host, "~/.migrate/envs/bench/bin/python -c 'import sklearn, pandas, scipy'")
     on_host(host, "rm -rf ~/manual ~/manual-env ~/.migrate/envs/bench")
     print(f"host {host}, python {py}, packages: {a.packages}")
-    print("| path | seconds | detail |\n|---|---|---|")
+    print(f"load average here: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| path | seconds (wall, CLI start included) | detail |\n|---|---|---|")
     for label, secs, detail in rows:
         print(f"| {label} | {secs:.1f} | {detail} |")
     print(f"speed-up of push-env (cold) over the manual path: {rows[0][1] / rows[1][1]:.2f}x")

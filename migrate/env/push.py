@@ -48,7 +48,8 @@ class EnvResult:
     packages: int = 0
     source: str = ""               # "index" | "pushed wheels"
     wheels_sent: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0            # the wheels' bytes (uv, once per host, is counted apart)
+    uv_sent: bool = False
     wheels_missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
@@ -164,10 +165,11 @@ def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions
         uv = None if facts.uv else install.ensure_uv(facts.machine)
         members = tar_members(sent, uv)
         if members:
-            size = sum(m.stat().st_size for _, m in members if isinstance(m, Path))
-            ui.step(f"{host}: sending {len(sent)} wheel(s){' and uv' if uv else ''}, {ui.human_bytes(size)}")
+            size = sum(w.stat().st_size for w in sent)
+            ui.step(f"{host}: sending {len(sent)} wheel(s) ({ui.human_bytes(size)})"
+                    + (f" and uv ({ui.human_bytes(uv.stat().st_size)}, once)" if uv else ""))
             stream_tar(remote, members)
-            result.wheels_sent, result.bytes_sent = len(sent), size
+            result.wheels_sent, result.bytes_sent, result.uv_sent = len(sent), size, uv is not None
         home = remote.home()
         remote.run(f"cd && {shell.mkdir_private(plan.ENVS_DIR)}", what="create ~/.migrate/envs")
         remote.put_bytes(lock.encode(), f"{home}/{plan.lock_upload(opts.name)}")
