@@ -25,8 +25,9 @@ from migrate.remote.hosts import ConnectOptions
 @host_option("Push to this host too (repeatable, in parallel).")
 @click.option("--name", help="The environment's name on the host: ~/.migrate/envs/NAME "
                              "(default: the source's directory name).")
-@click.option("--from-current", is_flag=True, help="Push the venv active here ($VIRTUAL_ENV): its packages, "
-                                                     "re-resolved for the host.")
+@click.option("--from-current", is_flag=True, help="Push the environment active here: a venv ($VIRTUAL_ENV, its "
+                                                     "packages re-resolved for the host) or a conda env "
+                                                     "($CONDA_PREFIX, packed with conda-pack).")
 @click.option("--python", "python", default="python3", show_default=True, metavar="PYTHON",
               help="The python on the host the venv is made from (a name on its PATH or a path).")
 @click.option("--offline/--online", default=None,
@@ -46,7 +47,8 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
     \b
     migrate push-env gpu requirements.txt --name torch       resolve here, install there with uv
     migrate push-env gpu ./myproject                           pyproject.toml (and uv.lock if there)
-    migrate push-env gpu1 gpu2 --from-current                  the venv active in this shell
+    migrate push-env gpu1 gpu2 --from-current                  the venv (or conda env) active here
+    migrate push-env gpu ~/miniconda3/envs/torch               a conda env: conda-pack, conda-unpack
     migrate push-env gpu requirements.txt --python python3.12  another python the host has
     migrate push-env gpu requirements.txt -n                   what would be installed and sent
     migrate push-env gpu --name torch --delete
@@ -56,7 +58,9 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
     package index installs from it; one that does not gets exactly the wheels it lacks, downloaded
     here once per platform and sent over SSH into ~/.migrate/wheels/ (kept: a later push sends only
     new wheels). An environment already at the same lock is left alone. The venv is made from the
-    host's python3 (or --python); nothing is installed outside ~/.migrate.
+    host's python3 (or --python); nothing is installed outside ~/.migrate. A conda environment
+    (a directory with conda-meta/, or an environment.yml created here once) carries its own
+    python: it is packed with conda-pack and relocated on the host with conda-unpack.
     """
     words = list(args)
     if delete or from_current:

@@ -205,6 +205,17 @@ def install_command(name: str, python_path: str, python: str, *, offline: bool) 
             f"mv -f {lock} {env}/{LOCK_FILE}")
 
 
+def conda_install_command(name: str) -> str:
+    """Receive the conda-pack tar on stdin into NAME.new, swap it in, relocate it with its own
+    conda-unpack (run by the env's python), then keep the uploaded lock (written last)."""
+    env = shell.home_path(env_dir(name))
+    new = shell.home_path(env_dir(name) + ".new")
+    lock = shell.home_path(lock_upload(name))
+    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && rm -rf {new} && mkdir -m 700 {new} && "
+            f"tar -xf - -C {new} && rm -rf {env} && mv {new} {env} && "
+            f"{env}/bin/python {env}/bin/conda-unpack && mv -f {lock} {env}/{LOCK_FILE}")
+
+
 def delete_command(name: str) -> str:
     env = shell.home_path(env_dir(name))
     return f"cd && if [ -d {env} ]; then rm -rf {env} && echo deleted; else echo absent; fi"

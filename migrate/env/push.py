@@ -9,6 +9,7 @@ over the host's ssh, into ~/.migrate/wheels/, and installs with --no-index.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tarfile
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from migrate import ui
 from migrate.cluster import install
 from migrate.cluster import plan as cluster_plan
-from migrate.env import plan, resolve
+from migrate.env import conda, plan, resolve
 from migrate.env.source import Source, python_fits
 from migrate.errors import MigrateError
 from migrate.remote import shell
@@ -102,11 +103,9 @@ def tar_members(wheels: list[Path], uv: Path | None) -> list[tuple[str, Path | b
 
 def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
     """Stream the members as one tar over OpenSSH (the host's ssh settings) into ~/.migrate."""
-    argv = remote.openssh_argv() + ["--", plan.unpack_command()]
-    ui.debug("$ " + " ".join(argv), level=2)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+
+    def write(stdin) -> None:
+        with tarfile.open(fileobj=stdin, mode="w|") as tar:
             for arcname, item in members:
                 if isinstance(item, bytes):
                     info = tarfile.TarInfo(arcname)
@@ -114,16 +113,66 @@ def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
                     tar.addfile(info, BytesIO(item))
                 else:
                     tar.add(str(item), arcname=arcname)
+
+    _stream(remote, plan.unpack_command(), write, "sending wheels", "rerun: wheels that arrived whole are kept")
+
+
+def _stream(remote, command: str, write, what: str, hint: str) -> None:
+    """Run `command` on the host over OpenSSH with `write(stdin)` feeding it (no temp file either side)."""
+    argv = remote.openssh_argv() + ["--", command]
+    ui.debug("$ " + " ".join(argv), level=2)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        write(proc.stdin)
         proc.stdin.close()
     except BrokenPipeError:
         pass
     err = proc.stderr.read().decode(errors="replace").strip().splitlines()
     if proc.wait() != 0:
-        raise MigrateError(f"sending wheels to {remote.name} failed: {err[-1] if err else proc.returncode}",
-                           hint="rerun: wheels that arrived whole are kept")
+        raise MigrateError(f"{what} to {remote.name} failed: {err[-1] if err else proc.returncode}", hint=hint)
+
+
+def push_conda_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions) -> EnvResult:
+    """A conda env: compare its conda-meta identity with the host's, else stream the conda-pack tar."""
+    t0 = time.monotonic()
+    result = EnvResult(host=host, name=opts.name, source="conda-pack")
+    prefix = conda.create_from_yml(src.path) if src.kind == "environment.yml" else src.path
+    lock = conda.identity(prefix)
+    result.packages = len(lock.splitlines())
+    with connect(host, conn) as remote:
+        facts = probe(remote, opts.name, "python3")
+        want = conda.machine(prefix)
+        if want and want != facts.machine:
+            raise MigrateError(f"{prefix} is built for {want}; {host} is {facts.machine}",
+                               hint=f"create the environment for {facts.machine} and push that")
+        fresh = not facts.env_exists
+        if facts.lock_sha == plan.lock_sha(lock):
+            result.status, result.seconds = "unchanged", time.monotonic() - t0
+            return result
+        verb = "install" if fresh else "update"
+        if opts.dry_run:
+            result.status, result.seconds = f"would-{verb}", time.monotonic() - t0
+            return result
+        packed = conda.pack(prefix, lock)
+        remote.run(f"cd && {shell.mkdir_private(plan.ENVS_DIR)}", what="create ~/.migrate/envs")
+        remote.put_bytes(lock.encode(), f"{remote.home()}/{plan.lock_upload(opts.name)}")
+        ui.step(f"{host}: {verb} ~/{plan.env_dir(opts.name)} from conda-pack ({ui.human_bytes(packed.stat().st_size)})")
+
+        def write(stdin) -> None:
+            with open(packed, "rb") as fh:
+                shutil.copyfileobj(fh, stdin, 1 << 20)
+
+        _stream(remote, plan.conda_install_command(opts.name), write, "sending the conda environment",
+                "rerun: the environment is swapped in only when it arrived whole")
+        result.bytes_sent = packed.stat().st_size
+        result.status = "installed" if fresh else "updated"
+    result.seconds = time.monotonic() - t0
+    return result
 
 
 def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions, locks: _Locks) -> EnvResult:
+    if src.kind in ("conda", "environment.yml"):
+        return push_conda_host(host, src, opts, conn)
     t0 = time.monotonic()
     result = EnvResult(host=host, name=opts.name)
     with connect(host, conn) as remote:

@@ -10,7 +10,7 @@ from pathlib import Path
 from migrate.errors import UsageError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-KINDS = ("requirements", "pyproject", "uv.lock", "venv", "conda")
+KINDS = ("requirements", "pyproject", "uv.lock", "venv", "conda", "environment.yml")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ def read_source(text: str) -> Source:
         kind = "uv.lock" if (path.parent / "uv.lock").is_file() else "pyproject"
         return Source(kind, path, req)
     if path.suffix in (".yml", ".yaml"):
-        raise UsageError(f"{text}: conda environment files are not supported by push-env yet",
-                         hint="push a requirements.txt or pyproject.toml, or an activated venv with --from-current")
+        return Source("environment.yml", path)
     return Source("requirements", path)
 
 

@@ -94,3 +94,26 @@ def test_doctor_tells_a_plain_user_what_works(carol):
     checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
     assert checks["sudo"]["verdict"] == "warn" and "probably no sudo" in checks["sudo"]["detail"]
     assert "push-env" in checks["plain user"]["detail"] and "run --env" in checks["plain user"]["detail"]
+
+
+def test_a_conda_environment_is_packed_unpacked_relocated_and_runs_jobs(carol, tmp_path):
+    """A conda-layout environment (tests/env_helpers.py: no conda package can be reached here)."""
+    pytest.importorskip("conda_pack")
+    from tests.env_helpers import make_conda_env
+
+    host, remote = carol
+    name = "c" + uuid.uuid4().hex[:6]
+    env = make_conda_env(tmp_path / "cenv")
+    first = push(host, str(env), "--name", name)[0]
+    assert (first["status"], first["source"]) == ("installed", "conda-pack") and first["bytes_sent"] > 0
+    dest = f"/home/carol/.migrate/envs/{name}"
+    assert remote.run(f"grep PREFIX {dest}/lib/python3.11/site-packages/tinypkg/__init__.py").stdout.strip() == \
+        f'PREFIX = "{dest}"'
+    again = push(host, str(env), "--name", name)[0]
+    assert (again["status"], again["bytes_sent"]) == ("unchanged", 0)
+    make_conda_env(env, tinypkg_version="1.1")
+    assert push(host, str(env), "--name", name)[0]["status"] == "updated"
+    res = run_cli("run", host, "--gpu-backend", "fake:/home/carol/.migrate/fake-gpus.json", "--gpus-per-job", "0",
+                  "--env", name, "-f", "--", "echo $CONDA_PREFIX; tinypkg", timeout=120)
+    assert res.code == 0, res.output
+    assert f"{dest}\ntinypkg 1.1 {dest}" in res.stdout

@@ -153,3 +153,43 @@ def test_agent_activates_the_environment(tmp_path: Path) -> None:
     out = subprocess.run(p.argv[-3:-1] + [p.argv[-1].replace("python t.py", "echo $VIRTUAL_ENV")],
                          capture_output=True, text=True)
     assert out.stdout.splitlines()[0] == f"{tmp_path}/.migrate/envs/torch"
+
+
+# -- conda environments (a directory laid out as conda lays one out: tests/env_helpers.py) -----------------
+def test_conda_identity_machine_and_source(tmp_path: Path) -> None:
+    from migrate.env import conda
+    from tests.env_helpers import make_conda_env
+
+    env = make_conda_env(tmp_path / "envs" / "cenv")
+    assert read_source(str(env)).kind == "conda" and default_name(read_source(str(env))) == "cenv"
+    assert current_source({"CONDA_PREFIX": str(env)}).kind == "conda"
+    (tmp_path / "environment.yml").write_text("name: x\n")
+    assert read_source(str(tmp_path / "environment.yml")).kind == "environment.yml"
+    first = conda.identity(env)
+    assert conda.machine(env) == "x86_64" and len(first.splitlines()) == 2
+    make_conda_env(env, tinypkg_version="1.1")
+    assert conda.identity(env) != first
+
+
+def test_conda_pack_and_install_command_relocate_the_env(tmp_path: Path, monkeypatch) -> None:
+    """conda-pack here, then the host's install command run here with HOME=tmp: conda-unpack rewrites the prefix."""
+    pytest.importorskip("conda_pack")
+    from migrate.env import conda
+    from tests.env_helpers import make_conda_env
+
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / "cache"))
+    env = make_conda_env(tmp_path / "build" / "cenv")
+    lock = conda.identity(env)
+    packed = conda.pack(env, lock)
+    assert conda.pack(env, lock) == packed  # cached by identity
+    home = tmp_path / "home"
+    (home / ".migrate" / "envs").mkdir(parents=True)
+    (home / ".migrate" / "envs" / ".c1.lock").write_text(lock)
+    res = subprocess.run(["sh", "-c", plan.conda_install_command("c1")], stdin=packed.open("rb"),
+                         env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    dest = home / ".migrate" / "envs" / "c1"
+    assert (dest / plan.LOCK_FILE).read_text() == lock
+    module = dest / "lib" / "python3.11" / "site-packages" / "tinypkg" / "__init__.py"
+    assert f'PREFIX = "{dest}"' in module.read_text()
+    assert not (home / ".migrate" / "envs" / "c1.new").exists()
