@@ -5,6 +5,9 @@ reaches no package index: push-env (wheels streamed from here), unchanged and ch
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import uuid
 
 import pytest
@@ -117,3 +120,28 @@ def test_a_conda_environment_is_packed_unpacked_relocated_and_runs_jobs(carol, t
                   "--env", name, "-f", "--", "echo $CONDA_PREFIX; tinypkg", timeout=120)
     assert res.code == 0, res.output
     assert f"{dest}\ntinypkg 1.1 {dest}" in res.stdout
+
+
+def test_a_uv_locked_project_and_the_active_venv(carol, tmp_path):
+    """pyproject.toml + uv.lock: exactly the locked pins; --from-current: the active venv's packages."""
+    from migrate.env.resolve import local_uv
+
+    host, remote = carol
+    uv = str(local_uv())
+    proj = tmp_path / "projx"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text('[project]\nname = "projx"\nversion = "0.1"\nrequires-python = ">=3.9"\n'
+                                         'dependencies = ["six"]\n')
+    subprocess.run([uv, "lock", "-q", "--project", str(proj)], check=True, env={**os.environ, "UV_NO_CONFIG": "1"})
+    locked = re.search(r'name = "six"\nversion = "([^"]+)"', (proj / "uv.lock").read_text()).group(1)
+    [r] = push(host, str(proj))
+    assert (r["name"], r["status"], r["packages"]) == ("projx", "installed", 1)
+    assert remote.run("~/.migrate/envs/projx/bin/python -c 'import six; print(six.__version__)'"
+                      ).stdout.strip() == locked
+    venv = tmp_path / "exp" / ".venv"
+    subprocess.run([uv, "venv", "-q", str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "six==1.16.0"], check=True)
+    res = run_cli("push-env", host, "--from-current", "--json", env={"VIRTUAL_ENV": str(venv)}, timeout=300)
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert (r["name"], r["status"], r["packages"]) == ("exp", "installed", 1)
