@@ -19,7 +19,7 @@ from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option, job_field_options
-from migrate.jobs.spec import DispatcherOptions
+from migrate.jobs.spec import DispatcherOptions, check_specs
 from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command, split_env
 from migrate.remote.hosts import ConnectOptions
 
@@ -112,14 +112,15 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if env_name and python_env and env_name != python_env:
         raise UsageError(f"--env {env_name} and --python-env {python_env} name two environments")
     python_env = python_env or env_name
-    if python_env and on_cluster:
-        raise UsageError("--env NAME is not supported on a cluster yet",
-                         hint="push-env and run on each host: migrate run HOST --env NAME ...")
     specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=variables,
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps,
                         python_env=python_env)
+    check_specs(specs)  # before a dry run too: e.g. --env NAME with --image
+    if on_cluster and any(s.python_env for s in specs):
+        raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
+                         hint="run on each host: migrate run HOST --env NAME ...")
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

@@ -219,7 +219,7 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
     ui.step(f"would install the dispatcher agent in ~/.migrate/agent on {host} if missing, start the "
             f"dispatcher if it is not running" + (f" (GPU backend {options.gpu_backend})" if options.gpu_backend
                                                    else ""))
-    rows = [(s.name or "(auto)", "cpu" if s.gpus == 0 else str(s.gpus), s.image or "", s.cwd or "~", s.command)
-            for s in specs]
+    rows = [(s.name or "(auto)", "cpu" if s.gpus == 0 else str(s.gpus),
+             s.image or (f"env {s.python_env}" if s.python_env else ""), s.cwd or "~", s.command) for s in specs]
     ui.table(f"dry run: {len(specs)} job(s) would be queued on {host}", ["name", "gpus", "image", "cwd", "command"],
              rows)

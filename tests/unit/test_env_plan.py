@@ -193,3 +193,20 @@ def test_conda_pack_and_install_command_relocate_the_env(tmp_path: Path, monkeyp
     module = dest / "lib" / "python3.11" / "site-packages" / "tinypkg" / "__init__.py"
     assert f'PREFIX = "{dest}"' in module.read_text()
     assert not (home / ".migrate" / "envs" / "c1.new").exists()
+
+
+def test_python_env_is_refused_on_a_cluster_playbook() -> None:
+    from migrate.playbook.loader import PlaybookError, parse_playbook
+
+    with pytest.raises(PlaybookError, match="python_env is not supported with 'cluster'"):
+        parse_playbook("hosts: [a, b]\ncluster: c1\nrun:\n  command: python t.py\n  python_env: torch\n",
+                       Path("/p/x.yml"))
+
+
+def test_run_dry_run_names_the_env_and_refuses_it_with_an_image() -> None:
+    from tests.conftest import run_cli
+
+    ok = run_cli("run", "somehost", "--env", "torch", "--dry-run", "--", "python x.py")
+    assert ok.code == 0 and "env torch" in ok.output
+    bad = run_cli("run", "somehost", "--env", "torch", "--image", "ubuntu:22.04", "--dry-run", "--", "python x.py")
+    assert bad.code == 2 and "process jobs" in bad.output
