@@ -28,6 +28,7 @@ VERBS = {
     "host-setup": "migrate.commands.host_setup:command",
     "init": "migrate.commands.init:command",
     "logs": "migrate.commands.logs:command",
+    "mirror": "migrate.commands.mirror:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
     "push-env": "migrate.commands.push_env:command",

@@ -75,7 +75,12 @@ try:
     glibc = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]
 except (ValueError, OSError, AttributeError, IndexError):
     glibc = ""
-print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable,
+try:
+    with open(os.path.join(home, ".migrate", "mirror", "journal.json")) as f:
+        mirror = json.load(f).get("url", "")
+except (OSError, ValueError):
+    mirror = ""
+print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable, "mirror": mirror,
                   "machine": platform.machine(), "glibc": glibc, "uv": uv, "wheels": wheels,
                   "lock_sha": sha(os.path.join(env, "migrate-lock.txt")), "env_python": env_python(),
                   "env_exists": os.path.isdir(env)}))
@@ -91,16 +96,19 @@ def probe_command(name: str, uv_version: str, python: str = "python3") -> str:
 INDEX_CHECK = r"""
 import sys, urllib.request
 try:
-    urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=float(sys.argv[1])).close()
+    urllib.request.urlopen(sys.argv[2].rstrip("/") + "/pip/", timeout=float(sys.argv[1])).close()
     print("ok")
 except Exception as e:
     print(str(e)[:200] or type(e).__name__)
 """
 
 
-def index_command(timeout_s: float = 5.0) -> str:
-    """Does the host reach the package index? Prints 'ok' or why not."""
-    return f"python3 -c {shell.quote(INDEX_CHECK)} {shell.quote(timeout_s)}"
+PUBLIC_INDEX = "https://pypi.org/simple"
+
+
+def index_command(index_url: str = "", timeout_s: float = 5.0) -> str:
+    """Does the host reach the package index (its mirror, when one is set)? Prints 'ok' or why not."""
+    return f"python3 -c {shell.quote(INDEX_CHECK)} {shell.quote(timeout_s)} {shell.quote(index_url or PUBLIC_INDEX)}"
 
 
 @dataclass
@@ -117,12 +125,14 @@ class HostFacts:
     lock_sha: str = ""
     env_python: str = ""
     env_exists: bool = False
+    mirror: str = ""     # the index URL `migrate mirror` set for this user ("" = the public index)
 
     @classmethod
     def parse(cls, host: str, stdout: str) -> HostFacts:
         data = json.loads(stdout.strip().splitlines()[-1])
         return cls(host=host, **{k: data[k] for k in ("python", "python_path", "machine", "glibc", "uv", "wheels",
-                                                     "lock_sha", "env_python", "env_exists")})
+                                                     "lock_sha", "env_python", "env_exists")},
+                   mirror=data.get("mirror", ""))
 
 
 def manylinux(glibc: str) -> tuple[int, int]:
@@ -188,7 +198,7 @@ def unpack_command() -> str:
             f"find $d -type f -exec mv -f {{}} ../$d/ \\; ; fi; done && cd && rm -rf {inc}")
 
 
-def install_command(name: str, python_path: str, python: str, *, offline: bool) -> str:
+def install_command(name: str, python_path: str, python: str, *, offline: bool, index_url: str = "") -> str:
     """(Re)create the venv when missing or on another python, `uv pip sync` it to the uploaded lock,
     then keep that lock as the record of what the environment holds (written last)."""
     env = shell.home_path(env_dir(name))
@@ -196,7 +206,8 @@ def install_command(name: str, python_path: str, python: str, *, offline: bool) 
     lock = shell.home_path(lock_upload(name))
     major, minor = (int(x) for x in python.split(".")[:2])
     check = shell.quote(f"import sys; sys.exit(sys.version_info[:2] != ({major}, {minor}))")
-    source = f"--no-index --find-links {shell.home_path(WHEELS_DIR)} " if offline else ""
+    source = (f"--no-index --find-links {shell.home_path(WHEELS_DIR)} " if offline else
+              f"--index-url {shell.quote(index_url)} " if index_url else "")
     env_vars = shell.env_prefix(UV_ENV) + f"UV_CACHE_DIR={shell.home_path(UV_CACHE)} "
     return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && "
             f"{{ {{ [ -x {env}/bin/python ] && {env}/bin/python -c {check}; }} || "

@@ -196,9 +196,9 @@ def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions
         result.wheels_missing = [f"{n}=={v}" for n, v in pins if (n, v) not in on_host]
         offline = opts.offline
         if offline is None:
-            offline = remote.run(plan.index_command(), check=False, what="check the index",
+            offline = remote.run(plan.index_command(facts.mirror), check=False, what="check the index",
                                  timeout=30).stdout.strip() != "ok"
-        result.source = "pushed wheels" if offline else "index"
+        result.source = "pushed wheels" if offline else (f"mirror {facts.mirror}" if facts.mirror else "index")
         verb = "install" if fresh else "update"
         if opts.dry_run:
             result.status = f"would-{verb}"
@@ -224,7 +224,8 @@ def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions
         remote.put_bytes(lock.encode(), f"{home}/{plan.lock_upload(opts.name)}")
         ui.step(f"{host}: {verb} ~/{plan.env_dir(opts.name)} ({len(pins)} packages, python {facts.python}, "
                 f"from {result.source})")
-        res = remote.run(plan.install_command(opts.name, facts.python_path, facts.python, offline=offline),
+        res = remote.run(plan.install_command(opts.name, facts.python_path, facts.python, offline=offline,
+                                              index_url=facts.mirror),
                          check=False, what="install the environment", timeout=3600)
         if not res.ok:
             last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]

@@ -15,7 +15,8 @@ import pytest
 from migrate.remote.connection import connect
 from tests.conftest import run_cli
 
-CLEAN = "rm -rf ~/.migrate/envs ~/.migrate/wheels ~/.migrate/.incoming ~/pe-data"
+CLEAN = ("rm -rf ~/.migrate/envs ~/.migrate/wheels ~/.migrate/.incoming ~/pe-data ~/.migrate/mirror ~/.config/pip "
+         "~/.config/uv ~/.condarc")
 
 
 @pytest.fixture
@@ -145,3 +146,23 @@ def test_a_uv_locked_project_and_the_active_venv(carol, tmp_path):
     assert res.code == 0, res.output
     [r] = json.loads(res.stdout)
     assert (r["name"], r["status"], r["packages"]) == ("exp", "installed", 1)
+
+
+def test_a_user_level_mirror_is_used_by_push_env_and_undone(carol, tmp_path):
+    host, remote = carol
+    remote.run("rm -rf ~/.config/pip ~/.config/uv ~/.condarc ~/.migrate/mirror")
+    res = run_cli("mirror", host, "tuna", "--json")
+    assert res.code == 0, res.output
+    assert {c["tool"]: c["change"] for c in json.loads(res.stdout)[0]["changes"]} == \
+        {"pip": "write", "uv": "write", "conda": "write"}
+    assert "pypi.tuna.tsinghua.edu.cn" in remote.run("cat ~/.config/pip/pip.conf").stdout
+    req = tmp_path / "requirements.txt"
+    req.write_text("six==1.16.0\n")
+    online = push(host, str(req), "--name", "m1", "--online", "--dry-run")[0]
+    assert online["source"] == "mirror https://pypi.tuna.tsinghua.edu.cn/simple"
+    offline = push(host, str(req), "--name", "m1")[0]  # the sandbox reaches no mirror: wheels are pushed
+    assert (offline["status"], offline["source"]) == ("installed", "pushed wheels")
+    undo = run_cli("mirror", host, "--undo")
+    assert undo.code == 0, undo.output
+    assert remote.run("ls -a ~/.config ~ | grep -c -e '^pip$' -e '^uv$' -e '^.condarc$'", check=False
+                      ).stdout.strip() == "0"

@@ -210,3 +210,51 @@ def test_run_dry_run_names_the_env_and_refuses_it_with_an_image() -> None:
     assert ok.code == 0 and "env torch" in ok.output
     bad = run_cli("run", "somehost", "--env", "torch", "--image", "ubuntu:22.04", "--dry-run", "--", "python x.py")
     assert bad.code == 2 and "process jobs" in bad.output
+
+
+# -- package-index mirrors for one user (migrate mirror) --------------------------------------------------
+def _mirror(home: Path, action: str, url: str = "", conda: str = "", dry: bool = False) -> dict:
+    import json
+
+    from migrate.env import mirror
+
+    res = subprocess.run(["sh", "-c", mirror.command(action, url, conda, dry_run=dry)], capture_output=True,
+                         text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    return {c["tool"] or c["path"]: c["change"] for c in json.loads(res.stdout)["changes"]}
+
+
+def test_mirror_merges_journals_and_undoes(tmp_path: Path) -> None:
+    from migrate.env import mirror
+
+    url, conda = mirror.resolve("tuna")
+    assert url.startswith("https://pypi.tuna") and mirror.resolve("https://x.example/simple/") == \
+        ("https://x.example/simple", "")
+    with pytest.raises(UsageError):
+        mirror.resolve("nowhere")
+    home = tmp_path / "home"
+    pip_conf = home / ".config" / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True)
+    pip_conf.write_text("[global]\ntimeout = 60\n")
+    (home / ".condarc").write_text("channels: [conda-forge]\n")  # the user's own: kept
+    assert _mirror(home, "set", url, conda, dry=True) == {"pip": "merge", "uv": "write", "conda": "skipped"}
+    assert pip_conf.read_text() == "[global]\ntimeout = 60\n" and not (home / ".migrate").exists()
+    assert _mirror(home, "set", url, conda) == {"pip": "merge", "uv": "write", "conda": "skipped"}
+    assert "timeout = 60" in pip_conf.read_text() and f"index-url = {url}" in pip_conf.read_text()
+    assert f'url = "{url}"' in (home / ".config" / "uv" / "uv.toml").read_text()
+    assert _mirror(home, "set", url, conda) == {"pip": "unchanged", "uv": "unchanged", "conda": "skipped"}
+    probe = subprocess.run(["sh", "-c", plan.probe_command("x", "0")], capture_output=True, text=True,
+                           env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert plan.HostFacts.parse("h", probe.stdout).mirror == url
+    _mirror(home, "set", "https://other.example/simple")  # a second mirror: undo still goes back to the first state
+    _mirror(home, "undo")
+    assert pip_conf.read_text() == "[global]\ntimeout = 60\n" and (home / ".condarc").read_text() == \
+        "channels: [conda-forge]\n"
+    assert not (home / ".config" / "uv").exists() and not (home / ".migrate" / "mirror").exists()
+
+
+def test_push_env_installs_from_the_mirror() -> None:
+    cmd = plan.install_command("e", "/usr/bin/python3", "3.11", offline=False, index_url="https://m.example/simple")
+    assert "--index-url https://m.example/simple " in cmd
+    assert "https://m.example/simple" in plan.index_command("https://m.example/simple")
+    assert plan.PUBLIC_INDEX in plan.index_command("")
