@@ -118,6 +118,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps,
                         python_env=python_env)
     check_specs(specs)  # before a dry run too: e.g. --env NAME with --image
+    if on_cluster and any(s.image and s.image.endswith(".sif") for s in specs):
+        raise UsageError("SIF images are not supported on a cluster yet", hint="run on each host: migrate run HOST ...")
     if on_cluster and any(s.python_env for s in specs):
         raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
                          hint="run on each host: migrate run HOST --env NAME ...")

@@ -19,6 +19,7 @@ from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
+from migrate.jobs import sif
 from migrate.jobs.limits import check_job_count, sweep_size
 from migrate.units import MIB, parse_size
 
@@ -68,6 +69,10 @@ class JobSpec:
             out["gpu_pool"] = list(pool)
         if self.python_env:  # the agent activates it at launch (agent/launch.py); stored with the job's env
             out["env"][PYTHON_ENV_VAR] = self.python_env
+        if sif.is_sif(self.image):  # a process job running `apptainer exec` (migrate/jobs/sif.py)
+            out["command"] = sif.command(str(self.image), self.command, mounts=list(self.mounts), cwd=self.cwd)
+            for key in ("image", "mounts", "cwd"):
+                out.pop(key, None)
         return out
 
 
@@ -97,7 +102,10 @@ class DispatcherOptions:
 
 
 def check_image(ref: str) -> str:
-    """A Docker image reference, checked against Docker's grammar before anything is queued."""
+    """A Docker image reference, checked against Docker's grammar before anything is queued (a `.sif`
+    path is an apptainer image: migrate/jobs/sif.py)."""
+    if sif.is_sif(ref):
+        return ref
     problem = check_image_ref(ref)
     if problem:
         raise UsageError(problem, hint=f"an image is {IMAGE_FORM}, {IMAGE_EXAMPLE}")
@@ -116,6 +124,9 @@ def check_specs(jobs: list[JobSpec]) -> None:
             if job.image:
                 raise UsageError("a pushed Python environment is for process jobs, not --image jobs",
                                  hint="install the packages in the image instead")
+        if sif.is_sif(job.image) and (job.ports or job.shm_size):
+            raise UsageError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
+                             "network and /dev/shm", hint="drop them for a .sif image")
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:

@@ -179,7 +179,7 @@ def plain_user(facts: HostFacts) -> Check:
     if facts.python_at_least(3, 10):
         works.append("cluster up (Ray in ~/.migrate/ray)")
     if facts.apptainer:
-        works.append("push-image --format sif (SIF images with apptainer)")
+        works.append("push-image --format sif and run --image x.sif (SIF images with apptainer)")
     cannot = "host-setup and Docker jobs (--image) need the owner: root, or you in the docker group"
     return Check("plain user", "info", "works without root: " + "; ".join(works), cannot)
 

@@ -258,3 +258,33 @@ def test_push_env_installs_from_the_mirror() -> None:
     assert "--index-url https://m.example/simple " in cmd
     assert "https://m.example/simple" in plan.index_command("https://m.example/simple")
     assert plan.PUBLIC_INDEX in plan.index_command("")
+
+
+# -- SIF jobs: a process job that runs `apptainer exec --nv` (migrate/jobs/sif.py) --------------------------
+def test_a_sif_job_is_a_process_job_running_apptainer(tmp_path: Path) -> None:
+    """The command the dispatcher runs, run here by sh with a stand-in `apptainer` that prints its argv
+    (a logic test of the command line; no real apptainer runs it yet: docs/push-env.md, what is left)."""
+    from migrate.jobs.spec import JobSpec, check_specs
+
+    job = JobSpec("echo hi; echo $CUDA_VISIBLE_DEVICES", image="torch_1.sif", mounts=["/data:/data:ro"],
+                  cwd="/work", gpus=1)
+    check_specs([job])  # not a Docker reference, and that is fine
+    payload = job.payload()
+    assert "image" not in payload and "mounts" not in payload and "cwd" not in payload
+    home = tmp_path / "home"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apptainer"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "[%s]" "$a"; done; echo\n')
+    fake.chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    missing = subprocess.run(["sh", "-c", payload["command"]], env=env, capture_output=True, text=True)
+    assert missing.returncode == 127 and "no SIF image" in missing.stderr
+    (home / ".migrate" / "images").mkdir(parents=True)
+    (home / ".migrate" / "images" / "torch_1.sif").write_bytes(b"sif")
+    out = subprocess.run(["sh", "-c", payload["command"]], env=env, capture_output=True, text=True).stdout
+    assert out.strip() == (f"[exec][--nv][-B][/data:/data:ro][--pwd][/work][{home}/.migrate/images/torch_1.sif]"
+                           "[sh][-c][echo hi; echo $CUDA_VISIBLE_DEVICES]")
+    assert JobSpec("x", image="/abs/x.sif").payload()["command"].startswith("sif=/abs/x.sif;")
+    with pytest.raises(UsageError, match="SIF job"):
+        check_specs([JobSpec("x", image="a.sif", ports=["6006"])])
