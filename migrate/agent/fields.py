@@ -54,6 +54,9 @@ JOB_FIELDS = (
     JobField("env", "str_map", "Environment variables for every job.",
              "names are identifiers, values strings; none the dispatcher sets",
              flag="--env", yaml="env", playbook="env", default={}),
+    JobField("python_env", "str", "Run the job in this environment pushed with `migrate push-env` (process mode; "
+             "PATH and VIRTUAL_ENV set).", "a name pushed with push-env; no image",
+             flag="--python-env", yaml="python_env", playbook="python_env"),
     JobField("gpus", "int", "GPUs each job needs (0 = CPU-only).", "",
              flag="--gpus-per-job", yaml="gpus", playbook="gpus_per_job", default=1, lo=0, hi=64),
     JobField("min_free_mem_mib", "size", "MiB of free GPU memory a GPU needs to be admitted.",

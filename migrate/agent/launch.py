@@ -63,6 +63,27 @@ def dispatcher_env(job: dict, gpu_uuids: list, token: str) -> dict:
     }
 
 
+ENV_VAR = "MIGRATE_ENV"  # a job's env names its push-env environment here (migrate.jobs.spec.PYTHON_ENV_VAR)
+
+
+def activate(command: str, env: dict, home: str) -> str:
+    """The command run inside ~/.migrate/envs/NAME when the job names one (after the login shell's
+    profile, which may reset PATH): VIRTUAL_ENV, or CONDA_PREFIX for a conda env, and PATH. A
+    missing environment fails the job with one line in its log (pure but for one isdir)."""
+    name = env.get(ENV_VAR)
+    if not name:
+        return command
+    import shlex
+
+    prefix = os.path.join(home, ".migrate", "envs", name)
+    if not os.path.isdir(prefix):
+        return ("echo " + shlex.quote(f"migrate: no environment {name} on this host (~/.migrate/envs/{name}); "
+                                      f"push it with: migrate push-env HOST --name {name} SOURCE") + " >&2; exit 127")
+    var = "CONDA_PREFIX" if os.path.isdir(os.path.join(prefix, "conda-meta")) else "VIRTUAL_ENV"
+    return (f"{var}={shlex.quote(prefix)}; export {var}; PATH=\"${var}/bin:$PATH\"; export PATH; "
+            f"unset PYTHONHOME; {command}")
+
+
 def shell_argv(command: str, bash: str | None) -> list:
     """`bash -lc CMD` (a login shell, so ~/.profile sets PATH, conda, modules...), else `sh -c`."""
     return [bash, "-lc", command] if bash else ["/bin/sh", "-c", command]
@@ -131,8 +152,9 @@ def plan_launch(job: dict, *, job_dir: str, log_path: str, gpu_uuids: list, toke
         return LaunchPlan(wrapper_argv(job_dir, name, argv), env, home, log_path, name, env_file,
                           env_file_text(job, gpu_uuids, token))
     cwd = os.path.expanduser(job.get("cwd") or home)
-    return LaunchPlan(wrapper_argv(job_dir, "", shell_argv(job["command"], bash)),
-                      job_env(job, base_env, gpu_uuids, token), cwd, log_path, None)
+    env = job_env(job, base_env, gpu_uuids, token)
+    return LaunchPlan(wrapper_argv(job_dir, "", shell_argv(activate(job["command"], env, home), bash)),
+                      env, cwd, log_path, None)
 
 
 def find_bash() -> str | None:

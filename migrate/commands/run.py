@@ -21,8 +21,8 @@ from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
 from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option, job_field_options, notify_format_option, notify_target
-from migrate.jobs.spec import DispatcherOptions
-from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command
+from migrate.jobs.spec import DispatcherOptions, check_specs
+from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command, split_env
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import parse_duration
 
@@ -62,7 +62,8 @@ from migrate.units import parse_duration
 @click.option("--json", "as_json", is_flag=True, help="Print the queued jobs as JSON.")
 def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str | None, cwd: str | None,
             env_items: tuple[str, ...], gpus: int, min_free_mem: str | None, allow_shared: bool,
-            gpu_pool: str | None, priority: int, retries: int, image: str | None, mounts: tuple[str, ...],
+            gpu_pool: str | None, python_env: str | None, priority: int, retries: int, image: str | None,
+            mounts: tuple[str, ...],
             shm_size: str | None, ports: tuple[str, ...], jobs_file: str | None, sweeps: tuple[str, ...],
             template: str | None, experiments: str | None, template_dest: str | None, ignores: tuple[str, ...],
             compose_file: str | None, key: str | None, notify: str | None, sync_back: str | None,
@@ -79,6 +80,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
       migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
       migrate run HOST --notify https://ntfy.sh/my-topic --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
+      migrate run HOST --env torch -- python train.py      (an environment from `migrate push-env`)
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has
@@ -121,11 +123,21 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                             min_free_mem=min_free_mem, env=parse_env(env_items), notify=notify)
         sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
                              follow=follow, compose=cplan))
-    specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=parse_env(env_items),
+    variables, env_name = split_env(env_items)
+    if env_name and python_env and env_name != python_env:
+        raise UsageError(f"--env {env_name} and --python-env {python_env} name two environments")
+    python_env = python_env or env_name
+    specs = build_specs(words, jobs_file=jobs_file, sweeps=sweeps, name=name, cwd=cwd, env=variables,
                         gpus=gpus, min_free_mem=min_free_mem, allow_shared=allow_shared,
                         gpu_pool=parse_pool(gpu_pool), priority=priority, retries=retries, image=image,
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify,
-                        sync_back=sync_back)
+                        sync_back=sync_back, python_env=python_env)
+    check_specs(specs)  # before a dry run too: e.g. --env NAME with --image
+    if on_cluster and any(s.image and s.image.endswith(".sif") for s in specs):
+        raise UsageError("SIF images are not supported on a cluster yet", hint="run on each host: migrate run HOST ...")
+    if on_cluster and any(s.python_env for s in specs):
+        raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
+                         hint="run on each host: migrate run HOST --env NAME ...")
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

@@ -24,7 +24,7 @@ def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
              str(h.get("fake_gpus", 0)), _flavour(h)) for h in hosts]
     ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "mock gpus", "debian / docker"], rows)
     ui.info("users: alice (passwordless sudo), bob (sudo password "
-            f"'{sb.s.bob_password}'); try `migrate doctor {hosts[0]['alias']}`")
+            f"'{sb.s.bob_password}'), carol (no sudo, no docker group); try `migrate doctor {hosts[0]['alias']}`")
 
 
 def _up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool,
@@ -71,7 +71,8 @@ def _ssh_config() -> None:
 def group() -> None:
     """Local rehearsal hosts: Debian containers with systemd and sshd, no Docker, mock GPUs on request.
 
-    Each host has a user `alice` (passwordless sudo) and `bob` (sudo password "bobpass"), working
+    Each host has a user `alice` (passwordless sudo), `bob` (sudo password "bobpass") and `carol`
+    (a plain user: no sudo, not in the docker group, e.g. `migrate doctor carol@sandbox1`), working
     apt, its own IP and a 64 MiB disk at /mnt/small. Hosts are named sandbox1, sandbox2, ... and
     work with every migrate command without flags. Needs a local Docker daemon; the first `up`
     builds the image with debootstrap as root (about 90 s), later ones take seconds.

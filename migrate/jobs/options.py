@@ -28,7 +28,9 @@ def backend_args(spec: str | None) -> list[str]:
 _RUN_HELP = {
     "name": "Job name (sweeps add [k=v,...]; default job-<id>).",
     "cwd": "Working directory on the host (default ~); in a container: -w.",
-    "env": "Environment variable (repeatable).",
+    "env": "Environment variable KEY=VALUE (repeatable); a plain NAME runs the job in that push-env "
+           "environment.",
+    "python_env": "Run in ~/.migrate/envs/NAME, pushed with `migrate push-env` (same as --env NAME).",
     "gpus": "GPUs each job needs; 0 = CPU-only job.",
     "min_free_mem_mib": "Free GPU memory a GPU needs, e.g. 20g (default: any).",
     "allow_shared": "Admit onto GPUs other people use when --min-free-mem fits (default: only idle GPUs).",
@@ -45,8 +47,8 @@ _RUN_HELP = {
     "notify": "Post a short message here when the job ends (a sweep: when its last job ends), from the host: "
               "[FORMAT+]URL, e.g. https://ntfy.sh/TOPIC, slack+https://hooks.slack.com/... (docs/run.md).",
 }
-_RUN_METAVAR = {"notify": "URL", "sync_back": "HOST_PATH:LOCAL_DIR",
-                "env": "KEY=VALUE", "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
+_RUN_METAVAR = {"notify": "URL", "sync_back": "HOST_PATH:LOCAL_DIR", "env": "KEY=VALUE|NAME", "python_env": "NAME",
+                "min_free_mem_mib": "SIZE", "gpu_pool": "LIST", "mounts": "SRC:DST[:ro]",
                 "ports": "[HOSTPORT:]PORT"}
 _RUN_DEST = {"env": "env_items", "min_free_mem_mib": "min_free_mem"}  # the command's parameter names
 _SHORT = {"env": "-e"}

@@ -19,10 +19,13 @@ from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
 from migrate.errors import UsageError
+from migrate.jobs import sif
 from migrate.jobs.limits import check_job_count, sweep_size
 from migrate.units import MIB, parse_size
 from migrate.yaml_depth import check_nesting
 
+PYTHON_ENV_VAR = "MIGRATE_ENV"  # launch.ENV_VAR: the agent package cannot be imported piecemeal here
+ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -48,6 +51,7 @@ class JobSpec:
     gpu_pool: list[str] | None = None  # None: take DispatcherOptions.gpu_pool
     notify: str | None = None  # [FORMAT+]URL the host posts to when the job (or its sweep) ends; a secret
     sync_back: str | None = None  # HOST_PATH:LOCAL_DIR that `migrate wait` pulls (never sent to the host)
+    python_env: str | None = None  # ~/.migrate/envs/NAME (push-env); travels to the agent as $MIGRATE_ENV
 
     def payload(self, options: DispatcherOptions | None = None) -> dict[str, Any]:
         """The JSON object the agent's `submit` expects."""
@@ -66,6 +70,12 @@ class JobSpec:
             out["ports"] = list(self.ports)
         if pool:
             out["gpu_pool"] = list(pool)
+        if self.python_env:  # the agent activates it at launch (agent/launch.py); stored with the job's env
+            out["env"][PYTHON_ENV_VAR] = self.python_env
+        if sif.is_sif(self.image):  # a process job running `apptainer exec` (migrate/jobs/sif.py)
+            out["command"] = sif.command(str(self.image), self.command, mounts=list(self.mounts), cwd=self.cwd)
+            for key in ("image", "mounts", "cwd"):
+                out.pop(key, None)
         return out
 
 
@@ -95,7 +105,10 @@ class DispatcherOptions:
 
 
 def check_image(ref: str) -> str:
-    """A Docker image reference, checked against Docker's grammar before anything is queued."""
+    """A Docker image reference, checked against Docker's grammar before anything is queued (a `.sif`
+    path is an apptainer image: migrate/jobs/sif.py)."""
+    if sif.is_sif(ref):
+        return ref
     problem = check_image_ref(ref)
     if problem:
         raise UsageError(problem, hint=f"an image is {IMAGE_FORM}, {IMAGE_EXAMPLE}")
@@ -107,6 +120,16 @@ def check_specs(jobs: list[JobSpec]) -> None:
     for job in jobs:
         if job.image is not None:
             check_image(job.image)
+        if job.python_env is not None:
+            if not ENV_NAME.match(job.python_env):
+                raise UsageError(f"bad environment name {job.python_env!r}",
+                                 hint="the NAME given to `migrate push-env --name NAME`")
+            if job.image:
+                raise UsageError("a pushed Python environment is for process jobs, not --image jobs",
+                                 hint="install the packages in the image instead")
+        if sif.is_sif(job.image) and (job.ports or job.shm_size):
+            raise UsageError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
+                             "network and /dev/shm", hint="drop them for a .sif image")
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:

@@ -24,6 +24,7 @@ from migrate.jobs.client import AgentClient, job_statuses, report_dispatcher, su
 from migrate.jobs.compose import ComposePlan, compose_job_command
 from migrate.jobs.render import SUBMITTED_COLUMNS, submitted_rows
 from migrate.jobs.spec import (
+    ENV_NAME,
     DispatcherOptions,
     JobSpec,
     SubmittedJob,
@@ -51,13 +52,29 @@ def command_text(words: tuple[str, ...]) -> str:
 
 
 def parse_env(items: tuple[str, ...]) -> dict[str, str]:
-    env = {}
+    """`--env KEY=VALUE` only (where a pushed environment cannot apply: compose jobs)."""
+    env, name = split_env(items)
+    if name:
+        raise UsageError(f"bad --env {name!r} here", hint="use --env KEY=VALUE")
+    return env
+
+
+def split_env(items: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
+    """`--env KEY=VALUE` (variables) and `--env NAME` (an environment pushed with push-env, at most one)."""
+    env: dict[str, str] = {}
+    names = []
     for item in items:
         key, sep, value = item.partition("=")
+        if not sep and ENV_NAME.match(item):
+            names.append(item)
+            continue
         if not sep or not key:
-            raise UsageError(f"bad --env {item!r}", hint="use --env KEY=VALUE")
+            raise UsageError(f"bad --env {item!r}",
+                             hint="use --env KEY=VALUE, or --env NAME for a push-env environment")
         env[key] = value
-    return env
+    if len(names) > 1:
+        raise UsageError(f"--env names two environments ({names[0]}, {names[1]})", hint="a job runs in one")
+    return env, (names[0] if names else None)
 
 
 def parse_pool(text: str | None) -> list[str] | None:
@@ -74,7 +91,7 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
                 gpu_pool: list[str] | None, priority: int, retries: int, image: str | None,
                 mounts: tuple[str, ...], shm_size: str | None, ports: tuple[str, ...], key: str | None,
                 experiments: list[str] | None, notify: str | None = None,
-                sync_back: str | None = None) -> list[JobSpec]:
+                sync_back: str | None = None, python_env: str | None = None) -> list[JobSpec]:
     """The jobs a `migrate run` command line asks for (pure)."""
     cmd = command_text(words)
     if jobs_file:
@@ -95,7 +112,8 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     base = JobSpec(command=cmd, name=name, cwd=cwd, env=env, gpus=gpus,
                    min_free_mem_mib=parse_size_mib(min_free_mem), priority=priority, retries=retries,
                    image=image, mounts=list(mounts), shm_size=shm_size, ports=list(ports), key=key,
-                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify, sync_back=sync_back)
+                   allow_shared=allow_shared or None, gpu_pool=gpu_pool, notify=notify, sync_back=sync_back,
+                   python_env=python_env)
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
@@ -230,7 +248,7 @@ def _show_plan(host: str, specs: list[JobSpec], options: DispatcherOptions, plan
     ui.step(f"would install the dispatcher agent in ~/.migrate/agent on {host} if missing, start the "
             f"dispatcher if it is not running" + (f" (GPU backend {options.gpu_backend})" if options.gpu_backend
                                                    else ""))
-    rows = [(s.name or "(auto)", "cpu" if s.gpus == 0 else str(s.gpus), s.image or "", s.cwd or "~", s.command)
-            for s in specs]
+    rows = [(s.name or "(auto)", "cpu" if s.gpus == 0 else str(s.gpus),
+             s.image or (f"env {s.python_env}" if s.python_env else ""), s.cwd or "~", s.command) for s in specs]
     ui.table(f"dry run: {len(specs)} job(s) would be queued on {host}", ["name", "gpus", "image", "cwd", "command"],
              rows)

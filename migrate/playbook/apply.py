@@ -1,7 +1,8 @@
 """apply's orchestration: a playbook's stages in order on every host, each through its package.
 
 setup -> `migrate.setup.orchestrator.setup_hosts`, images -> (optional local `docker build`, then)
-`migrate.image.push.push_images`, data -> `migrate.data.push.push_data`, run -> `migrate.jobs`
+`migrate.image.push.push_images`, envs -> `migrate.env.push.push_env`, data -> `migrate.data.push.push_data`,
+run -> `migrate.jobs`
 (`submit_jobs`, or a compose project synced and queued as one job). Each job is identified by
 playbook + parameters, so a re-apply queues nothing new. A host that fails a stage skips its later
 stages; the other hosts go on. The result is an `ApplyReport` (one cell per host and stage) that
@@ -128,6 +129,30 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
             report.cells[(h, "images")] = StageOutcome(", ".join(parts), changed=len(sent))
         else:
             report.cells[(h, "images")] = StageOutcome("up to date")
+
+
+def _envs_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+    from migrate.env import push
+    from migrate.env.source import check_name, read_source
+
+    per_host: dict[str, list] = {h: [] for h in hosts}
+    for entry in pb.envs:
+        live = [h for h in hosts if not any(r.error for r in per_host[h])]
+        if not live:
+            break
+        opts = push.PushEnvOptions(name=check_name(entry.name), python=entry.python, dry_run=dry_run)
+        for r in push.push_env(live, read_source(entry.source), opts, conn):
+            per_host.setdefault(r.host, []).append(r)
+    for h, results in per_host.items():
+        failed = [r for r in results if r.error]
+        changed = [r for r in results if r.status != "unchanged"]
+        if failed:
+            report.cells[(h, "envs")] = StageOutcome(f"failed: {failed[0].error}", failed=True)
+        elif changed:
+            verb = "would install or update" if dry_run else "installed or updated"
+            report.cells[(h, "envs")] = StageOutcome(f"{len(changed)} env(s) {verb}", changed=len(changed))
+        else:
+            report.cells[(h, "envs")] = StageOutcome("up to date")
 
 
 def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
@@ -329,7 +354,8 @@ def dry_run_jobs_text(new: int, existing: int, why_unknown: str | None) -> str:
     return text
 
 
-RUNNERS: dict[str, StageRunner] = {"setup": _setup_stage, "images": _images_stage, "data": _data_stage,
+RUNNERS: dict[str, StageRunner] = {"setup": _setup_stage, "images": _images_stage, "envs": _envs_stage,
+                                   "data": _data_stage,
                                    "run": _run_stage}
 
 

@@ -18,7 +18,7 @@ from migrate.jobs.spec import JOB_DEFAULTS
 from migrate.playbook.loader import expand_sweep
 
 NOT_IN_SPEC = {"command", "name", "key"}  # a PlannedJob's own attributes
-LATER_FIELDS = {"ports", "allow_shared", "gpu_pool"}  # not in playbooks before the job table
+LATER_FIELDS = {"ports", "allow_shared", "gpu_pool", "python_env"}  # not in playbooks before the job table
 NOT_HASHED = {"notify", "sync_back"}  # where to say a job ended is not what it runs: changing it queues nothing new
 
 

@@ -51,6 +51,13 @@ class DataEntry:
 
 
 @dataclass
+class EnvEntry:
+    name: str
+    source: str  # resolved against the playbook's directory
+    python: str = "python3"
+
+
+@dataclass
 class Playbook:
     """A validated playbook: plain values, relative paths already resolved against its directory."""
 
@@ -63,6 +70,7 @@ class Playbook:
     run: dict[str, Any] | None
     local_paths: list[tuple[str, str, int]] = field(default_factory=list)  # (key, resolved path, line)
     cluster: str | None = None   # run the jobs on these hosts as one Ray cluster (migrate/cluster)
+    envs: list[EnvEntry] = field(default_factory=list)  # push-env, between images and data
 
     def missing_local_paths(self, stages: list[str] | None = None) -> list[str]:
         """`file:line: key: PATH not found` for every local path a stage needs that is missing."""
@@ -82,6 +90,8 @@ class Playbook:
             out.append("setup")
         if self.images:
             out.append("images")
+        if self.envs:
+            out.append("envs")
         if self.data:
             out.append("data")
         if self.run is not None:
@@ -282,6 +292,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(_child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
             if (data.get("run") or {}).get("compose"):
                 v.err(root, "run.compose is not supported with 'cluster' yet")
+            if (data.get("run") or {}).get("python_env"):
+                v.err(root, "run.python_env is not supported with 'cluster' yet (drop 'cluster' to run per host)")
         for i, img in enumerate(data["images"]):
             if bool(img.get("name")) == bool(img.get("pull")):
                 v.err(root, f"images[{i}] needs exactly one of 'name' (push a local image) and 'pull' "
@@ -338,6 +350,8 @@ def parse_playbook(text: str, path: Path) -> Playbook:
               for d in data["data"]],
         run=data["run"] if run_present else None,
         cluster=data.get("cluster") or None,
+        envs=[EnvEntry(name=e["name"], source=str((base / e["source"]).resolve()), python=e["python"])
+              for e in data.get("envs") or []],
     )
 
 
@@ -354,6 +368,10 @@ def _local_path_nodes(root: yaml.Node) -> list[tuple[str, yaml.Node]]:
         node = _child(entry, "src")
         if isinstance(node, yaml.ScalarNode):
             found.append((f"data[{i}].src", node))
+    for i, entry in enumerate(getattr(_child(root, "envs"), "value", None) or []):
+        node = _child(entry, "source")
+        if isinstance(node, yaml.ScalarNode):
+            found.append((f"envs[{i}].source", node))
     for i, entry in enumerate(getattr(_child(root, "images"), "value", None) or []):
         node = _child(entry, "build")
         if isinstance(node, yaml.ScalarNode) and node.value:

@@ -58,6 +58,14 @@ IMAGE_KEYS = (
     Key("build_args", "str_map", "`--build-arg` values for the build.", default={}),
 )
 
+ENV_KEYS = (
+    Key("name", "str", "The environment's name on the host: `~/.migrate/envs/NAME` (jobs use it with "
+        "`python_env: NAME`).", required=True),
+    Key("source", "str", "A requirements.txt, a pyproject.toml or its project directory (with uv.lock if there), "
+        "relative to the playbook.", required=True),
+    Key("python", "str", "The python on the host the venv is made from.", default="python3"),
+)
+
 DATA_KEYS = (
     Key("src", "str", "Local file or directory (relative to the playbook file).", required=True),
     Key("dest", "str", "Remote path: the contents of `src` become `dest` (relative: under your home).",
@@ -108,12 +116,14 @@ PLAYBOOK_KEYS = (
     Key("setup", "object", "Prepare each host for GPU containers (`migrate host-setup`).", children=SETUP_KEYS),
     Key("images", "image_list", "Docker images to push (`migrate push-image`), optionally built first.",
         default=[], children=IMAGE_KEYS),
+    Key("envs", "object_list", "Python environments to put on the hosts without root (`migrate push-env`): "
+        "resolved here, only missing wheels sent to hosts that reach no index.", default=[], children=ENV_KEYS),
     Key("data", "object_list", "Files and datasets to copy (`migrate push-data`).", default=[],
         children=DATA_KEYS),
     Key("run", "object", "Experiments to queue on the dispatcher (`migrate run`).", children=RUN_KEYS),
 )
 
-STAGES = ("setup", "images", "data", "run")
+STAGES = ("setup", "images", "envs", "data", "run")
 
 
 def reference_markdown() -> str:
@@ -125,7 +135,7 @@ def reference_markdown() -> str:
         " a test keeps it in sync -->",
         "",
         "A playbook is one YAML file that describes a whole migration. `migrate apply PLAYBOOK` runs its",
-        "stages in order (setup, images, data, run); each stage is idempotent, so applying the same",
+        "stages in order (setup, images, envs, data, run); each stage is idempotent, so applying the same",
         "file again changes nothing and starts no duplicate jobs. Unknown keys and wrong types are",
         "reported with their line number before any remote work starts.",
         "",

@@ -81,8 +81,11 @@ def assess(facts: HostFacts) -> list[Check]:
         "none": ("missing", "no sudo"),
     }
     verdict, detail = sudo_hint.get(facts.sudo, ("warn", facts.sudo))
-    checks.append(Check("sudo", verdict, detail,
-                        "host-setup needs root; push-data/run work without it" if facts.sudo == "none" else ""))
+    hint = "host-setup needs root; push-data, push-env and run work without it" if facts.sudo == "none" else ""
+    if likely_no_sudo(facts) and facts.sudo == "password":
+        verdict, detail = "warn", "sudo asks a password, and you are in no sudo/wheel/admin group: probably no sudo"
+        hint = "`migrate doctor --sudo` proves it; push-data, push-env and run work without it"
+    checks.append(Check("sudo", verdict, detail, hint))
 
     checks.append(Check("systemd", "ok" if facts.systemd else "warn", "running" if facts.systemd else "not PID 1",
                         "" if facts.systemd else "services are restarted with `service`; the dispatcher uses setsid"))
@@ -152,7 +155,33 @@ def assess(facts: HostFacts) -> list[Check]:
                         "" if facts.rsync else "push-data falls back to a tar stream over ssh"))
     checks.append(Check("zstd", "ok" if facts.zstd else "info", facts.zstd or "not found",
                         "" if facts.zstd else "push-image compresses per layer with gzip instead"))
+    if facts.apptainer:
+        checks.append(Check("apptainer", "ok", facts.apptainer))
+    if likely_no_sudo(facts) and not facts.docker.access:
+        checks.append(plain_user(facts))
     return checks
+
+
+ADMIN_GROUPS = {"sudo", "wheel", "admin"}
+
+
+def likely_no_sudo(facts: HostFacts) -> bool:
+    """No sudo, or sudo that asks a password of a user in no admin group (sudo asks everyone first)."""
+    return facts.sudo == "none" or (facts.sudo == "password" and not ADMIN_GROUPS & set(facts.groups))
+
+
+def plain_user(facts: HostFacts) -> Check:
+    """No sudo and no Docker access: what still works, not only what is missing (pure)."""
+    works = ["push-data/pull-data" + ("" if facts.rsync else " (tar over ssh)")]
+    if facts.python_at_least(3, 8):
+        works += ["push-env (your Python packages in ~/.migrate/envs, no root)",
+                  "run --env NAME (process jobs on the GPU dispatcher)", "shell/exec/logs/tunnel"]
+    if facts.python_at_least(3, 10):
+        works.append("cluster up (Ray in ~/.migrate/ray)")
+    if facts.apptainer:
+        works.append("push-image --format sif and run --image x.sif (SIF images with apptainer)")
+    cannot = "host-setup and Docker jobs (--image) need the owner: root, or you in the docker group"
+    return Check("plain user", "info", "works without root: " + "; ".join(works), cannot)
 
 
 @dataclass

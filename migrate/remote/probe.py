@@ -62,6 +62,7 @@ if command -v python3 >/dev/null 2>&1; then
   kv python3 "$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
 fi
 command -v rsync >/dev/null 2>&1 && kv rsync "$(rsync --version 2>/dev/null | head -n 1 | awk '{print $3}')"
+kv apptainer "$(command -v apptainer 2>/dev/null || command -v singularity 2>/dev/null)"
 command -v zstd >/dev/null 2>&1 && kv zstd "$(zstd --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')"
 kv cpus "$(nproc 2>/dev/null)"
 kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
@@ -167,6 +168,7 @@ class HostFacts:
     python3: str = ""
     rsync: str = ""
     zstd: str = ""
+    apptainer: str = ""  # path of apptainer (or singularity): SIF images run without root or Docker
     cpus: int = 0
     aes: bool = False
     boot_id: str = ""
@@ -223,7 +225,8 @@ PROBE_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                                   ("codename", "os_codename"), ("ubuntu_codename", "ubuntu_codename"),
                                                   ("id_like", "os_id_like"), ("pretty", "os_pretty"))},
     **{k: (k, as_is) for k in ("arch", "dpkg_arch", "kernel", "virt", "user", "home", "sudo", "nvidia_smi",
-                               "nvidia_ctk", "nvidia_runtime", "python3", "rsync", "zstd", "boot_id")},
+                               "nvidia_ctk", "nvidia_runtime", "python3", "rsync", "zstd", "boot_id",
+                               "apptainer")},
     "cgroup": ("cgroup_version", _int), "systemd": ("systemd", yes), "systemd_version": ("systemd_version", _int),
     "uid": ("uid", lambda v: _int(v, -1)), "groups": ("groups", str.split), "cpus": ("cpus", _int),
     "aes": ("aes", lambda v: v == "aes"), "nvidia_smi_exit": ("nvidia_smi_ok", lambda v: v == "0"),

@@ -143,7 +143,8 @@ set -eu
 for k in $(seq 200); do s=$(systemctl is-system-running 2>/dev/null || true)
   case "$s" in running|degraded) break;; esac; sleep 0.1; done
 key=$(cat)
-for u in alice bob; do
+id carol >/dev/null 2>&1 || useradd -m -s /bin/bash carol   # a plain user: no sudo, not in the docker group
+for u in alice bob carol; do
   install -d -m700 -o $u -g $u /home/$u/.ssh
   grep -qxF "$key" /home/$u/.ssh/authorized_keys 2>/dev/null || echo "$key" >> /home/$u/.ssh/authorized_keys
   chown $u:$u /home/$u/.ssh/authorized_keys; chmod 600 /home/$u/.ssh/authorized_keys

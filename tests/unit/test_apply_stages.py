@@ -216,3 +216,27 @@ def test_the_same_apply_without_dry_run_changes_the_hosts(hosts, stage):
     fakes, pb = hosts
     apply_playbook(pb, ["gpu"], ConnectOptions(), only=[stage], dry_run=False)
     assert fakes[stage].mutations(), stage
+
+
+def test_the_envs_stage_runs_between_images_and_data_and_is_idempotent(packages, monkeypatch, tmp_path):
+    """Issue 21: `envs:` calls push-env with the playbook's options; an unchanged env counts as no change."""
+    from migrate.env import push as env_push
+
+    (tmp_path / "requirements.txt").write_text("six==1.16.0\n")
+    pb = parse_playbook(PB.replace("data:", "envs:\n  - {name: torch, source: requirements.txt, python: python3.11}\n"
+                                           "data:", 1), tmp_path / "exp.yml")
+    seen: list = []
+    state = {"status": "installed"}
+
+    def push_env(hosts, src, opts, conn):
+        seen.append((hosts, src.kind, src.path, opts.name, opts.python, opts.dry_run))
+        return [env_push.EnvResult(host=h, name=opts.name, status=state["status"]) for h in hosts]
+
+    monkeypatch.setattr(env_push, "push_env", push_env)
+    report = apply_playbook(pb, pb.hosts, ConnectOptions(), only=[], dry_run=False)
+    assert report.stages == ["setup", "images", "envs", "data", "run"]
+    assert seen == [(["h1"], "requirements", tmp_path / "requirements.txt", "torch", "python3.11", False)]
+    assert report.cells[("h1", "envs")].text == "1 env(s) installed or updated"
+    state["status"] = "unchanged"
+    again = apply_playbook(pb, pb.hosts, ConnectOptions(), only=["envs"], dry_run=True)
+    assert again.cells[("h1", "envs")].text == "up to date" and again.changed == 0 and seen[-1][-1] is True

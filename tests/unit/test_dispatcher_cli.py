@@ -24,7 +24,7 @@ def usage_error(res, needle: str) -> None:
     (["run", "h", "--experiments", "a", "--", "x"], "go together"),
     (["run", "h", "--gpu-backend", "cuda", "--", "x"], "unknown GPU backend"),
     (["run", "h", "--min-free-mem", "lots", "--", "x"], "cannot read size"),
-    (["run", "h", "--env", "NOEQUALS", "--", "x"], "bad --env"),
+    (["run", "h", "--env", "=novalue", "--", "x"], "bad --env"),
     (["run", "h", "--jobs", "/nonexistent/jobs.yaml"], "cannot read jobs file"),
     (["run", "h", "--jobs", "/nonexistent/jobs.yaml", "--", "x"], "not both"),
     (["cancel", "h"], "which jobs?"),

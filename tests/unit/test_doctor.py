@@ -114,3 +114,25 @@ def test_diagnose_probes_once_read_only_and_assesses(monkeypatch):
     assert len(host.commands()) == 1 and host.mutations() == [] and host.closed
     assert d.target is host.target and d.facts.os_id == "debian"
     assert _by_name(d.checks)["docker"].verdict == "missing"
+
+
+def test_a_plain_user_is_told_what_still_works():
+    """Issue 21: no sudo and no docker access -> one line of what works, not only what is missing."""
+    text = FRESH.replace("sudo=nopasswd", "sudo=none")
+    c = _by_name(assess(parse_probe(text)))["plain user"]
+    assert c.verdict == "info"
+    assert "push-data" in c.detail and "push-env" in c.detail and "run --env" in c.detail and "cluster up" in c.detail
+    assert "sif" not in c.detail and "host-setup" in c.hint
+    with_sif = _by_name(assess(parse_probe(text + "apptainer=/usr/bin/apptainer\n")))
+    assert "--format sif" in with_sif["plain user"].detail and with_sif["apptainer"].verdict == "ok"
+    old = _by_name(assess(parse_probe(text.replace("python3=3.11.2", "python3=3.9.2"))))["plain user"]
+    assert "push-env" in old.detail and "cluster up" not in old.detail
+    assert "plain user" not in _by_name(assess(parse_probe(FRESH)))  # sudo works: the usual report
+
+
+def test_password_sudo_outside_any_admin_group_is_probably_no_sudo():
+    text = FRESH.replace("sudo=nopasswd", "sudo=password") + "groups=carol\n"
+    c = _by_name(assess(parse_probe(text)))
+    assert c["sudo"].verdict == "warn" and "plain user" in c
+    bob = _by_name(assess(parse_probe(FRESH.replace("sudo=nopasswd", "sudo=password") + "groups=bob sudo\n")))
+    assert bob["sudo"].verdict == "ok" and "plain user" not in bob

@@ -1,0 +1,240 @@
+"""The on-host layout of pushed environments and every remote command line push-env runs (pure).
+
+~/.migrate/envs/NAME          the environment (a venv made by uv from the host's python)
+~/.migrate/envs/NAME/migrate-lock.txt   the exact lock it was synced to (its sha256 says "unchanged")
+~/.migrate/wheels/            the wheels pushed so far (a host that reaches no index installs from here)
+~/.migrate/bin/uv             the static uv binary (pushed once; hosts often lack pip and python3-venv)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from migrate.remote import shell
+
+ENVS_DIR = ".migrate/envs"
+WHEELS_DIR = ".migrate/wheels"
+INCOMING_DIR = ".migrate/.incoming"
+UV_BIN = ".migrate/bin/uv"
+UV_CACHE = ".migrate/cache/uv"
+LOCK_FILE = "migrate-lock.txt"
+# manylinux levels uv resolves for (`uv pip compile --python-platform`): the highest the host's glibc allows
+UV_GLIBC = ((2, 17), (2, 28), (2, 31), (2, 32), (2, 33), (2, 34), (2, 35), (2, 36), (2, 37), (2, 38), (2, 39), (2, 40))
+UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1"}
+
+
+def env_dir(name: str) -> str:
+    return f"{ENVS_DIR}/{name}"
+
+
+def lock_upload(name: str) -> str:
+    return f"{ENVS_DIR}/.{name}.lock"
+
+
+def lock_sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- the probe: one round trip says what the host has ---------------------------------------------
+PROBE = r"""
+import hashlib, json, os, platform, sys
+name, uv_version = sys.argv[1], sys.argv[2]
+home = os.path.expanduser("~")
+env = os.path.join(home, ".migrate", "envs", name)
+def sha(p):
+    try:
+        with open(p, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+def env_python():
+    try:
+        for line in open(os.path.join(env, "pyvenv.cfg")):
+            k, _, v = line.partition("=")
+            if k.strip() in ("version_info", "version"):
+                return ".".join(v.strip().split(".")[:2])
+    except OSError:
+        pass
+    return ""
+uv = ""
+try:
+    with open(os.path.join(home, ".migrate", "bin", "uv.version")) as f:
+        uv = f.read().strip()
+except OSError:
+    pass
+if uv != uv_version or not os.access(os.path.join(home, ".migrate", "bin", "uv"), os.X_OK):
+    uv = ""
+try:
+    wheels = sorted(n for n in os.listdir(os.path.join(home, ".migrate", "wheels")) if n.endswith(".whl"))
+except OSError:
+    wheels = []
+try:
+    glibc = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]
+except (ValueError, OSError, AttributeError, IndexError):
+    glibc = ""
+try:
+    with open(os.path.join(home, ".migrate", "mirror", "journal.json")) as f:
+        mirror = json.load(f).get("url", "")
+except (OSError, ValueError):
+    mirror = ""
+print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable, "mirror": mirror,
+                  "machine": platform.machine(), "glibc": glibc, "uv": uv, "wheels": wheels,
+                  "lock_sha": sha(os.path.join(env, "migrate-lock.txt")), "env_python": env_python(),
+                  "env_exists": os.path.isdir(env)}))
+"""
+
+
+def probe_command(name: str, uv_version: str, python: str = "python3") -> str:
+    """Run the probe with the host's python3 (or --python); exit 127 says that python is missing."""
+    return (f"command -v {shell.quote(python)} >/dev/null 2>&1 || {{ echo 'no such python' >&2; exit 127; }}; "
+            f"{shell.quote(python)} -c {shell.quote(PROBE)} {shell.quote(name)} {shell.quote(uv_version)}")
+
+
+INDEX_CHECK = r"""
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[2].rstrip("/") + "/pip/", timeout=float(sys.argv[1])).close()
+    print("ok")
+except Exception as e:
+    print(str(e)[:200] or type(e).__name__)
+"""
+
+
+PUBLIC_INDEX = "https://pypi.org/simple"
+
+
+def index_command(index_url: str = "", timeout_s: float = 5.0) -> str:
+    """Does the host reach the package index (its mirror, when one is set)? Prints 'ok' or why not."""
+    return f"python3 -c {shell.quote(INDEX_CHECK)} {shell.quote(timeout_s)} {shell.quote(index_url or PUBLIC_INDEX)}"
+
+
+@dataclass
+class HostFacts:
+    """What the probe found on one host."""
+
+    host: str
+    python: str
+    python_path: str
+    machine: str
+    glibc: str
+    uv: str = ""
+    wheels: list[str] = field(default_factory=list)
+    lock_sha: str = ""
+    env_python: str = ""
+    env_exists: bool = False
+    mirror: str = ""     # the index URL `migrate mirror` set for this user ("" = the public index)
+
+    @classmethod
+    def parse(cls, host: str, stdout: str) -> HostFacts:
+        data = json.loads(stdout.strip().splitlines()[-1])
+        return cls(host=host, **{k: data[k] for k in ("python", "python_path", "machine", "glibc", "uv", "wheels",
+                                                     "lock_sha", "env_python", "env_exists")},
+                   mirror=data.get("mirror", ""))
+
+
+def manylinux(glibc: str) -> tuple[int, int]:
+    """The manylinux level to resolve for: the highest uv knows that the host's glibc runs."""
+    have = tuple(int(x) for x in re.findall(r"\d+", glibc)[:2]) or (2, 17)
+    fits = [g for g in UV_GLIBC if g <= have]
+    return fits[-1] if fits else UV_GLIBC[0]
+
+
+def uv_platform(machine: str, glibc: str) -> str:
+    major, minor = manylinux(glibc)
+    return f"{machine}-manylinux_{major}_{minor}"
+
+
+def pip_platform(machine: str, glibc: str) -> str:
+    major, minor = manylinux(glibc)
+    return f"manylinux_{major}_{minor}_{machine}"
+
+
+def pip_platforms(machine: str, glibc: str) -> list[str]:
+    """Every platform tag the host runs, most specific first: `pip download --platform` takes exactly
+    the tags it is given (manylinux_2_36 does not imply manylinux_2_17)."""
+    _, minor = manylinux(glibc)
+    tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return tags + [f"{legacy[m]}_{machine}" for m in (17, 12, 5) if m <= minor]
+
+
+# -- locks and wheel file names ----------------------------------------------------------------------
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def parse_lock(text: str) -> list[tuple[str, str]]:
+    """`name==version` lines of an exact lock -> [(normalized name, version)]; anything else is refused."""
+    pins = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;]+)$", line)
+        if not m:
+            raise ValueError(line)
+        pins.append((normalize(m.group(1)), m.group(3)))
+    return pins
+
+
+def wheel_key(filename: str) -> tuple[str, str]:
+    """`Foo.Bar-1.0-py3-none-any.whl` -> ('foo_bar', '1.0')."""
+    parts = filename[:-4].split("-")
+    return normalize(parts[0]), parts[1] if len(parts) > 1 else ""
+
+
+# -- on the host ---------------------------------------------------------------------------------
+def unpack_command() -> str:
+    """Unpack the pushed tar (bin/uv, wheels/*.whl) aside, then move each complete file in place:
+    a broken stream leaves nothing in ~/.migrate/wheels that looks whole."""
+    inc = shell.home_path(INCOMING_DIR)
+    return (f"umask 077 && cd && {shell.mkdir_private('.migrate')} && rm -rf {inc} && "
+            f"{shell.mkdir_private(INCOMING_DIR)} && "
+            f"tar -xf - -C {inc} && cd {inc} && "
+            f"for d in bin wheels; do if [ -d $d ]; then mkdir -p ../$d && chmod 700 ../$d && "
+            f"find $d -type f -exec mv -f {{}} ../$d/ \\; ; fi; done && cd && rm -rf {inc}")
+
+
+def install_command(name: str, python_path: str, python: str, *, offline: bool, index_url: str = "") -> str:
+    """(Re)create the venv when missing or on another python, `uv pip sync` it to the uploaded lock,
+    then keep that lock as the record of what the environment holds (written last)."""
+    env = shell.home_path(env_dir(name))
+    uv = shell.home_path(UV_BIN)
+    lock = shell.home_path(lock_upload(name))
+    major, minor = (int(x) for x in python.split(".")[:2])
+    check = shell.quote(f"import sys; sys.exit(sys.version_info[:2] != ({major}, {minor}))")
+    source = (f"--no-index --find-links {shell.home_path(WHEELS_DIR)} " if offline else
+              f"--index-url {shell.quote(index_url)} " if index_url else "")
+    env_vars = shell.env_prefix(UV_ENV) + f"UV_CACHE_DIR={shell.home_path(UV_CACHE)} "
+    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && "
+            f"{{ {{ [ -x {env}/bin/python ] && {env}/bin/python -c {check}; }} || "
+            f"{{ rm -rf {env} && {env_vars}{uv} venv -q --python {shell.quote(python_path)} {env}; }}; }} && "
+            f"{env_vars}{uv} pip sync -q --python {env}/bin/python {source}{lock} && "
+            f"mv -f {lock} {env}/{LOCK_FILE}")
+
+
+def conda_install_command(name: str) -> str:
+    """Receive the conda-pack tar on stdin into NAME.new, swap it in, relocate it with its own
+    conda-unpack (run by the env's python), then keep the uploaded lock (written last)."""
+    env = shell.home_path(env_dir(name))
+    new = shell.home_path(env_dir(name) + ".new")
+    lock = shell.home_path(lock_upload(name))
+    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && rm -rf {new} && mkdir -m 700 {new} && "
+            f"tar -xf - -C {new} && rm -rf {env} && mv {new} {env} && "
+            f"{env}/bin/python {env}/bin/conda-unpack && mv -f {lock} {env}/{LOCK_FILE}")
+
+
+def delete_command(name: str) -> str:
+    env = shell.home_path(env_dir(name))
+    return f"cd && if [ -d {env} ]; then rm -rf {env} && echo deleted; else echo absent; fi"
+
+
+def exists_command(name: str) -> str:
+    return f"cd && if [ -d {shell.home_path(env_dir(name))} ]; then echo yes; else echo no; fi"
+
+
+def list_command() -> str:
+    return f"cd && ls -1 {shell.home_path(ENVS_DIR)} 2>/dev/null || true"
