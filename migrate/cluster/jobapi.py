@@ -75,15 +75,15 @@ class JobApi:
                                hint="is the cluster up? `migrate cluster status NAME`") from None
         return json.loads(body) if body else None
 
-    def _either(self, method: str, path: str) -> Any:
+    def _either(self, method: str, path: str, payload: dict | None = None, *, timeout: float | None = None) -> Any:
         """Ask the launcher first; a job it does not know (404) is a Ray job."""
         if self.launcher:
             try:
-                return self._call(method, path, base=self.launcher)
+                return self._call(method, path, payload, base=self.launcher, timeout=timeout)
             except JobApiError as exc:
                 if exc.status != 404:
                     raise
-        return self._call(method, path)
+        return self._call(method, path, timeout=timeout)   # Ray's own stop takes no grace: its fixed 3 s
 
     def probe_launcher(self) -> bool:
         """Whether the launcher answers (a cluster from an older migrate, or one whose launcher died,
@@ -118,8 +118,12 @@ class JobApi:
     def logs(self, submission_id: str) -> str:
         return self._either("GET", f"/api/jobs/{submission_id}/logs").get("logs", "")
 
-    def stop(self, submission_id: str) -> bool:
-        return bool(self._either("POST", f"/api/jobs/{submission_id}/stop").get("stopped"))
+    def stop(self, submission_id: str, grace: float | None = None) -> bool:
+        """Stop a job; the launcher waits `grace` seconds between SIGTERM and SIGKILL (Ray's own jobs:
+        Ray's fixed 3 s)."""
+        body = None if grace is None else {"grace": grace}
+        wait = None if grace is None else grace + self.timeout
+        return bool(self._either("POST", f"/api/jobs/{submission_id}/stop", body, timeout=wait).get("stopped"))
 
     def submit_ray_job(self, payload: dict) -> str:
         """Submit to Ray's job API whatever the payload (the launcher's own job)."""

@@ -423,7 +423,9 @@ def logs(name: str, conn: ConnectOptions, job: str, *, follow: bool, tail: int |
         return follow_logs(api, j["submission_id"], follow=follow)
 
 
-def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: bool, as_json: bool) -> int:
+def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: bool, as_json: bool,
+           grace: float | None = None, dry_run: bool = False) -> int:
+    """Stop the chosen jobs (launcher jobs: SIGTERM, SIGKILL after `grace` s); --dry-run only lists them."""
     if all_jobs == bool(jobs):
         raise UsageError("give job ids or --all" if not jobs else "give job ids or --all, not both")
     record = state.load(name)
@@ -437,13 +439,16 @@ def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: 
                 if not all_jobs:
                     rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "left as it is"})
                 continue
-            api.stop(j["submission_id"])
-            rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "stopped"})
+            if not dry_run:
+                api.stop(j["submission_id"], grace)
+            rows.append({"id": j["metadata"]["migrate_id"], "was": was,
+                         "outcome": "would stop" if dry_run else "stopped"})
     if as_json:
-        ui.print_json({"cluster": name, "cancelled": rows})
+        ui.print_json({"cluster": name, "dry_run": dry_run, "cancelled": [] if dry_run else rows,
+                       **({"would_cancel": rows} if dry_run else {})})
     elif rows:
-        ui.table(f"cancelled on cluster {name}", ["id", "was", "outcome"], [(r["id"], r["was"], r["outcome"])
-                                                                           for r in rows])
+        ui.table(f"{'dry run: would cancel' if dry_run else 'cancelled'} on cluster {name}", ["id", "was", "outcome"],
+                 [(r["id"], r["was"], r["outcome"]) for r in rows])
     else:
         ui.info("nothing to cancel")
     return 0

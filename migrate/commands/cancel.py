@@ -45,8 +45,8 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bo
     returns when they are gone. Finished jobs are left as they are.
     """
     check_job_refs(jobs)
-    if cluster_state.exists(host) and not dry_run:  # a cluster name (issue 14)
-        cluster_jobs.cancel(host, conn, jobs, all_jobs=all_jobs, as_json=as_json)
+    if cluster_state.exists(host):  # a cluster name: --grace and --dry-run mean the same there
+        cluster_jobs.cancel(host, conn, jobs, all_jobs=all_jobs, as_json=as_json, grace=grace, dry_run=dry_run)
         return
     args = cancel_args(jobs, all_jobs, grace, dry_run)
     with ui.err.status(f"cancelling on {host}"):

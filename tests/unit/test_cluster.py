@@ -529,3 +529,15 @@ def test_a_job_no_node_can_hold_is_refused_at_submit_and_a_queued_one_says_why()
     why = jobs.waiting_reason({"gpus": 2, "nodes": 0}, rec, {"gpu1": 1})
     assert why.startswith("waiting for 2 free GPU(s) on one node (free now: gpu1: 1, gpu2: 1")
     assert jobs.waiting_reason({"gpus": 0, "nodes": 0}, rec, {}) == "waiting for a CPU slot on a node"
+
+
+def test_cancel_dry_run_on_a_cluster_asks_the_cluster_not_a_host_named_like_it(tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    rec = record()
+    rec.nodes[0].host = "nohost.invalid"
+    state.save(rec)
+    res = run_cli("cancel", "lab", "1", "--dry-run", "--grace", "30", env={"MIGRATE_STATE_DIR": str(tmp_path)})
+    assert res.code == 1 and "head nohost.invalid" in res.stderr, res.output      # the cluster's head, not 'lab'
+    assert "cannot resolve host 'lab'" not in res.stderr

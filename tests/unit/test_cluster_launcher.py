@@ -53,7 +53,8 @@ class FakeRunner:
         self.book.update(job["submission_id"], status="RUNNING", driver_node_id="n1", pid=4242)
         return job["submission_id"]
 
-    def stop(self, sid: str) -> bool:
+    def stop(self, sid: str, grace: float = launcher.STOP_WAIT_S) -> bool:
+        self.graces = [*getattr(self, "graces", []), grace]
         self.book.update(sid, status="STOPPED", message="stopped")
         return True
 
@@ -145,8 +146,9 @@ def test_job_logs_and_stop_ask_the_launcher_first_and_fall_back_to_ray_on_404(se
     assert api.job("lab-1")["status"] == "RUNNING"
     assert api.job("lab-9")["metadata"]["migrate_nodes"] == "2"          # a Ray (gang) job
     assert api.logs("lab-9") == "rank 0\n"
-    assert api.stop("lab-1") is True and api.job("lab-1")["status"] == "STOPPED"
-    assert api.stop("lab-9") is True and FakeRay.posted[-1] == {}
+    assert api.stop("lab-1", grace=25) is True and api.job("lab-1")["status"] == "STOPPED"
+    assert runner.graces == [25.0]                                     # --grace reaches the launcher
+    assert api.stop("lab-9", grace=25) is True and FakeRay.posted[-1] == {}   # Ray's own stop takes none
     with pytest.raises(JobApiError) as err:
         api.job("lab-404")
     assert err.value.status == 404 and "Ray's job API answered 404" in err.value.message

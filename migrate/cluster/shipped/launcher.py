@@ -126,9 +126,9 @@ def remote_functions():
         yield {"exit": code if code >= 0 else 128 - code, "end": time.time()}   # a signal N: 128+N, as sh says
 
     @ray.remote(num_cpus=0, max_calls=0)
-    def stop_job(pgid: int) -> bool:
+    def stop_job(pgid: int, wait: float = STOP_WAIT_S) -> bool:
         """Stop a job's process group on this node (the stop path for a job that already started)."""
-        stop_group(pgid)
+        stop_group(pgid, wait)
         return True
 
     @ray.remote(num_cpus=0, max_calls=0)
@@ -275,9 +275,9 @@ class Launcher:
                 except (ValueError, KeyError, ray.exceptions.RayError) as exc:
                     self.book.update(sid, message=f"{message}; the retry could not be submitted: {exc}")
 
-    def stop(self, sid: str) -> bool:
-        """Stop a job: a started one through a small task on its node (SIGTERM, SIGKILL after 3 s), a
-        queued one by cancelling its task. False when it had ended already."""
+    def stop(self, sid: str, grace: float = STOP_WAIT_S) -> bool:
+        """Stop a job: a started one through a small task on its node (SIGTERM, SIGKILL after `grace`
+        seconds), a queued one by cancelling its task. False when it had ended already."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         job = self.book.jobs[sid]
@@ -287,7 +287,8 @@ class Launcher:
         if job["status"] == "RUNNING" and job.get("pid") and job.get("driver_node_id"):
             strategy = NodeAffinitySchedulingStrategy(node_id=job["driver_node_id"], soft=False)
             try:
-                ray.get(self.stop_job.options(scheduling_strategy=strategy).remote(job["pid"]), timeout=30)
+                ray.get(self.stop_job.options(scheduling_strategy=strategy).remote(job["pid"], grace),
+                        timeout=grace + 30)
                 return True
             except ray.exceptions.RayError:
                 pass
@@ -494,7 +495,8 @@ def handler_for(book: Book, launcher, dashboard: int, token: str = ""):
             if len(parts) == 4 and parts[:2] == ["api", "jobs"] and parts[3] == "stop":
                 if self.job_or_404(parts[2]) is None:
                     return None
-                return self.reply(200, {"stopped": launcher.stop(parts[2])})
+                grace = float(body.get("grace", STOP_WAIT_S)) if isinstance(body, dict) else STOP_WAIT_S
+                return self.reply(200, {"stopped": launcher.stop(parts[2], max(0.0, min(grace, 3600.0)))})
             return self.reply(404, {"error": "not found"})
 
     return Handler
