@@ -21,7 +21,7 @@ import pytest
 
 from migrate.agent.gpus import fake_state
 from migrate.remote.connection import connect
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, wait_until
 from tests.integration.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.slow
@@ -288,10 +288,8 @@ def test_a_job_waits_instead_of_sharing_a_gpu_another_user_took(cluster):
         write_fake_gpus(a, busy=True)
     try:
         [jid] = submit(env, "-e", "MIGRATE_POLITE_POLL_S=1", "--", "echo polite-ran")
-        deadline = time.monotonic() + 60
-        while "waiting, not sharing" not in run_cli("logs", NAME, jid, env=env).stdout:
-            assert time.monotonic() < deadline, "the job never said it waits"
-            time.sleep(1)
+        wait_until(lambda: "waiting, not sharing" in run_cli("logs", NAME, jid, env=env).stdout, timeout=60,
+                   interval=1, what="the job to say it waits")
         assert "polite-ran" not in run_cli("logs", NAME, jid, env=env).stdout.splitlines()
     finally:
         for a in aliases:

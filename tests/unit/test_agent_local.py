@@ -17,6 +17,7 @@ import pytest
 from migrate.agent import procs
 from migrate.agent.db import Queue
 from tests.agent_helpers import LocalAgent
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,8 @@ def test_kill9_dispatcher_mid_run_readopts_all_jobs_without_duplicates(agent, tm
                          for d, code in ((1, 0), (3, 4), (5, 0), (6, 7))])
     agent.wait(lambda js: all(j["state"] == "running" for j in js))
     os.kill(agent.daemon_pid(), signal.SIGKILL)
-    time.sleep(2)  # job 1 ends while no dispatcher runs
+    first_exit = agent.home / "dispatcher" / "jobs" / str(jobs[0]["id"]) / "exit"
+    wait_until(first_exit.exists, timeout=10, what="job 1 to end while no dispatcher runs")
     assert agent.daemon_pid() is None
     agent.call("ensure", "--mode", "setsid")
     done = agent.wait_final([j["id"] for j in jobs], timeout=30)
@@ -79,8 +81,7 @@ def test_kill9_dispatcher_mid_run_readopts_all_jobs_without_duplicates(agent, tm
 def test_cancel_kills_the_whole_process_group_even_if_it_ignores_sigterm(agent):
     (job,) = agent.submit([{"command": "sh -c 'trap \"\" TERM; sleep 300' & sleep 300", "gpus": 0}])
     running = agent.wait(lambda js: js[0]["state"] == "running")[0]
-    time.sleep(0.5)
-    assert len(procs.group_members(running["pgid"])) >= 3
+    wait_until(lambda: len(procs.group_members(running["pgid"])) >= 3, timeout=10, what="the job's 3 processes")
     res = agent.call("cancel", str(job["id"]), "--grace", "1")
     assert "SIGKILL" in res["cancelled"][0]["outcome"]
     assert procs.group_members(running["pgid"]) == []
