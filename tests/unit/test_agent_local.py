@@ -107,7 +107,8 @@ def test_foreign_process_blocks_admission_until_it_leaves(agent):
 
 def test_nvml_fault_keeps_cpu_jobs_flowing_and_gpu_jobs_wait(agent):
     state = agent.fake_gpus(2)
-    (long_job,) = agent.submit([{"command": "sleep 4"}])
+    release = agent.home / "release-long-job"  # not `sleep 4`: a loaded machine let it end before the check
+    (long_job,) = agent.submit([{"command": f"while [ ! -e {release} ]; do sleep 0.1; done"}])
     agent.wait(lambda js: js[0]["state"] == "running")
     state["error"] = "Unknown Error"
     agent.write_fake(state)
@@ -120,6 +121,7 @@ def test_nvml_fault_keeps_cpu_jobs_flowing_and_gpu_jobs_wait(agent):
     assert "nvidia-ctk" in agent.call("status")["gpu_error"]
     state["error"] = None
     agent.write_fake(state)
+    release.touch()
     done = agent.wait_final([gpu_job["id"], long_job["id"]], timeout=20)
     assert all(j["state"] == "done" for j in done.values())
 
