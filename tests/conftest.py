@@ -19,9 +19,10 @@ import pytest
 
 T = TypeVar("T")
 CLI_COLUMNS = "200"  # pinned: a developer's COLUMNS=80 must not change what tests see (issue 23)
-# True: `run_cli` calls migrate.cli.main in this process (unit tests, milliseconds a call).
-# tests/integration/conftest.py turns it off: there the CLI runs in its own process, as a user runs it.
+# True: `run_cli` calls migrate.cli.main in this process (unit tests, milliseconds a call), except for
+# integration tests (and their fixtures): there the CLI runs in its own process, as a user runs it.
 CLI_IN_PROCESS = True
+INTEGRATION_TESTS = "tests/integration/"
 CLI_CALLS = {"in-process": 0, "subprocess": 0}  # shown at the end of a run: subprocesses are the slow ones
 
 
@@ -47,9 +48,10 @@ def _cli_env(env: dict | None) -> dict[str, str]:
 def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300,
             cwd: str | None = None, own_process: bool = False) -> CliResult:
     """Run `migrate ARGS` and capture exit code and output: in-process unless `own_process` is
-    set or CLI_IN_PROCESS is off (a test that needs a process boundary: a tty, signals, a
-    separate process to watch)."""
-    if own_process or not CLI_IN_PROCESS:
+    set (a test that needs a process boundary: a tty, signals, a separate process to watch), or
+    an integration test (or one of its fixtures, session-scoped ones too) is running."""
+    integration = os.environ.get("PYTEST_CURRENT_TEST", "").startswith(INTEGRATION_TESTS)
+    if own_process or integration or not CLI_IN_PROCESS:
         return run_cli_subprocess(*args, env=env, input=input, timeout=timeout, cwd=cwd)
     return run_cli_in_process(*args, env=env, input=input, cwd=cwd)
 

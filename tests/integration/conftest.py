@@ -17,7 +17,6 @@ import os
 
 import pytest
 
-import tests.conftest
 from migrate.remote.connection import connect
 from migrate.sandbox.manager import Sandbox, SandboxSettings
 from tests.conftest import run_cli
@@ -33,12 +32,6 @@ SLOTS = {"sbtest": 1, "hsetup": 2, "pimage": 3, "pdata": 4, "runq": 5, "apply": 
 # subnets and ports, so two runs never bring up, change or tear down each other's hosts.
 TEST_PREFIX = os.environ.get("MIGRATE_TEST_PREFIX", "")
 SLOT_BASE = int(os.environ.get("MIGRATE_TEST_SLOT_BASE", "0"))
-
-
-@pytest.fixture(autouse=True)
-def _cli_in_its_own_process(monkeypatch):
-    """Integration tests run `migrate` as a user does, in its own process (ssh masters, signals, ttys)."""
-    monkeypatch.setattr(tests.conftest, "CLI_IN_PROCESS", False)
 
 
 def sandbox_env(name: str) -> dict[str, str]:
