@@ -65,6 +65,13 @@ def cli(verbose: int) -> None:
 
     HOST is [user@]host or an alias from ~/.ssh/config; `migrate sandbox up` adds local
     rehearsal hosts named sandbox1, sandbox2, ... Start with `migrate doctor HOST`.
+
+    \b
+    Examples:
+      migrate doctor gpu1                  # what the host has and lacks
+      migrate push-data ./data gpu1:data   # then push-image, run, status...
+      migrate run gpu1 -- python train.py
+      migrate sandbox up                   # rehearse on local hosts first
     """
     ui.set_verbosity(verbose)
 

@@ -1,8 +1,8 @@
 """The dispatcher agent: the part of migrate that runs ON the borrowed server.
 
 It needs only python3 >= 3.8 and its standard library (plus the pure-Python `pynvml` module,
-vendored and pinned in `_vendor/`, for real GPUs), because it is copied to a machine that belongs to someone else
-and runs there for days. `migrate run` builds it into a versioned zipapp
+pinned in `_vendor/` and shipped in the zipapp, for real GPUs), because it is copied to a machine
+that belongs to someone else and runs there for days. `migrate run` builds it into a versioned zipapp
 (`~/.migrate/agent/migrate-agent-<version>.pyz`, see `migrate.jobs.bundle`); the client talks to
 it by running that file with a subcommand over SSH (`submit`, `status`, `logs`, ...).
 

@@ -409,13 +409,21 @@ class Queue:
             job = self.get(job_id)
             if job is None:
                 raise QueueError(f"no job {job_id}")
-            if job["state"] not in FINAL:
-                raise QueueError(f"job {job_id} ({job['name']}) is {job['state']}, not finished",
-                                 "only done, failed, cancelled or lost jobs can be retried")
+            refusal = retry_refusal(job)
+            if refusal:
+                raise refusal
             self._move(job_id, FINAL, QUEUED, queued_at=now, cancel_requested=0, auto_retries_used=0,
                        exit_code=None, ended_at=None, gpu_uuids=[], gpu_indices=[], pid=None, pgid=None,
                        start_ticks=None, container=None, reason="retried by the user")
             return self.get(job_id)  # type: ignore[return-value]
+
+
+def retry_refusal(job: dict) -> QueueError | None:
+    """Why `job` cannot be retried (it has not finished), or None."""
+    if job["state"] in FINAL:
+        return None
+    return QueueError(f"job {job['id']} ({job['name']}) is {job['state']}, not finished",
+                      "only done, failed, cancelled or lost jobs can be retried")
 
 
 class _Transaction:

@@ -1,7 +1,7 @@
 """The GPU view: one interface, two backends.
 
-- `NvmlBackend`: the real thing, through the pure-Python `pynvml` module (nvidia-ml-py, vendored
-  and pinned in `_vendor/`). Memory comes from the v2 API when the driver has it (its `used` excludes the
+- `NvmlBackend`: the real thing, through the pure-Python `pynvml` module (nvidia-ml-py, pinned in
+  `_vendor/`, shipped in the zipapp). Memory comes from the v2 API when the driver has it (its `used` excludes the
   driver's reservation, ~480 MiB on an idle H100 with v1), compute AND graphics processes are
   listed, MIG instances are expanded as leaf devices, and an error on one GPU marks only that
   GPU (`GpuDevice.error`) instead of failing the whole view.
@@ -142,7 +142,7 @@ class NvmlBackend:
     def _module(self) -> Any:
         if self._nv is None:
             try:
-                from ._vendor import pynvml  # nvidia-ml-py, vendored and pinned (see _vendor/__init__.py)
+                from ._vendor import pynvml  # nvidia-ml-py, pinned (see _vendor/__init__.py)
             except ImportError as exc:
                 raise GpuBackendError(f"the pynvml module is not available: {exc}",
                                       "the agent zipapp ships it; rerun `migrate run` to reinstall the agent") from None

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import VERSION, control, notify
-from .db import ACTIVE, FINAL, LOST, QUEUED, STATES, Queue, QueueError
+from .db import ACTIVE, CANCELLED, FAILED, FINAL, LOST, QUEUED, STATES, Queue, QueueError, retry_refusal
 from .fields import JOB_FIELDS, SPEC_KEYS
 from .layout import Layout, write_private
 from .lock import AgentLog, acquire_lock
@@ -29,6 +29,7 @@ from .lock import AgentLog, acquire_lock
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
 PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
+RETRY_ALL = (FAILED, CANCELLED, LOST)  # `retry --all`: every job that did not succeed (done ones stay done)
 FOLLOW_CHECK_S = 2.0  # logs --follow: how often it checks that a dispatcher is there to end the job
 AGENT_ERROR_MARK = "MIGRATE-ERROR "  # stderr lines the client turns into an error (logs streams stdout)
 AGENT_WARN_MARK = "MIGRATE-WARN "  # ... and into a warning
@@ -405,7 +406,15 @@ def cmd_cancel(args: Any, layout: Layout) -> dict:
 
 def cmd_retry(args: Any, layout: Layout) -> dict:
     queue = open_queue(layout)
-    jobs = _resolve(queue, args.jobs)
+    if args.all == bool(args.jobs):
+        raise AgentError("give job ids or --all" if not args.jobs else "give job ids or --all, not both")
+    jobs = queue.jobs(RETRY_ALL) if args.all else _resolve(queue, args.jobs)
+    if args.dry_run:
+        for job in jobs:
+            refusal = retry_refusal(job)
+            if refusal:
+                raise AgentError(refusal.message, refusal.hint)
+        return {"would_retry": [{"id": j["id"], "name": j["name"], "was": j["state"]} for j in jobs]}
     out = []
     for job in jobs:
         try:
@@ -616,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=10.0)
     sp.add_argument("--dry-run", action="store_true")
     sp = add("retry", cmd_retry)
-    sp.add_argument("jobs", nargs="+")
+    sp.add_argument("jobs", nargs="*")
+    sp.add_argument("--all", action="store_true", help="every failed, cancelled or lost job")
+    sp.add_argument("--dry-run", action="store_true")
     sp.add_argument("--mode", default="auto", choices=("auto", "systemd", "setsid"))
     start_opts(add("resume", cmd_resume), slots=False)
     add("stop", cmd_stop)

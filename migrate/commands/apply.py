@@ -44,6 +44,13 @@ def command(playbook: str, dry_run: bool, only: str | None, host: tuple[str, ...
     made`, "changed" in --json), checking the jobs already queued without installing anything.
     A sweep of more than 1000 jobs is confirmed first (on a terminal; --yes in scripts); more
     than 10000 is refused.
+
+    \b
+    Examples:
+      migrate init                         # a commented migrate.yml
+      migrate apply migrate.yml -n         # what each stage would change
+      migrate apply migrate.yml -H sandbox1
+      migrate apply migrate.yml --only data,run
     """
     pb = load_playbook(playbook)
     only_list = [s.strip() for s in only.split(",") if s.strip()] if only else []

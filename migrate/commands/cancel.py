@@ -43,6 +43,12 @@ def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bo
     Queued jobs leave the queue. Running jobs get SIGTERM on their whole process group (container
     jobs: docker stop), then SIGKILL if they are still there after --grace seconds; the command
     returns when they are gone. Finished jobs are left as they are.
+
+    \b
+    Examples:
+      migrate cancel gpu1 7 train-big
+      migrate cancel gpu1 --all --dry-run  # what --all would stop
+      migrate cancel gpu1 7 --grace 60     # a minute to save a checkpoint
     """
     check_job_refs(jobs)
     if cluster_state.exists(host):  # a cluster name: --grace and --dry-run mean the same there

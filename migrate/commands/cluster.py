@@ -32,6 +32,7 @@ def group() -> None:
     """Several borrowed servers as one Ray cluster: up, status, down.
 
     \b
+    Examples:
       migrate cluster up lab gpu1 gpu2 gpu3          gpu1 is the head
       migrate run lab --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
       migrate run lab --nodes 2 --gpus-per-node 4 -- torchrun ... train.py
@@ -79,13 +80,13 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
     each host, so other users of the servers cannot run code through Ray's ports. One cluster per
     user on a host: a host that is a node of another of your clusters is refused.
 
-    \b
     Rerun with the same options: nothing to do; a stopped launcher is started again; worker nodes
     that are gone are started again while every running job keeps running. A head that is gone
     needs --restart (its jobs are lost with it). Other options than the running cluster's are
     refused with the command that applies them.
 
     \b
+    Examples:
       migrate cluster up lab gpu1 gpu2 gpu3 --dry-run
       migrate cluster up lab gpu1 gpu2 gpu3 --gpu-pool gpu1=0,1
       migrate cluster up lab gpu1 gpu2 gpu3 --restart      the head was rebooted
@@ -104,7 +105,13 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print nodes and job counts as JSON.")
 def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
-    """Nodes of cluster NAME: state, GPUs offered and used, running jobs (jobs: `migrate status NAME`)."""
+    """Nodes of cluster NAME: state, GPUs offered and used, running jobs (jobs: `migrate status NAME`).
+
+    \b
+    Examples:
+      migrate cluster status lab
+      migrate cluster status lab --json
+    """
     data = ops.status(name, conn)
     if as_json:
         ui.print_json(data)
@@ -138,6 +145,7 @@ def down_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, purge:
     only when the local record of NAME is corrupt (then they say where to stop it).
 
     \b
+    Examples:
       migrate cluster down lab
       migrate cluster down lab --purge               also remove ~/.migrate/ray
       migrate cluster down lab --forget gpu1 gpu2    the record here is unreadable

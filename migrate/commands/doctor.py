@@ -43,5 +43,11 @@ def command(host: str, conn: ConnectOptions, as_json: bool, check_sudo: bool) ->
 
     One SSH round trip, read-only. Each line gets a verdict (ok / warn / missing / info) and a
     hint. Exits 0 when the host could be probed, whatever it lacks.
+
+    \b
+    Examples:
+      migrate doctor gpu1
+      migrate doctor alice@10.0.0.7 -p 2222 --sudo
+      migrate doctor gpu1 --json > gpu1.json
     """
     sys.exit(run_doctor(host, conn, as_json=as_json, check_sudo=check_sudo))

@@ -24,6 +24,11 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     else's process, memory in use above the GPU's measured idle threshold, or high utilisation:
     the reason says which) or error. Only looks: where the dispatcher agent is not installed
     it runs from memory, and nothing is written on the host.
+
+    \b
+    Examples:
+      migrate gpus gpu1
+      migrate gpus gpu1 --json
     """
     args = ["gpus", *backend_args(gpu_backend)]
     data, name = call_agent(host, conn, args, what="read the GPUs", need_queue=False, install=False)

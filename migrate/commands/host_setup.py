@@ -85,26 +85,34 @@ def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], c
     """Make servers GPU-container ready: Docker, the NVIDIA container toolkit, daemon.json, the docker group.
 
     \b
-    Steps, each checked before it changes anything (ok / changed / skipped / failed):
+    Steps, each checked before it changes anything (ok/changed/skipped/failed):
       host            OS and codename, arch, sudo, GPU driver, a busy dpkg
-      docker-repo     Docker's apt repository (key file + signed-by; never apt-key)
-      docker-engine   docker-ce, or the distribution's docker.io; a working engine is kept
-      nvidia-repo     NVIDIA's libnvidia-container repository (needs a driver, or --force)
+      docker-repo     Docker's apt repository (key file + signed-by; no apt-key)
+      docker-engine   docker-ce, or the distribution's docker.io (a working
+                      engine is kept)
+      nvidia-repo     NVIDIA's libnvidia-container repository (needs a driver,
+                      or --force)
       nvidia-toolkit  nvidia-container-toolkit (host-setup never installs drivers)
-      daemon-json     merge runtimes.nvidia etc. into /etc/docker/daemon.json, keep every key,
-                      back up, validate, restart docker once, roll back if it does not start
-      docker-service  start docker, or restart it once when the toolkit came after it
-      docker-group    add you to the docker group, reconnect, prove `docker info` without sudo
-      verify          docker info lists the nvidia runtime; a GPU container runs nvidia-smi -L
-    \b
+      daemon-json     merge runtimes.nvidia etc. into /etc/docker/daemon.json,
+                      keep every key, back up, validate, restart docker once,
+                      roll back if it does not start
+      docker-service  start docker, or restart it once when the toolkit came
+                      after it
+      docker-group    add you to the docker group, reconnect, prove
+                      `docker info` without sudo
+      verify          docker info lists the nvidia runtime; a GPU container
+                      runs nvidia-smi -L
+
     Every change is journalled on the host in ~/.migrate/host-setup/journal.jsonl; --undo reverses
     them. Several hosts run in parallel; one failing does not stop the others. Exit code 1 if any
     host failed.
+
     \b
     Examples:
       migrate host-setup alice@gpu-box --dry-run
-      migrate host-setup gpu1 gpu2 --docker-source mirror:tuna --nvidia-mirror ustc
-      migrate host-setup -H gpu1 -H gpu2 --dry-run      (the same hosts, as every verb names them)
+      migrate host-setup gpu1 gpu2 --docker-source mirror:tuna \\
+          --nvidia-mirror ustc
+      migrate host-setup -H gpu1 -H gpu2 --dry-run   # -H, as every verb
       migrate host-setup --download-offline ./debs --for ubuntu:22.04
       migrate host-setup gpu-box --offline ./debs
       migrate host-setup gpu-box --undo

@@ -68,7 +68,13 @@ def starter_playbook(path: str, host: str, sandbox_host: str = "sandbox1") -> st
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print {path, host} of the written playbook as JSON.")
 def command(path: str, host: str, force: bool, as_json: bool) -> None:
-    """Write a commented starter playbook to PATH (default migrate.yml)."""
+    """Write a commented starter playbook to PATH (default migrate.yml).
+
+    \b
+    Examples:
+      migrate init                         # migrate.yml for the sandbox
+      migrate init lab.yml --host alice@gpu1
+    """
     target = Path(path)
     if target.exists() and not force:
         raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")

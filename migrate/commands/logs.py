@@ -36,6 +36,12 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     with the exit code. With -f it waits for a queued job to start and stops when it ends; if
     the dispatcher is not running it records the job's end itself and warns, and a queued job that
     cannot start (no dispatcher, paused queue) ends the follow with an error.
+
+    \b
+    Examples:
+      migrate logs gpu1 7
+      migrate logs gpu1 train-big -f       # follow until the job ends
+      migrate logs gpu1 7 --tail 50
     """
     check_job_refs([job])
     if tail_n is not None:

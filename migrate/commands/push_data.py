@@ -67,10 +67,11 @@ def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[
     """Copy files and datasets to a host with rsync: resumable, with progress, no trailing-slash trap.
 
     \b
-    migrate push-data ./cifar gpu:/data/cifar       contents of ./cifar become /data/cifar
-    migrate push-data ./cifar gpu:/data --into      ./cifar lands at /data/cifar
-    migrate push-data a.txt b/ gpu:/srv/            several sources always go inside DEST
-    migrate push-data ./ckpt gpu:/data/ckpt -H gpu2 -H gpu3
+    Examples:
+      migrate push-data ./cifar gpu:/data/cifar   # contents -> /data/cifar
+      migrate push-data ./cifar gpu:/data --into  # ./cifar lands at /data/cifar
+      migrate push-data a.txt b/ gpu:/srv/        # several sources: inside DEST
+      migrate push-data ./ckpt gpu:/data/ckpt -H gpu2 -H gpu3
 
     The resolved mapping is printed before anything moves. Preflight checks the source, the
     remote rsync (else a tar stream), write permission and free space. An interrupted transfer
@@ -118,6 +119,12 @@ def pull_command(source: str, dest: str, conn: ConnectOptions, **kw) -> None:
     Same rules as push-data: `--into` puts SRC inside DEST; an interrupted fetch resumes. Run as
     root (or with sudo), the fetched files belong to root (or to the user who ran sudo), not to
     whatever uid owned them on the host, unless --preserve-owner.
+
+    \b
+    Examples:
+      migrate pull-data gpu1:runs/exp1 ./exp1   # remote contents -> ./exp1
+      migrate pull-data gpu1:runs ./ --into     # ./runs
+      migrate pull-data gpu1:ckpt ./ckpt -n     # the plan only
     """
     host, src = split_host_path(source)
     options = PushDataOptions(into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]),

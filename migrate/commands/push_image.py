@@ -92,9 +92,11 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     """Copy local Docker images to hosts over SSH, sending only the layers each host lacks.
 
     \b
-    migrate push-image app:1 gpu-box                 # one image, one host
-    migrate push-image app:1 base:2 gpu1 gpu2        # many images x many hosts, in parallel
-    migrate push-image app:1 --to-file app.tar.zst   # sneakernet; later: --from-file app.tar.zst HOST
+    Examples:
+      migrate push-image app:1 gpu-box                # one image, one host
+      migrate push-image app:1 base:2 gpu1 gpu2       # all to all, in parallel
+      migrate push-image app:1 --to-file app.tar.zst  # sneakernet, then:
+      migrate push-image --from-file app.tar.zst gpu-box
 
     Before a byte moves it checks the image exists, Docker access on the host (direct, docker group,
     or sudo: a password is asked once), engine and storage driver, CPU architecture, free disk, and

@@ -22,6 +22,12 @@ def command(host: str, conn: ConnectOptions, gpu_backend: str | None, as_json: b
     After a reboot the dispatcher marks the jobs that were running as `lost` and pauses the
     queue, so nothing starts by surprise on a machine that just came back; look at
     `migrate status HOST`, `migrate retry` what should run again, then resume.
+
+    \b
+    Examples:
+      migrate status gpu1 --state lost     # after a reboot: what was lost
+      migrate retry gpu1 --all -n
+      migrate resume gpu1
     """
     args = ["resume", *backend_args(gpu_backend)]
     data, name = call_agent(host, conn, args, what="resume the queue", need_queue=False)

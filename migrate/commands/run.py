@@ -73,14 +73,18 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     """Queue experiments on HOST's GPU dispatcher and return at once.
 
     \b
+    Examples:
       migrate run HOST -- python train.py --lr 1e-3
-      migrate run HOST --sweep lr=1e-3,1e-4 --sweep seed=0,1 -- python train.py --lr {lr} --seed {seed}
+      migrate run HOST --sweep lr=1e-3,1e-4 --sweep seed=0,1 -- \\
+          python train.py --lr {lr} --seed {seed}
       migrate run HOST --jobs jobs.yaml
-      migrate run HOST --from-template ./exp --experiments base,wide -- python train.py --cfg {experiment}
-      migrate run HOST --image mylab/torch:2.3 --mount /data:/data --gpus-per-job 2 -- python train.py
+      migrate run HOST --from-template ./exp --experiments base,wide -- \\
+          python train.py --cfg {experiment}
+      migrate run HOST --image mylab/torch:2.3 --mount /data:/data \\
+          --gpus-per-job 2 -- python train.py
       migrate run HOST --compose ./stack/docker-compose.yml --gpus-per-job 1
-      migrate run HOST --notify https://ntfy.sh/my-topic --sweep lr=1e-3,1e-4 -- python train.py --lr {lr}
-      migrate run HOST --env torch -- python train.py      (an environment from `migrate push-env`)
+      migrate run HOST --notify https://ntfy.sh/my-topic -- python train.py
+      migrate run HOST --env torch -- python train.py   # env from push-env
 
     A job starts when enough GPUs are free: no other user's process on them, memory and
     utilisation near idle (memory within 256 MiB of the lowest idle reading the dispatcher has

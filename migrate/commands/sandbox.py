@@ -76,6 +76,12 @@ def group() -> None:
     apt, its own IP and a 64 MiB disk at /mnt/small. Hosts are named sandbox1, sandbox2, ... and
     work with every migrate command without flags. Needs a local Docker daemon; the first `up`
     builds the image with debootstrap as root (about 90 s), later ones take seconds.
+
+    \b
+    Examples:
+      migrate sandbox up 2 --gpus 4       # sandbox1, sandbox2 with mock GPUs
+      migrate doctor sandbox1
+      migrate sandbox down
     """
 
 
@@ -103,6 +109,11 @@ def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, release:
 
     The hosts of one sandbox share one release, engine source and image store; for another
     combination, give the sandbox another name (MIGRATE_SANDBOX=name) or bring it down first.
+
+    \b
+    Examples:
+      migrate sandbox up
+      migrate sandbox up 3 --gpus 2 --release trixie
     """
     _up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild, as_json=as_json,
         release=release, docker_from=docker_from, image_store=image_store)
@@ -111,7 +122,13 @@ def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, release:
 @group.command("status", context_settings=CONTEXT_SETTINGS)
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
 def status(as_json: bool) -> None:
-    """List the sandbox hosts, their addresses and state."""
+    """List the sandbox hosts, their addresses and state.
+
+    \b
+    Examples:
+      migrate sandbox status
+      migrate sandbox status --json
+    """
     _status(as_json=as_json)
 
 
@@ -119,7 +136,13 @@ def status(as_json: bool) -> None:
 @click.option("--purge", is_flag=True, help="Also remove the sandbox image and the cached rootfs.")
 @click.option("--json", "as_json", is_flag=True, help="Print {sandbox, removed: [...]} as JSON.")
 def down(purge: bool, as_json: bool) -> None:
-    """Remove every container, volume, network and file the sandbox created (nothing else)."""
+    """Remove every container, volume, network and file the sandbox created (nothing else).
+
+    \b
+    Examples:
+      migrate sandbox down
+      migrate sandbox down --purge       # the image and caches too
+    """
     _down(purge=purge, as_json=as_json)
 
 
@@ -129,6 +152,10 @@ def ssh_config() -> None:
 
     Use it with plain tools: `migrate sandbox ssh-config > sb.conf; ssh -F sb.conf sandbox1`
     or `rsync -e 'ssh -F sb.conf' ...`.
+
+    \b
+    Examples:
+      migrate sandbox ssh-config > sb.conf && ssh -F sb.conf sandbox1
     """
     _ssh_config()
 
@@ -199,12 +226,16 @@ def gpu(host: str, take: str | None, take_mib: int, take_pid: int | None, take_k
 
     \b
     Examples:
-      migrate sandbox gpu sandbox1                       # what the mock GPUs show
-      migrate sandbox gpu sandbox1 --take 0 --mib 20000  # bob's process holds 20000 MiB on GPU 0
-      migrate sandbox gpu sandbox1 --release 4242        # it goes (or just let the process end)
-      migrate sandbox gpu sandbox1 --util 1=90 --lose 0  # GPU 1 busy, GPU 0 fell off the bus
-      migrate sandbox gpu sandbox1 --mig 1=2 --take 1:0  # MIG on GPU 1, a process on instance 0
-      migrate sandbox gpu sandbox1 --driver v1           # an old driver: no _v2/_v3 process calls
+      migrate sandbox gpu sandbox1                  # what the mock GPUs show
+      migrate sandbox gpu sandbox1 --take 0 --mib 20000
+                                 # bob's process holds 20000 MiB on GPU 0
+      migrate sandbox gpu sandbox1 --release 4242   # it goes (or let it end)
+      migrate sandbox gpu sandbox1 --util 1=90 --lose 0
+                                 # GPU 1 busy, GPU 0 fell off the bus
+      migrate sandbox gpu sandbox1 --mig 1=2 --take 1:0
+                                 # MIG on GPU 1, a process on instance 0
+      migrate sandbox gpu sandbox1 --driver v1
+                                 # an old driver: no _v2/_v3 process calls
       migrate sandbox gpu sandbox1 --reset
     """
     from migrate.sandbox.gpu import GpuChanges, SandboxGpus

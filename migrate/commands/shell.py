@@ -51,9 +51,11 @@ def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOpt
     runs (rank 0 of a --nodes job, or --rank K).
 
     \b
-      migrate shell gpu1                  a login shell on gpu1
-      migrate shell gpu1 7                inside job 7: its container, or its directory and env
-      migrate shell gpu1 7 -- nvtop       one program inside job 7, with a terminal
+    Examples:
+      migrate shell gpu1              # a login shell on gpu1
+      migrate shell gpu1 7            # inside job 7: its container, or its
+                                      # directory and environment
+      migrate shell gpu1 7 -- nvtop   # one program inside job 7, with a tty
 
     Container job: `docker exec -it` into its container (bash if the image has it, else sh), through
     the Docker access your account has (direct, docker group, sudo). Process job: a login shell in
@@ -83,9 +85,10 @@ def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptio
     --rank K), in the job's directory with its environment.
 
     \b
+    Examples:
       migrate exec gpu1 7 -- nvidia-smi
       migrate exec gpu1 7 -- 'ls -l checkpoints | tail -3'
-      migrate exec gpu1 train-a -- python -c 'import torch; print(torch.cuda.device_count())'
+      migrate exec gpu1 train-a -- python -c 'import torch; print(torch.__file__)'
       tar -c cfg | migrate exec gpu1 7 -- tar -x -C /tmp     stdin is passed on
 
     One CMD argument is a shell command line as it is; several are quoted word by word (as in

@@ -112,9 +112,10 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show
     """Show the jobs on HOST: state, GPU, runtime, exit code and why a job waits.
 
     \b
+    Examples:
       migrate status gpu1
       migrate status gpu1 --state failed,lost
-      migrate status -H gpu1 -H gpu2 -H gpu3      # in parallel, one table with a host column
+      migrate status -H gpu1 -H gpu2 -H gpu3   # in parallel, one table
 
     Works from any machine and any SSH session: the queue lives on the host. Finished jobs
     whose dispatcher was not running are recorded now (their exit codes were kept). With several

@@ -35,9 +35,10 @@ def command(host: str, ports: tuple[str, ...], conn: ConnectOptions, bind: str, 
     """Forward local ports to HOST's localhost until Ctrl-C (TensorBoard, Jupyter...).
 
     \b
-      migrate tunnel HOST 6006            http://127.0.0.1:6006 -> HOST's localhost:6006
-      migrate tunnel HOST 6006 8888       two ports
-      migrate tunnel HOST 16006:6006      local 16006 -> remote 6006
+    Examples:
+      migrate tunnel HOST 6006         # 127.0.0.1:6006 -> HOST's localhost:6006
+      migrate tunnel HOST 6006 8888    # two ports
+      migrate tunnel HOST 16006:6006   # local 16006 -> remote 6006
 
     Uses the same SSH settings as every other verb (ssh_config, keys, verified host keys).
     """

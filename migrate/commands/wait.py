@@ -72,7 +72,9 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     """Wait until jobs on TARGET (a host or a cluster) end; exit 0 only if every one succeeded.
 
     \b
-      migrate run gpu1 --sweep lr=1e-3,1e-4 -- python train.py --lr {lr} && migrate wait gpu1
+    Examples:
+      migrate run gpu1 --sweep lr=1e-3,1e-4 -- python train.py --lr {lr} \\
+          && migrate wait gpu1
       migrate wait gpu1 3 7 train-big      # these jobs (ids, names or keys)
       migrate wait -H gpu1 -H gpu2          # the last run on each host
       migrate wait mycluster --all --timeout 2h

@@ -1,7 +1,8 @@
 """The agent as a self-contained, versioned zipapp, built at runtime from `migrate/agent/`.
 
-The zip holds the agent package (as `migrate_agent`, relative imports only) with its vendored,
-pinned pure-Python `pynvml` (`migrate_agent/_vendor/`), a generated `_build.py` with the
+The zip holds the agent package (as `migrate_agent`, relative imports only) with the pinned
+pure-Python `pynvml` copied from the installed nvidia-ml-py (`migrate_agent/_vendor/`, see
+`migrate/agent/_vendor/__init__.py`), a generated `_build.py` with the
 version, and a `__main__.py` that refuses python3 < 3.8 with a clear message. The version is
 `<migrate version>-<hash of the contents>`, so any change to the agent ships a new file and
 restarts the dispatcher, and an unchanged one is reused. The zip is deterministic (fixed
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from migrate import __version__
+from migrate.agent._vendor import DISTRIBUTION, PYNVML_VERSION
+from migrate.errors import MigrateError
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 ZIP_PACKAGE = "migrate_agent"
@@ -70,17 +74,39 @@ class AgentBundle:
         return f".migrate/agent/{self.filename}"
 
 
+def installed_pynvml() -> bytes:
+    """The bytes of `pynvml.py` from the installed nvidia-ml-py distribution, which must be the pinned one.
+
+    Looked up through the distribution's file list, not `import pynvml`, so another `pynvml` first
+    on sys.path (the old `pynvml` project, a checkout) is never what ships.
+    """
+    pin = f"{DISTRIBUTION}=={PYNVML_VERSION}"
+    hint = f"reinstall migrate (it pins {pin}), or `pip install '{pin}'`"
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise MigrateError(f"{DISTRIBUTION} is not installed: the agent cannot be built", hint) from None
+    if dist.version != PYNVML_VERSION:
+        raise MigrateError(f"{DISTRIBUTION} {dist.version} is installed but migrate pins {PYNVML_VERSION}: "
+                           "the agent would differ from other laptops'", hint)
+    for f in dist.files or ():
+        if str(f) == "pynvml.py":
+            return Path(str(dist.locate_file(f))).read_bytes()
+    raise MigrateError(f"the installed {DISTRIBUTION} has no pynvml.py", hint)
+
+
 def agent_sources() -> dict[str, bytes]:
     """Archive name -> content of every file that goes into the zipapp (except the version).
 
-    Only files of migrate's own source tree: the agent package and its vendored, pinned `pynvml`
-    (`migrate/agent/_vendor/`), never the laptop's installed nvidia-ml-py, so every laptop with
-    the same migrate ships the same agent (and the same version hash).
+    The agent package from migrate's source tree, and `pynvml.py` from the installed, pinned
+    nvidia-ml-py (`installed_pynvml`): the same pin gives the same bytes, so every laptop with the
+    same migrate ships the same agent (and the same version hash).
     """
     files = {f"{ZIP_PACKAGE}/{p.name}": p.read_bytes() for p in sorted(AGENT_DIR.glob("*.py"))
              if p.name != "__main__.py"}
     for p in sorted((AGENT_DIR / VENDOR_DIR).glob("*.py")):
         files[f"{ZIP_PACKAGE}/{VENDOR_DIR}/{p.name}"] = p.read_bytes()
+    files[f"{ZIP_PACKAGE}/{VENDOR_DIR}/pynvml.py"] = installed_pynvml()
     files["__main__.py"] = ZIP_MAIN.encode()
     return files
 

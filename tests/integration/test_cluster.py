@@ -21,7 +21,7 @@ import time
 import pytest
 
 from migrate.remote.connection import connect
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, wait_until
 from tests.integration.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.slow
@@ -285,10 +285,9 @@ def test_a_job_waits_instead_of_sharing_a_gpu_another_user_took(cluster):
              for a in aliases for g in range(4)]
     try:
         [jid] = submit(env, "-e", "MIGRATE_POLITE_POLL_S=1", "--", "echo polite-ran; echo gpus=$CUDA_VISIBLE_DEVICES")
-        deadline = time.monotonic() + 60
-        while "waiting, not sharing" not in (log := run_cli("logs", NAME, jid, env=env).stdout):
-            assert time.monotonic() < deadline, "the job never said it waits"
-            time.sleep(1)
+        wait_until(lambda: "waiting, not sharing" in run_cli("logs", NAME, jid, env=env).stdout, timeout=60,
+                   interval=1, what="the job to say it waits")
+        log = run_cli("logs", NAME, jid, env=env).stdout
         assert "of user bob runs on it" in log and "polite-ran" not in log.splitlines()
     finally:
         for a, pid in taken:

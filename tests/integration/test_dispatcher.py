@@ -24,7 +24,7 @@ import pytest
 
 from migrate.errors import MigrateError
 from migrate.jobs.client import AgentClient
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, wait_until
 from tests.integration.sandbox_host import DOCKER_INSTALL, SandboxHost
 
 IMAGE = "migrate-runq-busybox:test"
@@ -155,14 +155,14 @@ def test_kill9_dispatcher_mid_run_readopts_jobs_none_twice_exit_codes_right(h2, 
     h2.wait(lambda js: all(js[i]["state"] == "running" for i in ids), timeout=20)
     pid = h2.daemon()["pid"]
     h2.sh(f"kill -9 {pid}")
-    time.sleep(5)  # the quick job ends while no dispatcher runs (and is recorded seconds after its end)
+    # the quick job ends while no dispatcher runs (and is recorded seconds after its end)
+    wait_until(lambda: h2.sh(f"cat ~/.migrate/dispatcher/jobs/{ids[0]}/exit 2>/dev/null || true").strip(),
+               timeout=20, interval=0.3, what="the quick job to end")
     assert not h2.daemon()["running"]
     res = h2.cli("resume", h2.alias)
     assert res.code == 0 and "dispatcher started" in res.stderr, res.output
-    deadline = time.monotonic() + 20
-    while f"recovered: adopted {ids[1:]}" not in h2.sh("cat ~/.migrate/dispatcher/agent.log"):
-        assert time.monotonic() < deadline, h2.sh("tail ~/.migrate/dispatcher/agent.log")
-        time.sleep(0.3)
+    wait_until(lambda: f"recovered: adopted {ids[1:]}" in h2.sh("cat ~/.migrate/dispatcher/agent.log"),
+               timeout=20, interval=0.3, what="the dispatcher to adopt the jobs")
     h2.sh("touch ~/k9-release")
     done = h2.wait_final(ids, timeout=40)
     assert [(done[i]["state"], done[i]["exit_code"]) for i in ids] == [

@@ -193,7 +193,7 @@ def test_no_process_call_at_all_marks_only_that_gpu():
 
 
 class OldLibnvidiaMl:
-    """Stands in for an old driver's libnvidia-ml.so under the REAL vendored pynvml: only the symbols
+    """Stands in for an old driver's libnvidia-ml.so under the REAL pinned pynvml: only the symbols
     given exist; each behaves like the C call (count first, then fill the array)."""
 
     def __init__(self, pynvml, symbols, procs):
@@ -217,7 +217,7 @@ class OldLibnvidiaMl:
     ["nvmlDeviceGetComputeRunningProcesses_v2"],  # R470: no _v3
     ["nvmlDeviceGetComputeRunningProcesses"],  # older: only the v1 symbol
 ])
-def test_the_vendored_pynvml_falls_back_on_a_driver_without_v3(monkeypatch, symbols):
+def test_the_pinned_pynvml_falls_back_on_a_driver_without_v3(monkeypatch, symbols):
     from migrate.agent._vendor import pynvml
     from migrate.agent.gpus import running_processes
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
+from pathlib import Path
 
-from migrate.agent import launch
+from migrate.agent import launch, procs
+from tests.conftest import wait_until
 
 JOB = {"id": 7, "name": "lr-sweep[lr=1e-3]", "attempt": 2, "command": "python train.py --lr 1e-3",
        "env": {"WANDB_MODE": "offline"}, "gpus": 2}
@@ -73,6 +74,18 @@ def _run_wrapper(tmp_path, command: str) -> subprocess.Popen:
     return subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _job_started(pgid: int) -> bool:
+    """The job's own program runs (`sleep`): a SIGTERM before it, between the wrapper's fork and exec,
+    would meet the wrapper's ignoring trap and not end the job."""
+    for pid in procs.group_members(pgid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_wrapper_records_the_exit_code(tmp_path):
     assert _run_wrapper(tmp_path, "exit 3").wait(10) == 3
     assert (tmp_path / "exit").read_text() == "3\n"
@@ -80,7 +93,7 @@ def test_wrapper_records_the_exit_code(tmp_path):
 
 def test_wrapper_records_sigterm_of_the_process_group(tmp_path):
     proc = _run_wrapper(tmp_path, "sleep 30")
-    time.sleep(0.3)
+    wait_until(lambda: _job_started(proc.pid), timeout=10, what="the job's `sleep` to run")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 143
     assert (tmp_path / "exit").read_text() == "143\n"

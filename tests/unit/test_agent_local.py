@@ -17,6 +17,7 @@ import pytest
 from migrate.agent import procs
 from migrate.agent.db import Queue
 from tests.agent_helpers import LocalAgent
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,8 @@ def test_kill9_dispatcher_mid_run_readopts_all_jobs_without_duplicates(agent, tm
                          for d, code in ((1, 0), (3, 4), (5, 0), (6, 7))])
     agent.wait(lambda js: all(j["state"] == "running" for j in js))
     os.kill(agent.daemon_pid(), signal.SIGKILL)
-    time.sleep(2)  # job 1 ends while no dispatcher runs
+    first_exit = agent.home / "dispatcher" / "jobs" / str(jobs[0]["id"]) / "exit"
+    wait_until(first_exit.exists, timeout=10, what="job 1 to end while no dispatcher runs")
     assert agent.daemon_pid() is None
     agent.call("ensure", "--mode", "setsid")
     done = agent.wait_final([j["id"] for j in jobs], timeout=30)
@@ -79,8 +81,7 @@ def test_kill9_dispatcher_mid_run_readopts_all_jobs_without_duplicates(agent, tm
 def test_cancel_kills_the_whole_process_group_even_if_it_ignores_sigterm(agent):
     (job,) = agent.submit([{"command": "sh -c 'trap \"\" TERM; sleep 300' & sleep 300", "gpus": 0}])
     running = agent.wait(lambda js: js[0]["state"] == "running")[0]
-    time.sleep(0.5)
-    assert len(procs.group_members(running["pgid"])) >= 3
+    wait_until(lambda: len(procs.group_members(running["pgid"])) >= 3, timeout=10, what="the job's 3 processes")
     res = agent.call("cancel", str(job["id"]), "--grace", "1")
     assert "SIGKILL" in res["cancelled"][0]["outcome"]
     assert procs.group_members(running["pgid"]) == []
@@ -106,7 +107,8 @@ def test_foreign_process_blocks_admission_until_it_leaves(agent):
 
 def test_nvml_fault_keeps_cpu_jobs_flowing_and_gpu_jobs_wait(agent):
     state = agent.fake_gpus(2)
-    (long_job,) = agent.submit([{"command": "sleep 4"}])
+    release = agent.home / "release-long-job"  # not `sleep 4`: a loaded machine let it end before the check
+    (long_job,) = agent.submit([{"command": f"while [ ! -e {release} ]; do sleep 0.1; done"}])
     agent.wait(lambda js: js[0]["state"] == "running")
     state["error"] = "Unknown Error"
     agent.write_fake(state)
@@ -119,6 +121,7 @@ def test_nvml_fault_keeps_cpu_jobs_flowing_and_gpu_jobs_wait(agent):
     assert "nvidia-ctk" in agent.call("status")["gpu_error"]
     state["error"] = None
     agent.write_fake(state)
+    release.touch()
     done = agent.wait_final([gpu_job["id"], long_job["id"]], timeout=20)
     assert all(j["state"] == "done" for j in done.values())
 

@@ -29,6 +29,18 @@ def test_every_verb_has_help(verb):
     assert "Usage: migrate" in res.stdout and len(res.stdout.splitlines()) > 4
 
 
+@pytest.mark.parametrize("verb", [[]] + _all_verbs(), ids=lambda v: " ".join(v) or "migrate")
+def test_every_help_fits_80_columns_and_shows_examples(verb):
+    """Issue 23.6: help lines ran to 96-104 columns and only some verbs printed examples."""
+    res = run_cli(*verb, "--help", env={"COLUMNS": "80"})
+    assert res.code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+    at = next((i for i, line in enumerate(lines) if line.strip() == "Examples:"), None)
+    assert at is not None, "no Examples block"
+    assert lines[at + 1].strip().startswith("migrate ")
+
+
 def test_version():
     res = run_cli("--version")
     assert res.code == 0 and "migrate, version" in res.stdout

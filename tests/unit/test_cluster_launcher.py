@@ -24,6 +24,7 @@ from migrate.cluster.jobapi import JobApi, JobApiError, NotOurs, check_verdict, 
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import ConnectError
 from migrate.remote.hosts import ConnectOptions
+from tests.conftest import wait_until
 
 SHIPPED = Path(plan.__file__).parent / "shipped"
 
@@ -315,12 +316,8 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
+    wait_until(lambda: not _alive(pid), timeout=seconds, interval=0.1, what=f"pid {pid} to end")
+    return True
 
 
 def test_a_dead_worker_takes_its_jobs_group_with_it_and_a_finished_job_leaves_no_watcher():
@@ -338,9 +335,11 @@ def test_a_dead_worker_takes_its_jobs_group_with_it_and_a_finished_job_leaves_no
     short = subprocess.Popen(["sh", "-c", "sleep 1"], start_new_session=True)
     launcher.fate_share(other_worker.pid, short.pid)
     short.wait()
-    time.sleep(2.5)
-    watchers = subprocess.run(["pgrep", "-f", f"kill -0 {other_worker.pid} "], capture_output=True, text=True)
-    assert watchers.stdout.strip() == ""         # the watcher ended with the job's group
+
+    def no_watcher() -> bool:
+        pgrep = subprocess.run(["pgrep", "-f", f"kill -0 {other_worker.pid} "], capture_output=True, text=True)
+        return pgrep.stdout.strip() == ""
+    wait_until(no_watcher, timeout=10, what="the watcher to end with the job's group")
     assert _alive(other_worker.pid)
     other_worker.kill()
     other_worker.wait()

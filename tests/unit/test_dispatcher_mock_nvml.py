@@ -127,12 +127,19 @@ def test_mig_instances_are_scheduled_one_job_each(world_factory):
     w = world_factory(1)
     w.change(mstate.set_mig, "0", 2)
     holder = w.hold("0:1", mib=100)
-    a, b = w.submit("echo on $CUDA_VISIBLE_DEVICES; sleep 1", "echo on $CUDA_VISIBLE_DEVICES")
+    release = w.agent.home / "release-a"
+    # job a holds instance 0 until released, so b can only start on instance 1 (not on 0 after a ends,
+    # which a loaded machine made happen when a merely slept a second)
+    a, b = w.submit(f"echo on $CUDA_VISIBLE_DEVICES; while [ ! -e {release} ]; do sleep 0.1; done",
+                    "echo on $CUDA_VISIBLE_DEVICES")
     w.agent.wait(lambda js: any(j["state"] in ("running", "done") for j in js), timeout=20)
     first = next(j for j in w.agent.jobs() if j["state"] in ("running", "done"))
-    assert first["gpu_uuids"] == [mstate.mock_uuid(0, 0)]  # instance 1 is someone else's
+    assert first["id"] == a and first["gpu_uuids"] == [mstate.mock_uuid(0, 0)]  # instance 1 is someone else's
+    assert w.agent.job(b)["state"] == "queued"
     holder.kill()
     holder.wait()
+    w.agent.wait_final([b], timeout=30)
+    release.touch()
     done = w.agent.wait_final([a, b], timeout=30)
     assert sorted(j["gpu_uuids"][0] for j in done.values()) == [mstate.mock_uuid(0, 0), mstate.mock_uuid(0, 1)]
 

@@ -26,14 +26,64 @@ def test_bundle_contents_and_version():
     assert build_agent().data == b.data  # deterministic: same sources, same bytes, same version
 
 
-def test_two_laptops_with_different_nvidia_ml_py_ship_the_same_agent(tmp_path, monkeypatch):
-    """Issue 12.16: the agent must not depend on the laptop's installed nvidia-ml-py, or two laptops
-    replace each other's dispatcher on a shared host. Laptop B has another pynvml first on sys.path."""
+def _installed_pynvml_path() -> Path:
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("nvidia-ml-py")
+    (f,) = [f for f in dist.files if str(f) == "pynvml.py"]
+    return Path(str(dist.locate_file(f)))
+
+
+def test_nvidia_ml_py_is_pinned_exactly_and_installed_at_the_pin():
+    """Issue 23.7: the agent ships the installed pynvml, so the pin must be exact and the same everywhere."""
+    import importlib.metadata
+    import re
+
+    from migrate.agent._vendor import PYNVML_VERSION
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    (pin,) = re.findall(r'"nvidia-ml-py\s*([=<>!~]=?)\s*([^",;\s]+)', pyproject)
+    assert pin == ("==", PYNVML_VERSION)
+    assert importlib.metadata.version("nvidia-ml-py") == PYNVML_VERSION
+    assert not (Path(__file__).resolve().parents[2] / "migrate/agent/_vendor/pynvml.py").exists()  # not vendored
+
+
+def test_the_bundle_ships_the_installed_pynvml_and_the_agent_imports_it():
+    from migrate.agent._vendor import pynvml
+
+    shipped = zipfile.ZipFile(io.BytesIO(build_agent().data)).read("migrate_agent/_vendor/pynvml.py")
+    assert shipped == _installed_pynvml_path().read_bytes()
+    assert Path(pynvml.__file__).resolve() == _installed_pynvml_path().resolve()  # laptop: the same module
+
+
+def test_a_wrong_nvidia_ml_py_version_refuses_to_build(monkeypatch):
+    import importlib.metadata
+
+    import pytest
+
+    from migrate.errors import MigrateError
+    from migrate.jobs import bundle
+
+    real = importlib.metadata.distribution("nvidia-ml-py")
+
+    class Other:  # the same files under another version number
+        version = "12.535.161"
+        files = real.files
+        locate_file = staticmethod(real.locate_file)
+
+    monkeypatch.setattr(bundle.importlib.metadata, "distribution", lambda name: Other())
+    with pytest.raises(MigrateError, match="12.535.161 is installed but migrate pins"):
+        bundle.installed_pynvml()
+
+
+def test_two_laptops_with_another_pynvml_first_on_sys_path_ship_the_same_agent(tmp_path, monkeypatch):
+    """Issue 12.16: the agent must not depend on whatever `pynvml` comes first on the laptop's
+    sys.path, or two laptops replace each other's dispatcher on a shared host. Laptop B has another
+    pynvml first on sys.path; the bundle takes the nvidia-ml-py distribution's file."""
     import importlib
     import sys as _sys
 
     from migrate.agent._vendor import PYNVML_VERSION
-    from migrate.jobs.bundle import AGENT_DIR
 
     build_agent.cache_clear()
     laptop_a = build_agent()
@@ -51,8 +101,21 @@ def test_two_laptops_with_different_nvidia_ml_py_ship_the_same_agent(tmp_path, m
         build_agent.cache_clear()
     assert (laptop_b.version, laptop_b.data) == (laptop_a.version, laptop_a.data)
     shipped = zipfile.ZipFile(io.BytesIO(laptop_b.data)).read("migrate_agent/_vendor/pynvml.py")
-    assert shipped == (AGENT_DIR / "_vendor" / "pynvml.py").read_bytes()
-    assert f"nvidia-ml-py {PYNVML_VERSION}" in shipped.decode()[:300]
+    assert shipped == _installed_pynvml_path().read_bytes() and b"another laptop" not in shipped
+    assert PYNVML_VERSION.split(".")[0] == "13"
+
+
+def test_the_zipapp_imports_its_own_pynvml_not_the_hosts(tmp_path):
+    """On the host the agent runs `python3 -I -S`: the zip's pynvml, never a site-packages one."""
+    b = build_agent()
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(b.data)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from migrate_agent._vendor import pynvml; "
+            "print(pynvml.__file__)")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(pyz)], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{pyz}/migrate_agent/_vendor/pynvml.py"
 
 
 def test_zipapp_reports_its_version(tmp_path):

@@ -1,4 +1,4 @@
-"""The mock NVML library through the agent's vendored pynvml and `NvmlBackend`, in a subprocess.
+"""The mock NVML library through the agent's pinned pynvml and `NvmlBackend`, in a subprocess.
 
 Each check runs a fresh python with LD_LIBRARY_PATH pointing at one compiled driver generation,
 so the real ctypes structures, the v1/v2/v3 process calls, the INSUFFICIENT_SIZE protocol, MIG
