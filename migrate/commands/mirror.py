@@ -31,10 +31,11 @@ def command(args: tuple[str, ...], host: tuple[str, ...], undo: bool, dry_run: b
     """Point pip, uv and conda at a package-index mirror for your user on hosts (no root).
 
     \b
-    migrate mirror gpu tuna                          pip, uv and conda from Tsinghua's mirror
-    migrate mirror gpu1 gpu2 https://pypi.example/simple
-    migrate mirror gpu --undo                        everything back as it was
-    migrate push-env gpu requirements.txt            now installs from the mirror
+    Examples:
+      migrate mirror gpu tuna               # pip, uv, conda: Tsinghua's mirror
+      migrate mirror gpu1 gpu2 https://pypi.example/simple
+      migrate mirror gpu --undo             # everything back as it was
+      migrate push-env gpu requirements.txt # now installs from the mirror
 
     NAME is tuna, ustc or aliyun; a URL sets pip and uv only. pip.conf is merged (only [global]
     index-url changes), uv.toml gets a marked [[index]] block, ~/.condarc is written only when you

@@ -45,14 +45,15 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
     """Put a Python environment on hosts under ~/.migrate/envs/NAME, without root or Docker.
 
     \b
-    migrate push-env gpu requirements.txt --name torch       resolve here, install there with uv
-    migrate push-env gpu ./myproject                           pyproject.toml (and uv.lock if there)
-    migrate push-env gpu1 gpu2 --from-current                  the venv (or conda env) active here
-    migrate push-env gpu ~/miniconda3/envs/torch               a conda env: conda-pack, conda-unpack
-    migrate push-env gpu requirements.txt --python python3.12  another python the host has
-    migrate push-env gpu requirements.txt -n                   what would be installed and sent
-    migrate push-env gpu --name torch --delete
-    migrate run gpu --env torch -- python train.py             a job inside the environment
+    Examples:
+      migrate push-env gpu requirements.txt --name torch   # uv here, uv there
+      migrate push-env gpu ./myproject          # pyproject.toml (+ uv.lock)
+      migrate push-env gpu1 gpu2 --from-current # the venv/conda env active here
+      migrate push-env gpu ~/miniconda3/envs/torch   # conda-pack, conda-unpack
+      migrate push-env gpu requirements.txt --python python3.12
+      migrate push-env gpu requirements.txt -n  # what would be sent
+      migrate push-env gpu --name torch --delete
+      migrate run gpu --env torch -- python train.py # a job in the env
 
     The lock is resolved here by uv for the host's python and platform. A host that reaches the
     package index installs from it; one that does not gets exactly the wheels it lacks, downloaded
