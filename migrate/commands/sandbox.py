@@ -9,6 +9,7 @@ import click
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS
 from migrate.sandbox import recipe
+from migrate.sandbox.link import LINK_HINT, parse_link
 from migrate.sandbox.manager import Sandbox
 from migrate.sandbox.mocknvml import state as mstate
 
@@ -23,16 +24,22 @@ def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
     rows = [(h["alias"], h["state"], f"alice@{h['hostname']}:{h['port']}", f"{h['ip']}:22",
              str(h.get("fake_gpus", 0)), _flavour(h)) for h in hosts]
     ui.table(f"sandbox '{sb.s.name}'", ["host", "state", "ssh", "ip", "mock gpus", "debian / docker"], rows)
+    live = sb.link_state()
+    if live:
+        ui.info(f"link: {parse_link(live['link']).describe()} between this machine and the hosts "
+                f"(relay pid {live['pid']}; host to host: the Docker network)")
+    elif any(h.get("link") for h in hosts):
+        ui.warn(f"link {hosts[0].get('link')}: its relay is not running; `migrate sandbox up` starts it again")
     ui.info("users: alice (passwordless sudo), bob (sudo password "
             f"'{sb.s.bob_password}'), carol (no sudo, no docker group); try `migrate doctor {hosts[0]['alias']}`")
 
 
 def _up(count: int, *, gpus: int, kill_user_processes: bool, rebuild: bool, as_json: bool,
-        release: str | None, docker_from: str | None, image_store: str | None) -> None:
+        release: str | None, docker_from: str | None, image_store: str | None, link: str | None = None) -> None:
     """Bring hosts up and show them."""
     sb = Sandbox()
     hosts = sb.up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild,
-                  release=release, docker_from=docker_from, image_store=image_store)
+                  release=release, docker_from=docker_from, image_store=image_store, link=link)
     _show(hosts, as_json, sb)
 
 
@@ -102,9 +109,13 @@ def group() -> None:
 @click.option("--image-store", type=click.Choice(recipe.IMAGE_STORES), default=None,
               help="containerd: write {\"features\": {\"containerd-snapshotter\": true}} into daemon.json before any "
                    "Docker is installed, as fresh Docker 29 installs do.")
+@click.option("--link", metavar="RATE/DELAY|off", default=None,
+              help="Put a slow, far link between this machine and the hosts' SSH ports (a relay paces to RATE "
+                   "and delays each way by DELAY; host-to-host traffic stays at LAN speed). " + LINK_HINT
+                   + ". Left out: keep the link that is there.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
 def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, release: str | None,
-       docker_from: str | None, image_store: str | None, as_json: bool) -> None:
+       docker_from: str | None, image_store: str | None, link: str | None, as_json: bool) -> None:
     """Start COUNT sandbox hosts (default 2); reuses the ones already running.
 
     The hosts of one sandbox share one release, engine source and image store; for another
@@ -114,9 +125,11 @@ def up(count: int, gpus: int, kill_user_processes: bool, rebuild: bool, release:
     Examples:
       migrate sandbox up
       migrate sandbox up 3 --gpus 2 --release trixie
+      migrate sandbox up 3 --link 100mbit/40ms   # a campus uplink, 80 ms RTT
+      migrate sandbox up 3 --link off            # back to loopback speed
     """
     _up(count, gpus=gpus, kill_user_processes=kill_user_processes, rebuild=rebuild, as_json=as_json,
-        release=release, docker_from=docker_from, image_store=image_store)
+        release=release, docker_from=docker_from, image_store=image_store, link=link)
 
 
 @group.command("status", context_settings=CONTEXT_SETTINGS)

@@ -67,10 +67,14 @@ class Reach:
 
     @classmethod
     def ssh(cls, conn: ConnectOptions) -> Reach:
-        from migrate.remote.connection import connect
         from migrate.remote.openssh import OpenSshSession
 
-        return cls(session=lambda h: OpenSshSession(h, conn), root=lambda h: connect(h, conn))
+        def root(host: str) -> Any:
+            # paramiko and Fabric cost ~0.1 s to import: only a password-sudo host needs them
+            from migrate.remote.connection import connect
+            return connect(host, conn)
+
+        return cls(session=lambda h: OpenSshSession(h, conn), root=root)
 
 
 @dataclass

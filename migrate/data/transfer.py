@@ -31,6 +31,7 @@ from migrate.data.rsync import (
 from migrate.errors import LocalCommandError, MigrateError
 
 ProgressCallback = Callable[[int, int], None]
+PROGRESS_READ_PAUSE = 0.05  # rsync writes ~80 bytes per file: 50 ms of them fit the 64 KiB pipe many times over
 _ENV = {**os.environ, "LC_ALL": "C"}
 
 
@@ -52,21 +53,37 @@ class RunOutcome:
     seconds: float
 
 
-def _pump_lines(stream, on_line: Callable[[str], None]) -> None:
-    """Read a stream, splitting on \\r and \\n (rsync redraws progress with \\r)."""
+def _pump_rsync(stream, on_progress_line: Callable[[str], None], other: list[str]) -> None:
+    """Read rsync's stdout: `--info=progress2` prints a line per finished file (100k lines for 100k
+    files), so of the progress lines in one read only the newest is parsed and reported; every other
+    line (--stats, --itemize-changes) goes to `other`. Progress lines are the ones that start with a
+    space and hold a '%' (rsync right-aligns the byte count); stats and itemize lines never do."""
     buf = b""
     while True:
-        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+        chunk = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
         if not chunk:
             break
         buf += chunk
         parts = re.split(rb"[\r\n]", buf)
         buf = parts.pop()
+        latest = None
         for p in parts:
-            if p:
-                on_line(p.decode("utf-8", "replace"))
+            if not p:
+                continue
+            if p[:1] == b" " and b"%" in p:
+                latest = p
+            else:
+                other.append(p.decode("utf-8", "replace"))
+        if latest is not None:
+            on_progress_line(latest.decode("utf-8", "replace"))
+        if len(chunk) < 1 << 15:
+            time.sleep(PROGRESS_READ_PAUSE)  # let lines pile up in the pipe: one wake-up per pause, not per file
     if buf:
-        on_line(buf.decode("utf-8", "replace"))
+        line = buf.decode("utf-8", "replace")
+        if buf[:1] == b" " and b"%" in buf:
+            on_progress_line(line)
+        else:
+            other.append(line)
 
 
 def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallback | None = None,
@@ -89,7 +106,7 @@ def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallbac
             on_progress(p.bytes, max(total_bytes, p.bytes))
 
     try:
-        _pump_lines(proc.stdout, on_line)
+        _pump_rsync(proc.stdout, on_line, out_lines)
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

@@ -32,7 +32,6 @@ import socket
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import fabric
@@ -55,6 +54,7 @@ from migrate.remote.hosts import (
     resolve,
     user_ssh_config_path,
 )
+from migrate.remote.result import RunResult  # noqa: F401 - re-exported: callers import it from here
 
 SUDO_PASSWORD_ENV = "MIGRATE_SUDO_PASSWORD"
 
@@ -110,29 +110,6 @@ class _ChunkedInput(io.StringIO):
         if size is not None and 0 <= size < 65536:
             size = 65536
         return super().read(size)
-
-
-@dataclass
-class RunResult:
-    """The outcome of one remote command."""
-
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    def raise_for_failure(self, what: str | None, host: str) -> None:
-        """A non-zero exit becomes a RemoteCommandError naming the step, the host and the last output line."""
-        if self.ok:
-            return
-        detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        last = detail[-1] if detail else f"exit code {self.exit_code}"
-        raise RemoteCommandError(f"{what or 'remote command'} failed on {host}: {last}",
-                                 command=self.command, exit_code=self.exit_code, stderr=self.stderr)
 
 
 def _fabric_connection(target: SshTarget, configs: SshConfigSet,

@@ -232,7 +232,7 @@ class OpenSshSession:
     def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
             timeout: float | None = None, what: str | None = None, sudo_mode: str = "nopasswd"):
         """Run an already-quoted command line; `sudo` needs root or passwordless sudo (see `sudo_mode`)."""
-        from migrate.remote.connection import RunResult
+        from migrate.remote.result import RunResult
 
         if sudo and sudo_mode == "password":
             raise SudoError("this step needs sudo with a password", hint="run it through the paramiko connection")

@@ -28,6 +28,7 @@ from migrate import local, ui
 from migrate.errors import LocalCommandError, MigrateError, UsageError
 from migrate.paths import cache_root, private_dir, sandbox_root
 from migrate.remote.hosts import remove_cached_configs
+from migrate.sandbox import link as linkmod
 from migrate.sandbox import mocknvml, recipe
 from migrate.sandbox.mocknvml import state as mstate
 
@@ -200,6 +201,8 @@ class Sandbox:
         self.known_hosts = self.state / "ssh" / "known_hosts"
         self.ssh_config = self.state / "ssh_config"
         self.hosts_json = self.state / "hosts.json"
+        self.link_ports: dict[int, int] = {}  # host index -> the link relay's port (sandbox/link.py)
+        self.link_text = ""
 
     # -- image ------------------------------------------------------------------------------
     @property
@@ -399,6 +402,8 @@ class Sandbox:
             for key in keys:
                 keytype, b64 = key.split()[:2]
                 names = [f"[{self.s.bind_addr}]:{self.s.port(i)}", self.s.ip(i)]
+                if i in self.link_ports:
+                    names.append(f"[{self.s.bind_addr}]:{self.link_ports[i]}")
                 lines += [f"{name} {keytype} {b64}" for name in names]
         tmp = self.known_hosts.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
@@ -443,8 +448,14 @@ class Sandbox:
         self.s.with_flavour(wanted["release"], wanted["docker_from"], wanted["image_store"])
 
     def up(self, n: int, *, gpus: int = 0, kill_user_processes: bool = False, rebuild: bool = False,
-           release: str | None = None, docker_from: str | None = None, image_store: str | None = None) -> list[dict]:
-        """Start hosts 1..n (reusing running ones), configure them, write ssh_config; return host info."""
+           release: str | None = None, docker_from: str | None = None, image_store: str | None = None,
+           link: str | None = None) -> list[dict]:
+        """Start hosts 1..n (reusing running ones), configure them, write ssh_config; return host info.
+
+        `link`: "RATE/DELAY" puts a slow, far link in front of the hosts' SSH ports, "off" removes
+        it, None keeps what is there (sandbox/link.py)."""
+        if link not in (None, "off"):
+            linkmod.parse_link(link)  # a typo fails before anything starts
         if not 1 <= n <= 50:
             raise UsageError(f"cannot start {n} sandbox hosts", hint="choose 1 to 50")
         if gpus < 0 or gpus > 16:
@@ -465,26 +476,49 @@ class Sandbox:
             for i in range(1, total + 1):
                 if i in existing or i <= n:
                     keys[i] = self._configure(i, total, gpus, kill_user_processes)
+        self.link_ports = self._apply_link(link, sorted(keys))
         self._write_known_hosts(keys)
         self._write_coords(sorted(keys), gpus)
         ui.step(f"{len(keys)} sandbox host(s) ready in {time.monotonic() - t0:.0f}s")
         return self.describe()
+
+    def _apply_link(self, link: str | None, indices: list[int]) -> dict[int, int]:
+        """Start, keep or stop the link relay for these hosts; return {index: relay port}."""
+        current = linkmod.read_state(self.state)
+        before = linkmod.recorded(self.state)  # a relay that died (a reboot) is started again
+        if link == "off" or (link is None and before is None):
+            linkmod.stop(self.state)
+            return {}
+        text = self.link_text = link or before["link"]
+        if current and current["link"] == text and set(current["ports"]) == {str(i) for i in indices}:
+            return {int(i): port for i, port in current["ports"].items()}
+        state = linkmod.start(self.state, linkmod.parse_link(text), {i: self.s.ip(i) for i in indices},
+                              self.s.bind_addr)
+        ui.step(f"link {linkmod.parse_link(text).describe()} between this machine and the hosts")
+        return {int(i): port for i, port in state["ports"].items()}
+
+    def link_state(self) -> dict | None:
+        """The running link relay's record (sandbox/link.py), or None."""
+        return linkmod.read_state(self.state)
 
     def _write_coords(self, indices: list[int], gpus: int) -> None:
         blocks = []
         hosts = []
         for i in indices:
             alias = self.s.alias(i)
+            port = self.link_ports.get(i, self.s.port(i))
             blocks.append(
-                f"Host {alias}\n  HostName {self.s.bind_addr}\n  Port {self.s.port(i)}\n  User alice\n"
+                f"Host {alias}\n  HostName {self.s.bind_addr}\n  Port {port}\n  User alice\n"
                 f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {self.known_hosts}\n"
                 f"  StrictHostKeyChecking yes\n"
             )
             hosts.append({"alias": alias, "container": self.s.container(i), "hostname": self.s.bind_addr,
-                          "port": self.s.port(i), "ip": self.s.ip(i), "user": "alice", "sudo": "nopasswd",
+                          "port": port, "published_port": self.s.port(i), "ip": self.s.ip(i), "user": "alice",
+                          "sudo": "nopasswd",
                           "password_sudo_user": "bob", "password_sudo_user_password": self.s.bob_password,
                           "identity_file": str(self.key), "known_hosts": str(self.known_hosts),
-                          "fake_gpus": gpus, **self.s.flavour})
+                          "fake_gpus": gpus, **self.s.flavour,
+                          **({"link": self.link_text} if i in self.link_ports else {})})
         header = f"{config_marker(self.s.name)} written by `migrate sandbox up`; removed by `down`\n"
         self.ssh_config.write_text(header + "\n".join(blocks))
         self.ssh_config.chmod(0o600)
@@ -541,6 +575,8 @@ class Sandbox:
                     image = f"{IMAGE_REPO}:{release}"
                     if _docker("image", "rm", image, check=False).returncode == 0:
                         removed.append(f"image {image}")
+        if linkmod.stop(self.state):
+            removed.append("link relay")
         if self.state.exists():
             shutil.rmtree(self.state)
             removed.append(f"state {self.state}")

@@ -156,10 +156,11 @@ def test_shell_on_the_host_and_in_a_process_job_through_a_terminal(host, process
 def test_clear_errors_no_terminal_unknown_queued_and_finished_jobs(host):
     assert_one_line_error(host.cli("shell", host.alias), "migrate shell needs a terminal", "migrate exec")
     assert_one_line_error(host.cli("exec", host.alias, "999", "--", "true"), "no job '999'", "migrate status")
-    queued = host.run_job("--gpus-per-job", "8", "--name", "toobig", "--", "true")  # 4 FAKE GPUs: waits
+    blocker = host.run_job("--gpus-per-job", "4", "--name", "blocker", "--", "sleep 120")   # all 4 FAKE GPUs
+    queued = host.run_job("--gpus-per-job", "1", "--name", "toobig", "--", "true")   # waits for the blocker
     assert_one_line_error(host.cli("exec", host.alias, str(queued["id"]), "--", "true"),
                           f"job {queued['id']} (toobig) is queued, not running yet", "migrate logs")
-    host.cli("cancel", host.alias, str(queued["id"]))
+    host.cli("cancel", host.alias, str(queued["id"]), str(blocker["id"]))
     done = host.run_job("--gpus-per-job", "0", "--name", "quick", "--", "exit 0")
     host.wait_state(done["id"], "done")
     res = host.cli("exec", host.alias, str(done["id"]), "--", "true")

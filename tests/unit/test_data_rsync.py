@@ -137,3 +137,20 @@ def test_small_helpers():
     with pytest.raises(UsageError):
         split_host_path("/just/a/path")
     assert shlex.split("a b") == ["a", "b"]
+
+
+def test_pump_rsync_reports_only_the_newest_progress_line_per_read_and_keeps_stats():
+    import io
+
+    from migrate.data.transfer import _pump_rsync
+
+    progress = "".join(f"     {4096 * (i + 1):,}  {i // 100}%    1.00MB/s    0:00:01 "
+                       f"(xfr#{i + 1}, to-chk={9999 - i}/10000)\r" for i in range(10000))
+    stats = "\nNumber of files: 10,001 (reg: 10,000, dir: 1)\nTotal bytes sent: 41,000,000\n"
+    stream = io.BufferedReader(io.BytesIO((progress + stats).encode()), buffer_size=1 << 16)
+    seen: list[str] = []
+    other: list[str] = []
+    _pump_rsync(stream, seen.append, other)
+    assert 0 < len(seen) < 100          # one per 64 KiB read, not one per file
+    assert "xfr#10000" in seen[-1]      # the last one is the newest
+    assert other == ["Number of files: 10,001 (reg: 10,000, dir: 1)", "Total bytes sent: 41,000,000"]
