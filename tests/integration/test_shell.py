@@ -156,8 +156,9 @@ def test_shell_on_the_host_and_in_a_process_job_through_a_terminal(host, process
 def test_clear_errors_no_terminal_unknown_queued_and_finished_jobs(host):
     assert_one_line_error(host.cli("shell", host.alias), "migrate shell needs a terminal", "migrate exec")
     assert_one_line_error(host.cli("exec", host.alias, "999", "--", "true"), "no job '999'", "migrate status")
-    blocker = host.run_job("--gpus-per-job", "4", "--name", "blocker", "--", "sleep 120")   # all 4 FAKE GPUs
-    queued = host.run_job("--gpus-per-job", "1", "--name", "toobig", "--", "true")   # waits for the blocker
+    blocker = host.run_job("--gpus-per-job", "1", "--name", "blocker", "--", "sleep 120")
+    host.wait_state(blocker["id"], "running")
+    queued = host.run_job("--gpus-per-job", "4", "--name", "toobig", "--", "true")   # 4 FAKE GPUs, 1 taken
     assert_one_line_error(host.cli("exec", host.alias, str(queued["id"]), "--", "true"),
                           f"job {queued['id']} (toobig) is queued, not running yet", "migrate logs")
     host.cli("cancel", host.alias, str(queued["id"]), str(blocker["id"]))
