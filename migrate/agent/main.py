@@ -19,16 +19,14 @@ from typing import Any
 
 from . import VERSION, control, notify
 from .db import ACTIVE, CANCELLED, FAILED, FINAL, LOST, QUEUED, STATES, Queue, QueueError, retry_refusal
-from .fields import JOB_FIELDS, SPEC_KEYS
 from .layout import Layout, write_private
 from .lock import AgentLog, acquire_lock
+from .validate import SpecError
+from .validate import validate_spec as _validate
 
 # Heavier modules (the daemon, the GPU view, admission, cancel) are imported by the subcommands that
 # need them: `status` runs on every `migrate status` and should start fast.
 
-ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SHM_SIZE = r"^[0-9]+[bkmgBKMG]?$"
-PORT_MAPPING = r"^(?:[0-9.]+:)?(?:[0-9]+:)?[0-9]+(?:/(?:tcp|udp))?$"
 RETRY_ALL = (FAILED, CANCELLED, LOST)  # `retry --all`: every job that did not succeed (done ones stay done)
 FOLLOW_CHECK_S = 2.0  # logs --follow: how often it checks that a dispatcher is there to end the job
 AGENT_ERROR_MARK = "MIGRATE-ERROR "  # stderr lines the client turns into an error (logs streams stdout)
@@ -48,127 +46,13 @@ def emit(data: dict) -> None:
     sys.stdout.flush()
 
 
-# -- validation --------------------------------------------------------------------------------
-def _int(spec: dict, key: str, lo: int, hi: int, where: str, default: Any = None) -> Any:
-    value = spec.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise AgentError(f"{where}: {key} must be an integer from {lo} to {hi}, not {value!r}")
-    return value
-
-
-INT_FIELDS = tuple(f for f in JOB_FIELDS if f.lo is not None)  # checked against their range in fields.py
-
-
+# -- validation (the one validator: validate.py) -----------------------------------------------------
 def validate_spec(spec: Any, n: int) -> dict:
-    """Check and normalise one job spec; raise AgentError saying what is wrong."""
-    import re
-
-    from .launch import RESERVED_ENV
-
-    where = f"job {n + 1}"
-    if not isinstance(spec, dict):
-        raise AgentError(f"{where}: expected an object")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise AgentError("{}: unknown field(s) {}".format(where, ", ".join(sorted(unknown))))
-    command = spec.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise AgentError(f"{where}: empty command", "give the command after --")
-    out = {"command": command}
-    name = spec.get("name")
-    if name is not None:
-        if not isinstance(name, str) or "\n" in name or len(name) > 200:
-            raise AgentError(f"{where}: bad name {name!r}")
-        where = f"job {name!r}"
-        out["name"] = name
-    for f in INT_FIELDS:
-        out[f.name] = _int(spec, f.name, f.lo, f.hi, where, f.default)
-    out["allow_shared"] = bool(spec.get("allow_shared"))
-    if out["allow_shared"] and out["min_free_mem_mib"] is None:
-        raise AgentError(f"{where}: --allow-shared needs --min-free-mem",
-                         "say how much free GPU memory the job needs on a GPU others are using")
-    image = spec.get("image")
-    if image is not None:
-        from .imageref import EXAMPLE, FORM, check_image_ref
-
-        problem = check_image_ref(image)
-        if problem:
-            raise AgentError(f"{where}: {problem}", f"an image is {FORM}, {EXAMPLE}")
-    out["image"] = image or None
-    env = spec.get("env") or {}
-    if not isinstance(env, dict):
-        raise AgentError(f"{where}: env must be a mapping")
-    for k, v in env.items():
-        if not isinstance(k, str) or not re.match(ENV_NAME, k):
-            raise AgentError(f"{where}: invalid environment variable name {k!r}")
-        if k in RESERVED_ENV:
-            raise AgentError(f"{where}: {k} is set by the dispatcher",
-                             "choose GPUs with --gpus-per-job and --gpu-pool instead")
-        if not isinstance(v, str):
-            raise AgentError(f"{where}: value of {k} must be a string")
-        if image and "\n" in v:
-            raise AgentError(f"{where}: {k} contains a newline (not possible for container jobs)")
-    out["env"] = dict(env)
-    cwd = spec.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd.strip()):
-        raise AgentError(f"{where}: bad working directory {cwd!r}")
-    if cwd and not image:
-        path = os.path.expanduser(cwd)
-        if not os.path.isdir(path):
-            raise AgentError(f"{where}: working directory {cwd} does not exist on this host",
-                             "create it first (push-data), or pass an existing --cwd")
-        cwd = os.path.abspath(path)
-    if cwd and image and not cwd.startswith("/"):
-        raise AgentError(f"{where}: the working directory in a container must be absolute, not {cwd!r}")
-    out["cwd"] = cwd
-    mounts = []
-    if spec.get("mounts") and not image:
-        raise AgentError(f"{where}: mounts need a container image (--image)")
-    for m in spec.get("mounts") or []:
-        if not isinstance(m, str) or ":" not in m:
-            raise AgentError(f"{where}: bad mount {m!r}", "use HOST_PATH:CONTAINER_PATH[:ro]")
-        src, _, rest = m.partition(":")
-        src = os.path.expanduser(src)
-        if not src.startswith("/"):
-            raise AgentError(f"{where}: mount source {src!r} must be an absolute path")
-        if not os.path.exists(src):
-            raise AgentError(f"{where}: mount source {src} does not exist on this host",
-                             "Docker would create it as an empty root-owned directory")
-        mounts.append(src + ":" + rest)
-    out["mounts"] = mounts
-    shm = spec.get("shm_size")
-    if shm is not None and (not isinstance(shm, str) or not re.match(SHM_SIZE, shm)):
-        raise AgentError(f"{where}: bad shm size {shm!r}", "e.g. 16g")
-    out["shm_size"] = shm
-    ports = spec.get("ports") or []
-    for p in ports:
-        if not isinstance(p, str) or not re.match(PORT_MAPPING, p):
-            raise AgentError(f"{where}: bad port mapping {p!r}", "e.g. 6006 or 16006:6006")
-    if ports and not image:
-        raise AgentError(f"{where}: port mappings need a container image (--image)")
-    out["ports"] = list(ports)
-    pool = spec.get("gpu_pool")
-    if pool is not None and (not isinstance(pool, list) or not all(isinstance(x, str) and x for x in pool)):
-        raise AgentError(f"{where}: gpu_pool must be a list of GPU indices or UUIDs")
-    out["gpu_pool"] = pool or None
-    key = spec.get("key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 1000):
-        raise AgentError(f"{where}: bad key {key!r}")
-    out["key"] = key
-    note = spec.get("notify")
-    if note is not None:
-        from .notify import check_target
-
-        problem = check_target(note)
-        if problem:
-            raise AgentError(f"{where}: {problem}", "e.g. --notify https://ntfy.sh/TOPIC or slack+https://...")
-    out["notify"] = note
-    back = spec.get("sync_back")  # pulled by the client (`migrate wait`); the host only checks the form
-    if back is not None and (not isinstance(back, str) or ":" not in back):
-        raise AgentError(f"{where}: bad sync_back {back!r}", "HOST_PATH:LOCAL_DIR")
-    return out
+    """Check and normalise one job spec on this host; raise AgentError saying what is wrong."""
+    try:
+        return _validate(spec, n, on_host=True)
+    except SpecError as exc:
+        raise AgentError(exc.message, exc.hint) from None
 
 
 # -- helpers -----------------------------------------------------------------------------------

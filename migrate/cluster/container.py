@@ -23,9 +23,9 @@ from __future__ import annotations
 import re
 
 from migrate import ui
-from migrate.agent.launch import RESERVED_ENV, docker_argv
+from migrate.agent.launch import docker_argv
 from migrate.cluster.state import ClusterRecord
-from migrate.errors import MigrateError, UsageError
+from migrate.errors import MigrateError
 from migrate.jobs.spec import JobSpec
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
@@ -102,25 +102,6 @@ def _mount_word(mount: str) -> str:
 
 def mount_sources(spec: JobSpec) -> list[str]:
     return [m.partition(":")[0] for m in spec.mounts]
-
-
-def check_container_spec(spec: JobSpec) -> None:
-    """What the single-host agent checks when a container job is queued, checked here for a cluster
-    (there is no agent on the way; a mount source is checked on the node when the job starts)."""
-    if spec.cwd and not spec.cwd.startswith("/"):
-        raise UsageError(f"the working directory in a container must be absolute, not {spec.cwd!r}")
-    for m in spec.mounts:
-        src = m.partition(":")[0]
-        if ":" not in m or not (src.startswith("/") or src.startswith("~/")):
-            raise UsageError(f"bad mount {m!r}: the source must be an absolute path (or ~/...)",
-                             hint="use HOST_PATH:CONTAINER_PATH[:ro]")
-    for k, v in spec.env.items():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-            raise UsageError(f"invalid environment variable name {k!r}")
-        if k in RESERVED_ENV:
-            raise UsageError(f"{k} is set for the container", hint="choose GPUs with --gpus-per-job")
-        if "\n" in v:
-            raise UsageError(f"{k} contains a newline (not possible for container jobs)")
 
 
 def env_names(spec: JobSpec) -> list[str]:

@@ -22,7 +22,7 @@ from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import UsageError
 from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
-from migrate.jobs.spec import JobSpec
+from migrate.jobs.spec import JobSpec, check_specs
 from migrate.jobs.template import TemplatePlan
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
@@ -34,18 +34,13 @@ COLUMNS = ["id", "name", "state", "gpu", "node", "runtime", "exit", "info"]
 
 
 def check_cluster_spec(spec: JobSpec) -> None:
-    """What a cluster job cannot do (yet): one clear line instead of silently ignoring it."""
+    """The job validator every job passes (jobs.spec.check_specs), then what a cluster job cannot do
+    (yet): one clear line instead of silently ignoring it."""
+    check_specs([spec])
     if spec.gpu_pool:
         raise UsageError("--gpu-pool is not supported per job on a cluster",
                          hint="queue it on one host (`migrate run HOST ...`); on a cluster the GPUs are "
                               "chosen at `cluster up` (--gpu-pool)")
-    if spec.allow_shared and spec.min_free_mem_mib is None:
-        raise UsageError("--allow-shared needs --min-free-mem",
-                         hint="say how much free GPU memory the job needs on a GPU others are using")
-    if (spec.mounts or spec.ports or spec.shm_size) and not spec.image:
-        raise UsageError("--mount, --publish and --shm-size need a container image (--image)")
-    if spec.image:
-        container.check_container_spec(spec)
 
 
 def offered_line(record: ClusterRecord) -> str:

@@ -18,6 +18,7 @@ from migrate.agent.fields import JOB_FIELDS, YAML_ALIASES, JobField
 from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
 from migrate.agent.imageref import FORM as IMAGE_FORM
 from migrate.agent.imageref import check_image_ref
+from migrate.agent.validate import PYTHON_ENV_NAME, SpecError, validate_spec
 from migrate.errors import UsageError
 from migrate.jobs import sif
 from migrate.jobs.limits import check_job_count, sweep_size
@@ -25,7 +26,7 @@ from migrate.units import MIB, parse_size
 from migrate.yaml_depth import check_nesting
 
 PYTHON_ENV_VAR = "MIGRATE_ENV"  # launch.ENV_VAR: the agent package cannot be imported piecemeal here
-ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(PYTHON_ENV_NAME)  # a push-env name (`run --env NAME`)
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -115,21 +116,22 @@ def check_image(ref: str) -> str:
     return ref
 
 
-def check_specs(jobs: list[JobSpec]) -> None:
-    """Checks a job needs before it is sent to a host (jobs from playbooks and the API included)."""
-    for job in jobs:
-        if job.image is not None:
-            check_image(job.image)
-        if job.python_env is not None:
-            if not ENV_NAME.match(job.python_env):
-                raise UsageError(f"bad environment name {job.python_env!r}",
-                                 hint="the NAME given to `migrate push-env --name NAME`")
-            if job.image:
-                raise UsageError("a pushed Python environment is for process jobs, not --image jobs",
-                                 hint="install the packages in the image instead")
-        if sif.is_sif(job.image) and (job.ports or job.shm_size):
-            raise UsageError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
-                             "network and /dev/shm", hint="drop them for a .sif image")
+def check_specs(jobs: list[JobSpec], first: int = 0) -> None:
+    """The one job validator (`migrate.agent.validate`, driven by the job field table) on every job this
+    machine makes, before it goes to a host or a cluster: `run`, jobs.yaml, playbooks, the Python API.
+    What only the host knows (a process job's cwd, a mount's source) is checked there. `first`: the
+    number of the first job, for the messages ("job 3: ...")."""
+    for n, job in enumerate(jobs, first):
+        values = {f.name: getattr(job, f.name) for f in JOB_FIELDS}
+        if sif.is_sif(job.image):  # a process job running apptainer (migrate/jobs/sif.py), not Docker's
+            if job.ports or job.shm_size:
+                raise UsageError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
+                                 "network and /dev/shm", hint="drop them for a .sif image")
+            values.update(image=None, mounts=[], cwd=None)
+        try:
+            validate_spec(values, n, on_host=False)
+        except SpecError as exc:
+            raise UsageError(exc.message, hint=exc.hint or None) from None
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:
@@ -320,6 +322,7 @@ def load_jobs_file(path: str | Path) -> list[JobSpec]:
                  for k, vals in (merged.pop("sweep", None) or {}).items()}
         try:
             base = JobSpec(**{f.name: _yaml_value(f, merged) for f in YAML_FIELDS.values()})
+            check_specs([base], i)
             check_job_count(len(specs) + sweep_size(sweep), "the file so far")
             specs.extend(expand(base, sweep))
         except UsageError as exc:

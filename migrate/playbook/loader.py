@@ -15,11 +15,12 @@ from typing import Any
 
 import yaml
 
+from migrate.agent.fields import JOB_FIELDS
 from migrate.agent.imageref import image_ref_problem
 from migrate.cluster.state import check_name as check_cluster_name
 from migrate.errors import UsageError
 from migrate.jobs.limits import MAX_JOBS, sweep_size
-from migrate.jobs.spec import PLACEHOLDER, grid
+from migrate.jobs.spec import PLACEHOLDER, JobSpec, check_specs, grid
 from migrate.playbook.schema import PLAYBOOK_KEYS, Key
 from migrate.remote.hosts import HostSpec
 from migrate.yaml_depth import check_nesting
@@ -319,6 +320,12 @@ def parse_playbook(text: str, path: Path) -> Playbook:
             if size > MAX_JOBS:
                 v.err(_child(_child(root, "run"), "sweep") or root,
                       f"run.sweep is {size} jobs; the limit is {MAX_JOBS} (make the sweep smaller)")
+            job = {f.name: run[f.playbook] for f in JOB_FIELDS if f.playbook and run.get(f.playbook) is not None}
+            try:  # the one job validator, as `run` and jobs.yaml use it (the command's placeholders unfilled)
+                check_specs([JobSpec(**job)])
+            except UsageError as exc:
+                v.err(_child(root, "run") or root, f"run: {exc.message.removeprefix('job 1: ')}"
+                      + (f" ({exc.hint})" if exc.hint else ""))
     if v.errors:
         raise PlaybookError("; ".join(v.errors) if len(v.errors) < 2 else
                             f"{len(v.errors)} problems: " + "; ".join(v.errors),

@@ -200,14 +200,16 @@ def test_dry_run_json_lists_the_submission_order_and_the_image_push(tmp_path, mo
 def test_container_spec_checks_and_home_mounts(tmp_path):
     with pytest.raises(UsageError, match="must be absolute"):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", cwd="work"))
-    with pytest.raises(UsageError, match="bad mount"):
+    with pytest.raises(UsageError, match=r"mount source 'data' must be an absolute path \(or ~/...\)"):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", mounts=["data:/data"]))
     with pytest.raises(UsageError, match="invalid environment variable name"):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", env={"A}; x": "1"}))
-    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES is set for the container"):
+    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES is set by the dispatcher"):
         jobs.check_cluster_spec(JobSpec(command="x", image="a:1", env={"CUDA_VISIBLE_DEVICES": "1"}))
     with pytest.raises(UsageError, match="need a container image"):
         jobs.check_cluster_spec(JobSpec(command="x", mounts=["/d:/d"]))
+    with pytest.raises(UsageError, match="--shm-size needs a container image"):
+        jobs.check_cluster_spec(JobSpec(command="x", shm_size="1g"))
     line = container.docker_run_line(record(), JobSpec(command="x", gpus=0, image="a:1",
                                                        mounts=["~/data:/data:ro"]), "1")
     assert "-v \"$HOME\"/data:/data:ro" in line

@@ -195,3 +195,35 @@ def test_jobs_yaml_and_playbooks_accept_each_others_spellings(tmp_path):
     assert (job.spec["cwd"], job.spec["gpus"]) == ("/data", 2)
     with pytest.raises(PlaybookError, match="'run.gpus' and 'run.gpus_per_job' are the same field: give one"):
         parse_playbook("hosts: [a]\nrun:\n  command: x\n  gpus_per_job: 1\n  gpus: 2\n", Path("p.yml"))
+
+
+def test_one_validator_for_the_agent_the_cli_the_cluster_and_jobs_yaml(tmp_path):
+    from migrate.agent.validate import CHECKS
+    from migrate.cluster.jobs import check_cluster_spec
+    from migrate.jobs.spec import check_specs
+
+    assert set(CHECKS) >= SPEC_KEYS  # every field of the table has its check
+    bad = JobSpec(command="x", image="a:1", env={"CUDA_VISIBLE_DEVICES": "0"})
+    for refuse in (lambda: check_specs([bad]), lambda: check_cluster_spec(bad)):
+        with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+            refuse()
+    with pytest.raises(AgentError, match="CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+        validate_spec(bad.payload(), 0)
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("- command: x\n  image: a:1\n  env: {CUDA_VISIBLE_DEVICES: '0'}\n")
+    with pytest.raises(UsageError, match=r"jobs.yaml:1: job 1: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+        load_jobs_file(jobs)
+    # what only the host can know is checked there: a process job's cwd, a mount's source
+    away = JobSpec(command="x", cwd=str(tmp_path / "not-here"))
+    check_specs([away])
+    with pytest.raises(AgentError, match="does not exist on this host"):
+        validate_spec(away.payload(), 0)
+    with pytest.raises(UsageError, match="--shm-size needs a container image"):
+        check_specs([JobSpec(command="x", shm_size="1g")])
+
+
+def test_a_playbook_job_is_checked_by_the_same_validator_with_its_line(tmp_path):
+    text = "hosts: [a]\nrun:\n  command: x\n  image: a:1\n  env: {CUDA_VISIBLE_DEVICES: '0'}\n"
+    with pytest.raises(PlaybookError, match=r"pb.yml:3: run: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+        parse_playbook(text, tmp_path / "pb.yml")
+    parse_playbook("hosts: [a]\nrun:\n  command: x\n  image: a:1\n  mounts: ['~/d:/d']\n", tmp_path / "pb.yml")
