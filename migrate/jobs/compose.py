@@ -20,11 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from migrate.errors import UsageError
 from migrate.remote import shell
-from migrate.yaml_depth import check_nesting
+from migrate.yamlfile import compose, construct
 
 COMPOSE_ROOT = ".migrate/compose"
 
@@ -58,13 +56,7 @@ def plan_compose(file: str, name: str | None = None) -> ComposePlan:
     if not path.is_file():
         raise UsageError(f"compose file {file} not found")
     text = path.read_text()
-    check_nesting(text, file)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise UsageError(f"{file}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    data = construct(compose(text, file))
     services = data.get("services") if isinstance(data, dict) else None
     if not isinstance(services, dict) or not services:
         raise UsageError(f"{file} has no services", hint="a compose file needs a top-level `services:` mapping")

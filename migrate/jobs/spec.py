@@ -6,13 +6,14 @@ result is a list of `JobSpec`, sent to the agent as JSON (`JobSpec.payload()`).
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from migrate.agent.fields import JOB_FIELDS, YAML_ALIASES, JobField
 from migrate.agent.imageref import EXAMPLE as IMAGE_EXAMPLE
@@ -23,7 +24,7 @@ from migrate.errors import UsageError
 from migrate.jobs import sif
 from migrate.jobs.limits import check_job_count, sweep_size
 from migrate.units import MIB, parse_size
-from migrate.yaml_depth import check_nesting
+from migrate.yamlfile import Key, Validator, child, compose, key_node
 
 PYTHON_ENV_VAR = "MIGRATE_ENV"  # launch.ENV_VAR: the agent package cannot be imported piecemeal here
 ENV_NAME = re.compile(PYTHON_ENV_NAME)  # a push-env name (`run --env NAME`)
@@ -116,22 +117,31 @@ def check_image(ref: str) -> str:
     return ref
 
 
-def check_specs(jobs: list[JobSpec], first: int = 0) -> None:
-    """The one job validator (`migrate.agent.validate`, driven by the job field table) on every job this
-    machine makes, before it goes to a host or a cluster: `run`, jobs.yaml, playbooks, the Python API.
-    What only the host knows (a process job's cwd, a mount's source) is checked there. `first`: the
-    number of the first job, for the messages ("job 3: ...")."""
-    for n, job in enumerate(jobs, first):
-        values = {f.name: getattr(job, f.name) for f in JOB_FIELDS}
-        if sif.is_sif(job.image):  # a process job running apptainer (migrate/jobs/sif.py), not Docker's
-            if job.ports or job.shm_size:
-                raise UsageError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
-                                 "network and /dev/shm", hint="drop them for a .sif image")
-            values.update(image=None, mounts=[], cwd=None)
-        try:
-            validate_spec(values, n, on_host=False)
-        except SpecError as exc:
-            raise UsageError(exc.message, hint=exc.hint or None) from None
+def spec_problem(job: JobSpec, n: int = 0) -> SpecError | None:
+    """What the one job validator (`migrate.agent.validate`, driven by the job field table) refuses in a
+    job made on this machine, or None. What only the host knows (a process job's cwd, a mount's source)
+    is checked there."""
+    values = {f.name: getattr(job, f.name) for f in JOB_FIELDS}
+    if sif.is_sif(job.image):  # a process job running apptainer (migrate/jobs/sif.py), not Docker's
+        if job.ports or job.shm_size:
+            return SpecError("--publish and --shm-size are for Docker images; a SIF job shares the host's "
+                             "network and /dev/shm", "drop them for a .sif image",
+                             field="ports" if job.ports else "shm_size")
+        values.update(image=None, mounts=[], cwd=None)
+    try:
+        validate_spec(values, n, on_host=False)
+    except SpecError as exc:
+        return exc
+    return None
+
+
+def check_specs(jobs: list[JobSpec]) -> None:
+    """The one job validator on every job this machine makes, before it goes to a host or a cluster:
+    `run`, jobs.yaml, playbooks, the Python API (UsageError: "job 2: ...")."""
+    for n, job in enumerate(jobs):
+        problem = spec_problem(job, n)
+        if problem:
+            raise UsageError(problem.message, hint=problem.hint or None)
 
 
 def parse_size_mib(text: str | int | None, what: str = "--min-free-mem") -> int | None:
@@ -216,10 +226,13 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
 
 
 # -- jobs.yaml ----------------------------------------------------------------------------------
-YAML_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "size": (int, str), "str_list": list,
-                              "str_map": dict}
 YAML_FIELDS = {f.yaml: f for f in JOB_FIELDS if f.yaml}  # jobs.yaml key -> its field
-JOB_FILE_KEYS = {**{k: YAML_TYPES[f.kind] for k, f in YAML_FIELDS.items()}, "sweep": dict}
+# jobs.yaml's keys for the one YAML validator (migrate.yamlfile): each job field in jobs.yaml's spelling
+# (the playbook's accepted too), and `sweep`
+JOB_KEYS = (*(Key(k, f.kind, f.doc, aliases=tuple(a for a, y in YAML_ALIASES.items() if y == k), lo=f.lo, hi=f.hi)
+              for k, f in YAML_FIELDS.items()),
+            Key("sweep", "sweep", "Grid of parameters: one job per combination."))
+JOB_FILE_KEYS = {k.name: k for k in JOB_KEYS}
 FIELD_TYPES = {"str": "string", "int": "integer", "bool": "true/false", "size": "size (`20g`; playbooks: MiB)",
                "str_list": "list of strings", "str_map": "map of string to string"}
 FIELDS_BEGIN = ("<!-- job fields: generated from migrate/agent/fields.py by job_fields_markdown();"
@@ -239,106 +252,73 @@ def job_fields_markdown() -> str:
     return "\n".join([*lines, "", FIELDS_END])
 
 
-TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", bool: "true/false"}
-
-
-def _line_index(text: str) -> dict[tuple, int]:
-    """(path...) -> 1-based line of that key or item, for error messages."""
-    import yaml
-
-    lines: dict[tuple, int] = {}
-
-    def walk(node: Any, path: tuple) -> None:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = (*path, str(k.value))
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, (*path, i))
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
 def load_jobs_file(path: str | Path) -> list[JobSpec]:
-    """Read a jobs file (YAML): a list of jobs, or {defaults: {...}, jobs: [...]}; sweeps expanded."""
-    import yaml
-
+    """Read a jobs file (YAML): a list of jobs, or {defaults: {...}, jobs: [...]}; sweeps expanded. Read and
+    checked by the one line-aware YAML validator (migrate.yamlfile), then by the one job validator."""
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read jobs file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
-    check_nesting(text, str(p))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
-    lines = _line_index(text)
+    root = compose(text, str(p))
+    v = Validator(str(p))
 
-    def err(path: tuple, message: str, hint: str | None = None) -> UsageError:
-        line = lines.get(path)
-        return UsageError(f"{p}{':' + str(line) if line else ''}: {message}", hint=hint)
+    def err(node: Any, message: str, hint: str | None = None) -> UsageError:
+        return UsageError(f"{p}{':' + str(node.start_mark.line + 1) if node is not None else ''}: {message}",
+                          hint=hint)
 
     defaults: dict[str, Any] = {}
-    base_path: tuple = ()
-    if isinstance(data, dict):
-        unknown = set(data) - {"defaults", "jobs"}
-        if unknown:
-            raise err((sorted(unknown)[0],), f"unknown top-level key {sorted(unknown)[0]!r}",
-                      hint="a jobs file has `jobs:` (a list) and optional `defaults:`")
-        defaults = data.get("defaults") or {}
-        if not isinstance(defaults, dict):
-            raise err(("defaults",), "defaults must be a mapping")
-        defaults = _canonical_spellings(defaults, ("defaults",), err)
-        _check_fields(defaults, ("defaults",), err, need_command=False)
-        data = data.get("jobs")
-        base_path = ("jobs",)
-    if not isinstance(data, list) or not data:
-        raise err(base_path, "expected a non-empty list of jobs", hint="see docs/run.md for the jobs file format")
+    items = root
+    if isinstance(root, yaml.MappingNode):
+        for knode, _ in root.value:
+            if knode.value not in ("defaults", "jobs"):
+                raise err(knode, f"unknown top-level key {knode.value!r}",
+                          hint="a jobs file has `jobs:` (a list) and optional `defaults:`")
+        node = child(root, "defaults")
+        if node is not None and not node.tag.endswith(":null"):
+            defaults = v.mapping(node, JOB_KEYS, "defaults", fill=False)
+        items = child(root, "jobs")
+    if not isinstance(items, yaml.SequenceNode) or not items.value:
+        raise err(items if items is not None else root, "expected a non-empty list of jobs",
+                  hint="see docs/run.md for the jobs file format")
+    jobs = []
+    for i, node in enumerate(items.value):
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":str"):
+            jobs.append((node, {"command": node.value}))
+        elif isinstance(node, yaml.MappingNode):
+            jobs.append((node, v.mapping(node, JOB_KEYS, "", fill=False)))
+        else:
+            v.err(node, f"job {i + 1} must be a mapping or a command string")
+    if v.errors:
+        raise UsageError("; ".join(v.errors) if len(v.errors) < 2 else f"{len(v.errors)} problems: "
+                         + "; ".join(v.errors), hint="see docs/run.md for the keys")
     specs: list[JobSpec] = []
-    for i, item in enumerate(data):
-        path = (*base_path, i)
-        if isinstance(item, str):
-            item = {"command": item}
-        if not isinstance(item, dict):
-            raise err(path, f"job {i + 1} must be a mapping or a command string")
-        item = _canonical_spellings(item, path, err)
+    for i, (node, item) in enumerate(jobs):
         merged = {**defaults, **item}
         if "env" in defaults and "env" in item:
             merged["env"] = {**defaults["env"], **item["env"]}
-        _check_fields(merged, path, err, need_command=True)
-        sweep = {str(k): [str(v) for v in (vals if isinstance(vals, list) else [vals])]
-                 for k, vals in (merged.pop("sweep", None) or {}).items()}
+        if not str(merged.get("command") or "").strip():
+            raise err(node, "a job needs a command")
+        sweep = merged.pop("sweep", None) or {}
         try:
             base = JobSpec(**{f.name: _yaml_value(f, merged) for f in YAML_FIELDS.values()})
-            check_specs([base], i)
+            problem = spec_problem(base, i)
+            if problem:
+                raise err(_field_node(node, problem.field), problem.detail, problem.hint or None)
             check_job_count(len(specs) + sweep_size(sweep), "the file so far")
             specs.extend(expand(base, sweep))
         except UsageError as exc:
-            raise err(path, exc.message, exc.hint) from exc
+            if exc.message.startswith(f"{p}:"):
+                raise
+            raise err(node, exc.message, exc.hint) from exc
     return specs
 
 
-def _canonical_spellings(job: dict, path: tuple, err: Any) -> dict:
-    """The job with a playbook spelling (`workdir`, `gpus_per_job`) renamed to jobs.yaml's; both is an error."""
-    out = dict(job)
-    for other, key in YAML_ALIASES.items():
-        if other in out:
-            if key in out:
-                raise err((*path, other), f"give {key!r} or {other!r}, not both", hint="they are the same field")
-            out[key] = out.pop(other)
-    return out
+def _field_node(job: yaml.Node, field: str) -> yaml.Node:
+    """Where a field of a job stands in the file: its key's line when the job gives it, else the job's."""
+    f = next((f for f in JOB_FIELDS if f.name == field), None)
+    names = [f.yaml, *(a for a, y in YAML_ALIASES.items() if y == f.yaml)] if f and f.yaml else []
+    return next((k for n in names if (k := key_node(job, n)) is not None), job)
 
 
 def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:
@@ -351,24 +331,3 @@ def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:
     if f.kind == "str_map":
         return {str(k): str(v) for k, v in (value or {}).items()}
     return job.get(f.yaml, JOB_DEFAULTS.get(f.name))  # command has no default: checked present
-
-
-def _check_fields(job: dict, path: tuple, err: Any, *, need_command: bool) -> None:
-    for key, value in job.items():
-        if key not in JOB_FILE_KEYS:
-            close = difflib.get_close_matches(str(key), JOB_FILE_KEYS, n=1)
-            raise err((*path, str(key)), f"unknown key {key!r}",
-                      hint=f"did you mean {close[0]!r}?" if close else "see docs/run.md for the keys")
-        if key == "image" and isinstance(value, str):
-            problem = check_image_ref(value)
-            if problem:
-                raise err((*path, "image"), problem, hint=f"an image is {IMAGE_FORM}, {IMAGE_EXAMPLE}")
-        want = JOB_FILE_KEYS[key]
-        types = want if isinstance(want, tuple) else (want,)
-        if value is None:
-            continue
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            names = " or ".join(TYPE_NAMES[t] for t in types)
-            raise err((*path, str(key)), f"{key} must be {names}, not {type(value).__name__}")
-    if need_command and not str(job.get("command") or "").strip():
-        raise err(path, "a job needs a command")

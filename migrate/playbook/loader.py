@@ -7,8 +7,6 @@ wrong type or a missing required key ends `migrate apply` with exit code 2.
 
 from __future__ import annotations
 
-import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,10 @@ from migrate.agent.imageref import image_ref_problem
 from migrate.cluster.state import check_name as check_cluster_name
 from migrate.errors import UsageError
 from migrate.jobs.limits import MAX_JOBS, sweep_size
-from migrate.jobs.spec import PLACEHOLDER, JobSpec, check_specs, grid
-from migrate.playbook.schema import PLAYBOOK_KEYS, Key
+from migrate.jobs.spec import PLACEHOLDER, JobSpec, grid, spec_problem
+from migrate.playbook.schema import PLAYBOOK_KEYS
 from migrate.remote.hosts import HostSpec
-from migrate.yaml_depth import check_nesting
-
-_constructor = yaml.constructor.SafeConstructor()
+from migrate.yamlfile import Validator, child, compose, key_node
 
 
 class PlaybookError(UsageError):
@@ -100,186 +96,18 @@ class Playbook:
         return out
 
 
-class _Validator:
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.errors: list[str] = []
-
-    def err(self, node: yaml.Node | None, text: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        self.errors.append(f"{self.filename}:{line}: {text}")
-
-    def scalar(self, node: yaml.Node, key: Key, where: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            self.err(node, f"'{where}' must be a {key.type_name()}, got a {_node_kind(node)}")
-            return None
-        value = _constructor.construct_object(node)
-        if key.kind == "str":
-            if value is None:
-                return None
-            if isinstance(value, (dict, list)):
-                self.err(node, f"'{where}' must be a string")
-                return None
-            return node.value if not isinstance(value, str) else value
-        if key.kind == "int":
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.err(node, f"'{where}' must be an integer, got {node.value!r}")
-                return None
-            if value < 0:
-                self.err(node, f"'{where}' must not be negative, got {value}")
-                return None
-            return value
-        if key.kind == "bool":
-            if not isinstance(value, bool):
-                self.err(node, f"'{where}' must be true or false, got {node.value!r}")
-                return None
-            return value
-        raise AssertionError(key.kind)
-
-    def str_list(self, node: yaml.Node, key: Key, where: str) -> list[str]:
-        if isinstance(node, yaml.ScalarNode) and node.value and node.tag.endswith(":str"):
-            return [node.value]  # a single string is a list of one
-        if not isinstance(node, yaml.SequenceNode):
-            self.err(node, f"'{where}' must be a list of strings, got a {_node_kind(node)}")
-            return []
-        out = []
-        for item in node.value:
-            if not isinstance(item, yaml.ScalarNode) or item.tag.endswith(":null"):
-                self.err(item, f"items of '{where}' must be strings")
-                continue
-            out.append(item.value)
-        return out
-
-    def str_map(self, node: yaml.Node, key: Key, where: str) -> dict[str, str]:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"'{where}' must be a mapping of names to values, got a {_node_kind(node)}")
-            return {}
-        out = {}
-        for k, v in node.value:
-            if not isinstance(v, yaml.ScalarNode):
-                self.err(v, f"'{where}.{k.value}' must be a single value")
-                continue
-            out[str(k.value)] = v.value
-        return out
-
-    def sweep(self, node: yaml.Node, key: Key, where: str) -> dict[str, list[str]]:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"'{where}' must map parameter names to lists of values, got a {_node_kind(node)}")
-            return {}
-        out: dict[str, list[str]] = {}
-        for k, v in node.value:
-            name = str(k.value)
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                self.err(k, f"sweep parameter {name!r} must be a plain name (letters, digits, _)")
-                continue
-            if isinstance(v, yaml.ScalarNode):
-                out[name] = [v.value]
-            elif isinstance(v, yaml.SequenceNode) and all(isinstance(i, yaml.ScalarNode) for i in v.value):
-                if not v.value:
-                    self.err(v, f"sweep parameter '{name}' has no values")
-                out[name] = [i.value for i in v.value]  # literal text: 1e-3 stays "1e-3"
-            else:
-                self.err(v, f"sweep parameter '{name}' must be a list of values")
-        return out
-
-    def mapping(self, node: yaml.Node, keys: tuple[Key, ...], where: str) -> dict[str, Any]:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"'{where or 'the playbook'}' must be a mapping, got a {_node_kind(node)}")
-            return {}
-        by_name = {k.name: k for k in keys}
-        by_name.update({alias: k for k in keys for alias in k.aliases})
-        out: dict[str, Any] = {}
-        seen: dict[str, str] = {}  # key -> the spelling used (its full name)
-        for knode, vnode in node.value:
-            name = str(knode.value)
-            full = f"{where}.{name}" if where else name
-            key = by_name.get(name)
-            if key is not None and key.name in seen:
-                first = seen[key.name]
-                self.err(knode, f"duplicate key '{full}'" if first == full else
-                         f"'{full}' and '{first}' are the same field: give one")
-                continue
-            if key is not None:
-                seen[key.name] = full
-            if key is None:
-                close = difflib.get_close_matches(name, list(by_name), n=1)
-                known = ", ".join(k.name for k in keys)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
-                self.err(knode, f"unknown key '{full}'{hint}")
-                continue
-            out[key.name] = self.value(vnode, key, full)
-        for key in keys:
-            if key.name not in out:
-                if key.required:
-                    self.err(node, f"missing required key '{where + '.' if where else ''}{key.name}'")
-                out[key.name] = _copy(key.default)
-            elif out[key.name] is None and key.default is not None:
-                out[key.name] = _copy(key.default)
-        return out
-
-    def value(self, node: yaml.Node, key: Key, where: str) -> Any:
-        if key.kind in ("str", "int", "bool"):
-            return self.scalar(node, key, where)
-        if key.kind == "str_list":
-            return self.str_list(node, key, where)
-        if key.kind == "str_map":
-            return self.str_map(node, key, where)
-        if key.kind == "sweep":
-            return self.sweep(node, key, where)
-        if key.kind == "object":
-            if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
-                return self.mapping(yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark),
-                                    key.children, where)
-            return self.mapping(node, key.children, where)
-        if key.kind in ("object_list", "image_list"):
-            if not isinstance(node, yaml.SequenceNode):
-                self.err(node, f"'{where}' must be a {key.type_name()}, got a {_node_kind(node)}")
-                return []
-            items = []
-            for i, item in enumerate(node.value):
-                if key.kind == "image_list" and isinstance(item, yaml.ScalarNode):
-                    items.append({"name": item.value, "build": None, "dockerfile": "Dockerfile", "build_args": {}})
-                else:
-                    items.append(self.mapping(item, key.children, f"{where}[{i}]"))
-            return items
-        raise AssertionError(key.kind)
-
-
-def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
-
-
-def _node_kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "list"
-    if node.tag.endswith(":null"):
-        return "empty value"
-    return f"{node.tag.rsplit(':', 1)[-1]} {node.value!r}"
-
-
 def parse_playbook(text: str, path: Path) -> Playbook:
     """Validate playbook text; raise PlaybookError listing every problem with its line number."""
     filename = str(path)
-    check_nesting(text, filename, PlaybookError)
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PlaybookError(f"{filename}:{line}: not valid YAML: {problem}") from exc
+    root = compose(text, filename, PlaybookError)
     if root is None:
         raise PlaybookError(f"{filename}: the playbook is empty", hint="start from `migrate init`")
-    v = _Validator(filename)
+    v = Validator(filename)
     data = v.mapping(root, PLAYBOOK_KEYS, "")
     if not v.errors:
         if not data["hosts"]:
             v.err(root, "'hosts' must name at least one host")
-        hosts_node = _child(root, "hosts")
+        hosts_node = child(root, "hosts")
         host_nodes = hosts_node.value if isinstance(hosts_node, yaml.SequenceNode) else [hosts_node]
         for host, node in zip(data["hosts"], host_nodes):
             try:
@@ -290,7 +118,7 @@ def parse_playbook(text: str, path: Path) -> Playbook:
             try:
                 check_cluster_name(data["cluster"])
             except UsageError as exc:
-                v.err(_child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
+                v.err(child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
             if (data.get("run") or {}).get("compose"):
                 v.err(root, "run.compose is not supported with 'cluster' yet")
             if (data.get("run") or {}).get("python_env"):
@@ -318,14 +146,16 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(root, f"run.sweep.{unused} is never used in run.command (add {{{unused}}})")
             size = sweep_size(run.get("sweep"))  # counted from the grid, never expanded here
             if size > MAX_JOBS:
-                v.err(_child(_child(root, "run"), "sweep") or root,
+                v.err(child(child(root, "run"), "sweep") or root,
                       f"run.sweep is {size} jobs; the limit is {MAX_JOBS} (make the sweep smaller)")
             job = {f.name: run[f.playbook] for f in JOB_FIELDS if f.playbook and run.get(f.playbook) is not None}
-            try:  # the one job validator, as `run` and jobs.yaml use it (the command's placeholders unfilled)
-                check_specs([JobSpec(**job)])
-            except UsageError as exc:
-                v.err(_child(root, "run") or root, f"run: {exc.message.removeprefix('job 1: ')}"
-                      + (f" ({exc.hint})" if exc.hint else ""))
+            problem = spec_problem(JobSpec(**job))  # the one job validator, as `run` and jobs.yaml use it
+            if problem:
+                field = next((f.playbook for f in JOB_FIELDS if f.name == problem.field), None)
+                run_node = child(root, "run")
+                node = (key_node(run_node, field) if field else None) or run_node or root
+                v.err(node, f"run.{field or 'command'}: {problem.detail}"
+                      + (f" ({problem.hint})" if problem.hint else ""))
     if v.errors:
         raise PlaybookError("; ".join(v.errors) if len(v.errors) < 2 else
                             f"{len(v.errors)} problems: " + "; ".join(v.errors),
@@ -362,29 +192,23 @@ def parse_playbook(text: str, path: Path) -> Playbook:
     )
 
 
-def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((v for k, v in node.value if k.value == key), None)
-
-
 def _local_path_nodes(root: yaml.Node) -> list[tuple[str, yaml.Node]]:
     """The scalar nodes that name local paths (data src, image build dirs, compose file, offline dir)."""
     found = []
-    for i, entry in enumerate(getattr(_child(root, "data"), "value", None) or []):
-        node = _child(entry, "src")
+    for i, entry in enumerate(getattr(child(root, "data"), "value", None) or []):
+        node = child(entry, "src")
         if isinstance(node, yaml.ScalarNode):
             found.append((f"data[{i}].src", node))
-    for i, entry in enumerate(getattr(_child(root, "envs"), "value", None) or []):
-        node = _child(entry, "source")
+    for i, entry in enumerate(getattr(child(root, "envs"), "value", None) or []):
+        node = child(entry, "source")
         if isinstance(node, yaml.ScalarNode):
             found.append((f"envs[{i}].source", node))
-    for i, entry in enumerate(getattr(_child(root, "images"), "value", None) or []):
-        node = _child(entry, "build")
+    for i, entry in enumerate(getattr(child(root, "images"), "value", None) or []):
+        node = child(entry, "build")
         if isinstance(node, yaml.ScalarNode) and node.value:
             found.append((f"images[{i}].build", node))
     for section, key in (("run", "compose"), ("setup", "offline")):
-        node = _child(_child(root, section), key)
+        node = child(child(root, section), key)
         if isinstance(node, yaml.ScalarNode) and node.value:
             found.append((f"{section}.{key}", node))
     return found

@@ -7,35 +7,11 @@ and `migrate init`'s commented starter file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from migrate.agent.fields import JOB_FIELDS, PLAYBOOK_ALIASES, JobField
+from migrate.yamlfile import Key
 
 # kinds: str, int, bool, str_list, str_map, sweep, object, object_list, image_list
 SCALAR_KINDS = {"str", "int", "bool"}
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key of the playbook: name, kind, whether required, default and a one-line doc."""
-
-    name: str
-    kind: str
-    doc: str
-    required: bool = False
-    default: Any = None
-    children: tuple[Key, ...] = field(default_factory=tuple)
-    example: str = ""
-    aliases: tuple[str, ...] = ()  # other accepted spellings (jobs.yaml's, for job fields)
-
-    def type_name(self) -> str:
-        return {
-            "str": "string", "int": "integer", "bool": "true/false", "str_list": "list of strings",
-            "str_map": "map of string to string", "sweep": "map of name to list of values",
-            "object": "mapping", "object_list": "list of mappings",
-            "image_list": "list of image names or mappings",
-        }[self.kind]
 
 
 SETUP_KEYS = (
@@ -92,7 +68,7 @@ def _run_key(f: JobField) -> Key:
     aliases = tuple(other for other, key in PLAYBOOK_ALIASES.items() if key == name)
     doc = RUN_DOCS.get(f.name, f.doc) + "".join(f" Also spelled `{a}` (as in jobs.yaml)." for a in aliases)
     return Key(name, PLAYBOOK_KINDS.get(f.kind, f.kind), doc, default=f.default,
-               example=RUN_EXAMPLES.get(f.name, ""), aliases=aliases)
+               example=RUN_EXAMPLES.get(f.name, ""), aliases=aliases, lo=f.lo, hi=f.hi)
 
 
 _JOB_KEYS = tuple(_run_key(f) for f in JOB_FIELDS if f.playbook)

@@ -187,7 +187,7 @@ def test_jobs_yaml_and_playbooks_accept_each_others_spellings(tmp_path):
     a, b = load_jobs_file(jobs)
     assert (a.cwd, a.gpus, b.gpus) == ("/data", 2, 0)
     jobs.write_text("jobs:\n  - {command: a, cwd: /x, workdir: /y}\n")
-    with pytest.raises(UsageError, match="give 'cwd' or 'workdir', not both"):
+    with pytest.raises(UsageError, match="are the same field: give one"):
         load_jobs_file(jobs)
     pb = parse_playbook("hosts: [a]\nrun:\n  command: python t.py\n  cwd: /data\n  gpus: 2\n", Path("p.yml"))
     assert (pb.run["workdir"], pb.run["gpus_per_job"]) == ("/data", 2)
@@ -211,7 +211,7 @@ def test_one_validator_for_the_agent_the_cli_the_cluster_and_jobs_yaml(tmp_path)
         validate_spec(bad.payload(), 0)
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text("- command: x\n  image: a:1\n  env: {CUDA_VISIBLE_DEVICES: '0'}\n")
-    with pytest.raises(UsageError, match=r"jobs.yaml:1: job 1: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+    with pytest.raises(UsageError, match=r"jobs.yaml:3: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
         load_jobs_file(jobs)
     # what only the host can know is checked there: a process job's cwd, a mount's source
     away = JobSpec(command="x", cwd=str(tmp_path / "not-here"))
@@ -224,6 +224,6 @@ def test_one_validator_for_the_agent_the_cli_the_cluster_and_jobs_yaml(tmp_path)
 
 def test_a_playbook_job_is_checked_by_the_same_validator_with_its_line(tmp_path):
     text = "hosts: [a]\nrun:\n  command: x\n  image: a:1\n  env: {CUDA_VISIBLE_DEVICES: '0'}\n"
-    with pytest.raises(PlaybookError, match=r"pb.yml:3: run: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
+    with pytest.raises(PlaybookError, match=r"pb.yml:5: run.env: CUDA_VISIBLE_DEVICES is set by the dispatcher"):
         parse_playbook(text, tmp_path / "pb.yml")
     parse_playbook("hosts: [a]\nrun:\n  command: x\n  image: a:1\n  mounts: ['~/d:/d']\n", tmp_path / "pb.yml")

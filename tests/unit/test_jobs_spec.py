@@ -91,7 +91,7 @@ jobs:
 
 @pytest.mark.parametrize("text,needle", [
     ("jobs:\n  - command: x\n    gpu: 2\n", ":3: unknown key 'gpu'"),
-    ("jobs:\n  - command: x\n    gpus: two\n", ":3: gpus must be an integer"),
+    ("jobs:\n  - command: x\n    gpus: two\n", ":3: 'gpus' must be an integer"),
     ("jobs:\n  - name: no-command\n", ":2: a job needs a command"),
     ("jobs: []\n", "expected a non-empty list"),
     ("jobz: []\n", "unknown top-level key 'jobz'"),
@@ -177,3 +177,22 @@ def test_submit_jobs_refuses_a_bad_image_before_connecting():
 
     with pytest.raises(UsageError, match="bad image reference"):  # a connection attempt would fail differently
         submit_jobs("nosuch.invalid", ConnectOptions(), [JobSpec(command="x", image="Bad Image")], DispatcherOptions())
+
+
+def test_jobs_yaml_and_playbooks_share_one_yaml_validator(tmp_path):
+    """One line-aware loader (migrate.yamlfile): the same key, the same mistake, the same words and line."""
+    from migrate.playbook.loader import parse_playbook
+
+    f = tmp_path / "jobs.yaml"
+    f.write_text("jobs:\n  - command: x\n    priority: -5\n    retries: lots\n    sweep: {lr: [1e-3, 0.10]}\n"
+                 "    command2: y\n")
+    with pytest.raises(UsageError) as exc:
+        load_jobs_file(f)
+    text = exc.value.one_line()
+    assert "2 problems" in text and ":4: 'retries' must be an integer" in text and ":6: unknown key 'command2'" in text
+    with pytest.raises(UsageError) as pb:
+        parse_playbook("hosts: [a]\nrun:\n  command: x\n  retries: lots\n", tmp_path / "p.yml")
+    assert "p.yml:4: 'run.retries' must be an integer" in pb.value.one_line()
+    f.write_text("- command: x {lr}\n  priority: -5\n  sweep: {lr: [1e-3, 0.10]}\n")
+    assert [(j.priority, j.command) for j in load_jobs_file(f)] == [(-5, "x 1e-3"), (-5, "x 0.10")]  # as written
+    parse_playbook("hosts: [a]\nrun: {command: x, priority: -5}\n", tmp_path / "p.yml")  # the table's range

@@ -63,7 +63,7 @@ def test_sweep_keeps_literal_values_and_expands_the_grid():
     ("hosts: []\n", "'hosts' must name at least one host"),
     ("hosts: [a\n", "not valid YAML"),
     ("- just\n- a list\n", "must be a mapping"),
-    ("hosts: [a]\nrun: {command: x, retries: -1}\n", "must not be negative"),
+    ("hosts: [a]\nrun: {command: x, retries: -1}\n", "must be an integer from 0 to 100, got -1"),
 ])
 def test_mistakes_are_reported_with_line_numbers(text, needle):
     with pytest.raises(PlaybookError) as exc:
