@@ -2,19 +2,25 @@
 
 Ray may start a job on any node, so each experiment's copy of DIR goes to every host, at the same
 home-relative path (`<dest>/<experiment>`, default ~/.migrate/runs/<DIR name>/<experiment>), before
-anything is submitted. The copy is the ordinary push-data rsync (all hosts in parallel, only changed
-files on a rerun), leaving out exactly what plan_template left out; each job's cwd is its copy (`~/...`,
-expanded on the node by the polite wrapper, so hosts with different home directories agree).
+anything is submitted. The copy is the one a single host gets (jobs.submit.copy_template: one archive,
+unpacked into new directories only; an experiment directory that exists on any host stops it before
+anything is copied), so a queued experiment's code never changes under it; each job's cwd is its copy
+(`~/...`, expanded on the node by the polite wrapper, so hosts with different home directories agree).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from migrate import ui
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs import template as tpl
 from migrate.jobs.spec import JobSpec
+from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.parallel import for_each_host
 
 
 def check_dest(plan: tpl.TemplatePlan) -> None:
@@ -22,11 +28,6 @@ def check_dest(plan: tpl.TemplatePlan) -> None:
     if not plan.dest.startswith("~/") and plan.dest != "~":
         raise UsageError(f"--template-dest {plan.dest}: on a cluster the copies go under your home on every host",
                          hint="give a path starting with ~/ (default ~/.migrate/runs/<DIR name>)")
-
-
-def excludes(plan: tpl.TemplatePlan) -> list[str]:
-    """rsync patterns that leave out what plan_template left out, anchored at the template's root (pure)."""
-    return [f"/{rel}" for rel in plan.ignored]
 
 
 def copies(record: ClusterRecord, plan: tpl.TemplatePlan) -> list[dict]:
@@ -49,26 +50,24 @@ def describe(record: ClusterRecord, plan: tpl.TemplatePlan) -> str:
             f"{record.name} ({', '.join(record.hosts)})")
 
 
-def sync(record: ClusterRecord, plan: tpl.TemplatePlan, conn: ConnectOptions, *, dry_run: bool) -> None:
-    """Copy the template into every experiment directory on every host; raise if a host failed."""
+def sync(record: ClusterRecord, plan: tpl.TemplatePlan, conn: ConnectOptions, *, dry_run: bool,
+         connector: Callable[[str], Any] | None = None) -> None:
+    """Copy the template into every experiment directory on every host, as on one host; raise if an
+    experiment directory exists on any host (nothing is copied then) or a host fails."""
     if dry_run:
-        ui.step(f"would copy {describe(record, plan)} (rsync: only changed files) before submitting")
+        ui.step(f"would copy {describe(record, plan)} (new directories only) before submitting")
         return
-    from migrate.data.plan import PushDataOptions
-    from migrate.data.push import push_data
+    from migrate.jobs.submit import copy_template
 
-    if plan.total_bytes > tpl.LARGE_TEMPLATE:
-        ui.warn(f"the template is {ui.human_bytes(plan.total_bytes)}: data belongs in push-data, "
-                "templates are for code and configs")
-    ui.step(f"copying template {describe(record, plan)}")
-    options = PushDataOptions(method="rsync", exclude=excludes(plan))
-    for row in copies(record, plan):
-        results = push_data([str(plan.source)], row["hosts"], row["dest"], conn, options)
-        failed = [r for r in results if r.status == "failed"]
-        for r in results:
-            if r.status != "failed":  # "up to date" on a rerun where nothing changed
-                ui.info(f"  {r.host}:{row['dest']} {r.status}"
-                        + (f" ({r.files_transferred} files sent)" if r.files_transferred else ""))
+    connector = connector or (lambda h: connect(h, conn))
+    outcomes = for_each_host(list(record.hosts), connector)
+    remotes = [o.value for o in outcomes if o.ok]
+    try:
+        failed = [o for o in outcomes if not o.ok]
         if failed:
-            raise MigrateError(f"could not copy the template to {failed[0].host}:{row['dest']}: {failed[0].error}",
+            raise MigrateError(f"could not copy the template to {failed[0].host}: {failed[0].error}",
                                hint="nothing was submitted; fix that host or take it out of the cluster")
+        copy_template(remotes, plan, f" on the {len(remotes)} hosts of cluster {record.name}")
+    finally:
+        for remote in remotes:
+            remote.close()

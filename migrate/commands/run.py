@@ -36,7 +36,8 @@ from migrate.units import parse_duration
 @click.option("--sweep", "sweeps", multiple=True, metavar="NAME=V1,V2",
               help="Grid: one job per combination; {NAME} in the command is replaced (repeatable).")
 @click.option("--from-template", "template", type=click.Path(file_okay=False),
-              help="Copy this local directory once per experiment and run each job in its copy.")
+              help="Copy this local directory once per experiment (new directories only: an existing "
+                   "copy is never overwritten) and run each job in its copy.")
 @click.option("--experiments", help="Experiment names for --from-template ({experiment} in the command).")
 @click.option("--template-dest", help="Where the copies go on the host (default ~/.migrate/runs/<dir name>).")
 @click.option("--ignore", "ignores", multiple=True, metavar="PATTERN",

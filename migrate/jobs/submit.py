@@ -38,8 +38,9 @@ from migrate.remote import shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
 
-__all__ = ["DispatcherOptions", "JobSpec", "SubmittedJob", "build_specs", "compose_spec", "job_statuses",
-           "parse_env", "parse_pool", "prepare_template", "run_command", "submit_jobs", "sync_compose_project"]
+__all__ = ["DispatcherOptions", "JobSpec", "SubmittedJob", "build_specs", "compose_spec", "copy_template",
+           "job_statuses", "parse_env", "parse_pool", "prepare_template", "run_command", "submit_jobs",
+           "sync_compose_project"]
 
 
 def command_text(words: tuple[str, ...]) -> str:
@@ -131,19 +132,28 @@ def _upload_template(remote: Remote, plan: tpl.TemplatePlan, data: bytes) -> Non
     remote.run(tpl.unpack_command(plan, archive), what="unpack the template")
 
 
-def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec]) -> None:
-    """Copy the template once per experiment and point each job at its copy (absolute paths)."""
-    existing = remote.run(tpl.existing_check_command(plan), what="check experiment directories").stdout.split()
-    if existing:
-        raise UsageError(f"experiment directory {existing[0]} already exists on {remote.name}",
-                         hint="choose new --experiments names (or --template-dest), or remove the old copy")
+def copy_template(remotes: list[Remote], plan: tpl.TemplatePlan, where: str = "") -> None:
+    """Copy the template once per experiment to every host (one host, or every host of a cluster): the
+    archive is unpacked into new directories only, so an experiment's copy never changes under its job.
+    An experiment directory that exists on any host stops it before anything is copied anywhere."""
+    for remote in remotes:
+        existing = remote.run(tpl.existing_check_command(plan), what="check experiment directories").stdout.split()
+        if existing:
+            raise UsageError(f"experiment directory {existing[0]} already exists on {remote.name}",
+                             hint="choose new --experiments names (or --template-dest), or remove the old copy")
     if plan.total_bytes > tpl.LARGE_TEMPLATE:
         ui.warn(f"the template is {ui.human_bytes(plan.total_bytes)}: data belongs in push-data, "
                 "templates are for code and configs")
     data = tpl.pack(plan)
     ui.step(f"copying template {plan.source} ({len(plan.files)} files, {ui.human_bytes(plan.total_bytes)}) "
-            f"to {plan.dest}/{{{','.join(plan.experiments)}}}")
-    _upload_template(remote, plan, data)
+            f"to {plan.dest}/{{{','.join(plan.experiments)}}}{where}")
+    for remote in remotes:
+        _upload_template(remote, plan, data)
+
+
+def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec]) -> None:
+    """Copy the template once per experiment and point each job at its copy (absolute paths)."""
+    copy_template([remote], plan)
     home = remote.home()
     for spec in specs:
         d = plan.experiment_dir(spec.env["MIGRATE_EXPERIMENT"])

@@ -74,7 +74,7 @@ def test_template_plan_copies_to_every_host_and_each_job_runs_in_its_copy(tmp_pa
     plan = tpl.plan_template(str(make_template(tmp_path)), ["a", "b"], None, ["*.ckpt"])
     assert ctpl.copies(rec, plan) == [{"experiment": "a", "dest": "~/.migrate/runs/exp/a", "hosts": ["gpu1", "gpu2"]},
                                       {"experiment": "b", "dest": "~/.migrate/runs/exp/b", "hosts": ["gpu1", "gpu2"]}]
-    assert sorted(ctpl.excludes(plan)) == ["/__pycache__", "/big.ckpt"]
+    assert sorted(plan.ignored) == ["__pycache__", "big.ckpt"] and "big.ckpt" not in plan.files
     specs = build_specs(("python train.py --cfg {experiment}",), jobs_file=None, sweeps=(), name=None, cwd=None,
                         env={}, gpus=1, min_free_mem=None, allow_shared=False, gpu_pool=None, priority=0, retries=0,
                         image=None, mounts=(), shm_size=None, ports=(), key=None, experiments=["a", "b"])
@@ -88,27 +88,29 @@ def test_template_plan_copies_to_every_host_and_each_job_runs_in_its_copy(tmp_pa
         ctpl.check_dest(tpl.plan_template(str(tmp_path / "exp"), ["a"], "/srv/runs", []))
 
 
-def test_template_sync_pushes_each_copy_to_every_host_with_the_plans_excludes(tmp_path, monkeypatch, capsys):
+def test_template_sync_copies_as_on_one_host_to_every_host_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    """One way --from-template copies, on hosts and clusters alike: one archive unpacked into new directories
+    only; an experiment directory on any host stops it before anything is copied anywhere."""
     from migrate.cluster import template as ctpl
-    from migrate.data import push
-    from migrate.data.plan import DataPushResult
+    from migrate.jobs import submit
     from migrate.jobs import template as tpl
+    from migrate.remote.fake import FakeHost, FakeTarget
 
-    calls = []
-
-    def fake_push(sources, hosts, dest, conn, options):
-        calls.append((sources, hosts, dest, options.method, options.exclude))
-        return [DataPushResult(host=h, source=sources[0], dest=dest, status="changed") for h in hosts]
-
-    monkeypatch.setattr(push, "push_data", fake_push)
+    uploads = []
+    monkeypatch.setattr(submit, "_upload_template", lambda remote, plan, data: uploads.append((remote.name, data)))
+    hosts = {h: FakeHost(target=FakeTarget(alias=h)) for h in ("gpu1", "gpu2")}
     src = make_template(tmp_path)
     plan = tpl.plan_template(str(src), ["a", "b"], "~/runs", [])
-    ctpl.sync(record(), plan, None, dry_run=True)
-    assert calls == []
-    ctpl.sync(record(), plan, None, dry_run=False)
-    assert "gpu2:~/runs/b changed" in capsys.readouterr().err
-    assert calls == [([str(src)], ["gpu1", "gpu2"], "~/runs/a", "rsync", ["/__pycache__"]),
-                     ([str(src)], ["gpu1", "gpu2"], "~/runs/b", "rsync", ["/__pycache__"])]
+    ctpl.sync(record(), plan, None, dry_run=True, connector=lambda h: pytest.fail("connected on a dry run"))
+    assert "new directories only" in capsys.readouterr().err
+    ctpl.sync(record(), plan, None, dry_run=False, connector=hosts.get)
+    assert [u[0] for u in uploads] == ["alice@gpu1", "alice@gpu2"] and uploads[0][1] == uploads[1][1] == tpl.pack(plan)
+    assert all(tpl.existing_check_command(plan) in h.commands() for h in hosts.values())
+    uploads.clear()
+    hosts["gpu2"].reply("for d in", "/home/u/runs/b\n")
+    with pytest.raises(UsageError, match="experiment directory /home/u/runs/b already exists on alice@gpu2"):
+        ctpl.sync(record(), plan, None, dry_run=False, connector=hosts.get)
+    assert uploads == []
 
 
 def test_run_from_template_on_a_cluster_dry_run_says_what_goes_where(tmp_path, monkeypatch):
@@ -144,20 +146,23 @@ def test_run_from_template_on_a_cluster_dry_run_says_what_goes_where(tmp_path, m
 
 def test_a_host_the_template_cannot_reach_stops_before_anything_is_submitted(tmp_path, monkeypatch):
     from migrate.cluster import template as ctpl
-    from migrate.data import push
-    from migrate.data.plan import DataPushResult
     from migrate.errors import MigrateError
     from migrate.jobs import template as tpl
     from migrate.jobs.spec import JobSpec
+    from migrate.remote.fake import FakeHost, FakeTarget
 
     monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))
     state.save(record())
-    monkeypatch.setattr(push, "push_data", lambda sources, hosts, dest, conn, options: [
-        DataPushResult(host=h, source=sources[0], dest=dest, status="failed" if h == "gpu2" else "changed",
-                       error="disk full") for h in hosts])
+
+    def connector(host):
+        if host == "gpu2":
+            raise MigrateError("cannot connect to gpu2")
+        return FakeHost(target=FakeTarget(alias=host))
+
+    monkeypatch.setattr(ctpl, "connect", lambda host, conn: connector(host))
     monkeypatch.setattr(jobs, "job_api", lambda *a, **k: pytest.fail("submitted although a copy failed"))
     plan = tpl.plan_template(str(make_template(tmp_path)), ["a"], None, [])
     spec = JobSpec(command="x", env={"MIGRATE_EXPERIMENT": "a"})
-    with pytest.raises(MigrateError, match="could not copy the template to gpu2:~/.migrate/runs/exp/a: disk full"):
+    with pytest.raises(MigrateError, match="could not copy the template to gpu2: cannot connect to gpu2"):
         jobs.run_on_cluster("lab", None, [spec], dry_run=False, as_json=True, follow=False, template=plan)
     assert ctpl.copies(record(), plan)[0]["hosts"] == ["gpu1", "gpu2"]
