@@ -8,7 +8,6 @@ command returns the jobs are gone and their state is recorded, whether or not a 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -19,16 +18,6 @@ from . import procs
 from .db import STARTING, Queue
 from .layout import Layout
 from .recovery import job_is_alive, read_exit_code, settle
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    if not pgid or pgid <= 1:
-        return False
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except OSError:
-        return False
 
 
 def _docker_stop(names: list, grace: float) -> None:
@@ -61,7 +50,7 @@ def cancel(queue: Queue, layout: Layout, job_ids: list, grace: float, log: Any) 
     stopper.start()
     for job in targets:
         if not job.get("container"):
-            _signal_group(job.get("pgid") or 0, signal.SIGTERM)
+            procs.signal_group(job.get("pgid") or 0, signal.SIGTERM)
     deadline = time.monotonic() + grace
     pending = list(targets)
     while pending and time.monotonic() < deadline:
@@ -70,7 +59,7 @@ def cancel(queue: Queue, layout: Layout, job_ids: list, grace: float, log: Any) 
             time.sleep(0.1)
     killed = set()
     for job in pending:
-        if _signal_group(job.get("pgid") or 0, signal.SIGKILL):
+        if procs.signal_group(job.get("pgid") or 0, signal.SIGKILL):
             killed.add(job["id"])
     stopper.join(timeout=60)
     for job in targets:

@@ -33,7 +33,7 @@ CONTAINER_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec
 # Docker access modes, as `docker_denied_mode` in the client's probes names them.
 ACCESS_MODES = ("direct", "group", "sudo", "sudo-password")
 # Variables of the SSH session an interactive shell keeps (the job itself never had them).
-_KEEP_FROM_SESSION = ("SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "TERM", "LANG", "LC_ALL")
+KEEP_FROM_SESSION = ("SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "TERM", "LANG", "LC_ALL")
 
 
 class EnterPlan:
@@ -101,23 +101,29 @@ def process_env(job: dict, session_env: dict) -> dict:
     env.update(dispatcher_env(job, uuids, ""))
     env.pop("MIGRATE_JOB_TOKEN", None)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)
-    for k in _KEEP_FROM_SESSION:
-        if k in session_env:
-            env[k] = session_env[k]
+    return keep_session(env, session_env)
+
+
+def keep_session(env: dict, session_env: dict) -> dict:
+    """`env` plus the terminal-related variables of this SSH session (pure)."""
+    env.update({k: session_env[k] for k in KEEP_FROM_SESSION if k in session_env})
     return env
+
+
+def shell_argv(bash: str | None, command: str | None) -> list:
+    """A login shell, or `bash -lc CMD` as a job runs it (`sh` where there is no bash) (pure)."""
+    if command is not None:
+        return [bash, "-lc", command] if bash else ["/bin/sh", "-c", command]
+    return [bash, "-l"] if bash else ["/bin/sh", "-l"]
 
 
 def process_plan(job: dict, *, session_env: dict, home: str, bash: str | None, tty: bool,
                  command: str | None) -> EnterPlan:
     """A login shell (or `bash -lc CMD`) in the job's working directory with its environment (pure)."""
     cwd = os.path.expanduser(job.get("cwd") or home)
-    if command is not None:
-        argv = [bash, "-lc", command] if bash else ["/bin/sh", "-c", command]
-    else:
-        argv = [bash, "-l"] if bash else ["/bin/sh", "-l"]
     env = process_env(job, session_env)
     env["PWD"] = cwd
-    return EnterPlan("process", argv, env, cwd, f"pid {job.get('pid')}")
+    return EnterPlan("process", shell_argv(bash, command), env, cwd, f"pid {job.get('pid')}")
 
 
 # -- container jobs ----------------------------------------------------------------------------

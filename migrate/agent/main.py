@@ -467,6 +467,21 @@ def cmd_enter(args: Any, layout: Layout) -> Any:
 # -- end enter ---------------------------------------------------------------------------------
 
 
+# -- a node of a migrate cluster (the logic is in raynode.py) ---------------------------------------------
+def cmd_ray_job(args: Any, layout: Layout) -> int:
+    """The polite wrapper around a cluster job's command (what ~/.migrate/ray/bin/migrate-ray-job.py runs)."""
+    from .raynode import wrapper_main
+
+    return wrapper_main(list(args.words))
+
+
+def cmd_ray_enter(args: Any, layout: Layout) -> int:
+    """`migrate shell/exec CLUSTER JOB` on the job's node: `ray-enter [--tty] [--check] CLUSTER JOB RANK -- CMD`."""
+    from .raynode import enter_main
+
+    return enter_main(list(args.words))
+
+
 def cmd_daemon(args: Any, layout: Layout) -> int:
     from . import admission
     from .daemon import Daemon
@@ -527,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tty", action="store_true")
     sp.add_argument("--check", action="store_true")
     sp.add_argument("words", nargs=argparse.REMAINDER)
+    for name, fn, text in (("ray-job", cmd_ray_job, "a cluster job's polite wrapper: [--cwd DIR] -- COMMAND"),
+                           ("ray-enter", cmd_ray_enter, "shell/exec in a cluster job on this node")):
+        sp = add(name, fn, help=text, prefix_chars="\0")  # every word is the subcommand's own
+        sp.add_argument("words", nargs=argparse.REMAINDER)
     sp = add("daemon", cmd_daemon)
     sp.add_argument("--backend", default=None)
     return p
@@ -535,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     layout = Layout()
-    if args.cmd in ("logs", "daemon") or (args.cmd == "enter" and not args.check):
+    if args.cmd in ("logs", "daemon", "ray-job", "ray-enter") or (args.cmd == "enter" and not args.check):
         return args.fn(args, layout)
     try:
         result = args.fn(args, layout)

@@ -145,3 +145,35 @@ def groups_of(pid: int) -> list[int] | None:
     except (OSError, ValueError):
         return None
     return []
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; False when there is no such group (or it is not ours)."""
+    if not pgid or pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (zombies count until reaped)."""
+    return signal_group(pgid, 0)
+
+
+def stop_group(pgid: int, grace: float, poll: float = 0.1) -> bool:
+    """SIGTERM a process group, SIGKILL what is left of it after `grace` seconds; False when it was gone."""
+    import signal
+    import time
+
+    if not signal_group(pgid, signal.SIGTERM):
+        return False
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        if not group_alive(pgid):
+            return True
+        time.sleep(poll)
+    signal_group(pgid, signal.SIGKILL)
+    return True

@@ -16,6 +16,7 @@ import time
 from rich.text import Text
 
 from migrate import ui
+from migrate.agent.raynode import next_attempt, retries_left, submission_id
 from migrate.cluster import container, plan, state
 from migrate.cluster import template as cluster_template
 from migrate.cluster.jobapi import JobApi, job_api
@@ -117,10 +118,6 @@ def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attemp
     return env
 
 
-def submission_id(cluster: str, job_id: str, attempt: int) -> str:
-    return f"{cluster}-{job_id}" if attempt == 1 else f"{cluster}-{job_id}.{attempt}"
-
-
 def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int = 1, nodes: int = 0,
             gpus_per_node: int = 0, master_port: int = 29500) -> dict:
     """The POST /api/jobs/ body for one attempt of one job (pure)."""
@@ -148,21 +145,10 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
                                                 allow_shared=bool(spec.allow_shared))}, "metadata": meta}
 
 
-def again(job: dict, *, retries_left: int | None = None) -> dict:
-    """The next attempt of a Ray job we submitted: same entrypoint, resources, env (pure)."""
-    meta = dict(job.get("metadata") or {})
-    attempt = int(meta.get("migrate_attempt", "1")) + 1
-    meta["migrate_attempt"] = str(attempt)
-    if retries_left is not None:
-        meta["migrate_retries"] = str(retries_left)
-    cluster = meta["migrate_cluster"]
-    gpus = int(meta.get("migrate_gpus", "0"))
-    nodes = int(meta.get("migrate_nodes", "0") or 0)
-    runtime_env = dict(job.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "MIGRATE_JOB_ATTEMPT": str(attempt)}
-    return {"entrypoint": job["entrypoint"], "submission_id": submission_id(cluster, meta["migrate_id"], attempt),
-            "entrypoint_num_gpus": 0 if nodes else gpus, "entrypoint_num_cpus": 0 if (nodes or gpus) else 1,
-            "runtime_env": runtime_env, "metadata": meta}
+def again(job: dict, *, use_retry: bool = False) -> dict:
+    """The next attempt of a Ray job we submitted: same entrypoint, resources, env (pure). The rule is the
+    agent's (`migrate.agent.raynode.next_attempt`), the one the launcher on the head retries with."""
+    return next_attempt(job, use_retry=use_retry)
 
 
 # -- run -----------------------------------------------------------------------------------------------
@@ -291,9 +277,8 @@ def auto_retry(api: JobApi, latest: dict[str, dict]) -> list[str]:
     launcher resubmits its own at once, so its failed attempts are rarely the latest)."""
     out = []
     for jid, j in latest.items():
-        left = int((j.get("metadata") or {}).get("migrate_retries", "0"))
-        if j.get("status") == "FAILED" and left > 0:
-            body = again(j, retries_left=left - 1)
+        if j.get("status") == "FAILED" and retries_left(j) > 0:
+            body = again(j, use_retry=True)
             api.submit(body)
             latest[jid] = {**j, **body, "status": "PENDING", "start_time": time.time() * 1000, "end_time": None,
                            "driver_exit_code": None, "driver_node_id": None}

@@ -162,9 +162,12 @@ def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -
 
 
 def ship_scripts(remote: Any) -> None:
-    """The polite job wrapper and the gang driver, into ~/.migrate/ray/bin (always: they are small)."""
+    """The polite job wrapper, the gang driver, the launcher and the agent zipapp they import (the node side
+    of the cluster is the agent's code: migrate/agent/raynode.py), into ~/.migrate/ray/bin (always: they
+    are small, and they go together, so the scripts and the agent on a node are of one migrate)."""
     home = remote.home()
     remote.run(f"cd && {shell.mkdir_private(plan.RAY_DIR + '/bin')}", what="create ~/.migrate/ray/bin")
+    remote.put_bytes(build_agent().data, f"{home}/{plan.NODE_AGENT}", mode=0o600)
     remote.put_bytes((SHIPPED / "job_wrapper.py").read_bytes(), f"{home}/{plan.WRAPPER}", mode=0o700)
     remote.put_bytes((SHIPPED / "gang.py").read_bytes(), f"{home}/{plan.GANG}", mode=0o700)
     remote.put_bytes((SHIPPED / "launcher.py").read_bytes(), f"{home}/{plan.LAUNCHER}", mode=0o700)

@@ -32,6 +32,7 @@ UV_BIN = f"{RAY_DIR}/bin/uv"
 WRAPPER = f"{RAY_DIR}/bin/migrate-ray-job.py"
 GANG = f"{RAY_DIR}/bin/migrate-ray-gang.py"
 LAUNCHER = f"{RAY_DIR}/bin/migrate-ray-launcher.py"
+NODE_AGENT = f"{RAY_DIR}/bin/migrate-agent.pyz"   # the agent zipapp the scripts above import (its node side)
 AUTH_TOKEN = f"{RAY_DIR}/auth-token"     # Ray's token authentication (RAY_AUTH_MODE=token), 0600
 TEMP_DIR = f"{RAY_DIR}/tmp"               # Ray's session dir (default /tmp/ray): kept in the home
 HOST_RECORD = f"{RAY_DIR}/cluster.json"  # which cluster this host is a node of (one per user and host)

@@ -6,10 +6,11 @@ job's rank K runs on the K-th node of the `migrate: N nodes reserved: IP0, IP1..
 logs (gang.py); the IP is mapped back to the host alias of the cluster record.
 
 What: on that node the polite wrapper keeps a private record of the running command (pid, process
-group, cwd, environment; ~/.migrate/ray/run/, 0600). `shipped/enter_job.py`, sent as `python3 -I -S -c`
-(so no version of it has to be installed on the node), checks the record and becomes `bash -l` /
-`bash -lc CMD` there. As for a single host: one `--check` call over the ControlMaster first (a job that
-has no running command is a one-line error, never an exit code), then the session through
+group, cwd, environment; ~/.migrate/ray/run/, 0600). The agent's `ray-enter` subcommand (the zipapp
+`cluster up` shipped to ~/.migrate/ray/bin with the wrapper; migrate/agent/raynode.py, with enter.py's
+shell and environment rules) checks the record and becomes `bash -l` / `bash -lc CMD` there. As for a
+single host: one `--check` call over the ControlMaster first (a job that has no running command is a
+one-line error, never an exit code), then the session through
 `jobs.shell.session_argv` with `-t` (shell) or `-T` (exec); the exit code is the shell's or CMD's.
 """
 
@@ -19,10 +20,9 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from migrate import ui
-from migrate.cluster import state
+from migrate.cluster import plan, state
 from migrate.cluster.jobapi import job_api
 from migrate.cluster.jobs import RAY_STATES, _find, latest_attempts, node_hosts
 from migrate.cluster.state import ClusterRecord
@@ -32,7 +32,6 @@ from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions, openssh_argv
 from migrate.remote.openssh import OpenSshSession
 
-ENTER_SRC = Path(__file__).parent / "shipped" / "enter_job.py"
 RESERVED_RE = re.compile(r"migrate: (\d+) nodes reserved: ([0-9a-fA-F.:, ]+)")
 
 
@@ -50,16 +49,15 @@ class Placement:
 # -- pure ------------------------------------------------------------------------------------------
 def enter_argv(cluster: str, job: str, rank: int, *, tty: bool, check: bool = False,
                words: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """The enter script's arguments: options, then cluster, job, rank, `--` and CMD."""
+    """`ray-enter`'s arguments: options, then cluster, job, rank, `--` and CMD."""
     opts = (["--tty"] if tty else []) + (["--check"] if check else [])
     return [*opts, cluster, job, str(rank), "--", *words]
 
 
-def enter_command(args: list[str], source: str | None = None) -> str:
-    """The remote command line: `exec python3 -I -S -c SRC ARGS` (every argument quoted), so the shell or
-    CMD the script becomes is what sshd waits for."""
-    src = source if source is not None else ENTER_SRC.read_text()
-    return f"exec python3 -I -S -c {shell.quote(src)} {shell.join(args)}"
+def enter_command(args: list[str]) -> str:
+    """The remote command line: `exec python3 -I -S ~/.migrate/ray/bin/migrate-agent.pyz ray-enter ARGS`
+    (every argument quoted), so the shell or CMD the agent becomes is what sshd waits for."""
+    return f"exec python3 -I -S {shell.home_path(plan.NODE_AGENT)} ray-enter {shell.join(args)}"
 
 
 def reserved_ips(log: str) -> list[str]:
@@ -157,7 +155,7 @@ def open_cluster_session(name: str, job: str, *, words: tuple[str, ...], tty: bo
         if res.exit_code != 0:
             last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
             raise MigrateError(f"cannot look for job {where.job} on node {where.host}: {last}",
-                               hint="is python3 installed on the node?")
+                               hint="is python3 installed on the node? (`migrate cluster up` ships the agent there)")
         answer = check_answer(res.stdout)
         if answer.get("error"):
             raise MigrateError(f"{answer['error']} (node {where.host})", hint=answer.get("hint") or None)

@@ -163,11 +163,7 @@ def test_min_free_mem_and_allow_shared_reach_the_wrapper_as_the_jobs_variables()
 
 
 def test_the_wrapper_admits_as_the_dispatcher_does_with_min_free_mem_and_allow_shared():
-    sys.path.insert(0, os.path.dirname(WRAPPER))
-    try:
-        import job_wrapper
-    finally:
-        sys.path.pop(0)
+    from migrate.agent import raynode as job_wrapper  # the shipped wrapper is the agent's
     idle = {"index": "0", "verdict": "free", "free_mib": 30000, "processes": []}
     assert job_wrapper.why_not(idle, "alice", 20000) == ""
     assert job_wrapper.why_not(idle, "alice", 40000) == "30000 MiB free, the job needs 40000 MiB (--min-free-mem)"
@@ -261,11 +257,8 @@ def test_wrapper_runs_the_command_and_passes_its_exit_code(tmp_path):
 
 
 def test_wrapper_waits_for_a_gpu_another_user_took():
-    sys.path.insert(0, os.path.dirname(WRAPPER))
-    try:
-        import job_wrapper
-    finally:
-        sys.path.pop(0)
+    from migrate.agent import raynode as job_wrapper  # the shipped wrapper is the agent's
+
     busy = {"index": "1", "verdict": "busy", "processes": [{"pid": 9, "user": "bob"}]}
     assert job_wrapper.why_not(busy, "alice") == "process 9 of user bob runs on it"
     mine = {"index": "1", "verdict": "busy", "processes": [{"pid": 9, "user": "alice"}]}
@@ -506,11 +499,8 @@ def test_cluster_logs_show_the_jobs_output_not_rays():
 
 
 def test_the_wrapper_names_the_gpus_by_uuid_as_on_one_host():
-    import importlib.util
+    from migrate.agent import raynode as wrapper  # the shipped wrapper is the agent's
 
-    spec = importlib.util.spec_from_file_location("wrapper", WRAPPER)
-    wrapper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wrapper)
     view = {"0": {"uuid": "GPU-a"}, "2": {"uuid": "GPU-c"}}
     assert wrapper.uuids_for(["2", "0"], view) == ["GPU-c", "GPU-a"]
     assert wrapper.uuids_for(["1"], view) == [] and wrapper.uuids_for([], view) == []

@@ -346,20 +346,32 @@ def test_a_dead_worker_takes_its_jobs_group_with_it_and_a_finished_job_leaves_no
 
 
 @pytest.mark.parametrize("gpus", [0, 2])
-def test_the_launchers_next_attempt_is_the_one_the_laptops_retry_builds(gpus):
+def test_one_next_attempt_rule_for_the_launcher_and_the_laptops_retry(gpus, monkeypatch):
+    """The rule exists once, in the agent (raynode.next_attempt): the launcher retries with it, and the
+    laptop's `retry` (and its resubmission of plain Ray jobs) build the same body."""
+    from migrate.agent import raynode
     from migrate.cluster import jobs
     from migrate.jobs.spec import JobSpec
 
     rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
                         nodes=[Node(host="h", ip="10.0.0.5", gpus=["0", "1"], head=True)])
     first = jobs.payload(rec, JobSpec(command="train", gpus=gpus, retries=2, env={"A": "b c"}), "5")
-    assert launcher.retries_left(first) == 2
-    second = launcher.next_attempt(first)
-    assert second == jobs.again(first, retries_left=1)
+    assert raynode.retries_left(first) == 2
+    second = raynode.next_attempt(first, use_retry=True)
+    assert second == jobs.again(first, use_retry=True)
+    assert (second["entrypoint_num_gpus"], second["entrypoint_num_cpus"]) == (
+        first["entrypoint_num_gpus"], first["entrypoint_num_cpus"])
     assert second["submission_id"] == "lab-5.2" and second["runtime_env"]["env_vars"]["MIGRATE_JOB_ATTEMPT"] == "2"
-    assert launcher.retries_left(second) == 1
-    assert launcher.next_attempt(second)["submission_id"] == "lab-5.3"
-    assert launcher.retries_left({"metadata": {"migrate_retries": "3"}}) == 0      # not a migrate job
+    assert raynode.retries_left(second) == 1 and raynode.retries_left(jobs.again(first)) == 2  # `retry`: no use
+    assert raynode.next_attempt(second, use_retry=True)["submission_id"] == "lab-5.3"
+    assert raynode.retries_left({"metadata": {"migrate_retries": "3"}}) == 0      # not a migrate job
+    book = launcher.Book(str(Path(launcher.__file__).parent / "unused.json"))   # the launcher uses that rule
+    submitted = []
+    fake = type("L", (), {"book": book, "submit": lambda self, body: submitted.append(body)})()
+    monkeypatch.setattr(book, "save", lambda: None)
+    book.jobs[first["submission_id"]] = dict(first, status="RUNNING")
+    launcher.Launcher.fail(fake, first["submission_id"], "the command exited with code 1")
+    assert submitted == [second] and book.jobs["lab-5"]["message"].endswith("; retrying")
 
 
 # -- Ray's token authentication -------------------------------------------------------------------------

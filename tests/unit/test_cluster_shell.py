@@ -18,6 +18,7 @@ from migrate.cluster import plan, state
 from migrate.cluster import shell as cshell
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
+from migrate.jobs.bundle import build_agent
 from migrate.jobs.shell import session_argv
 from migrate.remote.hosts import ConnectOptions
 from tests.conftest import run_cli
@@ -72,6 +73,10 @@ def running_job(tmp_path: Path, command: str = "sleep 60", **extra: str):
 
 def enter(home: Path, *args: str, session: dict | None = None) -> subprocess.CompletedProcess:
     """The remote command line `enter_command` builds, run by a local shell as sshd would."""
+    agent = home / ".migrate" / "ray" / "bin" / "migrate-agent.pyz"   # as `cluster up` ships it
+    if not agent.exists():
+        agent.parent.mkdir(parents=True, exist_ok=True)
+        agent.write_bytes(build_agent().data)
     line = cshell.enter_command(list(args))
     env = {"HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm-test", **(session or {})}
     return subprocess.run(["/bin/sh", "-c", line], env=env, capture_output=True, text=True, timeout=30)
@@ -115,8 +120,9 @@ def test_enter_refuses_a_job_whose_command_ended_or_never_started(tmp_path):
 
 # -- pure builders ----------------------------------------------------------------------------------------
 def test_enter_command_quotes_every_argument_and_execs():
-    cmd = cshell.enter_command(cshell.enter_argv("lab", "7", 1, tty=True, words=("echo", "a b; c")), source="S")
-    assert cmd == "exec python3 -I -S -c S --tty lab 7 1 -- echo 'a b; c'"
+    cmd = cshell.enter_command(cshell.enter_argv("lab", "7", 1, tty=True, words=("echo", "a b; c")))
+    assert cmd == ('exec python3 -I -S "$HOME"/.migrate/ray/bin/migrate-agent.pyz ray-enter --tty lab 7 1 -- '
+                   "echo 'a b; c'")
     argv = session_argv(["ssh", "-F", "cfg", "gpu2"], tty=True, remote_command=cmd)
     assert argv[-3:] == ["-t", "gpu2", cmd]
 
@@ -207,4 +213,5 @@ def test_an_unreachable_node_is_one_line_naming_it_and_dry_run_prints_the_sessio
     assert cshell.open_cluster_session("lab", "7", words=("echo", "a b"), tty=False, conn=ConnectOptions(),
                                        dry_run=True) == 0
     line = capsys.readouterr().out
-    assert " -T nowhere.invalid 'exec python3 -I -S -c " in line and "lab 7 1 -- echo '" in line
+    assert " -T nowhere.invalid 'exec python3 -I -S \"$HOME\"/.migrate/ray/bin/migrate-agent.pyz ray-enter " in line
+    assert "lab 7 1 -- echo '" in line

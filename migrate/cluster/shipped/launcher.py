@@ -22,7 +22,9 @@ it), every request must carry the same token (`Authorization: Bearer`), as Ray's
 The token goes to the dashboard only over a connection whose listening end is proven to be this
 user's (`owned_connection`), and `--check` tells migrate, before it sends the token, whether the
 dashboard port and the socket are ours.
-A failed job with --retries left is resubmitted at once, in the step that marks it failed.
+A failed job with --retries left is resubmitted at once, in the step that marks it failed (the agent's
+retry rule, `raynode.next_attempt`, as the laptop's `migrate retry` uses it). Process groups, private
+files and that rule are the agent's own code, imported from the agent zipapp shipped next to this file.
 """
 
 import argparse
@@ -44,28 +46,36 @@ try:
 except ImportError:  # migrate's unit tests import the parts that need no Ray
     ray = None
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+AGENT_FILE = "migrate-agent.pyz"   # the agent zipapp `cluster up` ships next to this file, on every node
+
+
+def agent_module(name: str):
+    """A module of migrate's agent (procs, layout, raynode): from the zipapp next to this file, else from
+    migrate's source tree (its unit tests), else (a Ray worker on another node, where the head's path may
+    not exist) from the zipapp in this node's ~/.migrate/ray/bin."""
+    import importlib
+
+    here = os.path.join(HERE, AGENT_FILE)
+    if not os.path.isfile(here):
+        try:
+            return importlib.import_module("migrate.agent." + name)
+        except ImportError:
+            here = os.path.join(os.path.expanduser("~"), ".migrate", "ray", "bin", AGENT_FILE)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("migrate_agent." + name)
+
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_WAIT_S = 3        # SIGTERM, then SIGKILL after this long (Ray's own job stop waits 3 s too)
 WARM_PER_NODE = 2      # idle workers asked for on every node at start (Ray keeps up to its CPU count)
 
 
 def stop_group(pgid: int, wait: float = STOP_WAIT_S) -> None:
-    """SIGTERM the process group (the entrypoint shell and migrate's wrapper), SIGKILL it after `wait`."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except OSError:
-        return
-    end = time.time() + wait
-    while time.time() < end:
-        try:
-            os.killpg(pgid, 0)
-        except OSError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
+    """SIGTERM the process group (the entrypoint shell and migrate's wrapper), SIGKILL it after `wait` (the
+    agent's stop; also called in Ray tasks on any node)."""
+    agent_module("procs").stop_group(pgid, wait)
 
 
 # what Ray's own job supervisor strips from a driver's environment (ray_constants.RAY_INTERNAL_FLAGS)
@@ -138,31 +148,6 @@ def remote_functions():
     return run_job, stop_job, warm
 
 
-def next_attempt(job: dict) -> dict:
-    """The submission of a failed job's next attempt, when its metadata has retries left (migrate's
-    --retries): same entrypoint, resources and env, attempt + 1, one retry less (pure; the laptop's
-    `retry` builds the same in migrate/cluster/jobs.py)."""
-    meta = dict(job.get("metadata") or {})
-    attempt = int(meta.get("migrate_attempt", "1")) + 1
-    meta["migrate_attempt"] = str(attempt)
-    meta["migrate_retries"] = str(int(meta.get("migrate_retries", "0")) - 1)
-    runtime_env = dict(job.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "MIGRATE_JOB_ATTEMPT": str(attempt)}
-    sid = f"{meta['migrate_cluster']}-{meta['migrate_id']}.{attempt}"
-    return {"entrypoint": job["entrypoint"], "submission_id": sid,
-            "entrypoint_num_gpus": job.get("entrypoint_num_gpus") or 0,
-            "entrypoint_num_cpus": job.get("entrypoint_num_cpus") or 0,
-            "runtime_env": runtime_env, "metadata": meta}
-
-
-def retries_left(job: dict) -> int:
-    meta = job.get("metadata") or {}
-    try:
-        return int(meta.get("migrate_retries", "0")) if meta.get("migrate_id") and meta.get("migrate_cluster") else 0
-    except ValueError:
-        return 0
-
-
 class Book:
     """The launcher's jobs, in Ray's job-API shape, kept in a private JSON file."""
 
@@ -186,11 +171,7 @@ class Book:
                 job.update(status="FAILED", end_time=now, message="the launcher restarted while this job ran")
 
     def save(self) -> None:
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(self.jobs.values()), f)
-        os.replace(tmp, self.path)
+        agent_module("layout").write_private(self.path, json.dumps(list(self.jobs.values())))
 
     def update(self, submission_id: str, **fields) -> None:
         with self.lock:
@@ -267,11 +248,12 @@ class Launcher:
         reading the table sees a failed job that is about to be retried."""
         with self.book.lock:
             job = self.book.jobs[sid]
-            retry = retries_left(job) > 0
+            raynode = agent_module("raynode")
+            retry = raynode.retries_left(job) > 0
             self.book.update(sid, status="FAILED", message=message + ("; retrying" if retry else ""), **fields)
             if retry:
                 try:
-                    self.submit(next_attempt(job))
+                    self.submit(raynode.next_attempt(job, use_retry=True))
                 except (ValueError, KeyError, ray.exceptions.RayError) as exc:
                     self.book.update(sid, message=f"{message}; the retry could not be submitted: {exc}")
 
