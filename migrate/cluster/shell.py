@@ -54,10 +54,14 @@ def enter_argv(cluster: str, job: str, rank: int, *, tty: bool, check: bool = Fa
     return [*opts, cluster, job, str(rank), "--", *words]
 
 
+EXIT_NO_NODE_AGENT = 98   # the node has no agent next to its scripts (a cluster up by an older migrate)
+
+
 def enter_command(args: list[str]) -> str:
     """The remote command line: `exec python3 -I -S ~/.migrate/ray/bin/migrate-agent.pyz ray-enter ARGS`
     (every argument quoted), so the shell or CMD the agent becomes is what sshd waits for."""
-    return f"exec python3 -I -S {shell.home_path(plan.NODE_AGENT)} ray-enter {shell.join(args)}"
+    agent = shell.home_path(plan.NODE_AGENT)
+    return f"[ -f {agent} ] || exit {EXIT_NO_NODE_AGENT}; exec python3 -I -S {agent} ray-enter {shell.join(args)}"
 
 
 def reserved_ips(log: str) -> list[str]:
@@ -152,10 +156,15 @@ def open_cluster_session(name: str, job: str, *, words: tuple[str, ...], tty: bo
                                f"{exc}", hint=exc.hint) from None
         check = enter_command(enter_argv(name, where.job, where.rank, tty=tty, check=True))
         res = session.run(check, check=False, timeout=60, what="find the job on its node")
+        if res.exit_code == EXIT_NO_NODE_AGENT:
+            raise MigrateError(f"node {where.host} of cluster {name} has no migrate agent in ~/{plan.RAY_DIR}/bin: "
+                               "the cluster was brought up by an older migrate",
+                               hint=f"after its jobs end: `migrate cluster down {name}`, then `migrate cluster up` "
+                                    "again")
         if res.exit_code != 0:
             last = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
             raise MigrateError(f"cannot look for job {where.job} on node {where.host}: {last}",
-                               hint="is python3 installed on the node? (`migrate cluster up` ships the agent there)")
+                               hint="is python3 installed on the node?")
         answer = check_answer(res.stdout)
         if answer.get("error"):
             raise MigrateError(f"{answer['error']} (node {where.host})", hint=answer.get("hint") or None)

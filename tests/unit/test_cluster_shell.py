@@ -121,7 +121,8 @@ def test_enter_refuses_a_job_whose_command_ended_or_never_started(tmp_path):
 # -- pure builders ----------------------------------------------------------------------------------------
 def test_enter_command_quotes_every_argument_and_execs():
     cmd = cshell.enter_command(cshell.enter_argv("lab", "7", 1, tty=True, words=("echo", "a b; c")))
-    assert cmd == ('exec python3 -I -S "$HOME"/.migrate/ray/bin/migrate-agent.pyz ray-enter --tty lab 7 1 -- '
+    assert cmd == ('[ -f "$HOME"/.migrate/ray/bin/migrate-agent.pyz ] || exit 98; '
+                   'exec python3 -I -S "$HOME"/.migrate/ray/bin/migrate-agent.pyz ray-enter --tty lab 7 1 -- '
                    "echo 'a b; c'")
     argv = session_argv(["ssh", "-F", "cfg", "gpu2"], tty=True, remote_command=cmd)
     assert argv[-3:] == ["-t", "gpu2", cmd]
@@ -213,5 +214,14 @@ def test_an_unreachable_node_is_one_line_naming_it_and_dry_run_prints_the_sessio
     assert cshell.open_cluster_session("lab", "7", words=("echo", "a b"), tty=False, conn=ConnectOptions(),
                                        dry_run=True) == 0
     line = capsys.readouterr().out
-    assert " -T nowhere.invalid 'exec python3 -I -S \"$HOME\"/.migrate/ray/bin/migrate-agent.pyz ray-enter " in line
+    assert "exit 98; exec python3 -I -S \"$HOME\"/.migrate/ray/bin/migrate-agent.pyz ray-enter " in line
     assert "lab 7 1 -- echo '" in line
+
+
+def test_a_node_without_the_agent_next_to_its_scripts_says_so(tmp_path):
+    """A cluster brought up by an older migrate has no ~/.migrate/ray/bin/migrate-agent.pyz: a distinct exit
+    code, which open_cluster_session turns into one line with what to do."""
+    line = cshell.enter_command(cshell.enter_argv("lab", "7", 0, tty=False, check=True))
+    res = subprocess.run(["/bin/sh", "-c", line], env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == cshell.EXIT_NO_NODE_AGENT and res.stdout == ""
