@@ -11,7 +11,8 @@ small sh script, built here on the laptop, that starts the container on the node
 - the container's name is `migrate-<cluster>-<job>-<attempt>` (the attempt from MIGRATE_JOB_ATTEMPT,
   which `again` bumps);
 - Docker is used the way this account can: directly, through the docker group (`sg docker -c`), or
-  `sudo -n`; none of them gives one line and exit 125;
+  `sudo -n`, decided by the host probes' shell fragment (`probe_fragments.DOCKER_ACCESS`); none of them
+  gives one line and exit 125;
 - the job's variables go through a 0600 env file (never the command line), removed when the job ends;
 - cancel: Ray's SIGTERM reaches `docker run` (which proxies it to the container) and the script's
   trap, which starts `docker stop -t 10 NAME` in a session of its own, so the container is stopped
@@ -29,6 +30,7 @@ from migrate.errors import MigrateError
 from migrate.jobs.spec import JobSpec
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.probe_fragments import DOCKER_ACCESS
 
 STOP_GRACE_S = 10
 
@@ -42,14 +44,18 @@ _RAW = {
     f"migrate.user={_USER}": '"migrate.user=$(id -un)"',
 }
 
-# Picks the way this account reaches Docker; sets D (the docker command) and via.
-ACCESS = """\
+# Picks the way this account reaches Docker (probe_fragments' docker_denied_mode, as every host probe
+# decides it); sets D (the docker command) and via.
+ACCESS = DOCKER_ACCESS + """\
+via=
 if docker version >/dev/null 2>&1; then via=direct D=docker
-elif command -v sg >/dev/null 2>&1 && sg docker -c 'docker version' </dev/null >/dev/null 2>&1; then via=group D=docker
-elif sudo -n docker version >/dev/null 2>&1; then via=sudo D='sudo -n docker'
-else echo "migrate: $(id -un) cannot use Docker on $(hostname) (not directly, not through the docker group, \
-not with sudo -n; is it installed?)" >&2; exit 125
+else case $(docker_denied_mode) in
+  group) via=group D=docker ;;
+  sudo) if sudo -n docker version >/dev/null 2>&1; then via=sudo D='sudo -n docker'; fi ;;
+esac
 fi
+[ -n "$via" ] || { echo "migrate: $(id -un) cannot use Docker on $(hostname) (not directly, not through the docker \
+group, not with sudo -n; is it installed?)" >&2; exit 125; }
 export D via
 """
 
