@@ -29,6 +29,7 @@ from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
+from migrate.remote.probe import HostFacts
 
 SHIPPED = Path(__file__).parent / "shipped"
 Connector = Callable[[str], Any]   # host -> an open Remote (or FakeHost in tests)
@@ -81,19 +82,19 @@ def _check(opts: UpOptions) -> tuple[str, list[str]]:
     return head, [h for h in opts.hosts if h != head]
 
 
-def preflight(remotes: dict[str, Any], head: str, opts: UpOptions, ports: plan.Ports) -> dict[str, plan.HostFacts]:
+def preflight(remotes: dict[str, Any], head: str, opts: UpOptions, ports: plan.Ports) -> dict[str, HostFacts]:
     """Every host's facts; MigrateError with every problem found (nothing has been changed)."""
-    def probe(host: str) -> plan.HostFacts:
+    def probe(host: str) -> HostFacts:
         wanted = ports.head_ports() if host == head else ports.node_ports()
         res = remotes[host].run(plan.preflight_command(wanted, check_index=opts.offline is None),
                                 what="preflight", timeout=60)
-        return plan.parse_preflight(host, res.stdout)
+        return plan.parse_preflight(res.stdout)
 
     outcomes = for_each_host(list(remotes), probe)
     problems = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
     facts = {o.host: o.value for o in outcomes if o.ok}
     for host, f in facts.items():
-        problems += plan.preflight_problems(f, head=host == head, cluster=opts.name)
+        problems += plan.preflight_problems(host, f, head=host == head, cluster=opts.name)
     if problems:
         raise MigrateError("; ".join(problems), hint="nothing was installed or started")
     return facts
@@ -142,21 +143,21 @@ def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
     return free
 
 
-def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -> str:
+def ensure_installed(remote: Any, host: str, facts: HostFacts, offline: bool | None) -> str:
     """Install the pinned Ray in the host's private venv unless it is there; 'ok' or 'installed'."""
-    if facts.installed == plan.RAY_VERSION:
+    if facts.node.ray_installed == plan.RAY_VERSION:
         return "ok"
-    use_wheels = offline if offline is not None else facts.index != "ok"
-    wheels = install.ensure_wheels(facts.python, facts.machine) if use_wheels else None
-    uv = install.ensure_uv(facts.machine)
+    use_wheels = offline if offline is not None else facts.node.index != "ok"
+    wheels = install.ensure_wheels(facts.python_version, facts.arch) if use_wheels else None
+    uv = install.ensure_uv(facts.arch)
     how = "pushed wheels" if use_wheels else "the package index"
-    ui.step(f"{facts.host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
+    ui.step(f"{host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
     install.push_bundle(remote, install.bundle_tar(uv, wheels))
-    res = remote.run(install.install_command(facts.python_path, offline=use_wheels), check=False,
+    res = remote.run(install.install_command(facts.node.python_path, offline=use_wheels), check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
-        raise MigrateError(f"installing Ray on {facts.host} failed: {last}",
+        raise MigrateError(f"installing Ray on {host} failed: {last}",
                            hint="--offline installs from wheels pushed from here" if not use_wheels else None)
     return "installed"
 
@@ -173,17 +174,17 @@ def ship_scripts(remote: Any) -> None:
     remote.put_bytes((SHIPPED / "launcher.py").read_bytes(), f"{home}/{plan.LAUNCHER}", mode=0o700)
 
 
-def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts], ports: plan.Ports,
+def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, HostFacts], ports: plan.Ports,
                     head_ip: str, as_json: bool) -> dict:
     rows = []
     for host in opts.hosts:
         f = facts[host]
-        action = "Ray installed" if f.installed == plan.RAY_VERSION else (
-            "install from pushed wheels" if (opts.offline or (opts.offline is None and f.index != "ok"))
+        action = "Ray installed" if f.node.ray_installed == plan.RAY_VERSION else (
+            "install from pushed wheels" if (opts.offline or (opts.offline is None and f.node.index != "ok"))
             else "install from the package index")
         pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
-        rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.ip,
-                     "python": f.python, "install": action,
+        rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.node.ip,
+                     "python": f.python_version, "install": action,
                      "gpus": ",".join(pool) if pool else "free GPUs at up (free-GPU rule)"})
     report = {"name": opts.name, "dry_run": True, "head": head, "head_address": f"{head_ip}:{ports.gcs}",
               "ray_version": plan.RAY_VERSION, "ports": ports.to_dict(), "hosts": rows}
@@ -218,22 +219,23 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
         if bad:
             raise MigrateError("; ".join(f"{o.host}: {o.error}" for o in bad), hint="nothing was installed")
         facts = preflight(remotes, head, opts, ports)
-        head_ip = opts.head_address or facts[head].ip
+        head_ip = opts.head_address or facts[head].node.ip
         check_reach(remotes, head, head_ip, workers, ports.gcs)
         if opts.dry_run:
             return _dry_run_report(opts, head, facts, ports, head_ip, as_json)
         gpus = {o.host: o.value for o in for_each_host(opts.hosts, lambda h: offered_gpus(remotes[h], h, opts))
                 if o.ok}
-        installs = for_each_host(opts.hosts, lambda h: (ensure_installed(remotes[h], facts[h], opts.offline),
+        installs = for_each_host(opts.hosts, lambda h: (ensure_installed(remotes[h], h, facts[h], opts.offline),
                                                         ship_scripts(remotes[h]))[0])
         failed = [f"{o.host}: {o.error}" for o in installs if not o.ok] + [
             f"{h}: cannot read its GPUs" for h in opts.hosts if h not in gpus]
         if failed:
             raise MigrateError("; ".join(failed), hint="nothing was started; fix it and run `cluster up` again")
+        cpus = {h: opts.cpus or max(1, facts[h].cpus) for h in opts.hosts}
         record = ClusterRecord(name=opts.name, ray_version=plan.RAY_VERSION, ports=ports, gpu_backend=opts.gpu_backend,
                                created=time.time(), agent="~/" + build_agent().remote_relpath,
-                               nodes=[Node(host=h, ip=head_ip if h == head else facts[h].ip, gpus=gpus[h],
-                                           cpus=opts.cpus or facts[h].cpus, head=h == head) for h in opts.hosts],
+                               nodes=[Node(host=h, ip=head_ip if h == head else facts[h].node.ip, gpus=gpus[h],
+                                           cpus=cpus[h], head=h == head) for h in opts.hosts],
                                auth_token=secrets.token_urlsafe(32), head_home=facts[head].home,
                                gpu_pool=opts.gpu_pool)
         state.save(record)   # before anything starts: `cluster down NAME` can stop a half-started cluster
@@ -370,19 +372,19 @@ def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: Connec
     (a raylet that lost the head), then the token, the scripts and `ray start` as at `up`."""
     node = next(n for n in record.nodes if n.host == host)
     with (connector or (lambda h: connect(h, conn)))(host) as remote:
-        facts = plan.parse_preflight(host, remote.run(plan.preflight_command(record.ports.node_ports()),
+        facts = plan.parse_preflight(remote.run(plan.preflight_command(record.ports.node_ports()),
                                                       what="preflight", timeout=60).stdout)
-        if facts.cluster_here and facts.cluster_here != record.name:
-            raise MigrateError(f"{host} is now a node of cluster {facts.cluster_here}: left alone")
+        if facts.node.cluster_here and facts.node.cluster_here != record.name:
+            raise MigrateError(f"{host} is now a node of cluster {facts.node.cluster_here}: left alone")
         _stop_host(remote, record.ray_version, False, record.name, host)
-        facts = plan.parse_preflight(host, remote.run(plan.preflight_command(record.ports.node_ports()),
+        facts = plan.parse_preflight(remote.run(plan.preflight_command(record.ports.node_ports()),
                                                       what="preflight", timeout=60).stdout)
-        problems = plan.preflight_problems(facts, head=False, cluster=record.name)
+        problems = plan.preflight_problems(host, facts, head=False, cluster=record.name)
         if problems:
             raise MigrateError("; ".join(problems))
         node.gpus = offered_gpus(remote, host, UpOptions(name=record.name, hosts=record.hosts,
                                                          gpu_pool=record.gpu_pool, gpu_backend=record.gpu_backend))
-        ensure_installed(remote, facts, opts.offline)
+        ensure_installed(remote, host, facts, opts.offline)
         ship_scripts(remote)
         token = f"{facts.home}/{plan.AUTH_TOKEN}"
         remote.put_bytes(record.auth_token.encode(), token, mode=0o600)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from migrate.remote import shell
+from migrate.remote.probe import HostFacts, parse_probe
+from migrate.remote.probe_fragments import ARCH, DISK, KV
 
 RAY_VERSION = "2.55.1"   # cp310-cp313 manylinux2014 x86_64/aarch64 wheels on PyPI
 UV_VERSION = "0.13.9"    # the static `uv` binary inside its wheel creates venvs and installs without pip
@@ -94,22 +96,28 @@ def launcher_socket(cluster: str) -> str:
     return f"{SOCKET_DIR}/{cluster}.sock"
 
 
-# -- preflight ---------------------------------------------------------------------------------------
-PROBE_PY = r"""
-import json, os, platform, shutil, socket, sys
-ver, ports, rel, check_index = sys.argv[1], [int(p) for p in sys.argv[2].split(",") if p], sys.argv[3], sys.argv[4]
-record = sys.argv[5]
-home = os.path.expanduser("~")
+# -- preflight ----------------------------------------------------------------------------------------
+# What only a cluster asks, in python3 (the host's own: Ray needs it anyway): which ports can be bound,
+# the address the host has towards us, the Ray in our venv, pypi.org, and the cluster whose record it holds.
+# It prints `key=value` lines in the host probe's vocabulary (migrate.remote.probe, `node.*`).
+PREFLIGHT_PY = r"""
+import json, os, socket, sys
+ver, ports, rel, check_index, record = sys.argv[1:6]
+def kv(k, v):
+    print("%s=%s" % (k, v))
+kv("python3", "%d.%d.%d" % sys.version_info[:3])
+kv("node.python_path", sys.executable)
 taken = []
-for p in ports:
+for p in [int(p) for p in ports.split(",") if p]:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by our test listener is no user
     try:
         s.bind(("0.0.0.0", p))
     except OSError:
-        taken.append(p)
+        taken.append(str(p))
     finally:
         s.close()
+kv("node.ports_taken", ",".join(taken))
 ip = ""
 peer = os.environ.get("SSH_CONNECTION", "").split()
 if len(peer) == 4 and not peer[2].startswith("127.") and ":" not in peer[2]:
@@ -122,116 +130,73 @@ if not ip:
         u.close()
     except OSError:
         ip = "127.0.0.1"
-venv = os.path.join(home, rel)
+kv("node.ip", ip)
+home = os.path.expanduser("~")
 installed = ""
 try:
-    with open(os.path.join(venv, "migrate-ray-version")) as f:
+    with open(os.path.join(home, rel, "migrate-ray-version")) as f:
         installed = f.read().strip()
 except OSError:
     pass
-cluster_here = ""
+kv("node.ray_installed", installed)
 try:
     with open(os.path.join(home, record)) as f:
-        cluster_here = str(json.load(f).get("name", ""))
+        kv("node.cluster_here", str(json.load(f).get("name", "")))
 except (OSError, ValueError, AttributeError):
     pass
-ray_running = 0
-mine = os.path.join(home, ".migrate/ray/")
-for pid in os.listdir("/proc"):
-    if not pid.isdigit() or pid == str(os.getpid()):
-        continue
-    try:
-        if os.stat("/proc/" + pid).st_uid != os.getuid():
-            continue
-        with open("/proc/%s/cmdline" % pid, "rb") as f:
-            if mine.encode() in f.read():
-                ray_running += 1
-    except OSError:
-        pass
-index = ""
 if check_index == "1" and installed != ver:
     import urllib.request
     try:
         urllib.request.urlopen("https://pypi.org/simple/ray/", timeout=4).close()
-        index = "ok"
+        kv("node.index", "ok")
     except Exception as e:
-        index = str(e)[:200]
-print(json.dumps({"index": index, "python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable,
-                  "machine": platform.machine(), "free_mib": shutil.disk_usage(home).free // 1048576,
-                  "taken": taken, "ip": ip, "installed": installed, "home": home,
-                  "cpus": os.cpu_count() or 1, "cluster_here": cluster_here, "ray_running": ray_running}))
+        kv("node.index", " ".join(str(e).split())[:200] or type(e).__name__)
 """
 
 
 def preflight_command(ports: list[int], version: str = RAY_VERSION, *, check_index: bool = False) -> str:
-    """One read-only round trip: python3 version/path, arch, free disk, ports taken, node IP, installed Ray,
-    and (with `check_index`) whether the host reaches pypi.org."""
+    """One read-only round trip, built from the host probes' fragments (migrate.remote.probe_fragments):
+    arch, home, CPUs, free disk of the home, our Ray processes, then python3 (version/path), ports taken,
+    node IP, installed Ray and (with `check_index`) whether the host reaches pypi.org. Read by `parse_preflight`
+    into the one HostFacts."""
     args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0", HOST_RECORD]
-    return ("command -v python3 >/dev/null 2>&1 || { echo '{\"python\": \"\"}'; exit 0; }; "
-            f"python3 -c {shell.quote(PROBE_PY)} {shell.join(args)}")
+    script = (KV + ARCH + DISK + 'kv home "$HOME"\nkv cpus "$(nproc 2>/dev/null)"\ndisk "$HOME" home\n'
+              + "n=0; " + _OURS + 'n=$((n + 1)); done; kv node.ray_running "$n"\n'
+              + f"command -v python3 >/dev/null 2>&1 && python3 -c {shell.quote(PREFLIGHT_PY)} \"$@\"\nexit 0\n")
+    return f"sh -c {shell.quote(script)} sh {shell.join(args)}"
 
 
-@dataclass
-class HostFacts:
-    """What the preflight found on one host."""
-
-    host: str
-    python: str = ""
-    python_path: str = ""
-    machine: str = ""
-    free_mib: int = 0
-    taken: tuple[int, ...] = ()
-    ip: str = ""
-    installed: str = ""
-    home: str = ""
-    cpus: int = 1
-    index: str = ""      # "ok" when the host reached pypi.org, else why not ("" = not checked)
-    cluster_here: str = ""   # the cluster whose record this host holds ("" = none)
-    ray_running: int = 0     # processes of ours running from ~/.migrate/ray
-
-    @property
-    def python_tag(self) -> str:
-        """`cp311`: the wheel tag of the host's python3."""
-        return "cp" + self.python.replace(".", "")
+def parse_preflight(stdout: str) -> HostFacts:
+    """The preflight's facts (the host probe's HostFacts, its `node` part filled)."""
+    return parse_probe(stdout)
 
 
-def parse_preflight(host: str, stdout: str) -> HostFacts:
-    import json
-
-    line = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
-    data = json.loads(line)
-    return HostFacts(host=host, python=data.get("python", ""), python_path=data.get("python_path", ""),
-                     machine=data.get("machine", ""), free_mib=int(data.get("free_mib", 0)),
-                     taken=tuple(data.get("taken", ())), ip=data.get("ip", ""),
-                     installed=data.get("installed", ""), home=data.get("home", ""),
-                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""),
-                     cluster_here=data.get("cluster_here", ""), ray_running=int(data.get("ray_running", 0)))
-
-
-def preflight_problems(facts: HostFacts, *, version: str = RAY_VERSION, head: bool, cluster: str = "") -> list[str]:
+def preflight_problems(host: str, facts: HostFacts, *, version: str = RAY_VERSION, head: bool,
+                       cluster: str = "") -> list[str]:
     """One line per reason this host cannot join (empty: fine)."""
     out = []
-    if facts.ray_running and facts.cluster_here != cluster:
-        other = f"cluster {facts.cluster_here}" if facts.cluster_here else "a Ray not started by `migrate cluster`"
-        out.append(f"{facts.host}: already a node of {other} (yours): one cluster per user on a host, since "
+    node = facts.node
+    if node.ray_running and node.cluster_here != cluster:
+        other = f"cluster {node.cluster_here}" if node.cluster_here else "a Ray not started by `migrate cluster`"
+        out.append(f"{host}: already a node of {other} (yours): one cluster per user on a host, since "
                    f"Ray's processes and token there are the user's (`migrate cluster down "
-                   f"{facts.cluster_here or 'NAME'}` first, or leave {facts.host} out)")
+                   f"{node.cluster_here or 'NAME'}` first, or leave {host} out)")
         return out
-    if not facts.python:
-        out.append(f"{facts.host}: python3 is not installed (Ray {version} needs python3 "
+    if not facts.python3:
+        out.append(f"{host}: python3 is not installed (Ray {version} needs python3 "
                    f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}-{MAX_PYTHON[0]}.{MAX_PYTHON[1]})")
         return out
-    major, minor = (int(x) for x in facts.python.split("."))
+    major, minor = (int(x) for x in facts.python_version.split("."))
     if not MIN_PYTHON <= (major, minor) <= MAX_PYTHON:
-        out.append(f"{facts.host}: python3 is {facts.python}, Ray {version} needs "
+        out.append(f"{host}: python3 is {facts.python_version}, Ray {version} needs "
                    f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}-{MAX_PYTHON[0]}.{MAX_PYTHON[1]}")
-    if facts.machine not in ("x86_64", "aarch64"):
-        out.append(f"{facts.host}: Ray has no wheels for {facts.machine or 'this machine'}")
-    if facts.installed != version and facts.free_mib < MIN_FREE_MIB:
-        out.append(f"{facts.host}: {facts.free_mib} MiB free in the home, the Ray venv needs {MIN_FREE_MIB} MiB")
-    if facts.taken:
+    if facts.arch not in ("x86_64", "aarch64"):
+        out.append(f"{host}: Ray has no wheels for {facts.arch or 'this machine'}")
+    if node.ray_installed != version and facts.home_free_mib < MIN_FREE_MIB:
+        out.append(f"{host}: {facts.home_free_mib} MiB free in the home, the Ray venv needs {MIN_FREE_MIB} MiB")
+    if node.ports_taken:
         role = "head" if head else "node"
-        out.append(f"{facts.host}: port(s) {', '.join(map(str, facts.taken))} already in use on the {role} "
+        out.append(f"{host}: port(s) {', '.join(map(str, node.ports_taken))} already in use on the {role} "
                    "by another program (pick other ports with --port-base)")
     return out
 

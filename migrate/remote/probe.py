@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from migrate.remote import shell
-from migrate.remote.probe_fragments import ARCH, DOCKERD, FREE_SPACE, KV, SUDO, as_is, assign, yes
+from migrate.remote.probe_fragments import ARCH, DISK, DOCKERD, KV, SUDO, as_is, assign, yes
 
-PROBE_SCRIPT = KV + SUDO + DOCKERD + FREE_SPACE + r"""
+PROBE_SCRIPT = KV + SUDO + DOCKERD + DISK + r"""
 if [ -r /etc/os-release ]; then
   . /etc/os-release
   kv os.id "${ID:-}"; kv os.version_id "${VERSION_ID:-}"; kv os.codename "${VERSION_CODENAME:-}"
@@ -56,7 +56,6 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     | while IFS= read -r line; do kv gpu "$line"; done
   kv nvidia_smi_exit "$(nvidia-smi -L >/dev/null 2>&1; echo $?)"
 fi
-disk() { kv "disk.$2" "$(free_space "$1" '$4 " " $2 " " $6')"; }
 disk "$HOME" home; disk /var/lib/docker docker; disk /tmp tmp
 if command -v python3 >/dev/null 2>&1; then
   kv python3 "$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
@@ -136,8 +135,21 @@ class Docker:
 
 
 @dataclass
+class NodeFacts:
+    """What only `migrate cluster up` asks of a host (its preflight, cluster/plan.py; empty elsewhere)."""
+
+    python_path: str = ""
+    ports_taken: tuple[int, ...] = ()
+    ip: str = ""              # the address the host has towards us (or the internet)
+    ray_installed: str = ""   # the Ray version in our private venv ("" = none)
+    index: str = ""           # "ok" when the host reached pypi.org, else why not ("" = not checked)
+    cluster_here: str = ""    # the cluster whose record this host holds ("" = none)
+    ray_running: int = 0      # processes of ours running from ~/.migrate/ray (or of a cluster's jobs)
+
+
+@dataclass
 class HostFacts:
-    """Everything `doctor` shows and the other commands plan with."""
+    """Everything `doctor` shows and the other commands plan with (`cluster up`'s preflight too)."""
 
     os_id: str = ""
     os_version_id: str = ""
@@ -172,6 +184,7 @@ class HostFacts:
     cpus: int = 0
     aes: bool = False
     boot_id: str = ""
+    node: NodeFacts = field(default_factory=NodeFacts)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for --json (with the derived Docker facts doctor reports)."""
@@ -194,6 +207,22 @@ class HostFacts:
     def docker_arch(self) -> str:
         """The arch name Docker uses (amd64, arm64, ...)."""
         return normalize_arch(self.dpkg_arch or self.arch)
+
+    @property
+    def python_version(self) -> str:
+        """`3.11`: python3's major.minor ("" without python3)."""
+        return ".".join(self.python3.split(".")[:2])
+
+    @property
+    def python_tag(self) -> str:
+        """`cp311`: the wheel tag of the host's python3."""
+        return "cp" + self.python_version.replace(".", "")
+
+    @property
+    def home_free_mib(self) -> int:
+        """Free MiB on the filesystem of the home (0 when unknown)."""
+        disk = self.disks.get("home")
+        return disk.free_kib // 1024 if disk else 0
 
     def python_at_least(self, major: int, minor: int) -> bool:
         """True when python3 exists and is at least major.minor."""
@@ -233,6 +262,9 @@ PROBE_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "docker.dockerd": ("docker.dockerd", as_is), "docker.daemon_version": ("docker.daemon_version", as_is),
     "docker.daemon_running": ("docker.daemon_running", yes), "docker.client": ("docker.client_version", as_is),
     "docker.access": ("docker.access", yes), "docker.error": ("docker.error", as_is),
+    **{f"node.{k}": (f"node.{k}", as_is) for k in ("python_path", "ip", "ray_installed", "index", "cluster_here")},
+    "node.ports_taken": ("node.ports_taken", lambda v: tuple(int(p) for p in v.split(",") if p)),
+    "node.ray_running": ("node.ray_running", _int),
 }
 
 

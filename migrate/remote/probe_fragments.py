@@ -34,6 +34,9 @@ NEAREST = 'nearest() { _n=$1; while [ ! -e "$_n" ]; do _n=$(dirname "$_n"); done
 # existing ancestor), e.g. '$4' (free KiB) or '$4 " " $2 " " $6' (free KiB, total KiB, mount point).
 FREE_SPACE = NEAREST + ('free_space() { df -Pk "$(nearest "$1")" 2>/dev/null | awk "NR==2 {print $2}"; }\n')
 
+# disk PATH NAME: `kv disk.NAME "FREE_KIB TOTAL_KIB MOUNT"` for the filesystem holding PATH (probe.Disk).
+DISK = FREE_SPACE + 'disk() { kv "disk.$2" "$(free_space "$1" \'$4 " " $2 " " $6\')"; }\n'
+
 # docker_denied_mode: after `docker` said "permission denied", how we may reach it instead:
 # group (member of the docker group, through `sg`) | sudo | sudo-password | denied.
 DOCKER_ACCESS = SUDO + (

@@ -18,10 +18,24 @@ from migrate.remote.hosts import ConnectOptions
 
 FACTS = {"python": "3.11", "python_path": "/usr/bin/python3", "machine": "x86_64", "free_mib": 50000, "taken": [],
          "installed": "", "home": "/home/alice", "cpus": 8, "index": "no route"}
+PREFLIGHT = r"node\.python_path"   # what a reply to the preflight matches
+KEYS = {"python_path": "node.python_path", "machine": "arch", "installed": "node.ray_installed", "index": "node.index",
+        "ip": "node.ip", "cluster_here": "node.cluster_here", "ray_running": "node.ray_running"}
 
 
 def facts_json(**kw) -> str:
-    return json.dumps({**FACTS, **kw}) + "\n"
+    """The preflight's output (the host probe's key=value lines) for these facts."""
+    lines = []
+    for k, v in {**FACTS, **kw}.items():
+        if k == "python":
+            lines += [f"python3={v}.0"] if v else []
+        elif k == "free_mib":
+            lines.append(f"disk.home={v * 1024} {v * 2048} /")
+        elif k == "taken":
+            lines.append("node.ports_taken=" + ",".join(map(str, v)))
+        else:
+            lines.append(f"{KEYS.get(k, k)}={v}")
+    return "\n".join(lines) + "\n"
 
 
 def record(name: str = "lab") -> ClusterRecord:
@@ -52,23 +66,24 @@ def test_port_base_moves_every_port():
 
 
 def test_preflight_problems_one_line_each():
-    old = plan.parse_preflight("old", facts_json(python="3.7"))
-    assert plan.preflight_problems(old, head=False) == ["old: python3 is 3.7, Ray 2.55.1 needs 3.10-3.13"]
-    none = plan.parse_preflight("bare", '{"python": ""}')
-    assert "python3 is not installed" in plan.preflight_problems(none, head=True)[0]
-    busy = plan.parse_preflight("h", facts_json(taken=[26379], free_mib=10))
-    text = " | ".join(plan.preflight_problems(busy, head=True))
+    old = plan.parse_preflight(facts_json(python="3.7"))
+    assert plan.preflight_problems("old", old, head=False) == ["old: python3 is 3.7, Ray 2.55.1 needs 3.10-3.13"]
+    none = plan.parse_preflight("arch=x86_64\n")
+    assert "python3 is not installed" in plan.preflight_problems("bare", none, head=True)[0]
+    busy = plan.parse_preflight(facts_json(taken=[26379], free_mib=10))
+    text = " | ".join(plan.preflight_problems("h", busy, head=True))
     assert "26379 already in use on the head" in text and "10 MiB free" in text
-    ok = plan.parse_preflight("h", facts_json(installed=plan.RAY_VERSION, free_mib=10))
-    assert plan.preflight_problems(ok, head=True) == []          # installed: no space needed
+    ok = plan.parse_preflight(facts_json(installed=plan.RAY_VERSION, free_mib=10))
+    assert plan.preflight_problems("h", ok, head=True) == []          # installed: no space needed
 
 
 def test_preflight_probe_runs_locally_and_reads_back():
     """The probe's python runs here (it only reads); its JSON parses into facts."""
     cmd = plan.preflight_command([0], check_index=False)
     out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True).stdout
-    f = plan.parse_preflight("here", out)
-    assert f.python == "{}.{}".format(*sys.version_info[:2]) and f.free_mib > 0 and f.ip
+    f = plan.parse_preflight(out)
+    assert f.python_version == "{}.{}".format(*sys.version_info[:2]) and f.home_free_mib > 0 and f.node.ip
+    assert f.arch and f.home and f.cpus > 0 and f.node.python_path and f.node.ports_taken == ()
     assert not is_mutating(cmd)
 
 
@@ -180,7 +195,7 @@ def fake_hosts(reach: str = "ok") -> dict[str, FakeHost]:
     hosts = {}
     for i, name in enumerate(("gpu1", "gpu2", "gpu3"), start=1):
         h = FakeHost(target=FakeTarget(alias=name, hostname=f"10.0.0.{i}"))
-        h.reply(r"shutil", facts_json(ip=f"10.0.0.{i}")).reply(r"create_connection", reach + "\n")
+        h.reply(PREFLIGHT, facts_json(ip=f"10.0.0.{i}")).reply(r"create_connection", reach + "\n")
         hosts[name] = h
     return hosts
 
@@ -214,7 +229,7 @@ def test_worker_that_cannot_reach_the_head_is_one_clear_line(tmp_path, monkeypat
 def test_too_old_python_stops_before_anything_is_installed(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
     hosts = fake_hosts()
-    hosts["gpu3"].replies.insert(0, (r"shutil", FakeHost().reply("", facts_json(python="3.8")).replies[0][1]))
+    hosts["gpu3"].replies.insert(0, (PREFLIGHT, FakeHost().reply("", facts_json(python="3.8")).replies[0][1]))
     with pytest.raises(MigrateError, match="gpu3: python3 is 3.8, Ray 2.55.1 needs 3.10-3.13"):
         ops.up(ops.UpOptions(name="lab", hosts=list(hosts), offline=True), ConnectOptions(),
                connector=hosts.__getitem__)
@@ -398,15 +413,16 @@ def test_cluster_status_counts_a_gang_jobs_gpus_on_its_ranks_nodes_not_its_drive
 
 # -- one cluster per user on a host, reruns with other options, corrupt records (issue 20 items 2, 4, 6, 8) --
 def test_a_host_that_is_a_node_of_another_cluster_is_refused_before_anything_changes(tmp_path, monkeypatch):
-    other = plan.parse_preflight("gpu2", facts_json(cluster_here="A", ray_running=5))
-    (line,) = plan.preflight_problems(other, head=False, cluster="B")
+    other = plan.parse_preflight(facts_json(cluster_here="A", ray_running=5))
+    (line,) = plan.preflight_problems("gpu2", other, head=False, cluster="B")
     assert "gpu2: already a node of cluster A" in line and "`migrate cluster down A` first" in line
-    assert plan.preflight_problems(other, head=False, cluster="A") == []        # its own cluster: a rerun
-    stray = plan.parse_preflight("gpu2", facts_json(ray_running=2))
-    assert "a Ray not started by `migrate cluster`" in plan.preflight_problems(stray, head=False, cluster="B")[0]
+    assert plan.preflight_problems("gpu2", other, head=False, cluster="A") == []        # its own cluster: a rerun
+    stray = plan.parse_preflight(facts_json(ray_running=2))
+    (line,) = plan.preflight_problems("gpu2", stray, head=False, cluster="B")
+    assert "a Ray not started by `migrate cluster`" in line
     monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
     hosts = fake_hosts()
-    hosts["gpu2"].replies.insert(0, (r"shutil", FakeHost().reply("", facts_json(
+    hosts["gpu2"].replies.insert(0, (PREFLIGHT, FakeHost().reply("", facts_json(
         ip="10.0.0.2", cluster_here="A", ray_running=3)).replies[0][1]))
     with pytest.raises(MigrateError, match="gpu2: already a node of cluster A"):
         ops.up(ops.UpOptions(name="B", hosts=list(hosts), offline=True, port_base=27379), ConnectOptions(),
