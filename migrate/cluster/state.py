@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from migrate import paths
+from migrate.agent.layout import write_private
 from migrate.cluster.plan import Ports, ports_from_record
 from migrate.errors import MigrateError, UsageError
 
@@ -116,12 +116,7 @@ def load(name: str) -> ClusterRecord:
 def save(record: ClusterRecord) -> Path:
     paths.private_dir(clusters_dir())
     path = record_path(record.name)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # private from the first byte
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record.to_private_dict(), indent=2) + "\n")
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    write_private(str(path), json.dumps(record.to_private_dict(), indent=2) + "\n")  # 0600 from the first byte
     return path
 
 
