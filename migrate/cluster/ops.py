@@ -20,7 +20,7 @@ from typing import Any
 from migrate import ui
 from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
-from migrate.cluster.jobs import RAY_STATES, latest_attempts
+from migrate.cluster.jobs import latest_attempts, ray_state
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.bundle import build_agent
@@ -510,7 +510,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
                           "gpus_offered": n.gpus, "gpus_used": gpus, "running_jobs": count})
     counts: dict[str, int] = {}   # jobs, not attempts: a retried job counts once, in its latest state
     for j in latest_attempts(jobs).values():
-        st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+        st = ray_state(j)
         counts[st] = counts.get(st, 0) + 1
     return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
             "launcher": launcher,

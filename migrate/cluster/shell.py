@@ -24,9 +24,10 @@ from pathlib import Path
 from migrate import ui
 from migrate.cluster import state
 from migrate.cluster.jobapi import job_api
-from migrate.cluster.jobs import RAY_STATES, _find, latest_attempts, node_hosts
+from migrate.cluster.jobs import find_job, latest_attempts, node_hosts
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import ConnectError, MigrateError, UsageError
+from migrate.jobs.model import JobState
 from migrate.jobs.shell import check_terminal, run_ssh, session_argv
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions, openssh_argv
@@ -72,15 +73,15 @@ def not_running_error(j: dict, cluster: str) -> MigrateError:
     """A one-line error for a job that is not running, with what to do instead (pure)."""
     meta = j.get("metadata") or {}
     jid, name = meta.get("migrate_id", "?"), meta.get("migrate_name", "?")
-    st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+    st = JobState.from_ray(str(j.get("status", "")))
     ref = f"job {jid} ({name}) on cluster {cluster}"
-    if st == "queued":
+    if st is JobState.QUEUED:
         return MigrateError(f"{ref} is queued, not running yet",
                             hint=f"`migrate logs {cluster} {jid} -f` waits for it to start")
     code = j.get("driver_exit_code")
-    what = {"done": f"finished (exit {code if code is not None else 0})",
-            "failed": f"failed (exit {code})" if code is not None else "failed",
-            "cancelled": "was cancelled"}.get(st, f"is {st}")
+    what = {JobState.DONE: f"finished (exit {code if code is not None else 0})",
+            JobState.FAILED: f"failed (exit {code})" if code is not None else "failed",
+            JobState.CANCELLED: "was cancelled"}.get(st, f"is {st.value}")
     return MigrateError(f"{ref} {what}; its processes are gone",
                         hint=f"see its output with `migrate logs {cluster} {jid}`")
 
@@ -125,7 +126,7 @@ def locate(name: str, conn: ConnectOptions, job: str, rank: int | None) -> Place
     """Ask the head's job API where JOB runs; one-line errors for unknown, queued and finished jobs."""
     record = state.load(name)
     with job_api(record, conn) as api:
-        j = _find(latest_attempts(api.jobs()), job)
+        j = find_job(latest_attempts(api.jobs()), job)
         if j.get("status") != "RUNNING":
             raise not_running_error(j, name)
         hosts = node_hosts(record, api.nodes())

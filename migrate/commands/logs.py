@@ -1,4 +1,4 @@
-"""`migrate logs HOST JOB [-f]`: a job's output (stdout and stderr)."""
+"""`migrate logs HOST JOB [-f]`: a job's output (stdout and stderr), on a host or a cluster."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
-from migrate.cluster import jobs as cluster_jobs
-from migrate.cluster import state as cluster_state
-from migrate.jobs.client import agent_session, check_job_refs
+from migrate.jobs.client import check_job_refs
+from migrate.jobs.target import job_target
 from migrate.remote.hosts import ConnectOptions
-
-
-def logs_args(job: str, follow: bool, tail: int | None) -> list[str]:
-    args = ["logs", job]
-    if follow:
-        args.append("--follow")
-    if tail:
-        args += ["--tail", str(tail)]
-    return args
 
 
 @click.command("logs", context_settings=CONTEXT_SETTINGS)
@@ -47,8 +37,4 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     if tail_n is not None:
         old_spelling(f"logs -n {tail_n}", f"logs --tail {tail_n}", SHORT_N)
         tail = tail_n
-    if cluster_state.exists(host):  # a cluster name (issue 14)
-        sys.exit(cluster_jobs.logs(host, conn, job, follow=follow, tail=tail))
-    with agent_session(host, conn) as client:
-        code = client.stream(logs_args(job, follow, tail))
-    sys.exit(code)
+    sys.exit(job_target(host, conn).logs(job, follow=follow, tail=tail))

@@ -11,12 +11,12 @@ from migrate import ui
 from migrate.agent.notify import describe as describe_target
 from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
-from migrate.cluster import state as cluster_state
 from migrate.data.syncback import Syncer, SyncTask
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import wait as w
 from migrate.jobs.options import notify_format_option, notify_target
+from migrate.jobs.target import job_target
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import parse_duration
 
@@ -91,8 +91,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     notify = notify_target(notify, notify_format)
     limit = parse_duration(timeout, what="--timeout") if timeout else None
     syncer = sync_backs(chosen, conn, parse_duration(every, what="--every") if every else None)
-    readers: list[w.JobReader] = [w.ClusterReader(t, conn) if cluster_state.exists(t) else w.HostReader(t, conn)
-                                  for t in chosen]
+    readers: list[w.JobReader] = [job_target(t, conn).reader() for t in chosen]
     live = ui.out.is_terminal and not as_json
     count = sum(len(v) for v in chosen.values() if v is not None)
     what = f"{count} job(s)" if count and all(v is not None for v in chosen.values()) else "the jobs"

@@ -35,7 +35,7 @@ class _FakeClient:
 
 @pytest.fixture
 def fake_agent(monkeypatch):
-    from migrate.commands import logs, status
+    from migrate.jobs import target
 
     client = _FakeClient()
 
@@ -43,8 +43,7 @@ def fake_agent(monkeypatch):
     def session(host, conn):
         yield client
 
-    monkeypatch.setattr(status, "agent_session", session)
-    monkeypatch.setattr(logs, "agent_session", session)
+    monkeypatch.setattr(target, "agent_session", session)  # a host's status and logs talk to the agent there
     return client
 
 
