@@ -332,10 +332,10 @@ def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
 
 
 def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: bool = False,
-                states: list[str] | None = None, last: int = 20) -> int:
-    """The cluster's jobs, chosen by --state/--all/--last as on one host (render.select_jobs); the counts
-    cover every job, as on one host."""
-    every = cluster_jobs(name, conn)
+                states: list[str] | None = None, last: int = 20, every: list[dict] | None = None) -> int:
+    """The cluster's jobs (`every`, read now when None), chosen by --state/--all/--last as on one host
+    (render.select_jobs); the counts cover every job, as on one host."""
+    every = cluster_jobs(name, conn) if every is None else every
     jobs, hidden = select_jobs(every, show_all=show_all, states=states, last=last)
     if as_json:
         counts: dict[str, int] = {}

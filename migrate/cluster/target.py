@@ -16,7 +16,7 @@ from migrate.cluster import state
 from migrate.cluster.jobapi import job_api
 from migrate.cluster.shell import open_cluster_session
 from migrate.errors import UsageError
-from migrate.jobs import lastrun
+from migrate.jobs import idcache, lastrun
 from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.model import RETRY_ALL, Job
 from migrate.jobs.render import select_jobs
@@ -61,8 +61,10 @@ class ClusterTarget:
         return code
 
     def status(self, *, show_all: bool, states: list[str] | None, last: int, as_json: bool) -> int:
+        every = cluster_jobs.cluster_jobs(self.name, self.conn)
+        idcache.remember(self.name, every)  # for completing JOB in the shell
         return cluster_jobs.show_status(self.name, self.conn, as_json=as_json, show_all=show_all, states=states,
-                                        last=last)
+                                        last=last, every=every)
 
     def status_answer(self, *, show_all: bool, states: list[str] | None, last: int) -> dict:
         every = cluster_jobs.cluster_jobs(self.name, self.conn)

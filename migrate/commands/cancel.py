@@ -8,19 +8,20 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_job, complete_target
 from migrate.jobs.client import check_job_refs
 from migrate.jobs.target import check_choice, job_target
 from migrate.remote.hosts import ConnectOptions
 
 
 @click.command("cancel", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("jobs", nargs=-1)
+@click.argument("host", shell_complete=complete_target)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @connection_options
 @click.option("--all", "all_jobs", is_flag=True, help="Cancel every queued and running job.")
 @click.option("--grace", type=click.FloatRange(0, 3600), default=10, show_default=True,
               help="Seconds between SIGTERM (docker stop) and SIGKILL.")
-@click.option("--dry-run", is_flag=True, help="Show what would be cancelled.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be cancelled.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bool, grace: float, dry_run: bool,
             as_json: bool) -> None:

@@ -7,14 +7,15 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
+from migrate.completion import complete_job, complete_target
 from migrate.jobs.client import check_job_refs
 from migrate.jobs.target import job_target
 from migrate.remote.hosts import ConnectOptions
 
 
 @click.command("logs", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=complete_target)
+@click.argument("job", shell_complete=complete_job)
 @connection_options
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(1, 10_000_000), default=None, metavar="N", help="Only the last N lines.")

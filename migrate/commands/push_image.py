@@ -65,7 +65,7 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--checkpoint", "checkpoint", default=None, show_default="64M", metavar="SIZE",
               help="Commit a resume point on the host at least every SIZE of layers, e.g. 64M = 64 MiB, 1G "
                    "(a rerun after a broken connection sends only what is not committed).")
-@click.option("--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
 @click.option("--to-file", type=click.Path(dir_okay=False), default=None,
               help="Write one docker-load-able archive instead of pushing (.tar, .tar.gz or .tar.zst).")
 @click.option("--from-file", type=click.Path(dir_okay=False), default=None,

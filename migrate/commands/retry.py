@@ -7,14 +7,15 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_job, complete_target
 from migrate.jobs.client import check_job_refs
 from migrate.jobs.target import check_choice, job_target
 from migrate.remote.hosts import ConnectOptions
 
 
 @click.command("retry", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("jobs", nargs=-1)
+@click.argument("host", shell_complete=complete_target)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @connection_options
 @click.option("--all", "all_jobs", is_flag=True, help="Retry every failed, cancelled or lost job.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show which jobs would be queued again; change nothing.")

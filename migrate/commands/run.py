@@ -12,6 +12,7 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_target
 from migrate.data.syncback import parse_sync_back
 from migrate.errors import UsageError
 from migrate.jobs import template as tpl
@@ -25,7 +26,7 @@ from migrate.units import parse_duration
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_target)
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
 @job_field_options  # --name, --image, --cwd, --mount, ... --key: one option per row of the job table
@@ -54,7 +55,7 @@ from migrate.units import parse_duration
 @click.option("--every", metavar="DURATION", help="With --sync-back: also pull every DURATION (10m, 1h) while "
               "the jobs run, whenever `migrate wait` runs (default: only after they end).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
-@click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued jobs as JSON.")
 def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str | None, cwd: str | None,

@@ -8,6 +8,7 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_job, complete_target
 from migrate.errors import UsageError
 from migrate.jobs.client import check_job_refs
 from migrate.jobs.shell import SessionRequest
@@ -23,12 +24,12 @@ def _finish(request: SessionRequest, dry_run: bool, rank: int | None = None) -> 
 
 
 @click.command("shell", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("job", required=False)
+@click.argument("host", shell_complete=complete_target)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
 @click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+@click.option("-n", "--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
                                               "on a cluster it asks the head where the job runs).")
 def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
             dry_run: bool) -> None:
@@ -57,12 +58,12 @@ def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOpt
 
 
 @click.command("exec", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=complete_target)
+@click.argument("job", shell_complete=complete_job)
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
 @connection_options
 @click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+@click.option("-n", "--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
                                               "on a cluster it asks the head where the job runs).")
 def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
                  dry_run: bool) -> None:

@@ -8,6 +8,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, host_option, old_spelling
+from migrate.completion import complete_target
 from migrate.errors import UsageError
 from migrate.jobs import multi
 from migrate.jobs.render import dispatcher_line, parse_states, show_status
@@ -39,8 +40,9 @@ def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states:
 
 
 @click.command("status", context_settings=CONTEXT_SETTINGS)
-@click.argument("first", metavar="[HOST]", required=False)
-@host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.")
+@click.argument("first", metavar="[HOST]", required=False, shell_complete=complete_target)
+@host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.",
+             clusters=True)
 @connection_options
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not just unfinished and recent ones.")
 @click.option("--state", "states", metavar="LIST", help="Only jobs in these states, e.g. failed,lost.")

@@ -20,7 +20,7 @@ from typing import Protocol
 from migrate import ui
 from migrate.data.syncback import sync_line
 from migrate.errors import UsageError
-from migrate.jobs import lastrun
+from migrate.jobs import idcache, lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.client import agent_session, call_agent, print_answer, report_dispatcher
 from migrate.jobs.compose import ComposePlan
@@ -164,6 +164,7 @@ class HostTarget:
 
     def status(self, *, show_all: bool, states: list[str] | None, last: int, as_json: bool) -> int:
         data, name, answer = self._read_status(show_all, states, last)
+        idcache.remember(self.name, answer["jobs"])  # for completing JOB in the shell
         if as_json:
             ui.print_json(answer)
         elif data.get("no_queue"):

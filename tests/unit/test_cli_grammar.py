@@ -216,7 +216,8 @@ def test_push_and_pull_data_bwlimit_follow_the_one_rate_grammar():
 # -- --json on every verb that reports -------------------------------------------------------------
 NO_REPORT = {"logs": "streams the job's own output", "tunnel": "forwards ports until Ctrl-C",
              "shell": "a terminal session", "exec": "streams the command's own output",
-             "sandbox ssh-config": "prints an ssh_config block, itself the data"}
+             "sandbox ssh-config": "prints an ssh_config block, itself the data",
+             "completion": "prints a shell script, itself the data"}
 
 
 def test_every_verb_that_reports_has_json():
