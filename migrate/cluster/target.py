@@ -44,6 +44,13 @@ class ClusterTarget:
                              hint="queue them on one host: migrate run HOST ...")
 
     def submit(self, sub: Submission) -> int:
+        per_host = [flag for flag, given in (("--gpu-backend", sub.options.gpu_backend),
+                                             ("--cpu-slots", sub.options.cpu_slots),
+                                             ("--enable-linger", sub.options.enable_linger)) if given]
+        if per_host:
+            raise UsageError(f"{', '.join(per_host)}: a setting of one host's dispatcher, not of a cluster job",
+                             hint=f"a cluster's GPU backend is chosen at `migrate cluster up {self.name} ... "
+                                  "--gpu-backend`; Ray runs CPU jobs on the CPUs each node offers (--num-cpus)")
         if any(s.image and s.image.endswith(".sif") for s in sub.specs):
             raise UsageError("SIF images are not supported on a cluster yet",
                              hint="run on each host: migrate run HOST ...")

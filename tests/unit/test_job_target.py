@@ -64,6 +64,8 @@ def test_what_a_target_cannot_do_is_one_usage_line_before_connecting(lab):
         host.check_submit(nodes=2, notify=False, sync_back=False, compose=False)
     with pytest.raises(UsageError, match="--compose is not supported on a cluster"):
         cluster.check_submit(nodes=0, notify=False, sync_back=False, compose=True)
+    res = run_cli("run", "lab", "-n", "--cpu-slots", "2", "--enable-linger", "--", "x", env=lab)
+    assert res.code == 2 and "--cpu-slots, --enable-linger: a setting of one host's dispatcher" in res.stderr
     with pytest.raises(UsageError, match="--rank is for a job on a cluster"):
         host.enter(SessionRequest(host="gpu1", job="3"), rank=1, dry_run=True)
     with pytest.raises(UsageError, match="lab is a cluster: give a JOB"):
