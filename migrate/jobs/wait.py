@@ -24,7 +24,7 @@ from rich.text import Text
 
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.client import AgentClient, agent_command, no_queue_error
-from migrate.jobs.model import TERMINAL, JobState, is_terminal
+from migrate.jobs.model import TERMINAL, Job, JobState, is_terminal
 from migrate.jobs.render import STATE_COLOURS, duration
 from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions
@@ -195,10 +195,9 @@ def row_of(target: str, job_id: str, job: dict | None) -> JobRow:
     """A JobRow from one job of `status --json` (a host's or a cluster's) (pure)."""
     if job is None:
         return JobRow(target=target, id=job_id, state=JobState.LOST.value, reason="not in the queue any more")
-    code = job.get("exit_code")
-    return JobRow(target=target, id=job_id, name=str(job.get("name") or ""), state=str(job.get("state") or "?"),
-                  exit_code=code if isinstance(code, int) else None, runtime_s=job.get("runtime_s"),
-                  reason=str(job.get("reason") or ""))
+    j = Job.from_agent(job)
+    return JobRow(target=target, id=job_id, name=j.name, state=str(job.get("state") or "?"), exit_code=j.exit_code,
+                  runtime_s=j.runtime_s, reason=j.reason)
 
 
 def finished_line(row: JobRow) -> str:
