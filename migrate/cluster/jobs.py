@@ -21,7 +21,7 @@ from migrate.cluster import template as cluster_template
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import UsageError
-from migrate.jobs.model import RAY_TERMINAL, JobState
+from migrate.jobs.model import RAY_TERMINAL, Job, JobState
 from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
 from migrate.jobs.spec import JobSpec
 from migrate.jobs.template import TemplatePlan
@@ -276,16 +276,11 @@ def latest_attempts(jobs: list[dict]) -> dict[str, dict]:
 
 def job_view(j: dict, node_hosts: dict[str, str], now: float) -> dict:
     """One row of `status NAME --json` (the single-host table's fields, plus node and Ray's ids)."""
-    meta = j.get("metadata") or {}
-    st = ray_state(j)
-    start = (j.get("start_time") or 0) / 1000
-    end = (j.get("end_time") or 0) / 1000
-    return {"id": meta.get("migrate_id"), "name": meta.get("migrate_name"), "state": st,
-            "gpus": int(meta.get("migrate_gpus", "0")), "nodes": int(meta.get("migrate_nodes", "0") or 0),
-            "node": node_hosts.get(j.get("driver_node_id") or "", ""),
-            "attempt": int(meta.get("migrate_attempt", "1")), "retries_left": int(meta.get("migrate_retries", "0")),
-            "command": meta.get("migrate_command", ""), "runtime_s": (end or now) - start if start else None,
-            "exit_code": j.get("driver_exit_code"), "reason": j.get("message") if st == JobState.FAILED else "",
+    job = Job.from_ray(j, now)
+    return {"id": job.id, "name": job.name, "state": job.state_name, "gpus": job.gpus, "nodes": job.nodes,
+            "node": node_hosts.get(j.get("driver_node_id") or "", ""), "attempt": job.attempt,
+            "retries_left": job.retries_left, "command": job.command, "runtime_s": job.runtime_s,
+            "exit_code": j.get("driver_exit_code"), "reason": j.get("message") if job.state is JobState.FAILED else "",
             "submission_id": j.get("submission_id")}
 
 
@@ -436,16 +431,15 @@ def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: 
         latest = latest_attempts(api.jobs())
         chosen = list(latest.values()) if all_jobs else [find_job(latest, j) for j in jobs]
         rows = []
-        for j in chosen:
-            was = ray_state(j)
-            if JobState(was).is_terminal:
+        for raw in chosen:
+            job = Job.from_ray(raw)
+            if job.state is None or job.state.is_terminal:
                 if not all_jobs:
-                    rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "left as it is"})
+                    rows.append({"id": job.id, "was": job.state_name, "outcome": "left as it is"})
                 continue
             if not dry_run:
-                api.stop(j["submission_id"], grace)
-            rows.append({"id": j["metadata"]["migrate_id"], "was": was,
-                         "outcome": "would stop" if dry_run else "stopped"})
+                api.stop(job.submission_id, grace)
+            rows.append({"id": job.id, "was": job.state_name, "outcome": "would stop" if dry_run else "stopped"})
     if as_json:
         ui.print_json({"cluster": name, "dry_run": dry_run, "cancelled": [] if dry_run else rows,
                        **({"would_cancel": rows} if dry_run else {})})
@@ -463,14 +457,14 @@ def retry(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, as_json: bo
     out = []
     with job_api(record, conn) as api:
         latest = latest_attempts(api.jobs())
-        for job in jobs:
-            j = find_job(latest, job)
-            was = ray_state(j)
-            if not JobState(was).is_terminal:
-                raise UsageError(f"job {job} is {was}", hint=f"cancel it first: migrate cancel {name} {job}")
-            body = again(j)
+        for ref in jobs:
+            raw = find_job(latest, ref)
+            job = Job.from_ray(raw)
+            if job.state is None or not job.state.is_terminal:
+                raise UsageError(f"job {ref} is {job.state_name}", hint=f"cancel it first: migrate cancel {name} {ref}")
+            body = again(raw)
             api.submit(body)
-            out.append({"id": j["metadata"]["migrate_id"], "was": was, "attempt": body["metadata"]["migrate_attempt"]})
+            out.append({"id": job.id, "was": job.state_name, "attempt": body["metadata"]["migrate_attempt"]})
     if as_json:
         ui.print_json({"cluster": name, "retried": out})
     else:

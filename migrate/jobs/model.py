@@ -85,6 +85,11 @@ class Job:
     reason: str = ""
     key: str = ""
     attempt: int = 1
+    gpus: int = 0
+    nodes: int = 0                      # a cluster's --nodes job: the servers it spans (0: one)
+    retries_left: int = 0
+    command: str = ""
+    submission_id: str = ""             # a cluster job's Ray submission id (of this attempt)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the answer it was read from
 
     @property
@@ -98,16 +103,23 @@ class Job:
         return cls(id=str(d.get("id")), name=str(d.get("name") or ""), state=state_of(d.get("state")),
                    exit_code=code if isinstance(code, int) else None, runtime_s=d.get("runtime_s"),
                    reason=str(d.get("reason") or ""), key=str(d.get("key") or ""),
-                   attempt=int(d.get("attempt") or 1), raw=d)
+                   attempt=int(d.get("attempt") or 1), gpus=int(d.get("gpus") or 0), nodes=int(d.get("nodes") or 0),
+                   command=str(d.get("command") or ""), submission_id=str(d.get("submission_id") or ""), raw=d)
 
     @classmethod
-    def from_ray(cls, j: dict[str, Any]) -> Job:
-        """A job of the cluster's job API (Ray's or the launcher's JSON), its migrate fields in the metadata."""
+    def from_ray(cls, j: dict[str, Any], now: float | None = None) -> Job:
+        """A job of the cluster's job API (Ray's or the launcher's JSON), its migrate fields in the metadata
+        (the one place they are read); `now` (epoch seconds) gives a running job its runtime."""
         meta = j.get("metadata") or {}
         code = j.get("driver_exit_code")
         st = JobState.from_ray(str(j.get("status", "")))
+        start, end = (j.get("start_time") or 0) / 1000, (j.get("end_time") or 0) / 1000
+        runtime = ((end or now) - start) if start and (end or now) else None
         return cls(id=str(meta.get("migrate_id", "?")), name=str(meta.get("migrate_name") or ""), state=st,
-                   exit_code=code if isinstance(code, int) else None,
+                   exit_code=code if isinstance(code, int) else None, runtime_s=runtime,
                    reason=str(j.get("message") or "") if st is JobState.FAILED else "",
                    key=str(meta.get("migrate_key") or ""), attempt=int(meta.get("migrate_attempt", "1") or 1),
+                   gpus=int(meta.get("migrate_gpus", "0") or 0), nodes=int(meta.get("migrate_nodes", "0") or 0),
+                   retries_left=int(meta.get("migrate_retries", "0") or 0),
+                   command=str(meta.get("migrate_command") or ""), submission_id=str(j.get("submission_id") or ""),
                    raw=j)
