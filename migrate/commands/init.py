@@ -9,6 +9,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS
+from migrate.completion import complete_host
 from migrate.errors import MigrateError, UsageError
 from migrate.remote.shell import quote
 
@@ -65,7 +66,8 @@ def starter_playbook(path: str, host: str, sandbox_host: str = "sandbox1") -> st
 
 @click.command("init", context_settings=CONTEXT_SETTINGS)
 @click.argument("path", default="migrate.yml", required=False)
-@click.option("-H", "--host", default="alice@gpu-box", show_default=True, help="Host to put in the playbook.")
+@click.option("-H", "--host", default="alice@gpu-box", show_default=True, shell_complete=complete_host,
+              help="Host to put in the playbook.")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the playbook instead of writing it.")
 @click.option("--json", "as_json", is_flag=True, help="Print {path, host} of the written playbook as JSON.")

@@ -200,3 +200,17 @@ def test_completion_offers_clusters_and_the_job_ids_status_saw(home, monkeypatch
     assert _complete("migrate logs gpu1 ", home) == ["12", "3"]
     assert _complete("migrate cancel gpu1 1", home) == ["12"]
     assert _complete("migrate logs gpu2 ", home) == []
+
+
+def test_every_host_option_and_argument_completes_host_aliases(monkeypatch):
+    from migrate import completion
+
+    monkeypatch.setattr(completion, "host_names", lambda: ["zz-alias"])
+    checked = 0
+    for path, cmd in _commands().items():
+        for p in cmd.params:
+            if (set(getattr(p, "opts", [])) | {p.name or ""}) & {"-H", "host", "hosts", "first", "target"}:
+                values = [i.value for i in p.shell_complete(click.Context(cmd), "zz")]
+                assert values == ["zz-alias"], (path, p.name, values)
+                checked += 1
+    assert checked >= 20
