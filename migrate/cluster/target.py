@@ -81,9 +81,6 @@ class ClusterTarget:
         jobs, hidden = select_jobs(every, show_all=show_all, states=states, last=last)
         return {"host": self.name, "cluster": True, "counts": counts, "jobs": jobs, "hidden_finished": hidden}
 
-    def jobs(self) -> list[Job]:
-        return [Job.from_agent(v) for v in cluster_jobs.cluster_jobs(self.name, self.conn)]
-
     def logs(self, job: str, *, follow: bool, tail: int | None) -> int:
         return cluster_jobs.logs(self.name, self.conn, job, follow=follow, tail=tail)
 

@@ -25,7 +25,6 @@ from migrate.jobs import template as tpl
 from migrate.jobs.client import agent_session, call_agent, print_answer, report_dispatcher
 from migrate.jobs.compose import ComposePlan
 from migrate.jobs.limits import confirm_many_jobs
-from migrate.jobs.model import Job
 from migrate.jobs.render import show_status, status_args
 from migrate.jobs.shell import SessionRequest, dry_run_argv, open_session
 from migrate.jobs.spec import DispatcherOptions, JobSpec
@@ -69,9 +68,6 @@ class JobTarget(Protocol):
 
     def status_answer(self, *, show_all: bool, states: list[str] | None, last: int) -> dict:
         """The jobs chosen as `status` chooses them, in the shape of `status --json` (for `status -H`)."""
-
-    def jobs(self) -> list[Job]:
-        """Every job, latest attempt each."""
 
     def logs(self, job: str, *, follow: bool, tail: int | None) -> int:
         """A job's output; with follow until it ends (exit code: the job's where known)."""
@@ -178,13 +174,6 @@ class HostTarget:
     def status_answer(self, *, show_all: bool, states: list[str] | None, last: int) -> dict:
         data, _, answer = self._read_status(show_all, states, last)
         return {**answer, "hidden_finished": data.get("hidden_finished") or 0}
-
-    def jobs(self) -> list[Job]:
-        reader = HostReader(self.name, self.conn)
-        try:
-            return [Job.from_agent(j) for j in reader.jobs()]
-        finally:
-            reader.close()
 
     def logs(self, job: str, *, follow: bool, tail: int | None) -> int:
         with agent_session(self.name, self.conn) as client:
