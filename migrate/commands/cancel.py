@@ -25,7 +25,7 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(host: str, jobs: tuple[str, ...], conn: ConnectOptions, all_jobs: bool, grace: float, dry_run: bool,
             as_json: bool) -> None:
-    """Cancel JOBS (ids, names or keys) on HOST.
+    """Cancel JOBS (ids, names or keys) on HOST (or a cluster: the same --grace and --dry-run).
 
     Queued jobs leave the queue. Running jobs get SIGTERM on their whole process group (container
     jobs: docker stop), then SIGKILL if they are still there after --grace seconds; the command

@@ -21,7 +21,7 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--tail", type=click.IntRange(1, 10_000_000), default=None, metavar="N", help="Only the last N lines.")
 @click.option("-n", "tail_n", type=click.IntRange(1, 10_000_000), default=None, hidden=True)  # old --tail; one release
 def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int | None, tail_n: int | None) -> None:
-    """Print the output of JOB (its id, name or key) on HOST.
+    """Print the output of JOB (its id, name or key) on HOST (or a cluster).
 
     The log holds every attempt, each starting with a `[migrate] ... started` line and ending
     with the exit code. With -f it waits for a queued job to start and stops when it ends; if

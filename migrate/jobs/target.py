@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from migrate import ui
 from migrate.data.syncback import sync_line
@@ -51,6 +51,7 @@ class Submission:
     gpus_per_node: int = 0              # with --nodes: GPUs on each node
 
 
+@runtime_checkable
 class JobTarget(Protocol):
     """A place jobs run. Every method prints what the verb shows and returns the verb's exit code."""
 

@@ -56,6 +56,8 @@ def lab(tmp_path, monkeypatch):
 def test_the_name_decides_once(lab):
     assert isinstance(target.job_target("lab", ConnectOptions()), ctarget.ClusterTarget)
     assert isinstance(target.job_target("gpu1", ConnectOptions()), target.HostTarget)
+    for t in (target.job_target("lab", ConnectOptions()), target.job_target("gpu1", ConnectOptions())):
+        assert isinstance(t, target.JobTarget)  # every method of the interface, on both
 
 
 def test_what_a_target_cannot_do_is_one_usage_line_before_connecting(lab):
