@@ -29,6 +29,7 @@ VERBS = {
     "init": "migrate.commands.init:command",
     "logs": "migrate.commands.logs:command",
     "mirror": "migrate.commands.mirror:command",
+    "notebook": "migrate.commands.notebook:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
     "push-env": "migrate.commands.push_env:command",
