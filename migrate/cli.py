@@ -40,6 +40,7 @@ VERBS = {
     "sandbox": "migrate.commands.sandbox:group",
     "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
+    "sync": "migrate.commands.sync:command",
     "tunnel": "migrate.commands.tunnel:command",
     "wait": "migrate.commands.wait:command",
 }

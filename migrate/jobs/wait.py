@@ -312,6 +312,21 @@ def wait_for_jobs(readers: list[JobReader], chosen: Chosen, *, timeout: float | 
         sleep(pause)
 
 
+class UnreachableWarnings:
+    """An `on_poll` callback: one warning when a target stops answering (again after it answered)."""
+
+    def __init__(self) -> None:
+        self.silent: set[str] = set()
+
+    def __call__(self, rows: list[JobRow], errors: dict[str, str], elapsed: float) -> None:
+        from migrate import ui
+
+        for target, err in errors.items():
+            if target not in self.silent:
+                ui.warn(f"{target} did not answer ({err}); asking again at the next poll")
+        self.silent = set(errors)
+
+
 def _read_tails(result: WaitResult, readers: dict[str, JobReader], lines: int) -> None:
     """The last log lines of every job that did not succeed (best effort: a read error is shown instead)."""
     if lines <= 0:
