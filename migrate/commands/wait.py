@@ -11,7 +11,6 @@ from migrate import ui
 from migrate.agent.notify import describe as describe_target
 from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
-from migrate.cluster import state as cluster_state
 from migrate.data.syncback import pending_tasks, recording_syncer
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
@@ -91,8 +90,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     notify = notify_target(notify, notify_format)
     limit = parse_duration(timeout, what="--timeout") if timeout else None
     syncer = recording_syncer(pending_tasks(chosen, parse_duration(every, what="--every") if every else None), conn)
-    readers: list[w.JobReader] = [w.ClusterReader(t, conn) if cluster_state.exists(t) else w.HostReader(t, conn)
-                                  for t in chosen]
+    readers = [w.reader_for(t, conn) for t in chosen]
     live = ui.out.is_terminal and not as_json
     count = sum(len(v) for v in chosen.values() if v is not None)
     what = f"{count} job(s)" if count and all(v is not None for v in chosen.values()) else "the jobs"

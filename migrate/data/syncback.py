@@ -144,7 +144,7 @@ def sync_loop(chosen: dict[str, list[str]], conn: Any, *, every: float | None, i
     from migrate.jobs import wait as w
 
     syncer = recording_syncer(pending_tasks(dict(chosen), every), conn)
-    readers: list[w.JobReader] = [w.HostReader(t, conn) for t in chosen]
+    readers = [w.reader_for(t, conn) for t in chosen]
     try:
         w.wait_for_jobs(readers, dict(chosen), timeout=None, interval=interval, on_poll=w.UnreachableWarnings(),
                         tail_lines=0, after_poll=syncer.after_poll, settled=syncer.settled)
@@ -214,12 +214,32 @@ def tick_until(syncer: Syncer, read_states: Callable[[], dict[tuple[str, str], s
             return
 
 
+def pull_host(target: str) -> str:
+    """Where a target's sync-back pulls from: the host itself, or a cluster's head node."""
+    from migrate.cluster import state as cluster_state
+
+    return cluster_state.load(target).head.host if cluster_state.exists(target) else target
+
+
+def cluster_sync_groups(specs: list[Any], ids: list, every: float | None) -> list[dict]:
+    """A cluster run's sync-back (pure): one for all the jobs the run queued, pulled from the head node.
+
+    Jobs whose --key was already on the cluster get no id, so the ids cannot be told apart per spec:
+    a run on a cluster takes one HOST_PATH:LOCAL_DIR for all its jobs (checked before submitting).
+    """
+    wanted = {s.sync_back for s in specs if s.sync_back}
+    if len(wanted) > 1:
+        raise UsageError("a run on a cluster takes one --sync-back for all its jobs",
+                         hint="give the jobs one sync_back, or run them in separate `migrate run` calls")
+    return [{"spec": wanted.pop(), "every": every, "jobs": list(ids)}] if wanted and ids else []
+
+
 def _pull(host: str, remote: str, local: str, conn: Any) -> Any:
     from migrate.data.plan import PushDataOptions
     from migrate.data.pull import pull_data
 
     with ui.data_to_stderr():
-        return pull_data(host, remote, local, conn, PushDataOptions(method="rsync"))
+        return pull_data(pull_host(host), remote, local, conn, PushDataOptions(method="rsync"))
 
 
 def sync_line(entry: dict, host: str, now: float | None = None) -> str:

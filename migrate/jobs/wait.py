@@ -167,6 +167,13 @@ class ClusterReader:
         pass
 
 
+def reader_for(target: str, conn: ConnectOptions) -> JobReader:
+    """A cluster's reader for a cluster name, else the host's."""
+    from migrate.cluster import state as cluster_state
+
+    return ClusterReader(target, conn) if cluster_state.exists(target) else HostReader(target, conn)
+
+
 def pick_jobs(jobs: list[dict], refs: Sequence[str], target: str) -> list[str]:
     """The ids of the jobs `refs` name (an id, a name or a key; ids first), in the order given (pure)."""
     by_id = {str(j["id"]): j for j in jobs}

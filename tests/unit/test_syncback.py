@@ -149,3 +149,35 @@ def test_sync_dry_run_lists_the_pending_and_nothing_pending_is_said(tmp_path, mo
     res = run_cli("sync", "nohost.invalid", "--dry-run", "--json", "--every", "1m", env=env)
     [task] = json.loads(res.stdout)
     assert (task["spec"], task["every"], task["final"]) == ("runs/x:/tmp/r", 60.0, False)
+
+
+def test_a_cluster_run_records_one_sync_back_pulled_from_the_head_and_notify_stays_refused(tmp_path, monkeypatch):
+    from migrate.cluster import jobs as cluster_jobs
+    from migrate.cluster import state
+    from migrate.data.syncback import cluster_sync_groups, pull_host
+    from tests.conftest import run_cli
+    from tests.unit.test_cluster import record
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record("lab"))
+    assert pull_host("lab") == record("lab").head.host and pull_host("gpu7") == "gpu7"
+    submitted: list = []
+
+    def run_on_cluster(name, conn, specs, **kw):  # what the Ray job API would have taken: the next ids
+        submitted.append(state.next_job_ids(name, len(specs)))
+        return 0
+
+    monkeypatch.setattr(cluster_jobs, "run_on_cluster", run_on_cluster)
+    env = {"MIGRATE_STATE_DIR": str(tmp_path)}
+    res = run_cli("run", "lab", "--sweep", "s=1,2", "--sync-back", "out:/tmp/r", "--every", "1m", "--", "echo {s}",
+                  env=env)
+    assert res.code == 0, res.output
+    assert lastrun.sync_entries("lab") == [{"spec": "out:/tmp/r", "every": 60.0, "jobs": submitted[0],
+                                            "last_ok": None, "final": False}]
+    res = run_cli("run", "lab", "--notify", "https://ntfy.sh/t", "--", "echo", env=env)
+    assert res.code == 2 and "--notify is not supported on a cluster" in res.stderr
+    assert "migrate wait lab --notify URL" in res.stderr and len(submitted) == 1
+    two = [JobSpec(command="a", sync_back="x:/a"), JobSpec(command="b", sync_back="y:/b")]
+    with pytest.raises(UsageError, match="one --sync-back"):
+        cluster_sync_groups(two, [], None)
+    assert cluster_sync_groups([JobSpec(command="a", sync_back="x:/a")], [], None) == []  # nothing queued
