@@ -58,7 +58,9 @@ def jupyter_command(container: bool) -> str:
     """
     common = "--no-browser --ServerApp.open_browser=False"
     if container:
-        return f"exec jupyter lab {common} --ip=0.0.0.0 --port={CONTAINER_PORT} --ServerApp.port_retries=0"
+        # run as the host user's uid (-u), which the image may not know: HOME is then `/`, not writable
+        return (f'[ -w "${{HOME:-/}}" ] || export HOME=/tmp; '
+                f"exec jupyter lab {common} --ip=0.0.0.0 --port={CONTAINER_PORT} --ServerApp.port_retries=0")
     return f'port=$({free_port_command()}) && exec jupyter lab {common} --ip=127.0.0.1 --port="$port"'
 
 

@@ -36,6 +36,7 @@ def test_the_job_binds_loopback_only_and_a_container_publishes_on_loopback_only(
     assert host_cmd.startswith("port=$(python3 -c ") and "exec jupyter lab --no-browser" in host_cmd
     spec = nb.notebook_spec(JobSpec(command="jupyter", image="lab/torch:2", gpus=2), host_port=41234)
     assert spec.ports == ["127.0.0.1:41234:8888"] and "--port=8888" in spec.command
+    assert spec.command.startswith('[ -w "${HOME:-/}" ] || export HOME=/tmp; exec jupyter lab')
     assert (spec.name, spec.gpus) == ("notebook", 2)
     assert nb.published_port({"ports": spec.ports}) == 41234
     assert nb.published_port({"ports": ["8888"]}) is None
