@@ -9,6 +9,7 @@ import click
 
 from migrate.agent.fields import JOB_FIELDS
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cluster import state as cluster_state
 from migrate.errors import UsageError
 from migrate.jobs import notebook as nb
 from migrate.jobs.client import check_job_refs
@@ -59,6 +60,9 @@ def command(host: str, conn: ConnectOptions, attach: str | None, local_port: str
     host's 127.0.0.1 only, at a free port; its URL and token are read from the job's log and the
     port is forwarded over SSH with the host's settings. Ctrl-C stops the forward, not Jupyter.
     """
+    if cluster_state.exists(host):
+        raise UsageError(f"{host} is a cluster; a notebook runs on one host",
+                         hint=f"name one of its hosts: {', '.join(cluster_state.load(host).hosts)}")
     local = parse_forward(local_port).local if local_port else None
     limit = parse_duration(timeout, what="--timeout")
     if attach is not None:

@@ -122,3 +122,14 @@ def test_bad_input_is_one_line_before_connecting():
     usage_error(run_cli("notebook", "nohost.invalid", "--image", "BAD IMAGE"), "image")
     res = run_cli("notebook", "h", "--sync-back", "a:b")
     assert res.code == 2 and "No such option" in res.stderr
+
+
+def test_a_cluster_name_is_refused_with_its_hosts(tmp_path, monkeypatch):
+    from migrate.cluster import state
+    from tests.unit.test_cluster import record
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    state.save(record("lab"))
+    res = run_cli("notebook", "lab", "--env", "nb", env={"MIGRATE_STATE_DIR": str(tmp_path)})
+    usage_error(res, "lab is a cluster")
+    assert "gpu1, gpu2" in res.stderr
