@@ -1,7 +1,8 @@
 """`migrate notebook` with a real JupyterLab: pushed with push-env to a shared sandbox host that reaches
 no package index (as carol: no sudo, no docker), started as a job, forwarded by a real `ssh -L`, and
 asked over HTTP through the forward. The wheels come from this machine's push-env cache after the
-first run (~46 MiB, 91 wheels)."""
+first run (~46 MiB, 91 wheels). Jupyter's own start is most of the time (its imports: about 10 s on
+an idle 2-core machine, 45 s at load 35)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def carol_nb(sandbox_hosts, tmp_path):
 def start(host: str, *args: str) -> tuple[subprocess.Popen, dict]:
     """`migrate notebook ... --json` in its own process; its one JSON line once Jupyter answers."""
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", "notebook", host, "--json", "--timeout", "90s",
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "notebook", host, "--json", "--timeout", "180s",
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()  # written once the forward answers (or EOF when it failed)
     if not line:
