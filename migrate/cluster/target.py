@@ -15,6 +15,7 @@ from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state
 from migrate.cluster.jobapi import job_api
 from migrate.cluster.shell import open_cluster_session
+from migrate.data.syncback import cluster_sync_groups
 from migrate.errors import UsageError
 from migrate.jobs import idcache, lastrun
 from migrate.jobs.limits import confirm_many_jobs
@@ -35,9 +36,17 @@ class ClusterTarget:
         self.name = name
         self.conn = conn
 
-    def check_submit(self, *, nodes: int, notify: bool, sync_back: bool, compose: bool) -> None:
-        if notify or sync_back:
-            raise UsageError("--notify and --sync-back are not supported on a cluster yet",
+    @property
+    def files_host(self) -> str:
+        return state.load(self.name).head.host
+
+    def require_one_host(self, what: str) -> None:
+        raise UsageError(f"{self.name} is a cluster; {what}",
+                         hint=f"name one of its hosts: {', '.join(state.load(self.name).hosts)}")
+
+    def check_submit(self, *, nodes: int, notify: bool, compose: bool) -> None:
+        if notify:  # Ray jobs have no dispatcher to post; the URL is not stored here
+            raise UsageError("--notify is not supported on a cluster",
                              hint=f"let the laptop post it: migrate wait {self.name} --notify URL")
         if compose:
             raise UsageError("--compose is not supported on a cluster yet",
@@ -59,12 +68,14 @@ class ClusterTarget:
                              hint="run on each host: migrate run HOST --env NAME ...")
         if not sub.dry_run:
             confirm_many_jobs(len(sub.specs), where=self.name, yes=sub.yes)
+        cluster_sync_groups(sub.specs, [], None)  # one --sync-back for the run, checked before submitting
         seq = state.load(self.name).job_seq
         code = cluster_jobs.run_on_cluster(self.name, self.conn, sub.specs, dry_run=sub.dry_run, as_json=sub.as_json,
                                            follow=sub.follow, nodes=sub.nodes, gpus_per_node=sub.gpus_per_node,
                                            template=sub.template)
         if not sub.dry_run:  # the ids this run took (cluster ids count up): what `migrate wait NAME` waits for
-            lastrun.record(self.name, list(range(seq + 1, state.load(self.name).job_seq + 1)))
+            ids = list(range(seq + 1, state.load(self.name).job_seq + 1))
+            lastrun.record(self.name, ids, sync=cluster_sync_groups(sub.specs, ids, sub.every))  # from the head
         return code
 
     def status(self, *, show_all: bool, states: list[str] | None, last: int, as_json: bool) -> int:

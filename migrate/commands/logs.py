@@ -26,7 +26,8 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     The log holds every attempt, each starting with a `[migrate] ... started` line and ending
     with the exit code. With -f it waits for a queued job to start and stops when it ends; if
     the dispatcher is not running it records the job's end itself and warns, and a queued job that
-    cannot start (no dispatcher, paused queue) ends the follow with an error.
+    cannot start (no dispatcher, paused queue) ends the follow with an error. If the last
+    `migrate run HOST` had --sync-back for this job, -f pulls it as `migrate wait` does.
 
     \b
     Examples:

@@ -104,7 +104,7 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         parse_sync_back(sync_back)
     every_s = parse_duration(every, what="--every") if every else None
     target = job_target(host, conn)  # a host's queue or a cluster: decided here, once
-    target.check_submit(nodes=nodes or 0, notify=bool(notify), sync_back=bool(sync_back), compose=bool(compose_file))
+    target.check_submit(nodes=nodes or 0, notify=bool(notify), compose=bool(compose_file))
     options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
                                 gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
     if compose_file:

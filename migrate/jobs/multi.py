@@ -19,6 +19,15 @@ from migrate.remote.parallel import HostOutcome, for_each_host
 MULTI_COLUMNS = ["host", *STATUS_COLUMNS]
 
 
+def playbook_targets(path: str) -> list[str]:
+    """Where a playbook's jobs are (`status -f`): its cluster when it names one, else its hosts (the
+    loader refuses a playbook without hosts)."""
+    from migrate.playbook.loader import load_playbook
+
+    pb = load_playbook(path)
+    return [pb.cluster] if pb.cluster else list(pb.hosts)
+
+
 def read_hosts(hosts: list[str], conn: ConnectOptions, *, show_all: bool = False, states: list[str] | None = None,
                last: int = 20) -> list[HostOutcome[dict]]:
     """Every host's answer (or its one-line error), asked in parallel; each target chooses its jobs as the

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from migrate import ui
-from migrate.data.syncback import sync_line
+from migrate.data.syncback import follow_syncing, sync_line
 from migrate.errors import UsageError
 from migrate.jobs import idcache, lastrun
 from migrate.jobs import template as tpl
@@ -58,7 +59,14 @@ class JobTarget(Protocol):
     name: str
     kind: str  # "host" or "cluster": for messages only, never to branch on
 
-    def check_submit(self, *, nodes: int, notify: bool, sync_back: bool, compose: bool) -> None:
+    @property
+    def files_host(self) -> str:
+        """The host whose files a job's results are pulled from (--sync-back): the host, or a cluster's head."""
+
+    def require_one_host(self, what: str) -> None:
+        """Refuse (UsageError) a verb that runs on one host only (`what`: e.g. 'a notebook runs on one host')."""
+
+    def check_submit(self, *, nodes: int, notify: bool, compose: bool) -> None:
         """Refuse (UsageError) what this target cannot run, before any spec is built."""
 
     def submit(self, sub: Submission) -> int:
@@ -134,7 +142,14 @@ class HostTarget:
         self.name = name
         self.conn = conn
 
-    def check_submit(self, *, nodes: int, notify: bool, sync_back: bool, compose: bool) -> None:
+    @property
+    def files_host(self) -> str:
+        return self.name
+
+    def require_one_host(self, what: str) -> None:
+        pass
+
+    def check_submit(self, *, nodes: int, notify: bool, compose: bool) -> None:
         if nodes:
             raise UsageError("--nodes runs one job across the servers of a cluster",
                              hint="create one with `migrate cluster up NAME HOST...`, then "
@@ -177,7 +192,9 @@ class HostTarget:
         return {**answer, "hidden_finished": data.get("hidden_finished") or 0}
 
     def logs(self, job: str, *, follow: bool, tail: int | None) -> int:
-        with agent_session(self.name, self.conn) as client:
+        # -f: the last run's --sync-back that includes this job pulls as under `migrate wait` (data/syncback.py)
+        with follow_syncing(self.name, self.conn, job) if follow else nullcontext(), \
+                agent_session(self.name, self.conn) as client:
             return client.stream(logs_args(job, follow, tail))
 
     def cancel(self, refs: Sequence[str], *, all_jobs: bool, grace: float, dry_run: bool, as_json: bool) -> int:

@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 
 # every verb that changes something, here or on a host: `-n/--dry-run` shows it and changes nothing
 CHANGES = ["run", "cancel", "retry", "resume", "push-image", "push-data", "pull-data", "push-env", "host-setup",
-           "cluster up", "cluster down", "apply", "mirror", "init", "tunnel", "shell", "exec"]
+           "cluster up", "cluster down", "apply", "mirror", "init", "tunnel", "shell", "exec", "notebook", "sync"]
 # what changes only this machine's rehearsal containers, or nothing at all (docs/cli.md says so)
 NO_DRY_RUN = {"sandbox build", "sandbox up", "sandbox down", "sandbox gpu", "completion"}
 

@@ -63,9 +63,9 @@ def test_the_name_decides_once(lab):
 def test_what_a_target_cannot_do_is_one_usage_line_before_connecting(lab):
     host, cluster = target.job_target("gpu1", ConnectOptions()), target.job_target("lab", ConnectOptions())
     with pytest.raises(UsageError, match="--nodes runs one job"):
-        host.check_submit(nodes=2, notify=False, sync_back=False, compose=False)
+        host.check_submit(nodes=2, notify=False, compose=False)
     with pytest.raises(UsageError, match="--compose is not supported on a cluster"):
-        cluster.check_submit(nodes=0, notify=False, sync_back=False, compose=True)
+        cluster.check_submit(nodes=0, notify=False, compose=True)
     res = run_cli("run", "lab", "-n", "--cpu-slots", "2", "--enable-linger", "--", "x", env=lab)
     assert res.code == 2 and "--cpu-slots, --enable-linger: a setting of one host's dispatcher" in res.stderr
     with pytest.raises(UsageError, match="--rank is for a job on a cluster"):
