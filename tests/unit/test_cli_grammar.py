@@ -34,8 +34,10 @@ class _FakeClient:
 
 
 @pytest.fixture
-def fake_agent(monkeypatch):
+def fake_agent(monkeypatch, tmp_path):
     from migrate.jobs import target
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))  # status keeps job ids for completion there
 
     client = _FakeClient()
 
