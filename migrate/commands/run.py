@@ -93,9 +93,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     group (or container), and keeps running when you log out. The first run installs a small
     agent in ~/.migrate on the host (python3 >= 3.8, nothing else) and starts the dispatcher.
     One CMD argument is a shell command line; several are quoted as separate words.
-    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image and the
-    --from-template copies go to every cluster host first, and --priority orders the submission
-    within this run (docs/cluster.md).
+    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image, --env NAME (from
+    the SOURCE last given to push-env here) and the --from-template copies go to every cluster
+    host first, and --priority orders the submission within this run (docs/cluster.md).
     """
     if bool(template) != bool(experiments):
         raise UsageError("--from-template and --experiments go together",
@@ -139,9 +139,6 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     check_specs(specs)  # before a dry run too: e.g. --env NAME with --image
     if on_cluster and any(s.image and s.image.endswith(".sif") for s in specs):
         raise UsageError("SIF images are not supported on a cluster yet", hint="run on each host: migrate run HOST ...")
-    if on_cluster and any(s.python_env for s in specs):
-        raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
-                         hint="run on each host: migrate run HOST --env NAME ...")
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))

@@ -232,6 +232,25 @@ def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> 
         time.sleep(POLL_S)
 
 
+def activate_env(env: dict, home: str):
+    """`run CLUSTER --env NAME` (issue 21): put ~/.migrate/envs/NAME (pushed to every node by the client
+    before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env, as the host
+    agent's launch.activate does. Changes `env` in place; returns an error line when the env is missing
+    on this node, else None. The shell and exec records (write_record) then carry the activated env."""
+    name = env.get("MIGRATE_ENV")
+    if not name:
+        return None
+    prefix = os.path.join(home, ".migrate", "envs", name)
+    if not os.path.isdir(prefix):
+        return (f"migrate: no environment {name} on this node (~/.migrate/envs/{name}); "
+                f"push it with: migrate push-env HOST --name {name} SOURCE")
+    var = "CONDA_PREFIX" if os.path.isdir(os.path.join(prefix, "conda-meta")) else "VIRTUAL_ENV"
+    env[var] = prefix
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONHOME", None)
+    return None
+
+
 def main(argv: list) -> int:
     cwd = os.path.expanduser("~")
     if argv[:1] == ["--cwd"]:
@@ -242,6 +261,10 @@ def main(argv: list) -> int:
         print("migrate-ray-job: no command", file=sys.stderr)
         return 2
     command = argv[0] if len(argv) == 1 else " ".join(argv)
+    missing = activate_env(os.environ, os.path.expanduser("~"))
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
+        return 127
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     assigned = [g for g in visible.split(",") if g.strip()]
     need = os.environ.get("MIGRATE_MIN_FREE_MEM_MIB", "")
