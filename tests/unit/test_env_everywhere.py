@@ -205,3 +205,21 @@ def test_usage_error_for_env_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
     with pytest.raises(UsageError, match="never pushed"):
         known.recall("nope", "lab")
+
+
+def test_exec_into_a_job_that_runs_in_an_env_has_it_active(tmp_path):
+    """`migrate exec HOST JOB -- CMD` for a `run --env NAME` job: the agent's enter plan activates NAME."""
+    from migrate.agent import enter
+
+    fake_env(tmp_path, "nb")
+    job = {"id": 3, "pid": 10, "cwd": str(tmp_path), "env": {"MIGRATE_ENV": "nb"}, "gpu_uuids": []}
+    session = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    plan = enter.process_plan(job, session_env=session, home=str(tmp_path), bash="/bin/bash", tty=False,
+                              command='python; echo "$VIRTUAL_ENV"')
+    res = subprocess.run(plan.argv, env=plan.env, cwd=plan.cwd, capture_output=True, text=True, timeout=30)
+    assert res.stdout.splitlines() == ["python-of-nb", f"{tmp_path}/.migrate/envs/nb"], res.stderr
+    shell = enter.process_plan(job, session_env=session, home=str(tmp_path), bash="/bin/bash", tty=True, command=None)
+    assert shell.argv[:2] == ["/bin/bash", "-lc"] and shell.argv[2].endswith("exec /bin/bash -i")
+    plain = enter.process_plan({**job, "env": {}}, session_env=session, home=str(tmp_path), bash="/bin/bash",
+                               tty=True, command=None)
+    assert plain.argv == ["/bin/bash", "-l"]
