@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from migrate.agent.launch import CONDA_ACTIVATE_D
 from migrate.remote import shell
 
 ENVS_DIR = ".migrate/envs"
@@ -243,11 +244,13 @@ def list_command() -> str:
 # -- `migrate shell/exec HOST --env NAME`: a shell or one command with the env activated -------------
 def activation(name: str) -> str:
     """Shell lines that activate ~/.migrate/envs/NAME: VIRTUAL_ENV (or CONDA_PREFIX for a conda env,
-    which has conda-meta/) and PATH, as the agent does for a job (agent/launch.py: activate)."""
+    which has conda-meta/, and its etc/conda/activate.d/*.sh scripts) and PATH, as the agent does for
+    a job (agent/launch.py: activate)."""
     env = shell.home_path(env_dir(name))
-    return (f"if [ -d {env}/conda-meta ]; then CONDA_PREFIX={env}; export CONDA_PREFIX; "
-            f"else VIRTUAL_ENV={env}; export VIRTUAL_ENV; fi; "
-            f"PATH={env}/bin:\"$PATH\"; export PATH; unset PYTHONHOME")
+    return (f"PATH={env}/bin:\"$PATH\"; export PATH; unset PYTHONHOME; "
+            f"if [ -d {env}/conda-meta ]; then CONDA_PREFIX={env}; export CONDA_PREFIX; "
+            f"{CONDA_ACTIVATE_D}"
+            f"else VIRTUAL_ENV={env}; export VIRTUAL_ENV; fi")
 
 
 def session_command(name: str, command: str | None) -> str:

@@ -223,3 +223,36 @@ def test_exec_into_a_job_that_runs_in_an_env_has_it_active(tmp_path):
     plain = enter.process_plan({**job, "env": {}}, session_env=session, home=str(tmp_path), bash="/bin/bash",
                                tty=True, command=None)
     assert plain.argv == ["/bin/bash", "-l"]
+
+
+def test_a_conda_envs_activation_scripts_run_wherever_it_is_activated(tmp_path):
+    """`conda activate` runs etc/conda/activate.d/*.sh (a CUDA toolkit's or GDAL's variables): the agent
+    (host jobs), the cluster wrapper and shell/exec --env do too."""
+    from migrate.agent.launch import activate
+
+    prefix = fake_env(tmp_path, "cx", conda=True)
+    (prefix / "etc" / "conda" / "activate.d").mkdir(parents=True)
+    (prefix / "etc" / "conda" / "activate.d" / "x.sh").write_text('export FROM_ACTIVATE_D="$CONDA_PREFIX"\n')
+    want = f"got {prefix}"
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    show = 'echo "got $FROM_ACTIVATE_D"'
+    host_job = subprocess.run(["sh", "-c", activate(show, {"MIGRATE_ENV": "cx"}, str(tmp_path))], env=env,
+                              capture_output=True, text=True)
+    assert host_job.stdout.strip() == want, host_job.stderr
+    session = subprocess.run(["sh", "-c", env_plan.session_command("cx", show)], env=env, capture_output=True,
+                             text=True)
+    assert session.stdout.strip() == want, session.stderr
+    wrapper = subprocess.run([sys.executable, "-I", "-S", WRAPPER, "--", show], env={**env, "MIGRATE_ENV": "cx"},
+                             capture_output=True, text=True, timeout=30)
+    assert wrapper.stdout.splitlines()[1:] == [want], wrapper.stderr
+
+
+def test_the_shipped_wrapper_keeps_the_agents_conda_activation():
+    from migrate.agent.launch import CONDA_ACTIVATE_D
+
+    sys.path.insert(0, os.path.dirname(WRAPPER))
+    try:
+        import job_wrapper
+    finally:
+        sys.path.pop(0)
+    assert job_wrapper.CONDA_ACTIVATE_D == CONDA_ACTIVATE_D

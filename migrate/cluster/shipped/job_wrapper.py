@@ -232,23 +232,29 @@ def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> 
         time.sleep(POLL_S)
 
 
-def activate_env(env: dict, home: str):
+# a copy of migrate/agent/launch.py's (this file is shipped alone); a unit test keeps them equal
+CONDA_ACTIVATE_D = ('for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+                    'unset f; ')
+
+
+def activate_env(env: dict, home: str, command: str):
     """`run CLUSTER --env NAME` (issue 21): put ~/.migrate/envs/NAME (pushed to every node by the client
-    before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env, as the host
-    agent's launch.activate does. Changes `env` in place; returns an error line when the env is missing
-    on this node, else None. The shell and exec records (write_record) then carry the activated env."""
+    before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env (whose
+    etc/conda/activate.d/*.sh scripts then run before COMMAND, as `conda activate` runs them), as the
+    host agent's launch.activate does. Changes `env` in place; returns (command, error line when the env
+    is missing on this node). The shell and exec records (write_record) carry the activated env."""
     name = env.get("MIGRATE_ENV")
     if not name:
-        return None
+        return command, None
     prefix = os.path.join(home, ".migrate", "envs", name)
     if not os.path.isdir(prefix):
-        return (f"migrate: no environment {name} on this node (~/.migrate/envs/{name}); "
-                f"push it with: migrate push-env HOST --name {name} SOURCE")
-    var = "CONDA_PREFIX" if os.path.isdir(os.path.join(prefix, "conda-meta")) else "VIRTUAL_ENV"
-    env[var] = prefix
+        return command, (f"migrate: no environment {name} on this node (~/.migrate/envs/{name}); "
+                         f"push it with: migrate push-env HOST --name {name} SOURCE")
+    conda = os.path.isdir(os.path.join(prefix, "conda-meta"))
+    env["CONDA_PREFIX" if conda else "VIRTUAL_ENV"] = prefix
     env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONHOME", None)
-    return None
+    return (CONDA_ACTIVATE_D + command if conda else command), None
 
 
 def main(argv: list) -> int:
@@ -261,7 +267,7 @@ def main(argv: list) -> int:
         print("migrate-ray-job: no command", file=sys.stderr)
         return 2
     command = argv[0] if len(argv) == 1 else " ".join(argv)
-    missing = activate_env(os.environ, os.path.expanduser("~"))
+    command, missing = activate_env(os.environ, os.path.expanduser("~"), command)
     if missing:
         print(missing, file=sys.stderr, flush=True)
         return 127
