@@ -256,3 +256,30 @@ def test_the_shipped_wrapper_keeps_the_agents_conda_activation():
     finally:
         sys.path.pop(0)
     assert job_wrapper.CONDA_ACTIVATE_D == CONDA_ACTIVATE_D
+
+
+def test_a_playbook_cluster_job_runs_in_the_env_its_envs_stage_pushed(tmp_path, monkeypatch):
+    """`cluster:` with `run.python_env`: the envs stage pushes to the playbook's hosts (the cluster's
+    nodes), and every submitted Ray job names the env for the wrapper to activate."""
+    from contextlib import contextmanager
+
+    from migrate.cluster import jobapi, ops
+    from migrate.playbook import apply as apply_mod
+    from migrate.playbook.loader import parse_playbook
+    from tests.unit.test_cluster import RecordingApi
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(ops, "up", lambda opts, conn: state.save(record()))
+    api = RecordingApi()
+
+    @contextmanager
+    def fake_api(rec, conn):
+        yield api
+
+    monkeypatch.setattr(jobapi, "job_api", fake_api)
+    (tmp_path / "requirements.txt").write_text("six==1.16.0\n")
+    pb = parse_playbook("hosts: [gpu1, gpu2]\ncluster: lab\nenvs: [{name: torch, source: requirements.txt}]\n"
+                        "run: {command: python t.py, python_env: torch}\n", tmp_path / "exp.yml")
+    report = apply_mod.ApplyReport(hosts=pb.hosts, stages=["run"])
+    apply_mod._run_stage(pb, pb.hosts, None, False, report)
+    assert [b["runtime_env"]["env_vars"]["MIGRATE_ENV"] for b in api.submitted] == ["torch"]
