@@ -149,10 +149,11 @@ def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -
     use_wheels = offline if offline is not None else facts.index != "ok"
     wheels = install.ensure_wheels(facts.python, facts.machine) if use_wheels else None
     uv = install.ensure_uv(facts.machine)
-    how = "pushed wheels" if use_wheels else "the package index"
+    how = "pushed wheels" if use_wheels else (f"the mirror {facts.mirror}" if facts.mirror else "the package index")
     ui.step(f"{facts.host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
     install.push_bundle(remote, install.bundle_tar(uv, wheels))
-    res = remote.run(install.install_command(facts.python_path, offline=use_wheels), check=False,
+    res = remote.run(install.install_command(facts.python_path, offline=use_wheels, index_url=facts.mirror),
+                     check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
@@ -177,7 +178,7 @@ def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts]
         f = facts[host]
         action = "Ray installed" if f.installed == plan.RAY_VERSION else (
             "install from pushed wheels" if (opts.offline or (opts.offline is None and f.index != "ok"))
-            else "install from the package index")
+            else f"install from the mirror {f.mirror}" if f.mirror else "install from the package index")
         pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
         rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.ip,
                      "python": f.python, "install": action,
