@@ -343,14 +343,14 @@ def _staged(host: dict) -> tuple[int, int]:
 
 
 def test_an_interrupted_big_layer_resumes_inside_the_layer(docker_hosts, images, tmp_path):
-    """Ctrl-C at ~67 % of a single 256 MiB layer, then the same command: it sends only what the host had
+    """Ctrl-C at ~67 % of a single 200 MiB layer, then the same command: it sends only what the host had
     not committed (at most the rest plus one --checkpoint), the image loads and runs, nothing stays."""
     h = docker_hosts[0]
     root = tmp_path / "rootfs"
     (root / "bin").mkdir(parents=True)
     sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
     os.symlink("busybox", root / "bin" / "sha256sum")
-    big = os.urandom(256 << 20)
+    big = os.urandom(200 << 20)
     (root / "big.bin").write_bytes(big)
     layer = root.parent / "layer.tar"
     sh("tar", "-C", str(root), "-cf", str(layer), ".")

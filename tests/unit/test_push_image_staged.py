@@ -280,3 +280,16 @@ def test_a_complete_image_removes_its_staged_files(staged_push):
     t.pusher._drop_staged(t.session, t.img)
     assert _host_listing(t) == {} and t.session.facts.staged == {}
     assert tar_size(t.pusher._step_members(step, None, False)) == len(t.archive)
+
+
+def test_dry_run_says_how_much_of_a_big_layer_the_host_keeps():
+    from migrate.image.plan import plan_image
+    from migrate.image.push import HostSession, dry_run_results
+
+    img = LocalImage(ref="app:1", image_id="sha256:" + "ab" * 32, diff_ids=["sha256:" + "c" * 64], tags=["app:1"])
+    facts = R.parse_facts(f"home=/h\ndocker=direct\nstaged=abababababab-1of1-k.tar {300 * MIB} {256 * MIB}\n"
+                          f"staged=other0000000-1of1-k.tar {MIB} {MIB}\n")
+    session = HostSession(host="gpu", remote=SimpleNamespace(name="alice@gpu"), facts=facts,  # type: ignore[arg-type]
+                          plans={img.image_id: plan_image(img, facts)})
+    [r] = dry_run_results([img], [session], PushImageOptions(dry_run=True))
+    assert r.status == "would send" and "(256.0 MiB of a big layer already staged there)" in r.detail, r.detail
