@@ -12,7 +12,8 @@ rerun truncates the file to its committed length and sends the archive from that
 
 The file is checked before it is loaded: the host's `sha256sum` of the whole file must equal the
 digest of the archive computed here (the prefix a rerun does not send is read and hashed locally).
-Then `docker load -i` with docker rights, and the file goes. `<key>` is a digest of the archive's
+Then `docker load -i` with docker rights (through the same ssh master as the stream), and the file
+goes. `<key>` is a digest of the archive's
 member list (names, sizes, in-memory bytes), so a different archive for the same step never appends
 to it. Partial files of other images untouched for STALE_DAYS are removed by the next receiver.
 """
@@ -275,8 +276,20 @@ class StagedMixin:
             raise MigrateError(f"the staged archive of {layer} on {session.name} is not what was sent "
                                f"(sha256 {got[:12] or 'missing'}, expected {digest.hexdigest()[:12]}); it was removed",
                                hint="rerun the same command: it sends that archive again")
-        cmd, sudo = rdocker.script_command(facts.access, load_script(path))
-        load = session.remote.run(cmd, sudo=sudo, check=False, what=f"docker load {img.display}")
-        if load.exit_code == 0 or "no space left" not in (load.stdout + load.stderr).lower():
-            self._remove_staged(session, [step.stage])  # loaded, or a load that would fail again
-        return StreamResult(load.exit_code, load.stdout, load.stderr, res.input_bytes, res.wire_bytes, res.seconds)
+        # the load goes through the same master as every stream (a broken connection is StreamBroken there
+        # too); the file goes as the login user once it is loaded
+        first = (session.remote.sudo_password() + "\n").encode() if facts.access == "sudo-password" else None
+        command = f"{rdocker.stream_command(facts.access, load_script(path))} && {remove_command([path])}"
+        try:
+            load = stream(master.argv(command), [], StreamCompressor(Codec()), display=session.name, first_line=first)
+        except StreamBroken as exc:
+            exc.wire_bytes += res.wire_bytes
+            exc.note = (f"; the checked archive of {layer} is complete there in "  # type: ignore[attr-defined]
+                        f"{display_path(step.stage)} (a rerun loads it without sending it again)")
+            raise
+        if load.exit_code == 0:
+            facts.staged.pop(step.stage, None)
+        elif "no space left" not in (load.stdout + load.stderr).lower():
+            self._remove_staged(session, [step.stage])  # a load that would fail again
+        return StreamResult(load.exit_code, load.stdout, load.stderr, res.input_bytes, res.wire_bytes,
+                            res.seconds + load.seconds)

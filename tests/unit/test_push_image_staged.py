@@ -245,7 +245,7 @@ def test_an_interrupted_big_layer_resumes_inside_it_and_is_checked_before_the_lo
     assert _host_listing(t) == {} and not list((t.home / ".migrate" / "image-partial").iterdir())
     loads = [c for c, _ in t.host.commands if "docker load -i" in c]
     staged_file = str(t.home / ".migrate" / "image-partial" / step.stage)
-    assert len(loads) == 1 and loads[0] == shell.sh_c(S.load_script(staged_file))
+    assert len(loads) == 1 and loads[0].startswith(shell.sh_c(S.load_script(staged_file)) + " && rm -f -- ")
 
 
 def test_a_staged_file_that_differs_from_the_archive_is_removed_not_loaded(staged_push):
@@ -293,3 +293,22 @@ def test_dry_run_says_how_much_of_a_big_layer_the_host_keeps():
                           plans={img.image_id: plan_image(img, facts)})
     [r] = dry_run_results([img], [session], PushImageOptions(dry_run=True))
     assert r.status == "would send" and "(256.0 MiB of a big layer already staged there)" in r.detail, r.detail
+
+
+def test_a_connection_lost_during_the_load_keeps_the_checked_archive_and_sends_nothing_again(staged_push):
+    t = staged_push
+
+    class DiesAtLoad(Master):
+        def argv(self, command: str) -> list[str]:
+            return ["sh", "-c", "exit 255"] if "docker load" in command else super().argv(command)
+
+    [step] = t.steps()
+    with pytest.raises(StreamBroken) as exc:
+        t.pusher._stream_steps(t.session, t.img, DiesAtLoad(t.host), Codec(), [step], "docker load")
+    assert "is complete there in ~/.migrate/image-partial/" in exc.value.one_line()
+    assert exc.value.wire_bytes == len(t.archive)
+    t.session.facts.staged = _host_listing(t)
+    assert t.session.facts.staged[step.stage] == (len(t.archive), len(t.archive))
+    [step] = t.steps()
+    wire, _, outputs = t.pusher._stream_steps(t.session, t.img, Master(t.host), Codec(), [step], "docker load")
+    assert wire == 0 and outputs[-1][1].exit_code == 0 and (t.home / "loaded.tar").read_bytes() == t.archive
