@@ -8,12 +8,11 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.cluster import state as cluster_state
-from migrate.cluster.shell import open_cluster_session
+from migrate.completion import complete_job, complete_target
 from migrate.errors import UsageError
 from migrate.jobs.client import check_job_refs
-from migrate.jobs.shell import SessionRequest, dry_run_argv, open_session
-from migrate.remote import shell as quoting
+from migrate.jobs.shell import SessionRequest
+from migrate.jobs.target import job_target
 from migrate.remote.hosts import ConnectOptions
 
 RANK_HELP = "On a cluster, the rank of a --nodes job to enter (default 0)."
@@ -21,27 +20,16 @@ RANK_HELP = "On a cluster, the rank of a --nodes job to enter (default 0)."
 
 def _finish(request: SessionRequest, dry_run: bool, rank: int | None = None) -> None:
     check_job_refs([request.job])
-    if cluster_state.exists(request.host):  # a cluster name (issue 14): enter the job where it runs
-        if request.job is None:
-            raise UsageError(f"{request.host} is a cluster: give a JOB",
-                             hint=f"migrate shell {request.host} JOB, or `migrate shell HOST` on one of its hosts")
-        sys.exit(open_cluster_session(request.host, request.job, words=request.words, tty=request.tty,
-                                      conn=request.conn, rank=rank, dry_run=dry_run))
-    if rank is not None:
-        raise UsageError("--rank is for a job on a cluster", hint=f"{request.host} is no cluster here")
-    if dry_run:
-        sys.stdout.write(quoting.join(dry_run_argv(request)) + "\n")
-        return
-    sys.exit(open_session(request))
+    sys.exit(job_target(request.host, request.conn).enter(request, rank=rank, dry_run=dry_run))
 
 
 @click.command("shell", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("job", required=False)
+@click.argument("host", shell_complete=complete_target)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
 @click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+@click.option("-n", "--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
                                               "on a cluster it asks the head where the job runs).")
 def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
             dry_run: bool) -> None:
@@ -70,12 +58,12 @@ def command(host: str, job: str | None, words: tuple[str, ...], conn: ConnectOpt
 
 
 @click.command("exec", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=complete_target)
+@click.argument("job", shell_complete=complete_job)
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
 @connection_options
 @click.option("--rank", type=click.IntRange(0), default=None, metavar="K", help=RANK_HELP)
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
+@click.option("-n", "--dry-run", is_flag=True, help="Print the ssh command instead of running it (connects to nothing; "
                                               "on a cluster it asks the head where the job runs).")
 def exec_command(host: str, job: str, words: tuple[str, ...], conn: ConnectOptions, rank: int | None,
                  dry_run: bool) -> None:
