@@ -257,6 +257,29 @@ def start_line(job: str, now: float, ip: str, assigned: list, uuids: list) -> st
     return f"[migrate] job {job} started {stamp} on {ip}, {where} [t={now:.3f}]"
 
 
+def activate_env(env: dict, home: str, command: str) -> tuple:
+    """`run CLUSTER --env NAME` (issue 21): put ~/.migrate/envs/NAME (pushed to every node by the client
+    before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env (whose
+    etc/conda/activate.d/*.sh scripts then run before COMMAND, as `conda activate` runs them: the agent's
+    own launch.CONDA_ACTIVATE_D), as the host agent's launch.activate does. Changes `env` in place; returns
+    (command, error line when the env is missing on this node). The shell and exec records (write_record)
+    carry the activated env."""
+    from .launch import CONDA_ACTIVATE_D, ENV_VAR
+
+    name = env.get(ENV_VAR)
+    if not name:
+        return command, None
+    prefix = os.path.join(home, ".migrate", "envs", name)
+    if not os.path.isdir(prefix):
+        return command, (f"migrate: no environment {name} on this node (~/.migrate/envs/{name}); "
+                         f"push it with: migrate push-env HOST --name {name} SOURCE")
+    conda = os.path.isdir(os.path.join(prefix, "conda-meta"))
+    env["CONDA_PREFIX" if conda else "VIRTUAL_ENV"] = prefix
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONHOME", None)
+    return (CONDA_ACTIVATE_D + command if conda else command), None
+
+
 def wrapper_main(argv: list) -> int:
     """`migrate-ray-job.py [--cwd DIR] -- COMMAND` (the `ray-job` subcommand): see the module's doc."""
     cwd = os.path.expanduser("~")
@@ -268,6 +291,10 @@ def wrapper_main(argv: list) -> int:
         print("migrate-ray-job: no command", file=sys.stderr)
         return 2
     command = argv[0] if len(argv) == 1 else " ".join(argv)
+    command, missing = activate_env(os.environ, os.path.expanduser("~"), command)
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
+        return 127
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     assigned = [g for g in visible.split(",") if g.strip()]
     need = os.environ.get("MIGRATE_MIN_FREE_MEM_MIB", "")

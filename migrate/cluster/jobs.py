@@ -21,10 +21,11 @@ from migrate.cluster import container, plan, state
 from migrate.cluster import template as cluster_template
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
+from migrate.env import push as push_env
 from migrate.errors import UsageError
 from migrate.jobs.model import RAY_TERMINAL, Job, JobState
 from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
-from migrate.jobs.spec import JobSpec, check_specs
+from migrate.jobs.spec import PYTHON_ENV_VAR, JobSpec, check_specs
 from migrate.jobs.template import TemplatePlan
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
@@ -97,10 +98,14 @@ def gang_entrypoint(record: ClusterRecord, command: str, cwd: str | None, nodes:
 
 
 def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attempt: int = 1, *,
-            min_free_mem_mib: int | None = None, allow_shared: bool = False) -> dict[str, str]:
+            min_free_mem_mib: int | None = None, allow_shared: bool = False,
+            python_env: str | None = None) -> dict[str, str]:
     """The job's variables; the polite wrapper reads MIGRATE_MIN_FREE_MEM_MIB and MIGRATE_ALLOW_SHARED
-    (it waits on the GPUs Ray gave the job until they admit it, as the dispatcher would)."""
+    (it waits on the GPUs Ray gave the job until they admit it, as the dispatcher would) and
+    MIGRATE_ENV (it activates ~/.migrate/envs/NAME on the node, as the agent does on a host)."""
     env = dict(spec_env)
+    if python_env:
+        env[PYTHON_ENV_VAR] = python_env
     if min_free_mem_mib is not None:
         env["MIGRATE_MIN_FREE_MEM_MIB"] = str(min_free_mem_mib)
     if allow_shared:
@@ -140,7 +145,8 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
             "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
             "runtime_env": {"env_vars": job_env(record, spec.env, job_id, attempt,
                                                 min_free_mem_mib=spec.min_free_mem_mib,
-                                                allow_shared=bool(spec.allow_shared))}, "metadata": meta}
+                                                allow_shared=bool(spec.allow_shared),
+                                                python_env=spec.python_env)}, "metadata": meta}
 
 
 def again(job: dict, *, use_retry: bool = False) -> dict:
@@ -172,6 +178,9 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
     check_feasible(record, specs, nodes, gpus_per_node)
     order = submission_order(specs)
     images = sorted({s.image for s in specs if s.image})
+    envs = sorted({s.python_env for s in specs if s.python_env})
+    if envs:  # Ray may place a job on any node: every node gets the env first (a dry run connects to nothing)
+        push_env.ensure_on_hosts(record.hosts, envs, conn, where=name, dry_run=dry_run)
     if dry_run:
         if template is not None and not as_json:
             cluster_template.sync(record, template, conn, dry_run=True)
@@ -180,7 +189,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
         rows = [payload(record, s, "?", nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
                 for s in order]
         if as_json:
-            ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "hosts": record.hosts,
+            ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "envs_to_push": envs,
+                           "hosts": record.hosts,
                            "template": None if template is None else {
                                "source": str(template.source), "files": len(template.files),
                                "bytes": template.total_bytes, "copies": cluster_template.copies(record, template)},
@@ -189,7 +199,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
             ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}, in this order",
                      ["name", "gpus", "priority", "image", "cwd", "command"],
                      [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
-                       else "cpu", str(s.priority), s.image or "", s.cwd or "~", s.command) for s in order])
+                       else "cpu", str(s.priority), s.image or (f"env {s.python_env}" if s.python_env else ""),
+                       s.cwd or "~", s.command) for s in order])
         return 0
     if template is not None:
         cluster_template.sync(record, template, conn, dry_run=False)

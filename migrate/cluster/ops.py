@@ -150,10 +150,12 @@ def ensure_installed(remote: Any, host: str, facts: HostFacts, offline: bool | N
     use_wheels = offline if offline is not None else facts.node.index != "ok"
     wheels = install.ensure_wheels(facts.python_version, facts.arch) if use_wheels else None
     uv = install.ensure_uv(facts.arch)
-    how = "pushed wheels" if use_wheels else "the package index"
+    mirror = facts.node.mirror
+    how = "pushed wheels" if use_wheels else (f"the mirror {mirror}" if mirror else "the package index")
     ui.step(f"{host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
     install.push_bundle(remote, install.bundle_tar(uv, wheels))
-    res = remote.run(install.install_command(facts.node.python_path, offline=use_wheels), check=False,
+    res = remote.run(install.install_command(facts.node.python_path, offline=use_wheels, index_url=mirror),
+                     check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
@@ -181,7 +183,7 @@ def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, HostFacts], por
         f = facts[host]
         action = "Ray installed" if f.node.ray_installed == plan.RAY_VERSION else (
             "install from pushed wheels" if (opts.offline or (opts.offline is None and f.node.index != "ok"))
-            else "install from the package index")
+            else f"install from the mirror {f.node.mirror}" if f.node.mirror else "install from the package index")
         pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
         rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.node.ip,
                      "python": f.python_version, "install": action,

@@ -98,7 +98,8 @@ def launcher_socket(cluster: str) -> str:
 
 # -- preflight ----------------------------------------------------------------------------------------
 # What only a cluster asks, in python3 (the host's own: Ray needs it anyway): which ports can be bound,
-# the address the host has towards us, the Ray in our venv, pypi.org, and the cluster whose record it holds.
+# the address the host has towards us, the Ray in our venv, the cluster whose record it holds, the index
+# `migrate mirror` set for the user, and whether the host reaches that index (pypi.org without one).
 # It prints `key=value` lines in the host probe's vocabulary (migrate.remote.probe, `node.*`).
 PREFLIGHT_PY = r"""
 import json, os, socket, sys
@@ -144,10 +145,17 @@ try:
         kv("node.cluster_here", str(json.load(f).get("name", "")))
 except (OSError, ValueError, AttributeError):
     pass
+mirror = ""  # the index `migrate mirror` set for this user (~/.migrate/mirror/journal.json): Ray comes from it
+try:
+    with open(os.path.join(home, ".migrate", "mirror", "journal.json")) as f:
+        mirror = str(json.load(f).get("url", ""))
+except (OSError, ValueError, AttributeError):
+    pass
+kv("node.mirror", mirror)
 if check_index == "1" and installed != ver:
     import urllib.request
     try:
-        urllib.request.urlopen("https://pypi.org/simple/ray/", timeout=4).close()
+        urllib.request.urlopen((mirror or "https://pypi.org/simple").rstrip("/") + "/ray/", timeout=4).close()
         kv("node.index", "ok")
     except Exception as e:
         kv("node.index", " ".join(str(e).split())[:200] or type(e).__name__)
@@ -157,8 +165,8 @@ if check_index == "1" and installed != ver:
 def preflight_command(ports: list[int], version: str = RAY_VERSION, *, check_index: bool = False) -> str:
     """One read-only round trip, built from the host probes' fragments (migrate.remote.probe_fragments):
     arch, home, CPUs, free disk of the home, our Ray processes, then python3 (version/path), ports taken,
-    node IP, installed Ray and (with `check_index`) whether the host reaches pypi.org. Read by `parse_preflight`
-    into the one HostFacts."""
+    node IP, installed Ray, the user's `migrate mirror` index and (with `check_index`) whether the host reaches
+    that index (pypi.org without a mirror). Read by `parse_preflight` into the one HostFacts."""
     args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0", HOST_RECORD]
     script = (KV + ARCH + DISK + 'kv home "$HOME"\nkv cpus "$(nproc 2>/dev/null)"\ndisk "$HOME" home\n'
               + "n=0; " + _OURS + 'n=$((n + 1)); done; kv node.ray_running "$n"\n'

@@ -63,9 +63,6 @@ class ClusterTarget:
         if any(s.image and s.image.endswith(".sif") for s in sub.specs):
             raise UsageError("SIF images are not supported on a cluster yet",
                              hint="run on each host: migrate run HOST ...")
-        if any(s.python_env for s in sub.specs):
-            raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
-                             hint="run on each host: migrate run HOST --env NAME ...")
         if not sub.dry_run:
             confirm_many_jobs(len(sub.specs), where=self.name, yes=sub.yes)
         cluster_sync_groups(sub.specs, [], None)  # one --sync-back for the run, checked before submitting

@@ -92,9 +92,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     group (or container), and keeps running when you log out. The first run installs a small
     agent in ~/.migrate on the host (python3 >= 3.8, nothing else) and starts the dispatcher.
     One CMD argument is a shell command line; several are quoted as separate words.
-    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image and the
-    --from-template copies go to every cluster host first, and --priority orders the submission
-    within this run (docs/cluster.md).
+    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image, --env NAME (from
+    the SOURCE last given to push-env here) and the --from-template copies go to every cluster
+    host first, and --priority orders the submission within this run (docs/cluster.md).
     """
     if bool(template) != bool(experiments):
         raise UsageError("--from-template and --experiments go together",

@@ -142,7 +142,8 @@ class NodeFacts:
     ports_taken: tuple[int, ...] = ()
     ip: str = ""              # the address the host has towards us (or the internet)
     ray_installed: str = ""   # the Ray version in our private venv ("" = none)
-    index: str = ""           # "ok" when the host reached pypi.org, else why not ("" = not checked)
+    index: str = ""           # "ok" when the host reached its index (pypi.org or `mirror`), else why not
+    mirror: str = ""          # the user-level index `migrate mirror` set on the host ("" = pypi.org)
     cluster_here: str = ""    # the cluster whose record this host holds ("" = none)
     ray_running: int = 0      # processes of ours running from ~/.migrate/ray (or of a cluster's jobs)
 
@@ -262,7 +263,8 @@ PROBE_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "docker.dockerd": ("docker.dockerd", as_is), "docker.daemon_version": ("docker.daemon_version", as_is),
     "docker.daemon_running": ("docker.daemon_running", yes), "docker.client": ("docker.client_version", as_is),
     "docker.access": ("docker.access", yes), "docker.error": ("docker.error", as_is),
-    **{f"node.{k}": (f"node.{k}", as_is) for k in ("python_path", "ip", "ray_installed", "index", "cluster_here")},
+    **{f"node.{k}": (f"node.{k}", as_is) for k in ("python_path", "ip", "ray_installed", "index", "mirror",
+                                                             "cluster_here")},
     "node.ports_taken": ("node.ports_taken", lambda v: tuple(int(p) for p in v.split(",") if p)),
     "node.ray_running": ("node.ray_running", _int),
 }

@@ -10,12 +10,14 @@ node side of a cluster runs the agent's own code. Stdlib only; python >= 3.8.
 import os
 import sys
 
-AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrate-agent.pyz")
+HERE = os.path.dirname(os.path.abspath(__file__))
+AGENT = os.path.join(HERE, "migrate-agent.pyz")
 
 if os.path.isfile(AGENT):
     sys.path.insert(0, AGENT)
     from migrate_agent.raynode import wrapper_main
-else:  # migrate's own tests run this file from the source tree
+else:  # migrate's own tests run this file from the source tree (migrate/cluster/shipped/), maybe with -I -S
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
     from migrate.agent.raynode import wrapper_main
 
 if __name__ == "__main__":
