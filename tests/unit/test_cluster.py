@@ -13,8 +13,8 @@ from migrate.cluster import install, jobs, ops, plan, state
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.spec import JobSpec
-from migrate.remote.fake import FakeHost, FakeTarget, is_mutating
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost, FakeTarget, is_mutating
 
 FACTS = {"python": "3.11", "python_path": "/usr/bin/python3", "machine": "x86_64", "free_mib": 50000, "taken": [],
          "installed": "", "home": "/home/alice", "cpus": 8, "index": "no route"}
