@@ -250,11 +250,13 @@ class FakeHost:
             from migrate.errors import MigrateError
             raise MigrateError(f"{what} to {self.name} failed: {answer.stderr or answer.exit_code}", hint=hint)
 
-    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> int:
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
         self.log.append(Recorded("stream", command))
         answer = self._answer(command)
         sink.write(answer.stdout.encode())
-        return answer.exit_code
+        if answer.exit_code:
+            from migrate.errors import MigrateError
+            raise MigrateError(f"{what} from {self.name} failed: {answer.stderr or answer.exit_code}")
 
     @contextlib.contextmanager
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",

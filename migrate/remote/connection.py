@@ -499,9 +499,13 @@ class Remote:
         return read_text_result(self, self.run(shell.cat_if_exists(remote_path), sudo=sudo, check=False), remote_path)
 
     def read_bytes(self, remote_path: str) -> bytes:
-        """A remote file's bytes, over SFTP."""
-        with self.connection.sftp().open(remote_path, "rb") as fh:
-            return fh.read()
+        """A remote file's bytes, over SFTP (a file that cannot be read: RemoteCommandError saying why)."""
+        try:
+            with self.connection.sftp().open(remote_path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise RemoteCommandError(f"reading {remote_path} from {self.name} failed: {exc.strerror or exc}",
+                                     command=f"sftp get {remote_path}", exit_code=1) from exc
 
     # -- OpenSSH: bulk bytes and forwards ------------------------------------------------------
     def _bulk(self) -> openssh.ControlMaster:
@@ -519,9 +523,9 @@ class Remote:
         """Run `command` with `feed` as its stdin, through the OpenSSH master."""
         openssh.stream_in(self._bulk().argv_words(["--", command]), feed, what=what, display=self.name, hint=hint)
 
-    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> int:
-        """Run `command` with its stdout written to `sink`, through the OpenSSH master; its exit code."""
-        return openssh.stream_out(self._bulk().argv_words(["--", command]), sink)
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
+        """Run `command` with its stdout written to `sink`, through the OpenSSH master."""
+        openssh.stream_out(self._bulk().argv_words(["--", command]), sink, what=what, display=self.name)
 
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:

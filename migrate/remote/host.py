@@ -104,8 +104,9 @@ class Host(Protocol):
         """Run `command` with `feed` as its stdin over OpenSSH; MigrateError with ssh's last line on failure."""
         ...
 
-    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> int:
-        """Run `command` over OpenSSH with its stdout written to `sink`; its exit code."""
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
+        """Run `command` over OpenSSH with its stdout written to `sink`; MigrateError with the command's
+        last stderr line on failure."""
         ...
 
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",

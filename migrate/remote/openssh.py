@@ -128,27 +128,44 @@ def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str
     except FileNotFoundError as exc:
         raise MigrateError("the OpenSSH client (ssh) is not installed here",
                            hint="apt-get install openssh-client") from exc
-    assert proc.stderr is not None
-    err: list[bytes] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    err = _drain(proc)
     feed_stdin(proc, feed)
     code = proc.wait()
-    reader.join()
-    proc.stderr.close()
     if code != 0:
-        raise MigrateError(f"{what} to {display} failed: {last_line(b''.join(err), str(code))}", hint=hint)
+        raise MigrateError(f"{what} to {display} failed: {last_line(err(), str(code))}", hint=hint)
+    err()
 
 
-def stream_out(argv: list[str], sink: IO[bytes]) -> int:
-    """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; its exit code."""
+def stream_out(argv: list[str], sink: IO[bytes], *, what: str, display: str) -> None:
+    """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; MigrateError with the
+    last line of its stderr when it fails."""
     ui.debug("$ " + " ".join(argv), level=2)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    for block in iter(lambda: proc.stdout.read(65536), b""):  # type: ignore[union-attr]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = _drain(proc)
+    stdout = proc.stdout
+    assert stdout is not None
+    for block in iter(lambda: stdout.read(65536), b""):
         sink.write(block)
-    proc.stdout.close()
-    return proc.wait()
+    stdout.close()
+    code = proc.wait()
+    if code != 0:
+        raise MigrateError(f"{what} from {display} failed: {last_line(err(), 'exit ' + str(code))}")
+    err()
+
+
+def _drain(proc: subprocess.Popen) -> Callable[[], bytes]:
+    """Read a process's stderr in a thread (so a chatty one never blocks); call the result for it."""
+    stderr = proc.stderr
+    assert stderr is not None
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(stderr.read()), daemon=True)
+    reader.start()
+
+    def collected() -> bytes:
+        reader.join()
+        stderr.close()
+        return b"".join(chunks)
+    return collected
 
 
 class MasterFailed(ConnectError):
@@ -405,10 +422,7 @@ class OpenSshSession:
 
     def read_bytes(self, remote_path: str) -> bytes:
         sink = BytesIO()
-        code = self.stream_out(f"cat {shell.quote(remote_path)}", sink, what=f"read {remote_path}")
-        if code != 0:
-            raise RemoteCommandError(f"cannot read {remote_path} on {self.name} (exit {code})",
-                                     command=f"cat {shell.quote(remote_path)}", exit_code=code)
+        self.stream_out(f"cat {shell.quote(remote_path)}", sink, what=f"reading {remote_path}")
         return sink.getvalue()
 
     # -- streams and forwards -----------------------------------------------------------------
@@ -416,9 +430,9 @@ class OpenSshSession:
         self._ensure_master()
         stream_in(self.master.argv_words(["--", command]), feed, what=what, display=self.name, hint=hint)
 
-    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> int:
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
         self._ensure_master()
-        return stream_out(self.master.argv_words(["--", command]), sink)
+        stream_out(self.master.argv_words(["--", command]), sink, what=what, display=self.name)
 
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:

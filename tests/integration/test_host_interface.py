@@ -73,7 +73,7 @@ def test_streams_carry_bytes_both_ways_and_failures_say_why(host, scratch):
     target = f"{scratch}/in"
     host.stream_in(f"cat > {shell.quote(target)}", b"\x00\x01" * 100000, what="send")
     out = io.BytesIO()
-    assert host.stream_out(f"cat {shell.quote(target)}", out, what="read") == 0
+    host.stream_out(f"cat {shell.quote(target)}", out, what="read")
     assert out.getvalue() == b"\x00\x01" * 100000
 
     def feed(stdin) -> None:
@@ -83,8 +83,10 @@ def test_streams_carry_bytes_both_ways_and_failures_say_why(host, scratch):
     assert host.read_text(target) == "line 0\nline 1\nline 2\n"
     with pytest.raises(MigrateError, match=rf"send to {host.name} failed: .*no-such-dir"):
         host.stream_in("cat > /no-such-dir/x", b"data", what="send")
-    assert host.stream_out("exit 7", io.BytesIO(), what="fail") == 7
-
+    with pytest.raises(MigrateError, match=rf"read from {host.name} failed: .*no-such-file"):
+        host.stream_out("cat /no-such-file", io.BytesIO(), what="read")
+    with pytest.raises(MigrateError, match=rf"reading /no-such-file from {host.name} failed"):
+        host.read_bytes("/no-such-file")
 
 def _serve(host: Host, scratch: str, kind: str) -> str:
     """Start a one-connection server on the host; its port (tcp) or socket path (unix)."""
