@@ -9,6 +9,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_host
 from migrate.errors import MigrateError, UsageError
 from migrate.image import refs
 from migrate.image.compress import parse_compress
@@ -53,7 +54,7 @@ def print_results(results: list[ImagePushResult]) -> None:
 
 @click.command("push-image", context_settings=CONTEXT_SETTINGS)
 @click.argument("args", nargs=-1, metavar="IMAGE... HOST...")
-@click.option("-H", "--host", "extra_hosts", multiple=True, metavar="HOST",
+@click.option("-H", "--host", "extra_hosts", multiple=True, metavar="HOST", shell_complete=complete_host,
               help="A target host (repeatable); then every positional argument is an image.")
 @click.option("--compress", default="auto", show_default=True, metavar="auto|none|gzip[:L]|zstd[:L]",
               help="Stream codec. auto measures the link: none on fast links, zstd on slow ones; Docker < 23 "
@@ -65,7 +66,7 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--checkpoint", "checkpoint", default=None, show_default="64M", metavar="SIZE",
               help="Commit a resume point on the host at least every SIZE of layers, e.g. 64M = 64 MiB, 1G "
                    "(a rerun after a broken connection sends only what is not committed).")
-@click.option("--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
 @click.option("--to-file", type=click.Path(dir_okay=False), default=None,
               help="Write one docker-load-able archive instead of pushing (.tar, .tar.gz or .tar.zst).")
 @click.option("--from-file", type=click.Path(dir_okay=False), default=None,

@@ -42,7 +42,9 @@ _C8D_ROOT = r"""c8d_root() {
 }
 """
 
-_INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
+# |mirrors= last: the shell cuts fields 2 and 3; dockerd's registry-mirrors (daemon.json or --registry-mirror)
+_INFO_FORMAT = ("'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}"
+                "|mirrors={{json .RegistryConfig.Mirrors}}'")
 
 # Images whose every layer blob we put in a containerd content store (their IDs, one a line, in the
 # login user's home): the layers of such an image, while it is there, need not ride along again.
@@ -159,6 +161,7 @@ class RemoteDocker:
     inventory_scope: str = ""  # "wanted": only the images we push were listed (all present); "done": all
     c8d_root: str = ""  # containerd's root (the containerd image store keeps blobs and snapshots there)
     complete_ids: set[str] = field(default_factory=set)  # BLOB_RECORD: images that have every layer blob
+    registry_mirrors: list[str] = field(default_factory=list)  # dockerd's registry-mirrors (Docker Hub pulls)
 
     @property
     def docker_arch(self) -> str:
@@ -259,6 +262,8 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.inventoried = True
             f.inventory_scope = value
         elif key == "info":
+            value, _, mirrors = value.rpartition("|mirrors=") if "|mirrors=" in value else (value, "", "")
+            f.registry_mirrors = parse_mirrors(mirrors)
             parts = value.split("|", 4) + ["", "", "", "", ""]
             f.engine, f.storage_driver, f.root_dir, f.os_type = parts[:4]
             try:
@@ -280,6 +285,15 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
         elif key == "blobs.complete" and value:
             f.complete_ids.add(value)
     return f
+
+
+def parse_mirrors(text: str) -> list[str]:
+    """`{{json .RegistryConfig.Mirrors}}` (a JSON list, or null) -> the mirror URLs."""
+    try:
+        data = json.loads(text) if text.strip() else []
+    except ValueError:
+        return []
+    return [str(m) for m in data if str(m).strip()] if isinstance(data, list) else []
 
 
 def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:
