@@ -51,6 +51,10 @@ _INFO_FORMAT = ("'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|
 BLOB_RECORD = ".migrate/image-blobs"
 BLOB_RECORD_LINES = 1000
 
+# Where a layer bigger than --checkpoint is staged while it streams (image/staged.py): one `NAME.tar`
+# per step, its committed length in `NAME.tar.ok`; listed by FACTS_SCRIPT as `staged=NAME SIZE COMMITTED`.
+STAGE_DIR = ".migrate/image-partial"
+
 # .Config comes last: its JSON may contain '|'. Created/Os/Config feed the fingerprint (image/identity.py).
 # RepoDigests (what the host pulled) come after it, behind `|rd=`.
 IMAGE_LINE_FORMAT = ("img={{.Id}}|{{range .RepoTags}}{{.}},{{end}}|{{range .RootFS.Layers}}{{.}},{{end}}|{{.Architecture}}"
@@ -91,6 +95,9 @@ FACTS_SCRIPT = KV + _DISK + DOCKER_ACCESS + ARCH + r"""
 kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv home "$HOME"
+for f in "$HOME/""" + STAGE_DIR + r"""/"*.tar; do
+  [ -f "$f" ] && kv staged "${f##*/} $(wc -c < "$f") $(cat "$f.ok" 2>/dev/null || echo 0)"
+done
 [ -r "$HOME/""" + BLOB_RECORD + r"""" ] && sed 's/^/blobs.complete=/' "$HOME/""" + BLOB_RECORD + r""""
 kv uid "$(id -u)"
 for t in apptainer singularity; do
@@ -162,6 +169,7 @@ class RemoteDocker:
     c8d_root: str = ""  # containerd's root (the containerd image store keeps blobs and snapshots there)
     complete_ids: set[str] = field(default_factory=set)  # BLOB_RECORD: images that have every layer blob
     registry_mirrors: list[str] = field(default_factory=list)  # dockerd's registry-mirrors (Docker Hub pulls)
+    staged: dict[str, tuple[int, int]] = field(default_factory=dict)  # STAGE_DIR file -> (size, committed bytes)
 
     @property
     def docker_arch(self) -> str:
@@ -284,6 +292,10 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.images.append(parse_image_line(value, containerd=f.containerd_store))
         elif key == "blobs.complete" and value:
             f.complete_ids.add(value)
+        elif key == "staged":
+            name, size, committed = (value.split() + ["", "", ""])[:3]
+            if name.endswith(".tar") and "/" not in name:
+                f.staged[name] = (_int(size, 0), max(_int(committed, 0), 0))
     return f
 
 
