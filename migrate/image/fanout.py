@@ -86,8 +86,14 @@ def receive_command(session) -> str:
 def start_transfer(seed, receivers: Sequence) -> tuple[Transfer, dict[str, str]]:
     """The transfer key on the seed and its lines on the receivers; why any receiver was left out."""
     transfer = Transfer(seed.remote)
+    refused: dict[str, str] = {}
     try:
-        refused = transfer.start([(s.remote, receive_command(s)) for s in receivers])
+        transfer.start([s.remote for s in receivers])
+        for s in receivers:
+            try:
+                transfer.admit(s.remote, receive_command(s))
+            except MigrateError as exc:
+                refused[s.name] = exc.one_line()
     except BaseException:
         transfer.close()
         raise

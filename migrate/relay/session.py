@@ -54,31 +54,35 @@ class Transfer:
         self._lock = threading.Lock()
         self._started = False
 
-    def start(self, receivers: Sequence[tuple[Remote, str]]) -> dict[str, str]:
-        """Authorise the key on each receiver for its command; write the key and known_hosts on the
-        sender. Returns why each receiver that could not be prepared was left out (by name)."""
-        refused: dict[str, str] = {}
+    def start(self, receivers: Sequence[Remote]) -> None:
+        """Write the key and a known_hosts of every receiver's host key (as this machine verified it) on
+        the sender, after removing what dead runs left there."""
         reap(self.sender)
         self.sender.run(shell.and_then(shell.mkdir_private(plan.RELAY_DIR), shell.mkdir_private(self.marker.key_dir)),
                         what="create the relay key directory")
         self._started = True
         keys = []
-        for n, (remote, command) in enumerate(receivers):
-            try:
-                reap(remote)
-                line = plan.authorized_line(self._key.public, command, self.marker)
-                self._receivers.append(remote)
-                res = remote.run(plan.add_line_command(line), check=False, what="authorise the relay key")
-                if not res.ok:
-                    raise MigrateError((res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1])
-                alias = plan.host_alias(n)
-                keys.append((alias, *host_key(remote)))
-                self._aliases[remote.name] = alias
-            except MigrateError as exc:
-                refused[remote.name] = f"cannot authorise a transfer key there: {exc.one_line()}"
+        for n, remote in enumerate(receivers):
+            alias = plan.host_alias(n)
+            keys.append((alias, *host_key(remote)))
+            self._aliases[remote.name] = alias
         self.sender.put_bytes(self._key.private_openssh, f"{self.marker.key_dir}/key", mode=0o600)
         self.sender.put_bytes(plan.known_hosts_text(keys).encode(), f"{self.marker.key_dir}/known_hosts", mode=0o600)
-        return refused
+
+    def admit(self, remote: Remote, command: str) -> None:
+        """Authorise the key on `remote` for `command` only (one marked line; a receiver may get several,
+        one per command); the first time, remove what dead runs left there."""
+        with self._lock:
+            first = remote not in self._receivers
+            if first:
+                self._receivers.append(remote)
+        if first:
+            reap(remote)
+        line = plan.authorized_line(self._key.public, command, self.marker)
+        res = remote.run(plan.add_line_command(line), check=False, what="authorise the relay key")
+        if not res.ok:
+            why = (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+            raise MigrateError(f"cannot authorise a transfer key on {remote.name}: {why}")
 
     def alias(self, receiver: Remote) -> str:
         return self._aliases[receiver.name]
