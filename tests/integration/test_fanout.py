@@ -84,3 +84,36 @@ def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, imag
         for h in docker_hosts:
             in_host(h, f"docker image rm -f {IMAGE} >/dev/null 2>&1; sed -i '/{plan.PREFIX}/d' "
                        f"{ALICE}/.ssh/authorized_keys; rm -rf {ALICE}/{plan.RELAY_DIR}; true")
+
+
+def test_push_data_feeds_the_second_host_from_the_first(sandbox_hosts, tmp_path):
+    h1, h2 = sandbox_hosts[:2]
+    src = tmp_path / "ds"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+    (src / "sub" / "x.txt").write_text("x\n")
+    (src / "skip.tmp").write_text("excluded\n")
+    dest = f"fanout-test-{os.getpid()}"
+    listing = f"cd {ALICE}/{dest} && find . -type f | sort | xargs sha256sum"
+    try:
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--exclude", "*.tmp",
+                      "--json", timeout=300)
+        assert res.code == 0, res.output
+        r1, r2 = json.loads(res.stdout)
+        assert (r1["fed_via"], r2["fed_via"], r2["fed_why"]) == (plan.LAPTOP, h1["alias"], "host to host")
+        assert r1["bytes_sent"] >= 3 << 20 and r2["relayed_bytes"] >= 3 << 20
+        assert r2["bytes_sent"] == 0 and r2["method"] == "relay+rsync"  # the rsync from here found it all there
+        assert in_host(h2, listing) == in_host(h1, listing) and "skip.tmp" not in in_host(h2, listing)
+        assert relay_traces(h1) == "" and relay_traces(h2) == ""
+
+        in_host(h2, f"rm -rf {ALICE}/{dest}")
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--no-relay", "--json",
+                      timeout=300)
+        assert res.code == 0, res.output
+        r1, r2 = json.loads(res.stdout)
+        assert (r2["fed_via"], r2["fed_why"], r2["relayed_bytes"]) == (plan.LAPTOP, "--no-relay", 0)
+        assert r2["bytes_sent"] >= 3 << 20
+    finally:
+        for h in (h1, h2):
+            in_host(h, f"rm -rf {ALICE}/{dest}")

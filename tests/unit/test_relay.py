@@ -157,7 +157,8 @@ def test_a_transfer_authorises_one_line_reaps_dead_runs_and_removes_everything(m
     sender, receiver = FakeHost(), FakeHost()
     receiver.reply("grep -o", f"{dead.text()}\n")
     with rsession.Transfer(sender) as transfer:
-        assert transfer.start([(receiver, "docker load")]) == {}
+        transfer.start([receiver])
+        transfer.admit(receiver, "docker load")
         runs = [c for c in receiver.commands() if "authorized_keys" in c]
         assert dead.text() in runs[1] and "grep -v -F" in runs[1]  # the dead run's line goes first
         assert transfer.marker.text() in runs[2] and "restrict,command=" in runs[2]
