@@ -1,7 +1,8 @@
 """Benchmark: one image to three hosts behind a slow link, fed host to host vs one copy each.
 
-    python benchmarks/fanout.py                 # 1024 MB image, 3 hosts, --link 100mbit/20ms
-    python benchmarks/fanout.py --size 256      # smaller (the loaded 2-core machine: minutes, not tens)
+    python benchmarks/fanout.py                 # 1024 MB image, 1 GiB dataset, 3 hosts, --link 100mbit/20ms
+    python benchmarks/fanout.py --size 512 --data-size 512   # smaller (a loaded 2-core machine)
+    python benchmarks/fanout.py --direct        # + the --no-relay rows (three copies over the link)
     python benchmarks/fanout.py --sandbox fansb --subnet 172.29.1.0/24 --port 5100 --keep
 
 It brings up a three-host sandbox (default `fanoutb`) with `--link RATE/DELAY` (only this machine's
@@ -11,11 +12,15 @@ measures, each from hosts without the image:
 
   one host           migrate push-image IMG -H h1
   3 hosts, relay     migrate push-image IMG -H h1 -H h2 -H h3 (h1 gets it, feeds h2 and h3)
-  3 hosts, direct    the same with --no-relay (three copies over the link, in parallel)
+  3 hosts, direct    the same with --no-relay (three copies over the link, in parallel; --direct)
   3 hosts, plain     docker save IMG | ssh h docker load, to each host in parallel
+  data, one host     migrate push-data DIR h1:bench-data (8 random files, --data-size MiB in all)
+  data, 3 hosts      migrate push-data DIR h1:bench-data -H h2 -H h3 (h1 feeds h2 and h3)
+  data, direct       the same with --no-relay (--direct)
 
-and checks every host's image ID against the local one. Prints a Markdown table: seconds, ratio to
-one host, bytes that crossed the link (migrate's counters; the plain row: image x 3).
+and checks every host's image ID against the local one (the dataset: its size in bytes on every
+host). Prints Markdown tables: seconds, ratio to one host, bytes that crossed the link (migrate's
+counters; the plain row: image x 3).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -44,6 +50,7 @@ class Bench:
         self.hosts = [f"{args.sandbox}{i}" for i in (1, 2, 3)]
         self.work = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
         self.rows: list[tuple[str, float, int]] = []
+        self.data_rows: list[tuple[str, float, int]] = []
 
     def in_host(self, host: str, script: str, check: bool = True) -> str:
         return run(["docker", "exec", f"migrate-{host}", "sh", "-c", script], check=check)
@@ -68,6 +75,13 @@ class Bench:
         run(["docker", "build", "-q", "-t", TAG, str(ctx)], env=dict(os.environ, DOCKER_BUILDKIT="0"))
         for f in ctx.glob("*.bin"):
             f.unlink()
+        data = self.work / "data"
+        data.mkdir()
+        for i in range(8):
+            with open(data / f"part{i}.bin", "wb") as fh:
+                for left in range(self.args.data_size * (1 << 20) // 8, 0, -16 * MB):
+                    fh.write(os.urandom(min(left, 16 * MB)))
+        self.data_bytes = sum(f.stat().st_size for f in data.iterdir())
         self.image_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", TAG]).strip()
         self.image_bytes = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", TAG]).strip())
 
@@ -107,17 +121,42 @@ class Bench:
         self.rows.append(("3 hosts: `docker save | ssh | docker load` each, in parallel", seconds,
                           3 * self.image_bytes))
 
+    def push_data(self, label: str, hosts: list[str], *extra: str) -> None:
+        for h in self.hosts:
+            self.in_host(h, "rm -rf /home/alice/bench-data")
+        t0 = time.monotonic()
+        out = run(self.migrate + ["push-data", str(self.work / "data"), f"{hosts[0]}:bench-data",
+                                  *(a for h in hosts[1:] for a in ("-H", h)), "--json", *extra], env=self.env)
+        seconds = time.monotonic() - t0
+        for h in hosts:
+            got = int(self.in_host(h, "du -sb --apparent-size /home/alice/bench-data/*.bin | "
+                                      "awk '{s += $1} END {print s}'").strip() or 0)
+            if got != self.data_bytes:
+                raise SystemExit(f"{h}: dataset {got} bytes, expected {self.data_bytes}")
+        results = json.loads(out)
+        link = sum(r["wire_bytes"] for r in results)
+        fed = ", ".join(f"{r['host']}<-{r['fed_via']}" for r in results)
+        print(f"[{label}] {seconds:.1f} s, {link / MB:.0f} MB over the link ({fed})", file=sys.stderr)
+        self.data_rows.append((label, seconds, link))
+
     def report(self) -> None:
-        one = self.rows[0][1]
-        print(f"\nimage {self.image_bytes / MB:.0f} MB (2 layers, random bytes), --link {self.args.link}, "
-              "3 sandbox hosts\n")
-        print("| pipeline | seconds | vs one host | bytes over the link |")
-        print("|---|---:|---:|---:|")
-        for label, seconds, link in self.rows:
-            print(f"| {label} | {seconds:.1f} | {seconds / one:.2f}x | {link / MB:.0f} MB |")
+        print(f"\n--link {self.args.link}, 3 sandbox hosts; image {self.image_bytes / MB:.0f} MB (2 layers, "
+              f"random bytes), dataset {self.data_bytes / (1 << 20):.0f} MiB (8 random files)\n")
+        for rows in (self.rows, self.data_rows):
+            if not rows:
+                continue
+            one = rows[0][1]
+            print("| pipeline | seconds | vs one host | bytes over the link |")
+            print("|---|---:|---:|---:|")
+            for label, seconds, link in rows:
+                print(f"| {label} | {seconds:.1f} | {seconds / one:.2f}x | {link / MB:.0f} MB |")
+            print()
 
     def cleanup(self) -> None:
         run(["docker", "image", "rm", "-f", TAG], check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+        for h in self.hosts:
+            self.in_host(h, "rm -rf /home/alice/bench-data", check=False)
         if not self.args.keep:
             run(self.migrate + ["sandbox", "down"], env=self.env, check=False)
         else:
@@ -127,6 +166,8 @@ class Bench:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=1024, help="image size in MB (default 1024)")
+    p.add_argument("--data-size", type=int, default=1024, help="dataset size in MiB (default 1024; 0: no data rows)")
+    p.add_argument("--direct", action="store_true", help="also measure --no-relay (three copies over the link)")
     p.add_argument("--link", default="100mbit/20ms", help="the sandbox link (default 100mbit/20ms)")
     p.add_argument("--sandbox", default="fanoutb")
     p.add_argument("--subnet", default="172.31.250.0/24")
@@ -138,8 +179,14 @@ def main() -> None:
         bench.setup()
         bench.push("one host: migrate push-image", bench.hosts[:1])
         bench.push("3 hosts: migrate push-image (h1 feeds h2, h3)", bench.hosts)
-        bench.push("3 hosts: migrate push-image --no-relay", bench.hosts, "--no-relay")
+        if args.direct:
+            bench.push("3 hosts: migrate push-image --no-relay", bench.hosts, "--no-relay")
         bench.plain()
+        if args.data_size:
+            bench.push_data("one host: migrate push-data", bench.hosts[:1])
+            bench.push_data("3 hosts: migrate push-data (h1 feeds h2, h3)", bench.hosts)
+            if args.direct:
+                bench.push_data("3 hosts: migrate push-data --no-relay", bench.hosts, "--no-relay")
         bench.report()
     finally:
         bench.cleanup()

@@ -197,3 +197,33 @@ def test_push_image_plan_probes_only_and_explains_each_host():
     assert "tunnel" in feeds["ffffff"].why
     assert all(x.remote.mutations() == [] for x in s)
     assert fanout.plan(s, [img], relay=False, sif=False)["bb"] == plan.Feed("bb", plan.LAPTOP, "--no-relay")
+
+
+def test_dry_run_says_how_a_relayed_host_would_be_fed():
+    from migrate.image.push import ImagePushResult
+
+    feed = plan.Feed("b", "a", "host to host")
+    r = fanout.annotate([ImagePushResult("app:1", "b", "would send", detail="2/2 layers")], feed, dry_run=True)[0]
+    assert (r.fed_via, r.fed_why) == ("a", "host to host")
+    assert r.detail.startswith("docker save on a | ssh | docker load")
+    direct = fanout.annotate([ImagePushResult("app:1", "a", "would send", detail="2/2 layers")],
+                             plan.Feed("a", plan.LAPTOP, "x"), dry_run=True)[0]
+    assert direct.detail == "2/2 layers"
+
+
+@pytest.mark.parametrize(("kw", "why"), [
+    ({"relay": False}, "--no-relay"), ({"sudo": True}, "--sudo is sent from here"),
+    ({"delete": True}, "--delete is sent from here"), ({}, ""),
+])
+def test_push_data_relays_only_what_the_first_host_can_feed(kw, why):
+    from migrate.data.fanout import refusal
+    from migrate.data.plan import PushDataOptions
+
+    assert refusal(PushDataOptions(**kw)) == why
+
+
+def test_push_data_seed_tars_exactly_the_listed_files():
+    from migrate.data.fanout import send_tar_source
+
+    cmd = send_tar_source("data/my set", ".migrate/relay/m/list-1")
+    assert cmd == "cd 'data/my set' && tar -cf - --null --no-recursion -T \"$HOME\"/.migrate/relay/m/list-1"
