@@ -65,6 +65,18 @@ class Bench:
                 "command -v docker >/dev/null || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive "
                 "apt-get install -y -qq --no-install-recommends docker.io >/dev/null 2>&1; }; "
                 "usermod -aG docker alice; systemctl is-active -q docker || systemctl start docker")), self.hosts))
+        self.image_bytes = 0
+        if "image" in self.args.rows:
+            self.build_image()
+        data = self.work / "data"
+        data.mkdir()
+        for i in range(8):
+            with open(data / f"part{i}.bin", "wb") as fh:
+                for left in range(self.args.data_size * (1 << 20) // 8, 0, -16 * MB):
+                    fh.write(os.urandom(min(left, 16 * MB)))
+        self.data_bytes = sum(f.stat().st_size for f in data.iterdir())
+
+    def build_image(self) -> None:
         ctx = self.work / "ctx"
         ctx.mkdir()
         for name, size in (("a.bin", self.args.size * MB * 3 // 4), ("b.bin", self.args.size * MB // 4)):
@@ -75,13 +87,6 @@ class Bench:
         run(["docker", "build", "-q", "-t", TAG, str(ctx)], env=dict(os.environ, DOCKER_BUILDKIT="0"))
         for f in ctx.glob("*.bin"):
             f.unlink()
-        data = self.work / "data"
-        data.mkdir()
-        for i in range(8):
-            with open(data / f"part{i}.bin", "wb") as fh:
-                for left in range(self.args.data_size * (1 << 20) // 8, 0, -16 * MB):
-                    fh.write(os.urandom(min(left, 16 * MB)))
-        self.data_bytes = sum(f.stat().st_size for f in data.iterdir())
         self.image_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", TAG]).strip()
         self.image_bytes = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", TAG]).strip())
 
@@ -167,6 +172,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=1024, help="image size in MB (default 1024)")
     p.add_argument("--data-size", type=int, default=1024, help="dataset size in MiB (default 1024; 0: no data rows)")
+    p.add_argument("--rows", default="image,data", help="which tables: image, data or both (default)")
     p.add_argument("--direct", action="store_true", help="also measure --no-relay (three copies over the link)")
     p.add_argument("--link", default="100mbit/20ms", help="the sandbox link (default 100mbit/20ms)")
     p.add_argument("--sandbox", default="fanoutb")
@@ -177,12 +183,13 @@ def main() -> None:
     bench = Bench(args)
     try:
         bench.setup()
-        bench.push("one host: migrate push-image", bench.hosts[:1])
-        bench.push("3 hosts: migrate push-image (h1 feeds h2, h3)", bench.hosts)
-        if args.direct:
-            bench.push("3 hosts: migrate push-image --no-relay", bench.hosts, "--no-relay")
-        bench.plain()
-        if args.data_size:
+        if "image" in args.rows:
+            bench.push("one host: migrate push-image", bench.hosts[:1])
+            bench.push("3 hosts: migrate push-image (h1 feeds h2, h3)", bench.hosts)
+            if args.direct:
+                bench.push("3 hosts: migrate push-image --no-relay", bench.hosts, "--no-relay")
+            bench.plain()
+        if args.data_size and "data" in args.rows:
             bench.push_data("one host: migrate push-data", bench.hosts[:1])
             bench.push_data("3 hosts: migrate push-data (h1 feeds h2, h3)", bench.hosts)
             if args.direct:

@@ -122,8 +122,8 @@ class DataRelay:
         entries = filelist.list_source(source_path, self.o.exclude, self.o.exclude_from).entries
         with self._lock:
             self._lists += 1
-            name = f"{transfer.marker.key_dir}/list-{self._lists}"
-        transfer.sender.put_bytes(filelist.files_from_bytes(entries), name, mode=0o600)
+            n = self._lists
+        name = transfer.put(filelist.files_from_bytes(entries), f"list-{n}")
         transfer.admit(remote, tar_extract_command(landing, decompress=None))
         source = send_tar_source(seed_landing, name)
         res = transfer.sender.run(rplan.send_command(source, transfer.marker, transfer.alias(remote),

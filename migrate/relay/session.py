@@ -66,8 +66,16 @@ class Transfer:
             alias = plan.host_alias(n)
             keys.append((alias, *host_key(remote)))
             self._aliases[remote.name] = alias
-        self.sender.put_bytes(self._key.private_openssh, f"{self.marker.key_dir}/key", mode=0o600)
-        self.sender.put_bytes(plan.known_hosts_text(keys).encode(), f"{self.marker.key_dir}/known_hosts", mode=0o600)
+        self.put(self._key.private_openssh, "key")
+        self.put(plan.known_hosts_text(keys).encode(), "known_hosts")
+
+    def put(self, data: bytes, name: str) -> str:
+        """Write a 0600 file into the transfer's directory on the sender; its path (relative to $HOME).
+        One at a time: the connection's one SFTP session must not be shared by threads."""
+        path = f"{self.marker.key_dir}/{name}"
+        with self._lock:
+            self.sender.put_bytes(data, path, mode=0o600)
+        return path
 
     def admit(self, remote: Remote, command: str) -> None:
         """Authorise the key on `remote` for `command` only (one marked line; a receiver may get several,
