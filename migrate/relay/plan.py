@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from migrate.errors import MigrateError
 from migrate.remote import shell
 
 PREFIX = "migrate-relay"
@@ -260,7 +261,10 @@ def plan_feeds(hosts: Sequence[str], needs: Mapping[str, bool], refuse: Mapping[
         if refuse.get(h):
             out[h] = Feed(h, LAPTOP, refuse[h])
             continue
-        verdict = reach(seed, h)
+        try:
+            verdict = reach(seed, h)
+        except MigrateError as exc:  # a connection lost while asking: that host is fed from here
+            verdict = exc.one_line()
         out[h] = Feed(h, seed, "host to host") if verdict == "ok" else \
             Feed(h, LAPTOP, f"{seed} cannot reach it: {verdict}")
     return out

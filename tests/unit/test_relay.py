@@ -46,6 +46,16 @@ def test_refused_and_unreachable_hosts_are_fed_from_here_with_the_reason():
     assert feeds["c"] == plan.Feed("c", plan.LAPTOP, "b cannot reach it: [Errno 113] No route to host")
 
 
+def test_a_failing_reach_check_feeds_that_host_from_here():
+    from migrate.errors import ConnectError
+
+    def reach(seed, host):
+        raise ConnectError("connection to b lost")
+
+    feeds = plan.plan_feeds(["a", "b"], {"a": True, "b": True}, {}, reach)
+    assert feeds["b"] == plan.Feed("b", plan.LAPTOP, "a cannot reach it: connection to b lost")
+
+
 @pytest.mark.parametrize(("needs", "off", "why"), [
     ({"a": True, "b": True}, "--no-relay", "--no-relay"),
     ({"a": True, "b": False}, "", "one host needs the bytes"),
