@@ -22,6 +22,7 @@ VERBS = {
     "apply": "migrate.commands.apply:command",
     "cancel": "migrate.commands.cancel:command",
     "cluster": "migrate.commands.cluster:group",
+    "completion": "migrate.commands.completion:command",
     "doctor": "migrate.commands.doctor:command",
     "exec": "migrate.commands.shell:exec_command",
     "gpus": "migrate.commands.gpus:command",
@@ -29,6 +30,7 @@ VERBS = {
     "init": "migrate.commands.init:command",
     "logs": "migrate.commands.logs:command",
     "mirror": "migrate.commands.mirror:command",
+    "notebook": "migrate.commands.notebook:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
     "push-env": "migrate.commands.push_env:command",
@@ -39,6 +41,7 @@ VERBS = {
     "sandbox": "migrate.commands.sandbox:group",
     "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
+    "sync": "migrate.commands.sync:command",
     "tunnel": "migrate.commands.tunnel:command",
     "wait": "migrate.commands.wait:command",
 }

@@ -117,11 +117,13 @@ def unpack_command() -> str:
             f"tar -xf - -C {shell.home_path(plan.RAY_DIR)}")
 
 
-def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_VERSION) -> str:
-    """Create the venv with uv and install ray[default]; the marker file is written last."""
+def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_VERSION, index_url: str = "") -> str:
+    """Create the venv with uv and install ray[default]; the marker file is written last. Online, from
+    `index_url` when the user set a mirror (`migrate mirror`; UV_NO_CONFIG keeps uv from reading it)."""
     venv = shell.home_path(plan.venv_dir(version))
     uv = shell.home_path(plan.UV_BIN)
-    source = (["--no-index", "--find-links", "__WHEELS__"] if offline else [])
+    source = (["--no-index", "--find-links", "__WHEELS__"] if offline else
+              ["--index-url", index_url] if index_url else [])
     words = " ".join(shell.home_path(f"{plan.WHEELS_DIR}/{version}") if a == "__WHEELS__" else shell.quote(a)
                      for a in source)
     env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 "

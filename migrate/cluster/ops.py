@@ -20,7 +20,7 @@ from typing import Any
 from migrate import ui
 from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
-from migrate.cluster.jobs import RAY_STATES, latest_attempts
+from migrate.cluster.jobs import latest_attempts, ray_state
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.bundle import build_agent
@@ -149,10 +149,11 @@ def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -
     use_wheels = offline if offline is not None else facts.index != "ok"
     wheels = install.ensure_wheels(facts.python, facts.machine) if use_wheels else None
     uv = install.ensure_uv(facts.machine)
-    how = "pushed wheels" if use_wheels else "the package index"
+    how = "pushed wheels" if use_wheels else (f"the mirror {facts.mirror}" if facts.mirror else "the package index")
     ui.step(f"{facts.host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
     install.push_bundle(remote, install.bundle_tar(uv, wheels))
-    res = remote.run(install.install_command(facts.python_path, offline=use_wheels), check=False,
+    res = remote.run(install.install_command(facts.python_path, offline=use_wheels, index_url=facts.mirror),
+                     check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
@@ -177,7 +178,7 @@ def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts]
         f = facts[host]
         action = "Ray installed" if f.installed == plan.RAY_VERSION else (
             "install from pushed wheels" if (opts.offline or (opts.offline is None and f.index != "ok"))
-            else "install from the package index")
+            else f"install from the mirror {f.mirror}" if f.mirror else "install from the package index")
         pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
         rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.ip,
                      "python": f.python, "install": action,
@@ -510,7 +511,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
                           "gpus_offered": n.gpus, "gpus_used": gpus, "running_jobs": count})
     counts: dict[str, int] = {}   # jobs, not attempts: a retried job counts once, in its latest state
     for j in latest_attempts(jobs).values():
-        st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+        st = ray_state(j)
         counts[st] = counts.get(st, 0) + 1
     return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
             "launcher": launcher,
@@ -556,8 +557,15 @@ def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = Fals
     return for_each_host(record.hosts, work)
 
 
+def down_commands(name: str, version: str, purge: bool) -> list[str]:
+    """What `down` runs on each host, in order (pure; `--dry-run` prints it). Leftover Ray processes are
+    killed only when the check after `ray stop` finds some."""
+    return [plan.host_record_name_command(), plan.stop_command(version), plan.leftover_command(),
+            container.remove_containers_command(name), plan.purge_command() if purge else plan.cleanup_command(name)]
+
+
 def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool = False,
-         connector: Connector | None = None, hosts: list[str] | None = None) -> dict:
+         connector: Connector | None = None, hosts: list[str] | None = None, dry_run: bool = False) -> dict:
     """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent.
 
     A host that fails keeps the record (run `down` again), unless `forget`: for hosts that are gone.
@@ -577,6 +585,10 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool =
         ui.warn(f"the record of cluster {name} is corrupt: stopping Ray on {', '.join(hosts)} as you said")
         record = ClusterRecord(name=name, ray_version=plan.RAY_VERSION, ports=plan.Ports(),
                                nodes=[Node(host=h, ip="", head=i == 0) for i, h in enumerate(hosts)])
+    if dry_run:  # connect to nothing, change nothing
+        commands = down_commands(name, record.ray_version, purge)
+        return {"name": name, "action": "would stop", "dry_run": True, "purged": False, "hosts": record.hosts,
+                "commands": commands}
     outcomes = _stop_all(record, conn, purge=purge, connector=connector)
     hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
     failed = [o for o in outcomes if not o.ok]

@@ -256,3 +256,29 @@ def delete_env(hosts: list[str], name: str, conn: ConnectOptions, *, dry_run: bo
 
     outcomes = for_each_host(hosts, one)
     return [o.value if o.ok else EnvResult(host=o.host, name=name, error=o.error or "?") for o in outcomes]
+
+
+def ensure_on_hosts(hosts: list[str], names: list[str], conn: ConnectOptions, *, where: str,
+                    dry_run: bool) -> list[EnvResult]:
+    """Push each named environment, from the SOURCE last pushed from here (env/known.py), to every
+    host (`run CLUSTER --env NAME`: all nodes, since Ray may place the job on any of them). An
+    unchanged env costs one probe per host. Raises on the first env a host could not get; a dry run
+    only checks that each SOURCE is known and says what would be pushed."""
+    from migrate.env import known
+
+    results: list[EnvResult] = []
+    for name in names:
+        src, python = known.recall(name, where)
+        if dry_run:  # connects to nothing: says what would be pushed first
+            ui.info(f"dry run: environment {name} ({src.describe()}) would be pushed to "
+                    f"{', '.join(hosts)} first (unchanged hosts: one probe each)")
+            continue
+        ui.step(f"environment {name} ({src.describe()}) on every host of {where}")
+        got = push_env(hosts, src, PushEnvOptions(name=name, python=python), conn)
+        failed = [r for r in got if r.error]
+        if failed:
+            raise MigrateError(f"pushing environment {name} to {failed[0].host} failed: {failed[0].error}",
+                               hint=f"fix it, or push by hand: migrate push-env {failed[0].host} "
+                                    f"{src.path} --name {name}")
+        results += got
+    return results

@@ -190,7 +190,7 @@ def do_download_key(a: DownloadKey, ctx: RunContext, step: str, facts: SetupFact
         if not res.ok:
             raise StepFailed(f"cannot download the signing key {a.url}: "
                              f"{verify.last_line(res.stderr or res.stdout) or res.exit_code}",
-                             hint="check the URL or mirror, and the host's internet access (or use --offline)")
+                             hint="check the URL or mirror, and the host's internet access (or use --offline-dir DIR)")
         data = ctx.remote.read_bytes(tmp)
     finally:
         ctx.remote.run(shell.join(["rm", "-f", tmp]), check=False)
