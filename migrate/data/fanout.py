@@ -6,7 +6,8 @@ own file list here, with the same excludes) piped over `ssh` with a one-transfer
 allowed command is `tar -x` into that host's landing directory. Then the usual rsync runs from
 here: it finds every file there (same size and mtime) and sends nothing, which checks the relay,
 and sends whatever the relay missed (so a broken relay resumes from here). A single-file source,
---sudo and --delete go from here (said in the result's fed_via/fed_why).
+a DEST that already has files (a rerun: rsync from here sends only what differs), --sudo and
+--delete go from here (said in the result's fed_via/fed_why).
 """
 
 from __future__ import annotations
@@ -147,10 +148,13 @@ def relayed_one(push: Any, relay: DataRelay, remote: Any, facts: Any, rsh: str, 
     """A relayed host's source: fed from the seed, then the usual rsync from here (which checks it and
     sends what is missing); a failed relay is only a note, the rsync from here then sends it all."""
     feed = relay.feeds[push.host]
-    if not src.is_dir or not feed.relayed or push.o.dry_run:
+    if feed.relayed and not src.is_dir:
+        feed = rplan.Feed(push.host, rplan.LAPTOP, "a single file is sent from here")
+    elif feed.relayed and not (facts.kind == "none" or facts.empty):  # a rerun, or data already there
+        feed = rplan.Feed(push.host, rplan.LAPTOP, "DEST has files: rsync from here sends only what differs")
+    if not feed.relayed or push.o.dry_run:
         result = direct(remote, facts, rsh, opts, src, m, summary, files, size, method, reason)
-        return annotate(result, feed if src.is_dir or not feed.relayed else
-                        rplan.Feed(push.host, rplan.LAPTOP, "a single file is sent from here"), push.o.dry_run)
+        return annotate(result, feed, push.o.dry_run)
     sent = 0
     try:
         ui.step(f"{remote.target.alias}: fed by {relay.seed} over the hosts' network")

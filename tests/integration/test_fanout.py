@@ -107,6 +107,13 @@ def test_push_data_feeds_the_second_host_from_the_first(sandbox_hosts, tmp_path)
         assert in_host(h2, listing) == in_host(h1, listing) and "skip.tmp" not in in_host(h2, listing)
         assert relay_traces(h1) == "" and relay_traces(h2) == ""
 
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--exclude", "*.tmp",
+                      "--json", timeout=300)  # a rerun: nothing moves, not even host to host
+        assert res.code == 0, res.output
+        again = json.loads(res.stdout)
+        assert [(r["status"], r["relayed_bytes"]) for r in again] == [("up to date", 0)] * 2
+        assert again[1]["fed_why"].startswith("DEST has files")
+
         in_host(h2, f"rm -rf {ALICE}/{dest}")
         res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--no-relay", "--json",
                       timeout=300)
