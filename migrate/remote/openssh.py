@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -79,9 +81,34 @@ def stream_ciphers(configs: SshConfigSet, *, remote_has_aes: bool = True) -> str
     return preferred_ciphers(configs.text + "\n" + _user_default_config_text(), local_has_aes() and remote_has_aes)
 
 
+SOCKET_PATH_MAX = 104  # a Unix socket's path: 108 bytes on Linux, 104 on macOS
+SOCKET_NAME_ROOM = 40  # "/PID-XXXXXXXX" and the ".XXXXXXXXXXXXXXXX" ssh appends while it binds
+
+
 def control_dir() -> Path:
-    """The one directory of ControlMaster sockets (private; short path: sockets have a length limit)."""
-    return private_dir(cache_root() / "cm")
+    """The one directory of ControlMaster sockets (private; short path: sockets have a length limit).
+
+    It is `<cache>/cm` unless that path is too long for a socket (a deep home or MIGRATE_CACHE_DIR:
+    ssh would fail with "unix_listener: path ... too long"); then `/tmp/migrate-UID/cm`, which must be
+    a real directory of ours (never one another user of this machine created for us)."""
+    preferred = cache_root() / "cm"
+    if len(str(preferred)) + SOCKET_NAME_ROOM <= SOCKET_PATH_MAX:
+        return private_dir(preferred)
+    return private_dir(owned_private_dir(Path(tempfile.gettempdir()) / f"migrate-{os.getuid()}") / "cm")
+
+
+def owned_private_dir(path: Path) -> Path:
+    """mkdir PATH 0700, or accept it only if it is already a real directory of ours (not a link)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConnectError(f"{path} is not a directory of yours: it cannot hold ssh's control sockets",
+                           hint="remove it, or set MIGRATE_CACHE_DIR to a shorter path of yours")
+    path.chmod(0o700)
+    return path
 
 
 class MasterFailed(ConnectError):
