@@ -16,7 +16,7 @@ from migrate.relay import plan
 from migrate.relay import session as rsession
 from migrate.relay.keys import new_key_pair
 from migrate.remote import shell
-from migrate.remote.fake import FakeHost
+from tests.fakehost import FakeHost
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0K2iJ0xJvW9v2cN3t9P2yqY3w0h9k8b2r2s7vT1x2y"
 MARK = plan.Marker("laptop", 4242, "0123456789abcdef", 2_000_000_000)
