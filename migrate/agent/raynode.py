@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 from . import procs
@@ -257,7 +258,7 @@ def start_line(job: str, now: float, ip: str, assigned: list, uuids: list) -> st
     return f"[migrate] job {job} started {stamp} on {ip}, {where} [t={now:.3f}]"
 
 
-def activate_env(env: dict, home: str, command: str) -> tuple:
+def activate_env(env: MutableMapping[str, str], home: str, command: str) -> tuple:
     """`run CLUSTER --env NAME` (issue 21): put ~/.migrate/envs/NAME (pushed to every node by the client
     before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env (whose
     etc/conda/activate.d/*.sh scripts then run before COMMAND, as `conda activate` runs them: the agent's

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from .fields import JOB_FIELDS, SPEC_KEYS, JobField
 
@@ -73,8 +73,9 @@ def _check_kind(f: JobField, value: Any) -> None:
         if f.lo is not None:
             raise SpecError(f"{f.name} must be an integer from {f.lo} to {f.hi}, not {value!r}")
         raise SpecError(f"{f.name} must be {KIND_WORDS[f.kind]}, not {type(value).__name__}")
-    if f.lo is not None and not f.lo <= value <= f.hi:
-        raise SpecError(f"{f.name} must be an integer from {f.lo} to {f.hi}, not {value!r}")
+    lo, hi = f.lo, f.hi
+    if lo is not None and hi is not None and not lo <= cast(int, value) <= hi:   # an int by now
+        raise SpecError(f"{f.name} must be an integer from {lo} to {hi}, not {value!r}")
 
 
 def _integer(f: JobField) -> Callable[..., Any]:

@@ -27,12 +27,13 @@ from migrate.jobs.bundle import build_agent
 from migrate.jobs.client import AgentClient
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 from migrate.remote.probe import HostFacts
 
 SHIPPED = Path(__file__).parent / "shipped"
-Connector = Callable[[str], Any]   # host -> an open Remote (or FakeHost in tests)
+Connector = Callable[[str], Host]   # host -> an open Remote (or tests' FakeHost)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[
                                 "or give the head's address the others reach with --head-address")
 
 
-def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
+def offered_gpus(remote: Host, host: str, opts: UpOptions) -> list[str]:
     """GPU indices this node offers Ray: --gpu-pool, else those the free-GPU rule admits now."""
     client = AgentClient(remote)
     args = ["gpus"] + (["--backend", opts.gpu_backend] if opts.gpu_backend else [])
@@ -143,7 +144,7 @@ def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
     return free
 
 
-def ensure_installed(remote: Any, host: str, facts: HostFacts, offline: bool | None) -> str:
+def ensure_installed(remote: Host, host: str, facts: HostFacts, offline: bool | None) -> str:
     """Install the pinned Ray in the host's private venv unless it is there; 'ok' or 'installed'."""
     if facts.node.ray_installed == plan.RAY_VERSION:
         return "ok"
@@ -164,7 +165,7 @@ def ensure_installed(remote: Any, host: str, facts: HostFacts, offline: bool | N
     return "installed"
 
 
-def ship_scripts(remote: Any) -> None:
+def ship_scripts(remote: Host) -> None:
     """The polite job wrapper, the gang driver, the launcher and the agent zipapp they import (the node side
     of the cluster is the agent's code: migrate/agent/raynode.py), into ~/.migrate/ray/bin (always: they
     are small, and they go together, so the scripts and the agent on a node are of one migrate)."""
@@ -399,7 +400,7 @@ def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: Connec
     return "started"
 
 
-def _start(remote: Any, command: str, host: str) -> None:
+def _start(remote: Host, command: str, host: str) -> None:
     res = remote.run(command, check=False, what="ray start", timeout=300)
     if not res.ok:
         lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
@@ -525,7 +526,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
 
 
 # -- down ----------------------------------------------------------------------------------------------
-def _stop_host(remote: Any, version: str, purge: bool, name: str = "", host: str = "") -> dict:
+def _stop_host(remote: Host, version: str, purge: bool, name: str = "", host: str = "") -> dict:
     here = remote.run(plan.host_record_name_command(), check=False,
                       what="read the host's cluster record").stdout.strip()
     if name and here and here != name:   # `ray stop` would end that cluster's processes too

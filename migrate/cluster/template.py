@@ -11,7 +11,6 @@ anything is copied), so a queued experiment's code never changes under it; each 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from migrate import ui
 from migrate.cluster.state import ClusterRecord
@@ -19,6 +18,7 @@ from migrate.errors import MigrateError, UsageError
 from migrate.jobs import template as tpl
 from migrate.jobs.spec import JobSpec
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
@@ -51,7 +51,7 @@ def describe(record: ClusterRecord, plan: tpl.TemplatePlan) -> str:
 
 
 def sync(record: ClusterRecord, plan: tpl.TemplatePlan, conn: ConnectOptions, *, dry_run: bool,
-         connector: Callable[[str], Any] | None = None) -> None:
+         connector: Callable[[str], Host] | None = None) -> None:
     """Copy the template into every experiment directory on every host, as on one host; raise if an
     experiment directory exists on any host (nothing is copied then) or a host fails."""
     if dry_run:
@@ -61,7 +61,7 @@ def sync(record: ClusterRecord, plan: tpl.TemplatePlan, conn: ConnectOptions, *,
 
     connector = connector or (lambda h: connect(h, conn))
     outcomes = for_each_host(list(record.hosts), connector)
-    remotes = [o.value for o in outcomes if o.ok]
+    remotes = [o.value for o in outcomes if o.ok and o.value is not None]
     try:
         failed = [o for o in outcomes if not o.ok]
         if failed:

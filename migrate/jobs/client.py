@@ -24,7 +24,8 @@ from migrate.errors import ConnectError, MigrateError, RemoteCommandError, Usage
 from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
 from migrate.remote import shell
-from migrate.remote.connection import Remote, connect
+from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 
 EXIT_NO_QUEUE = 96
@@ -79,7 +80,7 @@ def install_commands(bundle: AgentBundle) -> list[str]:
 class AgentClient:
     """The agent on one open connection."""
 
-    def __init__(self, remote: Remote, bundle: AgentBundle | None = None) -> None:
+    def __init__(self, remote: Host, bundle: AgentBundle | None = None) -> None:
         self.remote = remote
         self.bundle = bundle or build_agent()
         self.installed_now = False
@@ -227,7 +228,7 @@ LINGER_SCRIPT = ('u=$(id -un); if [ -e "/var/lib/systemd/linger/$u" ]; then echo
                  'elif loginctl enable-linger "$u" >/dev/null 2>&1; then echo enabled; else echo need-sudo; fi')
 
 
-def enable_linger(remote: Remote) -> str:
+def enable_linger(remote: Host) -> str:
     """Let the user's services outlive logout (`loginctl enable-linger`); 'ok' or 'changed'."""
     out = remote.run(shell.sh_c(LINGER_SCRIPT), what="check linger").stdout.strip()
     if out == "already":

@@ -147,13 +147,13 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(child(child(root, "run"), "sweep") or root,
                       f"run.sweep is {size} jobs; the limit is {MAX_JOBS} (make the sweep smaller)")
             job = {f.name: run[f.playbook] for f in JOB_FIELDS if f.playbook and run.get(f.playbook) is not None}
-            problem = spec_problem(JobSpec(**job))  # the one job validator, as `run` and jobs.yaml use it
-            if problem:
-                field = next((f.playbook for f in JOB_FIELDS if f.name == problem.field), None)
+            refused = spec_problem(JobSpec(**job))  # the one job validator, as `run` and jobs.yaml use it
+            if refused:
+                field = next((f.playbook for f in JOB_FIELDS if f.name == refused.field), None)
                 run_node = child(root, "run")
                 node = (key_node(run_node, field) if field else None) or run_node or root
-                v.err(node, f"run.{field or 'command'}: {problem.detail}"
-                      + (f" ({problem.hint})" if problem.hint else ""))
+                v.err(node, f"run.{field or 'command'}: {refused.detail}"
+                      + (f" ({refused.hint})" if refused.hint else ""))
     if v.errors:
         raise PlaybookError("; ".join(v.errors) if len(v.errors) < 2 else
                             f"{len(v.errors)} problems: " + "; ".join(v.errors),

@@ -94,7 +94,7 @@ def test_template_sync_copies_as_on_one_host_to_every_host_and_never_overwrites(
     from migrate.cluster import template as ctpl
     from migrate.jobs import submit
     from migrate.jobs import template as tpl
-    from migrate.remote.fake import FakeHost, FakeTarget
+    from tests.fakehost import FakeHost, FakeTarget
 
     uploads = []
     monkeypatch.setattr(submit, "_upload_template", lambda remote, plan, data: uploads.append((remote.name, data)))
@@ -149,7 +149,7 @@ def test_a_host_the_template_cannot_reach_stops_before_anything_is_submitted(tmp
     from migrate.errors import MigrateError
     from migrate.jobs import template as tpl
     from migrate.jobs.spec import JobSpec
-    from migrate.remote.fake import FakeHost, FakeTarget
+    from tests.fakehost import FakeHost, FakeTarget
 
     monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))
     state.save(record())
