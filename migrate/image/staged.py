@@ -41,6 +41,7 @@ STALE_DAYS = 7
 STAGE_MARGIN = 64 << 20  # keep this much free in the home directory beyond the staged file
 EXIT_BUSY = 75  # another push is writing the same file (flock)
 EXIT_MOVED = 76  # the committed length is not the one the preflight saw
+EXIT_WRONG = 77  # the file's sha256 is not the sender's: the load never gets the archive's tail
 
 
 def needs_staging(send: Sequence[int], sizes: Sequence[int], step_bytes: int) -> bool:
@@ -95,47 +96,84 @@ def staged_codec(codec: Codec, host_zstd: bool) -> tuple[Codec, str | None]:
     return Codec(reason=codec.reason), None
 
 
-# The receiver; @NAME@ are filled in by receive_script (each a quoted shell word or an integer).
-_RECEIVE = r"""umask 077; f=@FILE@; off=@OFFSET@; n=@TOTAL@; c=@CHUNK@
-mkdir -p @DIR@ && chmod 700 @DIR@ && cd @DIR@ || exit 1
+# The receiver; @NAME@ are filled in by receive_script (each a quoted shell word or an integer). Its
+# reports go to fd 3 (the ssh stdout); its stdout is `docker load`'s stdin.
+_RECEIVE = r"""umask 077; f=@FILE@; off=@OFFSET@; n=@TOTAL@; c=@CHUNK@; cut=@CUT@
+@PASS@mkdir -p @DIR@ && chmod 700 @DIR@ && cd @DIR@ || exit 1
 find . -maxdepth 1 -type f -name '*.tar*' -mtime +@STALE@ ! -name @MINE@ -exec rm -f {} + 2>/dev/null
 if command -v flock >/dev/null 2>&1; then exec 9>>"$f.lock"; flock -n 9 || exit @BUSY@; fi
 have=$(cat "$f.ok" 2>/dev/null || echo 0)
-[ "$have" = "$off" ] || { echo "staged.committed=$have"; exit @MOVED@; }
+[ "$have" = "$off" ] || { echo "staged.committed=$have" >&3; exit @MOVED@; }
 : >> "$f" && truncate -s "$off" "$f" || exit 1
 @PIPE@{
+  p="$f.hash.$$"; trap 'rm -f "$p" "$p.sum"' EXIT
+  mkfifo -m 600 "$p" || exit 1
+  sha256sum < "$p" > "$p.sum" &
+  exec 4> "$p"
+  r=$off; [ "$r" -le "$cut" ] || r=$cut
+  head -c "$r" "$f" | tee "$p" || exit 1
+  [ "$off" -le "$cut" ] || tail -c +$((cut + 1)) "$f" > "$p" || exit 1
   while [ "$off" -lt "$n" ]; do
     k=$((n - off)); [ "$k" -le "$c" ] || k=$c
-    head -c "$k" >> "$f"
+    [ "$off" -ge "$cut" ] || [ $((off + k)) -le "$cut" ] || k=$((cut - off))
+    if [ "$off" -lt "$cut" ]; then head -c "$k" | tee -a "$f" "$p"; else head -c "$k" | tee -a "$f" "$p" >/dev/null; fi
     s=$(wc -c < "$f"); [ $s -eq $((off + k)) ] || exit 74
     sync "$f" || exit 1
     off=$((off + k))
     printf '%s\n' "$off" > "$f.ok.tmp" && sync "$f.ok.tmp" && mv -f "$f.ok.tmp" "$f.ok" || exit 1
-    echo "staged.committed=$off"
+    echo "staged.committed=$off" >&3
   done
-  echo "staged.sha256=$(sha256sum < "$f" | cut -d ' ' -f 1)"
+  IFS= read -r want || exit 74
+  exec 4>&-; wait
+  sum=$(cut -d ' ' -f 1 < "$p.sum")
+  echo "staged.sha256=$sum" >&3
+  [ "$sum" = "$want" ] || exit @WRONG@
+  tail -c +$((cut + 1)) "$f"
 }
 """
 
 
-def receive_script(path: str, offset: int, total: int, chunk: int, decompress: str | None) -> str:
-    """Receive the archive's bytes `offset..total` into `path` (run as the login user).
+def receive_script(path: str, offset: int, total: int, chunk: int, decompress: str | None, cut: int,
+                   password_line: bool = False) -> str:
+    """Receive the archive's bytes `offset..total` into `path` (run as the login user) and pass the
+    whole archive on to its stdout (`docker load`'s stdin) as it arrives; reports go to fd 3.
 
-    Every `chunk` bytes: append exactly that much (`head -c` reads no further), fsync, then record the
-    new committed length in `path.ok` (fsynced, renamed) and print `staged.committed=N`. At the end
-    `staged.sha256=HEX` of the whole file. The file is first truncated to `offset`, which must be the
-    committed length (exit EXIT_MOVED otherwise); a second writer of the same file exits EXIT_BUSY.
-    Files of other pushes untouched for STALE_DAYS go."""
+    The committed prefix is replayed from the file first. Every `chunk` bytes: append exactly that much
+    (`head -c` reads no further) while `tee` hands the same bytes to stdout and to a `sha256sum` behind
+    a fifo, fsync, then record the new committed length in `path.ok` (fsynced, renamed) and report
+    `staged.committed=N`. The bytes from `cut` on (the member that names the tags, see `tags_last`) are
+    held back: after the archive the sender's digest line follows, and only when the file's sha256
+    (`staged.sha256=HEX`) equals it does the tail go out; otherwise the load sees a truncated archive
+    (exit EXIT_WRONG). The file is first truncated to `offset`, which must be the committed length (exit
+    EXIT_MOVED otherwise); a second writer of the same file exits EXIT_BUSY. Files of other pushes
+    untouched for STALE_DAYS go. `password_line`: the first stdin line (sudo's password) is passed on."""
     d, f = posixpath.split(path)
     fill = {"FILE": shell.quote(f), "OFFSET": str(int(offset)), "TOTAL": str(int(total)), "CHUNK": str(int(chunk)),
-            "DIR": shell.quote(d), "STALE": str(STALE_DAYS), "MINE": shell.quote(f + "*"), "BUSY": str(EXIT_BUSY),
-            "MOVED": str(EXIT_MOVED), "PIPE": f"{decompress} | " if decompress else ""}
+            "CUT": str(int(cut)), "DIR": shell.quote(d), "STALE": str(STALE_DAYS), "MINE": shell.quote(f + "*"),
+            "BUSY": str(EXIT_BUSY), "MOVED": str(EXIT_MOVED), "WRONG": str(EXIT_WRONG),
+            "PIPE": f"{decompress} | " if decompress else "",
+            "PASS": "IFS= read -r pw || exit 74; printf '%s\\n' \"$pw\"; pw=\n" if password_line else ""}
     return re.sub(r"@([A-Z]+)@", lambda m: fill[m.group(1)], _RECEIVE)
 
 
-def load_script(path: str) -> str:
-    """`docker load -i` of a staged archive (run with docker rights)."""
-    return f"docker load -i {shell.quote(path)}"
+def staged_command(receiver: str, load: str) -> str:
+    """One stream: the receiver (login user) piped into `load` (with docker rights); the receiver's
+    exit status is reported as `staged.rc=N` (POSIX sh has no pipefail)."""
+    return shell.sh_c(f"exec 3>&1; {{ {shell.sh_c(receiver)}; echo \"staged.rc=$?\" >&3; }} | {load}")
+
+
+def tags_last(members: Sequence[Member]) -> list[Member]:
+    """A staged archive's members with the one that names the tags (docker-save's manifest.json; an OCI
+    layout's index.json is last already) at the end, where the receiver holds it back until the file's
+    digest is checked; `docker load` reads the whole archive before it looks at either."""
+    return [m for m in members if m.name != "manifest.json"] + [m for m in members if m.name == "manifest.json"]
+
+
+def hold_back(members: Sequence[Member]) -> int:
+    """Where the receiver stops passing bytes on until the digest is checked: one byte before the last
+    member's header, so the archive `docker load` sees without it is truncated mid-block (a tar reader
+    fails with an unexpected EOF there; cut on a block boundary it would end cleanly)."""
+    return tar_size(members[:-1]) - 1024 - 1
 
 
 def remove_command(paths: Iterable[str]) -> str:
@@ -203,7 +241,7 @@ class StagedMixin:
         for n, step in enumerate(steps):
             if not needs_staging(step.send, sizes, self.options.step_bytes):
                 continue
-            members = self._step_members(step, None, oci)
+            members = tags_last(self._step_members(step, None, oci))
             names[n] = stage_name(img.archive_id, len(step.diff_ids), len(img.diff_ids), archive_key(members))
             size = tar_size(members)
             plan.write = max(plan.write, size - min(facts.staged.get(names[n], (0, 0))[1], size))
@@ -231,8 +269,8 @@ class StagedMixin:
 
     def _stream_staged(self, session, img, master, codec: Codec, step, members: Sequence[Member], limiter,
                        task) -> StreamResult:
-        """Stream one staged step from the host's committed offset, check the whole file's sha256 on the
-        host, `docker load -i` it; the load's result (as a StreamResult of the bytes this run sent)."""
+        """Stream one staged step from the host's committed offset into the file and, in the same pass,
+        into `docker load` (module doc); the load's result, as a StreamResult of the bytes this run sent."""
         facts = session.facts
         path = stage_path(facts.home, step.stage)
         total = tar_size(members)
@@ -244,17 +282,28 @@ class StagedMixin:
         outer, decompress = staged_codec(codec, bool(facts.zstd))
         digest = hashlib.sha256()
         sink: list[bytes] = []
-        script = receive_script(path, offset, total, chunk_bytes(self.options.step_bytes), decompress)
+        password = facts.access == "sudo-password"
+        receiver = receive_script(path, offset, total, chunk_bytes(self.options.step_bytes), decompress,
+                                  hold_back(members), password_line=password)
+        command = staged_command(receiver, rdocker.stream_command(facts.access, "docker load"))
+        first = (session.remote.sudo_password() + "\n").encode() if password else None
         layer = f"layer {len(step.diff_ids)} of {len(img.diff_ids)} of {img.display}"
 
+        def chunks() -> Iterator[bytes]:
+            yield from skip_hashed(tar_stream(members), offset, digest)
+            yield digest.hexdigest().encode() + b"\n"  # the receiver checks the file against it
+
         def kept() -> str:
-            done = reported(b"".join(sink).decode(errors="replace"), "committed") or str(offset)
-            return (f"{ui.human_bytes(int(done))} of the {ui.human_bytes(total)} archive of {layer} "
+            done = int(reported(b"".join(sink).decode(errors="replace"), "committed") or offset)
+            if done >= total:
+                return (f"the whole archive of {layer} is there in {display_path(step.stage)} "
+                        "(a rerun loads it without sending it again)")
+            return (f"{ui.human_bytes(done)} of the {ui.human_bytes(total)} archive of {layer} "
                     f"is kept there in {display_path(step.stage)}")
 
         try:
-            res = stream(master.argv(shell.sh_c(script)), skip_hashed(tar_stream(members), offset, digest),
-                         StreamCompressor(outer), display=session.name, limiter=limiter, stdout_sink=sink,
+            res = stream(master.argv(command), chunks(), StreamCompressor(outer), display=session.name,
+                         first_line=first, limiter=limiter, stdout_sink=sink,
                          on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
         except StreamBroken as exc:
             exc.note = f"; {kept()}"  # type: ignore[attr-defined]
@@ -262,34 +311,24 @@ class StagedMixin:
         except KeyboardInterrupt:
             ui.warn(f"{session.name}: {kept()}; rerun the same command to resume")
             raise
-        facts.staged[step.stage] = (total, int(reported(res.stdout, "committed") or offset))
-        if res.exit_code == EXIT_BUSY:
+        committed = int(reported(res.stdout, "committed") or offset)
+        facts.staged[step.stage] = (total, committed)  # removed with the image's other staged files
+        rc = int(reported(res.stdout, "rc") or 0)
+        got = reported(res.stdout, "sha256")
+        if rc == EXIT_BUSY:
             raise MigrateError(f"another push-image is writing {display_path(step.stage)} on {session.name}",
                                hint="let it finish (or stop it), then rerun")
-        if res.exit_code != 0:
-            text = (res.stderr.strip() or f"exit code {res.exit_code}").splitlines()
-            raise MigrateError(f"staging {layer} in {display_path(step.stage)} on {session.name} failed: {text[-1]}",
-                               hint="rerun the same command" if res.exit_code == EXIT_MOVED else None)
-        got = reported(res.stdout, "sha256")
-        if got != digest.hexdigest():
+        if got and got != digest.hexdigest():
             self._remove_staged(session, [step.stage])
             raise MigrateError(f"the staged archive of {layer} on {session.name} is not what was sent "
-                               f"(sha256 {got[:12] or 'missing'}, expected {digest.hexdigest()[:12]}); it was removed",
-                               hint="rerun the same command: it sends that archive again")
-        # the load goes through the same master as every stream (a broken connection is StreamBroken there
-        # too); the file goes as the login user once it is loaded
-        first = (session.remote.sudo_password() + "\n").encode() if facts.access == "sudo-password" else None
-        command = f"{rdocker.stream_command(facts.access, load_script(path))} && {remove_command([path])}"
-        try:
-            load = stream(master.argv(command), [], StreamCompressor(Codec()), display=session.name, first_line=first)
-        except StreamBroken as exc:
-            exc.wire_bytes += res.wire_bytes
-            exc.note = (f"; the checked archive of {layer} is complete there in "  # type: ignore[attr-defined]
-                        f"{display_path(step.stage)} (a rerun loads it without sending it again)")
-            raise
-        if load.exit_code == 0:
-            facts.staged.pop(step.stage, None)
-        elif "no space left" not in (load.stdout + load.stderr).lower():
-            self._remove_staged(session, [step.stage])  # a load that would fail again
-        return StreamResult(load.exit_code, load.stdout, load.stderr, res.input_bytes, res.wire_bytes,
-                            res.seconds + load.seconds)
+                               f"(sha256 {got[:12]}, expected {digest.hexdigest()[:12]}); it was removed "
+                               "and not loaded", hint="rerun the same command: it sends that archive again")
+        if rc != 0 and (rc == EXIT_MOVED or "no space left" not in (res.stdout + res.stderr).lower()):
+            # (a load that ran out of space stops the receiver too: the caller names the load's error)
+            text = (res.stderr.strip() or f"exit code {rc}").splitlines()
+            raise MigrateError(f"staging {layer} in {display_path(step.stage)} on {session.name} failed: {text[-1]}",
+                               hint="rerun the same command" if rc == EXIT_MOVED else None)
+        if res.exit_code != 0 and committed >= total and got and "no space left" not in \
+                (res.stdout + res.stderr).lower():
+            self._remove_staged(session, [step.stage])  # a checked archive whose load would fail again
+        return res
