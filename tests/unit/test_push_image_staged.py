@@ -100,23 +100,30 @@ def test_the_preflight_script_reports_what_the_receiver_left(tmp_path):
 
 
 # -- the host's receiver ---------------------------------------------------------------------------
+@pytest.fixture(params=[True, False], ids=["python3", "sh"])
+def rs(request):
+    """receive_script with the host's python3, and the POSIX sh + coreutils one a host without it runs."""
+    return lambda *a, **kw: S.receive_script(*a, python=request.param, **kw)
+
+
 def receive(script: str, data: bytes, out: Path) -> subprocess.CompletedProcess:
     """Run a receiver as staged_command does: reports on stdout (fd 3), what `docker load` would read in `out`."""
     return sh(f"{shell.sh_c(script)} 3>&1 > {shell.quote(str(out))}", data)
 
 
-def test_receiver_commits_whole_chunks_and_passes_the_archive_on_as_it_arrives(tmp_path):
+def test_receiver_commits_whole_chunks_and_passes_the_archive_on_as_it_arrives(tmp_path, rs):
     data = os.urandom(5 * MIB + 123)
     cut, out = len(data) - 700, tmp_path / "load"
     path = str(tmp_path / "stage" / "x-1of1-k.tar")
-    res = receive(S.receive_script(path, 0, len(data), MIB, None, cut), data[:3 * MIB + 500], out)  # dies
+    res = receive(rs(path, 0, len(data), MIB, None, cut), data[:3 * MIB + 500], out)  # dies
     assert res.returncode == 74
     assert Path(path).stat().st_size == 3 * MIB + 500 and Path(path + ".ok").read_text() == f"{3 * MIB}\n"
     assert S.reported(res.stdout.decode(), "committed") == str(3 * MIB)
     assert out.read_bytes() == data[:3 * MIB + 500]  # the load had it as it came (and fails, truncated)
+    Path(path + ".hash.1").write_bytes(b"")  # what a receiver killed by a signal leaves
     assert Path(path).stat().st_mode & 0o777 == 0o600 and (tmp_path / "stage").stat().st_mode & 0o777 == 0o700
     digest = hashlib.sha256(data).hexdigest()
-    res = receive(S.receive_script(path, 3 * MIB, len(data), MIB, "gzip -dc", cut),
+    res = receive(rs(path, 3 * MIB, len(data), MIB, "gzip -dc", cut),
                   gzip.compress(data[3 * MIB:] + digest.encode() + b"\n"), out)
     assert res.returncode == 0, res.stderr
     assert Path(path).read_bytes() == data  # the uncommitted 500 bytes were cut before appending
@@ -126,44 +133,44 @@ def test_receiver_commits_whole_chunks_and_passes_the_archive_on_as_it_arrives(t
                                                                        "x-1of1-k.tar.ok"]  # no fifo left
 
 
-def test_receiver_holds_the_tail_back_when_the_digest_differs(tmp_path):
+def test_receiver_holds_the_tail_back_when_the_digest_differs(tmp_path, rs):
     data, out = os.urandom(3 * MIB), tmp_path / "load"
     path = str(tmp_path / "x-1of1-k.tar")
     for offset, cut in ((0, 2 * MIB + 7), (3 * MIB, 2 * MIB + 7), (3 * MIB, 3 * MIB - 1)):
         if offset:  # a rerun after all was committed: the prefix is replayed, nothing more sent
             Path(path).write_bytes(data)
             Path(path + ".ok").write_text(f"{offset}\n")
-        res = receive(S.receive_script(path, offset, len(data), MIB, None, cut), data[offset:] + b"0" * 64 + b"\n", out)
+        res = receive(rs(path, offset, len(data), MIB, None, cut), data[offset:] + b"0" * 64 + b"\n", out)
         assert res.returncode == S.EXIT_WRONG
         assert S.reported(res.stdout.decode(), "sha256") == hashlib.sha256(data).hexdigest()
         assert out.read_bytes() == data[:cut]
 
 
-def test_receiver_passes_the_sudo_password_line_first(tmp_path):
+def test_receiver_passes_the_sudo_password_line_first(tmp_path, rs):
     data, out = b"a" * 5000, tmp_path / "load"
     digest = hashlib.sha256(data).hexdigest().encode()
-    res = receive(S.receive_script(str(tmp_path / "x.tar"), 0, len(data), MIB, None, 4000, password_line=True),
+    res = receive(rs(str(tmp_path / "x.tar"), 0, len(data), MIB, None, 4000, password_line=True),
                   b"s3cret\n" + data + digest + b"\n", out)
     assert res.returncode == 0, res.stderr
     assert out.read_bytes() == b"s3cret\n" + data
 
 
-def test_receiver_refuses_an_offset_that_is_not_the_committed_one(tmp_path):
+def test_receiver_refuses_an_offset_that_is_not_the_committed_one(tmp_path, rs):
     path = str(tmp_path / "x-1of1-k.tar")
     Path(path).write_bytes(b"y" * 100)
     Path(path + ".ok").write_text("64\n")
-    res = receive(S.receive_script(path, 0, 200, MIB, None, 150), b"z" * 200, tmp_path / "load")
+    res = receive(rs(path, 0, 200, MIB, None, 150), b"z" * 200, tmp_path / "load")
     assert res.returncode == S.EXIT_MOVED and S.reported(res.stdout.decode(), "committed") == "64"
     assert Path(path).read_bytes() == b"y" * 100  # untouched
 
 
-def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path, rs):
     path = str(tmp_path / "x-1of1-k.tar")
     holder = subprocess.Popen(["flock", path + ".lock", "sh", "-c", "read x"], stdin=subprocess.PIPE)
     try:
         from tests.conftest import wait_until
         wait_until(lambda: Path(path + ".lock").exists(), timeout=10)
-        res = receive(S.receive_script(path, 0, 10, MIB, None, 5), b"z" * 10, tmp_path / "load")
+        res = receive(rs(path, 0, 10, MIB, None, 5), b"z" * 10, tmp_path / "load")
         assert res.returncode == S.EXIT_BUSY and not Path(path).exists()
     finally:
         holder.communicate(b"\n", timeout=10)
@@ -177,7 +184,7 @@ def test_a_truncated_staged_archive_ends_mid_block():
     assert cut % 512 == 511 and b"".join(tar_stream(members))[cut + 1:cut + 14] == b"manifest.json"
 
 
-def test_receiver_removes_other_stale_partials_only(tmp_path):
+def test_receiver_removes_other_stale_partials_only(tmp_path, rs):
     old, fresh = tmp_path / "old-1of1-a.tar", tmp_path / "new-1of1-b.tar"
     for p in (old, fresh, tmp_path / "old-1of1-a.tar.ok"):
         p.write_bytes(b"1")
@@ -188,7 +195,7 @@ def test_receiver_removes_other_stale_partials_only(tmp_path):
     mine.write_bytes(b"")
     os.utime(mine, (week_ago, week_ago))
     abc = b"abc" + hashlib.sha256(b"abc").hexdigest().encode() + b"\n"
-    assert receive(S.receive_script(str(mine), 0, 3, MIB, None, 2), abc, tmp_path / "load").returncode == 0
+    assert receive(rs(str(mine), 0, 3, MIB, None, 2), abc, tmp_path / "load").returncode == 0
     assert not old.exists() and fresh.exists() and mine.read_bytes() == b"abc"
 
 
@@ -322,8 +329,10 @@ def test_a_complete_image_removes_its_staged_files(staged_push):
     with pytest.raises(StreamBroken):
         t.pusher._stream_steps(t.session, t.img, Master(t.host, cut_at=2 * MIB), Codec(), [step], "docker load")
     t.session.facts.staged = _host_listing(t)
+    (t.home / ".migrate" / "image-partial" / (step.stage + ".hash.7.sum")).write_bytes(b"")  # a killed receiver's
     t.pusher._drop_staged(t.session, t.img)
     assert _host_listing(t) == {} and t.session.facts.staged == {}
+    assert not list((t.home / ".migrate" / "image-partial").iterdir())
     assert tar_size(t.pusher._step_members(step, None, False)) == len(t.archive)
 
 
