@@ -4,7 +4,8 @@ A checkpoint image (archive.plan_load_steps) commits whole layers only, so a bro
 middle of one big layer (NGC images have layers of several GB) used to send that layer again from its
 first byte. Such a step's archive (a plain tar: layers never gzip'd inside, so its bytes do not depend on
 the codec) now streams into `~/.migrate/image-partial/<image>-<k>of<n>-<key>.tar` on the host, written
-as the login user (0600, dir 0700). The host's receiver (`receive_script`, POSIX sh + coreutils) appends
+as the login user (0600, dir 0700). The host's receiver (`receive_script`: one python3 process where the
+host has python3, else POSIX sh + coreutils) appends
 `--checkpoint` bytes at a time (`head -c`), fsyncs them, and only then writes the committed length to
 `NAME.tar.ok` (fsynced, renamed into place). The preflight lists these files (remote.FACTS_SCRIPT); a
 rerun truncates the file to its committed length and sends the archive from that uncompressed offset
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import queue
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -143,9 +146,15 @@ have=$(cat "$f.ok" 2>/dev/null || echo 0)
 # The same receiver in one python3 process where the host has one (1 MiB blocks, hashlib; the sh loop
 # moves 8 KiB at a time through head, tee and a fifo: about 3x the CPU, which a busy host feels).
 _RECEIVE_PY = r"""
-import hashlib, os, sys, threading
+import hashlib, os, queue, sys, threading
 f, off, n, c, cut = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 inp, out, rep, h, B = sys.stdin.buffer, sys.stdout.buffer, os.fdopen(3, "w"), hashlib.sha256(), 1 << 20
+hq = queue.Queue(32)  # the sha256 runs in a thread beside the copy
+def hasher():
+    for b in iter(hq.get, None):
+        h.update(b)
+hashing = threading.Thread(target=hasher, daemon=True)
+hashing.start()
 def emit(pos, b):
     if pos < cut:
         out.write(b[:cut - pos])
@@ -172,7 +181,7 @@ try:
             b = fh.read(min(B, off - pos))
             if not b:
                 sys.exit(74)
-            h.update(b); emit(pos, b); pos += len(b)
+            hq.put(b); emit(pos, b); pos += len(b)
     fd = os.open(f, os.O_WRONLY | os.O_APPEND)
     while off < n:
         k, got = min(c, n - off), 0
@@ -181,13 +190,15 @@ try:
             if not b:
                 committed()
                 sys.exit(74)
-            put(fd, b); h.update(b); emit(off + got, b); got += len(b)
+            put(fd, b); hq.put(b); emit(off + got, b); got += len(b)
         committed()
         off += k
         syncing = threading.Thread(target=commit, args=(fd, off))
         syncing.start()
     committed()
     want = inp.readline().strip().decode()
+    hq.put(None)
+    hashing.join()
     rep.write("staged.sha256=%s\n" % h.hexdigest()); rep.flush()
     if h.hexdigest() != want:
         sys.exit(@WRONG@)
@@ -259,6 +270,31 @@ def reported(stdout: str, key: str) -> str:
     """The last `staged.<key>=VALUE` the receiver printed ('' when none)."""
     found = re.findall(rf"^staged\.{re.escape(key)}=(\S*)\s*$", stdout, re.M)
     return found[-1] if found else ""
+
+
+class BackgroundSha256:
+    """sha256 in a thread (hashlib lets go of the GIL on big buffers): the stream does not wait for it."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self._hex = ""
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        for block in iter(self._q.get, None):
+            self._h.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._q.put(block)
+
+    def hexdigest(self) -> str:
+        if not self._hex:
+            self._q.put(None)
+            self._t.join()
+            self._hex = self._h.hexdigest()
+        return self._hex
 
 
 def skip_hashed(chunks: Iterable[bytes], offset: int, digest) -> Iterator[bytes]:
@@ -353,7 +389,7 @@ class StagedMixin:
             if task is not None:
                 self.progress.advance(task, offset)
         outer, decompress = staged_codec(codec, bool(facts.zstd))
-        digest = hashlib.sha256()
+        digest = BackgroundSha256()
         sink: list[bytes] = []
         password = facts.access == "sudo-password"
         receiver = receive_script(path, offset, total, chunk_bytes(self.options.step_bytes), decompress,
