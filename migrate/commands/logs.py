@@ -49,6 +49,6 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
         tail = tail_n
     if cluster_state.exists(host):  # a cluster name (issue 14)
         sys.exit(cluster_jobs.logs(host, conn, job, follow=follow, tail=tail))
-    with agent_session(host, conn) as client:
+    with agent_session(host, conn, lazy=True) as client:  # logs stream over ssh: no paramiko handshake
         code = client.stream(logs_args(job, follow, tail))
     sys.exit(code)

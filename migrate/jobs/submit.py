@@ -34,7 +34,7 @@ from migrate.jobs.spec import (
     parse_size_mib,
     parse_sweeps,
 )
-from migrate.remote import shell
+from migrate.remote import roundtrips, shell
 from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
 
@@ -124,6 +124,7 @@ def _upload_template(remote: Remote, plan: tpl.TemplatePlan, data: bytes) -> Non
                what="create ~/.migrate/tmp")
     archive = posixpath.join(tmp_dir, f"template-{uuid.uuid4().hex}.tar.gz")
     sftp = remote.connection.sftp()
+    roundtrips.note("sftp", remote.target.alias, f"write {archive}")
     with ui.transfer_progress(transient=True) as progress:
         task = progress.add_task(f"template {plan.source.name}", total=len(data))
         sftp.putfo(io.BytesIO(data), archive, file_size=len(data),

@@ -43,7 +43,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from migrate import ui
 from migrate.errors import ConnectError, HostKeyError, RemoteCommandError, SudoError
 from migrate.paths import sandbox_ssh_configs
-from migrate.remote import probe_fragments, shell
+from migrate.remote import probe_fragments, roundtrips, shell
 from migrate.remote.hosts import (
     ConnectOptions,
     HostSpec,
@@ -301,6 +301,7 @@ class Remote:
         t = self.target
         where = f"{t.alias}" + (f" ({t.hostname})" if t.hostname != t.alias else "") + f" port {t.port}"
         conn = _fabric_connection(t, self.configs, self.options)
+        roundtrips.note("connect", t.alias, "paramiko")
         try:
             conn.open()
         except HostKeyError:
@@ -385,6 +386,7 @@ class Remote:
         kwargs = {"hide": True, "warn": True, "timeout": timeout,
                   "in_stream": _ChunkedInput(stdin) if stdin is not None else False}
         ui.debug(f"[{self.target.alias}]{' (sudo)' if sudo else ''} $ {command}", level=2)
+        roundtrips.note("exec", self.target.alias, what or command)
         try:
             if sudo and self.sudo_mode() == "password":
                 result = conn.sudo(shell.sh_c(command), password=self._password(), **kwargs)
@@ -470,6 +472,7 @@ class Remote:
         tmp_dir = posixpath.join(self.home(), ".migrate", "tmp")
         self.run(shell.mkdir_private(tmp_dir), what="create ~/.migrate/tmp")
         tmp = posixpath.join(tmp_dir, f"upload-{uuid.uuid4().hex}")
+        roundtrips.note("sftp", self.target.alias, f"write {remote_path}")
         try:
             with sftp.open(tmp, "wb") as fh:
                 fh.set_pipelined(True)

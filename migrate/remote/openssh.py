@@ -32,7 +32,7 @@ from pathlib import Path
 from migrate import ui
 from migrate.errors import ConnectError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
-from migrate.remote import shell
+from migrate.remote import roundtrips, shell
 from migrate.remote.hosts import (
     ConnectOptions,
     HostSpec,
@@ -131,6 +131,7 @@ class ControlMaster:
             extra += ["-c", self.cipher]
         argv = [*self.base, *extra, self.alias]
         ui.debug("$ " + " ".join(argv), level=2)
+        roundtrips.note("connect", self.alias, "ssh ControlMaster")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.connect_timeout + 10
@@ -158,7 +159,9 @@ class ControlMaster:
         return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", self.alias]
 
     def argv(self, command: str) -> list[str]:
-        """`ssh ... -T alias COMMAND` through the master."""
+        """`ssh ... -T alias COMMAND` through the master (one exec channel: counted here, where every
+        caller builds the one process it runs)."""
+        roundtrips.note("exec", self.alias, command)
         return [*self.client_argv()[:-1], "-T", self.alias, command]
 
     def alive(self) -> bool:
@@ -239,6 +242,7 @@ class OpenSshSession:
         full = shell.sudo_nopasswd(command) if sudo and sudo_mode != "root" else command
         self._ensure_master()
         ui.debug(f"[{self.spec.host}] $ {full}", level=2)
+        roundtrips.note("exec", self.spec.host, what or command)
         try:
             # no stdin given: /dev/null, never ours (a command must not eat what the user pipes to migrate)
             feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from migrate.errors import ConnectError, MigrateError
-from migrate.remote import shell
+from migrate.remote import roundtrips, shell
 from migrate.setup import apt, daemon_json, journal, sources, verify
 from migrate.setup.facts import JOURNAL_DIR, SetupFacts, gather
 from migrate.setup.offline import sha256
@@ -82,12 +82,14 @@ class TimedRemote:
 
     def read_bytes(self, path: str) -> bytes:
         def _read() -> bytes:
+            roundtrips.note("sftp", self.remote.target.alias, f"read {path}")
             with self.remote.connection.sftp().open(path, "rb") as fh:
                 return fh.read()
         return self._timed(_read)
 
     def put_file(self, local: str, remote_path: str, callback: Callable[[int, int], None] | None = None) -> None:
         def _put() -> None:
+            roundtrips.note("sftp", self.remote.target.alias, f"write {remote_path}")
             sftp = self.remote.connection.sftp()
             sftp.put(local, remote_path, callback=callback, confirm=True)
             sftp.chmod(remote_path, 0o600)

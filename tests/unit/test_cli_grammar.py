@@ -40,7 +40,7 @@ def fake_agent(monkeypatch):
     client = _FakeClient()
 
     @contextlib.contextmanager
-    def session(host, conn):
+    def session(host, conn, lazy=False):
         yield client
 
     monkeypatch.setattr(status, "agent_session", session)
