@@ -29,6 +29,7 @@ VERBS = {
     "init": "migrate.commands.init:command",
     "logs": "migrate.commands.logs:command",
     "mirror": "migrate.commands.mirror:command",
+    "notebook": "migrate.commands.notebook:command",
     "pull-data": "migrate.commands.push_data:pull_command",
     "push-data": "migrate.commands.push_data:push_command",
     "push-env": "migrate.commands.push_env:command",
@@ -39,6 +40,7 @@ VERBS = {
     "sandbox": "migrate.commands.sandbox:group",
     "shell": "migrate.commands.shell:command",
     "status": "migrate.commands.status:command",
+    "sync": "migrate.commands.sync:command",
     "tunnel": "migrate.commands.tunnel:command",
     "wait": "migrate.commands.wait:command",
 }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, old_spelling
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
+from migrate.data.syncback import follow_syncing
 from migrate.jobs.client import agent_session, check_job_refs
 from migrate.remote.hosts import ConnectOptions
 
@@ -35,7 +37,8 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
     The log holds every attempt, each starting with a `[migrate] ... started` line and ending
     with the exit code. With -f it waits for a queued job to start and stops when it ends; if
     the dispatcher is not running it records the job's end itself and warns, and a queued job that
-    cannot start (no dispatcher, paused queue) ends the follow with an error.
+    cannot start (no dispatcher, paused queue) ends the follow with an error. If the last
+    `migrate run HOST` had --sync-back for this job, -f pulls it as `migrate wait` does.
 
     \b
     Examples:
@@ -49,6 +52,9 @@ def command(host: str, job: str, conn: ConnectOptions, follow: bool, tail: int |
         tail = tail_n
     if cluster_state.exists(host):  # a cluster name (issue 14)
         sys.exit(cluster_jobs.logs(host, conn, job, follow=follow, tail=tail))
-    with agent_session(host, conn, lazy=True) as client:  # logs stream over ssh: no paramiko handshake
+    # -f: the last run's --sync-back that includes this job pulls as under `migrate wait` (migrate.data.syncback);
+    # lazy: the log streams over ssh, so no paramiko handshake unless the agent must be installed
+    with follow_syncing(host, conn, job) if follow else nullcontext(), \
+            agent_session(host, conn, lazy=True) as client:
         code = client.stream(logs_args(job, follow, tail))
     sys.exit(code)

@@ -14,7 +14,7 @@ import click
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
 from migrate.cluster import jobs as cluster_jobs
 from migrate.cluster import state as cluster_state
-from migrate.data.syncback import parse_sync_back
+from migrate.data.syncback import cluster_sync_groups, parse_sync_back
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
@@ -110,8 +110,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if nodes and not on_cluster:
         raise UsageError("--nodes runs one job across the servers of a cluster",
                          hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
-    if on_cluster and (notify or sync_back):
-        raise UsageError("--notify and --sync-back are not supported on a cluster yet",
+    if on_cluster and notify:  # Ray jobs have no dispatcher to post; the URL is not stored here
+        raise UsageError("--notify is not supported on a cluster",
                          hint=f"let the laptop post it: migrate wait {host} --notify URL")
     if on_cluster and compose_file:
         raise UsageError("--compose is not supported on a cluster yet",
@@ -148,12 +148,14 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if on_cluster:
         if not dry_run:
             confirm_many_jobs(len(specs), where=host, yes=yes)
+        cluster_sync_groups(specs, [], None)  # one --sync-back for the run, checked before submitting
         seq = cluster_state.load(host).job_seq
         code = cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
                                            nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
                                            else gpus_per_node, template=plan)
         if not dry_run:  # the ids this run took (cluster ids count up): what `migrate wait NAME` waits for
-            lastrun.record(host, list(range(seq + 1, cluster_state.load(host).job_seq + 1)))
+            ids = list(range(seq + 1, cluster_state.load(host).job_seq + 1))
+            lastrun.record(host, ids, sync=cluster_sync_groups(specs, ids, every_s))  # pulled from the head
         sys.exit(code)
     if not dry_run:
         confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built

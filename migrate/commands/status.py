@@ -99,6 +99,8 @@ def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states:
 @click.argument("first", metavar="[HOST]", required=False)
 @host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.")
 @connection_options
+@click.option("-f", "--playbook", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also every host of this playbook (its cluster if it names one), as `apply` reads it.")
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not just unfinished and recent ones.")
 @click.option("--state", "states", metavar="LIST", help="Only jobs in these states, e.g. failed,lost.")
 @click.option("--last", type=click.IntRange(0, 100000), default=20, show_default=True,
@@ -107,8 +109,8 @@ def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states:
 @click.option("--json", "as_json", is_flag=True,
               help="Print {host, dispatcher, paused, counts, jobs: [...]} as JSON (several hosts: "
                    "{hosts: [...], counts, unreachable, jobs: [{host, ...}]}).")
-def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show_all: bool, states: str | None,
-            last: int, last_n: int | None, as_json: bool) -> None:
+def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, playbook: str | None, show_all: bool,
+            states: str | None, last: int, last_n: int | None, as_json: bool) -> None:
     """Show the jobs on HOST: state, GPU, runtime, exit code and why a job waits.
 
     \b
@@ -116,6 +118,7 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show
       migrate status gpu1
       migrate status gpu1 --state failed,lost
       migrate status -H gpu1 -H gpu2 -H gpu3   # in parallel, one table
+      migrate status -f migrate.yml            # every host of a playbook
 
     Works from any machine and any SSH session: the queue lives on the host. Finished jobs
     whose dispatcher was not running are recorded now (their exit codes were kept). With several
@@ -126,8 +129,9 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, show
         old_spelling(f"status -n {last_n}", f"status --last {last_n}", SHORT_N)
         last = last_n
     every = ([first] if first else []) + [h for h in host if h != first]
+    every += [t for t in (multi.playbook_targets(playbook) if playbook else []) if t not in every]
     if not every:
-        raise UsageError("name a host", hint="e.g. migrate status gpu1, or -H gpu1 -H gpu2")
+        raise UsageError("name a host", hint="e.g. migrate status gpu1, -H gpu1 -H gpu2, or -f migrate.yml")
     if len(every) > 1:
         sys.exit(show_many(every, conn, show_all=show_all, states=states, last=last, as_json=as_json))
     [host] = every

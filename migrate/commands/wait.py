@@ -11,8 +11,7 @@ from migrate import ui
 from migrate.agent.notify import describe as describe_target
 from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
-from migrate.cluster import state as cluster_state
-from migrate.data.syncback import Syncer, SyncTask
+from migrate.data.syncback import pending_tasks, recording_syncer
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import wait as w
@@ -90,9 +89,8 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     chosen = wait_targets(target, host, jobs, every_active)
     notify = notify_target(notify, notify_format)
     limit = parse_duration(timeout, what="--timeout") if timeout else None
-    syncer = sync_backs(chosen, conn, parse_duration(every, what="--every") if every else None)
-    readers: list[w.JobReader] = [w.ClusterReader(t, conn) if cluster_state.exists(t) else w.HostReader(t, conn)
-                                  for t in chosen]
+    syncer = recording_syncer(pending_tasks(chosen, parse_duration(every, what="--every") if every else None), conn)
+    readers = [w.reader_for(t, conn) for t in chosen]
     live = ui.out.is_terminal and not as_json
     count = sum(len(v) for v in chosen.values() if v is not None)
     what = f"{count} job(s)" if count and all(v is not None for v in chosen.values()) else "the jobs"
@@ -100,15 +98,6 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
     def print_finished(row: w.JobRow) -> None:
         if not live and not as_json:
             ui.line(w.finished_line(row))
-
-    silent: set[str] = set()
-
-    def say_unreachable(rows: list[w.JobRow], errors: dict[str, str], elapsed: float) -> None:
-        for target, err in errors.items():
-            if target not in silent:
-                ui.warn(f"{target} did not answer ({err}); asking again at the next poll")
-        silent.clear()
-        silent.update(errors)
 
     try:
         if not live:
@@ -122,7 +111,7 @@ def command(target: str | None, jobs: tuple[str, ...], host: tuple[str, ...], co
                 result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval, on_poll=redraw,
                                          tail_lines=tail_lines, after_poll=syncer.after_poll, settled=syncer.settled)
         else:
-            result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval, on_poll=say_unreachable,
+            result = w.wait_for_jobs(readers, chosen, timeout=limit, interval=interval, on_poll=w.UnreachableWarnings(),
                                      on_finished=print_finished, tail_lines=tail_lines,
                                      after_poll=syncer.after_poll, settled=syncer.settled)
     except KeyboardInterrupt:
@@ -156,18 +145,6 @@ def tell(result: w.WaitResult, targets: list[str], notify: str | None, *, deskto
             ui.warn(f"notification to {describe_target(notify)} failed: {error}")
         else:
             ui.info(f"notified {describe_target(notify)}")
-
-
-def sync_backs(chosen: w.Chosen, conn: ConnectOptions, every: float | None) -> Syncer:
-    """The sync-backs of the last run on each target that concern the jobs waited for (migrate.data.syncback)."""
-    tasks = []
-    for target, refs in chosen.items():
-        for e in lastrun.sync_entries(target):
-            if e.get("final") or (refs is not None and not set(e["jobs"]) & set(refs)):
-                continue
-            tasks.append(SyncTask(target=target, spec=e["spec"], jobs=e["jobs"], every=every or e.get("every"),
-                                  last_ok=e.get("last_ok")))
-    return Syncer(tasks, conn, save=lambda t: lastrun.save_sync(t.target, t.spec, last_ok=t.last_ok, final=t.final))
 
 
 def report(result: w.WaitResult, limit: float | None) -> None:

@@ -20,6 +20,15 @@ from migrate.remote.parallel import HostOutcome, for_each_host
 MULTI_COLUMNS = ["host", *STATUS_COLUMNS]
 
 
+def playbook_targets(path: str) -> list[str]:
+    """Where a playbook's jobs are (`status -f`): its cluster when it names one, else its hosts (the
+    loader refuses a playbook without hosts)."""
+    from migrate.playbook.loader import load_playbook
+
+    pb = load_playbook(path)
+    return [pb.cluster] if pb.cluster else list(pb.hosts)
+
+
 def read_host(host: str, conn: ConnectOptions, args: list[str]) -> dict[str, Any]:
     """One host's (or cluster's) status answer, in the shape `status HOST --json` prints."""
     from migrate.cluster import state as cluster_state

@@ -167,6 +167,13 @@ class ClusterReader:
         pass
 
 
+def reader_for(target: str, conn: ConnectOptions) -> JobReader:
+    """A cluster's reader for a cluster name, else the host's."""
+    from migrate.cluster import state as cluster_state
+
+    return ClusterReader(target, conn) if cluster_state.exists(target) else HostReader(target, conn)
+
+
 def pick_jobs(jobs: list[dict], refs: Sequence[str], target: str) -> list[str]:
     """The ids of the jobs `refs` name (an id, a name or a key; ids first), in the order given (pure)."""
     by_id = {str(j["id"]): j for j in jobs}
@@ -310,6 +317,21 @@ def wait_for_jobs(readers: list[JobReader], chosen: Chosen, *, timeout: float | 
             return result
         pause = interval if timeout is None else min(interval, max(0.0, timeout - elapsed))
         sleep(pause)
+
+
+class UnreachableWarnings:
+    """An `on_poll` callback: one warning when a target stops answering (again after it answered)."""
+
+    def __init__(self) -> None:
+        self.silent: set[str] = set()
+
+    def __call__(self, rows: list[JobRow], errors: dict[str, str], elapsed: float) -> None:
+        from migrate import ui
+
+        for target, err in errors.items():
+            if target not in self.silent:
+                ui.warn(f"{target} did not answer ({err}); asking again at the next poll")
+        self.silent = set(errors)
 
 
 def _read_tails(result: WaitResult, readers: dict[str, JobReader], lines: int) -> None:
