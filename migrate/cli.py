@@ -22,6 +22,7 @@ VERBS = {
     "apply": "migrate.commands.apply:command",
     "cancel": "migrate.commands.cancel:command",
     "cluster": "migrate.commands.cluster:group",
+    "completion": "migrate.commands.completion:command",
     "doctor": "migrate.commands.doctor:command",
     "exec": "migrate.commands.shell:exec_command",
     "gpus": "migrate.commands.gpus:command",

@@ -48,10 +48,14 @@ def old_spelling(old: str, new: str, why: str = "") -> None:
 SHORT_N = "-n means --dry-run or nothing in every verb"
 
 
-def host_option(help_text: str = "A target host (repeatable): [user@]host or an ssh_config alias.") \
-        -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Repeatable `-H/--host HOST`, the one way every verb that takes several hosts names them; passes `host`."""
-    return click.option("-H", "--host", "host", multiple=True, metavar="HOST", help=help_text)
+def host_option(help_text: str = "A target host (repeatable): [user@]host or an ssh_config alias.", *,
+                clusters: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Repeatable `-H/--host HOST`, the one way every verb that takes several hosts names them; passes `host`.
+    The shell completes ssh_config aliases (and cluster names where `clusters`)."""
+    from migrate.completion import complete_host, complete_target
+
+    return click.option("-H", "--host", "host", multiple=True, metavar="HOST", help=help_text,
+                        shell_complete=complete_target if clusters else complete_host)
 
 
 def hosts_from(verb: str, *groups: Iterable[str], old_lists: Iterable[str] = ()) -> list[str]:
@@ -72,3 +76,34 @@ def given_options(ctx: click.Context, names: Iterable[str]) -> list[str]:
     params = {p.name: p for p in ctx.command.params}
     return [max(params[n].opts, key=len) for n in names
             if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+
+
+class Size(click.ParamType):
+    """A size flag in the one size grammar (migrate/units.py: `1G`, `512MiB`, `64k`); a plain number is in
+    the flag's unit. The value handed to the verb is a whole number of that unit, within [minimum, maximum]."""
+
+    name = "size"
+
+    def __init__(self, unit: int, unit_name: str, minimum: int = 0, maximum: int | None = None) -> None:
+        self.unit, self.unit_name, self.minimum, self.maximum = unit, unit_name, minimum, maximum
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from migrate.errors import UsageError
+        from migrate.units import SIZE_HINT, parse_size
+
+        if isinstance(value, int):
+            n = value
+        else:
+            try:
+                n = parse_size(str(value), what=param.name if param and param.name else "size",
+                               plain=self.unit) // self.unit
+            except UsageError:
+                self.fail(f"cannot read size {value!r} ({SIZE_HINT}; a plain number is {self.unit_name})",
+                          param, ctx)
+        if n < self.minimum or (self.maximum is not None and n > self.maximum):
+            top = f" to {self.maximum} {self.unit_name}" if self.maximum is not None else ""
+            self.fail(f"{value} is out of range ({self.minimum}{top})", param, ctx)
+        return n

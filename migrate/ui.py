@@ -17,16 +17,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
+
+from migrate.units import format_rate
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -132,13 +134,31 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+class BinaryBytesColumn(ProgressColumn):
+    """`1.5/4.0 GiB`: bytes done and total in binary units, as the tables count (rich's own column is decimal)."""
+
+    def render(self, task: Task) -> Text:
+        done = human_bytes(task.completed)
+        if task.total is None:
+            return Text(done, style="progress.download")
+        return Text(f"{done}/{human_bytes(task.total)}", style="progress.download")
+
+
+class BinaryRateColumn(ProgressColumn):
+    """`20 MiB/s` (binary units; `?` before the first measurement)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else format_rate(speed), style="progress.data.speed")
+
+
 def transfer_progress(transient: bool = False) -> Progress:
     """A progress bar for byte transfers: bytes, rate, ETA (stderr)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        BinaryBytesColumn(),
+        BinaryRateColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=transient,

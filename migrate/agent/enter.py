@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from .db import ACTIVE, CANCELLED, DONE, FAILED, LOST, QUEUED, STARTING, QueueError
-from .launch import _DROP, _DROP_PREFIXES, container_name, dispatcher_env
+from .launch import _DROP, _DROP_PREFIXES, ENV_VAR, activate, container_name, dispatcher_env
 
 # A shell in a container: bash when the image has it, else sh (busybox, alpine...).
 CONTAINER_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
@@ -111,11 +111,14 @@ def process_plan(job: dict, *, session_env: dict, home: str, bash: str | None, t
                  command: str | None) -> EnterPlan:
     """A login shell (or `bash -lc CMD`) in the job's working directory with its environment (pure)."""
     cwd = os.path.expanduser(job.get("cwd") or home)
-    if command is not None:
+    env = process_env(job, session_env)
+    if env.get(ENV_VAR):  # a `run --env NAME` job: its env active after the profile, as launch.py runs the job
+        inner = activate(command if command is not None else f"exec {bash or '/bin/sh'} -i", env, home)
+        argv = [bash, "-lc", inner] if bash else ["/bin/sh", "-c", inner]
+    elif command is not None:
         argv = [bash, "-lc", command] if bash else ["/bin/sh", "-c", command]
     else:
         argv = [bash, "-l"] if bash else ["/bin/sh", "-l"]
-    env = process_env(job, session_env)
     env["PWD"] = cwd
     return EnterPlan("process", argv, env, cwd, f"pid {job.get('pid')}")
 

@@ -66,10 +66,16 @@ def dispatcher_env(job: dict, gpu_uuids: list, token: str) -> dict:
 ENV_VAR = "MIGRATE_ENV"  # a job's env names its push-env environment here (migrate.jobs.spec.PYTHON_ENV_VAR)
 
 
+# what `conda activate` also does: run the env's activation scripts (a CUDA toolkit's variables, GDAL_DATA...)
+CONDA_ACTIVATE_D = ('for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+                    'unset f; ')
+
+
 def activate(command: str, env: dict, home: str) -> str:
     """The command run inside ~/.migrate/envs/NAME when the job names one (after the login shell's
-    profile, which may reset PATH): VIRTUAL_ENV, or CONDA_PREFIX for a conda env, and PATH. A
-    missing environment fails the job with one line in its log (pure but for one isdir)."""
+    profile, which may reset PATH): VIRTUAL_ENV, or CONDA_PREFIX for a conda env (and its
+    etc/conda/activate.d/*.sh scripts, as `conda activate` runs them), and PATH. A missing
+    environment fails the job with one line in its log (pure but for one isdir)."""
     name = env.get(ENV_VAR)
     if not name:
         return command
@@ -79,9 +85,10 @@ def activate(command: str, env: dict, home: str) -> str:
     if not os.path.isdir(prefix):
         return ("echo " + shlex.quote(f"migrate: no environment {name} on this host (~/.migrate/envs/{name}); "
                                       f"push it with: migrate push-env HOST --name {name} SOURCE") + " >&2; exit 127")
-    var = "CONDA_PREFIX" if os.path.isdir(os.path.join(prefix, "conda-meta")) else "VIRTUAL_ENV"
+    conda = os.path.isdir(os.path.join(prefix, "conda-meta"))
+    var = "CONDA_PREFIX" if conda else "VIRTUAL_ENV"
     return (f"{var}={shlex.quote(prefix)}; export {var}; PATH=\"${var}/bin:$PATH\"; export PATH; "
-            f"unset PYTHONHOME; {command}")
+            f"unset PYTHONHOME; {CONDA_ACTIVATE_D if conda else ''}{command}")
 
 
 def shell_argv(command: str, bash: str | None) -> list:

@@ -24,6 +24,7 @@ from migrate import paths, ui
 from migrate.cluster import plan
 from migrate.errors import MigrateError
 from migrate.remote import shell
+from migrate.remote.host import Host
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}
 MARKER = "migrate-ray-version"
@@ -117,11 +118,13 @@ def unpack_command() -> str:
             f"tar -xf - -C {shell.home_path(plan.RAY_DIR)}")
 
 
-def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_VERSION) -> str:
-    """Create the venv with uv and install ray[default]; the marker file is written last."""
+def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_VERSION, index_url: str = "") -> str:
+    """Create the venv with uv and install ray[default]; the marker file is written last. Online, from
+    `index_url` when the user set a mirror (`migrate mirror`; UV_NO_CONFIG keeps uv from reading it)."""
     venv = shell.home_path(plan.venv_dir(version))
     uv = shell.home_path(plan.UV_BIN)
-    source = (["--no-index", "--find-links", "__WHEELS__"] if offline else [])
+    source = (["--no-index", "--find-links", "__WHEELS__"] if offline else
+              ["--index-url", index_url] if index_url else [])
     words = " ".join(shell.home_path(f"{plan.WHEELS_DIR}/{version}") if a == "__WHEELS__" else shell.quote(a)
                      for a in source)
     env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 "
@@ -131,14 +134,6 @@ def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_
             f"printf '%s\\n' {shell.quote(version)} > {venv}/{MARKER}")
 
 
-def push_bundle(remote, data: bytes) -> None:
+def push_bundle(remote: Host, data: bytes) -> None:
     """Stream the tar to the host over OpenSSH (the same settings as every verb)."""
-    argv = remote.openssh_argv() + ["--", unpack_command()]
-    ui.debug("$ " + " ".join(argv), level=2)
-    if hasattr(remote, "record_stream"):  # FakeHost
-        remote.record_stream(argv, unpack_command())
-        return
-    res = subprocess.run(argv, input=data, capture_output=True)
-    if res.returncode != 0:
-        err = res.stderr.decode(errors="replace").strip().splitlines()
-        raise MigrateError(f"pushing Ray's wheels to {remote.name} failed: {err[-1] if err else res.returncode}")
+    remote.stream_in(unpack_command(), data, what="pushing Ray's wheels")

@@ -20,16 +20,15 @@ from migrate.cluster import container, plan, state
 from migrate.cluster import template as cluster_template
 from migrate.cluster.jobapi import JobApi, job_api
 from migrate.cluster.state import ClusterRecord
+from migrate.env import push as push_env
 from migrate.errors import UsageError
+from migrate.jobs.model import RAY_TERMINAL, Job, JobState
 from migrate.jobs.render import STATE_COLOURS, duration, select_jobs
-from migrate.jobs.spec import JobSpec
+from migrate.jobs.spec import PYTHON_ENV_VAR, JobSpec
 from migrate.jobs.template import TemplatePlan
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions
 
-RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed",
-              "STOPPED": "cancelled"}
-ACTIVE = ("queued", "running")
 COLUMNS = ["id", "name", "state", "gpu", "node", "runtime", "exit", "info"]
 
 
@@ -103,10 +102,14 @@ def gang_entrypoint(record: ClusterRecord, command: str, cwd: str | None, nodes:
 
 
 def job_env(record: ClusterRecord, spec_env: dict[str, str], job_id: str, attempt: int = 1, *,
-            min_free_mem_mib: int | None = None, allow_shared: bool = False) -> dict[str, str]:
+            min_free_mem_mib: int | None = None, allow_shared: bool = False,
+            python_env: str | None = None) -> dict[str, str]:
     """The job's variables; the polite wrapper reads MIGRATE_MIN_FREE_MEM_MIB and MIGRATE_ALLOW_SHARED
-    (it waits on the GPUs Ray gave the job until they admit it, as the dispatcher would)."""
+    (it waits on the GPUs Ray gave the job until they admit it, as the dispatcher would) and
+    MIGRATE_ENV (it activates ~/.migrate/envs/NAME on the node, as the agent does on a host)."""
     env = dict(spec_env)
+    if python_env:
+        env[PYTHON_ENV_VAR] = python_env
     if min_free_mem_mib is not None:
         env["MIGRATE_MIN_FREE_MEM_MIB"] = str(min_free_mem_mib)
     if allow_shared:
@@ -150,7 +153,8 @@ def payload(record: ClusterRecord, spec: JobSpec, job_id: str, *, attempt: int =
             "entrypoint_num_gpus": num_gpus, "entrypoint_num_cpus": num_cpus,
             "runtime_env": {"env_vars": job_env(record, spec.env, job_id, attempt,
                                                 min_free_mem_mib=spec.min_free_mem_mib,
-                                                allow_shared=bool(spec.allow_shared))}, "metadata": meta}
+                                                allow_shared=bool(spec.allow_shared),
+                                                python_env=spec.python_env)}, "metadata": meta}
 
 
 def again(job: dict, *, retries_left: int | None = None) -> dict:
@@ -193,6 +197,9 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
     check_feasible(record, specs, nodes, gpus_per_node)
     order = submission_order(specs)
     images = sorted({s.image for s in specs if s.image})
+    envs = sorted({s.python_env for s in specs if s.python_env})
+    if envs:  # Ray may place a job on any node: every node gets the env first (a dry run connects to nothing)
+        push_env.ensure_on_hosts(record.hosts, envs, conn, where=name, dry_run=dry_run)
     if dry_run:
         if template is not None and not as_json:
             cluster_template.sync(record, template, conn, dry_run=True)
@@ -201,7 +208,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
         rows = [payload(record, s, "?", nodes=nodes, gpus_per_node=gpus_per_node, master_port=master_port)
                 for s in order]
         if as_json:
-            ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "hosts": record.hosts,
+            ui.print_json({"cluster": name, "dry_run": True, "images_to_push": images, "envs_to_push": envs,
+                           "hosts": record.hosts,
                            "template": None if template is None else {
                                "source": str(template.source), "files": len(template.files),
                                "bytes": template.total_bytes, "copies": cluster_template.copies(record, template)},
@@ -210,7 +218,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
             ui.table(f"dry run: {len(specs)} job(s) would be submitted to cluster {name}, in this order",
                      ["name", "gpus", "priority", "image", "cwd", "command"],
                      [(s.name or "(auto)", str(nodes * gpus_per_node if nodes else s.gpus) if (s.gpus or nodes)
-                       else "cpu", str(s.priority), s.image or "", s.cwd or "~", s.command) for s in order])
+                       else "cpu", str(s.priority), s.image or (f"env {s.python_env}" if s.python_env else ""),
+                       s.cwd or "~", s.command) for s in order])
         return 0
     if template is not None:
         cluster_template.sync(record, template, conn, dry_run=False)
@@ -257,6 +266,11 @@ def submit_specs(api: JobApi, record: ClusterRecord, specs: list[JobSpec], *, no
 
 
 # -- status --------------------------------------------------------------------------------------------
+def ray_state(j: dict) -> str:
+    """A job of the job API: its migrate state's name (pure)."""
+    return JobState.from_ray(str(j.get("status", ""))).value
+
+
 def latest_attempts(jobs: list[dict]) -> dict[str, dict]:
     """migrate id -> the Ray job of its latest attempt (jobs without our metadata are left out)."""
     out: dict[str, dict] = {}
@@ -273,16 +287,11 @@ def latest_attempts(jobs: list[dict]) -> dict[str, dict]:
 
 def job_view(j: dict, node_hosts: dict[str, str], now: float) -> dict:
     """One row of `status NAME --json` (the single-host table's fields, plus node and Ray's ids)."""
-    meta = j.get("metadata") or {}
-    st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
-    start = (j.get("start_time") or 0) / 1000
-    end = (j.get("end_time") or 0) / 1000
-    return {"id": meta.get("migrate_id"), "name": meta.get("migrate_name"), "state": st,
-            "gpus": int(meta.get("migrate_gpus", "0")), "nodes": int(meta.get("migrate_nodes", "0") or 0),
-            "node": node_hosts.get(j.get("driver_node_id") or "", ""),
-            "attempt": int(meta.get("migrate_attempt", "1")), "retries_left": int(meta.get("migrate_retries", "0")),
-            "command": meta.get("migrate_command", ""), "runtime_s": (end or now) - start if start else None,
-            "exit_code": j.get("driver_exit_code"), "reason": j.get("message") if st == "failed" else "",
+    job = Job.from_ray(j, now)
+    return {"id": job.id, "name": job.name, "state": job.state_name, "gpus": job.gpus, "nodes": job.nodes,
+            "node": node_hosts.get(j.get("driver_node_id") or "", ""), "attempt": job.attempt,
+            "retries_left": job.retries_left, "command": job.command, "runtime_s": job.runtime_s,
+            "exit_code": j.get("driver_exit_code"), "reason": j.get("message") if job.state is JobState.FAILED else "",
             "submission_id": j.get("submission_id")}
 
 
@@ -320,19 +329,19 @@ def cluster_jobs(name: str, conn: ConnectOptions) -> list[dict]:
     views = sorted((job_view(j, hosts, now) for j in latest.values()), key=lambda v: int(v["id"]))
     used: dict[str, int] = {}
     for v in views:
-        if v["state"] == "running" and v["node"] and not v["nodes"]:
+        if v["state"] == JobState.RUNNING and v["node"] and not v["nodes"]:
             used[v["node"]] = used.get(v["node"], 0) + v["gpus"]
     for v in views:
-        if v["state"] == "queued":
+        if v["state"] == JobState.QUEUED:
             v["reason"] = waiting_reason(v, record, used)
     return views
 
 
 def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: bool = False,
-                states: list[str] | None = None, last: int = 20) -> int:
-    """The cluster's jobs, chosen by --state/--all/--last as on one host (render.select_jobs); the counts
-    cover every job, as on one host."""
-    every = cluster_jobs(name, conn)
+                states: list[str] | None = None, last: int = 20, every: list[dict] | None = None) -> int:
+    """The cluster's jobs (`every`, read now when None), chosen by --state/--all/--last as on one host
+    (render.select_jobs); the counts cover every job, as on one host."""
+    every = cluster_jobs(name, conn) if every is None else every
     jobs, hidden = select_jobs(every, show_all=show_all, states=states, last=last)
     if as_json:
         counts: dict[str, int] = {}
@@ -344,10 +353,10 @@ def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: boo
              (f"{j['nodes']}×{j['gpus'] // max(j['nodes'], 1)}" if j["nodes"] else str(j["gpus"])) if j["gpus"]
              else "cpu", j["node"], duration(j["runtime_s"]),
              "" if j["exit_code"] is None else str(j["exit_code"]),
-             ((j["reason"] or "")[:70] if j["state"] in ("failed", "queued") else j["command"][:70])
+             ((j["reason"] or "")[:70] if j["state"] in (JobState.FAILED, JobState.QUEUED) else j["command"][:70])
              + (f" (attempt {j['attempt']})" if j["attempt"] > 1 else "")) for j in jobs]
     ui.info(f"cluster {name}: " + (", ".join(f"{sum(1 for j in every if j['state'] == s)} {s}"
-                                            for s in ("queued", "running", "done", "failed", "cancelled")
+                                            for s in JobState
                                             if any(j["state"] == s for j in every)) or "no jobs yet"))
     ui.table(None, COLUMNS, rows)
     if hidden:
@@ -356,7 +365,7 @@ def show_status(name: str, conn: ConnectOptions, *, as_json: bool, show_all: boo
 
 
 # -- logs / cancel / retry -----------------------------------------------------------------------------
-def _find(latest: dict[str, dict], job: str) -> dict:
+def find_job(latest: dict[str, dict], job: str) -> dict:
     if job in latest:
         return latest[job]
     named = [j for j in latest.values() if (j.get("metadata") or {}).get("migrate_name") == job]
@@ -402,7 +411,7 @@ def follow_logs(api: JobApi, submission: str, *, follow: bool = True) -> int:
         sys.stdout.flush()
         shown = len(text)
         job = api.job(submission)
-        if not follow or job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if not follow or job.get("status") in RAY_TERMINAL:
             if follow:
                 text = clean_log(api.logs(submission))
                 sys.stdout.write(text[shown:])
@@ -415,7 +424,7 @@ def follow_logs(api: JobApi, submission: str, *, follow: bool = True) -> int:
 def logs(name: str, conn: ConnectOptions, job: str, *, follow: bool, tail: int | None = None) -> int:
     record = state.load(name)
     with job_api(record, conn) as api:
-        j = _find(latest_attempts(api.jobs()), job)
+        j = find_job(latest_attempts(api.jobs()), job)
         if tail and not follow:
             lines = clean_log(api.logs(j["submission_id"])).splitlines()[-tail:]
             sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
@@ -431,18 +440,17 @@ def cancel(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, all_jobs: 
     record = state.load(name)
     with job_api(record, conn) as api:
         latest = latest_attempts(api.jobs())
-        chosen = list(latest.values()) if all_jobs else [_find(latest, j) for j in jobs]
+        chosen = list(latest.values()) if all_jobs else [find_job(latest, j) for j in jobs]
         rows = []
-        for j in chosen:
-            was = RAY_STATES.get(j["status"], j["status"].lower())
-            if was not in ACTIVE:
+        for raw in chosen:
+            job = Job.from_ray(raw)
+            if job.state is None or job.state.is_terminal:
                 if not all_jobs:
-                    rows.append({"id": j["metadata"]["migrate_id"], "was": was, "outcome": "left as it is"})
+                    rows.append({"id": job.id, "was": job.state_name, "outcome": "left as it is"})
                 continue
             if not dry_run:
-                api.stop(j["submission_id"], grace)
-            rows.append({"id": j["metadata"]["migrate_id"], "was": was,
-                         "outcome": "would stop" if dry_run else "stopped"})
+                api.stop(job.submission_id, grace)
+            rows.append({"id": job.id, "was": job.state_name, "outcome": "would stop" if dry_run else "stopped"})
     if as_json:
         ui.print_json({"cluster": name, "dry_run": dry_run, "cancelled": [] if dry_run else rows,
                        **({"would_cancel": rows} if dry_run else {})})
@@ -460,14 +468,14 @@ def retry(name: str, conn: ConnectOptions, jobs: tuple[str, ...], *, as_json: bo
     out = []
     with job_api(record, conn) as api:
         latest = latest_attempts(api.jobs())
-        for job in jobs:
-            j = _find(latest, job)
-            was = RAY_STATES.get(j["status"], j["status"].lower())
-            if was in ACTIVE:
-                raise UsageError(f"job {job} is {was}", hint=f"cancel it first: migrate cancel {name} {job}")
-            body = again(j)
+        for ref in jobs:
+            raw = find_job(latest, ref)
+            job = Job.from_ray(raw)
+            if job.state is None or not job.state.is_terminal:
+                raise UsageError(f"job {ref} is {job.state_name}", hint=f"cancel it first: migrate cancel {name} {ref}")
+            body = again(raw)
             api.submit(body)
-            out.append({"id": j["metadata"]["migrate_id"], "was": was, "attempt": body["metadata"]["migrate_attempt"]})
+            out.append({"id": job.id, "was": job.state_name, "attempt": body["metadata"]["migrate_attempt"]})
     if as_json:
         ui.print_json({"cluster": name, "retried": out})
     else:

@@ -20,18 +20,19 @@ from typing import Any
 from migrate import ui
 from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
-from migrate.cluster.jobs import RAY_STATES, latest_attempts
+from migrate.cluster.jobs import latest_attempts, ray_state
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.bundle import build_agent
 from migrate.jobs.client import AgentClient
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
 SHIPPED = Path(__file__).parent / "shipped"
-Connector = Callable[[str], Any]   # host -> an open Remote (or FakeHost in tests)
+Connector = Callable[[str], Host]   # host -> an open Remote (or tests' FakeHost)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[
                                 "or give the head's address the others reach with --head-address")
 
 
-def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
+def offered_gpus(remote: Host, host: str, opts: UpOptions) -> list[str]:
     """GPU indices this node offers Ray: --gpu-pool, else those the free-GPU rule admits now."""
     client = AgentClient(remote)
     args = ["gpus"] + (["--backend", opts.gpu_backend] if opts.gpu_backend else [])
@@ -142,17 +143,18 @@ def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
     return free
 
 
-def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -> str:
+def ensure_installed(remote: Host, facts: plan.HostFacts, offline: bool | None) -> str:
     """Install the pinned Ray in the host's private venv unless it is there; 'ok' or 'installed'."""
     if facts.installed == plan.RAY_VERSION:
         return "ok"
     use_wheels = offline if offline is not None else facts.index != "ok"
     wheels = install.ensure_wheels(facts.python, facts.machine) if use_wheels else None
     uv = install.ensure_uv(facts.machine)
-    how = "pushed wheels" if use_wheels else "the package index"
+    how = "pushed wheels" if use_wheels else (f"the mirror {facts.mirror}" if facts.mirror else "the package index")
     ui.step(f"{facts.host}: installing ray[default]=={plan.RAY_VERSION} into ~/{plan.venv_dir()} from {how}")
     install.push_bundle(remote, install.bundle_tar(uv, wheels))
-    res = remote.run(install.install_command(facts.python_path, offline=use_wheels), check=False,
+    res = remote.run(install.install_command(facts.python_path, offline=use_wheels, index_url=facts.mirror),
+                     check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
@@ -161,7 +163,7 @@ def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -
     return "installed"
 
 
-def ship_scripts(remote: Any) -> None:
+def ship_scripts(remote: Host) -> None:
     """The polite job wrapper and the gang driver, into ~/.migrate/ray/bin (always: they are small)."""
     home = remote.home()
     remote.run(f"cd && {shell.mkdir_private(plan.RAY_DIR + '/bin')}", what="create ~/.migrate/ray/bin")
@@ -177,7 +179,7 @@ def _dry_run_report(opts: UpOptions, head: str, facts: dict[str, plan.HostFacts]
         f = facts[host]
         action = "Ray installed" if f.installed == plan.RAY_VERSION else (
             "install from pushed wheels" if (opts.offline or (opts.offline is None and f.index != "ok"))
-            else "install from the package index")
+            else f"install from the mirror {f.mirror}" if f.mirror else "install from the package index")
         pool = opts.gpu_pool.get(host) or opts.gpu_pool.get("")
         rows.append({"host": host, "role": "head" if host == head else "worker", "ip": f.ip,
                      "python": f.python, "install": action,
@@ -392,7 +394,7 @@ def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: Connec
     return "started"
 
 
-def _start(remote: Any, command: str, host: str) -> None:
+def _start(remote: Host, command: str, host: str) -> None:
     res = remote.run(command, check=False, what="ray start", timeout=300)
     if not res.ok:
         lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
@@ -510,7 +512,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
                           "gpus_offered": n.gpus, "gpus_used": gpus, "running_jobs": count})
     counts: dict[str, int] = {}   # jobs, not attempts: a retried job counts once, in its latest state
     for j in latest_attempts(jobs).values():
-        st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
+        st = ray_state(j)
         counts[st] = counts.get(st, 0) + 1
     return {"name": name, "head": record.head.host, "ray_version": record.ray_version, "reachable": reachable,
             "launcher": launcher,
@@ -518,7 +520,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
 
 
 # -- down ----------------------------------------------------------------------------------------------
-def _stop_host(remote: Any, version: str, purge: bool, name: str = "", host: str = "") -> dict:
+def _stop_host(remote: Host, version: str, purge: bool, name: str = "", host: str = "") -> dict:
     here = remote.run(plan.host_record_name_command(), check=False,
                       what="read the host's cluster record").stdout.strip()
     if name and here and here != name:   # `ray stop` would end that cluster's processes too
@@ -556,8 +558,15 @@ def _stop_all(record: ClusterRecord, conn: ConnectOptions, *, purge: bool = Fals
     return for_each_host(record.hosts, work)
 
 
+def down_commands(name: str, version: str, purge: bool) -> list[str]:
+    """What `down` runs on each host, in order (pure; `--dry-run` prints it). Leftover Ray processes are
+    killed only when the check after `ray stop` finds some."""
+    return [plan.host_record_name_command(), plan.stop_command(version), plan.leftover_command(),
+            container.remove_containers_command(name), plan.purge_command() if purge else plan.cleanup_command(name)]
+
+
 def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool = False,
-         connector: Connector | None = None, hosts: list[str] | None = None) -> dict:
+         connector: Connector | None = None, hosts: list[str] | None = None, dry_run: bool = False) -> dict:
     """Stop Ray on every host and check none of ours is left; forget the cluster. Idempotent.
 
     A host that fails keeps the record (run `down` again), unless `forget`: for hosts that are gone.
@@ -577,6 +586,10 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool =
         ui.warn(f"the record of cluster {name} is corrupt: stopping Ray on {', '.join(hosts)} as you said")
         record = ClusterRecord(name=name, ray_version=plan.RAY_VERSION, ports=plan.Ports(),
                                nodes=[Node(host=h, ip="", head=i == 0) for i, h in enumerate(hosts)])
+    if dry_run:  # connect to nothing, change nothing
+        commands = down_commands(name, record.ray_version, purge)
+        return {"name": name, "action": "would stop", "dry_run": True, "purged": False, "hosts": record.hosts,
+                "commands": commands}
     outcomes = _stop_all(record, conn, purge=purge, connector=connector)
     hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
     failed = [o for o in outcomes if not o.ok]

@@ -147,15 +147,22 @@ for pid in os.listdir("/proc"):
                 ray_running += 1
     except OSError:
         pass
+mirror = ""  # the index `migrate mirror` set for this user (~/.migrate/mirror/journal.json): Ray comes from it
+try:
+    with open(os.path.join(home, ".migrate", "mirror", "journal.json")) as f:
+        mirror = str(json.load(f).get("url", ""))
+except (OSError, ValueError, AttributeError):
+    pass
 index = ""
 if check_index == "1" and installed != ver:
     import urllib.request
     try:
-        urllib.request.urlopen("https://pypi.org/simple/ray/", timeout=4).close()
+        urllib.request.urlopen((mirror or "https://pypi.org/simple").rstrip("/") + "/ray/", timeout=4).close()
         index = "ok"
     except Exception as e:
         index = str(e)[:200]
-print(json.dumps({"index": index, "python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable,
+print(json.dumps({"index": index, "mirror": mirror, "python": "%d.%d" % sys.version_info[:2],
+                  "python_path": sys.executable,
                   "machine": platform.machine(), "free_mib": shutil.disk_usage(home).free // 1048576,
                   "taken": taken, "ip": ip, "installed": installed, "home": home,
                   "cpus": os.cpu_count() or 1, "cluster_here": cluster_here, "ray_running": ray_running}))
@@ -164,7 +171,8 @@ print(json.dumps({"index": index, "python": "%d.%d" % sys.version_info[:2], "pyt
 
 def preflight_command(ports: list[int], version: str = RAY_VERSION, *, check_index: bool = False) -> str:
     """One read-only round trip: python3 version/path, arch, free disk, ports taken, node IP, installed Ray,
-    and (with `check_index`) whether the host reaches pypi.org."""
+    the index `migrate mirror` set for the user, and (with `check_index`) whether the host reaches that
+    index (pypi.org without a mirror)."""
     args = [version, ",".join(str(p) for p in ports), venv_dir(version), "1" if check_index else "0", HOST_RECORD]
     return ("command -v python3 >/dev/null 2>&1 || { echo '{\"python\": \"\"}'; exit 0; }; "
             f"python3 -c {shell.quote(PROBE_PY)} {shell.join(args)}")
@@ -184,7 +192,8 @@ class HostFacts:
     installed: str = ""
     home: str = ""
     cpus: int = 1
-    index: str = ""      # "ok" when the host reached pypi.org, else why not ("" = not checked)
+    index: str = ""      # "ok" when the host reached its index (pypi.org or `mirror`), else why not ("" = not checked)
+    mirror: str = ""     # the user-level index `migrate mirror` set on the host ("" = pypi.org)
     cluster_here: str = ""   # the cluster whose record this host holds ("" = none)
     ray_running: int = 0     # processes of ours running from ~/.migrate/ray
 
@@ -203,7 +212,7 @@ def parse_preflight(host: str, stdout: str) -> HostFacts:
                      machine=data.get("machine", ""), free_mib=int(data.get("free_mib", 0)),
                      taken=tuple(data.get("taken", ())), ip=data.get("ip", ""),
                      installed=data.get("installed", ""), home=data.get("home", ""),
-                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""),
+                     cpus=int(data.get("cpus", 1)), index=data.get("index", ""), mirror=data.get("mirror", ""),
                      cluster_here=data.get("cluster_here", ""), ray_running=int(data.get("ray_running", 0)))
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from migrate import ui
 from migrate.cluster import state
 from migrate.cluster.jobapi import job_api
-from migrate.cluster.jobs import RAY_STATES, _find, latest_attempts, node_hosts
+from migrate.cluster.jobs import find_job, latest_attempts, node_hosts
 from migrate.cluster.state import ClusterRecord
 from migrate.errors import ConnectError, MigrateError, UsageError
+from migrate.jobs.model import Job, JobState
 from migrate.jobs.shell import check_terminal, run_ssh, session_argv
 from migrate.remote import shell
 from migrate.remote.hosts import ConnectOptions, openssh_argv
@@ -70,26 +71,24 @@ def reserved_ips(log: str) -> list[str]:
 
 def not_running_error(j: dict, cluster: str) -> MigrateError:
     """A one-line error for a job that is not running, with what to do instead (pure)."""
-    meta = j.get("metadata") or {}
-    jid, name = meta.get("migrate_id", "?"), meta.get("migrate_name", "?")
-    st = RAY_STATES.get(j.get("status", ""), str(j.get("status", "?")).lower())
-    ref = f"job {jid} ({name}) on cluster {cluster}"
-    if st == "queued":
+    job = Job.from_ray(j)
+    jid, st = job.id, job.state or JobState.LOST
+    ref = f"job {jid} ({job.name or '?'}) on cluster {cluster}"
+    if st is JobState.QUEUED:
         return MigrateError(f"{ref} is queued, not running yet",
                             hint=f"`migrate logs {cluster} {jid} -f` waits for it to start")
-    code = j.get("driver_exit_code")
-    what = {"done": f"finished (exit {code if code is not None else 0})",
-            "failed": f"failed (exit {code})" if code is not None else "failed",
-            "cancelled": "was cancelled"}.get(st, f"is {st}")
+    code = job.exit_code
+    what = {JobState.DONE: f"finished (exit {code if code is not None else 0})",
+            JobState.FAILED: f"failed (exit {code})" if code is not None else "failed",
+            JobState.CANCELLED: "was cancelled"}.get(st, f"is {st.value}")
     return MigrateError(f"{ref} {what}; its processes are gone",
                         hint=f"see its output with `migrate logs {cluster} {jid}`")
 
 
 def place(record: ClusterRecord, j: dict, hosts: dict[str, str], rank: int | None, log: str = "") -> Placement:
     """Where job `j` (a running Ray job) runs its rank `rank` (pure; `log` is needed for a gang job)."""
-    meta = j.get("metadata") or {}
-    jid, name = meta.get("migrate_id", "?"), meta.get("migrate_name", "?")
-    nodes = int(meta.get("migrate_nodes", "0") or 0)
+    job = Job.from_ray(j)
+    jid, name, nodes = job.id, job.name or "?", job.nodes
     if not nodes:
         if rank:
             raise UsageError(f"--rank {rank}: job {jid} runs on one node (rank 0)")
@@ -125,12 +124,11 @@ def locate(name: str, conn: ConnectOptions, job: str, rank: int | None) -> Place
     """Ask the head's job API where JOB runs; one-line errors for unknown, queued and finished jobs."""
     record = state.load(name)
     with job_api(record, conn) as api:
-        j = _find(latest_attempts(api.jobs()), job)
+        j = find_job(latest_attempts(api.jobs()), job)
         if j.get("status") != "RUNNING":
             raise not_running_error(j, name)
         hosts = node_hosts(record, api.nodes())
-        gang = int((j.get("metadata") or {}).get("migrate_nodes", "0") or 0)
-        log = api.logs(j["submission_id"]) if gang else ""
+        log = api.logs(j["submission_id"]) if Job.from_ray(j).nodes else ""
     return place(record, j, hosts, rank, log)
 
 

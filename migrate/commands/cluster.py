@@ -7,11 +7,13 @@ import sys
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.cli_common import CONTEXT_SETTINGS, Size, connection_options, host_option, hosts_from
 from migrate.cluster import ops, plan
+from migrate.completion import complete_cluster, complete_host
 from migrate.errors import UsageError
 from migrate.jobs.options import gpu_backend_option
 from migrate.remote.hosts import ConnectOptions
+from migrate.units import MIB
 
 # every Ray port sits at a fixed offset from --port-base: the highest must stay a port (issue 20.6: 65000
 # was accepted and died in bind() with an OverflowError)
@@ -45,7 +47,8 @@ def group() -> None:
 
 @group.command("up", context_settings=CONTEXT_SETTINGS)
 @click.argument("name")
-@click.argument("hosts", nargs=-1, required=True)
+@click.argument("hosts", nargs=-1, shell_complete=complete_host)
+@host_option("A host of the cluster (repeatable; as HOSTS, which may be given instead).")
 @connection_options
 @click.option("--head", help="The head node (default: the first host).")
 @click.option("--gpu-pool", "gpu_pool", multiple=True, metavar="[HOST=]LIST",
@@ -59,15 +62,18 @@ def group() -> None:
                    f"(default 26379; 1024 to {MAX_PORT_BASE}).")
 @click.option("--head-address", help="The head's address as the other hosts reach it (default: probed).")
 @click.option("--num-cpus", "cpus", type=click.IntRange(1, 4096), help="CPUs each node offers (default: its count).")
-@click.option("--object-store", "object_store_mib", type=click.IntRange(80, 1 << 20), default=128,
-              show_default=True, help="Ray's object store per node, MiB (jobs here pass little data through it).")
+@click.option("--object-store", "object_store_mib", type=Size(MIB, "MiB", 80, 1 << 20), default=128,
+              show_default=True, help="Ray's object store per node: a size (1G, 512M; a plain number is MiB); "
+                                      "jobs here pass little data through it.")
 @gpu_backend_option("nvml")
 @click.option("--restart", is_flag=True,
               help="When the cluster's head is gone: stop what is left of it everywhere (its jobs end) and start "
                    "it again. Without it a rerun only repairs lost worker nodes and keeps every running job.")
-@click.option("--dry-run", is_flag=True, help="Preflight every host and show the plan; install and start nothing.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Preflight every host and show the plan; install and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cluster record as JSON.")
-def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: str | None, gpu_pool: tuple[str, ...],
+def up_command(name: str, hosts: tuple[str, ...], host: tuple[str, ...], conn: ConnectOptions, head: str | None,
+               gpu_pool: tuple[str, ...],
                offline: bool | None, port_base: int | None, head_address: str | None, cpus: int | None,
                object_store_mib: int, gpu_backend: str | None, restart: bool, dry_run: bool, as_json: bool) -> None:
     """Make HOSTS one Ray cluster called NAME (idempotent: a running cluster is left as it is).
@@ -90,8 +96,12 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
       migrate cluster up lab gpu1 gpu2 gpu3 --dry-run
       migrate cluster up lab gpu1 gpu2 gpu3 --gpu-pool gpu1=0,1
       migrate cluster up lab gpu1 gpu2 gpu3 --restart      the head was rebooted
+      migrate cluster up lab -H gpu1 -H gpu2 -n            the plan only
     """
-    opts = ops.UpOptions(name=name, hosts=list(hosts), head=head, gpu_pool=ops.parse_gpu_pool(gpu_pool),
+    every = hosts_from("cluster up", hosts, host)
+    if not every:
+        raise UsageError("name the cluster's hosts", hint=f"migrate cluster up {name} gpu1 gpu2, or -H gpu1 -H gpu2")
+    opts = ops.UpOptions(name=name, hosts=every, head=head, gpu_pool=ops.parse_gpu_pool(gpu_pool),
                          offline=offline, port_base=port_base, head_address=head_address, gpu_backend=gpu_backend,
                          object_store_mib=object_store_mib, cpus=cpus, dry_run=dry_run, restart=restart)
     report = ops.up(opts, conn, as_json=as_json)
@@ -101,7 +111,7 @@ def up_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, head: st
 
 
 @group.command("status", context_settings=CONTEXT_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print nodes and job counts as JSON.")
 def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
@@ -131,14 +141,16 @@ def status_command(name: str, conn: ConnectOptions, as_json: bool) -> None:
 
 
 @group.command("down", context_settings=CONTEXT_SETTINGS)
-@click.argument("name")
-@click.argument("hosts", nargs=-1)
+@click.argument("name", shell_complete=complete_cluster)
+@click.argument("hosts", nargs=-1, shell_complete=complete_host)
 @connection_options
 @click.option("--purge", is_flag=True, help="Also remove ~/.migrate/ray (the venvs, wheels, logs) on every host.")
 @click.option("--forget", is_flag=True, help="Forget the cluster here even if some hosts cannot be reached.")
+@host_option("A host of the cluster (repeatable; as HOSTS).")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the hosts and the commands; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
 def down_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, purge: bool, forget: bool,
-                 as_json: bool) -> None:
+                 host: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Stop Ray on every host of NAME and check no Ray process of ours is left (idempotent).
 
     A host that has since become a node of another cluster of yours is left alone. HOSTS are needed
@@ -149,8 +161,15 @@ def down_command(name: str, hosts: tuple[str, ...], conn: ConnectOptions, purge:
       migrate cluster down lab
       migrate cluster down lab --purge               also remove ~/.migrate/ray
       migrate cluster down lab --forget gpu1 gpu2    the record here is unreadable
+      migrate cluster down lab -n                    what it would run, where
     """
-    report = ops.down(name, conn, purge=purge, forget=forget, hosts=list(hosts))
+    report = ops.down(name, conn, purge=purge, forget=forget, hosts=hosts_from("cluster down", hosts, host),
+                      dry_run=dry_run)
     if as_json:
         ui.print_json(report)
+    elif report.get("dry_run"):
+        ui.info(f"dry run: would stop Ray on {', '.join(report['hosts'])} and forget cluster {name} here; "
+                "on each host:")
+        for c in report["commands"]:
+            ui.line("  " + c)
     sys.exit(0)

@@ -12,6 +12,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_host
 from migrate.remote.doctor import diagnose
 from migrate.remote.hosts import ConnectOptions
 
@@ -32,7 +33,7 @@ def run_doctor(host: str, options: ConnectOptions, *, as_json: bool, check_sudo:
 
 
 @click.command("doctor", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the facts and verdicts as JSON.")
 @click.option("--sudo", "check_sudo", is_flag=True,

@@ -6,6 +6,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_host
 from migrate.jobs.client import call_agent, print_answer
 from migrate.jobs.options import backend_args, gpu_backend_option
 from migrate.jobs.render import GPU_COLUMNS, gpu_rows
@@ -13,7 +14,7 @@ from migrate.remote.hosts import ConnectOptions
 
 
 @click.command("gpus", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @connection_options
 @gpu_backend_option("what the host's dispatcher uses")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")

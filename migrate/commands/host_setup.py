@@ -11,7 +11,15 @@ import sys
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS, connection_options, given_options, host_option, hosts_from
+from migrate.cli_common import (
+    CONTEXT_SETTINGS,
+    connection_options,
+    given_options,
+    host_option,
+    hosts_from,
+    old_spelling,
+)
+from migrate.completion import complete_host
 from migrate.errors import UsageError
 from migrate.remote.hosts import ConnectOptions
 from migrate.setup.offline import download_offline_report
@@ -26,15 +34,33 @@ from migrate.setup.options import (
 from migrate.setup.orchestrator import setup_hosts, undo_hosts
 
 SETUP_ONLY = ("docker_source", "no_nvidia", "nvidia_mirror", "default_runtime", "registry_mirrors", "data_root",
-              "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline",
+              "force", "force_source", "force_restart", "codename", "docker_url", "nvidia_url", "offline_flag",
+              "offline_dir",
               "verify_image", "apt_lock_timeout")
 DOWNLOAD_ONLY = ("for_target", "arch", "archive_url", "archive_keyring")
-NOT_DOWNLOADED = ("offline", "default_runtime", "registry_mirrors", "data_root", "force", "force_source",
-                  "force_restart", "verify_image", "apt_lock_timeout")  # setup options --download-offline refuses
+# setup options --download-offline refuses
+NOT_DOWNLOADED = ("offline_flag", "offline_dir", "default_runtime", "registry_mirrors", "data_root", "force",
+                  "force_source", "force_restart", "verify_image", "apt_lock_timeout")
+
+
+def offline_directory(flag: str | None, directory: str | None) -> str | None:
+    """The .deb directory of `--offline-dir DIR` (`--offline` is the flag every verb has; the old
+    `--offline DIR` still works for this release, with one deprecation line)."""
+    if flag:  # the old spelling: --offline DIR
+        if directory and directory != flag:
+            raise UsageError(f"--offline {flag} and --offline-dir {directory} name two directories")
+        old_spelling(f"host-setup --offline {flag}", f"host-setup --offline-dir {flag}",
+                     "--offline is a flag in every verb")
+        return flag
+    if flag is not None and not directory:
+        raise UsageError("host-setup --offline installs from .deb files brought from here: say where they are",
+                         hint="--offline-dir DIR (fill it with `migrate host-setup --download-offline DIR "
+                              "--for OS:VERSION`)")
+    return directory
 
 
 @click.command("host-setup", context_settings=CONTEXT_SETTINGS)
-@click.argument("hosts", nargs=-1, metavar="HOST...")
+@click.argument("hosts", nargs=-1, metavar="HOST...", shell_complete=complete_host)
 @host_option()
 @connection_options
 @click.option("--docker-source", default="official", show_default=True, metavar="official|distro|mirror:NAME|URL",
@@ -60,11 +86,14 @@ NOT_DOWNLOADED = ("offline", "default_runtime", "registry_mirrors", "data_root",
               help="Base URL of NVIDIA's libnvidia-container repository.")
 @click.option("--apt-lock-timeout", type=click.IntRange(0, 86400), default=DEFAULT_APT_LOCK_TIMEOUT,
               show_default=True, metavar="SECONDS", help="How long apt waits for another apt/dpkg to finish.")
-@click.option("--offline", "offline", type=click.Path(file_okay=False), metavar="DIR",
-              help="Install from the .deb files in DIR (made with --download-offline); the host needs no internet.")
+@click.option("--offline", "offline_flag", is_flag=False, flag_value="", default=None, metavar="",
+              help="The host gets no internet: bring what it needs from here (with --offline-dir DIR).")
+@click.option("--offline-dir", "offline_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Install from the .deb files in DIR (made with --download-offline); implies --offline.")
 @click.option("--verify-image", metavar="IMAGE",
               help="Image for the GPU container test (pulled if missing). Default: an image already on the host.")
-@click.option("--dry-run", is_flag=True, help="Show the plan with the exact commands and file diffs; change nothing.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Show the plan with the exact commands and file diffs; change nothing.")
 @click.option("--undo", is_flag=True, help="Reverse every change host-setup recorded on the host, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-host reports as JSON (stdout).")
 @click.option("--download-offline", "download_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -79,7 +108,8 @@ def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], c
             docker_source: str, no_nvidia: bool, nvidia_mirror: str | None, default_runtime: str | None,
             registry_mirrors: tuple[str, ...], data_root: str | None, force: bool, force_source: bool,
             force_restart: bool, codename: str | None, docker_url: str, nvidia_url: str, apt_lock_timeout: int,
-            offline: str | None, verify_image: str | None, dry_run: bool, undo: bool, as_json: bool,
+            offline_flag: str | None, offline_dir: str | None, verify_image: str | None, dry_run: bool, undo: bool,
+            as_json: bool,
             download_dir: str | None, for_target: str | None, arch: str, archive_url: str | None,
             archive_keyring: str | None) -> None:
     """Make servers GPU-container ready: Docker, the NVIDIA container toolkit, daemon.json, the docker group.
@@ -114,14 +144,15 @@ def command(ctx: click.Context, hosts: tuple[str, ...], host: tuple[str, ...], c
           --nvidia-mirror ustc
       migrate host-setup -H gpu1 -H gpu2 --dry-run   # -H, as every verb
       migrate host-setup --download-offline ./debs --for ubuntu:22.04
-      migrate host-setup gpu-box --offline ./debs
+      migrate host-setup gpu-box --offline-dir ./debs
       migrate host-setup gpu-box --undo
     """
     hosts = tuple(hosts_from("host-setup", hosts, host))
+    offline = offline_directory(offline_flag, offline_dir)
     if download_dir is not None:
         if hosts:
             raise UsageError("--download-offline runs on this machine: give no HOST",
-                             hint="then use `migrate host-setup HOST --offline DIR`")
+                             hint="then use `migrate host-setup HOST --offline-dir DIR`")
         if not for_target:
             raise UsageError("--download-offline needs --for OS:VERSION", hint="e.g. --for ubuntu:22.04")
         bad = given_options(ctx, NOT_DOWNLOADED)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS
+from migrate.completion import complete_host
 from migrate.errors import MigrateError, UsageError
 from migrate.remote.shell import quote
 
@@ -64,22 +66,33 @@ def starter_playbook(path: str, host: str, sandbox_host: str = "sandbox1") -> st
 
 @click.command("init", context_settings=CONTEXT_SETTINGS)
 @click.argument("path", default="migrate.yml", required=False)
-@click.option("--host", default="alice@gpu-box", show_default=True, help="Host to put in the playbook.")
+@click.option("-H", "--host", default="alice@gpu-box", show_default=True, shell_complete=complete_host,
+              help="Host to put in the playbook.")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the playbook instead of writing it.")
 @click.option("--json", "as_json", is_flag=True, help="Print {path, host} of the written playbook as JSON.")
-def command(path: str, host: str, force: bool, as_json: bool) -> None:
+def command(path: str, host: str, force: bool, dry_run: bool, as_json: bool) -> None:
     """Write a commented starter playbook to PATH (default migrate.yml).
 
     \b
     Examples:
       migrate init                         # migrate.yml for the sandbox
-      migrate init lab.yml --host alice@gpu1
+      migrate init lab.yml -H alice@gpu1
+      migrate init -n | less               # read it first; write nothing
     """
     target = Path(path)
-    if target.exists() and not force:
+    if target.exists() and not force and not dry_run:
         raise MigrateError(f"{target} already exists", hint="choose another path or pass --force")
     sandbox_host = rehearsal_host()
-    target.write_text(starter_playbook(path, host, sandbox_host))
+    text = starter_playbook(path, host, sandbox_host)
+    if dry_run:
+        if as_json:
+            ui.print_json({"path": str(target), "host": host, "dry_run": True, "text": text})
+        else:
+            sys.stdout.write(text)
+            ui.info(f"dry run: {target} not written")
+        return
+    target.write_text(text)
     if as_json:
         ui.print_json({"path": str(target), "host": host})
         return

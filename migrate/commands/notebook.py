@@ -9,13 +9,14 @@ import click
 
 from migrate.agent.fields import JOB_FIELDS
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.cluster import state as cluster_state
+from migrate.completion import complete_host
 from migrate.errors import UsageError
 from migrate.jobs import notebook as nb
 from migrate.jobs.client import check_job_refs
 from migrate.jobs.options import job_field_option
 from migrate.jobs.spec import DispatcherOptions, check_specs
 from migrate.jobs.submit import build_specs, parse_pool, split_env
+from migrate.jobs.target import job_target
 from migrate.jobs.tunnel import parse_forward
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import parse_duration
@@ -32,7 +33,7 @@ def notebook_field_options(func: Callable) -> Callable:
 
 
 @click.command("notebook", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @connection_options
 @notebook_field_options  # --env NAME, --image, --gpus-per-job, --min-free-mem, --cwd, ...: as for `migrate run`
 @click.option("--attach", metavar="JOB", help="Reconnect to a notebook job started before (its id or name).")
@@ -41,7 +42,7 @@ def notebook_field_options(func: Callable) -> Callable:
 @click.option("--timeout", default="5m", show_default=True, metavar="DURATION",
               help="How long to wait for Jupyter to listen (a queued job keeps its place after that).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the URL in a browser here.")
-@click.option("--dry-run", is_flag=True, help="Show the job and the forward; connect to nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the job and the forward; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print {host, job, url, local_port, remote_port} as one line once it answers.")
 def command(host: str, conn: ConnectOptions, attach: str | None, local_port: str | None, bind: str,
@@ -60,9 +61,7 @@ def command(host: str, conn: ConnectOptions, attach: str | None, local_port: str
     host's 127.0.0.1 only, at a free port; its URL and token are read from the job's log and the
     port is forwarded over SSH with the host's settings. Ctrl-C stops the forward, not Jupyter.
     """
-    if cluster_state.exists(host):
-        raise UsageError(f"{host} is a cluster; a notebook runs on one host",
-                         hint=f"name one of its hosts: {', '.join(cluster_state.load(host).hosts)}")
+    job_target(host, conn).require_one_host("a notebook runs on one host")
     local = parse_forward(local_port).local if local_port else None
     limit = parse_duration(timeout, what="--timeout")
     if attach is not None:

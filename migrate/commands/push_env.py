@@ -13,7 +13,8 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option, hosts_from
-from migrate.env import plan
+from migrate.cluster import state as cluster_state
+from migrate.env import known, plan
 from migrate.env.push import EnvResult, PushEnvOptions, delete_env, push_env
 from migrate.env.source import check_name, current_source, default_name, read_source
 from migrate.errors import UsageError
@@ -49,6 +50,7 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
       migrate push-env gpu requirements.txt --name torch   # uv here, uv there
       migrate push-env gpu ./myproject          # pyproject.toml (+ uv.lock)
       migrate push-env gpu1 gpu2 --from-current # the venv/conda env active here
+      migrate push-env mycluster requirements.txt --name torch  # every node
       migrate push-env gpu ~/miniconda3/envs/torch   # conda-pack, conda-unpack
       migrate push-env gpu requirements.txt --python python3.12
       migrate push-env gpu requirements.txt -n  # what would be sent
@@ -62,6 +64,8 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
     host's python3 (or --python); nothing is installed outside ~/.migrate. A conda environment
     (a directory with conda-meta/, or an environment.yml created here once) carries its own
     python: it is packed with conda-pack and relocated on the host with conda-unpack.
+    A cluster name (`migrate cluster up`) stands for all its hosts; `migrate run CLUSTER --env
+    NAME` pushes the SOURCE last pushed as NAME from here to every node again before submitting.
     """
     words = list(args)
     if delete or from_current:
@@ -73,6 +77,7 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
         hosts = hosts_from("push-env", words, host)
     if not hosts:
         raise UsageError("give at least one HOST", hint="migrate push-env gpu-box requirements.txt")
+    hosts = expand_clusters(hosts)
     if delete:
         if not name:
             raise UsageError("--delete needs --name NAME", hint="migrate push-env HOST --name torch --delete")
@@ -89,7 +94,20 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
                           dry_run=dry_run)
     if not as_json:
         ui.info(f"{src.describe()} -> ~/{plan.env_dir(opts.name)} on {', '.join(hosts)}")
-    _report(push_env(hosts, src, opts, conn), as_json)
+    results = push_env(hosts, src, opts, conn)
+    if not dry_run and any(not r.error for r in results):  # `run CLUSTER --env NAME` pushes this SOURCE again
+        known.remember(opts.name, src, python)
+    _report(results, as_json)
+
+
+def expand_clusters(hosts: list[str]) -> list[str]:
+    """A cluster name (`migrate cluster up NAME ...`) stands for every host of that cluster."""
+    out: list[str] = []
+    for h in hosts:
+        for one in (cluster_state.load(h).hosts if cluster_state.exists(h) else [h]):
+            if one not in out:
+                out.append(one)
+    return out
 
 
 def _report(results: list[EnvResult], as_json: bool) -> None:

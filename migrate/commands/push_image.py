@@ -9,6 +9,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_host
 from migrate.errors import MigrateError, UsageError
 from migrate.image import refs
 from migrate.image.compress import parse_compress
@@ -53,7 +54,7 @@ def print_results(results: list[ImagePushResult]) -> None:
 
 @click.command("push-image", context_settings=CONTEXT_SETTINGS)
 @click.argument("args", nargs=-1, metavar="IMAGE... HOST...")
-@click.option("-H", "--host", "extra_hosts", multiple=True, metavar="HOST",
+@click.option("-H", "--host", "extra_hosts", multiple=True, metavar="HOST", shell_complete=complete_host,
               help="A target host (repeatable); then every positional argument is an image.")
 @click.option("--compress", default="auto", show_default=True, metavar="auto|none|gzip[:L]|zstd[:L]",
               help="Stream codec. auto measures the link: none on fast links, zstd on slow ones; Docker < 23 "
@@ -64,8 +65,9 @@ def print_results(results: list[ImagePushResult]) -> None:
                    "500 (KiB/s, as rsync reads it); be polite on shared links.")
 @click.option("--checkpoint", "checkpoint", default=None, show_default="64M", metavar="SIZE",
               help="Commit a resume point on the host at least every SIZE of layers, e.g. 64M = 64 MiB, 1G "
-                   "(a rerun after a broken connection sends only what is not committed).")
-@click.option("--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
+                   "(a rerun after a broken connection sends only what is not committed); a layer bigger "
+                   "than SIZE is staged in ~/.migrate/image-partial on the host and resumes inside itself.")
+@click.option("-n", "--dry-run", is_flag=True, help="Run the preflight and show what would be sent; change nothing.")
 @click.option("--to-file", type=click.Path(dir_okay=False), default=None,
               help="Write one docker-load-able archive instead of pushing (.tar, .tar.gz or .tar.zst).")
 @click.option("--from-file", type=click.Path(dir_okay=False), default=None,
@@ -101,7 +103,8 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     Before a byte moves it checks the image exists, Docker access on the host (direct, docker group,
     or sudo: a password is asked once), engine and storage driver, CPU architecture, free disk, and
     tags that would move. A host that already has the image gets only missing tags ("up to date").
-    A broken connection keeps the layers already loaded: rerun the same command to resume. Works
+    A broken connection keeps the layers already loaded, and the committed part of a layer bigger
+    than --checkpoint: rerun the same command to resume. Works
     with the classic (overlay2) and the containerd image store at either end: a containerd host
     gets an OCI layout with the layers it lacks left out (docs/push-image.md, "Engines").
 

@@ -12,23 +12,21 @@ import sys
 import click
 
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
-from migrate.cluster import jobs as cluster_jobs
-from migrate.cluster import state as cluster_state
-from migrate.data.syncback import cluster_sync_groups, parse_sync_back
+from migrate.completion import complete_target
+from migrate.data.syncback import parse_sync_back
 from migrate.errors import UsageError
-from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.compose import plan_compose
-from migrate.jobs.limits import confirm_many_jobs
 from migrate.jobs.options import gpu_backend_option, job_field_options, notify_format_option, notify_target
 from migrate.jobs.spec import DispatcherOptions, check_specs
-from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, run_command, split_env
+from migrate.jobs.submit import build_specs, compose_spec, parse_env, parse_pool, split_env
+from migrate.jobs.target import Submission, job_target
 from migrate.remote.hosts import ConnectOptions
 from migrate.units import parse_duration
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_target)
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 @connection_options
 @job_field_options  # --name, --image, --cwd, --mount, ... --key: one option per row of the job table
@@ -57,7 +55,7 @@ from migrate.units import parse_duration
 @click.option("--every", metavar="DURATION", help="With --sync-back: also pull every DURATION (10m, 1h) while "
               "the jobs run, whenever `migrate wait` runs (default: only after they end).")
 @click.option("-f", "--follow", is_flag=True, help="Then follow the job's output (one job).")
-@click.option("--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the jobs that would be queued; connect to nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Queue more than 1000 jobs without asking (for scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued jobs as JSON.")
 def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str | None, cwd: str | None,
@@ -93,9 +91,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     group (or container), and keeps running when you log out. The first run installs a small
     agent in ~/.migrate on the host (python3 >= 3.8, nothing else) and starts the dispatcher.
     One CMD argument is a shell command line; several are quoted as separate words.
-    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image and the
-    --from-template copies go to every cluster host first, and --priority orders the submission
-    within this run (docs/cluster.md).
+    HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image, --env NAME (from
+    the SOURCE last given to push-env here) and the --from-template copies go to every cluster
+    host first, and --priority orders the submission within this run (docs/cluster.md).
     """
     if bool(template) != bool(experiments):
         raise UsageError("--from-template and --experiments go together",
@@ -105,17 +103,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     if sync_back:
         parse_sync_back(sync_back)
     every_s = parse_duration(every, what="--every") if every else None
-    # -- a cluster name where a host would be (issue 14; migrate/cluster/jobs.py) --
-    on_cluster = cluster_state.exists(host)
-    if nodes and not on_cluster:
-        raise UsageError("--nodes runs one job across the servers of a cluster",
-                         hint="create one with `migrate cluster up NAME HOST...`, then `migrate run NAME --nodes N`")
-    if on_cluster and notify:  # Ray jobs have no dispatcher to post; the URL is not stored here
-        raise UsageError("--notify is not supported on a cluster",
-                         hint=f"let the laptop post it: migrate wait {host} --notify URL")
-    if on_cluster and compose_file:
-        raise UsageError("--compose is not supported on a cluster yet",
-                         hint="queue them on one host: migrate run HOST ...")
+    target = job_target(host, conn)  # a host's queue or a cluster: decided here, once
+    target.check_submit(nodes=nodes or 0, notify=bool(notify), compose=bool(compose_file))
     options = DispatcherOptions(gpu_backend=gpu_backend, allow_shared=allow_shared,
                                 gpu_pool=parse_pool(gpu_pool), enable_linger=enable_linger, cpu_slots=cpu_slots)
     if compose_file:
@@ -125,8 +114,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
         cplan = plan_compose(compose_file, name)
         spec = compose_spec(cplan, name=name, gpus=gpus, key=key, priority=priority, retries=retries,
                             min_free_mem=min_free_mem, env=parse_env(env_items), notify=notify)
-        sys.exit(run_command(host, conn, [spec], options, plan=None, dry_run=dry_run, as_json=as_json,
-                             follow=follow, compose=cplan))
+        sys.exit(target.submit(Submission([spec], options, compose=cplan, dry_run=dry_run, as_json=as_json,
+                                          follow=follow, yes=yes)))
     variables, env_name = split_env(env_items)
     if env_name and python_env and env_name != python_env:
         raise UsageError(f"--env {env_name} and --python-env {python_env} name two environments")
@@ -137,27 +126,9 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
                         mounts=mounts, shm_size=shm_size, ports=ports, key=key, experiments=exps, notify=notify,
                         sync_back=sync_back, python_env=python_env)
     check_specs(specs)  # before a dry run too: e.g. --env NAME with --image
-    if on_cluster and any(s.image and s.image.endswith(".sif") for s in specs):
-        raise UsageError("SIF images are not supported on a cluster yet", hint="run on each host: migrate run HOST ...")
-    if on_cluster and any(s.python_env for s in specs):
-        raise UsageError("a push-env environment (python_env) is not supported on a cluster yet",
-                         hint="run on each host: migrate run HOST --env NAME ...")
     plan = None
     if template and exps:
         plan = tpl.plan_template(template, exps, template_dest, list(ignores))
-    if on_cluster:
-        if not dry_run:
-            confirm_many_jobs(len(specs), where=host, yes=yes)
-        cluster_sync_groups(specs, [], None)  # one --sync-back for the run, checked before submitting
-        seq = cluster_state.load(host).job_seq
-        code = cluster_jobs.run_on_cluster(host, conn, specs, dry_run=dry_run, as_json=as_json, follow=follow,
-                                           nodes=nodes or 0, gpus_per_node=gpus if gpus_per_node is None
-                                           else gpus_per_node, template=plan)
-        if not dry_run:  # the ids this run took (cluster ids count up): what `migrate wait NAME` waits for
-            ids = list(range(seq + 1, cluster_state.load(host).job_seq + 1))
-            lastrun.record(host, ids, sync=cluster_sync_groups(specs, ids, every_s))  # pulled from the head
-        sys.exit(code)
-    if not dry_run:
-        confirm_many_jobs(len(specs), where=host, yes=yes)  # above 1000: ask (or --yes); over 10000 never built
-    sys.exit(run_command(host, conn, specs, options, plan=plan, dry_run=dry_run, as_json=as_json, follow=follow,
-                         every=every_s))
+    sys.exit(target.submit(Submission(specs, options, template=plan, dry_run=dry_run, as_json=as_json, follow=follow,
+                                      yes=yes, every=every_s, nodes=nodes or 0,
+                                      gpus_per_node=gpus if gpus_per_node is None else gpus_per_node)))

@@ -7,11 +7,13 @@ import sys
 import click
 
 from migrate import ui
-from migrate.cli_common import CONTEXT_SETTINGS
+from migrate.cli_common import CONTEXT_SETTINGS, Size
+from migrate.completion import complete_host
 from migrate.sandbox import recipe
 from migrate.sandbox.link import LINK_HINT, parse_link
 from migrate.sandbox.manager import Sandbox
 from migrate.sandbox.mocknvml import state as mstate
+from migrate.units import MIB
 
 
 def _show(hosts: list[dict], as_json: bool, sb: Sandbox) -> None:
@@ -203,11 +205,11 @@ def _show_gpus(result: dict) -> None:
 
 
 @group.command("gpu", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("--take", "take", metavar="GPU", help="Put a foreign process on GPU (index, or GPU:INSTANCE with MIG): "
               "a process started as user bob, or --pid.")
-@click.option("--mib", "take_mib", type=click.IntRange(0, 10**7), default=1024, show_default=True,
-              help="Memory the --take process holds.")
+@click.option("--mib", "take_mib", type=Size(MIB, "MiB", 0, 10**7), default=1024, show_default=True,
+              help="Memory the --take process holds: a size (2G, 512M; a plain number is MiB).")
 @click.option("--pid", "take_pid", type=click.IntRange(1, 2**31),
               help="List this PID for --take instead of starting one.")
 @click.option("--kind", "take_kind", type=click.Choice(list(mstate.KINDS)), default="compute", show_default=True,

@@ -1,4 +1,4 @@
-"""`migrate status HOST`: the jobs on a host's dispatcher, their state, GPUs, runtime and exit code."""
+"""`migrate status HOST`: the jobs on a host's dispatcher (or a cluster), their state, GPUs, runtime and exit code."""
 
 from __future__ import annotations
 
@@ -7,76 +7,20 @@ import sys
 import click
 
 from migrate import ui
-from migrate.agent.recovery import job_ids_text
 from migrate.cli_common import CONTEXT_SETTINGS, SHORT_N, connection_options, host_option, old_spelling
-from migrate.cluster import jobs as cluster_jobs
-from migrate.cluster import state as cluster_state
-from migrate.data.syncback import sync_line
+from migrate.completion import complete_target
 from migrate.errors import UsageError
-from migrate.jobs import lastrun, multi
-from migrate.jobs.client import agent_session
-from migrate.jobs.render import STATUS_COLUMNS, dispatcher_line, status_rows
+from migrate.jobs import multi
+from migrate.jobs.render import dispatcher_line, parse_states, show_status
+from migrate.jobs.target import job_target
 from migrate.remote.hosts import ConnectOptions
 
-STATES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
-
-
-def parse_states(states: str | None) -> list[str] | None:
-    """`--state failed,lost` as a list; an unknown state is a usage error (pure)."""
-    if not states:
-        return None
-    wanted = states.split(",")
-    bad = [s for s in wanted if s not in STATES]
-    if bad:
-        raise UsageError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
-    return wanted
-
-
-def status_args(show_all: bool, states: str | None, last: int) -> list[str]:
-    """Agent arguments for a status query (pure)."""
-    if parse_states(states):
-        return ["status", "--state", states]
-    return ["status", "--all"] if show_all else ["status", "--limit", str(last)]
-
-
-def show_status(data: dict, host: str) -> None:
-    """The table and the warnings a person needs (pure apart from printing)."""
-    ui.info(dispatcher_line(data, host))
-    ui.table(None, STATUS_COLUMNS, status_rows(data["jobs"]))
-    if data.get("hidden_finished"):
-        ui.info(f"{data['hidden_finished']} older finished job(s) not shown (--all shows every job)")
-    counts = data.get("counts") or {}
-    waiting = counts.get("queued", 0)
-    if data.get("paused"):
-        ui.warn(paused_warning(data["paused"], host))
-    elif not (data.get("daemon") or {}).get("running") and (waiting or counts.get("running")):
-        ui.warn(f"the dispatcher is not running on {host}: queued jobs will not start "
-                f"(start it with `migrate resume {host}`)")
-    if data.get("gpu_error"):
-        ui.warn(f"GPU view: {data['gpu_error']}")
-    recorded = recorded_text(data.get("recovered") or {})
-    if recorded:
-        ui.info(recorded)
-
-
-def paused_warning(paused: str, host: str) -> str:
-    """One sentence: why the queue is paused and what to do (pure)."""
-    paused = paused.split("; queue paused:")[0]  # the old agents' text said it twice
-    return (f"queue paused on {host}: {paused.rstrip('.')}; nothing starts until `migrate resume {host}` "
-            f"(`migrate retry {host} JOB` first for what should run again)")
-
-
-def recorded_text(rec: dict) -> str:
-    """'recorded meanwhile: job 3 finished; jobs 9-12 lost' ('' when nothing was recorded) (pure)."""
-    parts = [f"{job_ids_text(rec[k])} {k}" for k in ("finished", "lost") if rec.get(k)]
-    return "recorded meanwhile: " + "; ".join(parts) if parts else ""
-
+__all__ = ["command", "parse_states", "show_status"]  # the last two: moved to migrate.jobs.render
 
 def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states: str | None, last: int,
               as_json: bool) -> int:
     """Every host at once (in parallel): one table with a host column; 0 when at least one answered."""
-    outcomes = multi.read_hosts(hosts, conn, status_args(show_all, states, last), show_all=show_all,
-                                states=parse_states(states), last=last)
+    outcomes = multi.read_hosts(hosts, conn, show_all=show_all, states=parse_states(states), last=last)
     if as_json:
         ui.print_json(multi.multi_json(outcomes))
         return multi.multi_exit_code(outcomes)
@@ -96,8 +40,9 @@ def show_many(hosts: list[str], conn: ConnectOptions, *, show_all: bool, states:
 
 
 @click.command("status", context_settings=CONTEXT_SETTINGS)
-@click.argument("first", metavar="[HOST]", required=False)
-@host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.")
+@click.argument("first", metavar="[HOST]", required=False, shell_complete=complete_target)
+@host_option("Another host or cluster (repeatable): all are asked in parallel and shown in one table.",
+             clusters=True)
 @connection_options
 @click.option("-f", "--playbook", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also every host of this playbook (its cluster if it names one), as `apply` reads it.")
@@ -135,27 +80,5 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, play
     if len(every) > 1:
         sys.exit(show_many(every, conn, show_all=show_all, states=states, last=last, as_json=as_json))
     [host] = every
-    if cluster_state.exists(host):  # a cluster name (issue 14)
-        sys.exit(cluster_jobs.show_status(host, conn, as_json=as_json, show_all=show_all,
-                                          states=parse_states(states), last=last))
-    args = status_args(show_all, states, last)
-    with agent_session(host, conn) as client:
-        data = client.call(args, what="read job status", need_queue=True)
-        name = client.remote.name
-        display = client.remote.target.display
-    if data.get("no_queue"):
-        if as_json:
-            ui.print_json({"host": display, "dispatcher": None, "paused": "", "backend": None, "gpu_error": "",
-                           "counts": {}, "jobs": []})
-        else:
-            ui.info(f"no jobs on {name} yet (queue one with `migrate run {name} -- CMD`)")
-        sys.exit(0)
-    if as_json:
-        ui.print_json({"host": display, "dispatcher": data.get("daemon"), "paused": data.get("paused"),
-                       "backend": data.get("backend"), "gpu_error": data.get("gpu_error"),
-                       "counts": data.get("counts"), "jobs": data["jobs"]})
-    else:
-        show_status(data, name)
-        for entry in lastrun.sync_entries(host):  # `run --sync-back`: when results last came back here
-            ui.info(sync_line(entry, host))
-    sys.exit(0)
+    sys.exit(job_target(host, conn).status(show_all=show_all, states=parse_states(states), last=last,
+                                           as_json=as_json))

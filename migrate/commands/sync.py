@@ -8,6 +8,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_target
 from migrate.data.syncback import parse_sync_back, pending_jobs, pending_tasks, sync_loop
 from migrate.jobs.render import duration
 from migrate.remote.hosts import ConnectOptions
@@ -15,13 +16,13 @@ from migrate.units import parse_duration
 
 
 @click.command("sync", context_settings=CONTEXT_SETTINGS)
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=complete_target)
 @connection_options
 @click.option("--every", metavar="DURATION", help="Pull every DURATION while the jobs run (default: what "
               "`run --every` said; without it only after they end).")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True, metavar="SECONDS",
               help="How often each host's job states are read.")
-@click.option("--dry-run", is_flag=True, help="List the pending sync-backs; connect to nothing.")
+@click.option("-n", "--dry-run", is_flag=True, help="List the pending sync-backs; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print [{target, spec, jobs, last_ok, final}] at the end.")
 def command(target: str | None, conn: ConnectOptions, every: str | None, interval: float, dry_run: bool,
             as_json: bool) -> None:

@@ -11,6 +11,7 @@ import click
 
 from migrate import ui
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options
+from migrate.completion import complete_host
 from migrate.errors import MigrateError
 from migrate.jobs.tunnel import check_local_ports, parse_forwards, ssh_forward_args
 from migrate.remote import shell as quoting
@@ -26,11 +27,11 @@ def tunnel_argv(host: str, conn: ConnectOptions, ports: tuple[str, ...], bind: s
 
 
 @click.command("tunnel", context_settings=CONTEXT_SETTINGS)
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("ports", nargs=-1, required=True, metavar="PORT|LOCAL:REMOTE...")
 @connection_options
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Local address to listen on.")
-@click.option("--dry-run", is_flag=True, help="Print the ssh command instead of running it.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the ssh command instead of running it.")
 def command(host: str, ports: tuple[str, ...], conn: ConnectOptions, bind: str, dry_run: bool) -> None:
     """Forward local ports to HOST's localhost until Ctrl-C (TensorBoard, Jupyter...).
 

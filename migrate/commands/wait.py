@@ -11,6 +11,7 @@ from migrate import ui
 from migrate.agent.notify import describe as describe_target
 from migrate.agent.notify import post as post_notification
 from migrate.cli_common import CONTEXT_SETTINGS, connection_options, host_option
+from migrate.completion import complete_job, complete_target
 from migrate.data.syncback import pending_tasks, recording_syncer
 from migrate.errors import UsageError
 from migrate.jobs import lastrun
@@ -47,9 +48,10 @@ def wait_targets(target: str | None, hosts: tuple[str, ...], refs: tuple[str, ..
 
 
 @click.command("wait", context_settings=CONTEXT_SETTINGS)
-@click.argument("target", required=False)
-@click.argument("jobs", nargs=-1, metavar="[JOB]...")
-@host_option("Another host or cluster to wait on (repeatable); each waits for its last run's jobs.")
+@click.argument("target", required=False, shell_complete=complete_target)
+@click.argument("jobs", nargs=-1, metavar="[JOB]...", shell_complete=complete_job)
+@host_option("Another host or cluster to wait on (repeatable); each waits for its last run's jobs.",
+             clusters=True)
 @connection_options
 @click.option("--all", "every_active", is_flag=True, help="Wait for every job that is queued or running now.")
 @click.option("--timeout", metavar="DURATION", help="Give up waiting after this long (90, 30m, 2h): exit 124; "

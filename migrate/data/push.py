@@ -3,7 +3,7 @@ passes) -> a `HostPlan` (printed by --dry-run, which stops there) -> deletion ch
 parallel rsync shards, or tar streams) with one progress bar per source.
 
 Hosts are reached through a `Reach` (an OpenSSH session, a paramiko `Remote` when sudo needs a
-password, the local transfer runners); tests pass `migrate.remote.fake.FakeHost` for all three.
+password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` for all three.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
 from migrate.data.transfer import LocalTransfers, RunOutcome, require_local_tools
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.parallel import for_each_host
 
@@ -61,15 +62,15 @@ class Reach:
     `root(host)` for root commands when sudo asks a password (paramiko's prompt), `transfers` for the
     local rsync/tar runners. `Reach.ssh(conn)` is the real thing; tests build one around a FakeHost."""
 
-    session: Callable[[str], Any]
-    root: Callable[[str], Any]
+    session: Callable[[str], Host]
+    root: Callable[[str], Host]
     transfers: Any = field(default_factory=LocalTransfers)
 
     @classmethod
     def ssh(cls, conn: ConnectOptions) -> Reach:
         from migrate.remote.openssh import OpenSshSession
 
-        def root(host: str) -> Any:
+        def root(host: str) -> Host:
             # paramiko and Fabric cost ~0.1 s to import: only a password-sudo host needs them
             from migrate.remote.connection import connect
             return connect(host, conn)
@@ -99,7 +100,7 @@ def _local_sources(sources: list[str]) -> list[_Source]:
     return out
 
 
-def remote_spec(remote: Any, path: str) -> str:
+def remote_spec(remote: Host, path: str) -> str:
     """rsync's `HOST:PATH` for this session (`[v6]:PATH` when the alias has a colon)."""
     host = remote.target.alias
     return f"[{host}]:{path}" if ":" in host else f"{host}:{path}"
@@ -125,10 +126,10 @@ class HostPush:
         finally:
             sizer.shutdown(wait=True)
 
-    def _probe(self, remote: Any) -> DestFacts:
+    def _probe(self, remote: Host) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
 
-    def _run(self, remote: Any) -> list[DataPushResult]:
+    def _run(self, remote: Host) -> list[DataPushResult]:
         o = self.o
         plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
         facts = self._probe(remote)
@@ -210,7 +211,7 @@ class HostPush:
             results.append(self._one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
 
-    def _as_root(self, remote: Any, facts: DestFacts, command: str, what: str,
+    def _as_root(self, remote: Host, facts: DestFacts, command: str, what: str,
                  timeout: float | None = None) -> None:
         """Root commands go over the OpenSSH session; a sudo password needs the paramiko layer's prompt."""
         if facts.sudo == "password":
@@ -219,7 +220,7 @@ class HostPush:
         else:
             remote.run(command, sudo=True, sudo_mode=facts.sudo, what=what, timeout=timeout)
 
-    def _check_space(self, remote: Any, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
+    def _check_space(self, remote: Host, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
                      plans: list) -> None:
         if self.o.dry_run:
             if self.o.drop_partial and facts.kind != "none":
@@ -264,14 +265,14 @@ class HostPush:
                                       in_place=in_place)
         raise MigrateError(message, hint=hint)
 
-    def _partials(self, remote: Any, plans: list) -> list[tuple[str, int]]:
+    def _partials(self, remote: Host, plans: list) -> list[tuple[str, int]]:
         """Kept partial dirs (unfinished files of an interrupted rsync) where these mappings land."""
         trees = [m.landing for _, m, *_ in plans if m.source_is_dir]
         dirs = [os.path.dirname(m.landing.rstrip("/")) or "." for _, m, *_ in plans if not m.source_is_dir]
         out = remote.run(partial_probe_command(trees, dirs), what="look for partial files").stdout
         return parse_partial_probe(out)
 
-    def _drop_partials(self, remote: Any, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
+    def _drop_partials(self, remote: Host, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
         for path, size in partials:
             ui.info(f"{remote.target.alias}: --drop-partial: deleting {path} ({ui.human_bytes(size)} of unfinished "
                     "files); they are sent whole")
@@ -281,7 +282,7 @@ class HostPush:
         else:
             remote.run(command, what="delete partial files")
 
-    def _one(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+    def _one(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, files: int, size: int, method: str,
              reason: str) -> DataPushResult:
         o = self.o
@@ -347,7 +348,7 @@ class HostPush:
                 f"{sudo_prefix}chmod {mode} {q(tmp)} && {sudo_prefix}touch -d @{mtime} {q(tmp)} && "
                 f"{sudo_prefix}mv -f {q(tmp)} {q(m.landing)}")
 
-    def _planned(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+    def _planned(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
                  files: int, size: int, method: str, reason: str) -> PlannedTransfer:
         if method == "tar":
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._stream_command(facts, src, m),
@@ -361,7 +362,7 @@ class HostPush:
     def _source_arg(src: _Source) -> str:
         return (src.path.rstrip("/") or "/") + ("/" if src.is_dir and src.path.rstrip("/") else "")
 
-    def _tar(self, remote: Any, facts: DestFacts, src: _Source, m: Mapping,
+    def _tar(self, remote: Host, facts: DestFacts, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, cb) -> RunOutcome:
         ssh = remote.openssh_argv()
         cmd = self._stream_command(facts, src, m)

@@ -50,14 +50,14 @@ class SyncTask:
 
     def due(self, states: dict[str, str], now: float) -> str:
         """'final', 'every' or '' (pure): what this task should do after a poll that saw `states`."""
-        from migrate.agent.db import FINAL
+        from migrate.jobs.model import is_terminal, state_of
 
         if self.final or self.final_tries >= FINAL_TRIES:
             return ""
         mine = [states.get(j) for j in self.jobs]
-        if all(s in FINAL for s in mine if s is not None):
+        if all(is_terminal(s) for s in mine if s is not None):
             return "final"
-        running = any(s in ("running", "starting") for s in mine)
+        running = any((st := state_of(s)) is not None and st.is_active for s in mine)
         if running and self.every and (self.tried_at is None or now - self.tried_at >= self.every):
             return "every"
         return ""
@@ -215,10 +215,11 @@ def tick_until(syncer: Syncer, read_states: Callable[[], dict[tuple[str, str], s
 
 
 def pull_host(target: str) -> str:
-    """Where a target's sync-back pulls from: the host itself, or a cluster's head node."""
-    from migrate.cluster import state as cluster_state
+    """Where a target's sync-back pulls from: the host itself, or a cluster's head node (its job target says)."""
+    from migrate.jobs.target import job_target
+    from migrate.remote.hosts import ConnectOptions
 
-    return cluster_state.load(target).head.host if cluster_state.exists(target) else target
+    return job_target(target, ConnectOptions()).files_host
 
 
 def cluster_sync_groups(specs: list[Any], ids: list, every: float | None) -> list[dict]:

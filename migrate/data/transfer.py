@@ -375,7 +375,7 @@ def local_rsync_version() -> tuple[int, int, int]:
 
 
 class LocalTransfers:
-    """The runners push-data and pull-data use, as one object (tests pass `remote.fake.RecordingTransfers`)."""
+    """The runners push-data and pull-data use, as one object (tests pass `tests/fakehost.py: RecordingTransfers`)."""
 
     rsync_dry_run = staticmethod(rsync_dry_run)
     run_rsync = staticmethod(run_rsync)

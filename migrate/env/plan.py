@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from migrate.agent.launch import CONDA_ACTIVATE_D
 from migrate.remote import shell
 
 ENVS_DIR = ".migrate/envs"
@@ -238,3 +239,38 @@ def exists_command(name: str) -> str:
 
 def list_command() -> str:
     return f"cd && ls -1 {shell.home_path(ENVS_DIR)} 2>/dev/null || true"
+
+
+# -- `migrate shell/exec HOST --env NAME`: a shell or one command with the env activated -------------
+def activation(name: str) -> str:
+    """Shell lines that activate ~/.migrate/envs/NAME: VIRTUAL_ENV (or CONDA_PREFIX for a conda env,
+    which has conda-meta/, and its etc/conda/activate.d/*.sh scripts) and PATH, as the agent does for
+    a job (agent/launch.py: activate)."""
+    env = shell.home_path(env_dir(name))
+    return (f"PATH={env}/bin:\"$PATH\"; export PATH; unset PYTHONHOME; "
+            f"if [ -d {env}/conda-meta ]; then CONDA_PREFIX={env}; export CONDA_PREFIX; "
+            f"{CONDA_ACTIVATE_D}"
+            f"else VIRTUAL_ENV={env}; export VIRTUAL_ENV; fi")
+
+
+def session_command(name: str, command: str | None) -> str:
+    """The remote command of `migrate shell/exec HOST --env NAME [-- CMD]` (pure).
+
+    The activation runs after the login profile (`bash -l`, which may reset PATH); an interactive
+    shell gets it once more after ~/.bashrc (an `--rcfile` that sources ~/.bashrc, then activates),
+    so a conda init block there cannot put its base env in front. Without bash: sh. A missing env is
+    one line on stderr and exit 127, as for a job."""
+    env = shell.home_path(env_dir(name))
+    act = activation(name)
+    missing = shell.quote(f"migrate: no environment {name} on this host (~/{env_dir(name)}); "
+                          f"push it with: migrate push-env HOST --name {name} SOURCE")
+    if command is not None:
+        body = f"{act}; {command}"
+        run = f"exec bash -lc {shell.quote(body)}"
+        fallback = f"exec sh -c {shell.quote(body)}"
+    else:
+        rc = f"exec bash --rcfile <({{ cat ~/.bashrc 2>/dev/null; printf '%s\\n' {shell.quote(act)}; }}) -i"
+        run = f"exec bash -lc {shell.quote(f'{act}; {rc}')}"
+        fallback = f"exec sh -c {shell.quote(f'{act}; exec sh -i')}"
+    return shell.sh_c(f"[ -d {env} ] || {{ echo {missing} >&2; exit 127; }}; "
+                      f"if command -v bash >/dev/null 2>&1; then {run}; else {fallback}; fi")

@@ -26,6 +26,7 @@ from migrate.env.source import Source, python_fits
 from migrate.errors import MigrateError
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
@@ -72,7 +73,7 @@ class _Locks:
             return self.done[key]
 
 
-def probe(remote, name: str, python: str) -> plan.HostFacts:
+def probe(remote: Host, name: str, python: str) -> plan.HostFacts:
     res = remote.run(plan.probe_command(name, cluster_plan.UV_VERSION, python), check=False,
                      what="probe python", timeout=60)
     if res.exit_code == 127:
@@ -101,7 +102,7 @@ def tar_members(wheels: list[Path], uv: Path | None) -> list[tuple[str, Path | b
     return out
 
 
-def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
+def stream_tar(remote: Host, members: list[tuple[str, Path | bytes]]) -> None:
     """Stream the members as one tar over OpenSSH (the host's ssh settings) into ~/.migrate."""
 
     def write(stdin) -> None:
@@ -117,7 +118,7 @@ def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
     _stream(remote, plan.unpack_command(), write, "sending wheels", "rerun: wheels that arrived whole are kept")
 
 
-def _stream(remote, command: str, write, what: str, hint: str) -> None:
+def _stream(remote: Host, command: str, write, what: str, hint: str) -> None:
     """Run `command` on the host over OpenSSH with `write(stdin)` feeding it (no temp file either side)."""
     argv = remote.openssh_argv() + ["--", command]
     ui.debug("$ " + " ".join(argv), level=2)
@@ -256,3 +257,29 @@ def delete_env(hosts: list[str], name: str, conn: ConnectOptions, *, dry_run: bo
 
     outcomes = for_each_host(hosts, one)
     return [o.value if o.ok else EnvResult(host=o.host, name=name, error=o.error or "?") for o in outcomes]
+
+
+def ensure_on_hosts(hosts: list[str], names: list[str], conn: ConnectOptions, *, where: str,
+                    dry_run: bool) -> list[EnvResult]:
+    """Push each named environment, from the SOURCE last pushed from here (env/known.py), to every
+    host (`run CLUSTER --env NAME`: all nodes, since Ray may place the job on any of them). An
+    unchanged env costs one probe per host. Raises on the first env a host could not get; a dry run
+    only checks that each SOURCE is known and says what would be pushed."""
+    from migrate.env import known
+
+    results: list[EnvResult] = []
+    for name in names:
+        src, python = known.recall(name, where)
+        if dry_run:  # connects to nothing: says what would be pushed first
+            ui.info(f"dry run: environment {name} ({src.describe()}) would be pushed to "
+                    f"{', '.join(hosts)} first (unchanged hosts: one probe each)")
+            continue
+        ui.step(f"environment {name} ({src.describe()}) on every host of {where}")
+        got = push_env(hosts, src, PushEnvOptions(name=name, python=python), conn)
+        failed = [r for r in got if r.error]
+        if failed:
+            raise MigrateError(f"pushing environment {name} to {failed[0].host} failed: {failed[0].error}",
+                               hint=f"fix it, or push by hand: migrate push-env {failed[0].host} "
+                                    f"{src.path} --name {name}")
+        results += got
+    return results

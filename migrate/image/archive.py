@@ -190,6 +190,8 @@ class LoadStep:
     manifest_style: str = "oci"  # or "docker": the manifest containerd makes of a docker-save archive
     # the local engine's own index.json entry and index/manifest blobs for this image (SavedArchive.target)
     target: tuple[dict, list[tuple[str, bytes]]] | None = None
+    # the file this step is staged in on the host, resumable inside a layer (image/staged.py); "": streamed
+    stage: str = ""
 
     @property
     def image_id(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from migrate.errors import MigrateError, UsageError
+from migrate.units import format_rate
 
 MIB = 1 << 20
 GZIP_BLOCK = 4 * MIB
@@ -104,15 +105,16 @@ def choose_codec(spec: CompressSpec, *, engine_loads_zstd: bool, remote_zstd: bo
     # the probe is short (16 MiB), so it reads fast links low: 60 MB/s measured is a LAN-class link
     if link_mb_s is None or link_mb_s >= 60:
         return Codec(reason="fast link: save/load are the bottleneck")
+    link = format_rate(link_mb_s * 1e6)  # said in binary units, as every table and progress bar
     if link_mb_s >= 25:
-        return zstd(1, f"link {link_mb_s:.0f} MB/s") if can_zstd else Codec(reason=f"link {link_mb_s:.0f} MB/s")
+        return zstd(1, f"link {link}") if can_zstd else Codec(reason=f"link {link}")
     if link_mb_s >= 3:
         if can_zstd:
-            return zstd(3, f"link {link_mb_s:.0f} MB/s")
-        return Codec(layer_gzip=1, reason=f"link {link_mb_s:.0f} MB/s, no zstd on host")
+            return zstd(3, f"link {link}")
+        return Codec(layer_gzip=1, reason=f"link {link}, no zstd on host")
     if can_zstd:
-        return zstd(9, f"slow link {link_mb_s:.1f} MB/s")
-    return Codec(layer_gzip=6, reason=f"slow link {link_mb_s:.1f} MB/s, no zstd on host")
+        return zstd(9, f"slow link {link}")
+    return Codec(layer_gzip=6, reason=f"slow link {link}, no zstd on host")
 
 
 class ParallelGzip:

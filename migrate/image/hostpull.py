@@ -17,9 +17,10 @@ from migrate.image import registry as reg
 from migrate.image.plan import check_access
 from migrate.image.push import ImagePushResult
 from migrate.image.remote import FACTS_SCRIPT, docker_command, parse_facts
-from migrate.image.via import Registries, probe, refusal, run_pull
+from migrate.image.via import Registries, probe, refusal, run_pull, through_mirrors
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
@@ -37,23 +38,24 @@ def parse_refs(refs: Sequence[str]) -> list[reg.RegistryRef]:
     return out
 
 
-def _pull_one(remote, access: str, ref: reg.RegistryRef, registries: Registries,
-              dry_run: bool) -> tuple[str, dict[str, str]]:
+def _pull_one(remote: Host, access: str, ref: reg.RegistryRef, registries: Registries,
+              dry_run: bool, mirrors: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
     """(status, result fields) of one registry image on one host."""
     cmd, sudo = docker_command(access, ["image", "inspect", "--format", "{{.Id}}", ref.pull_ref])
     if remote.run(cmd, sudo=sudo, check=False, what="look for the image").ok:
         return "up to date", {"detail": "already there"}
     try:
         cred = registries.credential(ref.registry)
-        verdict = probe(remote, ref, cred)
+        verdict = through_mirrors(lambda m: probe(remote, ref, None if m else cred, "", m), ref, mirrors)
         if not verdict.ok:
             raise refusal(verdict, ref.registry)
+        where = f"{ref.registry} through its registry mirror {verdict.mirror}" if verdict.mirror else ref.registry
         if dry_run:
-            return WOULD_PULL, {"pulled": ref.pull_ref, "detail": f"the host would pull it from {ref.registry}"}
+            return WOULD_PULL, {"pulled": ref.pull_ref, "detail": f"the host would pull it from {where}"}
         run_pull(remote, access, ref, cred, remote.sudo_password)
     except MigrateError as exc:
         return "failed", {"error": exc.one_line()}
-    return PULLED, {"pulled": ref.pull_ref, "detail": f"pulled by the host from {ref.registry}"}
+    return PULLED, {"pulled": ref.pull_ref, "detail": f"pulled by the host from {where}"}
 
 
 def pull_images(refs: Sequence[str], hosts: Sequence[str], conn: ConnectOptions, *,
@@ -71,7 +73,7 @@ def pull_images(refs: Sequence[str], hosts: Sequence[str], conn: ConnectOptions,
             out = []
             for ref, text in zip(parsed, refs):
                 t0 = time.monotonic()
-                status, kw = _pull_one(remote, facts.access, ref, registries, dry_run)
+                status, kw = _pull_one(remote, facts.access, ref, registries, dry_run, facts.registry_mirrors)
                 out.append(ImagePushResult(image=text, host=host, status=status, via="pull",
                                            seconds=round(time.monotonic() - t0, 3), **kw))
             return out

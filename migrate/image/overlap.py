@@ -138,6 +138,7 @@ class OverlapMixin:
         self._after_load(session, step, res)
         self._verify(session, img)
         self._drop_partials(session, plan.partials)
+        self._drop_staged(session, img)
         detail = f"{len(img.diff_ids) - first}/{len(img.diff_ids)} layers, {codec.label}, while the host pulled"
         return self._result(img, session, "sent", t0, bytes_sent=wire, layers_sent=len(step.send), detail=detail)
 

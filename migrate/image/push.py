@@ -70,6 +70,7 @@ from migrate.image.plan import (
     plan_image,
 )
 from migrate.image.remote import RemoteDocker, parse_facts
+from migrate.image.staged import StagedMixin, display_path, of_image
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
 from migrate.image.via import MODES as VIA_MODES
 from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, registry_layers, result_fields
@@ -288,7 +289,7 @@ def preflight_host(host: str, conn: ConnectOptions, get_images: Callable[[], Seq
 
 
 # -- sending -------------------------------------------------------------------------------------
-class Pusher(OverlapMixin):
+class Pusher(OverlapMixin, StagedMixin):
     """Runs phase 4 for every host, sharing the local layer source and one progress display."""
 
     def __init__(self, images: Sequence[LocalImage], layers: LayerCache | None, options: PushImageOptions,
@@ -423,7 +424,7 @@ class Pusher(OverlapMixin):
         """Stream each step through `script` on the host; return (wire bytes, layers sent, results).
 
         `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check)."""
-        members_per_step = [self._step_members(step, codec, oci) for step in steps]
+        members_per_step = [self._step_members(step, None if step.stage else codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
         task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
         limiter = RateLimiter(self.options.bwlimit)
@@ -437,9 +438,12 @@ class Pusher(OverlapMixin):
         try:
             for step, members in zip(steps, members_per_step):
                 done = steps.index(step)
-                res = stream(master.argv(command), tar_stream(members),
-                             StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
-                             on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
+                if step.stage:  # resumable inside its big layer
+                    res = self._stream_staged(session, img, master, codec, step, members, limiter, task)
+                else:
+                    res = stream(master.argv(command), tar_stream(members),
+                                 StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
+                                 on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
                 wire += res.wire_bytes
                 outputs.append((step, res))
                 if res.exit_code != 0:
@@ -448,12 +452,14 @@ class Pusher(OverlapMixin):
                 if not as_user:
                     self._after_load(session, step, res)
         except StreamBroken as exc:
+            note = getattr(exc, "note", "")  # a staged step: how much of it the host keeps, and where
             if exc.display:  # count every step of this image, not only the one that broke
                 exc = StreamBroken.lost_after(exc.display, wire + exc.wire_bytes, exc.detail)
             if self.options.format != "sif" and done:
                 kept = sum(len(st.send) for st in steps[:done]) + steps[0].send[0]
                 exc.message += (f"; {kept} of {len(img.diff_ids)} layers of {img.display} are committed there "
                                 f"(kept as {PARTIAL_REPO}:{short_id(img.image_id)}-*)")
+            exc.message += note
             raise exc from None
         finally:
             if task is not None:
@@ -495,6 +501,7 @@ class Pusher(OverlapMixin):
                 session.docker(["tag", ref, tag], what=f"tag {tag}")
             session.facts.add_image(ref, plan.tags_to_add, img.diff_ids, image_fingerprint=img.fingerprint)
             self._drop_partials(session, plan.partials)
+            self._drop_staged(session, img)
             detail = "tagged " + ", ".join(plan.tags_to_add) if plan.tags_to_add else "already there"
             return self._result(img, session, UP_TO_DATE, t0, detail=detail)
         assert master is not None and codec is not None and self.layers is not None
@@ -506,8 +513,10 @@ class Pusher(OverlapMixin):
             s.registry_layers = registry_layers(session.via.get(img.image_id))
         blob_bytes = self._blobs_for_steps(session, img, steps) if oci else None
         step_sizes = [tar_size(self._step_members(s, None, oci)) for s in steps]
-        check_disk(disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store,
-                             blob_bytes=blob_bytes), session.facts, session.name)
+        need = disk_need(step_sizes, sum(sizes[plan.first_missing:]), containerd=session.facts.containerd_store,
+                         blob_bytes=blob_bytes)
+        check_disk(need, session.facts, session.name)
+        self._plan_staging(session, img, steps, sizes, oci, need)
         checkpoints = [s.tags[0] for s in steps if s.checkpoint]
         wire, layers_sent, outputs = self._stream_steps(session, img, master, codec, steps,
                                                         rdocker.load_script(codec.remote_decompress), oci=oci)
@@ -515,15 +524,19 @@ class Pusher(OverlapMixin):
         if res.exit_code != 0:
             committed = plan.first_missing + sum(len(s.send) for s, r in outputs if r.exit_code == 0)
             err = self._load_failed(session, res)
-            if "no space left" in err.message.lower() and committed > plan.first_missing:
-                err.message += (f" ({committed} of {len(img.diff_ids)} layers are kept there as "
-                                f"{PARTIAL_REPO}:{short_id(img.archive_id)}-*; once there is space, a rerun "
-                                "sends only the rest)")
+            if "no space left" in err.message.lower() and (committed > plan.first_missing or step.stage):
+                kept = [f"{committed} of {len(img.diff_ids)} layers as {PARTIAL_REPO}:{short_id(img.archive_id)}-*"
+                        ] if committed > plan.first_missing else []
+                kept += [f"the checked archive of layers up to {len(step.diff_ids)} in {display_path(step.stage)}"
+                         ] if step.stage else []
+                err.message += (f" ({' and '.join(kept)} are kept there; once there is space, a rerun sends only "
+                                "the rest)")
             else:  # the same load would fail again: nothing to resume, leave no checkpoint behind
                 self._drop_partials(session, checkpoints + plan.partials)
             raise err
         self._verify(session, img)
         self._drop_partials(session, checkpoints + plan.partials)
+        self._drop_staged(session, img)
         detail = f"{plan.missing_layers}/{plan.total_layers} layers, {codec.label}"
         if oci:
             detail += ", OCI layout"
@@ -813,6 +826,9 @@ def dry_run_results(images: Sequence[LocalImage], sessions: Sequence[HostSession
                 detail += (", as an OCI layout (containerd image store)" if plan.archive_format == "oci-layout"
                            else ", as a docker-save archive")
                 detail += f", a resume point every >= {ui.human_bytes(options.step_bytes)}"
+                kept = sum(s.facts.staged[n][1] for n in of_image(s.facts.staged, img.archive_id))
+                if kept:
+                    detail += f" ({ui.human_bytes(kept)} of a big layer already staged there)"
                 out.append(ImagePushResult(img.display, s.host, "would send", image_bytes=img.size,
                                            detail=detail + (f"; {plan.note}" if plan.note else ""), **via))
             else:

@@ -251,11 +251,24 @@ except (OSError, ValueError) as e:
 """
 
 
-def probe_command(ref: RegistryRef, arch: str = "") -> str:
+def mirror_target(ref: RegistryRef, mirror: str) -> tuple[str, str]:
+    """(manifest URL, host[:port]) of a Docker Hub image on one of dockerd's `registry-mirrors`
+    (`http://10.0.0.5:5000/`, `https://mirror.gcr.io`): a pull-through mirror serves the same
+    /v2/<repo>/manifests/<digest> as the Hub (pure)."""
+    base = mirror.strip().rstrip("/")
+    if "://" not in base:
+        base = "https://" + base
+    host = base.split("://", 1)[1].split("/", 1)[0]
+    return f"{base}/v2/{ref.repo}/manifests/{ref.digest or ref.tag or 'latest'}", host
+
+
+def probe_command(ref: RegistryRef, arch: str = "", mirror: str = "") -> str:
     """The host command of the probe (no secret in it: the credentials come on stdin); with `arch`, it
-    also reads the manifest's layer descriptors for that platform."""
+    also reads the manifest's layer descriptors for that platform; with `mirror`, it asks that
+    registry mirror of the host's dockerd instead of Docker Hub."""
+    url, registry = mirror_target(ref, mirror) if mirror else (ref.manifest_url, ref.registry)
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo probe=nopython; exit 0; }}; "
-            f"python3 -I -c {shell.quote(PROBE_SCRIPT)} {shell.quote(ref.manifest_url)} {shell.quote(ref.registry)}"
+            f"python3 -I -c {shell.quote(PROBE_SCRIPT)} {shell.quote(url)} {shell.quote(registry)}"
             + (f" {shell.quote(arch)}" if arch else ""))
 
 
@@ -264,6 +277,7 @@ class ProbeResult:
     verdict: str
     detail: str = ""
     layers: list[tuple[str, str, int]] = field(default_factory=list)  # the registry's (media type, digest, size)
+    mirror: str = ""  # the host dockerd's registry mirror that answered (a Docker Hub image), "" = the registry
 
     @property
     def ok(self) -> bool:

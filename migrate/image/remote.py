@@ -42,12 +42,18 @@ _C8D_ROOT = r"""c8d_root() {
 }
 """
 
-_INFO_FORMAT = "'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}'"
+# |mirrors= last: the shell cuts fields 2 and 3; dockerd's registry-mirrors (daemon.json or --registry-mirror)
+_INFO_FORMAT = ("'{{.ServerVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.OSType}}|{{json .DriverStatus}}"
+                "|mirrors={{json .RegistryConfig.Mirrors}}'")
 
 # Images whose every layer blob we put in a containerd content store (their IDs, one a line, in the
 # login user's home): the layers of such an image, while it is there, need not ride along again.
 BLOB_RECORD = ".migrate/image-blobs"
 BLOB_RECORD_LINES = 1000
+
+# Where a layer bigger than --checkpoint is staged while it streams (image/staged.py): one `NAME.tar`
+# per step, its committed length in `NAME.tar.ok`; listed by FACTS_SCRIPT as `staged=NAME SIZE COMMITTED`.
+STAGE_DIR = ".migrate/image-partial"
 
 # .Config comes last: its JSON may contain '|'. Created/Os/Config feed the fingerprint (image/identity.py).
 # RepoDigests (what the host pulled) come after it, behind `|rd=`.
@@ -89,6 +95,9 @@ FACTS_SCRIPT = KV + _DISK + DOCKER_ACCESS + ARCH + r"""
 kv aes "$(grep -m1 -wo aes /proc/cpuinfo 2>/dev/null)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv home "$HOME"
+for f in "$HOME/""" + STAGE_DIR + r"""/"*.tar; do
+  [ -f "$f" ] && kv staged "${f##*/} $(wc -c < "$f") $(cat "$f.ok" 2>/dev/null || echo 0)"
+done
 [ -r "$HOME/""" + BLOB_RECORD + r"""" ] && sed 's/^/blobs.complete=/' "$HOME/""" + BLOB_RECORD + r""""
 kv uid "$(id -u)"
 for t in apptainer singularity; do
@@ -159,6 +168,8 @@ class RemoteDocker:
     inventory_scope: str = ""  # "wanted": only the images we push were listed (all present); "done": all
     c8d_root: str = ""  # containerd's root (the containerd image store keeps blobs and snapshots there)
     complete_ids: set[str] = field(default_factory=set)  # BLOB_RECORD: images that have every layer blob
+    registry_mirrors: list[str] = field(default_factory=list)  # dockerd's registry-mirrors (Docker Hub pulls)
+    staged: dict[str, tuple[int, int]] = field(default_factory=dict)  # STAGE_DIR file -> (size, committed bytes)
 
     @property
     def docker_arch(self) -> str:
@@ -259,6 +270,8 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.inventoried = True
             f.inventory_scope = value
         elif key == "info":
+            value, _, mirrors = value.rpartition("|mirrors=") if "|mirrors=" in value else (value, "", "")
+            f.registry_mirrors = parse_mirrors(mirrors)
             parts = value.split("|", 4) + ["", "", "", "", ""]
             f.engine, f.storage_driver, f.root_dir, f.os_type = parts[:4]
             try:
@@ -279,7 +292,20 @@ def parse_facts(text: str, into: RemoteDocker | None = None) -> RemoteDocker:
             f.images.append(parse_image_line(value, containerd=f.containerd_store))
         elif key == "blobs.complete" and value:
             f.complete_ids.add(value)
+        elif key == "staged":
+            name, size, committed = (value.split() + ["", "", ""])[:3]
+            if name.endswith(".tar") and "/" not in name:
+                f.staged[name] = (_int(size, 0), max(_int(committed, 0), 0))
     return f
+
+
+def parse_mirrors(text: str) -> list[str]:
+    """`{{json .RegistryConfig.Mirrors}}` (a JSON list, or null) -> the mirror URLs."""
+    try:
+        data = json.loads(text) if text.strip() else []
+    except ValueError:
+        return []
+    return [str(m) for m in data if str(m).strip()] if isinstance(data, list) else []
 
 
 def parse_image_line(value: str, *, containerd: bool = False) -> RemoteImage:

@@ -94,17 +94,18 @@ def _drain(pipe, sink: list[bytes]) -> None:
 
 def stream(argv: list[str], chunks: Iterable[bytes], compressor: StreamCompressor, *, display: str,
            first_line: bytes | None = None, limiter: RateLimiter | None = None,
-           on_input: Callable[[int], None] | None = None) -> StreamResult:
+           on_input: Callable[[int], None] | None = None, stdout_sink: list[bytes] | None = None) -> StreamResult:
     """Run `argv` (an ssh command) and feed it `chunks` through `compressor`; never raises on exit codes.
 
-    Raises StreamBroken when the connection dies while we are still writing.
+    Raises StreamBroken when the connection dies while we are still writing. `stdout_sink` receives
+    the remote command's output as it comes (still readable when the stream breaks or is interrupted).
     """
     ui.debug("$ " + " ".join(argv), level=2)
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             bufsize=1 << 20)
     assert proc.stdin and proc.stdout and proc.stderr
-    out: list[bytes] = []
+    out: list[bytes] = [] if stdout_sink is None else stdout_sink
     err: list[bytes] = []
     readers = [threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
                threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)]

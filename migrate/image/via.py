@@ -27,6 +27,7 @@ from migrate.image.local import LocalImage
 from migrate.image.plan import SEND, ImagePlan
 from migrate.image.remote import IMAGE_LINE_FORMAT, RemoteDocker, docker_command, parse_image_line
 from migrate.remote import shell
+from migrate.remote.host import Host
 
 MODES = ("auto", "push", "pull")
 MAX_PROBES = 3  # registry sources tried per image and host
@@ -77,15 +78,16 @@ class Registries:
         return reg.find_sources(img.diff_ids, own.repo_digests if own else [],
                                 [c for i, c in self._candidates.items() if i != img.image_id])
 
-    def ask(self, remote, ref: reg.RegistryRef, arch: str = "") -> reg.ProbeResult:
-        """`probe` from `remote`; a registry the host cannot reach (or no python3) is asked once per host,
-        so an air-gapped host costs one timeout per registry, not one per image."""
-        key = (remote.name, ref.registry)
+    def ask(self, remote: Host, ref: reg.RegistryRef, arch: str = "", mirror: str = "") -> reg.ProbeResult:
+        """`probe` from `remote` (through dockerd's registry `mirror` when given, anonymously); a registry
+        the host cannot reach (or no python3) is asked once per host, so an air-gapped host costs one
+        timeout per registry, not one per image."""
+        key = (remote.name, mirror or ref.registry)
         with self._lock:
             known = self._unusable.get(key)
         if known is not None:
             return known
-        verdict = probe(remote, ref, self.credential(ref.registry), arch)
+        verdict = probe(remote, ref, None if mirror else self.credential(ref.registry), arch, mirror)
         if verdict.verdict in UNREACHABLE:
             with self._lock:
                 self._unusable[key] = verdict
@@ -120,14 +122,31 @@ def _inspect_all_local() -> str:
                      check=False, what="docker image inspect").stdout
 
 
-def probe(remote, ref: reg.RegistryRef, cred: creds.Credential | None, arch: str = "") -> reg.ProbeResult:
+def probe(remote: Host, ref: reg.RegistryRef, cred: creds.Credential | None, arch: str = "",
+          mirror: str = "") -> reg.ProbeResult:
     """One HEAD of `ref`'s manifest from the host (read-only; credentials on stdin); with `arch`, a GET that
-    also returns the layer descriptors for that platform."""
-    res = remote.run(reg.probe_command(ref, arch), stdin=cred.probe_stdin() if cred else "", check=False,
-                     what="ask the registry", timeout=90)
+    also returns the layer descriptors for that platform; with `mirror`, asked of that registry mirror."""
+    res = remote.run(reg.probe_command(ref, arch, mirror), stdin=cred.probe_stdin() if cred else "", check=False,
+                     what="ask the registry mirror" if mirror else "ask the registry", timeout=90)
     if res.exit_code != 0 and "probe=" not in res.stdout:
         return reg.ProbeResult("error", (res.stderr.strip().splitlines() or [f"exit code {res.exit_code}"])[-1])
-    return reg.parse_probe(res.stdout)
+    verdict = reg.parse_probe(res.stdout)
+    verdict.mirror = mirror
+    return verdict
+
+
+def through_mirrors(ask: Callable[[str], reg.ProbeResult], ref: reg.RegistryRef,
+                    mirrors: Sequence[str]) -> reg.ProbeResult:
+    """Ask the host's dockerd registry mirrors first for a Docker Hub image (dockerd pulls it from the
+    first that has it, so a Hub behind a firewall is no reason to push); the registry itself when no
+    mirror has it. `ask(mirror)` probes through that mirror ("" = the registry)."""
+    if ref.registry == reg.DOCKER_HUB:
+        for mirror in mirrors:
+            verdict = ask(mirror)
+            if verdict.ok:
+                return verdict
+            ui.debug(f"registry mirror {mirror}: {verdict.verdict} {verdict.detail}")
+    return ask("")
 
 
 def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
@@ -191,8 +210,10 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
             verdict = reg.ProbeResult("error", f"the manifest of {source.ref.pull_ref} lists {len(verdict.layers)} "
                                                f"layers for this platform, the local base has {source.layers}")
         if verdict.ok:
+            where = f"{source.ref.registry} through its registry mirror {verdict.mirror}" if verdict.mirror \
+                else source.ref.registry
             return ViaDecision("pull", f"the host pulls {source.layers} of {plan.total_layers} layers from "
-                                       f"{source.ref.registry} ({source.base}); SSH carries the rest",
+                                       f"{where} ({source.base}); SSH carries the rest",
                                ref=source.ref.pull_ref, layers=source.layers, registry=source.ref.registry,
                                auth_key=source.ref.auth_key,
                                registry_layers=dict(zip(img.diff_ids[:source.layers], verdict.layers)))
@@ -206,7 +227,7 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
     return ViaDecision("push", last.one_line())
 
 
-def decide_for_host(registries: Registries, remote, img: LocalImage, plan: ImagePlan,
+def decide_for_host(registries: Registries, remote: Host, img: LocalImage, plan: ImagePlan,
                     facts: RemoteDocker | None = None) -> ViaDecision:
     """`decide` with this run's sources and credentials, probing through `remote`. A containerd image
     store host also gets the registry's layer descriptors (the OCI layout we load there names them)."""
@@ -214,11 +235,16 @@ def decide_for_host(registries: Registries, remote, img: LocalImage, plan: Image
         return decide(registries.mode, img, plan, [], lambda s: reg.ProbeResult("error"))
     sources = registries.sources(img)
     arch = facts.docker_arch if facts is not None and facts.containerd_store else ""
-    return decide(registries.mode, img, plan, sources, lambda s: registries.ask(remote, s.ref, arch),
+    mirrors = facts.registry_mirrors if facts is not None else []
+
+    def ask(source: reg.Source) -> reg.ProbeResult:
+        return through_mirrors(lambda m: registries.ask(remote, source.ref, arch, m), source.ref, mirrors)
+
+    return decide(registries.mode, img, plan, sources, ask,
                   need_layers=bool(arch), pulled=facts.pulled_digests() if arch and facts is not None else set())
 
 
-def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
+def run_pull(remote: Host, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
              sudo_password: Callable[[], str]) -> None:
     """`docker pull ref.pull_ref` on the host with a temporary DOCKER_CONFIG fed over stdin; one clear error."""
     stdin = creds.host_config_json(ref.auth_key, cred)
@@ -232,7 +258,7 @@ def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential |
         raise MigrateError(f"docker pull on {remote.name} failed: {cause}", hint=hint)
 
 
-def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
+def pull_on_host(remote: Host, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
                  img: LocalImage, sudo_password: Callable[[], str]) -> None:
     """Run the pull and record the pulled image in `facts` (its layers must be the local base's)."""
     ref = reg.parse_ref(decision.ref)

@@ -25,6 +25,7 @@ from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
 from migrate.remote import roundtrips, shell
 from migrate.remote.connection import Remote, connect, target_for
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 
 EXIT_NO_QUEUE = 96
@@ -79,7 +80,7 @@ def install_commands(bundle: AgentBundle) -> list[str]:
 class AgentClient:
     """The agent on one open connection."""
 
-    def __init__(self, remote: Remote, bundle: AgentBundle | None = None) -> None:
+    def __init__(self, remote: Host, bundle: AgentBundle | None = None) -> None:
         self.remote = remote
         self.bundle = bundle or build_agent()
         self.installed_now = False
@@ -184,7 +185,7 @@ class AgentClient:
                     hint = resume_hint(self.remote.name) if info.get("resume") else info.get("hint")
                     raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=hint or None)
             if proc.returncode == 255:
-                _ = self.remote.connection  # ssh only says "255": the paramiko layer's error says why
+                self.remote.run("true", check=False, what="connect")  # ssh says only 255: the paramiko layer says why
                 raise ConnectError(f"ssh to {self.remote.name} failed: {text.strip().splitlines()[-1:] or '?'}")
             if text.strip():
                 sys.stderr.write(text)
@@ -230,7 +231,7 @@ LINGER_SCRIPT = ('u=$(id -un); if [ -e "/var/lib/systemd/linger/$u" ]; then echo
                  'elif loginctl enable-linger "$u" >/dev/null 2>&1; then echo enabled; else echo need-sudo; fi')
 
 
-def enable_linger(remote: Remote) -> str:
+def enable_linger(remote: Host) -> str:
     """Let the user's services outlive logout (`loginctl enable-linger`); 'ok' or 'changed'."""
     out = remote.run(shell.sh_c(LINGER_SCRIPT), what="check linger").stdout.strip()
     if out == "already":

@@ -8,12 +8,10 @@ nothing secret (no commands, no notify URLs).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
-from migrate.paths import private_dir, state_root
+from migrate.paths import state_root, write_private_json
 
 MAX_TARGETS = 200  # the oldest records go first
 
@@ -49,16 +47,7 @@ def _write(data: dict) -> None:
     if len(data) > MAX_TARGETS:
         for old in sorted(data, key=lambda t: data[t].get("at", 0))[: len(data) - MAX_TARGETS]:
             del data[old]
-    path = record_path()
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".last-run.")  # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_json(record_path(), data)
 
 
 def last_ids(target: str) -> list[str] | None:

@@ -1,7 +1,7 @@
 """`migrate status -H h1 -H h2 ...`: every host's jobs at once, asked in parallel, shown as one view.
 
-Each host is read as `status HOST` reads it (the agent's `status` through `AgentClient.call`; a
-cluster name through `migrate.cluster.jobs.cluster_jobs`), all at once with
+Each host is read as `status HOST` reads it (`JobTarget.status_answer`: the agent's `status` on a
+host, the head's job API on a cluster), all at once with
 `remote.parallel.for_each_host`. A host that does not answer is one line of the view, not the end
 of it: the exit code is 0 when at least one host answered (`multi_exit_code`).
 """
@@ -12,8 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from migrate.jobs.client import agent_session
-from migrate.jobs.render import STATE_COLOURS, STATUS_COLUMNS, select_jobs, status_rows
+from migrate.jobs.render import STATE_COLOURS, STATUS_COLUMNS, status_rows
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import HostOutcome, for_each_host
 
@@ -29,41 +28,14 @@ def playbook_targets(path: str) -> list[str]:
     return [pb.cluster] if pb.cluster else list(pb.hosts)
 
 
-def read_host(host: str, conn: ConnectOptions, args: list[str]) -> dict[str, Any]:
-    """One host's (or cluster's) status answer, in the shape `status HOST --json` prints."""
-    from migrate.cluster import state as cluster_state
+def read_hosts(hosts: list[str], conn: ConnectOptions, *, show_all: bool = False, states: list[str] | None = None,
+               last: int = 20) -> list[HostOutcome[dict]]:
+    """Every host's answer (or its one-line error), asked in parallel; each target chooses its jobs as the
+    agent chooses (--state, --all, --last)."""
+    from migrate.jobs.target import job_target
 
-    if cluster_state.exists(host):
-        from migrate.cluster.jobs import cluster_jobs
-
-        every = cluster_jobs(host, conn)
-        counts: dict[str, int] = {}
-        for j in every:
-            counts[j["state"]] = counts.get(j["state"], 0) + 1
-        return {"host": host, "cluster": True, "counts": counts, "jobs": every}
-    with agent_session(host, conn) as client:
-        data = client.call(args, what="read job status", need_queue=True)
-        display = client.remote.target.display
-    if data.get("no_queue"):
-        return {"host": display, "dispatcher": None, "paused": "", "backend": None, "gpu_error": "", "counts": {},
-                "jobs": [], "hidden_finished": 0}
-    return {"host": display, "dispatcher": data.get("daemon"), "paused": data.get("paused"),
-            "backend": data.get("backend"), "gpu_error": data.get("gpu_error"), "counts": data.get("counts"),
-            "hidden_finished": data.get("hidden_finished") or 0, "jobs": data["jobs"]}
-
-
-def read_hosts(hosts: list[str], conn: ConnectOptions, args: list[str], *, show_all: bool = False,
-               states: list[str] | None = None, last: int = 20) -> list[HostOutcome[dict]]:
-    """Every host's answer (or its one-line error), asked in parallel; cluster jobs chosen as the agent chooses."""
-
-    def work(host: str) -> dict:
-        data = read_host(host, conn, args)
-        if data.get("cluster"):
-            data["jobs"], data["hidden_finished"] = select_jobs(data["jobs"], show_all=show_all, states=states,
-                                                                last=last)
-        return data
-
-    return for_each_host(hosts, work, max_workers=16)
+    return for_each_host(hosts, lambda host: job_target(host, conn).status_answer(show_all=show_all, states=states,
+                                                                                  last=last), max_workers=16)
 
 
 def multi_exit_code(outcomes: list[HostOutcome]) -> int:

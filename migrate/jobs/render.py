@@ -8,10 +8,13 @@ from typing import Any
 from rich.text import Text
 
 from migrate import ui
-from migrate.agent.db import FINAL
+from migrate.agent.recovery import job_ids_text
+from migrate.errors import UsageError
+from migrate.jobs.model import NAMES, JobState, is_terminal
 
-STATE_COLOURS = {"queued": "cyan", "starting": "yellow", "running": "green", "done": "green", "failed": "bold red",
-                 "cancelled": "yellow", "lost": "red"}
+STATE_COLOURS = {JobState.QUEUED.value: "cyan", JobState.STARTING.value: "yellow", JobState.RUNNING.value: "green",
+                 JobState.DONE.value: "green", JobState.FAILED.value: "bold red", JobState.CANCELLED.value: "yellow",
+                 JobState.LOST.value: "red"}
 
 
 def duration(seconds: float | None) -> str:
@@ -47,7 +50,7 @@ def info_cell(job: dict, width: int = 70) -> str:
         parts.append(f"[{job['image']}]")
     if job.get("reason"):
         parts.append(job["reason"])
-    elif job["state"] in ("running", "starting", "queued"):
+    elif not is_terminal(job["state"]):
         parts.append(job["command"])
     if job.get("attempt", 0) > 1:
         parts.append(f"(attempt {job['attempt']})")
@@ -78,9 +81,9 @@ def select_jobs(jobs: list[dict], *, show_all: bool, states: list[str] | None, l
         return [j for j in jobs if j["state"] in states], 0
     if show_all:
         return list(jobs), 0
-    finished = sorted((j for j in jobs if j["state"] in FINAL), key=lambda j: -int(j["id"]))
+    finished = sorted((j for j in jobs if is_terminal(j["state"])), key=lambda j: -int(j["id"]))
     kept = finished[:last]
-    rows = [j for j in jobs if j["state"] not in FINAL] + kept
+    rows = [j for j in jobs if not is_terminal(j["state"])] + kept
     return sorted(rows, key=lambda j: int(j["id"])), len(finished) - len(kept)
 
 
@@ -134,3 +137,55 @@ def submitted_rows(jobs: list[dict], specs: list[Any]) -> list[tuple]:
 
 
 SUBMITTED_COLUMNS = ["id", "name", "result", "gpus", "image", "command"]
+
+
+# -- `status HOST`: the query and the warnings under the table ----------------------------------------
+def parse_states(states: str | None) -> list[str] | None:
+    """`--state failed,lost` as a list; an unknown state is a usage error (pure)."""
+    if not states:
+        return None
+    wanted = states.split(",")
+    bad = [s for s in wanted if s not in NAMES]
+    if bad:
+        raise UsageError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(NAMES))
+    return wanted
+
+
+def status_args(show_all: bool, states: str | None, last: int) -> list[str]:
+    """Agent arguments for a status query (pure)."""
+    if parse_states(states):
+        return ["status", "--state", states]
+    return ["status", "--all"] if show_all else ["status", "--limit", str(last)]
+
+
+def show_status(data: dict, host: str) -> None:
+    """The table and the warnings a person needs (pure apart from printing)."""
+    ui.info(dispatcher_line(data, host))
+    ui.table(None, STATUS_COLUMNS, status_rows(data["jobs"]))
+    if data.get("hidden_finished"):
+        ui.info(f"{data['hidden_finished']} older finished job(s) not shown (--all shows every job)")
+    counts = data.get("counts") or {}
+    waiting = counts.get("queued", 0)
+    if data.get("paused"):
+        ui.warn(paused_warning(data["paused"], host))
+    elif not (data.get("daemon") or {}).get("running") and (waiting or counts.get("running")):
+        ui.warn(f"the dispatcher is not running on {host}: queued jobs will not start "
+                f"(start it with `migrate resume {host}`)")
+    if data.get("gpu_error"):
+        ui.warn(f"GPU view: {data['gpu_error']}")
+    recorded = recorded_text(data.get("recovered") or {})
+    if recorded:
+        ui.info(recorded)
+
+
+def paused_warning(paused: str, host: str) -> str:
+    """One sentence: why the queue is paused and what to do (pure)."""
+    paused = paused.split("; queue paused:")[0]  # the old agents' text said it twice
+    return (f"queue paused on {host}: {paused.rstrip('.')}; nothing starts until `migrate resume {host}` "
+            f"(`migrate retry {host} JOB` first for what should run again)")
+
+
+def recorded_text(rec: dict) -> str:
+    """'recorded meanwhile: job 3 finished; jobs 9-12 lost' ('' when nothing was recorded) (pure)."""
+    parts = [f"{job_ids_text(rec[k])} {k}" for k in ("finished", "lost") if rec.get(k)]
+    return "recorded meanwhile: " + "; ".join(parts) if parts else ""

@@ -23,9 +23,11 @@ import sys
 from dataclasses import dataclass, field
 
 from migrate import ui
+from migrate.env import plan as env_plan
 from migrate.errors import MigrateError
 from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.client import AgentClient, no_queue_error
+from migrate.jobs.submit import command_text
 from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions, openssh_argv
@@ -90,6 +92,15 @@ class SessionRequest:
     words: tuple[str, ...] = ()
     tty: bool = True
     conn: ConnectOptions = field(default_factory=ConnectOptions)
+    python_env: str | None = None   # `--env NAME` (no JOB): the shell or CMD runs with ~/.migrate/envs/NAME active
+
+
+def host_command(request: SessionRequest) -> str | None:
+    """The remote command of a session on the host itself (no JOB): none for a plain login shell, the
+    env's activation (then CMD or an interactive shell) with `--env NAME` (pure)."""
+    if request.python_env is None:
+        return None
+    return env_plan.session_command(request.python_env, command_text(request.words) or None)
 
 
 class _Client(AgentClient):
@@ -110,7 +121,7 @@ def dry_run_argv(request: SessionRequest) -> list[str]:
     session = OpenSshSession(request.host, request.conn)
     base = openssh_argv(session.target, config_file=session.configs.openssh_file())
     if request.job is None:
-        return session_argv(base, tty=request.tty)
+        return session_argv(base, tty=request.tty, remote_command=host_command(request))
     return job_session_argv(base, build_agent().remote_relpath, request.job, tty=request.tty, words=request.words)
 
 
@@ -128,7 +139,7 @@ def open_session(request: SessionRequest) -> int:
     with OpenSshSession(request.host, request.conn) as session:
         session.open()  # connection problems end here, diagnosed, before any exit code can be confused
         if request.job is None:
-            argv = session_argv(session.openssh_argv(), tty=request.tty)
+            argv = session_argv(session.openssh_argv(), tty=request.tty, remote_command=host_command(request))
         else:
             client = _Client(session, request, build_agent())
             data = client.call(enter_args(request.job, tty=request.tty, check=True, words=request.words),

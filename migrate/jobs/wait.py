@@ -22,9 +22,9 @@ from typing import Any, Protocol
 from rich.table import Table
 from rich.text import Text
 
-from migrate.agent.db import FINAL
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.client import AgentClient, agent_command, no_queue_error
+from migrate.jobs.model import TERMINAL, Job, JobState, is_terminal
 from migrate.jobs.render import STATE_COLOURS, duration
 from migrate.remote.connection import connect
 from migrate.remote.hosts import ConnectOptions
@@ -52,11 +52,11 @@ class JobRow:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL
+        return is_terminal(self.state)
 
     @property
     def ok(self) -> bool:
-        return self.state == "done" and self.exit_code in (0, None)
+        return self.state == JobState.DONE and self.exit_code in (0, None)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "id": self.id, "name": self.name, "state": self.state,
@@ -168,10 +168,10 @@ class ClusterReader:
 
 
 def reader_for(target: str, conn: ConnectOptions) -> JobReader:
-    """A cluster's reader for a cluster name, else the host's."""
-    from migrate.cluster import state as cluster_state
+    """The reader of `target`'s jobs: its job target's (migrate/jobs/target.py decides host or cluster)."""
+    from migrate.jobs.target import job_target
 
-    return ClusterReader(target, conn) if cluster_state.exists(target) else HostReader(target, conn)
+    return job_target(target, conn).reader()
 
 
 def pick_jobs(jobs: list[dict], refs: Sequence[str], target: str) -> list[str]:
@@ -195,17 +195,16 @@ def pick_jobs(jobs: list[dict], refs: Sequence[str], target: str) -> list[str]:
 
 def active_ids(jobs: list[dict]) -> list[str]:
     """Every job not finished yet (`wait --all`) (pure)."""
-    return [str(j["id"]) for j in jobs if j.get("state") not in FINAL]
+    return [str(j["id"]) for j in jobs if not is_terminal(j.get("state"))]
 
 
 def row_of(target: str, job_id: str, job: dict | None) -> JobRow:
     """A JobRow from one job of `status --json` (a host's or a cluster's) (pure)."""
     if job is None:
-        return JobRow(target=target, id=job_id, state="lost", reason="not in the queue any more")
-    code = job.get("exit_code")
-    return JobRow(target=target, id=job_id, name=str(job.get("name") or ""), state=str(job.get("state") or "?"),
-                  exit_code=code if isinstance(code, int) else None, runtime_s=job.get("runtime_s"),
-                  reason=str(job.get("reason") or ""))
+        return JobRow(target=target, id=job_id, state=JobState.LOST.value, reason="not in the queue any more")
+    j = Job.from_agent(job)
+    return JobRow(target=target, id=job_id, name=j.name, state=str(job.get("state") or "?"), exit_code=j.exit_code,
+                  runtime_s=j.runtime_s, reason=j.reason)
 
 
 def finished_line(row: JobRow) -> str:
@@ -223,8 +222,8 @@ def summary_text(rows: list[JobRow]) -> str:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     done = sum(1 for r in rows if r.final)
-    finished = ", ".join(f"{counts[s]} {s}" for s in FINAL if counts.get(s))
-    waiting = ", ".join(f"{n} {s}" for s, n in counts.items() if s not in FINAL)
+    finished = ", ".join(f"{counts[s.value]} {s.value}" for s in TERMINAL if counts.get(s.value))
+    waiting = ", ".join(f"{n} {s}" for s, n in counts.items() if not is_terminal(s))
     text = f"{done} of {len(rows)} finished" + (f": {finished}" if finished else "")
     return text + (f"; {waiting}" if waiting else "")
 

@@ -292,8 +292,6 @@ def parse_playbook(text: str, path: Path) -> Playbook:
                 v.err(_child(root, "cluster") or root, f"cluster: {exc.message} ({exc.hint})")
             if (data.get("run") or {}).get("compose"):
                 v.err(root, "run.compose is not supported with 'cluster' yet")
-            if (data.get("run") or {}).get("python_env"):
-                v.err(root, "run.python_env is not supported with 'cluster' yet (drop 'cluster' to run per host)")
         for i, img in enumerate(data["images"]):
             if bool(img.get("name")) == bool(img.get("pull")):
                 v.err(root, f"images[{i}] needs exactly one of 'name' (push a local image) and 'pull' "

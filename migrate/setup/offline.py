@@ -1,4 +1,4 @@
-"""Offline installs: `--download-offline DIR --for ubuntu:22.04` here, `--offline DIR` on the host.
+"""Offline installs: `--download-offline DIR --for ubuntu:22.04` here, `--offline-dir DIR` on the host.
 
 Downloading runs apt on this machine with a private root (its own sources, keyrings, lists and
 dpkg status; nothing of this machine's apt state is touched), so it works from any Debian/Ubuntu
@@ -6,7 +6,7 @@ machine with internet access for any supported target. The private dpkg status p
 target's `Priority: required` set (and its dependency closure, as apt computes it) is installed,
 so DIR gets Docker/the toolkit and every other dependency, but not libc and friends. apt checks
 every file against the signed indices; DIR gets a SHA256SUMS file and a `migrate-offline.json`
-manifest, and `--offline DIR` checks both before pushing anything.
+manifest, and `--offline-dir DIR` checks both before pushing anything.
 
 On the host only packages that are not installed at all are installed (never an up- or
 downgrade of the owner's packages), with `apt-get install ./file.deb ...`, which needs no network.
@@ -78,7 +78,7 @@ def parse_target(text: str) -> Target:
 
 
 # --------------------------------------------------------------------------------------------
-# --offline DIR
+# --offline-dir DIR
 
 def read_sums(directory: Path) -> dict[str, str]:
     sums = {}
@@ -109,13 +109,13 @@ def load_offline_set(directory: str) -> OfflineSet:
     for path in sorted(d.glob("*.deb")):
         parts = apt.deb_filename_parts(path.name)
         if parts is None:
-            raise UsageError(f"--offline: cannot tell the package of {path.name}",
+            raise UsageError(f"--offline-dir: cannot tell the package of {path.name}",
                              hint="keep apt's file names (name_version_arch.deb)")
         if path.name in sums and sha256(path) != sums[path.name]:
             bad.append(path.name)
         (nvidia if is_nvidia_package(parts[0]) else engine).append((parts[0], str(path)))
     if bad:
-        raise MigrateError(f"--offline: {', '.join(bad)} do not match {d / SUMS}",
+        raise MigrateError(f"--offline-dir: {', '.join(bad)} do not match {d / SUMS}",
                            hint="download them again with --download-offline")
     target = ""
     if (d / MANIFEST).is_file():
@@ -327,5 +327,5 @@ def download_offline_report(directory: str, target_text: str, options: HostSetup
     else:
         ui.step(f"{len(manifest['files'])} .deb file(s) for {manifest['for']} ({manifest['arch']}) in "
                 f"{directory}: {' '.join(manifest['packages'])} and their dependencies")
-        ui.info(f"next: migrate host-setup HOST --offline {directory}")
+        ui.info(f"next: migrate host-setup HOST --offline-dir {directory}")
     return manifest

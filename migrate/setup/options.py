@@ -173,10 +173,10 @@ def validate_options(options: HostSetupOptions) -> DockerSource:
     if options.offline is not None:
         d = options.offline
         if not os.path.isdir(d):
-            raise UsageError(f"--offline {d}: no such directory",
+            raise UsageError(f"--offline-dir {d}: no such directory",
                              hint="create it with `migrate host-setup --download-offline DIR --for ubuntu:22.04`")
         if not any(n.endswith(".deb") for n in os.listdir(d)):
-            raise UsageError(f"--offline {d}: no .deb files in it",
+            raise UsageError(f"--offline-dir {d}: no .deb files in it",
                              hint="fill it with `migrate host-setup --download-offline DIR --for OS:VERSION`")
     if options.verify_image is not None and (not options.verify_image.strip() or
                                              options.verify_image.startswith("-")):

@@ -1,4 +1,4 @@
-"""The thin layer that executes host-setup actions on a `Remote`, journalling every change.
+"""The thin layer that executes host-setup actions on a `Host`, journalling every change.
 
 `run_steps` walks the steps in order: execute a step's actions, and after any change gather
 the facts again and re-plan, so each step acts on what is really on the host. A failure stops that
@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from migrate.errors import ConnectError, MigrateError
-from migrate.remote import roundtrips, shell
+from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.setup import apt, daemon_json, journal, sources, verify
 from migrate.setup.facts import JOURNAL_DIR, SetupFacts, gather
 from migrate.setup.offline import sha256
@@ -50,9 +51,9 @@ class StepFailed(MigrateError):
 
 
 class TimedRemote:
-    """A Remote that adds up the time spent waiting on the host (for the report's remote_seconds)."""
+    """A Host that adds up the time spent waiting on the host (for the report's remote_seconds)."""
 
-    def __init__(self, remote: Any) -> None:
+    def __init__(self, remote: Host) -> None:
         self.remote = remote
         self.seconds = 0.0
 
@@ -81,19 +82,11 @@ class TimedRemote:
         self._timed(self.remote.reconnect)
 
     def read_bytes(self, path: str) -> bytes:
-        def _read() -> bytes:
-            roundtrips.note("sftp", self.remote.target.alias, f"read {path}")
-            with self.remote.connection.sftp().open(path, "rb") as fh:
-                return fh.read()
-        return self._timed(_read)
+        return self._timed(self.remote.read_bytes, path)
 
-    def put_file(self, local: str, remote_path: str, callback: Callable[[int, int], None] | None = None) -> None:
-        def _put() -> None:
-            roundtrips.note("sftp", self.remote.target.alias, f"write {remote_path}")
-            sftp = self.remote.connection.sftp()
-            sftp.put(local, remote_path, callback=callback, confirm=True)
-            sftp.chmod(remote_path, 0o600)
-        self._timed(_put)
+    def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self._timed(self.remote.put_file, source, remote_path, mode=mode, progress=progress)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.remote, name)
@@ -192,7 +185,7 @@ def do_download_key(a: DownloadKey, ctx: RunContext, step: str, facts: SetupFact
         if not res.ok:
             raise StepFailed(f"cannot download the signing key {a.url}: "
                              f"{verify.last_line(res.stderr or res.stdout) or res.exit_code}",
-                             hint="check the URL or mirror, and the host's internet access (or use --offline)")
+                             hint="check the URL or mirror, and the host's internet access (or use --offline-dir DIR)")
         data = ctx.remote.read_bytes(tmp)
     finally:
         ctx.remote.run(shell.join(["rm", "-f", tmp]), check=False)
@@ -380,7 +373,7 @@ def _push_offline(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts,
         def cb(sent: int, _size: int, _done: int = done) -> None:
             ctx.progress(f"{step}: push {len(wanted)} .deb files {_pct(_done + sent, total)}")
 
-        ctx.remote.put_file(path, posixpath.join(remote_dir, base), callback=cb)
+        ctx.remote.put_file(Path(path), posixpath.join(remote_dir, base), progress=cb)
         done += size
         sums.append(f"{sha256(Path(path))}  {base}")
     check = (f"cd {shell.quote(remote_dir)} && printf '%s\\n' {' '.join(shell.quote(s) for s in sums)} "
@@ -540,7 +533,7 @@ def execute_step(plan: StepPlan, ctx: RunContext, facts: SetupFacts) -> StepResu
     return StepResult(plan.name, status, detail, warnings + ctx.warnings)
 
 
-def complete_facts(remote: Any, facts: SetupFacts) -> SetupFacts:
+def complete_facts(remote: Host, facts: SetupFacts) -> SetupFacts:
     """Read a daemon.json the user may not read (as root); everything else is in the probe."""
     if facts.daemon_json_exists and not facts.daemon_json_readable and facts.host.sudo != "none":
         facts.daemon_json_text = remote.read_text(daemon_json.PATH, sudo=True) or ""

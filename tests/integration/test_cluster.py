@@ -188,6 +188,28 @@ def test_sweep_of_twelve_lands_on_several_nodes(cluster):
     assert "job 1" in logs.stdout and f"[migrate] job {ids[0]} started" in logs.stdout
 
 
+def test_run_env_pushes_the_environment_to_every_node_first(cluster, tmp_path):
+    """Issue 21: the env was pushed to the head only; `run NAME --env E` pushes the same SOURCE to the
+    other nodes (offline wheels) before submitting, and the job runs in it wherever Ray puts it."""
+    aliases, env = cluster
+    name = f"{NAME}env"
+    req = tmp_path / "requirements.txt"
+    req.write_text("six==1.16.0\n")
+    res = run_cli("push-env", aliases[0], str(req), "--name", name, "--offline", "--json", env=env, timeout=300)
+    assert res.code == 0 and json.loads(res.stdout)[0]["status"] == "installed", res.output
+    try:
+        (job,) = submit(env, "--env", name, "--",
+                        "python -c 'import six, sys; print(\"in\", six.__version__, sys.prefix)'")
+        jobs = wait_for(env, {job}, ("done", "failed"), timeout=180)
+        assert jobs[job]["state"] == "done", jobs
+        out = run_cli("logs", NAME, job, env=env).stdout
+        assert f"in 1.16.0 /home/alice/.migrate/envs/{name}" in out, out
+        for a in aliases:   # every node got it, whichever one Ray chose
+            assert sh(a, f"cat ~/.migrate/envs/{name}/migrate-lock.txt").strip() == "six==1.16.0"
+    finally:
+        run_cli("push-env", NAME, "--name", name, "--delete", "--yes", env=env)
+
+
 def test_jobs_start_through_the_launcher_and_outlive_its_restart(cluster):
     aliases, env = cluster
     head = aliases[0]

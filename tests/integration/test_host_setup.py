@@ -448,7 +448,7 @@ def test_offline_install_without_network(hs, tmp_path):
     root_sh(h, "printf 'Acquire::http::Proxy \"http://127.0.0.1:9\";\\nAcquire::https::Proxy \"http://127.0.0.1:9\";\\n'"
                " > /etc/apt/apt.conf.d/00migrate-test-offline; rm -rf /var/lib/apt/lists/*")
     try:
-        code, reports, err = setup(h["alias"], "--offline", str(debs), "--no-nvidia")
+        code, reports, err = setup(h["alias"], "--offline-dir", str(debs), "--no-nvidia")
         assert code == 0, (reports, err)
         s = steps(reports[0])
         assert s["docker-engine"]["status"] == "changed" and "from" in s["docker-engine"]["detail"]

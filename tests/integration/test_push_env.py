@@ -63,6 +63,8 @@ def test_push_env_offline_then_unchanged_then_one_changed_pin_then_run(carol, tm
                   timeout=120)
     assert res.code == 0, res.output
     assert f"1.17.0 /home/carol/.migrate/envs/{name}" in res.stdout
+    res = run_cli("exec", host, "--env", name, "--", "python -c 'import six, sys; print(six.__version__, sys.prefix)'")
+    assert res.code == 0 and res.stdout.strip() == f"1.17.0 /home/carol/.migrate/envs/{name}", res.output
 
     bad = run_cli("push-env", host, "--name", name, "--delete")  # not a terminal: needs --yes
     assert bad.code == 2 and "--yes" in bad.output

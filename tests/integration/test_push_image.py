@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from migrate.remote import reap
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, wait_until
 from tests.integration.test_round_trips import counted
 from tests.tar_helpers import tar_bytes
 
@@ -30,7 +30,8 @@ CHILD = f"{PREFIX}/child:1"
 MULTI = f"{PREFIX}/multi:1"
 BIG = f"{PREFIX}/big:1"
 ARM = f"{PREFIX}/arm:1"
-ALL = [BASE, CHILD, MULTI, BIG, ARM]
+RESUME = f"{PREFIX}/resume:1"
+ALL = [BASE, CHILD, MULTI, BIG, ARM, RESUME]
 
 
 def sh(*argv: str, input: bytes | None = None, check: bool = True, timeout: float = 300) -> str:
@@ -332,6 +333,63 @@ def test_a_run_killed_with_sigkill_leaves_nothing_the_next_run_does_not_remove(d
     assert not any(p.exists() for p in spools), "the dead run's spool is still there"
     assert live_spool.exists(), "a live run's spool was removed"
     assert not list((tmp_path / "cache" / "cm").glob("*")), "a master socket was left"
+
+
+STAGE_DIR = "/home/alice/.migrate/image-partial"
+
+
+def _staged(host: dict) -> tuple[int, int]:
+    """(bytes in the host's staged archive file, its committed length); (0, 0) when there is none."""
+    out = in_host(host, f"cd {STAGE_DIR} 2>/dev/null && for f in *.tar; do [ -f \"$f\" ] && "
+                        "echo $(wc -c < \"$f\") $(cat \"$f.ok\" 2>/dev/null || echo 0); done", check=False).split()
+    return (int(out[0]), int(out[1])) if len(out) == 2 else (0, 0)
+
+
+def test_an_interrupted_big_layer_resumes_inside_the_layer(docker_hosts, images, tmp_path):
+    """Ctrl-C at ~67 % of a single 200 MiB layer, then the same command: it sends only what the host had
+    not committed (at most the rest plus one --checkpoint), the image loads and runs, nothing stays."""
+    h = docker_hosts[0]
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
+    os.symlink("busybox", root / "bin" / "sha256sum")
+    big = os.urandom(200 << 20)
+    (root / "big.bin").write_bytes(big)
+    layer = root.parent / "layer.tar"
+    sh("tar", "-C", str(root), "-cf", str(layer), ".")
+    sh("docker", "import", str(layer), RESUME)
+    archive_max = layer.stat().st_size + (64 << 10)  # the layer plus manifest, config and tar headers
+    remote_rmi(h, RESUME)
+    in_host(h, f"rm -rf {STAGE_DIR}")
+    checkpoint = 16 << 20
+    argv = [sys.executable, "-m", "migrate", "push-image", RESUME, h["alias"], "--checkpoint", "16M",
+            "--compress", "none", "--bwlimit", "64M"]
+    proc = subprocess.Popen(argv, env=dict(os.environ, **h["env"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or _staged(h)[0] >= 0.67 * len(big), timeout=120)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "~/.migrate/image-partial/" in err and "is kept there" in err, err
+    size, committed = _staged(h)
+    assert committed % checkpoint == 0 and size - checkpoint <= committed <= size and size >= 0.67 * len(big)
+    assert remote_id(h, RESUME) == ""
+
+    [r] = push_json(RESUME, h["alias"], "--checkpoint", "16M", "--compress", "none", env=h["env"])
+    assert r["status"] == "sent", r
+    rest = archive_max - size  # what the host had not received when the push was interrupted (at most)
+    assert r["bytes_sent"] <= rest + checkpoint, (r["bytes_sent"], rest)
+    assert r["bytes_sent"] >= layer.stat().st_size - committed, (r["bytes_sent"], committed)  # nothing skipped
+    assert remote_id(h, RESUME) == local_id(RESUME)
+    assert hashlib.sha256(big).hexdigest() in in_host(h, f"docker run --rm {RESUME} sha256sum /big.bin")
+    assert in_host(h, f"ls -A {STAGE_DIR}").strip() == "", "the staged archive was not removed"
+    remote_rmi(h, RESUME)
+    sh("docker", "image", "rm", "-f", RESUME, check=False)
 
 
 def test_two_hosts_at_once_each_gets_its_own_missing_layers(docker_hosts, images):

@@ -218,10 +218,13 @@ def test_laptop_on_the_containerd_store_pushes_to_both_stores(hosts, laptop):
     assert [r["status"] for r in again] == ["up to date", "up to date"], again
 
 
+APPTAINER = ("command -v apptainer >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apptainer "
+             ">/dev/null 2>&1; apptainer --version")   # Debian sid's apptainer (1.4.5), pinned in by --docker-from sid
+
+
 def test_real_apptainer_builds_a_sif(hosts, images):
     h = hosts["c8d"]
-    in_host(h, "command -v apptainer >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apptainer "
-               ">/dev/null 2>&1; apptainer --version")
+    in_host(h, APPTAINER)
     [r] = push_json(CHILD, h["alias"], "--format", "sif", env=h["env"])
     assert r["status"] == "sent", r
     sif = Path("/home/alice/.migrate/images/migrate-c8d-test_child_1.sif")
@@ -231,6 +234,47 @@ def test_real_apptainer_builds_a_sif(hosts, images):
     [r] = push_json(CHILD, h["alias"], "--format", "sif", env=h["env"])
     assert r["status"] == "up to date", r
     assert in_host(h, "ls /home/alice/.migrate/tmp 2>/dev/null | wc -l").strip() == "0"
+
+
+def sif_jobs_as_a_plain_user(h: dict, image: str) -> None:
+    """carol (no sudo, no docker group) builds a SIF with the real apptainer, then runs jobs in it through
+    `apptainer exec --nv`: the dispatcher's GPU (the FAKE backend: a test double, no NVIDIA libraries, so
+    --nv has nothing to bind) reaches the command, the log holds its output, cancel stops apptainer and
+    the command. `image` holds /app.bin (5000000 bytes)."""
+    from migrate.agent.gpus import fake_state, fake_uuid
+    from migrate.remote import shell
+    from tests.conftest import wait_until
+
+    carol, env = "carol@" + h["alias"], h["env"]
+    fake = "/home/carol/.migrate/fake-gpus.json"
+    in_host(h, "rm -rf /home/carol/.migrate/images && install -d -m 700 -o carol -g carol /home/carol/.migrate && "
+               f"printf '%s' {shell.quote(json.dumps(fake_state(1)))} > {fake} && chown carol: {fake} && "
+               f"chmod 600 {fake}")
+    [r] = push_json(image, carol, "--format", "sif", env=env)
+    assert r["status"] == "sent", r
+    sif = Path(r["detail"].split(",")[0]).name
+    res = run_cli("run", carol, "--gpu-backend", f"fake:{fake}", "--gpus-per-job", "1", "--image", sif, "-f", "--",
+                  'echo "gpus=$CUDA_VISIBLE_DEVICES"; busybox wc -c /app.bin', env=env, timeout=120)
+    assert res.code == 0, res.output
+    assert f"gpus={fake_uuid(0)}" in res.stdout and "5000000 /app.bin" in res.stdout, res.stdout
+    res = run_cli("run", carol, "--gpus-per-job", "1", "--image", sif, "--name", "sif-sleep", "--",
+                  "echo up; exec sleep 300", env=env)
+    assert res.code == 0, res.output
+    wait_until(lambda: "up" in run_cli("logs", carol, "sif-sleep", env=env).stdout.split(), timeout=60,
+               what="the SIF job's first line")
+    assert in_host(h, "pgrep -u carol -x sleep", check=False).strip(), "no sleep in the SIF job"
+    res = run_cli("cancel", carol, "sif-sleep", env=env)
+    assert res.code == 0, res.output
+    wait_until(lambda: not in_host(h, "pgrep -u carol -f 'Apptainer runtime|sleep 300'", check=False).strip(),
+               timeout=30, what="apptainer and the command to stop")
+    jobs = json.loads(run_cli("status", carol, "--json", env=env).stdout)["jobs"]
+    assert [j["state"] for j in jobs if j["name"] == "sif-sleep"] == ["cancelled"]
+
+
+def test_real_apptainer_runs_sif_jobs_for_a_plain_user(hosts, images):
+    h = hosts["c8d"]
+    in_host(h, APPTAINER)
+    sif_jobs_as_a_plain_user(h, CHILD)
 
 
 def test_real_compose_job_on_trixie(hosts, images, tmp_path):

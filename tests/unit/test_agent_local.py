@@ -61,15 +61,22 @@ def test_submit_is_refused_as_a_whole_on_bad_input(agent, tmp_path):
 
 
 def test_kill9_dispatcher_mid_run_readopts_all_jobs_without_duplicates(agent, tmp_path):
-    marks = tmp_path / "starts.txt"
-    jobs = agent.submit([{"command": f"echo $MIGRATE_JOB_ID >> {marks}; sleep {d}; exit {code}", "gpus": 1}
-                         for d, code in ((1, 0), (3, 4), (5, 0), (6, 7))])
+    marks, release = tmp_path / "starts.txt", tmp_path / "release"
+    release.mkdir()
+    # each job ends when its release file appears, not after a sleep: a loaded machine once let a
+    # `sleep 1` job end before the last one had started, and the "all running" wait never came true
+    jobs = agent.submit([{"command": f"echo $MIGRATE_JOB_ID >> {marks}; "
+                                     f"while [ ! -e {release}/$MIGRATE_JOB_ID ]; do sleep 0.1; done; exit {code}",
+                          "gpus": 1} for code in (0, 4, 0, 7)])
     agent.wait(lambda js: all(j["state"] == "running" for j in js))
     os.kill(agent.daemon_pid(), signal.SIGKILL)
+    (release / str(jobs[0]["id"])).touch()
     first_exit = agent.home / "dispatcher" / "jobs" / str(jobs[0]["id"]) / "exit"
     wait_until(first_exit.exists, timeout=10, what="job 1 to end while no dispatcher runs")
     assert agent.daemon_pid() is None
     agent.call("ensure", "--mode", "setsid")
+    for job in jobs[1:]:
+        (release / str(job["id"])).touch()
     done = agent.wait_final([j["id"] for j in jobs], timeout=30)
     assert [(done[j["id"]]["state"], done[j["id"]]["exit_code"]) for j in jobs] == [
         ("done", 0), ("failed", 4), ("done", 0), ("failed", 7)]

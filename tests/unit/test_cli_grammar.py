@@ -34,8 +34,10 @@ class _FakeClient:
 
 
 @pytest.fixture
-def fake_agent(monkeypatch):
-    from migrate.commands import logs, status
+def fake_agent(monkeypatch, tmp_path):
+    from migrate.jobs import target
+
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path / "state"))  # status keeps job ids for completion there
 
     client = _FakeClient()
 
@@ -43,8 +45,7 @@ def fake_agent(monkeypatch):
     def session(host, conn, lazy=False):
         yield client
 
-    monkeypatch.setattr(status, "agent_session", session)
-    monkeypatch.setattr(logs, "agent_session", session)
+    monkeypatch.setattr(target, "agent_session", session)  # a host's status and logs talk to the agent there
     return client
 
 
@@ -217,7 +218,8 @@ def test_push_and_pull_data_bwlimit_follow_the_one_rate_grammar():
 # -- --json on every verb that reports -------------------------------------------------------------
 NO_REPORT = {"logs": "streams the job's own output", "tunnel": "forwards ports until Ctrl-C",
              "shell": "a terminal session", "exec": "streams the command's own output",
-             "sandbox ssh-config": "prints an ssh_config block, itself the data"}
+             "sandbox ssh-config": "prints an ssh_config block, itself the data",
+             "completion": "prints a shell script, itself the data"}
 
 
 def test_every_verb_that_reports_has_json():

@@ -195,12 +195,12 @@ def test_conda_pack_and_install_command_relocate_the_env(tmp_path: Path, monkeyp
     assert not (home / ".migrate" / "envs" / "c1.new").exists()
 
 
-def test_python_env_is_refused_on_a_cluster_playbook() -> None:
-    from migrate.playbook.loader import PlaybookError, parse_playbook
+def test_python_env_is_accepted_on_a_cluster_playbook() -> None:
+    from migrate.playbook.loader import parse_playbook
 
-    with pytest.raises(PlaybookError, match="python_env is not supported with 'cluster'"):
-        parse_playbook("hosts: [a, b]\ncluster: c1\nrun:\n  command: python t.py\n  python_env: torch\n",
-                       Path("/p/x.yml"))
+    pb = parse_playbook("hosts: [a, b]\ncluster: c1\nrun:\n  command: python t.py\n  python_env: torch\n",
+                        Path("/p/x.yml"))
+    assert pb.cluster == "c1"
 
 
 def test_run_dry_run_names_the_env_and_refuses_it_with_an_image() -> None:

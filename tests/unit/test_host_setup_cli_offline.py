@@ -35,7 +35,8 @@ def test_api_contract_types_and_defaults():
     (["host-setup", "--download-offline", "/tmp/x", "--for", "ubuntu:22.04", "--undo"], "cannot be combined"),
     (["host-setup", "h1", "h1"], "given twice"),
     (["host-setup", "alice@"], "malformed host"),
-    (["host-setup", "h1", "--offline", "/nonexistent/debs"], "no such directory"),
+    (["host-setup", "h1", "--offline-dir", "/nonexistent/debs"], "no such directory"),
+    (["host-setup", "h1", "--offline"], "say where they are"),
 ])
 def test_bad_input_is_a_one_line_usage_error_and_nothing_runs(args, needle):
     res = run_cli(*args)

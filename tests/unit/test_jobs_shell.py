@@ -62,5 +62,5 @@ def test_shell_without_a_terminal_is_refused_in_one_line():
 
 def test_exec_needs_a_cmd_and_help_explains_both_verbs():
     res = run_cli("exec", "h", "7", input="")
-    assert res.code == 2 and "Missing argument" in res.stderr, res.output
+    assert res.code == 2 and "give CMD after --" in res.stderr, res.output
     assert "docker exec" in run_cli("exec", "-h").stdout and "window size" in run_cli("shell", "-h").stdout

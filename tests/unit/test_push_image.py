@@ -372,6 +372,7 @@ def test_choose_codec_follows_the_measurements():
     assert c("auto", link_mb_s=300).outer == "none"
     assert c("auto", link_mb_s=40) == Codec("zstd", 1, None, "zstd", c("auto", link_mb_s=40).reason)
     assert c("auto", link_mb_s=12.5).level == 3
+    assert c("auto", link_mb_s=12.5).reason == "link 11.9 MiB/s"  # binary, as the tables and progress bars
     assert c("auto", link_mb_s=1).level == 9
     assert c("auto", link_mb_s=12.5, remote_zstd=False).layer_gzip == 1  # old engine, no zstd: gzip per layer
     assert c("auto", link_mb_s=12.5, engine_loads_zstd=True).remote_decompress is None

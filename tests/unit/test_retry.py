@@ -8,9 +8,10 @@ import json
 import pytest
 
 from migrate.cluster import plan, state
+from migrate.cluster import target as ctarget
 from migrate.cluster.state import ClusterRecord, Node
-from migrate.commands import retry
 from migrate.errors import UsageError
+from migrate.jobs import target
 from migrate.remote.hosts import ConnectOptions
 from tests.agent_helpers import LocalAgent
 from tests.conftest import run_cli
@@ -26,12 +27,12 @@ def agent(tmp_path):
 
 
 def test_retry_args_need_jobs_or_all_but_not_both():
-    assert retry.retry_args(("3", "x"), False, False) == ["retry", "3", "x"]
-    assert retry.retry_args((), True, True) == ["retry", "--all", "--dry-run"]
+    assert target.retry_args(("3", "x"), False, False) == ["retry", "3", "x"]
+    assert target.retry_args((), True, True) == ["retry", "--all", "--dry-run"]
     with pytest.raises(UsageError, match="which jobs"):
-        retry.retry_args((), False, False)
+        target.check_choice((), False, "hint")
     with pytest.raises(UsageError, match="not both"):
-        retry.retry_args(("3",), True, False)
+        target.check_choice(("3",), True, "hint")
 
 
 def test_the_agent_retries_all_unsuccessful_jobs_and_a_dry_run_changes_nothing(agent):
@@ -84,19 +85,21 @@ def cluster(tmp_path, monkeypatch):
     state.save(ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
                              nodes=[Node("gpu1", "10.0.0.1", ["0"], 8, head=True)]))
     jobs = [ray_job("1", "SUCCEEDED"), ray_job("2", "FAILED"), ray_job("3", "STOPPED"), ray_job("4", "RUNNING")]
-    monkeypatch.setattr(retry, "job_api", lambda rec, conn: contextlib.nullcontext(FakeApi(jobs)))
+    monkeypatch.setattr(ctarget, "job_api", lambda rec, conn: contextlib.nullcontext(FakeApi(jobs)))
     retried: list[tuple[str, ...]] = []
-    monkeypatch.setattr(retry.cluster_jobs, "retry", lambda name, conn, ids, as_json: retried.append(ids) or 0)
+    monkeypatch.setattr(ctarget.cluster_jobs, "retry", lambda name, conn, ids, as_json: retried.append(ids) or 0)
     return retried, {"MIGRATE_STATE_DIR": str(tmp_path)}
 
 
 def test_on_a_cluster_all_and_dry_run_choose_through_the_cluster_functions(cluster):
     retried, env = cluster
-    rows = retry.cluster_would_retry("lab", ConnectOptions(), (), True)
+    lab = target.job_target("lab", ConnectOptions())
+    assert isinstance(lab, ctarget.ClusterTarget)
+    rows = lab.would_retry((), True)
     assert [(r["id"], r["was"]) for r in rows] == [("2", "failed"), ("3", "cancelled")]
-    assert retry.cluster_would_retry("lab", ConnectOptions(), ("job-1",), False)[0]["was"] == "done"
+    assert lab.would_retry(("job-1",), False)[0]["was"] == "done"
     with pytest.raises(UsageError, match="job 4 is running"):
-        retry.cluster_would_retry("lab", ConnectOptions(), ("4",), False)
+        lab.would_retry(("4",), False)
 
     dry = run_cli("retry", "lab", "--all", "--dry-run", "--json", env=env)
     assert dry.code == 0, dry.output

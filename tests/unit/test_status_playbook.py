@@ -7,7 +7,7 @@ import json
 import pytest
 
 from migrate.errors import ConnectError
-from migrate.jobs import multi
+from migrate.jobs import multi, target
 from tests.conftest import run_cli
 
 
@@ -16,14 +16,15 @@ def asked(monkeypatch):
     """Every host status asks, and canned answers: `down` does not answer."""
     seen: list[str] = []
 
-    def read_host(host, conn, args):
+    def status_answer(self, *, show_all, states, last):  # a host's answer, as its job target reads it
+        host = self.name
         seen.append(host)
         if host == "down":
             raise ConnectError("ssh to down failed: connection refused")
         return {"host": host, "dispatcher": None, "paused": "", "counts": {"running": 1}, "hidden_finished": 0,
                 "jobs": [{"id": 1, "name": f"train-{host}", "state": "running", "gpus": 1, "command": "x"}]}
 
-    monkeypatch.setattr(multi, "read_host", read_host)
+    monkeypatch.setattr(target.HostTarget, "status_answer", status_answer)
     return seen
 
 

@@ -232,6 +232,31 @@ def wait_for_gpus(assigned: list, need_mib=None, allow_shared: bool = False) -> 
         time.sleep(POLL_S)
 
 
+# a copy of migrate/agent/launch.py's (this file is shipped alone); a unit test keeps them equal
+CONDA_ACTIVATE_D = ('for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+                    'unset f; ')
+
+
+def activate_env(env: dict, home: str, command: str):
+    """`run CLUSTER --env NAME` (issue 21): put ~/.migrate/envs/NAME (pushed to every node by the client
+    before submitting) first on PATH, with VIRTUAL_ENV, or CONDA_PREFIX for a conda env (whose
+    etc/conda/activate.d/*.sh scripts then run before COMMAND, as `conda activate` runs them), as the
+    host agent's launch.activate does. Changes `env` in place; returns (command, error line when the env
+    is missing on this node). The shell and exec records (write_record) carry the activated env."""
+    name = env.get("MIGRATE_ENV")
+    if not name:
+        return command, None
+    prefix = os.path.join(home, ".migrate", "envs", name)
+    if not os.path.isdir(prefix):
+        return command, (f"migrate: no environment {name} on this node (~/.migrate/envs/{name}); "
+                         f"push it with: migrate push-env HOST --name {name} SOURCE")
+    conda = os.path.isdir(os.path.join(prefix, "conda-meta"))
+    env["CONDA_PREFIX" if conda else "VIRTUAL_ENV"] = prefix
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONHOME", None)
+    return (CONDA_ACTIVATE_D + command if conda else command), None
+
+
 def main(argv: list) -> int:
     cwd = os.path.expanduser("~")
     if argv[:1] == ["--cwd"]:
@@ -242,6 +267,10 @@ def main(argv: list) -> int:
         print("migrate-ray-job: no command", file=sys.stderr)
         return 2
     command = argv[0] if len(argv) == 1 else " ".join(argv)
+    command, missing = activate_env(os.environ, os.path.expanduser("~"), command)
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
+        return 127
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     assigned = [g for g in visible.split(",") if g.strip()]
     need = os.environ.get("MIGRATE_MIN_FREE_MEM_MIB", "")

@@ -1,0 +1,116 @@
+"""push-image --via auto and playbook `pull:` with the host dockerd's `registry-mirrors`: a Docker Hub
+base the host reaches only through its mirror is pulled there, not pushed over SSH (recorded probe
+output on a FakeHost; the probe script itself is exercised in test_image_registry.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from migrate.image import credentials as C
+from migrate.image import registry as R
+from migrate.image import remote as R_remote
+from migrate.image import via as V
+from migrate.image.local import LocalImage
+from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost
+
+D = [f"sha256:{c * 64}" for c in "abc"]
+BASE = "sha256:" + "9" * 64
+MIRROR = "http://10.0.0.5:5000/"
+FACTS = """arch=x86_64
+home=/home/alice
+uid=1000
+disk.home=5000000 /
+docker=direct
+info=20.10.24+dfsg1|overlay2|/var/lib/docker|linux|[["Backing Filesystem","extfs"]]|mirrors=["{mirror}"]
+tmpdir=/var/lib/docker/tmp
+disk.docker_root=9000000 /
+disk.docker_tmp=9000000 /
+inventory=done
+"""
+LISTING = (f"sha256:222|app:2,||{D[0]},{D[1]},{D[2]},\n"
+           f"sha256:333|busybox:1,|busybox@{BASE},|{D[0]},{D[1]},\n")   # a Docker Hub base (docker.io/library)
+HUB = re.escape("https://registry-1.docker.io/v2/library/busybox/manifests/")
+VIA_MIRROR = re.escape(f"http://10.0.0.5:5000/v2/library/busybox/manifests/{BASE}")
+
+
+def test_docker_info_mirrors_are_read_from_the_facts():
+    f = R_remote.parse_facts(FACTS.format(mirror=MIRROR))
+    assert f.registry_mirrors == [MIRROR] and f.storage_driver == "overlay2" and f.os_type == "linux"
+    none = R_remote.parse_facts(FACTS.replace('["{mirror}"]', "null"))
+    assert none.registry_mirrors == [] and none.driver_status == [["Backing Filesystem", "extfs"]]
+    old = R_remote.parse_facts("info=20.10.24|overlay2|/x|linux|[]\n")   # a facts line without the field
+    assert old.registry_mirrors == [] and old.root_dir == "/x"
+    assert "RegistryConfig.Mirrors" in R_remote.FACTS_SCRIPT
+
+
+def test_probe_through_a_mirror_asks_the_mirror_for_the_hub_repo():
+    ref = R.parse_ref(f"busybox@{BASE}")
+    assert R.mirror_target(ref, MIRROR) == (f"http://10.0.0.5:5000/v2/library/busybox/manifests/{BASE}",
+                                            "10.0.0.5:5000")
+    assert R.mirror_target(ref, "mirror.gcr.io")[0].startswith("https://mirror.gcr.io/v2/library/busybox/")
+    assert re.search(VIA_MIRROR, R.probe_command(ref, mirror=MIRROR))
+    assert re.search(HUB, R.probe_command(ref))
+
+
+def push_dry_run(monkeypatch, host: FakeHost):
+    from migrate.image import push
+
+    monkeypatch.setattr(push, "connect", lambda h, conn: host)
+    monkeypatch.setattr(push, "inspect_images", lambda names: [
+        LocalImage("app:2", "sha256:222", D, arch="amd64", size=10 << 20, tags=["app:2"])])
+    monkeypatch.setattr(V, "_list_local_images", lambda: LISTING)
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: C.Credential("alice", "HUBSECRET"))
+    [r] = push.push_images(["app:2"], ["gpu"], ConnectOptions(), push.PushImageOptions(dry_run=True, via="auto"))
+    return r
+
+
+def test_a_hub_base_behind_a_firewall_is_pulled_through_the_hosts_mirror(monkeypatch):
+    host = (FakeHost().reply(r"docker_root", FACTS.format(mirror=MIRROR))
+            .reply(VIA_MIRROR, "probe=ok\ndetail=\n")
+            .reply(HUB, "probe=unreachable\ndetail=[Errno 101] Network is unreachable\n"))
+    r = push_dry_run(monkeypatch, host)
+    assert r.via == "pull" and r.pulled == f"docker.io/library/busybox@{BASE}", r
+    assert f"docker.io through its registry mirror {MIRROR}" in r.via_reason
+    assert host.mutations() == []
+    probes = [rec for rec in host.log if "python3 -I -c" in rec.command]
+    assert len(probes) == 1 and re.search(VIA_MIRROR, probes[0].command)
+    assert probes[0].data == b""   # Docker Hub's credentials never go to the mirror
+
+
+@pytest.mark.parametrize("mirror_answer,direct_answer,via", [
+    ("probe=notfound\ndetail=HTTP 404\n", "probe=ok\ndetail=\n", "pull"),      # mirror lacks it, the Hub is reachable
+    ("probe=unreachable\ndetail=refused\n", "probe=unreachable\ndetail=no route\n", "push"),  # neither: SSH
+])
+def test_the_hub_itself_is_asked_when_the_mirror_cannot_serve(monkeypatch, mirror_answer, direct_answer, via):
+    host = (FakeHost().reply(r"docker_root", FACTS.format(mirror=MIRROR))
+            .reply(VIA_MIRROR, mirror_answer).reply(HUB, direct_answer))
+    r = push_dry_run(monkeypatch, host)
+    assert r.via == via and "mirror" not in r.via_reason, r
+    asked = [rec.command for rec in host.log if "python3 -I -c" in rec.command]
+    assert len(asked) == 2 and re.search(VIA_MIRROR, asked[0]) and re.search(HUB, asked[1])
+
+
+def test_without_mirrors_nothing_changes(monkeypatch):
+    host = (FakeHost().reply(r"docker_root", FACTS.replace('["{mirror}"]', "null"))
+            .reply(HUB, "probe=ok\ndetail=\n"))
+    r = push_dry_run(monkeypatch, host)
+    assert r.via == "pull" and "mirror" not in r.via_reason
+    [probe] = [rec for rec in host.log if "python3 -I -c" in rec.command]
+    assert b"HUBSECRET" in probe.data  # the Hub itself gets the Hub's credentials (on stdin)
+
+
+def test_playbook_pull_of_a_hub_image_goes_through_the_mirror(monkeypatch):
+    from migrate.image import hostpull
+
+    host = (FakeHost().reply(r"docker_root|docker info", FACTS.format(mirror=MIRROR))
+            .reply(r"image inspect", exit_code=1)
+            .reply(re.escape("http://10.0.0.5:5000/v2/library/busybox/manifests/1.36"), "probe=ok\n")
+            .reply(re.escape("https://registry-1.docker.io/"), "probe=unreachable\ndetail=no route\n"))
+    monkeypatch.setattr(hostpull, "connect", lambda h, conn: host)
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: None)
+    [r] = hostpull.pull_images(["busybox:1.36"], ["gpu"], ConnectOptions(), dry_run=True)
+    assert r.status == "would pull" and f"through its registry mirror {MIRROR}" in r.detail, r
+    assert host.mutations() == []
