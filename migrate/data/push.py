@@ -8,6 +8,7 @@ password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import click
 
 from migrate import ui
 from migrate.data import filelist
+from migrate.data.fanout import DataRelay, relayed_one
 from migrate.data.mapping import Mapping, normalize_local_path, normalize_remote_path, resolve_mapping
 from migrate.data.plan import (
     METHODS,
@@ -110,21 +112,26 @@ class HostPush:
     """One host's push: preflight and plan, then transfer, reporting through `progress`."""
 
     def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
-                 options: PushDataOptions, progress: ProgressBoard) -> None:
+                 options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None) -> None:
         self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
         self.transfers = reach.transfers
         self.progress = progress
+        self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
 
     def run(self) -> list[DataPushResult]:
         # size the sources while the connection is being set up
         sizer = ThreadPoolExecutor(max_workers=1)
         future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
+        results: list[DataPushResult] = []
         try:
             with self.reach.session(self.host) as remote:
                 self.sizes = future.result()
-                return self._run(remote)
+                results = self._run(remote)
+                return results
         finally:
             sizer.shutdown(wait=True)
+            if self.relay is not None and self.host == self.relay.seed:
+                self.relay.seed_finished(results)
 
     def _probe(self, remote: Host) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
@@ -207,8 +214,10 @@ class HostPush:
             else:
                 remote.run(mkdirs, what="create destination directories")
         results = []
+        one = self._one if self.relay is None else \
+            functools.partial(relayed_one, self, self.relay, direct=self._one)
         for src, m, summary, files, size, method, reason in plans:
-            results.append(self._one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
+            results.append(one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
 
     def _as_root(self, remote: Host, facts: DestFacts, command: str, what: str,
@@ -414,6 +423,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
               options: PushDataOptions, *, reach: Reach | None = None) -> list[DataPushResult]:
     """Push SOURCES to DEST on every host (in parallel); one failing host never stops the others.
     Usage errors raise; a host's failure is its result's `status="failed"` (the caller picks the exit code)."""
+    relay = DataRelay(hosts, conn, options) if reach is None and len(hosts) > 1 else None
     reach = reach or Reach.ssh(conn)
     if options.method not in METHODS:
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
@@ -428,9 +438,17 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     dest = normalize_remote_path(dest)
     for h in hosts:
         HostSpec.parse(h)
-    with ui.transfer_progress() as progress:
-        board = ProgressBoard(progress if not options.dry_run else None)
-        outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board).run())
+    try:
+        if relay is not None:
+            relay.plan()
+            if not options.dry_run:
+                relay.start()
+        with ui.transfer_progress() as progress:
+            board = ProgressBoard(progress if not options.dry_run else None)
+            outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay).run())
+    finally:
+        if relay is not None:
+            relay.close()
     results: list[DataPushResult] = []
     for out in outcomes:
         if out.ok:
