@@ -44,11 +44,16 @@ def run(cmd: str | list[str], *, env: dict | None = None, check: bool = True, in
     return proc.stdout.decode(errors="replace")
 
 
+def sandbox_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that selects the benchmark's own sandbox (--sandbox, --subnet, --port)."""
+    return dict(os.environ, MIGRATE_SANDBOX=args.sandbox, MIGRATE_SANDBOX_SUBNET=args.subnet,
+                MIGRATE_SANDBOX_PORT=str(args.port), COLUMNS="200")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.env = dict(os.environ, MIGRATE_SANDBOX=args.sandbox, MIGRATE_SANDBOX_SUBNET=args.subnet,
-                        MIGRATE_SANDBOX_PORT=str(args.port), COLUMNS="200")
+        self.env = sandbox_env(args)
         self.migrate = [sys.executable, "-m", "migrate"]
         self.host = f"{args.sandbox}1"
         self.container = f"migrate-{args.sandbox}1"

@@ -28,6 +28,15 @@ def require(program: str) -> str:
     return path
 
 
+def telling_line(stderr: str) -> str:
+    """The last line of a program's stderr that says what went wrong (pure): the docker CLI ends its
+    errors with "Run 'docker run --help' for more information", which says nothing."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    pointers = ("--help' for more information", "--help'.")
+    telling = [ln for ln in lines if not (ln.startswith(("Run '", "See '")) and ln.endswith(pointers))]
+    return (telling or lines or [""])[-1]
+
+
 def run(argv: Sequence[str], *, input: bytes | str | None = None, check: bool = True, what: str | None = None,
         env: Mapping[str, str] | None = None, timeout: float | None = None,
         hint: str | None = None) -> subprocess.CompletedProcess:
@@ -43,8 +52,7 @@ def run(argv: Sequence[str], *, input: bytes | str | None = None, check: bool = 
                                 hint=hint) from exc
     if check and proc.returncode != 0:
         stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
-        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        last = telling_line(stderr) or f"exit code {proc.returncode}"
         raise LocalCommandError(f"{what or ' '.join(argv[:2])} failed: {last}", argv=argv,
                                 exit_code=proc.returncode, stderr=stderr, hint=hint)
     return proc

@@ -24,6 +24,7 @@ from migrate import paths, ui
 from migrate.cluster import plan
 from migrate.errors import MigrateError
 from migrate.remote import shell
+from migrate.remote.host import Host
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}
 MARKER = "migrate-ray-version"
@@ -133,14 +134,6 @@ def install_command(python_path: str, *, offline: bool, version: str = plan.RAY_
             f"printf '%s\\n' {shell.quote(version)} > {venv}/{MARKER}")
 
 
-def push_bundle(remote, data: bytes) -> None:
+def push_bundle(remote: Host, data: bytes) -> None:
     """Stream the tar to the host over OpenSSH (the same settings as every verb)."""
-    argv = remote.openssh_argv() + ["--", unpack_command()]
-    ui.debug("$ " + " ".join(argv), level=2)
-    if hasattr(remote, "record_stream"):  # FakeHost
-        remote.record_stream(argv, unpack_command())
-        return
-    res = subprocess.run(argv, input=data, capture_output=True)
-    if res.returncode != 0:
-        err = res.stderr.decode(errors="replace").strip().splitlines()
-        raise MigrateError(f"pushing Ray's wheels to {remote.name} failed: {err[-1] if err else res.returncode}")
+    remote.stream_in(unpack_command(), data, what="pushing Ray's wheels")

@@ -1,8 +1,9 @@
 """The Ray Job REST API, reached through an SSH local forward to the head's 127.0.0.1 dashboard port,
 and migrate's launcher, reached through a forward to its Unix socket in a 0700 directory of ours.
 
-The cluster's token is a credential: it is sent only after the same SSH session proved, on the head,
-that the dashboard port is held by this user's process (`plan.head_check_command`); the launcher's
+The cluster's token is a credential: it is sent only after the SSH connection that holds the forwards
+(one OpenSSH master, `Host.forward`) proved, on the head, that the dashboard port is held by this
+user's process (`plan.head_check_command`); the launcher's
 socket cannot be held by anyone else. A port another user bound after our dashboard died gets
 nothing.
 
@@ -15,22 +16,19 @@ GET /api/v0/nodes for node ids -> IPs.
 from __future__ import annotations
 
 import json
-import select
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from migrate import ui
 from migrate.cluster import plan
 from migrate.cluster.state import ClusterRecord
-from migrate.errors import ConnectError, MigrateError
-from migrate.remote.connection import target_for
-from migrate.remote.hosts import ConnectOptions, openssh_argv
+from migrate.errors import ConnectError, MigrateError, RemoteCommandError
+from migrate.remote.host import Host
+from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import OpenSshSession
 
 
 class JobApiError(MigrateError):
@@ -144,18 +142,6 @@ def free_local_port() -> int:
         return s.getsockname()[1]
 
 
-def forward_argv(host: str, conn: ConnectOptions, local: int, remote: int,
-                 sockets: tuple[tuple[int, str], ...] = (), command: str = "") -> list[str]:
-    """`ssh -L 127.0.0.1:LOCAL:127.0.0.1:REMOTE [-L 127.0.0.1:PORT:/SOCKET ...] head [COMMAND]` with
-    migrate's SSH settings (pure but for resolve); without COMMAND, `-N`."""
-    target, configs = target_for(host, conn)
-    extra = ["-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"] + ([] if command else ["-N"])
-    extra += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote}"]
-    for lport, path in sockets:
-        extra += ["-L", f"127.0.0.1:{lport}:{path}"]
-    return openssh_argv(target, config_file=configs.openssh_file(), extra=extra) + ([command] if command else [])
-
-
 class NotOurs(ConnectError):
     """The head's job API port is not held by our Ray: the token is not sent."""
 
@@ -176,24 +162,18 @@ def check_verdict(record: ClusterRecord, answer: dict) -> None:
                        f"{' '.join(record.hosts)} --restart` starts it again")
 
 
-def _read_check(proc: subprocess.Popen, record: ClusterRecord, wait: float) -> dict:
-    """The head check's one JSON line, read from the SSH session that also holds the forwards."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + wait
-    line = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            break
-        if proc.poll() is not None:
-            break
+def head_check(head: Host, record: ClusterRecord, wait: float) -> dict:
+    """Run the head check on `head` (the connection the forwards will use) and read its one JSON line."""
+    try:
+        res = head.run(plan.head_check_command(record.name, record.ports), stdin="", timeout=wait, check=False,
+                       what="the head check")
+    except RemoteCommandError as exc:   # the timeout
+        raise ConnectError(f"timed out reaching the head {record.head.host}") from exc
+    line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
     if not line:
-        if proc.poll() is None:
-            raise ConnectError(f"timed out reaching the head {record.head.host}")
-        err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
-        raise ConnectError(f"cannot forward to the head {record.head.host}: "
-                           f"{err.splitlines()[-1] if err else 'ssh exit ' + str(proc.returncode)}",
+        err = res.stderr.strip()
+        raise ConnectError(f"cannot check the head {record.head.host}: "
+                           f"{err.splitlines()[-1] if err else 'exit ' + str(res.exit_code)}",
                            hint=f"is the cluster up? `migrate cluster status {record.name}`")
     try:
         return json.loads(line)
@@ -203,47 +183,38 @@ def _read_check(proc: subprocess.Popen, record: ClusterRecord, wait: float) -> d
                                 f"`migrate cluster up {record.name} ...` ships it") from None
 
 
+def open_head(record: ClusterRecord, conn: ConnectOptions) -> Host:
+    """The head, reached over OpenSSH only (no paramiko: `status` and `logs` stay quick); a failure
+    says that it is the head of this cluster that cannot be reached, and why."""
+    try:
+        return OpenSshSession(record.head.host, conn).open()
+    except ConnectError as exc:
+        exc.message = f"cannot reach the head {record.head.host} of cluster {record.name}: {exc.message}"
+        exc.hint = exc.hint or f"is the cluster up? `migrate cluster status {record.name}`"
+        raise
+
+
 @contextmanager
-def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20,
-            use_launcher: bool = True) -> Iterator[JobApi]:
-    """`with job_api(record, conn) as api:` the head's job API (and the launcher's) through our own
-    SSH child, which first proves the dashboard port is ours (else NotOurs, and no token is sent)."""
+def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20, use_launcher: bool = True,
+            connect: Callable[[ClusterRecord, ConnectOptions], Host] = open_head) -> Iterator[JobApi]:
+    """`with job_api(record, conn) as api:` the head's job API (and the launcher's) through forwards on
+    one SSH connection to the head, which first proves the dashboard port is ours (else NotOurs, and
+    no forward is opened, so no token is sent)."""
     local, launcher = free_local_port(), free_local_port()
     socket_path = f"{record.head_home}/{plan.launcher_socket(record.name)}" if record.head_home else ""
-    argv = forward_argv(record.head.host, conn, local, record.ports.dashboard,
-                        sockets=((launcher, socket_path),) if socket_path else (),
-                        command=plan.head_check_command(record.name, record.ports))
-    ui.debug("$ " + " ".join(argv), level=2)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        answer = _read_check(proc, record, wait)
+    with ExitStack() as stack:
+        head = stack.enter_context(connect(record, conn))
+        answer = head_check(head, record, wait)
         check_verdict(record, answer)
         if not record.head_home and answer.get("home"):
             record.head_home = str(answer["home"])     # older records: the launcher is used next time
-        deadline = time.monotonic() + wait
-        while True:
-            if proc.poll() is not None:
-                raise ConnectError(f"the forward to the head {record.head.host} ended (ssh exit {proc.returncode})")
-            try:
-                with socket.create_connection(("127.0.0.1", local), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise ConnectError(f"timed out forwarding to the head {record.head.host}") from None
-                time.sleep(0.05)
+        stack.enter_context(head.forward(local, record.ports.dashboard))
+        with_launcher = bool(socket_path and answer.get("launcher"))
+        if with_launcher:
+            stack.enter_context(head.forward(launcher, socket_path))
         api = JobApi(f"http://127.0.0.1:{local}",
-                     launcher_url=f"http://127.0.0.1:{launcher}" if socket_path and answer.get("launcher") else None,
+                     launcher_url=f"http://127.0.0.1:{launcher}" if with_launcher else None,
                      token=record.auth_token)
         if use_launcher:
             api.probe_launcher()
         yield api
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f:
-                f.close()

@@ -27,11 +27,12 @@ from migrate.jobs.bundle import build_agent
 from migrate.jobs.client import AgentClient
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
 SHIPPED = Path(__file__).parent / "shipped"
-Connector = Callable[[str], Any]   # host -> an open Remote (or FakeHost in tests)
+Connector = Callable[[str], Host]   # host -> an open Remote (or tests' FakeHost)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def check_reach(remotes: dict[str, Any], head: str, head_ip: str, workers: list[
                                 "or give the head's address the others reach with --head-address")
 
 
-def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
+def offered_gpus(remote: Host, host: str, opts: UpOptions) -> list[str]:
     """GPU indices this node offers Ray: --gpu-pool, else those the free-GPU rule admits now."""
     client = AgentClient(remote)
     args = ["gpus"] + (["--backend", opts.gpu_backend] if opts.gpu_backend else [])
@@ -142,7 +143,7 @@ def offered_gpus(remote: Any, host: str, opts: UpOptions) -> list[str]:
     return free
 
 
-def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -> str:
+def ensure_installed(remote: Host, facts: plan.HostFacts, offline: bool | None) -> str:
     """Install the pinned Ray in the host's private venv unless it is there; 'ok' or 'installed'."""
     if facts.installed == plan.RAY_VERSION:
         return "ok"
@@ -162,7 +163,7 @@ def ensure_installed(remote: Any, facts: plan.HostFacts, offline: bool | None) -
     return "installed"
 
 
-def ship_scripts(remote: Any) -> None:
+def ship_scripts(remote: Host) -> None:
     """The polite job wrapper and the gang driver, into ~/.migrate/ray/bin (always: they are small)."""
     home = remote.home()
     remote.run(f"cd && {shell.mkdir_private(plan.RAY_DIR + '/bin')}", what="create ~/.migrate/ray/bin")
@@ -393,7 +394,7 @@ def _repair_node(record: ClusterRecord, host: str, opts: UpOptions, conn: Connec
     return "started"
 
 
-def _start(remote: Any, command: str, host: str) -> None:
+def _start(remote: Host, command: str, host: str) -> None:
     res = remote.run(command, check=False, what="ray start", timeout=300)
     if not res.ok:
         lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
@@ -519,7 +520,7 @@ def status(name: str, conn: ConnectOptions) -> dict:
 
 
 # -- down ----------------------------------------------------------------------------------------------
-def _stop_host(remote: Any, version: str, purge: bool, name: str = "", host: str = "") -> dict:
+def _stop_host(remote: Host, version: str, purge: bool, name: str = "", host: str = "") -> dict:
     here = remote.run(plan.host_record_name_command(), check=False,
                       what="read the host's cluster record").stdout.strip()
     if name and here and here != name:   # `ray stop` would end that cluster's processes too

@@ -61,6 +61,8 @@ def _transfer_options(f):
 @click.option("--drop-partial", is_flag=True,
               help="Delete the unfinished files an interrupted transfer kept in DEST (.migrate-partial/) and "
                    "send them whole (with an rsync older than 3.2.0 a resume needs room for a second copy).")
+@click.option("--no-relay", is_flag=True,
+              help="Send every host its own copy from here, even when the first host could feed the others.")
 @connection_options
 def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[str, ...], conn: ConnectOptions,
                  **kw) -> None:
@@ -79,6 +81,11 @@ def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[
     are excluded (rsync syntax, like .gitignore for the usual cases). All transfers to a host share
     one SSH connection, with AES-GCM preferred where this CPU has AES-NI and no ssh_config sets
     Ciphers; --method auto picks tar streams or parallel rsyncs for first copies (see --method).
+
+    Several hosts: the first gets each directory from here and feeds the others over the hosts'
+    own network (tar over ssh with a key made for that transfer, allowed only to unpack there);
+    an rsync from here then checks each host and sends only what differs. --no-relay: each host
+    its own copy from here (also with --sudo, --delete, and for single files).
     """
     hosts = hosts_from("push-data", host, old_lists=old_hosts)
     if len(args) < 2 and not hosts:
@@ -98,7 +105,8 @@ def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[
         into=kw["into"], exclude=list(kw["exclude"]), exclude_from=list(kw["exclude_from"]), delete=kw["delete"],
         yes=kw["yes"], dry_run=kw["dry_run"], bwlimit=kw["bwlimit"], checksum=kw["checksum"],
         compress=kw["compress"], method=kw["method"], streams=kw["streams"], sudo=kw["sudo"],
-        install_rsync=kw["install_rsync"], timeout=kw["timeout"], drop_partial=kw["drop_partial"])
+        install_rsync=kw["install_rsync"], timeout=kw["timeout"], drop_partial=kw["drop_partial"],
+        relay=not kw["no_relay"])
     results = push_data(sources, list(dict.fromkeys(targets)), dest, conn, options)
     _summary(results, kw["as_json"])
     if any(r.status == "failed" for r in results):
@@ -141,11 +149,14 @@ def _summary(results: list[DataPushResult], as_json: bool = False) -> None:
                 ui.error(f"{r.host}: {r.error}")
         return
     rows = []
+    fed = any(r.fed_via for r in results)  # push-data: which way each host was fed (data/fanout.py)
     for r in results:
         detail = r.error or (f"{r.files_transferred} file(s), {ui.human_bytes(r.bytes_sent)}"
-                             + (f" in {r.seconds:.1f}s" if r.seconds else ""))
-        rows.append((r.host, r.source, r.dest, r.method or "-", r.status, detail))
-    ui.table(None, ["host", "source", "lands at", "method", "result", "detail"], rows)
+                             + (f" in {r.seconds:.1f}s" if r.seconds else "")
+                             + (f", {ui.human_bytes(r.relayed_bytes)} host to host" if r.relayed_bytes else ""))
+        via = [r.fed_via + (f" ({r.fed_why})" if r.fed_why else "") if r.fed_via else "-"] if fed else []
+        rows.append((r.host, r.source, r.dest, r.method or "-", r.status, *via, detail))
+    ui.table(None, ["host", "source", "lands at", "method", "result", *(["fed via"] if fed else []), "detail"], rows)
     for r in results:
         if r.error:
             ui.error(f"{r.host}: {r.error}")

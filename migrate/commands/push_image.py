@@ -43,13 +43,15 @@ def split_args(args: tuple[str, ...], extra_hosts: tuple[str, ...], conn: Connec
 
 
 def print_results(results: list[ImagePushResult]) -> None:
-    """The final table: image, host, result, bytes sent vs image size, time, detail."""
+    """The final table: image, host, result, bytes sent from here vs image size, time, which way the
+    host was fed (this machine, or the host that fed it over the hosts' network), detail."""
     rows = []
     for r in results:
         sent = ui.human_bytes(r.bytes_sent) if r.status == "sent" else "-"
+        fed = r.fed_via + (f" ({r.fed_why})" if r.fed_why and r.fed_via != "-" else "")
         rows.append((r.image, r.host, r.status, f"{sent} / {ui.human_bytes(r.image_bytes)}", f"{r.seconds:.1f}s",
-                     r.error or (f"pulled {r.pulled} on the host; " if r.pulled else "") + r.detail))
-    ui.table(None, ["image", "host", "result", "sent / image", "time", "detail"], rows)
+                     fed, r.error or (f"pulled {r.pulled} on the host; " if r.pulled else "") + r.detail))
+    ui.table(None, ["image", "host", "result", "sent / image", "time", "fed via", "detail"], rows)
 
 
 @click.command("push-image", context_settings=CONTEXT_SETTINGS)
@@ -85,18 +87,21 @@ def print_results(results: list[ImagePushResult]) -> None:
                    "pull: require the registry path (fails before anything moves).")
 @click.option("--registry-login", metavar="REGISTRY", default=None,
               help="Ask once for a login to REGISTRY instead of taking it from the local Docker credential store.")
+@click.option("--no-relay", is_flag=True,
+              help="Send every host its own copy from here, even when the hosts could feed each other.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, force_arch: bool,
             bwlimit: str | None, checkpoint: str | None, dry_run: bool, to_file: str | None, from_file: str | None,
-            fmt: str, sif_dir: str, no_direct_layers: bool, via: str, registry_login: str | None, as_json: bool,
-            conn: ConnectOptions) -> None:
+            fmt: str, sif_dir: str, no_direct_layers: bool, via: str, registry_login: str | None, no_relay: bool,
+            as_json: bool, conn: ConnectOptions) -> None:
     """Copy local Docker images to hosts over SSH, sending only the layers each host lacks.
 
     \b
     Examples:
       migrate push-image app:1 gpu-box                # one image, one host
-      migrate push-image app:1 base:2 gpu1 gpu2       # all to all, in parallel
+      migrate push-image app:1 base:2 gpu1 gpu2       # gpu1 feeds gpu2
+      migrate push-image app:1 gpu1 gpu2 --no-relay   # each its own copy
       migrate push-image app:1 --to-file app.tar.zst  # sneakernet, then:
       migrate push-image --from-file app.tar.zst gpu-box
 
@@ -114,6 +119,11 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     layers travel over SSH. Credentials go over SSH stdin into a temporary directory removed after
     the pull: never into a file that stays, a command line or a log (docs/push-image.md, "Images the
     host pulls itself").
+
+    Several hosts: the first host that needs the image gets it from here; each other host it
+    reaches over the hosts' own network is fed from its Docker (a key made for that transfer,
+    allowed only to run `docker load` there, removed afterwards); the "fed via" column says which
+    way each host got it and why (docs/push-image.md, "Many hosts, one upload").
     """
     parse_compress(compress)
     rate = read_value("--bwlimit", bwlimit, parse_rate, rate=True) if bwlimit else None
@@ -134,7 +144,7 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     options = PushImageOptions(compress=compress, force_arch=force_arch, dry_run=dry_run, bwlimit=rate,
                                to_file=to_file, from_file=from_file, format=fmt, sif_dir=sif_dir,
                                step_bytes=step_bytes, direct_layers=not no_direct_layers, via=via,
-                               registry_login=registry_login)
+                               registry_login=registry_login, relay=not no_relay)
     results = push_images(images, hosts, conn, options)
     failed = [r for r in results if r.status == "failed"]
     if failed and not as_json and len(failed) == len(results) and len({r.error for r in failed}) == 1:

@@ -35,6 +35,7 @@ class PushDataOptions:
     delete: bool = False
     yes: bool = False
     dry_run: bool = False
+    relay: bool = True            # several hosts: the first feeds the others over the hosts' network
     bwlimit: str | None = None
     checksum: bool = False
     compress: str = "auto"        # auto | none | zstd
@@ -61,6 +62,9 @@ class DataPushResult:
     error: str | None = None
     method: str = ""
     wire_bytes: int = 0           # bytes that crossed the network towards the receiver (push: sent, pull: received)
+    relayed_bytes: int = 0        # push to several hosts: bytes another host fed it (data/fanout.py)
+    fed_via: str = ""             # "this machine" or the host that fed it ("" for pull-data)
+    fed_why: str = ""
 
 
 # -- pure decisions ------------------------------------------------------------------------------

@@ -3,11 +3,12 @@ passes) -> a `HostPlan` (printed by --dry-run, which stops there) -> deletion ch
 parallel rsync shards, or tar streams) with one progress bar per source.
 
 Hosts are reached through a `Reach` (an OpenSSH session, a paramiko `Remote` when sudo needs a
-password, the local transfer runners); tests pass `migrate.remote.fake.FakeHost` for all three.
+password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` for all three.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import click
 
 from migrate import ui
 from migrate.data import filelist
+from migrate.data.fanout import DataRelay, relayed_one
 from migrate.data.mapping import Mapping, normalize_local_path, normalize_remote_path, resolve_mapping
 from migrate.data.plan import (
     METHODS,
@@ -49,6 +51,7 @@ from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
 from migrate.data.transfer import LocalTransfers, RunOutcome, require_local_tools
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.parallel import for_each_host
 
@@ -61,15 +64,15 @@ class Reach:
     `root(host)` for root commands when sudo asks a password (paramiko's prompt), `transfers` for the
     local rsync/tar runners. `Reach.ssh(conn)` is the real thing; tests build one around a FakeHost."""
 
-    session: Callable[[str], Any]
-    root: Callable[[str], Any]
+    session: Callable[[str], Host]
+    root: Callable[[str], Host]
     transfers: Any = field(default_factory=LocalTransfers)
 
     @classmethod
     def ssh(cls, conn: ConnectOptions) -> Reach:
         from migrate.remote.openssh import OpenSshSession
 
-        def root(host: str) -> Any:
+        def root(host: str) -> Host:
             # paramiko and Fabric cost ~0.1 s to import: only a password-sudo host needs them
             from migrate.remote.connection import connect
             return connect(host, conn)
@@ -99,7 +102,7 @@ def _local_sources(sources: list[str]) -> list[_Source]:
     return out
 
 
-def remote_spec(remote: Any, path: str) -> str:
+def remote_spec(remote: Host, path: str) -> str:
     """rsync's `HOST:PATH` for this session (`[v6]:PATH` when the alias has a colon)."""
     host = remote.target.alias
     return f"[{host}]:{path}" if ":" in host else f"{host}:{path}"
@@ -109,26 +112,31 @@ class HostPush:
     """One host's push: preflight and plan, then transfer, reporting through `progress`."""
 
     def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
-                 options: PushDataOptions, progress: ProgressBoard) -> None:
+                 options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None) -> None:
         self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
         self.transfers = reach.transfers
         self.progress = progress
+        self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
 
     def run(self) -> list[DataPushResult]:
         # size the sources while the connection is being set up
         sizer = ThreadPoolExecutor(max_workers=1)
         future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
+        results: list[DataPushResult] = []
         try:
             with self.reach.session(self.host) as remote:
                 self.sizes = future.result()
-                return self._run(remote)
+                results = self._run(remote)
+                return results
         finally:
             sizer.shutdown(wait=True)
+            if self.relay is not None and self.host == self.relay.seed:
+                self.relay.seed_finished(results)
 
-    def _probe(self, remote: Any) -> DestFacts:
+    def _probe(self, remote: Host) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
 
-    def _run(self, remote: Any) -> list[DataPushResult]:
+    def _run(self, remote: Host) -> list[DataPushResult]:
         o = self.o
         plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
         facts = self._probe(remote)
@@ -206,11 +214,13 @@ class HostPush:
             else:
                 remote.run(mkdirs, what="create destination directories")
         results = []
+        one = self._one if self.relay is None else \
+            functools.partial(relayed_one, self, self.relay, direct=self._one)
         for src, m, summary, files, size, method, reason in plans:
-            results.append(self._one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
+            results.append(one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
 
-    def _as_root(self, remote: Any, facts: DestFacts, command: str, what: str,
+    def _as_root(self, remote: Host, facts: DestFacts, command: str, what: str,
                  timeout: float | None = None) -> None:
         """Root commands go over the OpenSSH session; a sudo password needs the paramiko layer's prompt."""
         if facts.sudo == "password":
@@ -219,7 +229,7 @@ class HostPush:
         else:
             remote.run(command, sudo=True, sudo_mode=facts.sudo, what=what, timeout=timeout)
 
-    def _check_space(self, remote: Any, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
+    def _check_space(self, remote: Host, facts: DestFacts, need: int, rsh: str, opts: RsyncOptions,
                      plans: list) -> None:
         if self.o.dry_run:
             if self.o.drop_partial and facts.kind != "none":
@@ -264,14 +274,14 @@ class HostPush:
                                       in_place=in_place)
         raise MigrateError(message, hint=hint)
 
-    def _partials(self, remote: Any, plans: list) -> list[tuple[str, int]]:
+    def _partials(self, remote: Host, plans: list) -> list[tuple[str, int]]:
         """Kept partial dirs (unfinished files of an interrupted rsync) where these mappings land."""
         trees = [m.landing for _, m, *_ in plans if m.source_is_dir]
         dirs = [os.path.dirname(m.landing.rstrip("/")) or "." for _, m, *_ in plans if not m.source_is_dir]
         out = remote.run(partial_probe_command(trees, dirs), what="look for partial files").stdout
         return parse_partial_probe(out)
 
-    def _drop_partials(self, remote: Any, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
+    def _drop_partials(self, remote: Host, facts: DestFacts, partials: list[tuple[str, int]]) -> None:
         for path, size in partials:
             ui.info(f"{remote.target.alias}: --drop-partial: deleting {path} ({ui.human_bytes(size)} of unfinished "
                     "files); they are sent whole")
@@ -281,7 +291,7 @@ class HostPush:
         else:
             remote.run(command, what="delete partial files")
 
-    def _one(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+    def _one(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, files: int, size: int, method: str,
              reason: str) -> DataPushResult:
         o = self.o
@@ -347,7 +357,7 @@ class HostPush:
                 f"{sudo_prefix}chmod {mode} {q(tmp)} && {sudo_prefix}touch -d @{mtime} {q(tmp)} && "
                 f"{sudo_prefix}mv -f {q(tmp)} {q(m.landing)}")
 
-    def _planned(self, remote: Any, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
+    def _planned(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
                  files: int, size: int, method: str, reason: str) -> PlannedTransfer:
         if method == "tar":
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._stream_command(facts, src, m),
@@ -361,7 +371,7 @@ class HostPush:
     def _source_arg(src: _Source) -> str:
         return (src.path.rstrip("/") or "/") + ("/" if src.is_dir and src.path.rstrip("/") else "")
 
-    def _tar(self, remote: Any, facts: DestFacts, src: _Source, m: Mapping,
+    def _tar(self, remote: Host, facts: DestFacts, src: _Source, m: Mapping,
              summary: filelist.SourceSummary | None, cb) -> RunOutcome:
         ssh = remote.openssh_argv()
         cmd = self._stream_command(facts, src, m)
@@ -413,6 +423,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
               options: PushDataOptions, *, reach: Reach | None = None) -> list[DataPushResult]:
     """Push SOURCES to DEST on every host (in parallel); one failing host never stops the others.
     Usage errors raise; a host's failure is its result's `status="failed"` (the caller picks the exit code)."""
+    relay = DataRelay(hosts, conn, options) if reach is None and len(hosts) > 1 else None
     reach = reach or Reach.ssh(conn)
     if options.method not in METHODS:
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
@@ -427,9 +438,17 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     dest = normalize_remote_path(dest)
     for h in hosts:
         HostSpec.parse(h)
-    with ui.transfer_progress() as progress:
-        board = ProgressBoard(progress if not options.dry_run else None)
-        outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board).run())
+    try:
+        if relay is not None:
+            relay.plan()
+            if not options.dry_run:
+                relay.start()
+        with ui.transfer_progress() as progress:
+            board = ProgressBoard(progress if not options.dry_run else None)
+            outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay).run())
+    finally:
+        if relay is not None:
+            relay.close()
     results: list[DataPushResult] = []
     for out in outcomes:
         if out.ok:

@@ -26,6 +26,7 @@ from migrate.env.source import Source, python_fits
 from migrate.errors import MigrateError
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
@@ -72,7 +73,7 @@ class _Locks:
             return self.done[key]
 
 
-def probe(remote, name: str, python: str) -> plan.HostFacts:
+def probe(remote: Host, name: str, python: str) -> plan.HostFacts:
     res = remote.run(plan.probe_command(name, cluster_plan.UV_VERSION, python), check=False,
                      what="probe python", timeout=60)
     if res.exit_code == 127:
@@ -101,7 +102,7 @@ def tar_members(wheels: list[Path], uv: Path | None) -> list[tuple[str, Path | b
     return out
 
 
-def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
+def stream_tar(remote: Host, members: list[tuple[str, Path | bytes]]) -> None:
     """Stream the members as one tar over OpenSSH (the host's ssh settings) into ~/.migrate."""
 
     def write(stdin) -> None:
@@ -117,7 +118,7 @@ def stream_tar(remote, members: list[tuple[str, Path | bytes]]) -> None:
     _stream(remote, plan.unpack_command(), write, "sending wheels", "rerun: wheels that arrived whole are kept")
 
 
-def _stream(remote, command: str, write, what: str, hint: str) -> None:
+def _stream(remote: Host, command: str, write, what: str, hint: str) -> None:
     """Run `command` on the host over OpenSSH with `write(stdin)` feeding it (no temp file either side)."""
     argv = remote.openssh_argv() + ["--", command]
     ui.debug("$ " + " ".join(argv), level=2)

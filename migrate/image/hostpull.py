@@ -20,6 +20,7 @@ from migrate.image.remote import FACTS_SCRIPT, docker_command, parse_facts
 from migrate.image.via import Registries, probe, refusal, run_pull, through_mirrors
 from migrate.remote import shell
 from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
 
@@ -37,7 +38,7 @@ def parse_refs(refs: Sequence[str]) -> list[reg.RegistryRef]:
     return out
 
 
-def _pull_one(remote, access: str, ref: reg.RegistryRef, registries: Registries,
+def _pull_one(remote: Host, access: str, ref: reg.RegistryRef, registries: Registries,
               dry_run: bool, mirrors: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
     """(status, result fields) of one registry image on one host."""
     cmd, sudo = docker_command(access, ["image", "inspect", "--format", "{{.Id}}", ref.pull_ref])

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from migrate import ui
 from migrate.errors import MigrateError, UsageError
+from migrate.image import fanout
 from migrate.image import remote as rdocker
 from migrate.image.archive import (
     PARTIAL_REPO,
@@ -105,6 +106,7 @@ class PushImageOptions:
     direct_layers: bool = True
     via: str = "auto"  # auto | push | pull: may the host pull registry layers itself (image/via.py)
     registry_login: str | None = None  # ask for this registry's login once instead of the local store
+    relay: bool = True  # several hosts: one copy over this machine's link, the others fed host to host
 
 
 @dataclass
@@ -123,6 +125,9 @@ class ImagePushResult:
     via: str = ""  # "pull": the host pulled `pulled` from a registry first; "push": SSH carried it all
     via_reason: str = ""
     pulled: str = ""
+    relayed_bytes: int = 0  # bytes another host sent it over the hosts' network (image/fanout.py)
+    fed_via: str = ""  # "this machine", the host that fed it, or "-" (nothing to send)
+    fed_why: str = ""
 
 
 # -- local sources -------------------------------------------------------------------------------
@@ -213,6 +218,7 @@ class HostSession:
     plans: dict[str, ImagePlan] = field(default_factory=dict)
     sif_present: dict[str, bool] = field(default_factory=dict)
     via: dict[str, ViaDecision] = field(default_factory=dict)  # image ID -> pull or push, and why
+    relay_address: object = None  # where other hosts reach its sshd ("" = nowhere; image/fanout.py)
 
     @property
     def name(self) -> str:
@@ -715,8 +721,10 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
                         ui.warn(f"{session.name}: tag {tag} moves from {short_id(old)} to {short_id(plan.image_id)} "
                                 "(the old image stays; untagged if that was its only tag)")
             live = [sessions[h] for h in hosts if h in sessions]
+            feeds = fanout.plan(live, local_images, relay=options.relay, sif=options.format == "sif")
             if options.dry_run:
-                return results + dry_run_results(local_images, live, options)
+                return results + [fanout.annotate([r], feeds[r.host], dry_run=True)[0]
+                                  for r in dry_run_results(local_images, live, options)]
             needed_ids = {i for s in live for i in (
                 [x.image_id for x in local_images if not s.sif_present.get(x.image_id)] if options.format == "sif"
                 else [p.image_id for p in s.plans.values() if p.action == SEND])}
@@ -730,8 +738,7 @@ def push_images(images: list[str], hosts: list[str], conn: ConnectOptions,
             with progress if progress is not None else _null():
                 layers = _prepare_source(local_images, needed, options, spool, archive, progress, needed_from)
                 pusher = Pusher(local_images, layers, options, progress, registries)
-                by_host = for_each_host([s.host for s in live],
-                                        lambda h: pusher.push_host(sessions[h]))
+                by_host = fanout.run(pusher, live, feeds, local_images, for_each_host)
             for o in by_host:
                 if o.ok and o.value is not None:
                     results += o.value

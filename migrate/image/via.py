@@ -27,6 +27,7 @@ from migrate.image.local import LocalImage
 from migrate.image.plan import SEND, ImagePlan
 from migrate.image.remote import IMAGE_LINE_FORMAT, RemoteDocker, docker_command, parse_image_line
 from migrate.remote import shell
+from migrate.remote.host import Host
 
 MODES = ("auto", "push", "pull")
 MAX_PROBES = 3  # registry sources tried per image and host
@@ -77,7 +78,7 @@ class Registries:
         return reg.find_sources(img.diff_ids, own.repo_digests if own else [],
                                 [c for i, c in self._candidates.items() if i != img.image_id])
 
-    def ask(self, remote, ref: reg.RegistryRef, arch: str = "", mirror: str = "") -> reg.ProbeResult:
+    def ask(self, remote: Host, ref: reg.RegistryRef, arch: str = "", mirror: str = "") -> reg.ProbeResult:
         """`probe` from `remote` (through dockerd's registry `mirror` when given, anonymously); a registry
         the host cannot reach (or no python3) is asked once per host, so an air-gapped host costs one
         timeout per registry, not one per image."""
@@ -121,7 +122,7 @@ def _inspect_all_local() -> str:
                      check=False, what="docker image inspect").stdout
 
 
-def probe(remote, ref: reg.RegistryRef, cred: creds.Credential | None, arch: str = "",
+def probe(remote: Host, ref: reg.RegistryRef, cred: creds.Credential | None, arch: str = "",
           mirror: str = "") -> reg.ProbeResult:
     """One HEAD of `ref`'s manifest from the host (read-only; credentials on stdin); with `arch`, a GET that
     also returns the layer descriptors for that platform; with `mirror`, asked of that registry mirror."""
@@ -226,7 +227,7 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
     return ViaDecision("push", last.one_line())
 
 
-def decide_for_host(registries: Registries, remote, img: LocalImage, plan: ImagePlan,
+def decide_for_host(registries: Registries, remote: Host, img: LocalImage, plan: ImagePlan,
                     facts: RemoteDocker | None = None) -> ViaDecision:
     """`decide` with this run's sources and credentials, probing through `remote`. A containerd image
     store host also gets the registry's layer descriptors (the OCI layout we load there names them)."""
@@ -243,7 +244,7 @@ def decide_for_host(registries: Registries, remote, img: LocalImage, plan: Image
                   need_layers=bool(arch), pulled=facts.pulled_digests() if arch and facts is not None else set())
 
 
-def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
+def run_pull(remote: Host, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
              sudo_password: Callable[[], str]) -> None:
     """`docker pull ref.pull_ref` on the host with a temporary DOCKER_CONFIG fed over stdin; one clear error."""
     stdin = creds.host_config_json(ref.auth_key, cred)
@@ -257,7 +258,7 @@ def run_pull(remote, access: str, ref: reg.RegistryRef, cred: creds.Credential |
         raise MigrateError(f"docker pull on {remote.name} failed: {cause}", hint=hint)
 
 
-def pull_on_host(remote, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
+def pull_on_host(remote: Host, facts: RemoteDocker, decision: ViaDecision, cred: creds.Credential | None,
                  img: LocalImage, sudo_password: Callable[[], str]) -> None:
     """Run the pull and record the pulled image in `facts` (its layers must be the local base's)."""
     ref = reg.parse_ref(decision.ref)

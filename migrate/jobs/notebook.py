@@ -264,7 +264,7 @@ def show_dry_run(host: str, spec: Any, options: Any, *, local: int | None, bind:
     ui.step(f"would wait for Jupyter's URL in the job's log, then forward {forward}")
 
 
-def run_notebook(host: str, conn: Any, spec: Any | None, options: Any, *, attach: str | None,
+def run_notebook(host: str, conn: Any, spec: Any, options: Any, *, attach: str | None,
                  local: int | None, bind: str, timeout: float, open_browser: bool, as_json: bool) -> int:
     """Queue the notebook job (or find `attach`), wait for Jupyter, forward it here until Ctrl-C."""
     import signal

@@ -10,7 +10,6 @@ project's job (`compose_spec`, `sync_compose_project`), the --from-template copy
 
 from __future__ import annotations
 
-import io
 import posixpath
 import shlex
 import uuid
@@ -35,7 +34,8 @@ from migrate.jobs.spec import (
     parse_sweeps,
 )
 from migrate.remote import shell
-from migrate.remote.connection import Remote, connect
+from migrate.remote.connection import connect
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 
 __all__ = ["DispatcherOptions", "JobSpec", "SubmittedJob", "build_specs", "compose_spec", "job_statuses",
@@ -117,21 +117,19 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
-def _upload_template(remote: Remote, plan: tpl.TemplatePlan, data: bytes) -> None:
+def _upload_template(remote: Host, plan: tpl.TemplatePlan, data: bytes) -> None:
     home = remote.home()
     tmp_dir = posixpath.join(home, ".migrate", "tmp")
     remote.run(shell.mkdir_private(posixpath.join(home, ".migrate")) + " && " + shell.mkdir_private(tmp_dir),
                what="create ~/.migrate/tmp")
     archive = posixpath.join(tmp_dir, f"template-{uuid.uuid4().hex}.tar.gz")
-    sftp = remote.connection.sftp()
     with ui.transfer_progress(transient=True) as progress:
         task = progress.add_task(f"template {plan.source.name}", total=len(data))
-        sftp.putfo(io.BytesIO(data), archive, file_size=len(data),
-                   callback=lambda done, total: progress.update(task, completed=done))
+        remote.put_file(data, archive, progress=lambda done, total: progress.update(task, completed=done))
     remote.run(tpl.unpack_command(plan, archive), what="unpack the template")
 
 
-def prepare_template(remote: Remote, plan: tpl.TemplatePlan, specs: list[JobSpec]) -> None:
+def prepare_template(remote: Host, plan: tpl.TemplatePlan, specs: list[JobSpec]) -> None:
     """Copy the template once per experiment and point each job at its copy (absolute paths)."""
     existing = remote.run(tpl.existing_check_command(plan), what="check experiment directories").stdout.split()
     if existing:

@@ -88,7 +88,7 @@ def plan_template(source: str, experiments: list[str], dest: str | None, extra_i
     for root, dirs, names in os.walk(src):
         rel_root = os.path.relpath(root, src)
         rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/")
-        keep = []
+        keep: list[str] = []
         for d in sorted(dirs):
             rel = f"{rel_root}/{d}" if rel_root else d
             (ignored if is_ignored(rel, patterns) else keep).append(rel)

@@ -27,12 +27,12 @@ import hashlib
 import io
 import logging
 import os
-import posixpath
 import socket
 import sys
-import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import IO
 
 import fabric
 import invoke
@@ -43,7 +43,8 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from migrate import ui
 from migrate.errors import ConnectError, HostKeyError, RemoteCommandError, SudoError
 from migrate.paths import sandbox_ssh_configs
-from migrate.remote import probe_fragments, shell
+from migrate.remote import openssh, probe_fragments, roundtrips, shell
+from migrate.remote.host import Feed, Progress, put_atomically, read_text_result
 from migrate.remote.hosts import (
     ConnectOptions,
     HostSpec,
@@ -129,7 +130,7 @@ def _fabric_connection(target: SshTarget, configs: SshConfigSet,
     elif target.proxy_command:
         gateway = target.proxy_command
     config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
-    connect_kwargs = {
+    connect_kwargs: dict[str, object] = {
         "look_for_keys": not target.identities_only,
         "allow_agent": True,
         "banner_timeout": target.connect_timeout,
@@ -284,7 +285,8 @@ def wrong_password_hint(from_env: bool) -> str:
 
 
 class Remote:
-    """An open connection to one host: run commands (optionally as root), move files."""
+    """An open connection to one host, a `Host` (remote/host.py): commands, sudo and files through
+    Fabric; bulk streams and port forwards through an OpenSSH ControlMaster started on first use."""
 
     def __init__(self, target: SshTarget, configs: SshConfigSet, options: ConnectOptions) -> None:
         self.target = target
@@ -294,6 +296,7 @@ class Remote:
         self._sudo_mode: str | None = None
         self._sudo_password: str | None = None
         self._sudo_password_from_env = False
+        self._master: openssh.ControlMaster | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> Remote:
@@ -301,6 +304,7 @@ class Remote:
         t = self.target
         where = f"{t.alias}" + (f" ({t.hostname})" if t.hostname != t.alias else "") + f" port {t.port}"
         conn = _fabric_connection(t, self.configs, self.options)
+        roundtrips.note("connect", t.alias, "paramiko")
         try:
             conn.open()
         except HostKeyError:
@@ -342,7 +346,10 @@ class Remote:
         return self
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and the OpenSSH master, if one was started (idempotent)."""
+        if self._master is not None:
+            self._master.close()
+            self._master = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -373,11 +380,14 @@ class Remote:
 
     # -- commands ----------------------------------------------------------------------------
     def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
-            timeout: float | None = None, what: str | None = None) -> RunResult:
+            timeout: float | None = None, what: str | None = None, sudo_mode: str | None = None) -> RunResult:
         """Run an already-quoted command line (see `migrate.remote.shell`); optionally as root.
 
         `check=True` raises RemoteCommandError on a non-zero exit; `what` names the action in it.
+        `sudo_mode`: the mode a probe found, recorded unless one is known (saves a round trip).
         """
+        if sudo_mode is not None and self._sudo_mode is None:
+            self.set_sudo_mode(sudo_mode)
         if sudo and stdin is not None and self.sudo_mode() == "password":
             # sudo -S reads the password from the same stdin: the data could be taken as the password
             raise ValueError("stdin with password sudo is unsafe; upload with put_bytes() instead")
@@ -385,6 +395,7 @@ class Remote:
         kwargs = {"hide": True, "warn": True, "timeout": timeout,
                   "in_stream": _ChunkedInput(stdin) if stdin is not None else False}
         ui.debug(f"[{self.target.alias}]{' (sudo)' if sudo else ''} $ {command}", level=2)
+        roundtrips.note("exec", self.target.alias, what or command)
         try:
             if sudo and self.sudo_mode() == "password":
                 result = conn.sudo(shell.sh_c(command), password=self._password(), **kwargs)
@@ -466,33 +477,65 @@ class Remote:
 
     def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
         """Write a file atomically over SFTP (into a temp name, then rename or sudo install)."""
+        put_atomically(self, lambda tmp: self._sftp_write(data, tmp, mode), remote_path, mode=mode, sudo=sudo)
+
+    def _sftp_write(self, data: bytes, remote_path: str, mode: int) -> None:
+        roundtrips.note("sftp", self.target.alias, f"write {remote_path}")
         sftp = self.connection.sftp()
-        tmp_dir = posixpath.join(self.home(), ".migrate", "tmp")
-        self.run(shell.mkdir_private(tmp_dir), what="create ~/.migrate/tmp")
-        tmp = posixpath.join(tmp_dir, f"upload-{uuid.uuid4().hex}")
-        try:
-            with sftp.open(tmp, "wb") as fh:
-                fh.set_pipelined(True)
-                fh.write(data)
-            sftp.chmod(tmp, mode)
-            if sudo:
-                self.run(shell.join(["install", "-m", f"{mode:o}", "-o", "root", "-g", "root", tmp, remote_path]),
-                         sudo=True, what=f"install {remote_path}")
-            else:
-                self.run(shell.join(["mv", "-f", tmp, remote_path]), what=f"write {remote_path}")
-        finally:
-            self.run(shell.join(["rm", "-f", tmp]), check=False)
+        with sftp.open(remote_path, "wb") as fh:
+            fh.set_pipelined(True)
+            fh.write(data)
+        sftp.chmod(remote_path, mode)
+
+    def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
+                 progress: Progress | None = None) -> None:
+        """Copy bytes or a local file to `remote_path` over SFTP (not atomic), then chmod it."""
+        roundtrips.note("sftp", self.target.alias, f"write {remote_path}")
+        sftp = self.connection.sftp()
+        if isinstance(source, bytes):
+            sftp.putfo(io.BytesIO(source), remote_path, file_size=len(source), callback=progress)
+        else:
+            sftp.put(str(source), remote_path, callback=progress, confirm=True)
+        sftp.chmod(remote_path, mode)
 
     def read_text(self, remote_path: str, *, sudo: bool = False) -> str | None:
         """A remote text file's content, or None when it does not exist."""
-        res = self.run(f"if [ -e {shell.quote(remote_path)} ]; then cat {shell.quote(remote_path)}; "
-                       "else echo __MIGRATE_NO_FILE__ >&2; exit 3; fi", sudo=sudo, check=False)
-        if res.exit_code == 3 and "__MIGRATE_NO_FILE__" in res.stderr:
-            return None
-        if not res.ok:
-            raise RemoteCommandError(f"cannot read {remote_path} on {self.name}: {res.stderr.strip()}",
-                                     command=res.command, exit_code=res.exit_code, stderr=res.stderr)
-        return res.stdout
+        return read_text_result(self, self.run(shell.cat_if_exists(remote_path), sudo=sudo, check=False), remote_path)
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        """A remote file's bytes, over SFTP (a file that cannot be read: RemoteCommandError saying why)."""
+        try:
+            roundtrips.note("sftp", self.target.alias, f"read {remote_path}")
+            with self.connection.sftp().open(remote_path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise RemoteCommandError(f"reading {remote_path} from {self.name} failed: {exc.strerror or exc}",
+                                     command=f"sftp get {remote_path}", exit_code=1) from exc
+
+    # -- OpenSSH: bulk bytes and forwards ------------------------------------------------------
+    def _bulk(self) -> openssh.ControlMaster:
+        """The OpenSSH master for this host's streams and forwards (started once, closed with us)."""
+        if self._master is None or not self._master.alive():
+            master = openssh.ControlMaster(self.openssh_argv(), alias=self.target.alias, display=self.name,
+                                           cipher=openssh.stream_ciphers(self.configs),
+                                           connect_timeout=self.target.connect_timeout,
+                                           before_spawn=self.configs.openssh_file)
+            master.start()
+            self._master = master
+        return self._master
+
+    def stream_in(self, command: str, feed: Feed, *, what: str, hint: str | None = None) -> None:
+        """Run `command` with `feed` as its stdin, through the OpenSSH master."""
+        openssh.stream_in(self._bulk().argv_words(["--", command]), feed, what=what, display=self.name, hint=hint)
+
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
+        """Run `command` with its stdout written to `sink`, through the OpenSSH master."""
+        openssh.stream_out(self._bulk().argv_words(["--", command]), sink, what=what, display=self.name)
+
+    def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
+                remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:
+        """A local forward held by the OpenSSH master (see `Host.forward`)."""
+        return self._bulk().forward(openssh.forward_spec(local_port, remote, bind=bind, remote_host=remote_host))
 
     def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
         """`ssh ... host` for subprocess streams (rsync -e, image pipes) with the same settings."""

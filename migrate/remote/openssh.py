@@ -23,16 +23,23 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from io import BytesIO
 from pathlib import Path
+from typing import IO
 
 from migrate import ui
-from migrate.errors import ConnectError, RemoteCommandError, SudoError
+from migrate.errors import ConnectError, MigrateError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
-from migrate.remote import shell
+from migrate.remote import probe_fragments, roundtrips, shell
+from migrate.remote.host import Feed, Progress, put_atomically, read_text_result
 from migrate.remote.hosts import (
     ConnectOptions,
     HostSpec,
@@ -43,6 +50,7 @@ from migrate.remote.hosts import (
     user_ssh_config_path,
 )
 from migrate.remote.reap import reap_masters_once
+from migrate.remote.result import RunResult
 
 AES_GCM_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 _CIPHERS_LINE = re.compile(r"^\s*ciphers[\s=]", re.IGNORECASE | re.MULTILINE)
@@ -79,9 +87,114 @@ def stream_ciphers(configs: SshConfigSet, *, remote_has_aes: bool = True) -> str
     return preferred_ciphers(configs.text + "\n" + _user_default_config_text(), local_has_aes() and remote_has_aes)
 
 
+SOCKET_PATH_MAX = 104  # a Unix socket's path: 108 bytes on Linux, 104 on macOS
+SOCKET_NAME_ROOM = 40  # "/PID-XXXXXXXX" and the ".XXXXXXXXXXXXXXXX" ssh appends while it binds
+
+
 def control_dir() -> Path:
-    """The one directory of ControlMaster sockets (private; short path: sockets have a length limit)."""
-    return private_dir(cache_root() / "cm")
+    """The one directory of ControlMaster sockets (private; short path: sockets have a length limit).
+
+    It is `<cache>/cm` unless that path is too long for a socket (a deep home or MIGRATE_CACHE_DIR:
+    ssh would fail with "unix_listener: path ... too long"); then `/tmp/migrate-UID/cm`, which must be
+    a real directory of ours (never one another user of this machine created for us)."""
+    preferred = cache_root() / "cm"
+    if len(str(preferred)) + SOCKET_NAME_ROOM <= SOCKET_PATH_MAX:
+        return private_dir(preferred)
+    return private_dir(owned_private_dir(Path(tempfile.gettempdir()) / f"migrate-{os.getuid()}") / "cm")
+
+
+def owned_private_dir(path: Path) -> Path:
+    """mkdir PATH 0700, or accept it only if it is already a real directory of ours (not a link)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConnectError(f"{path} is not a directory of yours: it cannot hold ssh's control sockets",
+                           hint="remove it, or set MIGRATE_CACHE_DIR to a shorter path of yours")
+    path.chmod(0o700)
+    return path
+
+
+def forward_spec(local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
+                 remote_host: str = "127.0.0.1") -> str:
+    """ssh's `-L` value: `bind:L:remote_host:R`, or `bind:L:/socket` for a Unix socket path (pure)."""
+    if isinstance(remote, int):
+        return f"{bind}:{local_port}:{remote_host}:{remote}"
+    if not remote.startswith("/"):
+        raise ValueError(f"a forwarded Unix socket needs an absolute path, not {remote!r}")
+    return f"{bind}:{local_port}:{remote}"
+
+
+def last_line(stderr: bytes | str, default: str) -> str:
+    """The last line ssh printed (its reason), or `default` (pure)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else default
+
+
+def feed_stdin(proc: subprocess.Popen, feed: Feed) -> None:
+    """Write `feed` to a process's stdin and close it; a reader that went away is the exit code's story."""
+    assert proc.stdin is not None
+    try:
+        if isinstance(feed, bytes):
+            proc.stdin.write(feed)
+        else:
+            feed(proc.stdin)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str | None = None) -> None:
+    """Run `argv` (an `ssh ... -- COMMAND`) with `feed` as stdin; MigrateError with ssh's last line on failure."""
+    ui.debug("$ " + " ".join(argv), level=2)
+    roundtrips.note("exec", display, what)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise MigrateError("the OpenSSH client (ssh) is not installed here",
+                           hint="apt-get install openssh-client") from exc
+    err = _drain(proc)
+    feed_stdin(proc, feed)
+    code = proc.wait()
+    if code != 0:
+        raise MigrateError(f"{what} to {display} failed: {last_line(err(), str(code))}", hint=hint)
+    err()
+
+
+def stream_out(argv: list[str], sink: IO[bytes], *, what: str, display: str) -> None:
+    """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; MigrateError with the
+    last line of its stderr when it fails."""
+    ui.debug("$ " + " ".join(argv), level=2)
+    roundtrips.note("exec", display, what)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = _drain(proc)
+    stdout = proc.stdout
+    assert stdout is not None
+    for block in iter(lambda: stdout.read(65536), b""):
+        sink.write(block)
+    stdout.close()
+    code = proc.wait()
+    if code != 0:
+        raise MigrateError(f"{what} from {display} failed: {last_line(err(), 'exit ' + str(code))}")
+    err()
+
+
+def _drain(proc: subprocess.Popen) -> Callable[[], bytes]:
+    """Read a process's stderr in a thread (so a chatty one never blocks); call the result for it."""
+    stderr = proc.stderr
+    assert stderr is not None
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(stderr.read()), daemon=True)
+    reader.start()
+
+    def collected() -> bytes:
+        reader.join()
+        stderr.close()
+        return b"".join(chunks)
+    return collected
 
 
 class MasterFailed(ConnectError):
@@ -131,6 +244,7 @@ class ControlMaster:
             extra += ["-c", self.cipher]
         argv = [*self.base, *extra, self.alias]
         ui.debug("$ " + " ".join(argv), level=2)
+        roundtrips.note("connect", self.alias, "ssh ControlMaster")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.connect_timeout + 10
@@ -158,11 +272,40 @@ class ControlMaster:
         return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", self.alias]
 
     def argv(self, command: str) -> list[str]:
-        """`ssh ... -T alias COMMAND` through the master."""
+        """`ssh ... -T alias COMMAND` through the master (one exec channel: counted here, where every
+        caller builds the one process it runs)."""
+        roundtrips.note("exec", self.alias, command)
         return [*self.client_argv()[:-1], "-T", self.alias, command]
+
+    def argv_words(self, words: list[str]) -> list[str]:
+        """`ssh ... alias WORDS...` through the master (e.g. `--`, COMMAND)."""
+        return [*self.client_argv(), *words]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def control_argv(self, operation: str, spec: str) -> list[str]:
+        """`ssh -S SOCKET -O forward|cancel -L SPEC alias`: add or remove a forward on the master (pure)."""
+        return [*self.base, "-S", self.socket, "-O", operation, "-L", spec, self.alias]
+
+    @contextmanager
+    def forward(self, spec: str) -> Iterator[None]:
+        """`with master.forward(spec):` a local forward (ssh's `-L` value) held by the master; the
+        master binds the port before this returns, so the forward works as soon as the block starts."""
+        self._spawn_check()
+        argv = self.control_argv("forward", spec)
+        ui.debug("$ " + " ".join(argv), level=2)
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ConnectError(f"cannot forward {spec} to {self.display}: "
+                               f"{last_line(res.stderr, 'ssh exit ' + str(res.returncode))}",
+                               hint="is the local port free, and does the host allow forwarding "
+                                    "(AllowTcpForwarding, AllowStreamLocalForwarding)?")
+        try:
+            yield
+        finally:
+            if self.alive():
+                subprocess.run(self.control_argv("cancel", spec), stdin=subprocess.DEVNULL, capture_output=True)
 
     def close(self) -> None:
         """Stop the master (idempotent) and remove its socket."""
@@ -184,10 +327,12 @@ class ControlMaster:
 
 
 class OpenSshSession:
-    """One host reached with `ssh` over a `ControlMaster`; `run()` mirrors `Remote.run` for plain commands.
+    """One host reached with `ssh` over a `ControlMaster`, no paramiko: a `Host` (remote/host.py) whose
+    commands, files, streams and forwards all go through that master. Password sudo is refused (it
+    needs the paramiko connection's prompt: `connection.Remote`).
 
-    Kept for push-data/pull-data; new code can take `target` (the one resolution), `master` (the one
-    ControlMaster manager) and `openssh_argv()` from here, or `Remote.openssh_argv()` + `ControlMaster`.
+    Used by push-data/pull-data and the cluster's job API; new code can also take `target` (the one
+    resolution), `master` (the one ControlMaster manager) and `openssh_argv()` from here.
     """
 
     def __init__(self, host: str, options: ConnectOptions) -> None:
@@ -196,6 +341,7 @@ class OpenSshSession:
         self.configs = SshConfigSet(user_ssh_config_path(options), sandbox_ssh_configs())
         self.target: SshTarget = resolve(self.spec, options, self.configs)
         self._ciphers = stream_ciphers(self.configs)
+        self._sudo_mode: str | None = None
         self.master = ControlMaster([*self._base(), self.spec.host], alias=self.spec.host, display=self.name,
                                     connect_timeout=self.target.connect_timeout,
                                     before_spawn=self.configs.openssh_file)
@@ -207,9 +353,10 @@ class OpenSshSession:
             argv += ["-o", f"Ciphers={self._ciphers}"]
         return argv
 
-    def openssh_argv(self) -> list[str]:
+    def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
         """`ssh [options] alias` sharing this session's connection (for rsync -e, tar pipes)."""
-        return self.master.client_argv()
+        argv = self.master.client_argv()
+        return [*argv[:-1], *(extra or []), argv[-1]]
 
     @property
     def name(self) -> str:
@@ -230,15 +377,16 @@ class OpenSshSession:
             self._diagnose(exc.stderr)
 
     def run(self, command: str, *, sudo: bool = False, check: bool = True, stdin: str | None = None,
-            timeout: float | None = None, what: str | None = None, sudo_mode: str = "nopasswd"):
-        """Run an already-quoted command line; `sudo` needs root or passwordless sudo (see `sudo_mode`)."""
-        from migrate.remote.result import RunResult
-
-        if sudo and sudo_mode == "password":
+            timeout: float | None = None, what: str | None = None, sudo_mode: str | None = None) -> RunResult:
+        """Run an already-quoted command line; `sudo` needs root or passwordless sudo (`sudo_mode`: the
+        mode a probe found; without it, the one set or found before, else passwordless is assumed)."""
+        mode = sudo_mode or self._sudo_mode or "nopasswd"
+        if sudo and mode == "password":
             raise SudoError("this step needs sudo with a password", hint="run it through the paramiko connection")
-        full = shell.sudo_nopasswd(command) if sudo and sudo_mode != "root" else command
+        full = shell.sudo_nopasswd(command) if sudo and mode != "root" else command
         self._ensure_master()
         ui.debug(f"[{self.spec.host}] $ {full}", level=2)
+        roundtrips.note("exec", self.spec.host, what or command)
         try:
             # no stdin given: /dev/null, never ours (a command must not eat what the user pipes to migrate)
             feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
@@ -249,11 +397,80 @@ class OpenSshSession:
                                      command=command, exit_code=124) from exc
         res = RunResult(command=command, exit_code=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
         if proc.returncode == 255:
-            last = (proc.stderr.strip().splitlines() or ["connection failed"])[-1]
-            raise ConnectError(f"connection to {self.name} lost: {last}", hint="rerun the command")
+            raise ConnectError(f"connection to {self.name} lost: {last_line(proc.stderr, 'connection failed')}",
+                               hint="rerun the command")
         if check:
             res.raise_for_failure(what, self.name)
         return res
+
+    # -- sudo ---------------------------------------------------------------------------------
+    def sudo_mode(self) -> str:
+        """'root', 'nopasswd', 'password' or 'none' (asked once, unless a probe said)."""
+        if self._sudo_mode is None:
+            out = self.run(shell.sh_c(probe_fragments.SUDO + "sudo_mode"), what="sudo check").stdout.strip()
+            self._sudo_mode = out if out in ("root", "nopasswd", "password", "none") else "none"
+        return self._sudo_mode
+
+    def set_sudo_mode(self, mode: str) -> None:
+        self._sudo_mode = mode
+
+    def check_sudo(self) -> str:
+        """The sudo mode, when root commands work over OpenSSH (root or passwordless sudo)."""
+        mode = self.sudo_mode()
+        if mode in ("none", "password"):
+            raise SudoError(f"{self.name} has {'no sudo' if mode == 'none' else 'only password sudo'}"
+                            " (this step runs root commands over OpenSSH)",
+                            hint="passwordless sudo, or a verb that asks for the password")
+        return mode
+
+    def sudo_password(self) -> str:
+        raise SudoError("a sudo password is only asked through the paramiko connection",
+                        hint="run it through the paramiko connection")
+
+    # -- files --------------------------------------------------------------------------------
+    def home(self) -> str:
+        return self.run('printf %s "$HOME"', what="read $HOME").stdout
+
+    def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
+        """Write a file atomically (temp name over the stream, then rename or sudo install)."""
+        put_atomically(self, lambda tmp: self.put_file(data, tmp, mode=mode), remote_path, mode=mode, sudo=sudo)
+
+    def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
+                 progress: Progress | None = None) -> None:
+        """Copy bytes or a local file to `remote_path` through `cat` over the master."""
+        def feed(stdin: IO[bytes]) -> None:
+            data = source if isinstance(source, bytes) else None
+            total = len(data) if data is not None else os.path.getsize(source)
+            done = 0
+            with open(source, "rb") if data is None else BytesIO(data) as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    stdin.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+        self.stream_in(shell.write_stdin_to(remote_path, mode), feed, what=f"writing {remote_path}")
+
+    def read_text(self, remote_path: str, *, sudo: bool = False) -> str | None:
+        return read_text_result(self, self.run(shell.cat_if_exists(remote_path), sudo=sudo, check=False), remote_path)
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        sink = BytesIO()
+        self.stream_out(f"cat {shell.quote(remote_path)}", sink, what=f"reading {remote_path}")
+        return sink.getvalue()
+
+    # -- streams and forwards -----------------------------------------------------------------
+    def stream_in(self, command: str, feed: Feed, *, what: str, hint: str | None = None) -> None:
+        self._ensure_master()
+        stream_in(self.master.argv_words(["--", command]), feed, what=what, display=self.name, hint=hint)
+
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
+        self._ensure_master()
+        stream_out(self.master.argv_words(["--", command]), sink, what=what, display=self.name)
+
+    def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
+                remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:
+        self._ensure_master()
+        return self.master.forward(forward_spec(local_port, remote, bind=bind, remote_host=remote_host))
 
     def _diagnose(self, stderr: str) -> None:
         """OpenSSH failed to connect: let the paramiko layer say why, in the same words as every verb."""
@@ -261,8 +478,13 @@ class OpenSshSession:
 
         with connect(str(self.spec), self.options):
             pass
-        last = (stderr.strip().splitlines() or ["exit code 255"])[-1]
-        raise ConnectError(f"ssh to {self.spec.host} failed: {last}", hint="try `ssh -v` with the same host")
+        raise ConnectError(f"ssh to {self.spec.host} failed: {last_line(stderr, 'exit code 255')}",
+                           hint="try `ssh -v` with the same host")
+
+    def reconnect(self) -> None:
+        """A fresh master (e.g. so new group memberships take effect)."""
+        self.master.close()
+        self._ensure_master()
 
     def close(self) -> None:
         """Stop the ControlMaster (idempotent)."""

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.remote.probe_fragments import ARCH, DOCKERD, FREE_SPACE, KV, SUDO, as_is, assign, yes
 
 PROBE_SCRIPT = KV + SUDO + DOCKERD + FREE_SPACE + r"""
@@ -277,7 +278,7 @@ def parse_probe(text: str) -> HostFacts:
     return f
 
 
-def probe(remote: Any) -> HostFacts:
+def probe(remote: Host) -> HostFacts:
     """Run the probe on an open `Remote` (one round trip) and parse it."""
     res = remote.run(shell.sh_c(PROBE_SCRIPT), what="probe host facts")
     facts = parse_probe(res.stdout)

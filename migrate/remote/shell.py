@@ -81,3 +81,16 @@ def mkdir_private(path: str) -> str:
 def home_path(relative: str) -> str:
     """A path under the remote $HOME, as a shell word: "$HOME"/'.migrate/x y'."""
     return '"$HOME"/' + quote(relative.lstrip("/"))
+
+
+NO_FILE = "__MIGRATE_NO_FILE__"   # what `cat_if_exists` prints on stderr (exit 3) for a missing file
+
+
+def cat_if_exists(path: str) -> str:
+    """Print a file; a missing one exits 3 with NO_FILE on stderr (so it differs from an unreadable one)."""
+    return f"if [ -e {quote(path)} ]; then cat {quote(path)}; else echo {NO_FILE} >&2; exit 3; fi"
+
+
+def write_stdin_to(path: str, mode: int) -> str:
+    """Write stdin to `path` (created private), then give it `mode`."""
+    return f"(umask 077 && cat > {quote(path)}) && chmod {mode:o} {quote(path)}"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Any
 
 from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.remote.probe import PROBE_SCRIPT, HostFacts, parse_probe
 from migrate.remote.probe_fragments import DOCKERD
 from migrate.setup import daemon_json, sources
@@ -258,7 +258,7 @@ def parse_setup_facts(text: str) -> SetupFacts:
     return f
 
 
-def gather(remote: Any) -> SetupFacts:
+def gather(remote: Host) -> SetupFacts:
     """Run the combined probe on an open Remote and parse it (also records the sudo mode)."""
     res = remote.run(shell.sh_c(combined_script()), what="probe host for host-setup", timeout=120)
     facts = parse_setup_facts(res.stdout)

@@ -1,4 +1,4 @@
-"""The thin layer that executes host-setup actions on a `Remote`, journalling every change.
+"""The thin layer that executes host-setup actions on a `Host`, journalling every change.
 
 `run_steps` walks the steps in order: execute a step's actions, and after any change gather
 the facts again and re-plan, so each step acts on what is really on the host. A failure stops that
@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from migrate.errors import ConnectError, MigrateError
 from migrate.remote import shell
+from migrate.remote.host import Host
 from migrate.setup import apt, daemon_json, journal, sources, verify
 from migrate.setup.facts import JOURNAL_DIR, SetupFacts, gather
 from migrate.setup.offline import sha256
@@ -50,9 +51,9 @@ class StepFailed(MigrateError):
 
 
 class TimedRemote:
-    """A Remote that adds up the time spent waiting on the host (for the report's remote_seconds)."""
+    """A Host that adds up the time spent waiting on the host (for the report's remote_seconds)."""
 
-    def __init__(self, remote: Any) -> None:
+    def __init__(self, remote: Host) -> None:
         self.remote = remote
         self.seconds = 0.0
 
@@ -81,17 +82,11 @@ class TimedRemote:
         self._timed(self.remote.reconnect)
 
     def read_bytes(self, path: str) -> bytes:
-        def _read() -> bytes:
-            with self.remote.connection.sftp().open(path, "rb") as fh:
-                return fh.read()
-        return self._timed(_read)
+        return self._timed(self.remote.read_bytes, path)
 
-    def put_file(self, local: str, remote_path: str, callback: Callable[[int, int], None] | None = None) -> None:
-        def _put() -> None:
-            sftp = self.remote.connection.sftp()
-            sftp.put(local, remote_path, callback=callback, confirm=True)
-            sftp.chmod(remote_path, 0o600)
-        self._timed(_put)
+    def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self._timed(self.remote.put_file, source, remote_path, mode=mode, progress=progress)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.remote, name)
@@ -378,7 +373,7 @@ def _push_offline(a: AptInstall, ctx: RunContext, step: str, facts: SetupFacts,
         def cb(sent: int, _size: int, _done: int = done) -> None:
             ctx.progress(f"{step}: push {len(wanted)} .deb files {_pct(_done + sent, total)}")
 
-        ctx.remote.put_file(path, posixpath.join(remote_dir, base), callback=cb)
+        ctx.remote.put_file(Path(path), posixpath.join(remote_dir, base), progress=cb)
         done += size
         sums.append(f"{sha256(Path(path))}  {base}")
     check = (f"cd {shell.quote(remote_dir)} && printf '%s\\n' {' '.join(shell.quote(s) for s in sums)} "
@@ -538,7 +533,7 @@ def execute_step(plan: StepPlan, ctx: RunContext, facts: SetupFacts) -> StepResu
     return StepResult(plan.name, status, detail, warnings + ctx.warnings)
 
 
-def complete_facts(remote: Any, facts: SetupFacts) -> SetupFacts:
+def complete_facts(remote: Host, facts: SetupFacts) -> SetupFacts:
     """Read a daemon.json the user may not read (as root); everything else is in the probe."""
     if facts.daemon_json_exists and not facts.daemon_json_readable and facts.host.sudo != "none":
         facts.daemon_json_text = remote.read_text(daemon_json.PATH, sudo=True) or ""

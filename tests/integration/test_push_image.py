@@ -21,6 +21,7 @@ import pytest
 
 from migrate.remote import reap
 from tests.conftest import assert_one_line_error, run_cli, wait_until
+from tests.integration.test_round_trips import counted
 from tests.tar_helpers import tar_bytes
 
 PREFIX = "migrate-pimage-test"
@@ -188,7 +189,7 @@ def layer_bytes(ref: str, index: int) -> int:
 
 
 # -- tests -----------------------------------------------------------------------------------------
-def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images):
+def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images, tmp_path):
     h = docker_hosts[0]
     env = h["env"]
     remote_rmi(h, CHILD, BASE)
@@ -200,6 +201,8 @@ def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images)
     [r] = push_json(BASE, h["alias"], env=env)
     assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
     assert time.monotonic() - t0 < 10
+    # its connections and round trips, counted (docs/performance.md: "Round trips per verb")
+    counted(tmp_path, "push-image", BASE, h["alias"], env=env, label="push-image, unchanged")
 
     new_layer = layer_bytes(CHILD, 1)
     [r] = push_json(CHILD, h["alias"], env=env)
@@ -393,7 +396,8 @@ def test_two_hosts_at_once_each_gets_its_own_missing_layers(docker_hosts, images
     h1, h2 = docker_hosts
     remote_rmi(h1, CHILD)
     remote_rmi(h2, CHILD, BASE)
-    results = push_json(CHILD, BASE, h1["alias"], h2["alias"], env=h1["env"])
+    # --no-relay: each host's own missing layers from here (with the relay, h1 could feed h2: test_fanout.py)
+    results = push_json(CHILD, BASE, h1["alias"], h2["alias"], "--no-relay", env=h1["env"])
     by_host = {(r["host"].split("@")[-1], r["image"]): r for r in results}
     assert len(results) == 4
     for h in (h1, h2):

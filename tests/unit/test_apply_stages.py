@@ -3,7 +3,7 @@
 1. apply hands each package function the options the playbook gives (the package functions are
    replaced where they live: migrate.setup.orchestrator, migrate.image.push, migrate.data.push,
    migrate.jobs.client).
-2. `apply --dry-run` on recording hosts (`migrate.remote.fake.FakeHost`, one per stage, put where
+2. `apply --dry-run` on recording hosts (`tests/fakehost.py: FakeHost`, one per stage, put where
    each package connects) issues no mutating command through any stage, while the same apply
    without --dry-run does change those hosts (so the dry-run test can fail).
 """
@@ -17,8 +17,8 @@ import pytest
 from migrate.playbook.apply import apply_playbook
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import parse_playbook
-from migrate.remote.fake import FakeHost
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost
 from tests.unit.test_data_orchestrator import dest_host
 from tests.unit.test_dry_run_changes_nothing import FRESH_DEBIAN, IMAGE_FACTS
 

@@ -13,8 +13,8 @@ from migrate.cluster import install, jobs, ops, plan, state
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.spec import JobSpec
-from migrate.remote.fake import FakeHost, FakeTarget, is_mutating
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost, FakeTarget, is_mutating
 
 FACTS = {"python": "3.11", "python_path": "/usr/bin/python3", "machine": "x86_64", "free_mib": 50000, "taken": [],
          "installed": "", "home": "/home/alice", "cpus": 8, "index": "no route"}
@@ -213,6 +213,23 @@ def test_worker_that_cannot_reach_the_head_is_one_clear_line(tmp_path, monkeypat
     assert "\n" not in line
     for h in hosts.values():
         assert h.mutations() == []
+
+
+def test_ray_install_streams_the_tar_through_the_host_before_installing(tmp_path, monkeypatch):
+    """The wheel push is Host.stream_in (no ssh subprocess, no check for the test double)."""
+    monkeypatch.setattr(install, "ensure_uv", lambda machine: tmp_path / "uv")
+    (tmp_path / "uv").write_bytes(b"#!uv")
+    host = FakeHost()
+    facts = plan.parse_preflight("gpu1", facts_json())
+    assert ops.ensure_installed(host, facts, offline=False) == "installed"
+    stream, install_run = [r for r in host.log if r.kind in ("stream", "run")][:2]
+    assert (stream.kind, stream.command) == ("stream", install.unpack_command())
+    assert stream.data == install.bundle_tar(tmp_path / "uv", None) and stream.data[257:262] == b"ustar"
+    assert install_run.kind == "run" and "uv pip install" in install_run.command
+    failing = FakeHost().reply(r"tar -xf -", exit_code=2, stderr="tar: no space left")
+    with pytest.raises(MigrateError, match="pushing Ray's wheels to alice@gpu failed: tar: no space left"):
+        ops.ensure_installed(failing, facts, offline=False)
+    assert failing.commands() == []     # nothing installed after a failed push
 
 
 def test_too_old_python_stops_before_anything_is_installed(tmp_path, monkeypatch):

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from migrate.cluster import plan, state
-from migrate.cluster.jobapi import JobApi, JobApiError, NotOurs, check_verdict, forward_argv
+from migrate.cluster.jobapi import JobApi, JobApiError, NotOurs, check_verdict, job_api
 from migrate.cluster.state import ClusterRecord, Node
 from migrate.errors import ConnectError
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import ControlMaster, forward_spec
 from tests.conftest import wait_until
+from tests.fakehost import FakeHost
 
 SHIPPED = Path(plan.__file__).parent / "shipped"
 
@@ -214,13 +216,53 @@ def test_the_launcher_runs_as_a_ray_job_on_the_head_with_quoted_arguments():
                                '--state "$HOME"/.migrate/ray/launcher-lab.json')
 
 
-def test_the_forward_reaches_the_launcher_socket_only_after_the_head_check(tmp_path, monkeypatch):
-    argv = forward_argv("user@10.0.0.5", ConnectOptions(), 41000, 28265,
-                        sockets=((41001, "/home/u/.migrate/ray/sock/lab.sock"),),
-                        command=plan.head_check_command("lab", plan.Ports()))
-    assert argv[argv.index("-L") + 1] == "127.0.0.1:41000:127.0.0.1:28265"
-    assert "127.0.0.1:41001:/home/u/.migrate/ray/sock/lab.sock" in argv and "-N" not in argv
-    assert argv[-1].startswith("python3 -S ") and "--check" in argv[-1] and argv[-2] == "10.0.0.5"
+def _head_record(home: str = "/home/u") -> ClusterRecord:
+    return ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.Ports(),
+                         nodes=[Node(host="user@10.0.0.5", ip="10.0.0.5", head=True)], head_home=home)
+
+
+def test_the_forwards_reach_the_launcher_socket_only_after_the_head_check_on_the_same_host():
+    head = FakeHost().reply(r"--check", json.dumps({"dashboard": "ours", "launcher": True, "home": "/home/u"}))
+    record = _head_record()
+    with job_api(record, ConnectOptions(), use_launcher=False, connect=lambda rec, conn: head) as api:
+        assert api.base.startswith("http://127.0.0.1:") and api.launcher_url
+    kinds = [(r.kind, r.command) for r in head.log]
+    assert kinds[0][0] == "run" and kinds[0][1] == plan.head_check_command("lab", plan.Ports())
+    dash, sock = head.forwards()
+    assert dash == f"127.0.0.1:{api.base.rsplit(':', 1)[1]}:127.0.0.1:{plan.Ports().dashboard}"
+    assert sock == f"127.0.0.1:{api.launcher_url.rsplit(':', 1)[1]}:/home/u/.migrate/ray/sock/lab.sock"
+    assert [r.kind for r in head.log] == ["run", "forward", "forward"] and head.closed
+
+
+@pytest.mark.parametrize("answer", [{"dashboard": "other", "launcher": True}, {"dashboard": "none"}])
+def test_no_forward_is_opened_when_the_dashboard_port_is_not_ours(answer):
+    head = FakeHost().reply(r"--check", json.dumps(answer))
+    with pytest.raises(NotOurs), job_api(_head_record(), ConnectOptions(), connect=lambda rec, conn: head):
+        pytest.fail("the job API was handed out")
+    assert head.forwards() == [] and head.closed
+
+
+def test_a_head_that_cannot_run_the_check_is_a_connect_error_with_its_reason():
+    head = FakeHost().reply(r"--check", "", exit_code=2, stderr="python3: can't open file\n")
+    with pytest.raises(ConnectError, match="cannot check the head user@10.0.0.5: python3: can't open file"), \
+            job_api(_head_record(), ConnectOptions(), connect=lambda rec, conn: head):
+        pass
+    assert head.forwards() == []
+
+
+def test_a_forward_is_ssh_s_L_value_on_the_master_for_a_port_or_a_unix_socket():
+    assert forward_spec(41000, 28265) == "127.0.0.1:41000:127.0.0.1:28265"
+    assert forward_spec(41001, "/home/u/s.sock") == "127.0.0.1:41001:/home/u/s.sock"
+    assert forward_spec(8080, 80, bind="0.0.0.0", remote_host="web") == "0.0.0.0:8080:web:80"
+    with pytest.raises(ValueError):
+        forward_spec(1, "relative.sock")
+    master = ControlMaster(["ssh", "-o", "BatchMode=yes", "gpu"], alias="gpu", display="u@gpu")
+    argv = master.control_argv("forward", "127.0.0.1:1:/s")
+    assert argv[:3] == ["ssh", "-o", "BatchMode=yes"] and argv[-5:] == ["-O", "forward", "-L", "127.0.0.1:1:/s", "gpu"]
+    assert argv[argv.index("-S") + 1] == master.socket
+
+
+def test_records_from_before_the_unix_socket_launcher_still_load():
     rec = ClusterRecord(name="lab", ray_version=plan.RAY_VERSION, ports=plan.ports_from(30000),
                         nodes=[Node(host="h", ip="10.0.0.5", head=True)])
     old = rec.to_dict()

@@ -11,8 +11,8 @@ from migrate.data import pull, push
 from migrate.data.plan import PushDataOptions
 from migrate.data.rsync import Stats
 from migrate.errors import MigrateError
-from migrate.remote.fake import FakeHost
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost
 
 RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
 

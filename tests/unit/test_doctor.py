@@ -105,8 +105,8 @@ def test_cgroup_v1_under_a_systemd_that_deprecates_it_is_a_warning():
 def test_diagnose_probes_once_read_only_and_assesses(monkeypatch):
     """doctor's domain half on a recording host: one probe round trip, nothing that changes the host."""
     from migrate.remote import doctor
-    from migrate.remote.fake import FakeHost
     from migrate.remote.hosts import ConnectOptions
+    from tests.fakehost import FakeHost
 
     host = FakeHost().reply(r"kv os\.id|os-release", FRESH)
     monkeypatch.setattr(doctor, "connect", lambda h, conn: host)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from migrate.remote.fake import FakeHost
 from migrate.remote.hosts import ConnectOptions
 from migrate.setup import orchestrator
 from migrate.setup.options import HostSetupOptions
+from tests.fakehost import FakeHost
 
 # a fresh Debian 12 like the sandbox: no docker, passwordless sudo, a daemon.json only root may read
 FRESH_DEBIAN = "\n".join([
@@ -84,7 +84,7 @@ def test_what_a_real_push_image_sends_counts_as_mutating(access):
     cleanup) are what the recording host's classifier calls mutating, so a dry run that issued one
     would fail that test."""
     from migrate.image import remote as rdocker
-    from migrate.remote.fake import is_mutating
+    from tests.fakehost import is_mutating
 
     for script in (rdocker.load_script(None), rdocker.load_script("zstd"),
                    rdocker.sif_script("apptainer", "/tmp/x y.tar", "/home/alice/app.sif", None)):

@@ -19,8 +19,8 @@ from migrate.image import remote as R_remote
 from migrate.image import via as V
 from migrate.image.local import LocalImage
 from migrate.image.plan import SEND, UP_TO_DATE, ImagePlan
-from migrate.remote.fake import FakeHost, is_mutating
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost, is_mutating
 
 D = [f"sha256:{c * 64}" for c in "abcdef"]
 BASE_DIGEST = "sha256:" + "9" * 64

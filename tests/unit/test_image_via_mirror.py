@@ -13,8 +13,8 @@ from migrate.image import registry as R
 from migrate.image import remote as R_remote
 from migrate.image import via as V
 from migrate.image.local import LocalImage
-from migrate.remote.fake import FakeHost
 from migrate.remote.hosts import ConnectOptions
+from tests.fakehost import FakeHost
 
 D = [f"sha256:{c * 64}" for c in "abc"]
 BASE = "sha256:" + "9" * 64

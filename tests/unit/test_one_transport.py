@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from migrate.errors import ConnectError
 from migrate.remote.connection import Remote, _fabric_connection, target_for
 from migrate.remote.hosts import ConnectOptions, parse_ssh_g
 from migrate.remote.openssh import OpenSshSession, control_dir
@@ -122,3 +126,29 @@ def test_host_key_alias_is_where_the_fabric_path_looks_and_records(tmp_path):
     target.accept_new_host_key = True
     VerifyingHostKeyPolicy(target).missing_host_key(paramiko.SSHClient(), "[10.9.9.9]:2200", key)
     assert kh.read_text() == f"gpu-alias ssh-ed25519 {key.get_base64()}\n"  # as OpenSSH records it
+
+
+def test_a_cache_dir_too_deep_for_a_socket_moves_the_sockets_to_a_short_private_dir(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    cm = control_dir()
+    assert cm == tmp_path / "t" / f"migrate-{os.getuid()}" / "cm"
+    assert oct(cm.parent.stat().st_mode & 0o777) == "0o700" and oct(cm.stat().st_mode & 0o777) == "0o700"
+    short = Path(tempfile.mkdtemp(prefix="m", dir="/tmp"))
+    try:
+        monkeypatch.setenv("MIGRATE_CACHE_DIR", str(short))
+        assert control_dir() == short / "cm"  # a short cache path keeps its own
+    finally:
+        shutil.rmtree(short)
+
+
+def test_a_short_socket_dir_someone_else_planted_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(tmp_path / ("d" * 120)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "t" / f"migrate-{os.getuid()}").symlink_to(tmp_path / "elsewhere")  # a link is not ours
+    with pytest.raises(ConnectError, match="not a directory of yours"):
+        control_dir()

@@ -6,9 +6,9 @@ import pytest
 
 from migrate.data.remote import dest_probe_command, partial_probe_command, source_probe_command
 from migrate.errors import RemoteCommandError
-from migrate.remote.fake import FakeHost, is_mutating
 from migrate.remote.probe import PROBE_SCRIPT
 from migrate.setup.facts import SETUP_PROBE
+from tests.fakehost import FakeHost, is_mutating
 
 READ_ONLY = [
     dest_probe_command("/data/x y"), source_probe_command("/runs/exp1"), partial_probe_command(["/a"], ["/b"]),

@@ -1,12 +1,14 @@
 """A recording host for orchestrator tests: it runs nothing, remembers everything.
 
-`FakeHost` offers the methods the orchestrators call on a host today (`Remote` in
-remote/connection.py and `OpenSshSession` in remote/openssh.py): `run` (with `sudo=`), `put_bytes`,
-`read_text`, `home`, `sudo_mode`/`check_sudo`/`sudo_password`, `openssh_argv`, `target`/`name`,
-`close` and the context manager. Every command is recorded with whether it ran as root, every file
-write with its path and bytes; bulk transfers that run as local programs (rsync, tar and cat
-streams over `ssh`) are recorded as streams through `RecordingTransfers`, which push-data and
-pull-data take in place of the real runners in `migrate.data.transfer`.
+`FakeHost` is a `migrate.remote.host.Host` (the interface `Remote` and `OpenSshSession` implement;
+tests/unit/test_fakehost_is_a_host.py has mypy check it): `run` (with `sudo=`), `put_bytes`/`put_file`,
+`read_text`/`read_bytes`, `stream_in`/`stream_out`, `forward`, `home`,
+`sudo_mode`/`check_sudo`/`sudo_password`, `openssh_argv`, `target`/`name`, `close` and the context
+manager. Every command is recorded with whether it ran as root, every file write with its path and
+bytes, every stream with its command (and the bytes sent), every forward with its `-L` spec; bulk
+transfers that run as local programs (rsync, tar and cat streams over `ssh`) are recorded as streams
+through `RecordingTransfers`, which push-data and pull-data take in place of the real runners in
+`migrate.data.transfer`.
 
 Replies come from a table: the first `(pattern, Reply)` whose regular expression is found in the
 command answers it; anything else answers exit 0 with no output.
@@ -25,13 +27,19 @@ It is deliberately conservative otherwise: any other write counts as mutating.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Callable
 
-from migrate.remote.connection import RunResult
+from migrate.remote.host import Feed, Host, Progress
+from migrate.remote.openssh import forward_spec
+from migrate.remote.result import RunResult
 
 # programs that change files, packages, users or services whatever their arguments
 MUTATING_PROGRAMS = frozenset({
@@ -154,8 +162,8 @@ class Reply:
 class Recorded:
     """One thing the orchestrator asked of the host."""
 
-    kind: str            # "run" | "file" | "stream"
-    command: str         # the command line, the file path, or the stream's argv joined
+    kind: str            # "run" | "file" | "stream" | "forward"
+    command: str         # the command line, the file path, the stream's command (or argv joined), the -L spec
     root: bool = False
     data: bytes = b""
 
@@ -193,6 +201,9 @@ class FakeHost:
         self.replies.append((pattern, Reply(stdout, exit_code, stderr)))
         return self
 
+    def _answer(self, command: str) -> Reply:
+        return next((r for p, r in self.replies if re.search(p, command)), Reply())
+
     # -- the host interface ----------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -202,7 +213,7 @@ class FakeHost:
             timeout: float | None = None, what: str | None = None, sudo_mode: str | None = None) -> RunResult:
         """Record the command; answer from the table (raising like the real hosts when `check`)."""
         self.log.append(Recorded("run", command, root=sudo, data=(stdin or "").encode()))
-        answer = next((r for p, r in self.replies if re.search(p, command)), Reply())
+        answer = self._answer(command)
         res = RunResult(command=command, exit_code=answer.exit_code, stdout=answer.stdout, stderr=answer.stderr)
         if check:
             res.raise_for_failure(what, self.name)
@@ -211,9 +222,47 @@ class FakeHost:
     def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
         self.log.append(Recorded("file", remote_path, root=sudo, data=data))
 
+    def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
+                 progress: Progress | None = None) -> None:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        self.log.append(Recorded("file", remote_path, data=data))
+        if progress:
+            progress(len(data), len(data))
+
     def read_text(self, remote_path: str, *, sudo: bool = False) -> str | None:
         res = self.run(f"cat {shlex.quote(remote_path)}", sudo=sudo, check=False)
         return res.stdout if res.ok else None
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        return self.run(f"cat {shlex.quote(remote_path)}", what=f"read {remote_path}").stdout.encode()
+
+    def stream_in(self, command: str, feed: Feed, *, what: str, hint: str | None = None) -> None:
+        """Record the stream and the bytes it would send; a non-zero canned exit fails like the real one."""
+        if isinstance(feed, bytes):
+            data = feed
+        else:
+            buf = io.BytesIO()
+            feed(buf)
+            data = buf.getvalue()
+        self.log.append(Recorded("stream", command, data=data))
+        answer = self._answer(command)
+        if answer.exit_code:
+            from migrate.errors import MigrateError
+            raise MigrateError(f"{what} to {self.name} failed: {answer.stderr or answer.exit_code}", hint=hint)
+
+    def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
+        self.log.append(Recorded("stream", command))
+        answer = self._answer(command)
+        sink.write(answer.stdout.encode())
+        if answer.exit_code:
+            from migrate.errors import MigrateError
+            raise MigrateError(f"{what} from {self.name} failed: {answer.stderr or answer.exit_code}")
+
+    @contextlib.contextmanager
+    def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
+                remote_host: str = "127.0.0.1") -> Iterator[None]:
+        self.log.append(Recorded("forward", forward_spec(local_port, remote, bind=bind, remote_host=remote_host)))
+        yield
 
     def home(self) -> str:
         return self.run('printf %s "$HOME"', what="read $HOME").stdout or f"/home/{self.target.user}"
@@ -252,6 +301,10 @@ class FakeHost:
 
     def streams(self) -> list[str]:
         return [r.command for r in self.log if r.kind == "stream"]
+
+    def forwards(self) -> list[str]:
+        """The `-L` specs of the forwards opened, in order."""
+        return [r.command for r in self.log if r.kind == "forward"]
 
     def mutations(self) -> list[Recorded]:
         """Every recorded command, file or stream that could change the host."""
@@ -320,3 +373,8 @@ class RecordingTransfers:
     def stream_file(self, path: str, ssh_argv: list[str], remote_command: str, **_: object) -> object:
         self.host.record_stream(ssh_argv, remote_command)
         return self._outcome()
+
+
+if TYPE_CHECKING:  # mypy (scripts/test) proves the recording host is a Host
+    def _is_a_host(fake: FakeHost) -> Host:
+        return fake

@@ -1,0 +1,126 @@
+"""Fan-out (issue 24): two hosts, one copy over this machine's link, the second host fed by the first.
+
+Runs on test_push_image.py's two Docker hosts (`pimage`, a dedicated sandbox that stays up for the
+session: the shared sandbox must stay without Docker, test_no_docker_on_the_host checks that), with
+an image of its own, removed from the hosts afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from migrate.relay import plan
+from migrate.remote.reap import machine
+from tests.conftest import run_cli
+from tests.integration.test_push_image import docker_hosts, in_host, remote_id  # noqa: F401 (a fixture)
+
+IMAGE = "migrate-fanout-test/app:1"
+ALICE = "/home/alice"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A local image of two random layers (8 + 12 MiB)."""
+    work = tmp_path_factory.mktemp("fanout")
+    (work / "a.bin").write_bytes(os.urandom(8 << 20))
+    (work / "b.bin").write_bytes(os.urandom(12 << 20))
+    (work / "Dockerfile").write_text("FROM scratch\nCOPY a.bin /a.bin\nCOPY b.bin /b.bin\n")
+    subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(work)], check=True, capture_output=True,
+                   env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    local = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", IMAGE], check=True,
+                           capture_output=True, text=True).stdout.split()
+    yield {"id": local[0], "size": int(local[1])}
+    subprocess.run(["docker", "image", "rm", "-f", IMAGE], capture_output=True)
+
+
+def push(hosts: list[dict], *extra: str) -> list[dict]:
+    res = run_cli("push-image", IMAGE, *(a for h in hosts for a in ("-H", h["alias"])), "--json", *extra,
+                  env=hosts[0]["env"], timeout=300)
+    assert res.code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def relay_traces(host: dict) -> str:
+    """What of any relay is on the host: marked authorized_keys lines, transfer key directories."""
+    return in_host(host, f"grep -h {plan.PREFIX} {ALICE}/.ssh/authorized_keys; ls {ALICE}/{plan.RELAY_DIR} "
+                         "2>/dev/null; true").strip()
+
+
+def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, image):  # noqa: F811
+    h1, h2 = docker_hosts
+    for h in docker_hosts:
+        in_host(h, f"docker image rm -f {IMAGE} >/dev/null 2>&1; true")
+    # a crashed run of this machine (its pid is gone) left its line on h2 and its key directory on h1
+    dead = plan.Marker(machine(), 999_999_999, "deaddeaddeaddead", 2_000_000_000)
+    in_host(h2, f"echo 'restrict,command=\"true\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDead {dead.text()}' "
+                f">> {ALICE}/.ssh/authorized_keys; stat -c %a {ALICE}/.ssh/authorized_keys > /tmp/fanout-mode")
+    in_host(h1, f"su alice -c 'mkdir -p {ALICE}/{dead.key_dir}'")
+    assert dead.text() in relay_traces(h1) and dead.text() in relay_traces(h2)
+    try:
+        results = push(docker_hosts)
+        r1, r2 = results
+        assert (r1["host"], r1["status"], r1["fed_via"]) == (h1["alias"], "sent", plan.LAPTOP)
+        assert (r2["host"], r2["status"], r2["fed_via"], r2["fed_why"]) == (h2["alias"], "sent", h1["alias"],
+                                                                            "host to host")
+        # one copy crossed this machine's link; the second came from h1 (docker save: the whole image)
+        assert image["size"] <= r1["bytes_sent"] < 1.1 * image["size"] and r2["bytes_sent"] == 0
+        assert r2["relayed_bytes"] >= image["size"]
+        assert remote_id(h2, IMAGE) == image["id"] == remote_id(h1, IMAGE)
+        assert relay_traces(h1) == "" and relay_traces(h2) == ""  # ours removed, the dead run's too
+        assert in_host(h2, f"stat -c %a {ALICE}/.ssh/authorized_keys").strip() == \
+            in_host(h2, "cat /tmp/fanout-mode").strip()
+
+        for h in docker_hosts:
+            in_host(h, f"docker image rm -f {IMAGE} >/dev/null")
+        direct = push(docker_hosts, "--no-relay")
+        assert [(r["fed_via"], r["fed_why"]) for r in direct] == [(plan.LAPTOP, "--no-relay")] * 2
+        assert all(r["bytes_sent"] >= image["size"] and r["relayed_bytes"] == 0 for r in direct)
+        assert remote_id(h2, IMAGE) == image["id"]
+    finally:
+        for h in docker_hosts:
+            in_host(h, f"docker image rm -f {IMAGE} >/dev/null 2>&1; sed -i '/{plan.PREFIX}/d' "
+                       f"{ALICE}/.ssh/authorized_keys; rm -rf {ALICE}/{plan.RELAY_DIR}; true")
+
+
+def test_push_data_feeds_the_second_host_from_the_first(sandbox_hosts, tmp_path):
+    h1, h2 = sandbox_hosts[:2]
+    src = tmp_path / "ds"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+    (src / "sub" / "x.txt").write_text("x\n")
+    (src / "skip.tmp").write_text("excluded\n")
+    dest = f"fanout-test-{os.getpid()}"
+    listing = f"cd {ALICE}/{dest} && find . -type f | sort | xargs sha256sum"
+    try:
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--exclude", "*.tmp",
+                      "--json", timeout=300)
+        assert res.code == 0, res.output
+        r1, r2 = json.loads(res.stdout)
+        assert (r1["fed_via"], r2["fed_via"], r2["fed_why"]) == (plan.LAPTOP, h1["alias"], "host to host")
+        assert r1["bytes_sent"] >= 3 << 20 and r2["relayed_bytes"] >= 3 << 20
+        assert r2["bytes_sent"] == 0 and r2["method"] == "relay+rsync"  # the rsync from here found it all there
+        assert in_host(h2, listing) == in_host(h1, listing) and "skip.tmp" not in in_host(h2, listing)
+        assert relay_traces(h1) == "" and relay_traces(h2) == ""
+
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--exclude", "*.tmp",
+                      "--json", timeout=300)  # a rerun: nothing moves, not even host to host
+        assert res.code == 0, res.output
+        again = json.loads(res.stdout)
+        assert [(r["status"], r["relayed_bytes"]) for r in again] == [("up to date", 0)] * 2
+        assert again[1]["fed_why"].startswith("DEST has files")
+
+        in_host(h2, f"rm -rf {ALICE}/{dest}")
+        res = run_cli("push-data", str(src), f"{h1['alias']}:{dest}", "-H", h2["alias"], "--no-relay", "--json",
+                      timeout=300)
+        assert res.code == 0, res.output
+        r1, r2 = json.loads(res.stdout)
+        assert (r2["fed_via"], r2["fed_why"], r2["relayed_bytes"]) == (plan.LAPTOP, "--no-relay", 0)
+        assert r2["bytes_sent"] >= 3 << 20
+    finally:
+        for h in (h1, h2):
+            in_host(h, f"rm -rf {ALICE}/{dest}")

@@ -1,0 +1,239 @@
+"""Fan-out (issue 24): who feeds whom, the transfer key's line, its add/remove commands (run by a real
+sh on a scratch HOME), stale-marker rules, the sender's command and the transfer's bookkeeping."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from migrate.image import fanout
+from migrate.image.plan import SEND, UP_TO_DATE
+from migrate.relay import plan
+from migrate.relay import session as rsession
+from migrate.relay.keys import new_key_pair
+from migrate.remote import shell
+from tests.fakehost import FakeHost
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0K2iJ0xJvW9v2cN3t9P2yqY3w0h9k8b2r2s7vT1x2y"
+MARK = plan.Marker("laptop", 4242, "0123456789abcdef", 2_000_000_000)
+
+
+def sh(script: str, home) -> subprocess.CompletedProcess:
+    return subprocess.run(script, shell=True, env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True)
+
+
+# -- who feeds whom --------------------------------------------------------------------------------
+def test_a_star_from_the_first_host_that_needs_bytes():
+    asked = []
+    feeds = plan.plan_feeds(["a", "b", "c", "d"], {"a": False, "b": True, "c": True, "d": True}, {},
+                            lambda s, h: asked.append((s, h)) or "ok")
+    assert feeds["a"] == plan.Feed("a", "-", "nothing to send")
+    assert feeds["b"].source == plan.LAPTOP and not feeds["b"].relayed
+    assert [(h, feeds[h].source) for h in "cd"] == [("c", "b"), ("d", "b")]
+    assert feeds["c"].relayed and asked == [("b", "c"), ("b", "d")]
+
+
+def test_refused_and_unreachable_hosts_are_fed_from_here_with_the_reason():
+    feeds = plan.plan_feeds(["a", "b", "c"], dict.fromkeys("abc", True), {"a": "its Docker needs a sudo password"},
+                            lambda s, h: "ok" if h == "b" else "[Errno 113] No route to host")
+    assert feeds["a"] == plan.Feed("a", plan.LAPTOP, "its Docker needs a sudo password")
+    assert feeds["b"].source == plan.LAPTOP  # the seed: the first host that may send
+    assert feeds["c"] == plan.Feed("c", plan.LAPTOP, "b cannot reach it: [Errno 113] No route to host")
+
+
+def test_a_failing_reach_check_feeds_that_host_from_here():
+    from migrate.errors import ConnectError
+
+    def reach(seed, host):
+        raise ConnectError("connection to b lost")
+
+    feeds = plan.plan_feeds(["a", "b"], {"a": True, "b": True}, {}, reach)
+    assert feeds["b"] == plan.Feed("b", plan.LAPTOP, "a cannot reach it: connection to b lost")
+
+
+@pytest.mark.parametrize(("needs", "off", "why"), [
+    ({"a": True, "b": True}, "--no-relay", "--no-relay"),
+    ({"a": True, "b": False}, "", "one host needs the bytes"),
+])
+def test_no_relay_or_a_single_taker_feeds_everyone_from_here(needs, off, why):
+    feeds = plan.plan_feeds(["a", "b"], needs, {}, lambda s, h: pytest.fail("no reach check"), off=off)
+    assert feeds["a"] == plan.Feed("a", plan.LAPTOP, why)
+
+
+# -- the authorized_keys line and its commands -----------------------------------------------------
+def test_the_line_allows_only_the_forced_command_and_names_the_transfer():
+    line = plan.authorized_line(KEY, "sg docker -c 'docker load' \"x\"", MARK)
+    assert line == (f'restrict,command="sg docker -c \'docker load\' \\"x\\"" {KEY} '
+                    "migrate-relay:laptop:4242:0123456789abcdef:2000000000")
+    with pytest.raises(ValueError):
+        plan.authorized_line("ssh-rsa AAAA", "docker load", MARK)
+    with pytest.raises(ValueError):
+        plan.authorized_line(KEY, "docker load\nssh-ed25519 evil", MARK)
+
+
+def test_add_keeps_the_file_and_its_mode_and_remove_takes_only_our_line(tmp_path):
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    auth = ssh / "authorized_keys"
+    auth.write_text("ssh-ed25519 AAAAuser1 me@laptop\nssh-rsa AAAAuser2 no-newline-at-end")
+    auth.chmod(0o640)
+    other = plan.Marker("laptop", 1, "fedcba9876543210", 2_000_000_000)
+    for m in (MARK, other):
+        res = sh(plan.add_line_command(plan.authorized_line(KEY, "docker load", m)), tmp_path)
+        assert res.returncode == 0, res.stderr
+    lines = auth.read_text().splitlines()
+    assert lines[:2] == ["ssh-ed25519 AAAAuser1 me@laptop", "ssh-rsa AAAAuser2 no-newline-at-end"]
+    assert lines[2].endswith(MARK.text()) and lines[3].endswith(other.text())
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o640
+    assert sh(plan.remove_lines_command([MARK]), tmp_path).returncode == 0
+    assert auth.read_text().splitlines() == lines[:2] + lines[3:]
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o640
+    inode = auth.stat().st_ino
+    assert sh(plan.remove_lines_command([MARK]), tmp_path).returncode == 0  # nothing of ours: not rewritten
+    assert auth.stat().st_ino == inode
+    assert sh(plan.remove_lines_command([other]), tmp_path).returncode == 0
+    assert auth.read_text().splitlines() == lines[:2]
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys"]  # no temp file left
+
+
+def test_add_creates_a_private_file_and_refuses_a_symlink(tmp_path):
+    res = sh(plan.add_line_command(plan.authorized_line(KEY, "docker load", MARK)), tmp_path)
+    assert res.returncode == 0, res.stderr
+    auth = tmp_path / ".ssh" / "authorized_keys"
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600 and len(auth.read_text().splitlines()) == 1
+    real = tmp_path / "keys"
+    auth.rename(real)
+    auth.symlink_to(real)
+    res = sh(plan.add_line_command(plan.authorized_line(KEY, "docker load", MARK)), tmp_path)
+    assert res.returncode == 3 and "symlink" in res.stderr and auth.is_symlink()
+
+
+def test_list_finds_markers_in_lines_and_key_directories(tmp_path):
+    sh(plan.add_line_command(plan.authorized_line(KEY, "docker load", MARK)), tmp_path)
+    other = plan.Marker("laptop", 7, "aaaaaaaabbbbbbbb", 1)
+    (tmp_path / other.key_dir).mkdir(parents=True)
+    found = plan.parse_markers(sh(plan.list_markers_command(), tmp_path).stdout)
+    assert found == [MARK, other]
+    assert sh(plan.remove_dirs_command([other]), tmp_path).returncode == 0
+    assert not (tmp_path / other.key_dir).exists() and (tmp_path / plan.RELAY_DIR).is_dir()
+
+
+def test_stale_markers_are_dead_runs_of_this_machine_or_past_their_deadline():
+    def stale(m):
+        return plan.is_stale(m, now=1_000, machine="laptop", pid=10, alive=lambda pid: pid == 11)
+
+    assert stale(plan.Marker("laptop", 12, "a" * 16, 5_000))          # its process is gone
+    assert not stale(plan.Marker("laptop", 11, "a" * 16, 5_000))      # still running
+    assert not stale(plan.Marker("laptop", 10, "a" * 16, 5_000))      # ours
+    assert not stale(plan.Marker("other", 12, "a" * 16, 5_000))       # another machine's, before its deadline
+    assert stale(plan.Marker("other", 12, "a" * 16, 999))             # past its deadline
+
+
+# -- the sender ------------------------------------------------------------------------------------
+def test_the_sender_verifies_the_host_key_and_uses_only_the_transfer_key():
+    cmd = plan.send_command("docker save app:1", MARK, "migrate-relay-host-0", "alice", plan.Address("10.0.0.2", 22))
+    for opt in ("StrictHostKeyChecking=yes", "HostKeyAlias=migrate-relay-host-0", "IdentitiesOnly=yes",
+                "GlobalKnownHostsFile=/dev/null", "BatchMode=yes", f"~/{MARK.key_dir}/key"):
+        assert opt in cmd
+    assert "-F /dev/null" in cmd and "-p 22 -l alice 10.0.0.2" in cmd
+    assert subprocess.run(["sh", "-n", "-c", cmd]).returncode == 0
+    assert plan.parse_relayed("Loaded image: app:1\nrelayed=123\n") == ("Loaded image: app:1", 123)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("10.0.0.1 50000 172.29.1.12 22", plan.Address("172.29.1.12", 22)),
+    ("10.0.0.1 50000 10.1.2.3 2222", plan.Address("10.1.2.3", 2222)),
+    ("127.0.0.1 50000 127.0.0.1 22", None),
+    ("", None),
+])
+def test_the_address_other_hosts_use_is_where_sshd_answered(text, want):
+    assert plan.parse_address(text) == want
+
+
+def test_reach_output_is_read_per_address():
+    assert plan.parse_reach("ssh=ok\n10.0.0.2:22=ok\n10.0.0.3:22=timed out\n") == \
+        {"ssh": "ok", "10.0.0.2:22": "ok", "10.0.0.3:22": "timed out"}
+
+
+# -- the transfer on (recording) hosts -------------------------------------------------------------
+def test_a_transfer_authorises_one_line_reaps_dead_runs_and_removes_everything(monkeypatch):
+    monkeypatch.setattr(rsession, "host_key", lambda remote: ("ssh-ed25519", "AAAAhostkey"))
+    dead = plan.Marker(rsession.machine(), 999_999_999, "deaddeaddeaddead", 2_000_000_000)
+    sender, receiver = FakeHost(), FakeHost()
+    receiver.reply("grep -o", f"{dead.text()}\n")
+    with rsession.Transfer(sender) as transfer:
+        transfer.start([receiver])
+        transfer.admit(receiver, "docker load")
+        runs = [c for c in receiver.commands() if "authorized_keys" in c]
+        assert dead.text() in runs[1] and "grep -v -F" in runs[1]  # the dead run's line goes first
+        assert transfer.marker.text() in runs[2] and "restrict,command=" in runs[2]
+        files = {f.command: f.data for f in sender.log if f.kind == "file"}
+        assert files[f"{transfer.marker.key_dir}/key"].startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+        assert files[f"{transfer.marker.key_dir}/known_hosts"] == b"migrate-relay-host-0 ssh-ed25519 AAAAhostkey\n"
+        assert transfer.alias(receiver) == "migrate-relay-host-0"
+    assert transfer.marker.text() in receiver.commands()[-1] and "grep -v -F" in receiver.commands()[-1]
+    assert sender.commands()[-1] == "cd && rm -rf -- " + shell.quote(transfer.marker.key_dir)
+
+
+def test_the_key_pair_is_ed25519_and_never_printed():
+    pair = new_key_pair()
+    assert pair.public.startswith("ssh-ed25519 ") and b"PRIVATE KEY" in pair.private_openssh
+    assert "PRIVATE" not in repr(pair)
+
+
+# -- push-image's plan -----------------------------------------------------------------------------
+def _session(name: str, action: str, access: str = "direct", first: int = 0, ssh_conn: str = ""):
+    host = FakeHost().reply("SSH_CONNECTION", ssh_conn or f"10.0.0.1 5000 10.0.0.{len(name)} 22")
+    host.reply("python3 -c", "ssh=ok\n" + "".join(f"10.0.0.{n}:22=ok\n" for n in range(1, 9)))
+    p = SimpleNamespace(action=action, first_missing=first, total_layers=4)
+    return SimpleNamespace(host=name, name=name, remote=host, plans={"img": p}, relay_address=None,
+                           facts=SimpleNamespace(access=access), sif_present={})
+
+
+def test_push_image_plan_probes_only_and_explains_each_host():
+    img = SimpleNamespace(image_id="img", display="app:1")
+    s = [_session("a", SEND), _session("bb", SEND), _session("ccc", UP_TO_DATE),
+         _session("dddd", SEND, "sudo-password"), _session("eeeee", SEND, first=3),
+         _session("ffffff", SEND, ssh_conn="127.0.0.1 5 127.0.0.1 22")]
+    feeds = fanout.plan(s, [img], relay=True, sif=False)
+    assert {h: f.source for h, f in feeds.items()} == {"a": plan.LAPTOP, "bb": "a", "ccc": "-", "dddd": plan.LAPTOP,
+                                                      "eeeee": plan.LAPTOP, "ffffff": plan.LAPTOP}
+    assert "sudo password" in feeds["dddd"].why and "3 of 4 layers" in feeds["eeeee"].why
+    assert "tunnel" in feeds["ffffff"].why
+    assert all(x.remote.mutations() == [] for x in s)
+    assert fanout.plan(s, [img], relay=False, sif=False)["bb"] == plan.Feed("bb", plan.LAPTOP, "--no-relay")
+
+
+def test_dry_run_says_how_a_relayed_host_would_be_fed():
+    from migrate.image.push import ImagePushResult
+
+    feed = plan.Feed("b", "a", "host to host")
+    r = fanout.annotate([ImagePushResult("app:1", "b", "would send", detail="2/2 layers")], feed, dry_run=True)[0]
+    assert (r.fed_via, r.fed_why) == ("a", "host to host")
+    assert r.detail.startswith("docker save on a | ssh | docker load")
+    direct = fanout.annotate([ImagePushResult("app:1", "a", "would send", detail="2/2 layers")],
+                             plan.Feed("a", plan.LAPTOP, "x"), dry_run=True)[0]
+    assert direct.detail == "2/2 layers"
+
+
+@pytest.mark.parametrize(("kw", "why"), [
+    ({"relay": False}, "--no-relay"), ({"sudo": True}, "--sudo is sent from here"),
+    ({"delete": True}, "--delete is sent from here"), ({}, ""),
+])
+def test_push_data_relays_only_what_the_first_host_can_feed(kw, why):
+    from migrate.data.fanout import refusal
+    from migrate.data.plan import PushDataOptions
+
+    assert refusal(PushDataOptions(**kw)) == why
+
+
+def test_push_data_seed_tars_exactly_the_listed_files():
+    from migrate.data.fanout import send_tar_source
+
+    cmd = send_tar_source("data/my set", ".migrate/relay/m/list-1")
+    assert cmd == "cd 'data/my set' && tar -cf - --null --no-recursion -T \"$HOME\"/.migrate/relay/m/list-1"
