@@ -19,7 +19,7 @@ member last (`tags_last`; `docker load` reads the whole archive before that memb
 receiver holds back the bytes from one byte before it (`hold_back`) until the host's sha256 of the
 whole file equals the digest sent after the archive (the prefix a rerun does not send is read and
 hashed locally). A mismatch or a break leaves the load an archive cut mid-block: it fails, unexpected
-EOF, no image. The file goes with the image's other staged files once the image is verified.
+EOF, no image. The file goes once it is loaded (one more command as the login user).
 `<key>` is a digest of the archive's
 member list (names, sizes, in-memory bytes), so a different archive for the same step never appends
 to it. Partial files of other images untouched for STALE_DAYS are removed by the next receiver.
@@ -421,7 +421,7 @@ class StagedMixin:
             ui.warn(f"{session.name}: {kept()}; rerun the same command to resume")
             raise
         committed = int(reported(res.stdout, "committed") or offset)
-        facts.staged[step.stage] = (total, committed)  # removed with the image's other staged files
+        facts.staged[step.stage] = (total, committed)
         rc = int(reported(res.stdout, "rc") or 0)
         got = reported(res.stdout, "sha256")
         if rc == EXIT_BUSY:
@@ -437,7 +437,8 @@ class StagedMixin:
             text = (res.stderr.strip() or f"exit code {rc}").splitlines()
             raise MigrateError(f"staging {layer} in {display_path(step.stage)} on {session.name} failed: {text[-1]}",
                                hint="rerun the same command" if rc == EXIT_MOVED else None)
-        if res.exit_code != 0 and committed >= total and got and "no space left" not in \
-                (res.stdout + res.stderr).lower():
-            self._remove_staged(session, [step.stage])  # a checked archive whose load would fail again
+        if res.exit_code == 0 or (committed >= total and got and "no space left" not in
+                                  (res.stdout + res.stderr).lower()):
+            # loaded (the next steps' files need the room), or a checked archive whose load would fail again
+            self._remove_staged(session, [step.stage])
         return res
