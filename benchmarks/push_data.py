@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -56,12 +57,21 @@ def make_small(root: Path, count: int, size: int = 4096) -> None:
         (d / f"f{i:06d}.bin").write_bytes(blob[off:off + size])
 
 
-def timed(cmd: str, env: dict | None = None) -> float:
+CPU: dict[str, list[float]] = {}  # pipeline -> CPU seconds of this machine's processes, per run
+
+
+def timed(cmd: str, env: dict | None = None, name: str = "") -> float:
+    """Wall seconds of `cmd`; the CPU its processes used here (rsync, ssh, tar, migrate) goes to CPU[name]:
+    on a machine other jobs share, CPU varies much less than wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {cmd}\n{proc.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if name:
+        CPU.setdefault(name, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return dt
 
 
@@ -111,13 +121,14 @@ def main() -> int:
                 for name in names:
                     dest = f"{remote_base}/{case[0]}-{''.join(ch for ch in name if ch.isalnum())}"
                     clean(dest)
-                    times[name].append(timed(pipelines[name](str(src), dest)))
+                    times[name].append(timed(pipelines[name](str(src), dest), name=f"{case}/{name}"))
                     clean(dest)
             for name in names:
                 med = statistics.median(times[name])
                 results.setdefault(case, {})[name] = med
                 runs = " ".join(f"{t:.2f}" for t in times[name])
-                print(f"# {case:<24} {name:<28} {med:8.2f}s  (runs: {runs})", file=sys.stderr)
+                cpu = statistics.median(CPU[f"{case}/{name}"])
+                print(f"# {case:<24} {name:<28} {med:8.2f}s  (runs: {runs}; local CPU {cpu:.2f}s)", file=sys.stderr)
 
         q = shlex.quote
         pipelines = {
@@ -164,14 +175,16 @@ def main() -> int:
             clean(remote_base)
             shutil.rmtree(work, ignore_errors=True)
 
-    print("\n| case | pipeline | seconds | vs rsync -r | vs rsync -a |\n|---|---|---|---|---|")
+    print("\n| case | pipeline | seconds | vs rsync -r | vs rsync -a | local CPU s |\n|---|---|---|---|---|---|")
     for case, row in results.items():
         base_r = row.get("rsync -r (seed)")
         base_a = row.get("rsync -a")
         for name, sec in row.items():
             vr = f"{base_r / sec:.2f}x" if base_r else "-"
             va = f"{base_a / sec:.2f}x" if base_a else "-"
-            print(f"| {case} | {name} | {sec:.2f} | {vr} | {va} |")
+            cpu = CPU.get(f"{case}/{name}")
+            print(f"| {case} | {name} | {sec:.2f} | {vr} | {va} | {statistics.median(cpu):.2f} |" if cpu
+                  else f"| {case} | {name} | {sec:.2f} | {vr} | {va} | |")
     a, b, c = (results.get(k) for k in ("a) big files", "b) many small files", "c) no-op re-sync of b"))
     print("\nTargets:")
     for case in (a, b):

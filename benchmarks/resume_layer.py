@@ -12,7 +12,8 @@ image of one layer: busybox plus SIZE MiB of random data. Then, each from a host
    command again: the bytes the rerun sent, against what the host had not received plus 64 MiB.
 2. The same with `--checkpoint 2G` (bigger than the layer: no staging, the behaviour before resume
    inside a layer): interrupted once docker load's temporary copy on the host holds AT, rerun.
-3. Uninterrupted pushes, staged and not, for what staging costs in time (`--repeat` for best of N).
+3. Uninterrupted pushes, staged and not, for what staging costs in time: `--repeat` rounds (default
+   3), interleaved, medians; `--before DIR` adds the staged push of another checkout's code.
 
 Every push uses `--compress none` (bytes on the wire = archive bytes) and `--bwlimit` (default 100M)
 so that the interrupt lands where it should on a fast loopback. Every final image is checked by its
@@ -28,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -102,10 +104,10 @@ class Bench(push_image.Bench):
         if self.in_host(f"ls -A {STAGE_DIR} 2>/dev/null; true").strip():
             raise SystemExit("the staged archive was left on the host")
 
-    def push(self, *extra: str) -> tuple[dict, float]:
+    def push(self, *extra: str, migrate: list[str] | None = None, env: dict | None = None) -> tuple[dict, float]:
         t0 = time.monotonic()
-        out = run(self.migrate + ["push-image", TAG, self.host, "--compress", "none", "--json", *extra],
-                  env=self.env)
+        out = run((migrate or self.migrate) + ["push-image", TAG, self.host, "--compress", "none", "--json", *extra],
+                  env=env or self.env)
         seconds = time.monotonic() - t0
         [result] = json.loads(out)
         if result["status"] != "sent":
@@ -141,6 +143,11 @@ class Bench(push_image.Bench):
         return self.staged() if staged else before
 
     def run_all(self) -> None:
+        if not self.args.timing_only:
+            self.interrupted_rows()
+        self.timings()
+
+    def interrupted_rows(self) -> None:
         mib = lambda n: f"{n / MIB:.1f} MiB"  # noqa: E731
         size, committed = self.interrupted("64M")
         r, seconds = self.push()
@@ -160,14 +167,27 @@ class Bench(push_image.Bench):
                           f"{mib(r['bytes_sent'])} | "
                           f"{mib(rest)} + 64 MiB = {mib(rest + 64 * MIB)} | "
                           f"{'yes' if r['bytes_sent'] <= rest + 64 * MIB else 'NO'} | {seconds:.1f} s"))
-        for label, extra in (("staged", ()), ("not staged", ("--checkpoint", "2G"))):
-            best = None
-            for _ in range(self.args.repeat):
+
+    def timings(self) -> None:
+        """Uninterrupted pushes, interleaved: the median of --repeat each, against the unstaged push."""
+        variants = [("staged", self.migrate, ()),
+                    ("not staged (`--checkpoint 2G`)", self.migrate, ("--checkpoint", "2G"))]
+        if self.args.before:  # the same staged push with another checkout's code (PYTHONPATH, -P: not this one)
+            variants.insert(1, (f"staged, {self.args.before_label}", [sys.executable, "-P", "-m", "migrate"], ()))
+        times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+        for n in range(self.args.repeat):  # interleaved, the order rotated each round
+            for label, migrate, extra in variants[n % len(variants):] + variants[:n % len(variants)]:
                 self.clear_remote()
-                _, seconds = self.push(*extra)
+                env = dict(self.env, PYTHONPATH=self.args.before) if migrate is not self.migrate else None
+                _, seconds = self.push(*extra, migrate=migrate, env=env)
                 self.check_remote()
-                best = seconds if best is None else min(best, seconds)
-            self.rows.append((f"whole push, {label}", f"{best:.1f} s"))
+                times[label].append(seconds)
+                print(f"[timing] {label}: {seconds:.1f} s", file=sys.stderr)
+        base = statistics.median(times[variants[-1][0]])
+        for label, values in times.items():
+            med = statistics.median(values)
+            self.rows.append((f"whole push, {label}", f"{med:.1f} s ({med / base:.2f}x; "
+                              + ", ".join(f"{v:.1f}" for v in values) + ")"))
 
     def report(self) -> str:
         lines = [f"One layer of {self.layer_bytes / MIB:.1f} MiB (layer tar), Ctrl-C at {self.args.at:.0%}, "
@@ -175,7 +195,8 @@ class Bench(push_image.Bench):
                  "| run | the host had | committed | rerun sent | rest + one checkpoint | within | rerun time |",
                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {name} | {cells} |" for name, cells in self.rows if "|" in cells]
-        lines += ["", f"| uninterrupted push (best of {self.args.repeat}) | time |", "|---|---|"]
+        lines += ["", f"| uninterrupted push (median of {self.args.repeat}, interleaved) | "
+                  "time (vs not staged; each run) |", "|---|---|"]
         lines += [f"| {name} | {cells} |" for name, cells in self.rows if "|" not in cells]
         return "\n".join(lines)
 
@@ -185,7 +206,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=400, help="random data in the layer, MiB (default 400)")
     ap.add_argument("--at", type=float, default=0.67, help="interrupt at this fraction of the layer (default 0.67)")
     ap.add_argument("--bwlimit", default="100M", help="--bwlimit of the interrupted push (default 100M)")
-    ap.add_argument("--repeat", type=int, default=1, help="uninterrupted pushes per row, best reported (default 1)")
+    ap.add_argument("--repeat", type=int, default=3, help="uninterrupted pushes per row, interleaved, median "
+                    "reported (default 3)")
+    ap.add_argument("--timing-only", action="store_true", help="only the uninterrupted pushes")
+    ap.add_argument("--before", help="a checkout of another version (git archive): its staged push joins the timings")
+    ap.add_argument("--before-label", default="before", help="how the table names --before's row")
     ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     ap.add_argument("--sandbox", default="pimageb", help="sandbox name (default pimageb)")
     ap.add_argument("--subnet", default="172.31.208.0/24")

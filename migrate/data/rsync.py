@@ -115,7 +115,9 @@ def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOption
     argv = ["rsync", "-a", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
             f"--filter=:- {IGNORE_FILE}"]
     if progress:
-        argv += ["--info=progress2", "--no-inc-recursive"]
+        # no --no-inc-recursive: migrate's bar takes its total from its own size scan, and incremental
+        # recursion lets files flow while the sender still lists (plain `rsync -a` does the same)
+        argv += ["--info=progress2"]
     if stats:
         argv += ["--stats"]
     if opts.itemize:

@@ -7,6 +7,7 @@ builders in `migrate.data.rsync` / `migrate.data.remote`. Progress is reported t
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import re
@@ -29,9 +30,11 @@ from migrate.data.rsync import (
     rsync_argv,
 )
 from migrate.errors import LocalCommandError, MigrateError
+from migrate.remote import roundtrips
 
 ProgressCallback = Callable[[int, int], None]
 PROGRESS_READ_PAUSE = 0.05  # rsync writes ~80 bytes per file: 50 ms of them fit the 64 KiB pipe many times over
+PIPE_BYTES = 1 << 20
 _ENV = {**os.environ, "LC_ALL": "C"}
 
 
@@ -86,13 +89,24 @@ def _pump_rsync(stream, on_progress_line: Callable[[str], None], other: list[str
             other.append(line)
 
 
+def _widen_pipe(stream) -> None:
+    """Give rsync's stdout a 1 MiB pipe (Linux; 64 KiB otherwise): between our reads it holds ~13k
+    progress lines, so a busy machine that delays the reader never blocks rsync's sender on a write."""
+    try:
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (OSError, ValueError, AttributeError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe still works
+
+
 def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallback | None = None,
               what: str = "rsync") -> RunOutcome:
     """Run rsync (with --info=progress2 --stats), stream progress, explain failures."""
     local.require("rsync")
     ui.debug("$ " + " ".join(argv))
+    roundtrips.note("exec", "", what)  # the remote rsync: one exec channel
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV)
+    _widen_pipe(proc.stdout)
     err_chunks: list[bytes] = []
     t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     t.start()
@@ -130,6 +144,7 @@ def rsync_dry_run(argv_builder: Callable[[RsyncOptions], list[str]], opts: Rsync
     dry = RsyncOptions(**{**opts.__dict__, "dry_run": True, "itemize": True})
     argv = argv_builder(dry)
     argv = [a for a in argv if a not in ("--info=progress2",)]
+    roundtrips.note("exec", "", "rsync --dry-run")
     proc = local.run(argv, check=False, what="rsync --dry-run", env=_ENV)
     if proc.returncode not in (0, 24):
         sentence, details = explain_exit(proc.returncode, proc.stderr)
@@ -219,6 +234,7 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     tar_argv = ["tar", "-C", src_dir, "--null", "--no-recursion", "-T", "-", "-cf", "-"]
     ui.debug("$ " + " ".join(tar_argv) + " | " + " ".join(ssh_argv) + " " + remote_command)
     t0 = time.monotonic()
+    roundtrips.note("exec", "", "tar stream")
     tar = subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ssh = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
@@ -294,6 +310,7 @@ def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
     """Send one file's bytes to `remote_command` over ssh (used when the remote has no rsync)."""
     size = os.path.getsize(path)
     t0 = time.monotonic()
+    roundtrips.note("exec", "", "file stream")
     proc = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     sent = 0
     try:

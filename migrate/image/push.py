@@ -71,7 +71,7 @@ from migrate.image.plan import (
     plan_image,
 )
 from migrate.image.remote import RemoteDocker, parse_facts
-from migrate.image.staged import StagedMixin, display_path, of_image
+from migrate.image.staged import StagedMixin, display_path, of_image, tags_last
 from migrate.image.stream import RateLimiter, StreamBroken, measure_link, stream
 from migrate.image.via import MODES as VIA_MODES
 from migrate.image.via import Registries, ViaDecision, announce, decide_for_host, registry_layers, result_fields
@@ -430,7 +430,8 @@ class Pusher(OverlapMixin, StagedMixin):
         """Stream each step through `script` on the host; return (wire bytes, layers sent, results).
 
         `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check)."""
-        members_per_step = [self._step_members(step, None if step.stage else codec, oci) for step in steps]
+        members_per_step = [tags_last(self._step_members(step, None, oci)) if step.stage else
+                            self._step_members(step, codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
         task = self.progress.add_task(f"{img.display} → {session.name}", total=total) if self.progress else None
         limiter = RateLimiter(self.options.bwlimit)
@@ -533,7 +534,7 @@ class Pusher(OverlapMixin, StagedMixin):
             if "no space left" in err.message.lower() and (committed > plan.first_missing or step.stage):
                 kept = [f"{committed} of {len(img.diff_ids)} layers as {PARTIAL_REPO}:{short_id(img.archive_id)}-*"
                         ] if committed > plan.first_missing else []
-                kept += [f"the checked archive of layers up to {len(step.diff_ids)} in {display_path(step.stage)}"
+                kept += [f"the staged archive of layers up to {len(step.diff_ids)} in {display_path(step.stage)}"
                          ] if step.stage else []
                 err.message += (f" ({' and '.join(kept)} are kept there; once there is space, a rerun sends only "
                                 "the rest)")

@@ -23,8 +23,8 @@ from migrate.agent.db import job_ref_problem
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
 from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
-from migrate.remote import shell
-from migrate.remote.connection import connect
+from migrate.remote import roundtrips, shell
+from migrate.remote.connection import Remote, connect, target_for
 from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
 
@@ -155,6 +155,8 @@ class AgentClient:
         for attempt in (1, 2):
             argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args, need_queue=True)]
             ui.debug("$ " + " ".join(argv), level=2)
+            roundtrips.note("connect", self.remote.target.alias, "ssh")
+            roundtrips.note("exec", self.remote.target.alias, " ".join(args))
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.buffer,
                                         stderr=subprocess.PIPE)
@@ -183,6 +185,7 @@ class AgentClient:
                     hint = resume_hint(self.remote.name) if info.get("resume") else info.get("hint")
                     raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=hint or None)
             if proc.returncode == 255:
+                self.remote.run("true", check=False, what="connect")  # ssh says only 255: the paramiko layer says why
                 raise ConnectError(f"ssh to {self.remote.name} failed: {text.strip().splitlines()[-1:] or '?'}")
             if text.strip():
                 sys.stderr.write(text)
@@ -296,8 +299,16 @@ def job_statuses(host: str, conn: ConnectOptions) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def agent_session(host: str, conn: ConnectOptions) -> Iterator[AgentClient]:
-    """`with agent_session(host, conn) as client:` an AgentClient on a fresh connection."""
+def agent_session(host: str, conn: ConnectOptions, *, lazy: bool = False) -> Iterator[AgentClient]:
+    """`with agent_session(host, conn) as client:` an AgentClient on a fresh connection.
+
+    `lazy`: connect only when a command needs the paramiko connection; `stream()` (logs) runs over
+    its own `ssh` and never does unless the agent is missing, which saves one SSH handshake."""
+    if lazy:
+        target, configs = target_for(host, conn)
+        with Remote(target, configs, conn) as remote:
+            yield AgentClient(remote)
+        return
     with connect(host, conn) as remote:
         yield AgentClient(remote)
 

@@ -193,8 +193,9 @@ class HostTarget:
 
     def logs(self, job: str, *, follow: bool, tail: int | None) -> int:
         # -f: the last run's --sync-back that includes this job pulls as under `migrate wait` (data/syncback.py)
+        # lazy: the log streams over its own ssh, so no paramiko handshake unless the agent must be installed
         with follow_syncing(self.name, self.conn, job) if follow else nullcontext(), \
-                agent_session(self.name, self.conn) as client:
+                agent_session(self.name, self.conn, lazy=True) as client:
             return client.stream(logs_args(job, follow, tail))
 
     def cancel(self, refs: Sequence[str], *, all_jobs: bool, grace: float, dry_run: bool, as_json: bool) -> int:

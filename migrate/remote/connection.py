@@ -43,7 +43,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from migrate import ui
 from migrate.errors import ConnectError, HostKeyError, RemoteCommandError, SudoError
 from migrate.paths import sandbox_ssh_configs
-from migrate.remote import openssh, probe_fragments, shell
+from migrate.remote import openssh, probe_fragments, roundtrips, shell
 from migrate.remote.host import Feed, Progress, put_atomically, read_text_result
 from migrate.remote.hosts import (
     ConnectOptions,
@@ -304,6 +304,7 @@ class Remote:
         t = self.target
         where = f"{t.alias}" + (f" ({t.hostname})" if t.hostname != t.alias else "") + f" port {t.port}"
         conn = _fabric_connection(t, self.configs, self.options)
+        roundtrips.note("connect", t.alias, "paramiko")
         try:
             conn.open()
         except HostKeyError:
@@ -394,6 +395,7 @@ class Remote:
         kwargs = {"hide": True, "warn": True, "timeout": timeout,
                   "in_stream": _ChunkedInput(stdin) if stdin is not None else False}
         ui.debug(f"[{self.target.alias}]{' (sudo)' if sudo else ''} $ {command}", level=2)
+        roundtrips.note("exec", self.target.alias, what or command)
         try:
             if sudo and self.sudo_mode() == "password":
                 result = conn.sudo(shell.sh_c(command), password=self._password(), **kwargs)
@@ -478,6 +480,7 @@ class Remote:
         put_atomically(self, lambda tmp: self._sftp_write(data, tmp, mode), remote_path, mode=mode, sudo=sudo)
 
     def _sftp_write(self, data: bytes, remote_path: str, mode: int) -> None:
+        roundtrips.note("sftp", self.target.alias, f"write {remote_path}")
         sftp = self.connection.sftp()
         with sftp.open(remote_path, "wb") as fh:
             fh.set_pipelined(True)
@@ -487,6 +490,7 @@ class Remote:
     def put_file(self, source: bytes | Path, remote_path: str, *, mode: int = 0o600,
                  progress: Progress | None = None) -> None:
         """Copy bytes or a local file to `remote_path` over SFTP (not atomic), then chmod it."""
+        roundtrips.note("sftp", self.target.alias, f"write {remote_path}")
         sftp = self.connection.sftp()
         if isinstance(source, bytes):
             sftp.putfo(io.BytesIO(source), remote_path, file_size=len(source), callback=progress)
@@ -501,6 +505,7 @@ class Remote:
     def read_bytes(self, remote_path: str) -> bytes:
         """A remote file's bytes, over SFTP (a file that cannot be read: RemoteCommandError saying why)."""
         try:
+            roundtrips.note("sftp", self.target.alias, f"read {remote_path}")
             with self.connection.sftp().open(remote_path, "rb") as fh:
                 return fh.read()
         except OSError as exc:

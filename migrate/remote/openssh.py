@@ -38,7 +38,7 @@ from typing import IO
 from migrate import ui
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
-from migrate.remote import probe_fragments, shell
+from migrate.remote import probe_fragments, roundtrips, shell
 from migrate.remote.host import Feed, Progress, put_atomically, read_text_result
 from migrate.remote.hosts import (
     ConnectOptions,
@@ -150,6 +150,7 @@ def feed_stdin(proc: subprocess.Popen, feed: Feed) -> None:
 def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str | None = None) -> None:
     """Run `argv` (an `ssh ... -- COMMAND`) with `feed` as stdin; MigrateError with ssh's last line on failure."""
     ui.debug("$ " + " ".join(argv), level=2)
+    roundtrips.note("exec", display, what)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except FileNotFoundError as exc:
@@ -167,6 +168,7 @@ def stream_out(argv: list[str], sink: IO[bytes], *, what: str, display: str) -> 
     """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; MigrateError with the
     last line of its stderr when it fails."""
     ui.debug("$ " + " ".join(argv), level=2)
+    roundtrips.note("exec", display, what)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = _drain(proc)
     stdout = proc.stdout
@@ -242,6 +244,7 @@ class ControlMaster:
             extra += ["-c", self.cipher]
         argv = [*self.base, *extra, self.alias]
         ui.debug("$ " + " ".join(argv), level=2)
+        roundtrips.note("connect", self.alias, "ssh ControlMaster")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.connect_timeout + 10
@@ -269,7 +272,9 @@ class ControlMaster:
         return [*self.base, "-S", self.socket, "-o", "ControlMaster=no", self.alias]
 
     def argv(self, command: str) -> list[str]:
-        """`ssh ... -T alias COMMAND` through the master."""
+        """`ssh ... -T alias COMMAND` through the master (one exec channel: counted here, where every
+        caller builds the one process it runs)."""
+        roundtrips.note("exec", self.alias, command)
         return [*self.client_argv()[:-1], "-T", self.alias, command]
 
     def argv_words(self, words: list[str]) -> list[str]:
@@ -381,6 +386,7 @@ class OpenSshSession:
         full = shell.sudo_nopasswd(command) if sudo and mode != "root" else command
         self._ensure_master()
         ui.debug(f"[{self.spec.host}] $ {full}", level=2)
+        roundtrips.note("exec", self.spec.host, what or command)
         try:
             # no stdin given: /dev/null, never ours (a command must not eat what the user pipes to migrate)
             feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}

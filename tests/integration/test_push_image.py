@@ -21,6 +21,7 @@ import pytest
 
 from migrate.remote import reap
 from tests.conftest import assert_one_line_error, run_cli, wait_until
+from tests.integration.test_round_trips import counted
 from tests.tar_helpers import tar_bytes
 
 PREFIX = "migrate-pimage-test"
@@ -188,7 +189,7 @@ def layer_bytes(ref: str, index: int) -> int:
 
 
 # -- tests -----------------------------------------------------------------------------------------
-def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images):
+def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images, tmp_path):
     h = docker_hosts[0]
     env = h["env"]
     remote_rmi(h, CHILD, BASE)
@@ -200,6 +201,8 @@ def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images)
     [r] = push_json(BASE, h["alias"], env=env)
     assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
     assert time.monotonic() - t0 < 10
+    # its connections and round trips, counted (docs/performance.md: "Round trips per verb")
+    counted(tmp_path, "push-image", BASE, h["alias"], env=env, label="push-image, unchanged")
 
     new_layer = layer_bytes(CHILD, 1)
     [r] = push_json(CHILD, h["alias"], env=env)

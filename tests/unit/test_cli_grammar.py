@@ -42,7 +42,7 @@ def fake_agent(monkeypatch, tmp_path):
     client = _FakeClient()
 
     @contextlib.contextmanager
-    def session(host, conn):
+    def session(host, conn, lazy=False):
         yield client
 
     monkeypatch.setattr(target, "agent_session", session)  # a host's status and logs talk to the agent there

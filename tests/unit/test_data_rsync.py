@@ -26,7 +26,8 @@ def test_rsync_argv_is_resumable_archive_with_filters_and_ends_with_paths():
     assert argv[:2] == ["rsync", "-a"]
     assert "--partial-dir=.migrate-partial" in argv and "--filter=:- .migrateignore" in argv
     assert "--exclude=*.tmp" in argv and "--exclude-from=/x/ex" in argv and "--delete" in argv
-    assert "--info=progress2" in argv and "--no-inc-recursive" in argv and "--mkpath" in argv
+    assert "--info=progress2" in argv and "--mkpath" in argv
+    assert "--no-inc-recursive" not in argv  # the bar's total is migrate's own scan; rsync may stream its list
     assert "--compress-choice=zstd" in argv and "--rsync-path=sudo -n rsync" in argv and "--checksum" in argv
     assert argv[-3:] == ["--", "./src/", "gpu:/dst/"]
     assert argv[argv.index("-e") + 1] == "ssh -p 22"
@@ -154,3 +155,22 @@ def test_pump_rsync_reports_only_the_newest_progress_line_per_read_and_keeps_sta
     assert 0 < len(seen) < 100          # one per 64 KiB read, not one per file
     assert "xfr#10000" in seen[-1]      # the last one is the newest
     assert other == ["Number of files: 10,001 (reg: 10,000, dir: 1)", "Total bytes sent: 41,000,000"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="Linux pipes only")
+def test_rsync_stdout_gets_a_pipe_that_holds_thousands_of_progress_lines():
+    import fcntl
+    import subprocess
+
+    from migrate.data.transfer import PIPE_BYTES, _widen_pipe
+
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        before = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        _widen_pipe(proc.stdout)
+        after = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+    assert before < PIPE_BYTES and after == PIPE_BYTES  # ~13k lines of ~80 bytes
