@@ -233,9 +233,9 @@ class HostPush:
                      plans: list) -> None:
         if self.o.dry_run:
             if self.o.drop_partial and facts.kind != "none":
-                held = [p for p, _ in self._partials(remote, plans)]
-                if held:
-                    self.plan.changes.append(RemoteChange(shell.join(["rm", "-rf", "--", *held]), root=self.o.sudo,
+                stale = [p for p, _ in self._partials(remote, plans)]
+                if stale:
+                    self.plan.changes.append(RemoteChange(shell.join(["rm", "-rf", "--", *stale]), root=self.o.sudo,
                                                           why="--drop-partial"))
             return
         partials = self._partials(remote, plans) if self.o.drop_partial and facts.kind != "none" else []

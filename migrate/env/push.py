@@ -123,6 +123,7 @@ def _stream(remote: Host, command: str, write, what: str, hint: str) -> None:
     argv = remote.openssh_argv() + ["--", command]
     ui.debug("$ " + " ".join(argv), level=2)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None  # both are PIPE above
     try:
         write(proc.stdin)
         proc.stdin.close()
@@ -241,7 +242,8 @@ def push_env(hosts: list[str], src: Source, opts: PushEnvOptions, conn: ConnectO
     """Push one environment to every host in parallel; one result per host (failures included)."""
     locks = _Locks(src)
     outcomes = for_each_host(hosts, lambda h: push_host(h, src, opts, conn, locks))
-    return [o.value if o.ok else EnvResult(host=o.host, name=opts.name, error=o.error or "?") for o in outcomes]
+    return [o.value if o.value is not None else EnvResult(host=o.host, name=opts.name, error=o.error or "?")
+            for o in outcomes]
 
 
 def delete_env(hosts: list[str], name: str, conn: ConnectOptions, *, dry_run: bool) -> list[EnvResult]:
@@ -256,7 +258,8 @@ def delete_env(hosts: list[str], name: str, conn: ConnectOptions, *, dry_run: bo
             return EnvResult(host=host, name=name, status="deleted" if out == "deleted" else "absent")
 
     outcomes = for_each_host(hosts, one)
-    return [o.value if o.ok else EnvResult(host=o.host, name=name, error=o.error or "?") for o in outcomes]
+    return [o.value if o.value is not None else EnvResult(host=o.host, name=name, error=o.error or "?")
+            for o in outcomes]
 
 
 def ensure_on_hosts(hosts: list[str], names: list[str], conn: ConnectOptions, *, where: str,
