@@ -189,6 +189,7 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
                            display=s.display)
 
     def prepare(s: Session) -> None:
+        assert s.remote is not None  # _open_all connects before it calls prepare
         s.facts = gather(s.remote)
         if s.facts.host.sudo != "password":
             s.facts = complete_facts(s.remote, s.facts)
@@ -196,6 +197,7 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
     sessions = _open_all(hosts, conn, prepare)
 
     def needs_root(s: Session) -> bool:
+        assert s.facts is not None  # _ask_passwords asks only about sessions with facts
         unreadable = s.facts.daemon_json_exists and not s.facts.daemon_json_readable
         if dry_run:
             return unreadable
@@ -203,7 +205,7 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
 
     _ask_passwords(sessions, needs_root)
     for s in sessions:
-        if not s.report.error and s.facts is not None and s.facts.host.sudo == "password":
+        if not s.report.error and s.remote is not None and s.facts is not None and s.facts.host.sudo == "password":
             try:
                 s.facts = complete_facts(s.remote, s.facts)
             except MigrateError as exc:
@@ -232,6 +234,8 @@ def setup_hosts(hosts: list[str], conn: ConnectOptions, options: HostSetupOption
         return reports
 
     def work(s: Session, say) -> None:
+        # _run_parallel runs only live sessions: connected, and prepare (which sets facts) did not fail
+        assert s.remote is not None and s.facts is not None
         ctx = RunContext(remote=s.remote, plan_ctx=plan_ctx(s), home=s.facts.host.home or s.remote.home(),
                          progress=say)
         try:
@@ -268,6 +272,7 @@ def undo_hosts(hosts: list[str], conn: ConnectOptions, *, dry_run: bool = False,
     _check_hosts(hosts, conn)
 
     def prepare(s: Session) -> None:
+        assert s.remote is not None  # _open_all connects before it calls prepare
         s.facts = gather(s.remote)
         text = s.remote.run(journal.read_command(), what="read the host-setup journal").stdout
         entries, problems = journal.parse(text)
@@ -302,6 +307,7 @@ def undo_hosts(hosts: list[str], conn: ConnectOptions, *, dry_run: bool = False,
                 ui.line("")
 
     def work(s: Session, say) -> None:
+        assert s.remote is not None  # _run_parallel runs only connected sessions
         plan = s.extra["plan"]
         entries = s.extra["entries"]
         steps, settled, failed = [], set(), False
@@ -342,6 +348,7 @@ def undo_hosts(hosts: list[str], conn: ConnectOptions, *, dry_run: bool = False,
 
 def _settle_journal(s: Session, entries: list[dict], settled: set[str], *, complete: bool) -> None:
     """Archive the journal after a complete undo; otherwise keep only what is still to undo."""
+    assert s.remote is not None and s.facts is not None  # called from undo's work: a live, prepared session
     path = shell.home_path(JOURNAL_FILE)
     if complete:
         archived = shell.home_path(JOURNAL_FILE.replace(".jsonl", f".undone-{journal.timestamp()}.jsonl"))
