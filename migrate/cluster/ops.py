@@ -93,7 +93,7 @@ def preflight(remotes: dict[str, Any], head: str, opts: UpOptions, ports: plan.P
 
     outcomes = for_each_host(list(remotes), probe)
     problems = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
-    facts = {o.host: o.value for o in outcomes if o.ok}
+    facts = {o.host: o.value for o in outcomes if o.value is not None}  # ok: set exactly when no error
     for host, f in facts.items():
         problems += plan.preflight_problems(host, f, head=host == head, cluster=opts.name)
     if problems:
@@ -217,7 +217,7 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
     t0 = time.monotonic()
     outcomes = for_each_host(opts.hosts, connector)
     bad = [o for o in outcomes if not o.ok]
-    remotes = {o.host: o.value for o in outcomes if o.ok}
+    remotes = {o.host: o.value for o in outcomes if o.value is not None}  # ok: set exactly when no error
     try:
         if bad:
             raise MigrateError("; ".join(f"{o.host}: {o.error}" for o in bad), hint="nothing was installed")
@@ -227,9 +227,10 @@ def up(opts: UpOptions, conn: ConnectOptions, *, connector: Connector | None = N
         if opts.dry_run:
             return _dry_run_report(opts, head, facts, ports, head_ip, as_json)
         gpus = {o.host: o.value for o in for_each_host(opts.hosts, lambda h: offered_gpus(remotes[h], h, opts))
-                if o.ok}
+                if o.value is not None}
+        # the tuple runs both steps in one worker; ship_scripts returns None and only its raising counts
         installs = for_each_host(opts.hosts, lambda h: (ensure_installed(remotes[h], h, facts[h], opts.offline),
-                                                        ship_scripts(remotes[h]))[0])
+                                                        ship_scripts(remotes[h]))[0])  # type: ignore[func-returns-value]
         failed = [f"{o.host}: {o.error}" for o in installs if not o.ok] + [
             f"{h}: cannot read its GPUs" for h in opts.hosts if h not in gpus]
         if failed:
@@ -597,7 +598,7 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool =
         return {"name": name, "action": "would stop", "dry_run": True, "purged": False, "hosts": record.hosts,
                 "commands": commands}
     outcomes = _stop_all(record, conn, purge=purge, connector=connector)
-    hosts = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
+    results = [{"host": o.host, "ok": o.ok, "error": o.error, **(o.value or {})} for o in outcomes]
     failed = [o for o in outcomes if not o.ok]
     if failed and forget:
         for o in failed:
@@ -607,8 +608,8 @@ def down(name: str, conn: ConnectOptions, *, purge: bool = False, forget: bool =
                            hint=f"the record is kept: run `migrate cluster down {name}` again once they answer, "
                                 "or add --forget if they are gone for good")
     state.remove(name)
-    for h in (h for h in hosts if h["ok"]):
+    for h in (h for h in results if h["ok"]):
         ui.step(f"{h['host']}: Ray stopped, no Ray process of ours left"
                 + (f", {h['removed_containers']} job container(s) removed" if h.get("removed_containers") else "")
                 + (", ~/.migrate/ray removed" if purge else ""))
-    return {"name": name, "action": "stopped", "purged": purge, "hosts": hosts}
+    return {"name": name, "action": "stopped", "purged": purge, "hosts": results}
