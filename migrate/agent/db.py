@@ -44,7 +44,7 @@ TRANSITIONS = {
 }
 
 # Columns that hold JSON text, and the empty value of each.
-JSON_COLUMNS = {"env": {}, "gpu_pool": None, "mounts": [], "ports": [], "gpu_uuids": [], "gpu_indices": []}
+JSON_COLUMNS: dict = {"env": {}, "gpu_pool": None, "mounts": [], "ports": [], "gpu_uuids": [], "gpu_indices": []}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -395,7 +395,9 @@ class Queue:
                     continue
                 if job["state"] == QUEUED:
                     self._move(job_id, (QUEUED,), CANCELLED, ended_at=now, reason="cancelled before it started")
-                    cancelled.append(self.get(job_id))
+                    row = self.get(job_id)
+                    assert row is not None  # read back in the transaction that just updated it
+                    cancelled.append(row)
                 elif job["state"] in ACTIVE:
                     self.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
                     job["cancel_requested"] = True

@@ -27,7 +27,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import IO, BinaryIO, Callable
 
 from migrate.errors import MigrateError
 from migrate.image.identity import containerd_name
@@ -555,7 +555,7 @@ def open_maybe_compressed(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def spool_archive(stream: BinaryIO, root: Path, progress: Callable[[int], None] | None = None) -> SavedArchive:
+def spool_archive(stream: IO[bytes], root: Path, progress: Callable[[int], None] | None = None) -> SavedArchive:
     """Unpack a docker-save tar stream into `root` (regular files only, paths checked) and parse it."""
     root.mkdir(parents=True, exist_ok=True)
     links: list[tuple[str, str]] = []

@@ -153,7 +153,7 @@ def parse_states(states: str | None) -> list[str] | None:
 
 def status_args(show_all: bool, states: str | None, last: int) -> list[str]:
     """Agent arguments for a status query (pure)."""
-    if parse_states(states):
+    if states is not None and parse_states(states):  # parse_states(None) is None: the same test, for mypy
         return ["status", "--state", states]
     return ["status", "--all"] if show_all else ["status", "--limit", str(last)]
 

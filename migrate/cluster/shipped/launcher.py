@@ -330,7 +330,7 @@ def tcp_sockets(path: str = "/proc/net/tcp") -> list:
     return out
 
 
-def listener_owner(port: int, sockets: list = None) -> str:
+def listener_owner(port: int, sockets: "list | None" = None) -> str:  # a string: the node's Python may be < 3.10
     """Who listens on the head's 127.0.0.1:PORT (or 0.0.0.0:PORT): "ours", "other" or "none"."""
     wanted = {_hex_endpoint("127.0.0.1", port), _hex_endpoint("0.0.0.0", port)}
     uids = {uid for local, _, st, uid in (sockets if sockets is not None else tcp_sockets())
