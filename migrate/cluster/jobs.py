@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from typing import cast
 
 from rich.text import Text
 
@@ -226,7 +227,8 @@ def run_on_cluster(name: str, conn: ConnectOptions, specs: list[JobSpec], *, dry
 
 def existing_keys(api: JobApi) -> set[str]:
     """The keys of every job on the cluster (whatever its state): a key is submitted only once."""
-    return {(j.get("metadata") or {}).get("migrate_key") for j in api.jobs()} - {None, ""}
+    keys = {(j.get("metadata") or {}).get("migrate_key") for j in api.jobs()} - {None, ""}
+    return cast("set[str]", keys)  # None taken out; keys are strings in the metadata we write
 
 
 def submit_specs(api: JobApi, record: ClusterRecord, specs: list[JobSpec], *, nodes: int = 0,

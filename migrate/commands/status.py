@@ -79,6 +79,6 @@ def command(first: str | None, host: tuple[str, ...], conn: ConnectOptions, play
         raise UsageError("name a host", hint="e.g. migrate status gpu1, -H gpu1 -H gpu2, or -f migrate.yml")
     if len(every) > 1:
         sys.exit(show_many(every, conn, show_all=show_all, states=states, last=last, as_json=as_json))
-    [host] = every
-    sys.exit(job_target(host, conn).status(show_all=show_all, states=parse_states(states), last=last,
+    [target] = every
+    sys.exit(job_target(target, conn).status(show_all=show_all, states=parse_states(states), last=last,
                                            as_json=as_json))

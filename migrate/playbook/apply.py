@@ -222,10 +222,10 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
 
         jobs = [{"id": s.id} for s in submitted]  # what `migrate wait HOST` waits for (and pulls back)
         lastrun.record(h, [j["id"] for j in jobs], sync=sync_groups(specs, jobs, None))
-        new = [s for s in submitted if s.status == "queued"]
-        existing = len(submitted) - len(new)
-        text = f"{len(new)} queued" + (f", {existing} already there" if existing else "")
-        report.cells[(h, "run")] = StageOutcome(text, changed=len(new))
+        queued = [s for s in submitted if s.status == "queued"]
+        already = len(submitted) - len(queued)
+        text = f"{len(queued)} queued" + (f", {already} already there" if already else "")
+        report.cells[(h, "run")] = StageOutcome(text, changed=len(queued))
 
 
 def _cluster_run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool,
