@@ -210,9 +210,9 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
     for exp in exps:
         for params, filled in grid(base.command, sweep, fixed=None if exp is None else {"experiment": exp}):
             prefix = base.name or exp or ("job" if params else None)
-            name = f"{prefix}[{_params_text(params)}]" if params else prefix
+            job_name = f"{prefix}[{_params_text(params)}]" if params else prefix
             if exp is not None and base.name:
-                name = f"{base.name}-{exp}" + (f"[{_params_text(params)}]" if params else "")
+                job_name = f"{base.name}-{exp}" + (f"[{_params_text(params)}]" if params else "")
             key = base.key
             if key and (params or exp is not None):
                 key = f"{key}:{exp or ''}:{_params_text(params)}"
@@ -220,7 +220,7 @@ def expand(base: JobSpec, sweep: dict[str, list[str]] | None = None, *,
             if exp is not None:
                 env["MIGRATE_EXPERIMENT"] = exp
             jobs.append(JobSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
-                                   "command": filled, "name": name, "key": key, "env": env,
+                                   "command": filled, "name": job_name, "key": key, "env": env,
                                    "mounts": list(base.mounts), "ports": list(base.ports)}))
     return jobs
 
@@ -323,6 +323,7 @@ def _field_node(job: yaml.Node, field: str) -> yaml.Node:
 
 def _yaml_value(f: JobField, job: dict[str, Any]) -> Any:
     """The JobSpec value of field `f` from a checked jobs.yaml job (its default when absent)."""
+    assert f.yaml is not None  # only YAML_FIELDS come here: the fields that have a jobs.yaml key
     value = job.get(f.yaml)
     if f.kind == "size":
         return parse_size_mib(value, f.yaml or f.name)
