@@ -35,7 +35,7 @@ from typing import Any
 
 from . import VERSION, admission, launch, procs
 from .db import ACTIVE, STARTING, Queue
-from .gpus import GpuBackendError, open_backend
+from .gpus import GpuBackendError, GpuSnapshot, open_backend
 from .layout import Layout, private_dir, read_json, write_private
 from .lock import AgentLog, acquire_lock
 from .recovery import append_log, check_job, current_user, job_is_alive, read_exit, recover, settle
@@ -163,6 +163,7 @@ class Daemon:
         for pid in [p for p in self.watched if p not in wanted]:
             os.close(self.watched.pop(pid))
         for pid in wanted - set(self.watched):
+            assert open_pidfd is not None  # wanted is empty without it
             try:
                 self.watched[pid] = open_pidfd(pid)
             except OSError:
@@ -322,9 +323,10 @@ class Daemon:
         self._set_reasons(reasons)
         waiting_gpu = snapshot is not None and any(int(queued_job.get("gpus", 1)) > 0 and queued_job["id"] in reasons
                                                    for queued_job in queued)
-        self.watch_gpu_processes([p.pid for d in snapshot.devices for p in d.processes] if waiting_gpu else [])
+        self.watch_gpu_processes([p.pid for d in snapshot.devices for p in d.processes]
+                                 if waiting_gpu and snapshot is not None else [])  # waiting_gpu implies a snapshot
 
-    def _learn_baselines(self, snapshot: object, reserved: dict) -> dict:
+    def _learn_baselines(self, snapshot: GpuSnapshot | None, reserved: dict) -> dict:
         """Idle baselines, updated from this snapshot and kept in the queue (they survive restarts)."""
         if self.idle_baselines is None:
             self.idle_baselines = admission.load_idle_baselines(self.queue)

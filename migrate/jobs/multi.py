@@ -71,7 +71,8 @@ def _rows(jobs: list[dict]) -> list[tuple]:
 
 def multi_json(outcomes: list[HostOutcome[dict]]) -> dict[str, Any]:
     """`status -H ... --json`: per-host summaries, then every job with its host (pure)."""
-    hosts, jobs = [], []
+    hosts: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = []
     for o in outcomes:
         if not o.ok:
             hosts.append({"host": o.host, "ok": False, "error": o.error})

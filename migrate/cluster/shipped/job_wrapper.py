@@ -15,7 +15,7 @@ AGENT = os.path.join(HERE, "migrate-agent.pyz")
 
 if os.path.isfile(AGENT):
     sys.path.insert(0, AGENT)
-    from migrate_agent.raynode import wrapper_main
+    from migrate_agent.raynode import wrapper_main  # type: ignore[import-not-found]  # the shipped zipapp, not here
 else:  # migrate's own tests run this file from the source tree (migrate/cluster/shipped/), maybe with -I -S
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
     from migrate.agent.raynode import wrapper_main
