@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TypedDict
 
 from migrate.errors import MigrateError, UsageError
 from migrate.image import registry as reg
@@ -28,6 +29,14 @@ PULLED = "pulled"
 WOULD_PULL = "would pull"
 
 
+class PullFields(TypedDict, total=False):
+    """ImagePushResult's fields that _pull_one fills (typed, so **-passing them is checked)."""
+
+    pulled: str
+    detail: str
+    error: str
+
+
 def parse_refs(refs: Sequence[str]) -> list[reg.RegistryRef]:
     out = []
     for r in refs:
@@ -39,7 +48,7 @@ def parse_refs(refs: Sequence[str]) -> list[reg.RegistryRef]:
 
 
 def _pull_one(remote: Host, access: str, ref: reg.RegistryRef, registries: Registries,
-              dry_run: bool, mirrors: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
+              dry_run: bool, mirrors: Sequence[str] = ()) -> tuple[str, PullFields]:
     """(status, result fields) of one registry image on one host."""
     cmd, sudo = docker_command(access, ["image", "inspect", "--format", "{{.Id}}", ref.pull_ref])
     if remote.run(cmd, sudo=sudo, check=False, what="look for the image").ok:

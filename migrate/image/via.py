@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from migrate import local, ui
 from migrate.errors import MigrateError, UsageError
@@ -32,6 +33,14 @@ from migrate.remote.host import Host
 MODES = ("auto", "push", "pull")
 MAX_PROBES = 3  # registry sources tried per image and host
 UNREACHABLE = ("unreachable", "tls", "nopython")  # verdicts about the host and registry, not the image
+
+
+class ViaFields(TypedDict, total=False):
+    """ImagePushResult's fields that result_fields fills (typed, so **-passing them is checked)."""
+
+    via: str
+    via_reason: str
+    pulled: str
 
 
 @dataclass
@@ -280,7 +289,7 @@ def registry_layers(decision: ViaDecision | None) -> dict[str, tuple[str, str, i
     return decision.registry_layers if decision is not None else {}
 
 
-def result_fields(decision: ViaDecision | None) -> dict[str, str]:
+def result_fields(decision: ViaDecision | None) -> ViaFields:
     """The via/via_reason/pulled fields of a push result (no credential is ever part of a decision)."""
     if decision is None:
         return {}
