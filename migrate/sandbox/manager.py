@@ -23,6 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from migrate import local, ui
 from migrate.errors import LocalCommandError, MigrateError, UsageError
@@ -489,7 +490,8 @@ class Sandbox:
         if link == "off" or (link is None and before is None):
             linkmod.stop(self.state)
             return {}
-        text = self.link_text = link or before["link"]
+        # no link given means one is recorded (returned above otherwise); up() refuses an empty --link
+        text = self.link_text = link or cast(dict, before)["link"]
         if current and current["link"] == text and set(current["ports"]) == {str(i) for i in indices}:
             return {int(i): port for i, port in current["ports"].items()}
         state = linkmod.start(self.state, linkmod.parse_link(text), {i: self.s.ip(i) for i in indices},

@@ -124,7 +124,7 @@ def parse(text: str) -> MockState:
 
 
 # -- changes (what `migrate sandbox gpu` does) ---------------------------------------------------
-def device(state: MockState, spec: str) -> object:
+def device(state: MockState, spec: str) -> MockGpu | MockMig:
     """GPU `k`, or MIG instance `k:j`."""
     gpu_part, _, mig_part = str(spec).partition(":")
     if not gpu_part.isdigit() or int(gpu_part) >= len(state.gpus):
