@@ -168,7 +168,7 @@ def cmd_submit(args: Any, layout: Layout) -> dict:
     jobs = [validate_spec(s, i) for i, s in enumerate(specs)]
     queue = open_queue(layout)
     _refuse_never_fitting(jobs, backend_spec(queue, args.backend))
-    result = {}
+    result: dict[str, Any] = {}
     if not args.no_start:  # first, so an outdated dispatcher never picks up these jobs
         result["dispatcher"] = _ensure(queue, layout, args.backend, args.mode, args.cpu_slots)
     result["jobs"] = queue.submit(jobs)
@@ -346,7 +346,7 @@ def cmd_logs(args: Any, layout: Layout) -> int:
         sys.stderr.write(AGENT_ERROR_MARK + json.dumps({"error": exc.message, "hint": exc.hint}) + "\n")
         return 3
     path = layout.job_log(job["id"])
-    out = getattr(sys.stdout, "buffer", sys.stdout)
+    out: Any = getattr(sys.stdout, "buffer", sys.stdout)  # the binary stdout: log bytes go out as they are
     pos = 0
     if args.tail and os.path.exists(path):
         pos = _tail_offset(path, args.tail)

@@ -105,7 +105,7 @@ def docker_time(text: str) -> float | None:
         main, _, rest = text.partition(".")
         if not rest and main.endswith("Z"):
             main = main[:-1]
-        t = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+        t: float = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
     frac = rest.rstrip("Z")
@@ -213,7 +213,7 @@ def recover(queue: Queue, layout: Layout, log: Any) -> dict:
     """Reconcile the queue with the processes that exist (run with the dispatcher lock held)."""
     boot = procs.boot_identity()
     last_boot = queue.get_meta("boot_id")
-    summary = {"adopted": [], "finished": [], "lost": [], "requeued": [], "paused": ""}
+    summary: dict[str, Any] = {"adopted": [], "finished": [], "lost": [], "requeued": [], "paused": ""}
     if last_boot and last_boot != boot:
         lost = []
         booted = procs.boot_time()  # the jobs of the old boot ended before this one began

@@ -114,7 +114,8 @@ class Job:
         code = j.get("driver_exit_code")
         st = JobState.from_ray(str(j.get("status", "")))
         start, end = (j.get("start_time") or 0) / 1000, (j.get("end_time") or 0) / 1000
-        runtime = ((end or now) - start) if start and (end or now) else None
+        stop = end or now
+        runtime = (stop - start) if start and stop else None
         return cls(id=str(meta.get("migrate_id", "?")), name=str(meta.get("migrate_name") or ""), state=st,
                    exit_code=code if isinstance(code, int) else None, runtime_s=runtime,
                    reason=str(j.get("message") or "") if st is JobState.FAILED else "",

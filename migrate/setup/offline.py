@@ -105,7 +105,8 @@ def load_offline_set(directory: str) -> OfflineSet:
     d = Path(directory)
     sums = read_sums(d)
     bad = []
-    engine, nvidia = [], []
+    engine: list[tuple[str, str]] = []
+    nvidia: list[tuple[str, str]] = []
     for path in sorted(d.glob("*.deb")):
         parts = apt.deb_filename_parts(path.name)
         if parts is None:
@@ -268,10 +269,10 @@ def download_offline(directory: str, target_text: str, options: HostSetupOptions
             key = root.root / "keyrings" / "docker.asc"
             (root.root / "keyrings").mkdir(parents=True, exist_ok=True)
             fetch(sources.docker_key_url(source.base_url, target.family), key)
-            suite = sources.docker_codename(target.family, target.family, target.codename, target.codename,
-                                            target.version, options.codename)
+            docker_suite = sources.docker_codename(target.family, target.family, target.codename, target.codename,
+                                                   target.version, options.codename)
             lines.append(f"deb [signed-by={key}] {sources.docker_repo_url(source.base_url, target.family)} "
-                         f"{suite.name} stable")
+                         f"{docker_suite.name} stable")
         if options.nvidia:
             base = nvidia_base_url(options)
             key = root.root / "keyrings" / "nvidia.gpg"
