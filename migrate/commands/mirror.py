@@ -62,7 +62,7 @@ def command(args: tuple[str, ...], host: tuple[str, ...], undo: bool, dry_run: b
                 raise MigrateError(f"mirror on {h} failed: {(res.stderr.strip() or '?').splitlines()[-1]}")
             return mirror.MirrorResult.parse(h, res.stdout)
 
-    results = [o.value if o.ok else mirror.MirrorResult(host=o.host, error=o.error or "?")
+    results = [o.value if o.value is not None else mirror.MirrorResult(host=o.host, error=o.error or "?")
                for o in for_each_host(hosts, one)]
     if as_json:
         ui.print_json([asdict(r) for r in results])

@@ -27,7 +27,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, Callable
+from typing import IO, Any, BinaryIO, Callable
 
 from migrate.errors import MigrateError
 from migrate.image.identity import containerd_name
@@ -232,7 +232,7 @@ class LoadStep:
         manifest = json.dumps({"schemaVersion": 2, "mediaType": manifest_type,
                                "config": {"mediaType": config_type, "digest": self.image_id, "size": len(self.config)},
                                "layers": layers}, separators=(",", ":")).encode()
-        entry = {"mediaType": manifest_type, "digest": sha256_digest(manifest), "size": len(manifest)}
+        entry: dict[str, Any] = {"mediaType": manifest_type, "digest": sha256_digest(manifest), "size": len(manifest)}
         meta = [Member.from_bytes(oci_blob_name(entry["digest"]), manifest)]
         if self.target is not None and _names_these_layers(self.target[1][-1][1], self.image_id, layers):
             entry = self.target[0]  # the local engine's own manifest (or index): its ID, unchanged
@@ -584,8 +584,8 @@ def spool_archive(stream: IO[bytes], root: Path, progress: Callable[[int], None]
     except tarfile.TarError as exc:
         raise ArchiveError(f"cannot read the image archive: {exc}") from exc
     for name, target in links:  # docker >= 25 may link legacy layer paths to blobs/
-        dest, src = root / name, root / target
-        if src.is_file() and not dest.exists():
+        dest, linked = root / name, root / target
+        if linked.is_file() and not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dest)
+            os.link(linked, dest)
     return SavedArchive(root)
