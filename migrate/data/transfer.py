@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import io
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from migrate import local, ui
 from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
@@ -106,9 +108,11 @@ def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallbac
     roundtrips.note("exec", "", what)  # the remote rsync: one exec channel
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV)
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
     _widen_pipe(proc.stdout)
     err_chunks: list[bytes] = []
-    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    rsync_err = proc.stderr  # a local: mypy keeps its narrowing inside the lambda
+    t = threading.Thread(target=lambda: err_chunks.append(rsync_err.read()), daemon=True)
     t.start()
     out_lines: list[str] = []
 
@@ -238,26 +242,29 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     tar = subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ssh = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None  # all PIPE
+    assert ssh.stdin is not None and ssh.stderr is not None
+    tar_in, tar_stderr, ssh_stderr = tar.stdin, tar.stderr, ssh.stderr  # locals: narrowed in the closures too
     tar_err: list[bytes] = []
     ssh_out: list[bytes] = []
 
     def feed_names() -> None:
         try:
-            tar.stdin.write(b"".join(("./" + e.path).encode("utf-8", "surrogateescape") + b"\0" for e in names))
-            tar.stdin.close()
+            tar_in.write(b"".join(("./" + e.path).encode("utf-8", "surrogateescape") + b"\0" for e in names))
+            tar_in.close()
         except BrokenPipeError:
             pass
 
     threads = [threading.Thread(target=feed_names, daemon=True),
-               threading.Thread(target=lambda: tar_err.append(tar.stderr.read()), daemon=True),
-               threading.Thread(target=lambda: ssh_out.append(ssh.stderr.read()), daemon=True)]
+               threading.Thread(target=lambda: tar_err.append(tar_stderr.read()), daemon=True),
+               threading.Thread(target=lambda: ssh_out.append(ssh_stderr.read()), daemon=True)]
     for th in threads:
         th.start()
     sent = 0
     broken = False
     try:
         while True:
-            chunk = tar.stdout.read1(1 << 20)
+            chunk = cast(io.BufferedReader, tar.stdout).read1(1 << 20)  # Popen's default buffering
             if not chunk:
                 break
             try:
@@ -312,6 +319,7 @@ def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
     t0 = time.monotonic()
     roundtrips.note("exec", "", "file stream")
     proc = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None  # both are PIPE
     sent = 0
     try:
         with open(path, "rb") as fh:
