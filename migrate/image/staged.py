@@ -34,16 +34,20 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from migrate import ui
 from migrate.errors import MigrateError
 from migrate.image import remote as rdocker
-from migrate.image.archive import Member, short_id, tar_size, tar_stream
+from migrate.image.archive import LoadStep, Member, short_id, tar_size, tar_stream
 from migrate.image.compress import Codec, StreamCompressor
 from migrate.image.plan import DiskNeed
 from migrate.image.remote import STAGE_DIR, RemoteDocker
 from migrate.image.stream import StreamBroken, StreamResult, stream
 from migrate.remote import shell
+
+if TYPE_CHECKING:
+    from migrate.image.push import PushImageOptions  # only for the mixin's annotations: push.py imports this module
 
 MIN_CHUNK = 1 << 20  # never commit more often than every MiB (a tiny --checkpoint would fsync per KiB)
 STALE_DAYS = 7
@@ -338,6 +342,12 @@ def home_room(plan: StagePlan, need: DiskNeed, facts: RemoteDocker) -> str | Non
 
 class StagedMixin:
     """The Pusher's staged steps (module doc): which steps, their stream, check and load."""
+
+    if TYPE_CHECKING:  # what the Pusher that mixes this in (image/push.py) provides
+        options: PushImageOptions
+        progress: Any
+
+        def _step_members(self, step: LoadStep, codec: Codec | None, oci: bool) -> list[Member]: ...
 
     def _plan_staging(self, session, img, steps, sizes: Sequence[int], oci: bool, need: DiskNeed) -> None:
         """Name the staged file of each step that carries a layer bigger than --checkpoint (`step.stage`),
