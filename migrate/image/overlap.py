@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from migrate import ui
 from migrate.errors import MigrateError
@@ -23,6 +25,13 @@ from migrate.image.archive import plan_load_steps, short_id, tar_size
 from migrate.image.plan import SEND, plan_image
 from migrate.image.via import pull_on_host
 from migrate.remote import shell
+
+if TYPE_CHECKING:  # only for the mixin's annotations: push.py imports this module
+    from migrate.image.archive import LoadStep, Member
+    from migrate.image.compress import Codec
+    from migrate.image.local import LocalImage
+    from migrate.image.push import HostSession, ImagePushResult, LayerCache
+    from migrate.remote.openssh import ControlMaster
 
 SPOOL_MARGIN = 64 << 20  # keep this much free in the home directory beyond the spool file
 
@@ -92,7 +101,26 @@ def spool_ok(stdout: str, expected: int) -> bool:
 class OverlapMixin:
     """`Pusher._push_overlapped`: the top layers stream while the host pulls the base (module doc)."""
 
+    if TYPE_CHECKING:  # what the Pusher that mixes this in (image/push.py, staged.py) provides
+        layers: LayerCache | None
+
+        def _blobs_for_steps(self, session: HostSession, img: LocalImage, steps: Sequence[LoadStep]) -> int: ...
+        def _step_members(self, step: LoadStep, codec: Codec | None, oci: bool) -> list[Member]: ...
+        def _stream_steps(self, session: HostSession, img: LocalImage, master: ControlMaster, codec: Codec,
+                          steps: list[LoadStep], script: str, oci: bool = False,
+                          as_user: bool = False) -> tuple[int, int, list]: ...
+        def _push_docker(self, session: HostSession, img: LocalImage, master: ControlMaster | None,
+                         codec: Codec | None, t0: float) -> ImagePushResult: ...
+        def _load_failed(self, session: HostSession, res) -> MigrateError: ...
+        def _after_load(self, session: HostSession, step: LoadStep, res) -> None: ...
+        def _verify(self, session: HostSession, img: LocalImage) -> None: ...
+        def _drop_partials(self, session: HostSession, tags: Sequence[str]) -> None: ...
+        def _drop_staged(self, session, img) -> None: ...
+        def _result(self, img: LocalImage, session: HostSession, status: str, t0: float, **kw) -> ImagePushResult: ...
+
     def _push_overlapped(self, session, img, master, codec, t0, job: PullJob):
+        # a pull is decided only for an image this host needs sent, so the layer source exists
+        assert self.layers is not None
         decision = session.via[img.image_id]
         plan = session.plans[img.image_id]
         first = max(plan.first_missing, decision.layers)
