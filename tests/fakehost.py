@@ -195,6 +195,8 @@ class FakeHost:
     sudo: str = "nopasswd"       # what sudo_mode() answers
     log: list[Recorded] = field(default_factory=list)
     closed: bool = False
+    # how many `forwards_alive()` calls answer True before the connection "dies" (None: never dies)
+    forwards_alive_for: int | None = None
 
     def reply(self, pattern: str, stdout: str = "", exit_code: int = 0, stderr: str = "") -> FakeHost:
         """Answer commands matching `pattern` (a regular expression, searched) with this output."""
@@ -263,6 +265,13 @@ class FakeHost:
                 remote_host: str = "127.0.0.1") -> Iterator[None]:
         self.log.append(Recorded("forward", forward_spec(local_port, remote, bind=bind, remote_host=remote_host)))
         yield
+
+    def forwards_alive(self) -> bool:
+        """True until `forwards_alive_for` calls have answered it (then the master has "died")."""
+        if self.forwards_alive_for is None:
+            return True
+        self.forwards_alive_for -= 1
+        return self.forwards_alive_for >= 0
 
     def home(self) -> str:
         return self.run('printf %s "$HOME"', what="read $HOME").stdout or f"/home/{self.target.user}"

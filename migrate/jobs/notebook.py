@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -30,7 +29,8 @@ from migrate import ui
 from migrate.agent.db import FINAL
 from migrate.errors import MigrateError, UsageError
 from migrate.jobs.client import AgentClient, agent_command, no_queue_error
-from migrate.jobs.tunnel import Forward, check_local_ports, ssh_forward_args
+from migrate.jobs.tunnel import Forward, check_local_ports
+from migrate.remote.host import Host
 
 CONTAINER_PORT = 8888
 LOG_LINES = 400
@@ -167,33 +167,23 @@ def wait_for_server(read: Callable[[], tuple[dict | None, str]], *, host: str, j
         sleep(interval)
 
 
-def forward_argv(client: AgentClient, local: int, remote_port: int, bind: str) -> list[str]:
-    """`ssh ... -N -L bind:LOCAL:localhost:REMOTE HOST` with the host's own SSH settings."""
-    return client.remote.openssh_argv(extra=ssh_forward_args([Forward(local, remote_port)], bind))
-
-
-def start_forward(argv: list[str], local: int, bind: str, server: Server, *, timeout: float = 30) \
-        -> subprocess.Popen:
-    """Start the `ssh -L` and return once Jupyter answers through it (GET /api/status with the token)."""
-    check_local_ports([Forward(local, server.port)], bind)
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except FileNotFoundError as exc:
-        raise MigrateError("the OpenSSH client (ssh) is not installed here", hint="apt-get install openssh-client") \
-            from exc
-    deadline = time.monotonic() + timeout
+def await_answer(host: Host, local: int, bind: str, server: Server, *, timeout: float = 30,
+                 answer: Callable[[str, int, Server], int | str] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    """Return once Jupyter answers through the forward (GET /api/status with the token); the host's
+    connection dying first, or the deadline, is an error."""
+    answer = answer or api_status
+    deadline = clock() + timeout
     last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = (proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else "").splitlines()
-            raise MigrateError(f"the port forward ended (ssh exit code {proc.returncode}): {err[-1] if err else '?'}",
+    while clock() < deadline:
+        if not host.forwards_alive():
+            raise MigrateError(f"the connection to {host.name} holding the forward ended",
                                hint="is AllowTcpForwarding on for this host? -vv shows more")
-        status = api_status(bind, local, server)
+        status = answer(bind, local, server)
         if status == 200:
-            return proc
+            return
         last = str(status)
-        time.sleep(0.2)
-    stop_forward(proc)
+        sleep(0.2)
     raise MigrateError(f"Jupyter did not answer through the forward within {timeout:g}s (last: {last})",
                        hint="try again with --attach JOB")
 
@@ -211,17 +201,6 @@ def api_status(bind: str, local: int, server: Server) -> int | str:
         return int(exc.code)
     except (OSError, ValueError) as exc:
         return type(exc).__name__
-
-
-def stop_forward(proc: subprocess.Popen) -> None:
-    """End the `ssh -L` (never the job)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def info_json(host: str, job: dict, url: str, local: int, server: Server, bind: str) -> str:
@@ -267,9 +246,6 @@ def show_dry_run(host: str, spec: Any, options: Any, *, local: int | None, bind:
 def run_notebook(host: str, conn: Any, spec: Any, options: Any, *, attach: str | None,
                  local: int | None, bind: str, timeout: float, open_browser: bool, as_json: bool) -> int:
     """Queue the notebook job (or find `attach`), wait for Jupyter, forward it here until Ctrl-C."""
-    import signal
-    import webbrowser
-
     from migrate.jobs.client import report_dispatcher, submit_with
     from migrate.remote.connection import connect
 
@@ -294,36 +270,50 @@ def run_notebook(host: str, conn: Any, spec: Any, options: Any, *, attach: str |
 
         job, server = wait_for_server(lambda: read_job(client, job_ref), host=remote.name, job_ref=job_ref,
                                       timeout=timeout, on_wait=on_wait)
-        jid = job["id"]
         port = local or pick_local_port(bind)
-        argv = forward_argv(client, port, server.port, bind)
-    proc = start_forward(argv, port, bind, server)
-    url = local_url(bind, port, server)
-    if as_json:
-        sys.stdout.write(info_json(host, job, url, port, server, bind) + "\n")
-        sys.stdout.flush()
-    else:
-        ui.step(f"JupyterLab (job {jid}) on {host}: {bind}:{port} -> {host}:localhost:{server.port}")
-        sys.stdout.write(url + "\n")  # whole, never wrapped: it is copied into a browser
-        sys.stdout.flush()
-        ui.info(f"Ctrl-C stops the forward, not Jupyter: `migrate notebook {host} --attach {jid}` reconnects, "
-                f"`migrate cancel {host} {jid}` ends it")
-    if open_browser:
-        webbrowser.open(url)
+        return serve(remote, host, job, server, local=port, bind=bind, open_browser=open_browser, as_json=as_json)
+
+
+def serve(remote: Host, host: str, job: dict, server: Server, *, local: int, bind: str, open_browser: bool,
+          as_json: bool, answer: Callable[[str, int, Server], int | str] | None = None,
+          sleep: Callable[[float], None] = time.sleep, interval: float = 1.0) -> int:
+    """Forward `local` here to Jupyter on the host (a forward on the host's OpenSSH ControlMaster), print
+    the URL once Jupyter answers through it, and hold it until Ctrl-C/SIGTERM (0) or until the host's
+    connection dies (MigrateError saying how to reconnect)."""
+    import signal
+    import webbrowser
+
+    jid = job["id"]
+    check_local_ports([Forward(local, server.port)], bind)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        code = proc.wait()
+        with remote.forward(local, server.port, bind=bind):
+            await_answer(remote, local, bind, server, answer=answer, sleep=sleep)
+            url = local_url(bind, local, server)
+            if as_json:
+                sys.stdout.write(info_json(host, job, url, local, server, bind) + "\n")
+                sys.stdout.flush()
+            else:
+                ui.step(f"JupyterLab (job {jid}) on {host}: {bind}:{local} -> {host}:localhost:{server.port}")
+                sys.stdout.write(url + "\n")  # whole, never wrapped: it is copied into a browser
+                sys.stdout.flush()
+                ui.info(f"Ctrl-C stops the forward, not Jupyter: `migrate notebook {host} --attach {jid}` "
+                        f"reconnects, `migrate cancel {host} {jid}` ends it")
+            if open_browser:
+                webbrowser.open(url)
+            while remote.forwards_alive():
+                sleep(interval)
     except KeyboardInterrupt:
-        stop_forward(proc)
         ui.info(f"forward closed; notebook job {jid} keeps running on {host}: "
-                f"`migrate notebook {host} --attach {jid}` (or `migrate tunnel {host} {port}:{server.port}`) "
+                f"`migrate notebook {host} --attach {jid}` (or `migrate tunnel {host} {local}:{server.port}`) "
                 f"reconnects, `migrate cancel {host} {jid}` ends it")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-    raise MigrateError(f"the forward to {host} ended (ssh exit code {code}); notebook job {jid} may still run",
-                       hint=f"reconnect: migrate notebook {host} --attach {jid}; end it: migrate cancel {host} {jid}")
+    raise MigrateError(f"the connection to {host} ended and the forward with it; notebook job {jid} may still run: "
+                       f"`migrate notebook {host} --attach {jid}` reconnects",
+                       hint=f"end it: migrate cancel {host} {jid}")

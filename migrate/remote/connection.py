@@ -537,6 +537,10 @@ class Remote:
         """A local forward held by the OpenSSH master (see `Host.forward`)."""
         return self._bulk().forward(openssh.forward_spec(local_port, remote, bind=bind, remote_host=remote_host))
 
+    def forwards_alive(self) -> bool:
+        """Whether the OpenSSH master holding the forwards still runs (see `Host.forwards_alive`)."""
+        return self._master is not None and self._master.alive()
+
     def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
         """`ssh ... host` for subprocess streams (rsync -e, image pipes) with the same settings."""
         return openssh_argv(self.target, config_file=self.configs.openssh_file(), extra=extra)

@@ -472,6 +472,9 @@ class OpenSshSession:
         self._ensure_master()
         return self.master.forward(forward_spec(local_port, remote, bind=bind, remote_host=remote_host))
 
+    def forwards_alive(self) -> bool:
+        return self.master.alive()
+
     def _diagnose(self, stderr: str) -> None:
         """OpenSSH failed to connect: let the paramiko layer say why, in the same words as every verb."""
         from migrate.remote.connection import connect

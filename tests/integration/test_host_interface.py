@@ -125,3 +125,12 @@ def test_a_taken_local_port_is_a_connect_error_naming_the_forward(host):
                 host.forward(port, 22):
             pass
 
+
+
+def test_forwards_alive_follows_the_master_that_holds_the_forwards(host, scratch):
+    where = _serve(host, scratch, "tcp")
+    local = _free_port()
+    with host.forward(local, int(where)):
+        assert host.forwards_alive()
+    host.close()  # the master goes, and the forwards with it (what `notebook` watches for)
+    assert not host.forwards_alive()

@@ -1,6 +1,7 @@
 """`migrate notebook` with a real JupyterLab: pushed with push-env to a shared sandbox host that reaches
-no package index (as carol: no sudo, no docker), started as a job, forwarded by a real `ssh -L`, and
-asked over HTTP through the forward. The wheels come from this machine's push-env cache after the
+no package index (as carol: no sudo, no docker), started as a job, forwarded on a real OpenSSH
+ControlMaster (`ssh -O forward`), and asked over HTTP through the forward; the master killed, it says
+how to reattach. The wheels come from this machine's push-env cache after the
 first run (~46 MiB, 91 wheels). Jupyter's own start is most of the time (its imports took 45 s on
 the shared 2-core machine at load 35; the whole test 21 s at load 17)."""
 
@@ -64,6 +65,23 @@ def stop(proc: subprocess.Popen, sig: int) -> str:
     return err
 
 
+def ssh_master_of(pid: int) -> int:
+    """The OpenSSH ControlMaster (`ssh -M`) that the process `pid` started: its forwards live there."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == pid and b"-M" in argv:
+            return int(entry)
+    raise AssertionError(f"no ssh master under {pid}")
+
+
 def test_notebook_starts_jupyter_as_a_job_forwards_it_reattaches_and_cancel_ends_it(carol_nb):
     host, name, remote = carol_nb
     proc, info = start(host, "--env", name, "--gpus-per-job", "0")
@@ -86,6 +104,13 @@ def test_notebook_starts_jupyter_as_a_job_forwards_it_reattaches_and_cancel_ends
         assert again["job"] == info["job"] and again["remote_port"] == port
         assert get(again["url"]) == 200
         stop(proc, signal.SIGTERM)
+
+        proc, again = start(host, "--attach", jid)  # the master dies: one line with --attach, non-zero
+        os.kill(ssh_master_of(proc.pid), signal.SIGKILL)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode != 0, err
+        assert f"the connection to {host} ended" in err and f"migrate notebook {host} --attach {jid}" in err, err
+        assert token not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -133,3 +133,114 @@ def test_a_cluster_name_is_refused_with_its_hosts(tmp_path, monkeypatch):
     res = run_cli("notebook", "lab", "--env", "nb", env={"MIGRATE_STATE_DIR": str(tmp_path)})
     usage_error(res, "lab is a cluster")
     assert "gpu1, gpu2" in res.stderr
+
+
+# -- the forward: one on the host's ControlMaster (Host.forward), held until Ctrl-C or the master dies --
+
+SERVER = nb.Server(port=41234, path="/lab", token="sekrit")
+JOB = {"id": 7, "name": "notebook", "state": "running"}
+
+
+def answers(*codes):
+    """An `api_status` stand-in answering these codes in turn (then 200), recording each call."""
+    calls = []
+    it = iter(codes)
+
+    def answer(bind, local, server):
+        calls.append((bind, local, server.token))
+        return next(it, 200)
+    answer.calls = calls  # type: ignore[attr-defined]
+    return answer
+
+
+def interrupt_after(n):
+    """A `sleep` that raises KeyboardInterrupt (Ctrl-C) on its n-th call."""
+    left = [n]
+
+    def sleep(_s):
+        left[0] -= 1
+        if left[0] <= 0:
+            raise KeyboardInterrupt
+    return sleep
+
+
+def test_serve_forwards_on_the_host_prints_the_url_once_jupyter_answers_and_ctrl_c_returns_0(capsys):
+    from tests.fakehost import FakeHost
+
+    host = FakeHost()
+    local = nb.pick_local_port("127.0.0.1")
+    answer = answers("ConnectionRefusedError", 503)
+    code = nb.serve(host, "box", JOB, SERVER, local=local, bind="127.0.0.1", open_browser=False, as_json=False,
+                    answer=answer, sleep=interrupt_after(4))
+    assert code == 0
+    assert host.forwards() == [f"127.0.0.1:{local}:127.0.0.1:41234"]
+    assert len(answer.calls) == 3  # refused, 503, then 200
+    out, err = capsys.readouterr()
+    assert out.count("token=sekrit") == 1 and out.strip() == f"http://127.0.0.1:{local}/lab?token=sekrit"
+    assert "sekrit" not in err
+    assert "forward closed; notebook job 7 keeps running on box" in err
+    assert "migrate notebook box --attach 7" in err
+    assert host.commands() == []  # no ssh of its own, nothing run on the host
+
+
+def test_serve_json_prints_one_line():
+    import io
+    import sys
+
+    from tests.fakehost import FakeHost
+
+    local = nb.pick_local_port("127.0.0.1")
+    buf, real = io.StringIO(), sys.stdout
+    sys.stdout = buf
+    try:
+        nb.serve(FakeHost(), "box", JOB, SERVER, local=local, bind="127.0.0.1", open_browser=False, as_json=True,
+                 answer=answers(), sleep=interrupt_after(1))
+    finally:
+        sys.stdout = real
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
+    assert data["job"] == 7 and data["local_port"] == local and data["remote_port"] == 41234
+
+
+def test_serve_a_master_that_dies_is_one_line_with_the_attach_command():
+    from tests.fakehost import FakeHost
+
+    host = FakeHost(forwards_alive_for=3)  # one check while waiting for Jupyter, two while holding
+    local = nb.pick_local_port("127.0.0.1")
+    slept = []
+    with pytest.raises(MigrateError) as exc:
+        nb.serve(host, "box", JOB, SERVER, local=local, bind="127.0.0.1", open_browser=False, as_json=False,
+                 answer=answers(), sleep=slept.append)
+    msg = str(exc.value)
+    assert "\n" not in msg and "the connection to box ended" in msg
+    assert "`migrate notebook box --attach 7`" in msg
+    assert len(slept) == 2
+    assert host.forwards() == [f"127.0.0.1:{local}:127.0.0.1:41234"]
+
+
+def test_serve_a_master_that_dies_before_jupyter_answers_is_an_error_not_a_url(capsys):
+    from tests.fakehost import FakeHost
+
+    host = FakeHost(forwards_alive_for=1)
+    local = nb.pick_local_port("127.0.0.1")
+    with pytest.raises(MigrateError, match="holding the forward ended"):
+        nb.serve(host, "box", JOB, SERVER, local=local, bind="127.0.0.1", open_browser=False, as_json=False,
+                 answer=answers(503), sleep=lambda s: None)
+    assert "token=" not in capsys.readouterr().out
+
+
+def test_serve_refuses_a_busy_local_port_before_forwarding():
+    import socket
+
+    from tests.fakehost import FakeHost
+
+    host = FakeHost()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        with pytest.raises(UsageError):
+            nb.serve(host, "box", JOB, SERVER, local=busy, bind="127.0.0.1", open_browser=False, as_json=False,
+                     answer=answers(), sleep=lambda s: None)
+    assert host.forwards() == []
