@@ -64,7 +64,11 @@ def _open_all(hosts: list[str], conn: ConnectOptions, prepare) -> list[Session]:
         s = Session(host=host)
         s.report.host = host
         s.remote = TimedRemote(connect(host, conn))
-        prepare(s)
+        try:
+            prepare(s)
+        except BaseException:
+            s.remote.close()  # the failed host's row is all that stays; its connection must not
+            raise
         return s
 
     with ui.err.status(f"connecting to {len(hosts)} host(s)" if len(hosts) > 1 else f"connecting to {hosts[0]}"):
