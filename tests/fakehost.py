@@ -260,6 +260,14 @@ class FakeHost:
             from migrate.errors import MigrateError
             raise MigrateError(f"{what} from {self.name} failed: {answer.stderr or answer.exit_code}")
 
+    def follow(self, command: str, sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str) -> int:
+        self.log.append(Recorded("stream", command))
+        answer = self._answer(command)
+        sink.write(answer.stdout.encode())
+        for line in answer.stderr.splitlines(keepends=True):
+            on_stderr(line)
+        return answer.exit_code
+
     @contextlib.contextmanager
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> Iterator[None]:

@@ -10,7 +10,6 @@ over the host's ssh, into ~/.migrate/wheels/, and installs with --no-index.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tarfile
 import threading
 import time
@@ -119,19 +118,8 @@ def stream_tar(remote: Host, members: list[tuple[str, Path | bytes]]) -> None:
 
 
 def _stream(remote: Host, command: str, write, what: str, hint: str) -> None:
-    """Run `command` on the host over OpenSSH with `write(stdin)` feeding it (no temp file either side)."""
-    argv = remote.openssh_argv() + ["--", command]
-    ui.debug("$ " + " ".join(argv), level=2)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stderr is not None  # both are PIPE above
-    try:
-        write(proc.stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-    if proc.wait() != 0:
-        raise MigrateError(f"{what} to {remote.name} failed: {err[-1] if err else proc.returncode}", hint=hint)
+    """Run `command` on the host with `write(stdin)` feeding it (no temp file either side)."""
+    remote.stream_in(command, write, what=what, hint=hint)
 
 
 def push_conda_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions) -> EnvResult:

@@ -9,11 +9,10 @@ version) the call says so with a distinct exit code, and the client uploads the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-import subprocess
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,7 @@ from migrate.agent.db import job_ref_problem
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, UsageError
 from migrate.jobs.bundle import AgentBundle, build_agent
 from migrate.jobs.spec import DispatcherOptions, JobSpec, SubmittedJob, check_specs
-from migrate.remote import roundtrips, shell
+from migrate.remote import shell
 from migrate.remote.connection import Remote, connect, target_for
 from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
@@ -153,30 +152,13 @@ class AgentClient:
         MIGRATE-ERROR line becomes a one-line error.
         """
         for attempt in (1, 2):
-            argv = self.remote.openssh_argv() + ["--", agent_command(self.bundle, args, need_queue=True)]
-            ui.debug("$ " + " ".join(argv), level=2)
-            roundtrips.note("connect", self.remote.target.alias, "ssh")
-            roundtrips.note("exec", self.remote.target.alias, " ".join(args))
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.buffer,
-                                        stderr=subprocess.PIPE)
-            except FileNotFoundError as exc:
-                raise MigrateError("the OpenSSH client (ssh) is not installed here",
-                                   hint="apt-get install openssh-client") from exc
             rest: list[str] = []
-            pump = threading.Thread(target=self._pump_stderr, args=(proc, rest), daemon=True)
-            pump.start()
-            try:
-                proc.wait()
-            except KeyboardInterrupt:
-                proc.terminate()
-                proc.wait()
-                raise
-            pump.join(timeout=10)
+            returncode = self.remote.follow(agent_command(self.bundle, args, need_queue=True), sys.stdout.buffer,
+                                            functools.partial(self._on_stderr, rest=rest), what=" ".join(args))
             text = "".join(rest)
-            if proc.returncode == EXIT_NO_QUEUE:
+            if returncode == EXIT_NO_QUEUE:
                 raise no_queue_error(self.remote.name)
-            if proc.returncode == EXIT_NO_AGENT and attempt == 1:
+            if returncode == EXIT_NO_AGENT and attempt == 1:
                 self.install()
                 continue
             for ln in text.splitlines():
@@ -184,28 +166,25 @@ class AgentClient:
                     info = json.loads(ln[len(AGENT_ERROR_MARK):])
                     hint = resume_hint(self.remote.name) if info.get("resume") else info.get("hint")
                     raise MigrateError(f"{self.remote.name}: {info.get('error')}", hint=hint or None)
-            if proc.returncode == 255:
+            if returncode == 255:
                 self.remote.run("true", check=False, what="connect")  # ssh says only 255: the paramiko layer says why
                 raise ConnectError(f"ssh to {self.remote.name} failed: {text.strip().splitlines()[-1:] or '?'}")
             if text.strip():
                 sys.stderr.write(text)
-            return proc.returncode
+            return returncode
         return 1
 
-    def _pump_stderr(self, proc: subprocess.Popen, rest: list[str]) -> None:
+    def _on_stderr(self, ln: str, rest: list[str]) -> None:
         """Show the agent's warnings at once; keep every other stderr line for after the exit."""
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            ln = raw.decode("utf-8", "replace")
-            if ln.startswith(AGENT_WARN_MARK):
-                try:
-                    info = json.loads(ln[len(AGENT_WARN_MARK):])
-                except ValueError:
-                    continue
-                text = f"{info.get('warning')} on {self.remote.name}"
-                ui.warn(f"{text}: {resume_hint(self.remote.name)}" if info.get("resume") else text)
-            else:
-                rest.append(ln)
+        if ln.startswith(AGENT_WARN_MARK):
+            try:
+                info = json.loads(ln[len(AGENT_WARN_MARK):])
+            except ValueError:
+                return
+            text = f"{info.get('warning')} on {self.remote.name}"
+            ui.warn(f"{text}: {resume_hint(self.remote.name)}" if info.get("resume") else text)
+        else:
+            rest.append(ln)
 
 
 def resume_hint(host: str) -> str:

@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
@@ -531,6 +531,12 @@ class Remote:
     def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
         """Run `command` with its stdout written to `sink`, through the OpenSSH master."""
         openssh.stream_out(self._bulk().argv_words(["--", command]), sink, what=what, display=self.name)
+
+    def follow(self, command: str, sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str) -> int:
+        """Run `command` with its stdout passed to `sink` and its stderr lines to `on_stderr` as they come,
+        through the OpenSSH master (see `Host.follow`)."""
+        return openssh.follow(self._bulk().argv_words(["--", command]), sink, on_stderr, what=what,
+                              display=self.name)
 
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:

@@ -109,6 +109,12 @@ class Host(Protocol):
         last stderr line on failure."""
         ...
 
+    def follow(self, command: str, sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str) -> int:
+        """Run `command` over OpenSSH with its stdout passed straight to `sink` and each stderr line handed
+        to `on_stderr` as it comes (`logs -f`); return its exit code (255: ssh itself failed). Ctrl-C
+        ends the command and is raised."""
+        ...
+
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:
         """`with host.forward(L, R):` bind:L here reaches remote_host:R (an int) or the Unix socket R (a

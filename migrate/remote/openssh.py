@@ -164,6 +164,35 @@ def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str
     err()
 
 
+def follow(argv: list[str], sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str, display: str) -> int:
+    """Run `argv` (an `ssh ... -- COMMAND`) with its stdout passed to `sink` and its stderr lines to
+    `on_stderr` as they come; return the exit code. Ctrl-C terminates it and is raised."""
+    ui.debug("$ " + " ".join(argv), level=2)
+    roundtrips.note("exec", display, what)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise MigrateError("the OpenSSH client (ssh) is not installed here",
+                           hint="apt-get install openssh-client") from exc
+    stderr = proc.stderr
+    assert stderr is not None  # PIPE above
+
+    def pump() -> None:
+        for raw in stderr:
+            on_stderr(raw.decode("utf-8", "replace"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    reader.join(timeout=10)
+    return proc.returncode
+
+
 def stream_out(argv: list[str], sink: IO[bytes], *, what: str, display: str) -> None:
     """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; MigrateError with the
     last line of its stderr when it fails."""
@@ -466,6 +495,10 @@ class OpenSshSession:
     def stream_out(self, command: str, sink: IO[bytes], *, what: str) -> None:
         self._ensure_master()
         stream_out(self.master.argv_words(["--", command]), sink, what=what, display=self.name)
+
+    def follow(self, command: str, sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str) -> int:
+        self._ensure_master()
+        return follow(self.master.argv_words(["--", command]), sink, on_stderr, what=what, display=self.name)
 
     def forward(self, local_port: int, remote: int | str, *, bind: str = "127.0.0.1",
                 remote_host: str = "127.0.0.1") -> AbstractContextManager[None]:
