@@ -601,7 +601,8 @@ class Pusher(OverlapMixin, StagedMixin):
                                f"only {ui.human_bytes(home * 1024)} free")
         script = rdocker.sif_script(session.facts.sif_tool, tmp, path, codec.remote_decompress)
         script += f" && printf %s {shell.quote(img.image_id)} > {shell.quote(path + '.image-id')}"
-        wire, _, outputs = self._stream_steps(session, img, master, codec, [step], script)
+        # apptainer builds as the login user: Docker access (and a sudo password for it) plays no part
+        wire, _, outputs = self._stream_steps(session, img, master, codec, [step], script, as_user=True)
         res = outputs[-1][1]
         if res.exit_code != 0:
             text = (res.stderr.strip() or res.stdout.strip()).splitlines()
