@@ -53,6 +53,8 @@ class JobApi:
             self.headers["Authorization"] = f"Bearer {token}"
         self.launcher_url = launcher_url.rstrip("/") if launcher_url else None
         self.launcher: str | None = None      # set by probe_launcher() once the launcher answered
+        # job_api sets this: forward the launcher's socket if it has appeared since the connection opened
+        self.attach_launcher: Callable[[], bool] = lambda: bool(self.launcher_url)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, payload: dict | None = None, *, base: str | None = None,
@@ -201,7 +203,7 @@ def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20, us
     one SSH connection to the head, which first proves the dashboard port is ours (else NotOurs, and
     no forward is opened, so no token is sent)."""
     local, launcher = free_local_port(), free_local_port()
-    socket_path = f"{record.head_home}/{plan.launcher_socket(record.name)}" if record.head_home else ""
+    known_home = bool(record.head_home)
     with ExitStack() as stack:
         head = stack.enter_context(connect(record, conn))
         answer = head_check(head, record, wait)
@@ -209,12 +211,23 @@ def job_api(record: ClusterRecord, conn: ConnectOptions, *, wait: float = 20, us
         if not record.head_home and answer.get("home"):
             record.head_home = str(answer["home"])     # older records: the launcher is used next time
         stack.enter_context(head.forward(local, record.ports.dashboard))
-        with_launcher = bool(socket_path and answer.get("launcher"))
-        if with_launcher:
-            stack.enter_context(head.forward(launcher, socket_path))
-        api = JobApi(f"http://127.0.0.1:{local}",
-                     launcher_url=f"http://127.0.0.1:{launcher}" if with_launcher else None,
-                     token=record.auth_token)
+        api = JobApi(f"http://127.0.0.1:{local}", token=record.auth_token)
+
+        def attach_launcher(check: dict | None = None) -> bool:
+            """Forward the launcher's socket (in our 0700 directory) once the head check finds it there:
+            at once when it runs already, later for a launcher that `cluster up` has just started."""
+            if api.launcher_url:
+                return True
+            if not record.head_home or not (check if check is not None else head_check(head, record, wait)) \
+                    .get("launcher"):
+                return False
+            stack.enter_context(head.forward(launcher, f"{record.head_home}/{plan.launcher_socket(record.name)}"))
+            api.launcher_url = f"http://127.0.0.1:{launcher}"
+            return True
+
+        api.attach_launcher = attach_launcher
+        if known_home:
+            attach_launcher(answer)
         if use_launcher:
             api.probe_launcher()
         yield api

@@ -429,9 +429,9 @@ def ensure_launcher(record: ClusterRecord, conn: ConnectOptions, timeout: float 
                                                            stamp=int(time.time() * 1000)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if api.probe_launcher():
-                return True
             job = api.job(sid)
+            if job.get("status") == "RUNNING" and api.attach_launcher() and api.probe_launcher():
+                return True
             if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
                 tail = [ln for ln in api.logs(sid).splitlines() if ln.strip()][-1:]
                 ui.warn(f"migrate's job launcher did not start on {record.head.host} ({job.get('message') or ''}"

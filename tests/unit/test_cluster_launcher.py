@@ -234,6 +234,32 @@ def test_the_forwards_reach_the_launcher_socket_only_after_the_head_check_on_the
     assert [r.kind for r in head.log] == ["run", "forward", "forward"] and head.closed
 
 
+class HeadWhoseLauncherComesUp(FakeHost):
+    """The head check finds no launcher socket until `up` is set (a launcher `cluster up` just started)."""
+
+    up = False
+
+    def _answer(self, command: str):
+        if "--check" in command:
+            self.reply("--check", json.dumps({"dashboard": "ours", "launcher": self.up, "home": "/home/u"}))
+            self.replies.insert(0, self.replies.pop())
+        return super()._answer(command)
+
+
+def test_a_launcher_that_starts_after_the_connection_opened_is_forwarded_once_it_is_there():
+    """cluster up submits the launcher on an open job API: it must not wait out its deadline because
+    the socket was missing when the connection opened (it used to: 90 s lost on every `cluster up`)."""
+    head = HeadWhoseLauncherComesUp()
+    with job_api(_head_record(), ConnectOptions(), use_launcher=False, connect=lambda rec, conn: head) as api:
+        assert api.launcher_url is None and not api.attach_launcher()
+        assert len(head.forwards()) == 1                     # the dashboard only
+        head.up = True
+        assert api.attach_launcher() and api.attach_launcher()   # forwarded once, then kept
+        assert api.launcher_url and api.launcher_url.startswith("http://127.0.0.1:")
+    assert head.forwards()[1].endswith(":/home/u/.migrate/ray/sock/lab.sock") and len(head.forwards()) == 2
+    assert sum("--check" in c for c in head.commands()) == 3  # the first check, one miss, one find
+
+
 @pytest.mark.parametrize("answer", [{"dashboard": "other", "launcher": True}, {"dashboard": "none"}])
 def test_no_forward_is_opened_when_the_dashboard_port_is_not_ours(answer):
     head = FakeHost().reply(r"--check", json.dumps(answer))
