@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -21,6 +22,7 @@ from migrate import paths, ui
 from migrate.errors import MigrateError
 
 SUBDIRS = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "linux-ppc64le": "ppc64le"}
+KEEP_PACKS = 3   # packed environment states kept in the cache, the most recently used first
 _LOCK = threading.Lock()
 
 
@@ -47,6 +49,7 @@ def pack(prefix: Path, lock_text: str) -> Path:
     out = paths.cache_root() / "conda-packs" / f"{hashlib.sha256(lock_text.encode()).hexdigest()[:24]}.tar"
     with _LOCK:
         if out.exists():
+            os.utime(out)       # used now: the pruning below keeps it
             return out
         try:
             import conda_pack
@@ -67,7 +70,23 @@ def pack(prefix: Path, lock_text: str) -> Path:
             raise MigrateError(f"conda-pack refused {prefix}: {str(exc).splitlines()[0]}",
                                hint="conda-pack packs what conda installed; see its message") from None
         part.rename(out)
+        prune(out.parent, keep=KEEP_PACKS)
     return out
+
+
+def prune(cache: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` most recently used packs (each is a whole environment, often GBs);
+    an unfinished `.part` of a run still packing is left alone. Returns what was deleted."""
+    packs = sorted(cache.glob("*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    gone = []
+    for old in packs[keep:]:
+        try:
+            old.unlink()
+            gone.append(old)
+            ui.debug(f"conda-pack cache: deleted {old.name} (keeping the {keep} most recently used)")
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def create_from_yml(yml: Path) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -288,3 +290,17 @@ def test_a_sif_job_is_a_process_job_running_apptainer(tmp_path: Path) -> None:
     assert JobSpec("x", image="/abs/x.sif").payload()["command"].startswith("sif=/abs/x.sif;")
     with pytest.raises(UsageError, match="SIF job"):
         check_specs([JobSpec("x", image="a.sif", ports=["6006"])])
+
+
+def test_the_conda_pack_cache_keeps_only_the_most_recently_used_packs(tmp_path: Path) -> None:
+    """Every packed environment state is a whole env (GBs): the cache must not grow for ever."""
+    from migrate.env import conda
+    for n, age in enumerate([500, 400, 300, 200, 100]):
+        p = tmp_path / f"pack{n}.tar"
+        p.write_bytes(b"x")
+        os.utime(p, (time.time() - age, time.time() - age))
+    (tmp_path / "busy.part").write_bytes(b"x")              # another run still packing
+    os.utime(tmp_path / "pack0.tar")                        # the oldest was just used again
+    gone = conda.prune(tmp_path, keep=3)
+    assert sorted(p.name for p in gone) == ["pack1.tar", "pack2.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.part", "pack0.tar", "pack3.tar", "pack4.tar"]
