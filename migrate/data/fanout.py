@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrate import ui
 from migrate.data import filelist
@@ -24,9 +24,11 @@ from migrate.errors import MigrateError
 from migrate.relay import plan as rplan
 from migrate.relay.session import Transfer
 from migrate.remote import shell
-from migrate.remote.connection import Remote, connect
 from migrate.remote.hosts import ConnectOptions
 from migrate.remote.parallel import for_each_host
+
+if TYPE_CHECKING:   # paramiko and Fabric are imported only when several hosts are relayed
+    from migrate.remote.connection import Remote
 
 
 def refusal(options: PushDataOptions) -> str:
@@ -65,6 +67,8 @@ class DataRelay:
         if off or len(self.hosts) < 2:
             self.feeds = rplan.plan_feeds(self.hosts, needs, {}, lambda s, h: "", off=off)
             return self.feeds
+        from migrate.remote.connection import connect
+
         outcomes = for_each_host(self.hosts, lambda h: connect(h, self.conn))
         refuse = {}
         for o in outcomes:

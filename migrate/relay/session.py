@@ -12,14 +12,16 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from migrate import ui
 from migrate.errors import MigrateError
 from migrate.relay import plan
-from migrate.relay.keys import new_key_pair
 from migrate.remote import shell
-from migrate.remote.connection import Remote
 from migrate.remote.reap import machine, pid_alive
+
+if TYPE_CHECKING:   # paramiko and Fabric stay out of push-data's start (one host needs neither)
+    from migrate.remote.connection import Remote
 
 
 def reap(remote: Remote) -> list[plan.Marker]:
@@ -48,6 +50,8 @@ class Transfer:
     def __init__(self, sender: Remote) -> None:
         self.sender = sender
         self.marker = plan.new_marker(machine(), os.getpid(), uuid.uuid4().hex[:16], time.time())
+        from migrate.relay.keys import new_key_pair  # cryptography: only when a relay runs
+
         self._key = new_key_pair()
         self._receivers: list[Remote] = []
         self._aliases: dict[str, str] = {}
