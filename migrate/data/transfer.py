@@ -58,7 +58,8 @@ class RunOutcome:
     seconds: float
 
 
-def _pump_rsync(stream, on_progress_line: Callable[[str], None], other: list[str]) -> None:
+def _pump_rsync(stream, on_progress_line: Callable[[str], None], other: list[str],
+                pause: Callable[[], object] = lambda: time.sleep(PROGRESS_READ_PAUSE)) -> None:
     """Read rsync's stdout: `--info=progress2` prints a line per finished file (100k lines for 100k
     files), so of the progress lines in one read only the newest is parsed and reported; every other
     line (--stats, --itemize-changes) goes to `other`. Progress lines are the ones that start with a
@@ -82,13 +83,22 @@ def _pump_rsync(stream, on_progress_line: Callable[[str], None], other: list[str
         if latest is not None:
             on_progress_line(latest.decode("utf-8", "replace"))
         if len(chunk) < 1 << 15:
-            time.sleep(PROGRESS_READ_PAUSE)  # let lines pile up in the pipe: one wake-up per pause, not per file
+            pause()  # let lines pile up in the pipe: one wake-up per pause, not per file
     if buf:
         line = buf.decode("utf-8", "replace")
         if buf[:1] == b" " and b"%" in buf:
             on_progress_line(line)
         else:
             other.append(line)
+
+
+def _wait_or_pause(proc: subprocess.Popen) -> None:
+    """The read pause, cut short when rsync exits: its last lines (--stats) come just before it does,
+    and a fixed sleep there only made every transfer end up to 50 ms later."""
+    try:
+        proc.wait(PROGRESS_READ_PAUSE)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _widen_pipe(stream) -> None:
@@ -124,7 +134,7 @@ def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallbac
             on_progress(p.bytes, max(total_bytes, p.bytes))
 
     try:
-        _pump_rsync(proc.stdout, on_line, out_lines)
+        _pump_rsync(proc.stdout, on_line, out_lines, pause=lambda: _wait_or_pause(proc))
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

@@ -1,4 +1,5 @@
 import shlex
+import time
 
 import pytest
 
@@ -155,6 +156,23 @@ def test_pump_rsync_reports_only_the_newest_progress_line_per_read_and_keeps_sta
     assert 0 < len(seen) < 100          # one per 64 KiB read, not one per file
     assert "xfr#10000" in seen[-1]      # the last one is the newest
     assert other == ["Number of files: 10,001 (reg: 10,000, dir: 1)", "Total bytes sent: 41,000,000"]
+
+
+def test_a_transfer_ends_when_rsync_exits_not_after_a_read_pause(monkeypatch):
+    """The pump pauses between small reads to batch progress lines; the last small read (--stats) comes
+    just before rsync exits, and a fixed pause there delayed the end of every transfer. With a 10 s
+    pause the run must still end as soon as the process does."""
+    import sys
+
+    from migrate.data import transfer
+
+    monkeypatch.setattr(transfer, "PROGRESS_READ_PAUSE", 10.0)
+    script = ("import sys; sys.stdout.write('     4,096 100%    1.00MB/s    0:00:01 (xfr#1, to-chk=0/1)\\n"
+              "Number of files: 1 (reg: 1)\\nTotal bytes sent: 4,200\\n')")
+    t0 = time.monotonic()
+    outcome = transfer.run_rsync([sys.executable, "-c", script], total_bytes=4096)
+    assert time.monotonic() - t0 < 5, "the pump slept its pause after rsync had exited"
+    assert outcome.stats.sent_bytes == 4200
 
 
 @pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="Linux pipes only")
