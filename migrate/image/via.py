@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypedDict
 
 from migrate import local, ui
@@ -148,17 +148,31 @@ def through_mirrors(ask: Callable[[str], reg.ProbeResult], ref: reg.RegistryRef,
                     mirrors: Sequence[str]) -> reg.ProbeResult:
     """Ask the host's dockerd registry mirrors first for a Docker Hub image (dockerd pulls it from the
     first that has it, so a Hub behind a firewall is no reason to push); the registry itself when no
-    mirror has it. `ask(mirror)` probes through that mirror ("" = the registry)."""
+    mirror has it (then a verdict that is not ok also says why each mirror could not serve it).
+    `ask(mirror)` probes through that mirror ("" = the registry)."""
+    failures = []
     if ref.registry == reg.DOCKER_HUB:
         for mirror in mirrors:
             verdict = ask(mirror)
             if verdict.ok:
                 return verdict
             ui.debug(f"registry mirror {mirror}: {verdict.verdict} {verdict.detail}")
-    return ask("")
+            failures.append(f"its registry mirror {mirror} cannot serve it either ({verdict.verdict}"
+                            + (f": {verdict.detail})" if verdict.detail else ")"))
+    verdict = ask("")
+    # a copy: Registries caches its verdicts about the registry itself
+    return verdict if verdict.ok or not failures else replace(verdict, mirror_failures=failures)
 
 
 def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
+    """Why `registry` cannot serve the host, one error; the host's registry mirrors asked first add theirs."""
+    err = _refusal(verdict, registry)
+    if verdict.mirror_failures:
+        return MigrateError("; ".join([err.message, *verdict.mirror_failures]), hint=err.hint)
+    return err
+
+
+def _refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
     if verdict.verdict == "noauth":
         return MigrateError(f"{registry} asks for a login and there are no credentials for it on this machine",
                             hint=f"docker login {registry} here, or pass --registry-login {registry}")
