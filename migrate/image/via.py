@@ -53,6 +53,7 @@ class ViaDecision:
     layers: int = 0
     registry: str = ""
     auth_key: str = ""
+    mirror: str = ""  # the host dockerd's registry mirror the pull goes through (a Docker Hub image)
     # for a containerd image store: DiffID -> the registry's (media type, digest, size) of the pulled layers
     registry_layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
@@ -238,7 +239,7 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
             return ViaDecision("pull", f"the host pulls {source.layers} of {plan.total_layers} layers from "
                                        f"{where} ({source.base}); SSH carries the rest",
                                ref=source.ref.pull_ref, layers=source.layers, registry=source.ref.registry,
-                               auth_key=source.ref.auth_key,
+                               auth_key=source.ref.auth_key, mirror=verdict.mirror,
                                registry_layers=dict(zip(img.diff_ids[:source.layers], verdict.layers)))
         why = refusal(verdict, source.ref.registry)
         if verdict.verdict in ("unauthorized", "denied"):
@@ -265,6 +266,12 @@ def decide_for_host(registries: Registries, remote: Host, img: LocalImage, plan:
 
     return decide(registries.mode, img, plan, sources, ask,
                   need_layers=bool(arch), pulled=facts.pulled_digests() if arch and facts is not None else set())
+
+
+def pull_credential(registries: Registries | None, registry: str, mirror: str) -> creds.Credential | None:
+    """The login the host's `docker pull` gets: none through a registry mirror. dockerd offers a pull's
+    credentials to every mirror it tries (moby/moby#42022), and the mirror answered the probe anonymously."""
+    return None if mirror or registries is None else registries.credential(registry)
 
 
 def run_pull(remote: Host, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,
