@@ -531,7 +531,8 @@ def test_via_auto_pulls_a_docker_hub_base_through_the_hosts_registry_mirror(regi
 
 
 def test_a_stopped_registry_mirror_never_blocks_the_push(registry, hub_mirror):
-    target, reg_host, mirror, env = registry["target"], registry["reg"], hub_mirror["mirror"], hub_mirror["env"]
+    """Without the mirror the Hub itself is asked (anonymously here: no Hub login to hand anyone)."""
+    target, reg_host, mirror, env = registry["target"], registry["reg"], hub_mirror["mirror"], registry["env"]
     clean_hub_target(target)
     in_host(reg_host, f"systemctl stop {MIRROR_UNIT}")
     try:
@@ -539,10 +540,10 @@ def test_a_stopped_registry_mirror_never_blocks_the_push(registry, hub_mirror):
         assert res.code == 0, res.output
         [r] = json.loads(res.stdout)
         assert r["status"] == "sent" and r["via"] == "push", r
-        assert r["via_reason"].startswith("docker.io is unreachable from the host"), r  # the Hub, not reachable
-        assert f"its registry mirror {mirror}/ cannot serve it either (unreachable: " in r["via_reason"], r
+        assert r["via_reason"].startswith("docker.io "), r  # unreachable here (or lacking the image)
+        assert f"; its registry mirror {mirror}/ cannot serve it either (unreachable: " in r["via_reason"], r
         assert r["bytes_sent"] > HUB_BASE_BYTES  # everything over SSH
         assert remote_id(target, HUB_CHILD) == local_id(HUB_CHILD)
-        assert hub_secrets_on(target) == "" and leftovers(target) == ""
+        assert leftovers(target) == ""
     finally:
         start_mirror(reg_host)
