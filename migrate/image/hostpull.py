@@ -18,7 +18,7 @@ from migrate.image import registry as reg
 from migrate.image.plan import check_access
 from migrate.image.push import ImagePushResult
 from migrate.image.remote import FACTS_SCRIPT, docker_command, parse_facts
-from migrate.image.via import Registries, probe, refusal, run_pull, through_mirrors
+from migrate.image.via import Registries, probe, pull_credential, refusal, run_pull, through_mirrors
 from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.remote.host import Host
@@ -61,7 +61,8 @@ def _pull_one(remote: Host, access: str, ref: reg.RegistryRef, registries: Regis
         where = f"{ref.registry} through its registry mirror {verdict.mirror}" if verdict.mirror else ref.registry
         if dry_run:
             return WOULD_PULL, {"pulled": ref.pull_ref, "detail": f"the host would pull it from {where}"}
-        run_pull(remote, access, ref, cred, remote.sudo_password)
+        run_pull(remote, access, ref, pull_credential(registries, ref.registry, verdict.mirror),
+                 remote.sudo_password)
     except MigrateError as exc:
         return "failed", {"error": exc.one_line()}
     return PULLED, {"pulled": ref.pull_ref, "detail": f"pulled by the host from {where}"}

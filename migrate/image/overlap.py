@@ -23,7 +23,7 @@ from migrate.errors import MigrateError
 from migrate.image import remote as rdocker
 from migrate.image.archive import plan_load_steps, short_id, tar_size
 from migrate.image.plan import SEND, plan_image
-from migrate.image.via import pull_on_host
+from migrate.image.via import pull_credential, pull_on_host
 from migrate.remote import shell
 
 if TYPE_CHECKING:  # only for the mixin's annotations: push.py imports this module
@@ -59,8 +59,9 @@ class PullJob:
             decision = s.via[img.image_id]
             ui.step(f"{s.name}: docker pull {decision.ref} (on the host, while SSH carries the rest)")
             try:
-                pull_on_host(s.remote, s.facts, decision, self.registries.credential(decision.registry)
-                             if self.registries else None, img, s.remote.sudo_password)
+                pull_on_host(s.remote, s.facts, decision,
+                             pull_credential(self.registries, decision.registry, decision.mirror), img,
+                             s.remote.sudo_password)
             except MigrateError as exc:
                 self.errors[img.image_id] = exc.one_line()
             except Exception as exc:  # never leave a waiter hanging

@@ -278,6 +278,7 @@ class ProbeResult:
     detail: str = ""
     layers: list[tuple[str, str, int]] = field(default_factory=list)  # the registry's (media type, digest, size)
     mirror: str = ""  # the host dockerd's registry mirror that answered (a Docker Hub image), "" = the registry
+    mirror_failures: list[str] = field(default_factory=list)  # why each mirror asked before the registry could not
 
     @property
     def ok(self) -> bool:

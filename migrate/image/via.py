@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypedDict
 
 from migrate import local, ui
@@ -53,6 +53,7 @@ class ViaDecision:
     layers: int = 0
     registry: str = ""
     auth_key: str = ""
+    mirror: str = ""  # the host dockerd's registry mirror the pull goes through (a Docker Hub image)
     # for a containerd image store: DiffID -> the registry's (media type, digest, size) of the pulled layers
     registry_layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
@@ -148,17 +149,31 @@ def through_mirrors(ask: Callable[[str], reg.ProbeResult], ref: reg.RegistryRef,
                     mirrors: Sequence[str]) -> reg.ProbeResult:
     """Ask the host's dockerd registry mirrors first for a Docker Hub image (dockerd pulls it from the
     first that has it, so a Hub behind a firewall is no reason to push); the registry itself when no
-    mirror has it. `ask(mirror)` probes through that mirror ("" = the registry)."""
+    mirror has it (then a verdict that is not ok also says why each mirror could not serve it).
+    `ask(mirror)` probes through that mirror ("" = the registry)."""
+    failures = []
     if ref.registry == reg.DOCKER_HUB:
         for mirror in mirrors:
             verdict = ask(mirror)
             if verdict.ok:
                 return verdict
             ui.debug(f"registry mirror {mirror}: {verdict.verdict} {verdict.detail}")
-    return ask("")
+            failures.append(f"its registry mirror {mirror} cannot serve it either ({verdict.verdict}"
+                            + (f": {verdict.detail})" if verdict.detail else ")"))
+    verdict = ask("")
+    # a copy: Registries caches its verdicts about the registry itself
+    return verdict if verdict.ok or not failures else replace(verdict, mirror_failures=failures)
 
 
 def refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
+    """Why `registry` cannot serve the host, one error; the host's registry mirrors asked first add theirs."""
+    err = _refusal(verdict, registry)
+    if verdict.mirror_failures:
+        return MigrateError("; ".join([err.message, *verdict.mirror_failures]), hint=err.hint)
+    return err
+
+
+def _refusal(verdict: reg.ProbeResult, registry: str) -> MigrateError:
     if verdict.verdict == "noauth":
         return MigrateError(f"{registry} asks for a login and there are no credentials for it on this machine",
                             hint=f"docker login {registry} here, or pass --registry-login {registry}")
@@ -224,7 +239,7 @@ def decide(mode: str, img: LocalImage, plan: ImagePlan, sources: Sequence[reg.So
             return ViaDecision("pull", f"the host pulls {source.layers} of {plan.total_layers} layers from "
                                        f"{where} ({source.base}); SSH carries the rest",
                                ref=source.ref.pull_ref, layers=source.layers, registry=source.ref.registry,
-                               auth_key=source.ref.auth_key,
+                               auth_key=source.ref.auth_key, mirror=verdict.mirror,
                                registry_layers=dict(zip(img.diff_ids[:source.layers], verdict.layers)))
         why = refusal(verdict, source.ref.registry)
         if verdict.verdict in ("unauthorized", "denied"):
@@ -251,6 +266,12 @@ def decide_for_host(registries: Registries, remote: Host, img: LocalImage, plan:
 
     return decide(registries.mode, img, plan, sources, ask,
                   need_layers=bool(arch), pulled=facts.pulled_digests() if arch and facts is not None else set())
+
+
+def pull_credential(registries: Registries | None, registry: str, mirror: str) -> creds.Credential | None:
+    """The login the host's `docker pull` gets: none through a registry mirror. dockerd offers a pull's
+    credentials to every mirror it tries (moby/moby#42022), and the mirror answered the probe anonymously."""
+    return None if mirror or registries is None else registries.credential(registry)
 
 
 def run_pull(remote: Host, access: str, ref: reg.RegistryRef, cred: creds.Credential | None,

@@ -2,15 +2,20 @@
 2.8) on one sandbox host, served with TLS (a CA made here with openssl) and htpasswd auth (bcrypt); the
 target host (Docker 20.10) and the local engine trust the CA through /etc/docker/certs.d. A base image
 is pushed there from the local engine and pulled back (so it has a RepoDigest), a child is built on
-it locally; the dedicated sandbox is `registry`. Assertions about the hosts use `docker exec`."""
+it locally; the dedicated sandbox is `registry`. Assertions about the hosts use `docker exec`. The last
+tests (issue 21) add an auth-less instance on :5001 as the target dockerd's registry mirror for a Docker
+Hub base, with Docker Hub itself unreachable."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +24,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, wait_until
 from tests.integration.test_push_image import _install_docker, build, in_host, layer_bytes, local_id, remote_id, sh
 
 PREFIX = "migrate-reg-test"
@@ -117,7 +122,7 @@ def start_registry(reg_host: dict, target: dict, work: Path) -> dict:
     local_certs = Path(f"/etc/docker/certs.d/{name}")
     local_certs.mkdir(parents=True, exist_ok=True)
     (local_certs / "ca.crt").write_bytes(ca)
-    return {"reg": reg_host, "target": target, "name": name, "local_certs": local_certs,
+    return {"reg": reg_host, "target": target, "name": name, "local_certs": local_certs, "ca": ca,
             "good": docker_config(work / "good", name, PASSWORD),
             "bad": docker_config(work / "bad", name, "wrong-" + PASSWORD[::-1])}
 
@@ -145,21 +150,29 @@ def make_images(facts: dict, work: Path) -> str:
     """The base (busybox + 24 MiB of random bytes) into the registry and back (so it has a RepoDigest), and
     CHILD built on it here with one 1 MiB random layer; returns the base's registry reference."""
     remote_base = f"{facts['name']}/team/base:1"
-    root = work / "rootfs"
+    import_base(work / "rootfs", BASE_BYTES, LOCAL_BASE)
+    push_to_registry(facts, LOCAL_BASE, remote_base, work)
+    build_child(work / "child", remote_base, CHILD)
+    return remote_base
+
+
+def import_base(root: Path, size: int, tag: str) -> None:
+    """`tag`: busybox and `size` random bytes, one layer (docker import)."""
     (root / "bin").mkdir(parents=True)
     sh("cp", "/bin/busybox", str(root / "bin" / "busybox"))
     for cmd in ("sh", "cat", "sha256sum"):
         os.symlink("busybox", root / "bin" / cmd)
-    (root / "base.bin").write_bytes(os.urandom(BASE_BYTES))
+    (root / "base.bin").write_bytes(os.urandom(size))
     tar = subprocess.run(["tar", "-C", str(root), "-cf", "-", "."], capture_output=True, check=True).stdout
-    sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", LOCAL_BASE, input=tar)
-    push_to_registry(facts, LOCAL_BASE, remote_base, work)
-    ctx = work / "child"
+    sh("docker", "import", "--change", 'CMD ["/bin/sh"]', "-", tag, input=tar)
+
+
+def build_child(ctx: Path, base: str, tag: str) -> None:
+    """`tag`: `base` and one 1 MiB random layer on it."""
     ctx.mkdir()
     (ctx / "top.bin").write_bytes(os.urandom(TOP_BYTES))
-    (ctx / "Dockerfile").write_text(f'FROM {remote_base}\nCOPY top.bin /top.bin\nCMD ["sha256sum", "/top.bin"]\n')
-    build(ctx, CHILD)
-    return remote_base
+    (ctx / "Dockerfile").write_text(f'FROM {base}\nCOPY top.bin /top.bin\nCMD ["sha256sum", "/top.bin"]\n')
+    build(ctx, tag)
 
 
 def remove_images(facts: dict) -> None:
@@ -227,6 +240,24 @@ def push(*args: str, env: dict, timeout: float = 300):
     return run_cli("push-image", *args, env=env, timeout=timeout)
 
 
+def push_pulling_the_base(image: str, target: dict, env: dict):
+    """`push-image IMAGE --json` that must send it via pull with only the top layer over SSH: (result,
+    its JSON record, every argv the host showed meanwhile)."""
+    sampler = ProcessSampler(target)
+    sampler.start()
+    try:
+        res = push(image, target["alias"], "--json", env=env)
+    finally:
+        sampler.done.set()
+        sampler.join()
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    top = layer_bytes(image, 1)
+    assert r["status"] == "sent" and r["via"] == "pull" and r["layers_sent"] == 1, r
+    assert r["bytes_sent"] <= top + 64 * 1024, (r["bytes_sent"], top)  # the top layer, not the base
+    return res, r, "\n".join(sampler.samples)
+
+
 # -- tests -------------------------------------------------------------------------------------------
 def test_via_auto_host_pulls_the_base_and_ssh_carries_only_the_top_layer(registry):
     target, name = registry["target"], registry["name"]
@@ -238,18 +269,7 @@ def test_via_auto_host_pulls_the_base_and_ssh_carries_only_the_top_layer(registr
     assert r["status"] == "would send" and r["via"] == "pull" and r["pulled"].startswith(f"{name}/team/base@"), r
     assert registry_images(target, name) == "" and remote_id(target, CHILD) == ""
 
-    sampler = ProcessSampler(target)
-    sampler.start()
-    try:
-        res = push(CHILD, target["alias"], "--json", env=registry["env"])
-    finally:
-        sampler.done.set()
-        sampler.join()
-    assert res.code == 0, res.output
-    [r] = json.loads(res.stdout)
-    top = layer_bytes(CHILD, 1)
-    assert r["status"] == "sent" and r["via"] == "pull" and r["layers_sent"] == 1, r
-    assert r["bytes_sent"] <= top + 64 * 1024, (r["bytes_sent"], top)  # the top layer, not the 24 MiB base
+    res, r, seen = push_pulling_the_base(CHILD, target, registry["env"])
     assert f"via pull: the host pulls 1 of 2 layers from {name}" in res.stderr, res.stderr
     assert "while the host pulled" in r["detail"], r  # the top layer streamed during the pull
     assert remote_id(target, CHILD) == local_id(CHILD)
@@ -257,9 +277,8 @@ def test_via_auto_host_pulls_the_base_and_ssh_carries_only_the_top_layer(registr
     # the credentials are nowhere on the host: files, journal, any argv seen during the pull
     assert secrets_on(target) == ""
     assert leftovers(target) == ""
-    seen = "\n".join(sampler.samples)
     assert PASSWORD not in seen and base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in seen
-    assert "migrate-pull." in seen or "python3 -I -c" in seen, f"{len(sampler.samples)} samples saw no pull"
+    assert "migrate-pull." in seen or "python3 -I -c" in seen, "the process samples saw no pull"
     assert PASSWORD not in res.output
 
     # a rerun is up to date, nothing asked of the registry
@@ -326,3 +345,205 @@ def test_password_sudo_user_pulls_through_sudo_with_nothing_left(registry):
     assert remote_id(target, CHILD) == local_id(CHILD)
     assert secrets_on(target) == "" and leftovers(target) == ""
     assert in_host(target, "ls -A /home/bob/.migrate/tmp 2>/dev/null; true").strip() == ""
+
+
+# -- a Docker Hub base pulled through the host dockerd's registry mirror (issue 21) ------------------
+# A second, auth-less instance of the same docker-registry on the registry host (:5001, TLS with the test
+# CA) plays the mirror: it serves `library/<HUB_NAME>` as a pull-through mirror would. The local engine gets
+# the mirror for a moment (daemon.json + SIGHUP, a live-reloadable option) to pull HUB_NAME:1 through it,
+# which gives the base a `docker.io/library/...` RepoDigest with Docker Hub unreachable; the target gets it
+# through `migrate host-setup --registry-mirror` (undone with --undo).
+HUB_NAME = f"migrate-test-hub-{secrets.token_hex(4)}"  # docker.io/library/<it>: nothing on the Hub collides
+HUB_BASE = f"{HUB_NAME}:1"
+HUB_CHILD = f"{PREFIX}/hubchild:1"
+HUB_BASE_BYTES = 3 << 20
+HUB_PASSWORD = "Hub-" + secrets.token_hex(10)  # a Docker Hub login here that must never reach the host
+MIRROR_UNIT = "migrate-test-mirror"
+MIRROR_CONFIG = """version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: /var/lib/docker-registry-mirror
+http:
+  addr: :5001
+  tls:
+    certificate: /etc/docker/registry/server.crt
+    key: /etc/docker/registry/server.key
+"""
+LOCAL_DAEMON_JSON = Path("/etc/docker/daemon.json")
+LOCAL_DAEMON_LOCK = Path("/run/lock/migrate-test-daemon-json.lock")
+
+
+def start_mirror(reg_host: dict) -> None:
+    """The mirror instance as a transient systemd unit (stop it with `systemctl stop`)."""
+    in_host(reg_host, f"systemctl reset-failed {MIRROR_UNIT} >/dev/null 2>&1; "
+                      "install -d -o docker-registry -g docker-registry /var/lib/docker-registry-mirror && "
+                      f"systemd-run -q --unit {MIRROR_UNIT} -p User=docker-registry -p Group=docker-registry "
+                      "/usr/bin/docker-registry serve /etc/docker/registry/mirror.yml && for i in $(seq 100); do "
+                      "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 5001), 1)' 2>/dev/null "
+                      f"&& exit 0; sleep 0.1; done; journalctl -u {MIRROR_UNIT} --no-pager | tail -5; exit 1")
+
+
+def local_mirrors() -> list[str]:
+    out = sh("docker", "info", "--format", "{{json .RegistryConfig.Mirrors}}").strip()
+    return [m.rstrip("/") for m in json.loads(out) or []]
+
+
+def reload_local_dockerd(url: str, present: bool) -> None:
+    """SIGHUP the local dockerd (registry-mirrors is live-reloadable) and wait until it shows (or not) `url`."""
+    pid = int(Path("/var/run/docker.pid").read_text().strip())
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd", f"/var/run/docker.pid: {pid} is no dockerd"
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: (url in local_mirrors()) == present, timeout=20,
+               what=f"the local dockerd to {'add' if present else 'drop'} registry mirror {url} after SIGHUP "
+                    "(a registry-mirrors flag on its command line makes the reload fail: see its log)")
+
+
+@contextlib.contextmanager
+def local_engine_mirror(url: str):
+    """The local dockerd with `url` added to its registry-mirrors, for the `with` block only: merged into
+    daemon.json, which is restored byte for byte afterwards (or removed again when there was none), under
+    a lock so that concurrent test runs on this machine do not restore each other's state."""
+    LOCAL_DAEMON_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCAL_DAEMON_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        original = LOCAL_DAEMON_JSON.read_bytes() if LOCAL_DAEMON_JSON.exists() else None
+        config = json.loads(original) if original and original.strip() else {}
+        mirrors = list(config.get("registry-mirrors", []))
+        try:
+            LOCAL_DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+            LOCAL_DAEMON_JSON.write_text(json.dumps(dict(config, **{"registry-mirrors": [*mirrors, url]})))
+            reload_local_dockerd(url, present=True)
+            yield
+        finally:
+            # a reload keeps the mirrors when daemon.json is gone or lacks the key: drop ours with an
+            # explicit list, then put the file back as it was (the daemon's mirrors are then the original's)
+            LOCAL_DAEMON_JSON.write_text(json.dumps(dict(config, **{"registry-mirrors": mirrors})))
+            try:
+                reload_local_dockerd(url, present=False)
+            finally:
+                if original is None:
+                    LOCAL_DAEMON_JSON.unlink(missing_ok=True)
+                else:
+                    LOCAL_DAEMON_JSON.write_bytes(original)
+
+
+def make_hub_images(facts: dict, mirror: str, work: Path) -> None:
+    """HUB_BASE (busybox + 3 MiB of random bytes) pushed into the mirror as library/HUB_NAME:1 and pulled
+    back through the local engine's mirror (so its RepoDigest is docker.io's), and HUB_CHILD on it (1 MiB)."""
+    in_mirror = f"{mirror.removeprefix('https://')}/library/{HUB_BASE}"
+    import_base(work / "hubroot", HUB_BASE_BYTES, in_mirror)
+    sh("docker", "push", in_mirror, timeout=600)  # no login: the mirror has no auth
+    sh("docker", "image", "rm", in_mirror)  # else the base would also carry the mirror's own RepoDigest
+    with local_engine_mirror(mirror):
+        sh("docker", "pull", HUB_BASE, timeout=600)  # = docker.io/library/HUB_NAME:1, through the mirror
+    [digest] = json.loads(sh("docker", "image", "inspect", "--format", "{{json .RepoDigests}}", HUB_BASE))
+    assert digest.startswith(f"{HUB_NAME}@sha256:"), digest  # docker.io/library/HUB_NAME, as from the Hub
+    build_child(work / "hubchild", HUB_BASE, HUB_CHILD)
+
+
+def clean_hub_target(target: dict) -> None:
+    in_host(target, f"docker image rm -f {HUB_CHILD} >/dev/null 2>&1; docker image ls -q {HUB_NAME} | sort -u "
+                    "| xargs -r docker image rm -f >/dev/null 2>&1; "
+                    "docker image ls -q migrate-partial | xargs -r docker image rm -f >/dev/null 2>&1; true")
+
+
+def hub_login(work: Path, registry: str) -> Path:
+    """DOCKER_CONFIG with the test registry's login and a Docker Hub login (HUB_PASSWORD) besides."""
+    path = docker_config(work / "hublogin", registry, PASSWORD)
+    config = json.loads((path / "config.json").read_text())
+    config["auths"]["https://index.docker.io/v1/"] = {"auth": base64.b64encode(f"hubber:{HUB_PASSWORD}".encode())
+                                                      .decode()}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub_mirror(registry, tmp_path_factory):
+    """{'mirror': 'https://IP:5001', 'env': ...}: the mirror serving HUB_BASE, the target's dockerd using it."""
+    reg_host, target = registry["reg"], registry["target"]
+    mirror = f"https://{reg_host['ip']}:5001"
+    host_port = mirror.removeprefix("https://")
+    work = tmp_path_factory.mktemp("hub")
+    local_certs = Path(f"/etc/docker/certs.d/{host_port}")
+    put(reg_host, "/etc/docker/registry/mirror.yml", MIRROR_CONFIG.encode())
+    put(target, f"/etc/docker/certs.d/{host_port}/ca.crt", registry["ca"])
+    local_certs.mkdir(parents=True, exist_ok=True)
+    (local_certs / "ca.crt").write_bytes(registry["ca"])
+    host_setup_ran = False
+    try:
+        start_mirror(reg_host)
+        make_hub_images(registry, mirror, work)
+        # the user's path: host-setup merges the mirror into the host's daemon.json (Docker is there already)
+        host_setup_ran = True
+        res = run_cli("host-setup", target["alias"], "--docker-source", "distro", "--no-nvidia", "--registry-mirror",
+                      mirror, env=target["env"], timeout=300)
+        assert res.code == 0, res.output
+        assert in_host(target, "docker info --format '{{json .RegistryConfig.Mirrors}}'").strip() \
+            == json.dumps([mirror + "/"])
+        yield {"mirror": mirror, "env": dict(target["env"], DOCKER_CONFIG=str(hub_login(work, registry["name"])))}
+    finally:
+        undo = run_cli("host-setup", target["alias"], "--undo", env=target["env"], timeout=300) \
+            if host_setup_ran else None
+        in_host(reg_host, f"systemctl stop {MIRROR_UNIT} >/dev/null 2>&1; true")
+        sh("docker", "image", "rm", "-f", HUB_CHILD, HUB_BASE, check=False)
+        shutil.rmtree(local_certs, ignore_errors=True)
+        assert undo is None or undo.code == 0, undo.output
+
+
+def hub_secrets_on(host: dict) -> str:
+    b64 = base64.b64encode(f"hubber:{HUB_PASSWORD}".encode()).decode()
+    return in_host(host, f"grep -rlsF -e {HUB_PASSWORD} -e {b64} /home /root /tmp /var/tmp /etc/docker 2>/dev/null; "
+                         f"journalctl --no-pager -q 2>/dev/null | grep -F -e {HUB_PASSWORD} -e {b64} | head -3; "
+                         "true").strip()
+
+
+def test_via_auto_pulls_a_docker_hub_base_through_the_hosts_registry_mirror(registry, hub_mirror):
+    target, reg_host, mirror, env = registry["target"], registry["reg"], hub_mirror["mirror"], hub_mirror["env"]
+    clean_hub_target(target)
+    res = push(HUB_CHILD, target["alias"], "--dry-run", "--json", env=env)
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["status"] == "would send" and r["via"] == "pull", r
+    assert r["pulled"].startswith(f"docker.io/library/{HUB_NAME}@sha256:"), r
+    assert f"through its registry mirror {mirror}" in r["via_reason"], r
+    assert remote_id(target, HUB_CHILD) == "" and remote_id(target, HUB_BASE) == ""
+
+    res, r, seen = push_pulling_the_base(HUB_CHILD, target, env)
+    assert f"the host pulls 1 of 2 layers from docker.io through its registry mirror {mirror}" in res.stderr, \
+        res.stderr
+    assert remote_id(target, HUB_CHILD) == local_id(HUB_CHILD)
+    hub_digest = sh("docker", "image", "inspect", "--format", "{{index .RepoDigests 0}}", HUB_BASE).strip()
+    assert remote_id(target, hub_digest) == local_id(HUB_BASE)  # the host pulled the base by its Hub digest
+    assert in_host(target, f"docker run --rm {HUB_CHILD}").strip()
+    # the host's dockerd fetched the base's blobs from the mirror (the probe only asks for the manifest)
+    wait_until(lambda: target["ip"] in in_host(reg_host, f"journalctl -u {MIRROR_UNIT} --no-pager -q "
+                                                         f"| grep 'library/{HUB_NAME}/blobs/' || true"),
+               timeout=20, what="the mirror's log of the host's blob requests")
+    # no credential of any kind on the host: neither the registry's nor the Docker Hub login
+    assert secrets_on(target) == "" and hub_secrets_on(target) == "" and leftovers(target) == ""
+    assert PASSWORD not in seen and HUB_PASSWORD not in seen
+    assert HUB_PASSWORD not in res.output
+
+    [r] = json.loads(push(HUB_CHILD, target["alias"], "--json", env=env).stdout)
+    assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
+
+
+def test_a_stopped_registry_mirror_never_blocks_the_push(registry, hub_mirror):
+    """Without the mirror the Hub itself is asked (anonymously here: no Hub login to hand anyone)."""
+    target, reg_host, mirror, env = registry["target"], registry["reg"], hub_mirror["mirror"], registry["env"]
+    clean_hub_target(target)
+    in_host(reg_host, f"systemctl stop {MIRROR_UNIT}")
+    try:
+        res = push(HUB_CHILD, target["alias"], "--json", env=env)
+        assert res.code == 0, res.output
+        [r] = json.loads(res.stdout)
+        assert r["status"] == "sent" and r["via"] == "push", r
+        assert r["via_reason"].startswith("docker.io "), r  # unreachable here (or lacking the image)
+        assert f"; its registry mirror {mirror}/ cannot serve it either (unreachable: " in r["via_reason"], r
+        assert r["bytes_sent"] > HUB_BASE_BYTES  # everything over SSH
+        assert remote_id(target, HUB_CHILD) == local_id(HUB_CHILD)
+        assert leftovers(target) == ""
+    finally:
+        start_mirror(reg_host)

@@ -4,6 +4,7 @@ output on a FakeHost; the probe script itself is exercised in test_image_registr
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -88,7 +89,12 @@ def test_the_hub_itself_is_asked_when_the_mirror_cannot_serve(monkeypatch, mirro
     host = (FakeHost().reply(r"docker_root", FACTS.format(mirror=MIRROR))
             .reply(VIA_MIRROR, mirror_answer).reply(HUB, direct_answer))
     r = push_dry_run(monkeypatch, host)
-    assert r.via == via and "mirror" not in r.via_reason, r
+    if via == "pull":
+        assert "mirror" not in r.via_reason, r  # pulled from the Hub itself
+    else:  # the reason of the push names the mirror's failure too, not only the Hub's
+        assert r.via_reason.startswith("docker.io is unreachable from the host: no route; its registry mirror "
+                                       f"{MIRROR} cannot serve it either (unreachable: refused)"), r
+    assert r.via == via, r
     asked = [rec.command for rec in host.log if "python3 -I -c" in rec.command]
     assert len(asked) == 2 and re.search(VIA_MIRROR, asked[0]) and re.search(HUB, asked[1])
 
@@ -102,15 +108,75 @@ def test_without_mirrors_nothing_changes(monkeypatch):
     assert b"HUBSECRET" in probe.data  # the Hub itself gets the Hub's credentials (on stdin)
 
 
+def playbook_dry_run(monkeypatch, mirror_answer: str):
+    """A playbook's `pull: busybox:1.36` (--dry-run) on a host whose mirror answers `mirror_answer` and
+    that cannot reach the Hub: (result, host)."""
+    from migrate.image import hostpull
+
+    host = (FakeHost().reply(r"docker_root|docker info", FACTS.format(mirror=MIRROR))
+            .reply(r"image inspect", exit_code=1)
+            .reply(re.escape("http://10.0.0.5:5000/v2/library/busybox/manifests/1.36"), mirror_answer)
+            .reply(re.escape("https://registry-1.docker.io/"), "probe=unreachable\ndetail=no route\n"))
+    monkeypatch.setattr(hostpull, "connect", lambda h, conn: host)
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: None)
+    [r] = hostpull.pull_images(["busybox:1.36"], ["gpu"], ConnectOptions(), dry_run=True)
+    return r, host
+
+
 def test_playbook_pull_of_a_hub_image_goes_through_the_mirror(monkeypatch):
+    r, host = playbook_dry_run(monkeypatch, "probe=ok\n")
+    assert r.status == "would pull" and f"through its registry mirror {MIRROR}" in r.detail, r
+    assert host.mutations() == []
+
+
+def test_playbook_pull_names_the_mirror_when_neither_it_nor_the_hub_serves(monkeypatch):
+    r, _ = playbook_dry_run(monkeypatch, "probe=notfound\n")
+    assert r.status == "failed" and f"its registry mirror {MIRROR} cannot serve it either (notfound)" in r.error, r
+
+
+def test_a_mirror_failure_is_not_cached_into_the_registrys_verdict():
+    hub = R.ProbeResult("unreachable", "no route")
+    ref = R.parse_ref(f"busybox@{BASE}")
+    got = V.through_mirrors(lambda m: R.ProbeResult("unreachable", "refused") if m else hub, ref, [MIRROR])
+    assert got.mirror_failures and hub.mirror_failures == []   # Registries keeps `hub` for the next image
+    other = V.through_mirrors(lambda m: hub, R.parse_ref("nvcr.io/nvidia/x:1"), [MIRROR])
+    assert other is hub  # a registry that is not the Hub never asks a mirror
+
+
+@pytest.mark.parametrize("mirror", ["", MIRROR])
+def test_the_hosts_pull_gets_the_hub_login_only_when_no_mirror_serves_it(monkeypatch, mirror):
+    """dockerd offers a pull's credentials to every mirror it tries (moby/moby#42022): a pull through a
+    mirror, which answered anonymously, gets none."""
+    from migrate.image import overlap
+    from migrate.image.remote import RemoteDocker
+
+    hub = C.Credential("alice", "HUBSECRET")
+    given = []
+    monkeypatch.setattr(overlap, "pull_on_host", lambda remote, facts, decision, cred, *a: given.append(cred))
+    img = LocalImage("app:2", "sha256:222", D, arch="amd64", size=10 << 20, tags=["app:2"])
+
+    class Session:
+        name = "alice@gpu"
+        remote = FakeHost()
+        facts = RemoteDocker()
+        via = {img.image_id: V.ViaDecision("pull", "why", ref=f"docker.io/library/busybox@{BASE}", layers=2,
+                                           registry=R.DOCKER_HUB, mirror=mirror)}
+
+    job = overlap.PullJob(Session(), [img], V.Registries("auto", lookup=lambda registry: hub), "auto")
+    assert job.wait(img.image_id) is None
+    assert given == [None if mirror else hub]
+
+
+def test_a_playbook_pull_through_the_mirror_hands_the_host_no_hub_login(monkeypatch):
     from migrate.image import hostpull
 
     host = (FakeHost().reply(r"docker_root|docker info", FACTS.format(mirror=MIRROR))
             .reply(r"image inspect", exit_code=1)
             .reply(re.escape("http://10.0.0.5:5000/v2/library/busybox/manifests/1.36"), "probe=ok\n")
-            .reply(re.escape("https://registry-1.docker.io/"), "probe=unreachable\ndetail=no route\n"))
+            .reply(r"migrate-pull", ""))
     monkeypatch.setattr(hostpull, "connect", lambda h, conn: host)
-    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: None)
-    [r] = hostpull.pull_images(["busybox:1.36"], ["gpu"], ConnectOptions(), dry_run=True)
-    assert r.status == "would pull" and f"through its registry mirror {MIRROR}" in r.detail, r
-    assert host.mutations() == []
+    monkeypatch.setattr(C, "lookup", lambda registry, config_dir=None: C.Credential("alice", "HUBSECRET"))
+    [r] = hostpull.pull_images(["busybox:1.36"], ["gpu"], ConnectOptions())
+    assert r.status == "pulled" and f"through its registry mirror {MIRROR}" in r.detail, r
+    [pull] = [rec for rec in host.log if "migrate-pull" in rec.command]
+    assert b"HUBSECRET" not in pull.data and json.loads(pull.data) == {"auths": {}}
