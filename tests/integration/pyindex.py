@@ -129,18 +129,23 @@ class Index:
             return r.run(f"cat ~/{DIR}/access.log", timeout=30).stdout
 
 
+def url(host: dict, port: int = PORT) -> str:
+    """The index URL `serve(host)` answers on (known before it runs: set the mirror meanwhile)."""
+    return f"http://{host['ip']}:{port}/simple/"
+
+
 @contextlib.contextmanager
 def serve(host: dict, wheels: Path, port: int = PORT) -> Iterator[Index]:
-    """Serve `wheels` as a PEP 503 index from the sandbox host `host` (a describe() dict)."""
+    """Serve `wheels` as a PEP 503 index from the sandbox host `host` (a describe() dict) at `url(host)`."""
     alias = host["alias"]
     try:
         with connect(alias) as r, tempfile.TemporaryDirectory(prefix="migrate-pyindex-") as tmp:
             projects = build(wheels, Path(tmp) / "www")
-            r.run(f"rm -rf ~/{DIR} && mkdir -m 700 ~/{DIR}", timeout=30)
-            r.stream_in(f"tar -xf - -C ~/{DIR}", stream_tree(Path(tmp) / "www", wheels), what="copy the test index")
-            r.run(f"python3 -c {shell.quote(START)} {host['ip']} {port} {DIR}", timeout=60,
-                  what="start the test index")
-        yield Index(alias, f"http://{host['ip']}:{port}/simple/", projects)
+            # one command: unpack the stream, then start the server and wait for its port
+            r.stream_in(f"rm -rf ~/{DIR} && mkdir -m 700 ~/{DIR} && tar -xf - -C ~/{DIR} && "
+                        f"python3 -c {shell.quote(START)} {host['ip']} {port} {DIR}",
+                        stream_tree(Path(tmp) / "www", wheels), what="start the test index")
+        yield Index(alias, url(host, port), projects)
     finally:
         with connect(alias) as r:
             r.run(f"test -f ~/{DIR}/pid && kill $(cat ~/{DIR}/pid); rm -rf ~/{DIR}", check=False, timeout=30)

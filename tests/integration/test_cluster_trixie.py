@@ -16,9 +16,11 @@ test_cluster.py. About two minutes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -42,11 +44,13 @@ def sh(alias: str, command: str, stdin: str | None = None) -> str:
 # The user's pip, uv and conda settings (and migrate's journal of them): `mirror --undo` puts this back.
 CONFIGS = (".config/pip", ".config/pip/pip.conf", ".config/uv", ".config/uv/uv.toml", ".condarc", ".migrate/mirror")
 OWN_PIP_CONF = "[global]\ntimeout = 30\n"
+WRITE_OWN = f"mkdir -p ~/.config/pip && printf {OWN_PIP_CONF!r} > ~/.config/pip/pip.conf"
+REMOVE_OWN = "rm -f ~/.config/pip/pip.conf && rmdir ~/.config/pip ~/.config 2>/dev/null || true"
 
 
-def configs(alias: str) -> str:
-    return sh(alias, "cd && for f in " + " ".join(CONFIGS) + "; do if [ -f $f ]; then echo \"== $f\"; cat $f; "
-                     "elif [ -e $f ]; then echo \"== $f/\"; else echo \"-- $f\"; fi; done")
+def configs(alias: str, before: str = "true") -> str:
+    return sh(alias, before + " && cd && for f in " + " ".join(CONFIGS) + "; do if [ -f $f ]; then echo \"== $f\"; "
+                     "cat $f; elif [ -e $f ]; then echo \"== $f/\"; else echo \"-- $f\"; fi; done")
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +58,24 @@ def hosts(dedicated_sandbox):
     h1, h2, h3 = dedicated_sandbox("modern", 3, gpus=2, extra=FLAVOUR)   # 2 mock GPUs each
     env, aliases = h2["env"], [h2["alias"], h3["alias"]]
     run_cli("cluster", "down", NAME, env=env)
-    sh(aliases[1], f"mkdir -p ~/.config/pip && printf {OWN_PIP_CONF!r} > ~/.config/pip/pip.conf")
-    before = {a: configs(a) for a in aliases}
+    before = {aliases[0]: configs(aliases[0]),   # modern3's user has a pip.conf of their own
+              aliases[1]: configs(aliases[1], WRITE_OWN)}
     wheels = install.ensure_wheels("3.13", platform.machine())     # the offline path's cache, downloaded once
-    try:
-        with pyindex.serve(h1, wheels) as index:
-            res = run_cli("mirror", *aliases, index.url, "--json", env=env)
-            assert res.code == 0, res.output
-            changes = {r["host"]: {c["tool"]: c["change"] for c in r["changes"]} for r in json.loads(res.stdout)}
-            assert changes == {aliases[0]: {"pip": "write", "uv": "write", "conda": "skipped"},
-                               aliases[1]: {"pip": "merge", "uv": "write", "conda": "skipped"}}, changes
-            try:
-                yield aliases, env, index, [h2["ip"], h3["ip"]]
-            finally:
-                undo = run_cli("mirror", *aliases, "--undo", env=env)
-                assert undo.code == 0, undo.output
-                assert {a: configs(a) for a in aliases} == before
-    finally:
-        run_cli("cluster", "down", NAME, "--purge", env=env, timeout=300)
-        sh(aliases[1], "rm -f ~/.config/pip/pip.conf && rmdir ~/.config/pip ~/.config 2>/dev/null || true")
+    with contextlib.ExitStack() as stack:
+        stack.callback(sh, aliases[1], REMOVE_OWN)
+        stack.callback(run_cli, "cluster", "down", NAME, "--purge", env=env, timeout=300)
+        with ThreadPoolExecutor(1) as pool:     # the mirror is set while the index is copied and started
+            mirror = pool.submit(run_cli, "mirror", *aliases, pyindex.url(h1), "--json", env=env)
+            index = stack.enter_context(pyindex.serve(h1, wheels))
+            res = mirror.result()
+        assert res.code == 0, res.output
+        changes = {r["host"]: {c["tool"]: c["change"] for c in r["changes"]} for r in json.loads(res.stdout)}
+        assert changes == {aliases[0]: {"pip": "write", "uv": "write", "conda": "skipped"},
+                           aliases[1]: {"pip": "merge", "uv": "write", "conda": "skipped"}}, changes
+        yield aliases, env, index, [h2["ip"], h3["ip"]]
+        undo = run_cli("mirror", *aliases, "--undo", env=env)
+        assert undo.code == 0, undo.output
+        assert {a: configs(a) for a in aliases} == before
 
 
 def test_cluster_on_debian_13_installs_ray_from_a_mirror_and_runs_a_sweep_and_a_two_node_job(hosts):
