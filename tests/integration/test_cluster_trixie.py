@@ -9,8 +9,8 @@ HOST URL` (modern3 has a pip.conf of its own, which is merged), then `cluster up
 the preflight checks that each host reaches the mirror, and each installs `ray[default]` from it (its
 output says `from the mirror URL`, and the index's access log shows each host fetching the ray wheel,
 which is what proves it: sandbox hosts may reach pypi.org through Docker's NAT). Then a sweep through
-the launcher, a 2-node job whose ranks get the torchrun variables, `down`; at the end `mirror --undo`
-(every config file as it was) and `down --purge`. The pushed-wheel path is tested on Debian 12 by
+the launcher, a 2-node job whose ranks get the torchrun variables, `down --purge`; at the end `mirror
+--undo` (every config file as it was). The pushed-wheel path is tested on Debian 12 by
 test_cluster.py. About two minutes.
 """
 
@@ -116,7 +116,10 @@ def test_cluster_on_debian_13_installs_ray_from_a_mirror_and_runs_a_sweep_and_a_
     assert gang.code == 0, gang.output
     assert "rank 0 of 2 nnodes 2" in gang.stdout and "rank 1 of 2 nnodes 2" in gang.stdout, gang.stdout
 
-    down = run_cli("cluster", "down", NAME, env=env, timeout=300)
+    # --purge here: once `down` has forgotten the cluster, the fixture's `down --purge` has no hosts to
+    # purge, and a Ray left in ~/.migrate/ray would skip the install (and the mirror) on the next run
+    down = run_cli("cluster", "down", NAME, "--purge", env=env, timeout=300)
     assert down.code == 0, down.output
     for a in aliases:
-        assert sh(a, "ps -eo args | grep -F .migrate/ray/ | grep -v grep || true").strip() == ""
+        assert sh(a, "ps -eo args | grep -F .migrate/ray/ | grep -v grep; test ! -e ~/.migrate/ray || "
+                     "echo ~/.migrate/ray is left").strip() == ""
