@@ -1,13 +1,14 @@
 """A real PEP 503 package index served inside a sandbox, for tests of `migrate mirror` users.
 
-`build(wheels, out)` turns a directory of wheels into `out/simple/` (one page per project, named by
-its PEP 503 normalized name, each link `../../packages/<wheel>#sha256=<digest>`) and `out/packages/`
-(the wheels, each with its PEP 658 `.metadata` beside it).
-`serve(host, wheels)` builds that tree here, streams it over the host's SSH into `~/pyindex-test/`,
-runs `python3 -m http.server` there as the host's (normal) user, bound to the host's sandbox IP, and
-waits for the port with a deadline. It yields an `Index` whose `log()` is the server's access log
-(http.server writes one line per request to stderr: `"GET /packages/ray-... HTTP/1.1" 200`); at the
-end it stops the server and removes `~/pyindex-test/`, and nothing else on the host is touched.
+The index is `www/simple/` (a root page and one page per project, named by its PEP 503 normalized
+name, each link `../../packages/<wheel>#sha256=<digest>` with its PEP 658 metadata hash) and
+`www/packages/` (the wheels, each with its `.metadata` beside it). `build(wheels, out)` writes the
+pages and metadata here; `serve(host, wheels)` streams them with the wheels (one tar over the host's
+SSH, into `~/pyindex-test/`), runs `python3 -m http.server` there as the host's (normal) user, bound
+to the host's sandbox IP, and polls the port with a deadline, in that one command. It yields an
+`Index` whose `log()` is the server's access log (http.server writes one line per request:
+`IP - - [date] "GET /packages/ray-... HTTP/1.1" 200 -`); at the end it stops the server and removes
+`~/pyindex-test/`; nothing else on the host is touched.
 """
 
 from __future__ import annotations
