@@ -38,9 +38,10 @@ def command(args: tuple[str, ...], host: tuple[str, ...], undo: bool, dry_run: b
       migrate push-env gpu requirements.txt # now installs from the mirror
 
     NAME is tuna, ustc or aliyun; a URL sets pip and uv only. pip.conf is merged (only [global]
-    index-url changes), uv.toml gets a marked [[index]] block, ~/.condarc is written only when you
-    have none. The first original of each file is kept in ~/.migrate/mirror/ (journal.json);
-    --undo restores them. push-env reads the journal and installs from the mirror.
+    index-url changes; an http:// URL's host joins trusted-host, or pip ignores it), uv.toml gets a
+    marked [[index]] block, ~/.condarc is written only when you have none. The first original of each
+    file is kept in ~/.migrate/mirror/ (journal.json); --undo restores them. push-env reads the
+    journal and installs from the mirror.
     """
     words = list(args)
     if undo:

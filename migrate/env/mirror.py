@@ -1,6 +1,7 @@
 """`migrate mirror`: package-index mirrors for one user on a host, no root, journaled and undoable.
 
-Writes pip's (~/.config/pip/pip.conf, merged: only [global] index-url changes), uv's
+Writes pip's (~/.config/pip/pip.conf, merged: only [global] index-url changes, and for a plain-http
+URL its host joins trusted-host, without which pip ignores the index), uv's
 (~/.config/uv/uv.toml: a marked [[index]] block) and conda's (~/.condarc, only when the user has
 none) configuration for a named mirror (tuna, ustc, aliyun) or a URL. Before a file changes, the
 first original is copied to ~/.migrate/mirror/ and recorded in journal.json; `--undo` puts every
@@ -35,7 +36,7 @@ def resolve(name: str) -> tuple[str, str]:
 
 
 SCRIPT = r'''
-import configparser, io, json, os, shutil, sys
+import configparser, io, json, os, shutil, sys, urllib.parse
 action, url, conda, dry = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 home = os.path.expanduser("~")
 state = os.path.join(home, ".migrate", "mirror")
@@ -80,6 +81,10 @@ def pip_text(old):
     if not cp.has_section("global"):
         cp.add_section("global")
     cp.set("global", "index-url", url)
+    host = urllib.parse.urlsplit(url).hostname if url.startswith("http://") else None
+    trusted = cp.get("global", "trusted-host", fallback="").split()
+    if host and host not in trusted:  # pip ignores a plain-http index whose host is not trusted
+        cp.set("global", "trusted-host", " ".join(trusted + [host]))
     buf = io.StringIO()
     cp.write(buf)
     return buf.getvalue()

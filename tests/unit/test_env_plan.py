@@ -255,6 +255,23 @@ def test_mirror_merges_journals_and_undoes(tmp_path: Path) -> None:
     assert not (home / ".config" / "uv").exists() and not (home / ".migrate" / "mirror").exists()
 
 
+def test_a_plain_http_mirror_is_a_trusted_host_for_pip(tmp_path: Path) -> None:
+    """pip ignores an http index whose host is not trusted ("not a trusted or secure host and is being
+    ignored"): an http mirror (a lab's devpi, the test index of test_cluster_trixie) adds its host to
+    [global] trusted-host, next to the user's own; undo puts their pip.conf back."""
+    home = tmp_path / "home"
+    pip_conf = home / ".config" / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True)
+    pip_conf.write_text("[global]\ntrusted-host = own.example\n")
+    assert _mirror(home, "set", "http://10.0.0.5:8613/simple")["pip"] == "merge"
+    assert "trusted-host = own.example 10.0.0.5\n" in pip_conf.read_text()
+    assert _mirror(home, "set", "http://10.0.0.5:8613/simple")["pip"] == "unchanged"
+    _mirror(home, "undo")
+    assert pip_conf.read_text() == "[global]\ntrusted-host = own.example\n"
+    _mirror(home, "set", "https://m.example/simple")     # https: nothing to trust
+    assert "trusted-host = own.example\n" in pip_conf.read_text()
+
+
 def test_push_env_installs_from_the_mirror() -> None:
     cmd = plan.install_command("e", "/usr/bin/python3", "3.11", offline=False, index_url="https://m.example/simple")
     assert "--index-url https://m.example/simple " in cmd
