@@ -89,3 +89,23 @@ class LocalCommandError(MigrateError):
         self.argv = argv
         self.local_exit_code = exit_code
         self.stderr = stderr
+
+
+def installer_failure(stderr: str, stdout: str = "", exit_code: int | None = None) -> str:
+    """One line saying why uv or pip failed (pure): uv's `error:`/`×` line joined to its innermost
+    `Caused by:`/`╰─▶` line, never a trailing `hint:` (uv ends many failures with one, which said
+    nothing about the failure when it was all that was shown)."""
+    lines = [ln.strip() for ln in (stderr.strip() or stdout.strip()).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.lower().startswith("hint:")]
+    if not lines:
+        return f"exit {exit_code}" if exit_code is not None else "?"
+    head = next((ln for ln in lines if ln.startswith(("error:", "ERROR:", "×"))), "")
+    causes = [ln for ln in lines if ln.startswith(("Caused by:", "╰─▶"))]
+    if not head:
+        return lines[-1][:400]
+    head = head.split(":", 1)[1].strip() if head.lower().startswith("error:") else head.lstrip("× ").strip()
+    if causes:
+        cause = causes[-1].split(":", 1)[1].strip() if causes[-1].startswith("Caused by:") \
+            else causes[-1].lstrip("╰─▶ ").strip()
+        return f"{head.rstrip(':')}: {cause}"[:400]
+    return head[:400]

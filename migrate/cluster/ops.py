@@ -22,7 +22,7 @@ from migrate.cluster import container, install, plan, state
 from migrate.cluster.jobapi import job_api
 from migrate.cluster.jobs import latest_attempts, ray_state
 from migrate.cluster.state import ClusterRecord, Node
-from migrate.errors import MigrateError, UsageError
+from migrate.errors import MigrateError, UsageError, installer_failure
 from migrate.jobs.bundle import build_agent
 from migrate.jobs.client import AgentClient
 from migrate.remote import shell
@@ -159,8 +159,8 @@ def ensure_installed(remote: Host, host: str, facts: HostFacts, offline: bool | 
                      check=False,
                      what="install Ray", timeout=1200)
     if not res.ok:
-        last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
-        raise MigrateError(f"installing Ray on {host} failed: {last}",
+        why = installer_failure(res.stderr, res.stdout, res.exit_code)
+        raise MigrateError(f"installing Ray on {host} failed: {why}",
                            hint="--offline installs from wheels pushed from here" if not use_wheels else None)
     return "installed"
 

@@ -22,7 +22,7 @@ from migrate.cluster import install
 from migrate.cluster import plan as cluster_plan
 from migrate.env import conda, plan, resolve
 from migrate.env.source import Source, python_fits
-from migrate.errors import MigrateError
+from migrate.errors import MigrateError, installer_failure
 from migrate.remote import shell
 from migrate.remote.connection import connect
 from migrate.remote.host import Host
@@ -218,8 +218,8 @@ def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions
                                               index_url=facts.mirror),
                          check=False, what="install the environment", timeout=3600)
         if not res.ok:
-            last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}").splitlines()[-1]
-            raise MigrateError(f"installing {opts.name} on {host} failed: {last}",
+            why = installer_failure(res.stderr, res.stdout, res.exit_code)
+            raise MigrateError(f"installing {opts.name} on {host} failed: {why}",
                                hint=None if offline else "--offline installs from wheels pushed from here")
         result.status = "installed" if fresh else "updated"
     result.seconds = time.monotonic() - t0
