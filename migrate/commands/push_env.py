@@ -123,10 +123,12 @@ def _report(results: list[EnvResult], as_json: bool) -> None:
             if r.error:
                 detail = r.error
             elif r.transfer:  # conda: the pack, as an rsync delta or whole
-                verb = "would send" if r.status.startswith("would-") else "sent"
-                detail = (f"{r.packages} packages, {verb} the pack ({ui.human_bytes(r.pack_bytes)}"
-                          + (")" if verb == "would send" else f"): {ui.human_bytes(r.bytes_sent)} crossed")
-                          + f" by {r.transfer}" + (f" in {r.seconds:.1f}s" if r.seconds else ""))
+                how = "as an rsync delta" if r.transfer == "rsync" else "whole"
+                detail = (f"{r.packages} packages, " + (f"would send the pack ({ui.human_bytes(r.pack_bytes)}) {how}"
+                                                         if r.status.startswith("would-") else
+                                                         f"{ui.human_bytes(r.bytes_sent)} sent (the pack, "
+                                                         f"{ui.human_bytes(r.pack_bytes)}, {how})")
+                          + (f" in {r.seconds:.1f}s" if r.seconds else ""))
             elif r.status.startswith("would-") and r.wheels_missing:
                 detail = f"would send {len(r.wheels_missing)} wheel(s): {', '.join(r.wheels_missing[:6])}" + \
                          (" ..." if len(r.wheels_missing) > 6 else "")

@@ -247,3 +247,20 @@ def test_the_json_result_says_the_path(host, tmp_path) -> None:
     r = push_conda(make_conda_env(tmp_path / "build" / "cenv"))
     out = json.loads(json.dumps(asdict(r)))
     assert (out["transfer"], out["bytes_sent"]) == ("stream", out["pack_bytes"])
+
+
+def test_the_table_says_what_crossed_the_link(capsys, monkeypatch) -> None:
+    from migrate import ui
+    from migrate.commands.push_env import _report
+    from migrate.env.push import EnvResult
+
+    monkeypatch.setattr(ui.out, "width", 200)  # one line per row, whatever COLUMNS says
+
+    rows = [EnvResult(host="gpu", name="c1", status="updated", packages=3, source="conda-pack", transfer="rsync",
+                      bytes_sent=33_000, pack_bytes=4_249_600),
+            EnvResult(host="gpu2", name="c1", status="would-install", packages=3, source="conda-pack",
+                      transfer="stream", pack_bytes=4_249_600)]
+    _report(rows, as_json=False)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "32.2 KiB sent (the pack, 4.1 MiB, as an rsync delta)" in out, out
+    assert "would send the pack (4.1 MiB) whole" in out, out
