@@ -11,6 +11,7 @@ the env's site-packages on its path, where conda would have its own python binar
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 PY = "3.11"
@@ -27,8 +28,10 @@ def _record(prefix: Path, name: str, version: str, build: str, subdir: str, file
     (prefix / "conda-meta" / f"{name}-{version}-{build}.json").write_text(json.dumps(rec, indent=2))
 
 
-def make_conda_env(prefix: Path, *, tinypkg_version: str = "1.0") -> Path:
-    """Write the environment at `prefix` (its files embed `prefix`, as a real one's do)."""
+def make_conda_env(prefix: Path, *, tinypkg_version: str = "1.0", big_bytes: int = 0) -> Path:
+    """Write the environment at `prefix` (its files embed `prefix`, as a real one's do). `big_bytes`: a
+    package `bigpkg` with that many incompressible bytes, written once (the same bytes and mtime when
+    only tinypkg changes, as conda leaves an unchanged package's files alone)."""
     (prefix / "conda-meta").mkdir(parents=True, exist_ok=True)
     (prefix / "bin").mkdir(exist_ok=True)
     site = prefix / "lib" / f"python{PY}" / "site-packages"
@@ -44,6 +47,12 @@ def make_conda_env(prefix: Path, *, tinypkg_version: str = "1.0") -> Path:
     script = prefix / "bin" / "tinypkg"
     script.write_text(f"#!{prefix}/bin/python\nimport tinypkg\nprint('tinypkg', tinypkg.VERSION, tinypkg.PREFIX)\n")
     script.chmod(0o755)
+    if big_bytes:
+        blob = prefix / "lib" / "bigpkg" / "data.bin"
+        if not blob.exists() or blob.stat().st_size != big_bytes:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(random.Random(big_bytes).randbytes(big_bytes))
+            _record(prefix, "bigpkg", "2.0", "h0", "linux-64", ["lib/bigpkg/data.bin"])
     for old in (prefix / "conda-meta").glob("tinypkg-*.json"):
         old.unlink()
     _record(prefix, "tinypkg", tinypkg_version, "py_0", "noarch",

@@ -34,10 +34,12 @@ from migrate.remote.hosts import ConnectOptions
 @click.option("--offline/--online", default=None,
               help="--offline: always push the wheels from here; --online: always install from the index "
                    "(default: push wheels only to hosts that reach no index).")
-@click.option("--delete", is_flag=True, help="Delete the environment NAME on the hosts (asks first; --yes to skip).")
+@click.option("--delete", is_flag=True, help="Delete the environment NAME on the hosts, with a conda env's kept pack "
+                                             "(asks first; --yes to skip).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before --delete (for scripts).")
 @click.option("-n", "--dry-run", is_flag=True, help="Resolve and show what would be installed and which wheels "
-                                                    "would be sent; change nothing on the hosts.")
+                                                    "would be sent (a conda env: whether by rsync delta or "
+                                                    "whole); change nothing on the hosts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from_current: bool, python: str,
@@ -63,7 +65,9 @@ def command(args: tuple[str, ...], host: tuple[str, ...], name: str | None, from
     new wheels). An environment already at the same lock is left alone. The venv is made from the
     host's python3 (or --python); nothing is installed outside ~/.migrate. A conda environment
     (a directory with conda-meta/, or an environment.yml created here once) carries its own
-    python: it is packed with conda-pack and relocated on the host with conda-unpack.
+    python: it is packed with conda-pack and relocated on the host with conda-unpack; the
+    host keeps the last pack (~/.migrate/envs/.packs/NAME.tar), so a changed env sends only an
+    rsync delta against it (whole where either side has no rsync).
     A cluster name (`migrate cluster up`) stands for all its hosts; `migrate run CLUSTER --env
     NAME` pushes the SOURCE last pushed as NAME from here to every node again before submitting.
     """
@@ -118,6 +122,13 @@ def _report(results: list[EnvResult], as_json: bool) -> None:
         for r in results:
             if r.error:
                 detail = r.error
+            elif r.transfer:  # conda: the pack, as an rsync delta or whole
+                how = "as an rsync delta" if r.transfer == "rsync" else "whole"
+                detail = (f"{r.packages} packages, " + (f"would send the pack ({ui.human_bytes(r.pack_bytes)}) {how}"
+                                                         if r.status.startswith("would-") else
+                                                         f"{ui.human_bytes(r.bytes_sent)} sent (the pack, "
+                                                         f"{ui.human_bytes(r.pack_bytes)}, {how})")
+                          + (f" in {r.seconds:.1f}s" if r.seconds else ""))
             elif r.status.startswith("would-") and r.wheels_missing:
                 detail = f"would send {len(r.wheels_missing)} wheel(s): {', '.join(r.wheels_missing[:6])}" + \
                          (" ..." if len(r.wheels_missing) > 6 else "")

@@ -3,7 +3,10 @@
 A conda environment carries its own Python (and non-Python libraries), so the host's python3 only
 runs migrate's probe. The environment is identified by its `conda-meta/*.json` records (one per
 installed package build): the same records on the host mean "unchanged", nothing is sent. A change
-sends the whole packed environment (conda-pack makes one relocatable archive, no per-package diff).
+makes a new pack (conda-pack makes one relocatable archive, no per-package diff); push-env sends it
+with rsync against the pack kept on the host from the last push, so about the changed packages' bytes
+cross the link (conda-pack's tar keeps each unchanged file's header and bytes: same order, the files'
+own mtimes, uid 0; only its generated conda-unpack helpers differ).
 An `environment.yml` is first created here with conda, mamba or micromamba (once per file content).
 """
 
@@ -13,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import warnings
@@ -44,9 +48,50 @@ def machine(prefix: Path) -> str:
     return ""
 
 
+def pack_file(lock_text: str) -> Path:
+    """Where the pack of this environment state is cached here (it may not exist yet)."""
+    return paths.cache_root() / "conda-packs" / f"{hashlib.sha256(lock_text.encode()).hexdigest()[:24]}.tar"
+
+
+def sizes(prefix: Path) -> tuple[int, int]:
+    """(about the pack's bytes, about the unpacked environment's bytes on disk) of `prefix`: tar's
+    512-byte headers and padding, and 4 KiB file system blocks (the host's space check before a push)."""
+    tar_bytes = disk_bytes = 0
+    for d, dirs, files in os.walk(prefix):
+        for n in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
+            try:
+                st = os.lstat(os.path.join(d, n))
+            except OSError:
+                continue
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            tar_bytes += 512 + -(-size // 512) * 512
+            disk_bytes += -(-size // 4096) * 4096
+        tar_bytes += 512 * len(dirs)
+        disk_bytes += 4096 * len(dirs)
+    return tar_bytes + 10240, disk_bytes
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def sha256(packed: Path) -> str:
+    """The pack's sha256 (once per file: `pack` touches its mtime, a new pack is a new inode): the
+    host checks the copy it keeps against it."""
+    st = packed.stat()
+    key = (str(packed), st.st_size, st.st_ino)
+    with _LOCK:
+        if key not in _SHA256:
+            h = hashlib.sha256()
+            with open(packed, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            _SHA256[key] = h.hexdigest()
+        return _SHA256[key]
+
+
 def pack(prefix: Path, lock_text: str) -> Path:
     """The conda-pack tar of `prefix`, cached by its identity (packed once per environment state)."""
-    out = paths.cache_root() / "conda-packs" / f"{hashlib.sha256(lock_text.encode()).hexdigest()[:24]}.tar"
+    out = pack_file(lock_text)
     with _LOCK:
         if out.exists():
             os.utime(out)       # used now: the pruning below keeps it

@@ -4,6 +4,7 @@
 ~/.migrate/envs/NAME/migrate-lock.txt   the exact lock it was synced to (its sha256 says "unchanged")
 ~/.migrate/wheels/            the wheels pushed so far (a host that reaches no index installs from here)
 ~/.migrate/bin/uv             the static uv binary (pushed once; hosts often lack pip and python3-venv)
+~/.migrate/envs/.packs/NAME.tar   a conda env's last pushed conda-pack tar: the rsync basis of the next push
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ INCOMING_DIR = ".migrate/.incoming"
 UV_BIN = ".migrate/bin/uv"
 UV_CACHE = ".migrate/cache/uv"
 LOCK_FILE = "migrate-lock.txt"
+PACKS_DIR = ".migrate/envs/.packs"
 # manylinux levels uv resolves for (`uv pip compile --python-platform`): the highest the host's glibc allows
 UV_GLIBC = ((2, 17), (2, 28), (2, 31), (2, 32), (2, 33), (2, 34), (2, 35), (2, 36), (2, 37), (2, 38), (2, 39), (2, 40))
 UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1"}
@@ -35,13 +37,18 @@ def lock_upload(name: str) -> str:
     return f"{ENVS_DIR}/.{name}.lock"
 
 
+def pack_path(name: str) -> str:
+    """The conda pack kept on the host after a push of NAME (the basis rsync sends the next one against)."""
+    return f"{PACKS_DIR}/{name}.tar"
+
+
 def lock_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- the probe: one round trip says what the host has ---------------------------------------------
 PROBE = r"""
-import hashlib, json, os, platform, sys
+import hashlib, json, os, platform, shutil, sys
 name, uv_version = sys.argv[1], sys.argv[2]
 home = os.path.expanduser("~")
 env = os.path.join(home, ".migrate", "envs", name)
@@ -81,7 +88,29 @@ try:
         mirror = json.load(f).get("url", "")
 except (OSError, ValueError):
     mirror = ""
-print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable, "mirror": mirror,
+packs = os.path.join(home, ".migrate", "envs", ".packs")
+def size(p):
+    try:
+        return os.lstat(p).st_size
+    except OSError:
+        return -1
+stale = sum(max(size(os.path.join(d, f)), 0) for d, _, fs in os.walk(env + ".new") for f in fs)
+try:
+    stale += sum(max(size(os.path.join(packs, n)), 0) for n in os.listdir(packs)
+                 if n == name + ".tar.part" or (n.startswith("." + name + ".tar.") and len(n) == len(name) + 12))
+except OSError:
+    pass
+d = os.path.join(home, ".migrate", "envs")
+while not os.path.isdir(d) and os.path.dirname(d) != d:
+    d = os.path.dirname(d)
+try:
+    st = os.statvfs(d)
+    free = st.f_bavail * st.f_frsize
+except OSError:
+    free = None
+print(json.dumps({"rsync": bool(shutil.which("rsync")), "pack_bytes": size(os.path.join(packs, name + ".tar")),
+                  "free_bytes": free, "stale_bytes": stale,
+                  "python": "%d.%d" % sys.version_info[:2], "python_path": sys.executable, "mirror": mirror,
                   "machine": platform.machine(), "glibc": glibc, "uv": uv, "wheels": wheels,
                   "lock_sha": sha(os.path.join(env, "migrate-lock.txt")), "env_python": env_python(),
                   "env_exists": os.path.isdir(env)}))
@@ -127,13 +156,19 @@ class HostFacts:
     env_python: str = ""
     env_exists: bool = False
     mirror: str = ""     # the index URL `migrate mirror` set for this user ("" = the public index)
+    rsync: bool = False          # the host runs rsync (a conda push can send the delta against a kept pack)
+    pack_bytes: int = -1         # the kept conda pack's size (~/.migrate/envs/.packs/NAME.tar); -1: none
+    free_bytes: int | None = None  # free where ~/.migrate/envs is (or would be); None: unknown
+    stale_bytes: int = 0         # leftovers of an interrupted conda push (NAME.new, rsync's temp file), freed first
 
     @classmethod
     def parse(cls, host: str, stdout: str) -> HostFacts:
         data = json.loads(stdout.strip().splitlines()[-1])
         return cls(host=host, **{k: data[k] for k in ("python", "python_path", "machine", "glibc", "uv", "wheels",
                                                      "lock_sha", "env_python", "env_exists")},
-                   mirror=data.get("mirror", ""))
+                   mirror=data.get("mirror", ""), rsync=data.get("rsync", False),
+                   pack_bytes=data.get("pack_bytes", -1), free_bytes=data.get("free_bytes"),
+                   stale_bytes=data.get("stale_bytes", 0))
 
 
 def manylinux(glibc: str) -> tuple[int, int]:
@@ -217,24 +252,118 @@ def install_command(name: str, python_path: str, python: str, *, offline: bool, 
             f"mv -f {lock} {env}/{LOCK_FILE}")
 
 
-def conda_install_command(name: str) -> str:
-    """Receive the conda-pack tar on stdin into NAME.new, swap it in, relocate it with its own
-    conda-unpack (run by the env's python), then keep the uploaded lock (written last)."""
+# -- conda: the pack streamed whole, or rsync'd against the pack kept from the last push ------------------
+SPACE_MARGIN_BYTES = 16 << 20
+
+
+@dataclass
+class CondaTransfer:
+    """How a conda pack reaches the host (`conda_transfer`)."""
+
+    path: str            # "rsync": the delta against the kept pack | "stream": the whole pack over ssh
+    keep: bool           # the new pack stays on the host as the next push's basis
+    reason: str          # one line for people: why this path
+    need_bytes: int      # the free space the push needs on the host (margin included)
+
+
+def conda_transfer(*, local_rsync: bool, host_rsync: bool, kept_bytes: int, pack_bytes: int, unpacked_bytes: int,
+                   free_bytes: int | None, stale_bytes: int = 0) -> CondaTransfer:
+    """Choose the path (pure). Keeping the pack costs its size on the host, and is only worth it where
+    both sides run rsync; with a kept pack there, rsync sends the new one as a delta against it. The
+    space: NAME.new (`unpacked_bytes`) is unpacked beside the old environment, and a kept pack needs the
+    new one's room beside the old (rsync builds it aside, then renames it over). Without room for both,
+    the pack is sent whole and not kept (the old kept one is deleted first, its room counted free).
+    Leftovers of an interrupted push (`stale_bytes`) are deleted first. No room even for NAME.new:
+    a MigrateError-ready `CondaTransfer` with path "" (the caller refuses)."""
+    margin = SPACE_MARGIN_BYTES + (pack_bytes + unpacked_bytes) // 100
+    free = None if free_bytes is None else free_bytes + stale_bytes
+    keep_need = pack_bytes + unpacked_bytes + margin
+    plain_need = unpacked_bytes + margin
+    if not local_rsync or not host_rsync:
+        side = "this machine" if not local_rsync else "the host"
+        why = f"{side} has no rsync: the whole pack is streamed"
+        if free is not None and plain_need > free + max(kept_bytes, 0):
+            return CondaTransfer("", False, why, plain_need)
+        return CondaTransfer("stream", False, why, plain_need)
+    if free is None or keep_need <= free:
+        if kept_bytes >= 0:
+            return CondaTransfer("rsync", True, "rsync sends the changes against the pack kept from the last push",
+                                 keep_need)
+        return CondaTransfer("stream", True, "no pack kept on the host yet: the whole pack is streamed (and kept, "
+                             "so the next change sends only its delta)", keep_need)
+    if plain_need <= free + max(kept_bytes, 0):
+        return CondaTransfer("stream", False, "no room on the host to keep a pack beside the environment: the whole "
+                             "pack is streamed and not kept", plain_need)
+    return CondaTransfer("", False, "not enough space", plain_need)
+
+
+def conda_prepare_command(name: str, *, drop_kept: bool) -> str:
+    """Before a conda push: ~/.migrate/envs and .packs/ (0700), without the leftovers of an interrupted
+    push (NAME.new, an unverified NAME.tar.part, rsync's temp file .NAME.tar.XXXXXX); `drop_kept` also
+    deletes the kept pack (a push that does not keep one)."""
+    new = shell.home_path(env_dir(name) + ".new")
+    kept = shell.home_path(pack_path(name))
+    temp = f"{shell.home_path(PACKS_DIR)}/.{shell.quote(name)}.tar.??????"
+    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && {shell.mkdir_private(PACKS_DIR)} && "
+            f"rm -rf {new} {kept}.part {temp}" + (f" {kept}" if drop_kept else ""))
+
+
+def _conda_swap_in(name: str) -> str:
+    """NAME.new replaces NAME, its own python runs its conda-unpack, then the uploaded lock (written last)."""
     env = shell.home_path(env_dir(name))
     new = shell.home_path(env_dir(name) + ".new")
     lock = shell.home_path(lock_upload(name))
-    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && rm -rf {new} && mkdir -m 700 {new} && "
-            f"tar -xf - -C {new} && rm -rf {env} && mv {new} {env} && "
+    return (f"rm -rf {env} && mv {new} {env} && "
             f"{env}/bin/python {env}/bin/conda-unpack && mv -f {lock} {env}/{LOCK_FILE}")
 
 
+def conda_install_command(name: str, keep_sha256: str | None = None) -> str:
+    """Receive the conda-pack tar on stdin into NAME.new, swap it in, relocate it with its own
+    conda-unpack (run by the env's python), then keep the uploaded lock (written last).
+
+    With `keep_sha256` the stream is also written to .packs/NAME.tar.part, which becomes the kept pack
+    only when its sha256 is the pack's (a pack that could not be kept: the push still succeeds)."""
+    new = shell.home_path(env_dir(name) + ".new")
+    receive = f"tar -xf - -C {new}"
+    keep = ""
+    if keep_sha256:
+        kept = shell.home_path(pack_path(name))
+        # tar may stop reading at the end-of-archive blocks: `cat` drains the rest so tee writes it all
+        receive = f"{{ tee {kept}.part | {{ {receive} && cat >/dev/null; }}; }}"
+        keep = (f"{{ [ \"$(sha256sum {kept}.part 2>/dev/null | cut -d' ' -f1)\" = {shell.quote(keep_sha256)} ] && "
+                f"mv -f {kept}.part {kept} || rm -f {kept}.part; }} && ")
+    return (f"umask 077 && cd && {shell.mkdir_private(ENVS_DIR)} && rm -rf {new} && mkdir -m 700 {new} && "
+            f"{receive} && {keep}{_conda_swap_in(name)}")
+
+
+def pack_rsync_argv(local_pack: str, dest: str, rsh: str) -> list[str]:
+    """rsync the new pack onto the kept one (`dest`: HOST:.migrate/envs/.packs/NAME.tar): only the
+    delta against it crosses the link. rsync builds the new file aside (.NAME.tar.XXXXXX, deleted when
+    interrupted), checks its whole-file checksum, and only then renames it over the old pack. No
+    --partial: a partial file would replace the old pack as the basis of the rerun."""
+    return ["rsync", "--stats", "--no-whole-file", "--ignore-times", "--perms", "--chmod=F600", "-e", rsh, "--",
+            local_pack, dest]
+
+
+def conda_extract_command(name: str) -> str:
+    """After the rsync: unpack the kept pack (complete and checked) into NAME.new and swap it in."""
+    new = shell.home_path(env_dir(name) + ".new")
+    return (f"umask 077 && cd && rm -rf {new} && mkdir -m 700 {new} && "
+            f"tar -xf {shell.home_path(pack_path(name))} -C {new} && {_conda_swap_in(name)}")
+
+
 def delete_command(name: str) -> str:
+    """Remove the environment and a conda env's kept pack (and what an interrupted push left)."""
     env = shell.home_path(env_dir(name))
-    return f"cd && if [ -d {env} ]; then rm -rf {env} && echo deleted; else echo absent; fi"
+    kept = shell.home_path(pack_path(name))
+    temp = f"{shell.home_path(PACKS_DIR)}/.{shell.quote(name)}.tar.??????"
+    return (f"cd && if [ -d {env} ] || [ -e {kept} ]; then rm -rf {env} {env}.new {kept} {kept}.part {temp} "
+            f"&& echo deleted; else echo absent; fi")
 
 
 def exists_command(name: str) -> str:
-    return f"cd && if [ -d {shell.home_path(env_dir(name))} ]; then echo yes; else echo no; fi"
+    return (f"cd && if [ -d {shell.home_path(env_dir(name))} ] || [ -e {shell.home_path(pack_path(name))} ]; "
+            "then echo yes; else echo no; fi")
 
 
 def list_command() -> str:

@@ -20,6 +20,9 @@ from pathlib import Path
 from migrate import ui
 from migrate.cluster import install
 from migrate.cluster import plan as cluster_plan
+from migrate.data.push import remote_spec
+from migrate.data.rsync import rsh_join
+from migrate.data.transfer import TransferError, run_rsync
 from migrate.env import conda, plan, resolve
 from migrate.env.source import Source, python_fits
 from migrate.errors import MigrateError, installer_failure
@@ -49,7 +52,10 @@ class EnvResult:
     packages: int = 0
     source: str = ""               # "index" | "pushed wheels"
     wheels_sent: int = 0
-    bytes_sent: int = 0            # the wheels' bytes (uv, once per host, is counted apart)
+    bytes_sent: int = 0            # the wheels' bytes (uv, once per host, is counted apart); conda: what
+                                   # crossed the link (rsync's "Total bytes sent", or the whole pack)
+    transfer: str = ""             # conda: "rsync" (the delta against the pack kept there) | "stream" (whole)
+    pack_bytes: int = 0            # conda: the pack's size (a dry run: about)
     uv_sent: bool = False
     wheels_missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -123,7 +129,8 @@ def _stream(remote: Host, command: str, write, what: str, hint: str) -> None:
 
 
 def push_conda_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions) -> EnvResult:
-    """A conda env: compare its conda-meta identity with the host's, else stream the conda-pack tar."""
+    """A conda env: compare its conda-meta identity with the host's; else pack it here and send the pack,
+    as an rsync delta against the pack kept there from the last push, or whole (plan.conda_transfer)."""
     t0 = time.monotonic()
     result = EnvResult(host=host, name=opts.name, source="conda-pack")
     prefix = conda.create_from_yml(src.path) if src.kind == "environment.yml" else src.path
@@ -140,24 +147,71 @@ def push_conda_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectO
             result.status, result.seconds = "unchanged", time.monotonic() - t0
             return result
         verb = "install" if fresh else "update"
+        about_pack, unpacked = conda.sizes(prefix)
+        cached = conda.pack_file(lock)
+        result.pack_bytes = cached.stat().st_size if cached.exists() else about_pack
+        how = choose_transfer(host, opts.name, facts, result.pack_bytes, unpacked)  # refused before packing
+        packed = None
+        if not opts.dry_run:
+            packed = conda.pack(prefix, lock)
+            result.pack_bytes = packed.stat().st_size
+            how = choose_transfer(host, opts.name, facts, result.pack_bytes, unpacked)
+        result.transfer = how.path
         if opts.dry_run:
+            ui.info(f"{host}: dry run: would {verb} ~/{plan.env_dir(opts.name)} by {how.path}: {how.reason}")
             result.status, result.seconds = f"would-{verb}", time.monotonic() - t0
             return result
-        packed = conda.pack(prefix, lock)
-        remote.run(f"cd && {shell.mkdir_private(plan.ENVS_DIR)}", what="create ~/.migrate/envs")
+        assert packed is not None  # packed above unless a dry run
+        remote.run(plan.conda_prepare_command(opts.name, drop_kept=not how.keep), what="create ~/.migrate/envs")
         remote.put_bytes(lock.encode(), f"{remote.home()}/{plan.lock_upload(opts.name)}")
-        ui.step(f"{host}: {verb} ~/{plan.env_dir(opts.name)} from conda-pack ({ui.human_bytes(packed.stat().st_size)})")
+        ui.step(f"{host}: {verb} ~/{plan.env_dir(opts.name)} from conda-pack ({ui.human_bytes(result.pack_bytes)})")
+        ui.info(f"{host}: {how.reason}")
+        if how.path == "rsync":
+            rsh = rsh_join(remote.openssh_argv()[:-1])
+            argv = plan.pack_rsync_argv(str(packed), remote_spec(remote, plan.pack_path(opts.name)), rsh)
+            try:
+                sent = run_rsync(argv, total_bytes=result.pack_bytes, what="rsync of the conda pack").stats
+            except TransferError as exc:
+                raise MigrateError(exc.message, hint="rerun: the environment and the pack kept on the host stay as "
+                                   "they were until the new pack arrived whole") from None
+            result.bytes_sent = sent.sent_bytes
+            ui.info(f"{host}: sent {ui.human_bytes(sent.sent_bytes)} of the {ui.human_bytes(result.pack_bytes)} pack")
+            res = remote.run(plan.conda_extract_command(opts.name), check=False, what="unpack the conda environment",
+                             timeout=3600)
+            if not res.ok:
+                raise MigrateError(f"unpacking {opts.name} on {host} failed: "
+                                   f"{(res.stderr.strip() or res.stdout.strip() or '?').splitlines()[-1]}",
+                                   hint="rerun: the environment is swapped in only when it unpacked whole")
+        else:
+            sha = conda.sha256(packed) if how.keep else None
 
-        def write(stdin) -> None:
-            with open(packed, "rb") as fh:
-                shutil.copyfileobj(fh, stdin, 1 << 20)
+            def write(stdin) -> None:
+                with open(packed, "rb") as fh:
+                    shutil.copyfileobj(fh, stdin, 1 << 20)
 
-        _stream(remote, plan.conda_install_command(opts.name), write, "sending the conda environment",
-                "rerun: the environment is swapped in only when it arrived whole")
-        result.bytes_sent = packed.stat().st_size
+            _stream(remote, plan.conda_install_command(opts.name, keep_sha256=sha), write,
+                    "sending the conda environment", "rerun: the environment is swapped in only when it arrived whole")
+            result.bytes_sent = result.pack_bytes
         result.status = "installed" if fresh else "updated"
     result.seconds = time.monotonic() - t0
     return result
+
+
+def choose_transfer(host: str, name: str, facts: plan.HostFacts, pack_bytes: int,
+                    unpacked_bytes: int) -> plan.CondaTransfer:
+    """The path of this conda push (plan.conda_transfer), or the one-line refusal when it does not fit."""
+    how = plan.conda_transfer(local_rsync=shutil.which("rsync") is not None, host_rsync=facts.rsync,
+                              kept_bytes=facts.pack_bytes, pack_bytes=pack_bytes, unpacked_bytes=unpacked_bytes,
+                              free_bytes=facts.free_bytes, stale_bytes=facts.stale_bytes)
+    if not how.path:
+        h = ui.human_bytes
+        free = (facts.free_bytes or 0) + facts.stale_bytes + max(facts.pack_bytes, 0)
+        raise MigrateError(f"not enough space on {host} for the conda environment: need {h(how.need_bytes)} "
+                           f"(~/{plan.env_dir(name)}.new unpacked beside the old one, and a margin), {h(free)} free; "
+                           "nothing was changed",
+                           hint="free space there (the old environment can go first: migrate push-env "
+                                f"{host} --name {name} --delete, then push again)")
+    return how
 
 
 def push_host(host: str, src: Source, opts: PushEnvOptions, conn: ConnectOptions, locks: _Locks) -> EnvResult:
@@ -235,7 +289,7 @@ def push_env(hosts: list[str], src: Source, opts: PushEnvOptions, conn: ConnectO
 
 
 def delete_env(hosts: list[str], name: str, conn: ConnectOptions, *, dry_run: bool) -> list[EnvResult]:
-    """Remove ~/.migrate/envs/NAME (the wheel cache stays: a later push reuses it)."""
+    """Remove ~/.migrate/envs/NAME and a conda env's kept pack (the wheel cache stays: a later push reuses it)."""
 
     def one(host: str) -> EnvResult:
         with connect(host, conn) as remote:

@@ -103,26 +103,40 @@ def test_doctor_tells_a_plain_user_what_works(carol):
 
 
 def test_a_conda_environment_is_packed_unpacked_relocated_and_runs_jobs(carol, tmp_path):
-    """A conda-layout environment (tests/env_helpers.py: no conda package can be reached here)."""
+    """A conda-layout environment (tests/env_helpers.py: no conda package can be reached here) with a
+    4 MiB incompressible package that stays the same: the changed env's second push is an rsync delta
+    against the pack kept on the host from the first."""
     pytest.importorskip("conda_pack")
     from tests.env_helpers import make_conda_env
 
     host, remote = carol
     name = "c" + uuid.uuid4().hex[:6]
-    env = make_conda_env(tmp_path / "cenv")
+    big = 4 << 20
+    env = make_conda_env(tmp_path / "cenv", big_bytes=big)
     first = push(host, str(env), "--name", name)[0]
-    assert (first["status"], first["source"]) == ("installed", "conda-pack") and first["bytes_sent"] > 0
+    assert (first["status"], first["source"], first["transfer"]) == ("installed", "conda-pack", "stream")
+    assert first["bytes_sent"] == first["pack_bytes"] > big
     dest = f"/home/carol/.migrate/envs/{name}"
     assert remote.run(f"grep PREFIX {dest}/lib/python3.11/site-packages/tinypkg/__init__.py").stdout.strip() == \
         f'PREFIX = "{dest}"'
+    kept = f"~/.migrate/envs/.packs/{name}.tar"
+    assert remote.run(f"stat -c '%a %s' ~/.migrate/envs/.packs {kept}").stdout.split("\n")[1] == \
+        f"600 {first['pack_bytes']}"
     again = push(host, str(env), "--name", name)[0]
     assert (again["status"], again["bytes_sent"]) == ("unchanged", 0)
-    make_conda_env(env, tinypkg_version="1.1")
-    assert push(host, str(env), "--name", name)[0]["status"] == "updated"
+    make_conda_env(env, tinypkg_version="1.1", big_bytes=big)
+    changed = push(host, str(env), "--name", name)[0]
+    assert (changed["status"], changed["transfer"]) == ("updated", "rsync")
+    assert 0 < changed["bytes_sent"] < changed["pack_bytes"] // 4, changed  # the delta, not the 4 MiB again
+    assert remote.run(f"stat -c %a ~/.migrate/envs/.packs {kept}; ls -A ~/.migrate/envs/.packs").stdout.split() == \
+        ["700", "600", f"{name}.tar"]
     res = run_cli("run", host, "--gpu-backend", "fake:/home/carol/.migrate/fake-gpus.json", "--gpus-per-job", "0",
                   "--env", name, "-f", "--", "echo $CONDA_PREFIX; tinypkg", timeout=120)
     assert res.code == 0, res.output
     assert f"{dest}\ntinypkg 1.1 {dest}" in res.stdout
+    assert push(host, "--name", name, "--delete", "--yes")[0]["status"] == "deleted"
+    assert remote.run("ls -A ~/.migrate/envs ~/.migrate/envs/.packs").stdout.split() == \
+        ["/home/carol/.migrate/envs:", ".packs", "/home/carol/.migrate/envs/.packs:"]
 
 
 def test_a_uv_locked_project_and_the_active_venv(carol, tmp_path):
