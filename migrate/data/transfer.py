@@ -13,6 +13,7 @@ import io
 import os
 import re
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -306,7 +307,10 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     threads[1].join()
     if ssh_code != 0 or broken:
         err = (ssh_out[0] if ssh_out else b"").decode("utf-8", "replace").strip().splitlines()
-        last = err[-1] if err else f"exit code {ssh_code}"
+        # tar's last line is only its summary ("Exiting with failure status due to previous errors"):
+        # the first other line says what went wrong
+        causes = [ln for ln in err if ln.strip() and "Exiting with failure status" not in ln]
+        last = causes[0] if causes else err[-1] if err else f"exit code {ssh_code}"
         if "No space left" in " ".join(err):
             raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}",
                                 hint="free space on the receiving side, then rerun the same command: files that "
@@ -372,17 +376,49 @@ def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str
     shards = shard_entries(entries, streams) if streams > 1 else [[e for e in entries if e.kind != "d"]]
     if not shards:
         shards = [[]]
-    shards[0] = dirs + shards[0]
     if len(shards) == 1:
-        return run_tar_stream(src_dir, shards[0], ssh_argv, remote_command, on_progress=on_progress,
+        return run_tar_stream(src_dir, dirs + shards[0], ssh_argv, remote_command, on_progress=on_progress,
                               bwlimit_kib=bwlimit_kib)
     total = sum(e.size for e in entries if e.kind == "f") + 512 * len(entries)
     t0 = time.monotonic()
+    # Every directory exists before the parallel streams start: GNU tar that meets a file whose directory
+    # another tar is creating at that moment fails ("Cannot open: No such file or directory", 5 in 200
+    # runs of two concurrent extractions here). They are made owner-writable first, so a read-only
+    # directory still takes its files; their own modes and times come last, in a stream of their own.
+    if dirs:
+        send_bytes(_writable_dirs_archive(dirs), ssh_argv, remote_command, what="directories first")
     per_stream_bw = bwlimit_kib // len(shards) if bwlimit_kib else None
     outcomes = _run_streams(shards, total, on_progress, lambda i, shard, prog: run_tar_stream(
         src_dir, shard, ssh_argv, remote_command, on_progress=prog, bwlimit_kib=per_stream_bw))
+    if dirs:
+        outcomes.append(run_tar_stream(src_dir, dirs, ssh_argv, remote_command))
     stats = _sum_stats(outcomes, len(entries), total)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+def _writable_dirs_archive(dirs: list[ListedEntry]) -> bytes:
+    """A tar of just these directories, each 0700 and ours (their real modes and times follow later)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, errors="surrogateescape") as tar:
+        for e in dirs:
+            info = tarfile.TarInfo("./" + e.path)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o700, int(time.time())
+            info.uid, info.gid = os.getuid(), os.getgid()
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def send_bytes(data: bytes, ssh_argv: list[str], remote_command: str, *, what: str) -> None:
+    """Feed `data` to `remote_command` over ssh; a TransferError with the receiver's first complaint."""
+    roundtrips.note("exec", "", what)
+    res = subprocess.run([*ssh_argv, remote_command], input=data, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, check=False)
+    if res.returncode != 0:
+        err = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        causes = [ln for ln in err if ln.strip() and "Exiting with failure status" not in ln]
+        raise TransferError(f"tar stream over ssh failed ({what}): "
+                            f"{causes[0] if causes else f'exit code {res.returncode}'}",
+                            hint="rerun the same command: existing files are compared and only the rest is sent")
 
 
 @functools.lru_cache(maxsize=1)
