@@ -307,10 +307,7 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     threads[1].join()
     if ssh_code != 0 or broken:
         err = (ssh_out[0] if ssh_out else b"").decode("utf-8", "replace").strip().splitlines()
-        # tar's last line is only its summary ("Exiting with failure status due to previous errors"):
-        # the first other line says what went wrong
-        causes = [ln for ln in err if ln.strip() and "Exiting with failure status" not in ln]
-        last = causes[0] if causes else err[-1] if err else f"exit code {ssh_code}"
+        last = _tar_complaint(err, ssh_code)
         if "No space left" in " ".join(err):
             raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}",
                                 hint="free space on the receiving side, then rerun the same command: files that "
@@ -396,6 +393,13 @@ def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
 
 
+def _tar_complaint(stderr_lines: list[str], code: int) -> str:
+    """What the receiving tar said went wrong: its last line is only a summary ("Exiting with failure
+    status due to previous errors"), so the first other line."""
+    causes = [ln for ln in stderr_lines if ln.strip() and "Exiting with failure status" not in ln]
+    return causes[0] if causes else stderr_lines[-1] if stderr_lines else f"exit code {code}"
+
+
 def _writable_dirs_archive(dirs: list[ListedEntry]) -> bytes:
     """A tar of just these directories, each 0700 and ours (their real modes and times follow later)."""
     buf = io.BytesIO()
@@ -415,9 +419,7 @@ def send_bytes(data: bytes, ssh_argv: list[str], remote_command: str, *, what: s
                          stderr=subprocess.PIPE, check=False)
     if res.returncode != 0:
         err = res.stderr.decode("utf-8", "replace").strip().splitlines()
-        causes = [ln for ln in err if ln.strip() and "Exiting with failure status" not in ln]
-        raise TransferError(f"tar stream over ssh failed ({what}): "
-                            f"{causes[0] if causes else f'exit code {res.returncode}'}",
+        raise TransferError(f"tar stream over ssh failed ({what}): {_tar_complaint(err, res.returncode)}",
                             hint="rerun the same command: existing files are compared and only the rest is sent")
 
 
