@@ -348,6 +348,8 @@ class RecordingTransfers:
     dry_run_stats: object = None
     outcome: object = None
     local_version: tuple[int, int, int] = (3, 2, 7)
+    round_trip: float = 0.0005    # what `link_round_trip` measures (seconds): a LAN by default
+    round_trip_checks: int = 0
 
     def _stats(self, argv: list[str]):
         from migrate.data.rsync import Stats
@@ -383,9 +385,13 @@ class RecordingTransfers:
         return self._outcome()
 
     def run_tar_streams(self, src_dir: str, entries, ssh_argv: list[str], remote_command: str, streams: int,
-                        **_: object) -> object:
-        self.host.record_stream(ssh_argv, remote_command)
+                        files_command: str | None = None, **_: object) -> object:
+        self.host.record_stream(ssh_argv, files_command or remote_command)
         return self._outcome()
+
+    def link_round_trip(self, ssh_argv: list[str]) -> float:
+        self.round_trip_checks += 1
+        return self.round_trip
 
     def stream_file(self, path: str, ssh_argv: list[str], remote_command: str, **_: object) -> object:
         self.host.record_stream(ssh_argv, remote_command)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 from dataclasses import dataclass
+from typing import IO, cast
 
 from migrate import local
 from migrate.data.rsync import IGNORE_FILE, PARTIAL_DIR, ListedEntry, parse_list_only
@@ -22,15 +25,67 @@ class SourceSummary:
         return self.bytes / self.files if self.files else 0.0
 
 
-def list_source(source_dir: str, excludes: list[str], exclude_from: list[str]) -> SourceSummary:
-    """Everything rsync would send from SOURCE_DIR, with the same filters (one local rsync call)."""
+def _list_argv(source_dir: str, excludes: list[str], exclude_from: list[str]) -> list[str]:
     argv = ["rsync", "-a", "--list-only", f"--exclude={PARTIAL_DIR}/", f"--filter=:- {IGNORE_FILE}"]
     argv += [f"--exclude={p}" for p in excludes] + [f"--exclude-from={p}" for p in exclude_from]
-    argv += ["--", source_dir.rstrip("/") + "/"]
-    proc = local.run(argv, what="list source files", env={**os.environ, "LC_ALL": "C"})
-    entries = parse_list_only(proc.stdout)
+    return [*argv, "--", source_dir.rstrip("/") + "/"]
+
+
+def _summary(listing: str) -> SourceSummary:
+    entries = parse_list_only(listing)
     files = [e for e in entries if e.kind == "f"]
     return SourceSummary(files=len(files), bytes=sum(e.size for e in files), entries=entries)
+
+
+def list_source(source_dir: str, excludes: list[str], exclude_from: list[str]) -> SourceSummary:
+    """Everything rsync would send from SOURCE_DIR, with the same filters (one local rsync call)."""
+    proc = local.run(_list_argv(source_dir, excludes, exclude_from), what="list source files", env=_C_LOCALE)
+    return _summary(proc.stdout)
+
+
+class EarlyListing:
+    """`list_source` started before it is known to be needed, so that it runs while the connections are
+    set up (100k files: about a second here). `result()` waits for it; when every host has said it does
+    not need it (`not_needed()`, once per host), it is stopped."""
+
+    def __init__(self, source_dir: str, excludes: list[str], exclude_from: list[str], *, users: int = 1) -> None:
+        self.args = (source_dir, excludes, exclude_from)
+        self.users = users
+        self.wanted = False
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(_list_argv(*self.args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=_C_LOCALE)
+        self.summary: SourceSummary | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        out = cast(IO[str], self.proc.stdout).read()
+        if self.proc.wait() == 0:
+            self.summary = _summary(out)
+
+    def result(self) -> SourceSummary:
+        """The listing; when the early run failed (or was stopped), a fresh `list_source` (whose error
+        is the one to show)."""
+        with self.lock:
+            self.wanted = True
+        self.thread.join()
+        return self.summary or list_source(*self.args)
+
+    def not_needed(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users <= 0 and not self.wanted:
+                self.close()
+
+    def close(self) -> None:
+        """Stop it if it still runs (the push is over)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.thread.join()
+
+
+_C_LOCALE = {**os.environ, "LC_ALL": "C"}
 
 
 def quick_size(path: str) -> tuple[int, int]:

@@ -22,6 +22,9 @@ METHODS = ("auto", "rsync", "parallel", "tar")
 TAR_MIN_FILES = 1000
 TAR_MAX_AVG_BYTES = 1 << 20
 PARALLEL_MIN_BYTES = 256 << 20  # first copies at least this big, of 2+ files, go as parallel rsync streams
+# A round trip this long or longer makes a link "far": there the link, not this machine's CPU, bounds a
+# first copy, so bytes count (measured on `sandbox up --link 100mbit/40ms`: docs/performance.md)
+FAR_ROUND_TRIP_S = 0.03
 SPACE_MARGIN_BYTES = 1 << 20
 
 
@@ -68,13 +71,25 @@ class DataPushResult:
 
 
 # -- pure decisions ------------------------------------------------------------------------------
+def is_far(round_trip: float | None) -> bool:
+    """Whether a measured round trip (seconds; None: not measured) makes the link far."""
+    return round_trip is not None and round_trip >= FAR_ROUND_TRIP_S
+
+
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
                   delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
-                  tar_streams: int = 1) -> tuple[str, str]:
+                  tar_streams: int = 1, round_trip: float | None = None, tar_zstd: bool = False) -> tuple[str, str]:
     """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
     first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync.
-    `tar_streams`: how many tar streams would run (the reason says so)."""
+    `tar_streams`: how many tar streams would run (the reason says so). `round_trip`: the link's, when
+    measured; on a far link bytes count more than CPU: small files go as tar streams through zstd
+    (`tar_zstd`: zstd on both sides) or else by rsync (tar's 512-byte headers are 12 % more bytes at
+    4 KiB), and big files by one rsync."""
     how = "one tar stream" if tar_streams <= 1 else f"{tar_streams} tar streams in parallel"
+    far = is_far(round_trip)
+    link = f"a far link ({(round_trip or 0) * 1000:.0f} ms round trip)"
+    if far and tar_zstd:
+        how += " through zstd"
     if not remote_rsync:
         if delete:
             raise MigrateError("--delete needs rsync on the remote side",
@@ -86,21 +101,31 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
         return requested, f"--method {requested}"
     if is_dir and dest_empty and not delete and not checksum and files >= TAR_MIN_FILES \
             and avg_size <= TAR_MAX_AVG_BYTES:
+        if far and not tar_zstd:
+            return "rsync", (f"first copy of {files} small files over {link} without zstd on both sides: rsync "
+                             "(fewer bytes than tar's 512-byte headers)")
+        if far:
+            return "tar", f"first copy of {files} small files over {link}: {how}"
         return "tar", f"first copy of {files} small files: {how} (no per-file round trips)"
     if is_dir and dest_empty and not delete and not checksum and not bwlimit and files >= 2 \
             and files * avg_size >= PARALLEL_MIN_BYTES:
         total = ui.human_bytes(int(files * avg_size))
+        if far:
+            return "rsync", f"first copy of {files} files, {total} over {link}: one rsync (the link is the limit)"
         return "parallel", f"first copy of {files} files, {total}: parallel rsync streams"
     return "rsync", "rsync (resumable, only differences)"
 
 
 def destination_dirs(plans: list[tuple[Mapping, str]], *, mkpath: bool) -> list[str]:
     """Remote directories to create (`mkdir -p`, once) before anything is sent: every missing parent
-    when rsync has no --mkpath, and always the destination of parallel and tar streams: several
-    streams creating it at once race (`mkdir "DEST/" failed: File exists`)."""
+    when rsync has no --mkpath, and always the destination of parallel rsync streams: several rsyncs
+    creating it at once race (`mkdir "DEST/" failed: File exists`). Tar streams make their own
+    (`mkdir -p DEST && tar ...`: the directories go first, in one stream, before the parallel ones)."""
     dirs = set()
     for m, method in plans:
-        if m.source_is_dir and (not mkpath or method in ("parallel", "tar")):
+        if method == "tar" and m.source_is_dir:
+            continue
+        if m.source_is_dir and (not mkpath or method == "parallel"):
             dirs.add(m.dest_arg)
         elif not mkpath:
             dirs.add(os.path.dirname(m.landing.rstrip("/")) or ".")

@@ -23,6 +23,7 @@ from migrate.data import filelist
 from migrate.data.fanout import DataRelay, relayed_one
 from migrate.data.mapping import Mapping, normalize_local_path, normalize_remote_path, resolve_mapping
 from migrate.data.plan import (
+    FAR_ROUND_TRIP_S,
     METHODS,
     SPACE_MARGIN_BYTES,
     DataPushResult,
@@ -33,6 +34,7 @@ from migrate.data.plan import (
     bwlimit_kib,
     choose_method,
     destination_dirs,
+    is_far,
     normalize_bwlimit,
     resume_in_place,
     rsync_supports_zstd,
@@ -42,13 +44,14 @@ from migrate.data.plan import (
 from migrate.data.remote import (
     DestFacts,
     dest_probe_command,
+    make_dirs_words,
     parse_dest_probe,
     parse_partial_probe,
     partial_probe_command,
     tar_extract_command,
 )
 from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
-from migrate.data.transfer import LocalTransfers, RunOutcome, require_local_tools
+from migrate.data.transfer import LocalTransfers, RunOutcome, local_has_zstd, require_local_tools
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
 from migrate.remote.host import Host
@@ -112,11 +115,13 @@ class HostPush:
     """One host's push: preflight and plan, then transfer, reporting through `progress`."""
 
     def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
-                 options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None) -> None:
+                 options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None,
+                 listings: dict[str, filelist.EarlyListing] | None = None) -> None:
         self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
         self.transfers = reach.transfers
         self.progress = progress
         self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
+        self.listings = listings or {}  # source path -> its listing, started early (push_data)
 
     def run(self) -> list[DataPushResult]:
         # size the sources while the connection is being set up
@@ -125,8 +130,7 @@ class HostPush:
         results: list[DataPushResult] = []
         try:
             with self.reach.session(self.host) as remote:
-                self.sizes = future.result()
-                results = self._run(remote)
+                results = self._run(remote, future.result)
                 return results
         finally:
             sizer.shutdown(wait=True)
@@ -136,10 +140,11 @@ class HostPush:
     def _probe(self, remote: Host) -> DestFacts:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
 
-    def _run(self, remote: Host) -> list[DataPushResult]:
+    def _run(self, remote: Host, sizes: Callable[[], dict[str, tuple[int, int]]]) -> list[DataPushResult]:
         o = self.o
         plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
-        facts = self._probe(remote)
+        facts = self._probe(remote)  # connects: the sizes are counted meanwhile
+        self.sizes = sizes()
         mappings = resolve_mapping([(s.typed, s.is_dir, s.real_name) for s in self.sources], self.dest,
                                    into=o.into, dest_is_dir=facts.kind == "dir")
         for m in mappings:
@@ -183,21 +188,35 @@ class HostPush:
         plans = []
         need = 0
         self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
+        tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
+        self.round_trip: float | None = None
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
-            method, reason = choose_method(o.method, remote_rsync=facts.has_rsync,
-                                           dest_empty=facts.kind == "none" or facts.empty, files=files,
-                                           avg_size=size / files if files else 0, delete=o.delete,
-                                           checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
-                                           tar_streams=self.tar_streams if src.is_dir else 1)
+            choose = functools.partial(choose_method, o.method, remote_rsync=facts.has_rsync,
+                                       dest_empty=facts.kind == "none" or facts.empty, files=files,
+                                       avg_size=size / files if files else 0, delete=o.delete,
+                                       checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
+                                       tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd)
+            method, reason = choose()
+            if method in ("tar", "parallel") and o.method == "auto":
+                # a first copy that CPU would bound near by: how far is the host? (measured once per host)
+                if self.round_trip is None:
+                    self.round_trip = self._link_round_trip(remote)
+                method, reason = choose(round_trip=self.round_trip)
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
+            early = self.listings.get(src.path)
             if method in ("tar", "parallel") and src.is_dir:
-                summary = filelist.list_source(src.path, o.exclude, o.exclude_from)  # same filters as rsync
+                # the same filters as rsync
+                summary = early.result() if early else filelist.list_source(src.path, o.exclude, o.exclude_from)
                 files, size = summary.files, summary.bytes
+            elif early:
+                early.not_needed()
             plans.append((src, m, summary, files, size, method, reason))
             need += size
+        # tar streams go through zstd where it pays: --compress zstd, or auto on a far link
+        self.compress_tar = bool(tar_zstd) and (o.compress == "zstd" or is_far(self.round_trip))
         self._check_space(remote, facts, need, rsh, base_opts, plans)
         parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
         mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
@@ -219,6 +238,15 @@ class HostPush:
         for src, m, summary, files, size, method, reason in plans:
             results.append(one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
+
+    def _link_round_trip(self, remote: Host) -> float:
+        """The link's round trip; a far-looking first sample is checked once more (a busy machine here
+        can slow one sample down, never speed one up), keeping the smaller."""
+        rt = self.transfers.link_round_trip(remote.openssh_argv())
+        if is_far(rt) and rt < 2 * FAR_ROUND_TRIP_S:
+            rt = min(rt, self.transfers.link_round_trip(remote.openssh_argv()))
+        ui.debug(f"{remote.target.alias}: round trip {rt * 1000:.1f} ms")
+        return rt
 
     def _as_root(self, remote: Host, facts: DestFacts, command: str, what: str,
                  timeout: float | None = None) -> None:
@@ -343,11 +371,14 @@ class HostPush:
             or method == "tar" else "up to date"
         return result
 
-    def _stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
-        """What a tar stream (a directory) or a cat stream (one file, when the host has no rsync) runs there."""
+    def _stream_command(self, facts: DestFacts, src: _Source, m: Mapping, *, compressed: bool = False,
+                        make_dirs: list[str] | None = None) -> str:
+        """What a tar stream (a directory; `compressed`: through zstd; `make_dirs`: `mkdir -p` them first)
+        or a cat stream (one file, when the host has no rsync) runs there."""
         sudo_prefix = shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
         if src.is_dir:
-            return tar_extract_command(m.landing, decompress=None, sudo_prefix=sudo_prefix)
+            return tar_extract_command(m.landing, decompress="zstd" if compressed else None, sudo_prefix=sudo_prefix,
+                                       make_dirs=make_dirs)
         parent = os.path.dirname(m.landing.rstrip("/")) or "."
         tmp = f"{parent}/.migrate-partial-{os.path.basename(m.landing)}"
         mode = oct(os.stat(src.path).st_mode & 0o7777)[2:]
@@ -360,8 +391,8 @@ class HostPush:
     def _planned(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
                  files: int, size: int, method: str, reason: str) -> PlannedTransfer:
         if method == "tar":
-            return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._stream_command(facts, src, m),
-                                   files, size)
+            command = self._stream_command(facts, src, m, compressed=self.compress_tar and src.is_dir)
+            return PlannedTransfer(m, method, reason, remote.openssh_argv(), command, files, size)
         argv = rsync_argv([self._source_arg(src)], remote_spec(remote, m.dest_arg), rsh, opts, stats=True)
         if method == "parallel":
             reason += f" ({max(1, self.o.streams)} streams, each with --files-from one shard)"
@@ -379,8 +410,12 @@ class HostPush:
             return self.transfers.stream_file(src.path, ssh, cmd, on_progress=cb)
         if summary is None:
             summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
+        make = make_dirs_words(m.landing, [e.path for e in summary.entries if e.kind == "d"])
+        files_cmd = self._stream_command(facts, src, m, compressed=self.compress_tar, make_dirs=make)
         return self.transfers.run_tar_streams(src.path, summary.entries, ssh, cmd, self.tar_streams,
-                                              on_progress=cb, bwlimit_kib=bwlimit_kib(self.o.bwlimit))
+                                              on_progress=cb, bwlimit_kib=bwlimit_kib(self.o.bwlimit),
+                                              files_command=files_cmd, compress=self.compress_tar,
+                                              files_make_dirs=make is not None)
 
     def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
         listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]
@@ -438,15 +473,23 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     dest = normalize_remote_path(dest)
     for h in hosts:
         HostSpec.parse(h)
+    listings: dict[str, filelist.EarlyListing] = {}
     try:
         if relay is not None:
             relay.plan()
             if not options.dry_run:
                 relay.start()
+        # a directory that may go as tar or parallel streams is listed while the connections are set up
+        listings.update({s.path: filelist.EarlyListing(s.path, options.exclude, options.exclude_from, users=len(hosts))
+                    for s in srcs if s.is_dir and options.method in ("auto", "tar", "parallel")
+                    and not options.delete and not options.checksum})
         with ui.transfer_progress() as progress:
             board = ProgressBoard(progress if not options.dry_run else None)
-            outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay).run())
+            outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay,
+                                                               listings).run())
     finally:
+        for listing in listings.values():
+            listing.close()
         if relay is not None:
             relay.close()
     results: list[DataPushResult] = []

@@ -75,12 +75,27 @@ def parse_dest_probe(text: str) -> DestFacts:
     return f
 
 
-def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: str = "") -> str:
-    """Remote side of the tar stream: create DEST, then unpack stdin into it (modes, symlinks)."""
+# `sh -c COMMAND` gets the command as one argument, and Linux caps one argument at 128 KiB
+MAKE_DIRS_MAX_BYTES = 64 << 10
+
+
+def make_dirs_words(dest_dir: str, dirs: list[str]) -> list[str] | None:
+    """DEST/DIR for each of `dirs` (relative), for `mkdir -p` in a tar stream's own command; None when
+    they would make the command too long (then they travel in a stream of their own)."""
+    base = dest_dir.rstrip("/") or "/"
+    words = [f"{base}/{d}" for d in dirs if d not in ("", ".")]
+    return words if sum(len(shell.quote(w)) + 1 for w in words) <= MAKE_DIRS_MAX_BYTES else None
+
+
+def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: str = "",
+                        make_dirs: list[str] | None = None) -> str:
+    """Remote side of the tar stream: create DEST (and `make_dirs`, from `make_dirs_words`), then unpack
+    stdin into it (modes, symlinks); `decompress="zstd"`: stdin is a zstd stream."""
     unpack = f"{sudo_prefix}tar -C {shell.quote(dest_dir)} -xpf -"
     if decompress == "zstd":
         unpack = f"zstd -dc | {unpack}"
-    return f"{sudo_prefix}mkdir -p {shell.quote(dest_dir)} && {unpack}"
+    made = " ".join(shell.quote(d) for d in [dest_dir, *(make_dirs or [])])
+    return f"{sudo_prefix}mkdir -p {made} && {unpack}"
 
 
 # Arguments: `tree:PATH` (every partial dir under PATH) or `dir:PATH` (PATH/.migrate-partial only).

@@ -12,6 +12,7 @@ import functools
 import io
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import IO, cast
 
 from migrate import local, ui
 from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
@@ -240,14 +241,58 @@ def run_parallel_rsync(src_dir: str, dest: str, rsh: str, opts: RsyncOptions, en
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
 
 
+class _ZstdSink:
+    """`zstd -1` between the tar stream and ssh (a far link, where bytes cost more than CPU): the archive
+    is written in here, and a thread moves the compressed bytes on to ssh, counting them (wire bytes)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.proc = subprocess.Popen(["zstd", "-1", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.out = out
+        self.wire = 0
+        self.broken = False
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        src = cast(io.BufferedReader, self.proc.stdout)
+        try:
+            while chunk := src.read1(1 << 20):
+                self.out.write(chunk)
+                self.wire += len(chunk)
+            self.out.close()
+        except (BrokenPipeError, OSError):
+            self.broken = True
+            src.close()  # zstd fails on its next write, so the writer side sees a broken pipe too
+
+    def write(self, chunk: bytes) -> None:
+        cast(IO[bytes], self.proc.stdin).write(chunk)
+
+    def close(self) -> None:
+        """Finish the stream: flush zstd, wait for the compressed tail to reach ssh (BrokenPipeError if not)."""
+        try:
+            cast(IO[bytes], self.proc.stdin).close()
+        finally:
+            self.thread.join()
+            code = self.proc.wait()
+        if self.broken or code != 0:
+            raise BrokenPipeError("zstd stream")
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
 def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str], remote_command: str, *,
-                   on_progress: ProgressCallback | None = None, bwlimit_kib: int | None = None) -> RunOutcome:
-    """`tar -cf - FILES | ssh host 'mkdir -p DEST && tar -xpf -'`, pumped through Python for progress."""
+                   on_progress: ProgressCallback | None = None, bwlimit_kib: int | None = None,
+                   compress: bool = False) -> RunOutcome:
+    """`tar -cf - FILES | ssh host 'mkdir -p DEST && tar -xpf -'`, pumped through Python for progress;
+    `compress`: `| zstd -1 |` between them (`remote_command` must then decompress)."""
     local.require("tar")
     names = list(entries)
     total = sum(e.size for e in names if e.kind == "f") + 512 * len(names)
     tar_argv = ["tar", "-C", src_dir, "--null", "--no-recursion", "-T", "-", "-cf", "-"]
-    ui.debug("$ " + " ".join(tar_argv) + " | " + " ".join(ssh_argv) + " " + remote_command)
+    ui.debug("$ " + " ".join(tar_argv) + (" | zstd -1 -q -c" if compress else "") + " | " + " ".join(ssh_argv)
+             + " " + remote_command)
     t0 = time.monotonic()
     roundtrips.note("exec", "", "tar stream")
     tar = subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -256,6 +301,8 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None  # all PIPE
     assert ssh.stdin is not None and ssh.stderr is not None
     tar_in, tar_stderr, ssh_stderr = tar.stdin, tar.stderr, ssh.stderr  # locals: narrowed in the closures too
+    zstd = _ZstdSink(ssh.stdin) if compress else None
+    sink: IO[bytes] | _ZstdSink = zstd or ssh.stdin
     tar_err: list[bytes] = []
     ssh_out: list[bytes] = []
 
@@ -279,7 +326,7 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
             if not chunk:
                 break
             try:
-                ssh.stdin.write(chunk)
+                sink.write(chunk)
             except (BrokenPipeError, OSError):
                 broken = True
                 break
@@ -292,15 +339,24 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
                 if lag > 0:
                     time.sleep(lag)
         try:
-            ssh.stdin.close()
+            sink.close()
         except (BrokenPipeError, OSError):
             broken = True
     except KeyboardInterrupt:
         tar.kill()
+        if zstd:
+            zstd.kill()
         ssh.kill()
         raise
     if broken:
         tar.kill()
+        if zstd:  # zstd itself may have failed: end its stream so the remote side stops waiting
+            zstd.kill()
+            zstd.thread.join(timeout=10)
+            try:
+                ssh.stdin.close()
+            except OSError:
+                pass
     ssh_code = ssh.wait()
     threads[2].join()
     tar_code = tar.wait()
@@ -319,7 +375,7 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
         raise TransferError(f"local tar failed: {msg[-1] if msg else tar_code}")
     files = sum(1 for e in names if e.kind == "f")
     stats = Stats(files=len(names), regular_files_transferred=files, total_size=total, transferred_size=total,
-                  sent_bytes=sent)
+                  sent_bytes=zstd.wire if zstd else sent)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
 
 
@@ -365,28 +421,33 @@ def require_local_tools() -> None:
 
 
 def run_tar_streams(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str], remote_command: str,
-                    streams: int, *, on_progress: ProgressCallback | None = None,
-                    bwlimit_kib: int | None = None) -> RunOutcome:
+                    streams: int, *, on_progress: ProgressCallback | None = None, bwlimit_kib: int | None = None,
+                    files_command: str | None = None, compress: bool = False,
+                    files_make_dirs: bool = False) -> RunOutcome:
     """Several tar streams in parallel over balanced shards (unpacking many small files is CPU-bound
-    on the receiving side; one stream per core keeps it busy). Directories travel in the first one."""
+    on the receiving side; one stream per core keeps it busy). `files_command`: what the streams of
+    files run instead of `remote_command` (it decompresses when `compress`: they go through zstd; it
+    makes every directory itself when `files_make_dirs`: no stream of directories goes first)."""
+    files_command = files_command or remote_command
     dirs = [e for e in entries if e.kind == "d"]
     shards = shard_entries(entries, streams) if streams > 1 else [[e for e in entries if e.kind != "d"]]
     if not shards:
         shards = [[]]
     if len(shards) == 1:
-        return run_tar_stream(src_dir, dirs + shards[0], ssh_argv, remote_command, on_progress=on_progress,
-                              bwlimit_kib=bwlimit_kib)
+        return run_tar_stream(src_dir, dirs + shards[0], ssh_argv, files_command, on_progress=on_progress,
+                              bwlimit_kib=bwlimit_kib, compress=compress)
     total = sum(e.size for e in entries if e.kind == "f") + 512 * len(entries)
     t0 = time.monotonic()
     # Every directory exists before the parallel streams start: GNU tar that meets a file whose directory
     # another tar is creating at that moment fails ("Cannot open: No such file or directory", 5 in 200
     # runs of two concurrent extractions here). They are made owner-writable first, so a read-only
     # directory still takes its files; their own modes and times come last, in a stream of their own.
-    if dirs:
+    # (Where the command line has room, each stream's `mkdir -p` makes them instead: a round trip less.)
+    if dirs and not files_make_dirs:
         send_bytes(_writable_dirs_archive(dirs), ssh_argv, remote_command, what="directories first")
     per_stream_bw = bwlimit_kib // len(shards) if bwlimit_kib else None
     outcomes = _run_streams(shards, total, on_progress, lambda i, shard, prog: run_tar_stream(
-        src_dir, shard, ssh_argv, remote_command, on_progress=prog, bwlimit_kib=per_stream_bw))
+        src_dir, shard, ssh_argv, files_command, on_progress=prog, bwlimit_kib=per_stream_bw, compress=compress))
     if dirs:
         outcomes.append(run_tar_stream(src_dir, dirs, ssh_argv, remote_command))
     stats = _sum_stats(outcomes, len(entries), total)
@@ -424,10 +485,33 @@ def send_bytes(data: bytes, ssh_argv: list[str], remote_command: str, *, what: s
 
 
 @functools.lru_cache(maxsize=1)
+def local_has_zstd() -> bool:
+    """Whether this machine has `zstd` (tar streams to a far host go through it)."""
+    return shutil.which("zstd") is not None
+
+
+@functools.lru_cache(maxsize=1)
 def local_rsync_version() -> tuple[int, int, int]:
     """This machine's rsync version (asked once)."""
     from migrate.data.rsync import parse_version
     return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
+
+
+def link_round_trip(ssh_argv: list[str]) -> float:
+    """About one network round trip to the host, in seconds: a no-op command over the shared connection
+    (a channel open and an exec: two round trips) less what starting `ssh` here costs (`ssh -O check`
+    asks only the local master). Call it after the connection's first command: sshd sets up the first
+    session of a connection lazily (60 ms and more on an idle loopback host)."""
+    check = [*ssh_argv[:-1], "-O", "check", ssh_argv[-1]]
+    t0 = time.perf_counter()
+    subprocess.run(check, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    local_cost = time.perf_counter() - t0
+    roundtrips.note("exec", "", "round-trip check")
+    t0 = time.perf_counter()
+    res = subprocess.run([*ssh_argv, "exit 0"], stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if res.returncode != 0:
+        return 0.0  # no answer to time: the transfer's own error says why
+    return max(0.0, (time.perf_counter() - t0 - local_cost) / 2)
 
 
 class LocalTransfers:
@@ -438,6 +522,7 @@ class LocalTransfers:
     run_parallel_rsync = staticmethod(run_parallel_rsync)
     run_tar_streams = staticmethod(run_tar_streams)
     stream_file = staticmethod(stream_file)
+    link_round_trip = staticmethod(link_round_trip)
 
     @staticmethod
     def rsync_version() -> tuple[int, int, int]:

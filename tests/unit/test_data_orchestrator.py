@@ -19,10 +19,10 @@ RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
 
 def dest_host(*, kind: str = "none", existing: str = "/srv", writable: bool = True, free_kib: int = 10 << 20,
               empty: bool = True, rsync: str = RSYNC_327, sudo: str = "nopasswd", cpus: int = 4,
-              partials: str = "") -> FakeHost:
+              partials: str = "", zstd: str = "/usr/bin/zstd") -> FakeHost:
     """A host whose destination probe answers these facts."""
     facts = (f"kind={kind}\nexisting={existing}\nwritable={'yes' if writable else 'no'}\nfree_kib={free_kib}\n"
-             f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd=/usr/bin/zstd\ntar=tar (GNU tar) 1.34\n"
+             f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd={zstd}\ntar=tar (GNU tar) 1.34\n"
              f"home=/home/alice\ncpus={cpus}\nsudo={sudo}\n")
     host = FakeHost().reply(r"kv kind", facts)
     if partials:
@@ -111,6 +111,56 @@ def test_method_auto_picks_a_tar_stream_for_a_first_copy_of_many_small_files(tmp
     assert r.method == "tar"
     [stream] = host.streams()
     assert stream == "mkdir -p /srv/small && tar -C /srv/small -xpf -"
+
+
+def _small_files(tmp_path, n=1000):
+    src = tmp_path / "small"
+    src.mkdir()
+    for i in range(n):
+        (src / f"f{i}").write_bytes(b"y")
+    return src
+
+
+@pytest.mark.parametrize(("round_trip", "zstd", "options", "method", "stream"), [
+    (0.0005, True, {}, "tar", "mkdir -p /srv/small && tar -C /srv/small -xpf -"),      # near: plain tar
+    (0.08, True, {}, "tar", "mkdir -p /srv/small && zstd -dc | tar -C /srv/small -xpf -"),  # far: through zstd
+    (0.08, False, {}, "rsync", None),                                                  # far, no zstd there
+    (0.08, True, {"compress": "none"}, "rsync", None),                                 # far, zstd refused
+    (0.0005, True, {"compress": "zstd"}, "tar", "mkdir -p /srv/small && zstd -dc | tar -C /srv/small -xpf -"),
+])
+def test_auto_measures_how_far_the_host_is_before_a_first_copy(tmp_path, monkeypatch, round_trip, zstd, options,
+                                                                method, stream):
+    monkeypatch.setattr(push, "local_has_zstd", lambda: True)
+    host = dest_host(cpus=1, zstd="/usr/bin/zstd" if zstd else "")
+    host.transfers.round_trip = round_trip
+    [r] = run_push(host, [str(_small_files(tmp_path))], "/srv/small", **options)
+    assert r.status != "failed", r.error
+    assert r.method == method
+    # one sample is enough when it is clearly near or clearly far
+    assert host.transfers.round_trip_checks == 1
+    if stream:
+        assert host.streams() == [stream]
+    else:
+        [rsync] = rsync_streams(host)
+        assert rsync.split()[-2:] == [str(tmp_path / "small") + "/", "gpu:/srv/small/"]
+
+
+def test_a_round_trip_just_over_the_line_is_measured_again_and_the_smaller_counts(tmp_path, monkeypatch):
+    """A busy machine here can slow one sample down, never speed one up."""
+    monkeypatch.setattr(push, "local_has_zstd", lambda: True)
+    host = dest_host(cpus=1)
+    samples = iter([0.04, 0.002])
+    monkeypatch.setattr(host.transfers, "link_round_trip", lambda argv: next(samples))
+    [r] = run_push(host, [str(_small_files(tmp_path))], "/srv/small")
+    assert r.method == "tar" and host.streams() == ["mkdir -p /srv/small && tar -C /srv/small -xpf -"]
+    assert next(samples, None) is None  # both taken
+
+
+def test_no_round_trip_is_measured_when_the_method_is_not_autos_or_nothing_depends_on_it(tmp_path, cifar):
+    host = dest_host(cpus=1)
+    run_push(host, [str(_small_files(tmp_path))], "/srv/small", method="tar")
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar")  # 3 files: rsync whatever the link
+    assert host.transfers.round_trip_checks == 0
 
 
 def test_a_host_without_rsync_gets_a_tar_stream_and_a_file_gets_a_cat_stream(cifar):
