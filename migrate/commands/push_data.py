@@ -50,10 +50,12 @@ def _transfer_options(f):
 @click.option("--hosts", "old_hosts", multiple=True, hidden=True)  # the old comma list: one more release
 @_transfer_options
 @click.option("--compress", type=click.Choice(["auto", "none", "zstd"]), default="auto", show_default=True,
-              help="auto: zstd only off the local network (rsync skips already-compressed file types).")
+              help="auto: rsync's zstd off the local network (it skips already-compressed file types), "
+                   "tar streams through zstd on a far link. zstd: always, where both sides have it.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="auto: tar streams for a first copy of many small files, --streams parallel rsync streams "
-                   "for a first copy of several big files, else rsync.")
+              help="auto: for a first copy, tar streams (many small files) or --streams parallel rsync "
+                   "streams (several big files); on a far link (round trip >= 30 ms) tar through zstd, or "
+                   "rsync without zstd, and one rsync for big files; else rsync.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Streams for --method parallel (and tar: at most one per remote core).")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")

@@ -13,8 +13,9 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -58,6 +59,9 @@ from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions, HostSpec
 from migrate.remote.parallel import for_each_host
 
+if TYPE_CHECKING:
+    from migrate.remote.openssh import SessionPool
+
 INSTALL_RSYNC = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 rsync"
 
 
@@ -67,12 +71,15 @@ class Reach:
     `root(host)` for root commands when sudo asks a password (paramiko's prompt), `transfers` for the
     local rsync/tar runners. `Reach.ssh(conn)` is the real thing; tests build one around a FakeHost."""
 
-    session: Callable[[str], Host]
+    session: Callable[[str], AbstractContextManager[Host]]
     root: Callable[[str], Host]
     transfers: Any = field(default_factory=LocalTransfers)
+    fan_out: bool = False   # several hosts: the first may feed the others (real hosts only)
 
     @classmethod
-    def ssh(cls, conn: ConnectOptions) -> Reach:
+    def ssh(cls, conn: ConnectOptions, sessions: SessionPool | None = None) -> Reach:
+        """OpenSSH sessions: new ones, closed after each host's push, or `sessions`' (apply: the run
+        stage reuses the connection)."""
         from migrate.remote.openssh import OpenSshSession
 
         def root(host: str) -> Host:
@@ -80,7 +87,8 @@ class Reach:
             from migrate.remote.connection import connect
             return connect(host, conn)
 
-        return cls(session=lambda h: OpenSshSession(h, conn), root=root)
+        session = sessions.borrow if sessions else (lambda h: OpenSshSession(h, conn))
+        return cls(session=session, root=root, fan_out=True)
 
 
 @dataclass
@@ -458,8 +466,8 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
               options: PushDataOptions, *, reach: Reach | None = None) -> list[DataPushResult]:
     """Push SOURCES to DEST on every host (in parallel); one failing host never stops the others.
     Usage errors raise; a host's failure is its result's `status="failed"` (the caller picks the exit code)."""
-    relay = DataRelay(hosts, conn, options) if reach is None and len(hosts) > 1 else None
     reach = reach or Reach.ssh(conn)
+    relay = DataRelay(hosts, conn, options) if reach.fan_out and len(hosts) > 1 else None
     if options.method not in METHODS:
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
     if options.compress not in ("auto", "none", "zstd"):

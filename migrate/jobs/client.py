@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from migrate import ui
@@ -257,16 +257,18 @@ def submit_with(client: AgentClient, jobs: list[JobSpec], options: DispatcherOpt
     return client.call(["submit", *start_args(options)], payload, what="submit jobs")
 
 
-def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: DispatcherOptions) -> list[SubmittedJob]:
-    """Queue `jobs` on HOST's dispatcher (installing/starting it as needed). Idempotent per key."""
+def submit_jobs(host: str, conn: ConnectOptions, jobs: list[JobSpec], options: DispatcherOptions, *,
+                remote: Host | None = None) -> list[SubmittedJob]:
+    """Queue `jobs` on HOST's dispatcher (installing/starting it as needed). Idempotent per key.
+    `remote`: a connection the caller holds open (apply's), else a new one."""
     if not jobs:
         return []
     check_specs(jobs)  # before connecting: a bad image is the caller's mistake, not the host's
-    with connect(host, conn) as remote:
-        client = AgentClient(remote)
+    with nullcontext(remote) if remote is not None else connect(host, conn) as r:
+        client = AgentClient(r)
         data = submit_with(client, jobs, options)
         if data.get("dispatcher"):
-            report_dispatcher(data["dispatcher"], remote.name)
+            report_dispatcher(data["dispatcher"], r.name)
     return [SubmittedJob(id=j["id"], key=j.get("key"), name=j["name"], status=j["status"]) for j in data["jobs"]]
 
 

@@ -6,7 +6,8 @@ run -> `migrate.jobs`
 (`submit_jobs`, or a compose project synced and queued as one job). Each job is identified by
 playbook + parameters, so a re-apply queues nothing new. A host that fails a stage skips its later
 stages; the other hosts go on. The result is an `ApplyReport` (one cell per host and stage) that
-`commands/apply.py` prints; nothing here exits.
+`commands/apply.py` prints; nothing here exits. The data and run stages reach each host over one
+OpenSSH session (`SessionPool`): one handshake per host for both.
 
 The stage functions import their package lazily: the CLI stays quick to start, and tests replace
 the package functions (`migrate.data.push.push_data`, ...) where they live.
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from migrate import local, ui
 from migrate.errors import MigrateError
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import Playbook
+from migrate.remote.host import Host
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import SessionPool
 
 
 @dataclass
@@ -50,10 +54,12 @@ class ApplyReport:
         return sum(o.changed for o in self.cells.values())
 
 
-StageRunner = Callable[[Playbook, list[str], ConnectOptions, bool, ApplyReport], None]
+# (playbook, hosts, connection options, dry run, report, the apply's one OpenSSH session per host)
+StageRunner = Callable[[Playbook, list[str], ConnectOptions, bool, ApplyReport, "SessionPool | None"], None]
 
 
-def _setup_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+def _setup_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport,
+                 sessions: SessionPool | None = None) -> None:
     from migrate.setup.options import HostSetupOptions
     from migrate.setup.orchestrator import setup_hosts
 
@@ -90,7 +96,8 @@ def _build_images(pb: Playbook, dry_run: bool) -> None:
                   hint="fix the Dockerfile or build the image yourself, then rerun apply")
 
 
-def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport,
+                  sessions: SessionPool | None = None) -> None:
     from migrate.image.push import PushImageOptions, push_images
 
     _build_images(pb, dry_run)
@@ -131,7 +138,8 @@ def _images_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run:
             report.cells[(h, "images")] = StageOutcome("up to date")
 
 
-def _envs_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+def _envs_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport,
+                sessions: SessionPool | None = None) -> None:
     from migrate.env import push
     from migrate.env.source import check_name, read_source
 
@@ -155,9 +163,10 @@ def _envs_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: b
             report.cells[(h, "envs")] = StageOutcome("up to date")
 
 
-def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport,
+                sessions: SessionPool | None = None) -> None:
     from migrate.data.plan import PushDataOptions
-    from migrate.data.push import push_data
+    from migrate.data.push import Reach, push_data
 
     per_host: dict[str, list] = {h: [] for h in hosts}
     for entry in pb.data:
@@ -166,7 +175,8 @@ def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: b
         live = [h for h in hosts if not any(r.status == "failed" for r in per_host[h])]
         if not live:
             break
-        for r in push_data([entry.src], live, entry.dest, conn, options):
+        reach = Reach.ssh(conn, sessions) if sessions is not None else None  # the run stage reuses it
+        for r in push_data([entry.src], live, entry.dest, conn, options, reach=reach):
             per_host.setdefault(r.host, []).append(r)
     for h, results in per_host.items():
         failed = [r for r in results if r.status == "failed"]
@@ -187,7 +197,8 @@ def _data_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: b
             report.cells[(h, "data")] = StageOutcome("up to date")
 
 
-def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport) -> None:
+def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool, report: ApplyReport,
+               sessions: SessionPool | None = None) -> None:
     from migrate.jobs.client import submit_jobs
     from migrate.jobs.spec import DispatcherOptions, JobSpec
 
@@ -196,13 +207,13 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
         _cluster_run_stage(pb, hosts, conn, dry_run, report)
         return
     if pb.run.get("compose"):
-        _compose_stage(pb, hosts, conn, dry_run, report)
+        _compose_stage(pb, hosts, conn, dry_run, report, sessions)
         return
     planned = plan_jobs(pb.name, pb.run, hosts)
     for h in hosts:
         mine = [j for j in planned if j.host == h]
         if dry_run:
-            existing, why_unknown = existing_job_keys(h, conn)
+            existing, why_unknown = existing_job_keys(h, conn, sessions.get(h) if sessions else None)
             new = [j for j in mine if j.key not in existing]
             for j in new:
                 ui.info(f"{h}: would queue {j.name}: {j.command}")
@@ -213,7 +224,7 @@ def _run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bo
                                                                         if v is not None})
                  for j in mine]
         try:
-            submitted = submit_jobs(h, conn, specs, DispatcherOptions())
+            submitted = submit_jobs(h, conn, specs, DispatcherOptions(), remote=sessions.get(h) if sessions else None)
         except MigrateError as exc:
             report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
             continue
@@ -276,7 +287,7 @@ def _cluster_run_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry
 
 
 def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run: bool,
-                   report: ApplyReport) -> None:
+                   report: ApplyReport, sessions: SessionPool | None = None) -> None:
     """A compose project: synced to and run on every host, once (keyed by the file's content)."""
     import hashlib
     from pathlib import Path
@@ -297,7 +308,7 @@ def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run
     spec.min_free_mem_mib = run.get("min_free_mem")
     for h in hosts:
         if dry_run:
-            existing, why_unknown = existing_job_keys(h, conn)
+            existing, why_unknown = existing_job_keys(h, conn, sessions.get(h) if sessions else None)
             if spec.key in existing:
                 report.cells[(h, "run")] = StageOutcome("compose job already there")
                 continue
@@ -308,7 +319,8 @@ def _compose_stage(pb: Playbook, hosts: list[str], conn: ConnectOptions, dry_run
             continue
         try:
             sync_compose_project(h, conn, plan)
-            [submitted] = submit_jobs(h, conn, [spec], DispatcherOptions())
+            [submitted] = submit_jobs(h, conn, [spec], DispatcherOptions(),
+                                      remote=sessions.get(h) if sessions else None)
         except MigrateError as exc:
             report.cells[(h, "run")] = StageOutcome(f"failed: {exc.one_line()}", failed=True)
             continue
@@ -321,11 +333,12 @@ class _AgentMissing(Exception):
     """The agent of this migrate version is not on the host (a dry run installs nothing)."""
 
 
-def existing_job_keys(host: str, conn: ConnectOptions) -> tuple[set[str], str | None]:
+def existing_job_keys(host: str, conn: ConnectOptions, remote: Host | None = None) -> tuple[set[str], str | None]:
     """The idempotency keys already queued on HOST, read without installing or starting anything.
 
     Returns (keys, None), or (set(), why) when they could not be read (no agent of this version
-    there, host unreachable...): then every job counts as one that would be queued.
+    there, host unreachable...): then every job counts as one that would be queued. `remote`: a
+    connection the caller holds open (apply's), else a new one.
     """
     from migrate.jobs.client import AgentClient
     from migrate.remote.connection import connect
@@ -335,8 +348,8 @@ def existing_job_keys(host: str, conn: ConnectOptions) -> tuple[set[str], str | 
             raise _AgentMissing
 
     try:
-        with connect(host, conn) as remote:
-            data = ReadOnlyAgent(remote).call(["status", "--all"], what="read job status", need_queue=True)
+        with nullcontext(remote) if remote is not None else connect(host, conn) as r:
+            data = ReadOnlyAgent(r).call(["status", "--all"], what="read job status", need_queue=True)
     except _AgentMissing:
         return set(), "no dispatcher agent of this version there"
     except MigrateError as exc:
@@ -364,6 +377,13 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
     """Run the playbook's stages in order on every host; a host that fails a stage skips the rest."""
     stages = [s for s in pb.stages() if not only or s in only]
     report = ApplyReport(hosts=hosts, stages=stages)
+    with SessionPool(conn) as sessions:
+        _apply_stages(pb, hosts, conn, stages, dry_run, report, sessions)
+    return report
+
+
+def _apply_stages(pb: Playbook, hosts: list[str], conn: ConnectOptions, stages: list[str], dry_run: bool,
+                  report: ApplyReport, sessions: SessionPool) -> None:
     for i, stage in enumerate(stages, 1):
         live = [h for h in hosts if h not in report.failed_hosts()]
         for h in hosts:
@@ -375,9 +395,8 @@ def apply_playbook(pb: Playbook, hosts: list[str], conn: ConnectOptions, *, only
         t0 = time.monotonic()
         try:
             with ui.data_to_stderr():
-                RUNNERS[stage](pb, live, conn, dry_run, report)
+                RUNNERS[stage](pb, live, conn, dry_run, report, sessions)
         except MigrateError as exc:  # a stage-wide failure (bad image name, local build failed...)
             for h in live:
                 report.cells.setdefault((h, stage), StageOutcome(f"failed: {exc.one_line()}", failed=True))
         ui.debug(f"{stage} took {time.monotonic() - t0:.1f}s")
-    return report

@@ -531,3 +531,37 @@ class OpenSshSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SessionPool:
+    """One `OpenSshSession` per host for a command that reaches each host in several steps (apply's data
+    and run stages): one handshake per host, not one per step. `borrow(host)` is a `with` block that
+    leaves the session open; `close()` (or the pool's own `with`) ends them all."""
+
+    def __init__(self, options: ConnectOptions) -> None:
+        self.options = options
+        self.sessions: dict[str, OpenSshSession] = {}
+        self.lock = threading.Lock()
+
+    def get(self, host: str) -> OpenSshSession:
+        """The host's session (made on first use; it connects on its first command)."""
+        with self.lock:
+            if host not in self.sessions:
+                self.sessions[host] = OpenSshSession(host, self.options)
+            return self.sessions[host]
+
+    @contextmanager
+    def borrow(self, host: str) -> Iterator[OpenSshSession]:
+        yield self.get(host)
+
+    def close(self) -> None:
+        with self.lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for s in sessions:
+            s.close()
+
+    def __enter__(self) -> SessionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,7 +22,7 @@ EXPECTED = {
     "status": (1, 1),
     "logs": (1, 1),
     "push-data, nothing to send": (1, 2),
-    "apply, unchanged (data + run)": (2, 3),
+    "apply, unchanged (data + run)": (1, 3),
     "push-image, unchanged": (1, 1),
 }
 
@@ -81,4 +81,6 @@ def test_push_data_with_nothing_to_send(applied, tmp_path):
 
 
 def test_unchanged_apply(applied, tmp_path):
-    counted(tmp_path, "apply", str(applied["play"]), label="apply, unchanged (data + run)")
+    got = counted(tmp_path, "apply", str(applied["play"]), label="apply, unchanged (data + run)")
+    # one connection for both stages: the run stage talks to the agent over the data stage's ssh
+    assert got == {"connect": 1, "round trips": 3}  # the destination probe, rsync, the agent's submit

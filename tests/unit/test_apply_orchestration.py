@@ -25,7 +25,7 @@ def calls(monkeypatch):
     seen = []
 
     def fake(stage, fail_on=()):
-        def runner(pb, hosts, conn, dry_run, report):
+        def runner(pb, hosts, conn, dry_run, report, sessions=None):
             seen.append((stage, tuple(hosts), dry_run))
             for h in hosts:
                 if h in fail_on:
@@ -70,7 +70,7 @@ def test_dry_run_data_stage_counts_the_entries_that_would_send(monkeypatch):
 
     sends = iter([2, 0])  # first entry: 2 files to send; second: nothing
 
-    def fake_push_data(srcs, hosts, dest, conn, options):
+    def fake_push_data(srcs, hosts, dest, conn, options, reach=None):
         assert options.dry_run
         n = next(sends)
         return [plan.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run", files_transferred=n)
@@ -88,7 +88,7 @@ def test_dry_run_data_stage_with_nothing_to_send_is_up_to_date(monkeypatch):
     from migrate.data import plan, push
     from migrate.playbook.apply import ApplyReport
 
-    monkeypatch.setattr(push, "push_data", lambda srcs, hosts, dest, conn, options: [
+    monkeypatch.setattr(push, "push_data", lambda srcs, hosts, dest, conn, options, reach=None: [
         plan.DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run") for h in hosts])
     pb = parse_playbook("hosts: [h1]\ndata: [{src: /a, dest: /a}]\n", Path("/p/exp.yml"))
     report = ApplyReport(hosts=["h1"], stages=["data"])
@@ -102,7 +102,7 @@ def test_dry_run_run_stage_counts_jobs_not_already_queued(monkeypatch):
 
     pb = parse_playbook(PB, Path("/p/exp.yml"))
     keys = [j.key for j in plan_jobs(pb.name, pb.run, ["h1"])]
-    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn: ({keys[0]}, None))
+    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn, remote=None: ({keys[0]}, None))
     report = ApplyReport(hosts=["h1"], stages=["run"])
     apply_mod._run_stage(pb, ["h1"], ConnectOptions(), True, report)
     cell = report.cells[("h1", "run")]
@@ -113,7 +113,7 @@ def test_dry_run_run_stage_counts_every_job_when_the_queue_cannot_be_read(monkey
     from migrate.playbook.apply import ApplyReport
 
     pb = parse_playbook(PB, Path("/p/exp.yml"))
-    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn: (set(), "no dispatcher agent"))
+    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn, remote=None: (set(), "no dispatcher agent"))
     report = ApplyReport(hosts=["h1"], stages=["run"])
     apply_mod._run_stage(pb, ["h1"], ConnectOptions(), True, report)
     cell = report.cells[("h1", "run")]

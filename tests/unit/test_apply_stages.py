@@ -18,6 +18,7 @@ from migrate.playbook.apply import apply_playbook
 from migrate.playbook.jobs import plan_jobs
 from migrate.playbook.loader import parse_playbook
 from migrate.remote.hosts import ConnectOptions
+from migrate.remote.openssh import SessionPool
 from tests.fakehost import FakeHost
 from tests.unit.test_data_orchestrator import dest_host
 from tests.unit.test_dry_run_changes_nothing import FRESH_DEBIAN, IMAGE_FACTS
@@ -65,12 +66,12 @@ def packages(monkeypatch):
         return [image_push.ImagePushResult(image=n, host=h, status="would send" if options.dry_run else "sent",
                                            bytes_sent=2048) for n in names for h in hosts]
 
-    def push_data(srcs, hosts, dest, conn, options):
+    def push_data(srcs, hosts, dest, conn, options, reach=None):
         calls.append(("data", {"srcs": srcs, "hosts": hosts, "dest": dest, "options": options}))
         return [DataPushResult(host=h, source=srcs[0], dest=dest, status="dry run" if options.dry_run else "changed",
                                files_transferred=3) for h in hosts]
 
-    def submit_jobs(host, conn, jobs, options):
+    def submit_jobs(host, conn, jobs, options, remote=None):
         calls.append(("run", {"host": host, "jobs": jobs, "options": options}))
         return [SubmittedJob(id=i, key=j.key, name=j.name or "", status="queued") for i, j in enumerate(jobs, 1)]
 
@@ -111,7 +112,7 @@ def test_apply_calls_each_package_with_the_playbook_options(packages):
 def test_apply_dry_run_passes_dry_run_to_every_package_and_queues_nothing(packages, monkeypatch):
     from migrate.playbook import apply as apply_mod
 
-    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn: (set(), None))
+    monkeypatch.setattr(apply_mod, "existing_job_keys", lambda h, conn, remote=None: (set(), None))
     pb = parse_playbook(PB, Path("/p/exp.yml"))
     report = apply_playbook(pb, pb.hosts, ConnectOptions(), only=[], dry_run=True)
     assert [stage for stage, _ in packages] == ["setup", "images", "data"]   # no submit_jobs in a dry run
@@ -173,9 +174,10 @@ def hosts(monkeypatch, tmp_path):
         LocalImage("app:2", "sha256:222", ["sha256:aaa", "sha256:bbb"], arch="amd64", size=10 << 20, tags=["app:2"])])
     reach = data_push.Reach(session=lambda h: fakes["data"], root=lambda h: fakes["data"],
                             transfers=fakes["data"].transfers)
-    monkeypatch.setattr(data_push.Reach, "ssh", classmethod(lambda cls, conn: reach))
+    monkeypatch.setattr(data_push.Reach, "ssh", classmethod(lambda cls, conn, sessions=None: reach))
     monkeypatch.setattr(migrate.remote.connection, "connect", lambda h, conn: fakes["run"])   # existing_job_keys
     monkeypatch.setattr(client, "connect", lambda h, conn: fakes["run"])                      # submit_jobs
+    monkeypatch.setattr(SessionPool, "get", lambda self, h: fakes["run"])                    # apply's sessions
     from migrate.data.rsync import Stats
 
     fakes["data"].transfers.dry_run_stats = Stats(files=1, regular_files_transferred=1, transferred_size=100)

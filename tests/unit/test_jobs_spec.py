@@ -125,7 +125,10 @@ def test_api_contract_for_migrate_apply():
     assert {"command", "name", "cwd", "env", "gpus", "min_free_mem_mib", "priority", "retries", "image", "mounts",
             "shm_size", "ports", "key"} <= fields
     assert [f.name for f in dataclasses.fields(submit.SubmittedJob)] == ["id", "key", "name", "status"]
-    assert list(inspect.signature(submit.submit_jobs).parameters) == ["host", "conn", "jobs", "options"]
+    params = inspect.signature(submit.submit_jobs).parameters
+    assert list(params)[:4] == ["host", "conn", "jobs", "options"]
+    # later parameters are keyword-only and optional (apply passes `remote`, its open connection)
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is None for p in list(params.values())[4:])
     assert list(inspect.signature(submit.job_statuses).parameters) == ["host", "conn"]
     assert submit.JobSpec(command="x").gpus == 1 and submit.DispatcherOptions().gpu_backend is None
 

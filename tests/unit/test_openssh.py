@@ -117,3 +117,18 @@ def test_the_fabric_connection_uses_identity_agent_and_certificate_file(tmp_path
     pkey = conn.connect_kwargs["pkey"]
     assert pkey.public_blob is not None and pkey.public_blob.key_type.endswith("-cert-v01@openssh.com")
     assert pkey.get_base64() == (tmp_path / "id_ed25519.pub").read_text().split()[1]
+
+
+def test_a_session_pool_gives_each_host_one_session_that_borrowing_leaves_open(monkeypatch):
+    """apply's data and run stages share one connection per host: a stage's `with` must not end it."""
+    from migrate.remote.hosts import ConnectOptions
+    from migrate.remote.openssh import OpenSshSession, SessionPool
+
+    closed: list[str] = []
+    monkeypatch.setattr(OpenSshSession, "close", lambda self: closed.append(self.spec.host))
+    with SessionPool(ConnectOptions()) as pool:
+        first = pool.get("alice@gpu1")
+        with pool.borrow("alice@gpu1") as borrowed:
+            assert borrowed is first
+        assert closed == [] and pool.get("alice@gpu2") is not first
+    assert sorted(closed) == ["gpu1", "gpu2"] and pool.sessions == {}
