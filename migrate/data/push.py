@@ -356,8 +356,8 @@ class HostPush:
                 return result
             if stats.deleted:
                 self._confirm_delete(alias, m, stats.deleted)
-        if method == "rsync":
-            ui.debug(f"{alias}: {reason}")
+        if method == "rsync" and not is_far(self.round_trip):
+            ui.debug(f"{alias}: {reason}")  # the usual way: said only with -v
         else:
             ui.info(f"{alias}: {reason}")
         task = self.progress.add(f"{alias} {os.path.basename(src.typed.rstrip('/')) or src.typed}", size)
