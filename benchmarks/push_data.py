@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--rounds-big", type=int, default=3,
                     help="rounds for (a): short runs are the noisiest, so they get more (median is reported)")
     ap.add_argument("--cases", default="abc", help="which cases to run, e.g. a (default: abc)")
+    ap.add_argument("--big-mib", type=int, default=None,
+                    help="total MiB for (a), in 4 files (default: 1024, or 256 with --quick)")
     ap.add_argument("--small-files", type=int, default=None,
                     help="file count for (b) and (c) (default: 100k, or 20k with --quick)")
     ap.add_argument("--pipelines", default=None,
@@ -93,6 +95,7 @@ def main() -> int:
 
     big_mib, small_n = (256, 20_000) if args.quick else (1024, 100_000)
     small_n = args.small_files or small_n
+    big_mib = args.big_mib or big_mib
     work = Path(args.workdir or tempfile.mkdtemp(prefix="migrate-bench-pd-"))
     remote_base = f"/tmp/migrate-bench-pd-{os.getpid()}"
     migrate = [sys.executable, "-m", "migrate"]
