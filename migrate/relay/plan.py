@@ -198,8 +198,9 @@ def ssh_argv(marker: Marker, alias: str, user: str, address: Address) -> list[st
 def send_command(source: str, marker: Marker, alias: str, user: str, address: Address) -> str:
     """On the sending host: `source | dd (counts) | ssh receiver`; the receiver's forced command
     reads the bytes. Prints the receiver's output, then `relayed=BYTES`; a failing source prints
-    SAVE_FAILED to stderr (sh has no pipefail). Exit status: ssh's."""
-    count = shell.quote(marker.key_dir + "/count")
+    SAVE_FAILED to stderr (sh has no pipefail). Exit status: ssh's. Each receiver's count has its own
+    file: the seed feeds several receivers at once."""
+    count = shell.quote(f"{marker.key_dir}/count-{alias}")
     script = (f"cd && ( {source} || echo {shell.quote(SAVE_FAILED)} >&2 ) | LC_ALL=C dd bs=1048576 2>{count} | "
               f"{shell.join(ssh_argv(marker, alias, user, address))}; rc=$?; "
               f"sed -n 's/^\\([0-9][0-9]*\\) bytes.*/relayed=\\1/p' {count}; exit $rc")

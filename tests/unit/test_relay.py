@@ -143,6 +143,9 @@ def test_the_sender_verifies_the_host_key_and_uses_only_the_transfer_key():
     assert "-F /dev/null" in cmd and "-p 22 -l alice 10.0.0.2" in cmd
     assert subprocess.run(["sh", "-n", "-c", cmd]).returncode == 0
     assert plan.parse_relayed("Loaded image: app:1\nrelayed=123\n") == ("Loaded image: app:1", 123)
+    # the seed feeds every receiver at once: each send counts its bytes in a file of its own
+    other = plan.send_command("docker save app:1", MARK, "migrate-relay-host-1", "alice", plan.Address("10.0.0.3", 22))
+    assert f"{MARK.key_dir}/count-migrate-relay-host-0" in cmd and f"{MARK.key_dir}/count-migrate-relay-host-1" in other
 
 
 @pytest.mark.parametrize(("text", "want"), [
