@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,13 @@ CLI_COLUMNS = "200"  # pinned: a developer's COLUMNS=80 must not change what tes
 CLI_IN_PROCESS = True
 INTEGRATION_TESTS = "tests/integration/"
 CLI_CALLS = {"in-process": 0, "subprocess": 0}  # shown at the end of a run: subprocesses are the slow ones
+
+# Ctrl-C tests send SIGINT to `migrate` processes. A suite started in the background of a script (`cmd &`
+# without job control) inherits SIGINT ignored, every child would too, and Python then installs no
+# KeyboardInterrupt handler: those tests would fail for how the suite was started. A handler here
+# (reset to the default in every child by exec) keeps them about migrate.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
