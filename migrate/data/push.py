@@ -130,6 +130,8 @@ class HostPush:
         self.progress = progress
         self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
         self.listings = listings or {}  # source path -> its listing, started early (push_data)
+        self.round_trip: float | None = None  # the link's, when a choice depended on it (seconds)
+        self.compress_tar = False
 
     def run(self) -> list[DataPushResult]:
         # size the sources while the connection is being set up
@@ -197,7 +199,6 @@ class HostPush:
         need = 0
         self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
-        self.round_trip: float | None = None
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
@@ -224,7 +225,7 @@ class HostPush:
             plans.append((src, m, summary, files, size, method, reason))
             need += size
         # tar streams go through zstd where it pays: --compress zstd, or auto on a far link
-        self.compress_tar = bool(tar_zstd) and (o.compress == "zstd" or is_far(self.round_trip))
+        self.compress_tar = tar_zstd and (o.compress == "zstd" or is_far(self.round_trip))
         self._check_space(remote, facts, need, rsh, base_opts, plans)
         parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
         mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
@@ -488,9 +489,11 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
             if not options.dry_run:
                 relay.start()
         # a directory that may go as tar or parallel streams is listed while the connections are set up
-        listings.update({s.path: filelist.EarlyListing(s.path, options.exclude, options.exclude_from, users=len(hosts))
-                    for s in srcs if s.is_dir and options.method in ("auto", "tar", "parallel")
-                    and not options.delete and not options.checksum})
+        may_stream = options.method in ("auto", "tar", "parallel") and not options.delete and not options.checksum
+        for s in srcs:
+            if s.is_dir and may_stream:
+                listings[s.path] = filelist.EarlyListing(s.path, options.exclude, options.exclude_from,
+                                                         users=len(hosts))
         with ui.transfer_progress() as progress:
             board = ProgressBoard(progress if not options.dry_run else None)
             outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay,
