@@ -219,6 +219,8 @@ class HostSession:
     sif_present: dict[str, bool] = field(default_factory=dict)
     via: dict[str, ViaDecision] = field(default_factory=dict)  # image ID -> pull or push, and why
     relay_address: object = None  # where other hosts reach its sshd ("" = nowhere; image/fanout.py)
+    can_tee: bool = False  # as a seed: it has GNU `tee -p` to feed riders (image/fanout.py's Convoy)
+    convoy: fanout.Convoy | None = None  # as a seed, while it is pushed: the receivers riding its stream
 
     @property
     def name(self) -> str:
@@ -426,10 +428,12 @@ class Pusher(OverlapMixin, StagedMixin):
 
     def _stream_steps(self, session: HostSession, img: LocalImage, master: ControlMaster, codec: Codec,
                       steps: list[LoadStep], script: str, oci: bool = False,
-                      as_user: bool = False) -> tuple[int, int, list]:
+                      as_user: bool = False, riders: list | None = None) -> tuple[int, int, list]:
         """Stream each step through `script` on the host; return (wire bytes, layers sent, results).
 
-        `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check)."""
+        `as_user`: run `script` as the login user (no docker rights, no sudo password line, no load check).
+        `riders`: receivers fed each step's archive as it arrives (image/fanout.py's Convoy; `script` is
+        then the plain load); one whose load fails is dropped from the list."""
         members_per_step = [tags_last(self._step_members(step, None, oci)) if step.stage else
                             self._step_members(step, codec, oci) for step in steps]
         total = sum(tar_size(m) for m in members_per_step)
@@ -446,11 +450,18 @@ class Pusher(OverlapMixin, StagedMixin):
             for step, members in zip(steps, members_per_step):
                 done = steps.index(step)
                 if step.stage:  # resumable inside its big layer
-                    res = self._stream_staged(session, img, master, codec, step, members, limiter, task)
+                    res = self._stream_staged(session, img, master, codec, step, members, limiter, task, riders)
                 else:
-                    res = stream(master.argv(command), tar_stream(members),
+                    convoy = session.convoy if riders else None
+                    decompress = convoy.decompress(codec) if convoy else None
+                    res = stream(master.argv(convoy.command(rdocker.stream_command(session.facts.access, "docker load"),
+                                                            riders or [], decompress) if convoy else command),
+                                 tar_stream(members),
                                  StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
                                  on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
+                    if convoy:
+                        res = convoy.settle(self, step, riders or [], res, tar_size(members) if decompress or
+                                            codec.outer == "none" else res.wire_bytes)
                 wire += res.wire_bytes
                 outputs.append((step, res))
                 if res.exit_code != 0:
@@ -524,9 +535,12 @@ class Pusher(OverlapMixin, StagedMixin):
                          blob_bytes=blob_bytes)
         check_disk(need, session.facts, session.name)
         self._plan_staging(session, img, steps, sizes, oci, need)
+        convoy = session.convoy
+        riders = convoy.board(img, plan, need, codec, registry=bool(steps[0].registry_layers)) if convoy else []
         checkpoints = [s.tags[0] for s in steps if s.checkpoint]
         wire, layers_sent, outputs = self._stream_steps(session, img, master, codec, steps,
-                                                        rdocker.load_script(codec.remote_decompress), oci=oci)
+                                                        rdocker.load_script(codec.remote_decompress), oci=oci,
+                                                        riders=riders)
         step, res = outputs[-1]
         if res.exit_code != 0:
             committed = plan.first_missing + sum(len(s.send) for s, r in outputs if r.exit_code == 0)
@@ -544,6 +558,8 @@ class Pusher(OverlapMixin, StagedMixin):
         self._verify(session, img)
         self._drop_partials(session, checkpoints + plan.partials)
         self._drop_staged(session, img)
+        if convoy and riders:
+            convoy.arrive(self, img, riders, checkpoints, t0)
         detail = f"{plan.missing_layers}/{plan.total_layers} layers, {codec.label}"
         if oci:
             detail += ", OCI layout"

@@ -387,9 +387,10 @@ class StagedMixin:
         self._remove_staged(session, of_image(session.facts.staged, img.archive_id))
 
     def _stream_staged(self, session, img, master, codec: Codec, step, members: Sequence[Member], limiter,
-                       task) -> StreamResult:
+                       task, riders: list | None = None) -> StreamResult:
         """Stream one staged step from the host's committed offset into the file and, in the same pass,
-        into `docker load` (module doc); the load's result, as a StreamResult of the bytes this run sent."""
+        into `docker load` (module doc); the load's result, as a StreamResult of the bytes this run sent.
+        `riders`: receivers whose loads get the same archive through a tee there (image/fanout.py)."""
         facts = session.facts
         path = stage_path(facts.home, step.stage)
         total = tar_size(members)
@@ -404,7 +405,9 @@ class StagedMixin:
         password = facts.access == "sudo-password"
         receiver = receive_script(path, offset, total, chunk_bytes(self.options.step_bytes), decompress,
                                   hold_back(members), password_line=password)
-        command = staged_command(receiver, rdocker.stream_command(facts.access, "docker load"))
+        load = rdocker.stream_command(facts.access, "docker load")
+        convoy = session.convoy if riders else None
+        command = staged_command(receiver, convoy.command(load, riders) if convoy else load)
         first = (session.remote.sudo_password() + "\n").encode() if password else None
         layer = f"layer {len(step.diff_ids)} of {len(img.diff_ids)} of {img.display}"
 
@@ -430,6 +433,8 @@ class StagedMixin:
         except KeyboardInterrupt:
             ui.warn(f"{session.name}: {kept()}; rerun the same command to resume")
             raise
+        if convoy:  # the whole archive went through the tee (the committed prefix replayed from the file)
+            res = convoy.settle(self, step, riders, res, total)
         committed = int(reported(res.stdout, "committed") or offset)
         facts.staged[step.stage] = (total, committed)
         rc = int(reported(res.stdout, "rc") or 0)

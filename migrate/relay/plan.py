@@ -152,8 +152,14 @@ def parse_address(ssh_connection: str) -> Address | None:
 
 
 REACH_PY = r"""
-import shutil, socket, sys
+import shutil, socket, subprocess, sys
 print("ssh=" + ("ok" if shutil.which("ssh") else "no ssh client"))
+try:  # GNU tee's -p (keep going when one output ends): what feeds riders as the bytes arrive
+    tee = subprocess.run(["tee", "-p"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL).returncode == 0
+except OSError:
+    tee = False
+print("tee=" + ("ok" if tee else "no GNU tee -p"))
 for spec in sys.argv[2:]:
     ip, port = spec.rsplit(":", 1)
     try:
@@ -168,12 +174,13 @@ for spec in sys.argv[2:]:
 
 
 def reach_command(addresses: Sequence[Address], timeout: float = 5) -> str:
-    """From the sending host: is there an ssh client, and does an sshd answer at each address?"""
+    """From the sending host: is there an ssh client and a GNU `tee -p`, and does an sshd answer at each
+    address?"""
     return f"python3 -c {shell.quote(REACH_PY)} {shell.join([timeout, *map(str, addresses)])}"
 
 
 def parse_reach(text: str) -> dict[str, str]:
-    """`{"ssh": "ok"|why, "ip:port": "ok"|why}` from reach_command's output."""
+    """`{"ssh": "ok"|why, "tee": "ok"|why, "ip:port": "ok"|why}` from reach_command's output."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -269,3 +276,74 @@ def plan_feeds(hosts: Sequence[str], needs: Mapping[str, bool], refuse: Mapping[
         out[h] = Feed(h, seed, "host to host") if verdict == "ok" else \
             Feed(h, LAPTOP, f"{seed} cannot reach it: {verdict}")
     return out
+
+
+# -- feeding receivers from the seed's own stream, as it arrives ------------------------------------
+REPORT = "migrate-relay-report"  # prefixes the lines a tee'd load adds to the seed's output
+
+
+@dataclass(frozen=True)
+class Rider:
+    """A receiver fed from the seed's incoming stream: its alias in the transfer, login user, address."""
+
+    alias: str
+    user: str
+    address: Address
+
+
+def tee_load_command(load: str, marker: Marker, riders: Sequence[Rider], decompress: str | None = None) -> str:
+    """On the seed, as the login user: `[DECOMPRESS |] tee -p FIFO... | LOAD`, each fifo read by an
+    `ssh` to one rider (whose forced command is its `docker load`), so the riders get the bytes the
+    seed loads while they arrive. `tee -p` drops a rider whose ssh ends early and goes on with the
+    others and the seed. After the load: every rider's output, stderr and exit status as REPORT lines
+    (parse_reports), then the seed load's exit status. Fifos that cannot be made: the plain load."""
+    if not riders:
+        return shell.sh_c(f"{decompress} | {load}" if decompress else load)
+    d = f'"$HOME"/{shell.quote(marker.key_dir)}'
+    fifos = " ".join(f'"$d/in-{r.alias}"' for r in riders)
+    lines = [f"d={d}; rm -f {fifos}", f"if mkfifo -m 600 {fifos}; then"]
+    for r in riders:
+        a = r.alias
+        lines.append(f'  ( {shell.join(ssh_argv(marker, a, r.user, r.address))} < "$d/in-{a}" > "$d/out-{a}" '
+                     f'2> "$d/err-{a}"; echo $? > "$d/rc-{a}" ) &')
+    lines.append(f"  {decompress + ' | ' if decompress else ''}tee -p {fifos} | {load}")
+    lines.append("  rc=$?; wait")
+    for r in riders:
+        a = r.alias
+        lines.append(f"  sed 's/^/{REPORT} {a} out /' \"$d/out-{a}\"; sed 's/^/{REPORT} {a} err /' \"$d/err-{a}\"; "
+                     f"echo \"{REPORT} {a} rc $(cat \"$d/rc-{a}\" 2>/dev/null)\"; "
+                     f'rm -f "$d/in-{a}" "$d/out-{a}" "$d/err-{a}" "$d/rc-{a}"')
+    lines.append("  exit $rc")
+    lines.append(f"else {decompress + ' | ' if decompress else ''}{load}; fi")
+    return shell.sh_c("\n".join(lines))
+
+
+@dataclass
+class RiderReport:
+    """What one rider's load said (stdout, stderr) and its ssh's exit status (-1: none reported)."""
+
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int = -1
+
+
+def parse_reports(stdout: str) -> tuple[str, dict[str, RiderReport]]:
+    """(the seed's own output, each rider's report by alias) from tee_load_command's stdout."""
+    own: list[str] = []
+    out: dict[str, dict[str, list[str]]] = {}
+    reports: dict[str, RiderReport] = {}
+    for line in stdout.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) >= 3 and parts[0] == REPORT and parts[2] in ("out", "err", "rc"):
+            alias, kind, text = parts[1], parts[2], parts[3] if len(parts) > 3 else ""
+            reports.setdefault(alias, RiderReport())
+            if kind == "rc":
+                reports[alias].exit_code = int(text) if text.strip().isdigit() else -1
+            else:
+                out.setdefault(alias, {}).setdefault(kind, []).append(text)
+        else:
+            own.append(line)
+    for alias, kinds in out.items():
+        reports[alias].stdout = "\n".join(kinds.get("out", []))
+        reports[alias].stderr = "\n".join(kinds.get("err", []))
+    return "\n".join(own) + ("\n" if own and stdout.endswith("\n") else ""), reports

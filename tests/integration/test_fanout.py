@@ -66,13 +66,23 @@ def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, imag
         assert (r1["host"], r1["status"], r1["fed_via"]) == (h1["alias"], "sent", plan.LAPTOP)
         assert (r2["host"], r2["status"], r2["fed_via"], r2["fed_why"]) == (h2["alias"], "sent", h1["alias"],
                                                                             "host to host")
-        # one copy crossed this machine's link; the second came from h1 (docker save: the whole image)
+        # one copy crossed this machine's link; the second came from h1: the archive h1 loaded, as it arrived
         assert image["size"] <= r1["bytes_sent"] < 1.1 * image["size"] and r2["bytes_sent"] == 0
-        assert r2["relayed_bytes"] >= image["size"]
+        assert r2["relayed_bytes"] >= image["size"] and "as they arrived there" in r2["detail"]
         assert remote_id(h2, IMAGE) == image["id"] == remote_id(h1, IMAGE)
         assert relay_traces(h1) == "" and relay_traces(h2) == ""  # ours removed, the dead run's too
         assert in_host(h2, f"stat -c %a {ALICE}/.ssh/authorized_keys").strip() == \
             in_host(h2, "cat /tmp/fanout-mode").strip()
+
+        for h in docker_hosts:
+            in_host(h, f"docker image rm -f {IMAGE} >/dev/null")
+        # resume points every 4 MiB: each layer is staged on h1 and goes on to h2 from the staging receiver
+        staged = push(docker_hosts, "--checkpoint", "4M")
+        assert [r["status"] for r in staged] == ["sent", "sent"] and "as they arrived there" in staged[1]["detail"]
+        assert staged[1]["relayed_bytes"] >= image["size"] and staged[1]["bytes_sent"] == 0
+        assert remote_id(h2, IMAGE) == image["id"] == remote_id(h1, IMAGE)
+        assert in_host(h2, "docker image ls -q migrate-partial").strip() == ""  # its resume points removed
+        assert relay_traces(h1) == "" and relay_traces(h2) == ""
 
         for h in docker_hosts:
             in_host(h, f"docker image rm -f {IMAGE} >/dev/null")

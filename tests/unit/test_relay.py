@@ -159,8 +159,78 @@ def test_the_address_other_hosts_use_is_where_sshd_answered(text, want):
 
 
 def test_reach_output_is_read_per_address():
-    assert plan.parse_reach("ssh=ok\n10.0.0.2:22=ok\n10.0.0.3:22=timed out\n") == \
-        {"ssh": "ok", "10.0.0.2:22": "ok", "10.0.0.3:22": "timed out"}
+    assert plan.parse_reach("ssh=ok\ntee=ok\n10.0.0.2:22=ok\n10.0.0.3:22=timed out\n") == \
+        {"ssh": "ok", "tee": "ok", "10.0.0.2:22": "ok", "10.0.0.3:22": "timed out"}
+
+
+def test_the_reach_check_runs_and_finds_this_machines_tee():
+    out = subprocess.run(plan.reach_command([]), shell=True, capture_output=True, text=True, check=True).stdout
+    assert plan.parse_reach(out)["tee"] == "ok"  # Debian's coreutils
+
+
+# -- riders: the seed's stream tee'd to them as it arrives (a real sh, fifos and tee; ssh faked) ------
+FAKE_SSH = """#!/bin/sh
+# the fake ssh: its address argument (the one before the remote command) names the rider
+for a in "$@"; do prev=$ip; ip=$a; done
+case "$prev" in
+  10.0.0.9) head -c 10 > /dev/null; echo "lost after 10 bytes" >&2; exit 255 ;;
+  *) cat > "$OUT/rider-$prev"; echo "Loaded image: app:1"; echo "a warning" >&2 ;;
+esac
+"""
+
+
+def tee_env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    (tmp_path / "home" / MARK.key_dir).mkdir(parents=True)
+    return {"HOME": str(tmp_path / "home"), "OUT": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def riders(*ips: str) -> list[plan.Rider]:
+    return [plan.Rider(plan.host_alias(n), "alice", plan.Address(ip, 22)) for n, ip in enumerate(ips)]
+
+
+def test_riders_get_the_seeds_bytes_and_a_failing_rider_stops_no_one(tmp_path):
+    env = tee_env(tmp_path)
+    data = os.urandom(3 << 20)  # past any pipe buffer: the tee must keep feeding after rider 2 is gone
+    cmd = plan.tee_load_command('cat > "$OUT/seed"; echo "Loaded image: app:1"', MARK,
+                                riders("10.0.0.2", "10.0.0.9", "10.0.0.3"))
+    res = subprocess.run(cmd, shell=True, input=data, env=env, capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "seed").read_bytes() == data
+    assert (tmp_path / "rider-10.0.0.2").read_bytes() == data == (tmp_path / "rider-10.0.0.3").read_bytes()
+    own, reports = plan.parse_reports(res.stdout.decode())
+    assert own == "Loaded image: app:1\n"
+    assert reports["migrate-relay-host-0"] == plan.RiderReport("Loaded image: app:1", "a warning", 0)
+    assert reports["migrate-relay-host-1"] == plan.RiderReport("", "lost after 10 bytes", 255)
+    assert reports["migrate-relay-host-2"].exit_code == 0
+    assert sorted(os.listdir(tmp_path / "home" / MARK.key_dir)) == []  # fifos and reports removed
+
+
+def test_the_seeds_exit_status_is_its_loads_and_a_decompressor_runs_before_the_tee(tmp_path):
+    import gzip
+
+    env = tee_env(tmp_path)
+    res = subprocess.run(plan.tee_load_command('cat > "$OUT/seed"; exit 4', MARK, riders("10.0.0.2"), "gzip -dc"),
+                         shell=True, input=gzip.compress(b"archive"), env=env, capture_output=True)
+    assert res.returncode == 4
+    assert (tmp_path / "seed").read_bytes() == b"archive" == (tmp_path / "rider-10.0.0.2").read_bytes()
+
+
+def test_without_room_for_the_fifos_the_seed_still_loads(tmp_path):
+    env = tee_env(tmp_path)
+    (tmp_path / "home" / MARK.key_dir).rmdir()  # the transfer's directory is gone: mkfifo fails
+    res = subprocess.run(plan.tee_load_command('cat > "$OUT/seed"', MARK, riders("10.0.0.2")), shell=True,
+                         input=b"x" * 1000, env=env, capture_output=True)
+    assert res.returncode == 0 and (tmp_path / "seed").read_bytes() == b"x" * 1000
+    assert plan.parse_reports(res.stdout.decode())[1] == {} and not (tmp_path / "rider-10.0.0.2").exists()
+
+
+def test_no_riders_is_the_plain_load():
+    assert plan.tee_load_command("docker load", MARK, []) == "sh -c 'docker load'"
+    assert plan.tee_load_command("docker load", MARK, [], "zstd -dcq") == "sh -c 'zstd -dcq | docker load'"
 
 
 # -- the transfer on (recording) hosts -------------------------------------------------------------
@@ -218,7 +288,7 @@ def test_dry_run_says_how_a_relayed_host_would_be_fed():
     feed = plan.Feed("b", "a", "host to host")
     r = fanout.annotate([ImagePushResult("app:1", "b", "would send", detail="2/2 layers")], feed, dry_run=True)[0]
     assert (r.fed_via, r.fed_why) == ("a", "host to host")
-    assert r.detail.startswith("docker save on a | ssh | docker load")
+    assert r.detail.startswith("from a over the hosts' network: the archive a loads, as it arrives (tee there)")
     direct = fanout.annotate([ImagePushResult("app:1", "a", "would send", detail="2/2 layers")],
                              plan.Feed("a", plan.LAPTOP, "x"), dry_run=True)[0]
     assert direct.detail == "2/2 layers"
@@ -240,3 +310,64 @@ def test_push_data_seed_tars_exactly_the_listed_files():
 
     cmd = send_tar_source("data/my set", ".migrate/relay/m/list-1")
     assert cmd == "cd 'data/my set' && tar -cf - --null --no-recursion -T \"$HOME\"/.migrate/relay/m/list-1"
+
+
+# -- the convoy: who rides the seed's stream, what a step's reports do -------------------------------
+def _docker_session(name: str, *, first_layers: int = 0, containerd: bool = False, zstd: str = "",
+                    engine: str = "27.3.1"):
+    from migrate.image.remote import RemoteDocker
+
+    facts = RemoteDocker(access="direct", engine=engine, zstd=zstd, inventoried=True, inventory_scope="done")
+    if containerd:
+        facts.driver_status = [["driver-type", "io.containerd.snapshotter.v1"]]
+    if first_layers:
+        facts.add_image("sha256:base", [], ["sha256:aaa", "sha256:bbb"][:first_layers])
+    return SimpleNamespace(host=name, name=name, facts=facts, remote=SimpleNamespace(name=name),
+                           relay_address=plan.Address("10.0.0.5", 22))
+
+
+def _convoy(seed, receivers):
+    transfer = SimpleNamespace(marker=MARK, alias=lambda remote: f"alias-{remote.name}")
+    return fanout.Convoy(seed, transfer, receivers)
+
+
+def test_only_receivers_that_lack_what_the_seed_lacks_ride_its_stream():
+    from migrate.image.compress import Codec
+    from migrate.image.local import LocalImage
+    from migrate.image.plan import DiskNeed, plan_image
+
+    img = LocalImage("app:2", "sha256:222", ["sha256:aaa", "sha256:bbb"], size=10 << 20, tags=["app:2"])
+    seed, fresh, half = _docker_session("seed"), _docker_session("fresh"), _docker_session("half", first_layers=1)
+    old = _docker_session("old", engine="20.10.24")
+    convoy = _convoy(seed, [fresh, half, old])
+    need = DiskNeed(layers=1, tmp=1)
+    seed_plan = plan_image(img, seed.facts)
+    assert convoy.board(img, seed_plan, need, Codec(), registry=False) == [fresh, old]
+    assert "lacks layers from 2 on" in fanout.differs(seed_plan, plan_image(img, half.facts), seed.facts,
+                                                     half.facts, img)
+    # a zstd stream the seed's engine reads: riders need an engine that reads it too, unless the seed's
+    # zstd decompresses it before the tee
+    zstd = Codec("zstd", 3)
+    assert convoy.decompress(zstd) is None and convoy.board(img, seed_plan, need, zstd, registry=False) == [fresh]
+    seed.facts.zstd = "/usr/bin/zstd"
+    assert convoy.decompress(zstd) == "zstd -dcq" and convoy.board(img, seed_plan, need, zstd, registry=False) == \
+        [fresh, old]
+    assert convoy.board(img, seed_plan, need, Codec(), registry=True) == []  # the seed pulls layers: its own archive
+
+
+def test_a_rider_whose_load_failed_leaves_and_the_seed_keeps_its_own_output():
+    from migrate.image.stream import StreamResult
+
+    seed, a, b = _docker_session("seed"), _docker_session("a"), _docker_session("b")
+    convoy = _convoy(seed, [a, b])
+    convoy.sent = {"a": 0, "b": 0}
+    loaded = []
+    pusher = SimpleNamespace(_after_load=lambda s, step, rep: loaded.append((s.name, rep.stdout)))
+    out = ("Loaded image: app:2\n"
+           f"{plan.REPORT} alias-a out Loaded image: app:2\n{plan.REPORT} alias-a rc 0\n"
+           f"{plan.REPORT} alias-b err no space left on device\n{plan.REPORT} alias-b rc 1\n")
+    riders = [a, b]
+    res = convoy.settle(pusher, "step", riders, StreamResult(0, out, "", 5, 5, 1.0), 1234)
+    assert res.stdout == "Loaded image: app:2\n" and res.exit_code == 0
+    assert loaded == [("a", "Loaded image: app:2")] and convoy.sent["a"] == 1234
+    assert riders == [a] and convoy.riding == [a]  # b is fed after the seed, by docker save there
