@@ -88,7 +88,8 @@ def print_results(results: list[ImagePushResult]) -> None:
 @click.option("--registry-login", metavar="REGISTRY", default=None,
               help="Ask once for a login to REGISTRY instead of taking it from the local Docker credential store.")
 @click.option("--no-relay", is_flag=True,
-              help="Send every host its own copy from here, even when the hosts could feed each other.")
+              help="Send every host its own copy from here, even when the hosts could feed each other (by "
+                   "default the first host feeds the others over their network as the bytes arrive).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @connection_options
 def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, force_arch: bool,
@@ -100,7 +101,7 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     \b
     Examples:
       migrate push-image app:1 gpu-box                # one image, one host
-      migrate push-image app:1 base:2 gpu1 gpu2       # gpu1 feeds gpu2
+      migrate push-image app:1 base:2 gpu1 gpu2       # gpu1 feeds gpu2 as the bytes arrive
       migrate push-image app:1 gpu1 gpu2 --no-relay   # each its own copy
       migrate push-image app:1 --to-file app.tar.zst  # sneakernet, then:
       migrate push-image --from-file app.tar.zst gpu-box
