@@ -3,6 +3,7 @@
     python benchmarks/fanout.py                 # 1024 MB image, 1 GiB dataset, 3 hosts, --link 100mbit/20ms
     python benchmarks/fanout.py --size 512 --data-size 512   # smaller (a loaded 2-core machine)
     python benchmarks/fanout.py --direct        # + the --no-relay rows (three copies over the link)
+    python benchmarks/fanout.py --rows image --no-plain   # the migrate rows again (repeats)
     python benchmarks/fanout.py --sandbox fansb --subnet 172.29.1.0/24 --port 5100 --keep
 
 It brings up a three-host sandbox (default `fanoutb`) with `--link RATE/DELAY` (only this machine's
@@ -179,6 +180,8 @@ def main() -> None:
     p.add_argument("--subnet", default="172.31.250.0/24")
     p.add_argument("--port", type=int, default=3300)
     p.add_argument("--keep", action="store_true", help="leave the sandbox up (its link too)")
+    p.add_argument("--no-plain", action="store_true",
+                   help="leave out the plain `docker save | ssh | docker load` row (4-5 minutes here): for repeats")
     args = p.parse_args()
     bench = Bench(args)
     try:
@@ -188,7 +191,8 @@ def main() -> None:
             bench.push("3 hosts: migrate push-image (h1 feeds h2, h3)", bench.hosts)
             if args.direct:
                 bench.push("3 hosts: migrate push-image --no-relay", bench.hosts, "--no-relay")
-            bench.plain()
+            if not args.no_plain:
+                bench.plain()
         if args.data_size and "data" in args.rows:
             bench.push_data("one host: migrate push-data", bench.hosts[:1])
             bench.push_data("3 hosts: migrate push-data (h1 feeds h2, h3)", bench.hosts)

@@ -19,22 +19,25 @@ from tests.conftest import run_cli
 from tests.integration.test_push_image import docker_hosts, in_host, remote_id  # noqa: F401 (a fixture)
 
 IMAGE = "migrate-fanout-test/app:1"
+BASE = "migrate-fanout-test/base:1"  # IMAGE's first layer alone
 ALICE = "/home/alice"
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    """A local image of two random layers (8 + 12 MiB)."""
+    """A local image of three random layers (4 + 8 + 8 MiB), the first also alone as BASE."""
     work = tmp_path_factory.mktemp("fanout")
-    (work / "a.bin").write_bytes(os.urandom(8 << 20))
-    (work / "b.bin").write_bytes(os.urandom(12 << 20))
-    (work / "Dockerfile").write_text("FROM scratch\nCOPY a.bin /a.bin\nCOPY b.bin /b.bin\n")
-    subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(work)], check=True, capture_output=True,
-                   env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    for name, mib in (("a.bin", 4), ("b.bin", 8), ("c.bin", 8)):
+        (work / name).write_bytes(os.urandom(mib << 20))
+    build = dict(check=True, capture_output=True, env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    (work / "Dockerfile").write_text("FROM scratch\nCOPY a.bin /a.bin\n")
+    subprocess.run(["docker", "build", "-q", "-t", BASE, str(work)], **build)
+    (work / "Dockerfile").write_text(f"FROM {BASE}\nCOPY b.bin /b.bin\nCOPY c.bin /c.bin\n")
+    subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(work)], **build)
     local = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", IMAGE], check=True,
                            capture_output=True, text=True).stdout.split()
     yield {"id": local[0], "size": int(local[1])}
-    subprocess.run(["docker", "image", "rm", "-f", IMAGE], capture_output=True)
+    subprocess.run(["docker", "image", "rm", "-f", IMAGE, BASE], capture_output=True)
 
 
 def push(hosts: list[dict], *extra: str) -> list[dict]:
@@ -53,7 +56,7 @@ def relay_traces(host: dict) -> str:
 def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, image):  # noqa: F811
     h1, h2 = docker_hosts
     for h in docker_hosts:
-        in_host(h, f"docker image rm -f {IMAGE} >/dev/null 2>&1; true")
+        in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; true")
     # a crashed run of this machine (its pid is gone) left its line on h2 and its key directory on h1
     dead = plan.Marker(machine(), 999_999_999, "deaddeaddeaddead", 2_000_000_000)
     in_host(h2, f"echo 'restrict,command=\"true\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDead {dead.text()}' "
@@ -86,13 +89,23 @@ def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, imag
 
         for h in docker_hosts:
             in_host(h, f"docker image rm -f {IMAGE} >/dev/null")
+        # h2 has the first layer (BASE), h1 none: h2 cannot load h1's archive, so it gets docker save there
+        res = run_cli("push-image", BASE, "-H", h2["alias"], env=h2["env"], timeout=300)
+        assert res.code == 0, res.output
+        other = push(docker_hosts)
+        assert [(r["status"], r["fed_via"]) for r in other] == [("sent", plan.LAPTOP), ("sent", h1["alias"])]
+        assert other[1]["detail"].endswith("(docker save there)") and other[1]["bytes_sent"] == 0
+        assert remote_id(h2, IMAGE) == image["id"] == remote_id(h1, IMAGE)
+
+        for h in docker_hosts:
+            in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; true")
         direct = push(docker_hosts, "--no-relay")
         assert [(r["fed_via"], r["fed_why"]) for r in direct] == [(plan.LAPTOP, "--no-relay")] * 2
         assert all(r["bytes_sent"] >= image["size"] and r["relayed_bytes"] == 0 for r in direct)
         assert remote_id(h2, IMAGE) == image["id"]
     finally:
         for h in docker_hosts:
-            in_host(h, f"docker image rm -f {IMAGE} >/dev/null 2>&1; sed -i '/{plan.PREFIX}/d' "
+            in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; sed -i '/{plan.PREFIX}/d' "
                        f"{ALICE}/.ssh/authorized_keys; rm -rf {ALICE}/{plan.RELAY_DIR}; true")
 
 
