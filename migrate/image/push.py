@@ -454,14 +454,14 @@ class Pusher(OverlapMixin, StagedMixin):
                 else:
                     convoy = session.convoy if riders else None
                     decompress = convoy.decompress(codec) if convoy else None
-                    res = stream(master.argv(convoy.command(rdocker.stream_command(session.facts.access, "docker load"),
-                                                            riders or [], decompress) if convoy else command),
-                                 tar_stream(members),
+                    step_command = command if not convoy else convoy.command(
+                        rdocker.stream_command(session.facts.access, "docker load"), riders or [], decompress)
+                    res = stream(master.argv(step_command), tar_stream(members),
                                  StreamCompressor(codec), display=session.name, first_line=first, limiter=limiter,
                                  on_input=(lambda n: self.progress.advance(task, n)) if task is not None else None)
-                    if convoy:
-                        res = convoy.settle(self, step, riders or [], res, tar_size(members) if decompress or
-                                            codec.outer == "none" else res.wire_bytes)
+                    if convoy:  # the riders got the archive as the seed's load reads it (decompressed there)
+                        passed = tar_size(members) if decompress or codec.outer == "none" else res.wire_bytes
+                        res = convoy.settle(self, step, riders or [], res, passed)
                 wire += res.wire_bytes
                 outputs.append((step, res))
                 if res.exit_code != 0:

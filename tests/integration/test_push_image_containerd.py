@@ -295,3 +295,21 @@ def test_real_compose_job_on_trixie(hosts, images, tmp_path):
         time.sleep(1)
     assert jobs and jobs[0]["state"] == "done", jobs
     assert "5000000 /app.bin" in run_cli("logs", h["alias"], "c8dcompose", env=h["env"]).stdout
+
+
+def test_fan_out_rides_the_oci_layout_between_containerd_stores(hosts, images):
+    """Fan-out on the containerd store (issue 24; last in this file: it empties the laptop's engine). The
+    c8d host seeds; the laptop's engine, a containerd store too, rides the OCI layout c8d loads, as it
+    arrives; the classic host cannot load that layout and gets `docker save` of c8d's copy."""
+    seed, rider, classic = hosts["c8d"], hosts["laptop"], hosts["classic"]
+    for h in (seed, rider, classic):
+        clean(h)
+    r_seed, r_rider, r_classic = push_json(MULTI, seed["alias"], rider["alias"], classic["alias"], env=seed["env"])
+    assert (r_seed["status"], r_seed["fed_via"]) == ("sent", "this machine"), r_seed
+    assert r_rider["fed_via"] == seed["alias"] and "as they arrived there" in r_rider["detail"], r_rider
+    assert r_classic["fed_via"] == seed["alias"] and r_classic["detail"].endswith("(docker save there)"), r_classic
+    assert r_rider["bytes_sent"] == 0 == r_classic["bytes_sent"] and r_rider["relayed_bytes"] >= 3 * (8 << 20)
+    for h in (rider, classic):
+        assert in_host(h, f"docker run --rm {MULTI} busybox wc -c /l2.bin").split()[0] == str(8 << 20)
+    assert in_host(rider, "docker image ls -q migrate-partial").strip() == ""
+    assert_like_a_whole_load(rider, MULTI, classic)
