@@ -101,7 +101,7 @@ def command(args: tuple[str, ...], extra_hosts: tuple[str, ...], compress: str, 
     \b
     Examples:
       migrate push-image app:1 gpu-box                # one image, one host
-      migrate push-image app:1 base:2 gpu1 gpu2       # gpu1 feeds gpu2 as the bytes arrive
+      migrate push-image app:1 base:2 gpu1 gpu2       # gpu1 streams on to gpu2
       migrate push-image app:1 gpu1 gpu2 --no-relay   # each its own copy
       migrate push-image app:1 --to-file app.tar.zst  # sneakernet, then:
       migrate push-image --from-file app.tar.zst gpu-box

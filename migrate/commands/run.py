@@ -94,7 +94,8 @@ def command(host: str, words: tuple[str, ...], conn: ConnectOptions, name: str |
     One CMD argument is a shell command line; several are quoted as separate words.
     HOST may be a cluster (`migrate cluster up`): Ray places the jobs, --image, --env NAME (from
     the SOURCE last given to push-env here) and the --from-template copies go to every cluster
-    host first, and --priority orders the submission within this run (docs/cluster.md).
+    host first (an image, or a template of 8 MiB or more, crosses your link once: the first host
+    feeds the others), and --priority orders the submission within this run (docs/cluster.md).
     """
     if bool(template) != bool(experiments):
         raise UsageError("--from-template and --experiments go together",

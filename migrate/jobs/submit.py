@@ -10,13 +10,14 @@ project's job (`compose_spec`, `sync_compose_project`), the --from-template copy
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shlex
 import uuid
 
 from migrate import ui
 from migrate.agent.notify import describe as notify_describe
-from migrate.errors import UsageError
+from migrate.errors import MigrateError, UsageError
 from migrate.jobs import lastrun
 from migrate.jobs import template as tpl
 from migrate.jobs.client import AgentClient, job_statuses, report_dispatcher, submit_jobs, submit_with
@@ -118,22 +119,67 @@ def build_specs(words: tuple[str, ...], *, jobs_file: str | None, sweeps: tuple[
     return expand(base, parse_sweeps(sweeps), experiments=experiments)
 
 
-def _upload_template(remote: Host, plan: tpl.TemplatePlan, data: bytes) -> None:
+def _archive_path(remote: Host) -> str:
+    """A new path for the template archive in the host's private ~/.migrate/tmp (made if missing)."""
     home = remote.home()
     tmp_dir = posixpath.join(home, ".migrate", "tmp")
     remote.run(shell.mkdir_private(posixpath.join(home, ".migrate")) + " && " + shell.mkdir_private(tmp_dir),
                what="create ~/.migrate/tmp")
-    archive = posixpath.join(tmp_dir, f"template-{uuid.uuid4().hex}.tar.gz")
+    return posixpath.join(tmp_dir, f"template-{uuid.uuid4().hex}.tar.gz")
+
+
+def _put_archive(remote: Host, plan: tpl.TemplatePlan, data: bytes) -> str:
+    """The template archive, sent from here; its path there."""
+    archive = _archive_path(remote)
     with ui.transfer_progress(transient=True) as progress:
         task = progress.add_task(f"template {plan.source.name}", total=len(data))
         remote.put_file(data, archive, progress=lambda done, total: progress.update(task, completed=done))
-    remote.run(tpl.unpack_command(plan, archive), what="unpack the template")
+    return archive
+
+
+def _upload_template(remote: Host, plan: tpl.TemplatePlan, data: bytes) -> None:
+    remote.run(tpl.unpack_command(plan, _put_archive(remote, plan, data)), what="unpack the template")
+
+
+def _relay_template(remotes: list[Host], plan: tpl.TemplatePlan, data: bytes) -> list[Host]:
+    """Several hosts, a big template: the first gets the archive from here and feeds the others over the
+    hosts' network (relay/files.py); each copy is unpacked where it landed. Returns the hosts still
+    to be sent a copy from here (the seed could not feed them)."""
+    from migrate.relay.files import feed_file
+    from migrate.remote.connection import Remote
+
+    seed = remotes[0]
+    others = [r for r in remotes[1:] if isinstance(r, Remote)]
+    if not isinstance(seed, Remote) or len(others) != len(remotes) - 1:
+        return remotes  # test hosts: one copy each
+    archive = _put_archive(seed, plan, data)
+    landing: dict[str, str] = {}
+    try:
+        landing = {r.name: _archive_path(r) for r in others}
+        why = feed_file(seed, archive, [(r, landing[r.name]) for r in others], hashlib.sha256(data).hexdigest())
+    except MigrateError as exc:
+        why = {r.name: exc.one_line() for r in others}
+    finally:
+        seed.run(tpl.unpack_command(plan, archive), what="unpack the template")
+    rest: list[Host] = []
+    for r in others:
+        if why.get(r.name, "not fed") == "":
+            ui.info(f"{r.name}: template fed by {seed.name} over the hosts' network")
+            r.run(tpl.unpack_command(plan, landing[r.name]), what="unpack the template")
+        else:
+            ui.info(f"{r.name}: template sent from here ({why.get(r.name, 'not fed')})")
+            if r.name in landing:
+                r.run(f"rm -f {shell.quote(landing[r.name])}", check=False, what="remove a partial template copy")
+            rest.append(r)
+    return rest
 
 
 def copy_template(remotes: list[Host], plan: tpl.TemplatePlan, where: str = "") -> None:
     """Copy the template once per experiment to every host (one host, or every host of a cluster): the
     archive is unpacked into new directories only, so an experiment's copy never changes under its job.
-    An experiment directory that exists on any host stops it before anything is copied anywhere."""
+    An experiment directory that exists on any host stops it before anything is copied anywhere. Several
+    hosts and an archive of relay.files.MIN_BYTES or more: one copy from here, the first host feeds the
+    others."""
     for remote in remotes:
         existing = remote.run(tpl.existing_check_command(plan), what="check experiment directories").stdout.split()
         if existing:
@@ -145,7 +191,10 @@ def copy_template(remotes: list[Host], plan: tpl.TemplatePlan, where: str = "") 
     data = tpl.pack(plan)
     ui.step(f"copying template {plan.source} ({len(plan.files)} files, {ui.human_bytes(plan.total_bytes)}) "
             f"to {plan.dest}/{{{','.join(plan.experiments)}}}{where}")
-    for remote in remotes:
+    from migrate.relay.files import MIN_BYTES
+
+    rest = _relay_template(remotes, plan, data) if len(remotes) > 1 and len(data) >= MIN_BYTES else remotes
+    for remote in rest:
         _upload_template(remote, plan, data)
 
 

@@ -11,6 +11,7 @@ that cannot reach the head is one clear line. About 2.5 minutes on 2 cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -282,6 +283,28 @@ def test_from_template_copies_to_every_host_and_each_job_runs_in_its_copy(cluste
     assert {j["id"] for j in json.loads(shown.stdout)["jobs"]} >= set(jobs)
     none = json.loads(run_cli("status", NAME, "--json", "--last", "0", env=env).stdout)
     assert not set(ids) & {j["id"] for j in none["jobs"]} and none["hidden_finished"] >= 2
+
+
+def test_a_big_template_crosses_this_machines_link_once(cluster, tmp_path):
+    """A template of relay.files.MIN_BYTES or more: the first host gets it from here and feeds the others
+    over the hosts' network (a one-copy key, removed after); every host has the same files."""
+    from migrate.relay import plan as rplan
+
+    aliases, env = cluster
+    src = tmp_path / "bigtpl"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(9 << 20))
+    res = run_cli("run", NAME, "--json", "--from-template", str(src), "--experiments", "x1", "--",
+                  "sha256sum weights.bin", env=env, timeout=300)
+    assert res.code == 0, res.output
+    assert res.stderr.count(f"template fed by alice@{aliases[0]}") == len(aliases) - 1, res.stderr
+    sums = {sh(a, "sha256sum ~/.migrate/runs/bigtpl/x1/weights.bin").split()[0] for a in aliases}
+    assert len(sums) == 1 and sums.pop() == hashlib.sha256((src / "weights.bin").read_bytes()).hexdigest()
+    for a in aliases:  # no transfer key, line or archive left anywhere
+        left = sh(a, f"grep -c {rplan.PREFIX} ~/.ssh/authorized_keys; ls ~/{rplan.RELAY_DIR} ~/.migrate/tmp "
+                     "2>/dev/null | grep -c template-")
+        assert left.split() == ["0", "0"], (a, left)
+    wait_for(env, {j["id"] for j in json.loads(res.stdout)["jobs"]}, ("done",), timeout=60)
 
 
 def test_apply_with_cluster_submits_the_sweep_once(cluster, tmp_path):

@@ -371,3 +371,32 @@ def test_a_rider_whose_load_failed_leaves_and_the_seed_keeps_its_own_output():
     assert res.stdout == "Loaded image: app:2\n" and res.exit_code == 0
     assert loaded == [("a", "Loaded image: app:2")] and convoy.sent["a"] == 1234
     assert riders == [a] and convoy.riding == [a]  # b is fed after the seed, by docker save there
+
+
+# -- one file, host to host (a cluster's template archive) -------------------------------------------
+def test_a_file_goes_host_to_host_checked_by_digest_and_unreachable_hosts_are_left_to_the_caller(monkeypatch):
+    from migrate.relay import files
+    from tests.fakehost import FakeTarget
+
+    monkeypatch.setattr(rsession, "host_key", lambda remote: ("ssh-ed25519", "AAAAhostkey"))
+    seed = FakeHost(target=FakeTarget(alias="h1"))
+    seed.reply("python3 -c", "ssh=ok\ntee=ok\n10.0.0.2:22=ok\n10.0.0.3:22=timed out\n10.0.0.4:22=ok\n")
+    seed.reply("relayed=", "relayed=100\n")
+    good = FakeHost(target=FakeTarget(alias="h2")).reply("SSH_CONNECTION", "10.0.0.1 5000 10.0.0.2 22\n")
+    good.reply("sha256sum", "abc123  /home/alice/t.tar.gz\n")
+    far = FakeHost(target=FakeTarget(alias="h3")).reply("SSH_CONNECTION", "10.0.0.1 5000 10.0.0.3 22\n")
+    tunnel = FakeHost(target=FakeTarget(alias="h4")).reply("SSH_CONNECTION", "127.0.0.1 5000 127.0.0.1 2222\n")
+    bad = FakeHost(target=FakeTarget(alias="h5")).reply("SSH_CONNECTION", "10.0.0.1 5000 10.0.0.4 22\n")
+    bad.reply("sha256sum", "fff  /home/alice/t.tar.gz\n")
+    why = files.feed_file(seed, "/home/alice/s.tar.gz", [(good, "/home/alice/t.tar.gz"), (far, "/x"),
+                                                          (tunnel, "/y"), (bad, "/home/alice/t.tar.gz")], "abc123")
+    assert why == {"alice@h2": "", "alice@h3": "alice@h1 cannot reach it: timed out",
+                   "alice@h4": "no address the hosts share (reached through a tunnel or a forward)",
+                   "alice@h5": "the copy there is not the file sent"}
+    line = next(c for c in good.commands() if "restrict,command=" in c)
+    assert "cat > /home/alice/t.tar.gz" in line  # the key may write that one file, nothing else
+    assert not any("restrict" in c for c in far.commands() + tunnel.commands())
+    sends = [c for c in seed.commands() if "ssh -F /dev/null" in c]
+    assert len(sends) == 2 and all("cat /home/alice/s.tar.gz" in c for c in sends)
+    assert seed.commands()[-1].startswith("cd && rm -rf -- ")  # the key directory goes at the end
+    assert "grep -v -F" in good.commands()[-1] and "grep -v -F" in bad.commands()[-1]  # and the receivers' lines
