@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 from migrate.relay import plan
 from migrate.remote.reap import machine
 from tests.conftest import run_cli
-from tests.integration.test_push_image import docker_hosts, in_host, remote_id  # noqa: F401 (a fixture)
+from tests.integration.test_push_image import (  # noqa: F401 (docker_hosts: a fixture)
+    cut_after_first_checkpoint,
+    docker_hosts,
+    in_host,
+    remote_id,
+)
 
 IMAGE = "migrate-fanout-test/app:1"
 BASE = "migrate-fanout-test/base:1"  # IMAGE's first layer alone
@@ -107,6 +113,40 @@ def test_the_second_host_is_fed_by_the_first_and_no_key_stays(docker_hosts, imag
         for h in docker_hosts:
             in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; sed -i '/{plan.PREFIX}/d' "
                        f"{ALICE}/.ssh/authorized_keys; rm -rf {ALICE}/{plan.RELAY_DIR}; true")
+
+
+def test_a_broken_seed_leaves_its_riders_resume_points_and_every_host_resumes(docker_hosts, image):  # noqa: F811
+    """The link to the seed breaks after its first resume point: the rider committed the same one (it
+    loads what the seed loads), so its push from here sends only the rest; the rerun resumes the seed."""
+    h1, h2 = docker_hosts
+    for h in docker_hosts:
+        in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; "
+                   "docker image ls -q migrate-partial | xargs -r docker image rm -f >/dev/null; true")
+    argv = [sys.executable, "-m", "migrate", "push-image", IMAGE, "-H", h1["alias"], "-H", h2["alias"],
+            "--checkpoint", "4M", "--bwlimit", "4M", "--compress", "none", "--json"]
+    proc = subprocess.Popen(argv, env=dict(os.environ, **h1["env"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        killed = cut_after_first_checkpoint(proc, h1)
+        out, err = proc.communicate(timeout=300)
+        assert killed, f"never saw a resume point on {h1['alias']}: {out}{err}"
+        r1, r2 = json.loads(out)
+        assert r1["status"] == "failed" and "committed" in (r1["error"] or ""), r1
+        # h2 had loaded h1's first step as it arrived: sent from here, only the layers after it
+        assert (r2["status"], r2["fed_via"]) == ("sent", plan.LAPTOP) and "did not get" in r2["fed_why"], r2
+        assert 0 < r2["bytes_sent"] < image["size"] - (3 << 20), (r2, image)
+        assert remote_id(h2, IMAGE) == image["id"]
+        again = push(docker_hosts)
+        assert [r["status"] for r in again] == ["sent", "up to date"], again
+        assert 0 < again[0]["bytes_sent"] < image["size"] - (3 << 20), again[0]  # resumed, not from zero
+        assert remote_id(h1, IMAGE) == image["id"]
+        assert relay_traces(h1) == "" and relay_traces(h2) == ""
+        assert in_host(h1, "docker image ls -q migrate-partial").strip() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for h in docker_hosts:
+            in_host(h, f"docker image rm -f {IMAGE} {BASE} >/dev/null 2>&1; true")
 
 
 def test_push_data_feeds_the_second_host_from_the_first(sandbox_hosts, tmp_path):
