@@ -81,10 +81,10 @@ class DataRelay:
             res = self.remotes[host].run(rplan.ADDRESS_COMMAND, check=False, what="read the SSH address")
             address = self.addresses[host] = rplan.parse_address(res.stdout.strip())
             if address is None:
-                return "no address the hosts share (this machine reaches it through a tunnel or a forward)"
+                return rplan.NO_SHARED_ADDRESS
             got = rplan.parse_reach(self.remotes[seed].run(rplan.reach_command([address]), check=False,
                                                            what="check the hosts reach each other").stdout)
-            return got.get(str(address), "no answer") if got.get("ssh") == "ok" else got.get("ssh", "no python3")
+            return rplan.reach_verdict(got, address)
 
         self.feeds = rplan.plan_feeds(self.hosts, needs, refuse, reach)
         return self.feeds

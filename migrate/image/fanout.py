@@ -62,24 +62,20 @@ def plan(sessions: Sequence, images: Sequence[LocalImage], *, relay: bool, sif: 
     needs = {s.host: any(s.plans[i.image_id].action == SEND for i in images) if not sif else
              any(not s.sif_present.get(i.image_id) for i in images) for s in sessions}
     refuse = {s.host: refusal(s, images) for s in sessions} if not sif else {}
-    seed_check: dict[str, str] = {}
     seed_tee: dict[str, bool] = {}
 
     def reach(seed: str, host: str) -> str:
         address = address_of(by_host[host])
         if address is None:
-            return "no address the hosts share (this machine reaches it through a tunnel or a forward)"
+            return rplan.NO_SHARED_ADDRESS
         got = rplan.parse_reach(by_host[seed].remote.run(rplan.reach_command([address]), check=False,
                                                           what="check the hosts reach each other").stdout)
-        if got.get("ssh", "no python3") != "ok":
-            seed_check[seed] = got.get("ssh", "no python3 there")
-            return seed_check[seed]
         seed_tee[seed] = got.get("tee") == "ok"
-        return got.get(str(address), "no answer")
+        return rplan.reach_verdict(got, address)
 
     off = "--format sif is sent from here" if sif else "" if relay else "--no-relay"
     feeds = rplan.plan_feeds([s.host for s in sessions], needs, refuse, reach, off=off)
-    for seed in {f.source for f in feeds.values() if f.relayed}:  # asked by reach(), once per seed
+    for seed in {f.source for f in feeds.values() if f.relayed}:  # learnt by reach()
         by_host[seed].can_tee = seed_tee.get(seed, False)
     return feeds
 

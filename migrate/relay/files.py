@@ -49,9 +49,8 @@ def feed_file(seed: Remote, seed_path: str, receivers: Sequence[tuple[Remote, st
     if fed:
         got = rplan.parse_reach(seed.run(rplan.reach_command([a for _, _, a in fed]), check=False,
                                          what="check the hosts reach each other").stdout)
-        for r, _, address in list(fed):
-            verdict = got.get("ssh", "no python3 there")
-            verdict = got.get(str(address), "no answer") if verdict == "ok" else verdict
+        for r, _, address in fed:
+            verdict = rplan.reach_verdict(got, address)
             if verdict != "ok":
                 why[r.name] = f"{seed.name} cannot reach it: {verdict}"
         fed = [f for f in fed if f[0].name not in why]

@@ -179,6 +179,16 @@ def reach_command(addresses: Sequence[Address], timeout: float = 5) -> str:
     return f"python3 -c {shell.quote(REACH_PY)} {shell.join([timeout, *map(str, addresses)])}"
 
 
+NO_SHARED_ADDRESS = "no address the hosts share (this machine reaches it through a tunnel or a forward)"
+
+
+def reach_verdict(got: Mapping[str, str], address: Address) -> str:
+    """"ok", or why the sender cannot feed `address`, from parse_reach's answer."""
+    if got.get("ssh") != "ok":
+        return got.get("ssh", "no python3 there")
+    return got.get(str(address), "no answer")
+
+
 def parse_reach(text: str) -> dict[str, str]:
     """`{"ssh": "ok"|why, "tee": "ok"|why, "ip:port": "ok"|why}` from reach_command's output."""
     out: dict[str, str] = {}
@@ -297,8 +307,9 @@ def tee_load_command(load: str, marker: Marker, riders: Sequence[Rider], decompr
     seed loads while they arrive. `tee -p` drops a rider whose ssh ends early and goes on with the
     others and the seed. After the load: every rider's output, stderr and exit status as REPORT lines
     (parse_reports), then the seed load's exit status. Fifos that cannot be made: the plain load."""
+    head = f"{decompress} | " if decompress else ""
     if not riders:
-        return shell.sh_c(f"{decompress} | {load}" if decompress else load)
+        return shell.sh_c(head + load)
     d = f'"$HOME"/{shell.quote(marker.key_dir)}'
     fifos = " ".join(f'"$d/in-{r.alias}"' for r in riders)
     lines = [f"d={d}; rm -f {fifos}", f"if mkfifo -m 600 {fifos}; then"]
@@ -306,7 +317,7 @@ def tee_load_command(load: str, marker: Marker, riders: Sequence[Rider], decompr
         a = r.alias
         lines.append(f'  ( {shell.join(ssh_argv(marker, a, r.user, r.address))} < "$d/in-{a}" > "$d/out-{a}" '
                      f'2> "$d/err-{a}"; echo $? > "$d/rc-{a}" ) &')
-    lines.append(f"  {decompress + ' | ' if decompress else ''}tee -p {fifos} | {load}")
+    lines.append(f"  {head}tee -p {fifos} | {load}")
     lines.append("  rc=$?; wait")
     for r in riders:
         a = r.alias
@@ -314,7 +325,7 @@ def tee_load_command(load: str, marker: Marker, riders: Sequence[Rider], decompr
                      f"echo \"{REPORT} {a} rc $(cat \"$d/rc-{a}\" 2>/dev/null)\"; "
                      f'rm -f "$d/in-{a}" "$d/out-{a}" "$d/err-{a}" "$d/rc-{a}"')
     lines.append("  exit $rc")
-    lines.append(f"else {decompress + ' | ' if decompress else ''}{load}; fi")
+    lines.append(f"else {head}{load}; fi")
     return shell.sh_c("\n".join(lines))
 
 
