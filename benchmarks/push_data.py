@@ -145,6 +145,8 @@ def main() -> int:
             "migrate push-data": lambda s, d: shlex.join([*migrate, "push-data", s, f"{alias}:{d}"]),
             "migrate --method rsync": lambda s, d: shlex.join([*migrate, "push-data", s, f"{alias}:{d}",
                                                                "--method", "rsync"]),
+            "migrate --method stream": lambda s, d: shlex.join([*migrate, "push-data", s, f"{alias}:{d}",
+                                                                "--method", "stream"]),
             "migrate --method parallel": lambda s, d: shlex.join([*migrate, "push-data", s, f"{alias}:{d}",
                                                                   "--method", "parallel", "--streams", "4"]),
         }

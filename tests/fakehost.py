@@ -162,14 +162,15 @@ class Reply:
 class Recorded:
     """One thing the orchestrator asked of the host."""
 
-    kind: str            # "run" | "file" | "stream" | "forward"
+    kind: str            # "run" | "held" (a probe held open: changes nothing unless streamed into) | "file" |
+    #                      "stream" | "forward"
     command: str         # the command line, the file path, the stream's command (or argv joined), the -L spec
     root: bool = False
     data: bytes = b""
 
     @property
     def mutating(self) -> bool:
-        return self.kind == "file" or is_mutating(self.command)
+        return self.kind == "file" or (self.kind != "held" and is_mutating(self.command))
 
 
 @dataclass
@@ -296,6 +297,9 @@ class FakeHost:
     def sudo_password(self) -> str:
         return "fake-password"
 
+    def open(self) -> FakeHost:
+        return self
+
     def reconnect(self) -> None:
         pass
 
@@ -314,7 +318,7 @@ class FakeHost:
     # -- what tests read -------------------------------------------------------------------------
     def commands(self, *, root: bool | None = None) -> list[str]:
         """Commands run on the host, in order (only those as root / not as root when `root` is given)."""
-        return [r.command for r in self.log if r.kind == "run" and (root is None or r.root == root)]
+        return [r.command for r in self.log if r.kind in ("run", "held") and (root is None or r.root == root)]
 
     def streams(self) -> list[str]:
         return [r.command for r in self.log if r.kind == "stream"]
@@ -350,6 +354,8 @@ class RecordingTransfers:
     local_version: tuple[int, int, int] = (3, 2, 7)
     round_trip: float = 0.0005    # what `link_round_trip` measures (seconds): a LAN by default
     round_trip_checks: int = 0
+    streamed: list = field(default_factory=list)  # each file stream's (name, kind) records
+    held_reaped: int = 0
 
     def _stats(self, argv: list[str]):
         from migrate.data.rsync import Stats
@@ -395,6 +401,39 @@ class RecordingTransfers:
 
     def stream_file(self, path: str, ssh_argv: list[str], remote_command: str, **_: object) -> object:
         self.host.record_stream(ssh_argv, remote_command)
+        return self._outcome()
+
+    def hold_probe(self, ssh_argv: list[str], command: str) -> object:
+        """The probe's exec, held open (`transfer.HeldProbe`): answered by the host's replies; a stream
+        into it is recorded as `held stream into DIR`."""
+        transfers = self
+
+        self.host.log.append(Recorded("held", command))
+
+        class Held:
+            used = False
+            text = self.host._answer(command).stdout
+
+            def round_trip(self) -> float:
+                return transfers.link_round_trip([])
+
+            def stream(self, into: str, items: list, **_: object) -> object:
+                self.used = True
+                transfers.host.record_stream([], f"held stream into {into}")
+                transfers.streamed.append([(i.name, i.kind) for i in items])
+                return transfers._outcome()
+
+            def close(self) -> None:
+                self.used = True
+
+            def reap(self) -> None:
+                transfers.held_reaped += 1
+
+        return Held()
+
+    def run_file_stream(self, items: list, ssh_argv: list[str], remote_command: str, **_: object) -> object:
+        self.host.record_stream(ssh_argv, remote_command)
+        self.streamed.append([(i.name, i.kind) for i in items])
         return self._outcome()
 
 

@@ -55,7 +55,9 @@ def _transfer_options(f):
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: for a first copy, tar streams (many small files) or --streams parallel rsync "
                    "streams (several big files); on a far link (round trip >= 30 ms) tar through zstd, or "
-                   "rsync without zstd, and one rsync for big files; else rsync.")
+                   "rsync without zstd, and one file stream for big files (each file lands once whole; "
+                   "an interrupted one waits in .migrate-partial/ for the rerun's rsync); else rsync. "
+                   "stream: files and directories only, no --delete.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Streams for --method parallel (and tar: at most one per remote core).")
 @click.option("--sudo", is_flag=True, help="Write as root (remote rsync via passwordless sudo).")

@@ -17,11 +17,14 @@ from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
 from migrate.units import parse_rate, rate_kib
 
-METHODS = ("auto", "rsync", "parallel", "tar")
+METHODS = ("auto", "rsync", "parallel", "tar", "stream")
 # auto picks a tar stream for a first copy of many small files (measured: benchmarks/push_data.py)
 TAR_MIN_FILES = 1000
 TAR_MAX_AVG_BYTES = 1 << 20
 PARALLEL_MIN_BYTES = 256 << 20  # first copies at least this big, of 2+ files, go as parallel rsync streams
+# On a far link a first copy of one file, or of files this big on average, goes as one file stream
+# (smaller ones are many: a file stream spends a few processes on the host per file)
+STREAM_MIN_AVG_BYTES = 1 << 20
 # A round trip this long or longer makes a link "far": there the link, not this machine's CPU, bounds a
 # first copy, so bytes count (measured on `sandbox up --link 100mbit/40ms`: docs/performance.md)
 FAR_ROUND_TRIP_S = 0.03
@@ -42,7 +45,7 @@ class PushDataOptions:
     bwlimit: str | None = None
     checksum: bool = False
     compress: str = "auto"        # auto | none | zstd
-    method: str = "auto"          # auto | rsync | parallel | tar
+    method: str = "auto"          # auto | rsync | parallel | tar | stream
     streams: int = 4
     sudo: bool = False
     install_rsync: bool = False
@@ -78,37 +81,49 @@ def is_far(round_trip: float | None) -> bool:
 
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
                   delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
-                  tar_streams: int = 1, round_trip: float | None = None, tar_zstd: bool = False) -> tuple[str, str]:
+                  tar_streams: int = 1, round_trip: float | None = None, tar_zstd: bool = False,
+                  file_stream: bool = False) -> tuple[str, str]:
     """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
     first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync.
     `tar_streams`: how many tar streams would run (the reason says so). `round_trip`: the link's, when
-    measured; on a far link bytes count more than CPU: small files go as tar streams through zstd
-    (`tar_zstd`: zstd on both sides) or else by rsync (tar's 512-byte headers are 12 % more bytes at
-    4 KiB), and big files by one rsync."""
+    measured; on a far link bytes and round trips count more than CPU: small files go as tar streams
+    through zstd (`tar_zstd`: zstd on both sides) or else by rsync (tar's 512-byte headers are 12 % more
+    bytes at 4 KiB), and one file, or files of STREAM_MIN_AVG_BYTES on average, as one file stream where
+    the host can take one (`file_stream`: GNU head there), else big files by one rsync. `dest_empty`: a
+    first copy (for a single file: nothing at its landing path)."""
     how = "one tar stream" if tar_streams <= 1 else f"{tar_streams} tar streams in parallel"
     far = is_far(round_trip)
     link = f"a far link ({(round_trip or 0) * 1000:.0f} ms round trip)"
     if far and tar_zstd:
         how += " through zstd"
+    if requested in ("tar", "parallel", "stream") and delete:
+        raise UsageError(f"--method {requested} cannot --delete", hint="use --method rsync")
+    if requested == "stream":
+        if not file_stream:
+            raise MigrateError("--method stream needs GNU coreutils on the host (its `head -c` reads no further "
+                               "than a file's size)", hint="use --method rsync or tar")
+        return "stream", "--method stream"
     if not remote_rsync:
         if delete:
             raise MigrateError("--delete needs rsync on the remote side",
                                hint="rerun with --install-rsync, or without --delete")
         return "tar", f"the remote has no rsync: {how} over ssh (rerun with --install-rsync for resume)"
     if requested != "auto":
-        if requested in ("tar", "parallel") and delete:
-            raise UsageError(f"--method {requested} cannot --delete", hint="use --method rsync")
         return requested, f"--method {requested}"
-    if is_dir and dest_empty and not delete and not checksum and files >= TAR_MIN_FILES \
-            and avg_size <= TAR_MAX_AVG_BYTES:
+    first = dest_empty and not delete and not checksum
+    if is_dir and first and files >= TAR_MIN_FILES and avg_size <= TAR_MAX_AVG_BYTES:
         if far and not tar_zstd:
             return "rsync", (f"first copy of {files} small files over {link} without zstd on both sides: rsync "
                              "(fewer bytes than tar's 512-byte headers)")
         if far:
             return "tar", f"first copy of {files} small files over {link}: {how}"
         return "tar", f"first copy of {files} small files: {how} (no per-file round trips)"
-    if is_dir and dest_empty and not delete and not checksum and not bwlimit and files >= 2 \
-            and files * avg_size >= PARALLEL_MIN_BYTES:
+    if far and first and file_stream and (not is_dir or avg_size >= STREAM_MIN_AVG_BYTES):
+        what = f"{files} files, {ui.human_bytes(int(files * avg_size))}" if is_dir else \
+            f"a {ui.human_bytes(int(avg_size))} file"
+        return "stream", (f"first copy of {what} over {link}: one file stream (the link is the limit; one exec "
+                          "instead of rsync's handshake round trips)")
+    if is_dir and first and not bwlimit and files >= 2 and files * avg_size >= PARALLEL_MIN_BYTES:
         total = ui.human_bytes(int(files * avg_size))
         if far:
             return "rsync", f"first copy of {files} files, {total} over {link}: one rsync (the link is the limit)"
@@ -120,10 +135,11 @@ def destination_dirs(plans: list[tuple[Mapping, str]], *, mkpath: bool) -> list[
     """Remote directories to create (`mkdir -p`, once) before anything is sent: every missing parent
     when rsync has no --mkpath, and always the destination of parallel rsync streams: several rsyncs
     creating it at once race (`mkdir "DEST/" failed: File exists`). Tar streams make their own
-    (`mkdir -p DEST && tar ...`: the directories go first, in one stream, before the parallel ones)."""
+    (`mkdir -p DEST && tar ...`: the directories go first, in one stream, before the parallel ones), and
+    so do file streams (each file's `.migrate-partial/` is made with its parents)."""
     dirs = set()
     for m, method in plans:
-        if method == "tar" and m.source_is_dir:
+        if (method == "tar" and m.source_is_dir) or method == "stream":
             continue
         if m.source_is_dir and (not mkpath or method == "parallel"):
             dirs.add(m.dest_arg)

@@ -45,6 +45,8 @@ from migrate.data.plan import (
 from migrate.data.remote import (
     DestFacts,
     dest_probe_command,
+    file_stream_command,
+    held_probe_command,
     make_dirs_words,
     parse_dest_probe,
     parse_partial_probe,
@@ -52,7 +54,15 @@ from migrate.data.remote import (
     tar_extract_command,
 )
 from migrate.data.rsync import RsyncOptions, rsh_join, rsync_argv
-from migrate.data.transfer import LocalTransfers, RunOutcome, local_has_zstd, require_local_tools
+from migrate.data.transfer import (
+    HeldProbe,
+    LocalTransfers,
+    RunOutcome,
+    StreamItem,
+    local_has_zstd,
+    require_local_tools,
+    stream_items,
+)
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
 from migrate.remote.host import Host
@@ -132,6 +142,7 @@ class HostPush:
         self.listings = listings or {}  # source path -> its listing, started early (push_data)
         self.round_trip: float | None = None  # the link's, when a choice depended on it (seconds)
         self.compress_tar = False
+        self.held: HeldProbe | None = None  # the probe's exec, while a file stream may still use it
 
     def run(self) -> list[DataPushResult]:
         # size the sources while the connection is being set up
@@ -140,7 +151,11 @@ class HostPush:
         results: list[DataPushResult] = []
         try:
             with self.reach.session(self.host) as remote:
-                results = self._run(remote, future.result)
+                try:
+                    results = self._run(remote, future.result)
+                finally:
+                    if self.held is not None:
+                        self.held.reap()
                 return results
         finally:
             sizer.shutdown(wait=True)
@@ -148,6 +163,13 @@ class HostPush:
                 self.relay.seed_finished(results)
 
     def _probe(self, remote: Host) -> DestFacts:
+        """The destination's facts. Where a file stream may follow, the probe's exec is held open to
+        become it (`HeldProbe`): a far first copy of big files then costs one exec in all."""
+        o = self.o
+        if o.method in ("auto", "stream") and not o.sudo and not o.dry_run and self.held is None:
+            remote.open()
+            self.held = self.transfers.hold_probe(remote.openssh_argv(), held_probe_command(self.dest))
+            return parse_dest_probe(self.held.text)
         return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
 
     def _run(self, remote: Host, sizes: Callable[[], dict[str, tuple[int, int]]]) -> list[DataPushResult]:
@@ -199,27 +221,32 @@ class HostPush:
         need = 0
         self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
+        first_copy = facts.kind == "none" or (facts.kind == "dir" and facts.empty)
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
             choose = functools.partial(choose_method, o.method, remote_rsync=facts.has_rsync,
-                                       dest_empty=facts.kind == "none" or facts.empty, files=files,
+                                       dest_empty=first_copy, files=files,
                                        avg_size=size / files if files else 0, delete=o.delete,
                                        checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
-                                       tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd)
-            method, reason = choose()
-            if method in ("tar", "parallel") and o.method == "auto":
-                # a first copy that CPU would bound near by: how far is the host? (measured once per host)
-                if self.round_trip is None:
-                    self.round_trip = self._link_round_trip(remote)
+                                       tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd,
+                                       file_stream=facts.gnu_head)
+            method, reason = choose(round_trip=self.round_trip)
+            if o.method == "auto" and self.round_trip is None and \
+                    choose(round_trip=0.0) != choose(round_trip=FAR_ROUND_TRIP_S):
+                # near, CPU bounds this copy; far, bytes and round trips do (the method, or tar's zstd, differs):
+                # how far is the host? (measured once per host)
+                self.round_trip = self._link_round_trip(remote)
                 method, reason = choose(round_trip=self.round_trip)
             if method in ("tar", "parallel") and not src.is_dir and facts.has_rsync:
                 method, reason = "rsync", "a single file: rsync"
             early = self.listings.get(src.path)
-            if method in ("tar", "parallel") and src.is_dir:
+            if method in ("tar", "parallel", "stream") and src.is_dir:
                 # the same filters as rsync
                 summary = early.result() if early else filelist.list_source(src.path, o.exclude, o.exclude_from)
                 files, size = summary.files, summary.bytes
+                if method == "stream":
+                    method, reason = self._streamable(src, summary, method, reason)
             elif early:
                 early.not_needed()
             plans.append((src, m, summary, files, size, method, reason))
@@ -231,6 +258,8 @@ class HostPush:
         mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
         if parents:
             plan.changes.append(RemoteChange(mkdirs, root=o.sudo, why="destination directories"))
+        if self.held is not None and not any(p[5] == "stream" for p in plans):
+            self.held.close()  # nothing will stream into it
         for src, m, _summary, files, size, method, reason in plans:
             plan.transfers.append(self._planned(remote, facts, rsh, base_opts, src, m, files, size, method, reason))
         if o.dry_run:
@@ -248,12 +277,29 @@ class HostPush:
             results.append(one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
         return results
 
+    def _streamable(self, src: _Source, summary: filelist.SourceSummary, method: str,
+                    reason: str) -> tuple[str, str]:
+        """A file stream carries files and directories only: with links (or devices) in the tree, auto
+        falls back to rsync and --method stream is refused."""
+        odd = [e.path for e in summary.entries if e.kind not in ("f", "d")]
+        if not odd:
+            return method, reason
+        if self.o.method == "stream":
+            raise UsageError(f"--method stream sends files and directories only, not symlinks or devices: "
+                             f"{src.typed} holds {len(odd)} (e.g. {odd[0]!r})", hint="use --method rsync")
+        return "rsync", reason.split(": ")[0] + ": one rsync (the tree has symlinks, which a file stream skips)"
+
     def _link_round_trip(self, remote: Host) -> float:
         """The link's round trip; a far-looking first sample is checked once more (a busy machine here
         can slow one sample down, never speed one up), keeping the smaller."""
-        rt = self.transfers.link_round_trip(remote.openssh_argv())
+        held = self.held
+        if held is not None and not held.used:
+            sample = held.round_trip  # over the probe's open session: one round trip, nothing else
+        else:
+            sample = functools.partial(self.transfers.link_round_trip, remote.openssh_argv())
+        rt = sample()
         if is_far(rt) and rt < 2 * FAR_ROUND_TRIP_S:
-            rt = min(rt, self.transfers.link_round_trip(remote.openssh_argv()))
+            rt = min(rt, sample())
         ui.debug(f"{remote.target.alias}: round trip {rt * 1000:.1f} ms")
         return rt
 
@@ -365,6 +411,8 @@ class HostPush:
         cb = self.progress.callback(task)
         if method == "tar":
             outcome = self._tar(remote, facts, src, m, summary, cb)
+        elif method == "stream":
+            outcome = self._file_stream(remote, facts, src, m, summary, cb)
         elif method == "parallel":
             assert summary is not None
             outcome = self.transfers.run_parallel_rsync(src.path, dest_spec, rsh, opts, summary.entries,
@@ -397,11 +445,42 @@ class HostPush:
                 f"{sudo_prefix}chmod {mode} {q(tmp)} && {sudo_prefix}touch -d @{mtime} {q(tmp)} && "
                 f"{sudo_prefix}mv -f {q(tmp)} {q(m.landing)}")
 
+    def _file_stream(self, remote: Host, facts: DestFacts, src: _Source, m: Mapping,
+                     summary: filelist.SourceSummary | None, cb) -> RunOutcome:
+        """Over the held probe's exec when it is still free, else an exec of its own."""
+        items = self._stream_items(src, m, summary)
+        limit = bwlimit_kib(self.o.bwlimit)
+        if self.held is not None and not self.held.used:
+            return self.held.stream(self._stream_into(src, m), items, on_progress=cb, bwlimit_kib=limit)
+        return self.transfers.run_file_stream(items, remote.openssh_argv(), self._file_stream_command(facts, src, m),
+                                              on_progress=cb, bwlimit_kib=limit)
+
+    @staticmethod
+    def _stream_into(src: _Source, m: Mapping) -> str:
+        """The directory a file stream lands in: DEST (a directory), or the one the file lands in."""
+        return m.landing if src.is_dir else (os.path.dirname(m.landing.rstrip("/")) or ".")
+
+    def _file_stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
+        """What a file stream runs there: it lands in DEST (a directory) or next to the file (a file)."""
+        sudo_prefix = shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
+        return file_stream_command(self._stream_into(src, m), sudo_prefix=sudo_prefix)
+
+    @staticmethod
+    def _stream_items(src: _Source, m: Mapping, summary: filelist.SourceSummary | None) -> list[StreamItem]:
+        if not src.is_dir:
+            return [StreamItem(src.path, os.path.basename(m.landing.rstrip("/")))]
+        if summary is None:
+            raise MigrateError(f"{src.typed} was not listed before its stream (a migrate bug)")
+        return stream_items(src.path, summary.entries)
+
     def _planned(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
                  files: int, size: int, method: str, reason: str) -> PlannedTransfer:
         if method == "tar":
             command = self._stream_command(facts, src, m, compressed=self.compress_tar and src.is_dir)
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), command, files, size)
+        if method == "stream":
+            return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._file_stream_command(facts, src, m),
+                                   files, size)
         argv = rsync_argv([self._source_arg(src)], remote_spec(remote, m.dest_arg), rsh, opts, stats=True)
         if method == "parallel":
             reason += f" ({max(1, self.o.streams)} streams, each with --files-from one shard)"
@@ -471,6 +550,8 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     relay = DataRelay(hosts, conn, options) if reach.fan_out and len(hosts) > 1 else None
     if options.method not in METHODS:
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
+    if options.method in ("tar", "parallel", "stream") and options.delete:
+        raise UsageError(f"--method {options.method} cannot --delete", hint="use --method rsync")
     if options.compress not in ("auto", "none", "zstd"):
         raise UsageError(f"unknown --compress {options.compress!r}", hint="auto, none or zstd")
     normalize_bwlimit(options)

@@ -20,6 +20,7 @@ if [ -d "$d" ] && [ -n "$(ls -A "$d" 2>/dev/null | head -n 1)" ]; then kv empty 
 kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
+kv gnu_head "$(head --version 2>/dev/null | head -n 1)"
 kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
 kv sudo "$(sudo_mode)"
@@ -38,6 +39,7 @@ class DestFacts:
     rsync_version: tuple[int, int, int] = (0, 0, 0)
     zstd: bool = False
     tar: bool = False
+    gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
     home: str = ""
     sudo: str = "none"
     cpus: int = 0
@@ -65,6 +67,7 @@ def _digits(value: str) -> int:
 DEST_KEYS = {"kind": ("kind", as_is), "existing": ("existing", as_is), "writable": ("writable", yes),
              "free_kib": ("free_bytes", _kib_to_bytes), "empty": ("empty", yes),
              "rsync": ("rsync_version", parse_version), "zstd": ("zstd", bool), "tar": ("tar", bool),
+             "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v),
              "home": ("home", as_is), "cpus": ("cpus", _digits), "sudo": ("sudo", as_is)}
 
 
@@ -96,6 +99,69 @@ def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: s
         unpack = f"zstd -dc | {unpack}"
     made = " ".join(shell.quote(d) for d in [dest_dir, *(make_dirs or [])])
     return f"{sudo_prefix}mkdir -p {made} && {unpack}"
+
+
+# receive DEST: DEST is the directory the records land in; stdin = records, each a header line
+# `KIND SIZE MODE MTIME NAMELEN`, then NAMELEN bytes of the name (relative to DEST, any bytes but NUL),
+# then (KIND f) SIZE bytes of the file: written to DIR/.migrate-partial/NAME (where an interrupted
+# rsync --partial-dir keeps a file, so a rerun's rsync resumes it in place), then given its mode and
+# time and renamed into place. KIND d: a directory's mode and time (they come after its files). The
+# last record, `e COUNT`, says how many files were sent: a stream cut between two files fails too.
+# GNU head -c reads exactly SIZE bytes from a pipe, and `read` one byte at a time: nothing is over-read.
+FILE_RECEIVER = r"""
+fail() { printf 'migrate stream: %s\n' "$*" >&2; exit 3; }
+receive() {
+  d=$1; n=0
+  while IFS=' ' read -r k size mode mtime len; do
+    case $k in
+      e) [ "$size" = "$n" ] || fail "the stream ended after $n of $size files"; exit 0 ;;
+      f|d) ;;
+      *) fail "not a record: ${k%"${k#?}"}..." ;;
+    esac
+    name=$(head -c "$len"; printf x); name=${name%x}
+    case /$name/ in */../*) fail "refusing the name $name" ;; esac
+    p=$d/$name
+    if [ "$k" = d ]; then
+      mkdir -p -- "$p" && chmod "$mode" -- "$p" && touch -d "@$mtime" -- "$p" || exit 3
+      continue
+    fi
+    part=${p%/*}/.migrate-partial; t=$part/${p##*/}
+    mkdir -p -- "$part" && head -c "$size" > "$t" || exit 3
+    got=$(wc -c < "$t")
+    [ "$got" -eq "$size" ] || fail "the stream broke after $got of $size bytes of $name (kept in $t)"
+    chmod "$mode" -- "$t" && touch -d "@$mtime" -- "$t" && mv -f -- "$t" "$p" || exit 3
+    rmdir -- "$part" 2>/dev/null
+    n=$((n + 1))
+  done
+  fail "the stream ended after $n files"
+}
+"""
+FILE_STREAM = FILE_RECEIVER + 'receive "$1"\n'
+
+# DEST_PROBE, then the session waits for lines: `ping` is answered `pong` (one round trip, timed by
+# push-data: no exec, no session to set up); `stream LEN` and LEN bytes of a directory make it a
+# file stream into that directory (push-data decides after reading the facts, and saves the
+# stream's own exec: two round trips on a far link); anything else, or EOF, ends it.
+DEST_PROBE_HELD = DEST_PROBE + FILE_RECEIVER + r"""
+kv probed .
+while IFS=' ' read -r w len; do
+  case $w in
+    ping) echo pong ;;
+    stream) into=$(head -c "$len"; printf x); receive "${into%x}" ;;
+    *) exit 0 ;;
+  esac
+done
+"""
+
+
+def file_stream_command(dest_dir: str, *, sudo_prefix: str = "") -> str:
+    """The receiving side of a file stream (FILE_STREAM) into `dest_dir`."""
+    return f"{sudo_prefix}{shell.sh_c(FILE_STREAM)} sh {shell.quote(dest_dir)}"
+
+
+def held_probe_command(dest: str) -> str:
+    """DEST_PROBE_HELD for DEST: the probe, then maybe a file stream on the same exec."""
+    return f"{shell.sh_c(DEST_PROBE_HELD)} sh {shell.quote(dest)}"
 
 
 # Arguments: `tree:PATH` (every partial dir under PATH) or `dir:PATH` (PATH/.migrate-partial only).

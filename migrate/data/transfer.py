@@ -25,6 +25,8 @@ from typing import IO, cast
 from migrate import local, ui
 from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
 from migrate.data.rsync import (
+    DISK_FULL_HINT,
+    RESUME_HINT,
     RsyncOptions,
     Stats,
     explain_exit,
@@ -412,6 +414,182 @@ def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
                                   sent_bytes=sent), seconds=time.monotonic() - t0)
 
 
+@dataclass
+class StreamItem:
+    """One record of a file stream: a local file (or directory) and its name under DEST there."""
+
+    path: str
+    name: str
+    kind: str = "f"   # f: a file; d: a directory's mode and time
+
+
+def stream_items(src_dir: str, entries: list[ListedEntry]) -> list[StreamItem]:
+    """A directory's files, then its directories deepest first and DEST itself last (a directory's time
+    is set after its files arrived). Only files and directories: the caller keeps links for rsync."""
+    files = [StreamItem(os.path.join(src_dir, e.path), e.path) for e in entries if e.kind == "f"]
+    dirs = sorted((e.path for e in entries if e.kind == "d"), key=lambda p: p.count("/"), reverse=True)
+    return [*files, *(StreamItem(os.path.join(src_dir, p), p, "d") for p in dirs), StreamItem(src_dir, ".", "d")]
+
+
+def stream_header(kind: str, size: int, st: os.stat_result, name: str) -> bytes:
+    """A FILE_STREAM record's header: kind, size, octal mode, mtime to the nanosecond, then the name."""
+    raw = name.encode("utf-8", "surrogateescape")
+    sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+    return f"{kind} {size} {st.st_mode & 0o7777:o} {sec}.{nsec:09d} {len(raw)}\n".encode() + raw
+
+
+def run_file_stream(items: list[StreamItem], ssh_argv: list[str], remote_command: str, *,
+                    on_progress: ProgressCallback | None = None, bwlimit_kib: int | None = None) -> RunOutcome:
+    """Big files in one stream over ssh, read here and written there by `remote_command`
+    (`data.remote.file_stream_command`): one exec, where rsync's protocol spends six or more round
+    trips on its own handshake and goodbyes (felt on a far link). Each file lands under its name only
+    once whole; an interrupted one waits in .migrate-partial/ for the rerun's rsync to resume it."""
+    roundtrips.note("exec", "", "file stream")
+    ui.debug("$ (file stream) | " + " ".join(ssh_argv) + " " + remote_command)
+    proc = subprocess.Popen([*ssh_argv, remote_command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    return _FileStream(proc).send(items, on_progress=on_progress, bwlimit_kib=bwlimit_kib)
+
+
+class _FileStream:
+    """The sending side of a FILE_RECEIVER on the other end of `proc` (ssh): records in, its complaint out."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdin is not None and proc.stderr is not None  # both are PIPE
+        self.proc = proc
+        self.err_chunks: list[bytes] = []
+        err = proc.stderr
+        self.reader = threading.Thread(target=lambda: self.err_chunks.append(err.read()), daemon=True)
+        self.reader.start()
+
+    def send(self, items: list[StreamItem], *, first: bytes = b"", on_progress: ProgressCallback | None = None,
+             bwlimit_kib: int | None = None) -> RunOutcome:
+        """Write `first`, then each item's record, then the end record; wait for the receiver."""
+        sizes = {i.path: os.stat(i.path).st_size for i in items if i.kind == "f"}
+        total = sum(sizes.values())
+        t0 = time.monotonic()
+        stdin = cast(IO[bytes], self.proc.stdin)
+        sent = wire = 0
+        broken = False
+        try:
+            stdin.write(first)
+            for item in items:
+                size = sizes.get(item.path, 0)
+                head = stream_header(item.kind, size, os.stat(item.path), item.name)
+                stdin.write(head)
+                wire += len(head)
+                if item.kind != "f":
+                    continue
+                left = size
+                with open(item.path, "rb") as fh:
+                    while left:
+                        chunk = fh.read(min(left, 1 << 20))
+                        if not chunk:
+                            raise TransferError(f"{item.path} shrank while it was being sent",
+                                                hint="rerun the same command when nothing writes to it")
+                        stdin.write(chunk)
+                        left -= len(chunk)
+                        sent += len(chunk)
+                        if on_progress:
+                            on_progress(sent, total)
+                        if bwlimit_kib:
+                            lag = sent / (bwlimit_kib * 1024) - (time.monotonic() - t0)
+                            if lag > 0:
+                                time.sleep(lag)
+                wire += size
+            end = f"e {len(sizes)}\n".encode()
+            stdin.write(end)
+            wire += len(end)
+            stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            broken = True
+        except BaseException:
+            self.proc.kill()  # the receiver keeps the unfinished file in .migrate-partial/
+            self.proc.wait()
+            raise
+        code = self.proc.wait()
+        self.reader.join()
+        if code != 0 or broken:
+            err = b"".join(self.err_chunks).decode("utf-8", "replace").strip().splitlines()
+            said = [ln.removeprefix("migrate stream: ") for ln in err if ln.strip()]
+            last = said[-1] if said else f"exit code {code}"
+            if "No space left" in " ".join(err):
+                raise TransferError(f"file stream: the receiving side ran out of disk space: {last}",
+                                    hint=DISK_FULL_HINT)
+            raise TransferError(f"file stream over ssh failed: {last}", hint=RESUME_HINT)
+        stats = Stats(files=len(items), regular_files_transferred=len(sizes), total_size=total,
+                      transferred_size=total, sent_bytes=wire)
+        return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+class HeldProbe:
+    """push-data's destination probe (`data.remote.held_probe_command`) with its exec kept open: `text`
+    is what the probe printed; `round_trip` times the link over it; `stream` turns the same exec into
+    a file stream (its own exec, two round trips, saved), `close` ends it (EOF; reaped without waiting
+    for the host)."""
+
+    def __init__(self, ssh_argv: list[str], command: str) -> None:
+        roundtrips.note("exec", "", "inspect destination")
+        self.proc = subprocess.Popen([*ssh_argv, command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.used = False
+        self.stream_end = _FileStream(self.proc)
+        lines = []
+        out = cast(IO[bytes], self.proc.stdout)
+        for raw in iter(out.readline, b""):
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+            if line == "probed=.":
+                break
+            lines.append(line)
+        else:
+            code = self.proc.wait()
+            self.stream_end.reader.join()
+            err = b"".join(self.stream_end.err_chunks).decode("utf-8", "replace").strip().splitlines()
+            raise MigrateError(f"could not inspect the destination: {err[-1] if err else f'exit code {code}'}",
+                               hint="check the connection (migrate doctor HOST) and rerun")
+        self.text = "\n".join(lines) + "\n"
+
+    def round_trip(self) -> float:
+        """One network round trip, in seconds: a line there and its answer back over the open session
+        (no exec, no session setup on the host in it); 0.0 when the session has ended."""
+        stdin, stdout = cast(IO[bytes], self.proc.stdin), cast(IO[bytes], self.proc.stdout)
+        roundtrips.note("ping", "", "round-trip check")
+        t0 = time.perf_counter()
+        try:
+            stdin.write(b"ping\n")
+            stdin.flush()
+        except (OSError, ValueError):  # ended there (a broken pipe), or closed here
+            return 0.0
+        answer = stdout.readline()
+        return time.perf_counter() - t0 if answer == b"pong\n" else 0.0
+
+    def stream(self, into: str, items: list[StreamItem], *, on_progress: ProgressCallback | None = None,
+               bwlimit_kib: int | None = None) -> RunOutcome:
+        """The probe's exec becomes a file stream into the directory `into`."""
+        self.used = True
+        raw = into.encode("utf-8", "surrogateescape")
+        return self.stream_end.send(items, first=f"stream {len(raw)}\n".encode() + raw, on_progress=on_progress,
+                                    bwlimit_kib=bwlimit_kib)
+
+    def close(self) -> None:
+        """End the exec if nothing streamed into it: EOF there, and no wait here for the host's answer."""
+        if not self.used:
+            self.used = True
+            try:
+                cast(IO[bytes], self.proc.stdin).close()
+            except OSError:
+                pass
+
+    def reap(self) -> None:
+        """Wait for the ended exec (by now long gone on the host) so no ssh is left behind."""
+        self.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def require_local_tools() -> None:
     """rsync must exist locally (it also lists files for every method)."""
     try:
@@ -522,6 +700,8 @@ class LocalTransfers:
     run_parallel_rsync = staticmethod(run_parallel_rsync)
     run_tar_streams = staticmethod(run_tar_streams)
     stream_file = staticmethod(stream_file)
+    run_file_stream = staticmethod(run_file_stream)
+    hold_probe = HeldProbe
     link_round_trip = staticmethod(link_round_trip)
 
     @staticmethod

@@ -6,7 +6,9 @@ starts something on a host appends one tab-separated line to FILE: `KIND<TAB>HOS
 - `connect`: a new SSH connection (paramiko's, or an OpenSSH ControlMaster / plain `ssh` process);
 - `exec`: one remote command, i.e. one exec channel (paramiko `run`, an `ssh HOST CMD` process,
   rsync's remote rsync, a tar or image stream);
-- `sftp`: one SFTP request batch (a file written with pipelined requests).
+- `sftp`: one SFTP request batch (a file written with pipelined requests);
+- `ping`: one line and its answer over a session already open (push-data's round-trip check over
+  its held destination probe).
 
 Nothing is written without the variable, so the cost is one environment lookup. Lines are appended
 with O_APPEND in one write, so threads (several hosts) and child processes do not interleave them.
@@ -19,7 +21,7 @@ import os
 from collections import Counter
 
 ENV = "MIGRATE_COUNT_ROUND_TRIPS"
-KINDS = ("connect", "exec", "sftp")
+KINDS = ("connect", "exec", "sftp", "ping")
 
 
 def note(kind: str, host: str, what: str = "") -> None:

@@ -325,6 +325,57 @@ def test_first_copy_of_several_big_files_goes_as_parallel_streams(scratch, tmp_p
     remote.run(f"rm -rf {shell.quote(base + '/shards')}")
 
 
+def test_a_file_stream_lands_like_rsync_and_an_interrupted_one_resumes_where_it_broke(scratch, tmp_path):
+    """Issue 24: `--method stream` (auto's pick for big first copies over a far link) sends the tree in
+    one exec. The result is what rsync -a makes (a rerun finds nothing to send), and a stream cut in
+    the middle of a file leaves it in .migrate-partial/, never under its name, for the rerun's rsync
+    to resume in place."""
+    host, base, linked, remote = scratch
+    res = run_cli("push-data", str(linked), f"{host}:{base}/s", "--method", "stream")
+    assert res.code == 1 and "files and directories only" in res.stderr, res.output  # a symlink: refused
+    assert_one_line_error(res)
+    assert remote.run(f"test -e {shell.quote(base)}", check=False).exit_code != 0   # and nothing was made
+    src = tmp_path / "nolinks"
+    _tree(src)
+    (src / "link").unlink()
+    (src / "ckpt").mkdir()
+    payload = os.urandom(12 << 20)
+    (src / "ckpt" / "model.pt").write_bytes(payload)
+    (src / "ckpt").chmod(0o750)
+    res = run_cli("push-data", str(src), f"{host}:{base}/s", "--method", "stream", "--json")
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "stream" and r["status"] == "changed", r
+    assert _remote_listing(remote, base + "/s") == _local_listing(src)
+    res = run_cli("push-data", str(src), f"{host}:{base}/s", "--json")   # modes and times match to the ns
+    assert [(x["status"], x["files_transferred"]) for x in json.loads(res.stdout)] == [("up to date", 0)], res.output
+
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(src), f"{host}:{base}/cut",
+                             "--method", "stream", "--bwlimit", "4m"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    partial = shell.quote(f"{base}/cut/ckpt/.migrate-partial/model.pt")
+    deadline = time.time() + 60
+    size = 0
+    while time.time() < deadline and size < (4 << 20):
+        size = int(remote.run(f"stat -c %s {partial} 2>/dev/null || echo 0", check=False).stdout.strip() or 0)
+        time.sleep(0.2)
+    assert size >= 4 << 20, "the stream never reached the big file"
+    for p in [p for p, comm in _descendants(proc.pid) if comm == "ssh"]:
+        os.kill(p, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "rerun the same command" in err.decode(), err
+    assert remote.run(f"test -e {shell.quote(base + '/cut/ckpt/model.pt')}", check=False).exit_code != 0
+    res = run_cli("push-data", str(src), f"{host}:{base}/cut", "--json")
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "rsync" and r["wire_bytes"] < len(payload) - (3 << 20), r  # resumed, not sent again
+    assert _remote_listing(remote, base + "/cut") == _local_listing(src)
+    assert remote.run(f"sha256sum {shell.quote(base + '/cut/ckpt/model.pt')}").stdout.split()[0] == \
+        hashlib.sha256(payload).hexdigest()
+    assert "migrate-partial" not in remote.run(f"find {shell.quote(base + '/cut')}").stdout
+
+
 @pytest.mark.parametrize("method", ["parallel", "tar"])
 def test_streams_to_new_nested_destinations_never_race(scratch, tmp_path, method):
     """Several streams used to create a missing DEST each (rsync --mkpath), and one lost the race:

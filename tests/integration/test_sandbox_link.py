@@ -122,3 +122,29 @@ def test_push_data_over_a_far_link_measures_it_and_sends_small_files_by_bytes(li
     local_sum = subprocess.run(f"cd {src} && find . -type f | sort | xargs cat | md5sum", shell=True,
                                capture_output=True, text=True).stdout.split()[0]
     assert _remote(cfg, "cd far/tar && find . -type f | sort | xargs cat | md5sum").split()[0] == local_sum
+
+
+def test_push_data_over_a_far_link_sends_big_files_as_one_stream_over_the_probes_exec(link_sandbox, tmp_path):
+    """Issue 24: a far first copy of big files is bounded by the link in every method, so round trips
+    decide: auto times the link over the held probe (one `ping`) and sends the tree as one file stream
+    on the probe's own exec, where rsync spends six or more round trips of its own."""
+    cfg, _ = link_sandbox
+    src = tmp_path / "ckpt"
+    (src / "opt").mkdir(parents=True)
+    (src / "model.pt").write_bytes(os.urandom(3 << 20))
+    (src / "opt" / "state.pt").write_bytes(os.urandom(1 << 20))
+    counts = tmp_path / "round-trips"
+    res = run_cli("push-data", str(src), f"{HOST}:far/ckpt", "--json", timeout=300,
+                  env={**ENV, "MIGRATE_COUNT_ROUND_TRIPS": str(counts)})
+    assert res.code == 0, res.output
+    [r] = json.loads(res.stdout)
+    assert r["method"] == "stream" and r["files_transferred"] == 2, r
+    rtt = int(res.stderr.split("over a far link (")[1].split(" ms")[0])
+    assert 2 * DELAY * 1000 <= rtt < 2 * DELAY * 1000 + 100, rtt
+    kinds = [line.split("\t")[0] for line in counts.read_text().splitlines()]
+    assert kinds == ["connect", "exec", "ping"], kinds  # the stream went over the probe's exec
+    local = subprocess.run(f"cd {src} && find . -type f | sort | xargs sha256sum", shell=True,
+                           capture_output=True, text=True).stdout
+    assert _remote(cfg, "cd far/ckpt && find . -type f | sort | xargs sha256sum") == local
+    res = run_cli("push-data", str(src), f"{HOST}:far/ckpt", "--json", env=ENV, timeout=300)
+    assert [(x["method"], x["status"]) for x in json.loads(res.stdout)] == [("rsync", "up to date")], res.output

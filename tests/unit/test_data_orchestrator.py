@@ -19,10 +19,11 @@ RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
 
 def dest_host(*, kind: str = "none", existing: str = "/srv", writable: bool = True, free_kib: int = 10 << 20,
               empty: bool = True, rsync: str = RSYNC_327, sudo: str = "nopasswd", cpus: int = 4,
-              partials: str = "", zstd: str = "/usr/bin/zstd") -> FakeHost:
+              partials: str = "", zstd: str = "/usr/bin/zstd", gnu_head: str = "") -> FakeHost:
     """A host whose destination probe answers these facts."""
     facts = (f"kind={kind}\nexisting={existing}\nwritable={'yes' if writable else 'no'}\nfree_kib={free_kib}\n"
              f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd={zstd}\ntar=tar (GNU tar) 1.34\n"
+             f"gnu_head={gnu_head}\n"
              f"home=/home/alice\ncpus={cpus}\nsudo={sudo}\n")
     host = FakeHost().reply(r"kv kind", facts)
     if partials:
@@ -298,3 +299,102 @@ def test_pull_of_a_directory_onto_a_local_file_is_one_line(tmp_path, dest, into,
     with pytest.raises(MigrateError, match=re.escape(message.format(t=tmp_path))):
         run_pull(host, "/runs/exp1", str(tmp_path / dest), local_version=local_version, into=into, dry_run=dry_run)
     assert host.streams() == [] and (tmp_path / "taken").read_text() == "mine\n"
+
+
+# -- file streams: big first copies over a far link (issue 24) -----------------------------------
+def _big_files(tmp_path, n=4, size=64 << 20, link=False):
+    """`n` sparse files of `size` bytes (no disk used), and a symlink when `link`."""
+    src = tmp_path / "big"
+    (src / "sub").mkdir(parents=True)
+    for i in range(n):
+        with open(src / ("sub" if i == 0 else "") / f"shard{i}.bin", "wb") as fh:
+            fh.truncate(size)
+    if link:
+        (src / "latest").symlink_to("shard1.bin")
+    return src
+
+
+def gnu_host(**kw) -> FakeHost:
+    return dest_host(gnu_head="head (GNU coreutils) 9.1", **kw)
+
+
+@pytest.mark.parametrize(("round_trip", "gnu", "method"), [
+    (0.08, True, "stream"),    # far, GNU head there: one file stream
+    (0.08, False, "rsync"),    # far, no GNU head: one rsync
+    (0.0005, True, "parallel"),  # near: the CPU is the limit
+])
+def test_a_far_first_copy_of_big_files_goes_as_one_file_stream(tmp_path, round_trip, gnu, method):
+    host = gnu_host() if gnu else dest_host()
+    host.transfers.round_trip = round_trip
+    [r] = run_push(host, [str(_big_files(tmp_path))], "/srv/big")
+    assert r.status != "failed", r.error
+    assert r.method == method
+    assert host.transfers.round_trip_checks == 1
+    assert host.transfers.held_reaped == 1  # the probe's exec, held open, is always reaped
+    if method == "stream":
+        # the probe's exec becomes the stream: no exec of its own, no mkdir (it makes its directories)
+        assert host.streams() == ["held stream into /srv/big"]
+        assert len(host.commands()) == 1 and "kv probed ." in host.commands()[0]
+        [records] = host.transfers.streamed
+        assert sorted(records[:4]) == [("shard1.bin", "f"), ("shard2.bin", "f"), ("shard3.bin", "f"),
+                                       ("sub/shard0.bin", "f")]
+        assert records[4:] == [("sub", "d"), (".", "d")]  # directories after their files, DEST last
+
+
+def test_a_far_single_file_streams_only_as_a_first_copy(tmp_path):
+    src = tmp_path / "shard1.bin"
+    src.write_bytes(b"x" * 1000)  # any size: a stream saves rsync's round trips
+    host = gnu_host(kind="dir", existing="/srv/ckpt")
+    host.transfers.round_trip = 0.08
+    [r] = run_push(host, [str(src)], "/srv/ckpt")
+    assert r.method == "stream" and host.streams() == ["held stream into /srv/ckpt"]
+    assert host.transfers.streamed == [[("shard1.bin", "f")]]
+    again = gnu_host(kind="file", existing="/srv/ckpt/shard1.bin", empty=True)  # a file already there
+    again.transfers.round_trip = 0.08
+    [r] = run_push(again, [str(src)], "/srv/ckpt/shard1.bin")
+    assert r.method == "rsync" and again.transfers.round_trip_checks == 0
+
+
+@pytest.mark.parametrize(("size", "method"), [(2 << 20, "stream"), (200 << 10, "rsync")])
+def test_a_far_first_copy_of_a_few_files_streams_when_they_are_big_on_average(tmp_path, size, method):
+    src = _big_files(tmp_path, n=3, size=size)
+    host = gnu_host()
+    host.transfers.round_trip = 0.08
+    [r] = run_push(host, [str(src)], "/srv/few")
+    assert r.method == method and host.transfers.round_trip_checks == (method == "stream")  # measured if it matters
+
+
+def test_a_tree_with_links_goes_by_rsync_and_method_stream_refuses_it(tmp_path):
+    src = _big_files(tmp_path, link=True)
+    host = gnu_host()
+    host.transfers.round_trip = 0.08
+    [r] = run_push(host, [str(src)], "/srv/big")
+    assert r.method == "rsync" and r.status != "failed", r.error
+    assert host.transfers.streamed == []
+    refused = gnu_host()
+    [r] = run_push(refused, [str(src)], "/srv/big", method="stream")
+    assert r.status == "failed" and "files and directories only" in r.error and "'latest'" in r.error
+    assert refused.mutations() == [] and refused.transfers.held_reaped == 1
+
+
+def test_a_second_stream_gets_an_exec_of_its_own_and_sudo_never_holds_the_probe(tmp_path):
+    big, other = _big_files(tmp_path), tmp_path / "other"
+    other.mkdir()
+    (other / "x.bin").write_bytes(b"x")
+    host = gnu_host()
+    [a, b] = run_push(host, [str(big), str(other)], "/srv/", method="stream")
+    assert (a.method, b.method) == ("stream", "stream")
+    first, second = host.streams()
+    assert first == "held stream into /srv/big"
+    assert second.startswith("sh -c ") and second.endswith(" sh /srv/other")
+    root = gnu_host()
+    run_push(root, [str(big)], "/srv/big", method="stream", sudo=True)
+    [stream] = root.streams()
+    assert stream.startswith("sudo -n sh -c ") and root.transfers.held_reaped == 0
+
+
+def test_method_stream_cannot_delete(tmp_path):
+    host = gnu_host()
+    with pytest.raises(MigrateError, match="--method stream cannot --delete"):
+        run_push(host, [str(_big_files(tmp_path))], "/srv/big", method="stream", delete=True)
+    assert host.log == []  # refused before the host was asked anything

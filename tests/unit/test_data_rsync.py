@@ -145,6 +145,21 @@ def test_a_far_link_makes_first_copies_count_bytes_not_cpu():
     assert method == "rsync" and "one rsync" in reason
     assert choose_method("tar", **small, round_trip=far)[0] == "tar"  # asked for: kept
     assert choose_method("auto", **{**small, "remote_rsync": False}, round_trip=far)[0] == "tar"
+    # where the host can take a file stream (GNU head): one exec for one file, or files of >= 1 MiB
+    method, reason = choose_method("auto", **big, round_trip=far, file_stream=True)
+    assert method == "stream" and "4 files, 1.0 GiB over a far link (90 ms round trip)" in reason
+    assert choose_method("auto", **big, round_trip=near, file_stream=True)[0] == "parallel"
+    assert choose_method("auto", **{**big, "dest_empty": False}, round_trip=far, file_stream=True)[0] == "rsync"
+    assert choose_method("auto", **{**big, "checksum": True}, round_trip=far, file_stream=True)[0] == "rsync"
+    one = {**small, "files": 1, "avg_size": 10, "is_dir": False}
+    assert choose_method("auto", **one, round_trip=far, file_stream=True)[0] == "stream"
+    assert choose_method("auto", **one, round_trip=near, file_stream=True)[0] == "rsync"
+    assert choose_method("auto", **small, round_trip=far, tar_zstd=True, file_stream=True)[0] == "tar"
+    assert choose_method("stream", **small, file_stream=True)[0] == "stream"  # asked for: kept, near or far
+    with pytest.raises(MigrateError, match="needs GNU coreutils"):
+        choose_method("stream", **small)  # busybox's head may read past a file
+    with pytest.raises(UsageError, match="--method stream cannot --delete"):
+        choose_method("stream", **{**small, "delete": True})
 
 
 def test_should_compress():
