@@ -261,7 +261,8 @@ class HostPush:
         if self.held is not None and not any(p[5] == "stream" for p in plans):
             self.held.close()  # nothing will stream into it
         for src, m, _summary, files, size, method, reason in plans:
-            plan.transfers.append(self._planned(remote, facts, rsh, base_opts, src, m, files, size, method, reason))
+            plan.transfers.append(self._planned(remote, facts, rsh, base_opts, src, m, _summary, files, size, method,
+                                                reason))
         if o.dry_run:
             for line in plan.lines():
                 ui.info(f"{remote.target.alias}: {line}")
@@ -474,11 +475,15 @@ class HostPush:
         return stream_items(src.path, summary.entries)
 
     def _planned(self, remote: Host, facts: DestFacts, rsh: str, opts: RsyncOptions, src: _Source, m: Mapping,
-                 files: int, size: int, method: str, reason: str) -> PlannedTransfer:
+                 summary: filelist.SourceSummary | None, files: int, size: int, method: str,
+                 reason: str) -> PlannedTransfer:
         if method == "tar":
-            command = self._stream_command(facts, src, m, compressed=self.compress_tar and src.is_dir)
+            command = self._tar_files_command(facts, src, m, summary)[0] if src.is_dir and summary else \
+                self._stream_command(facts, src, m)
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), command, files, size)
         if method == "stream":
+            if self.o.dry_run and not self.o.sudo:
+                reason += " (run on the destination probe's own exec, held open)"
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._file_stream_command(facts, src, m),
                                    files, size)
         argv = rsync_argv([self._source_arg(src)], remote_spec(remote, m.dest_arg), rsh, opts, stats=True)
@@ -498,12 +503,18 @@ class HostPush:
             return self.transfers.stream_file(src.path, ssh, cmd, on_progress=cb)
         if summary is None:
             summary = filelist.list_source(src.path, self.o.exclude, self.o.exclude_from)
-        make = make_dirs_words(m.landing, [e.path for e in summary.entries if e.kind == "d"])
-        files_cmd = self._stream_command(facts, src, m, compressed=self.compress_tar, make_dirs=make)
+        files_cmd, make = self._tar_files_command(facts, src, m, summary)
         return self.transfers.run_tar_streams(src.path, summary.entries, ssh, cmd, self.tar_streams,
                                               on_progress=cb, bwlimit_kib=bwlimit_kib(self.o.bwlimit),
                                               files_command=files_cmd, compress=self.compress_tar,
                                               files_make_dirs=make is not None)
+
+    def _tar_files_command(self, facts: DestFacts, src: _Source, m: Mapping,
+                           summary: filelist.SourceSummary) -> tuple[str, list[str] | None]:
+        """What each tar stream of files runs there (it makes every directory first where they fit one
+        command line), and those directories (None: a stream of directories goes first instead)."""
+        make = make_dirs_words(m.landing, [e.path for e in summary.entries if e.kind == "d"])
+        return self._stream_command(facts, src, m, compressed=self.compress_tar, make_dirs=make), make
 
     def _confirm_delete(self, alias: str, m: Mapping, deleted: list[str]) -> None:
         listing = [f"{m.landing.rstrip('/')}/{d}" for d in deleted]

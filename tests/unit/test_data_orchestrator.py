@@ -231,6 +231,26 @@ def test_push_dry_run_with_drop_partial_lists_the_deletion_without_doing_it(cifa
     assert "would run: rm -rf -- /srv/cifar/.migrate-partial" in capsys.readouterr().err
 
 
+def test_dry_run_prints_the_command_a_tar_stream_runs_with_its_directories(tmp_path, capsys):
+    """The plan shows what each tar stream of files runs there: `mkdir -p` of DEST and every
+    directory in it, then the unpacking (it left the directories out before)."""
+    src = _small_files(tmp_path)
+    (src / "sub" / "deeper").mkdir(parents=True)
+    host = dest_host(cpus=1)
+    [r] = run_push(host, [str(src)], "/srv/small", dry_run=True)
+    assert r.status == "dry run" and r.method == "tar" and host.mutations() == []
+    assert "'mkdir -p /srv/small /srv/small/sub /srv/small/sub/deeper && tar -C /srv/small -xpf -'" in \
+        capsys.readouterr().err
+
+
+def test_dry_run_of_a_file_stream_says_it_rides_the_probes_exec(tmp_path, capsys):
+    host = gnu_host()
+    [r] = run_push(host, [str(_big_files(tmp_path))], "/srv/big", dry_run=True, method="stream")
+    assert r.status == "dry run" and host.mutations() == [] and host.transfers.held_reaped == 0
+    err = capsys.readouterr().err
+    assert "via stream: --method stream (run on the destination probe's own exec, held open)" in err
+
+
 def test_install_rsync_without_dry_run_installs_as_root_then_probes_again(cifar):
     host = dest_host(rsync="")
     run_push(host, [str(cifar / "cifar")], "/srv/cifar", install_rsync=True)
