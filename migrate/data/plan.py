@@ -29,6 +29,9 @@ STREAM_MIN_AVG_BYTES = 1 << 20
 # first copy, so bytes count (measured on `sandbox up --link 100mbit/40ms`: docs/performance.md)
 FAR_ROUND_TRIP_S = 0.03
 SPACE_MARGIN_BYTES = 1 << 20
+# rsync sends a tree of at most this many files with its whole list first (--no-inc-recursive): one
+# round trip fewer; a bigger tree keeps incremental recursion (files flow while the list is built)
+WHOLE_LIST_MAX_FILES = 1000
 
 
 @dataclass

@@ -8,6 +8,7 @@ password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -27,6 +28,7 @@ from migrate.data.plan import (
     FAR_ROUND_TRIP_S,
     METHODS,
     SPACE_MARGIN_BYTES,
+    WHOLE_LIST_MAX_FILES,
     DataPushResult,
     HostPlan,
     PlannedTransfer,
@@ -419,7 +421,9 @@ class HostPush:
             outcome = self.transfers.run_parallel_rsync(src.path, dest_spec, rsh, opts, summary.entries,
                                                         max(1, o.streams), on_progress=cb)
         else:
-            outcome = self.transfers.run_rsync(build(opts), total_bytes=size, on_progress=cb, what=f"rsync to {alias}")
+            small = dataclasses.replace(opts, whole_list=src.is_dir and files <= WHOLE_LIST_MAX_FILES)
+            outcome = self.transfers.run_rsync(build(small), total_bytes=size, on_progress=cb,
+                                               what=f"rsync to {alias}")
         self.progress.finish(task)
         result.files_transferred = outcome.stats.regular_files_transferred
         result.bytes_sent = outcome.stats.transferred_size

@@ -105,6 +105,7 @@ class RsyncOptions:
     itemize: bool = False
     protect_args: bool = False
     files_from: str | None = None
+    whole_list: bool = False         # --no-inc-recursive: a small tree's whole list first, a round trip fewer
     timeout: int | None = None
     chown: str | None = None         # "UID:GID": the receiver (root) gives every file this owner
 
@@ -115,9 +116,13 @@ def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOption
     argv = ["rsync", "-a", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
             f"--filter=:- {IGNORE_FILE}"]
     if progress:
-        # no --no-inc-recursive: migrate's bar takes its total from its own size scan, and incremental
-        # recursion lets files flow while the sender still lists (plain `rsync -a` does the same)
+        # migrate's bar takes its total from its own size scan, so rsync needs no --no-inc-recursive for
+        # it: incremental recursion lets files flow while the sender still lists a big tree
         argv += ["--info=progress2"]
+    if opts.whole_list:
+        # a small tree: the whole list in one go saves a round trip of incremental recursion's (measured
+        # over an 80 ms link: 0.70 -> 0.61 s for one file, 6.48 -> 6.40 s for 68 MiB in 5 files)
+        argv += ["--no-inc-recursive"]
     if stats:
         argv += ["--stats"]
     if opts.itemize:
