@@ -103,15 +103,16 @@ def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: s
 
 # receive DEST: DEST is the directory the records land in; stdin = records, each a header line
 # `KIND SIZE MODE MTIME NAMELEN`, then NAMELEN bytes of the name (relative to DEST, any bytes but NUL),
-# then (KIND f) SIZE bytes of the file: written to DIR/.migrate-partial/NAME (where an interrupted
-# rsync --partial-dir keeps a file, so a rerun's rsync resumes it in place), then given its mode and
-# time and renamed into place. KIND d: a directory's mode and time (they come after its files). The
-# last record, `e COUNT`, says how many files were sent: a stream cut between two files fails too.
+# then (KIND f) SIZE bytes of the file: written to DIR/.migrate-partial/NAME (0700, the file 0600:
+# where an interrupted rsync --partial-dir keeps a file, so a rerun's rsync resumes it in place),
+# then given its mode and time and renamed into place. KIND d: a directory's mode and time (they
+# come after its files). The last record, `e COUNT`, says how many files were sent: a stream cut
+# between two files fails too.
 # GNU head -c reads exactly SIZE bytes from a pipe, and `read` one byte at a time: nothing is over-read.
 FILE_RECEIVER = r"""
 fail() { printf 'migrate stream: %s\n' "$*" >&2; exit 3; }
 receive() {
-  d=$1; n=0
+  d=$1; n=0; u=$(umask)
   while IFS=' ' read -r k size mode mtime len; do
     case $k in
       e) [ "$size" = "$n" ] || fail "the stream ended after $n of $size files"; exit 0 ;;
@@ -126,7 +127,10 @@ receive() {
       continue
     fi
     part=${p%/*}/.migrate-partial; t=$part/${p##*/}
+    mkdir -p -- "${p%/*}" || exit 3
+    umask 077  # like rsync's temporary files: nobody else reads a file before it has its own mode
     mkdir -p -- "$part" && head -c "$size" > "$t" || exit 3
+    umask "$u"
     got=$(wc -c < "$t")
     [ "$got" -eq "$size" ] || fail "the stream broke after $got of $size bytes of $name (kept in $t)"
     chmod "$mode" -- "$t" && touch -d "@$mtime" -- "$t" && mv -f -- "$t" "$p" || exit 3

@@ -77,6 +77,12 @@ def test_one_file_lands_under_the_name_it_is_given(tmp_path):
     assert sorted(os.listdir(tmp_path / "d")) == ["model.pt"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _receive(records: bytes, dest: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", FILE_STREAM, "sh", str(dest)], input=records, capture_output=True)
 
@@ -94,6 +100,10 @@ def test_a_file_cut_short_waits_in_the_partial_dir_and_never_under_its_name(tmp_
     assert (tmp_path / "d" / "one.bin").read_bytes() == b"1" * 5000
     assert not (tmp_path / "d" / "two.bin").exists()
     assert (tmp_path / "d" / ".migrate-partial" / "two.bin").read_bytes() == b"2" * 5000  # rsync resumes it
+    # nobody else reads it meanwhile (the source may be 0600): like rsync's temporary files
+    assert stat.S_IMODE((tmp_path / "d" / ".migrate-partial").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "d" / ".migrate-partial" / "two.bin").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~_umask()  # DEST itself: as usual
 
 
 def test_a_stream_cut_between_files_fails_too(tmp_path):
@@ -115,7 +125,7 @@ def test_the_receivers_complaint_is_the_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     src = tmp_path / "s.bin"
     src.write_bytes(b"x" * 100)
-    with pytest.raises(TransferError, match="file stream over ssh failed: .*Not a directory") as err:
+    with pytest.raises(TransferError, match="file stream over ssh failed: mkdir: .*File exists") as err:
         run_file_stream([StreamItem(str(src), "s.bin")], ["sh", "-c"], file_stream_command(str(tmp_path / "file")))
     assert "rerun the same command" in (err.value.hint or "")
 
