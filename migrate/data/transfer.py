@@ -581,13 +581,18 @@ class HeldProbe:
                 pass
 
     def reap(self) -> None:
-        """Wait for the ended exec (by now long gone on the host) so no ssh is left behind."""
+        """Wait for the ended exec (by now long gone on the host) so no ssh, and no pipe to it, is left
+        behind (apply pushes to many hosts in one process)."""
         self.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.stream_end.reader.join(timeout=5)  # stderr ends with the process
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def require_local_tools() -> None:

@@ -161,6 +161,7 @@ def test_a_held_probe_nothing_streams_into_ends_and_changes_nothing(tmp_path):
     held.close()
     held.reap()
     assert held.proc.returncode == 0 and not (tmp_path / "dest").exists()
+    assert held.proc.stdout.closed and held.proc.stderr.closed  # nothing left open here either
     assert held.round_trip() == 0.0  # the session is gone: no answer, and no hang
 
 
