@@ -82,6 +82,12 @@ def is_far(round_trip: float | None) -> bool:
     return round_trip is not None and round_trip >= FAR_ROUND_TRIP_S
 
 
+def refuse_delete_with(method: str, delete: bool) -> None:
+    """tar, parallel and file streams only add files: --delete needs rsync."""
+    if method in ("tar", "parallel", "stream") and delete:
+        raise UsageError(f"--method {method} cannot --delete", hint="use --method rsync")
+
+
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
                   delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
                   tar_streams: int = 1, round_trip: float | None = None, tar_zstd: bool = False,
@@ -99,8 +105,7 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
     link = f"a far link ({(round_trip or 0) * 1000:.0f} ms round trip)"
     if far and tar_zstd:
         how += " through zstd"
-    if requested in ("tar", "parallel", "stream") and delete:
-        raise UsageError(f"--method {requested} cannot --delete", hint="use --method rsync")
+    refuse_delete_with(requested, delete)
     if requested == "stream":
         if not file_stream:
             raise MigrateError("--method stream needs GNU coreutils on the host (its `head -c` reads no further "

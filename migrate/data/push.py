@@ -39,6 +39,7 @@ from migrate.data.plan import (
     destination_dirs,
     is_far,
     normalize_bwlimit,
+    refuse_delete_with,
     resume_in_place,
     rsync_supports_zstd,
     should_compress,
@@ -437,11 +438,11 @@ class HostPush:
                         make_dirs: list[str] | None = None) -> str:
         """What a tar stream (a directory; `compressed`: through zstd; `make_dirs`: `mkdir -p` them first)
         or a cat stream (one file, when the host has no rsync) runs there."""
-        sudo_prefix = shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
+        sudo_prefix = self._sudo_prefix(facts)
         if src.is_dir:
             return tar_extract_command(m.landing, decompress="zstd" if compressed else None, sudo_prefix=sudo_prefix,
                                        make_dirs=make_dirs)
-        parent = os.path.dirname(m.landing.rstrip("/")) or "."
+        parent = self._stream_into(src, m)
         tmp = f"{parent}/.migrate-partial-{os.path.basename(m.landing)}"
         mode = oct(os.stat(src.path).st_mode & 0o7777)[2:]
         mtime = int(os.stat(src.path).st_mtime)
@@ -462,13 +463,16 @@ class HostPush:
 
     @staticmethod
     def _stream_into(src: _Source, m: Mapping) -> str:
-        """The directory a file stream lands in: DEST (a directory), or the one the file lands in."""
+        """The directory a stream lands in: DEST (a directory), or the one the file lands in."""
         return m.landing if src.is_dir else (os.path.dirname(m.landing.rstrip("/")) or ".")
 
     def _file_stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
         """What a file stream runs there: it lands in DEST (a directory) or next to the file (a file)."""
-        sudo_prefix = shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
-        return file_stream_command(self._stream_into(src, m), sudo_prefix=sudo_prefix)
+        return file_stream_command(self._stream_into(src, m), sudo_prefix=self._sudo_prefix(facts))
+
+    def _sudo_prefix(self, facts: DestFacts) -> str:
+        """`sudo -n ` before a stream's remote commands under --sudo (passwordless sudo there), else ''."""
+        return shell.SUDO_NOPASSWD_PREFIX if self.o.sudo and facts.sudo == "nopasswd" else ""
 
     @staticmethod
     def _stream_items(src: _Source, m: Mapping, summary: filelist.SourceSummary | None) -> list[StreamItem]:
@@ -565,8 +569,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     relay = DataRelay(hosts, conn, options) if reach.fan_out and len(hosts) > 1 else None
     if options.method not in METHODS:
         raise UsageError(f"unknown --method {options.method!r}", hint=f"one of {', '.join(METHODS)}")
-    if options.method in ("tar", "parallel", "stream") and options.delete:
-        raise UsageError(f"--method {options.method} cannot --delete", hint="use --method rsync")
+    refuse_delete_with(options.method, options.delete)  # before any host is asked
     if options.compress not in ("auto", "none", "zstd"):
         raise UsageError(f"unknown --compress {options.compress!r}", hint="auto, none or zstd")
     normalize_bwlimit(options)

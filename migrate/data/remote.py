@@ -111,6 +111,7 @@ def tar_extract_command(dest_dir: str, *, decompress: str | None, sudo_prefix: s
 # GNU head -c reads exactly SIZE bytes from a pipe, and `read` one byte at a time: nothing is over-read.
 FILE_RECEIVER = r"""
 fail() { printf 'migrate stream: %s\n' "$*" >&2; exit 3; }
+take() { head -c "$1"; printf x; }  # LEN bytes, kept whole by the x (strip it: ${v%x})
 receive() {
   d=$1; n=0; u=$(umask)
   while IFS=' ' read -r k size mode mtime len; do
@@ -119,7 +120,7 @@ receive() {
       f|d) ;;
       *) fail "not a record: ${k%"${k#?}"}..." ;;
     esac
-    name=$(head -c "$len"; printf x); name=${name%x}
+    name=$(take "$len"); name=${name%x}
     case /$name/ in */../*) fail "refusing the name $name" ;; esac
     p=$d/$name
     if [ "$k" = d ]; then
@@ -151,7 +152,7 @@ kv probed .
 while IFS=' ' read -r w len; do
   case $w in
     ping) echo pong ;;
-    stream) into=$(head -c "$len"; printf x); receive "${into%x}" ;;
+    stream) into=$(take "$len"); receive "${into%x}" ;;
     *) exit 0 ;;
   esac
 done

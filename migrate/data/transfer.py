@@ -365,13 +365,10 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     threads[1].join()
     if ssh_code != 0 or broken:
         err = (ssh_out[0] if ssh_out else b"").decode("utf-8", "replace").strip().splitlines()
-        last = _tar_complaint(err, ssh_code)
-        if "No space left" in " ".join(err):
-            raise TransferError(f"tar stream: the receiving side ran out of disk space: {last}",
-                                hint="free space on the receiving side, then rerun the same command: files that "
-                                     "arrived are compared and only the rest is sent")
-        raise TransferError(f"tar stream over ssh failed: {last}",
-                            hint="rerun the same command: existing files are compared and only the rest is sent")
+        raise _receiver_failed("tar stream", _tar_complaint(err, ssh_code), err,
+                               disk_hint="free space on the receiving side, then rerun the same command: files "
+                                         "that arrived are compared and only the rest is sent",
+                               hint="rerun the same command: existing files are compared and only the rest is sent")
     if tar_code not in (0,):
         msg = (tar_err[0] if tar_err else b"").decode("utf-8", "replace").strip().splitlines()
         raise TransferError(f"local tar failed: {msg[-1] if msg else tar_code}")
@@ -379,6 +376,14 @@ def run_tar_stream(src_dir: str, entries: list[ListedEntry], ssh_argv: list[str]
     stats = Stats(files=len(names), regular_files_transferred=files, total_size=total, transferred_size=total,
                   sent_bytes=zstd.wire if zstd else sent)
     return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
+
+
+def _receiver_failed(what: str, complaint: str, stderr_lines: list[str], *, disk_hint: str,
+                     hint: str | None = None) -> TransferError:
+    """The error for a stream whose receiving command failed there: a full disk said as such."""
+    if "No space left" in " ".join(stderr_lines):
+        return TransferError(f"{what}: the receiving side ran out of disk space: {complaint}", hint=disk_hint)
+    return TransferError(f"{what} over ssh failed: {complaint}", hint=hint)
 
 
 def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
@@ -405,11 +410,8 @@ def stream_file(path: str, ssh_argv: list[str], remote_command: str, *,
         pass
     err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
     if proc.wait() != 0:
-        last = err[-1] if err else f"exit code {proc.returncode}"
-        if "No space left" in " ".join(err):
-            raise TransferError(f"file stream: the receiving side ran out of disk space: {last}",
-                                hint="free space on the receiving side, then rerun the same command")
-        raise TransferError(f"file stream over ssh failed: {last}")
+        raise _receiver_failed("file stream", err[-1] if err else f"exit code {proc.returncode}", err,
+                               disk_hint="free space on the receiving side, then rerun the same command")
     return RunOutcome(stats=Stats(files=1, regular_files_transferred=1, total_size=size, transferred_size=size,
                                   sent_bytes=sent), seconds=time.monotonic() - t0)
 
@@ -512,11 +514,8 @@ class _FileStream:
         if code != 0 or broken:
             err = b"".join(self.err_chunks).decode("utf-8", "replace").strip().splitlines()
             said = [ln.removeprefix("migrate stream: ") for ln in err if ln.strip()]
-            last = said[-1] if said else f"exit code {code}"
-            if "No space left" in " ".join(err):
-                raise TransferError(f"file stream: the receiving side ran out of disk space: {last}",
-                                    hint=DISK_FULL_HINT)
-            raise TransferError(f"file stream over ssh failed: {last}", hint=RESUME_HINT)
+            raise _receiver_failed("file stream", said[-1] if said else f"exit code {code}", err,
+                                   disk_hint=DISK_FULL_HINT, hint=RESUME_HINT)
         stats = Stats(files=len(items), regular_files_transferred=len(sizes), total_size=total,
                       transferred_size=total, sent_bytes=wire)
         return RunOutcome(stats=stats, seconds=time.monotonic() - t0)
