@@ -2,6 +2,7 @@
 """push-data benchmark: migrate vs the plain pipelines, in one run, as ratios.
 
     .venv/bin/python benchmarks/push_data.py [--host sandbox1] [--quick] [--repeat 1] [--cases abc]
+                                             [--drop-caches]
 
 Needs a sandbox host (`migrate sandbox up 1`) or any host migrate can reach. Cases:
   (a) 1 GiB in a few big files (random data, like images or packed shards)
@@ -91,6 +92,10 @@ def main() -> int:
     ap.add_argument("--pipelines", default=None,
                     help="comma-separated subset of pipeline names to run, e.g. 'rsync -a,migrate --method rsync'")
     ap.add_argument("--workdir", default=None, help="where to create the local test data")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before every run (root; this machine's): each run then reads its "
+                         "source from the disk, as a dataset not touched for a while is read, and runs of many "
+                         "small files stop swinging with what an earlier run left cached")
     args = ap.parse_args()
 
     big_mib, small_n = (256, 20_000) if args.quick else (1024, 100_000)
@@ -110,6 +115,8 @@ def main() -> int:
             sandbox), so a run does not pay for the writeback of the previous one."""
             remote.run(f"rm -rf {shlex.quote(path)}; sync")
             os.sync()
+            if args.drop_caches:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
         print(f"# preparing data in {work} ({big_mib} MiB big files, {small_n} small files)", file=sys.stderr)
         if "a" in args.cases:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -88,28 +89,62 @@ class EarlyListing:
 _C_LOCALE = {**os.environ, "LC_ALL": "C"}
 
 
-def quick_size(path: str) -> tuple[int, int]:
+# Directories a size scan reads at once: on a cold cache the inodes come from the disk, where several
+# reads in flight overlap (100k x 4 KiB in 100 directories here: 0.95 s with one, 0.65 s with four)
+SCAN_WORKERS = 4
+
+
+def _scan_dir(path: str) -> tuple[int, int, list[str]]:
+    """(files, bytes, subdirectories) of one directory; unreadable entries are skipped."""
+    files = total = 0
+    subdirs: list[str] = []
+    try:
+        it = os.scandir(path)
+    except OSError:
+        return 0, 0, []
+    with it:
+        for entry in it:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.path)
+                else:
+                    files += 1
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return files, total, subdirs
+
+
+def quick_size(path: str, workers: int = SCAN_WORKERS) -> tuple[int, int]:
     """(files, bytes) of a path without filters: a fast upper bound for space checks."""
     if os.path.isfile(path):
         return 1, os.path.getsize(path)
     files = total = 0
-    stack = [path]
-    while stack:
-        try:
-            it = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        files += 1
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = {pool.submit(_scan_dir, path)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                n, size, subdirs = future.result()
+                files, total = files + n, total + size
+                pending |= {pool.submit(_scan_dir, d) for d in subdirs}
     return files, total
+
+
+def early_sizes(paths: list[str]) -> Future[dict[str, tuple[int, int]]]:
+    """`quick_size` of every path, started now in a thread of its own: it runs while the connections are
+    set up, and every host's preflight shares it."""
+    future: Future[dict[str, tuple[int, int]]] = Future()
+
+    def scan() -> None:
+        try:
+            future.set_result({p: quick_size(p) for p in paths})
+        except BaseException as exc:  # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    # a daemon: an early error exits without waiting for the count of a big tree
+    threading.Thread(target=scan, name="size-scan", daemon=True).start()
+    return future
 
 
 def shard_entries(entries: list[ListedEntry], n: int) -> list[list[ListedEntry]]:

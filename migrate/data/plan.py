@@ -7,12 +7,14 @@ probe answers and execute it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass, field
 
 from migrate import ui
 from migrate.data.mapping import Mapping
+from migrate.data.rsync import RsyncOptions
 from migrate.errors import MigrateError, UsageError
 from migrate.remote import shell
 from migrate.units import parse_rate, rate_kib
@@ -32,6 +34,10 @@ SPACE_MARGIN_BYTES = 1 << 20
 # rsync sends a tree of at most this many files with its whole list first (--no-inc-recursive): one
 # round trip fewer; a bigger tree keeps incremental recursion (files flow while the list is built)
 WHOLE_LIST_MAX_FILES = 1000
+# A first copy of files this small on average goes by rsync --inplace: no temporary name and rename per
+# file (100k x 4 KiB on loopback: 12.39 -> 10.72 s). Bigger files keep --partial-dir, so an unfinished
+# one never sits under its own name (there a rename per file costs nothing measurable)
+INPLACE_MAX_AVG_BYTES = 1 << 20
 
 
 @dataclass
@@ -137,6 +143,16 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
             return "rsync", f"first copy of {files} files, {total} over {link}: one rsync (the link is the limit)"
         return "parallel", f"first copy of {files} files, {total}: parallel rsync streams"
     return "rsync", "rsync (resumable, only differences)"
+
+
+def single_rsync_options(opts: RsyncOptions, *, is_dir: bool, files: int, size: int,
+                         first_copy: bool) -> RsyncOptions:
+    """One rsync's options for one source: a small tree's whole list first (WHOLE_LIST_MAX_FILES), and
+    on a first copy of small files (INPLACE_MAX_AVG_BYTES) --inplace. An interrupted --inplace copy
+    leaves its unfinished file (0600) under its own name; DEST is then no longer empty, so the rerun's
+    rsync goes by --partial-dir and takes that file as the basis: only the rest is sent."""
+    return dataclasses.replace(opts, whole_list=is_dir and files <= WHOLE_LIST_MAX_FILES,
+                               inplace=first_copy and files > 0 and size / files < INPLACE_MAX_AVG_BYTES)
 
 
 def destination_dirs(plans: list[tuple[Mapping, str]], *, mkpath: bool) -> list[str]:

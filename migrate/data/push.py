@@ -8,12 +8,11 @@ password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,6 @@ from migrate.data.plan import (
     FAR_ROUND_TRIP_S,
     METHODS,
     SPACE_MARGIN_BYTES,
-    WHOLE_LIST_MAX_FILES,
     DataPushResult,
     HostPlan,
     PlannedTransfer,
@@ -43,6 +41,7 @@ from migrate.data.plan import (
     resume_in_place,
     rsync_supports_zstd,
     should_compress,
+    single_rsync_options,
     space_refusal,
 )
 from migrate.data.remote import (
@@ -137,31 +136,31 @@ class HostPush:
 
     def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
                  options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None,
-                 listings: dict[str, filelist.EarlyListing] | None = None) -> None:
+                 listings: dict[str, filelist.EarlyListing] | None = None,
+                 sizes: Future[dict[str, tuple[int, int]]] | None = None) -> None:
         self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
         self.transfers = reach.transfers
         self.progress = progress
         self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
         self.listings = listings or {}  # source path -> its listing, started early (push_data)
+        # source path -> (files, bytes), counted while the connection is set up (push_data starts it)
+        self.early_sizes = sizes or filelist.early_sizes([s.path for s in sources])
         self.round_trip: float | None = None  # the link's, when a choice depended on it (seconds)
         self.compress_tar = False
         self.held: HeldProbe | None = None  # the probe's exec, while a file stream may still use it
+        self.first_copy = False  # DEST is new or empty (set by the preflight)
 
     def run(self) -> list[DataPushResult]:
-        # size the sources while the connection is being set up
-        sizer = ThreadPoolExecutor(max_workers=1)
-        future = sizer.submit(lambda: {s.path: filelist.quick_size(s.path) for s in self.sources})
         results: list[DataPushResult] = []
         try:
             with self.reach.session(self.host) as remote:
                 try:
-                    results = self._run(remote, future.result)
+                    results = self._run(remote, self.early_sizes.result)
                 finally:
                     if self.held is not None:
                         self.held.reap()
                 return results
         finally:
-            sizer.shutdown(wait=True)
             if self.relay is not None and self.host == self.relay.seed:
                 self.relay.seed_finished(results)
 
@@ -224,7 +223,7 @@ class HostPush:
         need = 0
         self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
-        first_copy = facts.kind == "none" or (facts.kind == "dir" and facts.empty)
+        first_copy = self.first_copy = facts.kind == "none" or (facts.kind == "dir" and facts.empty)
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
@@ -422,9 +421,8 @@ class HostPush:
             outcome = self.transfers.run_parallel_rsync(src.path, dest_spec, rsh, opts, summary.entries,
                                                         max(1, o.streams), on_progress=cb)
         else:
-            small = dataclasses.replace(opts, whole_list=src.is_dir and files <= WHOLE_LIST_MAX_FILES)
-            outcome = self.transfers.run_rsync(build(small), total_bytes=size, on_progress=cb,
-                                               what=f"rsync to {alias}")
+            outcome = self.transfers.run_rsync(build(self._single_rsync(opts, src, files, size)), total_bytes=size,
+                                               on_progress=cb, what=f"rsync to {alias}")
         self.progress.finish(task)
         result.files_transferred = outcome.stats.regular_files_transferred
         result.bytes_sent = outcome.stats.transferred_size
@@ -494,10 +492,16 @@ class HostPush:
                 reason += " (run on the destination probe's own exec, held open)"
             return PlannedTransfer(m, method, reason, remote.openssh_argv(), self._file_stream_command(facts, src, m),
                                    files, size)
+        if method == "rsync":
+            opts = self._single_rsync(opts, src, files, size)
         argv = rsync_argv([self._source_arg(src)], remote_spec(remote, m.dest_arg), rsh, opts, stats=True)
         if method == "parallel":
             reason += f" ({max(1, self.o.streams)} streams, each with --files-from one shard)"
         return PlannedTransfer(m, method, reason, argv, files=files, bytes=size)
+
+    def _single_rsync(self, opts: RsyncOptions, src: _Source, files: int, size: int) -> RsyncOptions:
+        """The options of a source's one rsync (the run and its --dry-run plan alike)."""
+        return single_rsync_options(opts, is_dir=src.is_dir, files=files, size=size, first_copy=self.first_copy)
 
     @staticmethod
     def _source_arg(src: _Source) -> str:
@@ -582,6 +586,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
     for h in hosts:
         HostSpec.parse(h)
     listings: dict[str, filelist.EarlyListing] = {}
+    sizes = filelist.early_sizes([s.path for s in srcs])  # every host's space check shares one count
     try:
         if relay is not None:
             relay.plan()
@@ -596,7 +601,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
         with ui.transfer_progress() as progress:
             board = ProgressBoard(progress if not options.dry_run else None)
             outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay,
-                                                               listings).run())
+                                                               listings, sizes).run())
     finally:
         for listing in listings.values():
             listing.close()

@@ -106,6 +106,7 @@ class RsyncOptions:
     protect_args: bool = False
     files_from: str | None = None
     whole_list: bool = False         # --no-inc-recursive: a small tree's whole list first, a round trip fewer
+    inplace: bool = False            # --inplace, not --partial-dir: a first copy of small files skips a rename each
     timeout: int | None = None
     chown: str | None = None         # "UID:GID": the receiver (root) gives every file this owner
 
@@ -113,8 +114,10 @@ class RsyncOptions:
 def rsync_argv(sources: list[str], dest: str, rsh: str | None, opts: RsyncOptions, *,
                progress: bool = True, stats: bool = False) -> list[str]:
     """The full rsync command line (archive mode, resumable, filters, progress) for one transfer."""
-    argv = ["rsync", "-a", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
-            f"--filter=:- {IGNORE_FILE}"]
+    # --inplace (a first copy of small files, plan.single_rsync_options) writes each file under its own
+    # name, 0600 until whole, instead of a temporary name and a rename: nothing there to replace
+    keep = "--inplace" if opts.inplace else f"--partial-dir={PARTIAL_DIR}"
+    argv = ["rsync", "-a", keep, f"--exclude={PARTIAL_DIR}/", f"--filter=:- {IGNORE_FILE}"]
     if progress:
         # migrate's bar takes its total from its own size scan, so rsync needs no --no-inc-recursive for
         # it: incremental recursion lets files flow while the sender still lists a big tree

@@ -492,3 +492,43 @@ def test_pull_as_root_gives_files_to_the_invoking_user_unless_preserve_owner(scr
     res = run_cli("pull-data", f"{host}:{base}/own", str(tmp_path / "kept"), "--preserve-owner")
     assert res.code == 0, res.output
     assert owners(tmp_path / "kept" / "sub dir") == {remote_ids} != {"0:0"}
+
+
+def test_an_interrupted_first_copy_of_small_files_by_rsync_inplace_completes_on_the_rerun(scratch, tmp_path):
+    """A first copy of small files goes by `rsync --inplace` (no temporary name and rename per file):
+    cut in the middle, the rerun (DEST is no longer empty: --partial-dir) finishes it, with modes and
+    times as `rsync -a` gives them."""
+    host, base, _src, remote = scratch
+    src = tmp_path / "shards"
+    for i in range(120):
+        d = src / f"d{i // 40}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"s{i:03d}.bin").write_bytes(os.urandom(256 * 1024))
+    (src / "d0" / "s000.bin").chmod(0o640)
+    dest = f"{base}/shards"
+    dry = run_cli("push-data", str(src), f"{host}:{dest}", "--method", "rsync", "--dry-run")
+    assert dry.code == 0 and "--inplace" in dry.stderr and "--partial-dir" not in dry.stderr, dry.output
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(src), f"{host}:{dest}",
+                             "--method", "rsync", "--bwlimit", "4m"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, COLUMNS="200"))
+    count = f"find {shell.quote(dest)} -type f 2>/dev/null | wc -l"
+    deadline = time.time() + 60
+    landed = 0
+    while time.time() < deadline and landed < 20:
+        landed = int(remote.run(count, check=False).stdout.strip() or "0")
+        time.sleep(0.2)
+    assert landed >= 20, "transfer never started"
+    assert not remote.run(f"find {shell.quote(dest)} -name '.s*'", check=False).stdout.strip()  # no temp names
+    for p in [p for p, comm in _descendants(proc.pid) if comm == "ssh"]:
+        os.kill(p, signal.SIGKILL)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "rerun" in err.decode(), err
+    assert int(remote.run(count).stdout) < 120  # cut before the end
+    res = run_cli("push-data", str(src), f"{host}:{dest}", "--method", "rsync", "--json")
+    assert res.code == 0, res.output
+    assert _remote_listing(remote, dest) == _local_listing(src)
+    mtimes = remote.run(f"stat -c %Y {shell.quote(dest + '/d0/s000.bin')} {shell.quote(dest + '/d2/s119.bin')}")
+    assert [int(t) for t in mtimes.stdout.split()] == [int((src / "d0" / "s000.bin").stat().st_mtime),
+                                                       int((src / "d2" / "s119.bin").stat().st_mtime)]
+    again = run_cli("push-data", str(src), f"{host}:{dest}", "--method", "rsync", "--json")
+    assert json.loads(again.stdout)[0]["files_transferred"] == 0

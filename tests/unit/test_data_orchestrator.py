@@ -428,3 +428,28 @@ def test_rsync_sends_a_small_trees_whole_list_first_and_a_big_tree_incrementally
     [r] = run_push(host, [str(_small_files(tmp_path, n))], "/srv/small")
     [rsync] = rsync_streams(host)
     assert r.method == "rsync" and ("--no-inc-recursive" in rsync.split()) == whole
+
+
+@pytest.mark.parametrize(("kind", "empty", "size", "inplace"), [
+    ("none", True, 4096, True),        # a first copy of small files: no temporary name and rename per file
+    ("dir", True, 4096, True),         # into an empty directory: still a first copy
+    ("dir", False, 4096, False),       # a re-sync: an unfinished file waits in .migrate-partial/
+    ("none", True, 2 << 20, False),    # big files: never under their own name until whole
+])
+def test_a_first_copy_of_small_files_goes_by_rsync_inplace(tmp_path, capsys, kind, empty, size, inplace):
+    src = tmp_path / "data"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"z" * size)
+    host = dest_host(kind=kind, existing="/srv/data" if kind == "dir" else "/srv", empty=empty)
+    [r] = run_push(host, [str(src)], "/srv/data", method="rsync")
+    [rsync] = rsync_streams(host)
+    words = rsync.split()
+    assert r.method == "rsync"
+    assert ("--inplace" in words, "--partial-dir=.migrate-partial" in words) == (inplace, not inplace)
+    # the dry run's plan prints the very command line the run uses
+    dry = dest_host(kind=kind, existing="/srv/data" if kind == "dir" else "/srv", empty=empty)
+    run_push(dry, [str(src)], "/srv/data", method="rsync", dry_run=True)
+    planned = [line for line in capsys.readouterr().err.splitlines() if "$ rsync " in line]
+    assert len(planned) == 1 and ("--inplace" in planned[0]) == inplace
+    assert "--no-inc-recursive" in planned[0] and "--no-inc-recursive" in words  # 3 files: the whole list
