@@ -168,11 +168,13 @@ class HostPush:
         """The destination's facts. Where a file stream may follow, the probe's exec is held open to
         become it (`HeldProbe`): a far first copy of big files then costs one exec in all."""
         o = self.o
+        sudo = o.sudo or o.install_rsync  # only these run anything as root
         if o.method in ("auto", "stream") and not o.sudo and not o.dry_run and self.held is None:
             remote.open()
-            self.held = self.transfers.hold_probe(remote.openssh_argv(), held_probe_command(self.dest))
+            self.held = self.transfers.hold_probe(remote.openssh_argv(), held_probe_command(self.dest, sudo=sudo))
             return parse_dest_probe(self.held.text)
-        return parse_dest_probe(remote.run(dest_probe_command(self.dest), what="inspect destination").stdout)
+        return parse_dest_probe(remote.run(dest_probe_command(self.dest, sudo=sudo),
+                                           what="inspect destination").stdout)
 
     def _run(self, remote: Host, sizes: Callable[[], dict[str, tuple[int, int]]]) -> list[DataPushResult]:
         o = self.o

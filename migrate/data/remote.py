@@ -8,7 +8,9 @@ from migrate.data.rsync import PARTIAL_DIR, parse_version
 from migrate.remote import shell
 from migrate.remote.probe_fragments import FREE_SPACE, KV, SUDO, as_is, assign, yes
 
-# $1 = destination path. Prints key=value lines. Never changes anything.
+# $1 = destination path; $2 = `sudo` to ask whether sudo works (only --sudo and --install-rsync need
+# it: `sudo -n true` on a host where it needs a password is a failed attempt in its auth log, and it
+# takes the longest of the probe's steps). Prints key=value lines. Never changes anything.
 DEST_PROBE = KV + SUDO + FREE_SPACE + r"""
 d=$1
 if [ -d "$d" ]; then kv kind dir; elif [ -e "$d" ]; then kv kind file; else kv kind none; fi
@@ -23,7 +25,7 @@ kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv gnu_head "$(head --version 2>/dev/null | head -n 1)"
 kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
-kv sudo "$(sudo_mode)"
+if [ "$2" = sudo ]; then kv sudo "$(sudo_mode)"; else kv sudo unasked; fi
 """
 
 
@@ -41,7 +43,7 @@ class DestFacts:
     tar: bool = False
     gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
     home: str = ""
-    sudo: str = "none"
+    sudo: str = "unasked"       # root | nopasswd | password | none; unasked: the probe was not asked
     cpus: int = 0
 
     @property
@@ -49,9 +51,14 @@ class DestFacts:
         return self.rsync_version > (0, 0, 0)
 
 
-def dest_probe_command(dest: str) -> str:
-    """`sh -c SCRIPT sh DEST`: the probe with the path as a positional argument (no interpolation)."""
-    return f"{shell.sh_c(DEST_PROBE)} sh {shell.quote(dest)}"
+def _probe_args(dest: str, sudo: bool) -> str:
+    return shell.quote(dest) + (" sudo" if sudo else "")
+
+
+def dest_probe_command(dest: str, *, sudo: bool = False) -> str:
+    """`sh -c SCRIPT sh DEST [sudo]`: the probe with the path as a positional argument (no
+    interpolation); `sudo`: also ask whether sudo works there."""
+    return f"{shell.sh_c(DEST_PROBE)} sh {_probe_args(dest, sudo)}"
 
 
 def _kib_to_bytes(value: str) -> int | None:
@@ -164,9 +171,9 @@ def file_stream_command(dest_dir: str, *, sudo_prefix: str = "") -> str:
     return f"{sudo_prefix}{shell.sh_c(FILE_STREAM)} sh {shell.quote(dest_dir)}"
 
 
-def held_probe_command(dest: str) -> str:
+def held_probe_command(dest: str, *, sudo: bool = False) -> str:
     """DEST_PROBE_HELD for DEST: the probe, then maybe a file stream on the same exec."""
-    return f"{shell.sh_c(DEST_PROBE_HELD)} sh {shell.quote(dest)}"
+    return f"{shell.sh_c(DEST_PROBE_HELD)} sh {_probe_args(dest, sudo)}"
 
 
 # Arguments: `tree:PATH` (every partial dir under PATH) or `dir:PATH` (PATH/.migrate-partial only).

@@ -289,7 +289,7 @@ class ControlMaster:
             if time.monotonic() > deadline:
                 self.close()
                 raise MasterFailed(f"timed out opening the ssh stream connection to {self.display}")
-            time.sleep(0.02)
+            time.sleep(0.005)  # the socket appears when the login is done: every command waits for it
 
     @property
     def pid(self) -> int | None:

@@ -453,3 +453,13 @@ def test_a_first_copy_of_small_files_goes_by_rsync_inplace(tmp_path, capsys, kin
     planned = [line for line in capsys.readouterr().err.splitlines() if "$ rsync " in line]
     assert len(planned) == 1 and ("--inplace" in planned[0]) == inplace
     assert "--no-inc-recursive" in planned[0] and "--no-inc-recursive" in words  # 3 files: the whole list
+
+
+@pytest.mark.parametrize(("options", "asked"), [
+    ({}, False), ({"method": "rsync"}, False), ({"sudo": True}, True), ({"install_rsync": True}, True),
+])
+def test_the_destination_probe_asks_about_sudo_only_when_something_may_run_as_root(cifar, options, asked):
+    host = dest_host()
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar", **options)
+    [probe] = [c for c in host.commands() if "kv kind" in c]
+    assert probe.endswith(" sudo") == asked

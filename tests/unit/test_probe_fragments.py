@@ -125,10 +125,31 @@ def test_the_probes_run_here_and_parse(tmp_path):
                                        timeout=60).stdout)
     assert facts.arch == platform.machine() and facts.sudo in ("root", "none", "nopasswd", "password")
     assert facts.disks["home"].free_kib > 0 and facts.disks["tmp"].mount
-    dest = parse_dest_probe(subprocess.run(["/bin/sh", "-c", DEST_PROBE, "sh", str(tmp_path / "new" / "dir")],
+    dest = parse_dest_probe(subprocess.run(["/bin/sh", "-c", DEST_PROBE, "sh", str(tmp_path / "new" / "dir"), "sudo"],
                                            capture_output=True, text=True, timeout=30).stdout)
     assert dest.existing == str(tmp_path) and dest.free_bytes and dest.sudo == facts.sudo
     docker = parse_facts(subprocess.run(["/bin/sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, timeout=60,
                                         env={**os.environ, "PATH": fake_bin(tmp_path, {}, tools=(
                                             "uname", "grep", "id", "df", "awk", "dirname"))}).stdout)
     assert docker.arch == facts.arch and docker.access == "none" and docker.disks["home"][0] > 0
+
+
+def test_the_destination_probe_tries_sudo_only_when_asked(tmp_path):
+    """`sudo -n true` where sudo wants a password is a failed attempt in the host's auth log: push-data
+    asks only for --sudo and --install-rsync."""
+    tried = tmp_path / "sudo-was-run"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text(f"#!/bin/sh\ntouch {tried}\nexit 1\n")  # wants a password
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # a user, even where the tests run as root
+    for tool in ("sudo", "id"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def probe(*extra: str):
+        out = subprocess.run(["/bin/sh", "-c", DEST_PROBE, "sh", str(tmp_path), *extra], capture_output=True,
+                             text=True, timeout=30, env=env).stdout
+        return parse_dest_probe(out)
+
+    assert probe().sudo == "unasked" and not tried.exists()
+    assert probe("sudo").sudo == "password" and tried.exists()
