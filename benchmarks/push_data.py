@@ -93,9 +93,10 @@ def main() -> int:
                     help="comma-separated subset of pipeline names to run, e.g. 'rsync -a,migrate --method rsync'")
     ap.add_argument("--workdir", default=None, help="where to create the local test data")
     ap.add_argument("--drop-caches", action="store_true",
-                    help="drop the page cache before every run (root; this machine's): each run then reads its "
-                         "source from the disk, as a dataset not touched for a while is read, and runs of many "
-                         "small files stop swinging with what an earlier run left cached")
+                    help="drop the page cache before every run (root; this machine's), then read every pipeline's "
+                         "programs back in: each run reads its source from the disk, as a dataset not touched for "
+                         "a while is read, with tools used recently; runs of many small files stop swinging with "
+                         "what an earlier run left cached")
     args = ap.parse_args()
 
     big_mib, small_n = (256, 20_000) if args.quick else (1024, 100_000)
@@ -117,6 +118,10 @@ def main() -> int:
             os.sync()
             if args.drop_caches:
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                # the data cold, the tools warm (as after any recent use): every pipeline's programs are
+                # read back in, migrate's Python modules for push-data included
+                subprocess.run(["bash", "-c", "rsync --version; ssh -V; tar --version; "
+                                + shlex.join([*migrate, "push-data", "--help"])], capture_output=True)
 
         print(f"# preparing data in {work} ({big_mib} MiB big files, {small_n} small files)", file=sys.stderr)
         if "a" in args.cases:
