@@ -116,10 +116,12 @@ def main() -> int:
             sandbox), so a run does not pay for the writeback of the previous one."""
             remote.run(f"rm -rf {shlex.quote(path)}; sync")
             os.sync()
+
+        def cold_data() -> None:
+            """--drop-caches, just before a timed run: the data cold, the tools warm (as after any recent
+            use): every pipeline's programs are read back in, migrate's modules for push-data included."""
             if args.drop_caches:
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")
-                # the data cold, the tools warm (as after any recent use): every pipeline's programs are
-                # read back in, migrate's Python modules for push-data included
                 subprocess.run(["bash", "-c", "rsync --version; ssh -V; tar --version; "
                                 + shlex.join([*migrate, "push-data", "--help"])], capture_output=True)
 
@@ -137,6 +139,7 @@ def main() -> int:
                 for name in names:
                     dest = f"{remote_base}/{case[0]}-{''.join(ch for ch in name if ch.isalnum())}"
                     clean(dest)
+                    cold_data()
                     times[name].append(timed(pipelines[name](str(src), dest), name=f"{case}/{name}"))
                     clean(dest)
             for name in names:
@@ -186,7 +189,10 @@ def main() -> int:
                     clean(dest)
                     timed(pipelines["rsync -r (seed)"](str(work / "small"), dest))
                 remote.run("sync")
-                times = [timed(pipelines[name](str(work / "small"), dest)) for _ in range(args.repeat)]
+                times = []
+                for _ in range(args.repeat):
+                    cold_data()
+                    times.append(timed(pipelines[name](str(work / "small"), dest)))
                 results.setdefault("c) no-op re-sync of b", {})[name] = statistics.median(times)
                 print(f"# c) no-op re-sync            {name:<28} {statistics.median(times):8.2f}s", file=sys.stderr)
         finally:

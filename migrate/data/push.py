@@ -136,15 +136,15 @@ class HostPush:
 
     def __init__(self, host: str, sources: list[_Source], dest: str, reach: Reach,
                  options: PushDataOptions, progress: ProgressBoard, relay: DataRelay | None = None,
-                 listings: dict[str, filelist.EarlyListing] | None = None,
-                 sizes: Future[dict[str, tuple[int, int]]] | None = None) -> None:
+                 listings: dict[str, filelist.EarlyListing] | None = None, *,
+                 sizes: Future[dict[str, tuple[int, int]]]) -> None:
         self.host, self.sources, self.dest, self.reach, self.o = host, sources, dest, reach, options
         self.transfers = reach.transfers
         self.progress = progress
         self.relay = relay  # several hosts: the seed feeds the others (data/fanout.py)
         self.listings = listings or {}  # source path -> its listing, started early (push_data)
         # source path -> (files, bytes), counted while the connection is set up (push_data starts it)
-        self.early_sizes = sizes or filelist.early_sizes([s.path for s in sources])
+        self.early_sizes = sizes
         self.round_trip: float | None = None  # the link's, when a choice depended on it (seconds)
         self.compress_tar = False
         self.held: HeldProbe | None = None  # the probe's exec, while a file stream may still use it
@@ -155,7 +155,7 @@ class HostPush:
         try:
             with self.reach.session(self.host) as remote:
                 try:
-                    results = self._run(remote, self.early_sizes.result)
+                    results = self._run(remote)
                 finally:
                     if self.held is not None:
                         self.held.reap()
@@ -176,11 +176,11 @@ class HostPush:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest, sudo=sudo),
                                            what="inspect destination").stdout)
 
-    def _run(self, remote: Host, sizes: Callable[[], dict[str, tuple[int, int]]]) -> list[DataPushResult]:
+    def _run(self, remote: Host) -> list[DataPushResult]:
         o = self.o
         plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
         facts = self._probe(remote)  # connects: the sizes are counted meanwhile
-        self.sizes = sizes()
+        self.sizes = self.early_sizes.result()
         mappings = resolve_mapping([(s.typed, s.is_dir, s.real_name) for s in self.sources], self.dest,
                                    into=o.into, dest_is_dir=facts.kind == "dir")
         for m in mappings:
@@ -603,7 +603,7 @@ def push_data(sources: list[str], hosts: list[str], dest: str, conn: ConnectOpti
         with ui.transfer_progress() as progress:
             board = ProgressBoard(progress if not options.dry_run else None)
             outcomes = for_each_host(hosts, lambda h: HostPush(h, srcs, dest, reach, options, board, relay,
-                                                               listings, sizes).run())
+                                                               listings, sizes=sizes).run())
     finally:
         for listing in listings.values():
             listing.close()
