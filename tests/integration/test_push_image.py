@@ -258,15 +258,34 @@ def cut_after_first_checkpoint(proc: subprocess.Popen, host: dict, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if in_host(host, "docker image ls -q migrate-partial", check=False).split():
-            # the tag shows on the host a moment before migrate hears that step end: let the next
-            # step start (it streams for seconds at the tests' --bwlimit) before cutting the connection
-            time.sleep(1.0)
+            # the tag shows on the host a moment before migrate hears that step end: cut only once the
+            # next step streams (the master has sent NEXT_STEP_BYTES more), so the cut lands inside it
             master = _ssh_master_of(proc.pid)
-            if master:
-                os.kill(master, signal.SIGKILL)
-                return True
+            sent = _bytes_written(master) if master else None
+            while sent is not None and proc.poll() is None and time.monotonic() < deadline:
+                now = _bytes_written(master)
+                if now is None:
+                    break
+                if now - sent >= NEXT_STEP_BYTES:
+                    os.kill(master, signal.SIGKILL)
+                    return True
+                time.sleep(0.05)
         time.sleep(0.2)
     return False
+
+
+NEXT_STEP_BYTES = 2 << 20
+
+
+def _bytes_written(pid: int) -> int | None:
+    """What a process has written so far (its sockets included): /proc/PID/io's wchar."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def test_killed_connection_resumes_with_less_than_the_full_image(docker_hosts, images):
