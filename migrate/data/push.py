@@ -8,6 +8,7 @@ password, the local transfer runners); tests pass `tests/fakehost.py: FakeHost` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from migrate import ui
-from migrate.data import filelist
+from migrate.data import filelist, known
 from migrate.data.fanout import DataRelay, relayed_one
 from migrate.data.mapping import Mapping, normalize_local_path, normalize_remote_path, resolve_mapping
 from migrate.data.plan import (
@@ -46,8 +47,10 @@ from migrate.data.plan import (
 )
 from migrate.data.remote import (
     DestFacts,
+    GuardRefused,
     dest_probe_command,
     file_stream_command,
+    guarded_rsync_path,
     held_probe_command,
     make_dirs_words,
     parse_dest_probe,
@@ -74,6 +77,8 @@ from migrate.remote.parallel import for_each_host
 if TYPE_CHECKING:
     from migrate.remote.openssh import SessionPool
 
+# a guarded re-sync (known.py) plans with --mkpath, so its rsync must have it on the host too
+GUARD_MIN_RSYNC = (3, 2, 3)
 INSTALL_RSYNC = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 rsync"
 
 
@@ -149,6 +154,7 @@ class HostPush:
         self.compress_tar = False
         self.held: HeldProbe | None = None  # the probe's exec, while a file stream may still use it
         self.first_copy = False  # DEST is new or empty (set by the preflight)
+        self.described = False  # the mapping lines were printed (a refused guard plans again)
 
     def run(self) -> list[DataPushResult]:
         results: list[DataPushResult] = []
@@ -159,6 +165,8 @@ class HostPush:
                 finally:
                     if self.held is not None:
                         self.held.reap()
+                if not self.o.dry_run and results and all(r.status != "failed" for r in results):
+                    known.remember(self._dest_key(remote))
                 return results
         finally:
             if self.relay is not None and self.host == self.relay.seed:
@@ -176,15 +184,49 @@ class HostPush:
         return parse_dest_probe(remote.run(dest_probe_command(self.dest, sudo=sudo),
                                            what="inspect destination").stdout)
 
+    def _dest_key(self, remote: Host) -> str:
+        t = remote.target
+        return known.key(t.user, t.hostname, t.port, self.dest)
+
+    def _expectation(self, remote: Host) -> str | None:
+        """"resync" where the plan needs no probe first: a push from here to DEST completed, every
+        source is a directory (so the mapping does not depend on DEST), and no option asks for facts
+        first (a dry run, --delete, --sudo, --install-rsync, --drop-partial, a relay). Else None."""
+        o = self.o
+        if o.dry_run or o.delete or o.sudo or o.install_rsync or o.drop_partial or self.relay is not None \
+                or o.method not in ("auto", "rsync") or not all(s.is_dir for s in self.sources) \
+                or self.transfers.rsync_version() < GUARD_MIN_RSYNC:
+            return None
+        return "resync" if known.pushed_before(self._dest_key(remote)) else None
+
     def _run(self, remote: Host) -> list[DataPushResult]:
+        """Probe, plan, send. A re-sync of a destination pushed before plans first and checks DEST on
+        the rsync's own exec (remote.DEST_GUARD: one exec, not two); where DEST is no longer as
+        planned, the guard changes nothing and the plan is made again from what it saw."""
+        expect = self._expectation(remote)
+        if expect is None:
+            return self._planned_run(remote, self._probe(remote))  # connects: the sizes are counted meanwhile
+        remote.open()
+        try:
+            return self._planned_run(remote, DestFacts(kind="dir", existing=self.dest, writable=True, empty=False,
+                                                       rsync_version=GUARD_MIN_RSYNC), guard=expect)
+        except GuardRefused as refused:
+            known.forget(self._dest_key(remote))
+            ui.debug(f"{remote.target.alias}: {self.dest} is not as the last push left it: planning from what "
+                     "the check saw (nothing was sent)")
+            return self._planned_run(remote, refused.facts)
+
+    def _planned_run(self, remote: Host, facts: DestFacts, guard: str | None = None) -> list[DataPushResult]:
+        """Plan from `facts` and send. `guard`: the facts are expected, not probed: the first rsync checks
+        them there first (GuardRefused when they do not hold; nothing has changed then)."""
         o = self.o
         plan = self.plan = HostPlan(host=self.host, where=f"{remote.target.alias}:")
-        facts = self._probe(remote)  # connects: the sizes are counted meanwhile
         self.sizes = self.early_sizes.result()
         mappings = resolve_mapping([(s.typed, s.is_dir, s.real_name) for s in self.sources], self.dest,
                                    into=o.into, dest_is_dir=facts.kind == "dir")
-        for m in mappings:
+        for m in mappings if not self.described else []:
             ui.info(f"{remote.target.alias}: {m.describe(plan.where)}")
+        self.described = True
         if facts.kind == "file" and any(m.source_is_dir for m in mappings) and not o.into:
             raise MigrateError(f"{remote.target.alias}:{self.dest} is a file; a directory cannot become it",
                                hint="choose another DEST, or --into a directory")
@@ -278,8 +320,15 @@ class HostPush:
         results = []
         one = self._one if self.relay is None else \
             functools.partial(relayed_one, self, self.relay, direct=self._one)
-        for src, m, summary, files, size, method, reason in plans:
-            results.append(one(remote, facts, rsh, base_opts, src, m, summary, files, size, method, reason))
+        first_opts = base_opts
+        if guard is not None:  # the first rsync checks DEST before anything changes
+            assert not parents and all(p[5] == "rsync" for p in plans), "a guarded plan changes nothing first"
+            first_opts = dataclasses.replace(base_opts, rsync_path=guarded_rsync_path(
+                self.dest, want=guard, need_bytes=need + need // 100 + SPACE_MARGIN_BYTES,
+                min_version=GUARD_MIN_RSYNC))
+        for i, (src, m, summary, files, size, method, reason) in enumerate(plans):
+            results.append(one(remote, facts, rsh, first_opts if i == 0 else base_opts, src, m, summary, files,
+                               size, method, reason))
         return results
 
     def _streamable(self, src: _Source, summary: filelist.SourceSummary, method: str,
@@ -423,8 +472,12 @@ class HostPush:
             outcome = self.transfers.run_parallel_rsync(src.path, dest_spec, rsh, opts, summary.entries,
                                                         max(1, o.streams), on_progress=cb)
         else:
-            outcome = self.transfers.run_rsync(build(self._single_rsync(opts, src, files, size)), total_bytes=size,
-                                               on_progress=cb, what=f"rsync to {alias}")
+            try:
+                outcome = self.transfers.run_rsync(build(self._single_rsync(opts, src, files, size)),
+                                                   total_bytes=size, on_progress=cb, what=f"rsync to {alias}")
+            except GuardRefused:
+                self.progress.remove(task)  # nothing was sent: the plan is made again
+                raise
         self.progress.finish(task)
         result.files_transferred = outcome.stats.regular_files_transferred
         result.bytes_sent = outcome.stats.transferred_size
@@ -560,6 +613,10 @@ class ProgressBoard:
             if self.p:
                 self.p.update(task, completed=done, total=max(total, 1))
         return cb
+
+    def remove(self, task: int) -> None:
+        if self.p:
+            self.p.remove_task(task)
 
     def finish(self, task: int) -> None:
         if self.p:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from migrate.data.rsync import PARTIAL_DIR, parse_version
+from migrate.errors import MigrateError
 from migrate.remote import shell
 from migrate.remote.probe_fragments import FREE_SPACE, KV, SUDO, as_is, assign, yes
 
 # $1 = destination path; $2 = `sudo` to ask whether sudo works (only --sudo and --install-rsync need
 # it: `sudo -n true` on a host where it needs a password is a failed attempt in its auth log, and it
 # takes the longest of the probe's steps). Prints key=value lines. Never changes anything.
-DEST_PROBE = KV + SUDO + FREE_SPACE + r"""
+DEST_FACTS = r"""
 d=$1
 if [ -d "$d" ]; then kv kind dir; elif [ -e "$d" ]; then kv kind file; else kv kind none; fi
 p=$(nearest "$d")
@@ -27,6 +28,63 @@ kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
 if [ "$2" = sudo ]; then kv sudo "$(sudo_mode)"; else kv sudo unasked; fi
 """
+DEST_PROBE = KV + SUDO + FREE_SPACE + DEST_FACTS
+
+# The destination probe on rsync's own exec (`--rsync-path`), for a push whose plan needs no facts
+# first: $1 DEST; $2 what DEST must be (resync: a directory with files in it, as a push from here left
+# it); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); the rest is
+# rsync's server command line. Where DEST is so, writable, with room and a new enough rsync, the exec
+# becomes that rsync; else it changes nothing, prints GUARD_REFUSED and the probe's facts to stderr and
+# exits 97, and push-data plans from those facts as from the probe's. One exec instead of two.
+GUARD_REFUSED = "migrate-guard: DEST is not as planned"
+DEST_GUARD = KV + SUDO + FREE_SPACE + "dest_facts() {" + DEST_FACTS + "}\n" + r"""
+_gd=$1 _gwant=$2 _gneed=$3 _gmin=$4; shift 4
+_gfacts=$(dest_facts "$_gd")
+fact() { printf '%s\n' "$_gfacts" | sed -n "s/^$1=//p" | head -n 1; }
+refuse() { printf '%s\n%s\n' '""" + GUARD_REFUSED + r"""' "$_gfacts" >&2; exit 97; }
+version() {  # `rsync  version 3.2.7  protocol version 31` -> 3 2 7
+  set -- $(printf '%s\n' "$1" | sed -n 's/^rsync  *version  *v\{0,1\}\([0-9][0-9.]*\).*/\1/p' | tr . ' ')
+  [ -n "$1" ] && echo "$1 ${2:-0} ${3:-0}"
+}
+at_least() {  # at_least A B C X Y Z: A.B.C >= X.Y.Z
+  [ "$1" -gt "$4" ] && return 0; [ "$1" -lt "$4" ] && return 1
+  [ "$2" -gt "$5" ] && return 0; [ "$2" -lt "$5" ] && return 1
+  [ "$3" -ge "$6" ]
+}
+case $_gwant/$(fact kind)/$(fact empty) in
+  resync/dir/no) ;;
+  *) refuse ;;
+esac
+[ "$(fact writable)" = yes ] || refuse
+_gfree=$(fact free_kib)
+case $_gfree in ''|*[!0-9]*) ;; *) [ "$_gfree" -ge "$_gneed" ] || refuse ;; esac
+_gv=$(version "$(fact rsync)")
+[ -n "$_gv" ] || refuse
+at_least $_gv $(printf '%s\n' "$_gmin" | tr . ' ') || refuse
+exec "$@"
+"""
+
+
+def guarded_rsync_path(dest: str, *, want: str, need_bytes: int, min_version: tuple[int, int, int]) -> str:
+    """rsync's `--rsync-path` that runs DEST_GUARD first (`want`: what DEST must be; `need_bytes`: the
+    room the copy may need, margin included)."""
+    need_kib = -(-need_bytes // 1024)
+    return (f"{shell.sh_c(DEST_GUARD)} sh {shell.quote(dest)} {shell.quote(want)} {need_kib} "
+            f"{'.'.join(map(str, min_version))} rsync")
+
+
+class GuardRefused(MigrateError):
+    """DEST_GUARD found DEST other than planned and changed nothing: `facts` is what it saw."""
+
+    def __init__(self, facts: DestFacts) -> None:
+        super().__init__("the destination was not as planned (checked on rsync's exec; nothing changed)")
+        self.facts = facts
+
+
+def guard_refusal(stderr: str) -> DestFacts | None:
+    """The facts DEST_GUARD printed when it refused (None: it did not refuse)."""
+    head, sep, rest = stderr.partition(GUARD_REFUSED + "\n")
+    return parse_dest_probe(rest) if sep else None
 
 
 @dataclass

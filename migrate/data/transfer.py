@@ -24,6 +24,7 @@ from typing import IO, cast
 
 from migrate import local, ui
 from migrate.data.filelist import ListedEntry, files_from_bytes, shard_entries
+from migrate.data.remote import GuardRefused, guard_refusal
 from migrate.data.rsync import (
     DISK_FULL_HINT,
     RESUME_HINT,
@@ -147,6 +148,9 @@ def run_rsync(argv: list[str], *, total_bytes: int, on_progress: ProgressCallbac
     t.join()
     stderr = b"".join(err_chunks).decode("utf-8", "replace")
     if code != 0:
+        refused = guard_refusal(stderr)  # a guarded rsync whose DEST was not as planned: nothing ran
+        if refused is not None:
+            raise GuardRefused(refused)
         sentence, details = explain_exit(code, stderr)
         hint = failure_hint(code, stderr)
         if code == 24:  # vanished files: everything else arrived; not fatal

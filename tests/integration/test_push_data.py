@@ -532,3 +532,59 @@ def test_an_interrupted_first_copy_of_small_files_by_rsync_inplace_completes_on_
                                                        int((src / "d2" / "s119.bin").stat().st_mtime)]
     again = run_cli("push-data", str(src), f"{host}:{dest}", "--method", "rsync", "--json")
     assert json.loads(again.stdout)[0]["files_transferred"] == 0
+
+
+def _execs(path: Path) -> list[str]:
+    """What a counted run (MIGRATE_COUNT_ROUND_TRIPS) ran on the host: one line per exec."""
+    from migrate.remote.roundtrips import tally
+
+    text = path.read_text() if path.exists() else ""
+    assert tally(text)["exec"] == len([ln for ln in text.splitlines() if ln.startswith("exec")])
+    return [ln.split("\t")[-1] for ln in text.splitlines() if ln.startswith("exec")]
+
+
+def test_a_resync_checks_the_destination_on_rsyncs_exec_and_a_changed_one_is_planned_again(scratch, tmp_path):
+    """A destination a push from here completed: the re-sync is one exec (rsync, whose exec checks DEST
+    first: data/remote.py DEST_GUARD). Where DEST changed since (removed, now a file, read-only), that
+    check changes nothing and push-data plans from what it saw: the push completes, or fails as the
+    probe's path would, with the host as it was."""
+    from migrate.remote.roundtrips import ENV
+
+    host, base, src, remote = scratch
+    dest = f"{base}/g"
+    counted = iter(tmp_path / f"rt{i}" for i in range(10))
+
+    def push(*extra: str):
+        path = next(counted)
+        res = run_cli("push-data", str(src), f"{host}:{dest}", "--json", *extra, env={ENV: str(path)})
+        return res, _execs(path)
+
+    res, execs = push()
+    assert res.code == 0 and execs[0] == "inspect destination", (res.output, execs)
+    (src / "a.txt").write_text("changed\n")
+    res, execs = push()
+    assert res.code == 0 and execs == [f"rsync to {host}"], (res.output, execs)  # no probe first
+    assert json.loads(res.stdout)[0]["files_transferred"] == 1
+    assert _remote_listing(remote, dest) == _local_listing(src)
+
+    remote.run(shell.join(["rm", "-rf", dest]))  # removed there: refused, then a first copy
+    res, execs = push("--method", "rsync")
+    assert res.code == 0 and execs == [f"rsync to {host}"] * 2, (res.output, execs)
+    assert _remote_listing(remote, dest) == _local_listing(src)
+
+    remote.run(f"rm -rf {shell.quote(dest)} && echo precious > {shell.quote(dest)}")  # now a file
+    res, execs = push()
+    assert res.code == 1 and "is a file" in res.stderr and execs == [f"rsync to {host}"], (res.output, execs)
+    assert remote.run(f"cat {shell.quote(dest)}").stdout == "precious\n"
+
+    remote.run(f"rm -f {shell.quote(dest)}")
+    assert push()[0].code == 0  # (forgotten after the refusal: probed again, then remembered)
+    (src / "a.txt").write_text("changed again\n")
+    remote.run(f"chmod 555 {shell.quote(dest)}")
+    try:
+        before = _remote_listing(remote, dest)
+        res, execs = push()
+        assert res.code == 1 and "not writable" in res.stderr and execs == [f"rsync to {host}"], (res.output, execs)
+        assert _remote_listing(remote, dest) == before
+    finally:
+        remote.run(f"chmod 755 {shell.quote(dest)}")

@@ -21,8 +21,8 @@ from tests.conftest import run_cli, wait_until
 EXPECTED = {
     "status": (1, 1),
     "logs": (1, 1),
-    "push-data, nothing to send": (1, 2),
-    "apply, unchanged (data + run)": (1, 3),
+    "push-data, nothing to send": (1, 1),
+    "apply, unchanged (data + run)": (1, 2),
     "push-image, unchanged": (1, 1),
 }
 
@@ -77,10 +77,11 @@ def test_status_and_logs_are_one_connection_and_one_round_trip(applied, tmp_path
 def test_push_data_with_nothing_to_send(applied, tmp_path):
     got = counted(tmp_path, "push-data", str(applied["data"]), f"{applied['host']}:{applied['dest']}",
                   label="push-data, nothing to send")
-    assert got == {"connect": 1, "round trips": 2}  # the destination probe, then rsync
+    # a push from here completed there (the apply): rsync's own exec checks DEST first, no probe
+    assert got == {"connect": 1, "round trips": 1}
 
 
 def test_unchanged_apply(applied, tmp_path):
     got = counted(tmp_path, "apply", str(applied["play"]), label="apply, unchanged (data + run)")
     # one connection for both stages: the run stage talks to the agent over the data stage's ssh
-    assert got == {"connect": 1, "round trips": 3}  # the destination probe, rsync, the agent's submit
+    assert got == {"connect": 1, "round trips": 2}  # rsync (checking DEST first), the agent's submit

@@ -1,4 +1,5 @@
-"""Unit tests never write this machine's record of the last run (`migrate wait`'s default jobs)."""
+"""Unit tests never write this machine's records: the last run (`migrate wait`'s default jobs) and the
+destinations pushed to (data/known.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _private_last_run_record(tmp_path_factory, monkeypatch):
+def _private_state_records(tmp_path_factory, monkeypatch):
+    from migrate.data import known
     from migrate.jobs import lastrun
 
-    path = tmp_path_factory.mktemp("state") / "last-run.json"
-    monkeypatch.setattr(lastrun, "record_path", lambda: path)
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setattr(lastrun, "record_path", lambda: state / "last-run.json")
+    monkeypatch.setattr(known, "record_path", lambda: state / "pushed-destinations.json")

@@ -463,3 +463,106 @@ def test_the_destination_probe_asks_about_sudo_only_when_something_may_run_as_ro
     run_push(host, [str(cifar / "cifar")], "/srv/cifar", **options)
     [probe] = [c for c in host.commands() if "kv kind" in c]
     assert probe.endswith(" sudo") == asked
+
+
+# -- a re-sync of a destination pushed before: the checks ride rsync's exec (data/known.py) --------
+def guarded(stream: str) -> bool:
+    return "--rsync-path=sh -c" in stream and "migrate-guard" in stream
+
+
+def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rsync(cifar):
+    host = dest_host()
+    [first] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    assert first.status != "failed", first.error
+    assert "kv kind" in host.commands()[0] and not any(guarded(s) for s in rsync_streams(host))
+    host.log.clear()
+    [again] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    assert again.status != "failed", again.error
+    assert host.commands() == []  # no probe, nothing made first: the rsync's exec checks DEST
+    [stream] = rsync_streams(host)
+    assert guarded(stream) and " resync " in stream and " 3.2.3 rsync" in stream
+    assert "--mkpath" in stream and "--inplace" not in stream  # a re-sync keeps unfinished files aside
+
+
+def test_only_the_first_rsync_of_a_guarded_push_carries_the_check(cifar):
+    (cifar / "more").mkdir()
+    (cifar / "more" / "x").write_text("x")
+    host = dest_host(kind="dir")
+    sources = [str(cifar / "cifar"), str(cifar / "more")]
+    run_push(host, sources, "/srv", into=True, method="rsync")
+    host.log.clear()
+    results = run_push(host, sources, "/srv", into=True, method="rsync")
+    assert [r.status for r in results] != ["failed", "failed"]
+    assert [guarded(s) for s in rsync_streams(host)] == [True, False]
+
+
+def test_a_refused_guard_plans_again_from_what_it_saw_and_forgets_the_destination(cifar, monkeypatch):
+    from migrate.data import known
+    from migrate.data.remote import GuardRefused, parse_dest_probe
+
+    host = dest_host()
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar", method="rsync")
+    host.log.clear()
+    recorded = host.transfers.run_rsync
+
+    def refuse_guarded(argv, **kw):
+        recorded(argv, **kw)
+        if guarded(" ".join(argv)):  # DEST was removed there since
+            raise GuardRefused(parse_dest_probe("kind=none\nexisting=/srv\nwritable=yes\nfree_kib=99999\n"
+                                                f"empty=yes\nrsync={RSYNC_327}\n"))
+        return host.transfers._outcome()
+
+    monkeypatch.setattr(host.transfers, "run_rsync", refuse_guarded)
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar", method="rsync")
+    assert r.status != "failed", r.error
+    assert host.commands() == []  # the guard's facts stand in for the probe's
+    first, second = rsync_streams(host)
+    assert guarded(first) and not guarded(second) and "--inplace" in second  # now a first copy
+    assert known.pushed_before(known.key("alice", "10.0.0.7", 22, "/srv/cifar"))  # remembered again: it completed
+
+
+def test_a_refused_guard_that_finds_a_file_fails_as_the_probe_would_and_sends_nothing_more(cifar, monkeypatch):
+    from migrate.data import known
+    from migrate.data.remote import GuardRefused, parse_dest_probe
+
+    host = dest_host()
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    host.log.clear()
+
+    def refuse(argv, **kw):
+        host.record_stream(argv)
+        raise GuardRefused(parse_dest_probe(f"kind=file\nexisting=/srv/cifar\nwritable=yes\nrsync={RSYNC_327}\n"))
+
+    monkeypatch.setattr(host.transfers, "run_rsync", refuse)
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    assert r.status == "failed" and "is a file; a directory cannot become it" in r.error
+    [stream] = rsync_streams(host)  # the refused one only: no second rsync, no mkdir
+    assert guarded(stream) and [m.command for m in host.mutations()] == [stream]
+    assert not known.pushed_before(known.key("alice", "10.0.0.7", 22, "/srv/cifar"))
+
+
+@pytest.mark.parametrize("options", [
+    {"dry_run": True}, {"delete": True, "yes": True}, {"sudo": True}, {"drop_partial": True}, {"method": "tar"},
+])
+def test_options_that_need_the_facts_first_still_probe_a_destination_pushed_before(cifar, options):
+    host = dest_host(kind="dir", empty=False)
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar", method="rsync")
+    host.log.clear()
+    run_push(host, [str(cifar / "cifar")], "/srv/cifar", **{"method": "rsync", **options})
+    assert "kv kind" in host.commands()[0]
+    assert not any(guarded(s) for s in host.streams())
+
+
+def test_a_file_source_an_old_local_rsync_or_a_failed_push_keep_the_probe(cifar, monkeypatch):
+    host = dest_host(kind="dir", empty=False)
+    for _ in range(2):  # a single file: its landing depends on what DEST is
+        run_push(host, [str(cifar / "a.txt")], "/srv", method="rsync")
+    assert sum("kv kind" in c for c in host.commands()) == 2 and not any(guarded(s) for s in host.streams())
+    host = dest_host(kind="dir", empty=False)
+    for _ in range(2):  # rsync 3.2.2 here: no --mkpath for a plan made before the facts
+        run_push(host, [str(cifar / "cifar")], "/srv/c", local_version=(3, 2, 2), method="rsync")
+    assert not any(guarded(s) for s in host.streams())
+    host = dest_host(kind="dir", empty=False, writable=False)
+    for _ in range(2):  # the first push failed: nothing is remembered
+        [r] = run_push(host, [str(cifar / "cifar")], "/srv/d", method="rsync")
+    assert r.status == "failed" and host.streams() == []

@@ -1,0 +1,119 @@
+"""The destination check on rsync's own exec (data/remote.py: DEST_GUARD), run by the real `sh` here
+with a stand-in `rsync` (and `df` where the room is the point): it becomes rsync with the server's
+arguments intact where DEST is as planned, and otherwise changes nothing and says what it saw."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from migrate.data.remote import guard_refusal, guarded_rsync_path
+from migrate.remote import shell
+
+
+def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None = None) -> dict[str, str]:
+    """PATH with a stand-in rsync (`--version` says `rsync`; as a server it prints its arguments) and,
+    with `free_kib`, a df that reports that much room."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if rsync is not None:
+        (bin_dir / "rsync").write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = --version ]; then echo "rsync  version {rsync}  protocol version 31"; exit 0; fi\n'
+            'for a in "$@"; do printf "<%s>" "$a"; done; echo\n')
+    if free_kib is not None:
+        (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted'\n"
+                                    f"echo '/dev/x 99999999 0 {free_kib} 1% /'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}" if rsync is not None else f"{bin_dir}:/usr/bin:/bin"
+    if rsync is None:  # a PATH without any rsync: copy in the tools the guard uses
+        path = f"{bin_dir}:{_without_rsync(tmp_path)}"
+    return {**os.environ, "PATH": path}
+
+
+def _without_rsync(tmp_path: Path) -> str:
+    d = tmp_path / "sys"
+    d.mkdir(exist_ok=True)
+    for tool in ("sh", "sed", "head", "ls", "df", "awk", "dirname", "printf", "tr", "id", "nproc", "tar", "cat"):
+        real = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if real.startswith("/") and not (d / tool).exists():
+            (d / tool).symlink_to(real)
+    return str(d)
+
+
+def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync"):
+    """Run the guarded rsync server command line as the remote login shell would; as root, as nobody
+    (root may write anywhere: a read-only DEST would pass)."""
+    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3))
+            + " --server -logDtpre.iLsfxCIvu --partial-dir=.migrate-partial . " + shell.quote(str(dest) + "/"))
+    nobody = [shutil.which("setpriv") or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    user = nobody if os.geteuid() == 0 else []
+    return subprocess.run([*user, "sh", "-c", line], capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A directory nobody can enter (guard() runs as nobody under root; pytest's own sit in a 0700 one)."""
+    base = Path(tempfile.mkdtemp(prefix="migrate-guard-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    d = tmp_path / "my data"  # a space: the arguments must reach rsync whole; nobody's, so writable there
+    d.mkdir()
+    if os.geteuid() == 0:
+        os.chown(d, 65534, 65534)
+    (d / "a").write_text("a")
+    return d
+
+
+def test_a_destination_as_planned_becomes_rsync_with_its_arguments_intact(tmp_path, dest):
+    res = guard(dest, tools(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == (f"<--server><-logDtpre.iLsfxCIvu><--partial-dir=.migrate-partial><.><{dest}/>")
+    assert guard_refusal(res.stderr) is None
+
+
+@pytest.mark.parametrize("change", ["removed", "emptied", "a file", "read-only", "old rsync", "no rsync",
+                                    "no room"])
+def test_a_destination_not_as_planned_is_refused_unchanged_with_what_the_guard_saw(tmp_path, dest, change):
+    env = tools(tmp_path, rsync={"old rsync": "3.1.3", "no rsync": None}.get(change, "3.2.7"),
+                free_kib=100 if change == "no room" else None)
+    if change == "removed":
+        (dest / "a").unlink()
+        dest.rmdir()
+    elif change == "emptied":
+        (dest / "a").unlink()
+    elif change == "a file":
+        (dest / "a").unlink()
+        dest.rmdir()
+        dest.write_text("precious")
+    elif change == "read-only":
+        dest.chmod(0o555)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    res = guard(dest, env)
+    facts = guard_refusal(res.stderr)
+    assert res.returncode == 97 and res.stdout == "" and facts is not None, (res.returncode, res.stdout, res.stderr)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing made, nothing removed
+    expected = {"removed": ("kind", "none"), "emptied": ("empty", True), "a file": ("kind", "file"),
+                "read-only": ("writable", False), "old rsync": ("rsync_version", (3, 1, 3)),
+                "no rsync": ("rsync_version", (0, 0, 0)), "no room": ("free_bytes", 100 * 1024)}[change]
+    assert getattr(facts, expected[0]) == expected[1]
+    if change == "a file":
+        assert dest.read_text() == "precious"
+
+
+def test_the_room_asked_for_is_checked_in_kib_rounded_up(tmp_path, dest):
+    env = tools(tmp_path, free_kib=10)
+    assert guard(dest, env, need=10 * 1024).returncode == 0
+    assert guard(dest, env, need=10 * 1024 + 1).returncode == 97
