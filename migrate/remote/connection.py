@@ -297,6 +297,7 @@ class Remote:
         self._sudo_password: str | None = None
         self._sudo_password_from_env = False
         self._master: openssh.ControlMaster | None = None
+        self._home: str | None = None  # $HOME, read once
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> Remote:
@@ -472,8 +473,10 @@ class Remote:
 
     # -- files -------------------------------------------------------------------------------
     def home(self) -> str:
-        """The remote user's home directory."""
-        return self.run('printf %s "$HOME"', what="read $HOME").stdout
+        """The remote user's home directory (read once per connection object)."""
+        if self._home is None:
+            self._home = self.run('printf %s "$HOME"', what="read $HOME").stdout
+        return self._home
 
     def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
         """Write a file atomically over SFTP (into a temp name, then rename or sudo install)."""

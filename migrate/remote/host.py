@@ -144,6 +144,7 @@ def put_atomically(host: Host, write_tmp: Callable[[str], None], remote_path: st
     tmp_dir = posixpath.join(host.home(), ".migrate", "tmp")
     host.run(shell.mkdir_private(tmp_dir), what="create ~/.migrate/tmp")
     tmp = posixpath.join(tmp_dir, f"upload-{uuid.uuid4().hex}")
+    renamed = False  # a rename leaves no temp file: no round trip to remove it
     try:
         write_tmp(tmp)
         if sudo:
@@ -151,8 +152,10 @@ def put_atomically(host: Host, write_tmp: Callable[[str], None], remote_path: st
                      sudo=True, what=f"install {remote_path}")
         else:
             host.run(shell.join(["mv", "-f", tmp, remote_path]), what=f"write {remote_path}")
+            renamed = True
     finally:
-        host.run(shell.join(["rm", "-f", tmp]), check=False)
+        if not renamed:
+            host.run(shell.join(["rm", "-f", tmp]), check=False)
 
 
 def read_text_result(host: Host, res: RunResult, remote_path: str) -> str | None:

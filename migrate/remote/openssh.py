@@ -371,6 +371,7 @@ class OpenSshSession:
         self.target: SshTarget = resolve(self.spec, options, self.configs)
         self._ciphers = stream_ciphers(self.configs)
         self._sudo_mode: str | None = None
+        self._home: str | None = None  # $HOME, read once per session
         self.master = ControlMaster([*self._base(), self.spec.host], alias=self.spec.host, display=self.name,
                                     connect_timeout=self.target.connect_timeout,
                                     before_spawn=self.configs.openssh_file)
@@ -458,7 +459,10 @@ class OpenSshSession:
 
     # -- files --------------------------------------------------------------------------------
     def home(self) -> str:
-        return self.run('printf %s "$HOME"', what="read $HOME").stdout
+        """The remote user's home directory (read once per session)."""
+        if self._home is None:
+            self._home = self.run('printf %s "$HOME"', what="read $HOME").stdout
+        return self._home
 
     def put_bytes(self, data: bytes, remote_path: str, *, mode: int = 0o600, sudo: bool = False) -> None:
         """Write a file atomically (temp name over the stream, then rename or sudo install)."""
