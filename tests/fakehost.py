@@ -341,6 +341,16 @@ class FakeHost:
         return RecordingTransfers(self)
 
 
+def guard_admits(facts, want: str, need_kib: int, oldest: tuple) -> bool:
+    """What data/remote.py's DEST_GUARD decides for these facts (tests/unit/test_dest_guard.py checks
+    the two agree), for the recording host's guarded rsyncs."""
+    shape = {"resync": facts.kind == "dir" and not facts.empty,
+             "fresh": facts.kind == "none" or (facts.kind == "dir" and facts.empty),
+             "any": facts.kind in ("none", "dir")}[want]
+    room = facts.free_bytes is None or facts.free_bytes // 1024 >= need_kib
+    return shape and facts.writable and room and facts.has_rsync and facts.rsync_version >= oldest
+
+
 @dataclass
 class RecordingTransfers:
     """Stands in for `migrate.data.transfer`'s runners: records each rsync/tar/cat stream on `host`.
@@ -380,8 +390,26 @@ class RecordingTransfers:
         return self._stats(argv)
 
     def run_rsync(self, argv: list[str], **_: object) -> object:
+        from migrate.data.remote import GuardRefused
+
         self.host.record_stream(argv)
+        refused = self._guard_refusal(argv)
+        if refused is not None:
+            raise GuardRefused(refused)
         return self._outcome()
+
+    def _guard_refusal(self, argv: list[str]):
+        """A guarded rsync (data/remote.py DEST_GUARD in its --rsync-path) checks the facts this host's
+        probe answers, as the sh guard would: the facts when it refuses, else None."""
+        from migrate.data.remote import GUARD_REFUSED, dest_probe_command, parse_dest_probe
+
+        path = next((a[len("--rsync-path="):] for a in argv if a.startswith("--rsync-path=")), "")
+        if GUARD_REFUSED not in path:
+            return None
+        dest, want, need_kib, oldest = shlex.split(path)[4:8]  # sh -c SCRIPT sh DEST WANT KIB X.Y.Z rsync
+        facts = parse_dest_probe(self.host._answer(dest_probe_command(dest)).stdout)
+        version = tuple(int(x) for x in oldest.split("."))
+        return None if guard_admits(facts, want, int(need_kib), version) else facts
 
     def run_parallel_rsync(self, src_dir: str, dest: str, rsh: str, opts, entries, streams: int,
                            **_: object) -> object:

@@ -189,15 +189,25 @@ class HostPush:
         return known.key(t.user, t.hostname, t.port, self.dest)
 
     def _expectation(self, remote: Host) -> str | None:
-        """"resync" where the plan needs no probe first: a push from here to DEST completed, every
-        source is a directory (so the mapping does not depend on DEST), and no option asks for facts
-        first (a dry run, --delete, --sudo, --install-rsync, --drop-partial, a relay). Else None."""
+        """What DEST is expected to be (remote.GUARD_WANTS) where the plan needs no probe first, else None.
+        Every source must be a directory (so the mapping does not depend on DEST), and no option may ask
+        for facts first (a dry run, --delete, --sudo, --install-rsync, --drop-partial, a relay). "resync":
+        a push from here to DEST completed. Else, for --method rsync (auto's first copy needs the facts
+        and the link to choose): "fresh" where a first copy would go by --inplace (small files), "any"
+        where the plan is the same whatever DEST holds."""
         o = self.o
         if o.dry_run or o.delete or o.sudo or o.install_rsync or o.drop_partial or self.relay is not None \
                 or o.method not in ("auto", "rsync") or not all(s.is_dir for s in self.sources) \
                 or self.transfers.rsync_version() < GUARD_MIN_RSYNC:
             return None
-        return "resync" if known.pushed_before(self._dest_key(remote)) else None
+        if known.pushed_before(self._dest_key(remote)):
+            return "resync"
+        if o.method != "rsync":
+            return None
+        sizes = self.early_sizes.result()
+        inplace = any(single_rsync_options(RsyncOptions(), is_dir=True, files=files, size=size,
+                                           first_copy=True).inplace for files, size in sizes.values())
+        return "fresh" if inplace else "any"
 
     def _run(self, remote: Host) -> list[DataPushResult]:
         """Probe, plan, send. A re-sync of a destination pushed before plans first and checks DEST on
@@ -207,13 +217,14 @@ class HostPush:
         if expect is None:
             return self._planned_run(remote, self._probe(remote))  # connects: the sizes are counted meanwhile
         remote.open()
+        expected = DestFacts(kind="none" if expect == "fresh" else "dir", existing=self.dest, writable=True,
+                             empty=expect == "fresh", rsync_version=GUARD_MIN_RSYNC)
         try:
-            return self._planned_run(remote, DestFacts(kind="dir", existing=self.dest, writable=True, empty=False,
-                                                       rsync_version=GUARD_MIN_RSYNC), guard=expect)
+            return self._planned_run(remote, expected, guard=expect)
         except GuardRefused as refused:
             known.forget(self._dest_key(remote))
-            ui.debug(f"{remote.target.alias}: {self.dest} is not as the last push left it: planning from what "
-                     "the check saw (nothing was sent)")
+            ui.debug(f"{remote.target.alias}: {self.dest} is not as planned ({expect}): planning from what the "
+                     "check saw (nothing was sent)")
             return self._planned_run(remote, refused.facts)
 
     def _planned_run(self, remote: Host, facts: DestFacts, guard: str | None = None) -> list[DataPushResult]:

@@ -31,12 +31,14 @@ if [ "$2" = sudo ]; then kv sudo "$(sudo_mode)"; else kv sudo unasked; fi
 DEST_PROBE = KV + SUDO + FREE_SPACE + DEST_FACTS
 
 # The destination probe on rsync's own exec (`--rsync-path`), for a push whose plan needs no facts
-# first: $1 DEST; $2 what DEST must be (resync: a directory with files in it, as a push from here left
-# it); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); the rest is
+# first: $1 DEST; $2 what DEST must be (GUARD_WANTS: resync, a directory with files in it, as a push
+# from here left it; fresh, new or an empty directory, for a first copy by --inplace; any, new or a
+# directory); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); the rest is
 # rsync's server command line. Where DEST is so, writable, with room and a new enough rsync, the exec
 # becomes that rsync; else it changes nothing, prints GUARD_REFUSED and the probe's facts to stderr and
 # exits 97, and push-data plans from those facts as from the probe's. One exec instead of two.
 GUARD_REFUSED = "migrate-guard: DEST is not as planned"
+GUARD_WANTS = ("resync", "fresh", "any")
 DEST_GUARD = KV + SUDO + FREE_SPACE + "dest_facts() {" + DEST_FACTS + "}\n" + r"""
 _gd=$1 _gwant=$2 _gneed=$3 _gmin=$4; shift 4
 _gfacts=$(dest_facts "$_gd")
@@ -52,7 +54,7 @@ at_least() {  # at_least A B C X Y Z: A.B.C >= X.Y.Z
   [ "$3" -ge "$6" ]
 }
 case $_gwant/$(fact kind)/$(fact empty) in
-  resync/dir/no) ;;
+  resync/dir/no|fresh/none/*|fresh/dir/yes|any/none/*|any/dir/*) ;;
   *) refuse ;;
 esac
 [ "$(fact writable)" = yes ] || refuse

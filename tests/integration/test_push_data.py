@@ -588,3 +588,9 @@ def test_a_resync_checks_the_destination_on_rsyncs_exec_and_a_changed_one_is_pla
         assert _remote_listing(remote, dest) == before
     finally:
         remote.run(f"chmod 755 {shell.quote(dest)}")
+
+    # --method rsync plans a first copy before any probe too (--inplace for these small files)
+    dest = f"{base}/fresh"
+    res, execs = push("--method", "rsync")
+    assert res.code == 0 and execs == [f"rsync to {host}"], (res.output, execs)
+    assert _remote_listing(remote, dest) == _local_listing(src)

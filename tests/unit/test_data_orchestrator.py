@@ -72,13 +72,25 @@ def test_push_runs_one_rsync_with_the_resolved_mapping(cifar, monkeypatch, sourc
 
 def test_push_probes_the_destination_first_and_creates_parents_without_mkpath(cifar):
     host = dest_host(rsync="rsync  version 3.1.3  protocol version 31")
-    [r] = run_push(host, [str(cifar / "cifar")], "/srv/new/cifar", method="rsync")
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/new/cifar")
     assert r.status != "failed", r.error
     cmds = host.commands()
     assert "kv kind" in cmds[0]
     assert cmds[1] == "mkdir -p /srv/new/cifar/"      # rsync 3.1 has no --mkpath: migrate makes the parents
     assert host.commands(root=True) == []
     assert "--mkpath" not in rsync_streams(host)[0]
+
+
+def test_a_planned_first_copy_whose_guard_finds_an_old_rsync_is_planned_again_without_mkpath(cifar):
+    """--method rsync plans a first copy before any probe (--mkpath, for rsync >= 3.2.3 there); rsync
+    3.1 there: its exec refuses, having changed nothing, and the new plan makes the parents itself."""
+    host = dest_host(rsync="rsync  version 3.1.3  protocol version 31")
+    [r] = run_push(host, [str(cifar / "cifar")], "/srv/new/cifar", method="rsync")
+    assert r.status != "failed", r.error
+    planned, sent = rsync_streams(host)
+    assert guarded(planned) and "--mkpath" in planned
+    assert not guarded(sent) and "--mkpath" not in sent
+    assert host.commands() == ["mkdir -p /srv/new/cifar/"]  # the guard's facts stand in for the probe's
 
 
 def test_push_with_sudo_creates_the_destination_as_root_and_runs_rsync_through_sudo(cifar):
@@ -443,7 +455,9 @@ def test_a_first_copy_of_small_files_goes_by_rsync_inplace(tmp_path, capsys, kin
         (src / f"f{i}").write_bytes(b"z" * size)
     host = dest_host(kind=kind, existing="/srv/data" if kind == "dir" else "/srv", empty=empty)
     [r] = run_push(host, [str(src)], "/srv/data", method="rsync")
-    [rsync] = rsync_streams(host)
+    *refused, rsync = rsync_streams(host)  # planned as a first copy: a re-sync's DEST refuses it, then rsync
+    assert len(refused) == (0 if inplace or size > 4096 else 1) and all(map(guarded, refused))
+    assert guarded(rsync) == (not refused)
     words = rsync.split()
     assert r.method == "rsync"
     assert ("--inplace" in words, "--partial-dir=.migrate-partial" in words) == (inplace, not inplace)
@@ -456,7 +470,7 @@ def test_a_first_copy_of_small_files_goes_by_rsync_inplace(tmp_path, capsys, kin
 
 
 @pytest.mark.parametrize(("options", "asked"), [
-    ({}, False), ({"method": "rsync"}, False), ({"sudo": True}, True), ({"install_rsync": True}, True),
+    ({}, False), ({"method": "tar"}, False), ({"sudo": True}, True), ({"install_rsync": True}, True),
 ])
 def test_the_destination_probe_asks_about_sudo_only_when_something_may_run_as_root(cifar, options, asked):
     host = dest_host()
@@ -471,7 +485,7 @@ def guarded(stream: str) -> bool:
 
 
 def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rsync(cifar):
-    host = dest_host()
+    host = dest_host(kind="dir", existing="/srv/cifar", empty=False)
     [first] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
     assert first.status != "failed", first.error
     assert "kv kind" in host.commands()[0] and not any(guarded(s) for s in rsync_streams(host))
@@ -487,7 +501,7 @@ def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rs
 def test_only_the_first_rsync_of_a_guarded_push_carries_the_check(cifar):
     (cifar / "more").mkdir()
     (cifar / "more" / "x").write_text("x")
-    host = dest_host(kind="dir")
+    host = dest_host(kind="dir", empty=False)
     sources = [str(cifar / "cifar"), str(cifar / "more")]
     run_push(host, sources, "/srv", into=True, method="rsync")
     host.log.clear()
@@ -554,6 +568,8 @@ def test_options_that_need_the_facts_first_still_probe_a_destination_pushed_befo
 
 
 def test_a_file_source_an_old_local_rsync_or_a_failed_push_keep_the_probe(cifar, monkeypatch):
+    from migrate.data import known
+
     host = dest_host(kind="dir", empty=False)
     for _ in range(2):  # a single file: its landing depends on what DEST is
         run_push(host, [str(cifar / "a.txt")], "/srv", method="rsync")
@@ -563,6 +579,8 @@ def test_a_file_source_an_old_local_rsync_or_a_failed_push_keep_the_probe(cifar,
         run_push(host, [str(cifar / "cifar")], "/srv/c", local_version=(3, 2, 2), method="rsync")
     assert not any(guarded(s) for s in host.streams())
     host = dest_host(kind="dir", empty=False, writable=False)
-    for _ in range(2):  # the first push failed: nothing is remembered
+    for _ in range(2):  # the first push failed: nothing is remembered (each plans a first copy, refused there)
         [r] = run_push(host, [str(cifar / "cifar")], "/srv/d", method="rsync")
-    assert r.status == "failed" and host.streams() == []
+    assert r.status == "failed" and "not writable" in r.error and len(host.streams()) == 2
+    assert all(map(guarded, host.streams()))
+    assert not known.pushed_before(known.key("alice", "10.0.0.7", 22, "/srv/d"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.data.remote import guard_refusal, guarded_rsync_path
+from migrate.data.remote import DEST_PROBE, GUARD_WANTS, guard_refusal, guarded_rsync_path, parse_dest_probe
 from migrate.remote import shell
 
 
@@ -22,6 +22,7 @@ def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None =
     with `free_kib`, a df that reports that much room."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sudo").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sudo-was-run'}\nexit 1\n")
     if rsync is not None:
         (bin_dir / "rsync").write_text(
             "#!/bin/sh\n"
@@ -48,14 +49,18 @@ def _without_rsync(tmp_path: Path) -> str:
     return str(d)
 
 
-def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync"):
-    """Run the guarded rsync server command line as the remote login shell would; as root, as nobody
-    (root may write anywhere: a read-only DEST would pass)."""
-    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3))
-            + " --server -logDtpre.iLsfxCIvu --partial-dir=.migrate-partial . " + shell.quote(str(dest) + "/"))
+def as_user(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ARGV; as root, as nobody (root may write anywhere: a read-only DEST would pass)."""
     nobody = [shutil.which("setpriv") or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     user = nobody if os.geteuid() == 0 else []
-    return subprocess.run([*user, "sh", "-c", line], capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run([*user, *argv], capture_output=True, text=True, timeout=30, env=env)
+
+
+def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync"):
+    """Run the guarded rsync server command line as the remote login shell would."""
+    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3))
+            + " --server -logDtpre.iLsfxCIvu --partial-dir=.migrate-partial . " + shell.quote(str(dest) + "/"))
+    return as_user(["sh", "-c", line], env)
 
 
 @pytest.fixture
@@ -82,6 +87,32 @@ def test_a_destination_as_planned_becomes_rsync_with_its_arguments_intact(tmp_pa
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == (f"<--server><-logDtpre.iLsfxCIvu><--partial-dir=.migrate-partial><.><{dest}/>")
     assert guard_refusal(res.stderr) is None
+    assert not (tmp_path / "sudo-was-run").exists()  # a failed `sudo -n` is an entry in the owner's auth log
+
+
+@pytest.mark.parametrize("want", GUARD_WANTS)
+@pytest.mark.parametrize("state", ["missing", "empty", "with files", "a file"])
+def test_the_recording_hosts_guard_decides_as_the_sh_guard(tmp_path, want, state):
+    """tests/fakehost.py answers guarded rsyncs with `guard_admits`: it must say what the sh guard does."""
+    from tests.fakehost import guard_admits
+
+    if os.geteuid() == 0:
+        os.chown(tmp_path, 65534, 65534)
+    d = tmp_path / "d"
+    if state == "a file":
+        d.write_text("x")
+    elif state != "missing":
+        d.mkdir()
+        if state == "with files":
+            (d / "a").write_text("a")
+    if os.geteuid() == 0 and d.exists():
+        os.chown(d, 65534, 65534)
+    env = tools(tmp_path)
+    facts = parse_dest_probe(as_user(["sh", "-c", DEST_PROBE, "sh", str(d)], env).stdout)
+    admitted = guard(d, env, want=want, need=1024).returncode == 0
+    assert admitted == guard_admits(facts, want, 1, (3, 2, 3)), (facts, admitted)
+    assert admitted == {"resync": state == "with files", "fresh": state in ("missing", "empty"),
+                        "any": state != "a file"}[want]
 
 
 @pytest.mark.parametrize("change", ["removed", "emptied", "a file", "read-only", "old rsync", "no rsync",
