@@ -38,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks import as_installed  # noqa: E402
 from benchmarks.push_image import MB, run, sandbox_env  # noqa: E402  (the one runner of local commands)
 
 TAG = "migrate-fanout-bench/app:1"
@@ -183,6 +185,7 @@ def main() -> None:
     p.add_argument("--no-plain", action="store_true",
                    help="leave out the plain `docker save | ssh | docker load` row (4-5 minutes here): for repeats")
     args = p.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     bench = Bench(args)
     try:
         bench.setup()

@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import as_installed  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 TAG = "migrate-pimage-bench/app"
 MB = 1_000_000
@@ -257,6 +260,7 @@ def main() -> None:
     ap.add_argument("--subnet")
     ap.add_argument("--port", type=int)
     args = ap.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     c8d = args.image_store == "containerd"
     args.sandbox = args.sandbox or ("pimagec" if c8d else "pimageb")
     args.subnet = args.subnet or ("172.31.242.0/24" if c8d else "172.31.208.0/24")

@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import as_installed  # noqa: E402
 from tests.integration.conftest import sandbox_env  # noqa: E402
 from tests.integration.test_push_image_registry import push_to_registry, start_registry, stop_registry  # noqa: E402
 
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--bwlimit", default="100mbit")
     ap.add_argument("--keep", action="store_true", help="keep the sandbox and the local images")
     args = ap.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     env = dict(os.environ, **sandbox_env("registry"), COLUMNS="200")
     migrate = [sys.executable, "-m", "migrate"]
     work = Path(tempfile.mkdtemp(prefix="regbench-"))

@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import as_installed  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 DEST = "/home/alice/resume-bench"
@@ -38,6 +41,7 @@ def main() -> None:
     ap.add_argument("--at", type=float, default=0.67, help="interrupt at this fraction (default 0.67)")
     ap.add_argument("--bwlimit", default="100M", help="--bwlimit of the interrupted push (default 100M)")
     args = ap.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     sandbox = os.environ.get("MIGRATE_SANDBOX", "sandbox")
     host, container = f"{sandbox}1", f"migrate-{sandbox}1"
     env = dict(os.environ, COLUMNS="200")

@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import push_image  # noqa: E402
+from benchmarks import as_installed, push_image  # noqa: E402
 from benchmarks.push_image import run  # noqa: E402
 
 TAG = "migrate-resume-bench/app:1"
@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--subnet", default="172.31.208.0/24")
     ap.add_argument("--port", type=int, default=2560)
     args = ap.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     os.chdir(REPO)
     bench = Bench(args)
     try:

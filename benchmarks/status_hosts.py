@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import as_installed  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATE = [sys.executable, "-m", "migrate"]
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--up", action="store_true", help="bring the sandbox hosts up first")
     args = ap.parse_args()
+    as_installed()  # migrate's bytecode, as an installed migrate has it
     counts = [int(c) for c in args.counts.split(",")]
     name = os.environ.get("MIGRATE_SANDBOX", "sandbox")
     hosts = [f"{name}{i}" for i in range(1, max(counts) + 1)]

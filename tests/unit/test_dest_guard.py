@@ -22,6 +22,7 @@ def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None =
     with `free_kib`, a df that reports that much room."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
+    bin_dir.chmod(0o755)  # nobody runs from here (another test in this process may have set umask 077)
     (bin_dir / "sudo").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sudo-was-run'}\nexit 1\n")
     if rsync is not None:
         (bin_dir / "rsync").write_text(
@@ -42,6 +43,7 @@ def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None =
 def _without_rsync(tmp_path: Path) -> str:
     d = tmp_path / "sys"
     d.mkdir(exist_ok=True)
+    d.chmod(0o755)
     for tool in ("sh", "sed", "head", "ls", "df", "awk", "dirname", "printf", "tr", "id", "nproc", "tar", "cat"):
         real = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
         if real.startswith("/") and not (d / tool).exists():
