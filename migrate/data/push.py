@@ -104,7 +104,12 @@ class Reach:
             from migrate.remote.connection import connect
             return connect(host, conn)
 
-        session = sessions.borrow if sessions else (lambda h: OpenSshSession(h, conn))
+        def fresh(host: str) -> OpenSshSession:
+            from migrate import early  # the login this process may have started before its imports
+
+            return early.adopt(host, conn) or OpenSshSession(host, conn)
+
+        session = sessions.borrow if sessions else fresh
         return cls(session=session, root=root, fan_out=True)
 
 
@@ -213,10 +218,10 @@ class HostPush:
         """Probe, plan, send. A re-sync of a destination pushed before plans first and checks DEST on
         the rsync's own exec (remote.DEST_GUARD: one exec, not two); where DEST is no longer as
         planned, the guard changes nothing and the plan is made again from what it saw."""
+        remote.open()  # the login: the sources are counted meanwhile
         expect = self._expectation(remote)
         if expect is None:
-            return self._planned_run(remote, self._probe(remote))  # connects: the sizes are counted meanwhile
-        remote.open()
+            return self._planned_run(remote, self._probe(remote))
         expected = DestFacts(kind="none" if expect == "fresh" else "dir", existing=self.dest, writable=True,
                              empty=expect == "fresh", rsync_version=GUARD_MIN_RSYNC)
         try:

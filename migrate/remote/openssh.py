@@ -35,10 +35,9 @@ from io import BytesIO
 from pathlib import Path
 from typing import IO
 
-from migrate import ui
 from migrate.errors import ConnectError, MigrateError, RemoteCommandError, SudoError
 from migrate.paths import cache_root, private_dir, sandbox_ssh_configs
-from migrate.remote import probe_fragments, roundtrips, shell
+from migrate.remote import log, probe_fragments, roundtrips, shell
 from migrate.remote.host import Feed, Progress, put_atomically, read_text_result
 from migrate.remote.hosts import (
     ConnectOptions,
@@ -149,7 +148,7 @@ def feed_stdin(proc: subprocess.Popen, feed: Feed) -> None:
 
 def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str | None = None) -> None:
     """Run `argv` (an `ssh ... -- COMMAND`) with `feed` as stdin; MigrateError with ssh's last line on failure."""
-    ui.debug("$ " + " ".join(argv), level=2)
+    log.debug("$ " + " ".join(argv), level=2)
     roundtrips.note("exec", display, what)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -167,7 +166,7 @@ def stream_in(argv: list[str], feed: Feed, *, what: str, display: str, hint: str
 def follow(argv: list[str], sink: IO[bytes], on_stderr: Callable[[str], None], *, what: str, display: str) -> int:
     """Run `argv` (an `ssh ... -- COMMAND`) with its stdout passed to `sink` and its stderr lines to
     `on_stderr` as they come; return the exit code. Ctrl-C terminates it and is raised."""
-    ui.debug("$ " + " ".join(argv), level=2)
+    log.debug("$ " + " ".join(argv), level=2)
     roundtrips.note("exec", display, what)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.PIPE)
@@ -196,7 +195,7 @@ def follow(argv: list[str], sink: IO[bytes], on_stderr: Callable[[str], None], *
 def stream_out(argv: list[str], sink: IO[bytes], *, what: str, display: str) -> None:
     """Run `argv` (an `ssh ... -- COMMAND`) with its stdout written to `sink`; MigrateError with the
     last line of its stderr when it fails."""
-    ui.debug("$ " + " ".join(argv), level=2)
+    log.debug("$ " + " ".join(argv), level=2)
     roundtrips.note("exec", display, what)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = _drain(proc)
@@ -252,6 +251,7 @@ class ControlMaster:
         self.connect_timeout = connect_timeout
         self.socket = str(control_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.proc: subprocess.Popen | None = None
+        self.deadline = 0.0  # when a spawned login has taken too long
 
     def __enter__(self) -> ControlMaster:
         self.start()
@@ -266,17 +266,27 @@ class ControlMaster:
 
     def start(self) -> None:
         """Open the master connection; MasterFailed (with ssh's words) when it cannot."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the master's login and return (`wait_ready` waits for it; migrate/early.py lets Python
+        import the rest meanwhile)."""
         reap_masters_once(control_dir())  # masters a killed run left (remote/reap.py)
         self._spawn_check()
         extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N"]
         if self.cipher:
             extra += ["-c", self.cipher]
         argv = [*self.base, *extra, self.alias]
-        ui.debug("$ " + " ".join(argv), level=2)
+        log.debug("$ " + " ".join(argv), level=2)
         roundtrips.note("connect", self.alias, "ssh ControlMaster")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + self.connect_timeout + 10
+        self.deadline = time.monotonic() + self.connect_timeout + 10
+
+    def wait_ready(self) -> None:
+        """Wait for the spawned master's login: MasterFailed (with ssh's words) when it fails."""
+        assert self.proc is not None, "spawn() first"
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
                 err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
@@ -286,7 +296,7 @@ class ControlMaster:
                                    f"{err.splitlines()[-1] if err else 'exit ' + str(code)}",
                                    hint="check that `ssh` (OpenSSH client) reaches the host with the same settings",
                                    stderr=err)
-            if time.monotonic() > deadline:
+            if time.monotonic() > self.deadline:
                 self.close()
                 raise MasterFailed(f"timed out opening the ssh stream connection to {self.display}")
             time.sleep(0.005)  # the socket appears when the login is done: every command waits for it
@@ -323,7 +333,7 @@ class ControlMaster:
         master binds the port before this returns, so the forward works as soon as the block starts."""
         self._spawn_check()
         argv = self.control_argv("forward", spec)
-        ui.debug("$ " + " ".join(argv), level=2)
+        log.debug("$ " + " ".join(argv), level=2)
         res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if res.returncode != 0:
             raise ConnectError(f"cannot forward {spec} to {self.display}: "
@@ -372,6 +382,7 @@ class OpenSshSession:
         self._ciphers = stream_ciphers(self.configs)
         self._sudo_mode: str | None = None
         self._home: str | None = None  # $HOME, read once per session
+        self.early_failure: MasterFailed | None = None  # set by migrate/early.py's login
         self.master = ControlMaster([*self._base(), self.spec.host], alias=self.spec.host, display=self.name,
                                     connect_timeout=self.target.connect_timeout,
                                     before_spawn=self.configs.openssh_file)
@@ -401,6 +412,9 @@ class OpenSshSession:
     def _ensure_master(self) -> None:
         if self.master.alive():
             return
+        if self.early_failure is not None:  # the early login (migrate/early.py) failed: no second attempt
+            failure, self.early_failure = self.early_failure, None
+            self._diagnose(failure.stderr)
         try:
             self.master.start()
         except MasterFailed as exc:
@@ -415,7 +429,7 @@ class OpenSshSession:
             raise SudoError("this step needs sudo with a password", hint="run it through the paramiko connection")
         full = shell.sudo_nopasswd(command) if sudo and mode != "root" else command
         self._ensure_master()
-        ui.debug(f"[{self.spec.host}] $ {full}", level=2)
+        log.debug(f"[{self.spec.host}] $ {full}", level=2)
         roundtrips.note("exec", self.spec.host, what or command)
         try:
             # no stdin given: /dev/null, never ours (a command must not eat what the user pipes to migrate)

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from migrate import ui
+from migrate.remote import log
 
 LEGACY_AGE = 24 * 3600  # a spool named before runs named theirs: removed once it is a day old
 _SOCKET = re.compile(r"(\d+)-[0-9a-f]{8}")
@@ -75,7 +75,7 @@ def reap_spools(base: Path) -> list[Path]:
             except OSError:
                 continue
         shutil.rmtree(path, ignore_errors=True)
-        ui.debug(f"removed {path}: the run that wrote it is gone")
+        log.debug(f"removed {path}: the run that wrote it is gone")
         gone.append(path)
     return gone
 
@@ -96,7 +96,7 @@ def reap_masters(control_dir: Path) -> list[Path]:
             sock.unlink()
         except OSError:
             pass
-        ui.debug(f"stopped the ssh master of dead run {m[1]} ({sock})")
+        log.debug(f"stopped the ssh master of dead run {m[1]} ({sock})")
         gone.append(sock)
     return gone
 

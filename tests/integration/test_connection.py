@@ -271,3 +271,47 @@ def test_an_unused_address_on_the_sandbox_network_says_no_route_to_host(sandbox_
     addr = str(ipaddress.ip_network(Sandbox().s.subnet).network_address + 250)  # hosts are .11, .12, ...
     res = run_cli("doctor", f"alice@{addr}", "--connect-timeout", "15")
     assert_one_line_error(res, f"cannot connect to {addr} port 22: no route to host")
+
+
+def test_the_early_login_of_push_data_fails_once_and_is_reported_as_the_cli_would(sandbox_hosts, tmp_path):
+    """migrate/early.py starts push-data's login before the CLI's imports. A host it cannot log in to
+    (here: its host key is unknown) is reported by the verb in the usual words, with no second login
+    attempt: the early master, then the paramiko layer that says why (2 connections, as before)."""
+    from migrate.remote.roundtrips import ENV, tally
+
+    h = sandbox_hosts[0]
+    cfg = _private_config(tmp_path, h, "")
+    counted = tmp_path / "rt"
+    env = {"MIGRATE_SSH_CONFIG": cfg, "MIGRATE_STATE_DIR": str(tmp_path / "nostate"), ENV: str(counted)}
+    res, _landing = _push_one_file(tmp_path, "lab", env)
+    assert_one_line_error(res, "unknown host key", "SHA256:", "--accept-new-host-key")
+    assert tally(counted.read_text())["connect"] == 2, counted.read_text()
+
+
+def test_an_early_login_the_cli_never_uses_is_closed_when_migrate_exits(sandbox_hosts, tmp_path):
+    """A usage error found by click after the early login started: the process leaves no ssh master."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from migrate.remote.roundtrips import ENV, tally
+
+    (tmp_path / "d").mkdir()
+    counted = tmp_path / "rt"
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "push-data", str(tmp_path / "d"),
+                             f"{sandbox_hosts[0]['alias']}:/tmp/early-{tmp_path.name}", "--method", "bogus"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, ENV: str(counted)})
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "bogus" in err, err
+    assert tally(counted.read_text())["connect"] == 1  # the early login did start
+    socket_of_run = f"/{proc.pid}-".encode()
+    left = []
+    for p in Path("/proc").iterdir():
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0") if p.name.isdigit() else []
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ssh") and b"-M" in argv and any(socket_of_run in a for a in argv):
+            left.append(argv)
+    assert left == []
