@@ -137,9 +137,11 @@ def main() -> int:
         def measure(case: str, names: list[str], src: Path, rounds: int) -> None:
             """Round-robin: every pipeline once per round, so drift in machine load hits all alike."""
             times: dict[str, list[float]] = {n: [] for n in names}
-            for _ in range(rounds):
+            for r in range(rounds):
                 for name in names:
-                    dest = f"{remote_base}/{case[0]}-{''.join(ch for ch in name if ch.isalnum())}"
+                    # a new DEST each round: a first copy (migrate remembers the DESTs it pushed to, and a
+                    # re-push to one removed since costs its check an exec: not what a first copy is)
+                    dest = f"{remote_base}/{case[0]}{r}-{''.join(ch for ch in name if ch.isalnum())}"
                     clean(dest)
                     cold_data()
                     times[name].append(timed(pipelines[name](str(src), dest), name=f"{case}/{name}"))
