@@ -23,7 +23,9 @@ METHODS = ("auto", "rsync", "parallel", "tar", "stream")
 # auto picks a tar stream for a first copy of many small files (measured: benchmarks/push_data.py)
 TAR_MIN_FILES = 1000
 TAR_MAX_AVG_BYTES = 1 << 20
-PARALLEL_MIN_BYTES = 256 << 20  # first copies at least this big, of 2+ files, go as parallel rsync streams
+# first copies at least this big, of 2+ files, go as parallel rsync streams (measured on the 2-core VM,
+# docs/performance.md: one AES-GCM rsync is ahead at 256 and 512 MiB, the two tie at 1 GiB)
+PARALLEL_MIN_BYTES = 1 << 30
 # On a far link a first copy of one file, or of files this big on average, goes as one file stream
 # (smaller ones are many: a file stream spends a few processes on the host per file)
 STREAM_MIN_AVG_BYTES = 1 << 20
