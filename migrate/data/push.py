@@ -215,9 +215,10 @@ class HostPush:
         return "fresh" if inplace else "any"
 
     def _run(self, remote: Host) -> list[DataPushResult]:
-        """Probe, plan, send. A re-sync of a destination pushed before plans first and checks DEST on
-        the rsync's own exec (remote.DEST_GUARD: one exec, not two); where DEST is no longer as
-        planned, the guard changes nothing and the plan is made again from what it saw."""
+        """Probe, plan, send. A push whose plan needs no facts first (`_expectation`: a re-sync of a
+        destination pushed before, a --method rsync first copy) plans first and checks DEST on the
+        rsync's own exec (remote.DEST_GUARD: one exec, not two); where DEST is not as planned, the
+        check changes nothing and the plan is made again from what it saw."""
         remote.open()  # the login: the sources are counted meanwhile
         expect = self._expectation(remote)
         if expect is None:
