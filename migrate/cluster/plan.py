@@ -273,12 +273,21 @@ def _common_start_args(ports: Ports, ip: str, gpus: list[str], cpus: int, object
             "--disable-usage-stats"]
 
 
+# Ray's dashboard agent posts each new line of the session's event files (logs/events: node deaths,
+# jobs, ...) to the dashboard's address, 127.0.0.1:DASHBOARD on the head, with the token in its header
+# (ray/dashboard/modules/event/event_agent.py), and never checks who listens there: once the dashboard
+# has died, another user holding that port got the token (seen in CI, 2026-12-07). So Ray writes no
+# event files (RayConfig event_log_reporter_enabled), and the agent scans its event directory once, at
+# its start, when it is empty (its scan interval: a year). The dashboard's event view stays empty.
+NO_EVENT_REPORTS = {"RAY_event_log_reporter_enabled": "0", "SCAN_EVENT_DIR_INTERVAL_SECONDS": str(365 * 24 * 3600)}
+
+
 def start_env(gpus: list[str], *, head: bool, auth_token_path: str = "", ports: Ports | None = None) -> dict[str, str]:
     """The raylet sees only the GPUs we offer; the head's job manager waits a week, not 900 s; with a
     token file, every Ray process (GCS, dashboard, job API, raylets, workers, drivers) requires the
     token (Ray's token authentication, 2.52+), so other users of a borrowed server cannot run code as
     us through Ray's ports. The token itself never appears in a command line: only its file's path."""
-    env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "RAY_USAGE_STATS_ENABLED": "0", **NO_EVENT_REPORTS}
     if auth_token_path:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = auth_token_path

@@ -493,3 +493,15 @@ def test_the_launcher_reads_rays_token_as_ray_does(tmp_path):
     assert launcher.auth_token({"RAY_AUTH_TOKEN_PATH": str(f)}) == ""          # auth not enabled
     assert launcher.authorized("Bearer x", "x") and not launcher.authorized("Bearer y", "x")
     assert launcher.authorized("", "")
+
+
+def test_no_ray_process_writes_or_posts_event_reports():
+    """Ray's dashboard agent posts event-file lines, token attached, to whatever holds the dashboard's
+    port: every node starts with no event files and no rescans of their directory."""
+    ports = plan.ports_from(30000)
+    for head in (True, False):
+        env = plan.start_env([], head=head, auth_token_path="/t", ports=ports)
+        assert env["RAY_event_log_reporter_enabled"] == "0"
+        assert int(env["SCAN_EVENT_DIR_INTERVAL_SECONDS"]) >= 365 * 24 * 3600
+    assert "RAY_event_log_reporter_enabled=0" in plan.head_start_command(ports, "10.0.0.1", [], 1)
+    assert "RAY_event_log_reporter_enabled=0" in plan.worker_start_command(ports, "10.0.0.1", "10.0.0.2", [], 1)
