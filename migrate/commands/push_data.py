@@ -80,7 +80,9 @@ def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[
       migrate push-data ./ckpt gpu:/data/ckpt -H gpu2 -H gpu3
 
     The resolved mapping is printed before anything moves. Preflight checks the source, the
-    remote rsync (else a tar stream), write permission and free space. An interrupted transfer
+    remote rsync (else a tar stream), write permission and free space; a re-sync of a DEST pushed
+    from here before (and a --method rsync first copy) checks them on rsync's own exec, and
+    plans again where DEST is not as expected. An interrupted transfer
     resumes when you rerun the same command. Patterns in a `.migrateignore` file in the source
     are excluded (rsync syntax, like .gitignore for the usual cases). All transfers to a host share
     one SSH connection, with AES-GCM preferred where this CPU has AES-NI and no ssh_config sets
