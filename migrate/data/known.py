@@ -45,18 +45,20 @@ def pushed_before(dest_key: str) -> bool:
     return dest_key in _load()
 
 
+def _save(data: dict[str, float]) -> None:
+    """Best effort: a state dir we cannot write only costs later pushes their shortcut."""
+    try:
+        paths.write_private_json(record_path(), data)
+    except OSError:
+        pass
+
+
 def remember(dest_key: str) -> None:
-    """Record a completed push to this destination (best effort: a state dir we cannot write only
-    costs later pushes their shortcut)."""
+    """Record a completed push to this destination."""
     with _lock:
         data = _load()
         data[dest_key] = time.time()
-        if len(data) > KEEP:
-            data = dict(sorted(data.items(), key=lambda kv: kv[1])[-KEEP:])
-        try:
-            paths.write_private_json(record_path(), data)
-        except OSError:
-            pass
+        _save(dict(sorted(data.items(), key=lambda kv: kv[1])[-KEEP:]))
 
 
 def forget(dest_key: str) -> None:
@@ -64,7 +66,4 @@ def forget(dest_key: str) -> None:
     with _lock:
         data = _load()
         if data.pop(dest_key, None) is not None:
-            try:
-                paths.write_private_json(record_path(), data)
-            except OSError:
-                pass
+            _save(data)

@@ -85,7 +85,7 @@ class GuardRefused(MigrateError):
 
 def guard_refusal(stderr: str) -> DestFacts | None:
     """The facts DEST_GUARD printed when it refused (None: it did not refuse)."""
-    head, sep, rest = stderr.partition(GUARD_REFUSED + "\n")
+    _, sep, rest = stderr.partition(GUARD_REFUSED + "\n")
     return parse_dest_probe(rest) if sep else None
 
 
