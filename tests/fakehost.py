@@ -341,14 +341,15 @@ class FakeHost:
         return RecordingTransfers(self)
 
 
-def guard_admits(facts, want: str, need_kib: int, oldest: tuple) -> bool:
+def guard_admits(facts, want: str, need_kib: int, oldest: tuple, checksum: str = "-") -> bool:
     """What data/remote.py's DEST_GUARD decides for these facts (tests/unit/test_dest_guard.py checks
     the two agree), for the recording host's guarded rsyncs."""
     shape = {"resync": facts.kind == "dir" and not facts.empty,
              "fresh": facts.kind == "none" or (facts.kind == "dir" and facts.empty),
              "any": facts.kind in ("none", "dir")}[want]
     room = facts.free_bytes is None or facts.free_bytes // 1024 >= need_kib
-    return shape and facts.writable and room and facts.has_rsync and facts.rsync_version >= oldest
+    named = checksum == "-" or getattr(facts, checksum)
+    return shape and facts.writable and room and facts.has_rsync and facts.rsync_version >= oldest and named
 
 
 @dataclass
@@ -362,6 +363,7 @@ class RecordingTransfers:
     dry_run_stats: object = None
     outcome: object = None
     local_version: tuple[int, int, int] = (3, 2, 7)
+    local_xxh128: bool = True     # this machine's rsync lists xxh128
     round_trip: float = 0.0005    # what `link_round_trip` measures (seconds): a LAN by default
     round_trip_checks: int = 0
     streamed: list = field(default_factory=list)  # each file stream's (name, kind) records
@@ -381,6 +383,9 @@ class RecordingTransfers:
 
     def rsync_version(self) -> tuple[int, int, int]:
         return self.local_version
+
+    def rsync_xxh128(self) -> bool:
+        return self.local_xxh128
 
     def rsync_dry_run(self, argv_builder: Callable, opts) -> object:
         from migrate.data.rsync import RsyncOptions
@@ -406,10 +411,10 @@ class RecordingTransfers:
         path = next((a[len("--rsync-path="):] for a in argv if a.startswith("--rsync-path=")), "")
         if GUARD_REFUSED not in path:
             return None
-        dest, want, need_kib, oldest = shlex.split(path)[4:8]  # sh -c SCRIPT sh DEST WANT KIB X.Y.Z rsync
+        dest, want, need_kib, oldest, checksum = shlex.split(path)[4:9]  # sh -c SCRIPT sh DEST WANT KIB X.Y.Z SUM rsync
         facts = parse_dest_probe(self.host._answer(dest_probe_command(dest)).stdout)
         version = tuple(int(x) for x in oldest.split("."))
-        return None if guard_admits(facts, want, int(need_kib), version) else facts
+        return None if guard_admits(facts, want, int(need_kib), version, checksum) else facts
 
     def run_parallel_rsync(self, src_dir: str, dest: str, rsh: str, opts, entries, streams: int,
                            **_: object) -> object:

@@ -94,7 +94,8 @@ def pull_data(host: str, remote_src: str, local_dest: str, conn: ConnectOptions,
                             delete=options.delete, bwlimit=options.bwlimit, checksum=options.checksum,
                             mkpath=local_version >= (3, 2, 3) and facts.rsync_version >= (3, 2, 3),
                             protect_args=local_version < (3, 2, 4), timeout=options.timeout,
-                            chown=f"{owner[0]}:{owner[1]}" if owner else None)
+                            chown=f"{owner[0]}:{owner[1]}" if owner else None,
+                            checksum_choice="xxh128" if facts.xxh128 and transfers.rsync_xxh128() else None)
         if (not opts.mkpath or owner) and not options.dry_run:
             _makedirs(m.dest_arg if m.source_is_dir else (os.path.dirname(m.landing) or "."), owner)
         src_arg = m.source_arg if facts.kind == "dir" else src

@@ -224,7 +224,8 @@ class HostPush:
         if expect is None:
             return self._planned_run(remote, self._probe(remote))
         expected = DestFacts(kind="none" if expect == "fresh" else "dir", existing=self.dest, writable=True,
-                             empty=expect == "fresh", rsync_version=GUARD_MIN_RSYNC)
+                             empty=expect == "fresh", rsync_version=GUARD_MIN_RSYNC,
+                             xxh128=self.transfers.rsync_xxh128())
         try:
             return self._planned_run(remote, expected, guard=expect)
         except GuardRefused as refused:
@@ -278,7 +279,8 @@ class HostPush:
         mkpath = local_version >= (3, 2, 3) and facts.rsync_version >= (3, 2, 3)
         base_opts = RsyncOptions(excludes=list(o.exclude), exclude_from=list(o.exclude_from), delete=o.delete,
                                  bwlimit=o.bwlimit, checksum=o.checksum, compress=compress, mkpath=mkpath,
-                                 rsync_path=rsync_path, protect_args=local_version < (3, 2, 4), timeout=o.timeout)
+                                 rsync_path=rsync_path, protect_args=local_version < (3, 2, 4), timeout=o.timeout,
+                                 checksum_choice="xxh128" if facts.xxh128 and self.transfers.rsync_xxh128() else None)
         # preflight: methods and space, for every mapping, before anything moves
         plans = []
         need = 0
@@ -342,7 +344,7 @@ class HostPush:
             assert not parents and all(p[5] == "rsync" for p in plans), "a guarded plan changes nothing first"
             first_opts = dataclasses.replace(base_opts, rsync_path=guarded_rsync_path(
                 self.dest, want=guard, need_bytes=need + need // 100 + SPACE_MARGIN_BYTES,
-                min_version=GUARD_MIN_RSYNC))
+                min_version=GUARD_MIN_RSYNC, checksum=base_opts.checksum_choice))
         for i, (src, m, summary, files, size, method, reason) in enumerate(plans):
             results.append(one(remote, facts, rsh, first_opts if i == 0 else base_opts, src, m, summary, files,
                                size, method, reason))

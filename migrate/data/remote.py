@@ -20,7 +20,9 @@ kv existing "$p"
 if [ -w "$p" ]; then kv writable yes; else kv writable no; fi
 kv free_kib "$(free_space "$p" '$4')"
 if [ -d "$d" ] && [ -n "$(ls -A "$d" 2>/dev/null | head -n 1)" ]; then kv empty no; else kv empty yes; fi
-kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
+_rv=$(rsync --version 2>/dev/null)
+kv rsync "$(printf '%s\n' "$_rv" | head -n 1)"
+case $_rv in *[[:space:]]xxh128[[:space:]]*) kv xxh128 yes ;; *) kv xxh128 no ;; esac
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv gnu_head "$(head --version 2>/dev/null | head -n 1)"
@@ -33,14 +35,16 @@ DEST_PROBE = KV + SUDO + FREE_SPACE + DEST_FACTS
 # The destination probe on rsync's own exec (`--rsync-path`), for a push whose plan needs no facts
 # first: $1 DEST; $2 what DEST must be (GUARD_WANTS: resync, a directory with files in it, as a push
 # from here left it; fresh, new or an empty directory, for a first copy by --inplace; any, new or a
-# directory); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); the rest is
-# rsync's server command line. Where DEST is so, writable, with room and a new enough rsync, the exec
+# directory); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); $5 the
+# checksum the plan names (`xxh128`; `-`: none); the rest is rsync's server command line. Where DEST is
+# so, writable, with room and a new enough rsync that has that checksum, the exec
 # becomes that rsync; else it changes nothing, prints GUARD_REFUSED and the probe's facts to stderr and
 # exits 97, and push-data plans from those facts as from the probe's. One exec instead of two.
 GUARD_REFUSED = "migrate-guard: DEST is not as planned"
 GUARD_WANTS = ("resync", "fresh", "any")
+CHECKSUM_CHOICES = ("xxh128",)  # what the guard can require (a fact of DEST_FACTS each)
 DEST_GUARD = KV + SUDO + FREE_SPACE + "dest_facts() {" + DEST_FACTS + "}\n" + r"""
-_gd=$1 _gwant=$2 _gneed=$3 _gmin=$4; shift 4
+_gd=$1 _gwant=$2 _gneed=$3 _gmin=$4 _gsum=$5; shift 5
 _gfacts=$(dest_facts "$_gd")
 fact() { printf '%s\n' "$_gfacts" | sed -n "s/^$1=//p" | head -n 1; }
 refuse() { printf '%s\n%s\n' '""" + GUARD_REFUSED + r"""' "$_gfacts" >&2; exit 97; }
@@ -63,16 +67,19 @@ case $_gfree in ''|*[!0-9]*) ;; *) [ "$_gfree" -ge "$_gneed" ] || refuse ;; esac
 _gv=$(version "$(fact rsync)")
 [ -n "$_gv" ] || refuse
 at_least $_gv $(printf '%s\n' "$_gmin" | tr . ' ') || refuse
+[ "$_gsum" = - ] || [ "$(fact "$_gsum")" = yes ] || refuse
 exec "$@"
 """
 
 
-def guarded_rsync_path(dest: str, *, want: str, need_bytes: int, min_version: tuple[int, int, int]) -> str:
+def guarded_rsync_path(dest: str, *, want: str, need_bytes: int, min_version: tuple[int, int, int],
+                       checksum: str | None = None) -> str:
     """rsync's `--rsync-path` that runs DEST_GUARD first (`want`: what DEST must be; `need_bytes`: the
-    room the copy may need, margin included)."""
+    room the copy may need, margin included; `checksum`: the --checksum-choice the plan names)."""
     need_kib = -(-need_bytes // 1024)
+    assert checksum in (None, *CHECKSUM_CHOICES), checksum
     return (f"{shell.sh_c(DEST_GUARD)} sh {shell.quote(dest)} {shell.quote(want)} {need_kib} "
-            f"{'.'.join(map(str, min_version))} rsync")
+            f"{'.'.join(map(str, min_version))} {checksum or '-'} rsync")
 
 
 class GuardRefused(MigrateError):
@@ -99,6 +106,7 @@ class DestFacts:
     free_bytes: int | None = None
     empty: bool = True
     rsync_version: tuple[int, int, int] = (0, 0, 0)
+    xxh128: bool = False        # its rsync lists the xxh128 checksum (so it can be named: no negotiation)
     zstd: bool = False
     tar: bool = False
     gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
@@ -133,7 +141,8 @@ def _digits(value: str) -> int:
 
 DEST_KEYS = {"kind": ("kind", as_is), "existing": ("existing", as_is), "writable": ("writable", yes),
              "free_kib": ("free_bytes", _kib_to_bytes), "empty": ("empty", yes),
-             "rsync": ("rsync_version", parse_version), "zstd": ("zstd", bool), "tar": ("tar", bool),
+             "rsync": ("rsync_version", parse_version), "xxh128": ("xxh128", yes), "zstd": ("zstd", bool),
+             "tar": ("tar", bool),
              "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v),
              "home": ("home", as_is), "cpus": ("cpus", _digits), "sudo": ("sudo", as_is)}
 
@@ -271,7 +280,9 @@ SOURCE_PROBE = KV + r"""
 s=$1
 if [ -d "$s" ]; then kv kind dir; elif [ -e "$s" ]; then kv kind file; else kv kind none; fi
 [ -e "$s" ] && kv size_kib "$(du -sk "$s" 2>/dev/null | awk '{print $1}')"
-kv rsync "$(rsync --version 2>/dev/null | head -n 1)"
+_rv=$(rsync --version 2>/dev/null)
+kv rsync "$(printf '%s\n' "$_rv" | head -n 1)"
+case $_rv in *[[:space:]]xxh128[[:space:]]*) kv xxh128 yes ;; *) kv xxh128 no ;; esac
 kv real_name "$(basename "$(cd "$(dirname "$s")" 2>/dev/null && pwd -P)/$(basename "$s")")"
 """
 
@@ -283,6 +294,7 @@ class SourceFacts:
     kind: str = "none"
     size_bytes: int = 0
     rsync_version: tuple[int, int, int] = (0, 0, 0)
+    xxh128: bool = False
     real_name: str = ""
 
 
@@ -292,7 +304,8 @@ def source_probe_command(src: str) -> str:
 
 
 SOURCE_KEYS = {"kind": ("kind", as_is), "size_kib": ("size_bytes", lambda v: _digits(v) * 1024),
-               "rsync": ("rsync_version", parse_version), "real_name": ("real_name", as_is)}
+               "rsync": ("rsync_version", parse_version), "xxh128": ("xxh128", yes),
+               "real_name": ("real_name", as_is)}
 
 
 def parse_source_probe(text: str) -> SourceFacts:

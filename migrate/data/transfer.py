@@ -677,10 +677,20 @@ def local_has_zstd() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def _local_rsync_about() -> str:
+    return local.run(["rsync", "--version"], what="rsync --version").stdout
+
+
 def local_rsync_version() -> tuple[int, int, int]:
     """This machine's rsync version (asked once)."""
     from migrate.data.rsync import parse_version
-    return parse_version(local.run(["rsync", "--version"], what="rsync --version").stdout)
+    return parse_version(_local_rsync_about())
+
+
+def local_rsync_xxh128() -> bool:
+    """Whether this machine's rsync has the xxh128 checksum (`rsync --version`'s checksum list)."""
+    from migrate.data.rsync import lists_xxh128
+    return lists_xxh128(_local_rsync_about())
 
 
 def link_round_trip(ssh_argv: list[str]) -> float:
@@ -715,3 +725,7 @@ class LocalTransfers:
     @staticmethod
     def rsync_version() -> tuple[int, int, int]:
         return local_rsync_version()
+
+    @staticmethod
+    def rsync_xxh128() -> bool:
+        return local_rsync_xxh128()

@@ -19,11 +19,11 @@ RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
 
 def dest_host(*, kind: str = "none", existing: str = "/srv", writable: bool = True, free_kib: int = 10 << 20,
               empty: bool = True, rsync: str = RSYNC_327, sudo: str = "nopasswd", cpus: int = 4,
-              partials: str = "", zstd: str = "/usr/bin/zstd", gnu_head: str = "") -> FakeHost:
+              partials: str = "", zstd: str = "/usr/bin/zstd", gnu_head: str = "", xxh128: str = "yes") -> FakeHost:
     """A host whose destination probe answers these facts."""
     facts = (f"kind={kind}\nexisting={existing}\nwritable={'yes' if writable else 'no'}\nfree_kib={free_kib}\n"
              f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd={zstd}\ntar=tar (GNU tar) 1.34\n"
-             f"gnu_head={gnu_head}\n"
+             f"gnu_head={gnu_head}\nxxh128={xxh128}\n"
              f"home=/home/alice\ncpus={cpus}\nsudo={sudo}\n")
     host = FakeHost().reply(r"kv kind", facts)
     if partials:
@@ -494,8 +494,30 @@ def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rs
     assert again.status != "failed", again.error
     assert host.commands() == []  # no probe, nothing made first: the rsync's exec checks DEST
     [stream] = rsync_streams(host)
-    assert guarded(stream) and " resync " in stream and " 3.2.3 rsync" in stream
+    assert guarded(stream) and " resync " in stream and " 3.2.3 xxh128 rsync" in stream
     assert "--mkpath" in stream and "--inplace" not in stream  # a re-sync keeps unfinished files aside
+
+
+@pytest.mark.parametrize(("there", "here"), [("yes", True), ("no", True), ("yes", False)])
+def test_rsync_names_xxh128_only_where_both_sides_have_it_and_the_guard_requires_it(cifar, there, here):
+    """Named, rsync skips the exchange that picks a checksum (a round trip); an rsync without it would
+    fail, so both sides must list it: the probe's facts and this machine's, and a guarded exec checks."""
+    host = dest_host(kind="dir", existing="/srv/cifar", empty=False, xxh128=there)
+    host.transfers.local_xxh128 = here
+    named = there == "yes" and here
+    [first] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")  # probed
+    assert first.status != "failed", first.error
+    [stream] = rsync_streams(host)
+    assert ("--checksum-choice=xxh128" in stream) == named
+    host.log.clear()
+    [again] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")  # a re-sync: planned, the guard checks
+    assert again.status != "failed", again.error
+    streams = rsync_streams(host)
+    assert guarded(streams[0]) and ("--checksum-choice=xxh128" in streams[0]) == here
+    assert (" 3.2.3 xxh128 rsync" if here else " 3.2.3 - rsync") in streams[0]
+    refused = here and there == "no"  # then planned again from what the guard saw: no checksum named
+    assert len(streams) == (2 if refused else 1)
+    assert not refused or "--checksum-choice" not in streams[1]
 
 
 def test_only_the_first_rsync_of_a_guarded_push_carries_the_check(cifar):

@@ -16,10 +16,13 @@ import pytest
 from migrate.data.remote import DEST_PROBE, GUARD_WANTS, guard_refusal, guarded_rsync_path, parse_dest_probe
 from migrate.remote import shell
 
+FULL_LIST = "xxh128 xxh3 xxh64 (xxhash) md5 md4 sha1 none"  # rsync 3.2.7's, built with xxhash
 
-def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None = None) -> dict[str, str]:
-    """PATH with a stand-in rsync (`--version` says `rsync`; as a server it prints its arguments) and,
-    with `free_kib`, a df that reports that much room."""
+
+def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None = None,
+          checksums: str = FULL_LIST) -> dict[str, str]:
+    """PATH with a stand-in rsync (`--version` says `rsync` and lists `checksums`; as a server it prints
+    its arguments) and, with `free_kib`, a df that reports that much room."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     bin_dir.chmod(0o755)  # nobody runs from here (another test in this process may have set umask 077)
@@ -27,7 +30,8 @@ def tools(tmp_path: Path, *, rsync: str | None = "3.2.7", free_kib: int | None =
     if rsync is not None:
         (bin_dir / "rsync").write_text(
             "#!/bin/sh\n"
-            f'if [ "$1" = --version ]; then echo "rsync  version {rsync}  protocol version 31"; exit 0; fi\n'
+            f'if [ "$1" = --version ]; then printf "%s\\n" "rsync  version {rsync}  protocol version 31" '
+            f'"Checksum list:" "    {checksums}"; exit 0; fi\n'
             'for a in "$@"; do printf "<%s>" "$a"; done; echo\n')
     if free_kib is not None:
         (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted'\n"
@@ -58,9 +62,9 @@ def as_user(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return subprocess.run([*user, *argv], capture_output=True, text=True, timeout=30, env=env)
 
 
-def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync"):
+def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync", checksum: str | None = None):
     """Run the guarded rsync server command line as the remote login shell would."""
-    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3))
+    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3), checksum=checksum)
             + " --server -logDtpre.iLsfxCIvu --partial-dir=.migrate-partial . " + shell.quote(str(dest) + "/"))
     return as_user(["sh", "-c", line], env)
 
@@ -118,10 +122,11 @@ def test_the_recording_hosts_guard_decides_as_the_sh_guard(tmp_path, want, state
 
 
 @pytest.mark.parametrize("change", ["removed", "emptied", "a file", "read-only", "old rsync", "no rsync",
-                                    "no room"])
+                                    "no room", "no xxh128"])
 def test_a_destination_not_as_planned_is_refused_unchanged_with_what_the_guard_saw(tmp_path, dest, change):
     env = tools(tmp_path, rsync={"old rsync": "3.1.3", "no rsync": None}.get(change, "3.2.7"),
-                free_kib=100 if change == "no room" else None)
+                free_kib=100 if change == "no room" else None,
+                checksums="md5 md4 sha1 none" if change == "no xxh128" else FULL_LIST)
     if change == "removed":
         (dest / "a").unlink()
         dest.rmdir()
@@ -134,16 +139,28 @@ def test_a_destination_not_as_planned_is_refused_unchanged_with_what_the_guard_s
     elif change == "read-only":
         dest.chmod(0o555)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    res = guard(dest, env)
+    res = guard(dest, env, checksum="xxh128")
     facts = guard_refusal(res.stderr)
     assert res.returncode == 97 and res.stdout == "" and facts is not None, (res.returncode, res.stdout, res.stderr)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing made, nothing removed
     expected = {"removed": ("kind", "none"), "emptied": ("empty", True), "a file": ("kind", "file"),
                 "read-only": ("writable", False), "old rsync": ("rsync_version", (3, 1, 3)),
-                "no rsync": ("rsync_version", (0, 0, 0)), "no room": ("free_bytes", 100 * 1024)}[change]
+                "no rsync": ("rsync_version", (0, 0, 0)), "no room": ("free_bytes", 100 * 1024),
+                "no xxh128": ("xxh128", False)}[change]
     assert getattr(facts, expected[0]) == expected[1]
     if change == "a file":
         assert dest.read_text() == "precious"
+
+
+def test_a_checksum_the_plan_names_is_required_only_when_named(tmp_path, dest):
+    """The plan names --checksum-choice=xxh128 only where DEST's rsync has it; a plan that names none
+    passes an rsync without it."""
+    env = tools(tmp_path, checksums="md5 md4 sha1 none")
+    assert guard(dest, env).returncode == 0
+    assert guard(dest, env, checksum="xxh128").returncode == 97
+    assert guard(dest, tools(tmp_path), checksum="xxh128").returncode == 0
+    facts = parse_dest_probe(as_user(["sh", "-c", DEST_PROBE, "sh", str(dest)], tools(tmp_path)).stdout)
+    assert facts.xxh128 and facts.rsync_version == (3, 2, 7)
 
 
 def test_the_room_asked_for_is_checked_in_kib_rounded_up(tmp_path, dest):
