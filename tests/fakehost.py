@@ -198,6 +198,7 @@ class FakeHost:
     closed: bool = False
     # how many `forwards_alive()` calls answer True before the connection "dies" (None: never dies)
     forwards_alive_for: int | None = None
+    login_rtt: float | None = None  # what the master's login timed (login_round_trip); None: not timed
 
     def reply(self, pattern: str, stdout: str = "", exit_code: int = 0, stderr: str = "") -> FakeHost:
         """Answer commands matching `pattern` (a regular expression, searched) with this output."""
@@ -274,6 +275,9 @@ class FakeHost:
                 remote_host: str = "127.0.0.1") -> Iterator[None]:
         self.log.append(Recorded("forward", forward_spec(local_port, remote, bind=bind, remote_host=remote_host)))
         yield
+
+    def login_round_trip(self) -> float | None:
+        return self.login_rtt
 
     def forwards_alive(self) -> bool:
         """True until `forwards_alive_for` calls have answered it (then the master has "died")."""

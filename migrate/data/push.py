@@ -363,14 +363,19 @@ class HostPush:
         return "rsync", reason.split(": ")[0] + ": one rsync (the tree has symlinks, which a file stream skips)"
 
     def _link_round_trip(self, remote: Host) -> float:
-        """The link's round trip; a far-looking first sample is checked once more (a busy machine here
-        can slow one sample down, never speed one up), keeping the smaller."""
+        """The link's round trip: as the login timed it, where that is clearly near or clearly far (no
+        round trip spent); else measured, and a far-looking first sample checked once more (a busy
+        machine here can slow one sample down, never speed one up), keeping the smaller."""
+        timed = remote.login_round_trip()
+        if timed is not None and (timed < FAR_ROUND_TRIP_S or timed >= 2 * FAR_ROUND_TRIP_S):
+            ui.debug(f"{remote.target.alias}: round trip {timed * 1000:.1f} ms (timed by the login)")
+            return timed
         held = self.held
         if held is not None and not held.used:
             sample = held.round_trip  # over the probe's open session: one round trip, nothing else
         else:
             sample = functools.partial(self.transfers.link_round_trip, remote.openssh_argv())
-        rt = sample()
+        rt = sample() if timed is None else min(timed, sample())
         if is_far(rt) and rt < 2 * FAR_ROUND_TRIP_S:
             rt = min(rt, sample())
         ui.debug(f"{remote.target.alias}: round trip {rt * 1000:.1f} ms")

@@ -550,6 +550,9 @@ class Remote:
         """Whether the OpenSSH master holding the forwards still runs (see `Host.forwards_alive`)."""
         return self._master is not None and self._master.alive()
 
+    def login_round_trip(self) -> float | None:
+        return self._master.round_trip() if self._master is not None else None
+
     def openssh_argv(self, *, extra: list[str] | None = None) -> list[str]:
         """`ssh ... host` for subprocess streams (rsync -e, image pipes) with the same settings."""
         return openssh_argv(self.target, config_file=self.configs.openssh_file(), extra=extra)

@@ -126,6 +126,11 @@ class Host(Protocol):
         False once it died (the forwards went with it) or before any was opened; asks the host nothing."""
         ...
 
+    def login_round_trip(self) -> float | None:
+        """The link's round trip (seconds) as the OpenSSH master's login timed it; None where no master
+        has logged in (or its ssh did not say). Asks the host nothing."""
+        ...
+
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> Host:
         """Connect now (a connection problem is reported before anything runs); returns the host."""

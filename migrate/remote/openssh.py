@@ -225,6 +225,66 @@ def _drain(proc: subprocess.Popen) -> Callable[[], bytes]:
     return collected
 
 
+# Pairs of the master's `-v` lines with one network round trip between them and nothing slow on either
+# side: the client sends SERVICE_REQUEST with its NEWKEYS; the server answers the "none" method with
+# the list at once; a public key offered without a signature is accepted or not at once
+LOGIN_ROUND_TRIPS = (("SSH2_MSG_NEWKEYS received", "SSH2_MSG_SERVICE_ACCEPT received"),
+                     ("SSH2_MSG_SERVICE_ACCEPT received", "Authentications that can continue"),
+                     ("Offering public key", "Server accepts key"))
+_LOGIN_MARKS = tuple({m for pair in LOGIN_ROUND_TRIPS for m in pair})
+
+
+def login_round_trip(events: list[tuple[float, str]]) -> float | None:
+    """The link's round trip (seconds), read from the login's `ssh -v` lines and when each arrived: the
+    median of the LOGIN_ROUND_TRIPS intervals (the target's login: a ProxyJump's comes first, so each
+    pair is taken at its last end); None with fewer than two intervals (another ssh's words)."""
+    samples = []
+    for start, end in LOGIN_ROUND_TRIPS:
+        ends = [i for i, (_, line) in enumerate(events) if end in line]
+        if not ends:
+            continue
+        starts = [i for i, (_, line) in enumerate(events[:ends[-1]]) if start in line]
+        if starts:
+            samples.append(events[ends[-1]][0] - events[starts[-1]][0])
+    if len(samples) < 2:
+        return None
+    samples.sort()
+    mid = len(samples) // 2
+    return max(0.0, samples[mid] if len(samples) % 2 else (samples[mid - 1] + samples[mid]) / 2)
+
+
+class _MasterStderr:
+    """The master's stderr, read as it comes (a `-v` master writes a few lines per session, and a pipe
+    nobody reads would stop it): the login's timing lines with when each arrived, and ssh's own words
+    (not its debug lines) for an error."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.events: list[tuple[float, str]] = []
+        self.words: list[str] = []
+        self.logged_in = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="ssh master stderr", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in iter(stream.readline, b""):
+                now = time.monotonic()
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("Authenticated to "):
+                    self.logged_in = True  # the rest is the sessions' chatter
+                elif not line.startswith("debug"):
+                    self.words = [*self.words[-49:], line]
+                elif not self.logged_in and any(m in line for m in _LOGIN_MARKS):
+                    self.events.append((now, line))
+        except (OSError, ValueError):  # closed here (the master is being stopped)
+            pass
+
+    def text(self, wait: float = 1.0) -> str:
+        """ssh's own words so far (after its exit: all of them, within `wait` seconds)."""
+        self._thread.join(wait)
+        return "\n".join(self.words)
+
+
 class MasterFailed(ConnectError):
     """The master connection could not be opened; `stderr` is what ssh said."""
 
@@ -252,6 +312,7 @@ class ControlMaster:
         self.socket = str(control_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.proc: subprocess.Popen | None = None
         self.deadline = 0.0  # when a spawned login has taken too long
+        self.stderr: _MasterStderr | None = None
 
     def __enter__(self) -> ControlMaster:
         self.start()
@@ -274,7 +335,8 @@ class ControlMaster:
         import the rest meanwhile)."""
         reap_masters_once(control_dir())  # masters a killed run left (remote/reap.py)
         self._spawn_check()
-        extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N"]
+        # -v: the login's lines time the link's round trip (`round_trip`) without a round trip of its own
+        extra = ["-M", "-S", self.socket, "-o", "ControlPersist=no", "-N", "-v"]
         if self.cipher:
             extra += ["-c", self.cipher]
         argv = [*self.base, *extra, self.alias]
@@ -282,6 +344,8 @@ class ControlMaster:
         roundtrips.note("connect", self.alias, "ssh ControlMaster")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        self.stderr = _MasterStderr(self.proc.stderr)
         self.deadline = time.monotonic() + self.connect_timeout + 10
 
     def wait_ready(self) -> None:
@@ -289,7 +353,7 @@ class ControlMaster:
         assert self.proc is not None, "spawn() first"
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+                err = self.stderr.text().strip() if self.stderr else ""
                 code = self.proc.returncode
                 self.close()
                 raise MasterFailed(f"ssh stream connection to {self.display} failed: "
@@ -300,6 +364,12 @@ class ControlMaster:
                 self.close()
                 raise MasterFailed(f"timed out opening the ssh stream connection to {self.display}")
             time.sleep(0.005)  # the socket appears when the login is done: every command waits for it
+
+    def round_trip(self) -> float | None:
+        """The link's round trip as the login timed it (seconds; None: not timed, e.g. not logged in)."""
+        if self.stderr is None or not os.path.exists(self.socket):
+            return None
+        return login_round_trip(self.stderr.events)
 
     @property
     def pid(self) -> int | None:
@@ -356,9 +426,8 @@ class ControlMaster:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            if self.proc.stderr:
-                self.proc.stderr.close()
             self.proc = None
+            self.stderr = None  # its reader ends at EOF (the master has exited)
         try:
             os.unlink(self.socket)
         except OSError:
@@ -525,6 +594,9 @@ class OpenSshSession:
 
     def forwards_alive(self) -> bool:
         return self.master.alive()
+
+    def login_round_trip(self) -> float | None:
+        return self.master.round_trip()
 
     def _diagnose(self, stderr: str) -> None:
         """OpenSSH failed to connect: let the paramiko layer say why, in the same words as every verb."""

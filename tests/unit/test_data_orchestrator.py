@@ -169,6 +169,21 @@ def test_a_round_trip_just_over_the_line_is_measured_again_and_the_smaller_count
     assert next(samples, None) is None  # both taken
 
 
+@pytest.mark.parametrize(("timed", "pings", "method"), [
+    (0.0004, 0, "tar"),   # clearly near: the login's timing stands
+    (0.08, 0, "rsync"),   # clearly far (no zstd there): it stands
+    (0.04, 1, "tar"),     # just over the line: measured, the smaller counts (the sample: 0.5 ms)
+    (None, 1, "tar"),     # not timed (another ssh's words): measured
+])
+def test_the_logins_own_timing_of_the_link_spares_a_round_trip_where_it_is_clear(tmp_path, timed, pings,
+                                                                                method):
+    host = dest_host(cpus=1, zstd="")
+    host.login_rtt = timed
+    [r] = run_push(host, [str(_small_files(tmp_path))], "/srv/small")
+    assert r.status != "failed", r.error
+    assert (r.method, host.transfers.round_trip_checks) == (method, pings)
+
+
 def test_no_round_trip_is_measured_when_the_method_is_not_autos_or_nothing_depends_on_it(tmp_path, cifar):
     host = dest_host(cpus=1)
     run_push(host, [str(_small_files(tmp_path))], "/srv/small", method="tar")

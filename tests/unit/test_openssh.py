@@ -132,3 +132,55 @@ def test_a_session_pool_gives_each_host_one_session_that_borrowing_leaves_open(m
             assert borrowed is first
         assert closed == [] and pool.get("alice@gpu2") is not first
     assert sorted(closed) == ["gpu1", "gpu2"] and pool.sessions == {}
+
+
+# -- the login times the link ---------------------------------------------------------------------
+def _login(t0: float, rtt: float, *, jitter: float = 0.0) -> list[tuple[float, str]]:
+    """An OpenSSH 9.2 client's `-v` login lines (those login_round_trip reads), `rtt` apart where one
+    round trip lies between them; `jitter` late on the middle sample's end (a busy reader here)."""
+    return [(t0, "debug1: SSH2_MSG_NEWKEYS received"),
+            (t0 + rtt, "debug1: SSH2_MSG_SERVICE_ACCEPT received"),
+            (t0 + 2 * rtt + jitter, "debug1: Authentications that can continue: publickey,password"),
+            (t0 + 2 * rtt + jitter, "debug1: Offering public key: /k ED25519 SHA256:x explicit"),
+            (t0 + 3 * rtt + jitter, "debug1: Server accepts key: /k ED25519 SHA256:x explicit")]
+
+
+def test_the_login_lines_give_the_round_trip_and_one_late_line_does_not_move_it():
+    from migrate.remote.openssh import login_round_trip
+
+    assert abs(login_round_trip(_login(5.0, 0.08)) - 0.08) < 1e-9
+    assert abs(login_round_trip(_login(5.0, 0.08, jitter=0.05)) - 0.08) < 1e-9  # the median of three
+    assert abs(login_round_trip(_login(5.0, 0.0004)) - 0.0004) < 1e-9
+
+
+def test_through_a_proxy_jump_the_targets_login_is_timed_and_too_few_lines_time_nothing():
+    from migrate.remote.openssh import login_round_trip
+
+    jump, target = _login(1.0, 0.01), _login(2.0, 0.09)
+    assert abs(login_round_trip(jump + target) - 0.09) < 1e-9  # the jump host's login comes first
+    assert login_round_trip(_login(1.0, 0.05)[:2]) is None  # one interval: another ssh's words
+    assert login_round_trip([]) is None
+
+
+def test_the_masters_stderr_keeps_its_words_and_the_logins_timing_lines_only(tmp_path):
+    import os
+    import threading
+
+    from migrate.remote.openssh import _MasterStderr
+
+    read_end, write_end = os.pipe()
+    reader = _MasterStderr(os.fdopen(read_end, "rb"))
+    lines = [b"debug1: Reading configuration data /x\r\n", b"debug1: SSH2_MSG_NEWKEYS received\r\n",
+             b"Warning: Permanently added '[h]:22' (ED25519) to the list of known hosts.\r\n",
+             b"debug1: SSH2_MSG_SERVICE_ACCEPT received\r\n", b'Authenticated to h ([h]:22) using "publickey".\r\n',
+             b"debug1: Offering public key: /late\r\n", b"debug1: channel 1: new session\r\n",
+             b"mux_client_request_session: read from master failed: Broken pipe\r\n"]
+    writer = threading.Thread(target=lambda: [os.write(write_end, line) for line in lines])
+    writer.start()
+    writer.join()
+    os.close(write_end)
+    assert reader.text(wait=10).splitlines() == [
+        "Warning: Permanently added '[h]:22' (ED25519) to the list of known hosts.",
+        "mux_client_request_session: read from master failed: Broken pipe"]
+    assert [line for _, line in reader.events] == ["debug1: SSH2_MSG_NEWKEYS received",
+                                                   "debug1: SSH2_MSG_SERVICE_ACCEPT received"]  # none after login
