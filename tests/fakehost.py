@@ -345,15 +345,16 @@ class FakeHost:
         return RecordingTransfers(self)
 
 
-def guard_admits(facts, want: str, need_kib: int, oldest: tuple, checksum: str = "-") -> bool:
+def guard_admits(facts, want: str, need_kib: int, oldest: tuple, tools: str = "-") -> bool:
     """What data/remote.py's DEST_GUARD decides for these facts (tests/unit/test_dest_guard.py checks
     the two agree), for the recording host's guarded rsyncs."""
     shape = {"resync": facts.kind == "dir" and not facts.empty,
              "fresh": facts.kind == "none" or (facts.kind == "dir" and facts.empty),
              "any": facts.kind in ("none", "dir")}[want]
     room = facts.free_bytes is None or facts.free_bytes // 1024 >= need_kib
-    named = checksum == "-" or getattr(facts, checksum)
-    return shape and facts.writable and room and facts.has_rsync and facts.rsync_version >= oldest and named
+    as_planned = all(not getattr(facts, t[1:]) if t.startswith("!") else getattr(facts, t)
+                     for t in tools.split(",") if t != "-")
+    return shape and facts.writable and room and facts.has_rsync and facts.rsync_version >= oldest and as_planned
 
 
 @dataclass
@@ -415,10 +416,10 @@ class RecordingTransfers:
         path = next((a[len("--rsync-path="):] for a in argv if a.startswith("--rsync-path=")), "")
         if GUARD_REFUSED not in path:
             return None
-        dest, want, need_kib, oldest, checksum = shlex.split(path)[4:9]  # sh -c SCRIPT sh DEST WANT KIB X.Y.Z SUM rsync
+        dest, want, need_kib, oldest, tools = shlex.split(path)[4:9]  # sh -c SCRIPT sh DEST WANT KIB X.Y.Z TOOLS rsync
         facts = parse_dest_probe(self.host._answer(dest_probe_command(dest)).stdout)
         version = tuple(int(x) for x in oldest.split("."))
-        return None if guard_admits(facts, want, int(need_kib), version, checksum) else facts
+        return None if guard_admits(facts, want, int(need_kib), version, tools) else facts
 
     def run_parallel_rsync(self, src_dir: str, dest: str, rsh: str, opts, entries, streams: int,
                            **_: object) -> object:

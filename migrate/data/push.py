@@ -160,6 +160,7 @@ class HostPush:
         self.held: HeldProbe | None = None  # the probe's exec, while a file stream may still use it
         self.first_copy = False  # DEST is new or empty (set by the preflight)
         self.described = False  # the mapping lines were printed (a refused guard plans again)
+        self.guard_tools: tuple[str, ...] = ()  # what a plan made before any probe took of the host's tools
 
     def run(self) -> list[DataPushResult]:
         results: list[DataPushResult] = []
@@ -193,39 +194,89 @@ class HostPush:
         t = remote.target
         return known.key(t.user, t.hostname, t.port, self.dest)
 
-    def _expectation(self, remote: Host) -> str | None:
-        """What DEST is expected to be (remote.GUARD_WANTS) where the plan needs no probe first, else None.
-        Every source must be a directory (so the mapping does not depend on DEST), and no option may ask
-        for facts first (a dry run, --delete, --sudo, --install-rsync, --drop-partial, a relay). "resync":
-        a push from here to DEST completed. Else, for --method rsync (auto's first copy needs the facts
-        and the link to choose): "fresh" where a first copy would go by --inplace (small files), "any"
-        where the plan is the same whatever DEST holds."""
+    def _host_key(self, remote: Host) -> str:
+        t = remote.target
+        return known.host_key(t.user, t.hostname, t.port)
+
+    def _expectation(self, remote: Host) -> tuple[str, DestFacts] | None:
+        """What DEST is expected to be (remote.GUARD_WANTS) and the facts to plan from, where the plan
+        needs no probe first; else None. Every source must be a directory (so the mapping does not
+        depend on DEST), and no option may ask for facts first (a dry run, --delete, --sudo,
+        --install-rsync, --drop-partial, a relay). "resync": a push from here to DEST completed. Else a
+        first copy: for --method rsync, "fresh" where it would go by --inplace (small files), "any"
+        where the plan is the same whatever DEST holds; for auto, "fresh" where the host's tools are
+        known (known.host_tools), the link's round trip too where the choice depends on it (the
+        login's timing), and every source would go by rsync."""
         o = self.o
         if o.dry_run or o.delete or o.sudo or o.install_rsync or o.drop_partial or self.relay is not None \
                 or o.method not in ("auto", "rsync") or not all(s.is_dir for s in self.sources) \
                 or self.transfers.rsync_version() < GUARD_MIN_RSYNC:
             return None
-        if known.pushed_before(self._dest_key(remote)):
-            return "resync"
-        if o.method != "rsync":
+        tools = known.host_tools(self._host_key(remote))
+        if tools is not None and tools["rsync_version"] < GUARD_MIN_RSYNC:
             return None
+        here = self.transfers.rsync_xxh128()
+        known_tools = {"rsync_version": GUARD_MIN_RSYNC, "xxh128": here} if tools is None else \
+            {**tools, "xxh128": tools["xxh128"] and here}
+
+        def expected(want: str) -> tuple[str, DestFacts]:
+            return want, DestFacts(kind="none" if want == "fresh" else "dir", existing=self.dest, writable=True,
+                                   empty=want == "fresh", **known_tools)
+
+        if known.pushed_before(self._dest_key(remote)):
+            return expected("resync")
         sizes = self.early_sizes.result()
-        inplace = any(single_rsync_options(RsyncOptions(), is_dir=True, files=files, size=size,
-                                           first_copy=True).inplace for files, size in sizes.values())
-        return "fresh" if inplace else "any"
+        if o.method == "rsync":
+            inplace = any(single_rsync_options(RsyncOptions(), is_dir=True, files=files, size=size,
+                                               first_copy=True).inplace for files, size in sizes.values())
+            return expected("fresh" if inplace else "any")
+        if tools is None:
+            return None
+        want, facts = expected("fresh")
+        round_trip = remote.login_round_trip()
+        relied: set[str] = set()
+        for src in self.sources:
+            files, size = sizes[src.path]
+            choose = self._chooser(facts, src, files, size, first_copy=True)
+            method = choose(round_trip=0.0)[0]
+            if method != choose(round_trip=FAR_ROUND_TRIP_S)[0]:  # the link decides: is it clearly timed?
+                if round_trip is None or FAR_ROUND_TRIP_S <= round_trip < 2 * FAR_ROUND_TRIP_S:
+                    return None
+                self.round_trip = round_trip
+                method = choose(round_trip=round_trip)[0]
+            if method != "rsync":
+                return None
+            links = [self.round_trip] if self.round_trip is not None else [0.0, FAR_ROUND_TRIP_S]
+            for tool, flipped in (("zstd", dataclasses.replace(facts, zstd=not facts.zstd)),
+                                  ("gnu_head", dataclasses.replace(facts, gnu_head=not facts.gnu_head))):
+                other = self._chooser(flipped, src, files, size, True)  # had the host (not) had it
+                if any(other(round_trip=rt)[0] != choose(round_trip=rt)[0] for rt in links):
+                    relied.add(tool if getattr(facts, tool) else f"!{tool}")
+        self.guard_tools = tuple(sorted(relied))  # the guard checks them: tools change (known.HOST_TOOLS_TTL_S)
+        return want, facts
+
+    def _chooser(self, facts: DestFacts, src: _Source, files: int, size: int,
+                 first_copy: bool) -> Callable[..., tuple[str, str]]:
+        """`choose_method` for one source on this host, waiting for the link's `round_trip`."""
+        o = self.o
+        tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
+        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
+        return functools.partial(choose_method, o.method, remote_rsync=facts.has_rsync, dest_empty=first_copy,
+                                 files=files, avg_size=size / files if files else 0, delete=o.delete,
+                                 checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
+                                 tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd,
+                                 file_stream=facts.gnu_head)
 
     def _run(self, remote: Host) -> list[DataPushResult]:
         """Probe, plan, send. A push whose plan needs no facts first (`_expectation`: a re-sync of a
-        destination pushed before, a --method rsync first copy) plans first and checks DEST on the
-        rsync's own exec (remote.DEST_GUARD: one exec, not two); where DEST is not as planned, the
-        check changes nothing and the plan is made again from what it saw."""
+        destination pushed before, a first copy by rsync) plans first and checks DEST on the rsync's
+        own exec (remote.DEST_GUARD: one exec, not two); where DEST is not as planned, the check
+        changes nothing and the plan is made again from what it saw."""
         remote.open()  # the login: the sources are counted meanwhile
-        expect = self._expectation(remote)
-        if expect is None:
+        expectation = self._expectation(remote)
+        if expectation is None:
             return self._planned_run(remote, self._probe(remote))
-        expected = DestFacts(kind="none" if expect == "fresh" else "dir", existing=self.dest, writable=True,
-                             empty=expect == "fresh", rsync_version=GUARD_MIN_RSYNC,
-                             xxh128=self.transfers.rsync_xxh128())
+        expect, expected = expectation
         try:
             return self._planned_run(remote, expected, guard=expect)
         except GuardRefused as refused:
@@ -284,18 +335,14 @@ class HostPush:
         # preflight: methods and space, for every mapping, before anything moves
         plans = []
         need = 0
-        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
+        if guard is None:
+            known.note_host_tools(self._host_key(remote), facts)  # probed (or seen by a refused guard)
         tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
         first_copy = self.first_copy = facts.kind == "none" or (facts.kind == "dir" and facts.empty)
         for src, m in zip(self.sources, mappings):
             summary = None
             files, size = self.sizes[src.path]  # upper bound: before excludes
-            choose = functools.partial(choose_method, o.method, remote_rsync=facts.has_rsync,
-                                       dest_empty=first_copy, files=files,
-                                       avg_size=size / files if files else 0, delete=o.delete,
-                                       checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
-                                       tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd,
-                                       file_stream=facts.gnu_head)
+            choose = self._chooser(facts, src, files, size, first_copy)
             method, reason = choose(round_trip=self.round_trip)
             if o.method == "auto" and self.round_trip is None and \
                     choose(round_trip=0.0) != choose(round_trip=FAR_ROUND_TRIP_S):
@@ -344,7 +391,8 @@ class HostPush:
             assert not parents and all(p[5] == "rsync" for p in plans), "a guarded plan changes nothing first"
             first_opts = dataclasses.replace(base_opts, rsync_path=guarded_rsync_path(
                 self.dest, want=guard, need_bytes=need + need // 100 + SPACE_MARGIN_BYTES,
-                min_version=GUARD_MIN_RSYNC, checksum=base_opts.checksum_choice))
+                min_version=GUARD_MIN_RSYNC,
+                tools=(*(("xxh128",) if base_opts.checksum_choice else ()), *self.guard_tools)))
         for i, (src, m, summary, files, size, method, reason) in enumerate(plans):
             results.append(one(remote, facts, rsh, first_opts if i == 0 else base_opts, src, m, summary, files,
                                size, method, reason))

@@ -36,15 +36,16 @@ DEST_PROBE = KV + SUDO + FREE_SPACE + DEST_FACTS
 # first: $1 DEST; $2 what DEST must be (GUARD_WANTS: resync, a directory with files in it, as a push
 # from here left it; fresh, new or an empty directory, for a first copy by --inplace; any, new or a
 # directory); $3 the KiB the copy may need at most; $4 the oldest rsync the plan may meet (X.Y.Z); $5 the
-# checksum the plan names (`xxh128`; `-`: none); the rest is rsync's server command line. Where DEST is
-# so, writable, with room and a new enough rsync that has that checksum, the exec
+# tools the plan relies on, comma-separated (GUARD_TOOLS: `xxh128`, the checksum it names; `!zstd`, it
+# chose rsync because the host had no zstd; `-`: none); the rest is rsync's server command line. Where
+# DEST is so, writable, with room, a new enough rsync and the tools as the plan took them, the exec
 # becomes that rsync; else it changes nothing, prints GUARD_REFUSED and the probe's facts to stderr and
 # exits 97, and push-data plans from those facts as from the probe's. One exec instead of two.
 GUARD_REFUSED = "migrate-guard: DEST is not as planned"
 GUARD_WANTS = ("resync", "fresh", "any")
-CHECKSUM_CHOICES = ("xxh128",)  # what the guard can require (a fact of DEST_FACTS each)
+GUARD_TOOLS = ("xxh128", "zstd", "gnu_head")  # what `has` in DEST_GUARD knows (each a DestFacts field)
 DEST_GUARD = KV + SUDO + FREE_SPACE + "dest_facts() {" + DEST_FACTS + "}\n" + r"""
-_gd=$1 _gwant=$2 _gneed=$3 _gmin=$4 _gsum=$5; shift 5
+_gd=$1 _gwant=$2 _gneed=$3 _gmin=$4 _gtools=$5; shift 5
 _gfacts=$(dest_facts "$_gd")
 fact() { printf '%s\n' "$_gfacts" | sed -n "s/^$1=//p" | head -n 1; }
 refuse() { printf '%s\n%s\n' '""" + GUARD_REFUSED + r"""' "$_gfacts" >&2; exit 97; }
@@ -67,19 +68,30 @@ case $_gfree in ''|*[!0-9]*) ;; *) [ "$_gfree" -ge "$_gneed" ] || refuse ;; esac
 _gv=$(version "$(fact rsync)")
 [ -n "$_gv" ] || refuse
 at_least $_gv $(printf '%s\n' "$_gmin" | tr . ' ') || refuse
-[ "$_gsum" = - ] || [ "$(fact "$_gsum")" = yes ] || refuse
+has() {  # as parse_dest_probe reads the fact
+  case $1 in
+    xxh128) [ "$(fact xxh128)" = yes ] ;;
+    zstd) [ -n "$(fact zstd)" ] ;;
+    gnu_head) case $(fact gnu_head) in *"GNU coreutils"*) true ;; *) false ;; esac ;;
+    *) false ;;
+  esac
+}
+for _gt in $(printf '%s\n' "$_gtools" | tr , ' '); do
+  case $_gt in -) ;; !*) ! has "${_gt#!}" || refuse ;; *) has "$_gt" || refuse ;; esac
+done
 exec "$@"
 """
 
 
 def guarded_rsync_path(dest: str, *, want: str, need_bytes: int, min_version: tuple[int, int, int],
-                       checksum: str | None = None) -> str:
+                       tools: tuple[str, ...] = ()) -> str:
     """rsync's `--rsync-path` that runs DEST_GUARD first (`want`: what DEST must be; `need_bytes`: the
-    room the copy may need, margin included; `checksum`: the --checksum-choice the plan names)."""
+    room the copy may need, margin included; `tools`: what the plan relies on the host having, or
+    (`!NAME`) not having, of GUARD_TOOLS)."""
     need_kib = -(-need_bytes // 1024)
-    assert checksum in (None, *CHECKSUM_CHOICES), checksum
+    assert all(t.lstrip("!") in GUARD_TOOLS for t in tools), tools
     return (f"{shell.sh_c(DEST_GUARD)} sh {shell.quote(dest)} {shell.quote(want)} {need_kib} "
-            f"{'.'.join(map(str, min_version))} {checksum or '-'} rsync")
+            f"{'.'.join(map(str, min_version))} {shell.quote(','.join(tools) or '-')} rsync")
 
 
 class GuardRefused(MigrateError):

@@ -108,9 +108,19 @@ def test_push_data_over_a_far_link_measures_it_and_sends_small_files_by_bytes(li
     rtt = int(res.stderr.split("over a far link (")[1].split(" ms")[0])
     assert 2 * DELAY * 1000 <= rtt < 2 * DELAY * 1000 + 100, rtt
 
+    # the host's tools are known now, and the login timed the link: the next first copy is planned before
+    # any probe, and DEST and the tools the plan took (rsync, as there is no zstd) are checked on its exec
+    counts = tmp_path / "round-trips"
+    res = run_cli("push-data", str(src), f"{HOST}:far/planned", "--json", timeout=300,
+                  env={**ENV, "MIGRATE_COUNT_ROUND_TRIPS": str(counts)})
+    assert res.code == 0, res.output
+    assert [(x["method"], x["files_transferred"]) for x in json.loads(res.stdout)] == [("rsync", 1200)]
+    assert [line.split("\t")[0] for line in counts.read_text().splitlines()] == ["connect", "exec"]
+
     _remote(cfg, "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null 2>&1 || "
                  "{ sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive "
                  "apt-get install -y -qq zstd >/dev/null; }")
+    # planned as before; the check on rsync's exec sees zstd, changes nothing, and the plan follows it
     res = run_cli("push-data", str(src), f"{HOST}:far/tar", "--json", env=ENV, timeout=300)
     assert res.code == 0, res.output
     [r] = json.loads(res.stdout)

@@ -4,6 +4,7 @@ changes nothing (issue 13)."""
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 
@@ -182,6 +183,65 @@ def test_the_logins_own_timing_of_the_link_spares_a_round_trip_where_it_is_clear
     [r] = run_push(host, [str(_small_files(tmp_path))], "/srv/small")
     assert r.status != "failed", r.error
     assert (r.method, host.transfers.round_trip_checks) == (method, pings)
+
+
+@pytest.mark.parametrize(("seen", "timed", "zstd", "planned"), [
+    (True, 0.08, "", True),                # far, no zstd there: rsync whatever DEST is, planned first
+    (True, 0.0004, "", False),             # near: tar streams, which need the facts (and no guard)
+    (True, 0.08, "/usr/bin/zstd", False),  # far with zstd: tar through it
+    (True, 0.04, "", False),               # the login's timing not clear: it probes (and pings)
+    (True, None, "", False),
+    (False, 0.08, "", False),              # a host never probed: its tools are not known
+])
+def test_auto_plans_a_first_copy_before_any_probe_where_the_hosts_tools_and_link_make_it_rsync(
+        tmp_path, monkeypatch, seen, timed, zstd, planned):
+    from migrate.data import known
+
+    monkeypatch.setattr(push, "local_has_zstd", lambda: True)
+    src = _small_files(tmp_path)
+    host = dest_host(cpus=1, zstd=zstd)
+    host.login_rtt = timed
+    if seen:  # a probe of another push to this host saw its tools
+        run_push(host, [str(src)], "/srv/other")
+        host.log.clear()
+    assert (known.host_tools(known.host_key("alice", "10.0.0.7", 22)) is not None) == seen
+    [r] = run_push(host, [str(src)], "/srv/small")
+    assert r.status != "failed", r.error
+    probed = any("kv kind" in c for c in host.commands())
+    assert probed == (not planned)
+    if planned:
+        [stream] = rsync_streams(host)
+        assert guarded(stream) and " fresh " in stream and "--inplace" in stream
+        assert guard_tools(stream) == "xxh128,!zstd"  # rsync as the host had no zstd: checked it still has none
+        assert host.transfers.round_trip_checks == 0
+
+
+def test_a_tool_installed_since_the_hosts_last_probe_makes_the_guard_refuse_and_the_plan_follow_it(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(push, "local_has_zstd", lambda: True)
+    src = _small_files(tmp_path)
+    host = dest_host(cpus=1, zstd="")
+    host.login_rtt = 0.08
+    run_push(host, [str(src)], "/srv/other")  # probed: no zstd there
+    zstd_now = dest_host(cpus=1, zstd="/usr/bin/zstd")
+    zstd_now.login_rtt = 0.08
+    [r] = run_push(zstd_now, [str(src)], "/srv/small")  # planned as rsync; the guard sees zstd
+    assert r.status != "failed", r.error
+    assert r.method == "tar" and [guarded(s) for s in rsync_streams(zstd_now)] == [True]
+    assert zstd_now.streams()[-1] == "mkdir -p /srv/small && zstd -dc | tar -C /srv/small -xpf -"
+
+
+def test_a_planned_auto_first_copy_to_a_destination_with_files_is_planned_again_from_what_the_guard_saw(
+        tmp_path):
+    src = _small_files(tmp_path)
+    host = dest_host(cpus=1, zstd="", kind="dir", empty=False)
+    host.login_rtt = 0.08
+    run_push(host, [str(src)], "/srv/other")
+    host.log.clear()
+    [r] = run_push(host, [str(src)], "/srv/small")  # "fresh" expected; the guard sees files there
+    assert r.status != "failed", r.error
+    first, second = rsync_streams(host)
+    assert guarded(first) and not guarded(second) and "--inplace" not in second  # a re-sync keeps partials aside
 
 
 def test_no_round_trip_is_measured_when_the_method_is_not_autos_or_nothing_depends_on_it(tmp_path, cifar):
@@ -499,6 +559,12 @@ def guarded(stream: str) -> bool:
     return "--rsync-path=sh -c" in stream and "migrate-guard" in stream
 
 
+def guard_tools(stream: str) -> str:
+    """What a guarded rsync's plan relies on (data/remote.py DEST_GUARD's $5)."""
+    path = next(a for a in shlex.split(stream) if a.startswith("--rsync-path="))
+    return shlex.split(path)[8]
+
+
 def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rsync(cifar):
     host = dest_host(kind="dir", existing="/srv/cifar", empty=False)
     [first] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
@@ -509,7 +575,7 @@ def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rs
     assert again.status != "failed", again.error
     assert host.commands() == []  # no probe, nothing made first: the rsync's exec checks DEST
     [stream] = rsync_streams(host)
-    assert guarded(stream) and " resync " in stream and " 3.2.3 xxh128 rsync" in stream
+    assert guarded(stream) and " resync " in stream and guard_tools(stream) == "xxh128"
     assert "--mkpath" in stream and "--inplace" not in stream  # a re-sync keeps unfinished files aside
 
 
@@ -517,6 +583,8 @@ def test_a_resync_of_a_destination_pushed_before_runs_no_probe_and_guards_its_rs
 def test_rsync_names_xxh128_only_where_both_sides_have_it_and_the_guard_requires_it(cifar, there, here):
     """Named, rsync skips the exchange that picks a checksum (a round trip); an rsync without it would
     fail, so both sides must list it: the probe's facts and this machine's, and a guarded exec checks."""
+    from migrate.data import known
+
     host = dest_host(kind="dir", existing="/srv/cifar", empty=False, xxh128=there)
     host.transfers.local_xxh128 = here
     named = there == "yes" and here
@@ -527,9 +595,15 @@ def test_rsync_names_xxh128_only_where_both_sides_have_it_and_the_guard_requires
     host.log.clear()
     [again] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")  # a re-sync: planned, the guard checks
     assert again.status != "failed", again.error
+    [stream] = rsync_streams(host)  # the probe saw the host's rsync: the plan names what both have
+    assert guarded(stream) and ("--checksum-choice=xxh128" in stream) == named
+    assert guard_tools(stream) == ("xxh128" if named else "-")
+    known.hosts_path().unlink()  # the host's tools unknown: this machine's rsync is the guess
+    host.log.clear()
+    [third] = run_push(host, [str(cifar / "cifar")], "/srv/cifar")
+    assert third.status != "failed", third.error
     streams = rsync_streams(host)
     assert guarded(streams[0]) and ("--checksum-choice=xxh128" in streams[0]) == here
-    assert (" 3.2.3 xxh128 rsync" if here else " 3.2.3 - rsync") in streams[0]
     refused = here and there == "no"  # then planned again from what the guard saw: no checksum named
     assert len(streams) == (2 if refused else 1)
     assert not refused or "--checksum-choice" not in streams[1]

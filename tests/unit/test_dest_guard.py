@@ -62,9 +62,10 @@ def as_user(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return subprocess.run([*user, *argv], capture_output=True, text=True, timeout=30, env=env)
 
 
-def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync", checksum: str | None = None):
+def guard(dest: Path, env: dict[str, str], *, need: int = 1 << 20, want: str = "resync",
+          relies_on: tuple[str, ...] = ()):
     """Run the guarded rsync server command line as the remote login shell would."""
-    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3), checksum=checksum)
+    line = (guarded_rsync_path(str(dest), want=want, need_bytes=need, min_version=(3, 2, 3), tools=relies_on)
             + " --server -logDtpre.iLsfxCIvu --partial-dir=.migrate-partial . " + shell.quote(str(dest) + "/"))
     return as_user(["sh", "-c", line], env)
 
@@ -139,7 +140,7 @@ def test_a_destination_not_as_planned_is_refused_unchanged_with_what_the_guard_s
     elif change == "read-only":
         dest.chmod(0o555)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    res = guard(dest, env, checksum="xxh128")
+    res = guard(dest, env, relies_on=("xxh128",))
     facts = guard_refusal(res.stderr)
     assert res.returncode == 97 and res.stdout == "" and facts is not None, (res.returncode, res.stdout, res.stderr)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing made, nothing removed
@@ -157,10 +158,36 @@ def test_a_checksum_the_plan_names_is_required_only_when_named(tmp_path, dest):
     passes an rsync without it."""
     env = tools(tmp_path, checksums="md5 md4 sha1 none")
     assert guard(dest, env).returncode == 0
-    assert guard(dest, env, checksum="xxh128").returncode == 97
-    assert guard(dest, tools(tmp_path), checksum="xxh128").returncode == 0
+    assert guard(dest, env, relies_on=("xxh128",)).returncode == 97
+    assert guard(dest, tools(tmp_path), relies_on=("xxh128",)).returncode == 0
     facts = parse_dest_probe(as_user(["sh", "-c", DEST_PROBE, "sh", str(dest)], tools(tmp_path)).stdout)
     assert facts.xxh128 and facts.rsync_version == (3, 2, 7)
+
+
+@pytest.mark.parametrize("relies_on", [("zstd",), ("!zstd",), ("gnu_head",), ("!gnu_head",), ("xxh128", "!zstd")])
+def test_the_tools_a_plan_took_from_an_earlier_probe_are_checked_as_the_probe_reads_them(tmp_path, dest, relies_on):
+    """auto plans a first copy from the tools a probe saw earlier (data/known.py); a tool installed or
+    removed since is refused, and the guard reads each fact as parse_dest_probe does."""
+    from tests.fakehost import guard_admits
+
+    for zstd in (True, False):
+        env = tools(tmp_path)
+        if zstd:
+            (tmp_path / "bin" / "zstd").write_text("#!/bin/sh\nexit 0\n")
+            (tmp_path / "bin" / "zstd").chmod(0o755)
+        else:
+            env["PATH"] = f"{tmp_path / 'bin'}:{_without_zstd(tmp_path)}"
+        facts = parse_dest_probe(as_user(["sh", "-c", DEST_PROBE, "sh", str(dest)], env).stdout)
+        assert facts.zstd == zstd and facts.gnu_head == (shutil.which("head", path=env["PATH"]) is not None)
+        admitted = guard(dest, env, relies_on=relies_on).returncode == 0
+        assert admitted == guard_admits(facts, "resync", 1, (3, 2, 3), ",".join(relies_on)), (relies_on, zstd)
+        (tmp_path / "bin" / "zstd").unlink(missing_ok=True)
+    assert guard(dest, tools(tmp_path), relies_on=("gnu_head",)).returncode == 0  # GNU head here
+
+
+def _without_zstd(tmp_path: Path) -> str:
+    """The tools the guard uses and no zstd (the stand-in rsync stays first in PATH)."""
+    return _without_rsync(tmp_path)
 
 
 def test_the_room_asked_for_is_checked_in_kib_rounded_up(tmp_path, dest):
