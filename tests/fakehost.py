@@ -455,9 +455,9 @@ class RecordingTransfers:
             def round_trip(self) -> float:
                 return transfers.link_round_trip([])
 
-            def stream(self, into: str, items: list, **_: object) -> object:
+            def stream(self, into: str, items: list, *, python: bool = False, **_: object) -> object:
                 self.used = True
-                transfers.host.record_stream([], f"held stream into {into}")
+                transfers.host.record_stream([], f"held {'python3 ' if python else ''}stream into {into}")
                 transfers.streamed.append([(i.name, i.kind) for i in items])
                 return transfers._outcome()
 

@@ -28,7 +28,7 @@ from migrate import paths
 KEEP = 500  # destinations kept (the oldest go first)
 KEEP_HOSTS = 100  # hosts whose tools are kept
 HOST_TOOLS_TTL_S = 24 * 3600
-HOST_TOOLS = ("rsync_version", "xxh128", "zstd", "tar", "gnu_head", "cpus")  # DestFacts fields
+HOST_TOOLS = ("rsync_version", "xxh128", "zstd", "tar", "gnu_head", "python3", "cpus")  # DestFacts fields
 _lock = threading.Lock()  # hosts push in parallel threads: one writer at a time
 
 
@@ -100,7 +100,7 @@ def host_tools(key_: str, now: float | None = None) -> dict[str, Any] | None:
     tools = {k: entry.get(k) for k in HOST_TOOLS}
     version = tools["rsync_version"]
     if not (isinstance(version, list) and len(version) == 3 and all(isinstance(x, int) for x in version)) \
-            or not all(isinstance(tools[k], bool) for k in ("xxh128", "zstd", "tar", "gnu_head")) \
+            or not all(isinstance(tools[k], bool) for k in ("xxh128", "zstd", "tar", "gnu_head", "python3")) \
             or not isinstance(tools["cpus"], int):
         return None
     tools["rsync_version"] = tuple(version)

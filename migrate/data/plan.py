@@ -99,15 +99,17 @@ def refuse_delete_with(method: str, delete: bool) -> None:
 def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files: int, avg_size: float,
                   delete: bool, checksum: bool, is_dir: bool, bwlimit: bool = False,
                   tar_streams: int = 1, round_trip: float | None = None, tar_zstd: bool = False,
-                  file_stream: bool = False) -> tuple[str, str]:
+                  file_stream: bool = False, small_files_stream: bool = False) -> tuple[str, str]:
     """(method, reason). auto: tar for a first copy of many small files, parallel rsync streams for a
     first copy of several big files (measured: 1.2-1.3x one rsync on 1 GiB in 4 files), else rsync.
     `tar_streams`: how many tar streams would run (the reason says so). `round_trip`: the link's, when
     measured; on a far link bytes and round trips count more than CPU: small files go as tar streams
     through zstd (`tar_zstd`: zstd on both sides) or else by rsync (tar's 512-byte headers are 12 % more
-    bytes at 4 KiB), and one file, or files of STREAM_MIN_AVG_BYTES on average, as one file stream where
-    the host can take one (`file_stream`: GNU head there), else big files by one rsync. `dest_empty`: a
-    first copy (for a single file: nothing at its landing path)."""
+    bytes at 4 KiB) or, where python3 there writes them (`small_files_stream`), as one file stream (a
+    few bytes of header per file, no rsync handshake and goodbyes), and one file, or files of
+    STREAM_MIN_AVG_BYTES on average, as one file stream where the host can take one (`file_stream`: GNU
+    head or python3 there), else big files by one rsync. `dest_empty`: a first copy (for a single
+    file: nothing at its landing path)."""
     how = "one tar stream" if tar_streams <= 1 else f"{tar_streams} tar streams in parallel"
     far = is_far(round_trip)
     link = f"a far link ({(round_trip or 0) * 1000:.0f} ms round trip)"
@@ -116,8 +118,8 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
     refuse_delete_with(requested, delete)
     if requested == "stream":
         if not file_stream:
-            raise MigrateError("--method stream needs GNU coreutils on the host (its `head -c` reads no further "
-                               "than a file's size)", hint="use --method rsync or tar")
+            raise MigrateError("--method stream needs python3 or GNU coreutils on the host (its `head -c` reads "
+                               "no further than a file's size)", hint="use --method rsync or tar")
         return "stream", "--method stream"
     if not remote_rsync:
         if delete:
@@ -128,6 +130,10 @@ def choose_method(requested: str, *, remote_rsync: bool, dest_empty: bool, files
         return requested, f"--method {requested}"
     first = dest_empty and not delete and not checksum
     if is_dir and first and files >= TAR_MIN_FILES and avg_size <= TAR_MAX_AVG_BYTES:
+        if far and not tar_zstd and small_files_stream:
+            return "stream", (f"first copy of {files} small files over {link} without zstd on both sides: one "
+                              "file stream, python3 there writing the files (a few bytes of header per file, "
+                              "where tar spends 512; no rsync handshake and goodbyes)")
         if far and not tar_zstd:
             return "rsync", (f"first copy of {files} small files over {link} without zstd on both sides: rsync "
                              "(fewer bytes than tar's 512-byte headers)")

@@ -28,6 +28,7 @@ from migrate.data.plan import (
     FAR_ROUND_TRIP_S,
     METHODS,
     SPACE_MARGIN_BYTES,
+    STREAM_MIN_AVG_BYTES,
     DataPushResult,
     HostPlan,
     PlannedTransfer,
@@ -248,7 +249,8 @@ class HostPush:
                 return None
             links = [self.round_trip] if self.round_trip is not None else [0.0, FAR_ROUND_TRIP_S]
             for tool, flipped in (("zstd", dataclasses.replace(facts, zstd=not facts.zstd)),
-                                  ("gnu_head", dataclasses.replace(facts, gnu_head=not facts.gnu_head))):
+                                  ("gnu_head", dataclasses.replace(facts, gnu_head=not facts.gnu_head)),
+                                  ("python3", dataclasses.replace(facts, python3=not facts.python3))):
                 other = self._chooser(flipped, src, files, size, True)  # had the host (not) had it
                 if any(other(round_trip=rt)[0] != choose(round_trip=rt)[0] for rt in links):
                     relied.add(tool if getattr(facts, tool) else f"!{tool}")
@@ -265,7 +267,7 @@ class HostPush:
                                  files=files, avg_size=size / files if files else 0, delete=o.delete,
                                  checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
                                  tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd,
-                                 file_stream=facts.gnu_head)
+                                 file_stream=facts.gnu_head or facts.python3, small_files_stream=facts.python3)
 
     def _run(self, remote: Host) -> list[DataPushResult]:
         """Probe, plan, send. A push whose plan needs no facts first (`_expectation`: a re-sync of a
@@ -582,7 +584,8 @@ class HostPush:
         items = self._stream_items(src, m, summary)
         limit = bwlimit_kib(self.o.bwlimit)
         if self.held is not None and not self.held.used:
-            return self.held.stream(self._stream_into(src, m), items, on_progress=cb, bwlimit_kib=limit)
+            return self.held.stream(self._stream_into(src, m), items, on_progress=cb, bwlimit_kib=limit,
+                                    python=self._by_python(facts, src))
         return self.transfers.run_file_stream(items, remote.openssh_argv(), self._file_stream_command(facts, src, m),
                                               on_progress=cb, bwlimit_kib=limit)
 
@@ -593,7 +596,14 @@ class HostPush:
 
     def _file_stream_command(self, facts: DestFacts, src: _Source, m: Mapping) -> str:
         """What a file stream runs there: it lands in DEST (a directory) or next to the file (a file)."""
-        return file_stream_command(self._stream_into(src, m), sudo_prefix=self._sudo_prefix(facts))
+        return file_stream_command(self._stream_into(src, m), sudo_prefix=self._sudo_prefix(facts),
+                                   python=self._by_python(facts, src))
+
+    def _by_python(self, facts: DestFacts, src: _Source) -> bool:
+        """Whether python3 there writes this file stream (agent/receive.py): for small files on average
+        (the shell receiver spends a few processes per file), or where the host has no GNU head."""
+        files, size = self.sizes[src.path]
+        return facts.python3 and (not facts.gnu_head or size < STREAM_MIN_AVG_BYTES * max(files, 1))
 
     def _sudo_prefix(self, facts: DestFacts) -> str:
         """`sudo -n ` before a stream's remote commands under --sudo (passwordless sudo there), else ''."""

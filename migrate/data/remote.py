@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from migrate.data.rsync import PARTIAL_DIR, parse_version
@@ -26,6 +27,7 @@ case $_rv in *[[:space:]]xxh128[[:space:]]*) kv xxh128 yes ;; *) kv xxh128 no ;;
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv gnu_head "$(head --version 2>/dev/null | head -n 1)"
+kv python3 "$(command -v python3 2>/dev/null)"
 kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
 if [ "$2" = sudo ]; then kv sudo "$(sudo_mode)"; else kv sudo unasked; fi
@@ -43,7 +45,7 @@ DEST_PROBE = KV + SUDO + FREE_SPACE + DEST_FACTS
 # exits 97, and push-data plans from those facts as from the probe's. One exec instead of two.
 GUARD_REFUSED = "migrate-guard: DEST is not as planned"
 GUARD_WANTS = ("resync", "fresh", "any")
-GUARD_TOOLS = ("xxh128", "zstd", "gnu_head")  # what `has` in DEST_GUARD knows (each a DestFacts field)
+GUARD_TOOLS = ("xxh128", "zstd", "gnu_head", "python3")  # what `has` in DEST_GUARD knows (each a DestFacts field)
 DEST_GUARD = KV + SUDO + FREE_SPACE + "dest_facts() {" + DEST_FACTS + "}\n" + r"""
 _gd=$1 _gwant=$2 _gneed=$3 _gmin=$4 _gtools=$5; shift 5
 _gfacts=$(dest_facts "$_gd")
@@ -72,6 +74,7 @@ has() {  # as parse_dest_probe reads the fact
   case $1 in
     xxh128) [ "$(fact xxh128)" = yes ] ;;
     zstd) [ -n "$(fact zstd)" ] ;;
+    python3) [ -n "$(fact python3)" ] ;;
     gnu_head) case $(fact gnu_head) in *"GNU coreutils"*) true ;; *) false ;; esac ;;
     *) false ;;
   esac
@@ -122,6 +125,7 @@ class DestFacts:
     zstd: bool = False
     tar: bool = False
     gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
+    python3: bool = False       # a file stream of many small files is written by python3 (agent/receive.py)
     home: str = ""
     sudo: str = "unasked"       # root | nopasswd | password | none; unasked: the probe was not asked
     cpus: int = 0
@@ -155,7 +159,7 @@ DEST_KEYS = {"kind": ("kind", as_is), "existing": ("existing", as_is), "writable
              "free_kib": ("free_bytes", _kib_to_bytes), "empty": ("empty", yes),
              "rsync": ("rsync_version", parse_version), "xxh128": ("xxh128", yes), "zstd": ("zstd", bool),
              "tar": ("tar", bool),
-             "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v),
+             "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v), "python3": ("python3", bool),
              "home": ("home", as_is), "cpus": ("cpus", _digits), "sudo": ("sudo", as_is)}
 
 
@@ -234,22 +238,38 @@ FILE_STREAM = FILE_RECEIVER + 'receive "$1"\n'
 # DEST_PROBE, then the session waits for lines: `ping` is answered `pong` (one round trip, timed by
 # push-data: no exec, no session to set up); `stream LEN` and LEN bytes of a directory make it a
 # file stream into that directory (push-data decides after reading the facts, and saves the
-# stream's own exec: two round trips on a far link); anything else, or EOF, ends it.
-DEST_PROBE_HELD = DEST_PROBE + FILE_RECEIVER + r"""
+# stream's own exec: two round trips on a far link); `pystream LEN CODELEN`, then the receiver's
+# Python source (agent/receive.py) and the directory, the same with python3 writing the files (it
+# reads both itself: no `head` needed); anything else, or EOF, ends it.
+PY_BOOT = ("import sys;b=sys.stdin.buffer;c=b.read(int(sys.argv[2]));d=b.read(int(sys.argv[1]));"
+           "g={'__name__':'receive'};exec(compile(c,'receive','exec'),g);sys.exit(g['main'](d))")
+DEST_PROBE_HELD = DEST_PROBE + FILE_RECEIVER + f"PY_BOOT={shell.quote(PY_BOOT)}\n" + r"""
 kv probed .
-while IFS=' ' read -r w len; do
+while IFS=' ' read -r w len clen; do
   case $w in
     ping) echo pong ;;
     stream) into=$(take "$len"); receive "${into%x}" ;;
+    pystream) exec python3 -I -S -c "$PY_BOOT" "$len" "$clen" ;;
     *) exit 0 ;;
   esac
 done
 """
 
 
-def file_stream_command(dest_dir: str, *, sudo_prefix: str = "") -> str:
-    """The receiving side of a file stream (FILE_STREAM) into `dest_dir`."""
+def file_stream_command(dest_dir: str, *, sudo_prefix: str = "", python: bool = False) -> str:
+    """The receiving side of a file stream (FILE_STREAM) into `dest_dir`; `python`: python3 writes the
+    files (agent/receive.py: no process per file)."""
+    if python:
+        return f"{sudo_prefix}python3 -I -S -c {shell.quote(python_receiver())} {shell.quote(dest_dir)}"
     return f"{sudo_prefix}{shell.sh_c(FILE_STREAM)} sh {shell.quote(dest_dir)}"
+
+
+@functools.lru_cache(maxsize=1)
+def python_receiver() -> str:
+    """agent/receive.py's source: what `python3 -c` runs on the host."""
+    from migrate.agent import receive
+    with open(receive.__file__, encoding="utf-8") as fh:
+        return fh.read()
 
 
 def held_probe_command(dest: str, *, sudo: bool = False) -> str:

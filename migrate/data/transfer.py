@@ -567,12 +567,19 @@ class HeldProbe:
         return time.perf_counter() - t0 if answer == b"pong\n" else 0.0
 
     def stream(self, into: str, items: list[StreamItem], *, on_progress: ProgressCallback | None = None,
-               bwlimit_kib: int | None = None) -> RunOutcome:
-        """The probe's exec becomes a file stream into the directory `into`."""
+               bwlimit_kib: int | None = None, python: bool = False) -> RunOutcome:
+        """The probe's exec becomes a file stream into the directory `into` (`python`: python3 writes
+        the files, data/remote.py's `pystream`)."""
+        from migrate.data.remote import python_receiver
+
         self.used = True
         raw = into.encode("utf-8", "surrogateescape")
-        return self.stream_end.send(items, first=f"stream {len(raw)}\n".encode() + raw, on_progress=on_progress,
-                                    bwlimit_kib=bwlimit_kib)
+        if python:
+            code = python_receiver().encode()
+            first = f"pystream {len(raw)} {len(code)}\n".encode() + code + raw
+        else:
+            first = f"stream {len(raw)}\n".encode() + raw
+        return self.stream_end.send(items, first=first, on_progress=on_progress, bwlimit_kib=bwlimit_kib)
 
     def close(self) -> None:
         """End the exec if nothing streamed into it: EOF there, and no wait here for the host's answer."""

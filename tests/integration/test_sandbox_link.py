@@ -1,6 +1,7 @@
 """`sandbox up --link RATE/DELAY`: round trips cost 2 x DELAY and bulk bytes move at RATE; down removes it.
 And push-data over that link: auto measures the round trip and sends a first copy of small files by
-bytes (rsync, or tar streams through zstd once the host has zstd)."""
+bytes (one file stream that python3 there writes, or tar streams through zstd once the host has zstd),
+and plans a first copy that goes by rsync before any probe once it knows the host's tools."""
 
 import json
 import os
@@ -93,34 +94,43 @@ def _remote(cfg, command: str) -> str:
 
 def test_push_data_over_a_far_link_measures_it_and_sends_small_files_by_bytes(link_sandbox, tmp_path):
     """Issue 24: over 100mbit/40ms, tar streams (a 512-byte header per file) lost to `rsync -a` on 100k
-    x 4 KiB files. At a 60 ms round trip auto now picks rsync where the host has no zstd, and tar
+    x 4 KiB files. At a 60 ms round trip auto now sends them as one file stream that python3 there
+    writes (a few bytes of header per file, no rsync handshake) where the host has no zstd, and tar
     streams through zstd where it has."""
     cfg, _ = link_sandbox
     src = tmp_path / "small"
     _small_files(src, 1200)
     want = sorted(str(p.relative_to(src)) for p in src.rglob("*.bin"))
+    local_sum = subprocess.run(f"cd {src} && find . -type f | sort | xargs cat | md5sum", shell=True,
+                               capture_output=True, text=True).stdout.split()[0]
     assert _remote(cfg, "command -v zstd || true").strip() == ""  # the sandbox image has none
-    res = run_cli("push-data", str(src), f"{HOST}:far/rsync", "--json", env=ENV, timeout=300)
+    res = run_cli("push-data", str(src), f"{HOST}:far/stream", "--json", env=ENV, timeout=300)
     assert res.code == 0, res.output
     [r] = json.loads(res.stdout)
-    assert r["method"] == "rsync" and r["files_transferred"] == 1200, r
-    assert "over a far link (" in res.stderr and "without zstd" in res.stderr, res.stderr
+    assert r["method"] == "stream" and r["files_transferred"] == 1200, r
+    assert "over a far link (" in res.stderr and "python3 there" in res.stderr, res.stderr
     rtt = int(res.stderr.split("over a far link (")[1].split(" ms")[0])
     assert 2 * DELAY * 1000 <= rtt < 2 * DELAY * 1000 + 100, rtt
+    assert _remote(cfg, "cd far/stream && find . -type f | sort | xargs cat | md5sum").split()[0] == local_sum
+    assert _remote(cfg, "find far/stream -name .migrate-partial | wc -l").strip() == "0"
+    assert _remote(cfg, "stat -c %Y far/stream/d0/f0.bin").strip() == str(int((src / "d0" / "f0.bin").stat().st_mtime))
 
-    # the host's tools are known now, and the login timed the link: the next first copy is planned before
-    # any probe, and DEST and the tools the plan took (rsync, as there is no zstd) are checked on its exec
+    # the host's tools are known now: a first copy that goes by rsync whatever the link (a few 200 KiB
+    # files) is planned before any probe, and DEST is checked on rsync's own exec: one exec in all
+    mid = tmp_path / "mid"
+    mid.mkdir()
+    for i in range(5):
+        (mid / f"m{i}.bin").write_bytes(os.urandom(200 << 10))
     counts = tmp_path / "round-trips"
-    res = run_cli("push-data", str(src), f"{HOST}:far/planned", "--json", timeout=300,
+    res = run_cli("push-data", str(mid), f"{HOST}:far/planned", "--json", timeout=300,
                   env={**ENV, "MIGRATE_COUNT_ROUND_TRIPS": str(counts)})
     assert res.code == 0, res.output
-    assert [(x["method"], x["files_transferred"]) for x in json.loads(res.stdout)] == [("rsync", 1200)]
+    assert [(x["method"], x["files_transferred"]) for x in json.loads(res.stdout)] == [("rsync", 5)]
     assert [line.split("\t")[0] for line in counts.read_text().splitlines()] == ["connect", "exec"]
 
     _remote(cfg, "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null 2>&1 || "
                  "{ sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive "
                  "apt-get install -y -qq zstd >/dev/null; }")
-    # planned as before; the check on rsync's exec sees zstd, changes nothing, and the plan follows it
     res = run_cli("push-data", str(src), f"{HOST}:far/tar", "--json", env=ENV, timeout=300)
     assert res.code == 0, res.output
     [r] = json.loads(res.stdout)
@@ -129,8 +139,6 @@ def test_push_data_over_a_far_link_measures_it_and_sends_small_files_by_bytes(li
     assert r["wire_bytes"] < r["bytes_sent"], r
     got = _remote(cfg, "cd far/tar && find . -name '*.bin' | sort | sed 's|^./||'").split()
     assert got == want
-    local_sum = subprocess.run(f"cd {src} && find . -type f | sort | xargs cat | md5sum", shell=True,
-                               capture_output=True, text=True).stdout.split()[0]
     assert _remote(cfg, "cd far/tar && find . -type f | sort | xargs cat | md5sum").split()[0] == local_sum
 
 

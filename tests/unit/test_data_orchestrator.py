@@ -20,11 +20,12 @@ RSYNC_327 = "rsync  version 3.2.7  protocol version 31"
 
 def dest_host(*, kind: str = "none", existing: str = "/srv", writable: bool = True, free_kib: int = 10 << 20,
               empty: bool = True, rsync: str = RSYNC_327, sudo: str = "nopasswd", cpus: int = 4,
-              partials: str = "", zstd: str = "/usr/bin/zstd", gnu_head: str = "", xxh128: str = "yes") -> FakeHost:
+              partials: str = "", zstd: str = "/usr/bin/zstd", gnu_head: str = "", xxh128: str = "yes",
+              python3: str = "") -> FakeHost:
     """A host whose destination probe answers these facts."""
     facts = (f"kind={kind}\nexisting={existing}\nwritable={'yes' if writable else 'no'}\nfree_kib={free_kib}\n"
              f"empty={'yes' if empty else 'no'}\nrsync={rsync}\nzstd={zstd}\ntar=tar (GNU tar) 1.34\n"
-             f"gnu_head={gnu_head}\nxxh128={xxh128}\n"
+             f"gnu_head={gnu_head}\nxxh128={xxh128}\npython3={python3}\n"
              f"home=/home/alice\ncpus={cpus}\nsudo={sudo}\n")
     host = FakeHost().reply(r"kv kind", facts)
     if partials:
@@ -159,6 +160,24 @@ def test_auto_measures_how_far_the_host_is_before_a_first_copy(tmp_path, monkeyp
         assert rsync.split()[-2:] == [str(tmp_path / "small") + "/", "gpu:/srv/small/"]
 
 
+@pytest.mark.parametrize(("round_trip", "zstd", "python3", "method", "stream"), [
+    (0.08, "", "/usr/bin/python3", "stream", "held python3 stream into /srv/small"),  # far, no zstd: python3 writes
+    (0.08, "/usr/bin/zstd", "/usr/bin/python3", "tar", None),  # zstd there: tar through it (it compresses)
+    (0.0005, "", "/usr/bin/python3", "tar", None),             # near: tar (the CPU is the limit, and tar is C)
+    (0.08, "", "", "rsync", None),                             # no python3 there: rsync
+])
+def test_a_far_first_copy_of_small_files_goes_as_a_python3_file_stream_where_tar_cannot_compress(
+        tmp_path, monkeypatch, round_trip, zstd, python3, method, stream):
+    monkeypatch.setattr(push, "local_has_zstd", lambda: True)
+    host = dest_host(cpus=1, zstd=zstd, python3=python3, gnu_head="head (GNU coreutils) 9.1")
+    host.transfers.round_trip = round_trip
+    [r] = run_push(host, [str(_small_files(tmp_path))], "/srv/small")
+    assert r.status != "failed", r.error
+    assert r.method == method
+    if stream:
+        assert host.streams() == [stream]  # on the probe's own exec
+
+
 def test_a_round_trip_just_over_the_line_is_measured_again_and_the_smaller_counts(tmp_path, monkeypatch):
     """A busy machine here can slow one sample down, never speed one up."""
     monkeypatch.setattr(push, "local_has_zstd", lambda: True)
@@ -212,7 +231,8 @@ def test_auto_plans_a_first_copy_before_any_probe_where_the_hosts_tools_and_link
     if planned:
         [stream] = rsync_streams(host)
         assert guarded(stream) and " fresh " in stream and "--inplace" in stream
-        assert guard_tools(stream) == "xxh128,!zstd"  # rsync as the host had no zstd: checked it still has none
+        # rsync as the host had neither zstd (tar through it) nor python3 (a file stream): the guard checks
+        assert guard_tools(stream) == "xxh128,!python3,!zstd"
         assert host.transfers.round_trip_checks == 0
 
 

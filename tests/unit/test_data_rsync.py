@@ -136,6 +136,11 @@ def test_a_far_link_makes_first_copies_count_bytes_not_cpu():
     assert method == "tar" and "through zstd" in reason and "90 ms round trip" in reason
     method, reason = choose_method("auto", **small, round_trip=far, tar_zstd=False)
     assert method == "rsync" and "without zstd" in reason
+    # python3 there writes a file stream of small files: a few bytes of header each, no rsync handshake
+    method, reason = choose_method("auto", **small, round_trip=far, tar_zstd=False, small_files_stream=True)
+    assert method == "stream" and "python3 there" in reason
+    assert choose_method("auto", **small, round_trip=far, tar_zstd=True, small_files_stream=True)[0] == "tar"
+    assert choose_method("auto", **small, round_trip=near, small_files_stream=True)[0] == "tar"
     method, reason = choose_method("auto", **small, round_trip=near, tar_zstd=True)
     assert method == "tar" and "zstd" not in reason                    # near: the CPU bounds it, no zstd
     assert choose_method("auto", **small, tar_zstd=True)[0] == "tar"   # not measured: as near
@@ -156,7 +161,7 @@ def test_a_far_link_makes_first_copies_count_bytes_not_cpu():
     assert choose_method("auto", **one, round_trip=near, file_stream=True)[0] == "rsync"
     assert choose_method("auto", **small, round_trip=far, tar_zstd=True, file_stream=True)[0] == "tar"
     assert choose_method("stream", **small, file_stream=True)[0] == "stream"  # asked for: kept, near or far
-    with pytest.raises(MigrateError, match="needs GNU coreutils"):
+    with pytest.raises(MigrateError, match="needs python3 or GNU coreutils"):
         choose_method("stream", **small)  # busybox's head may read past a file
     with pytest.raises(UsageError, match="--method stream cannot --delete"):
         choose_method("stream", **{**small, "delete": True})

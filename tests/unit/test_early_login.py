@@ -47,3 +47,31 @@ def test_a_plain_line_to_one_host_starts_its_login_early(src, argv, host):
 ])
 def test_anything_else_leaves_the_connection_to_the_cli(src, argv):
     assert guess_host(argv) is None
+
+
+QUICK_EXIT = """
+import atexit, sys, threading
+from migrate.early import exit_now
+atexit.register(lambda: print("atexit ran", flush=True))
+print("buffered, not yet flushed", end="")
+if sys.argv[1] == "thread":  # a non-daemon thread still working: the usual exit waits for it
+    gate = threading.Event()
+    threading.Thread(target=lambda: (gate.wait(), print(" thread done", end=""))).start()
+    threading.Timer(0.05, gate.set).start()
+exit_now({"int": 3, "none": None, "text": "bad thing", "thread": 4}[sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize(("how", "code", "err"), [("int", 3, ""), ("none", 0, ""), ("text", 1, "bad thing\n"),
+                                                   ("thread", 4, "")])
+def test_the_quick_exit_keeps_what_sys_exit_promises(how, code, err):
+    """push-data and pull-data end without the interpreter's teardown: same status, atexit handlers
+    run, buffered output flushed, and a thread still at work is waited for."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", QUICK_EXIT, how], capture_output=True, text=True, timeout=60)
+    assert res.returncode == code, res.stderr
+    assert res.stderr == err
+    assert res.stdout.startswith("buffered, not yet flushed") and "atexit ran" in res.stdout
+    assert ("thread done" in res.stdout) == (how == "thread")

@@ -1,8 +1,9 @@
-"""File streams (push-data's first copy of big files over a far link) against the real receiver.
+"""File streams (push-data's first copy over a far link) against the real receivers.
 
 The "ssh" here is `sh -c`, so FILE_STREAM runs on this machine under the same /bin/sh, GNU head and
-coreutils a Debian host has: what lands, with which modes and times, and what an interrupted stream
-leaves for the rerun's rsync."""
+coreutils a Debian host has, and agent/receive.py under this machine's python3: what lands, with which
+modes and times, and what an interrupted stream leaves for the rerun's rsync. Every test that a
+receiver decides runs against both (`py`): they take the same records and must leave the same."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from types import SimpleNamespace
 import pytest
 
 from migrate.data import filelist
-from migrate.data.remote import FILE_STREAM, file_stream_command, held_probe_command, parse_dest_probe
+from migrate.data.remote import (
+    FILE_STREAM,
+    file_stream_command,
+    held_probe_command,
+    parse_dest_probe,
+    python_receiver,
+)
 from migrate.data.transfer import (
     HeldProbe,
     StreamItem,
@@ -27,6 +34,12 @@ from migrate.data.transfer import (
 from migrate.errors import MigrateError
 
 NS = 1_000_000_000
+
+
+@pytest.fixture(params=[False, True], ids=["sh", "python3"])
+def py(request) -> bool:
+    """Which receiver: FILE_STREAM (sh, GNU head) or agent/receive.py (python3)."""
+    return request.param
 
 
 def _tree(root: Path) -> None:
@@ -55,13 +68,13 @@ def _state(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
     return out
 
 
-def test_a_tree_lands_whole_with_its_modes_times_and_odd_names(tmp_path):
+def test_a_tree_lands_whole_with_its_modes_times_and_odd_names(tmp_path, py):
     src = tmp_path / "src"
     _tree(src)
     dest = tmp_path / "dest" / "new"
     seen: list[tuple[int, int]] = []
     out = run_file_stream(stream_items(str(src), filelist.list_source(str(src), [], []).entries), ["sh", "-c"],
-                          file_stream_command(str(dest)), on_progress=lambda d, t: seen.append((d, t)))
+                          file_stream_command(str(dest), python=py), on_progress=lambda d, t: seen.append((d, t)))
     assert _state(dest) == _state(src)
     assert not list(dest.rglob(".migrate-partial"))
     total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
@@ -69,10 +82,11 @@ def test_a_tree_lands_whole_with_its_modes_times_and_odd_names(tmp_path):
     assert out.stats.sent_bytes > total and seen[-1] == (total, total)
 
 
-def test_one_file_lands_under_the_name_it_is_given(tmp_path):
+def test_one_file_lands_under_the_name_it_is_given(tmp_path, py):
     src = tmp_path / "ckpt.pt"
     src.write_bytes(os.urandom(100_000))
-    run_file_stream([StreamItem(str(src), "model.pt")], ["sh", "-c"], file_stream_command(str(tmp_path / "d")))
+    run_file_stream([StreamItem(str(src), "model.pt")], ["sh", "-c"],
+                    file_stream_command(str(tmp_path / "d"), python=py))
     assert (tmp_path / "d" / "model.pt").read_bytes() == src.read_bytes()
     assert sorted(os.listdir(tmp_path / "d")) == ["model.pt"]
 
@@ -83,8 +97,10 @@ def _umask() -> int:
     return mask
 
 
-def _receive(records: bytes, dest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-c", FILE_STREAM, "sh", str(dest)], input=records, capture_output=True)
+def _receive(records: bytes, dest: Path, py: bool) -> subprocess.CompletedProcess:
+    argv = ["python3", "-I", "-S", "-c", python_receiver(), str(dest)] if py else \
+        ["sh", "-c", FILE_STREAM, "sh", str(dest)]
+    return subprocess.run(argv, input=records, capture_output=True)
 
 
 def _record(name: str, data: bytes, path: Path) -> bytes:
@@ -92,9 +108,9 @@ def _record(name: str, data: bytes, path: Path) -> bytes:
     return stream_header("f", len(data), path.stat(), name) + data
 
 
-def test_a_file_cut_short_waits_in_the_partial_dir_and_never_under_its_name(tmp_path):
+def test_a_file_cut_short_waits_in_the_partial_dir_and_never_under_its_name(tmp_path, py):
     whole = _record("one.bin", b"1" * 5000, tmp_path / "one") + _record("two.bin", b"2" * 9000, tmp_path / "two")
-    res = _receive(whole[:-4000], tmp_path / "d")
+    res = _receive(whole[:-4000], tmp_path / "d", py)
     assert res.returncode != 0
     assert b"broke after 5000 of 9000 bytes of two.bin" in res.stderr
     assert (tmp_path / "d" / "one.bin").read_bytes() == b"1" * 5000
@@ -106,27 +122,29 @@ def test_a_file_cut_short_waits_in_the_partial_dir_and_never_under_its_name(tmp_
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~_umask()  # DEST itself: as usual
 
 
-def test_a_stream_cut_between_files_fails_too(tmp_path):
+def test_a_stream_cut_between_files_fails_too(tmp_path, py):
     records = _record("one.bin", b"1" * 10, tmp_path / "one")
-    res = _receive(records, tmp_path / "d")                 # no end record: the sender did not finish
+    res = _receive(records, tmp_path / "d", py)                 # no end record: the sender did not finish
     assert res.returncode != 0 and b"ended after 1 files" in res.stderr
-    assert _receive(records + b"e 2\n", tmp_path / "e").returncode != 0  # it said 2 files, 1 came
-    assert _receive(records + b"e 1\n", tmp_path / "f").returncode == 0
+    assert _receive(records + b"e 2\n", tmp_path / "e", py).returncode != 0  # it said 2 files, 1 came
+    assert _receive(records + b"e 1\n", tmp_path / "f", py).returncode == 0
+    assert not list((tmp_path / "f").rglob(".migrate-partial"))
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/../../escape"])
-def test_a_name_that_climbs_out_of_dest_is_refused(tmp_path, name):
-    res = _receive(_record(name, b"x", tmp_path / "x") + b"e 1\n", tmp_path / "d" / "e")
+def test_a_name_that_climbs_out_of_dest_is_refused(tmp_path, name, py):
+    res = _receive(_record(name, b"x", tmp_path / "x") + b"e 1\n", tmp_path / "d" / "e", py)
     assert res.returncode != 0 and b"refusing the name" in res.stderr
     assert not (tmp_path / "d" / "escape").exists() and not (tmp_path / "escape").exists()
 
 
-def test_the_receivers_complaint_is_the_error(tmp_path):
+def test_the_receivers_complaint_is_the_error(tmp_path, py):
     (tmp_path / "file").write_text("not a directory")
     src = tmp_path / "s.bin"
     src.write_bytes(b"x" * 100)
-    with pytest.raises(TransferError, match="file stream over ssh failed: mkdir: .*File exists") as err:
-        run_file_stream([StreamItem(str(src), "s.bin")], ["sh", "-c"], file_stream_command(str(tmp_path / "file")))
+    with pytest.raises(TransferError, match="file stream over ssh failed: .*File exists") as err:
+        run_file_stream([StreamItem(str(src), "s.bin")], ["sh", "-c"],
+                        file_stream_command(str(tmp_path / "file"), python=py))
     assert "rerun the same command" in (err.value.hint or "")
 
 
@@ -141,16 +159,16 @@ def test_a_file_that_shrinks_while_it_is_sent_stops_the_stream(tmp_path, monkeyp
     assert not (tmp_path / "d" / "s.bin").exists()
 
 
-def test_the_held_probe_answers_a_ping_then_becomes_the_stream(tmp_path):
+def test_the_held_probe_answers_a_ping_then_becomes_the_stream(tmp_path, py):
     """push-data's probe exec, held open: facts, a timed round trip, then the stream on the same exec."""
     src = tmp_path / "src"
     _tree(src)
     dest = tmp_path / "dest"
     held = HeldProbe(["sh", "-c"], held_probe_command(str(dest)))
     facts = parse_dest_probe(held.text)
-    assert facts.kind == "none" and facts.writable and facts.gnu_head
+    assert facts.kind == "none" and facts.writable and facts.gnu_head and facts.python3
     assert 0 < held.round_trip() < 5 and 0 < held.round_trip() < 5   # answered each time
-    out = held.stream(str(dest), stream_items(str(src), filelist.list_source(str(src), [], []).entries))
+    out = held.stream(str(dest), stream_items(str(src), filelist.list_source(str(src), [], []).entries), python=py)
     held.reap()
     assert _state(dest) == _state(src) and out.stats.regular_files_transferred == 5
     assert held.proc.returncode == 0

@@ -50,7 +50,7 @@ def test_a_hosts_tools_are_kept_without_its_paths_and_trusted_for_a_day(monkeypa
     assert known.host_tools(k) is None
     known.note_host_tools(k, _facts())
     assert known.host_tools(k) == {"rsync_version": (3, 2, 7), "xxh128": True, "zstd": False, "tar": True,
-                                   "gnu_head": True, "cpus": 4}
+                                   "gnu_head": True, "python3": False, "cpus": 4}
     text = known.hosts_path().read_text()
     assert "/secret/path" not in text and "free" not in text  # DEST's facts are not the host's
     assert stat.S_IMODE(known.hosts_path().stat().st_mode) == 0o600
