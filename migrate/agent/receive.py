@@ -90,7 +90,8 @@ def receive(dest, stream):
                 os.umask(old)
             part_dir = part
         temp = part + b"/" + path.rsplit(b"/", 1)[1]
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # never through a link another user may have put there (a world-writable DEST)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         got = 0
         try:
             while got < size:

@@ -55,8 +55,9 @@ def _transfer_options(f):
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: for a first copy, tar streams (many small files) or --streams parallel rsync "
                    "streams (several big files); on a far link (round trip >= 30 ms) tar through zstd, or "
-                   "rsync without zstd, and one file stream for big files (each file lands once whole; "
-                   "an interrupted one waits in .migrate-partial/ for the rerun's rsync); else rsync. "
+                   "without zstd one file stream that python3 there writes (else rsync), and one file "
+                   "stream for big files (each file lands once whole; an interrupted one waits in "
+                   ".migrate-partial/ for the rerun's rsync); else rsync. "
                    "stream: files and directories only, no --delete.")
 @click.option("--streams", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Streams for --method parallel (and tar: at most one per remote core).")
@@ -81,8 +82,8 @@ def push_command(args: tuple[str, ...], host: tuple[str, ...], old_hosts: tuple[
 
     The resolved mapping is printed before anything moves. Preflight checks the source, the
     remote rsync (else a tar stream), write permission and free space; a re-sync of a DEST pushed
-    from here before (and a --method rsync first copy) checks them on rsync's own exec, and
-    plans again where DEST is not as expected. An interrupted transfer
+    from here before (and a first copy by rsync, where the host's tools are known) checks them on
+    rsync's own exec, and plans again where DEST is not as expected. An interrupted transfer
     resumes when you rerun the same command. Patterns in a `.migrateignore` file in the source
     are excluded (rsync syntax, like .gitignore for the usual cases). All transfers to a host share
     one SSH connection, with AES-GCM preferred where this CPU has AES-NI and no ssh_config sets

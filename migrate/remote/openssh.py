@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from io import BytesIO
@@ -309,7 +308,7 @@ class ControlMaster:
         self.display = display
         self.cipher = cipher
         self.connect_timeout = connect_timeout
-        self.socket = str(control_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.socket = str(control_dir() / f"{os.getpid()}-{os.urandom(4).hex()}")  # (not uuid: 3 ms to import)
         self.proc: subprocess.Popen | None = None
         self.deadline = 0.0  # when a spawned login has taken too long
         self.stderr: _MasterStderr | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -43,7 +42,7 @@ def pid_alive(pid: int) -> bool:
 
 def machine() -> str:
     """This machine's name as spool names carry it (letters, digits, dots and dashes)."""
-    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:40] or "host"
+    return re.sub(r"[^A-Za-z0-9.-]", "", os.uname().nodename)[:40] or "host"  # socket.gethostname()'s
 
 
 def spool_prefix() -> str:

@@ -186,3 +186,16 @@ def test_a_held_probe_nothing_streams_into_ends_and_changes_nothing(tmp_path):
 def test_a_probe_that_fails_says_so(tmp_path):
     with pytest.raises(MigrateError, match="could not inspect the destination: ssh: no route"):
         HeldProbe(["sh", "-c"], "echo 'ssh: no route' >&2; exit 255")
+
+
+def test_the_python3_receiver_never_writes_through_a_link_in_the_partial_dir(tmp_path):
+    """Another user who can write in DEST (a world-writable one) may plant a link where a file waits:
+    the receiver refuses to follow it, and the link's target is untouched."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    part = tmp_path / "d" / ".migrate-partial"
+    part.mkdir(parents=True)
+    (part / "one.bin").symlink_to(target)
+    res = _receive(_record("one.bin", b"1" * 10, tmp_path / "one") + b"e 1\n", tmp_path / "d", True)
+    assert res.returncode == 3 and b"migrate stream:" in res.stderr
+    assert target.read_bytes() == b"keep" and not (tmp_path / "d" / "one.bin").exists()
