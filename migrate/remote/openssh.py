@@ -277,6 +277,8 @@ class _MasterStderr:
                     self.events.append((now, line))
         except (OSError, ValueError):  # closed here (the master is being stopped)
             pass
+        finally:
+            stream.close()  # at the master's exit: its pipe's end goes now, not when collected
 
     def text(self, wait: float = 1.0) -> str:
         """ssh's own words so far (after its exit: all of them, within `wait` seconds)."""
