@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 from migrate.data.rsync import PARTIAL_DIR, parse_version
@@ -27,7 +28,7 @@ case $_rv in *[[:space:]]xxh128[[:space:]]*) kv xxh128 yes ;; *) kv xxh128 no ;;
 kv zstd "$(command -v zstd 2>/dev/null)"
 kv tar "$(tar --version 2>/dev/null | head -n 1)"
 kv gnu_head "$(head --version 2>/dev/null | head -n 1)"
-kv python3 "$(command -v python3 2>/dev/null)"
+kv python3 "$(python3 -V 2>&1 | head -n 1)"
 kv home "$HOME"
 kv cpus "$(nproc 2>/dev/null)"
 if [ "$2" = sudo ]; then kv sudo "$(sudo_mode)"; else kv sudo unasked; fi
@@ -74,7 +75,7 @@ has() {  # as parse_dest_probe reads the fact
   case $1 in
     xxh128) [ "$(fact xxh128)" = yes ] ;;
     zstd) [ -n "$(fact zstd)" ] ;;
-    python3) [ -n "$(fact python3)" ] ;;
+    python3) case $(fact python3) in "Python 3."[89]*|"Python 3."[1-9][0-9]*) true ;; *) false ;; esac ;;
     gnu_head) case $(fact gnu_head) in *"GNU coreutils"*) true ;; *) false ;; esac ;;
     *) false ;;
   esac
@@ -125,7 +126,7 @@ class DestFacts:
     zstd: bool = False
     tar: bool = False
     gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
-    python3: bool = False       # a file stream of many small files is written by python3 (agent/receive.py)
+    python3: bool = False       # python3 >= 3.8 (as the agent): it writes a file stream of small files (agent/receive.py)
     home: str = ""
     sudo: str = "unasked"       # root | nopasswd | password | none; unasked: the probe was not asked
     cpus: int = 0
@@ -149,6 +150,12 @@ def _kib_to_bytes(value: str) -> int | None:
     return int(value) * 1024 if value.isdigit() else None
 
 
+def _python38(value: str) -> bool:
+    """`python3 -V`'s `Python 3.11.2`: at least 3.8 (agent/receive.py's, as the agent's)."""
+    m = re.match(r"Python 3\.(\d+)", value)
+    return m is not None and int(m.group(1)) >= 8
+
+
 def _digits(value: str) -> int:
     if not value.isdigit():
         raise ValueError(value)
@@ -159,7 +166,7 @@ DEST_KEYS = {"kind": ("kind", as_is), "existing": ("existing", as_is), "writable
              "free_kib": ("free_bytes", _kib_to_bytes), "empty": ("empty", yes),
              "rsync": ("rsync_version", parse_version), "xxh128": ("xxh128", yes), "zstd": ("zstd", bool),
              "tar": ("tar", bool),
-             "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v), "python3": ("python3", bool),
+             "gnu_head": ("gnu_head", lambda v: "GNU coreutils" in v), "python3": ("python3", _python38),
              "home": ("home", as_is), "cpus": ("cpus", _digits), "sudo": ("sudo", as_is)}
 
 

@@ -194,3 +194,19 @@ def test_the_room_asked_for_is_checked_in_kib_rounded_up(tmp_path, dest):
     env = tools(tmp_path, free_kib=10)
     assert guard(dest, env, need=10 * 1024).returncode == 0
     assert guard(dest, env, need=10 * 1024 + 1).returncode == 97
+
+
+@pytest.mark.parametrize(("said", "has"), [("Python 3.11.2", True), ("Python 3.8.10", True), ("Python 3.7.3", False),
+                                           ("Python 3.12.0rc1", True), ("sh: 1: python3: not found", False), ("", False)])
+def test_python3_counts_from_3_8_in_the_probe_and_the_guard_alike(tmp_path, dest, said, has):
+    """agent/receive.py needs what the agent needs: an older python3 is no python3 for a file stream."""
+    from tests.fakehost import guard_admits
+
+    env = tools(tmp_path)
+    (tmp_path / "bin" / "python3").write_text(f"#!/bin/sh\necho '{said}'\n")
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    facts = parse_dest_probe(as_user(["sh", "-c", DEST_PROBE, "sh", str(dest)], env).stdout)
+    assert facts.python3 == has
+    for rely in ("python3", "!python3"):
+        admitted = guard(dest, env, relies_on=(rely,)).returncode == 0
+        assert admitted == (has == (rely == "python3")) == guard_admits(facts, "resync", 1, (3, 2, 3), rely)
