@@ -126,7 +126,7 @@ class DestFacts:
     zstd: bool = False
     tar: bool = False
     gnu_head: bool = False      # GNU coreutils' head: `head -c` reads no further (file streams)
-    python3: bool = False       # python3 >= 3.8 (as the agent): it writes a file stream of small files (agent/receive.py)
+    python3: bool = False       # python3 >= 3.8 (as the agent): it writes small files' streams (agent/receive.py)
     home: str = ""
     sudo: str = "unasked"       # root | nopasswd | password | none; unasked: the probe was not asked
     cpus: int = 0

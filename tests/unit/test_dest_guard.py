@@ -197,7 +197,8 @@ def test_the_room_asked_for_is_checked_in_kib_rounded_up(tmp_path, dest):
 
 
 @pytest.mark.parametrize(("said", "has"), [("Python 3.11.2", True), ("Python 3.8.10", True), ("Python 3.7.3", False),
-                                           ("Python 3.12.0rc1", True), ("sh: 1: python3: not found", False), ("", False)])
+                                           ("Python 3.12.0rc1", True), ("sh: 1: python3: not found", False),
+                                           ("", False)])
 def test_python3_counts_from_3_8_in_the_probe_and_the_guard_alike(tmp_path, dest, said, has):
     """agent/receive.py needs what the agent needs: an older python3 is no python3 for a file stream."""
     from tests.fakehost import guard_admits
