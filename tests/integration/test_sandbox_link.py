@@ -1,7 +1,8 @@
 """`sandbox up --link RATE/DELAY`: round trips cost 2 x DELAY and bulk bytes move at RATE; down removes it.
 And push-data over that link: auto measures the round trip and sends a first copy of small files by
 bytes (one file stream that python3 there writes, or tar streams through zstd once the host has zstd),
-and plans a first copy that goes by rsync before any probe once it knows the host's tools."""
+and plans a first copy that goes by rsync before any probe once it knows the host's tools. And each
+verb's round trips, counted over that link."""
 
 import json
 import os
@@ -16,7 +17,8 @@ from tests.integration.conftest import sandbox_env
 
 ENV = sandbox_env("sbtest")  # test_sandbox.py brings the same sandbox down before this file runs
 HOST = ENV["MIGRATE_SANDBOX"] + "1"
-DELAY = 0.03                 # one way
+LINK = "40mbit/50ms"
+DELAY = 0.05                 # one way: a 100 ms round trip
 RATE = 40e6 / 8              # 40mbit in bytes/s
 
 
@@ -29,15 +31,15 @@ def _read_line(proc: subprocess.Popen, deadline: float) -> bytes:
 
 @pytest.fixture(scope="module")
 def link_sandbox(tmp_path_factory):
-    """A one-host sandbox behind a 40mbit/30ms link: (its ssh_config, the relay's pid); down at the end."""
+    """A one-host sandbox behind a 40mbit/50ms link: (its ssh_config, the relay's pid); down at the end."""
     pid = 0
     try:
-        res = run_cli("sandbox", "up", "1", "--link", "40mbit/30ms", "--json", env=ENV, timeout=600)
+        res = run_cli("sandbox", "up", "1", "--link", LINK, "--json", env=ENV, timeout=600)
         assert res.code == 0, res.output
         host = json.loads(res.stdout)[0]
-        assert host["link"] == "40mbit/30ms" and host["port"] != host["published_port"]
+        assert host["link"] == LINK and host["port"] != host["published_port"]
         res = run_cli("sandbox", "status", env=ENV)
-        assert "link: 40mbit/30ms" in res.output, res.output
+        assert f"link: {LINK}" in res.output, res.output
         pid = int(res.output.split("relay pid ")[1].split(";")[0])
         cfg = tmp_path_factory.mktemp("link") / "ssh_config"
         cfg.write_text(run_cli("sandbox", "ssh-config", env=ENV).stdout)
@@ -168,3 +170,37 @@ def test_push_data_over_a_far_link_sends_big_files_as_one_stream_over_the_probes
     assert _remote(cfg, "cd far/ckpt && find . -type f | sort | xargs sha256sum") == local
     res = run_cli("push-data", str(src), f"{HOST}:far/ckpt", "--json", env=ENV, timeout=300)
     assert [(x["method"], x["status"]) for x in json.loads(res.stdout)] == [("rsync", "up to date")], res.output
+
+
+def test_each_verbs_round_trips_over_a_far_link_are_the_documented_ones(link_sandbox, tmp_path):
+    """Issue 24: round trips per verb counted over a 100 ms link (test_round_trips.py counts the same
+    verbs on the shared loopback host; docs/performance.md, "Round trips per verb"): status, logs, a
+    no-op push-data and an unchanged apply. An unchanged push-image is counted in test_push_image.py
+    (its hosts have Docker)."""
+    from tests.conftest import wait_until
+    from tests.integration.test_round_trips import counted
+
+    name = "rtfar"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    play = tmp_path / "p.yml"
+    play.write_text(f"name: {name}\nhosts: [{HOST}]\ndata:\n  - {{src: ./d, dest: {name}/d}}\n"
+                    f"run:\n  command: echo {name}\n  gpus_per_job: 0\n")
+    res = run_cli("apply", str(play), "--json", env=ENV, timeout=600)
+    assert res.code == 0, res.output
+
+    def finished_job() -> str | None:
+        res = run_cli("status", HOST, "--json", "--all", env=ENV)
+        assert res.code == 0, res.output
+        data = json.loads(res.stdout)
+        jobs = [j for j in (data["jobs"] if isinstance(data, dict) else data) if name in str(j.get("command"))]
+        return str(jobs[-1]["id"]) if jobs and jobs[-1]["state"] == "done" else None
+
+    job = wait_until(finished_job, timeout=120, interval=0.5, what=f"the job {name} to finish")
+    got = {"status": counted(tmp_path, "status", HOST, label="status", env=ENV),
+           "logs": counted(tmp_path, "logs", HOST, job, label="logs", env=ENV),
+           "push-data": counted(tmp_path, "push-data", str(tmp_path / "d"), f"{HOST}:{name}/d",
+                                label="push-data, nothing to send", env=ENV),
+           "apply": counted(tmp_path, "apply", str(play), label="apply, unchanged (data + run)", env=ENV)}
+    assert got == {"status": {"connect": 1, "round trips": 1}, "logs": {"connect": 1, "round trips": 1},
+                   "push-data": {"connect": 1, "round trips": 1}, "apply": {"connect": 1, "round trips": 2}}, got
