@@ -201,8 +201,18 @@ def test_full_push_then_up_to_date_then_only_the_new_layer(docker_hosts, images,
     [r] = push_json(BASE, h["alias"], env=env)
     assert r["status"] == "up to date" and r["bytes_sent"] == 0, r
     assert time.monotonic() - t0 < 10
-    # its connections and round trips, counted (docs/performance.md: "Round trips per verb")
+    # its connections and round trips, counted (docs/performance.md: "Round trips per verb"), here and
+    # over a far link (the sandbox's relay, 100 ms round trip; test_sandbox_link.py counts the other verbs)
     counted(tmp_path, "push-image", BASE, h["alias"], env=env, label="push-image, unchanged")
+    res = run_cli("sandbox", "up", str(len(docker_hosts)), "--link", "100mbit/50ms", env=env, timeout=600)
+    assert res.code == 0, res.output
+    try:
+        t0 = time.monotonic()
+        got = counted(tmp_path, "push-image", BASE, h["alias"], env=env, label="push-image, unchanged")
+        assert got == {"connect": 1, "round trips": 1} and time.monotonic() - t0 >= 0.1 * 6  # login + 1: far
+    finally:
+        res = run_cli("sandbox", "up", str(len(docker_hosts)), "--link", "off", env=env, timeout=600)
+    assert res.code == 0, res.output
 
     new_layer = layer_bytes(CHILD, 1)
     [r] = push_json(CHILD, h["alias"], env=env)
