@@ -41,7 +41,7 @@ def hosts_path() -> Path:
 
 
 def key(user: str, hostname: str, port: int | str, dest: str) -> str:
-    return f"{user}@{hostname}:{port} {dest}"
+    return f"{host_key(user, hostname, port)} {dest}"
 
 
 def _read(path: Path) -> dict:
@@ -100,7 +100,7 @@ def host_tools(key_: str, now: float | None = None) -> dict[str, Any] | None:
     tools = {k: entry.get(k) for k in HOST_TOOLS}
     version = tools["rsync_version"]
     if not (isinstance(version, list) and len(version) == 3 and all(isinstance(x, int) for x in version)) \
-            or not all(isinstance(tools[k], bool) for k in ("xxh128", "zstd", "tar", "gnu_head", "python3")) \
+            or not all(isinstance(tools[k], bool) for k in HOST_TOOLS if k not in ("rsync_version", "cpus")) \
             or not isinstance(tools["cpus"], int):
         return None
     tools["rsync_version"] = tuple(version)

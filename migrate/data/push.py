@@ -261,13 +261,20 @@ class HostPush:
                  first_copy: bool) -> Callable[..., tuple[str, str]]:
         """`choose_method` for one source on this host, waiting for the link's `round_trip`."""
         o = self.o
-        tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
-        self.tar_streams = max(1, min(o.streams, facts.cpus or 1))
         return functools.partial(choose_method, o.method, remote_rsync=facts.has_rsync, dest_empty=first_copy,
                                  files=files, avg_size=size / files if files else 0, delete=o.delete,
                                  checksum=o.checksum, is_dir=src.is_dir, bwlimit=bool(o.bwlimit),
-                                 tar_streams=self.tar_streams if src.is_dir else 1, tar_zstd=tar_zstd,
+                                 tar_streams=self._tar_streams(facts) if src.is_dir else 1,
+                                 tar_zstd=self._tar_zstd(facts),
                                  file_stream=facts.gnu_head or facts.python3, small_files_stream=facts.python3)
+
+    def _tar_streams(self, facts: DestFacts) -> int:
+        """How many tar streams a directory would go as: --streams, at most one per remote core."""
+        return max(1, min(self.o.streams, facts.cpus or 1))
+
+    def _tar_zstd(self, facts: DestFacts) -> bool:
+        """Whether tar streams can go through zstd (on both sides, not refused by --compress none)."""
+        return self.o.compress != "none" and facts.zstd and local_has_zstd()
 
     def _run(self, remote: Host) -> list[DataPushResult]:
         """Probe, plan, send. A push whose plan needs no facts first (`_expectation`: a re-sync of a
@@ -339,7 +346,7 @@ class HostPush:
         need = 0
         if guard is None:
             known.note_host_tools(self._host_key(remote), facts)  # probed (or seen by a refused guard)
-        tar_zstd = o.compress != "none" and facts.zstd and local_has_zstd()
+        self.tar_streams = self._tar_streams(facts)
         first_copy = self.first_copy = facts.kind == "none" or (facts.kind == "dir" and facts.empty)
         for src, m in zip(self.sources, mappings):
             summary = None
@@ -366,7 +373,7 @@ class HostPush:
             plans.append((src, m, summary, files, size, method, reason))
             need += size
         # tar streams go through zstd where it pays: --compress zstd, or auto on a far link
-        self.compress_tar = tar_zstd and (o.compress == "zstd" or is_far(self.round_trip))
+        self.compress_tar = self._tar_zstd(facts) and (o.compress == "zstd" or is_far(self.round_trip))
         self._check_space(remote, facts, need, rsh, base_opts, plans)
         parents = destination_dirs([(m, method) for _, m, _, _, _, method, _ in plans], mkpath=mkpath)
         mkdirs = " && ".join(f"mkdir -p {shell.quote(p)}" for p in parents)
